@@ -1,0 +1,6 @@
+// Ferry's kernel-interface addon. It exposes syscalls and ioctls, validated, with no policy.
+// (Placeholder: filled in by the foundation work.)
+#include <node_api.h>
+
+static napi_value init(napi_env env, napi_value exports) { return exports; }
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

@@ -1,0 +1,2 @@
+// Ferry's public TypeScript API.
+export {};
