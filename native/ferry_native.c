@@ -1,6 +1,937 @@
-// Ferry's kernel-interface addon. It exposes syscalls and ioctls, validated, with no policy.
-// (Placeholder: filled in by the foundation work.)
+// Ferry's kernel-interface addon: syscalls and ioctls only, every argument validated here, no policy.
+// Errors are JS Errors whose message names the operation and the errno name
+// ("UFFDIO_COPY: EBADF (Bad file descriptor)") with .code (errno name), .syscall and .errno.
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
 #include <node_api.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <uv.h>
 
-static napi_value init(napi_env env, napi_value exports) { return exports; }
+#include "uapi.h"
+
+#define PAGE 4096u
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25 /* 6.1+, missing from glibc 2.36 headers */
+#endif
+#define MAX_SAFE 9007199254740991.0 /* 2^53 - 1: addresses and sizes travel as JS numbers */
+#define MAX_EVENTS 64
+
+/* ------------------------------------------------------------------ errors */
+
+static napi_value throw_errno(napi_env env, const char *op, int err, const char *detail) {
+  const char *name = strerrorname_np(err);
+  if (!name) name = "EUNKNOWN";
+  char msg[512];
+  if (detail && detail[0])
+    snprintf(msg, sizeof msg, "%s: %s (%s): %s", op, name, strerror(err), detail);
+  else
+    snprintf(msg, sizeof msg, "%s: %s (%s)", op, name, strerror(err));
+  napi_value code, message, error, sys, eno;
+  napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &code);
+  napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &message);
+  napi_create_error(env, code, message, &error);
+  napi_create_string_utf8(env, op, NAPI_AUTO_LENGTH, &sys);
+  napi_create_int32(env, err, &eno);
+  napi_set_named_property(env, error, "syscall", sys);
+  napi_set_named_property(env, error, "errno", eno);
+  napi_throw(env, error);
+  return NULL;
+}
+
+/* Argument errors are reported as EINVAL with a detail naming the argument. */
+static napi_value throw_arg(napi_env env, const char *op, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static napi_value throw_arg(napi_env env, const char *op, const char *fmt, ...) {
+  char detail[384];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(detail, sizeof detail, fmt, ap);
+  va_end(ap);
+  return throw_errno(env, op, EINVAL, detail);
+}
+
+/* ------------------------------------------------------------------ argument parsing */
+
+#define ARGS(n)                                                                     \
+  size_t argc = (n);                                                                \
+  napi_value argv[(n) > 0 ? (n) : 1];                                               \
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL; \
+  if (argc < (n)) return throw_arg(env, OP, "expected %d arguments, got %zu", (int)(n), argc);
+
+static int get_double(napi_env env, napi_value v, const char *op, const char *name, double *out) {
+  napi_valuetype t;
+  napi_typeof(env, v, &t);
+  if (t != napi_number) { throw_arg(env, op, "%s must be a number", name); return 0; }
+  napi_get_value_double(env, v, out);
+  return 1;
+}
+
+/* A non-negative integer that fits a JS number exactly (addresses, lengths, offsets). */
+static int get_u64(napi_env env, napi_value v, const char *op, const char *name, uint64_t *out) {
+  double d;
+  if (!get_double(env, v, op, name, &d)) return 0;
+  if (!(d >= 0) || d > MAX_SAFE || d != (double)(uint64_t)d) {
+    throw_arg(env, op, "%s must be a non-negative integer, got %g", name, d);
+    return 0;
+  }
+  *out = (uint64_t)d;
+  return 1;
+}
+
+static int get_i32(napi_env env, napi_value v, const char *op, const char *name, int32_t *out) {
+  double d;
+  if (!get_double(env, v, op, name, &d)) return 0;
+  if (d != (double)(int32_t)d) { throw_arg(env, op, "%s must be a 32-bit integer, got %g", name, d); return 0; }
+  *out = (int32_t)d;
+  return 1;
+}
+
+static int get_fd(napi_env env, napi_value v, const char *op, int *out) {
+  int32_t fd;
+  if (!get_i32(env, v, op, "fd", &fd)) return 0;
+  if (fd < 0) { throw_errno(env, op, EBADF, "fd is negative"); return 0; }
+  *out = fd;
+  return 1;
+}
+
+static int get_bool(napi_env env, napi_value v, const char *op, const char *name, int *out) {
+  napi_valuetype t;
+  napi_typeof(env, v, &t);
+  if (t == napi_undefined) { *out = 0; return 1; }
+  if (t != napi_boolean) { throw_arg(env, op, "%s must be a boolean", name); return 0; }
+  bool b;
+  napi_get_value_bool(env, v, &b);
+  *out = b;
+  return 1;
+}
+
+/* Bytes of a TypedArray, DataView or ArrayBuffer. A SharedArrayBuffer must be passed as a view
+ * (N-API in Node 20 has no SharedArrayBuffer accessor; napi_get_typedarray_info works on views over one). */
+static int get_bytes(napi_env env, napi_value v, const char *op, const char *name, uint8_t **ptr, size_t *len,
+                     napi_typedarray_type *kind) {
+  bool is;
+  if (napi_is_typedarray(env, v, &is) == napi_ok && is) {
+    napi_typedarray_type type;
+    size_t count;
+    void *data;
+    napi_get_typedarray_info(env, v, &type, &count, &data, NULL, NULL);
+    static const size_t widths[] = {1, 1, 1, 2, 2, 4, 4, 4, 8, 8, 8};
+    *ptr = data;
+    *len = count * ((unsigned)type < sizeof widths / sizeof widths[0] ? widths[type] : 1);
+    if (kind) *kind = type;
+    return 1;
+  }
+  if (napi_is_dataview(env, v, &is) == napi_ok && is) {
+    void *data;
+    napi_get_dataview_info(env, v, len, &data, NULL, NULL);
+    *ptr = data;
+    if (kind) *kind = (napi_typedarray_type)-1;
+    return 1;
+  }
+  if (napi_is_arraybuffer(env, v, &is) == napi_ok && is) {
+    void *data;
+    napi_get_arraybuffer_info(env, v, &data, len);
+    *ptr = data;
+    if (kind) *kind = (napi_typedarray_type)-1;
+    return 1;
+  }
+  throw_arg(env, op, "%s must be a TypedArray, DataView or ArrayBuffer (pass a view for a SharedArrayBuffer)", name);
+  return 0;
+}
+
+static int get_typed(napi_env env, napi_value v, const char *op, const char *name, napi_typedarray_type want,
+                     const char *want_name, void **ptr, size_t *count) {
+  bool is = false;
+  napi_is_typedarray(env, v, &is);
+  napi_typedarray_type type;
+  if (is) napi_get_typedarray_info(env, v, &type, count, ptr, NULL, NULL);
+  if (!is || type != want) { throw_arg(env, op, "%s must be a %s", name, want_name); return 0; }
+  return 1;
+}
+
+/* [offset, offset+length) must lie inside a buffer of buflen bytes. */
+static int check_inside(napi_env env, const char *op, const char *name, uint64_t offset, uint64_t length, size_t buflen) {
+  if (offset > buflen || length > buflen - offset) {
+    throw_errno(env, op, ERANGE, "");
+    napi_value e;
+    napi_get_and_clear_last_exception(env, &e);
+    char detail[256];
+    snprintf(detail, sizeof detail, "%s [%llu, %llu) lies outside the buffer of %zu bytes", name,
+             (unsigned long long)offset, (unsigned long long)(offset + length), buflen);
+    throw_errno(env, op, ERANGE, detail);
+    return 0;
+  }
+  return 1;
+}
+
+static int check_aligned(napi_env env, const char *op, const char *name, uint64_t v) {
+  if (v % PAGE) { throw_arg(env, op, "%s 0x%llx is not a multiple of 4096", name, (unsigned long long)v); return 0; }
+  return 1;
+}
+
+static napi_value num(napi_env env, double d) {
+  napi_value v;
+  napi_create_double(env, d, &v);
+  return v;
+}
+
+static napi_value undef(napi_env env) {
+  napi_value v;
+  napi_get_undefined(env, &v);
+  return v;
+}
+
+/* ------------------------------------------------------------------ memory */
+
+#undef OP
+#define OP "bufferAddress"
+/* bufferAddress(view) -> address of the view's first byte. */
+static napi_value f_buffer_address(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  uint8_t *p;
+  size_t len;
+  if (!get_bytes(env, argv[0], OP, "buffer", &p, &len, NULL)) return NULL;
+  return num(env, (double)(uintptr_t)p);
+}
+
+#undef OP
+#define OP "madvise"
+/* madvise(view, offset, length, advice): the range must be page-aligned and inside the view. */
+static napi_value f_madvise(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  uint8_t *p;
+  size_t len;
+  uint64_t off, n;
+  int32_t advice;
+  if (!get_bytes(env, argv[0], OP, "buffer", &p, &len, NULL) || !get_u64(env, argv[1], OP, "offset", &off) ||
+      !get_u64(env, argv[2], OP, "length", &n) || !get_i32(env, argv[3], OP, "advice", &advice))
+    return NULL;
+  if (advice != MADV_DONTNEED && advice != MADV_HUGEPAGE && advice != MADV_NOHUGEPAGE && advice != MADV_WILLNEED &&
+      advice != MADV_COLLAPSE)
+    return throw_arg(env, OP, "advice %d is not one of DONTNEED, WILLNEED, HUGEPAGE, NOHUGEPAGE, COLLAPSE", advice);
+  if (!check_inside(env, OP, "range", off, n, len)) return NULL;
+  uintptr_t addr = (uintptr_t)p + off;
+  if (!check_aligned(env, OP, "address", addr) || !check_aligned(env, OP, "length", n)) return NULL;
+  if (n == 0) return undef(env);
+  if (madvise((void *)addr, n, advice) != 0) return throw_errno(env, OP, errno, NULL);
+  return undef(env);
+}
+
+typedef struct {
+  void *addr;
+  size_t len;
+} mapping_t;
+
+static void unmap_finalize(napi_env env, void *data, void *hint) {
+  mapping_t *m = hint;
+  munmap(m->addr, m->len);
+  free(m);
+}
+
+static napi_value wrap_mapping(napi_env env, void *addr, size_t len) {
+  mapping_t *m = malloc(sizeof *m);
+  if (!m) { munmap(addr, len); return throw_errno(env, "mmap", ENOMEM, NULL); }
+  m->addr = addr;
+  m->len = len;
+  napi_value ab;
+  if (napi_create_external_arraybuffer(env, addr, len, unmap_finalize, m, &ab) != napi_ok) {
+    munmap(addr, len);
+    free(m);
+    return throw_errno(env, "mmap", EIO, "napi_create_external_arraybuffer failed");
+  }
+  return ab;
+}
+
+#undef OP
+#define OP "mmap"
+/* mmapAnonymous(length) -> ArrayBuffer over a private anonymous mapping, unmapped when collected. */
+static napi_value f_mmap_anonymous(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  uint64_t n;
+  if (!get_u64(env, argv[0], OP, "length", &n)) return NULL;
+  if (n == 0 || !check_aligned(env, OP, "length", n)) return n == 0 ? throw_arg(env, OP, "length must be > 0") : NULL;
+  void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return throw_errno(env, OP, errno, NULL);
+  return wrap_mapping(env, p, n);
+}
+
+/* mmapFd(fd, offset, length, shared) -> ArrayBuffer over a file mapping (e.g. a memfd), no copy. */
+static napi_value f_mmap_fd(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int fd, shared;
+  uint64_t off, n;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_u64(env, argv[1], OP, "offset", &off) ||
+      !get_u64(env, argv[2], OP, "length", &n) || !get_bool(env, argv[3], OP, "shared", &shared))
+    return NULL;
+  if (n == 0) return throw_arg(env, OP, "length must be > 0");
+  if (!check_aligned(env, OP, "offset", off) || !check_aligned(env, OP, "length", n)) return NULL;
+  void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, shared ? MAP_SHARED : MAP_PRIVATE, fd, (off_t)off);
+  if (p == MAP_FAILED) return throw_errno(env, OP, errno, NULL);
+  return wrap_mapping(env, p, n);
+}
+
+#undef OP
+#define OP "memfd_create"
+static napi_value f_memfd_create(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  char name[200];
+  size_t nlen;
+  if (napi_get_value_string_utf8(env, argv[0], name, sizeof name, &nlen) != napi_ok) {
+    napi_value e;
+    napi_get_and_clear_last_exception(env, &e);
+    return throw_arg(env, OP, "name must be a string");
+  }
+  int32_t flags;
+  if (!get_i32(env, argv[1], OP, "flags", &flags)) return NULL;
+  int fd = memfd_create(name, (unsigned)flags);
+  if (fd < 0) return throw_errno(env, OP, errno, NULL);
+  return num(env, fd);
+}
+
+#undef OP
+#define OP "countNonZeroPages"
+/* BENCHMARK REFERENCE ONLY: counts 4 KiB pages of a view holding any non-zero byte by reading every
+ * word. This is the slow way (it even maps the zero page into holes); Ferry uses PAGEMAP_SCAN. */
+static napi_value f_count_nonzero_pages(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  uint8_t *p;
+  size_t len;
+  if (!get_bytes(env, argv[0], OP, "buffer", &p, &len, NULL)) return NULL;
+  if (((uintptr_t)p % 8) || len % PAGE) return throw_arg(env, OP, "buffer must be 8-byte aligned and a whole number of pages");
+  size_t count = 0;
+  for (size_t off = 0; off < len; off += PAGE) {
+    const uint64_t *w = (const uint64_t *)(p + off);
+    for (size_t i = 0; i < PAGE / 8; i++)
+      if (w[i]) { count++; break; }
+  }
+  return num(env, (double)count);
+}
+
+/* ------------------------------------------------------------------ userfaultfd */
+
+#undef OP
+#define OP "userfaultfd"
+/* uffdCreate(nonblock, cloexec) -> fd. Never UFFD_USER_MODE_ONLY: kernel-mode faults (a read() into a hole) must reach us. */
+static napi_value f_uffd_create(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int nb, ce;
+  if (!get_bool(env, argv[0], OP, "nonblock", &nb) || !get_bool(env, argv[1], OP, "cloexec", &ce)) return NULL;
+  int fd = (int)syscall(SYS_userfaultfd, (nb ? O_NONBLOCK : 0) | (ce ? O_CLOEXEC : 0));
+  if (fd < 0) return throw_errno(env, OP, errno, NULL);
+  return num(env, fd);
+}
+
+#undef OP
+#define OP "UFFDIO_API"
+/* uffdApi(fd, features) -> { features, ioctls } granted. */
+static napi_value f_uffd_api(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int fd;
+  uint64_t features;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_u64(env, argv[1], OP, "features", &features)) return NULL;
+  struct uffdio_api api = {.api = UFFD_API, .features = features};
+  if (ioctl(fd, UFFDIO_API, &api) != 0) return throw_errno(env, OP, errno, NULL);
+  napi_value o;
+  napi_create_object(env, &o);
+  napi_set_named_property(env, o, "features", num(env, (double)api.features));
+  napi_set_named_property(env, o, "ioctls", num(env, (double)api.ioctls));
+  return o;
+}
+
+static int get_range(napi_env env, napi_value *argv, const char *op, uint64_t *start, uint64_t *len) {
+  if (!get_u64(env, argv[0], op, "start", start) || !get_u64(env, argv[1], op, "length", len)) return 0;
+  if (!check_aligned(env, op, "start", *start) || !check_aligned(env, op, "length", *len)) return 0;
+  if (*len == 0) { throw_arg(env, op, "length must be > 0"); return 0; }
+  return 1;
+}
+
+#undef OP
+#define OP "UFFDIO_REGISTER"
+/* uffdRegister(fd, start, length, mode) -> ioctls available on the range. */
+static napi_value f_uffd_register(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int fd;
+  uint64_t start, len;
+  int32_t mode;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_range(env, argv + 1, OP, &start, &len) ||
+      !get_i32(env, argv[3], OP, "mode", &mode))
+    return NULL;
+  if (mode <= 0 || (mode & ~(UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP | UFFDIO_REGISTER_MODE_MINOR)))
+    return throw_arg(env, OP, "mode %d must be a non-empty mask of MISSING|WP|MINOR", mode);
+  struct uffdio_register r = {.range = {.start = start, .len = len}, .mode = (uint64_t)mode};
+  if (ioctl(fd, UFFDIO_REGISTER, &r) != 0) return throw_errno(env, OP, errno, NULL);
+  return num(env, (double)r.ioctls);
+}
+
+#undef OP
+#define OP "UFFDIO_UNREGISTER"
+static napi_value f_uffd_unregister(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int fd;
+  uint64_t start, len;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_range(env, argv + 1, OP, &start, &len)) return NULL;
+  struct uffdio_range r = {.start = start, .len = len};
+  if (ioctl(fd, UFFDIO_UNREGISTER, &r) != 0) return throw_errno(env, OP, errno, NULL);
+  return undef(env);
+}
+
+#undef OP
+#define OP "UFFDIO_WAKE"
+static napi_value f_uffd_wake(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int fd;
+  uint64_t start, len;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_range(env, argv + 1, OP, &start, &len)) return NULL;
+  struct uffdio_range r = {.start = start, .len = len};
+  if (ioctl(fd, UFFDIO_WAKE, &r) != 0) return throw_errno(env, OP, errno, NULL);
+  return undef(env);
+}
+
+#undef OP
+#define OP "UFFDIO_WRITEPROTECT"
+/* uffdWriteprotect(fd, start, length, mode): mode WP sets protection, 0 clears it (and wakes unless DONTWAKE). */
+static napi_value f_uffd_writeprotect(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int fd;
+  uint64_t start, len;
+  int32_t mode;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_range(env, argv + 1, OP, &start, &len) ||
+      !get_i32(env, argv[3], OP, "mode", &mode))
+    return NULL;
+  if (mode & ~(UFFDIO_WRITEPROTECT_MODE_WP | UFFDIO_WRITEPROTECT_MODE_DONTWAKE))
+    return throw_arg(env, OP, "mode %d must be a mask of WP|DONTWAKE", mode);
+  struct uffdio_writeprotect w = {.range = {.start = start, .len = len}, .mode = (uint64_t)mode};
+  if (ioctl(fd, UFFDIO_WRITEPROTECT, &w) != 0) return throw_errno(env, OP, errno, NULL);
+  return undef(env);
+}
+
+/* Result convention of the filling ioctls (COPY, ZEROPAGE, CONTINUE): a number >= 0 is the bytes
+ * filled (less than asked on a partial fill: continue after them); -EEXIST means the first page was
+ * already present (a racing fill: success for Ferry) and -EAGAIN that the mm was changing (retry).
+ * Every other failure throws. */
+static napi_value fill_result(napi_env env, const char *op, int rc, int64_t done) {
+  if (rc == 0) return num(env, (double)done);
+  int err = errno;
+  if (done > 0) return num(env, (double)done);
+  if (err == EEXIST || err == EAGAIN) return num(env, -(double)err);
+  if (done < 0 && (-done == EEXIST || -done == EAGAIN)) return num(env, (double)done);
+  return throw_errno(env, op, err, NULL);
+}
+
+#undef OP
+#define OP "UFFDIO_COPY"
+/* uffdCopy(fd, dst, src, srcOffset, length, mode) -> bytes copied | -EEXIST | -EAGAIN. */
+static napi_value f_uffd_copy(napi_env env, napi_callback_info info) {
+  ARGS(6);
+  int fd;
+  uint64_t dst, off, len;
+  uint8_t *src;
+  size_t srclen;
+  int32_t mode;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_u64(env, argv[1], OP, "dst", &dst) ||
+      !get_bytes(env, argv[2], OP, "src", &src, &srclen, NULL) || !get_u64(env, argv[3], OP, "srcOffset", &off) ||
+      !get_u64(env, argv[4], OP, "length", &len) || !get_i32(env, argv[5], OP, "mode", &mode))
+    return NULL;
+  if (!check_aligned(env, OP, "dst", dst) || !check_aligned(env, OP, "length", len)) return NULL;
+  if (len == 0) return throw_arg(env, OP, "length must be > 0");
+  if (!check_inside(env, OP, "src range", off, len, srclen)) return NULL;
+  if (mode & ~(UFFDIO_COPY_MODE_DONTWAKE | UFFDIO_COPY_MODE_WP))
+    return throw_arg(env, OP, "mode %d must be a mask of DONTWAKE|WP", mode);
+  struct uffdio_copy c = {.dst = dst, .src = (uintptr_t)src + off, .len = len, .mode = (uint64_t)mode};
+  int rc = ioctl(fd, UFFDIO_COPY, &c);
+  return fill_result(env, OP, rc, c.copy);
+}
+
+#undef OP
+#define OP "UFFDIO_ZEROPAGE"
+static napi_value f_uffd_zeropage(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int fd;
+  uint64_t start, len;
+  int32_t mode;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_range(env, argv + 1, OP, &start, &len) ||
+      !get_i32(env, argv[3], OP, "mode", &mode))
+    return NULL;
+  if (mode & ~UFFDIO_ZEROPAGE_MODE_DONTWAKE) return throw_arg(env, OP, "mode %d must be 0 or DONTWAKE", mode);
+  struct uffdio_zeropage z = {.range = {.start = start, .len = len}, .mode = (uint64_t)mode};
+  int rc = ioctl(fd, UFFDIO_ZEROPAGE, &z);
+  return fill_result(env, OP, rc, z.zeropage);
+}
+
+#undef OP
+#define OP "UFFDIO_CONTINUE"
+static napi_value f_uffd_continue(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int fd;
+  uint64_t start, len;
+  int32_t mode;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_range(env, argv + 1, OP, &start, &len) ||
+      !get_i32(env, argv[3], OP, "mode", &mode))
+    return NULL;
+  if (mode & ~(UFFDIO_CONTINUE_MODE_DONTWAKE | (1 << 1) /* MODE_WP */))
+    return throw_arg(env, OP, "mode %d must be a mask of DONTWAKE|WP", mode);
+  struct uffdio_continue c = {.range = {.start = start, .len = len}, .mode = (uint64_t)mode};
+  int rc = ioctl(fd, UFFDIO_CONTINUE, &c);
+  return fill_result(env, OP, rc, c.mapped);
+}
+
+/* Decodes uffd_msg records into 4 doubles each: [event, flags, address, arg]
+ *   PAGEFAULT: flags = UFFD_PAGEFAULT_FLAG_*, address, arg = faulting thread id (with THREAD_ID)
+ *   FORK: arg = new uffd;  REMAP: flags = len, address = from, arg = to;  REMOVE/UNMAP: address = start, arg = end */
+static int decode_events(const struct uffd_msg *msgs, int n, double *out) {
+  for (int i = 0; i < n; i++) {
+    const struct uffd_msg *m = &msgs[i];
+    double *o = out + 4 * i;
+    o[0] = m->event;
+    o[1] = o[2] = o[3] = 0;
+    switch (m->event) {
+      case UFFD_EVENT_PAGEFAULT:
+        o[1] = (double)m->arg.pagefault.flags;
+        o[2] = (double)m->arg.pagefault.address;
+        o[3] = (double)m->arg.pagefault.feat.ptid;
+        break;
+      case UFFD_EVENT_FORK: o[3] = m->arg.fork.ufd; break;
+      case UFFD_EVENT_REMAP:
+        o[1] = (double)m->arg.remap.len;
+        o[2] = (double)m->arg.remap.from;
+        o[3] = (double)m->arg.remap.to;
+        break;
+      case UFFD_EVENT_REMOVE:
+      case UFFD_EVENT_UNMAP:
+        o[2] = (double)m->arg.remove.start;
+        o[3] = (double)m->arg.remove.end;
+        break;
+    }
+  }
+  return n;
+}
+
+/* read() of uffd messages; EAGAIN -> 0. */
+static int read_events(napi_env env, const char *op, int fd, double *out, size_t max, int *count) {
+  struct uffd_msg msgs[MAX_EVENTS];
+  if (max > MAX_EVENTS) max = MAX_EVENTS;
+  ssize_t r;
+  do r = read(fd, msgs, max * sizeof msgs[0]);
+  while (r < 0 && errno == EINTR);
+  if (r < 0) {
+    if (errno == EAGAIN) { *count = 0; return 1; }
+    throw_errno(env, op, errno, NULL);
+    return 0;
+  }
+  *count = decode_events(msgs, (int)(r / (ssize_t)sizeof msgs[0]), out);
+  return 1;
+}
+
+#undef OP
+#define OP "uffd read"
+/* uffdReadEvents(fd, out: Float64Array, wait) -> events decoded into out (4 slots each). With wait,
+ * blocks (poll then read) until at least one event; without, returns 0 when none is queued. */
+static napi_value f_uffd_read_events(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int fd, wait;
+  double *out;
+  size_t cap;
+  if (!get_fd(env, argv[0], OP, &fd) ||
+      !get_typed(env, argv[1], OP, "out", napi_float64_array, "Float64Array", (void **)&out, &cap) ||
+      !get_bool(env, argv[2], OP, "wait", &wait))
+    return NULL;
+  if (cap < 4) return throw_arg(env, OP, "out must hold at least one event (4 slots)");
+  for (;;) {
+    if (wait) {
+      struct pollfd p = {.fd = fd, .events = POLLIN};
+      int pr = poll(&p, 1, -1);
+      if (pr < 0 && errno != EINTR) return throw_errno(env, OP, errno, NULL);
+      if (pr > 0 && (p.revents & POLLNVAL)) return throw_errno(env, OP, EBADF, NULL);
+    }
+    int n;
+    if (!read_events(env, OP, fd, out, cap / 4, &n)) return NULL;
+    if (n > 0 || !wait) return num(env, n);
+  }
+}
+
+#undef OP
+#define OP "uffd wait"
+/* uffdWait(uffd, wakeFd, out, timeoutMs) -> events read (> 0), 0 on timeout, -1 when wakeFd is readable
+ * (not consumed). One call per wakeup for the fault-serving loop: poll([uffd, wakeFd]) then read. */
+static napi_value f_uffd_wait(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int fd, wfd;
+  int32_t timeout;
+  double *out;
+  size_t cap;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_fd(env, argv[1], OP, &wfd) ||
+      !get_typed(env, argv[2], OP, "out", napi_float64_array, "Float64Array", (void **)&out, &cap) ||
+      !get_i32(env, argv[3], OP, "timeoutMs", &timeout))
+    return NULL;
+  if (cap < 4) return throw_arg(env, OP, "out must hold at least one event (4 slots)");
+  for (;;) {
+    struct pollfd p[2] = {{.fd = fd, .events = POLLIN}, {.fd = wfd, .events = POLLIN}};
+    int pr = poll(p, 2, timeout);
+    if (pr < 0) {
+      if (errno == EINTR) continue;
+      return throw_errno(env, OP, errno, NULL);
+    }
+    if (pr == 0) return num(env, 0);
+    if ((p[0].revents | p[1].revents) & POLLNVAL) return throw_errno(env, OP, EBADF, NULL);
+    if (p[1].revents) return num(env, -1);
+    int n;
+    if (!read_events(env, OP, fd, out, cap / 4, &n)) return NULL;
+    if (n > 0) return num(env, n);
+  }
+}
+
+/* ------------------------------------------------------------------ pagemap */
+
+#undef OP
+#define OP "PAGEMAP_SCAN"
+/* pagemapScan(fd, start, end, out: Float64Array, flags, categoryInverted, categoryMask, categoryAnyofMask,
+ *             returnMask, maxPages) -> { count, walkEnd }. ONE ioctl; regions come back as 3 doubles
+ * [start, end, categories] each, converted in place in the caller's buffer. Restarting from walkEnd is
+ * the caller's job, and only when count === capacity (the kernel can stop early without being full). */
+static napi_value f_pagemap_scan(napi_env env, napi_callback_info info) {
+  ARGS(10);
+  int fd;
+  uint64_t start, end, maxPages;
+  double *out;
+  size_t cap;
+  int32_t flags, inv, mask, anyof, ret;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_u64(env, argv[1], OP, "start", &start) ||
+      !get_u64(env, argv[2], OP, "end", &end) ||
+      !get_typed(env, argv[3], OP, "out", napi_float64_array, "Float64Array", (void **)&out, &cap) ||
+      !get_i32(env, argv[4], OP, "flags", &flags) || !get_i32(env, argv[5], OP, "categoryInverted", &inv) ||
+      !get_i32(env, argv[6], OP, "categoryMask", &mask) || !get_i32(env, argv[7], OP, "categoryAnyofMask", &anyof) ||
+      !get_i32(env, argv[8], OP, "returnMask", &ret) || !get_u64(env, argv[9], OP, "maxPages", &maxPages))
+    return NULL;
+  if (!check_aligned(env, OP, "start", start) || !check_aligned(env, OP, "end", end)) return NULL;
+  if (end < start) return throw_arg(env, OP, "end 0x%llx is below start", (unsigned long long)end);
+  if (cap < 3) return throw_arg(env, OP, "out must hold at least one region (3 slots)");
+  if (flags & ~(PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC)) return throw_arg(env, OP, "flags %d unknown", flags);
+  if (ret == 0) return throw_arg(env, OP, "returnMask must not be 0");
+  _Static_assert(sizeof(double) == sizeof(uint64_t), "in-place conversion");
+  struct pm_scan_arg a = {
+      .size = sizeof a,
+      .flags = (uint64_t)flags,
+      .start = start,
+      .end = end,
+      .vec = (uintptr_t)out,
+      .vec_len = cap / 3,
+      .max_pages = maxPages,
+      .category_inverted = (uint64_t)(uint32_t)inv,
+      .category_mask = (uint64_t)(uint32_t)mask,
+      .category_anyof_mask = (uint64_t)(uint32_t)anyof,
+      .return_mask = (uint64_t)(uint32_t)ret,
+  };
+  int n = ioctl(fd, PAGEMAP_SCAN, &a);
+  if (n < 0) return throw_errno(env, OP, errno, NULL);
+  uint64_t *raw = (uint64_t *)out;
+  for (size_t i = 0; i < (size_t)n * 3; i++) out[i] = (double)raw[i];
+  napi_value o;
+  napi_create_object(env, &o);
+  napi_set_named_property(env, o, "count", num(env, n));
+  napi_set_named_property(env, o, "walkEnd", num(env, (double)a.walk_end));
+  return o;
+}
+
+#undef OP
+#define OP "pagemap read"
+/* pagemapRead(fd, address, out: BigUint64Array) -> entries read for pages starting at address. */
+static napi_value f_pagemap_read(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int fd;
+  uint64_t addr;
+  void *out;
+  size_t cap;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_u64(env, argv[1], OP, "address", &addr) ||
+      !get_typed(env, argv[2], OP, "out", napi_biguint64_array, "BigUint64Array", &out, &cap))
+    return NULL;
+  if (!check_aligned(env, OP, "address", addr)) return NULL;
+  ssize_t r;
+  do r = pread(fd, out, cap * 8, (off_t)(addr / PAGE * 8));
+  while (r < 0 && errno == EINTR);
+  if (r < 0) return throw_errno(env, OP, errno, NULL);
+  return num(env, (double)(r / 8));
+}
+
+/* ------------------------------------------------------------------ plain fds */
+
+#undef OP
+#define OP "poll"
+/* poll(fds: Int32Array, events: Int32Array, revents: Int32Array, timeoutMs) -> ready count (0 on timeout or EINTR). */
+static napi_value f_poll(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int32_t *fds, *ev, *rev, timeout;
+  size_t n1, n2, n3;
+  if (!get_typed(env, argv[0], OP, "fds", napi_int32_array, "Int32Array", (void **)&fds, &n1) ||
+      !get_typed(env, argv[1], OP, "events", napi_int32_array, "Int32Array", (void **)&ev, &n2) ||
+      !get_typed(env, argv[2], OP, "revents", napi_int32_array, "Int32Array", (void **)&rev, &n3) ||
+      !get_i32(env, argv[3], OP, "timeoutMs", &timeout))
+    return NULL;
+  if (n1 != n2 || n1 != n3) return throw_arg(env, OP, "fds, events and revents must have the same length");
+  if (n1 > 64) return throw_arg(env, OP, "at most 64 fds");
+  struct pollfd p[64];
+  for (size_t i = 0; i < n1; i++) {
+    if (fds[i] < 0) return throw_errno(env, OP, EBADF, "a negative fd");
+    p[i].fd = fds[i];
+    p[i].events = (short)ev[i];
+    p[i].revents = 0;
+  }
+  int r = poll(p, n1, timeout);
+  if (r < 0 && errno != EINTR) return throw_errno(env, OP, errno, NULL);
+  for (size_t i = 0; i < n1; i++) {
+    rev[i] = r > 0 ? p[i].revents : 0;
+    if (p[i].revents & POLLNVAL) {
+      char d[64];
+      snprintf(d, sizeof d, "fd %d is not open", fds[i]);
+      return throw_errno(env, OP, EBADF, d);
+    }
+  }
+  return num(env, r < 0 ? 0 : r);
+}
+
+static int get_io_args(napi_env env, napi_value *argv, const char *op, int *fd, uint8_t **p, uint64_t *len) {
+  size_t blen;
+  uint64_t off;
+  if (!get_fd(env, argv[0], op, fd) || !get_bytes(env, argv[1], op, "buffer", p, &blen, NULL) ||
+      !get_u64(env, argv[2], op, "offset", &off) || !get_u64(env, argv[3], op, "length", len))
+    return 0;
+  if (!check_inside(env, op, "range", off, *len, blen)) return 0;
+  *p += off;
+  return 1;
+}
+
+#undef OP
+#define OP "read"
+/* read(fd, buffer, offset, length) -> bytes read (throws EAGAIN on an empty non-blocking fd). */
+static napi_value f_read(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int fd;
+  uint8_t *p;
+  uint64_t len;
+  if (!get_io_args(env, argv, OP, &fd, &p, &len)) return NULL;
+  ssize_t r;
+  do r = read(fd, p, len);
+  while (r < 0 && errno == EINTR);
+  if (r < 0) return throw_errno(env, OP, errno, NULL);
+  return num(env, (double)r);
+}
+
+#undef OP
+#define OP "pread"
+static napi_value f_pread(napi_env env, napi_callback_info info) {
+  ARGS(5);
+  int fd;
+  uint8_t *p;
+  uint64_t len, pos;
+  if (!get_io_args(env, argv, OP, &fd, &p, &len) || !get_u64(env, argv[4], OP, "position", &pos)) return NULL;
+  ssize_t r;
+  do r = pread(fd, p, len, (off_t)pos);
+  while (r < 0 && errno == EINTR);
+  if (r < 0) return throw_errno(env, OP, errno, NULL);
+  return num(env, (double)r);
+}
+
+#undef OP
+#define OP "write"
+static napi_value f_write(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int fd;
+  uint8_t *p;
+  uint64_t len;
+  if (!get_io_args(env, argv, OP, &fd, &p, &len)) return NULL;
+  ssize_t r;
+  do r = write(fd, p, len);
+  while (r < 0 && errno == EINTR);
+  if (r < 0) return throw_errno(env, OP, errno, NULL);
+  return num(env, (double)r);
+}
+
+#undef OP
+#define OP "close"
+static napi_value f_close(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  if (!get_fd(env, argv[0], OP, &fd)) return NULL;
+  if (close(fd) != 0 && errno != EINTR) return throw_errno(env, OP, errno, NULL);
+  return undef(env);
+}
+
+#undef OP
+#define OP "eventfd"
+/* eventfd(initval, flags) -> fd; flags from EFD_NONBLOCK | EFD_CLOEXEC | EFD_SEMAPHORE. */
+static napi_value f_eventfd(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int32_t init, flags;
+  if (!get_i32(env, argv[0], OP, "initval", &init) || !get_i32(env, argv[1], OP, "flags", &flags)) return NULL;
+  if (init < 0) return throw_arg(env, OP, "initval must be >= 0");
+  if (flags & ~(EFD_NONBLOCK | EFD_CLOEXEC | EFD_SEMAPHORE)) return throw_arg(env, OP, "flags %d unknown", flags);
+  int fd = eventfd((unsigned)init, flags);
+  if (fd < 0) return throw_errno(env, OP, errno, NULL);
+  return num(env, fd);
+}
+
+/* ------------------------------------------------------------------ fd readiness on the event loop */
+
+/* A uv_poll_t watcher: the JS callback runs on the owning thread's event loop when the fd is ready.
+ * The JS side holds a box pointing at the watcher; stop() closes the handle and empties the box. */
+typedef struct watcher {
+  uv_poll_t handle;
+  napi_env env;
+  napi_ref cb;
+  napi_async_context actx;
+  struct watcher_box *box;
+} watcher_t;
+typedef struct watcher_box {
+  watcher_t *w;
+} watcher_box_t;
+
+static void watcher_closed(uv_handle_t *h) { free(h->data); }
+
+static void watcher_stop(watcher_t *w) {
+  uv_poll_stop(&w->handle);
+  napi_delete_reference(w->env, w->cb);
+  napi_async_destroy(w->env, w->actx);
+  if (w->box) w->box->w = NULL;
+  napi_remove_env_cleanup_hook(w->env, (void (*)(void *))watcher_stop, w);
+  uv_close((uv_handle_t *)&w->handle, watcher_closed);
+}
+
+static void watcher_fired(uv_poll_t *h, int status, int events) {
+  watcher_t *w = h->data;
+  napi_env env = w->env;
+  napi_handle_scope scope;
+  napi_open_handle_scope(env, &scope);
+  napi_value cb, recv, argv[2], result;
+  napi_get_reference_value(env, w->cb, &cb);
+  napi_get_undefined(env, &recv);
+  napi_create_int32(env, status, &argv[0]);
+  napi_create_int32(env, (events & UV_READABLE ? POLLIN : 0) | (events & UV_WRITABLE ? POLLOUT : 0) |
+                             (events & UV_DISCONNECT ? POLLHUP : 0), &argv[1]);
+  if (napi_make_callback(env, w->actx, recv, cb, 2, argv, &result) == napi_pending_exception) {
+    napi_value e;
+    napi_get_and_clear_last_exception(env, &e);
+    napi_fatal_exception(env, e);
+  }
+  napi_close_handle_scope(env, scope);
+}
+
+static void box_finalize(napi_env env, void *data, void *hint) {
+  watcher_box_t *b = data;
+  if (b->w) b->w->box = NULL; /* watcher keeps running until stop() or env teardown */
+  free(b);
+}
+
+#undef OP
+#define OP "fdWatch"
+/* fdWatch(fd, events, callback(status, revents)) -> handle; events is POLLIN and/or POLLOUT. */
+static napi_value f_fd_watch(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int fd;
+  int32_t events;
+  napi_valuetype t;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_i32(env, argv[1], OP, "events", &events)) return NULL;
+  napi_typeof(env, argv[2], &t);
+  if (t != napi_function) return throw_arg(env, OP, "callback must be a function");
+  if (!(events & (POLLIN | POLLOUT)) || (events & ~(POLLIN | POLLOUT))) return throw_arg(env, OP, "events must be POLLIN and/or POLLOUT");
+  if (fcntl(fd, F_GETFD) < 0) return throw_errno(env, OP, errno, NULL);
+  struct uv_loop_s *loop;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok) return throw_errno(env, OP, EIO, "no event loop");
+  watcher_t *w = calloc(1, sizeof *w);
+  watcher_box_t *b = calloc(1, sizeof *b);
+  if (!w || !b) { free(w); free(b); return throw_errno(env, OP, ENOMEM, NULL); }
+  int r = uv_poll_init(loop, &w->handle, fd);
+  if (r != 0) { free(w); free(b); return throw_errno(env, OP, -r, NULL); }
+  w->handle.data = w;
+  w->env = env;
+  w->box = b;
+  b->w = w;
+  napi_create_reference(env, argv[2], 1, &w->cb);
+  napi_value name;
+  napi_create_string_utf8(env, "ferry.fdWatch", NAPI_AUTO_LENGTH, &name);
+  napi_async_init(env, NULL, name, &w->actx);
+  r = uv_poll_start(&w->handle, (events & POLLIN ? UV_READABLE : 0) | (events & POLLOUT ? UV_WRITABLE : 0), watcher_fired);
+  if (r != 0) {
+    watcher_stop(w);
+    free(b);
+    return throw_errno(env, OP, -r, NULL);
+  }
+  napi_add_env_cleanup_hook(env, (void (*)(void *))watcher_stop, w);
+  napi_value ext;
+  napi_create_external(env, b, box_finalize, NULL, &ext);
+  return ext;
+}
+
+#undef OP
+#define OP "fdUnwatch"
+/* fdUnwatch(handle): stops and releases the watcher; a second call does nothing. */
+static napi_value f_fd_unwatch(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  napi_valuetype t;
+  napi_typeof(env, argv[0], &t);
+  if (t != napi_external) return throw_arg(env, OP, "handle must come from fdWatch");
+  watcher_box_t *b;
+  napi_get_value_external(env, argv[0], (void **)&b);
+  if (b->w) watcher_stop(b->w);
+  return undef(env);
+}
+
+/* ------------------------------------------------------------------ module */
+
+static void set_num(napi_env env, napi_value o, const char *k, double v) { napi_set_named_property(env, o, k, num(env, v)); }
+
+static napi_value constants(napi_env env) {
+  napi_value c;
+  napi_create_object(env, &c);
+#define C(name) set_num(env, c, #name, (double)(name))
+  C(UFFD_API);
+  C(UFFD_FEATURE_PAGEFAULT_FLAG_WP); C(UFFD_FEATURE_EVENT_FORK); C(UFFD_FEATURE_EVENT_REMAP);
+  C(UFFD_FEATURE_EVENT_REMOVE); C(UFFD_FEATURE_MISSING_HUGETLBFS); C(UFFD_FEATURE_MISSING_SHMEM);
+  C(UFFD_FEATURE_EVENT_UNMAP); C(UFFD_FEATURE_SIGBUS); C(UFFD_FEATURE_THREAD_ID); C(UFFD_FEATURE_MINOR_HUGETLBFS);
+  C(UFFD_FEATURE_MINOR_SHMEM); C(UFFD_FEATURE_EXACT_ADDRESS); C(UFFD_FEATURE_WP_HUGETLBFS_SHMEM);
+  C(UFFD_FEATURE_WP_UNPOPULATED); C(UFFD_FEATURE_POISON); C(UFFD_FEATURE_WP_ASYNC); C(UFFD_FEATURE_MOVE);
+  C(_UFFDIO_REGISTER); C(_UFFDIO_UNREGISTER); C(_UFFDIO_WAKE); C(_UFFDIO_COPY); C(_UFFDIO_ZEROPAGE);
+  C(_UFFDIO_MOVE); C(_UFFDIO_WRITEPROTECT); C(_UFFDIO_CONTINUE); C(_UFFDIO_POISON); C(_UFFDIO_API);
+  C(UFFDIO_REGISTER_MODE_MISSING); C(UFFDIO_REGISTER_MODE_WP); C(UFFDIO_REGISTER_MODE_MINOR);
+  C(UFFDIO_COPY_MODE_DONTWAKE); C(UFFDIO_COPY_MODE_WP); C(UFFDIO_ZEROPAGE_MODE_DONTWAKE);
+  C(UFFDIO_WRITEPROTECT_MODE_WP); C(UFFDIO_WRITEPROTECT_MODE_DONTWAKE); C(UFFDIO_CONTINUE_MODE_DONTWAKE);
+  C(UFFD_EVENT_PAGEFAULT); C(UFFD_EVENT_FORK); C(UFFD_EVENT_REMAP); C(UFFD_EVENT_REMOVE); C(UFFD_EVENT_UNMAP);
+  C(UFFD_PAGEFAULT_FLAG_WRITE); C(UFFD_PAGEFAULT_FLAG_WP); C(UFFD_PAGEFAULT_FLAG_MINOR);
+  C(PAGE_IS_WPALLOWED); C(PAGE_IS_WRITTEN); C(PAGE_IS_FILE); C(PAGE_IS_PRESENT); C(PAGE_IS_SWAPPED);
+  C(PAGE_IS_PFNZERO); C(PAGE_IS_HUGE); C(PAGE_IS_SOFT_DIRTY); C(PM_SCAN_WP_MATCHING); C(PM_SCAN_CHECK_WPASYNC);
+  C(MADV_DONTNEED); C(MADV_WILLNEED); C(MADV_HUGEPAGE); C(MADV_NOHUGEPAGE); C(MADV_COLLAPSE);
+  C(EFD_NONBLOCK); C(EFD_CLOEXEC); C(EFD_SEMAPHORE); C(MFD_CLOEXEC);
+  C(POLLIN); C(POLLOUT); C(POLLERR); C(POLLHUP); C(POLLNVAL);
+  C(EEXIST); C(EAGAIN);
+#undef C
+  return c;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+#define F(js, fn) {js, NULL, fn, NULL, NULL, NULL, napi_enumerable, NULL}
+      F("bufferAddress", f_buffer_address), F("madvise", f_madvise), F("mmapAnonymous", f_mmap_anonymous),
+      F("mmapFd", f_mmap_fd), F("memfdCreate", f_memfd_create), F("countNonZeroPages", f_count_nonzero_pages),
+      F("uffdCreate", f_uffd_create), F("uffdApi", f_uffd_api), F("uffdRegister", f_uffd_register),
+      F("uffdUnregister", f_uffd_unregister), F("uffdWake", f_uffd_wake), F("uffdWriteprotect", f_uffd_writeprotect),
+      F("uffdCopy", f_uffd_copy), F("uffdZeropage", f_uffd_zeropage), F("uffdContinue", f_uffd_continue),
+      F("uffdReadEvents", f_uffd_read_events), F("uffdWait", f_uffd_wait), F("pagemapScan", f_pagemap_scan),
+      F("pagemapRead", f_pagemap_read), F("poll", f_poll), F("read", f_read), F("pread", f_pread),
+      F("write", f_write), F("close", f_close), F("eventfd", f_eventfd), F("fdWatch", f_fd_watch),
+      F("fdUnwatch", f_fd_unwatch),
+#undef F
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  napi_set_named_property(env, exports, "constants", constants(env));
+  return exports;
+}
+
 NAPI_MODULE(NODE_GYP_MODULE_NAME, init)
