@@ -1,0 +1,73 @@
+// Loads the ferry_native addon (the only module that does) and declares its exact interface.
+// Every function validates its arguments in C and throws an Error with .code (errno name),
+// .syscall (the operation) and .errno; see native/ferry_native.c.
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** Any view the addon can take the address of (a SharedArrayBuffer must be passed as a view). */
+export type Bytes = ArrayBufferView | ArrayBuffer;
+
+export interface NativeConstants {
+  readonly [name: string]: number;
+}
+
+export interface FerryNative {
+  readonly constants: NativeConstants;
+  bufferAddress(buf: Bytes): number;
+  madvise(buf: Bytes, offset: number, length: number, advice: number): void;
+  mmapAnonymous(length: number): ArrayBuffer;
+  mmapFd(fd: number, offset: number, length: number, shared: boolean): ArrayBuffer;
+  memfdCreate(name: string, flags: number): number;
+  /** Benchmark reference only: reads every word of every page. */
+  countNonZeroPages(buf: Bytes): number;
+  uffdCreate(nonblock: boolean, cloexec: boolean): number;
+  uffdApi(fd: number, features: number): { features: number; ioctls: number };
+  uffdRegister(fd: number, start: number, length: number, mode: number): number;
+  uffdUnregister(fd: number, start: number, length: number): void;
+  uffdWake(fd: number, start: number, length: number): void;
+  uffdWriteprotect(fd: number, start: number, length: number, mode: number): void;
+  /** Bytes filled (>= 0, may be partial), -EEXIST or -EAGAIN; other failures throw. */
+  uffdCopy(fd: number, dst: number, src: Bytes, srcOffset: number, length: number, mode: number): number;
+  uffdZeropage(fd: number, start: number, length: number, mode: number): number;
+  uffdContinue(fd: number, start: number, length: number, mode: number): number;
+  /** Events decoded 4 slots each into out: [event, flags, address, arg]; 0 when none queued (no wait). */
+  uffdReadEvents(fd: number, out: Float64Array, wait: boolean): number;
+  /** poll([uffd, wakeFd]) then read: events (> 0), 0 on timeout, -1 when wakeFd is readable. */
+  uffdWait(fd: number, wakeFd: number, out: Float64Array, timeoutMs: number): number;
+  pagemapScan(
+    fd: number, start: number, end: number, out: Float64Array, flags: number, categoryInverted: number,
+    categoryMask: number, categoryAnyofMask: number, returnMask: number, maxPages: number,
+  ): { count: number; walkEnd: number };
+  pagemapRead(fd: number, address: number, out: BigUint64Array): number;
+  poll(fds: Int32Array, events: Int32Array, revents: Int32Array, timeoutMs: number): number;
+  read(fd: number, buf: Bytes, offset: number, length: number): number;
+  pread(fd: number, buf: Bytes, offset: number, length: number, position: number): number;
+  write(fd: number, buf: Bytes, offset: number, length: number): number;
+  close(fd: number): void;
+  eventfd(initval: number, flags: number): number;
+  fdWatch(fd: number, events: number, cb: (status: number, revents: number) => void): object;
+  fdUnwatch(handle: object): void;
+}
+
+function addonPath(): string {
+  // dist/src/sys/native.js and src/sys/native.ts both sit a fixed depth below the package root.
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 5; i++) {
+    const p = join(dir, 'build', 'Release', 'ferry_native.node');
+    if (existsSync(p)) return p;
+    dir = dirname(dir);
+  }
+  throw new Error('ferry_native addon not built: run `npx node-gyp rebuild --nodedir=/usr` (or npm ci)');
+}
+
+const require = createRequire(import.meta.url);
+export const native = require(addonPath()) as FerryNative;
+
+/** Named constant from the addon; throws if the name is unknown (a typo must not become undefined). */
+export function K(name: string): number {
+  const v = native.constants[name];
+  if (v === undefined) throw new Error(`unknown native constant ${name}`);
+  return v;
+}
