@@ -1,0 +1,67 @@
+// DirtyTracker: which host pages of a GuestMemory were written since start() or the last collect(),
+// by any thread and by the kernel on the guest's behalf (a read() into guest memory). Uses uffd
+// write-protection in async mode (the kernel just records the write, nobody serves a fault) with
+// WP_UNPOPULATED (never-touched pages are tracked too), and PAGEMAP_SCAN get-and-clear.
+//
+// Growth: the whole reservation (maximum, PROT_NONE tail included) is registered and protected at
+// start(), so a page made accessible by memory.grow and then written is reported like any other.
+import { Userfaultfd, UFFD_FEATURE, REGISTER_MODE } from '../sys/uffd.js';
+import { Pagemap, PAGE_IS, PM_SCAN_WP_MATCHING, PM_SCAN_CHECK_WPASYNC } from '../sys/pagemap.js';
+import { PageBitmap } from './page-bitmap.js';
+import { HOST_PAGE_SIZE, type GuestMemory } from './guest-memory.js';
+
+export class DirtyTracker {
+  private uffd: Userfaultfd | null = null;
+  private pagemap: Pagemap | null = null;
+
+  constructor(readonly mem: GuestMemory) {}
+
+  get active(): boolean {
+    return this.uffd !== null;
+  }
+
+  /** Registers the reservation for async write-protection and protects every page. */
+  start(): void {
+    if (this.uffd) throw new Error('DirtyTracker: already started');
+    const uffd = Userfaultfd.open({ features: UFFD_FEATURE.WP_ASYNC | UFFD_FEATURE.WP_UNPOPULATED });
+    try {
+      uffd.register(this.mem.base, this.mem.maxBytes, REGISTER_MODE.WP);
+      uffd.writeProtect(this.mem.base, this.mem.maxBytes, true);
+    } catch (e) {
+      uffd.close();
+      throw e;
+    }
+    this.uffd = uffd;
+    this.pagemap = new Pagemap();
+  }
+
+  /**
+   * Pages written since start()/the last collect(), as host page indexes over the whole reservation;
+   * re-protects them in the same ioctl (get-and-clear), so no write between two collects is lost.
+   */
+  collect(into?: PageBitmap): PageBitmap {
+    if (!this.pagemap) throw new Error('DirtyTracker: not started');
+    const out = into ?? new PageBitmap(this.mem.maxPageCount);
+    if (out.size !== this.mem.maxPageCount) throw new RangeError('DirtyTracker.collect: bitmap must cover the reservation');
+    const base = this.mem.base;
+    this.pagemap.scan(base, base + this.mem.maxBytes, {
+      flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+      categoryMask: PAGE_IS.WRITTEN,
+      returnMask: PAGE_IS.WRITTEN,
+    }, (s, e) => out.addRange((s - base) / HOST_PAGE_SIZE, (e - base) / HOST_PAGE_SIZE));
+    return out;
+  }
+
+  /** Unregisters (removing every write-protection) and closes the uffd. Idempotent. */
+  stop(): void {
+    if (!this.uffd) return;
+    try {
+      this.uffd.unregister(this.mem.base, this.mem.maxBytes);
+    } finally {
+      this.uffd.close();
+      this.pagemap?.close();
+      this.uffd = null;
+      this.pagemap = null;
+    }
+  }
+}
