@@ -1,5 +1,46 @@
-// Entry point of the `ferry` CLI. Each subcommand lives in its own module under src/cli/.
+// Entry point of the `ferry` CLI: one commander program, one module per subcommand.
+import { Command, CommanderError } from 'commander';
+import { EXIT, EXIT_CODES_HELP, UsageError } from './exit-codes.js';
+import { registerRun } from './commands/run.js';
+import { registerControl } from './commands/control.js';
+import { ModuleRejected } from '../guest/instrument.js';
+
 export async function main(argv: string[]): Promise<number> {
-  process.stderr.write(`ferry: not built yet (${argv.join(' ')})\n`);
-  return 2;
+  // Everything after `--` belongs to the guest, never to Ferry.
+  const dd = argv.indexOf('--');
+  const ferryArgs = dd >= 0 ? argv.slice(0, dd) : argv;
+  const guestArgs = dd >= 0 ? argv.slice(dd + 1) : [];
+  let exitCode: number = EXIT.ok;
+  const program = new Command('ferry')
+    .description('Live migration and instant restore for WebAssembly (WASI) guests.')
+    .addHelpText('after', `\n${EXIT_CODES_HELP}\n\nRun \`ferry demo\` to watch a guest migrate live between two local hosts.`)
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) })
+    .showHelpAfterError('(run with --help for usage)');
+  const ctx = { guestArgs, setExit: (c: number) => (exitCode = c) };
+  registerRun(program, ctx);
+  registerControl(program, ctx);
+  try {
+    await program.parseAsync(ferryArgs, { from: 'user' });
+    return exitCode;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      return err.exitCode === 0 ? EXIT.ok : EXIT.usage;
+    }
+    if (err instanceof UsageError) {
+      process.stderr.write(`ferry: ${err.message}\n(run with --help for usage)\n`);
+      return EXIT.usage;
+    }
+    if (err instanceof ModuleRejected) {
+      process.stderr.write(`ferry: module refused: ${err.message}\n`);
+      return EXIT.moduleRefused;
+    }
+    throw err;
+  }
+}
+
+export interface CliContext {
+  /** Arguments after `--`, for the guest. */
+  guestArgs: string[];
+  setExit(code: number): void;
 }

@@ -1,0 +1,327 @@
+// A Guest: one WASI program running on its own worker thread over a shared memory that Ferry
+// owns. The main thread controls it through the control block (pause, resume, stop) and gets
+// its captured state when it pauses. A guest can start fresh from a module, or from a memory
+// image and a captured state — in this process or in another one given the same bytes.
+import { EventEmitter } from 'node:events';
+import { Worker } from 'node:worker_threads';
+import { Cmd, Ctl, WorkerState, controlWords, createControlMemory } from './control-block.js';
+import { ModuleCache } from './module-cache.js';
+import { ModuleRejected, type InstrumentedMeta } from './instrument.js';
+import type { PausedCapture, WorkerInit, WorkerMessage } from './worker-protocol.js';
+import type { Preopen, StdioBinding } from '../wasi/wasi.js';
+import { GUEST_STATE_FORMAT, GUEST_STATE_VERSION, type GuestState } from '../state/guest-state.js';
+import { WASI_IMPORT_NAMES } from '../wasi/wasi.js';
+
+export const WASM_PAGE_SIZE = 65536;
+export const DEFAULT_MAX_MEMORY = 4 * 1024 * 1024 * 1024;
+/** Bytes of linear memory reserved for the unwound stack at the first pause. */
+export const DEFAULT_UNWIND_BYTES = 256 * 1024;
+
+export type GuestStatus = 'starting' | 'running' | 'pausing' | 'paused' | 'stopped' | 'exited' | 'failed';
+
+export interface GuestExit {
+  /** The guest's exit code, or null when it was stopped or failed. */
+  code: number | null;
+  reason: 'exit' | 'trap' | 'stopped' | 'error';
+  message?: string;
+  /** For a trap: the guest function it happened in, when the module names it. */
+  func?: string | null;
+}
+
+export interface GuestCommonOptions {
+  preopens?: Preopen[];
+  stdio?: Partial<StdioBinding>;
+  cache?: ModuleCache;
+}
+
+export interface GuestStartOptions extends GuestCommonOptions {
+  module: Uint8Array;
+  args?: string[];
+  env?: Record<string, string>;
+  /** Cap on the guest's maximum memory in bytes (default 4 GiB). */
+  maxMemoryBytes?: number;
+  modulePath?: string | null;
+}
+
+export interface GuestRestoreOptions extends GuestCommonOptions {
+  module: Uint8Array;
+  state: GuestState;
+  /** The guest's memory, already holding (or about to hold, for lazy restore) its pages. */
+  memory: WebAssembly.Memory;
+  modulePath?: string | null;
+  /** Start the worker but keep the guest paused until resume(). */
+  startPaused?: boolean;
+}
+
+export class GuestError extends Error {
+  constructor(readonly code: string, message: string) {
+    super(message);
+    this.name = 'GuestError';
+  }
+}
+
+export class Guest extends EventEmitter {
+  readonly memory: WebAssembly.Memory;
+  readonly meta: InstrumentedMeta;
+  readonly moduleHash: string;
+  readonly modulePath: string | null;
+  readonly maxMemoryBytes: number;
+  /** Resolves when the guest ends, however it ends. */
+  readonly exited: Promise<GuestExit>;
+
+  private readonly worker: Worker;
+  private readonly ctl: Int32Array;
+  private statusValue: GuestStatus = 'starting';
+  private lastCapture: PausedCapture | null = null;
+  private pauseWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
+  private exitInfo: GuestExit | null = null;
+  private readonly startedAt = performance.now();
+  private readonly priorUptimeMs: number;
+  private runningSince = 0;
+  private runMs = 0;
+
+  private constructor(
+    init: WorkerInit,
+    meta: InstrumentedMeta,
+    modulePath: string | null,
+    maxMemoryBytes: number,
+    priorUptimeMs: number,
+  ) {
+    super();
+    this.memory = init.memory;
+    this.meta = meta;
+    this.moduleHash = meta.sourceHash;
+    this.modulePath = modulePath;
+    this.maxMemoryBytes = maxMemoryBytes;
+    this.priorUptimeMs = priorUptimeMs;
+    this.ctl = controlWords(init.control);
+    this.worker = new Worker(new URL('./worker.js', import.meta.url), { workerData: init });
+    let resolveExit!: (e: GuestExit) => void;
+    this.exited = new Promise((r) => (resolveExit = r));
+    const finish = (e: GuestExit) => {
+      if (this.exitInfo) return;
+      this.accountRun();
+      this.exitInfo = e;
+      this.statusValue = e.reason === 'exit' || e.reason === 'trap' ? 'exited' : e.reason === 'stopped' ? 'stopped' : 'failed';
+      for (const w of this.pauseWaiters.splice(0)) w.reject(new GuestError('guest-ended', `guest ended (${e.reason}) before it paused`));
+      resolveExit(e);
+      this.emit('exit', e);
+    };
+    this.worker.on('message', (m: WorkerMessage) => {
+      switch (m.type) {
+        case 'started':
+          this.statusValue = 'running';
+          this.runningSince = performance.now();
+          this.emit('started');
+          break;
+        case 'paused':
+          this.accountRun();
+          this.lastCapture = m.capture;
+          this.statusValue = 'paused';
+          for (const w of this.pauseWaiters.splice(0)) w.resolve();
+          this.emit('paused');
+          break;
+        case 'pause-failed':
+          for (const w of this.pauseWaiters.splice(0)) w.reject(new GuestError('pause-failed', m.message));
+          break;
+        case 'exit':
+          finish({ code: m.code, reason: 'exit' });
+          break;
+        case 'trap':
+          finish({ code: null, reason: 'trap', message: m.message, func: m.func });
+          break;
+        case 'error':
+          finish({ code: null, reason: 'error', message: m.message });
+          break;
+      }
+    });
+    this.worker.on('error', (err) => finish({ code: null, reason: 'error', message: err.message }));
+    this.worker.on('exit', () => finish({ code: null, reason: 'stopped' }));
+  }
+
+  /** Instruments (or takes from the cache) and starts a module from its first instruction. */
+  static async start(opts: GuestStartOptions): Promise<Guest> {
+    const cache = opts.cache ?? new ModuleCache();
+    const mod = await cache.load(opts.module);
+    checkImports(mod.meta);
+    const maxMemoryBytes = opts.maxMemoryBytes ?? DEFAULT_MAX_MEMORY;
+    const capPages = Math.floor(maxMemoryBytes / WASM_PAGE_SIZE);
+    if (capPages < 1 || capPages > 65536) throw new GuestError('bad-max-memory', `max memory must be between 64 KiB and 4 GiB`);
+    const maxPages = Math.min(mod.meta.memory.declaredMaxPages ?? 65536, capPages);
+    if (mod.meta.memory.initialPages > maxPages) {
+      throw new ModuleRejected(
+        `module needs ${fmtBytes(mod.meta.memory.initialPages * WASM_PAGE_SIZE)} of initial memory, more than the maximum of ${fmtBytes(maxPages * WASM_PAGE_SIZE)} (--max-memory)`,
+      );
+    }
+    const memory = new WebAssembly.Memory({ initial: mod.meta.memory.initialPages, maximum: maxPages, shared: true });
+    const init: WorkerInit = {
+      module: new WebAssembly.Module(mod.binary as Uint8Array<ArrayBuffer>),
+      meta: mod.meta,
+      memory,
+      control: createControlMemory(),
+      fresh: {
+        wasi: {
+          args: opts.args ?? [opts.modulePath ?? 'guest.wasm'],
+          env: opts.env ?? {},
+          preopens: opts.preopens ?? [],
+          stdio: stdioOf(opts.stdio),
+        },
+        dataImage: mod.dataImage,
+      },
+      unwindBytes: DEFAULT_UNWIND_BYTES,
+    };
+    const guest = new Guest(init, mod.meta, opts.modulePath ?? null, maxPages * WASM_PAGE_SIZE, 0);
+    await guest.whenStarted();
+    return guest;
+  }
+
+  /** Continues a captured guest over `memory`, which holds (or will hold) its pages. */
+  static async restore(opts: GuestRestoreOptions): Promise<Guest> {
+    const cache = opts.cache ?? new ModuleCache();
+    const mod = await cache.load(opts.module);
+    if (mod.meta.sourceHash !== opts.state.module.hash) {
+      throw new GuestError('module-mismatch', `state belongs to module ${opts.state.module.hash.slice(0, 12)}…, not ${mod.meta.sourceHash.slice(0, 12)}…`);
+    }
+    checkImports(mod.meta);
+    if (opts.memory.buffer.byteLength < opts.state.memory.bytes) {
+      throw new GuestError('memory-too-small', `memory holds ${opts.memory.buffer.byteLength} bytes, state needs ${opts.state.memory.bytes}`);
+    }
+    const control = createControlMemory();
+    if (opts.startPaused) Atomics.store(controlWords(control), Ctl.PauseRequested, 1);
+    const init: WorkerInit = {
+      module: new WebAssembly.Module(mod.binary as Uint8Array<ArrayBuffer>),
+      meta: mod.meta,
+      memory: opts.memory,
+      control,
+      restore: {
+        exec: opts.state.exec,
+        wasi: opts.state.wasi,
+        preopens: opts.preopens ?? [],
+        stdio: stdioOf(opts.stdio),
+      },
+      unwindBytes: DEFAULT_UNWIND_BYTES,
+    };
+    const guest = new Guest(init, mod.meta, opts.modulePath ?? null, opts.state.memory.maxBytes, opts.state.uptimeMs);
+    if (opts.startPaused) guest.statusValue = 'pausing';
+    await guest.whenStarted();
+    return guest;
+  }
+
+  get status(): GuestStatus {
+    return this.statusValue;
+  }
+
+  get exitResult(): GuestExit | null {
+    return this.exitInfo;
+  }
+
+  /** Milliseconds the guest has run, over all its hosts. */
+  get uptimeMs(): number {
+    const now = this.statusValue === 'running' ? performance.now() - this.runningSince : 0;
+    return Math.round(this.priorUptimeMs + this.runMs + now);
+  }
+
+  /** Returns once the guest sits at a safepoint with its stack unwound. */
+  pause(): Promise<void> {
+    if (this.statusValue === 'paused') return Promise.resolve();
+    this.assertLive('pause');
+    const p = new Promise<void>((resolve, reject) => this.pauseWaiters.push({ resolve, reject }));
+    this.statusValue = 'pausing';
+    Atomics.store(this.ctl, Ctl.PauseRequested, 1);
+    return p;
+  }
+
+  /** Continues a paused guest. */
+  resume(): void {
+    if (this.statusValue !== 'paused') throw new GuestError('not-paused', `cannot resume a guest that is ${this.statusValue}`);
+    this.lastCapture = null;
+    Atomics.store(this.ctl, Ctl.PauseRequested, 0);
+    this.statusValue = 'running';
+    this.runningSince = performance.now();
+    Atomics.store(this.ctl, Ctl.Command, Cmd.Resume);
+    Atomics.notify(this.ctl, Ctl.Command);
+  }
+
+  /** The state of the paused guest (memory excluded). */
+  capture(): GuestState {
+    if (this.statusValue !== 'paused' || !this.lastCapture) throw new GuestError('not-paused', `capture needs a paused guest (it is ${this.statusValue})`);
+    const c = this.lastCapture;
+    return {
+      format: GUEST_STATE_FORMAT,
+      version: GUEST_STATE_VERSION,
+      module: { hash: this.meta.sourceHash, size: this.meta.sourceSize },
+      memory: { bytes: c.memoryBytes, maxBytes: this.maxMemoryBytes },
+      exec: c.exec,
+      wasi: c.wasi,
+      uptimeMs: this.uptimeMs,
+    };
+  }
+
+  /** Reasons the paused guest cannot leave this host (sockets, pipes...), empty if it can. */
+  movabilityProblems(): string[] {
+    if (!this.lastCapture) throw new GuestError('not-paused', 'movability is known only for a paused guest');
+    return this.lastCapture.movabilityProblems;
+  }
+
+  /**
+   * Ends the guest without running any more guest code: no atexit handlers, no stdio flush.
+   * A paused worker is told to stop; a running one is terminated where it stands (it may be
+   * blocked on a memory hole, which only termination can end).
+   */
+  async stop(): Promise<GuestExit> {
+    if (this.exitInfo) return this.exitInfo;
+    if (Atomics.load(this.ctl, Ctl.State) === WorkerState.Paused) {
+      Atomics.store(this.ctl, Ctl.Command, Cmd.Stop);
+      Atomics.notify(this.ctl, Ctl.Command);
+    } else {
+      await this.worker.terminate();
+    }
+    return this.exited;
+  }
+
+  private whenStarted(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      if (this.statusValue !== 'starting' && this.statusValue !== 'pausing') return resolve();
+      const onStart = () => {
+        this.off('exit', onExit);
+        resolve();
+      };
+      const onExit = (e: GuestExit) => {
+        this.off('started', onStart);
+        if (e.reason === 'error') reject(new GuestError('start-failed', e.message ?? 'guest failed to start'));
+        else resolve();
+      };
+      this.once('started', onStart);
+      this.once('exit', onExit);
+    });
+  }
+
+  private assertLive(op: string): void {
+    if (this.exitInfo) throw new GuestError('guest-ended', `cannot ${op}: the guest has ${this.statusValue}`);
+  }
+
+  private accountRun(): void {
+    if (this.statusValue === 'running' && this.runningSince > 0) this.runMs += performance.now() - this.runningSince;
+    this.runningSince = 0;
+  }
+}
+
+function stdioOf(s: Partial<StdioBinding> | undefined): StdioBinding {
+  return { stdin: s?.stdin ?? 0, stdout: s?.stdout ?? 1, stderr: s?.stderr ?? 2 };
+}
+
+function checkImports(meta: InstrumentedMeta): void {
+  const missing = meta.functionImports.filter((i) => !i.module.startsWith('wasi_snapshot_preview1') || !WASI_IMPORT_NAMES.includes(i.name));
+  if (missing.length > 0) {
+    throw new ModuleRejected(
+      `module imports ${missing.map((i) => `${i.module}.${i.name}`).join(', ')}, which Ferry does not provide (Ferry provides WASI preview1, "wasi_snapshot_preview1")`,
+    );
+  }
+}
+
+export function fmtBytes(n: number): string {
+  if (n >= 1 << 30) return `${(n / (1 << 30)).toFixed(n % (1 << 30) ? 1 : 0)} GiB`;
+  if (n >= 1 << 20) return `${(n / (1 << 20)).toFixed(n % (1 << 20) ? 1 : 0)} MiB`;
+  if (n >= 1 << 10) return `${(n / (1 << 10)).toFixed(0)} KiB`;
+  return `${n} B`;
+}

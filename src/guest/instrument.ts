@@ -1,0 +1,235 @@
+// Rewrites a guest module once so that it can be paused anywhere and moved:
+//  - its own memory becomes an imported *shared* memory ("ferry" "memory"), so Ferry owns it
+//    (userfaultfd, dirty tracking) and it can be handed to the guest's worker thread;
+//  - active data segments are taken out and kept beside the module: they are written only when a
+//    guest starts fresh, never when a restored guest is instantiated over memory that already
+//    holds its pages;
+//  - every mutable global is exported, so its value can be captured and restored;
+//  - a safepoint call is placed at every function entry and loop head (Binaryen's
+//    `log-execution` pass), and Asyncify lets the guest unwind its whole stack into linear memory
+//    from a safepoint or from a blocking WASI call, and rewind it later, in any process.
+import { createHash } from 'node:crypto';
+
+export const INSTRUMENTATION_VERSION = 1;
+
+/** The import namespace and names Ferry adds. */
+export const FERRY_IMPORT_MODULE = 'ferry';
+export const FERRY_MEMORY_IMPORT = 'memory';
+export const GLOBAL_EXPORT_PREFIX = 'ferry_global_';
+
+/** WASI calls that may block and therefore must be able to unwind (re-entered on resume). */
+export const UNWINDABLE_WASI_CALLS = ['fd_read', 'poll_oneoff'] as const;
+
+export type ValueType = 'i32' | 'i64' | 'f32' | 'f64';
+
+export interface DataSegment {
+  offset: number; // byte offset in linear memory
+  length: number; // bytes, stored consecutively in the data image
+}
+
+export interface InstrumentedMeta {
+  instrumentationVersion: number;
+  sourceHash: string; // sha256 hex of the original module bytes
+  sourceSize: number;
+  memory: {
+    initialPages: number; // 64 KiB wasm pages
+    declaredMaxPages: number | null;
+  };
+  globals: { exportName: string; type: ValueType }[];
+  functionImports: { module: string; name: string }[];
+  /** Where `log-execution` put the safepoint import. */
+  safepointImport: { module: string; name: string };
+  unwindImports: { module: string; name: string }[];
+  dataSegments: DataSegment[];
+  entry: '_start';
+}
+
+export interface InstrumentedModule {
+  meta: InstrumentedMeta;
+  binary: Uint8Array; // instrumented module
+  dataImage: Uint8Array; // active data segments, concatenated
+}
+
+export class ModuleRejected extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ModuleRejected';
+  }
+}
+
+export function sha256Hex(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
+// The feature set V8 in Node 20 accepts. With Binaryen's `Features.All` it emits encodings that
+// V8 11.3 refuses, so this list is deliberate.
+function featureMask(b: BinaryenApi): number {
+  const F = b.Features;
+  return F.MVP | F.MutableGlobals | F.SignExt | F.BulkMemory | F.NontrappingFPToInt | F.Atomics | F.SIMD128;
+}
+
+// binaryen ships as an ES module with top-level await: it can only be import()ed.
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+type BinaryenApi = any;
+let binaryenPromise: Promise<BinaryenApi> | null = null;
+function loadBinaryen(): Promise<BinaryenApi> {
+  binaryenPromise ??= import('binaryen').then((m) => (m as { default: BinaryenApi }).default);
+  return binaryenPromise;
+}
+
+/** Instruments `source` (the original module). Throws ModuleRejected with a clear reason. */
+export async function instrumentModule(source: Uint8Array): Promise<InstrumentedModule> {
+  try {
+    new WebAssembly.Module(source as Uint8Array<ArrayBuffer>);
+  } catch (err) {
+    throw new ModuleRejected(`not a valid WebAssembly module: ${(err as Error).message}`);
+  }
+  const b = await loadBinaryen();
+  const mod = b.readBinary(source);
+  try {
+    return transform(b, mod, source);
+  } finally {
+    mod.dispose();
+  }
+}
+
+function transform(b: BinaryenApi, mod: BinaryenApi, source: Uint8Array): InstrumentedModule {
+  mod.setFeatures(featureMask(b));
+
+  // ---- refuse what cannot be instrumented ----
+  let hasStart = false;
+  let memoryName: string | null = null;
+  for (let i = 0; i < mod.getNumExports(); i++) {
+    const e = b.getExportInfo(mod.getExportByIndex(i));
+    if (e.name.startsWith('asyncify_')) {
+      throw new ModuleRejected(`module is already transformed by Asyncify (exports ${e.name}); give Ferry the original module`);
+    }
+    if (e.kind === b.ExternalFunction && e.name === '_start') hasStart = true;
+    if (e.kind === b.ExternalMemory) memoryName = e.value;
+  }
+  if (!hasStart) {
+    throw new ModuleRejected('module has no _start export: Ferry runs WASI command modules (wasm32-wasi / wasm32-wasip1 executables)');
+  }
+  if (mod.getStart() !== 0) {
+    throw new ModuleRejected('module has a start section; Ferry cannot re-instantiate such a module over restored memory');
+  }
+  if (mod.getNumTables() > 1) throw new ModuleRejected('module has more than one table; not supported');
+  for (let i = 0; i < mod.getNumTables(); i++) {
+    const t = b.getTableInfo(mod.getTableByIndex(i));
+    if (t.module) throw new ModuleRejected(`module imports a table (${t.module}.${t.base}); Ferry provides only WASI functions and memory`);
+  }
+  if (!mod.hasMemory()) throw new ModuleRejected('module has no linear memory');
+  const memInfo = mod.getMemoryInfo(memoryName);
+  if (memInfo.is64) throw new ModuleRejected('module uses 64-bit memory (memory64); not supported on Node 20');
+
+  const functionImports: { module: string; name: string }[] = [];
+  for (let i = 0; i < mod.getNumFunctions(); i++) {
+    const f = b.getFunctionInfo(mod.getFunctionByIndex(i));
+    if (!f.module) continue;
+    if (f.module === FERRY_IMPORT_MODULE || f.base === 'log_execution') {
+      throw new ModuleRejected(`module already carries Ferry instrumentation (imports ${f.module}.${f.base})`);
+    }
+    functionImports.push({ module: f.module, name: f.base });
+  }
+  const exportedGlobals: { exportName: string; type: ValueType }[] = [];
+  const globalRefs: { name: string; type: ValueType }[] = [];
+  for (let i = 0; i < mod.getNumGlobals(); i++) {
+    const g = b.getGlobalInfo(mod.getGlobalByIndex(i));
+    if (g.module) throw new ModuleRejected(`module imports a global (${g.module}.${g.base}); Ferry provides only WASI functions and memory`);
+    if (!g.mutable) continue;
+    const type = valueType(b, g.type);
+    if (!type) throw new ModuleRejected(`global ${g.name} has a type Ferry cannot capture`);
+    globalRefs.push({ name: g.name, type });
+  }
+
+  // ---- memory: imported, shared; active segments out ----
+  const passive: { name: string; data: Uint8Array; offset: null; passive: true }[] = [];
+  const segments: DataSegment[] = [];
+  const chunks: Uint8Array[] = [];
+  for (let i = 0; i < mod.getNumDataSegments(); i++) {
+    const s = mod.getDataSegmentInfo(mod.getDataSegmentByIndex(i));
+    const data = new Uint8Array(s.data as ArrayBuffer);
+    if (s.passive) {
+      passive.push({ name: s.name, data, offset: null, passive: true });
+    } else {
+      if (typeof s.offset !== 'number' || s.offset < 0) {
+        throw new ModuleRejected(`data segment ${s.name} has a non-constant offset; not supported`);
+      }
+      segments.push({ offset: s.offset, length: data.length });
+      chunks.push(data);
+    }
+  }
+  const initialPages: number = memInfo.initial;
+  const declaredMax: number | null = memInfo.max ?? null;
+  // The maximum in the module is replaced at instantiation time by the memory Ferry creates; the
+  // declared one here must be large enough to accept it, so use the wasm32 limit.
+  mod.setMemory(initialPages, 65536, null, passive, true, false, memoryName ?? '0');
+  mod.addMemoryImport(memoryName ?? '0', FERRY_IMPORT_MODULE, FERRY_MEMORY_IMPORT, true);
+
+  globalRefs.forEach((g, k) => {
+    const exportName = `${GLOBAL_EXPORT_PREFIX}${k}`;
+    mod.addGlobalExport(g.name, exportName);
+    exportedGlobals.push({ exportName, type: g.type });
+  });
+
+  // ---- safepoints and Asyncify ----
+  mod.runPasses(['log-execution']);
+  let safepointImport: { module: string; name: string } | null = null;
+  for (let i = 0; i < mod.getNumFunctions(); i++) {
+    const f = b.getFunctionInfo(mod.getFunctionByIndex(i));
+    if (f.module && f.base === 'log_execution') safepointImport = { module: f.module, name: f.base };
+  }
+  if (!safepointImport) throw new ModuleRejected('internal: safepoint insertion produced no import');
+  const unwindImports = [
+    safepointImport,
+    ...functionImports.filter((f) => f.module.startsWith('wasi_') && (UNWINDABLE_WASI_CALLS as readonly string[]).includes(f.name)),
+  ];
+  b.setPassArgument('asyncify-imports', unwindImports.map((f) => `${f.module}.${f.name}`).join(','));
+  try {
+    mod.runPasses(['asyncify']);
+  } finally {
+    b.clearPassArguments();
+  }
+  b.setOptimizeLevel(2);
+  b.setShrinkLevel(0);
+  b.setDebugInfo(true); // keep function names: a trap names the guest function
+  mod.optimize();
+  if (!mod.validate()) throw new ModuleRejected('module did not validate after instrumentation');
+  const binary: Uint8Array = mod.emitBinary();
+  try {
+    new WebAssembly.Module(binary as Uint8Array<ArrayBuffer>);
+  } catch (err) {
+    throw new ModuleRejected(`instrumented module is not accepted by this Node's V8: ${(err as Error).message}`);
+  }
+
+  const dataImage = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+  let at = 0;
+  for (const c of chunks) {
+    dataImage.set(c, at);
+    at += c.length;
+  }
+  return {
+    binary,
+    dataImage,
+    meta: {
+      instrumentationVersion: INSTRUMENTATION_VERSION,
+      sourceHash: sha256Hex(source),
+      sourceSize: source.length,
+      memory: { initialPages, declaredMaxPages: declaredMax },
+      globals: exportedGlobals,
+      functionImports,
+      safepointImport,
+      unwindImports,
+      dataSegments: segments,
+      entry: '_start',
+    },
+  };
+}
+
+function valueType(b: BinaryenApi, t: number): ValueType | null {
+  if (t === b.i32) return 'i32';
+  if (t === b.i64) return 'i64';
+  if (t === b.f32) return 'f32';
+  if (t === b.f64) return 'f64';
+  return null;
+}

@@ -1,0 +1,33 @@
+// Messages between a Guest (main thread) and its worker. Commands to a *running* guest go
+// through the control block (the worker is busy in guest code and reads no messages then).
+import type { InstrumentedMeta } from './instrument.js';
+import type { ExecState } from '../state/exec-state.js';
+import type { Preopen, StdioBinding, WasiOptions, WasiState } from '../wasi/wasi.js';
+
+export interface WorkerInit {
+  module: WebAssembly.Module;
+  meta: InstrumentedMeta;
+  memory: WebAssembly.Memory;
+  control: WebAssembly.Memory;
+  /** Fresh start: the WASI options and the data segments to write. */
+  fresh?: { wasi: WasiOptions; dataImage: Uint8Array };
+  /** Restore: state captured elsewhere, with this host's bindings. */
+  restore?: { exec: ExecState; wasi: WasiState; preopens: Preopen[]; stdio: StdioBinding };
+  /** Size of the Asyncify unwind buffer (bytes) to reserve at the first pause. */
+  unwindBytes: number;
+}
+
+export interface PausedCapture {
+  exec: ExecState;
+  wasi: WasiState;
+  movabilityProblems: string[];
+  memoryBytes: number;
+}
+
+export type WorkerMessage =
+  | { type: 'started' }
+  | { type: 'paused'; capture: PausedCapture }
+  | { type: 'pause-failed'; message: string }
+  | { type: 'exit'; code: number }
+  | { type: 'trap'; message: string; func: string | null }
+  | { type: 'error'; message: string };

@@ -1,0 +1,207 @@
+// The guest's thread. It instantiates the instrumented module over Ferry's shared memory, runs
+// `_start`, and handles pauses: at a safepoint (or inside a blocking WASI call) it unwinds the
+// whole Wasm stack into linear memory with Asyncify, reports a capture, and waits on the control
+// block. Resume rewinds the stack and continues; stop ends the thread without running guest code.
+import { parentPort, workerData } from 'node:worker_threads';
+import { Cmd, Ctl, SAFEPOINT_HELPER_WASM, WorkerState, controlWords } from './control-block.js';
+import type { PausedCapture, WorkerInit, WorkerMessage } from './worker-protocol.js';
+import { decodeGlobal, encodeGlobal, type ExecState, type UnwindRegion } from '../state/exec-state.js';
+import { Wasi, WasiExit, type WasiHooks } from '../wasi/wasi.js';
+import { POLLIN, poll } from '../sys/fd.js';
+
+const init = workerData as WorkerInit;
+const ctl = controlWords(init.control);
+const post = (m: WorkerMessage) => parentPort!.postMessage(m);
+
+const enum AsyncifyState {
+  Normal = 0,
+  Unwinding = 1,
+  Rewinding = 2,
+}
+
+interface GuestExports {
+  _start(): void;
+  asyncify_start_unwind(ptr: number): void;
+  asyncify_stop_unwind(): void;
+  asyncify_start_rewind(ptr: number): void;
+  asyncify_stop_rewind(): void;
+  asyncify_get_state(): number;
+  [name: string]: unknown;
+}
+
+let exports!: GuestExports;
+let unwind: UnwindRegion | null = init.restore?.exec.unwind ?? null;
+
+function startUnwind(): void {
+  if (!unwind) unwind = reserveUnwindRegion(init.unwindBytes);
+  const words = new Int32Array(init.memory.buffer, unwind.ptr, 2);
+  words[0] = unwind.ptr + 8; // Asyncify's data header: current position, end
+  words[1] = unwind.ptr + unwind.size;
+  exports.asyncify_start_unwind(unwind.ptr);
+}
+
+// The unwind buffer is taken from fresh pages at the first pause (memory.grow), not before the
+// guest starts: allocators that treat all of memory.size() at startup as their heap never see it,
+// and the guest's later memory.grow calls simply return pages above it. It is reused afterwards.
+function reserveUnwindRegion(bytes: number): UnwindRegion {
+  const pages = Math.ceil(bytes / 65536);
+  const oldPages = init.memory.grow(pages);
+  return { ptr: oldPages * 65536, size: pages * 65536 };
+}
+
+const hooks: WasiHooks = {
+  pauseRequested: () => Atomics.load(ctl, Ctl.PauseRequested) !== 0,
+  unwind: startUnwind,
+  // Blocking reads wait in short slices so a pause request is seen within one slice.
+  waitReadable: (fd: number, timeoutMs: number) => poll([fd], [POLLIN], timeoutMs)[0] !== 0,
+};
+
+const wasi = init.restore
+  ? Wasi.restore(init.restore.wasi, { preopens: init.restore.preopens, stdio: init.restore.stdio }, hooks)
+  : new Wasi(init.fresh!.wasi, hooks);
+wasi.setMemory(init.memory);
+
+// Called by the safepoint helper only when a pause or a rewind is pending.
+function onSafepoint(_site: number): void {
+  const state = exports.asyncify_get_state();
+  if (state === AsyncifyState.Rewinding) {
+    exports.asyncify_stop_rewind();
+    Atomics.store(ctl, Ctl.Rewinding, 0);
+    return;
+  }
+  if (state === AsyncifyState.Normal && Atomics.load(ctl, Ctl.PauseRequested) !== 0) startUnwind();
+}
+
+// Blocking WASI calls are unwind points too: on rewind the same call runs again from the start.
+function reentrant(fn: (...a: never[]) => unknown): (...a: never[]) => unknown {
+  return (...args) => {
+    if (exports.asyncify_get_state() === AsyncifyState.Rewinding) {
+      exports.asyncify_stop_rewind();
+      Atomics.store(ctl, Ctl.Rewinding, 0);
+    }
+    return fn(...args);
+  };
+}
+
+function instantiate(): void {
+  const helper = new WebAssembly.Instance(new WebAssembly.Module(SAFEPOINT_HELPER_WASM), {
+    ferry: { control: init.control, yield: onSafepoint },
+  });
+  const wasiImports: Record<string, unknown> = { ...wasi.imports };
+  for (const u of init.meta.unwindImports) {
+    if (u.module === init.meta.safepointImport.module && u.name === init.meta.safepointImport.name) continue;
+    const f = wasiImports[u.name];
+    if (typeof f === 'function') wasiImports[u.name] = reentrant(f as (...a: never[]) => unknown);
+  }
+  const imports: Record<string, Record<string, unknown>> = { ferry: { memory: init.memory } };
+  for (const imp of init.meta.functionImports) {
+    imports[imp.module] ??= {};
+    if (!(imp.name in wasiImports)) throw new Error(`module imports ${imp.module}.${imp.name}, which Ferry does not provide`);
+    imports[imp.module]![imp.name] = wasiImports[imp.name];
+  }
+  imports[init.meta.safepointImport.module] ??= {};
+  imports[init.meta.safepointImport.module]![init.meta.safepointImport.name] = (helper.exports as { safepoint: unknown }).safepoint;
+  const instance = new WebAssembly.Instance(init.module, imports as WebAssembly.Imports);
+  exports = instance.exports as unknown as GuestExports;
+}
+
+function writeDataSegments(image: Uint8Array): void {
+  const mem = new Uint8Array(init.memory.buffer);
+  let at = 0;
+  for (const s of init.meta.dataSegments) {
+    mem.set(image.subarray(at, at + s.length), s.offset);
+    at += s.length;
+  }
+}
+
+function restoreGlobals(exec: ExecState): void {
+  if (exec.globals.length !== init.meta.globals.length) {
+    throw new Error(`state has ${exec.globals.length} globals, module has ${init.meta.globals.length}`);
+  }
+  init.meta.globals.forEach((g, i) => {
+    const v = exec.globals[i]!;
+    if (v.type !== g.type) throw new Error(`global ${i}: state has ${v.type}, module has ${g.type}`);
+    (exports[g.exportName] as WebAssembly.Global).value = decodeGlobal(v);
+  });
+}
+
+function capture(): PausedCapture {
+  return {
+    exec: {
+      globals: init.meta.globals.map((g) => encodeGlobal(g.type, (exports[g.exportName] as WebAssembly.Global).value)),
+      unwind,
+    },
+    wasi: wasi.capture(),
+    movabilityProblems: wasi.movabilityProblems(),
+    memoryBytes: init.memory.buffer.byteLength,
+  };
+}
+
+/** Waits for a command while paused; returns true to resume, false to stop. */
+function waitForCommand(): boolean {
+  for (;;) {
+    const cmd = Atomics.exchange(ctl, Ctl.Command, Cmd.None);
+    if (cmd === Cmd.Resume) return true;
+    if (cmd === Cmd.Stop) return false;
+    Atomics.wait(ctl, Ctl.Command, Cmd.None);
+  }
+}
+
+function firstWasmFunction(err: Error): string | null {
+  for (const line of (err.stack ?? '').split('\n')) {
+    const m = /at (\S+) \(wasm:\/\//.exec(line) ?? /at (\S+) \(<anonymous>:wasm-function/.exec(line);
+    if (m) return m[1]!;
+  }
+  return null;
+}
+
+function run(): void {
+  instantiate();
+  let rewind = false;
+  if (init.restore) {
+    restoreGlobals(init.restore.exec);
+    rewind = init.restore.exec.unwind !== null;
+  } else {
+    writeDataSegments(init.fresh!.dataImage);
+  }
+  Atomics.store(ctl, Ctl.State, WorkerState.Running);
+  post({ type: 'started' });
+  for (;;) {
+    if (rewind) {
+      Atomics.store(ctl, Ctl.Rewinding, 1);
+      exports.asyncify_start_rewind(unwind!.ptr);
+    }
+    try {
+      exports._start();
+    } catch (err: unknown) {
+      Atomics.store(ctl, Ctl.State, WorkerState.Done);
+      if (err instanceof WasiExit) return post({ type: 'exit', code: err.code });
+      const e = err as Error;
+      if (e instanceof WebAssembly.RuntimeError || e instanceof RangeError) {
+        return post({ type: 'trap', message: e.message, func: firstWasmFunction(e) });
+      }
+      return post({ type: 'error', message: e.stack ?? String(e) });
+    }
+    if (exports.asyncify_get_state() !== AsyncifyState.Unwinding) {
+      Atomics.store(ctl, Ctl.State, WorkerState.Done);
+      return post({ type: 'exit', code: 0 });
+    }
+    exports.asyncify_stop_unwind();
+    Atomics.store(ctl, Ctl.State, WorkerState.Paused);
+    Atomics.add(ctl, Ctl.Pauses, 1);
+    post({ type: 'paused', capture: capture() });
+    if (!waitForCommand()) {
+      Atomics.store(ctl, Ctl.State, WorkerState.Done);
+      return; // stopped: no more guest code, no atexit handlers, no stdio flush
+    }
+    Atomics.store(ctl, Ctl.State, WorkerState.Running);
+    rewind = true;
+  }
+}
+
+try {
+  run();
+} catch (err: unknown) {
+  Atomics.store(ctl, Ctl.State, WorkerState.Done);
+  post({ type: 'error', message: (err as Error).message });
+}

@@ -1,0 +1,59 @@
+// Execution state of a paused guest: the values of its mutable globals (the stack pointer among
+// them) and where its unwound call stack lies in linear memory. Tables are not captured: the
+// modules Ferry accepts import no table and only fill theirs from element segments at
+// instantiation, so a new instance rebuilds them identically.
+import type { ValueType } from '../guest/instrument.js';
+
+export interface GlobalValue {
+  type: ValueType;
+  /** The raw bits, hex, little-endian-independent: i32/f32 as 8 hex digits, i64/f64 as 16. */
+  bits: string;
+}
+
+export interface UnwindRegion {
+  /** Byte address in linear memory of the Asyncify data header (two i32 words) and its buffer. */
+  ptr: number;
+  size: number;
+}
+
+export interface ExecState {
+  globals: GlobalValue[];
+  /** Null only for a guest that never ran (nothing to rewind). */
+  unwind: UnwindRegion | null;
+}
+
+const scratch = new DataView(new ArrayBuffer(8));
+
+export function encodeGlobal(type: ValueType, value: unknown): GlobalValue {
+  switch (type) {
+    case 'i32':
+      scratch.setInt32(0, Number(value));
+      return { type, bits: scratch.getUint32(0).toString(16).padStart(8, '0') };
+    case 'f32':
+      scratch.setFloat32(0, Number(value));
+      return { type, bits: scratch.getUint32(0).toString(16).padStart(8, '0') };
+    case 'i64':
+      scratch.setBigInt64(0, BigInt(value as bigint));
+      return { type, bits: scratch.getBigUint64(0).toString(16).padStart(16, '0') };
+    case 'f64':
+      scratch.setFloat64(0, Number(value));
+      return { type, bits: scratch.getBigUint64(0).toString(16).padStart(16, '0') };
+  }
+}
+
+export function decodeGlobal(g: GlobalValue): number | bigint {
+  switch (g.type) {
+    case 'i32':
+      scratch.setUint32(0, parseInt(g.bits, 16));
+      return scratch.getInt32(0);
+    case 'f32':
+      scratch.setUint32(0, parseInt(g.bits, 16));
+      return scratch.getFloat32(0);
+    case 'i64':
+      scratch.setBigUint64(0, BigInt('0x' + g.bits));
+      return scratch.getBigInt64(0);
+    case 'f64':
+      scratch.setBigUint64(0, BigInt('0x' + g.bits));
+      return scratch.getFloat64(0);
+  }
+}

@@ -1,0 +1,78 @@
+// The guest state: everything a paused guest is besides its memory pages — execution state,
+// WASI state, module identity, memory geometry. It is versioned and self-describing, and it is
+// validated field by field when loaded, because it arrives from the network or from disk.
+import type { WasiState } from '../wasi/wasi.js';
+import { validateWasiState } from '../wasi/persist.js';
+import type { ExecState, GlobalValue } from './exec-state.js';
+import { StateError, arr, int, obj, str } from './validate.js';
+
+export const GUEST_STATE_FORMAT = 'ferry-guest-state';
+export const GUEST_STATE_VERSION = 1;
+const WASM_PAGE = 65536;
+
+export interface GuestState {
+  format: typeof GUEST_STATE_FORMAT;
+  version: typeof GUEST_STATE_VERSION;
+  module: { hash: string; size: number };
+  memory: { bytes: number; maxBytes: number };
+  exec: ExecState;
+  wasi: WasiState;
+  /** Milliseconds the guest had run before this capture, over all its hosts. */
+  uptimeMs: number;
+}
+
+export function encodeGuestState(s: GuestState): Uint8Array {
+  return Buffer.from(JSON.stringify(s), 'utf8');
+}
+
+/** Parses and validates a guest state; throws StateError naming the bad field. */
+export function decodeGuestState(bytes: Uint8Array): GuestState {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8'));
+  } catch (err) {
+    throw new StateError(`guest state is not valid JSON: ${(err as Error).message}`);
+  }
+  return validateGuestState(parsed);
+}
+
+export function validateGuestState(x: unknown): GuestState {
+  const o = obj(x, 'state');
+  if (o['format'] !== GUEST_STATE_FORMAT) throw new StateError(`state.format: expected "${GUEST_STATE_FORMAT}"`);
+  if (o['version'] !== GUEST_STATE_VERSION) {
+    throw new StateError(`state.version: this Ferry reads version ${GUEST_STATE_VERSION}, got ${JSON.stringify(o['version'])}`);
+  }
+  const m = obj(o['module'], 'state.module');
+  const mem = obj(o['memory'], 'state.memory');
+  const maxBytes = int(mem['maxBytes'], 'state.memory.maxBytes', WASM_PAGE, 65536 * WASM_PAGE);
+  const bytes = int(mem['bytes'], 'state.memory.bytes', 0, maxBytes);
+  if (bytes % WASM_PAGE !== 0 || maxBytes % WASM_PAGE !== 0) throw new StateError('state.memory: sizes must be whole 64 KiB pages');
+  const e = obj(o['exec'], 'state.exec');
+  const globals = arr(e['globals'], 'state.exec.globals', 100000).map((g, i): GlobalValue => {
+    const go = obj(g, `state.exec.globals[${i}]`);
+    const type = str(go['type'], `state.exec.globals[${i}].type`, /^(i32|i64|f32|f64)$/) as GlobalValue['type'];
+    const width = type === 'i32' || type === 'f32' ? 8 : 16;
+    const bits = str(go['bits'], `state.exec.globals[${i}].bits`, new RegExp(`^[0-9a-f]{${width}}$`));
+    return { type, bits };
+  });
+  let unwind: ExecState['unwind'] = null;
+  if (e['unwind'] !== null) {
+    const u = obj(e['unwind'], 'state.exec.unwind');
+    const ptr = int(u['ptr'], 'state.exec.unwind.ptr', 0, bytes);
+    const size = int(u['size'], 'state.exec.unwind.size', 16, 64 << 20);
+    if (ptr + size > bytes || ptr % 8 !== 0) throw new StateError('state.exec.unwind: region lies outside memory or is misaligned');
+    unwind = { ptr, size };
+  }
+  return {
+    format: GUEST_STATE_FORMAT,
+    version: GUEST_STATE_VERSION,
+    module: {
+      hash: str(m['hash'], 'state.module.hash', /^[0-9a-f]{64}$/),
+      size: int(m['size'], 'state.module.size', 8, 1 << 30),
+    },
+    memory: { bytes, maxBytes },
+    exec: { globals, unwind },
+    wasi: validateWasiState(o['wasi']),
+    uptimeMs: int(o['uptimeMs'], 'state.uptimeMs'),
+  };
+}
