@@ -10,7 +10,7 @@ import { ModuleRejected, type InstrumentedMeta } from './instrument.js';
 import type { PausedCapture, WorkerInit, WorkerMessage } from './worker-protocol.js';
 import type { Preopen, StdioBinding } from '../wasi/wasi.js';
 import { GUEST_STATE_FORMAT, GUEST_STATE_VERSION, type GuestState } from '../state/guest-state.js';
-import { WASI_IMPORT_NAMES } from '../wasi/wasi.js';
+import { WASI_PREVIEW1_FUNCTIONS } from '../wasi/functions.js';
 
 export const WASM_PAGE_SIZE = 65536;
 export const DEFAULT_MAX_MEMORY = 4 * 1024 * 1024 * 1024;
@@ -311,7 +311,7 @@ function stdioOf(s: Partial<StdioBinding> | undefined): StdioBinding {
 }
 
 function checkImports(meta: InstrumentedMeta): void {
-  const missing = meta.functionImports.filter((i) => !i.module.startsWith('wasi_snapshot_preview1') || !WASI_IMPORT_NAMES.includes(i.name));
+  const missing = meta.functionImports.filter((i) => !i.module.startsWith('wasi_snapshot_preview1') || !WASI_PREVIEW1_FUNCTIONS.has(i.name));
   if (missing.length > 0) {
     throw new ModuleRejected(
       `module imports ${missing.map((i) => `${i.module}.${i.name}`).join(', ')}, which Ferry does not provide (Ferry provides WASI preview1, "wasi_snapshot_preview1")`,
