@@ -282,6 +282,30 @@ test('validateWasiState names the bad field', () => {
   assert.throws(() => validateWasiState(null), /\(root\)/);
 });
 
+test('symlinks: creation refuses escaping targets; readlink and lstat see the link', () => {
+  const dir = tmpDir('links');
+  fs.writeFileSync(path.join(dir, 'a.txt'), 'A');
+  const { s, wasi, call } = setup(dir);
+  const [lp, ll] = s.str('l');
+  for (const target of ['../../etc/passwd', '/etc/passwd']) {
+    const [tp, tl] = s.str(target);
+    assert.equal(call('path_symlink', tp, tl, 3, lp, ll), ERRNO.NOTCAPABLE, target);
+  }
+  const [tp, tl] = s.str('a.txt');
+  assert.equal(call('path_symlink', tp, tl, 3, lp, ll), 0);
+  const buf = s.alloc(64);
+  const used = s.alloc(4);
+  assert.equal(call('path_readlink', 3, lp, ll, buf, 64, used), 0);
+  assert.equal(s.text(buf, s.u32(used)), 'a.txt');
+  const st = s.alloc(64);
+  assert.equal(call('path_filestat_get', 3, 0, lp, ll, st), 0);
+  assert.equal(new DataView(s.memory.buffer).getUint8(st + 16), 7, 'lstat: symbolic link');
+  assert.equal(call('path_filestat_get', 3, 1, lp, ll, st), 0);
+  assert.equal(new DataView(s.memory.buffer).getUint8(st + 16), 4, 'stat: regular file');
+  assert.equal(s.u64(st + 32), 1n, 'size of a.txt');
+  wasi.close();
+});
+
 test('bad options fail clearly', () => {
   assert.throws(() => new Wasi({ args: [1 as unknown as string], env: {}, preopens: [], stdio: { stdin: 0, stdout: 1, stderr: 2 } }, noPause), /args/);
   assert.throws(() => new Wasi({ args: [], env: {}, preopens: [{ guestPath: '/d', hostPath: '/nonexistent-ferry' }], stdio: { stdin: 0, stdout: 1, stderr: 2 } }, noPause), /preopen \/d/);

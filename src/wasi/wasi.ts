@@ -13,7 +13,7 @@ import {
 import { ERRNO, WasiErrno, errnoOf } from './errno.js';
 import { GuestClocks } from './clocks.js';
 import { closeHost, FdTable, filetypeOf, isStream, type Descriptor, type DirEntry } from './fd-table.js';
-import { encodeUtf8, GuestMemory } from './guest-memory.js';
+import { encodeUtf8, GuestMemoryViews } from './memory-views.js';
 import { joinGuestPath, makePreopenRoot, resolveHostPath, type PreopenRoot } from './paths.js';
 import { validateWasiState } from './persist.js';
 import { WASI_STATE_VERSION, type FdKind, type FdState, type WasiState } from './state.js';
@@ -103,7 +103,7 @@ function isAgain(err: unknown): boolean {
 
 export class Wasi {
   readonly imports: Record<string, HostFunction>;
-  private mem: GuestMemory | null = null;
+  private mem: GuestMemoryViews | null = null;
   private args: string[];
   private env: Record<string, string>;
   private stdio: StdioBinding;
@@ -204,7 +204,7 @@ export class Wasi {
 
   setMemory(memory: WebAssembly.Memory): void {
     if (!(memory instanceof WebAssembly.Memory)) throw new Error('setMemory needs a WebAssembly.Memory');
-    this.mem = new GuestMemory(memory);
+    this.mem = new GuestMemoryViews(memory);
   }
 
   capture(): WasiState {
@@ -250,7 +250,7 @@ export class Wasi {
 
   // ---- helpers ----
 
-  private m(): GuestMemory {
+  private m(): GuestMemoryViews {
     if (this.mem === null) throw new Error('WASI host call before setMemory()');
     return this.mem;
   }

@@ -6,7 +6,7 @@ import { ERRNO, WasiErrno } from './errno.js';
 const utf8 = new TextEncoder();
 const utf8Decoder = new TextDecoder('utf-8', { fatal: true });
 
-export class GuestMemory {
+export class GuestMemoryViews {
   constructor(private readonly memory: WebAssembly.Memory) {}
 
   private buffer(): ArrayBufferLike {
