@@ -7,10 +7,26 @@ const utf8 = new TextEncoder();
 const utf8Decoder = new TextDecoder('utf-8', { fatal: true });
 
 export class GuestMemoryViews {
+  private cachedBuffer: ArrayBufferLike | null = null;
+  private cachedView: DataView | null = null;
+
   constructor(private readonly memory: WebAssembly.Memory) {}
 
   private buffer(): ArrayBufferLike {
     return this.memory.buffer;
+  }
+
+  /**
+   * A DataView over the whole current memory. `memory.buffer` is read on every access and the view is
+   * rebuilt whenever it is a different object (after growth), so a stale length is never used.
+   */
+  private whole(): DataView {
+    const buf = this.memory.buffer;
+    if (buf !== this.cachedBuffer || this.cachedView === null) {
+      this.cachedBuffer = buf;
+      this.cachedView = new DataView(buf);
+    }
+    return this.cachedView;
   }
 
   private check(ptr: number, len: number): void {
@@ -23,19 +39,21 @@ export class GuestMemoryViews {
     return new Uint8Array(this.buffer(), ptr >>> 0, len >>> 0);
   }
 
+  /** The whole-memory view, after checking [ptr, ptr+len) is inside it. */
   private view(ptr: number, len: number): DataView {
-    this.check(ptr >>> 0, len);
-    return new DataView(this.buffer(), ptr >>> 0, len);
+    const v = this.whole();
+    if (ptr < 0 || ptr + len > v.byteLength) throw new WasiErrno(ERRNO.FAULT, `guest pointer ${ptr}+${len} out of bounds`);
+    return v;
   }
 
-  u8(ptr: number): number { return this.view(ptr, 1).getUint8(0); }
-  u16(ptr: number): number { return this.view(ptr, 2).getUint16(0, true); }
-  u32(ptr: number): number { return this.view(ptr, 4).getUint32(0, true); }
-  u64(ptr: number): bigint { return this.view(ptr, 8).getBigUint64(0, true); }
-  setU8(ptr: number, v: number): void { this.view(ptr, 1).setUint8(0, v); }
-  setU16(ptr: number, v: number): void { this.view(ptr, 2).setUint16(0, v, true); }
-  setU32(ptr: number, v: number): void { this.view(ptr, 4).setUint32(0, v, true); }
-  setU64(ptr: number, v: bigint): void { this.view(ptr, 8).setBigUint64(0, BigInt.asUintN(64, v), true); }
+  u8(ptr: number): number { ptr >>>= 0; return this.view(ptr, 1).getUint8(ptr); }
+  u16(ptr: number): number { ptr >>>= 0; return this.view(ptr, 2).getUint16(ptr, true); }
+  u32(ptr: number): number { ptr >>>= 0; return this.view(ptr, 4).getUint32(ptr, true); }
+  u64(ptr: number): bigint { ptr >>>= 0; return this.view(ptr, 8).getBigUint64(ptr, true); }
+  setU8(ptr: number, v: number): void { ptr >>>= 0; this.view(ptr, 1).setUint8(ptr, v); }
+  setU16(ptr: number, v: number): void { ptr >>>= 0; this.view(ptr, 2).setUint16(ptr, v, true); }
+  setU32(ptr: number, v: number): void { ptr >>>= 0; this.view(ptr, 4).setUint32(ptr, v, true); }
+  setU64(ptr: number, v: bigint): void { ptr >>>= 0; this.view(ptr, 8).setBigUint64(ptr, BigInt.asUintN(64, v), true); }
 
   /** Fills [ptr, ptr+len) with zeros (struct padding). */
   zero(ptr: number, len: number): void { this.bytes(ptr, len).fill(0); }

@@ -568,9 +568,11 @@ export class Wasi {
     };
     const wrapped: Record<string, HostFunction> = {};
     for (const [name, fn] of Object.entries(fns)) {
-      wrapped[name] = (...args: unknown[]) => {
+      // Fixed parameters (preview1 functions take at most 9) avoid a rest array on every host call;
+      // Wasm passes exactly the declared arguments, extra ones are undefined and unused.
+      wrapped[name] = (a?: unknown, b?: unknown, c?: unknown, d?: unknown, e?: unknown, f?: unknown, g?: unknown, h?: unknown, i?: unknown) => {
         try {
-          return fn(...args);
+          return fn(a, b, c, d, e, f, g, h, i);
         } catch (err) {
           if (err instanceof WasiExit) throw err;
           const errno = errnoOf(err);
