@@ -15,6 +15,12 @@ import type { FaultWorkerData } from './fault-worker.js';
 export interface FaultServerOptions {
   /** Pages requested per fault: the faulting page plus following pending pages (default 1). */
   faultAround?: number;
+  /**
+   * Microseconds the fault thread keeps checking for the next fault (non-blocking reads) before sleeping
+   * in poll(); saves its wake-up in bursts of faults at the cost of that much CPU after each one.
+   * Default 50; 0 = always sleep. Only used when the source has no fds of its own.
+   */
+  spinUs?: number;
 }
 
 export class FaultServer {
@@ -45,6 +51,8 @@ export class FaultServer {
     if (states.pageCount !== mem.maxPageCount) throw new RangeError(`FaultServer: page-state table has ${states.pageCount} pages, the reservation ${mem.maxPageCount}`);
     const faultAround = opts.faultAround ?? 1;
     if (!Number.isInteger(faultAround) || faultAround < 1 || faultAround > 512) throw new RangeError('FaultServer: faultAround must be an integer in [1, 512]');
+    const spinUs = opts.spinUs ?? 50;
+    if (!Number.isInteger(spinUs) || spinUs < 0 || spinUs > 100000) throw new RangeError('FaultServer: spinUs must be an integer in [0, 100000]');
     const uffd = Userfaultfd.open({ nonblock: true });
     let wakeFd = -1;
     try {
@@ -59,7 +67,7 @@ export class FaultServer {
     const control = new SharedArrayBuffer(4);
     const data: FaultWorkerData = {
       uffd: uffd.fd, wakeFd, base: mem.base, maxBytes: mem.maxBytes, states: states.shared(), stats, latencies,
-      control, source, faultAround,
+      control, source, faultAround, spinUs,
     };
     const worker = new Worker(new URL('./fault-worker.js', import.meta.url), { workerData: data });
     let server: FaultServer | null = null;

@@ -21,6 +21,7 @@ export interface FaultWorkerData {
   control: SharedArrayBuffer; // Int32Array [stop]
   source: PageSourceSpec;
   faultAround: number;
+  spinUs: number;
 }
 
 async function main(): Promise<void> {
@@ -102,7 +103,7 @@ async function main(): Promise<void> {
   if (extra.length === 0) {
     // Fast path: one native call per wakeup (poll on [uffd, wakeFd] + read).
     for (;;) {
-      const n = uffd.waitEvents(d.wakeFd, events, -1);
+      const n = uffd.waitEvents(d.wakeFd, events, -1, d.spinUs);
       if (n < 0) { eventfdDrain(d.wakeFd); if (Atomics.load(stop, 0)) break; continue; }
       handle(n);
     }

@@ -7,6 +7,9 @@ import { PageBitmap } from './page-bitmap.js';
 export const PageState = { KNOWN_ZERO: 0, PENDING: 1, RECEIVED: 2 } as const;
 export type PageStateValue = (typeof PageState)[keyof typeof PageState];
 const NAMES = ['known-zero', 'pending', 'received'];
+const FROM_ZERO_OR_RECEIVED: readonly number[] = [PageState.KNOWN_ZERO, PageState.RECEIVED];
+const FROM_PENDING_OR_ZERO: readonly number[] = [PageState.PENDING, PageState.KNOWN_ZERO];
+const FROM_PENDING: readonly number[] = [PageState.PENDING];
 
 /** What crosses a thread boundary to rebuild the same table elsewhere. */
 export interface SharedPageStates {
@@ -65,15 +68,15 @@ export class PageStateTable {
 
   /** The source holds this page (the caller makes sure it is a hole). From known-zero or received. */
   markPending(page: number): void {
-    this.move(page, [PageState.KNOWN_ZERO, PageState.RECEIVED], PageState.PENDING);
+    this.move(page, FROM_ZERO_OR_RECEIVED, PageState.PENDING);
   }
   /** Content placed. From pending or known-zero (explicit bytes win). Returns the previous state. */
   markReceived(page: number): PageStateValue {
-    return this.move(page, [PageState.PENDING, PageState.KNOWN_ZERO], PageState.RECEIVED) as PageStateValue;
+    return this.move(page, FROM_PENDING_OR_ZERO, PageState.RECEIVED) as PageStateValue;
   }
   /** The source says the page is zero. Only from pending; received content is never forgotten here. */
   markZero(page: number): void {
-    const prev = this.move(page, [PageState.PENDING], PageState.KNOWN_ZERO);
+    const prev = this.move(page, FROM_PENDING, PageState.KNOWN_ZERO);
     if (prev === -1) throw new Error(`PageStateTable: page ${page} is ${NAMES[this.get(page)]}, cannot become known-zero`);
   }
 

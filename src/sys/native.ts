@@ -34,8 +34,8 @@ export interface FerryNative {
   uffdContinue(fd: number, start: number, length: number, mode: number): number;
   /** Events decoded 4 slots each into out: [event, flags, address, arg]; 0 when none queued (no wait). */
   uffdReadEvents(fd: number, out: Float64Array, wait: boolean): number;
-  /** poll([uffd, wakeFd]) then read: events (> 0), 0 on timeout, -1 when wakeFd is readable. */
-  uffdWait(fd: number, wakeFd: number, out: Float64Array, timeoutMs: number): number;
+  /** [spin on non-blocking reads for spinUs,] poll([uffd, wakeFd]) then read: events (> 0), 0 on timeout, -1 when wakeFd is readable. */
+  uffdWait(fd: number, wakeFd: number, out: Float64Array, timeoutMs: number, spinUs: number): number;
   pagemapScan(
     fd: number, start: number, end: number, out: Float64Array, flags: number, categoryInverted: number,
     categoryMask: number, categoryAnyofMask: number, returnMask: number, maxPages: number,

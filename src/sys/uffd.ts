@@ -163,9 +163,12 @@ export class Userfaultfd {
     return sys(() => native.uffdReadEvents(this.fd, out, wait));
   }
 
-  /** Waits for events or for wakeFd to become readable: > 0 events, 0 timeout, -1 woken. */
-  waitEvents(wakeFd: number, out: Float64Array, timeoutMs = -1): number {
-    return sys(() => native.uffdWait(this.fd, wakeFd, out, timeoutMs));
+  /**
+   * Waits for events or for wakeFd to become readable: > 0 events, 0 timeout, -1 woken. With spinUs > 0
+   * (non-blocking uffd only) it first polls with non-blocking reads for that long before sleeping.
+   */
+  waitEvents(wakeFd: number, out: Float64Array, timeoutMs = -1, spinUs = 0): number {
+    return sys(() => native.uffdWait(this.fd, wakeFd, out, timeoutMs, spinUs));
   }
 
   close(): void {
