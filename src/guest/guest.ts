@@ -65,6 +65,8 @@ export class Guest extends EventEmitter {
   readonly meta: InstrumentedMeta;
   readonly moduleHash: string;
   readonly modulePath: string | null;
+  /** The original module bytes (what travels to a destination that lacks them). */
+  readonly moduleSource: Uint8Array;
   readonly maxMemoryBytes: number;
   /** Resolves when the guest ends, however it ends. */
   readonly exited: Promise<GuestExit>;
@@ -83,6 +85,7 @@ export class Guest extends EventEmitter {
   private constructor(
     init: WorkerInit,
     meta: InstrumentedMeta,
+    moduleSource: Uint8Array,
     modulePath: string | null,
     maxMemoryBytes: number,
     priorUptimeMs: number,
@@ -92,6 +95,7 @@ export class Guest extends EventEmitter {
     this.meta = meta;
     this.moduleHash = meta.sourceHash;
     this.modulePath = modulePath;
+    this.moduleSource = moduleSource;
     this.maxMemoryBytes = maxMemoryBytes;
     this.priorUptimeMs = priorUptimeMs;
     this.ctl = controlWords(init.control);
@@ -170,7 +174,7 @@ export class Guest extends EventEmitter {
       },
       unwindBytes: DEFAULT_UNWIND_BYTES,
     };
-    const guest = new Guest(init, mod.meta, opts.modulePath ?? null, maxPages * WASM_PAGE_SIZE, 0);
+    const guest = new Guest(init, mod.meta, mod.source, opts.modulePath ?? null, maxPages * WASM_PAGE_SIZE, 0);
     await guest.whenStarted();
     return guest;
   }
@@ -201,7 +205,7 @@ export class Guest extends EventEmitter {
       },
       unwindBytes: DEFAULT_UNWIND_BYTES,
     };
-    const guest = new Guest(init, mod.meta, opts.modulePath ?? null, opts.state.memory.maxBytes, opts.state.uptimeMs);
+    const guest = new Guest(init, mod.meta, mod.source, opts.modulePath ?? null, opts.state.memory.maxBytes, opts.state.uptimeMs);
     if (opts.startPaused) guest.statusValue = 'pausing';
     await guest.whenStarted();
     return guest;

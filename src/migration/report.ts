@@ -1,0 +1,80 @@
+// What a migration reports: live progress (GET /guest/migration, the progress bar) and the final
+// summary (`ferry migrate --json`).
+export type MigrationMode = 'precopy' | 'postcopy' | 'auto';
+
+export type MigrationPhase =
+  | 'connecting'
+  | 'handshake'
+  | 'precopy'
+  | 'switchover'
+  | 'postcopy'
+  | 'verifying'
+  | 'completed'
+  | 'failed'
+  | 'cancelled';
+
+export interface PostcopyReport {
+  pagesRequested: number;
+  pagesPushed: number;
+  faults: number;
+  faultLatencyUs: { p50: number; p99: number; max: number };
+  guestBlockedMs: number;
+  durationMs: number;
+}
+
+export interface MigrationProgress {
+  role: 'source' | 'destination';
+  state: MigrationPhase;
+  mode: MigrationMode;
+  pass: number;
+  bytesSent: number;
+  bytesReceived: number;
+  pagesSent: number;
+  dirtyPages: number;
+  /** Bytes/s over the last pass. */
+  rateBytesPerSec: number;
+  /** Pages/s the guest dirtied over the last pass. */
+  dirtyRatePagesPerSec: number;
+  expectedDowntimeMs: number | null;
+  elapsedMs: number;
+  postcopy: PostcopyReport | null;
+  error: string | null;
+  [k: string]: unknown;
+}
+
+export interface MigrationReport {
+  mode: 'precopy' | 'postcopy';
+  memoryBytes: number;
+  totalMs: number;
+  downtimeMs: number;
+  bytesSent: number;
+  bytesReceived: number;
+  pagesSent: number;
+  zeroPages: number;
+  skippedNeverTouchedPages: number;
+  precopyPasses: number;
+  converged: boolean;
+  verified: boolean | null;
+  postcopy?: PostcopyReport;
+  [k: string]: unknown;
+}
+
+export class MigrationError extends Error {
+  constructor(
+    readonly code: 'not-converged' | 'refused' | 'cancelled' | 'transport' | 'protocol' | 'not-movable' | 'guest' | 'after-commit',
+    message: string,
+    readonly report?: Partial<MigrationReport>,
+  ) {
+    super(message);
+    this.name = 'MigrationError';
+  }
+}
+
+export function latencySummary(samplesUs: number[]): { p50: number; p99: number; max: number } {
+  if (samplesUs.length === 0) return { p50: 0, p99: 0, max: 0 };
+  const s = [...samplesUs].sort((a, b) => a - b);
+  const at = (p: number) => s[Math.min(s.length - 1, Math.max(0, Math.ceil(p * s.length) - 1))]!;
+  return { p50: round1(at(0.5)), p99: round1(at(0.99)), max: round1(s[s.length - 1]!) };
+}
+
+const round1 = (x: number) => Math.round(x * 10) / 10;

@@ -1,0 +1,356 @@
+// The migration source: streams a running guest's memory to a destination (precopy passes driven
+// by the dirty tracker), pauses it at a safepoint for the switchover, sends its state and the
+// commit, and — in postcopy — serves the pages the destination still lacks until it has them all.
+//
+// Commit point: before COMMIT is sent, any failure resumes the guest here and the destination
+// discards what it received. Once COMMIT is sent this side never resumes the guest: exactly one
+// side ever runs it.
+import { Guest } from '../guest/guest.js';
+import { GuestMemory, HOST_PAGE_SIZE, WASM_PAGE_SIZE } from '../memory/guest-memory.js';
+import { DirtyTracker } from '../memory/dirty-tracker.js';
+import { PageBitmap } from '../memory/page-bitmap.js';
+import { scanResidency } from '../memory/residency.js';
+import { encodeGuestState, type GuestState } from '../state/guest-state.js';
+import { connect, newSessionId, type FramedChannel, type Security } from './transport/index.js';
+import { MAX_CHUNK_BYTES } from './wire/index.js';
+import { digestMemory } from './digest.js';
+import { PageSender } from './page-sender.js';
+import { PostcopySource } from './postcopy-source.js';
+import {
+  MigrationError,
+  type MigrationMode,
+  type MigrationPhase,
+  type MigrationProgress,
+  type MigrationReport,
+} from './report.js';
+
+export interface SourceOptions {
+  host: string;
+  port: number;
+  security: Security;
+  mode: MigrationMode;
+  /** Bytes/s cap on the bulk channel. */
+  maxBandwidth?: number;
+  /** Stop-and-copy only when the rest fits this downtime at the measured bandwidth. */
+  downtimeTargetMs: number;
+  /** Give up on precopy (or, in auto mode, switch to postcopy) after this long. */
+  precopyTimeoutS: number;
+  verify: boolean;
+  onProgress?: (p: MigrationProgress) => void;
+}
+
+export const SOURCE_DEFAULTS = { mode: 'auto' as MigrationMode, downtimeTargetMs: 20, precopyTimeoutS: 60 };
+
+/** Passes without a new smallest dirty set before precopy is judged not to converge. */
+const STALL_PASSES = 5;
+/** Auto mode switches to postcopy after this share of the precopy timeout at the latest. */
+const AUTO_POSTCOPY_BUDGET = 0.25;
+/** Ranges per DISCARD frame (12 bytes each, well under the frame limit). */
+const DISCARD_BATCH = 65536;
+
+export class MigrationSource {
+  private phase: MigrationPhase = 'connecting';
+  private readonly t0 = performance.now();
+  private bulk: FramedChannel | null = null;
+  private urgent: FramedChannel | null = null;
+  private sender: PageSender | null = null;
+  private postcopy: PostcopySource | null = null;
+  private pass = 0;
+  private dirtyPages = 0;
+  private rate = 0;
+  private dirtyRate = 0;
+  private expectedDowntimeMs: number | null = null;
+  private cancelled = false;
+  private committed = false;
+  private errorText: string | null = null;
+  private effectiveMode: 'precopy' | 'postcopy' = 'precopy';
+
+  constructor(
+    private readonly guest: Guest,
+    private readonly opts: SourceOptions,
+  ) {}
+
+  get isCommitted(): boolean {
+    return this.committed;
+  }
+
+  progress(): MigrationProgress {
+    return {
+      role: 'source',
+      state: this.phase,
+      mode: this.opts.mode,
+      pass: this.pass,
+      bytesSent: this.bytesSent(),
+      bytesReceived: (this.bulk?.bytesReceived ?? 0) + (this.urgent?.bytesReceived ?? 0),
+      pagesSent: (this.sender?.counters.pagesSent ?? 0) + (this.postcopy?.pagesSent ?? 0),
+      dirtyPages: this.dirtyPages,
+      rateBytesPerSec: Math.round(this.rate),
+      dirtyRatePagesPerSec: Math.round(this.dirtyRate),
+      expectedDowntimeMs: this.expectedDowntimeMs,
+      elapsedMs: Math.round(performance.now() - this.t0),
+      postcopy: this.postcopy?.report() ?? null,
+      error: this.errorText,
+      committed: this.committed,
+    };
+  }
+
+  /** Aborts before switchover; the guest keeps running here. Refused after the commit point. */
+  cancel(): boolean {
+    if (this.committed) return false;
+    this.cancelled = true;
+    this.bulk?.destroy(new MigrationError('cancelled', 'migration cancelled'));
+    this.urgent?.destroy(new MigrationError('cancelled', 'migration cancelled'));
+    return true;
+  }
+
+  async run(): Promise<MigrationReport> {
+    const tracker = new DirtyTracker(new GuestMemory(this.guest.memory, this.guest.maxMemoryBytes / WASM_PAGE_SIZE));
+    let pausedByUs = false;
+    try {
+      return await this.migrate(tracker, () => (pausedByUs = true));
+    } catch (err) {
+      this.phase = this.cancelled ? 'cancelled' : 'failed';
+      this.errorText = (err as Error).message;
+      tracker.stop();
+      this.bulk?.destroy();
+      this.urgent?.destroy();
+      if (!this.committed) {
+        if (pausedByUs && this.guest.status === 'paused') this.guest.resume();
+        if (this.cancelled) throw new MigrationError('cancelled', 'migration cancelled; the guest keeps running here');
+        if (err instanceof MigrationError) throw err;
+        throw new MigrationError('transport', `${(err as Error).message}; the guest keeps running here`);
+      }
+      throw new MigrationError(
+        'after-commit',
+        `migration failed after the commit point: ${(err as Error).message}. The guest may be running on the destination; it is kept paused here with its memory (ferry migrate --abandon frees it)`,
+      );
+    }
+  }
+
+  private async migrate(tracker: DirtyTracker, notePaused: () => void): Promise<MigrationReport> {
+    const { guest, opts } = this;
+    const mem = tracker.mem;
+
+    // Preflight: a descriptor that cannot move fails the migration before it starts.
+    await guest.pause();
+    notePaused();
+    const problems = guest.movabilityProblems();
+    const preopens = guest.capture().wasi.preopens;
+    guest.resume();
+    if (problems.length > 0) throw new MigrationError('not-movable', `the guest cannot move: ${problems.join('; ')}`);
+
+    // Handshake on both channels; nothing else moves before the destination agrees.
+    const sessionId = newSessionId();
+    const common = { host: opts.host, port: opts.port, security: opts.security, sessionId };
+    this.bulk = await connect({ ...common, channel: 'bulk', maxBandwidth: opts.maxBandwidth });
+    this.urgent = await connect({ ...common, channel: 'urgent' });
+    this.urgent.setNoDelay(true);
+    const bulk = this.bulk;
+    this.phase = 'handshake';
+    await bulk.sendMessage({
+      type: 'SETUP',
+      moduleHash: guest.moduleHash,
+      moduleSize: guest.moduleSource.length,
+      memory: { bytes: mem.sizeBytes, maxBytes: mem.maxBytes },
+      preopens,
+      mode: opts.mode === 'precopy' ? 'precopy' : 'postcopy',
+    });
+    const ack = await bulk.expect('SETUP_ACK', 30_000);
+    if (ack.needModule) await this.sendChunks('MODULE', guest.moduleSource);
+
+    // Pass 0: every present page; zero pages as markers, never-touched ranges as ranges.
+    this.phase = 'precopy';
+    tracker.start();
+    const sender = (this.sender = new PageSender(bulk, () => mem.view()));
+    let sentBytes = mem.sizeBytes;
+    let passStart = performance.now();
+    let bytesAtPassStart = this.bytesSent();
+    const residency = scanResidency(mem);
+    await this.sendPassZero(sender, residency.present, residency.zero, mem.pageCount);
+    await sender.flush();
+    await bulk.sendMessage({ type: 'PASS_END', pass: 0, dirtyPages: sender.counters.pagesSent });
+
+    // Passes 1..n: pages written since the previous pass.
+    let minDirty = Infinity;
+    let stalled = 0;
+    let dirty: PageBitmap;
+    for (;;) {
+      this.checkCancelled();
+      const passMs = Math.max(1, performance.now() - passStart);
+      this.rate = ((this.bytesSent() - bytesAtPassStart) / passMs) * 1000;
+      dirty = tracker.collect();
+      this.dirtyPages = dirty.count();
+      this.dirtyRate = (this.dirtyPages / passMs) * 1000;
+      const rate = Math.max(this.rate, 1);
+      this.expectedDowntimeMs = ((this.dirtyPages * HOST_PAGE_SIZE) / rate) * 1000;
+      this.report();
+      if (this.expectedDowntimeMs <= opts.downtimeTargetMs) break; // converged: stop-and-copy
+      if (this.dirtyPages < minDirty) {
+        minDirty = this.dirtyPages;
+        stalled = 0;
+      } else stalled++;
+      const elapsedS = (performance.now() - this.t0) / 1000;
+      if (opts.mode === 'postcopy') break;
+      if (opts.mode === 'auto') {
+        // Postcopy as soon as precopy stops paying off, and before the total could pass 2x memory.
+        const budgetSpent = this.bytesSent() + this.dirtyPages * HOST_PAGE_SIZE > 1.0 * mem.maxPageCount * HOST_PAGE_SIZE && this.pass >= 1;
+        if (stalled >= 2 || elapsedS > opts.precopyTimeoutS * AUTO_POSTCOPY_BUDGET || budgetSpent || this.bytesSent() > 1.0 * mem.sizeBytes) break;
+      }
+      if (opts.mode === 'precopy' && (stalled >= STALL_PASSES || elapsedS > opts.precopyTimeoutS)) {
+        throw new MigrationError(
+          'not-converged',
+          `precopy did not converge: ${this.dirtyPages} pages dirty after ${this.pass + 1} passes (${elapsedS.toFixed(1)} s); the guest keeps running here`,
+          { converged: false, precopyPasses: this.pass + 1, bytesSent: this.bytesSent(), mode: 'precopy' },
+        );
+      }
+      this.pass++;
+      passStart = performance.now();
+      bytesAtPassStart = this.bytesSent();
+      sentBytes = await this.sendGrowth(mem, sentBytes);
+      await sender.sendSet(dirty, mem.pageCount);
+      await sender.flush();
+      await bulk.sendMessage({ type: 'PASS_END', pass: this.pass, dirtyPages: Math.min(dirty.count(), mem.pageCount) });
+    }
+
+    const converged = this.expectedDowntimeMs !== null && this.expectedDowntimeMs <= opts.downtimeTargetMs;
+    const postcopy = opts.mode !== 'precopy' && !converged;
+    this.effectiveMode = postcopy ? 'postcopy' : 'precopy';
+    this.phase = 'switchover';
+    // Postcopy: tell the destination now, while the guest still runs, which pages it holds are
+    // stale, so it drops them ahead of the pause.
+    if (postcopy) await this.sendDiscard(dirty, mem.pageCount);
+
+    // ---- downtime starts ----
+    const tPause = performance.now();
+    await guest.pause();
+    notePaused();
+    const state = guest.capture();
+    const late = guest.movabilityProblems();
+    if (late.length > 0) throw new MigrationError('not-movable', `the guest cannot move: ${late.join('; ')}`);
+    const last = tracker.collect();
+    sentBytes = await this.sendGrowth(mem, sentBytes);
+    const memoryBytes = mem.sizeBytes;
+    const pageCount = mem.pageCount;
+    let pending: PageBitmap | null = null;
+    if (postcopy) {
+      pending = dirty.clone().union(last);
+      await this.sendDiscard(last.clone().subtract(dirty), pageCount);
+      // The runtime touches the unwound stack to resume: send it now, so no hole is in its way.
+      const unwind = state.exec.unwind;
+      if (unwind) {
+        const first = Math.floor(unwind.ptr / HOST_PAGE_SIZE);
+        const end = Math.ceil((unwind.ptr + unwind.size) / HOST_PAGE_SIZE);
+        await sender.sendData(first, end);
+        pending.deleteRange(first, end);
+      }
+    } else {
+      await sender.sendSet(dirty.union(last), pageCount);
+    }
+    await sender.flush();
+    await this.sendChunks('STATE', encodeGuestState(state));
+    tracker.stop();
+    await bulk.sendMessage({ type: 'COMMIT' });
+    this.committed = true;
+    await bulk.expect('RUNNING', 60_000);
+    const downtimeMs = performance.now() - tPause;
+    // ---- downtime ends: the guest runs on the destination ----
+
+    if (pending) {
+      this.phase = 'postcopy';
+      this.postcopy = new PostcopySource(mem, pending, pageCount, bulk, this.urgent!);
+      await this.postcopy.run();
+    }
+    let verified: boolean | null = null;
+    this.phase = 'verifying';
+    const digestMsg = await bulk.expect('DIGEST', 600_000);
+    if (opts.verify) {
+      const present = scanResidency(mem).present;
+      const local = digestMemory(mem.view(), digestMsg.pageCount, (p) => !present.has(p));
+      verified = digestMsg.pageCount === pageCount && local === digestMsg.hex;
+    }
+    await bulk.expect('DONE', 60_000);
+    this.phase = 'completed';
+    const report: MigrationReport = {
+      mode: this.effectiveMode,
+      memoryBytes,
+      totalMs: Math.round(performance.now() - this.t0),
+      downtimeMs: Math.round(downtimeMs * 100) / 100,
+      bytesSent: this.bytesSent(),
+      bytesReceived: bulk.bytesReceived + this.urgent!.bytesReceived,
+      pagesSent: sender.counters.pagesSent + (this.postcopy?.pagesSent ?? 0),
+      zeroPages: sender.counters.zeroPages,
+      skippedNeverTouchedPages: sender.counters.untouchedPages,
+      precopyPasses: this.pass + 1,
+      converged,
+      verified,
+    };
+    if (this.postcopy) report.postcopy = this.postcopy.report();
+    await bulk.close();
+    await this.urgent!.close();
+    this.report();
+    return report;
+  }
+
+  private async sendPassZero(sender: PageSender, present: PageBitmap, zero: PageBitmap, pageCount: number): Promise<void> {
+    // Walk the memory as alternating runs: untouched (not present), zero-page mapped, data.
+    let p = 0;
+    const presentRuns = present.runs();
+    for (const [s, e] of presentRuns) {
+      if (s > p) await sender.sendEmpty(p, s, 'untouched');
+      let q = s;
+      while (q < e) {
+        const isZero = zero.has(q);
+        let r = q + 1;
+        while (r < e && zero.has(r) === isZero) r++;
+        if (isZero) await sender.sendEmpty(q, r, 'zero');
+        else await sender.sendData(q, r);
+        q = r;
+      }
+      p = e;
+      this.checkCancelled();
+    }
+    if (p < pageCount) await sender.sendEmpty(p, pageCount, 'untouched');
+  }
+
+  private async sendGrowth(mem: GuestMemory, sentBytes: number): Promise<number> {
+    if (mem.sizeBytes > sentBytes) {
+      await this.sender!.flush();
+      await this.bulk!.sendMessage({ type: 'GROW', newBytes: mem.sizeBytes });
+    }
+    return mem.sizeBytes;
+  }
+
+  private async sendDiscard(pages: PageBitmap, pageCount: number): Promise<void> {
+    const ranges = pages
+      .runs()
+      .filter(([s]) => s < pageCount)
+      .map(([s, e]) => ({ offset: s * HOST_PAGE_SIZE, count: Math.min(e, pageCount) - s }));
+    for (let i = 0; i < ranges.length; i += DISCARD_BATCH) {
+      await this.bulk!.sendMessage({ type: 'DISCARD', ranges: ranges.slice(i, i + DISCARD_BATCH) });
+    }
+  }
+
+  private async sendChunks(type: 'MODULE' | 'STATE', bytes: Uint8Array): Promise<void> {
+    const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    for (let off = 0; off < buf.length || off === 0; off += MAX_CHUNK_BYTES) {
+      const data = buf.subarray(off, off + MAX_CHUNK_BYTES);
+      if (type === 'MODULE') await this.bulk!.sendMessage({ type, offset: off, data });
+      else await this.bulk!.sendMessage({ type, totalBytes: buf.length, offset: off, data });
+      if (buf.length === 0) break;
+    }
+  }
+
+  private bytesSent(): number {
+    return (this.bulk?.bytesSent ?? 0) + (this.urgent?.bytesSent ?? 0);
+  }
+
+  private checkCancelled(): void {
+    if (this.cancelled) throw new MigrationError('cancelled', 'migration cancelled');
+  }
+
+  private report(): void {
+    this.opts.onProgress?.(this.progress());
+  }
+}
+
+export type { GuestState };
