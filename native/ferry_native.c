@@ -831,7 +831,7 @@ static void watcher_fired(uv_poll_t *h, int status, int events) {
   napi_open_handle_scope(env, &scope);
   napi_value cb, recv, argv[2], result;
   napi_get_reference_value(env, w->cb, &cb);
-  napi_get_undefined(env, &recv);
+  napi_get_global(env, &recv); /* make_callback needs an object receiver */
   napi_create_int32(env, status, &argv[0]);
   napi_create_int32(env, (events & UV_READABLE ? POLLIN : 0) | (events & UV_WRITABLE ? POLLOUT : 0) |
                              (events & UV_DISCONNECT ? POLLHUP : 0), &argv[1]);
