@@ -1,0 +1,299 @@
+// The migration destination: listens on one port, takes one migration (bulk and urgent channels of
+// one session), places the pages the source streams, and at the source's COMMIT resumes the guest
+// from its state — with every page present (precopy) or with holes served by userfaultfd
+// (postcopy). Before COMMIT nothing runs: any failure leaves nothing behind. Every frame is checked
+// against the memory geometry before a byte of it is placed.
+import { Guest } from '../guest/guest.js';
+import { ModuleCache } from '../guest/module-cache.js';
+import { sha256Hex } from '../guest/instrument.js';
+import { GuestMemory, HOST_PAGE_SIZE, WASM_PAGE_SIZE } from '../memory/guest-memory.js';
+import { PageBitmap } from '../memory/page-bitmap.js';
+import { PageStateTable } from '../memory/page-state.js';
+import { decodeGuestState } from '../state/guest-state.js';
+import type { Preopen, StdioBinding } from '../wasi/wasi.js';
+import { listen, type FramedChannel, type MigrationListener, type Security } from './transport/index.js';
+import { ChunkAssembler, PageFrameChecker, WireError, type MessageOf } from './wire/index.js';
+import { PageDigest } from './digest.js';
+import { PostcopyDestination } from './postcopy-destination.js';
+import { MigrationError, type MigrationPhase, type MigrationProgress, type PostcopyReport } from './report.js';
+
+export interface DestinationOptions {
+  host: string;
+  port: number;
+  security: Security;
+  /** This host's preopens: every guest path the source's guest has must be mapped here. */
+  preopens: Preopen[];
+  /** This host's streams for the guest's stdin/stdout/stderr. */
+  stdio: StdioBinding;
+  cache?: ModuleCache;
+  onProgress?: (p: MigrationProgress) => void;
+}
+
+export interface IncomingResult {
+  guest: Guest;
+  /** Resolves when every page is placed and the source was told (postcopy), at once otherwise. */
+  completion: Promise<DestinationSummary>;
+}
+
+export interface DestinationSummary {
+  mode: 'precopy' | 'postcopy';
+  memoryBytes: number;
+  bytesReceived: number;
+  pagesReceived: number;
+  postcopy?: PostcopyReport;
+}
+
+export class MigrationDestination {
+  private listener: MigrationListener | null = null;
+  private phase: MigrationPhase = 'connecting';
+  private readonly t0 = performance.now();
+  private bulk: FramedChannel | null = null;
+  private urgent: FramedChannel | null = null;
+  private pass = 0;
+  private pagesReceived = 0;
+  private postcopy: PostcopyDestination | null = null;
+  private errorText: string | null = null;
+  private readonly cache: ModuleCache;
+
+  constructor(private readonly opts: DestinationOptions) {
+    this.cache = opts.cache ?? new ModuleCache();
+  }
+
+  /** Starts listening; returns the port (useful with port 0). */
+  async listen(): Promise<number> {
+    this.listener = await listen({ host: this.opts.host, port: this.opts.port, security: this.opts.security });
+    return this.listener.port;
+  }
+
+  progress(): MigrationProgress {
+    return {
+      role: 'destination',
+      state: this.phase,
+      mode: this.postcopy ? 'postcopy' : 'precopy',
+      pass: this.pass,
+      bytesSent: (this.bulk?.bytesSent ?? 0) + (this.urgent?.bytesSent ?? 0),
+      bytesReceived: (this.bulk?.bytesReceived ?? 0) + (this.urgent?.bytesReceived ?? 0),
+      pagesSent: 0,
+      pagesReceived: this.pagesReceived,
+      dirtyPages: this.postcopy?.pendingPages ?? 0,
+      rateBytesPerSec: 0,
+      dirtyRatePagesPerSec: 0,
+      expectedDowntimeMs: null,
+      elapsedMs: Math.round(performance.now() - this.t0),
+      postcopy: this.postcopy?.report() ?? null,
+      error: this.errorText,
+    };
+  }
+
+  /** Takes one migration and returns the running guest. */
+  async receive(): Promise<IncomingResult> {
+    if (!this.listener) await this.listen();
+    try {
+      return await this.receiveOnce();
+    } catch (err) {
+      this.phase = 'failed';
+      this.errorText = (err as Error).message;
+      const code = err instanceof WireError ? 'BAD_STREAM' : 'FAILED';
+      await this.bulk?.sendMessage({ type: 'ERROR', code, message: (err as Error).message.slice(0, 1000) }).catch(() => undefined);
+      this.bulk?.destroy();
+      this.urgent?.destroy();
+      await this.postcopy?.stop().catch(() => undefined);
+      await this.listener?.close();
+      throw err;
+    }
+  }
+
+  private async receiveOnce(): Promise<IncomingResult> {
+    const session = await this.listener!.acceptSession();
+    const bulk = (this.bulk = session.bulk);
+    this.urgent = session.urgent;
+    this.urgent.setNoDelay(true);
+    this.phase = 'handshake';
+    const setup = await bulk.expect('SETUP', 30_000);
+    const refusal = this.checkSetup(setup);
+    if (refusal) {
+      await bulk.sendMessage({ type: 'REFUSE', reason: refusal });
+      throw new MigrationError('refused', `migration refused: ${refusal}`);
+    }
+    const haveModule = this.cache.has(setup.moduleHash);
+    await bulk.sendMessage({ type: 'SETUP_ACK', needModule: !haveModule });
+    if (!haveModule) await this.receiveModule(bulk, setup);
+    const moduleBytes = this.cache.source(setup.moduleHash)!;
+
+    const mem = GuestMemory.create(setup.memory.bytes / WASM_PAGE_SIZE, setup.memory.maxBytes / WASM_PAGE_SIZE);
+    const checker = new PageFrameChecker(setup.memory);
+    const digest = new PageDigest(setup.memory.maxBytes);
+    const populated = new PageBitmap(mem.maxPageCount);
+    const pending = new PageBitmap(mem.maxPageCount);
+    let state: ChunkAssembler | null = null;
+    this.phase = 'precopy';
+
+    // ---- the stream up to COMMIT ----
+    for (;;) {
+      const r = await bulk.recvWithOffset();
+      if (!r) throw new WireError('TRUNCATED', bulk.bytesReceived, 'the stream ended before the commit; nothing was run');
+      const { msg, offset } = r;
+      switch (msg.type) {
+        case 'PAGES':
+          checker.checkPages(msg, offset);
+          this.placeBeforeCommit(mem, msg, populated, pending, digest);
+          continue;
+        case 'GROW':
+          checker.checkGrow(msg, offset);
+          mem.grow((msg.newBytes - mem.sizeBytes) / WASM_PAGE_SIZE);
+          continue;
+        case 'PASS_END':
+          checker.checkPassEnd(msg, offset);
+          this.pass = msg.pass + 1;
+          this.report();
+          continue;
+        case 'DISCARD':
+          for (const range of msg.ranges) {
+            const first = range.offset / HOST_PAGE_SIZE;
+            if (range.offset + range.count * HOST_PAGE_SIZE > mem.sizeBytes) {
+              throw new WireError('BAD_PAGES', offset, `DISCARD ${range.offset}+${range.count} pages lies outside memory of ${mem.sizeBytes} bytes`);
+            }
+            mem.dropPages([[first, first + range.count]]);
+            populated.deleteRange(first, first + range.count);
+            pending.addRange(first, first + range.count);
+          }
+          continue;
+        case 'STATE':
+          state ??= new ChunkAssembler('STATE', msg.totalBytes);
+          state.add(msg.offset, msg.data, offset, msg.totalBytes);
+          continue;
+        case 'COMMIT':
+          break;
+        default:
+          throw new WireError('BAD_ORDER', offset, `unexpected ${msg.type} before COMMIT`);
+      }
+      break;
+    }
+    if (!state) throw new WireError('BAD_ORDER', bulk.bytesReceived, 'COMMIT without a guest state');
+    const guestState = decodeGuestState(state.result());
+    if (guestState.module.hash !== setup.moduleHash) throw new MigrationError('protocol', 'the guest state belongs to another module than the one announced');
+    if (guestState.memory.bytes !== mem.sizeBytes) {
+      throw new MigrationError('protocol', `the guest state says ${guestState.memory.bytes} bytes of memory, the stream built ${mem.sizeBytes}`);
+    }
+
+    // ---- switchover: register holes (postcopy), resume the guest, acknowledge ----
+    this.phase = 'switchover';
+    const pageCount = mem.pageCount;
+    if (!pending.isEmpty()) {
+      const states = new PageStateTable(mem.maxPageCount);
+      populated.forEachRun((s, e) => {
+        for (let p = s; p < e; p++) states.markReceived(p);
+      });
+      states.markAllPending(pending);
+      this.postcopy = new PostcopyDestination(mem, states, pending, this.urgent, checker, digest);
+      await this.postcopy.start();
+    }
+    const guest = await Guest.restore({
+      module: moduleBytes,
+      state: guestState,
+      memory: mem.memory,
+      preopens: this.opts.preopens,
+      stdio: this.opts.stdio,
+      cache: this.cache,
+    });
+    await bulk.sendMessage({ type: 'RUNNING' });
+    this.phase = this.postcopy ? 'postcopy' : 'verifying';
+    this.report();
+    const completion = this.finish(guest, digest, pageCount, mem.sizeBytes);
+    return { guest, completion };
+  }
+
+  private async finish(guest: Guest, digest: PageDigest, pageCount: number, memoryBytes: number): Promise<DestinationSummary> {
+    const bulk = this.bulk!;
+    try {
+      if (this.postcopy) {
+        const pc = this.postcopy;
+        const urgent = pc.serveUrgent().catch((e: Error) => pc.fail(e));
+        const bulkPages = (async () => {
+          while (pc.pendingPages > 0) {
+            const r = await bulk.recvWithOffset();
+            if (!r) throw new WireError('TRUNCATED', bulk.bytesReceived, 'the stream ended during postcopy');
+            if (r.msg.type !== 'PAGES') throw new WireError('BAD_ORDER', r.offset, `unexpected ${r.msg.type} during postcopy`);
+            pc.onPages(r.msg, r.offset, false);
+          }
+        })().catch((e: Error) => pc.fail(e));
+        await pc.complete;
+        void urgent;
+        void bulkPages;
+        await pc.stop();
+      }
+      await bulk.sendMessage({ type: 'DIGEST', pageCount, hex: digest.digestHex(pageCount) });
+      await bulk.sendMessage({ type: 'DONE' });
+      this.phase = 'completed';
+      this.report();
+      const summary: DestinationSummary = {
+        mode: this.postcopy ? 'postcopy' : 'precopy',
+        memoryBytes,
+        bytesReceived: bulk.bytesReceived + this.urgent!.bytesReceived,
+        pagesReceived: this.pagesReceived,
+      };
+      if (this.postcopy) summary.postcopy = this.postcopy.report();
+      await bulk.close().catch(() => undefined);
+      await this.urgent!.close().catch(() => undefined);
+      await this.listener?.close();
+      return summary;
+    } catch (err) {
+      this.phase = 'failed';
+      this.errorText = (err as Error).message;
+      if (this.postcopy && this.postcopy.pendingPages > 0) {
+        // Pages are missing and cannot come: stop the guest (it may be blocked on a hole) before
+        // anything closes the userfaultfd, which would let blocked threads read zeros.
+        await guest.stop();
+      }
+      await this.listener?.close();
+      throw err;
+    }
+  }
+
+  private placeBeforeCommit(mem: GuestMemory, msg: MessageOf<'PAGES'>, populated: PageBitmap, pending: PageBitmap, digest: PageDigest): void {
+    const first = msg.offset / HOST_PAGE_SIZE;
+    const end = first + msg.count;
+    this.pagesReceived += msg.count;
+    if (msg.kind === 'data') {
+      mem.view().set(msg.data!, msg.offset);
+      populated.addRange(first, end);
+      pending.deleteRange(first, end);
+      digest.set(first, msg.data!, msg.count);
+      return;
+    }
+    // zero / untouched: the page must read as zero; drop whatever an earlier pass put there.
+    for (const [s, e] of populated.clone().intersect(new PageBitmap(populated.size).addRange(first, end)).runs()) {
+      mem.dropPages([[s, e]]);
+    }
+    populated.deleteRange(first, end);
+    pending.deleteRange(first, end);
+    digest.setZero(first, msg.count);
+  }
+
+  private checkSetup(setup: MessageOf<'SETUP'>): string | null {
+    const mapped = new Set(this.opts.preopens.map((p) => p.guestPath));
+    const missing = setup.preopens.filter((g) => !mapped.has(g));
+    if (missing.length > 0) {
+      return `the guest needs preopened ${missing.map((m) => JSON.stringify(m)).join(', ')}, not mapped on this host (ferry run --incoming ... --dir HOST:${missing[0]})`;
+    }
+    if (setup.memory.maxBytes > 4 * 1024 ** 3) return 'memory maximum above 4 GiB';
+    return null;
+  }
+
+  private async receiveModule(bulk: FramedChannel, setup: MessageOf<'SETUP'>): Promise<void> {
+    const asm = new ChunkAssembler('MODULE', setup.moduleSize);
+    while (!asm.complete) {
+      const r = await bulk.recvWithOffset();
+      if (!r) throw new WireError('TRUNCATED', bulk.bytesReceived, 'the stream ended inside the module');
+      if (r.msg.type !== 'MODULE') throw new WireError('BAD_ORDER', r.offset, `expected MODULE, got ${r.msg.type}`);
+      asm.add(r.msg.offset, r.msg.data, r.offset);
+    }
+    const bytes = asm.result();
+    if (sha256Hex(bytes) !== setup.moduleHash) throw new MigrationError('protocol', 'the module received does not match its announced hash');
+    this.cache.putSource(bytes);
+  }
+
+  private report(): void {
+    this.opts.onProgress?.(this.progress());
+  }
+}

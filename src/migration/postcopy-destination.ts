@@ -1,0 +1,154 @@
+// Postcopy, destination side. After the commit the guest runs over memory with holes:
+//  - the FaultServer's worker reads every fault; a known-zero page is filled locally
+//    (UFFDIO_ZEROPAGE), a pending one becomes a request in the RequestRing;
+//  - this (main) thread, woken by the ring's eventfd, sends each request on the urgent channel;
+//  - pages arriving on either channel are placed with UFFDIO_COPY, which wakes every thread
+//    blocked on them; a page is placed once (EEXIST from a race is success).
+// This thread never reads or writes guest memory: page bytes go from the socket's buffers to the
+// kernel, and the verify digest is computed from those same bytes.
+import { fileURLToPath } from 'node:url';
+import { FaultServer } from '../memory/fault-server.js';
+import { HOST_PAGE_SIZE, type GuestMemory } from '../memory/guest-memory.js';
+import type { PageBitmap } from '../memory/page-bitmap.js';
+import { PageState, PageStateTable } from '../memory/page-state.js';
+import { eventfd, eventfdDrain, close, FdWatcher, POLLIN, EFD_NONBLOCK, EFD_CLOEXEC } from '../sys/fd.js';
+import type { FramedChannel } from './transport/index.js';
+import type { PageFrameChecker, MessageOf } from './wire/index.js';
+import type { PageDigest } from './digest.js';
+import { RequestRing } from './request-ring.js';
+import { latencySummary, type PostcopyReport } from './report.js';
+
+export class PostcopyDestination {
+  private server: FaultServer | null = null;
+  private watcher: FdWatcher | null = null;
+  private readonly eventFd: number;
+  private readonly ring = RequestRing.create();
+  private remaining: number;
+  private readonly requestedAt = new Map<number, number>();
+  private readonly latenciesUs: number[] = [];
+  private pagesRequested = 0;
+  private pagesPushed = 0;
+  private readonly t0 = performance.now();
+  private endMs: number | null = null;
+  private done!: () => void;
+  private failed!: (e: Error) => void;
+  /** Resolves when every pending page is placed. */
+  readonly complete: Promise<void>;
+
+  constructor(
+    private readonly mem: GuestMemory,
+    private readonly states: PageStateTable,
+    pending: PageBitmap,
+    private readonly urgent: FramedChannel,
+    private readonly checker: PageFrameChecker,
+    private readonly digest: PageDigest | null,
+  ) {
+    this.remaining = pending.count();
+    this.eventFd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    this.complete = new Promise((resolve, reject) => {
+      this.done = resolve;
+      this.failed = reject;
+    });
+    this.complete.catch(() => undefined);
+  }
+
+  /** Registers the memory with userfaultfd and starts serving faults. Call before the guest resumes. */
+  async start(): Promise<void> {
+    this.watcher = new FdWatcher(this.eventFd, POLLIN, () => this.forwardRequests());
+    this.server = await FaultServer.start(this.mem, this.states, {
+      kind: 'module',
+      module: fileURLToPath(new URL('./remote-page-source.js', import.meta.url)),
+      options: { ring: this.ring.buffer, eventFd: this.eventFd },
+    });
+    if (this.remaining === 0) this.finish();
+  }
+
+  /** Receives pages the source sends on the urgent channel (answers to requests). */
+  async serveUrgent(): Promise<void> {
+    for (;;) {
+      const r = await this.urgent.recvWithOffset();
+      if (!r) return;
+      if (r.msg.type !== 'PAGES') throw new Error(`unexpected ${r.msg.type} on the urgent channel`);
+      this.onPages(r.msg, r.offset, true);
+    }
+  }
+
+  /** A PAGES frame from either channel. */
+  onPages(msg: MessageOf<'PAGES'>, frameOffset: number, urgent: boolean): void {
+    this.checker.checkPages(msg, frameOffset);
+    if (msg.kind !== 'data' || !msg.data) throw new Error(`postcopy pages must carry data (frame at byte ${frameOffset})`);
+    const first = msg.offset / HOST_PAGE_SIZE;
+    const now = performance.now();
+    for (let i = 0; i < msg.count; i++) {
+      const p = first + i;
+      if (this.states.get(p) !== PageState.PENDING) continue; // never placed twice
+      this.server!.place(p, msg.data, i * HOST_PAGE_SIZE, 1);
+      this.digest?.set(p, msg.data.subarray(i * HOST_PAGE_SIZE, (i + 1) * HOST_PAGE_SIZE));
+      this.remaining--;
+      const t = this.requestedAt.get(p);
+      if (t !== undefined) {
+        this.latenciesUs.push((now - t) * 1000);
+        this.requestedAt.delete(p);
+      }
+      if (urgent) this.pagesRequested++;
+      else this.pagesPushed++;
+    }
+    if (this.remaining === 0) this.finish();
+  }
+
+  get pendingPages(): number {
+    return this.remaining;
+  }
+
+  report(): PostcopyReport {
+    const stats = this.server?.stats();
+    const lat = latencySummary(this.latenciesUs);
+    return {
+      pagesRequested: this.pagesRequested,
+      pagesPushed: this.pagesPushed,
+      faults: stats?.faults ?? 0,
+      faultLatencyUs: lat,
+      guestBlockedMs: Math.round(this.latenciesUs.reduce((a, b) => a + b, 0) / 100) / 10,
+      durationMs: Math.round((this.endMs ?? performance.now()) - this.t0),
+    };
+  }
+
+  /** Stops serving faults. Only safe once every page is placed, or when the guest is gone. */
+  async stop(): Promise<void> {
+    this.watcher?.stop();
+    this.watcher = null;
+    if (this.server) {
+      const s = this.server;
+      this.server = null;
+      await s.stop();
+    }
+    try {
+      close(this.eventFd);
+    } catch {
+      /* already closed */
+    }
+  }
+
+  fail(err: Error): void {
+    this.failed(err);
+  }
+
+  private forwardRequests(): void {
+    try {
+      eventfdDrain(this.eventFd);
+    } catch {
+      /* spurious wake */
+    }
+    const now = performance.now();
+    this.ring.drain((first, count) => {
+      for (let p = first; p < first + count; p++) if (!this.requestedAt.has(p)) this.requestedAt.set(p, now);
+      this.urgent.sendMessage({ type: 'PAGE_REQUEST', offset: first * HOST_PAGE_SIZE, count }).catch((e: Error) => this.fail(e));
+    });
+  }
+
+  private finish(): void {
+    if (this.endMs !== null) return;
+    this.endMs = performance.now();
+    this.done();
+  }
+}

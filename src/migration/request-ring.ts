@@ -1,0 +1,48 @@
+// A single-producer, single-consumer ring of page requests in a SharedArrayBuffer: the fault worker
+// (producer) records "pages [first, first+count) are needed" and signals an eventfd; the main thread
+// (consumer), woken by the eventfd in its event loop, sends them on the urgent channel. Neither side
+// blocks on the other, and neither touches guest memory.
+const HEADER_WORDS = 4; // [0] head (next write), [1] tail (next read)
+const ENTRY_WORDS = 2;
+
+export class RequestRing {
+  readonly capacity: number;
+  private readonly words: Int32Array;
+
+  constructor(readonly buffer: SharedArrayBuffer) {
+    this.words = new Int32Array(buffer);
+    this.capacity = (this.words.length - HEADER_WORDS) / ENTRY_WORDS;
+    if (!Number.isInteger(this.capacity) || this.capacity < 1) throw new RangeError('RequestRing: bad buffer size');
+  }
+
+  static create(capacity = 1 << 16): RequestRing {
+    return new RequestRing(new SharedArrayBuffer((HEADER_WORDS + capacity * ENTRY_WORDS) * 4));
+  }
+
+  /** Producer side. Returns false when the ring is full (the caller retries after a signal). */
+  push(first: number, count: number): boolean {
+    const head = Atomics.load(this.words, 0);
+    const tail = Atomics.load(this.words, 1);
+    if (head - tail >= this.capacity) return false;
+    const at = HEADER_WORDS + (head % this.capacity) * ENTRY_WORDS;
+    this.words[at] = first;
+    this.words[at + 1] = count;
+    Atomics.store(this.words, 0, head + 1); // publish after the entry is written
+    return true;
+  }
+
+  /** Consumer side: calls `fn` for every entry published so far. */
+  drain(fn: (first: number, count: number) => void): number {
+    const head = Atomics.load(this.words, 0);
+    let tail = Atomics.load(this.words, 1);
+    let n = 0;
+    while (tail < head) {
+      const at = HEADER_WORDS + (tail % this.capacity) * ENTRY_WORDS;
+      fn(this.words[at]!, this.words[at + 1]!);
+      tail++;
+      n++;
+    }
+    Atomics.store(this.words, 1, tail);
+    return n;
+  }
+}
