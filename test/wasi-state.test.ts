@@ -306,6 +306,54 @@ test('symlinks: creation refuses escaping targets; readlink and lstat see the li
   wasi.close();
 });
 
+test('fd_renumber moves a descriptor; proc_exit is recorded in the state', () => {
+  const dir = tmpDir('renum');
+  fs.writeFileSync(path.join(dir, 'a'), 'AAAA');
+  fs.writeFileSync(path.join(dir, 'b'), 'BBBB');
+  const { s, wasi, call } = setup(dir);
+  const fa = openFile(call, s, 'a', 0);
+  const fb = openFile(call, s, 'b', 0);
+  assert.equal(call('fd_renumber', fa, fb), 0);
+  const buf = s.alloc(8);
+  const n = s.alloc(4);
+  assert.equal(call('fd_read', fa, s.iovec(buf, 8), 1, n), ERRNO.BADF);
+  assert.equal(call('fd_read', fb, s.iovec(buf, 8), 1, n), 0);
+  assert.equal(s.text(buf, s.u32(n)), 'AAAA');
+  assert.equal(call('fd_renumber', fb, 77), ERRNO.BADF, 'target must be open');
+  const st = wasi.capture();
+  assert.deepEqual(st.fds.filter((f) => f.kind === 'file').map((f) => [f.fd, f.path, f.offset]), [[fb, 'a', 4]]);
+  assert.throws(() => call('proc_exit', 3), (e: unknown) => (e as { code?: number }).code === 3);
+  assert.equal(wasi.capture().exitCode, 3);
+  wasi.close();
+});
+
+test('poll_oneoff on a pipe subscription with a timeout: the timeout fires, then the data', () => {
+  const dir = tmpDir('pollfd');
+  const fifo = path.join(dir, 'p');
+  execFileSync('mkfifo', [fifo]);
+  const rd = fs.openSync(fifo, 'r+');
+  let ready = false;
+  const hooks: WasiHooks = { pauseRequested: () => false, unwind: () => {}, waitReadable: () => ready };
+  const { s, wasi, call } = setup(null, hooks, { stdin: rd, stdout: 1, stderr: 2 });
+  const subs = s.alloc(96);
+  const v = new DataView(s.memory.buffer);
+  v.setBigUint64(subs, 1n, true); v.setUint8(subs + 8, 1); v.setUint32(subs + 16, 0, true);           // fd_read on stdin
+  v.setBigUint64(subs + 48, 2n, true); v.setUint8(subs + 56, 0); v.setUint32(subs + 64, 1, true);    // clock
+  v.setBigUint64(subs + 72, 5_000_000n, true);                                                        // 5 ms
+  const ev = s.alloc(64);
+  const nev = s.alloc(4);
+  assert.equal(call('poll_oneoff', subs, ev, 2, nev), 0);
+  assert.equal(s.u32(nev), 1);
+  assert.equal(s.u64(ev), 2n, 'the clock fired');
+  ready = true;
+  assert.equal(call('poll_oneoff', subs, ev, 2, nev), 0);
+  assert.equal(s.u32(nev), 1);
+  assert.equal(s.u64(ev), 1n, 'the pipe is readable');
+  assert.equal(new DataView(s.memory.buffer).getUint8(ev + 10), 1, 'type fd_read');
+  fs.closeSync(rd);
+  wasi.close();
+});
+
 test('bad options fail clearly', () => {
   assert.throws(() => new Wasi({ args: [1 as unknown as string], env: {}, preopens: [], stdio: { stdin: 0, stdout: 1, stderr: 2 } }, noPause), /args/);
   assert.throws(() => new Wasi({ args: [], env: {}, preopens: [{ guestPath: '/d', hostPath: '/nonexistent-ferry' }], stdio: { stdin: 0, stdout: 1, stderr: 2 } }, noPause), /preopen \/d/);
