@@ -358,6 +358,7 @@ test('bad options fail clearly', () => {
   assert.throws(() => new Wasi({ args: [1 as unknown as string], env: {}, preopens: [], stdio: { stdin: 0, stdout: 1, stderr: 2 } }, noPause), /args/);
   assert.throws(() => new Wasi({ args: [], env: {}, preopens: [{ guestPath: '/d', hostPath: '/nonexistent-ferry' }], stdio: { stdin: 0, stdout: 1, stderr: 2 } }, noPause), /preopen \/d/);
   assert.throws(() => new Wasi({ args: [], env: {}, preopens: [], stdio: { stdin: -1, stdout: 1, stderr: 2 } }, noPause), /stdio\.stdin/);
+  assert.throws(() => new Wasi({ args: [], env: {}, preopens: [], stdio: { stdin: 0, stdout: 987654, stderr: 2 } }, noPause), /stdio\.stdout: host fd 987654/);
   const { wasi } = setup(null);
   assert.throws(() => (new Wasi({ args: [], env: {}, preopens: [], stdio: { stdin: 0, stdout: 1, stderr: 2 } }, noPause).imports.fd_write as Fn)(1, 0, 0, 0), /before setMemory/);
   wasi.close();

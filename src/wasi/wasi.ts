@@ -44,7 +44,6 @@ export class WasiExit extends Error {
 /** Longest single wait inside a blocking call before we look at pauseRequested() again. */
 const WAIT_SLICE_MS = 10;
 const DEFAULT_STDIO: StdioBinding = { stdin: 0, stdout: 1, stderr: 2 };
-const STDIO_KINDS: readonly FdKind[] = ['stdin', 'stdout', 'stderr'];
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type HostFunction = (...args: any[]) => number | bigint | void;
@@ -70,7 +69,12 @@ function validateOptions(options: WasiOptions): void {
 }
 
 function stdioDescriptor(kind: FdKind, hostFd: number): Descriptor {
-  const st = fs.fstatSync(hostFd);
+  let st: fs.Stats;
+  try {
+    st = fs.fstatSync(hostFd);
+  } catch (err) {
+    throw new Error(`WASI stdio.${kind}: host fd ${hostFd} is not usable: ${(err as Error).message}`);
+  }
   const stream = isStream(st);
   let rights = RIGHTS_ALL & ~RIGHTS_DIR_ONLY;
   if (stream) rights &= ~RIGHTS_SEEKING; // what wasi-libc's isatty() looks for
