@@ -334,7 +334,7 @@ static napi_value f_uffd_create(napi_env env, napi_callback_info info) {
 
 #undef OP
 #define OP "UFFDIO_API"
-/* uffdApi(fd, features) -> { features, ioctls } granted. */
+/* uffdApi(fd, features) -> { features: number, ioctls: bigint } granted. */
 static napi_value f_uffd_api(napi_env env, napi_callback_info info) {
   ARGS(2);
   int fd;
@@ -345,7 +345,9 @@ static napi_value f_uffd_api(napi_env env, napi_callback_info info) {
   napi_value o;
   napi_create_object(env, &o);
   napi_set_named_property(env, o, "features", num(env, (double)api.features));
-  napi_set_named_property(env, o, "ioctls", num(env, (double)api.ioctls));
+  napi_value io; /* bit 63 (_UFFDIO_API) does not fit a double beside the low bits: a BigInt */
+  napi_create_bigint_uint64(env, api.ioctls, &io);
+  napi_set_named_property(env, o, "ioctls", io);
   return o;
 }
 
@@ -358,7 +360,7 @@ static int get_range(napi_env env, napi_value *argv, const char *op, uint64_t *s
 
 #undef OP
 #define OP "UFFDIO_REGISTER"
-/* uffdRegister(fd, start, length, mode) -> ioctls available on the range. */
+/* uffdRegister(fd, start, length, mode) -> ioctls available on the range (a BigInt bit mask). */
 static napi_value f_uffd_register(napi_env env, napi_callback_info info) {
   ARGS(4);
   int fd;
@@ -371,7 +373,9 @@ static napi_value f_uffd_register(napi_env env, napi_callback_info info) {
     return throw_arg(env, OP, "mode %d must be a non-empty mask of MISSING|WP|MINOR", mode);
   struct uffdio_register r = {.range = {.start = start, .len = len}, .mode = (uint64_t)mode};
   if (ioctl(fd, UFFDIO_REGISTER, &r) != 0) return throw_errno(env, OP, errno, NULL);
-  return num(env, (double)r.ioctls);
+  napi_value io;
+  napi_create_bigint_uint64(env, r.ioctls, &io);
+  return io;
 }
 
 #undef OP

@@ -23,8 +23,8 @@ export interface FerryNative {
   /** Benchmark reference only: reads every word of every page. */
   countNonZeroPages(buf: Bytes): number;
   uffdCreate(nonblock: boolean, cloexec: boolean): number;
-  uffdApi(fd: number, features: number): { features: number; ioctls: number };
-  uffdRegister(fd: number, start: number, length: number, mode: number): number;
+  uffdApi(fd: number, features: number): { features: number; ioctls: bigint };
+  uffdRegister(fd: number, start: number, length: number, mode: number): bigint;
   uffdUnregister(fd: number, start: number, length: number): void;
   uffdWake(fd: number, start: number, length: number): void;
   uffdWriteprotect(fd: number, start: number, length: number, mode: number): void;

@@ -65,8 +65,8 @@ export interface DecodedEvent {
   arg: number;
 }
 
-export function hasIoctl(mask: number, bit: number): boolean {
-  return Math.floor(mask / 2 ** bit) % 2 === 1;
+export function hasIoctl(mask: bigint, bit: number): boolean {
+  return ((mask >> BigInt(bit)) & 1n) === 1n;
 }
 
 export function decodeEvent(buf: Float64Array, i: number): DecodedEvent {
@@ -91,7 +91,7 @@ export interface UffdOptions {
  */
 export class Userfaultfd {
   private closed = false;
-  private constructor(readonly fd: number, readonly features: number, readonly ioctls: number) {}
+  private constructor(readonly fd: number, readonly features: number, readonly ioctls: bigint) {}
 
   static open(opts: UffdOptions = {}): Userfaultfd {
     const fd = sys(() => native.uffdCreate(opts.nonblock ?? true, true));
@@ -106,11 +106,11 @@ export class Userfaultfd {
 
   /** Wraps an fd opened (and handshaken) elsewhere in this process. */
   static attach(fd: number, features = 0): Userfaultfd {
-    return new Userfaultfd(fd, features, 0);
+    return new Userfaultfd(fd, features, 0n);
   }
 
-  /** Registers [start, start+length); returns the ioctl mask available there. */
-  register(start: number, length: number, mode: number): number {
+  /** Registers [start, start+length); returns the ioctl mask available there (test bits with hasIoctl). */
+  register(start: number, length: number, mode: number): bigint {
     return sys(() => native.uffdRegister(this.fd, start, length, mode));
   }
   unregister(start: number, length: number): void {
