@@ -235,6 +235,21 @@ test('movabilityProblems reports FIFOs opened by path and files unlinked while o
   wasi.close();
 });
 
+test('a FIFO opened read-only by the guest neither blocks the open nor an fd_read a pause wants to stop', () => {
+  const dir = tmpDir('fifo-ro');
+  execFileSync('mkfifo', [path.join(dir, 'p')]);
+  let unwinds = 0;
+  const { s, wasi, call } = setup(dir, { pauseRequested: () => true, unwind: () => { unwinds++; } }); // no waitReadable hook
+  const fd = openFile(call, s, 'p', 0, RIGHTS.FD_READ); // no writer: a blocking open would hang here
+  const writer = fs.openSync(path.join(dir, 'p'), 'w');
+  const buf = s.alloc(8);
+  const n = s.alloc(4);
+  assert.equal(call('fd_read', fd, s.iovec(buf, 8), 1, n), 0);
+  assert.equal(unwinds, 1, 'empty pipe: the read gave way to the pause');
+  fs.closeSync(writer);
+  wasi.close();
+});
+
 test('fd_readdir continues from a cookie and truncates the last entry to the buffer', () => {
   const dir = tmpDir('readdir');
   for (const name of ['b', 'a', 'c']) fs.writeFileSync(path.join(dir, name), name);

@@ -96,6 +96,10 @@ function openHostFd(host: string, o: HostOpen): number {
   if (!o.follow) flags |= C.O_NOFOLLOW;
   // O_APPEND is emulated (we write at the current size with positional I/O): Linux pwrite ignores the
   // position on O_APPEND fds, which would break the offset we own.
+  // O_NONBLOCK: no effect on files and directories, but opening a FIFO never blocks the guest's thread
+  // (where no pause could reach it), and stream reads/writes come back with EAGAIN, which fd_read and
+  // fd_write turn into pausable waits.
+  flags |= C.O_NONBLOCK;
   if (o.fdflags & FDFLAGS.DSYNC) flags |= C.O_DSYNC;
   if (o.fdflags & (FDFLAGS.SYNC | FDFLAGS.RSYNC)) flags |= C.O_SYNC;
   return fs.openSync(host, flags, 0o666);
