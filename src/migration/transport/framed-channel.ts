@@ -1,0 +1,301 @@
+// A connection carrying Ferry frames. Sends keep frame order, honour backpressure and an optional
+// bandwidth cap; receives decode the stream into typed messages. Byte counters come from the
+// underlying TCP socket, so under TLS they include record and handshake overhead.
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { FrameDecoder, type Frame } from '../wire/frame.js';
+import { WireError } from '../wire/errors.js';
+import { MAX_FRAME_PAYLOAD } from '../wire/limits.js';
+import { decodeMessage, encodeMessage, encodePages, type ChannelKind, type Message, type MessageOf, type PageKind } from '../wire/messages.js';
+import { frameTypeName } from '../wire/types.js';
+import { TransportError, fromSocketError } from './errors.js';
+import { TokenBucket } from './token-bucket.js';
+
+export interface ChannelSession {
+  /** 16 random bytes chosen by the connecting side; hex for use as a map key. */
+  sessionId: Buffer;
+  sessionHex: string;
+  channel: ChannelKind;
+  /** Feature bits both sides agreed on (HELLO features & listener features). */
+  features: number;
+}
+
+export interface FramedChannelOptions {
+  /** What frames are written to and read from: the TLS socket, or the TCP socket itself. */
+  stream: Duplex;
+  /** The TCP socket under `stream` (the same object when insecure): source of the byte counts. */
+  tcp: Socket;
+  /** "host:port" of the peer, for messages. */
+  peer: string;
+  /** Cap on bytes/s written (frames are never split; the average converges). */
+  maxBandwidth?: number;
+  maxPayload?: number;
+}
+
+// Stop reading from the socket while this many decoded bytes wait for the consumer.
+const PAUSE_ABOVE_BYTES = 32 * 1024 * 1024;
+
+export class FramedChannel {
+  readonly peer: string;
+  /** Set once the HELLO exchange completed (always set on channels from connect()/listen()). */
+  session: ChannelSession | null = null;
+
+  private readonly stream: Duplex;
+  private readonly tcp: Socket;
+  private readonly decoder: FrameDecoder;
+  private bucket: TokenBucket | null = null;
+  private dispatchChain: Promise<void> = Promise.resolve();
+  private readonly queue: Frame[] = [];
+  private queuedBytes = 0;
+  private waiter: { resolve: () => void } | null = null;
+  private ended = false;
+  private failure: Error | null = null;
+  private tcpBytesWritten = 0; // last known counts, kept after the socket is destroyed
+  private tcpBytesRead = 0;
+  private framesSentCount = 0;
+  private payloadSent = 0;
+
+  constructor(opts: FramedChannelOptions) {
+    this.stream = opts.stream;
+    this.tcp = opts.tcp;
+    this.peer = opts.peer;
+    this.decoder = new FrameDecoder(opts.maxPayload ?? MAX_FRAME_PAYLOAD);
+    if (opts.maxBandwidth !== undefined) this.setMaxBandwidth(opts.maxBandwidth);
+    this.stream.on('data', (chunk: Buffer) => this.onData(chunk));
+    this.stream.on('end', () => this.onEnd());
+    this.stream.on('error', (err) => this.fail(fromSocketError(err, this.peer, 'transfer')));
+    this.stream.on('close', () => {
+      this.snapshotCounters();
+      if (!this.ended) this.fail(new TransportError('CLOSED', this.peer, 'connection closed'));
+    });
+    this.tcp.on('close', () => this.snapshotCounters());
+  }
+
+  /** Bytes written to the TCP socket (TLS overhead included). */
+  get bytesSent(): number {
+    return this.tcp.destroyed ? this.tcpBytesWritten : this.tcp.bytesWritten;
+  }
+  /** Bytes read from the TCP socket (TLS overhead included). */
+  get bytesReceived(): number {
+    return this.tcp.destroyed ? this.tcpBytesRead : this.tcp.bytesRead;
+  }
+  /** Frames handed to send() so far, and their payload bytes (no framing, no TLS). */
+  get framesSent(): number {
+    return this.framesSentCount;
+  }
+  get payloadBytesSent(): number {
+    return this.payloadSent;
+  }
+  get closed(): boolean {
+    return this.stream.destroyed;
+  }
+
+  /** Caps the send rate (bytes/s), or removes the cap with undefined. */
+  setMaxBandwidth(bytesPerSecond: number | undefined): void {
+    this.bucket = bytesPerSecond === undefined ? null : new TokenBucket(bytesPerSecond);
+  }
+
+  /** Latency matters more than packet count on the urgent channel. */
+  setNoDelay(on = true): void {
+    this.tcp.setNoDelay(on);
+  }
+
+  /**
+   * Sends an encoded frame (from encodeFrameParts/encodeMessage/encodePages). Frames go out in call
+   * order. The promise resolves when the socket has taken the bytes — only then may buffers passed
+   * as page data be reused — and rejects with a TransportError if the connection fails. Awaiting
+   * each send gives backpressure; to keep the pipe full, keep a few sends in flight with distinct
+   * staging buffers.
+   */
+  send(parts: readonly Buffer[]): Promise<void> {
+    if (this.failure) return Promise.reject(this.failure);
+    let bytes = 0;
+    for (const p of parts) bytes += p.length;
+    this.framesSentCount++;
+    this.payloadSent += Math.max(0, bytes - 16);
+    const bucket = this.bucket;
+    const ready = bucket ? this.dispatchChain.then(() => bucket.take(bytes)) : this.dispatchChain;
+    const written = ready.then(() => this.writeParts(parts));
+    this.dispatchChain = ready.then(
+      () => undefined,
+      () => undefined,
+    );
+    return written;
+  }
+
+  sendMessage(msg: Message): Promise<void> {
+    return this.send(encodeMessage(msg));
+  }
+
+  /** One run of pages; `data` (count*4096 bytes for kind 'data') is written without copying. */
+  sendPages(offset: number, count: number, kind: PageKind, data: Uint8Array | null = null): Promise<void> {
+    return this.send(encodePages(offset, count, kind, data));
+  }
+
+  private writeParts(parts: readonly Buffer[]): Promise<void> {
+    if (this.failure) return Promise.reject(this.failure);
+    return new Promise<void>((resolve, reject) => {
+      const s = this.stream;
+      s.cork();
+      const last = parts.length - 1;
+      for (let i = 0; i < last; i++) s.write(parts[i]);
+      s.write(parts[last], (err) => {
+        if (err) reject(this.failure ?? fromSocketError(err, this.peer, 'send'));
+        else resolve();
+      });
+      s.uncork();
+    });
+  }
+
+  /** Next frame, or null when the peer closed cleanly at a frame boundary. */
+  async recvFrame(): Promise<Frame | null> {
+    for (;;) {
+      const f = this.queue.shift();
+      if (f) {
+        this.queuedBytes -= f.payload.length;
+        if (this.stream.isPaused() && this.queuedBytes < PAUSE_ABOVE_BYTES / 2) this.stream.resume();
+        return f;
+      }
+      if (this.failure) throw this.failure;
+      if (this.ended) return null;
+      await new Promise<void>((resolve) => (this.waiter = { resolve }));
+    }
+  }
+
+  /** Next decoded message, or null at a clean end of stream. Malformed frames fail the channel. */
+  async recv(): Promise<Message | null> {
+    const f = await this.recvFrame();
+    if (!f) return null;
+    try {
+      return decodeMessage(f);
+    } catch (err) {
+      this.fail(err as Error);
+      this.stream.destroy();
+      throw err;
+    }
+  }
+
+  /** Like recv(), plus the frame's stream offset (for checker errors). */
+  async recvWithOffset(): Promise<{ msg: Message; offset: number } | null> {
+    const f = await this.recvFrame();
+    if (!f) return null;
+    try {
+      return { msg: decodeMessage(f), offset: f.offset };
+    } catch (err) {
+      this.fail(err as Error);
+      this.stream.destroy();
+      throw err;
+    }
+  }
+
+  /**
+   * Receives the next message and checks its type. REFUSE and ERROR from the peer become
+   * TransportErrors ('REFUSED' / 'REMOTE'); end of stream becomes 'CLOSED'.
+   */
+  async expect<T extends Message['type']>(type: T, timeoutMs?: number): Promise<MessageOf<T>> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout =
+      timeoutMs === undefined
+        ? null
+        : new Promise<never>((_, reject) => {
+            timer = setTimeout(() => reject(new TransportError('TIMEOUT', this.peer, `no ${type} within ${timeoutMs} ms`)), timeoutMs);
+          });
+    try {
+      const msg = await (timeout ? Promise.race([this.recv(), timeout]) : this.recv());
+      if (msg === null) throw new TransportError('CLOSED', this.peer, `connection closed while waiting for ${type}`);
+      if (msg.type === type) return msg as MessageOf<T>;
+      if (msg.type === 'REFUSE') throw new TransportError('REFUSED', this.peer, `refused: ${msg.reason}`);
+      if (msg.type === 'ERROR') throw new TransportError('REMOTE', this.peer, `peer error ${msg.code}: ${msg.message}`);
+      throw new TransportError('PROTOCOL', this.peer, `expected ${type}, got ${msg.type}`);
+    } finally {
+      if (timer) clearTimeout(timer);
+    }
+  }
+
+  /** Decoded messages until the peer closes; throws on error. */
+  async *[Symbol.asyncIterator](): AsyncGenerator<Message, void, undefined> {
+    for (;;) {
+      const m = await this.recv();
+      if (m === null) return;
+      yield m;
+    }
+  }
+
+  /** Raw frames until the peer closes. */
+  async *frames(): AsyncGenerator<Frame, void, undefined> {
+    for (;;) {
+      const f = await this.recvFrame();
+      if (f === null) return;
+      yield f;
+    }
+  }
+
+  /** Finishes sending (after queued frames) and half-closes; resolves when the socket is closed. */
+  async close(): Promise<void> {
+    await this.dispatchChain;
+    if (this.stream.destroyed) return;
+    await new Promise<void>((resolve) => {
+      this.stream.once('close', () => resolve());
+      this.stream.end();
+      // If the peer never closes its side, do not hang forever.
+      setTimeout(() => this.stream.destroy(), 5000).unref();
+    });
+  }
+
+  /** Tears the connection down now; pending receives fail with `err` (or CLOSED). */
+  destroy(err?: Error): void {
+    if (err) this.fail(err);
+    this.stream.destroy();
+    if (this.tcp !== this.stream) this.tcp.destroy();
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.failure) return;
+    let frames: Frame[];
+    try {
+      frames = this.decoder.push(chunk);
+    } catch (err) {
+      this.fail(err instanceof WireError ? err : new TransportError('PROTOCOL', this.peer, String(err)));
+      this.stream.destroy();
+      return;
+    }
+    for (const f of frames) {
+      this.queue.push(f);
+      this.queuedBytes += f.payload.length;
+    }
+    if (this.queuedBytes > PAUSE_ABOVE_BYTES) this.stream.pause();
+    if (frames.length > 0) this.wake();
+  }
+
+  private onEnd(): void {
+    try {
+      this.decoder.end();
+      this.ended = true;
+    } catch (err) {
+      this.fail(err as Error);
+    }
+    this.wake();
+  }
+
+  private fail(err: Error): void {
+    if (!this.failure && !this.ended) this.failure = err;
+    this.wake();
+  }
+
+  private wake(): void {
+    const w = this.waiter;
+    this.waiter = null;
+    w?.resolve();
+  }
+
+  private snapshotCounters(): void {
+    // net.Socket keeps bytesRead/bytesWritten readable after close; copy them once to be safe.
+    this.tcpBytesWritten = Math.max(this.tcpBytesWritten, this.tcp.bytesWritten ?? 0);
+    this.tcpBytesRead = Math.max(this.tcpBytesRead, this.tcp.bytesRead ?? 0);
+  }
+}
+
+/** Name of a frame type for logs. */
+export function describeFrame(f: Frame): string {
+  return `${frameTypeName(f.type) ?? 'unknown'} (${f.payload.length} bytes at ${f.offset})`;
+}

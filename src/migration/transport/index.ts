@@ -1,0 +1,7 @@
+// Migration transport: TCP or TLS (PSK / mutual certificates), HELLO-matched channels, framed I/O.
+export * from './errors.js';
+export * from './security.js';
+export * from './token-bucket.js';
+export * from './framed-channel.js';
+export * from './connect.js';
+export * from './listen.js';

@@ -1,0 +1,260 @@
+import { strict as assert } from 'node:assert';
+import { once } from 'node:events';
+import net from 'node:net';
+import { randomBytes } from 'node:crypto';
+import { before, describe, test } from 'node:test';
+import {
+  connect,
+  listen,
+  newSessionId,
+  TransportError,
+  type MigrationListener,
+  type Security,
+} from '../src/migration/transport/index.js';
+import { Feature, WireError } from '../src/migration/wire/index.js';
+import { makeTestPki, type TestPki } from './transport-helpers.js';
+
+const HOST = '127.0.0.1';
+
+async function withListener<T>(security: Security, fn: (l: MigrationListener) => Promise<T>): Promise<T> {
+  const l = await listen({ host: HOST, port: 0, security, handshakeTimeoutMs: 5000 });
+  try {
+    return await fn(l);
+  } finally {
+    await l.close();
+  }
+}
+
+function nextRejection(l: MigrationListener): Promise<TransportError> {
+  return once(l, 'rejected').then(([e]) => e as TransportError);
+}
+
+describe('transport: insecure TCP', () => {
+  test('round-trips messages and pages; counts bytes; clean close gives null', async () => {
+    await withListener({ kind: 'insecure' }, async (l) => {
+      const sid = newSessionId();
+      const [client, accepted] = await Promise.all([
+        connect({ host: HOST, port: l.port, security: { kind: 'insecure' }, channel: 'bulk', sessionId: sid }),
+        l.accept(),
+      ]);
+      assert.equal(accepted.hello.channel, 'bulk');
+      assert.ok(accepted.hello.sessionId.equals(sid));
+      assert.equal(client.session?.features, Feature.POSTCOPY | Feature.RECOVERY | Feature.DIGEST);
+      const data = randomBytes(4096 * 3);
+      await client.sendPages(8192, 3, 'data', data);
+      await client.sendMessage({ type: 'PASS_END', pass: 0, dirtyPages: 3 });
+      const server = accepted.channel;
+      const m1 = await server.recv();
+      assert.ok(m1 && m1.type === 'PAGES' && m1.offset === 8192 && m1.count === 3 && m1.data!.equals(data));
+      assert.deepEqual(await server.recv(), { type: 'PASS_END', pass: 0, dirtyPages: 3 });
+      await client.close();
+      assert.equal(await server.recv(), null);
+      assert.ok(client.bytesSent >= data.length + 2 * 16 + 16 + 8);
+      assert.equal(server.bytesReceived, client.bytesSent);
+      server.destroy();
+    });
+  });
+
+  test('connection refused names host:port', async () => {
+    const probe = net.createServer();
+    await new Promise<void>((r) => probe.listen(0, HOST, r));
+    const port = (probe.address() as net.AddressInfo).port;
+    await new Promise<void>((r) => probe.close(() => r()));
+    await assert.rejects(
+      connect({ host: HOST, port, security: { kind: 'insecure' }, channel: 'bulk', sessionId: newSessionId() }),
+      (e: unknown) => e instanceof TransportError && e.code === 'CONNECT_REFUSED' && e.message.includes(`${HOST}:${port}`),
+    );
+  });
+
+  test('handshake timeout when the peer never answers HELLO', async () => {
+    const silent = net.createServer((s) => s.on('data', () => undefined));
+    await new Promise<void>((r) => silent.listen(0, HOST, r));
+    const port = (silent.address() as net.AddressInfo).port;
+    try {
+      await assert.rejects(
+        connect({ host: HOST, port, security: { kind: 'insecure' }, channel: 'bulk', sessionId: newSessionId(), timeoutMs: 300 }),
+        (e: unknown) => e instanceof TransportError && e.code === 'TIMEOUT' && /HELLO/.test(e.message) && e.message.includes(`${port}`),
+      );
+    } finally {
+      silent.close();
+    }
+  });
+
+  test('garbage instead of frames fails the channel with a WireError naming the offset', async () => {
+    await withListener({ kind: 'insecure' }, async (l) => {
+      const rejected = nextRejection(l);
+      const raw = net.connect(l.port, HOST);
+      await once(raw, 'connect');
+      raw.write(Buffer.from('GET / HTTP/1.1\r\n\r\n'));
+      const err = await rejected;
+      assert.ok((err as unknown) instanceof TransportError || (err as unknown) instanceof WireError);
+      assert.match(err.message, /bad frame at byte 0: bad magic/);
+      raw.destroy();
+    });
+  });
+
+  test('a refused HELLO reaches the client as REFUSED', async () => {
+    const l = await listen({ host: HOST, port: 0, security: { kind: 'insecure' }, checkHello: (h) => (h.channel === 'urgent' ? 'no urgent channel today' : null) });
+    try {
+      const rejected = nextRejection(l);
+      await assert.rejects(
+        connect({ host: HOST, port: l.port, security: { kind: 'insecure' }, channel: 'urgent', sessionId: newSessionId() }),
+        (e: unknown) => e instanceof TransportError && e.code === 'REFUSED' && /no urgent channel today/.test(e.message),
+      );
+      assert.equal((await rejected).code, 'REFUSED');
+    } finally {
+      await l.close();
+    }
+  });
+
+  test('bulk and urgent channels of one session are matched on one listener', async () => {
+    await withListener({ kind: 'insecure' }, async (l) => {
+      const a = newSessionId();
+      const b = newSessionId();
+      const pairs = Promise.all([l.acceptSession(), l.acceptSession()]);
+      // Interleave two sessions so matching must go by id, not by arrival order.
+      const conns = [];
+      conns.push(await connect({ host: HOST, port: l.port, security: { kind: 'insecure' }, channel: 'bulk', sessionId: a }));
+      conns.push(await connect({ host: HOST, port: l.port, security: { kind: 'insecure' }, channel: 'urgent', sessionId: b }));
+      conns.push(await connect({ host: HOST, port: l.port, security: { kind: 'insecure' }, channel: 'bulk', sessionId: b }));
+      conns.push(await connect({ host: HOST, port: l.port, security: { kind: 'insecure' }, channel: 'urgent', sessionId: a }));
+      const [first, second] = await pairs;
+      assert.equal(first.sessionHex, b.toString('hex'));
+      assert.equal(second.sessionHex, a.toString('hex'));
+      for (const p of [first, second]) {
+        assert.equal(p.bulk.session?.channel, 'bulk');
+        assert.equal(p.urgent.session?.channel, 'urgent');
+      }
+      // The urgent pair really is connected to the urgent client: a request goes through.
+      await conns[3]!.sendMessage({ type: 'PAGE_REQUEST', offset: 4096, count: 1 });
+      assert.deepEqual(await second.urgent.recv(), { type: 'PAGE_REQUEST', offset: 4096, count: 1 });
+      for (const c of conns) c.destroy();
+      for (const p of [first, second]) {
+        p.bulk.destroy();
+        p.urgent.destroy();
+      }
+    });
+  });
+
+  test('maxBandwidth slows the bulk channel down', async () => {
+    await withListener({ kind: 'insecure' }, async (l) => {
+      const [client, accepted] = await Promise.all([
+        connect({ host: HOST, port: l.port, security: { kind: 'insecure' }, channel: 'bulk', sessionId: newSessionId(), maxBandwidth: 4 * 1024 * 1024 }),
+        l.accept(),
+      ]);
+      const page = Buffer.alloc(4096 * 64);
+      const t0 = performance.now();
+      const drain = (async () => {
+        let n = 0;
+        while (n < 16) if ((await accepted.channel.recv())?.type === 'PAGES') n++;
+      })();
+      for (let i = 0; i < 16; i++) await client.sendPages(i * page.length, 64, 'data', page);
+      await drain;
+      // 4 MiB at 4 MiB/s with a 200 KiB burst: cannot finish in well under ~0.9 s on any machine.
+      assert.ok(performance.now() - t0 > 700, `took only ${performance.now() - t0} ms`);
+      client.destroy();
+      accepted.channel.destroy();
+    });
+  });
+});
+
+describe('transport: TLS 1.3 with a pre-shared key', () => {
+  const key = randomBytes(32);
+  test('connects, carries frames, and bytesSent includes TLS overhead', async () => {
+    await withListener({ kind: 'psk', key }, async (l) => {
+      const [client, accepted] = await Promise.all([
+        connect({ host: HOST, port: l.port, security: { kind: 'psk', key }, channel: 'bulk', sessionId: newSessionId() }),
+        l.accept(),
+      ]);
+      const data = randomBytes(4096 * 256);
+      const framedBytes = data.length + 16 + 16;
+      const before = client.bytesSent;
+      await client.sendPages(0, 256, 'data', data);
+      const m = await accepted.channel.recv();
+      assert.ok(m && m.type === 'PAGES' && m.data!.equals(data));
+      const wire = client.bytesSent - before;
+      // Encrypted records carry a 5-byte header + 16-byte tag + content type per ≤16 KiB record.
+      assert.ok(wire > framedBytes, `bytesSent grew by ${wire}, framed payload was ${framedBytes}`);
+      assert.ok(wire >= framedBytes + Math.floor(framedBytes / 16384) * 21, `TLS overhead missing: ${wire - framedBytes} bytes`);
+      assert.ok(client.bytesSent > client.payloadBytesSent);
+      client.destroy();
+      accepted.channel.destroy();
+    });
+  });
+
+  test('a wrong key is refused on both sides before any message', async () => {
+    await withListener({ kind: 'psk', key }, async (l) => {
+      const rejected = nextRejection(l);
+      let accepted = false;
+      void l.accept().then((c) => {
+        accepted = true;
+        c.channel.destroy();
+      }, () => undefined);
+      await assert.rejects(
+        connect({ host: HOST, port: l.port, security: { kind: 'psk', key: randomBytes(32) }, channel: 'bulk', sessionId: newSessionId() }),
+        (e: unknown) => e instanceof TransportError && e.code === 'TLS' && /pre-shared key/.test(e.message) && e.message.includes(`${l.port}`),
+      );
+      const serverErr = await rejected;
+      assert.equal(serverErr.code, 'TLS');
+      assert.match(serverErr.message, /pre-shared key/);
+      assert.equal(accepted, false);
+    });
+  });
+
+  test('a plain TCP client is refused by a PSK listener', async () => {
+    await withListener({ kind: 'psk', key }, async (l) => {
+      const rejected = nextRejection(l);
+      await assert.rejects(connect({ host: HOST, port: l.port, security: { kind: 'insecure' }, channel: 'bulk', sessionId: newSessionId(), timeoutMs: 3000 }), TransportError);
+      assert.equal((await rejected).code, 'TLS');
+    });
+  });
+
+  test('a short key is a clear input error', async () => {
+    await assert.rejects(listen({ host: HOST, port: 0, security: { kind: 'psk', key: Buffer.alloc(4) } }), /at least 16 bytes/);
+  });
+});
+
+describe('transport: TLS 1.3 with mutual certificates', () => {
+  let pki: TestPki;
+  before(() => {
+    pki = makeTestPki();
+  });
+
+  const serverSec = (): Security => ({ kind: 'cert', cert: pki.serverCert, key: pki.serverKey, ca: pki.ca });
+
+  test('both sides verified: connects and carries frames', async () => {
+    await withListener(serverSec(), async (l) => {
+      const [client, accepted] = await Promise.all([
+        connect({ host: HOST, port: l.port, security: { kind: 'cert', cert: pki.clientCert, key: pki.clientKey, ca: pki.ca }, channel: 'urgent', sessionId: newSessionId() }),
+        l.accept(),
+      ]);
+      await client.sendMessage({ type: 'PING', nonce: 7 });
+      assert.deepEqual(await accepted.channel.recv(), { type: 'PING', nonce: 7 });
+      client.destroy();
+      accepted.channel.destroy();
+    });
+  });
+
+  test('a client certificate from another CA is refused on both sides', async () => {
+    await withListener(serverSec(), async (l) => {
+      const rejected = nextRejection(l);
+      await assert.rejects(
+        connect({ host: HOST, port: l.port, security: { kind: 'cert', cert: pki.otherClientCert, key: pki.otherClientKey, ca: pki.ca }, channel: 'bulk', sessionId: newSessionId() }),
+        (e: unknown) => e instanceof TransportError && e.code === 'TLS',
+      );
+      const err = await rejected;
+      assert.equal(err.code, 'TLS');
+      assert.match(err.message, /certificate/);
+    });
+  });
+
+  test('a client that does not trust the server CA refuses it', async () => {
+    await withListener(serverSec(), async (l) => {
+      void nextRejection(l);
+      await assert.rejects(
+        connect({ host: HOST, port: l.port, security: { kind: 'cert', cert: pki.clientCert, key: pki.clientKey, ca: pki.otherCa }, channel: 'bulk', sessionId: newSessionId() }),
+        (e: unknown) => e instanceof TransportError && e.code === 'TLS' && /certificate/.test(e.message),
+      );
+    });
+  });
+});
