@@ -1,7 +1,8 @@
 // The control API server: HTTP+JSON on a unix socket (mode 0600), driving a GuestController.
 // Every failure becomes a JSON error answer; nothing a client sends can crash the server.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
+import { chmodSync, lstatSync, statSync, unlinkSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import { isMainThread } from 'node:worker_threads';
 import type { Socket } from 'node:net';
 import type { z } from 'zod';
@@ -49,15 +50,22 @@ export class ApiServer {
   async listen(socketPath: string): Promise<void> {
     if (this.socketPath !== null) throw new Error(`already listening on ${this.socketPath}`);
     if (typeof socketPath !== 'string' || socketPath.length === 0) throw new Error('socket path must be a non-empty string');
+    // sun_path holds 108 bytes including the terminating NUL.
+    if (Buffer.byteLength(socketPath) > 107) throw new Error(`socket path too long (over 107 bytes): ${socketPath}`);
+    let dirOk = false;
+    try {
+      dirOk = statSync(dirname(resolve(socketPath))).isDirectory();
+    } catch {
+      // reported below
+    }
+    if (!dirOk) throw new Error(`cannot create socket ${socketPath}: its directory does not exist`);
     await clearStaleSocket(socketPath);
     // umask makes the socket 0600 from its creation (no window where others may connect);
     // workers cannot set the umask, and there the chmod below does the job alone.
     const oldMask = isMainThread ? process.umask(0o177) : null;
     try {
       await new Promise<void>((resolve, reject) => {
-        const onError = (err: NodeJS.ErrnoException): void => {
-          reject(err.code === 'ENOENT' ? new Error(`cannot create socket ${socketPath}: its directory does not exist`) : err);
-        };
+        const onError = (err: Error): void => reject(new Error(`cannot listen on ${socketPath}: ${err.message}`));
         this.http.once('error', onError);
         this.http.listen(socketPath, () => {
           this.http.off('error', onError);
