@@ -1,10 +1,11 @@
 // Binds a Guest to the control API: the HTTP handlers call these methods, and the CLI's
 // `status|pause|resume|stop` and the migration/snapshot commands reach them through ApiClient.
+// A destination has no guest until the migration commits, so the guest is looked up each time.
 import { ApiServer } from './server.js';
 import { ControllerError, type GuestController, type GuestInfo, type MigrateRequest, type MigrationStatus, type SnapshotRequest } from './types.js';
 import type { Guest } from '../guest/guest.js';
 
-/** Optional capabilities a host process adds (migration source, snapshots). */
+/** Capabilities a host process adds (migration source or destination, snapshots). */
 export interface GuestExtensions {
   migrate?(req: MigrateRequest): Promise<Record<string, unknown>>;
   migration?(): MigrationStatus | null;
@@ -16,16 +17,27 @@ export interface GuestExtensions {
 
 export class LocalGuestController implements GuestController {
   constructor(
-    private readonly guest: Guest,
+    private readonly guestOf: () => Guest | null,
     private readonly ext: GuestExtensions = {},
   ) {}
 
   info(): GuestInfo {
-    const g = this.guest;
-    const exit = g.exitResult;
+    const g = this.guestOf();
     const override = this.ext.state?.() ?? null;
+    if (!g) {
+      return {
+        state: override ?? 'starting',
+        module: { path: null, hash: '' },
+        memoryBytes: 0,
+        maxMemoryBytes: 0,
+        uptimeMs: 0,
+        exitCode: null,
+        pid: process.pid,
+      };
+    }
+    const exit = g.exitResult;
     return {
-      state: override ?? (g.status === 'failed' ? 'failed' : g.status),
+      state: override ?? g.status,
       module: { path: g.modulePath, hash: g.moduleHash },
       memoryBytes: g.memory.buffer.byteLength,
       maxMemoryBytes: g.maxMemoryBytes,
@@ -36,23 +48,22 @@ export class LocalGuestController implements GuestController {
   }
 
   async pause(): Promise<void> {
-    this.requireLive('pause');
-    await this.guest.pause();
+    await this.live('pause').pause();
   }
 
   async resume(): Promise<void> {
-    this.requireLive('resume');
-    if (this.guest.status !== 'paused') throw new ControllerError(409, 'not-paused', `the guest is ${this.guest.status}, not paused`);
-    this.guest.resume();
+    const g = this.live('resume');
+    if (g.status !== 'paused') throw new ControllerError(409, 'not-paused', `the guest is ${g.status}, not paused`);
+    g.resume();
   }
 
   async stop(): Promise<void> {
-    await this.guest.stop();
+    await this.guestOf()?.stop();
   }
 
   migrate(req: MigrateRequest): Promise<Record<string, unknown>> {
-    if (!this.ext.migrate) throw new ControllerError(501, 'unsupported', 'this guest host cannot migrate');
-    this.requireLive('migrate');
+    if (!this.ext.migrate) throw new ControllerError(501, 'unsupported', 'this guest host cannot migrate its guest');
+    this.live('migrate');
     return this.ext.migrate(req);
   }
 
@@ -67,17 +78,20 @@ export class LocalGuestController implements GuestController {
 
   snapshot(req: SnapshotRequest): Promise<Record<string, unknown>> {
     if (!this.ext.snapshot) throw new ControllerError(501, 'unsupported', 'this guest host cannot take snapshots');
-    this.requireLive('snapshot');
+    this.live('snapshot');
     return this.ext.snapshot(req);
   }
 
-  private requireLive(op: string): void {
-    if (this.guest.exitResult) throw new ControllerError(409, 'guest-ended', `cannot ${op}: the guest has ${this.guest.status}`);
+  private live(op: string): Guest {
+    const g = this.guestOf();
+    if (!g) throw new ControllerError(409, 'no-guest', `cannot ${op}: no guest runs here yet`);
+    if (g.exitResult) throw new ControllerError(409, 'guest-ended', `cannot ${op}: the guest has ${g.status}`);
+    return g;
   }
 }
 
-export async function serveGuestApi(guest: Guest, socketPath: string, ext: GuestExtensions = {}): Promise<ApiServer> {
-  const server = new ApiServer(new LocalGuestController(guest, ext));
+export async function serveGuestApi(guestOf: () => Guest | null, socketPath: string, ext: GuestExtensions = {}): Promise<ApiServer> {
+  const server = new ApiServer(new LocalGuestController(guestOf, ext));
   await server.listen(socketPath);
   return server;
 }

@@ -20,6 +20,9 @@ class HttpError extends Error {
 type Handler = (body: Buffer) => Promise<unknown>;
 type Method = 'GET' | 'PUT' | 'DELETE';
 
+/** How long close() lets in-flight responses finish before dropping their connections. */
+const CLOSE_GRACE_MS = 2000;
+
 export class ApiServer {
   private readonly http: Server;
   private readonly routes: Map<string, Partial<Record<Method, Handler>>>;
@@ -85,8 +88,14 @@ export class ApiServer {
     this.socketPath = null;
     if (!this.http.listening) return;
     const closed = new Promise<void>((resolve) => this.http.close(() => resolve()));
-    for (const s of this.sockets) s.destroy();
+    // Let responses in flight finish (e.g. the report of a migration that just completed, whose
+    // success is what makes the process close the server), then drop whatever is left.
+    this.http.closeIdleConnections();
+    const grace = setTimeout(() => {
+      for (const s of this.sockets) s.destroy();
+    }, CLOSE_GRACE_MS);
     await closed;
+    clearTimeout(grace);
     if (path !== null) {
       try {
         if (lstatSync(path).isSocket()) unlinkSync(path);

@@ -3,6 +3,8 @@ import { Command, CommanderError } from 'commander';
 import { EXIT, EXIT_CODES_HELP, UsageError } from './exit-codes.js';
 import { registerRun } from './commands/run.js';
 import { registerControl } from './commands/control.js';
+import { registerMigrate } from './commands/migrate.js';
+import { registerDemo } from './commands/demo.js';
 import { ModuleRejected } from '../guest/instrument.js';
 
 export async function main(argv: string[]): Promise<number> {
@@ -19,6 +21,8 @@ export async function main(argv: string[]): Promise<number> {
     .showHelpAfterError('(run with --help for usage)');
   const ctx = { guestArgs, setExit: (c: number) => (exitCode = c) };
   registerRun(program, ctx);
+  registerMigrate(program, ctx);
+  registerDemo(program, ctx);
   registerControl(program, ctx);
   try {
     await program.parseAsync(ferryArgs, { from: 'user' });

@@ -1,41 +1,48 @@
-// `ferry run`: run a WASI program as a guest in the foreground, optionally with a control socket.
+// `ferry run`: run a WASI program as a guest in the foreground — started from its module, or
+// received from a migration source (`--incoming`) — optionally with a control socket.
 import { readFileSync } from 'node:fs';
 import { basename } from 'node:path';
 import { Command } from 'commander';
 import type { CliContext } from '../main.js';
 import { EXIT, UsageError } from '../exit-codes.js';
 import { collect, openStdio, parseDirs, parseEnv, parseSize } from '../options.js';
+import { addTlsOptions, parseHostPortFlag, readTlsFlags, securityOf, type TlsFlags } from '../tls-options.js';
 import { Guest, type GuestExit } from '../../guest/guest.js';
 import { serveGuestApi } from '../../api/guest-controller.js';
+import { migrationExtensions } from '../../api/migration-binding.js';
+import { MigrationDestination } from '../../migration/destination.js';
 
 export function registerRun(program: Command, ctx: CliContext): void {
-  program
+  const cmd = program
     .command('run')
-    .description('Run a WASI preview1 program as a guest (arguments after -- go to the guest).')
-    .argument('<module>', 'the .wasm module to run')
+    .description('Run a WASI preview1 program as a guest, or receive one (--incoming). Arguments after -- go to the guest.')
+    .argument('[module]', 'the .wasm module to run (not with --incoming: the module comes with the guest)')
     .option('--dir <HOST[:GUEST]>', 'preopen a host directory (repeatable)', collect, [])
-    .option('--env <K=V>', 'set an environment variable for the guest (repeatable)', collect, [])
+    .option('--env <K=V>', 'set an environment variable for the guest (repeatable; not with --incoming)', collect, [])
     .option('--stdin <FILE>', 'guest stdin from FILE (default: the terminal)')
     .option('--stdout <FILE>', 'guest stdout to FILE (default: the terminal)')
     .option('--stderr <FILE>', 'guest stderr to FILE (default: the terminal)')
     .option('--max-memory <SIZE>', 'cap on the guest memory maximum, e.g. 512M, 4G', '4G')
     .option('--api-sock <PATH>', 'serve the control API on this unix socket (mode 0600)')
-    .addHelpText(
-      'after',
-      `
+    .option('--incoming <HOST:PORT>', 'wait for a guest migrated from another host, then run it');
+  addTlsOptions(cmd).addHelpText(
+    'after',
+    `
 Examples:
   ferry run guests/build/memtouch.wasm -- --mib 64 --seconds 2
   ferry run app.wasm --dir ./data:/data --api-sock /tmp/app.sock -- --verbose
+  ferry run --incoming 0.0.0.0:7700 --tls-psk key.hex --dir /srv/data:/data
 
 The module is instrumented once (safepoints and stack unwinding) and cached by content hash
-under $FERRY_CACHE_DIR (default ~/.cache/ferry).`,
-    )
-    .action(async (modulePath: string, opts: RunFlags) => {
-      ctx.setExit(await runCommand(modulePath, opts, ctx.guestArgs));
-    });
+under $FERRY_CACHE_DIR (default ~/.cache/ferry). With --incoming, the destination's streams
+come from its own --stdin/--stdout/--stderr, and every guest directory must be mapped with --dir.`,
+  );
+  cmd.action(async (modulePath: string | undefined, opts: RunFlags) => {
+    ctx.setExit(opts.incoming ? await runIncoming(modulePath, opts, ctx.guestArgs) : await runModule(modulePath, opts, ctx.guestArgs));
+  });
 }
 
-interface RunFlags {
+interface RunFlags extends TlsFlags {
   dir: string[];
   env: string[];
   stdin?: string;
@@ -43,9 +50,12 @@ interface RunFlags {
   stderr?: string;
   maxMemory: string;
   apiSock?: string;
+  incoming?: string;
 }
 
-async function runCommand(modulePath: string, opts: RunFlags, guestArgs: string[]): Promise<number> {
+async function runModule(modulePath: string | undefined, opts: RunFlags, guestArgs: string[]): Promise<number> {
+  if (!modulePath) throw new UsageError('missing MODULE (or use --incoming HOST:PORT to receive a guest)');
+  if (opts.insecure || opts.tlsPsk || opts.tlsCert) throw new UsageError('TLS flags belong to --incoming (and to ferry migrate)');
   let bytes: Uint8Array;
   try {
     bytes = readFileSync(modulePath);
@@ -54,24 +64,68 @@ async function runCommand(modulePath: string, opts: RunFlags, guestArgs: string[
   }
   const maxMemoryBytes = parseSize(opts.maxMemory, '--max-memory');
   if (maxMemoryBytes > 4 * 1024 ** 3) throw new UsageError(`--max-memory ${opts.maxMemory}: at most 4G (wasm32)`);
+  const preopens = parseDirs(opts.dir);
+  const env = parseEnv(opts.env);
   const guest = await Guest.start({
     module: bytes,
     modulePath,
     args: [basename(modulePath), ...guestArgs],
-    env: parseEnv(opts.env),
-    preopens: parseDirs(opts.dir),
+    env,
+    preopens,
     stdio: openStdio(opts),
     maxMemoryBytes,
   });
-  const api = opts.apiSock ? await serveGuestApi(guest, opts.apiSock) : null;
+  let migrated = false;
+  const api = opts.apiSock
+    ? await serveGuestApi(() => guest, opts.apiSock, migrationExtensions(guest, { onMigrated: () => (migrated = true) }))
+    : null;
+  const result = await untilExit(guest);
+  await api?.close();
+  // A guest that moved to another host was stopped here on purpose: success.
+  return migrated ? EXIT.ok : exitCodeOf(result);
+}
+
+async function runIncoming(modulePath: string | undefined, opts: RunFlags, guestArgs: string[]): Promise<number> {
+  if (modulePath) throw new UsageError('--incoming takes no MODULE: the module travels with the guest');
+  if (opts.env.length > 0) throw new UsageError('--env is refused with --incoming: the environment is part of the guest state');
+  if (guestArgs.length > 0) throw new UsageError('guest arguments are refused with --incoming: they are part of the guest state');
+  const { host, port } = parseHostPortFlag(opts.incoming!, '--incoming', true);
+  const security = securityOf(readTlsFlags(opts));
+  const dest = new MigrationDestination({ host, port, security, preopens: parseDirs(opts.dir), stdio: openStdio(opts, true) });
+  let guest: Guest | null = null;
+  const api = opts.apiSock
+    ? await serveGuestApi(() => guest, opts.apiSock, { migration: () => dest.progress(), state: () => (guest ? null : 'migrating') })
+    : null;
+  const bound = await dest.listen();
+  process.stderr.write(`ferry: waiting for a migration on ${host}:${bound}\n`);
+  try {
+    const incoming = await dest.receive();
+    guest = incoming.guest;
+    incoming.completion.then(
+      () => undefined,
+      (err: Error) => process.stderr.write(`ferry: migration did not complete: ${err.message}\n`),
+    );
+  } catch (err) {
+    await api?.close();
+    process.stderr.write(`ferry: incoming migration failed: ${(err as Error).message}\n`);
+    return EXIT.migrationFailed;
+  }
+  const result = await untilExit(guest);
+  await api?.close();
+  return exitCodeOf(result);
+}
+
+/** Waits for the guest to end; SIGINT/SIGTERM stop it without running more guest code. */
+async function untilExit(guest: Guest): Promise<GuestExit> {
   const onSignal = () => void guest.stop();
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
-  const result = await guest.exited;
-  process.off('SIGINT', onSignal);
-  process.off('SIGTERM', onSignal);
-  await api?.close();
-  return exitCodeOf(result);
+  try {
+    return await guest.exited;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
 }
 
 export function exitCodeOf(result: GuestExit): number {

@@ -1,0 +1,79 @@
+// The control API's view of an outgoing migration: turns a MigrateRequest into a MigrationSource,
+// allows one at a time, exposes its progress, cancels it before switchover, and tells the host
+// process when its guest has moved (the process then exits 0 without running guest code again).
+import { ControllerError, type MigrateRequest, type MigrationStatus } from './types.js';
+import type { GuestExtensions } from './guest-controller.js';
+import type { Guest } from '../guest/guest.js';
+import { MigrationSource, SOURCE_DEFAULTS } from '../migration/source.js';
+import { MigrationError } from '../migration/report.js';
+import type { Security } from '../migration/transport/index.js';
+import { parseHostPort } from '../migration/address.js';
+
+export interface MigrationBindingHooks {
+  /** The guest now runs on the destination; it was stopped here. */
+  onMigrated(report: Record<string, unknown>): void;
+}
+
+export function migrationExtensions(guest: Guest, hooks: MigrationBindingHooks): GuestExtensions {
+  let current: MigrationSource | null = null;
+  let last: MigrationStatus | null = null;
+  return {
+    async migrate(req: MigrateRequest): Promise<Record<string, unknown>> {
+      if (current) throw new ControllerError(409, 'migration-in-progress', 'a migration is already in progress');
+      const { host, port } = parseTo(req.to);
+      const source = new MigrationSource(guest, {
+        host,
+        port,
+        security: securityOfRequest(req.tls),
+        mode: req.mode ?? SOURCE_DEFAULTS.mode,
+        maxBandwidth: req.maxBandwidth,
+        downtimeTargetMs: req.downtimeTargetMs ?? SOURCE_DEFAULTS.downtimeTargetMs,
+        precopyTimeoutS: req.precopyTimeoutS ?? SOURCE_DEFAULTS.precopyTimeoutS,
+        verify: req.verify ?? false,
+      });
+      current = source;
+      try {
+        const report = await source.run();
+        await guest.stop(); // paused since the switchover: ends without running guest code
+        hooks.onMigrated(report);
+        return report;
+      } catch (err) {
+        if (err instanceof MigrationError) {
+          const status = err.code === 'not-converged' ? 422 : err.code === 'cancelled' ? 409 : err.code === 'not-movable' ? 409 : 502;
+          throw new ControllerError(status, err.code, err.message);
+        }
+        throw err;
+      } finally {
+        last = source.progress();
+        current = null;
+      }
+    },
+    migration(): MigrationStatus | null {
+      return current?.progress() ?? last;
+    },
+    async cancelMigration(): Promise<void> {
+      if (!current) throw new ControllerError(404, 'no-migration', 'no migration in progress');
+      if (!current.cancel()) throw new ControllerError(409, 'committed', 'the migration passed its commit point and cannot be cancelled');
+    },
+    state: () => (current ? 'migrating' : null),
+  };
+}
+
+function parseTo(to: string): { host: string; port: number } {
+  try {
+    return parseHostPort(to);
+  } catch (err) {
+    throw new ControllerError(400, 'bad-request', `to: ${(err as Error).message}`);
+  }
+}
+
+function securityOfRequest(tls: MigrateRequest['tls']): Security {
+  if (!tls) throw new ControllerError(400, 'bad-request', 'tls: choose psk, cert/key/ca, or insecure');
+  if (tls.insecure) return { kind: 'insecure' };
+  if (tls.psk) {
+    if (!/^([0-9a-f]{2}){16,}$/i.test(tls.psk)) throw new ControllerError(400, 'bad-request', 'tls.psk: expected at least 16 bytes of hex');
+    return { kind: 'psk', key: Buffer.from(tls.psk, 'hex'), ...(tls.pskIdentity ? { identity: tls.pskIdentity } : {}) };
+  }
+  if (tls.cert && tls.key && tls.ca) return { kind: 'cert', cert: tls.cert, key: tls.key, ca: tls.ca };
+  throw new ControllerError(400, 'bad-request', 'tls: choose psk, cert/key/ca, or insecure');
+}

@@ -1,0 +1,130 @@
+// `ferry migrate`: ask a running guest's host (through its control socket) to migrate it live.
+import { Command, Option } from 'commander';
+import type { CliContext } from '../main.js';
+import { EXIT, UsageError } from '../exit-codes.js';
+import { parsePositiveNumber, parseSize } from '../options.js';
+import { addTlsOptions, parseHostPortFlag, readTlsFlags, type TlsFlags } from '../tls-options.js';
+import { MigrationProgressBar } from '../progress.js';
+import { ApiClient, ApiError } from '../../api/client.js';
+import type { MigrateRequest } from '../../api/types.js';
+import { SOURCE_DEFAULTS } from '../../migration/source.js';
+
+interface MigrateFlags extends TlsFlags {
+  apiSock: string;
+  to?: string;
+  mode: 'auto' | 'precopy' | 'postcopy';
+  maxBandwidth?: string;
+  downtimeTarget: string;
+  precopyTimeout: string;
+  verify?: boolean;
+  json?: boolean;
+  cancel?: boolean;
+}
+
+export function registerMigrate(program: Command, ctx: CliContext): void {
+  const cmd = program
+    .command('migrate')
+    .description('Migrate a running guest live to a destination started with `ferry run --incoming`.')
+    .requiredOption('--api-sock <PATH>', "the source guest's control socket (ferry run --api-sock)")
+    .option('--to <HOST:PORT>', "the destination's --incoming address")
+    .addOption(new Option('--mode <MODE>', 'precopy, postcopy (after one precopy pass), or auto (precopy while it converges)').choices(['auto', 'precopy', 'postcopy']).default(SOURCE_DEFAULTS.mode))
+    .option('--max-bandwidth <RATE>', 'cap on bytes/s for the background stream, e.g. 100M')
+    .option('--downtime-target <MS>', 'stop-and-copy when the rest fits in this downtime', String(SOURCE_DEFAULTS.downtimeTargetMs))
+    .option('--precopy-timeout <S>', 'give up precopy after S seconds (auto mode switches to postcopy earlier)', String(SOURCE_DEFAULTS.precopyTimeoutS))
+    .option('--verify', 'compare a digest of all guest memory on both sides')
+    .option('--json', 'print one JSON object with the result, no progress bar')
+    .option('--cancel', 'abort the migration in progress (before switchover only)');
+  addTlsOptions(cmd).addHelpText(
+    'after',
+    `
+Examples:
+  ferry run --incoming 0.0.0.0:7700 --tls-psk key.hex          # on the destination
+  ferry migrate --api-sock /tmp/app.sock --to dst:7700 --tls-psk key.hex --verify
+
+The source process exits 0 once the guest runs on the destination. Exit code 3: precopy did not
+converge (the guest keeps running here); 6: the migration failed.`,
+  );
+  cmd.action(async (opts: MigrateFlags) => ctx.setExit(await migrateCommand(opts)));
+}
+
+async function migrateCommand(opts: MigrateFlags): Promise<number> {
+  const client = new ApiClient(opts.apiSock);
+  if (opts.cancel) {
+    await client.cancelMigration();
+    process.stderr.write('ferry migrate: cancelled; the guest keeps running on the source\n');
+    return EXIT.ok;
+  }
+  if (!opts.to) throw new UsageError('--to HOST:PORT is required');
+  parseHostPortFlag(opts.to, '--to');
+  const tls = readTlsFlags(opts);
+  const req: MigrateRequest = {
+    to: opts.to,
+    mode: opts.mode,
+    downtimeTargetMs: parsePositiveNumber(opts.downtimeTarget, '--downtime-target'),
+    precopyTimeoutS: parsePositiveNumber(opts.precopyTimeout, '--precopy-timeout'),
+    verify: Boolean(opts.verify),
+    tls,
+  };
+  if (opts.maxBandwidth) req.maxBandwidth = parseSize(opts.maxBandwidth, '--max-bandwidth');
+  return runMigration(client, req, { json: Boolean(opts.json) });
+}
+
+/** Runs a migration through the API with a live progress bar; resolves with the final report. */
+export async function migrateWithProgress(client: ApiClient, req: MigrateRequest, showBar: boolean): Promise<Record<string, unknown>> {
+  const bar = new MigrationProgressBar(showBar);
+  const poll = setInterval(() => {
+    client.migration().then(
+      (s) => bar.update(s),
+      () => undefined,
+    );
+  }, 200);
+  try {
+    return await client.migrate(req);
+  } finally {
+    clearInterval(poll);
+    bar.stop();
+  }
+}
+
+async function runMigration(client: ApiClient, req: MigrateRequest, out: { json: boolean }): Promise<number> {
+  try {
+    const report = await migrateWithProgress(client, req, !out.json && process.stderr.isTTY === true);
+    if (out.json) process.stdout.write(JSON.stringify(report) + '\n');
+    else printReport(report);
+    return EXIT.ok;
+  } catch (err: unknown) {
+    if (!(err instanceof ApiError)) throw err;
+    const code = err.code === 'not-converged' ? EXIT.notConverged : EXIT.migrationFailed;
+    if (out.json) {
+      const body: Record<string, unknown> = { error: { code: err.code, message: err.message } };
+      if (err.code === 'not-converged') body['converged'] = false;
+      process.stdout.write(JSON.stringify(body) + '\n');
+    } else process.stderr.write(`ferry migrate: ${err.message}\n`);
+    return code;
+  }
+}
+
+export function printReport(r: Record<string, unknown>): void {
+  const pc = r['postcopy'] as Record<string, unknown> | undefined;
+  const lines = [
+    `mode            ${r['mode']}${r['converged'] ? ' (converged)' : ''}`,
+    `memory          ${mib(r['memoryBytes'])}`,
+    `total           ${r['totalMs']} ms`,
+    `downtime        ${r['downtimeMs']} ms`,
+    `sent            ${mib(r['bytesSent'])} (${r['pagesSent']} pages; ${r['zeroPages']} zero, ${r['skippedNeverTouchedPages']} never touched)`,
+    `throughput      ${(Number(r['bytesSent']) / Math.max(1, Number(r['totalMs'])) / 1000).toFixed(0)} MB/s`,
+    `precopy passes  ${r['precopyPasses']}`,
+    `verified        ${r['verified'] === null ? 'not asked (--verify)' : r['verified'] ? 'yes: memory digests match' : 'NO: memory digests differ'}`,
+  ];
+  if (pc) {
+    const lat = pc['faultLatencyUs'] as Record<string, number>;
+    lines.push(
+      `postcopy        ${pc['pagesRequested']} pages on request, ${pc['pagesPushed']} pushed, ${pc['faults']} faults, fault latency p50 ${lat['p50']} µs p99 ${lat['p99']} µs, guest blocked ${pc['guestBlockedMs']} ms`,
+    );
+  }
+  process.stdout.write(lines.join('\n') + '\n');
+}
+
+function mib(v: unknown): string {
+  return `${(Number(v) / (1 << 20)).toFixed(1)} MiB`;
+}
