@@ -13,13 +13,15 @@ const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const wasmPath = (name: string): string => join(repoRoot, 'guests', 'build', `${name}.wasm`);
 
 // Runs a module in a child Node process so the test can act while the guest runs (wasi.start
-// blocks its thread). Preopens come in as JSON in the environment.
+// blocks its thread). Preopens come in as JSON in the environment. returnOnExit is off: Node 20's
+// unwinding proc_exit path was seen to crash V8 after runs with 32+ MiB of guest memory, while
+// exiting the process with the guest's code is plain.
 const RUNNER = `
 import { WASI } from 'node:wasi';
 import { readFileSync } from 'node:fs';
 const [file, ...args] = process.argv.slice(1);
 const preopens = JSON.parse(process.env.GUEST_PREOPENS ?? '{}');
-const wasi = new WASI({ version: 'preview1', args: ['guest', ...args], env: {}, preopens });
+const wasi = new WASI({ version: 'preview1', args: ['guest', ...args], env: {}, preopens, returnOnExit: false });
 const instance = await WebAssembly.instantiate(new WebAssembly.Module(readFileSync(file)), wasi.getImportObject());
 process.exitCode = wasi.start(instance);
 `;
@@ -94,6 +96,13 @@ test('memtouch fills 8 MiB, prints consecutive SEQ lines and verifies', async ()
   assert.equal(g.lines.at(-1), 'VERIFY OK 2048');
 });
 
+test('memtouch with the default 64 MiB runs and verifies', async () => {
+  const g = runGuest('memtouch', ['--seconds', '0.3', '--report-ms', '100']);
+  assert.equal(await g.exit, 0, g.stderr());
+  assert.match(g.lines[0] ?? '', /^START pages=16384 /);
+  assert.equal(g.lines.at(-1), 'VERIFY OK 16384');
+});
+
 test('memtouch --rounds stops by itself after the fill plus K passes', async () => {
   // No report interval passes, so without --rounds the guest would run until the guard kills it.
   const g = runGuest('memtouch', ['--mib', '1', '--rounds', '3', '--report-ms', '600000']);
@@ -148,14 +157,23 @@ function runInProcess(name: string, args: string[], wrap: (imports: Record<strin
   const work = join(dir, 'work');
   mkdirSync(work);
   try {
-    const wasi = new WASI({ version: 'preview1', args: [name, ...args], env: {}, preopens: { '/work': work }, stdout: outFd, returnOnExit: true });
+    const wasi = new WASI({ version: 'preview1', args: [name, ...args], env: {}, preopens: { '/work': work }, stdout: outFd });
     const importObject = wasi.getImportObject() as { wasi_snapshot_preview1: Record<string, unknown> };
     const wasiImports = { ...importObject.wasi_snapshot_preview1 };
+    // Our own proc_exit (not Node's returnOnExit path, see RUNNER): unwind with the exit code.
+    class GuestExit { constructor(readonly code: number) {} }
+    wasiImports.proc_exit = (code: number): never => { throw new GuestExit(code); };
     let instance: WasmInstance | null = null;
     const memory = (): WasmMemory => instance!.exports.memory as WasmMemory;
     wrap(wasiImports, memory);
     instance = new Wasm.Instance(new Wasm.Module(readFileSync(wasmPath(name))), { wasi_snapshot_preview1: wasiImports });
-    const code = wasi.start(instance);
+    let code: number;
+    try {
+      code = wasi.start(instance);
+    } catch (err) {
+      if (!(err instanceof GuestExit)) throw err;
+      code = err.code;
+    }
     return { code, stdout: readFileSync(outPath, 'utf8'), memory: memory() };
   } finally {
     closeSync(outFd);
