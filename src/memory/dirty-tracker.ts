@@ -8,7 +8,7 @@
 import { Userfaultfd, UFFD_FEATURE, REGISTER_MODE } from '../sys/uffd.js';
 import { Pagemap, PAGE_IS, PM_SCAN_WP_MATCHING, PM_SCAN_CHECK_WPASYNC } from '../sys/pagemap.js';
 import { PageBitmap } from './page-bitmap.js';
-import { HOST_PAGE_SIZE, type GuestMemory } from './guest-memory.js';
+import type { GuestMemory } from './guest-memory.js';
 
 export class DirtyTracker {
   private uffd: Userfaultfd | null = null;
@@ -44,11 +44,12 @@ export class DirtyTracker {
     const out = into ?? new PageBitmap(this.mem.maxPageCount);
     if (out.size !== this.mem.maxPageCount) throw new RangeError('DirtyTracker.collect: bitmap must cover the reservation');
     const base = this.mem.base;
-    this.pagemap.scan(base, base + this.mem.maxBytes, {
+    // Bits are ORed in: collecting into a bitmap that already holds pages accumulates.
+    this.pagemap.scanToBitmaps(base, base + this.mem.maxBytes, {
       flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
       categoryMask: PAGE_IS.WRITTEN,
       returnMask: PAGE_IS.WRITTEN,
-    }, (s, e) => out.addRange((s - base) / HOST_PAGE_SIZE, (e - base) / HOST_PAGE_SIZE));
+    }, [{ words: out.words, categories: 0 }]);
     return out;
   }
 

@@ -2,8 +2,8 @@
 // would block the very thread that fills holes): it only reads uffd events, consults the page-state
 // table, asks the page source, and places pages with UFFDIO_COPY / UFFDIO_ZEROPAGE.
 import { workerData, parentPort } from 'node:worker_threads';
-import { performance } from 'node:perf_hooks';
 import { Userfaultfd, EVENT, EVENT_SLOTS, FILL_EEXIST } from '../sys/uffd.js';
+import { native } from '../sys/native.js';
 import { Poller, POLLIN, eventfdDrain } from '../sys/fd.js';
 import { PageStateTable, PageState, type SharedPageStates } from './page-state.js';
 import { openPageSource, type PageSink, type PageSourceSpec } from './page-source.js';
@@ -33,28 +33,40 @@ async function main(): Promise<void> {
   const stop = new Int32Array(d.control);
   const source = await openPageSource(d.source);
   const pageCount = d.maxBytes / HOST_PAGE_SIZE;
-  const inflight = new Map<number, number>(); // page -> time its first fault was read (ms)
+  // Hot path: plain typed arrays and direct addon calls (no wrappers, no allocation per fault); the
+  // addon's own errors still carry code/syscall and end the worker loudly (see the catch below).
+  const stateBytes = new Uint8Array(d.states.states, 0, pageCount);
+  const inflight = new Float64Array(pageCount).fill(-1); // page -> time its first fault was read (µs), -1 = none
+  const fd = d.uffd;
 
   const record = (t0: number, now: number) => {
     const n = stats[STAT.LATENCY_COUNT]!;
-    lat[n % LATENCY_RING] = (now - t0) * 1000;
+    lat[n % LATENCY_RING] = now - t0;
     stats[STAT.LATENCY_COUNT] = n + 1;
   };
 
   const sink: PageSink = {
     place(firstPage, count, bytes, offset) {
+      if (!(firstPage >= 0 && firstPage + count <= pageCount)) throw new RangeError(`page source placed pages [${firstPage}, ${firstPage + count}) outside the reservation`);
       // States first: once copied, the guest runs again and may look at the table or the counters.
       for (let p = firstPage; p < firstPage + count; p++) states.markReceived(p);
       stats[STAT.PAGES_PLACED] = stats[STAT.PAGES_PLACED]! + count;
-      const r = uffd.copyAll(d.base + firstPage * HOST_PAGE_SIZE, bytes, offset, count * HOST_PAGE_SIZE);
-      const now = performance.now();
-      if (r.existed) {
-        stats[STAT.PAGES_PLACED] = stats[STAT.PAGES_PLACED]! - r.existed;
-        stats[STAT.EEXIST] = stats[STAT.EEXIST]! + r.existed;
+      const dst = d.base + firstPage * HOST_PAGE_SIZE;
+      const len = count * HOST_PAGE_SIZE;
+      const r = native.uffdCopy(fd, dst, bytes, offset, len, 0);
+      if (r !== len) {
+        // partial, EEXIST (a racing place()) or EAGAIN: finish page by page
+        const done = r > 0 ? r : 0;
+        const rest = uffd.copyAll(dst + done, bytes, offset + done, len - done);
+        if (rest.existed) {
+          stats[STAT.PAGES_PLACED] = stats[STAT.PAGES_PLACED]! - rest.existed;
+          stats[STAT.EEXIST] = stats[STAT.EEXIST]! + rest.existed;
+        }
       }
+      const now = native.nowUs();
       for (let p = firstPage; p < firstPage + count; p++) {
-        const t0 = inflight.get(p);
-        if (t0 !== undefined) { record(t0, now); inflight.delete(p); }
+        const t0 = inflight[p]!;
+        if (t0 >= 0) { record(t0, now); inflight[p] = -1; }
       }
     },
   };
@@ -63,26 +75,26 @@ async function main(): Promise<void> {
     const page = Math.floor((address - d.base) / HOST_PAGE_SIZE);
     const pageAddr = d.base + page * HOST_PAGE_SIZE;
     stats[STAT.FAULTS] = stats[STAT.FAULTS]! + 1;
-    switch (states.get(page)) {
+    switch (Atomics.load(stateBytes, page)) {
       case PageState.KNOWN_ZERO: {
         // Never leaves the machine. EEXIST: another thread's fault on it was already served.
         // (Counters are updated before the fill: the fill resumes the guest, and tests read them right after.)
         stats[STAT.ZERO_FILLS] = stats[STAT.ZERO_FILLS]! + 1;
-        if (uffd.zeropage(pageAddr, HOST_PAGE_SIZE) === FILL_EEXIST) uffd.wake(pageAddr, HOST_PAGE_SIZE);
-        record(t0, performance.now());
+        if (native.uffdZeropage(fd, pageAddr, HOST_PAGE_SIZE, 0) === FILL_EEXIST) native.uffdWake(fd, pageAddr, HOST_PAGE_SIZE);
+        record(t0, native.nowUs());
         return;
       }
       case PageState.RECEIVED:
         // Placed between the fault and now (place() from another thread): the copy woke most waiters; wake the rest.
         stats[STAT.WAKES] = stats[STAT.WAKES]! + 1;
-        uffd.wake(pageAddr, HOST_PAGE_SIZE);
+        native.uffdWake(fd, pageAddr, HOST_PAGE_SIZE);
         return;
       default: {
-        if (inflight.has(page)) { stats[STAT.DEDUPED] = stats[STAT.DEDUPED]! + 1; return; }
+        if (inflight[page]! >= 0) { stats[STAT.DEDUPED] = stats[STAT.DEDUPED]! + 1; return; }
         let count = 1;
-        while (count < d.faultAround && page + count < pageCount && states.get(page + count) === PageState.PENDING &&
-          !inflight.has(page + count)) count++;
-        for (let p = page; p < page + count; p++) inflight.set(p, t0);
+        while (count < d.faultAround && page + count < pageCount && Atomics.load(stateBytes, page + count) === PageState.PENDING &&
+          inflight[page + count]! < 0) count++;
+        for (let p = page; p < page + count; p++) inflight[p] = t0;
         stats[STAT.REQUESTS] = stats[STAT.REQUESTS]! + 1;
         source.request(page, count, sink);
       }
@@ -91,7 +103,7 @@ async function main(): Promise<void> {
 
   const events = new Float64Array(64 * EVENT_SLOTS);
   const handle = (n: number) => {
-    const t0 = performance.now();
+    const t0 = native.nowUs();
     for (let i = 0; i < n; i++) {
       const o = i * EVENT_SLOTS;
       if (events[o] === EVENT.PAGEFAULT) onFault(events[o + 2]!, t0);
@@ -103,7 +115,7 @@ async function main(): Promise<void> {
   if (extra.length === 0) {
     // Fast path: one native call per wakeup (poll on [uffd, wakeFd] + read).
     for (;;) {
-      const n = uffd.waitEvents(d.wakeFd, events, -1, d.spinUs);
+      const n = native.uffdWait(fd, d.wakeFd, events, -1, d.spinUs);
       if (n < 0) { eventfdDrain(d.wakeFd); if (Atomics.load(stop, 0)) break; continue; }
       handle(n);
     }

@@ -3,7 +3,7 @@
 // map the zero page and make it look touched).
 import { Pagemap, PAGE_IS } from '../sys/pagemap.js';
 import { PageBitmap } from './page-bitmap.js';
-import { HOST_PAGE_SIZE, type GuestMemory } from './guest-memory.js';
+import type { GuestMemory } from './guest-memory.js';
 
 export interface Residency {
   /** Pages present in RAM (bitmaps cover the current size). */
@@ -26,15 +26,14 @@ export function scanResidency(mem: GuestMemory, pagemap?: Pagemap): Residency {
     const zero = new PageBitmap(n);
     const swapped = new PageBitmap(n);
     const base = mem.base;
-    pm.scan(base, base + mem.sizeBytes, {
+    pm.scanToBitmaps(base, base + mem.sizeBytes, {
       categoryAnyofMask: PAGE_IS.PRESENT | PAGE_IS.SWAPPED,
       returnMask: PAGE_IS.PRESENT | PAGE_IS.SWAPPED | PAGE_IS.PFNZERO,
-    }, (s, e, cat) => {
-      const a = (s - base) / HOST_PAGE_SIZE, b = (e - base) / HOST_PAGE_SIZE;
-      if (cat & PAGE_IS.PRESENT) present.addRange(a, b);
-      if (cat & PAGE_IS.SWAPPED) swapped.addRange(a, b);
-      if (cat & PAGE_IS.PFNZERO) zero.addRange(a, b);
-    });
+    }, [
+      { words: present.words, categories: PAGE_IS.PRESENT },
+      { words: swapped.words, categories: PAGE_IS.SWAPPED },
+      { words: zero.words, categories: PAGE_IS.PFNZERO },
+    ]);
     return { present, zero, swapped };
   } finally {
     if (!pagemap) pm.close();

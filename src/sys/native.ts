@@ -40,6 +40,11 @@ export interface FerryNative {
     fd: number, start: number, end: number, out: Float64Array, flags: number, categoryInverted: number,
     categoryMask: number, categoryAnyofMask: number, returnMask: number, maxPages: number,
   ): { count: number; walkEnd: number };
+  /** Whole-range scan (restarts internally) setting bits of bitmaps[j] for regions matching selectors[j] (0 = all). */
+  pagemapScanBits(
+    fd: number, start: number, end: number, flags: number, categoryInverted: number, categoryMask: number,
+    categoryAnyofMask: number, returnMask: number, bitmaps: Uint32Array[], selectors: Int32Array,
+  ): { pages: number; regions: number };
   pagemapRead(fd: number, address: number, out: BigUint64Array): number;
   poll(fds: Int32Array, events: Int32Array, revents: Int32Array, timeoutMs: number): number;
   read(fd: number, buf: Bytes, offset: number, length: number): number;
@@ -49,6 +54,8 @@ export interface FerryNative {
   eventfd(initval: number, flags: number): number;
   fdWatch(fd: number, events: number, cb: (status: number, revents: number) => void): object;
   fdUnwatch(handle: object): void;
+  /** CLOCK_MONOTONIC in µs (cheaper than performance.now()). */
+  nowUs(): number;
 }
 
 function addonPath(): string {

@@ -65,6 +65,16 @@ export class Pagemap {
     return pages;
   }
 
+  /**
+   * Scans all of [start, end) (page-aligned) and sets, for each target, the bits of the pages whose region
+   * categories share a bit with target.categories (0 = every reported page); bit i = page start + i*4096.
+   * Same kernel walk as scan(), but regions are turned into bits in C — for large, fragmented results.
+   */
+  scanToBitmaps(start: number, end: number, o: Omit<ScanOptions, 'maxPages'>, targets: Array<{ words: Uint32Array; categories: number }>): { pages: number; regions: number } {
+    return sys(() => native.pagemapScanBits(this.fd, start, end, o.flags ?? 0, o.categoryInverted ?? 0, o.categoryMask ?? 0,
+      o.categoryAnyofMask ?? 0, o.returnMask, targets.map((t) => t.words), Int32Array.from(targets.map((t) => t.categories))));
+  }
+
   /** Raw 64-bit pagemap entries for consecutive pages starting at address (page-aligned). */
   read(address: number, out: BigUint64Array): number {
     return sys(() => native.pagemapRead(this.fd, address, out));
