@@ -21,6 +21,8 @@ export const enum Cmd {
   None = 0,
   Resume = 1,
   Stop = 2,
+  /** A LaunchMessage waits on the launch port. */
+  Launch = 3,
 }
 
 export const enum WorkerState {

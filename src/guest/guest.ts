@@ -3,11 +3,11 @@
 // its captured state when it pauses. A guest can start fresh from a module, or from a memory
 // image and a captured state — in this process or in another one given the same bytes.
 import { EventEmitter } from 'node:events';
-import { Worker } from 'node:worker_threads';
+import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import { Cmd, Ctl, WorkerState, controlWords, createControlMemory } from './control-block.js';
-import { ModuleCache } from './module-cache.js';
+import { ModuleCache, type CachedModule } from './module-cache.js';
 import { ModuleRejected, type InstrumentedMeta } from './instrument.js';
-import type { PausedCapture, WorkerInit, WorkerMessage } from './worker-protocol.js';
+import type { LaunchMessage, PausedCapture, WorkerInit, WorkerMessage } from './worker-protocol.js';
 import type { Preopen, StdioBinding } from '../wasi/wasi.js';
 import { GUEST_STATE_FORMAT, GUEST_STATE_VERSION, type GuestState } from '../state/guest-state.js';
 import { WASI_PREVIEW1_FUNCTIONS } from '../wasi/functions.js';
@@ -53,6 +53,21 @@ export interface GuestRestoreOptions extends GuestCommonOptions {
   startPaused?: boolean;
 }
 
+export interface GuestPrepareOptions {
+  module: Uint8Array;
+  memory: WebAssembly.Memory;
+  maxMemoryBytes: number;
+  modulePath?: string | null;
+  cache?: ModuleCache;
+}
+
+export interface PreparedGuest {
+  /** Hands the waiting worker a captured state; resolves once the guest runs (or waits paused). */
+  launchRestore(state: GuestState, binding: { preopens?: Preopen[]; stdio?: Partial<StdioBinding>; startPaused?: boolean }): Promise<Guest>;
+  /** Ends the waiting worker (a migration that failed before its commit). */
+  dispose(): Promise<void>;
+}
+
 export class GuestError extends Error {
   constructor(readonly code: string, message: string) {
     super(message);
@@ -77,8 +92,9 @@ export class Guest extends EventEmitter {
   private lastCapture: PausedCapture | null = null;
   private pauseWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
   private exitInfo: GuestExit | null = null;
-  private readonly startedAt = performance.now();
-  private readonly priorUptimeMs: number;
+  private priorUptimeMs = 0;
+  private readonly launchPort: MessagePort;
+  private ready!: Promise<void>;
   private runningSince = 0;
   private runMs = 0;
 
@@ -88,7 +104,6 @@ export class Guest extends EventEmitter {
     moduleSource: Uint8Array,
     modulePath: string | null,
     maxMemoryBytes: number,
-    priorUptimeMs: number,
   ) {
     super();
     this.memory = init.memory;
@@ -97,9 +112,18 @@ export class Guest extends EventEmitter {
     this.modulePath = modulePath;
     this.moduleSource = moduleSource;
     this.maxMemoryBytes = maxMemoryBytes;
-    this.priorUptimeMs = priorUptimeMs;
     this.ctl = controlWords(init.control);
-    this.worker = new Worker(new URL('./worker.js', import.meta.url), { workerData: init });
+    const channel = new MessageChannel();
+    this.launchPort = channel.port1;
+    this.worker = new Worker(new URL('./worker.js', import.meta.url), {
+      workerData: { ...init, launchPort: channel.port2 },
+      transferList: [channel.port2],
+    });
+    this.ready = new Promise<void>((resolve, reject) => {
+      this.worker.once('message', (m: WorkerMessage) => (m.type === 'ready' ? resolve() : reject(new GuestError('start-failed', 'guest worker did not start'))));
+      this.once('exit', (e: GuestExit) => reject(new GuestError('start-failed', e.message ?? 'guest worker ended before it was ready')));
+    });
+    this.ready.catch(() => undefined);
     let resolveExit!: (e: GuestExit) => void;
     this.exited = new Promise((r) => (resolveExit = r));
     const finish = (e: GuestExit) => {
@@ -113,6 +137,8 @@ export class Guest extends EventEmitter {
     };
     this.worker.on('message', (m: WorkerMessage) => {
       switch (m.type) {
+        case 'ready':
+          break;
         case 'started':
           this.statusValue = 'running';
           this.runningSince = performance.now();
@@ -158,11 +184,8 @@ export class Guest extends EventEmitter {
       );
     }
     const memory = new WebAssembly.Memory({ initial: mod.meta.memory.initialPages, maximum: maxPages, shared: true });
-    const init: WorkerInit = {
-      module: new WebAssembly.Module(mod.binary as Uint8Array<ArrayBuffer>),
-      meta: mod.meta,
-      memory,
-      control: createControlMemory(),
+    const guest = Guest.spawn(mod, memory, opts.modulePath ?? null, maxPages * WASM_PAGE_SIZE);
+    await guest.launch({
       fresh: {
         wasi: {
           args: opts.args ?? [opts.modulePath ?? 'guest.wasm'],
@@ -172,43 +195,76 @@ export class Guest extends EventEmitter {
         },
         dataImage: mod.dataImage,
       },
-      unwindBytes: DEFAULT_UNWIND_BYTES,
-    };
-    const guest = new Guest(init, mod.meta, mod.source, opts.modulePath ?? null, maxPages * WASM_PAGE_SIZE, 0);
-    await guest.whenStarted();
+    });
     return guest;
+  }
+
+  /**
+   * Spawns the worker for a guest that will be restored into `memory` and leaves it waiting, so
+   * that the switchover of a migration only has to hand it the state (no thread start, no
+   * compilation inside the downtime).
+   */
+  static async prepare(opts: GuestPrepareOptions): Promise<PreparedGuest> {
+    const cache = opts.cache ?? new ModuleCache();
+    const mod = await cache.load(opts.module);
+    checkImports(mod.meta);
+    const guest = Guest.spawn(mod, opts.memory, opts.modulePath ?? null, opts.maxMemoryBytes);
+    await guest.ready;
+    return {
+      launchRestore: async (state, binding) => {
+        guest.checkState(state, opts.memory);
+        if (binding.startPaused) {
+          Atomics.store(guest.ctl, Ctl.PauseRequested, 1);
+          guest.statusValue = 'pausing';
+        }
+        guest.priorUptimeMs = state.uptimeMs;
+        await guest.launch({
+          restore: { exec: state.exec, wasi: state.wasi, preopens: binding.preopens ?? [], stdio: stdioOf(binding.stdio) },
+        });
+        return guest;
+      },
+      dispose: () => guest.stop().then(() => undefined),
+    };
   }
 
   /** Continues a captured guest over `memory`, which holds (or will hold) its pages. */
   static async restore(opts: GuestRestoreOptions): Promise<Guest> {
-    const cache = opts.cache ?? new ModuleCache();
-    const mod = await cache.load(opts.module);
-    if (mod.meta.sourceHash !== opts.state.module.hash) {
-      throw new GuestError('module-mismatch', `state belongs to module ${opts.state.module.hash.slice(0, 12)}…, not ${mod.meta.sourceHash.slice(0, 12)}…`);
-    }
-    checkImports(mod.meta);
-    if (opts.memory.buffer.byteLength < opts.state.memory.bytes) {
-      throw new GuestError('memory-too-small', `memory holds ${opts.memory.buffer.byteLength} bytes, state needs ${opts.state.memory.bytes}`);
-    }
-    const control = createControlMemory();
-    if (opts.startPaused) Atomics.store(controlWords(control), Ctl.PauseRequested, 1);
-    const init: WorkerInit = {
+    const prepared = await Guest.prepare({
+      module: opts.module,
+      memory: opts.memory,
+      maxMemoryBytes: opts.state.memory.maxBytes,
+      modulePath: opts.modulePath ?? null,
+      ...(opts.cache ? { cache: opts.cache } : {}),
+    });
+    return prepared.launchRestore(opts.state, { preopens: opts.preopens ?? [], stdio: opts.stdio ?? {}, startPaused: opts.startPaused ?? false });
+  }
+
+  private static spawn(mod: CachedModule, memory: WebAssembly.Memory, modulePath: string | null, maxMemoryBytes: number): Guest {
+    const init: Omit<WorkerInit, 'launchPort'> = {
       module: new WebAssembly.Module(mod.binary as Uint8Array<ArrayBuffer>),
       meta: mod.meta,
-      memory: opts.memory,
-      control,
-      restore: {
-        exec: opts.state.exec,
-        wasi: opts.state.wasi,
-        preopens: opts.preopens ?? [],
-        stdio: stdioOf(opts.stdio),
-      },
+      memory,
+      control: createControlMemory(),
       unwindBytes: DEFAULT_UNWIND_BYTES,
     };
-    const guest = new Guest(init, mod.meta, mod.source, opts.modulePath ?? null, opts.state.memory.maxBytes, opts.state.uptimeMs);
-    if (opts.startPaused) guest.statusValue = 'pausing';
-    await guest.whenStarted();
-    return guest;
+    return new Guest(init as WorkerInit, mod.meta, mod.source, modulePath, maxMemoryBytes);
+  }
+
+  private async launch(msg: LaunchMessage): Promise<void> {
+    await this.ready;
+    this.launchPort.postMessage(msg);
+    Atomics.store(this.ctl, Ctl.Command, Cmd.Launch);
+    Atomics.notify(this.ctl, Ctl.Command);
+    await this.whenStarted();
+  }
+
+  private checkState(state: GuestState, memory: WebAssembly.Memory): void {
+    if (this.meta.sourceHash !== state.module.hash) {
+      throw new GuestError('module-mismatch', `state belongs to module ${state.module.hash.slice(0, 12)}…, not ${this.meta.sourceHash.slice(0, 12)}…`);
+    }
+    if (memory.buffer.byteLength < state.memory.bytes) {
+      throw new GuestError('memory-too-small', `memory holds ${memory.buffer.byteLength} bytes, state needs ${state.memory.bytes}`);
+    }
   }
 
   get status(): GuestStatus {

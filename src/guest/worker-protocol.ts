@@ -1,20 +1,30 @@
 // Messages between a Guest (main thread) and its worker. Commands to a *running* guest go
 // through the control block (the worker is busy in guest code and reads no messages then).
 import type { InstrumentedMeta } from './instrument.js';
+import type { MessagePort } from 'node:worker_threads';
 import type { ExecState } from '../state/exec-state.js';
 import type { Preopen, StdioBinding, WasiOptions, WasiState } from '../wasi/wasi.js';
 
+/**
+ * What a worker gets when it is spawned. It then waits — already started, module compiled — for a
+ * LaunchMessage, so that a destination can have the worker ready before the migration commits.
+ */
 export interface WorkerInit {
   module: WebAssembly.Module;
   meta: InstrumentedMeta;
   memory: WebAssembly.Memory;
   control: WebAssembly.Memory;
+  /** Carries the LaunchMessage; the worker reads it synchronously when told to launch. */
+  launchPort: MessagePort;
+  /** Size of the Asyncify unwind buffer (bytes) to reserve at the first pause. */
+  unwindBytes: number;
+}
+
+export interface LaunchMessage {
   /** Fresh start: the WASI options and the data segments to write. */
   fresh?: { wasi: WasiOptions; dataImage: Uint8Array };
   /** Restore: state captured elsewhere, with this host's bindings. */
   restore?: { exec: ExecState; wasi: WasiState; preopens: Preopen[]; stdio: StdioBinding };
-  /** Size of the Asyncify unwind buffer (bytes) to reserve at the first pause. */
-  unwindBytes: number;
 }
 
 export interface PausedCapture {
@@ -25,6 +35,7 @@ export interface PausedCapture {
 }
 
 export type WorkerMessage =
+  | { type: 'ready' }
   | { type: 'started' }
   | { type: 'paused'; capture: PausedCapture }
   | { type: 'pause-failed'; message: string }

@@ -2,9 +2,9 @@
 // `_start`, and handles pauses: at a safepoint (or inside a blocking WASI call) it unwinds the
 // whole Wasm stack into linear memory with Asyncify, reports a capture, and waits on the control
 // block. Resume rewinds the stack and continues; stop ends the thread without running guest code.
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import { Cmd, Ctl, SAFEPOINT_HELPER_WASM, WorkerState, controlWords } from './control-block.js';
-import type { PausedCapture, WorkerInit, WorkerMessage } from './worker-protocol.js';
+import type { LaunchMessage, PausedCapture, WorkerInit, WorkerMessage } from './worker-protocol.js';
 import { decodeGlobal, encodeGlobal, type ExecState, type UnwindRegion } from '../state/exec-state.js';
 import { Wasi, WasiExit, type WasiHooks } from '../wasi/wasi.js';
 import { POLLIN, poll } from '../sys/fd.js';
@@ -30,7 +30,8 @@ interface GuestExports {
 }
 
 let exports!: GuestExports;
-let unwind: UnwindRegion | null = init.restore?.exec.unwind ?? null;
+let launch!: LaunchMessage;
+let unwind: UnwindRegion | null = null;
 
 function startUnwind(): void {
   if (!unwind) unwind = reserveUnwindRegion(init.unwindBytes);
@@ -56,10 +57,7 @@ const hooks: WasiHooks = {
   waitReadable: (fd: number, timeoutMs: number) => poll([fd], [POLLIN], timeoutMs)[0] !== 0,
 };
 
-const wasi = init.restore
-  ? Wasi.restore(init.restore.wasi, { preopens: init.restore.preopens, stdio: init.restore.stdio }, hooks)
-  : new Wasi(init.fresh!.wasi, hooks);
-wasi.setMemory(init.memory);
+let wasi!: Wasi;
 
 // Called by the safepoint helper only when a pause or a rewind is pending.
 function onSafepoint(_site: number): void {
@@ -155,14 +153,43 @@ function firstWasmFunction(err: Error): string | null {
   return null;
 }
 
+/** Blocks until the owner sends the LaunchMessage (or stops the worker first). */
+function waitForLaunch(): LaunchMessage | null {
+  for (;;) {
+    const cmd = Atomics.load(ctl, Ctl.Command);
+    if (cmd === Cmd.Stop) return null;
+    if (cmd === Cmd.Launch) {
+      Atomics.store(ctl, Ctl.Command, Cmd.None);
+      const m = receiveMessageOnPort(init.launchPort);
+      if (!m) throw new Error('launch requested without a launch message');
+      return m.message as LaunchMessage;
+    }
+    Atomics.wait(ctl, Ctl.Command, cmd);
+  }
+}
+
 function run(): void {
+  post({ type: 'ready' });
+  const l = waitForLaunch();
+  if (!l) {
+    Atomics.store(ctl, Ctl.State, WorkerState.Done);
+    return;
+  }
+  launch = l;
+  if (launch.restore) {
+    unwind = launch.restore.exec.unwind;
+    wasi = Wasi.restore(launch.restore.wasi, { preopens: launch.restore.preopens, stdio: launch.restore.stdio }, hooks);
+  } else {
+    wasi = new Wasi(launch.fresh!.wasi, hooks);
+  }
+  wasi.setMemory(init.memory);
   instantiate();
   let rewind = false;
-  if (init.restore) {
-    restoreGlobals(init.restore.exec);
-    rewind = init.restore.exec.unwind !== null;
+  if (launch.restore) {
+    restoreGlobals(launch.restore.exec);
+    rewind = launch.restore.exec.unwind !== null;
   } else {
-    writeDataSegments(init.fresh!.dataImage);
+    writeDataSegments(launch.fresh!.dataImage);
   }
   Atomics.store(ctl, Ctl.State, WorkerState.Running);
   post({ type: 'started' });

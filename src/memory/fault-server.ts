@@ -116,6 +116,18 @@ export class FaultServer {
     return placed;
   }
 
+  /**
+   * Places a run of pages the caller knows to be holes (never placed, or dropped since) — e.g. a
+   * migration destination writing precopy pages before the guest runs — with one UFFDIO_COPY, and
+   * marks them received. Pages that turn out present (EEXIST) are counted in `existed`: the caller
+   * overwrites those through memory (a present page never blocks).
+   */
+  fill(firstPage: number, count: number, bytes: ArrayBufferView, offset = 0): { copied: number; existed: number } {
+    const r = this.uffd.copyAll(this.mem.pageAddress(firstPage), bytes, offset, count * HOST_PAGE_SIZE);
+    for (let p = firstPage; p < firstPage + count; p++) this.states.markReceived(p);
+    return r;
+  }
+
   stats(): FaultStats {
     return readStats(this.statsView);
   }

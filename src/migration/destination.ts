@@ -3,7 +3,7 @@
 // from its state — with every page present (precopy) or with holes served by userfaultfd
 // (postcopy). Before COMMIT nothing runs: any failure leaves nothing behind. Every frame is checked
 // against the memory geometry before a byte of it is placed.
-import { Guest } from '../guest/guest.js';
+import { Guest, type PreparedGuest } from '../guest/guest.js';
 import { ModuleCache } from '../guest/module-cache.js';
 import { sha256Hex } from '../guest/instrument.js';
 import { GuestMemory, HOST_PAGE_SIZE, WASM_PAGE_SIZE } from '../memory/guest-memory.js';
@@ -14,7 +14,7 @@ import type { Preopen, StdioBinding } from '../wasi/wasi.js';
 import { listen, type FramedChannel, type MigrationListener, type Security } from './transport/index.js';
 import { ChunkAssembler, PageFrameChecker, WireError, type MessageOf } from './wire/index.js';
 import { PageDigest } from './digest.js';
-import { PostcopyDestination } from './postcopy-destination.js';
+import { IncomingMemory } from './incoming-memory.js';
 import { MigrationError, type MigrationPhase, type MigrationProgress, type PostcopyReport } from './report.js';
 
 export interface DestinationOptions {
@@ -51,9 +51,10 @@ export class MigrationDestination {
   private urgent: FramedChannel | null = null;
   private pass = 0;
   private pagesReceived = 0;
-  private postcopy: PostcopyDestination | null = null;
+  private incoming: IncomingMemory | null = null;
   private errorText: string | null = null;
   private readonly cache: ModuleCache;
+  private preparing: Promise<PreparedGuest> | null = null;
 
   constructor(private readonly opts: DestinationOptions) {
     this.cache = opts.cache ?? new ModuleCache();
@@ -69,18 +70,18 @@ export class MigrationDestination {
     return {
       role: 'destination',
       state: this.phase,
-      mode: this.postcopy ? 'postcopy' : 'precopy',
+      mode: this.incoming?.isPostcopy ? 'postcopy' : 'precopy',
       pass: this.pass,
       bytesSent: (this.bulk?.bytesSent ?? 0) + (this.urgent?.bytesSent ?? 0),
       bytesReceived: (this.bulk?.bytesReceived ?? 0) + (this.urgent?.bytesReceived ?? 0),
       pagesSent: 0,
       pagesReceived: this.pagesReceived,
-      dirtyPages: this.postcopy?.pendingPages ?? 0,
+      dirtyPages: this.incoming?.pendingPages ?? 0,
       rateBytesPerSec: 0,
       dirtyRatePagesPerSec: 0,
       expectedDowntimeMs: null,
       elapsedMs: Math.round(performance.now() - this.t0),
-      postcopy: this.postcopy?.report() ?? null,
+      postcopy: this.incoming?.report() ?? null,
       error: this.errorText,
     };
   }
@@ -97,7 +98,8 @@ export class MigrationDestination {
       await this.bulk?.sendMessage({ type: 'ERROR', code, message: (err as Error).message.slice(0, 1000) }).catch(() => undefined);
       this.bulk?.destroy();
       this.urgent?.destroy();
-      await this.postcopy?.stop().catch(() => undefined);
+      await this.incoming?.stop().catch(() => undefined);
+      await this.preparing?.then((p) => p.dispose()).catch(() => undefined);
       await this.listener?.close();
       throw err;
     }
@@ -121,10 +123,13 @@ export class MigrationDestination {
     const moduleBytes = this.cache.source(setup.moduleHash)!;
 
     const mem = GuestMemory.create(setup.memory.bytes / WASM_PAGE_SIZE, setup.memory.maxBytes / WASM_PAGE_SIZE);
+    // The guest's thread starts now, while pages stream in: at the commit it only takes the state.
+    this.preparing = Guest.prepare({ module: moduleBytes, memory: mem.memory, maxMemoryBytes: setup.memory.maxBytes, cache: this.cache });
+    this.preparing.catch(() => undefined);
     const checker = new PageFrameChecker(setup.memory);
     const digest = new PageDigest(setup.memory.maxBytes);
-    const populated = new PageBitmap(mem.maxPageCount);
-    const pending = new PageBitmap(mem.maxPageCount);
+    const incoming = (this.incoming = new IncomingMemory(mem, new PageStateTable(mem.maxPageCount), this.urgent, checker, digest));
+    await incoming.start();
     let state: ChunkAssembler | null = null;
     this.phase = 'precopy';
 
@@ -134,10 +139,14 @@ export class MigrationDestination {
       if (!r) throw new WireError('TRUNCATED', bulk.bytesReceived, 'the stream ended before the commit; nothing was run');
       const { msg, offset } = r;
       switch (msg.type) {
-        case 'PAGES':
+        case 'PAGES': {
           checker.checkPages(msg, offset);
-          this.placeBeforeCommit(mem, msg, populated, pending, digest);
+          const first = msg.offset / HOST_PAGE_SIZE;
+          this.pagesReceived += msg.count;
+          if (msg.kind === 'data') incoming.placeData(first, msg.count, msg.data!);
+          else incoming.placeZero(first, msg.count);
           continue;
+        }
         case 'GROW':
           checker.checkGrow(msg, offset);
           mem.grow((msg.newBytes - mem.sizeBytes) / WASM_PAGE_SIZE);
@@ -149,13 +158,10 @@ export class MigrationDestination {
           continue;
         case 'DISCARD':
           for (const range of msg.ranges) {
-            const first = range.offset / HOST_PAGE_SIZE;
             if (range.offset + range.count * HOST_PAGE_SIZE > mem.sizeBytes) {
               throw new WireError('BAD_PAGES', offset, `DISCARD ${range.offset}+${range.count} pages lies outside memory of ${mem.sizeBytes} bytes`);
             }
-            mem.dropPages([[first, first + range.count]]);
-            populated.deleteRange(first, first + range.count);
-            pending.addRange(first, first + range.count);
+            incoming.discard(range.offset / HOST_PAGE_SIZE, range.count);
           }
           continue;
         case 'STATE':
@@ -176,28 +182,15 @@ export class MigrationDestination {
       throw new MigrationError('protocol', `the guest state says ${guestState.memory.bytes} bytes of memory, the stream built ${mem.sizeBytes}`);
     }
 
-    // ---- switchover: register holes (postcopy), resume the guest, acknowledge ----
+    // ---- switchover: everything is in place; hand the waiting worker its state ----
     this.phase = 'switchover';
     const pageCount = mem.pageCount;
-    if (!pending.isEmpty()) {
-      const states = new PageStateTable(mem.maxPageCount);
-      populated.forEachRun((s, e) => {
-        for (let p = s; p < e; p++) states.markReceived(p);
-      });
-      states.markAllPending(pending);
-      this.postcopy = new PostcopyDestination(mem, states, pending, this.urgent, checker, digest);
-      await this.postcopy.start();
-    }
-    const guest = await Guest.restore({
-      module: moduleBytes,
-      state: guestState,
-      memory: mem.memory,
-      preopens: this.opts.preopens,
-      stdio: this.opts.stdio,
-      cache: this.cache,
-    });
+    incoming.activate();
+    const prepared = await this.preparing!;
+    this.preparing = null;
+    const guest = await prepared.launchRestore(guestState, { preopens: this.opts.preopens, stdio: this.opts.stdio });
     await bulk.sendMessage({ type: 'RUNNING' });
-    this.phase = this.postcopy ? 'postcopy' : 'verifying';
+    this.phase = this.incoming ? 'postcopy' : 'verifying';
     this.report();
     const completion = this.finish(guest, digest, pageCount, mem.sizeBytes);
     return { guest, completion };
@@ -206,8 +199,9 @@ export class MigrationDestination {
   private async finish(guest: Guest, digest: PageDigest, pageCount: number, memoryBytes: number): Promise<DestinationSummary> {
     const bulk = this.bulk!;
     try {
-      if (this.postcopy) {
-        const pc = this.postcopy;
+      const pc = this.incoming!;
+      const postcopy = pc.isPostcopy;
+      if (postcopy) {
         const urgent = pc.serveUrgent().catch((e: Error) => pc.fail(e));
         const bulkPages = (async () => {
           while (pc.pendingPages > 0) {
@@ -220,19 +214,21 @@ export class MigrationDestination {
         await pc.complete;
         void urgent;
         void bulkPages;
-        await pc.stop();
       }
+      // Every page is in place: unregister (known-zero pages not yet touched become ordinary
+      // zero-fill memory).
+      await pc.stop();
       await bulk.sendMessage({ type: 'DIGEST', pageCount, hex: digest.digestHex(pageCount) });
       await bulk.sendMessage({ type: 'DONE' });
       this.phase = 'completed';
       this.report();
       const summary: DestinationSummary = {
-        mode: this.postcopy ? 'postcopy' : 'precopy',
+        mode: postcopy ? 'postcopy' : 'precopy',
         memoryBytes,
         bytesReceived: bulk.bytesReceived + this.urgent!.bytesReceived,
         pagesReceived: this.pagesReceived,
       };
-      if (this.postcopy) summary.postcopy = this.postcopy.report();
+      if (postcopy) summary.postcopy = pc.report();
       await bulk.close().catch(() => undefined);
       await this.urgent!.close().catch(() => undefined);
       await this.listener?.close();
@@ -240,7 +236,7 @@ export class MigrationDestination {
     } catch (err) {
       this.phase = 'failed';
       this.errorText = (err as Error).message;
-      if (this.postcopy && this.postcopy.pendingPages > 0) {
+      if (this.incoming && this.incoming.pendingPages > 0) {
         // Pages are missing and cannot come: stop the guest (it may be blocked on a hole) before
         // anything closes the userfaultfd, which would let blocked threads read zeros.
         await guest.stop();
@@ -248,26 +244,6 @@ export class MigrationDestination {
       await this.listener?.close();
       throw err;
     }
-  }
-
-  private placeBeforeCommit(mem: GuestMemory, msg: MessageOf<'PAGES'>, populated: PageBitmap, pending: PageBitmap, digest: PageDigest): void {
-    const first = msg.offset / HOST_PAGE_SIZE;
-    const end = first + msg.count;
-    this.pagesReceived += msg.count;
-    if (msg.kind === 'data') {
-      mem.view().set(msg.data!, msg.offset);
-      populated.addRange(first, end);
-      pending.deleteRange(first, end);
-      digest.set(first, msg.data!, msg.count);
-      return;
-    }
-    // zero / untouched: the page must read as zero; drop whatever an earlier pass put there.
-    for (const [s, e] of populated.clone().intersect(new PageBitmap(populated.size).addRange(first, end)).runs()) {
-      mem.dropPages([[s, e]]);
-    }
-    populated.deleteRange(first, end);
-    pending.deleteRange(first, end);
-    digest.setZero(first, msg.count);
   }
 
   private checkSetup(setup: MessageOf<'SETUP'>): string | null {

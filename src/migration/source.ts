@@ -192,9 +192,10 @@ export class MigrationSource {
       const elapsedS = (performance.now() - this.t0) / 1000;
       if (opts.mode === 'postcopy') break;
       if (opts.mode === 'auto') {
-        // Postcopy as soon as precopy stops paying off, and before the total could pass 2x memory.
-        const budgetSpent = this.bytesSent() + this.dirtyPages * HOST_PAGE_SIZE > 1.0 * mem.maxPageCount * HOST_PAGE_SIZE && this.pass >= 1;
-        if (stalled >= 2 || elapsedS > opts.precopyTimeoutS * AUTO_POSTCOPY_BUDGET || budgetSpent || this.bytesSent() > 1.0 * mem.sizeBytes) break;
+        // Postcopy as soon as precopy stops paying off — and before another pass could take the
+        // total past one memory's worth, so that with postcopy it stays within 2x memory.
+        const nextTotal = this.bytesSent() + this.dirtyPages * HOST_PAGE_SIZE;
+        if (stalled >= 2 || elapsedS > opts.precopyTimeoutS * AUTO_POSTCOPY_BUDGET || nextTotal > mem.sizeBytes) break;
       }
       if (opts.mode === 'precopy' && (stalled >= STALL_PASSES || elapsedS > opts.precopyTimeoutS)) {
         throw new MigrationError(

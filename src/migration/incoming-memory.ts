@@ -1,4 +1,8 @@
-// Postcopy, destination side. After the commit the guest runs over memory with holes:
+// Page placement on the destination, and postcopy. The memory is registered with userfaultfd as
+// soon as the migration is set up, so every page is placed with UFFDIO_COPY from the bytes as they
+// arrive (this thread never writes a hole; it overwrites only pages already present) and the page
+// state table is current at the commit: nothing is left to do inside the downtime.
+// After the commit the guest runs over memory with holes:
 //  - the FaultServer's worker reads every fault; a known-zero page is filled locally
 //    (UFFDIO_ZEROPAGE), a pending one becomes a request in the RequestRing;
 //  - this (main) thread, woken by the ring's eventfd, sends each request on the urgent channel;
@@ -8,9 +12,10 @@
 // kernel, and the verify digest is computed from those same bytes.
 import { fileURLToPath } from 'node:url';
 import { FaultServer } from '../memory/fault-server.js';
+import type { FaultStats } from '../memory/fault-stats.js';
 import { HOST_PAGE_SIZE, type GuestMemory } from '../memory/guest-memory.js';
-import type { PageBitmap } from '../memory/page-bitmap.js';
-import { PageState, PageStateTable } from '../memory/page-state.js';
+import { PageBitmap } from '../memory/page-bitmap.js';
+import { PageState, type PageStateTable } from '../memory/page-state.js';
 import { eventfd, eventfdDrain, close, FdWatcher, POLLIN, EFD_NONBLOCK, EFD_CLOEXEC } from '../sys/fd.js';
 import type { FramedChannel } from './transport/index.js';
 import type { PageFrameChecker, MessageOf } from './wire/index.js';
@@ -18,12 +23,12 @@ import type { PageDigest } from './digest.js';
 import { RequestRing } from './request-ring.js';
 import { latencySummary, type PostcopyReport } from './report.js';
 
-export class PostcopyDestination {
+export class IncomingMemory {
   private server: FaultServer | null = null;
   private watcher: FdWatcher | null = null;
   private readonly eventFd: number;
   private readonly ring = RequestRing.create();
-  private remaining: number;
+  private remaining = 0;
   private readonly requestedAt = new Map<number, number>();
   private readonly latenciesUs: number[] = [];
   private pagesRequested = 0;
@@ -35,15 +40,18 @@ export class PostcopyDestination {
   /** Resolves when every pending page is placed. */
   readonly complete: Promise<void>;
 
+  private active = false;
+  private finalStats: FaultStats | null = null;
+  private readonly populated: PageBitmap;
+
   constructor(
     private readonly mem: GuestMemory,
     private readonly states: PageStateTable,
-    pending: PageBitmap,
     private readonly urgent: FramedChannel,
     private readonly checker: PageFrameChecker,
-    private readonly digest: PageDigest | null,
+    private readonly digest: PageDigest,
   ) {
-    this.remaining = pending.count();
+    this.populated = new PageBitmap(mem.maxPageCount);
     this.eventFd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     this.complete = new Promise((resolve, reject) => {
       this.done = resolve;
@@ -52,7 +60,7 @@ export class PostcopyDestination {
     this.complete.catch(() => undefined);
   }
 
-  /** Registers the memory with userfaultfd and starts serving faults. Call before the guest resumes. */
+  /** Registers the memory with userfaultfd and starts the fault worker. Call before any page arrives. */
   async start(): Promise<void> {
     this.watcher = new FdWatcher(this.eventFd, POLLIN, () => this.forwardRequests());
     this.server = await FaultServer.start(this.mem, this.states, {
@@ -60,7 +68,74 @@ export class PostcopyDestination {
       module: fileURLToPath(new URL('./remote-page-source.js', import.meta.url)),
       options: { ring: this.ring.buffer, eventFd: this.eventFd },
     });
+  }
+
+  /** Precopy data: pages [first, first+count) get `bytes` (newer copies replace older ones). */
+  placeData(first: number, count: number, bytes: Buffer): void {
+    this.unpend(first, first + count);
+    for (const [s, e] of this.runsBy(first, first + count)) {
+      const at = (s - first) * HOST_PAGE_SIZE;
+      if (this.populated.has(s)) {
+        this.mem.view().set(bytes.subarray(at, at + (e - s) * HOST_PAGE_SIZE), s * HOST_PAGE_SIZE); // present: never blocks
+      } else {
+        this.server!.fill(s, e - s, bytes, at);
+        this.populated.addRange(s, e);
+      }
+    }
+    this.digest.set(first, bytes, count);
+  }
+
+  /** Zero or never-touched pages: they must read as zero, so earlier copies are dropped. */
+  placeZero(first: number, count: number): void {
+    this.unpend(first, first + count);
+    this.dropPopulated(first, first + count);
+    for (let p = first; p < first + count; p++) this.states.markZero(p);
+    this.digest.setZero(first, count);
+  }
+
+  /** Pages the source will send again after the commit: holes, pending. */
+  discard(first: number, count: number): void {
+    this.dropPopulated(first, first + count);
+    for (let p = first; p < first + count; p++) {
+      if (this.states.get(p) !== PageState.PENDING) this.remaining++;
+      this.states.markPending(p);
+    }
+  }
+
+  /** Called at the commit: from now on faults on pending pages go to the source. */
+  activate(): void {
+    this.active = true;
     if (this.remaining === 0) this.finish();
+  }
+
+  get isPostcopy(): boolean {
+    return this.remaining > 0 || this.pagesRequested + this.pagesPushed > 0;
+  }
+
+  private unpend(start: number, end: number): void {
+    for (let p = start; p < end; p++) if (this.states.get(p) === PageState.PENDING) this.remaining--;
+  }
+
+  private dropPopulated(start: number, end: number): void {
+    for (const [s, e] of this.runsBy(start, end)) {
+      if (!this.populated.has(s)) continue;
+      this.mem.dropPages([[s, e]]);
+      this.populated.deleteRange(s, e);
+    }
+  }
+
+  /** Splits [start, end) into runs of equal `populated` value. */
+  private runsBy(start: number, end: number): Array<[number, number]> {
+    const runs: Array<[number, number]> = [];
+    let s = start;
+    while (s < end) {
+      const v = this.populated.has(s);
+      let e = s + 1;
+      while (e < end && this.populated.has(e) === v) e++;
+      runs.push([s, e]);
+      s = e;
+    }
+    return runs;
   }
 
   /** Receives pages the source sends on the urgent channel (answers to requests). */
@@ -83,7 +158,7 @@ export class PostcopyDestination {
       const p = first + i;
       if (this.states.get(p) !== PageState.PENDING) continue; // never placed twice
       this.server!.place(p, msg.data, i * HOST_PAGE_SIZE, 1);
-      this.digest?.set(p, msg.data.subarray(i * HOST_PAGE_SIZE, (i + 1) * HOST_PAGE_SIZE));
+      this.digest.set(p, msg.data.subarray(i * HOST_PAGE_SIZE, (i + 1) * HOST_PAGE_SIZE));
       this.remaining--;
       const t = this.requestedAt.get(p);
       if (t !== undefined) {
@@ -93,7 +168,7 @@ export class PostcopyDestination {
       if (urgent) this.pagesRequested++;
       else this.pagesPushed++;
     }
-    if (this.remaining === 0) this.finish();
+    if (this.remaining === 0 && this.active) this.finish();
   }
 
   get pendingPages(): number {
@@ -101,7 +176,7 @@ export class PostcopyDestination {
   }
 
   report(): PostcopyReport {
-    const stats = this.server?.stats();
+    const stats = this.server?.stats() ?? this.finalStats;
     const lat = latencySummary(this.latenciesUs);
     return {
       pagesRequested: this.pagesRequested,
@@ -119,6 +194,7 @@ export class PostcopyDestination {
     this.watcher = null;
     if (this.server) {
       const s = this.server;
+      this.finalStats = s.stats();
       this.server = null;
       await s.stop();
     }
