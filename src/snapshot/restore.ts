@@ -1,0 +1,205 @@
+// Restores a snapshot (chain) into a new guest, eagerly or lazily.
+//  - eager: every page is read into a fresh memory and its chunk checksum checked before the guest
+//    starts; any damage is an error before a guest instruction runs.
+//  - lazy: the memory starts as holes registered with userfaultfd; pages the chain holds are pending,
+//    every other page known-zero (served locally, never read). The unwound stack is placed first (the
+//    runtime reads it before anything else), then the guest starts at once, faults are served from
+//    the files by the fault worker (ChainPageSource), and a background loader on this thread reads
+//    every chunk, checks its checksum and places the pages still pending. When all are placed the
+//    fault server stops. A damaged chunk found by the loader stops the guest.
+import { openSync, closeSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import { Guest } from '../guest/guest.js';
+import type { ModuleCache } from '../guest/module-cache.js';
+import { FaultServer } from '../memory/fault-server.js';
+import { GuestMemory, HOST_PAGE_SIZE, WASM_PAGE_SIZE } from '../memory/guest-memory.js';
+import { PageState, PageStateTable } from '../memory/page-state.js';
+import type { Preopen, StdioBinding } from '../wasi/wasi.js';
+import { pread } from '../sys/fd.js';
+import { CHUNK_PAGES, PAGE_SIZE, SnapshotError } from './format.js';
+import { checkChunk, loadSnapshot, readChunkSync, type SnapshotChain } from './chain.js';
+
+export interface RestoreSnapshotOptions {
+  /** Start the guest at once and load pages on demand (default: eager). */
+  lazy?: boolean;
+  /** This host's preopens: every guest path the snapshot's guest had must be mapped. */
+  preopens?: Preopen[];
+  stdio?: Partial<StdioBinding>;
+  cache?: ModuleCache;
+  /** Keep the guest paused after it is restored (resume() to run it). */
+  startPaused?: boolean;
+  /** Lazy: pages requested per fault (the faulting page and following pending ones; default 16). */
+  faultAround?: number;
+}
+
+export interface SnapshotLoadReport {
+  mode: 'eager' | 'lazy';
+  /** Pages the chain holds (the rest are zero). */
+  pages: number;
+  /** Milliseconds from the restore call until every page was in memory. */
+  loadMs: number;
+  /** Lazy: faults served from the file, pages placed by the loader. */
+  faults?: number;
+  pagesPlacedByLoader?: number;
+}
+
+export interface RestoredSnapshot {
+  guest: Guest;
+  memory: GuestMemory;
+  chain: SnapshotChain;
+  /** Milliseconds from the restore call until the guest was running. */
+  restoreMs: number;
+  /** Resolves when every page is in memory; rejects (after stopping the guest) if a chunk is damaged. */
+  loaded: Promise<SnapshotLoadReport>;
+}
+
+export async function restoreSnapshot(source: string | SnapshotChain, opts: RestoreSnapshotOptions = {}): Promise<RestoredSnapshot> {
+  const t0 = performance.now();
+  const chain = typeof source === 'string' ? loadSnapshot(source) : source;
+  checkPreopens(chain, opts.preopens ?? []);
+  const mem = GuestMemory.create(chain.memory.bytes / WASM_PAGE_SIZE, chain.memory.maxBytes / WASM_PAGE_SIZE);
+  const guestOpts = {
+    module: chain.moduleSource,
+    state: chain.state,
+    memory: mem.memory,
+    preopens: opts.preopens ?? [],
+    ...(opts.stdio ? { stdio: opts.stdio } : {}),
+    ...(opts.cache ? { cache: opts.cache } : {}),
+    ...(opts.startPaused ? { startPaused: true } : {}),
+  };
+  if (!opts.lazy) {
+    loadEagerly(chain, mem);
+    const loadMs = performance.now() - t0;
+    const guest = await Guest.restore(guestOpts);
+    if (opts.startPaused) await guest.pause();
+    const report: SnapshotLoadReport = { mode: 'eager', pages: chain.presentPages, loadMs: round(loadMs) };
+    return { guest, memory: mem, chain, restoreMs: round(performance.now() - t0), loaded: Promise.resolve(report) };
+  }
+
+  const states = new PageStateTable(mem.maxPageCount);
+  const unwind = placeUnwindPages(chain, mem, states);
+  for (let p = 0; p < chain.location.length; p++) {
+    if (chain.location[p]! >= 0 && (p < unwind[0] || p >= unwind[1])) states.markPending(p);
+  }
+  const location = new SharedArrayBuffer(chain.location.byteLength);
+  new Int16Array(location).set(chain.location);
+  const server = await FaultServer.start(mem, states, {
+    kind: 'module',
+    module: fileURLToPath(new URL('./chain-page-source.js', import.meta.url)),
+    options: { files: chain.layers.map((l) => l.memoryPath), location },
+  }, { faultAround: opts.faultAround ?? 16 });
+  let guest: Guest;
+  try {
+    guest = await Guest.restore(guestOpts);
+    if (opts.startPaused) await guest.pause();
+  } catch (err) {
+    await server.stop().catch(() => undefined);
+    throw err;
+  }
+  const restoreMs = round(performance.now() - t0);
+  const loaded = loadInBackground(chain, server, states).then(
+    async (placed) => {
+      const faults = server.stats().faults;
+      await server.stop();
+      return { mode: 'lazy' as const, pages: chain.presentPages, loadMs: round(performance.now() - t0), faults, pagesPlacedByLoader: placed };
+    },
+    async (err: Error) => {
+      await guest.stop(); // it may be blocked on a page that will never come: end it before the uffd closes
+      await server.stop().catch(() => undefined);
+      throw err;
+    },
+  );
+  loaded.catch(() => undefined);
+  return { guest, memory: mem, chain, restoreMs, loaded };
+}
+
+/** Refuses a restore that leaves a preopen of the guest unmapped (its fds could not be reopened). */
+function checkPreopens(chain: SnapshotChain, preopens: Preopen[]): void {
+  const mapped = new Set(preopens.map((p) => p.guestPath));
+  const missing = chain.state.wasi.preopens.filter((g) => !mapped.has(g));
+  if (missing.length > 0) {
+    throw new SnapshotError('preopen', `the guest had preopened ${missing.map((m) => JSON.stringify(m)).join(', ')}: map it with --dir HOST:${missing[0]}`);
+  }
+}
+
+/** Reads every chunk straight into guest memory, root layer first (newer layers overwrite), checking each. */
+function loadEagerly(chain: SnapshotChain, mem: GuestMemory): void {
+  const view = mem.view();
+  chain.layers.forEach((layer, li) => {
+    const fd = openSync(layer.memoryPath, 'r');
+    try {
+      for (const c of layer.manifest.memoryFile.chunks) {
+        let owns = false; // a chunk whose pages all come from newer layers is not read
+        for (let p = c.page; p < c.page + c.count && !owns; p++) owns = chain.location[p] === li;
+        if (owns) readChunkSync(fd, layer, c, view, c.page * PAGE_SIZE);
+      }
+    } finally {
+      closeSync(fd);
+    }
+  });
+}
+
+/** Copies the pages of the unwound stack in before the fault server starts; returns their [first, end). */
+function placeUnwindPages(chain: SnapshotChain, mem: GuestMemory, states: PageStateTable): [number, number] {
+  const u = chain.state.exec.unwind;
+  if (!u) return [0, 0];
+  const first = Math.floor(u.ptr / HOST_PAGE_SIZE);
+  const end = Math.min(Math.ceil((u.ptr + u.size) / HOST_PAGE_SIZE), chain.location.length);
+  const fds = new Map<number, number>();
+  try {
+    const view = mem.view();
+    for (let p = first; p < end; p++) {
+      const li = chain.location[p]!;
+      if (li < 0) continue;
+      let fd = fds.get(li);
+      if (fd === undefined) fds.set(li, (fd = openSync(chain.layers[li]!.memoryPath, 'r')));
+      let done = 0;
+      while (done < PAGE_SIZE) {
+        const n = pread(fd, view, p * PAGE_SIZE + done, PAGE_SIZE - done, p * PAGE_SIZE + done);
+        if (n === 0) throw new SnapshotError('truncated', `${chain.layers[li]!.memoryPath}: ends inside page ${p}`);
+        done += n;
+      }
+      states.markReceived(p);
+    }
+  } finally {
+    for (const fd of fds.values()) closeSync(fd);
+  }
+  return [first, end];
+}
+
+/** Reads and checks every chunk in file order, placing the pages that are still pending. */
+async function loadInBackground(chain: SnapshotChain, server: FaultServer, states: PageStateTable): Promise<number> {
+  let placed = 0;
+  const buf = Buffer.allocUnsafe(CHUNK_PAGES * PAGE_SIZE);
+  for (let li = 0; li < chain.layers.length; li++) {
+    const layer = chain.layers[li]!;
+    const fh = await open(layer.memoryPath, 'r');
+    try {
+      for (const c of layer.manifest.memoryFile.chunks) {
+        const len = c.count * PAGE_SIZE;
+        let done = 0;
+        while (done < len) {
+          const { bytesRead } = await fh.read(buf, done, len - done, c.page * PAGE_SIZE + done);
+          if (bytesRead === 0) throw new SnapshotError('truncated', `${layer.memoryPath}: ends inside the chunk at page ${c.page}`);
+          done += bytesRead;
+        }
+        checkChunk(layer, c, buf.subarray(0, len));
+        for (let p = c.page; p < c.page + c.count; ) {
+          if (chain.location[p] !== li || states.get(p) !== PageState.PENDING) { p++; continue; }
+          let q = p + 1;
+          while (q < c.page + c.count && chain.location[q] === li && states.get(q) === PageState.PENDING) q++;
+          placed += server.place(p, buf, (p - c.page) * PAGE_SIZE, q - p);
+          p = q;
+        }
+      }
+    } finally {
+      await fh.close();
+    }
+  }
+  return placed;
+}
+
+function round(ms: number): number {
+  return Math.round(ms * 100) / 100;
+}

@@ -1,0 +1,156 @@
+// Writes one snapshot directory from a paused guest's memory and state. memory.bin is sparse: page p
+// lives at byte p*4096 and only the pages given are written (never-touched and zero-page pages are
+// holes: the file is sized with ftruncate and nothing is written there). Writes go out asynchronously
+// (libuv threads) while this thread hashes the same bytes, so hashing and I/O overlap. Every file is
+// fsynced; manifest.json is written last, through a rename, so a crash leaves no half snapshot that
+// looks complete.
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { join, relative, resolve } from 'node:path';
+import { createHash } from 'node:crypto';
+import type { GuestMemory } from '../memory/guest-memory.js';
+import type { PageBitmap } from '../memory/page-bitmap.js';
+import { encodeGuestState, type GuestState } from '../state/guest-state.js';
+import {
+  CHUNK_PAGES, MANIFEST_FILE, MEMORY_FILE, MODULE_FILE, PAGE_SIZE, SNAPSHOT_FORMAT, SNAPSHOT_VERSION, STATE_FILE,
+  SnapshotError, sha256Hex, type MemoryChunk, type SnapshotManifest,
+} from './format.js';
+
+/** Async writes kept in flight while hashing. */
+const WRITES_IN_FLIGHT = 4;
+
+export interface WriteSnapshotOptions {
+  /** Target directory: must not exist or be empty. */
+  dir: string;
+  state: GuestState;
+  /** The paused guest's memory (every page to write must be present: it is read here). */
+  memory: GuestMemory;
+  moduleSource: Uint8Array;
+  /** Pages to write (any bitmap size; pages at or past the memory size are ignored). */
+  pages: PageBitmap;
+  /** For a diff snapshot: the directory of the snapshot the pages are relative to. */
+  parentDir?: string | null;
+}
+
+export interface SnapshotWriteReport {
+  dir: string;
+  kind: 'full' | 'diff';
+  parent: string | null;
+  memoryBytes: number;
+  pagesWritten: number;
+  bytesWritten: number;
+  /** Time to write and fsync everything, manifest included. */
+  writeMs: number;
+  manifestSha256: string;
+}
+
+export async function writeSnapshot(opts: WriteSnapshotOptions): Promise<SnapshotWriteReport> {
+  const t0 = performance.now();
+  const dir = resolve(opts.dir);
+  prepareDir(dir);
+  const { state, memory } = opts;
+  if (state.memory.bytes !== memory.sizeBytes) {
+    throw new SnapshotError('corrupt', `state says ${state.memory.bytes} bytes of memory, the memory holds ${memory.sizeBytes}`);
+  }
+  let parent: SnapshotManifest['parent'] = null;
+  if (opts.parentDir) {
+    const parentManifest = join(resolve(opts.parentDir), MANIFEST_FILE);
+    if (!existsSync(parentManifest)) throw new SnapshotError('parent', `parent snapshot ${parentManifest} does not exist`);
+    parent = { path: relative(dir, resolve(opts.parentDir)) || '.', manifestSha256: sha256Hex(readFileSync(parentManifest)) };
+  }
+
+  const pageCount = memory.pageCount;
+  const chunks = await writeMemoryFile(join(dir, MEMORY_FILE), memory, opts.pages, pageCount);
+  const stateBytes = encodeGuestState(state);
+  writeDurable(join(dir, STATE_FILE), stateBytes);
+  if (!parent) writeDurable(join(dir, MODULE_FILE), opts.moduleSource);
+  const pages = chunks.reduce((n, c) => n + c.count, 0);
+  const manifest: SnapshotManifest = {
+    format: SNAPSHOT_FORMAT,
+    version: SNAPSHOT_VERSION,
+    kind: parent ? 'diff' : 'full',
+    createdAt: new Date().toISOString(),
+    module: { hash: state.module.hash, size: opts.moduleSource.length, file: parent ? null : MODULE_FILE },
+    memory: { bytes: state.memory.bytes, maxBytes: state.memory.maxBytes },
+    parent,
+    state: { file: STATE_FILE, size: stateBytes.length, sha256: sha256Hex(stateBytes) },
+    memoryFile: { file: MEMORY_FILE, size: memory.sizeBytes, pages, chunks },
+  };
+  const manifestBytes = Buffer.from(JSON.stringify(manifest, null, 1) + '\n');
+  const tmp = join(dir, `.${MANIFEST_FILE}.tmp`);
+  writeDurable(tmp, manifestBytes);
+  renameSync(tmp, join(dir, MANIFEST_FILE));
+  fsyncDir(dir);
+  return {
+    dir,
+    kind: manifest.kind,
+    parent: opts.parentDir ? resolve(opts.parentDir) : null,
+    memoryBytes: memory.sizeBytes,
+    pagesWritten: pages,
+    bytesWritten: pages * PAGE_SIZE,
+    writeMs: Math.round((performance.now() - t0) * 100) / 100,
+    manifestSha256: sha256Hex(manifestBytes),
+  };
+}
+
+/** Writes the given pages at their own offsets into a file of the memory's size; returns the chunk list. */
+async function writeMemoryFile(path: string, memory: GuestMemory, pages: PageBitmap, pageCount: number): Promise<MemoryChunk[]> {
+  const fh = await open(path, 'w', 0o600);
+  const chunks: MemoryChunk[] = [];
+  try {
+    await fh.truncate(memory.sizeBytes); // the holes: nothing is written for pages not given
+    const view = memory.view();
+    const inFlight: Promise<unknown>[] = [];
+    for (const [s, e0] of pages.runs()) {
+      const e = Math.min(e0, pageCount);
+      for (let p = s; p < e; p += CHUNK_PAGES) {
+        const count = Math.min(CHUNK_PAGES, e - p);
+        const bytes = view.subarray(p * PAGE_SIZE, (p + count) * PAGE_SIZE);
+        inFlight.push(writeAll(fh, bytes, p * PAGE_SIZE));
+        chunks.push({ page: p, count, sha256: createHash('sha256').update(bytes).digest('hex') });
+        if (inFlight.length >= WRITES_IN_FLIGHT) await inFlight.shift();
+      }
+      if (e0 >= pageCount) break;
+    }
+    await Promise.all(inFlight);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  return chunks;
+}
+
+async function writeAll(fh: import('node:fs/promises').FileHandle, bytes: Uint8Array, position: number): Promise<void> {
+  let done = 0;
+  while (done < bytes.length) {
+    const { bytesWritten } = await fh.write(bytes, done, bytes.length - done, position + done);
+    done += bytesWritten;
+  }
+}
+
+function prepareDir(dir: string): void {
+  if (existsSync(dir)) {
+    if (readdirSync(dir).length > 0) throw new SnapshotError('exists', `snapshot directory ${dir} is not empty (choose a new directory)`);
+  } else {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+  }
+}
+
+function writeDurable(path: string, bytes: Uint8Array): void {
+  writeFileSync(path, bytes, { mode: 0o600 });
+  const fd = openSync(path, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function fsyncDir(dir: string): void {
+  const fd = openSync(dir, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
