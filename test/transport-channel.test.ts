@@ -15,7 +15,7 @@ import {
   type MigrationListener,
   type Security,
 } from '../src/migration/transport/index.js';
-import { Feature, WireError } from '../src/migration/wire/index.js';
+import { decodeMessage, Feature, FrameFlag, WireError } from '../src/migration/wire/index.js';
 
 const HOST = '127.0.0.1';
 
@@ -94,7 +94,9 @@ describe('transport: insecure TCP', () => {
       await client.sendPages(8192, 3, 'data', data);
       await client.sendMessage({ type: 'PASS_END', pass: 0, dirtyPages: 3 });
       const server = accepted.channel;
-      const m1 = await server.recv();
+      const f1 = await server.recvFrame();
+      assert.equal(f1?.flags, 0, 'plain TCP frames carry a CRC');
+      const m1 = decodeMessage(f1!);
       assert.ok(m1 && m1.type === 'PAGES' && m1.offset === 8192 && m1.count === 3 && m1.data!.equals(data));
       assert.deepEqual(await server.recv(), { type: 'PASS_END', pass: 0, dirtyPages: 3 });
       await client.close();
@@ -220,8 +222,10 @@ describe('transport: TLS 1.3 with a pre-shared key', () => {
       const framedBytes = data.length + 16 + 16;
       const before = client.bytesSent;
       await client.sendPages(0, 256, 'data', data);
-      const m = await accepted.channel.recv();
-      assert.ok(m && m.type === 'PAGES' && m.data!.equals(data));
+      const f = await accepted.channel.recvFrame();
+      assert.equal(f?.flags, FrameFlag.NO_CRC, 'TLS channels leave integrity to TLS');
+      const m = decodeMessage(f!);
+      assert.ok(m.type === 'PAGES' && m.data!.equals(data));
       const wire = client.bytesSent - before;
       // Encrypted records carry a 5-byte header + 16-byte tag + content type per ≤16 KiB record.
       assert.ok(wire > framedBytes, `bytesSent grew by ${wire}, framed payload was ${framedBytes}`);

@@ -8,6 +8,7 @@ import {
   encodeMessage,
   encodePages,
   FrameDecoder,
+  FrameFlag,
   FrameType,
   MAX_FRAME_PAYLOAD,
   PageFrameChecker,
@@ -175,6 +176,31 @@ describe('wire: errors name the byte offset', () => {
   });
 });
 
+describe('wire: NO_CRC frames (TLS channels)', () => {
+  const msg: Message = { type: 'PAGES', offset: 4096, count: 1, kind: 'data', data: page(3) };
+  const unchecked = Buffer.concat(encodeMessage(msg, { checksum: false }));
+
+  test('round-trip on a decoder that reads TLS; flag and zero trailer on the wire', () => {
+    assert.equal(unchecked[4], FrameFlag.NO_CRC);
+    assert.equal(unchecked.readUInt32LE(unchecked.length - 4), 0);
+    const d = new FrameDecoder({ acceptUnchecked: true });
+    const [f] = d.push(unchecked);
+    assert.equal(f!.flags, FrameFlag.NO_CRC);
+    assert.deepEqual(decodeMessage(f!), msg);
+    // Checksummed frames are still verified there.
+    const checked = Buffer.from(Buffer.concat(encodeMessage(msg)));
+    checked[30]! ^= 1;
+    assert.throws(() => new FrameDecoder({ acceptUnchecked: true }).push(checked), (e: unknown) => e instanceof WireError && e.code === 'BAD_CRC');
+  });
+
+  test('refused on a plain channel, and with a non-zero trailer', () => {
+    assert.throws(() => new FrameDecoder().push(unchecked), (e: unknown) => e instanceof WireError && e.code === 'BAD_FLAGS' && /not TLS-protected/.test(e.message));
+    const bad = Buffer.from(unchecked);
+    bad[bad.length - 1] = 1;
+    assert.throws(() => new FrameDecoder({ acceptUnchecked: true }).push(bad), (e: unknown) => e instanceof WireError && e.code === 'BAD_CRC');
+  });
+});
+
 describe('wire: fuzz', () => {
   function mustBeWireError(fn: () => void): void {
     try {
@@ -183,8 +209,8 @@ describe('wire: fuzz', () => {
       if (!(e instanceof WireError)) throw e;
     }
   }
-  function decodeEverything(bytes: Uint8Array, cuts: number[]): void {
-    const d = new FrameDecoder();
+  function decodeEverything(bytes: Uint8Array, cuts: number[], acceptUnchecked = false): void {
+    const d = new FrameDecoder({ acceptUnchecked });
     let at = 0;
     for (const c of [...cuts.filter((x) => x <= bytes.length).sort((a, b) => a - b), bytes.length]) {
       for (const f of d.push(bytes.subarray(at, c))) {
@@ -198,8 +224,8 @@ describe('wire: fuzz', () => {
 
   test('random bytes: only WireErrors', () => {
     fc.assert(
-      fc.property(fc.uint8Array({ maxLength: 2000 }), fc.array(fc.nat(2000), { maxLength: 5 }), (bytes, cuts) => {
-        mustBeWireError(() => decodeEverything(bytes, cuts));
+      fc.property(fc.uint8Array({ maxLength: 2000 }), fc.array(fc.nat(2000), { maxLength: 5 }), fc.boolean(), (bytes, cuts, tls) => {
+        mustBeWireError(() => decodeEverything(bytes, cuts, tls));
       }),
       { numRuns: 2000 },
     );

@@ -72,7 +72,7 @@ export async function connect(opts: ConnectOptions): Promise<FramedChannel> {
       ]);
     }
     phase = 'HELLO exchange';
-    const channel = new FramedChannel({ stream, tcp, peer, ...(opts.maxBandwidth !== undefined ? { maxBandwidth: opts.maxBandwidth } : {}) });
+    const channel = new FramedChannel({ stream, tcp, peer, tls: opts.security.kind !== 'insecure', ...(opts.maxBandwidth !== undefined ? { maxBandwidth: opts.maxBandwidth } : {}) });
     const offered = opts.features ?? ALL_FEATURES;
     await Promise.race([
       timeout,

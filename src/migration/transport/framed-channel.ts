@@ -30,6 +30,11 @@ export interface FramedChannelOptions {
   /** Cap on bytes/s written (frames are never split; the average converges). */
   maxBandwidth?: number;
   maxPayload?: number;
+  /**
+   * True when `stream` is TLS: frames are then sent without CRC (TLS authenticates every record)
+   * and NO_CRC frames are accepted. Plain TCP channels always checksum and reject NO_CRC frames.
+   */
+  tls?: boolean;
 }
 
 // Stop reading from the socket while this many decoded bytes wait for the consumer.
@@ -43,6 +48,8 @@ export class FramedChannel {
   private readonly stream: Duplex;
   private readonly tcp: Socket;
   private readonly decoder: FrameDecoder;
+  /** Whether the stream is TLS-protected (frames then go without CRC). */
+  readonly tls: boolean;
   private bucket: TokenBucket | null = null;
   private dispatchChain: Promise<void> = Promise.resolve();
   private readonly queue: Frame[] = [];
@@ -59,7 +66,8 @@ export class FramedChannel {
     this.stream = opts.stream;
     this.tcp = opts.tcp;
     this.peer = opts.peer;
-    this.decoder = new FrameDecoder(opts.maxPayload ?? MAX_FRAME_PAYLOAD);
+    this.tls = opts.tls ?? false;
+    this.decoder = new FrameDecoder({ maxPayload: opts.maxPayload ?? MAX_FRAME_PAYLOAD, acceptUnchecked: this.tls });
     if (opts.maxBandwidth !== undefined) this.setMaxBandwidth(opts.maxBandwidth);
     this.stream.on('data', (chunk: Buffer) => this.onData(chunk));
     this.stream.on('end', () => this.onEnd());
@@ -124,12 +132,12 @@ export class FramedChannel {
   }
 
   sendMessage(msg: Message): Promise<void> {
-    return this.send(encodeMessage(msg));
+    return this.send(encodeMessage(msg, { checksum: !this.tls }));
   }
 
   /** One run of pages; `data` (count*4096 bytes for kind 'data') is written without copying. */
   sendPages(offset: number, count: number, kind: PageKind, data: Uint8Array | null = null): Promise<void> {
-    return this.send(encodePages(offset, count, kind, data));
+    return this.send(encodePages(offset, count, kind, data, { checksum: !this.tls }));
   }
 
   private writeParts(parts: readonly Buffer[]): Promise<void> {

@@ -111,7 +111,7 @@ class Listener extends EventEmitter implements MigrationListener {
     tcp.on('error', () => undefined); // reported through the stream
     try {
       tcp.setKeepAlive(true, 10_000);
-      const channel = new FramedChannel({ stream, tcp, peer });
+      const channel = new FramedChannel({ stream, tcp, peer, tls: stream !== tcp });
       const hello = await Promise.race([timeout, channel.expect('HELLO')]);
       let refusal: string | null = null;
       if (hello.version !== WIRE_VERSION) refusal = `protocol version ${hello.version} is not supported (this side speaks ${WIRE_VERSION})`;

@@ -2,16 +2,37 @@
 //   0  u16 magic 0x4659 ("FY" read as LE bytes 59 46)
 //   2  u8  version (WIRE_VERSION)
 //   3  u8  type (FrameType)
-//   4  u8  flags (no flag is defined in version 1: must be 0)
+//   4  u8  flags: bit 0 NO_CRC (checksum omitted, trailer is 0; only accepted on TLS channels),
+//          every other bit must be 0
 //   5  u8[3] reserved, must be 0
 //   8  u32 payload length (<= MAX_FRAME_PAYLOAD)
 //  12  payload
 //  12+n u32 CRC32 (zlib) of header + payload
-// The CRC catches corruption even on plain TCP; under TLS it is redundant but cheap.
+// The CRC catches corruption on plain TCP. Under TLS every record is already authenticated (AEAD),
+// and the CRC (zlib's, ~3 GB/s) would cost a third of a core at loopback speed, so TLS channels
+// send NO_CRC frames; a decoder accepts them only when told it reads from TLS.
 import { crc32 } from 'node:zlib';
 import { WireError } from './errors.js';
 import { FRAME_HEADER_BYTES, FRAME_MAGIC, FRAME_TRAILER_BYTES, MAX_FRAME_PAYLOAD, WIRE_VERSION } from './limits.js';
 import { frameTypeName, isKnownFrameType, type FrameTypeValue } from './types.js';
+
+export const FrameFlag = {
+  /** The trailer is zero and carries no checksum (TLS channels only). */
+  NO_CRC: 0x01,
+} as const;
+const KNOWN_FLAGS = FrameFlag.NO_CRC;
+
+export interface FrameEncodeOptions {
+  /** false: send a NO_CRC frame (only for channels protected by TLS). Default true. */
+  checksum?: boolean;
+}
+
+export interface FrameDecoderOptions {
+  /** Largest payload accepted (default and upper bound MAX_FRAME_PAYLOAD). */
+  maxPayload?: number;
+  /** Accept NO_CRC frames: set only when the stream is TLS-protected. */
+  acceptUnchecked?: boolean;
+}
 
 export interface Frame {
   type: FrameTypeValue;
@@ -26,9 +47,9 @@ export interface Frame {
  * copied, so page data can go straight from a staging buffer to the socket (write them with
  * cork()/uncork() or writev). The caller must not modify the parts until they are written.
  */
-export function encodeFrameParts(type: FrameTypeValue, payload: Buffer | readonly Buffer[], flags = 0): Buffer[] {
+export function encodeFrameParts(type: FrameTypeValue, payload: Buffer | readonly Buffer[], opts: FrameEncodeOptions = {}): Buffer[] {
   if (!isKnownFrameType(type)) throw new RangeError(`encodeFrame: unknown frame type ${type}`);
-  if (flags !== 0) throw new RangeError(`encodeFrame: flags must be 0 in wire version ${WIRE_VERSION}`);
+  const checksum = opts.checksum ?? true;
   const parts = Buffer.isBuffer(payload) ? [payload] : payload;
   let length = 0;
   for (const p of parts) length += p.length;
@@ -36,18 +57,20 @@ export function encodeFrameParts(type: FrameTypeValue, payload: Buffer | readonl
     throw new RangeError(`encodeFrame: payload of ${length} bytes exceeds the ${MAX_FRAME_PAYLOAD}-byte limit`);
   }
   const header = Buffer.allocUnsafe(FRAME_HEADER_BYTES);
-  writeHeader(header, type, flags, length);
-  let crc = crc32(header);
-  // zlib.crc32(empty, crc) returns 0 on Node 20 instead of crc: skip empty parts.
-  for (const p of parts) if (p.length > 0) crc = crc32(p, crc);
+  writeHeader(header, type, checksum ? 0 : FrameFlag.NO_CRC, length);
+  let crc = 0;
+  if (checksum) {
+    crc = crc32(header);
+    for (const p of parts) crc = crc32(p, crc);
+  }
   const trailer = Buffer.allocUnsafe(FRAME_TRAILER_BYTES);
   trailer.writeUInt32LE(crc >>> 0, 0);
   return [header, ...parts, trailer];
 }
 
 /** Encodes a frame into one contiguous buffer (copies the payload; for small control frames). */
-export function encodeFrame(type: FrameTypeValue, payload: Buffer | readonly Buffer[] = Buffer.alloc(0), flags = 0): Buffer {
-  return Buffer.concat(encodeFrameParts(type, payload, flags));
+export function encodeFrame(type: FrameTypeValue, payload: Buffer | readonly Buffer[] = Buffer.alloc(0), opts: FrameEncodeOptions = {}): Buffer {
+  return Buffer.concat(encodeFrameParts(type, payload, opts));
 }
 
 function writeHeader(header: Buffer, type: number, flags: number, length: number): void {
@@ -75,12 +98,18 @@ export class FrameDecoder {
   private readonly trailer = Buffer.alloc(FRAME_TRAILER_BYTES);
   private trailerFill = 0;
   private type: FrameTypeValue = 0x01;
+  private flags = 0;
   private length = 0;
   private frameStart = 0;
   private consumed = 0; // absolute stream offset of the next unread byte
   private failure: WireError | null = null;
 
-  constructor(private readonly maxPayload = MAX_FRAME_PAYLOAD) {
+  private readonly maxPayload: number;
+  private readonly acceptUnchecked: boolean;
+
+  constructor(opts: FrameDecoderOptions = {}) {
+    const maxPayload = (this.maxPayload = opts.maxPayload ?? MAX_FRAME_PAYLOAD);
+    this.acceptUnchecked = opts.acceptUnchecked ?? false;
     if (!Number.isInteger(maxPayload) || maxPayload < 0 || maxPayload > MAX_FRAME_PAYLOAD) {
       throw new RangeError(`FrameDecoder: maxPayload must be an integer in 0..${MAX_FRAME_PAYLOAD}`);
     }
@@ -139,8 +168,8 @@ export class FrameDecoder {
           const total = FRAME_HEADER_BYTES + this.length + FRAME_TRAILER_BYTES;
           if (buf.length - pos >= total) {
             const body = buf.subarray(pos, pos + FRAME_HEADER_BYTES + this.length);
-            this.checkCrc(crc32(body), buf.readUInt32LE(pos + FRAME_HEADER_BYTES + this.length));
-            out.push({ type: this.type, flags: 0, payload: body.subarray(FRAME_HEADER_BYTES), offset: this.frameStart });
+            this.checkTrailer(body, null, buf.readUInt32LE(pos + FRAME_HEADER_BYTES + this.length));
+            out.push({ type: this.type, flags: this.flags, payload: body.subarray(FRAME_HEADER_BYTES), offset: this.frameStart });
             this.consumed += total;
             return pos + total;
           }
@@ -173,8 +202,8 @@ export class FrameDecoder {
     this.consumed += n;
     pos += n;
     if (this.trailerFill === FRAME_TRAILER_BYTES) {
-      this.checkCrc(crc32(payload, crc32(this.header)), this.trailer.readUInt32LE(0));
-      out.push({ type: this.type, flags: 0, payload, offset: this.frameStart });
+      this.checkTrailer(this.header, payload, this.trailer.readUInt32LE(0));
+      out.push({ type: this.type, flags: this.flags, payload, offset: this.frameStart });
       this.headerFill = 0;
       this.payload = null;
     }
@@ -189,19 +218,29 @@ export class FrameDecoder {
     const type = h.readUInt8(at + 3);
     if (!isKnownFrameType(type)) this.fail('BAD_TYPE', `unknown type 0x${hex(type, 2)}`);
     const flags = h.readUInt8(at + 4);
-    if (flags !== 0) this.fail('BAD_FLAGS', `unknown flags 0x${hex(flags, 2)} on ${frameTypeName(type)}`);
+    if ((flags & ~KNOWN_FLAGS) !== 0) this.fail('BAD_FLAGS', `unknown flags 0x${hex(flags, 2)} on ${frameTypeName(type)}`);
+    if (flags & FrameFlag.NO_CRC && !this.acceptUnchecked) {
+      this.fail('BAD_FLAGS', `${frameTypeName(type)} frame without checksum (NO_CRC) on a channel that is not TLS-protected`);
+    }
     if (h.readUInt8(at + 5) !== 0 || h.readUInt16LE(at + 6) !== 0) this.fail('BAD_FLAGS', 'reserved header bytes are not zero');
     const length = h.readUInt32LE(at + 8);
     if (length > this.maxPayload) {
       this.fail('TOO_LARGE', `${frameTypeName(type)} payload of ${length} bytes exceeds the ${this.maxPayload}-byte limit`);
     }
     this.type = type as FrameTypeValue;
+    this.flags = flags;
     this.length = length;
   }
 
-  private checkCrc(actual: number, expected: number): void {
-    if (actual >>> 0 !== expected >>> 0) {
-      this.fail('BAD_CRC', `checksum mismatch on ${frameTypeName(this.type)} frame (crc32 0x${hex(actual >>> 0, 8)}, frame says 0x${hex(expected, 8)})`);
+  // `first` is the header (or header + payload in one view), `rest` the payload if separate.
+  private checkTrailer(first: Buffer, rest: Buffer | null, trailer: number): void {
+    if (this.flags & FrameFlag.NO_CRC) {
+      if (trailer !== 0) this.fail('BAD_CRC', `NO_CRC ${frameTypeName(this.type)} frame has a non-zero trailer 0x${hex(trailer, 8)}`);
+      return;
+    }
+    const actual = (rest ? crc32(rest, crc32(first)) : crc32(first)) >>> 0;
+    if (actual !== trailer >>> 0) {
+      this.fail('BAD_CRC', `checksum mismatch on ${frameTypeName(this.type)} frame (crc32 0x${hex(actual, 8)}, frame says 0x${hex(trailer, 8)})`);
     }
   }
 

@@ -4,7 +4,7 @@
 // Byte layouts are documented in docs/wire-format.md.
 import { FieldReader, FieldWriter } from './codec.js';
 import { WireError } from './errors.js';
-import { encodeFrameParts, type Frame } from './frame.js';
+import { encodeFrameParts, type Frame, type FrameEncodeOptions } from './frame.js';
 import {
   MAX_CHUNK_BYTES,
   MAX_DATA_RUN_PAGES,
@@ -83,7 +83,7 @@ const EMPTY = Buffer.alloc(0);
 // ---------------------------------------------------------------- encoding
 
 /** Frame parts for a message; PAGES/MODULE/STATE data are passed through as views, never copied. */
-export function encodeMessage(msg: Message): Buffer[] {
+export function encodeMessage(msg: Message, opts: FrameEncodeOptions = {}): Buffer[] {
   const t = FrameType[msg.type];
   const w = new FieldWriter();
   switch (msg.type) {
@@ -117,9 +117,9 @@ export function encodeMessage(msg: Message): Buffer[] {
       break;
     case 'MODULE':
       checkChunk('MODULE', msg.offset, msg.data.length, MAX_MODULE_BYTES, (d) => new RangeError(d));
-      return encodeFrameParts(t, [w.u32(msg.offset, 'MODULE.offset').done(), msg.data]);
+      return encodeFrameParts(t, [w.u32(msg.offset, 'MODULE.offset').done(), msg.data], opts);
     case 'PAGES':
-      return encodePages(msg.offset, msg.count, msg.kind, msg.data);
+      return encodePages(msg.offset, msg.count, msg.kind, msg.data, opts);
     case 'GROW':
       checkGeometry(msg.newBytes, MAX_MEMORY_BYTES, (d) => new RangeError(`GROW.${d.replace('bytes', 'newBytes')}`));
       w.u64(msg.newBytes, 'GROW.newBytes');
@@ -135,11 +135,11 @@ export function encodeMessage(msg: Message): Buffer[] {
         throw new RangeError(`STATE.totalBytes must be in 0..${MAX_STATE_BYTES}`);
       }
       checkChunk('STATE', msg.offset, msg.data.length, msg.totalBytes, (d) => new RangeError(d));
-      return encodeFrameParts(t, [w.u32(msg.totalBytes, 'STATE.totalBytes').u32(msg.offset, 'STATE.offset').done(), msg.data]);
+      return encodeFrameParts(t, [w.u32(msg.totalBytes, 'STATE.totalBytes').u32(msg.offset, 'STATE.offset').done(), msg.data], opts);
     case 'COMMIT':
     case 'RUNNING':
     case 'DONE':
-      return encodeFrameParts(t, EMPTY);
+      return encodeFrameParts(t, EMPTY, opts);
     case 'PAGE_REQUEST':
       checkRun(msg.offset, msg.count, MAX_REQUEST_PAGES, (d) => new RangeError(`PAGE_REQUEST: ${d}`));
       w.u64(msg.offset, 'PAGE_REQUEST.offset').u32(msg.count, 'PAGE_REQUEST.count');
@@ -167,14 +167,14 @@ export function encodeMessage(msg: Message): Buffer[] {
       w.u32(msg.nonce, `${msg.type}.nonce`);
       break;
   }
-  return encodeFrameParts(t, w.done());
+  return encodeFrameParts(t, w.done(), opts);
 }
 
 /**
  * Frame parts for one run of pages. For `data`, `data` must hold exactly count*4096 bytes and is
  * sent as a view (zero-copy): do not modify it until the frame is written.
  */
-export function encodePages(offset: number, count: number, kind: PageKind, data: Uint8Array | null = null): Buffer[] {
+export function encodePages(offset: number, count: number, kind: PageKind, data: Uint8Array | null = null, opts: FrameEncodeOptions = {}): Buffer[] {
   const maxCount = kind === 'data' ? MAX_DATA_RUN_PAGES : MAX_MEMORY_BYTES / PAGE_SIZE;
   checkRun(offset, count, maxCount, (d) => new RangeError(`PAGES: ${d}`));
   const header = Buffer.allocUnsafe(16);
@@ -187,10 +187,10 @@ export function encodePages(offset: number, count: number, kind: PageKind, data:
       throw new RangeError(`PAGES: a data run of ${count} pages needs ${count * PAGE_SIZE} bytes, got ${data ? data.length : 'none'}`);
     }
     const view = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-    return encodeFrameParts(FrameType.PAGES, [header, view]);
+    return encodeFrameParts(FrameType.PAGES, [header, view], opts);
   }
   if (data && data.length !== 0) throw new RangeError(`PAGES: a ${kind} run carries no data`);
-  return encodeFrameParts(FrameType.PAGES, header);
+  return encodeFrameParts(FrameType.PAGES, header, opts);
 }
 
 function writeRanges(w: FieldWriter, ranges: readonly PageRange[], what: string): void {
