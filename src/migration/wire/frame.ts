@@ -1,5 +1,5 @@
 // Frame layout (all integers little-endian):
-//   0  u16 magic 0x4659 ("FY" read as LE bytes 59 46)
+//   0  u16 magic 0x5946 (bytes 46 59: ASCII "FY")
 //   2  u8  version (WIRE_VERSION)
 //   3  u8  type (FrameType)
 //   4  u8  flags: bit 0 NO_CRC (checksum omitted, trailer is 0; only accepted on TLS channels),

@@ -3,8 +3,8 @@
 
 /** Version of the frame layout and message set. A peer with another version is refused. */
 export const WIRE_VERSION = 1;
-/** First two bytes of every frame: ASCII "FY". */
-export const FRAME_MAGIC = 0x4659;
+/** First two bytes of every frame: ASCII "FY" (0x46 0x59; the u16 read little-endian is 0x5946). */
+export const FRAME_MAGIC = 0x5946;
 /** magic u16 + version u8 + type u8 + flags u8 + reserved u8[3] + payload length u32. */
 export const FRAME_HEADER_BYTES = 12;
 /** CRC32 (zlib polynomial) of header + payload, after the payload. */
