@@ -5,6 +5,9 @@ import { registerRun } from './commands/run.js';
 import { registerControl } from './commands/control.js';
 import { registerMigrate } from './commands/migrate.js';
 import { registerDemo } from './commands/demo.js';
+import { registerSnapshot } from './commands/snapshot.js';
+import { registerRestore } from './commands/restore.js';
+import { registerServeSnapshot } from './commands/serve-snapshot.js';
 import { ModuleRejected } from '../guest/instrument.js';
 
 export async function main(argv: string[]): Promise<number> {
@@ -24,6 +27,9 @@ export async function main(argv: string[]): Promise<number> {
   registerMigrate(program, ctx);
   registerDemo(program, ctx);
   registerControl(program, ctx);
+  registerSnapshot(program, ctx);
+  registerRestore(program, ctx);
+  registerServeSnapshot(program, ctx);
   try {
     await program.parseAsync(ferryArgs, { from: 'user' });
     return exitCode;

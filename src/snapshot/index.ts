@@ -6,3 +6,4 @@ export { loadSnapshot, verifyChunks, type SnapshotChain, type SnapshotLayer } fr
 export { restoreSnapshot, type RestoreSnapshotOptions, type RestoredSnapshot, type SnapshotLoadReport } from './restore.js';
 export { SnapshotSession, type TakeSnapshotRequest, type TakeSnapshotResult } from './session.js';
 export { snapshotExtensions, type SnapshotBindingHooks } from './extensions.js';
+export { serveSnapshot, type ServeSnapshotOptions, type ServeSnapshotReport } from './serve.js';

@@ -8,9 +8,11 @@ import { EXIT, UsageError } from '../exit-codes.js';
 import { collect, openStdio, parseDirs, parseEnv, parseSize } from '../options.js';
 import { addTlsOptions, parseHostPortFlag, readTlsFlags, securityOf, type TlsFlags } from '../tls-options.js';
 import { Guest, type GuestExit } from '../../guest/guest.js';
-import { serveGuestApi } from '../../api/guest-controller.js';
+import { serveGuestApi, type GuestExtensions } from '../../api/guest-controller.js';
+import type { MigrateRequest } from '../../api/types.js';
 import { migrationExtensions } from '../../api/migration-binding.js';
 import { MigrationDestination } from '../../migration/destination.js';
+import { snapshotExtensions } from '../../snapshot/extensions.js';
 
 export function registerRun(program: Command, ctx: CliContext): void {
   const cmd = program
@@ -76,13 +78,14 @@ async function runModule(modulePath: string | undefined, opts: RunFlags, guestAr
     maxMemoryBytes,
   });
   let migrated = false;
+  let snapshotted = false;
   const api = opts.apiSock
-    ? await serveGuestApi(() => guest, opts.apiSock, migrationExtensions(guest, { onMigrated: () => (migrated = true) }))
+    ? await serveGuestApi(() => guest, opts.apiSock, withSnapshots(guest, migrationExtensions(guest, { onMigrated: () => (migrated = true) }), () => (snapshotted = true)))
     : null;
   const result = await untilExit(guest);
   await api?.close();
-  // A guest that moved to another host was stopped here on purpose: success.
-  return migrated ? EXIT.ok : exitCodeOf(result);
+  // A guest that moved to another host, or was saved to a snapshot and stopped, ended here on purpose: success.
+  return migrated || snapshotted ? EXIT.ok : exitCodeOf(result);
 }
 
 async function runIncoming(modulePath: string | undefined, opts: RunFlags, guestArgs: string[]): Promise<number> {
@@ -141,4 +144,18 @@ export function exitCodeOf(result: GuestExit): number {
       process.stderr.write(`ferry: guest failed: ${result.message}\n`);
       return EXIT.failure;
   }
+}
+
+/**
+ * Adds PUT /guest/snapshot (src/snapshot) to a host's extensions. Snapshot dirty tracking holds the
+ * memory's userfaultfd write-protect registration, so a migration releases it before it starts.
+ */
+function withSnapshots(guest: Guest, ext: GuestExtensions, onStoppedBySnapshot: () => void): GuestExtensions {
+  const snap = snapshotExtensions(guest, { onStoppedBySnapshot });
+  const migrate = ext.migrate;
+  return {
+    ...ext,
+    snapshot: snap.snapshot,
+    ...(migrate ? { migrate: (req: MigrateRequest) => (snap.session.stopTracking(), migrate(req)) } : {}),
+  };
 }

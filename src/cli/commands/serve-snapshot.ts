@@ -1,0 +1,44 @@
+// `ferry serve-snapshot DIR --to HOST:PORT [TLS flags] [--json]`: sends a snapshot to a
+// `ferry run --incoming` destination as a live postcopy source would; exits 0 once every page is placed.
+import { Command } from 'commander';
+import type { CliContext } from '../main.js';
+import { EXIT } from '../exit-codes.js';
+import { addTlsOptions, parseHostPortFlag, readTlsFlags, securityOf, type TlsFlags } from '../tls-options.js';
+import { serveSnapshot } from '../../snapshot/serve.js';
+import { SnapshotError } from '../../snapshot/format.js';
+
+interface ServeFlags extends TlsFlags {
+  to: string;
+  json?: boolean;
+}
+
+export function registerServeSnapshot(program: Command, ctx: CliContext): void {
+  const cmd = program
+    .command('serve-snapshot')
+    .description('Start a snapshot on another host: feed a `ferry run --incoming` destination (postcopy from the file).')
+    .argument('<snapshot>', 'snapshot directory')
+    .requiredOption('--to <HOST:PORT>', 'the destination (ferry run --incoming HOST:PORT)')
+    .option('--json', 'print the report as JSON');
+  addTlsOptions(cmd).action(async (dir: string, opts: ServeFlags) => {
+    const { host, port } = parseHostPortFlag(opts.to, '--to');
+    const security = securityOf(readTlsFlags(opts));
+    try {
+      const report = await serveSnapshot(dir, {
+        host,
+        port,
+        security,
+        onPhase: (p) => { if (!opts.json) process.stderr.write(`ferry serve-snapshot: ${p}\n`); },
+      });
+      if (opts.json) process.stdout.write(JSON.stringify(report) + '\n');
+      else {
+        process.stdout.write(
+          `snapshot served: ${report.pages} pages (${report.pagesRequested} on request, ${report.pagesPushed} pushed) in ${report.totalMs} ms, digest ${report.verified ? 'verified' : 'MISMATCH'}\n`,
+        );
+      }
+    } catch (err) {
+      const refused = err instanceof SnapshotError ? 'snapshot refused: ' : '';
+      process.stderr.write(`ferry serve-snapshot: ${refused}${(err as Error).message}\n`);
+      ctx.setExit(EXIT.migrationFailed);
+    }
+  });
+}

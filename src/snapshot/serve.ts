@@ -1,0 +1,245 @@
+// A snapshot as a migration source: feeds a `ferry run --incoming` destination exactly as a live
+// source in postcopy mode would, with the snapshot files in place of a paused guest's memory.
+//   SETUP → SETUP_ACK → [MODULE] → pass 0 (never-held pages as `untouched` runs, the unwound stack's
+//   pages as data) → PASS_END → DISCARD (every other page the chain holds: the destination makes
+//   them pending holes) → STATE → COMMIT → RUNNING → postcopy: PAGE_REQUESTs answered on the urgent
+//   channel, every other pending page pushed on bulk in address order (restarting after the last
+//   request) → DIGEST (checked against the snapshot's own) → DONE.
+// Every chunk checksum is checked before connecting, so a damaged snapshot never reaches a destination.
+import { closeSync, openSync, readSync } from 'node:fs';
+import { encodeGuestState } from '../state/guest-state.js';
+import { connect, newSessionId, type FramedChannel, type Security } from '../migration/transport/index.js';
+import { MAX_CHUNK_BYTES, RECOMMENDED_RUN_PAGES } from '../migration/wire/index.js';
+import { PageDigest } from '../migration/digest.js';
+import { MigrationError } from '../migration/report.js';
+import { PageBitmap } from '../memory/page-bitmap.js';
+import { PAGE_SIZE } from './format.js';
+import { loadSnapshot, verifyChunks, type SnapshotChain } from './chain.js';
+
+const BULK_IN_FLIGHT = 4;
+const DISCARD_BATCH = 65536;
+
+export interface ServeSnapshotOptions {
+  host: string;
+  port: number;
+  security: Security;
+  onPhase?: (phase: string) => void;
+}
+
+export interface ServeSnapshotReport {
+  memoryBytes: number;
+  pages: number;
+  pagesRequested: number;
+  pagesPushed: number;
+  bytesSent: number;
+  /** Digest the destination computed equals the snapshot's. */
+  verified: boolean;
+  totalMs: number;
+}
+
+export async function serveSnapshot(source: string | SnapshotChain, opts: ServeSnapshotOptions): Promise<ServeSnapshotReport> {
+  const t0 = performance.now();
+  const chain = typeof source === 'string' ? loadSnapshot(source) : source;
+  const { bytes, maxBytes } = chain.memory;
+  const pageCount = bytes / PAGE_SIZE;
+  const digest = new PageDigest(maxBytes);
+  opts.onPhase?.('verifying snapshot');
+  verifyChunks(chain, (page, count, data) => digest.set(page, data, count));
+  const expectedDigest = digest.digestHex(pageCount);
+  const files = new PageFiles(chain);
+  const sessionId = newSessionId();
+  const common = { host: opts.host, port: opts.port, security: opts.security, sessionId };
+  let bulk: FramedChannel | null = null;
+  let urgent: FramedChannel | null = null;
+  try {
+    opts.onPhase?.('handshake');
+    bulk = await connect({ ...common, channel: 'bulk' });
+    urgent = await connect({ ...common, channel: 'urgent' });
+    urgent.setNoDelay(true);
+    await bulk.sendMessage({
+      type: 'SETUP',
+      moduleHash: chain.state.module.hash,
+      moduleSize: chain.moduleSource.length,
+      memory: { bytes, maxBytes },
+      preopens: chain.state.wasi.preopens,
+      mode: 'postcopy',
+    });
+    const ack = await bulk.expect('SETUP_ACK', 30_000);
+    if (ack.needModule) await sendChunks(bulk, 'MODULE', chain.moduleSource);
+
+    // Pass 0: what the destination needs before the commit.
+    opts.onPhase?.('switchover');
+    const pending = new PageBitmap(pageCount);
+    for (let p = 0; p < pageCount; p++) if (chain.location[p]! >= 0) pending.add(p);
+    let pass0 = 0;
+    for (const [s, e] of new PageBitmap(pageCount).addRange(0, pageCount).subtract(pending).runs()) {
+      await bulk.sendPages(s * PAGE_SIZE, e - s, 'untouched');
+      pass0 += e - s;
+    }
+    const unwind = chain.state.exec.unwind;
+    if (unwind) {
+      const first = Math.floor(unwind.ptr / PAGE_SIZE);
+      const end = Math.min(pageCount, Math.ceil((unwind.ptr + unwind.size) / PAGE_SIZE));
+      for (const [s, e] of pending.clone().intersect(new PageBitmap(pageCount).addRange(first, end)).runs()) {
+        await bulk.sendPages(s * PAGE_SIZE, e - s, 'data', files.read(s, e - s));
+        pass0 += e - s;
+      }
+      pending.deleteRange(first, end);
+    }
+    await bulk.sendMessage({ type: 'PASS_END', pass: 0, dirtyPages: pass0 });
+    const ranges = pending.runs().map(([s, e]) => ({ offset: s * PAGE_SIZE, count: e - s }));
+    for (let i = 0; i < ranges.length; i += DISCARD_BATCH) await bulk.sendMessage({ type: 'DISCARD', ranges: ranges.slice(i, i + DISCARD_BATCH) });
+    await sendChunks(bulk, 'STATE', encodeGuestState(chain.state));
+    await bulk.sendMessage({ type: 'COMMIT' });
+    await bulk.expect('RUNNING', 60_000);
+
+    opts.onPhase?.('postcopy');
+    const pc = new FilePostcopy(files, pending, pageCount, bulk, urgent);
+    await pc.run();
+    opts.onPhase?.('verifying');
+    const d = await bulk.expect('DIGEST', 600_000);
+    await bulk.expect('DONE', 60_000);
+    const report: ServeSnapshotReport = {
+      memoryBytes: bytes,
+      pages: chain.presentPages,
+      pagesRequested: pc.pagesRequested,
+      pagesPushed: pc.pagesPushed,
+      bytesSent: bulk.bytesSent + urgent.bytesSent,
+      verified: d.pageCount === pageCount && d.hex === expectedDigest,
+      totalMs: Math.round(performance.now() - t0),
+    };
+    await bulk.close();
+    await urgent.close();
+    if (!report.verified) throw new MigrationError('protocol', 'the destination placed every page but its memory digest differs from the snapshot\'s');
+    return report;
+  } catch (err) {
+    bulk?.destroy();
+    urgent?.destroy();
+    throw err;
+  } finally {
+    files.close();
+  }
+}
+
+/** Page bytes from the newest layer holding each page (page p at byte p*4096 of its memory.bin). */
+class PageFiles {
+  private readonly fds: number[];
+  constructor(private readonly chain: SnapshotChain) {
+    this.fds = chain.layers.map((l) => openSync(l.memoryPath, 'r'));
+  }
+  read(first: number, count: number): Buffer {
+    const out = Buffer.alloc(count * PAGE_SIZE);
+    for (let i = 0; i < count; ) {
+      const li = this.chain.location[first + i]!;
+      let j = i + 1;
+      while (j < count && this.chain.location[first + j] === li) j++;
+      if (li >= 0) {
+        const len = (j - i) * PAGE_SIZE;
+        let done = 0;
+        while (done < len) {
+          const n = readSync(this.fds[li]!, out, i * PAGE_SIZE + done, len - done, (first + i) * PAGE_SIZE + done);
+          if (n === 0) throw new Error(`${this.chain.layers[li]!.memoryPath} ends at page ${first + i}`);
+          done += n;
+        }
+      }
+      i = j;
+    }
+    return out;
+  }
+  close(): void {
+    for (const fd of this.fds) closeSync(fd);
+  }
+}
+
+/** Postcopy from files: each pending page is sent once, by the urgent or by the bulk stream. */
+class FilePostcopy {
+  private readonly sent: PageBitmap;
+  private remaining: number;
+  private cursor = 0;
+  private failure: Error | null = null;
+  pagesRequested = 0;
+  pagesPushed = 0;
+
+  constructor(
+    private readonly files: PageFiles,
+    private readonly pending: PageBitmap,
+    private readonly pageCount: number,
+    private readonly bulk: FramedChannel,
+    private readonly urgent: FramedChannel,
+  ) {
+    this.sent = new PageBitmap(pageCount);
+    this.remaining = pending.count();
+  }
+
+  async run(): Promise<void> {
+    void this.serveRequests();
+    const inFlight: Promise<void>[] = [];
+    while (this.remaining > 0) {
+      if (this.failure) throw this.failure;
+      const p = this.nextPending();
+      if (p < 0) break;
+      const q = this.runEnd(p, this.pageCount);
+      this.pagesPushed += this.send(this.bulk, p, q, inFlight);
+      this.cursor = q;
+      if (inFlight.length >= BULK_IN_FLIGHT) await inFlight.shift();
+      else await new Promise<void>((r) => setImmediate(r)); // let urgent requests in between runs
+    }
+    await Promise.all(inFlight);
+    if (this.failure) throw this.failure;
+  }
+
+  private async serveRequests(): Promise<void> {
+    try {
+      for (;;) {
+        const msg = await this.urgent.recv();
+        if (!msg) return;
+        if (msg.type !== 'PAGE_REQUEST') throw new MigrationError('protocol', `unexpected ${msg.type} on the urgent channel`);
+        const first = msg.offset / PAGE_SIZE;
+        const end = Math.min(first + msg.count, this.pageCount);
+        for (let p = first; p < end; ) {
+          if (!this.pending.has(p) || this.sent.has(p)) { p++; continue; }
+          const q = this.runEnd(p, end);
+          this.pagesRequested += this.send(this.urgent, p, q);
+          p = q;
+        }
+        this.cursor = end; // the bulk stream continues right after the fault
+      }
+    } catch (err) {
+      if (this.remaining > 0) this.failure ??= err as Error;
+    }
+  }
+
+  private runEnd(p: number, limit: number): number {
+    let q = p + 1;
+    while (q < limit && q - p < RECOMMENDED_RUN_PAGES && this.pending.has(q) && !this.sent.has(q)) q++;
+    return q;
+  }
+
+  private nextPending(): number {
+    for (let pass = 0; pass < 2; pass++) {
+      const from = pass === 0 ? this.cursor : 0;
+      const to = pass === 0 ? this.pageCount : this.cursor;
+      for (let p = from; p < to; p++) if (this.pending.has(p) && !this.sent.has(p)) return p;
+    }
+    return -1;
+  }
+
+  private send(channel: FramedChannel, p: number, q: number, inFlight?: Promise<void>[]): number {
+    const data = this.files.read(p, q - p);
+    this.sent.addRange(p, q);
+    this.remaining -= q - p;
+    const sending = channel.sendPages(p * PAGE_SIZE, q - p, 'data', data);
+    sending.catch((err: Error) => (this.failure ??= err));
+    inFlight?.push(sending);
+    return q - p;
+  }
+}
+
+async function sendChunks(bulk: FramedChannel, type: 'MODULE' | 'STATE', bytes: Uint8Array): Promise<void> {
+  const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (let off = 0; off < buf.length; off += MAX_CHUNK_BYTES) {
+    const data = buf.subarray(off, off + MAX_CHUNK_BYTES);
+    if (type === 'MODULE') await bulk.sendMessage({ type, offset: off, data });
+    else await bulk.sendMessage({ type, totalBytes: buf.length, offset: off, data });
+  }
+}
