@@ -54,7 +54,7 @@ export class FramedChannel {
   private dispatchChain: Promise<void> = Promise.resolve();
   private readonly queue: Frame[] = [];
   private queuedBytes = 0;
-  private waiter: { resolve: () => void } | null = null;
+  private waiters: Array<() => void> = []; // pending receivers (normally one consumer)
   private ended = false;
   private failure: Error | null = null;
   private tcpBytesWritten = 0; // last known counts, kept after the socket is destroyed
@@ -166,7 +166,7 @@ export class FramedChannel {
       }
       if (this.failure) throw this.failure;
       if (this.ended) return null;
-      await new Promise<void>((resolve) => (this.waiter = { resolve }));
+      await new Promise<void>((resolve) => this.waiters.push(resolve));
     }
   }
 
@@ -291,9 +291,9 @@ export class FramedChannel {
   }
 
   private wake(): void {
-    const w = this.waiter;
-    this.waiter = null;
-    w?.resolve();
+    const ws = this.waiters;
+    this.waiters = [];
+    for (const w of ws) w();
   }
 
   private snapshotCounters(): void {
