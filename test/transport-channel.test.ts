@@ -159,6 +159,34 @@ describe('transport: insecure TCP', () => {
     }
   });
 
+  test('a peer that closes: recv gives null, then sends fail', async () => {
+    await withListener({ kind: 'insecure' }, async (l) => {
+      const [client, accepted] = await Promise.all([
+        connect({ host: HOST, port: l.port, security: { kind: 'insecure' }, channel: 'urgent', sessionId: newSessionId() }),
+        l.accept(),
+      ]);
+      const pending = client.recv();
+      accepted.channel.destroy();
+      assert.equal(await pending, null);
+      await assert.rejects(client.sendMessage({ type: 'PING', nonce: 1 }), TransportError);
+      await assert.rejects(client.expect('PONG'), (e: unknown) => e instanceof TransportError && e.code === 'CLOSED');
+    });
+  });
+
+  test('a peer that resets the connection: RESET naming host:port', async () => {
+    const rude = net.createServer((s) => s.once('data', () => s.resetAndDestroy()));
+    await new Promise<void>((r) => rude.listen(0, HOST, r));
+    const port = (rude.address() as net.AddressInfo).port;
+    try {
+      await assert.rejects(
+        connect({ host: HOST, port, security: { kind: 'insecure' }, channel: 'bulk', sessionId: newSessionId() }),
+        (e: unknown) => e instanceof TransportError && e.code === 'RESET' && e.message.includes(`${HOST}:${port}`) && /reset by peer/.test(e.message),
+      );
+    } finally {
+      rude.close();
+    }
+  });
+
   test('bulk and urgent channels of one session are matched on one listener', async () => {
     await withListener({ kind: 'insecure' }, async (l) => {
       const a = newSessionId();
