@@ -16,6 +16,7 @@ import { MAX_CHUNK_BYTES } from './wire/index.js';
 import { digestMemory } from './digest.js';
 import { PageSender } from './page-sender.js';
 import { PostcopySource } from './postcopy-source.js';
+import { UrgentChannel } from './urgent-channel.js';
 import {
   MigrationError,
   type MigrationMode,
@@ -52,7 +53,7 @@ export class MigrationSource {
   private phase: MigrationPhase = 'connecting';
   private readonly t0 = performance.now();
   private bulk: FramedChannel | null = null;
-  private urgent: FramedChannel | null = null;
+  private urgent: UrgentChannel | null = null;
   private sender: PageSender | null = null;
   private postcopy: PostcopySource | null = null;
   private pass = 0;
@@ -99,7 +100,7 @@ export class MigrationSource {
     if (this.committed) return false;
     this.cancelled = true;
     this.bulk?.destroy(new MigrationError('cancelled', 'migration cancelled'));
-    this.urgent?.destroy(new MigrationError('cancelled', 'migration cancelled'));
+    this.urgent?.destroy();
     return true;
   }
 
@@ -143,8 +144,7 @@ export class MigrationSource {
     const sessionId = newSessionId();
     const common = { host: opts.host, port: opts.port, security: opts.security, sessionId };
     this.bulk = await connect({ ...common, channel: 'bulk', maxBandwidth: opts.maxBandwidth });
-    this.urgent = await connect({ ...common, channel: 'urgent' });
-    this.urgent.setNoDelay(true);
+    this.urgent = await UrgentChannel.open({ ...common, memory: guest.memory, maxPages: mem.maxPageCount });
     const bulk = this.bulk;
     this.phase = 'handshake';
     await bulk.sendMessage({

@@ -31,8 +31,9 @@ function prefixFor(code: WireErrorCode): string {
     case 'TRUNCATED':
       return 'truncated stream';
     case 'BAD_PAGES':
-    case 'BAD_ORDER':
       return 'bad page frame';
+    case 'BAD_ORDER':
+      return 'out-of-order frame';
     case 'BAD_MESSAGE':
       return 'bad message';
     default:

@@ -1,0 +1,36 @@
+// Which postcopy pages have been sent, shared between the thread that pushes the bulk stream and
+// the thread that answers urgent requests. claim() is an atomic test-and-set, so however the two
+// race, each page is sent exactly once.
+export class PageClaims {
+  readonly words: Uint32Array;
+
+  constructor(
+    readonly size: number,
+    readonly buffer: SharedArrayBuffer = new SharedArrayBuffer(Math.ceil(size / 32) * 4),
+  ) {
+    this.words = new Uint32Array(buffer, 0, Math.ceil(size / 32));
+  }
+
+  /** True if this caller claimed page p (nobody had). */
+  claim(p: number): boolean {
+    const m = 1 << (p & 31);
+    return (Atomics.or(this.words, p >>> 5, m) & m) === 0;
+  }
+
+  isClaimed(p: number): boolean {
+    return (Atomics.load(this.words, p >>> 5) & (1 << (p & 31))) !== 0;
+  }
+}
+
+/** Counters the urgent-channel thread publishes for the main thread (Float64 slots). */
+export const UrgentStat = {
+  /** Set to the page count by the main thread at the commit: requests are served from then on. */
+  ACTIVE_PAGES: 0,
+  /** Page just after the last one requested: the bulk stream continues from there. */
+  CURSOR: 1,
+  PAGES_SENT: 2,
+  REQUESTS: 3,
+  BYTES_SENT: 4,
+  BYTES_RECEIVED: 5,
+} as const;
+export const URGENT_STAT_SLOTS = 8;

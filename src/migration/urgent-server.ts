@@ -1,0 +1,82 @@
+// The source's urgent channel, on a thread of its own. It connects and authenticates like the bulk
+// channel, then — from the commit on — answers each PAGE_REQUEST from the frozen guest memory at
+// once. Running apart from the main thread means an urgent page never waits behind the main
+// thread's work (encrypting and writing the bulk stream), and the destination's faulting guest
+// waits for one network round trip, not for the next turn of a busy event loop.
+// Source memory has no holes: reading it here can never block.
+import { parentPort, workerData } from 'node:worker_threads';
+import { HOST_PAGE_SIZE } from '../memory/guest-memory.js';
+import { PageBitmap } from '../memory/page-bitmap.js';
+import { connect, type Security } from './transport/index.js';
+import { RECOMMENDED_RUN_PAGES } from './wire/index.js';
+import { PageClaims, UrgentStat } from './page-claims.js';
+
+export interface UrgentServerData {
+  host: string;
+  port: number;
+  security: Security;
+  sessionId: Uint8Array;
+  memory: WebAssembly.Memory;
+  /** Pages the destination lacks after the commit (filled in before ACTIVE_PAGES is set). */
+  pending: SharedArrayBuffer;
+  claims: SharedArrayBuffer;
+  stats: SharedArrayBuffer;
+  maxPages: number;
+}
+
+export type UrgentServerMessage = { type: 'connected' } | { type: 'error'; message: string } | { type: 'closed' };
+
+async function main(): Promise<void> {
+  const d = workerData as UrgentServerData;
+  const security = d.security.kind === 'psk' ? { ...d.security, key: Buffer.from(d.security.key) } : d.security;
+  const channel = await connect({ host: d.host, port: d.port, security, channel: 'urgent', sessionId: Buffer.from(d.sessionId) });
+  channel.setNoDelay(true);
+  const stats = new Float64Array(d.stats);
+  const pending = new PageBitmap(d.maxPages, d.pending);
+  const claims = new PageClaims(d.maxPages, d.claims);
+  const publish = () => {
+    stats[UrgentStat.BYTES_SENT] = channel.bytesSent;
+    stats[UrgentStat.BYTES_RECEIVED] = channel.bytesReceived;
+  };
+  parentPort!.on('message', (m: { type: string }) => {
+    if (m.type === 'close') {
+      publish();
+      channel.close().finally(() => {
+        publish();
+        parentPort!.postMessage({ type: 'closed' } satisfies UrgentServerMessage);
+        process.exit(0);
+      });
+    }
+  });
+  parentPort!.postMessage({ type: 'connected' } satisfies UrgentServerMessage);
+  for (;;) {
+    const msg = await channel.recv();
+    publish();
+    if (!msg) return;
+    if (msg.type !== 'PAGE_REQUEST') throw new Error(`unexpected ${msg.type} on the urgent channel`);
+    const pageCount = stats[UrgentStat.ACTIVE_PAGES]!;
+    if (pageCount === 0) throw new Error('page request before the commit');
+    stats[UrgentStat.REQUESTS] = stats[UrgentStat.REQUESTS]! + 1;
+    const first = msg.offset / HOST_PAGE_SIZE;
+    const end = Math.min(first + msg.count, pageCount);
+    stats[UrgentStat.CURSOR] = end;
+    const view = new Uint8Array(d.memory.buffer);
+    for (let p = first; p < end; ) {
+      if (!pending.has(p) || !claims.claim(p)) {
+        p++;
+        continue;
+      }
+      let q = p + 1;
+      while (q < end && q - p < RECOMMENDED_RUN_PAGES && pending.has(q) && claims.claim(q)) q++;
+      const copy = Buffer.allocUnsafe((q - p) * HOST_PAGE_SIZE);
+      copy.set(view.subarray(p * HOST_PAGE_SIZE, q * HOST_PAGE_SIZE));
+      stats[UrgentStat.PAGES_SENT] = stats[UrgentStat.PAGES_SENT]! + (q - p);
+      void channel.sendPages(p * HOST_PAGE_SIZE, q - p, 'data', copy).then(publish, () => undefined);
+      p = q;
+    }
+  }
+}
+
+main().catch((err: unknown) => {
+  parentPort!.postMessage({ type: 'error', message: err instanceof Error ? err.message : String(err) } satisfies UrgentServerMessage);
+});
