@@ -323,7 +323,7 @@ describe('wire: PageFrameChecker', () => {
   test('chunk assembler: contiguous chunks only, total fixed', () => {
     const a = new ChunkAssembler('STATE', 10);
     a.add(0, Buffer.alloc(4, 1), 0);
-    assert.throws(() => a.add(5, Buffer.alloc(1), 77), /bad page frame at byte 77: STATE chunk: chunk at 5 but 4 bytes/);
+    assert.throws(() => a.add(5, Buffer.alloc(1), 77), /out-of-order frame at byte 77: STATE chunk: chunk at 5 but 4 bytes/);
     assert.throws(() => a.add(4, Buffer.alloc(1), 78, 11), /total 11 differs/);
     assert.throws(() => a.result(), /4 of 10 bytes/);
     a.add(4, Buffer.alloc(6, 2), 0);
