@@ -72,6 +72,12 @@ export class PageStateTable {
   }
   /** Content placed. From pending or known-zero (explicit bytes win). Returns the previous state. */
   markReceived(page: number): PageStateValue {
+    // Fast path for the fault loop: pending → received in one CAS.
+    if (page >= 0 && page < this.pageCount && Atomics.compareExchange(this.states, page, PageState.PENDING, PageState.RECEIVED) === PageState.PENDING) {
+      Atomics.sub(this.counts, PageState.PENDING, 1);
+      Atomics.add(this.counts, PageState.RECEIVED, 1);
+      return PageState.PENDING;
+    }
     return this.move(page, FROM_PENDING_OR_ZERO, PageState.RECEIVED) as PageStateValue;
   }
   /** The source says the page is zero. Only from pending; received content is never forgotten here. */
