@@ -218,6 +218,18 @@ export class MigrationDestination {
       // Every page is in place: unregister (known-zero pages not yet touched become ordinary
       // zero-fill memory).
       await pc.stop();
+      if (postcopy) {
+        const r = pc.report();
+        await bulk.sendMessage({
+          type: 'FAULT_STATS',
+          faults: r.faults,
+          pagesRequested: r.pagesRequested,
+          pagesPushed: r.pagesPushed,
+          latencyUs: r.faultLatencyUs,
+          guestBlockedUs: Math.round(r.guestBlockedMs * 1000),
+          durationMs: r.durationMs,
+        });
+      }
       await bulk.sendMessage({ type: 'DIGEST', pageCount, hex: digest.digestHex(pageCount) });
       await bulk.sendMessage({ type: 'DONE' });
       this.phase = 'completed';

@@ -40,12 +40,13 @@ export class PostcopySource {
 
   report(): PostcopyReport {
     return {
-      pagesRequested: this.urgent.pagesSent,
-      pagesPushed: this.pagesPushed,
+      pagesRequested: this.remote?.pagesRequested ?? this.urgent.pagesSent,
+      pagesPushed: this.remote?.pagesPushed ?? this.pagesPushed,
       faults: this.remote?.faults ?? this.urgent.requests,
       faultLatencyUs: this.remote?.faultLatencyUs ?? { p50: 0, p99: 0, max: 0 },
       guestBlockedMs: this.remote?.guestBlockedMs ?? 0,
-      durationMs: Math.round((this.endMs ?? performance.now()) - this.t0),
+      // The destination's figure when known: the postcopy ends when its last page is placed there.
+      durationMs: this.remote?.durationMs ?? Math.round((this.endMs ?? performance.now()) - this.t0),
     };
   }
 

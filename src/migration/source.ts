@@ -263,6 +263,17 @@ export class MigrationSource {
     }
     let verified: boolean | null = null;
     this.phase = 'verifying';
+    if (this.postcopy) {
+      const st = await bulk.expect('FAULT_STATS', 600_000);
+      this.postcopy.setRemoteReport({
+        pagesRequested: st.pagesRequested,
+        pagesPushed: st.pagesPushed,
+        faults: st.faults,
+        faultLatencyUs: st.latencyUs,
+        guestBlockedMs: Math.round(st.guestBlockedUs / 100) / 10,
+        durationMs: st.durationMs,
+      });
+    }
     const digestMsg = await bulk.expect('DIGEST', 600_000);
     if (opts.verify) {
       const present = scanResidency(mem).present;

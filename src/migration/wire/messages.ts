@@ -68,6 +68,17 @@ export type Message =
   | { type: 'RECEIVED_SET'; set: ReceivedSet }
   | { type: 'DIGEST'; pageCount: number; hex: string }
   | { type: 'DONE' }
+  /** Destination → source after postcopy: what only the destination sees (its guest's faults). */
+  | {
+      type: 'FAULT_STATS';
+      faults: number;
+      pagesRequested: number;
+      pagesPushed: number;
+      /** Fault latency in microseconds (event → page placed), rounded to 0.1 µs on the wire. */
+      latencyUs: { p50: number; p99: number; max: number };
+      guestBlockedUs: number;
+      durationMs: number;
+    }
   | { type: 'ERROR'; code: string; message: string }
   | { type: 'PING'; nonce: number }
   | { type: 'PONG'; nonce: number };
@@ -157,6 +168,16 @@ export function encodeMessage(msg: Message, opts: FrameEncodeOptions = {}): Buff
     case 'DIGEST':
       if (!/^[0-9a-f]{64}$/.test(msg.hex)) throw new RangeError('DIGEST.hex must be 64 lowercase hex digits');
       w.u32(msg.pageCount, 'DIGEST.pageCount').bytes(Buffer.from(msg.hex, 'hex'));
+      break;
+    case 'FAULT_STATS':
+      w.u64(msg.faults, 'FAULT_STATS.faults')
+        .u64(msg.pagesRequested, 'FAULT_STATS.pagesRequested')
+        .u64(msg.pagesPushed, 'FAULT_STATS.pagesPushed')
+        .u64(Math.round(msg.latencyUs.p50 * 10), 'FAULT_STATS.latencyUs.p50')
+        .u64(Math.round(msg.latencyUs.p99 * 10), 'FAULT_STATS.latencyUs.p99')
+        .u64(Math.round(msg.latencyUs.max * 10), 'FAULT_STATS.latencyUs.max')
+        .u64(Math.round(msg.guestBlockedUs), 'FAULT_STATS.guestBlockedUs')
+        .u64(Math.round(msg.durationMs), 'FAULT_STATS.durationMs');
       break;
     case 'ERROR':
       if (!ERROR_CODE_RE.test(msg.code)) throw new RangeError(`ERROR.code must match ${ERROR_CODE_RE}`);
@@ -312,6 +333,15 @@ function decodeFields(name: FrameTypeName, r: FieldReader): Message {
       const pageCount = r.u32('pageCount');
       if (pageCount > MAX_MEMORY_BYTES / PAGE_SIZE) bad(`pageCount ${pageCount} is beyond 4 GiB`);
       return { type: 'DIGEST', pageCount, hex: r.bytes(32, 'digest').toString('hex') };
+    }
+    case 'FAULT_STATS': {
+      const faults = r.u64('faults');
+      const pagesRequested = r.u64('pagesRequested');
+      const pagesPushed = r.u64('pagesPushed');
+      const latencyUs = { p50: r.u64('latencyUs.p50') / 10, p99: r.u64('latencyUs.p99') / 10, max: r.u64('latencyUs.max') / 10 };
+      const guestBlockedUs = r.u64('guestBlockedUs');
+      const durationMs = r.u64('durationMs');
+      return { type: 'FAULT_STATS', faults, pagesRequested, pagesPushed, latencyUs, guestBlockedUs, durationMs };
     }
     case 'ERROR': {
       const code = r.text('code');

@@ -21,6 +21,7 @@ export const FrameType = {
   RECEIVED_SET: 0x21,
   DIGEST: 0x22,
   DONE: 0x23,
+  FAULT_STATS: 0x24,
   ERROR: 0x30,
   PING: 0x31,
   PONG: 0x32,
