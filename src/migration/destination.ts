@@ -106,7 +106,16 @@ export class MigrationDestination {
   }
 
   private async receiveOnce(): Promise<IncomingResult> {
-    const session = await this.listener!.acceptSession();
+    // A peer refused at the TLS or HELLO stage (wrong key, wrong version) ends this wait: the
+    // destination takes one migration, and a failed attempt must not leave it listening forever.
+    const listener = this.listener!;
+    let onRejected: ((err: Error) => void) | undefined;
+    const refused = new Promise<never>((_, reject) => {
+      onRejected = (err: Error) => reject(new MigrationError('refused', `refused a peer before any page moved: ${err.message}`));
+      listener.once('rejected', onRejected);
+    });
+    refused.catch(() => undefined);
+    const session = await Promise.race([listener.acceptSession(), refused]).finally(() => listener.off('rejected', onRejected!));
     const bulk = (this.bulk = session.bulk);
     this.urgent = session.urgent;
     this.urgent.setNoDelay(true);

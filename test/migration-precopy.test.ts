@@ -1,0 +1,148 @@
+// End-to-end precopy migration between real `ferry` processes on loopback (TLS 1.3 PSK): an idle
+// guest with a large never-touched reserve, a guest rewriting memory at a moderate rate, a peer
+// with the wrong key, and a destination killed mid-precopy. Assertions are on content (bytes,
+// pages, digests, the guest's own VERIFY and SEQ lines, exit codes), never on timing.
+import { strict as assert } from 'node:assert';
+import { after, before, describe, test } from 'node:test';
+import { ApiClient } from '../src/api/client.js';
+import { checkSequence } from '../src/cli/commands/demo.js';
+import {
+  killAll,
+  makeSandbox,
+  runMigrate,
+  startDestination,
+  startSource,
+  useFileCache,
+  verifyGuest,
+  type FerryProc,
+  type Sandbox,
+} from './fixtures/migration/ferry-procs.js';
+
+const MiB = 1024 * 1024;
+const PAGE = 4096;
+
+useFileCache('migration-precopy');
+
+describe('precopy migration, end to end', () => {
+  let sb: Sandbox;
+  const procs: FerryProc[] = [];
+  before(() => {
+    sb = makeSandbox();
+  });
+  after(() => {
+    killAll(...procs);
+    sb.cleanup();
+  });
+  const fresh = () => {
+    killAll(...procs);
+    sb.cleanup();
+    sb = makeSandbox();
+  };
+
+  test('idle guest, 1 GiB memory with 256 MiB touched: only the touched pages travel', async () => {
+    fresh();
+    const { proc: dst, port } = await startDestination(sb);
+    procs.push(dst);
+    const src = await startSource(sb, 'memtouch.wasm', ['--mib', '256', '--reserve-mib', '768', '--idle', '--report-ms', '100', '--verify-file', '/work/verify'], '2G');
+    procs.push(src);
+    const { code, json: r, stderr } = await runMigrate(sb, port, ['--mode', 'precopy', '--verify']);
+    assert.equal(code, 0, `migrate failed: ${stderr}`);
+    assert.equal(r['mode'], 'precopy');
+    assert.equal(r['converged'], true);
+    assert.equal(r['verified'], true);
+    assert.ok(Number(r['memoryBytes']) >= 1024 * MiB, `memoryBytes ${r['memoryBytes']}`);
+    assert.ok(Number(r['bytesSent']) < 256 * MiB * 1.05, `bytesSent ${r['bytesSent']} ≥ 256 MiB + 5%`);
+    assert.ok(Number(r['skippedNeverTouchedPages']) >= ((768 * MiB) / PAGE) * 0.95, `skippedNeverTouchedPages ${r['skippedNeverTouchedPages']}`);
+    assert.equal(await src.exitWithin(30_000), 0, 'the source process exits 0 after the move');
+    const verify = await verifyGuest(dst, sb.dstWork);
+    assert.match(verify, /^VERIFY OK \d+$/);
+    assert.equal(Number(verify.split(' ')[2]), (256 * MiB) / PAGE, 'every working-set page verified');
+    assert.equal(await dst.exitWithin(60_000), 0);
+    const seq = checkSequence(src.out, dst.out);
+    assert.ok(seq.ok, seq.problem);
+  });
+
+  test('memtouch at a moderate rate: VERIFY OK on the destination, verified digest, unbroken SEQ', async () => {
+    fresh();
+    const { proc: dst, port } = await startDestination(sb);
+    procs.push(dst);
+    const src = await startSource(sb, 'memtouch.wasm', ['--mib', '128', '--rate', '2000', '--report-ms', '100', '--verify-file', '/work/verify'], '1G', 3);
+    procs.push(src);
+    const { code, json: r, stderr } = await runMigrate(sb, port, ['--mode', 'precopy', '--verify']);
+    assert.equal(code, 0, `migrate failed: ${stderr}`);
+    assert.equal(r['mode'], 'precopy');
+    assert.equal(r['converged'], true);
+    assert.equal(r['verified'], true);
+    assert.ok(Number(r['precopyPasses']) >= 1);
+    // Pass 0 carries the whole working set; later passes only rewritten pages.
+    assert.ok(Number(r['pagesSent']) >= (128 * MiB) / PAGE, `pagesSent ${r['pagesSent']}`);
+    assert.equal(await src.exitWithin(30_000), 0, 'the source process exits 0 after the move');
+    await dst.waitFor(/^SEQ \d+ /m, 'a SEQ line from the destination', 60_000);
+    const verify = await verifyGuest(dst, sb.dstWork);
+    assert.match(verify, /^VERIFY OK /);
+    assert.equal(await dst.exitWithin(60_000), 0);
+    const seq = checkSequence(src.out, dst.out);
+    assert.ok(seq.ok, `${seq.problem} (source ${seq.source}, destination ${seq.destination})`);
+    assert.doesNotMatch(src.out, /^VERIFY/m, 'the source guest ran no more code after the move');
+  });
+
+  test('a peer with the wrong PSK is refused before any page moves; the source guest keeps running', async () => {
+    fresh();
+    const { proc: dst, port } = await startDestination(sb);
+    procs.push(dst);
+    const src = await startSource(sb, 'memtouch.wasm', ['--mib', '32', '--rate', '2000', '--report-ms', '100', '--verify-file', '/work/verify'], '256M');
+    procs.push(src);
+    const { code, json: r } = await runMigrate(sb, port, ['--mode', 'precopy', '--verify'], sb.wrongKeyFile);
+    assert.equal(code, 6, `migrate exit code ${code}: ${JSON.stringify(r)}`);
+    const err = r['error'] as { code: string; message: string } | undefined;
+    assert.ok(err, 'the JSON names the error');
+    assert.match(err.message, /TLS|handshake|refused|key|closed|reset/i);
+    const info = await new ApiClient(sb.sock).info();
+    assert.equal(info.state, 'running');
+    // The guest goes on: new SEQ lines after the refusal.
+    const seen = src.seqs().length;
+    await src.waitFor(new RegExp(`^SEQ ${seen + 2} `, 'm'), 'more SEQ lines on the source', 30_000);
+    assert.equal(dst.out, '', 'the destination never ran a guest');
+    const verify = await verifyGuest(src, sb.srcWork);
+    assert.match(verify, /^VERIFY OK /);
+    assert.equal(await src.exitWithin(30_000), 0);
+    src.seqs().forEach((n, i) => assert.equal(n, i + 1, 'the source SEQ runs on without a gap'));
+    // The destination gives up on its own: one refused peer ends the wait for this migration.
+    const dstCode = await dst.exitWithin(30_000);
+    assert.notEqual(dstCode, 0, 'the destination exits non-zero');
+    assert.match(dst.err, /TLS|handshake|refused|key/i, 'the destination says why');
+  });
+
+  test('destination killed mid-precopy: migrate fails, the source guest keeps running and verifies', async () => {
+    fresh();
+    const { proc: dst, port } = await startDestination(sb);
+    procs.push(dst);
+    const src = await startSource(sb, 'memtouch.wasm', ['--mib', '64', '--rate', '2000', '--report-ms', '100', '--verify-file', '/work/verify'], '256M');
+    procs.push(src);
+    // 64 MiB at 8 MB/s: pass 0 alone takes ~8 s, so the kill lands inside precopy.
+    const migrating = runMigrate(sb, port, ['--mode', 'precopy', '--verify', '--max-bandwidth', '8M']);
+    const client = new ApiClient(sb.sock);
+    const deadline = Date.now() + 60_000;
+    for (;;) {
+      const s = await client.migration().catch(() => null);
+      if (s && s.state === 'precopy' && Number(s['bytesSent']) > 4 * MiB) break;
+      if (Date.now() > deadline) throw new Error(`precopy never got going: ${JSON.stringify(s)}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    dst.kill();
+    const { code, json: r } = await migrating;
+    assert.equal(code, 6, `migrate exit code ${code}: ${JSON.stringify(r)}`);
+    assert.ok(r['error'], 'the JSON names the error');
+    assert.notEqual(await dst.exited, 0);
+    assert.equal(dst.out, '', 'the destination never ran a guest');
+    const info = await client.info();
+    assert.equal(info.state, 'running');
+    const seen = src.seqs().length;
+    await src.waitFor(new RegExp(`^SEQ ${seen + 2} `, 'm'), 'more SEQ lines on the source', 30_000);
+    const verify = await verifyGuest(src, sb.srcWork);
+    assert.match(verify, /^VERIFY OK /);
+    assert.equal(await src.exitWithin(30_000), 0);
+    const seqs = src.seqs();
+    seqs.forEach((n, i) => assert.equal(n, i + 1, 'the source SEQ runs on without a gap'));
+  });
+});
