@@ -30,6 +30,7 @@ export function migrationExtensions(guest: Guest, hooks: MigrationBindingHooks):
         downtimeTargetMs: req.downtimeTargetMs ?? SOURCE_DEFAULTS.downtimeTargetMs,
         precopyTimeoutS: req.precopyTimeoutS ?? SOURCE_DEFAULTS.precopyTimeoutS,
         verify: req.verify ?? false,
+        recoverTimeoutS: req.recoverTimeoutS ?? SOURCE_DEFAULTS.recoverTimeoutS,
       });
       current = source;
       try {

@@ -21,6 +21,7 @@ export const migrateRequestSchema = z.object({
   downtimeTargetMs: z.number().finite().nonnegative().optional(),
   precopyTimeoutS: z.number().finite().positive().optional(),
   verify: z.boolean().optional(),
+  recoverTimeoutS: z.number().positive().max(86400).optional(),
   tls: tlsSchema.optional(),
 }).strict();
 

@@ -28,6 +28,8 @@ export interface MigrateRequest {
   downtimeTargetMs?: number;
   precopyTimeoutS?: number;
   verify?: boolean;
+  /** After the commit, how long postcopy keeps reconnecting a lost destination (s). */
+  recoverTimeoutS?: number;
   tls?: MigrateTls;
 }
 

@@ -15,6 +15,7 @@ import { listen, type FramedChannel, type MigrationListener, type Security } fro
 import { ChunkAssembler, PageFrameChecker, WireError, type MessageOf } from './wire/index.js';
 import { PageDigest } from './digest.js';
 import { IncomingMemory } from './incoming-memory.js';
+import { isChannelFailure } from './failures.js';
 import { MigrationError, type MigrationPhase, type MigrationProgress, type PostcopyReport } from './report.js';
 
 export interface DestinationOptions {
@@ -27,7 +28,12 @@ export interface DestinationOptions {
   stdio: StdioBinding;
   cache?: ModuleCache;
   onProgress?: (p: MigrationProgress) => void;
+  /** How long a postcopy destination waits for a lost source to reconnect (default 10 min). */
+  recoverTimeoutS?: number;
 }
+
+export const DEFAULT_RECOVER_TIMEOUT_S = 600;
+
 
 export interface IncomingResult {
   guest: Guest;
@@ -55,9 +61,17 @@ export class MigrationDestination {
   private errorText: string | null = null;
   private readonly cache: ModuleCache;
   private preparing: Promise<PreparedGuest> | null = null;
+  private sessionHex = '';
+  private pausedSince: number | null = null;
+  private pausedMs = 0;
+  private outages = 0;
+  private priorBytesReceived = 0;
+  private priorBytesSent = 0;
+  private readonly recoverTimeoutMs: number;
 
   constructor(private readonly opts: DestinationOptions) {
     this.cache = opts.cache ?? new ModuleCache();
+    this.recoverTimeoutMs = (opts.recoverTimeoutS ?? DEFAULT_RECOVER_TIMEOUT_S) * 1000;
   }
 
   /** Starts listening; returns the port (useful with port 0). */
@@ -72,8 +86,8 @@ export class MigrationDestination {
       state: this.phase,
       mode: this.incoming?.isPostcopy ? 'postcopy' : 'precopy',
       pass: this.pass,
-      bytesSent: (this.bulk?.bytesSent ?? 0) + (this.urgent?.bytesSent ?? 0),
-      bytesReceived: (this.bulk?.bytesReceived ?? 0) + (this.urgent?.bytesReceived ?? 0),
+      bytesSent: this.priorBytesSent + (this.bulk?.bytesSent ?? 0) + (this.urgent?.bytesSent ?? 0),
+      bytesReceived: this.bytesReceivedTotal(),
       pagesSent: 0,
       pagesReceived: this.pagesReceived,
       dirtyPages: this.incoming?.pendingPages ?? 0,
@@ -83,6 +97,9 @@ export class MigrationDestination {
       elapsedMs: Math.round(performance.now() - this.t0),
       postcopy: this.incoming?.report() ?? null,
       error: this.errorText,
+      outages: this.outages,
+      pausedMs: Math.round(this.pausedMs + (this.pausedSince === null ? 0 : performance.now() - this.pausedSince)),
+      guestBlocked: (this.incoming?.waitingFaults ?? 0) > 0,
     };
   }
 
@@ -116,6 +133,7 @@ export class MigrationDestination {
     });
     refused.catch(() => undefined);
     const session = await Promise.race([listener.acceptSession(), refused]).finally(() => listener.off('rejected', onRejected!));
+    this.sessionHex = session.sessionHex;
     const bulk = (this.bulk = session.bulk);
     this.urgent = session.urgent;
     this.urgent.setNoDelay(true);
@@ -206,65 +224,131 @@ export class MigrationDestination {
   }
 
   private async finish(guest: Guest, digest: PageDigest, pageCount: number, memoryBytes: number): Promise<DestinationSummary> {
-    const bulk = this.bulk!;
+    const pc = this.incoming!;
+    const postcopy = pc.isPostcopy;
     try {
-      const pc = this.incoming!;
-      const postcopy = pc.isPostcopy;
-      if (postcopy) {
-        const urgent = pc.serveUrgent().catch((e: Error) => pc.fail(e));
-        const bulkPages = (async () => {
-          while (pc.pendingPages > 0) {
-            const r = await bulk.recvWithOffset();
-            if (!r) throw new WireError('TRUNCATED', bulk.bytesReceived, 'the stream ended during postcopy');
-            if (r.msg.type !== 'PAGES') throw new WireError('BAD_ORDER', r.offset, `unexpected ${r.msg.type} during postcopy`);
-            pc.onPages(r.msg, r.offset, false);
-          }
-        })().catch((e: Error) => pc.fail(e));
-        await pc.complete;
-        void urgent;
-        void bulkPages;
+      // Postcopy survives broken connections: the guest keeps running (it blocks only on pages
+      // still missing) while this side waits for the source to reconnect with the same session,
+      // tells it which pages it holds, and asks again for the pages its faults are waiting on.
+      for (;;) {
+        try {
+          await this.serveSession(pc, postcopy, digest, pageCount);
+          break;
+        } catch (err) {
+          if (!postcopy || !isChannelFailure(err)) throw err;
+          await this.awaitReconnection(pc, err as Error, pageCount);
+        }
       }
-      // Every page is in place: unregister (known-zero pages not yet touched become ordinary
-      // zero-fill memory).
-      await pc.stop();
-      if (postcopy) {
-        const r = pc.report();
-        await bulk.sendMessage({
-          type: 'FAULT_STATS',
-          faults: r.faults,
-          pagesRequested: r.pagesRequested,
-          pagesPushed: r.pagesPushed,
-          latencyUs: r.faultLatencyUs,
-          guestBlockedUs: Math.round(r.guestBlockedMs * 1000),
-          durationMs: r.durationMs,
-        });
-      }
-      await bulk.sendMessage({ type: 'DIGEST', pageCount, hex: digest.digestHex(pageCount) });
-      await bulk.sendMessage({ type: 'DONE' });
       this.phase = 'completed';
       this.report();
       const summary: DestinationSummary = {
         mode: postcopy ? 'postcopy' : 'precopy',
         memoryBytes,
-        bytesReceived: bulk.bytesReceived + this.urgent!.bytesReceived,
+        bytesReceived: this.bytesReceivedTotal(),
         pagesReceived: this.pagesReceived,
       };
       if (postcopy) summary.postcopy = pc.report();
-      await bulk.close().catch(() => undefined);
+      await this.bulk!.close().catch(() => undefined);
       await this.urgent!.close().catch(() => undefined);
       await this.listener?.close();
       return summary;
     } catch (err) {
       this.phase = 'failed';
       this.errorText = (err as Error).message;
-      if (this.incoming && this.incoming.pendingPages > 0) {
+      if (pc.pendingPages > 0) {
         // Pages are missing and cannot come: stop the guest (it may be blocked on a hole) before
         // anything closes the userfaultfd, which would let blocked threads read zeros.
         await guest.stop();
       }
+      await pc.stop().catch(() => undefined);
+      this.bulk?.destroy();
+      this.urgent?.destroy();
       await this.listener?.close();
       throw err;
     }
+  }
+
+  /** One connection's worth of postcopy (or just the closing messages): returns when done. */
+  private async serveSession(pc: IncomingMemory, postcopy: boolean, digest: PageDigest, pageCount: number): Promise<void> {
+    const bulk = this.bulk!;
+    if (postcopy && pc.pendingPages > 0) {
+      const urgent = pc.serveUrgent();
+      const bulkPages = (async () => {
+        while (pc.pendingPages > 0) {
+          const r = await bulk.recvWithOffset();
+          if (!r) throw new WireError('TRUNCATED', bulk.bytesReceived, 'the stream ended during postcopy');
+          if (r.msg.type !== 'PAGES') throw new WireError('BAD_ORDER', r.offset, `unexpected ${r.msg.type} during postcopy`);
+          pc.onPages(r.msg, r.offset, false);
+        }
+      })();
+      urgent.catch(() => undefined);
+      bulkPages.catch(() => undefined);
+      await Promise.race([pc.complete, urgent.then(() => pc.complete), bulkPages]);
+    }
+    // Every page is in place: unregister (known-zero pages not yet touched become ordinary
+    // zero-fill memory) and close the account.
+    await pc.stop();
+    if (postcopy) {
+      const r = pc.report();
+      await bulk.sendMessage({
+        type: 'FAULT_STATS',
+        faults: r.faults,
+        pagesRequested: r.pagesRequested,
+        pagesPushed: r.pagesPushed,
+        latencyUs: r.faultLatencyUs,
+        guestBlockedUs: Math.round(r.guestBlockedMs * 1000),
+        durationMs: r.durationMs,
+      });
+    }
+    await bulk.sendMessage({ type: 'DIGEST', pageCount, hex: digest.digestHex(pageCount) });
+    await bulk.sendMessage({ type: 'DONE' });
+  }
+
+  /** Waits (up to the recovery timeout) for the source to come back with the same session. */
+  private async awaitReconnection(pc: IncomingMemory, cause: Error, pageCount: number): Promise<void> {
+    this.phase = 'postcopy-paused';
+    this.pausedSince = performance.now();
+    this.outages++;
+    this.errorText = `connection lost: ${cause.message}`;
+    this.addBytes();
+    this.bulk?.destroy();
+    this.urgent?.destroy();
+    this.report();
+    const deadline = performance.now() + this.recoverTimeoutMs;
+    for (;;) {
+      const left = deadline - performance.now();
+      if (left <= 0) throw new MigrationError('transport', `the source did not come back within ${Math.round(this.recoverTimeoutMs / 1000)} s after: ${cause.message}`);
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<null>((resolve) => (timer = setTimeout(() => resolve(null), left)));
+      const session = await Promise.race([this.listener!.acceptSession(), timeout]).finally(() => clearTimeout(timer));
+      if (!session) continue;
+      if (session.sessionHex !== this.sessionHex) {
+        await session.bulk.sendMessage({ type: 'REFUSE', reason: 'this destination is busy with another migration' }).catch(() => undefined);
+        session.bulk.destroy();
+        session.urgent.destroy();
+        continue;
+      }
+      this.bulk = session.bulk;
+      this.urgent = session.urgent;
+      this.urgent.setNoDelay(true);
+      await this.bulk.sendMessage({ type: 'RECEIVED_SET', set: { encoding: 'bitmap', startPage: 0, pageCount, bits: pc.receivedBits(pageCount) } });
+      pc.attach(this.urgent);
+      this.pausedMs += performance.now() - this.pausedSince;
+      this.pausedSince = null;
+      this.phase = 'postcopy';
+      this.errorText = null;
+      this.report();
+      return;
+    }
+  }
+
+  private addBytes(): void {
+    this.priorBytesReceived += (this.bulk?.bytesReceived ?? 0) + (this.urgent?.bytesReceived ?? 0);
+    this.priorBytesSent += (this.bulk?.bytesSent ?? 0) + (this.urgent?.bytesSent ?? 0);
+  }
+
+  private bytesReceivedTotal(): number {
+    return this.priorBytesReceived + (this.bulk?.bytesReceived ?? 0) + (this.urgent?.bytesReceived ?? 0);
   }
 
   private checkSetup(setup: MessageOf<'SETUP'>): string | null {

@@ -36,7 +36,6 @@ export class IncomingMemory {
   private readonly t0 = performance.now();
   private endMs: number | null = null;
   private done!: () => void;
-  private failed!: (e: Error) => void;
   /** Resolves when every pending page is placed. */
   readonly complete: Promise<void>;
 
@@ -47,17 +46,13 @@ export class IncomingMemory {
   constructor(
     private readonly mem: GuestMemory,
     private readonly states: PageStateTable,
-    private readonly urgent: FramedChannel,
+    private urgent: FramedChannel,
     private readonly checker: PageFrameChecker,
     private readonly digest: PageDigest,
   ) {
     this.populated = new PageBitmap(mem.maxPageCount);
     this.eventFd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    this.complete = new Promise((resolve, reject) => {
-      this.done = resolve;
-      this.failed = reject;
-    });
-    this.complete.catch(() => undefined);
+    this.complete = new Promise((resolve) => (this.done = resolve));
   }
 
   /** Registers the memory with userfaultfd and starts the fault worker. Call before any page arrives. */
@@ -205,8 +200,32 @@ export class IncomingMemory {
     }
   }
 
-  fail(err: Error): void {
-    this.failed(err);
+  /**
+   * After a reconnection: the new urgent channel, and every request still unanswered sent again
+   * (the old connection may have lost them). Faults taken meanwhile were queued in the ring.
+   */
+  attach(urgent: FramedChannel): void {
+    this.urgent = urgent;
+    const waiting = [...this.requestedAt.keys()].sort((a, b) => a - b);
+    for (let i = 0; i < waiting.length; ) {
+      let j = i + 1;
+      while (j < waiting.length && waiting[j] === waiting[j - 1]! + 1 && j - i < 256) j++;
+      this.request(waiting[i]!, j - i);
+      i = j;
+    }
+    this.forwardRequests();
+  }
+
+  /** Pages this side holds among the first pageCount, as a bitmap (bit i = page i, LSB first). */
+  receivedBits(pageCount: number): Buffer {
+    const bits = Buffer.alloc(Math.ceil(pageCount / 8));
+    for (let p = 0; p < pageCount; p++) if (this.states.get(p) !== PageState.PENDING) bits[p >>> 3]! |= 1 << (p & 7);
+    return bits;
+  }
+
+  /** Faults waiting for a page from the source (the guest is blocked while there are any). */
+  get waitingFaults(): number {
+    return this.requestedAt.size;
   }
 
   private forwardRequests(): void {
@@ -218,8 +237,14 @@ export class IncomingMemory {
     const now = performance.now();
     this.ring.drain((first, count) => {
       for (let p = first; p < first + count; p++) if (!this.requestedAt.has(p)) this.requestedAt.set(p, now);
-      this.urgent.sendMessage({ type: 'PAGE_REQUEST', offset: first * HOST_PAGE_SIZE, count }).catch((e: Error) => this.fail(e));
+      this.request(first, count);
     });
+  }
+
+  // A request lost with a broken connection is sent again by attach() after the reconnection.
+  private request(first: number, count: number): void {
+    if (this.urgent.closed) return;
+    this.urgent.sendMessage({ type: 'PAGE_REQUEST', offset: first * HOST_PAGE_SIZE, count }).catch(() => undefined);
   }
 
   private finish(): void {

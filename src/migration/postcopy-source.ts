@@ -19,6 +19,7 @@ export class PostcopySource {
   private cursor = 0;
   private lastUrgentCursor = 0;
   private pagesPushed = 0;
+  private priorUrgentPages = 0;
   private readonly t0 = performance.now();
   private endMs: number | null = null;
   private failure: Error | null = null;
@@ -28,19 +29,40 @@ export class PostcopySource {
     private readonly mem: GuestMemory,
     private readonly pending: PageBitmap,
     private readonly pageCount: number,
-    private readonly bulk: FramedChannel,
-    private readonly urgent: UrgentChannel,
+    private bulk: FramedChannel,
+    private urgent: UrgentChannel,
   ) {
     urgent.activate(pending, pageCount);
   }
 
+  get maxPages(): number {
+    return this.pending.size;
+  }
+
+  /**
+   * Continues on new connections after a recovery. `held` is the destination's RECEIVED_SET: those
+   * pages are done; every other pending page goes out again, whoever had claimed it before.
+   */
+  resume(bulk: FramedChannel, urgent: UrgentChannel, held: Uint8Array, heldPages: number): void {
+    this.priorUrgentPages += this.urgent.pagesSent;
+    this.bulk = bulk;
+    this.urgent = urgent;
+    this.failure = null;
+    for (let p = 0; p < Math.min(heldPages, this.pageCount); p++) {
+      if ((held[p >>> 3]! & (1 << (p & 7))) !== 0) urgent.claims.claim(p);
+    }
+    urgent.activate(this.pending, this.pageCount);
+    this.cursor = 0;
+    this.lastUrgentCursor = 0;
+  }
+
   get pagesSent(): number {
-    return this.urgent.pagesSent + this.pagesPushed;
+    return this.priorUrgentPages + this.urgent.pagesSent + this.pagesPushed;
   }
 
   report(): PostcopyReport {
     return {
-      pagesRequested: this.remote?.pagesRequested ?? this.urgent.pagesSent,
+      pagesRequested: this.remote?.pagesRequested ?? this.priorUrgentPages + this.urgent.pagesSent,
       pagesPushed: this.remote?.pagesPushed ?? this.pagesPushed,
       faults: this.remote?.faults ?? this.urgent.requests,
       faultLatencyUs: this.remote?.faultLatencyUs ?? { p50: 0, p99: 0, max: 0 },

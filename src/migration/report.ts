@@ -8,6 +8,8 @@ export type MigrationPhase =
   | 'precopy'
   | 'switchover'
   | 'postcopy'
+  /** A connection broke during postcopy: waiting for it to come back (the guest runs, blocking only on missing pages). */
+  | 'postcopy-paused'
   | 'verifying'
   | 'completed'
   | 'failed'

@@ -12,6 +12,7 @@ import { PageBitmap } from '../memory/page-bitmap.js';
 import { scanResidency } from '../memory/residency.js';
 import { encodeGuestState, type GuestState } from '../state/guest-state.js';
 import { connect, newSessionId, type FramedChannel, type Security } from './transport/index.js';
+import { isChannelFailure } from './failures.js';
 import { MAX_CHUNK_BYTES } from './wire/index.js';
 import { digestMemory } from './digest.js';
 import { PageSender } from './page-sender.js';
@@ -37,10 +38,12 @@ export interface SourceOptions {
   /** Give up on precopy (or, in auto mode, switch to postcopy) after this long. */
   precopyTimeoutS: number;
   verify: boolean;
+  /** After the commit, how long postcopy keeps trying to reconnect a lost destination. */
+  recoverTimeoutS: number;
   onProgress?: (p: MigrationProgress) => void;
 }
 
-export const SOURCE_DEFAULTS = { mode: 'auto' as MigrationMode, downtimeTargetMs: 20, precopyTimeoutS: 60 };
+export const SOURCE_DEFAULTS = { mode: 'auto' as MigrationMode, downtimeTargetMs: 20, precopyTimeoutS: 60, recoverTimeoutS: 600 };
 
 /** Passes without a new smallest dirty set before precopy is judged not to converge. */
 const STALL_PASSES = 5;
@@ -65,11 +68,22 @@ export class MigrationSource {
   private committed = false;
   private errorText: string | null = null;
   private effectiveMode: 'precopy' | 'postcopy' = 'precopy';
+  private sessionId: Buffer | null = null;
+  private target: { host: string; port: number; security: Security };
+  private outages = 0;
+  private pausedSince: number | null = null;
+  private pausedMs = 0;
+  private priorBytesSent = 0;
+  private priorBytesReceived = 0;
+  private abandoned = false;
+  private wake: (() => void) | null = null;
 
   constructor(
     private readonly guest: Guest,
     private readonly opts: SourceOptions,
-  ) {}
+  ) {
+    this.target = { host: opts.host, port: opts.port, security: opts.security };
+  }
 
   get isCommitted(): boolean {
     return this.committed;
@@ -92,6 +106,8 @@ export class MigrationSource {
       postcopy: this.postcopy?.report() ?? null,
       error: this.errorText,
       committed: this.committed,
+      outages: this.outages,
+      pausedMs: Math.round(this.pausedMs + (this.pausedSince === null ? 0 : performance.now() - this.pausedSince)),
     };
   }
 
@@ -141,7 +157,7 @@ export class MigrationSource {
     if (problems.length > 0) throw new MigrationError('not-movable', `the guest cannot move: ${problems.join('; ')}`);
 
     // Handshake on both channels; nothing else moves before the destination agrees.
-    const sessionId = newSessionId();
+    const sessionId = (this.sessionId = newSessionId());
     const common = { host: opts.host, port: opts.port, security: opts.security, sessionId };
     this.bulk = await connect({ ...common, channel: 'bulk', maxBandwidth: opts.maxBandwidth });
     this.urgent = await UrgentChannel.open({ ...common, memory: guest.memory, maxPages: mem.maxPageCount });
@@ -252,43 +268,65 @@ export class MigrationSource {
     tracker.stop();
     await bulk.sendMessage({ type: 'COMMIT' });
     this.committed = true;
-    await bulk.expect('RUNNING', 60_000);
-    const downtimeMs = performance.now() - tPause;
+    let lost: Error | null = null;
+    let downtimeMs: number | null = null;
+    try {
+      await bulk.expect('RUNNING', 60_000);
+      downtimeMs = performance.now() - tPause;
+    } catch (err) {
+      if (!pending || !isChannelFailure(err)) throw err;
+      lost = err as Error; // the destination may well run the guest: recover, never resume here
+    }
     // ---- downtime ends: the guest runs on the destination ----
 
-    if (pending) {
-      this.phase = 'postcopy';
-      this.postcopy = new PostcopySource(mem, pending, pageCount, bulk, this.urgent!);
-      await this.postcopy.run();
-    }
+    if (pending) this.postcopy = new PostcopySource(mem, pending, pageCount, this.bulk, this.urgent!);
     let verified: boolean | null = null;
-    this.phase = 'verifying';
-    if (this.postcopy) {
-      const st = await bulk.expect('FAULT_STATS', 600_000);
-      this.postcopy.setRemoteReport({
-        pagesRequested: st.pagesRequested,
-        pagesPushed: st.pagesPushed,
-        faults: st.faults,
-        faultLatencyUs: st.latencyUs,
-        guestBlockedMs: Math.round(st.guestBlockedUs / 100) / 10,
-        durationMs: st.durationMs,
-      });
+    // Postcopy survives broken connections: this side keeps the guest's memory and state, and
+    // reconnects (with backoff, or at once on `ferry migrate --resume`) until the destination has
+    // every page or the recovery timeout passes.
+    for (;;) {
+      try {
+        if (lost) {
+          await this.reconnect(lost);
+          lost = null;
+          downtimeMs ??= performance.now() - tPause;
+        }
+        if (this.postcopy) {
+          this.phase = 'postcopy';
+          await this.postcopy.run();
+          this.phase = 'verifying';
+          const st = await this.bulk!.expect('FAULT_STATS', 600_000);
+          this.postcopy.setRemoteReport({
+            pagesRequested: st.pagesRequested,
+            pagesPushed: st.pagesPushed,
+            faults: st.faults,
+            faultLatencyUs: st.latencyUs,
+            guestBlockedMs: Math.round(st.guestBlockedUs / 100) / 10,
+            durationMs: st.durationMs,
+          });
+        }
+        this.phase = 'verifying';
+        const digestMsg = await this.bulk!.expect('DIGEST', 600_000);
+        if (opts.verify) {
+          const present = scanResidency(mem).present;
+          const local = digestMemory(mem.view(), digestMsg.pageCount, (p) => !present.has(p));
+          verified = digestMsg.pageCount === pageCount && local === digestMsg.hex;
+        }
+        await this.bulk!.expect('DONE', 60_000);
+        break;
+      } catch (err) {
+        if (!this.postcopy || !isChannelFailure(err)) throw err;
+        lost = err as Error;
+      }
     }
-    const digestMsg = await bulk.expect('DIGEST', 600_000);
-    if (opts.verify) {
-      const present = scanResidency(mem).present;
-      const local = digestMemory(mem.view(), digestMsg.pageCount, (p) => !present.has(p));
-      verified = digestMsg.pageCount === pageCount && local === digestMsg.hex;
-    }
-    await bulk.expect('DONE', 60_000);
     this.phase = 'completed';
     const report: MigrationReport = {
       mode: this.effectiveMode,
       memoryBytes,
       totalMs: Math.round(performance.now() - this.t0),
-      downtimeMs: Math.round(downtimeMs * 100) / 100,
+      downtimeMs: Math.round((downtimeMs ?? 0) * 100) / 100,
       bytesSent: this.bytesSent(),
-      bytesReceived: bulk.bytesReceived + this.urgent!.bytesReceived,
+      bytesReceived: this.priorBytesReceived + this.bulk!.bytesReceived + this.urgent!.bytesReceived,
       pagesSent: sender.counters.pagesSent + (this.postcopy?.pagesSent ?? 0),
       zeroPages: sender.counters.zeroPages,
       skippedNeverTouchedPages: sender.counters.untouchedPages,
@@ -297,7 +335,7 @@ export class MigrationSource {
       verified,
     };
     if (this.postcopy) report.postcopy = this.postcopy.report();
-    await bulk.close();
+    await this.bulk!.close();
     await this.urgent!.close();
     this.report();
     return report;
@@ -353,7 +391,95 @@ export class MigrationSource {
   }
 
   private bytesSent(): number {
-    return (this.bulk?.bytesSent ?? 0) + (this.urgent?.bytesSent ?? 0);
+    return this.priorBytesSent + (this.bulk?.bytesSent ?? 0) + (this.urgent?.bytesSent ?? 0);
+  }
+
+  /**
+   * Reconnects both channels with the same session until the recovery timeout, then takes the
+   * destination's RECEIVED_SET: the pages it holds are done, every other pending page is sent
+   * (again, if the lost connection swallowed it).
+   */
+  private async reconnect(cause: Error): Promise<void> {
+    this.phase = 'postcopy-paused';
+    this.outages++;
+    this.errorText = `connection lost: ${cause.message}`;
+    const since = performance.now();
+    this.pausedSince = since;
+    this.priorBytesSent += (this.bulk?.bytesSent ?? 0) + (this.urgent?.bytesSent ?? 0);
+    this.priorBytesReceived += (this.bulk?.bytesReceived ?? 0) + (this.urgent?.bytesReceived ?? 0);
+    this.bulk?.destroy();
+    this.urgent?.destroy();
+    this.bulk = null;
+    this.urgent = null;
+    this.report();
+    const deadline = since + this.opts.recoverTimeoutS * 1000;
+    let delay = 100;
+    for (let attempt = 1; ; attempt++) {
+      if (this.abandoned) throw new MigrationError('after-commit', 'abandoned by the operator');
+      if (performance.now() > deadline) {
+        throw new MigrationError('after-commit', `could not reconnect to the destination within ${this.opts.recoverTimeoutS} s (last error: ${this.errorText})`);
+      }
+      try {
+        const common = { host: this.target.host, port: this.target.port, security: this.target.security, sessionId: this.sessionId! };
+        const bulk = await connect({ ...common, channel: 'bulk', maxBandwidth: this.opts.maxBandwidth });
+        let urgent: UrgentChannel;
+        try {
+          urgent = await UrgentChannel.open({ ...common, memory: this.guest.memory, maxPages: this.postcopy!.maxPages });
+        } catch (err) {
+          bulk.destroy();
+          throw err;
+        }
+        this.bulk = bulk;
+        this.urgent = urgent;
+        const held = await bulk.expect('RECEIVED_SET', 30_000);
+        if (held.set.encoding !== 'bitmap' || held.set.startPage !== 0) throw new MigrationError('protocol', 'RECEIVED_SET must be a bitmap from page 0');
+        this.postcopy!.resume(bulk, urgent, held.set.bits, held.set.pageCount);
+        this.pausedMs += performance.now() - since;
+        this.pausedSince = null;
+        this.errorText = null;
+        this.phase = 'postcopy';
+        this.report();
+        return;
+      } catch (err) {
+        if (err instanceof MigrationError) throw err;
+        this.errorText = `reconnect attempt ${attempt}: ${(err as Error).message}`;
+        this.bulk?.destroy();
+        this.urgent?.destroy();
+        this.bulk = null;
+        this.urgent = null;
+        await this.sleepUnlessWoken(delay);
+        delay = Math.min(delay * 2, 5000);
+      }
+    }
+  }
+
+  /** Retry now (and, given one, at another address) instead of waiting for the next backoff. */
+  resumeNow(to?: { host: string; port: number; security?: Security }): boolean {
+    if (this.phase !== 'postcopy-paused') return false;
+    if (to) this.target = { host: to.host, port: to.port, security: to.security ?? this.target.security };
+    this.wake?.();
+    return true;
+  }
+
+  /** Gives up a migration stuck after its commit point: the guest here is then stopped and freed. */
+  abandon(): boolean {
+    if (!this.committed) return false;
+    this.abandoned = true;
+    this.wake?.();
+    this.bulk?.destroy();
+    this.urgent?.destroy();
+    return true;
+  }
+
+  private sleepUnlessWoken(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const t = setTimeout(done, ms);
+      function done() {
+        clearTimeout(t);
+        resolve();
+      }
+      this.wake = done;
+    });
   }
 
   private checkCancelled(): void {

@@ -58,6 +58,7 @@ export class UrgentChannel {
     // An atomic store orders the bitmap's writes before the flag below, which the thread reads first.
     Atomics.store(new Int32Array(this.pending), 0, new Int32Array(this.pending)[0]!);
     this.stats[UrgentStat.ACTIVE_PAGES] = pageCount;
+    this.worker.postMessage({ type: 'activate' });
   }
 
   get error(): Error | null {

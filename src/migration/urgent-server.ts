@@ -38,7 +38,12 @@ async function main(): Promise<void> {
     stats[UrgentStat.BYTES_SENT] = channel.bytesSent;
     stats[UrgentStat.BYTES_RECEIVED] = channel.bytesReceived;
   };
+  // Requests can arrive before the main thread activates this side (right after a reconnection,
+  // the destination asks again at once): they wait for the activation.
+  let activated!: () => void;
+  const active = new Promise<void>((resolve) => (activated = resolve));
   parentPort!.on('message', (m: { type: string }) => {
+    if (m.type === 'activate') activated();
     if (m.type === 'close') {
       publish();
       channel.close().finally(() => {
@@ -54,8 +59,8 @@ async function main(): Promise<void> {
     publish();
     if (!msg) return;
     if (msg.type !== 'PAGE_REQUEST') throw new Error(`unexpected ${msg.type} on the urgent channel`);
+    if (stats[UrgentStat.ACTIVE_PAGES] === 0) await active;
     const pageCount = stats[UrgentStat.ACTIVE_PAGES]!;
-    if (pageCount === 0) throw new Error('page request before the commit');
     stats[UrgentStat.REQUESTS] = stats[UrgentStat.REQUESTS]! + 1;
     const first = msg.offset / HOST_PAGE_SIZE;
     const end = Math.min(first + msg.count, pageCount);

@@ -1,0 +1,8 @@
+// Which errors are a broken or damaged connection (as opposed to a refusal or a bug): after the
+// commit point, postcopy waits these out and reconnects instead of giving up the guest.
+import { TransportError } from './transport/index.js';
+import { WireError } from './wire/index.js';
+
+export function isChannelFailure(err: unknown): boolean {
+  return err instanceof TransportError || err instanceof WireError || (err instanceof Error && err.message.startsWith('urgent channel:'));
+}
