@@ -1,7 +1,7 @@
 // Typed client of the control API over its unix socket. Every failure is an ApiError: server
 // answers keep their status and code; transport failures have status 0.
 import { request } from 'node:http';
-import type { GuestInfo, MigrateRequest, MigrationStatus, SnapshotRequest } from './types.js';
+import type { GuestInfo, MigrateRequest, MigrationStatus, SnapshotRequest, ResumeMigrationRequest } from './types.js';
 
 export class ApiError extends Error {
   /** HTTP status of the answer, or 0 when no answer came (no server, broken connection). */
@@ -55,6 +55,14 @@ export class ApiClient {
 
   async cancelMigration(): Promise<void> {
     await this.call('DELETE', '/guest/migration');
+  }
+
+  async resumeMigration(req: ResumeMigrationRequest = {}): Promise<void> {
+    await this.call('PUT', '/guest/migration/resume', req);
+  }
+
+  async abandonMigration(): Promise<void> {
+    await this.call('PUT', '/guest/migration/abandon', {});
   }
 
   snapshot(req: SnapshotRequest): Promise<Record<string, unknown>> {

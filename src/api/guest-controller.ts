@@ -2,7 +2,7 @@
 // `status|pause|resume|stop` and the migration/snapshot commands reach them through ApiClient.
 // A destination has no guest until the migration commits, so the guest is looked up each time.
 import { ApiServer } from './server.js';
-import { ControllerError, type GuestController, type GuestInfo, type MigrateRequest, type MigrationStatus, type SnapshotRequest } from './types.js';
+import { ControllerError, type GuestController, type GuestInfo, type MigrateRequest, type MigrationStatus, type ResumeMigrationRequest, type SnapshotRequest } from './types.js';
 import type { Guest } from '../guest/guest.js';
 
 /** Capabilities a host process adds (migration source or destination, snapshots). */
@@ -10,6 +10,8 @@ export interface GuestExtensions {
   migrate?(req: MigrateRequest): Promise<Record<string, unknown>>;
   migration?(): MigrationStatus | null;
   cancelMigration?(): Promise<void>;
+  resumeMigration?(req: ResumeMigrationRequest): Promise<void>;
+  abandonMigration?(): Promise<void>;
   snapshot?(req: SnapshotRequest): Promise<Record<string, unknown>>;
   /** Overrides the reported run state (e.g. 'migrating'). */
   state?(): GuestInfo['state'] | null;
@@ -74,6 +76,16 @@ export class LocalGuestController implements GuestController {
   async cancelMigration(): Promise<void> {
     if (!this.ext.cancelMigration) throw new ControllerError(404, 'no-migration', 'no migration in progress');
     await this.ext.cancelMigration();
+  }
+
+  async resumeMigration(req: ResumeMigrationRequest): Promise<void> {
+    if (!this.ext.resumeMigration) throw new ControllerError(404, 'no-migration', 'no migration in progress');
+    await this.ext.resumeMigration(req);
+  }
+
+  async abandonMigration(): Promise<void> {
+    if (!this.ext.abandonMigration) throw new ControllerError(404, 'no-migration', 'no migration in progress');
+    await this.ext.abandonMigration();
   }
 
   snapshot(req: SnapshotRequest): Promise<Record<string, unknown>> {

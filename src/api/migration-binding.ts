@@ -1,7 +1,7 @@
 // The control API's view of an outgoing migration: turns a MigrateRequest into a MigrationSource,
 // allows one at a time, exposes its progress, cancels it before switchover, and tells the host
 // process when its guest has moved (the process then exits 0 without running guest code again).
-import { ControllerError, type MigrateRequest, type MigrationStatus } from './types.js';
+import { ControllerError, type MigrateRequest, type MigrationStatus, type ResumeMigrationRequest } from './types.js';
 import type { GuestExtensions } from './guest-controller.js';
 import type { Guest } from '../guest/guest.js';
 import { MigrationSource, SOURCE_DEFAULTS } from '../migration/source.js';
@@ -12,14 +12,19 @@ import { parseHostPort } from '../migration/address.js';
 export interface MigrationBindingHooks {
   /** The guest now runs on the destination; it was stopped here. */
   onMigrated(report: Record<string, unknown>): void;
+  /** The operator gave up a migration stuck after its commit point; the guest here was stopped. */
+  onAbandoned?(): void;
 }
 
 export function migrationExtensions(guest: Guest, hooks: MigrationBindingHooks): GuestExtensions {
   let current: MigrationSource | null = null;
   let last: MigrationStatus | null = null;
+  /** A migration that failed after its commit point: the guest stays paused here until abandoned. */
+  let stuck = false;
   return {
     async migrate(req: MigrateRequest): Promise<Record<string, unknown>> {
       if (current) throw new ControllerError(409, 'migration-in-progress', 'a migration is already in progress');
+      if (stuck) throw new ControllerError(409, 'after-commit', 'an earlier migration failed after its commit point; ferry migrate --abandon frees the guest');
       const { host, port } = parseTo(req.to);
       const source = new MigrationSource(guest, {
         host,
@@ -40,6 +45,7 @@ export function migrationExtensions(guest: Guest, hooks: MigrationBindingHooks):
         return report;
       } catch (err) {
         if (err instanceof MigrationError) {
+          if (err.code === 'after-commit') stuck = true;
           const status = err.code === 'not-converged' ? 422 : err.code === 'cancelled' ? 409 : err.code === 'not-movable' ? 409 : 502;
           throw new ControllerError(status, err.code, err.message);
         }
@@ -55,6 +61,23 @@ export function migrationExtensions(guest: Guest, hooks: MigrationBindingHooks):
     async cancelMigration(): Promise<void> {
       if (!current) throw new ControllerError(404, 'no-migration', 'no migration in progress');
       if (!current.cancel()) throw new ControllerError(409, 'committed', 'the migration passed its commit point and cannot be cancelled');
+    },
+    async resumeMigration(req: ResumeMigrationRequest): Promise<void> {
+      if (!current) throw new ControllerError(404, 'no-migration', 'no migration in progress');
+      const to = req.to ? parseTo(req.to) : undefined;
+      const security = req.tls ? securityOfRequest(req.tls) : undefined;
+      if (!current.resumeNow(to ? { ...to, ...(security ? { security } : {}) } : undefined)) {
+        throw new ControllerError(409, 'not-paused', 'the migration is not waiting for a connection (postcopy-paused)');
+      }
+    },
+    async abandonMigration(): Promise<void> {
+      if (current) {
+        if (!current.abandon()) throw new ControllerError(409, 'not-committed', 'before its commit point a migration is cancelled (ferry migrate --cancel), not abandoned');
+      } else if (!stuck) {
+        throw new ControllerError(404, 'no-migration', 'no migration to abandon');
+      }
+      await guest.stop();
+      hooks.onAbandoned?.();
     },
     state: () => (current ? 'migrating' : null),
   };

@@ -1,7 +1,7 @@
 // Validation of request bodies (zod): the server never hands a controller an unchecked body.
 // Objects are strict so a misspelt option (e.g. "downtimeTargetMS") is an error, not ignored.
 import { z } from 'zod';
-import type { MigrateRequest, SnapshotRequest } from './types.js';
+import type { MigrateRequest, ResumeMigrationRequest, SnapshotRequest } from './types.js';
 
 const nonEmpty = z.string().min(1, 'must not be empty');
 
@@ -25,6 +25,11 @@ export const migrateRequestSchema = z.object({
   tls: tlsSchema.optional(),
 }).strict();
 
+export const resumeMigrationRequestSchema = z.object({
+  to: nonEmpty.optional(),
+  tls: tlsSchema.optional(),
+}).strict();
+
 export const snapshotRequestSchema = z.object({
   to: nonEmpty,
   diffFrom: nonEmpty.optional(),
@@ -37,6 +42,8 @@ const migrateMatches: Same<z.infer<typeof migrateRequestSchema>, MigrateRequest>
 const snapshotMatches: Same<z.infer<typeof snapshotRequestSchema>, SnapshotRequest> = true;
 void migrateMatches;
 void snapshotMatches;
+const resumeMatches: Same<z.infer<typeof resumeMigrationRequestSchema>, ResumeMigrationRequest> = true;
+void resumeMatches;
 
 /** Turns zod issues into one readable line: "tls.psk: must be an even number of hex digits; ...". */
 export function describeIssues(error: z.ZodError): string {

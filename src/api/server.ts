@@ -7,7 +7,7 @@ import { isMainThread } from 'node:worker_threads';
 import type { Socket } from 'node:net';
 import type { z } from 'zod';
 import { clearStaleSocket } from './socket-file.js';
-import { describeIssues, migrateRequestSchema, snapshotRequestSchema } from './schemas.js';
+import { describeIssues, migrateRequestSchema, resumeMigrationRequestSchema, snapshotRequestSchema } from './schemas.js';
 import { API_ERROR_CODES as E, MAX_BODY_BYTES, type ApiErrorBody, type GuestController } from './types.js';
 
 /** An error answer the server itself decides on (bad request, missing capability, ...). */
@@ -129,6 +129,21 @@ export class ApiServer {
         DELETE: async () => {
           if (!c.cancelMigration) throw new HttpError(404, E.noMigration, 'no migration');
           await c.cancelMigration();
+          return ok;
+        },
+      }],
+      ['/guest/migration/resume', {
+        PUT: async (body) => {
+          const req = parseBody(body ?? {}, resumeMigrationRequestSchema);
+          if (!c.resumeMigration) throw new HttpError(404, E.noMigration, 'no migration');
+          await c.resumeMigration(req);
+          return ok;
+        },
+      }],
+      ['/guest/migration/abandon', {
+        PUT: async () => {
+          if (!c.abandonMigration) throw new HttpError(404, E.noMigration, 'no migration');
+          await c.abandonMigration();
           return ok;
         },
       }],

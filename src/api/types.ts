@@ -40,6 +40,12 @@ export interface MigrationStatus {
   [k: string]: unknown;
 }
 
+/** `ferry migrate --resume`: retry a postcopy connection now, optionally at another address. */
+export interface ResumeMigrationRequest {
+  to?: string;
+  tls?: MigrateTls;
+}
+
 export interface SnapshotRequest {
   to: string;
   diffFrom?: string;
@@ -56,6 +62,10 @@ export interface GuestController {
   migrate?(req: MigrateRequest): Promise<Record<string, unknown>>;
   migration?(): MigrationStatus | null;
   cancelMigration?(): Promise<void>;
+  /** Postcopy-paused: reconnect now (optionally elsewhere). */
+  resumeMigration?(req: ResumeMigrationRequest): Promise<void>;
+  /** Give up a migration stuck after its commit point; the guest here is freed. */
+  abandonMigration?(): Promise<void>;
   snapshot?(req: SnapshotRequest): Promise<Record<string, unknown>>;
 }
 

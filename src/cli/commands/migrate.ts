@@ -19,6 +19,9 @@ interface MigrateFlags extends TlsFlags {
   verify?: boolean;
   json?: boolean;
   cancel?: boolean;
+  resume?: boolean;
+  abandon?: boolean;
+  recoverTimeout: string;
 }
 
 export function registerMigrate(program: Command, ctx: CliContext): void {
@@ -33,7 +36,10 @@ export function registerMigrate(program: Command, ctx: CliContext): void {
     .option('--precopy-timeout <S>', 'give up precopy after S seconds (auto mode switches to postcopy earlier)', String(SOURCE_DEFAULTS.precopyTimeoutS))
     .option('--verify', 'compare a digest of all guest memory on both sides')
     .option('--json', 'print one JSON object with the result, no progress bar')
-    .option('--cancel', 'abort the migration in progress (before switchover only)');
+    .option('--recover-timeout <S>', 'after the switchover, how long postcopy keeps reconnecting a lost destination', String(SOURCE_DEFAULTS.recoverTimeoutS))
+    .option('--cancel', 'abort the migration in progress (before switchover only)')
+    .option('--resume', 'postcopy-paused: reconnect now (with --to, to a new address)')
+    .option('--abandon', 'give up a migration that failed after its switchover and free the guest here');
   addTlsOptions(cmd).addHelpText(
     'after',
     `
@@ -49,9 +55,23 @@ converge (the guest keeps running here); 6: the migration failed.`,
 
 async function migrateCommand(opts: MigrateFlags): Promise<number> {
   const client = new ApiClient(opts.apiSock);
+  const actions = [opts.cancel, opts.resume, opts.abandon].filter(Boolean).length;
+  if (actions > 1) throw new UsageError('--cancel, --resume and --abandon exclude each other');
   if (opts.cancel) {
     await client.cancelMigration();
     process.stderr.write('ferry migrate: cancelled; the guest keeps running on the source\n');
+    return EXIT.ok;
+  }
+  if (opts.abandon) {
+    await client.abandonMigration();
+    process.stderr.write('ferry migrate: abandoned; the guest was freed on the source\n');
+    return EXIT.ok;
+  }
+  if (opts.resume) {
+    if (opts.to) parseHostPortFlag(opts.to, '--to');
+    const hasTls = Boolean(opts.insecure || opts.tlsPsk || opts.tlsCert);
+    await client.resumeMigration({ ...(opts.to ? { to: opts.to } : {}), ...(hasTls ? { tls: readTlsFlags(opts) } : {}) });
+    process.stderr.write('ferry migrate: reconnecting\n');
     return EXIT.ok;
   }
   if (!opts.to) throw new UsageError('--to HOST:PORT is required');
@@ -63,6 +83,7 @@ async function migrateCommand(opts: MigrateFlags): Promise<number> {
     downtimeTargetMs: parsePositiveNumber(opts.downtimeTarget, '--downtime-target'),
     precopyTimeoutS: parsePositiveNumber(opts.precopyTimeout, '--precopy-timeout'),
     verify: Boolean(opts.verify),
+    recoverTimeoutS: parsePositiveNumber(opts.recoverTimeout, '--recover-timeout'),
     tls,
   };
   if (opts.maxBandwidth) req.maxBandwidth = parseSize(opts.maxBandwidth, '--max-bandwidth');
