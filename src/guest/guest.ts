@@ -3,7 +3,7 @@
 // its captured state when it pauses. A guest can start fresh from a module, or from a memory
 // image and a captured state — in this process or in another one given the same bytes.
 import { EventEmitter } from 'node:events';
-import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
+import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { Cmd, Ctl, WorkerState, controlWords, createControlMemory } from './control-block.js';
 import { ModuleCache, type CachedModule } from './module-cache.js';
 import { ModuleRejected, type InstrumentedMeta } from './instrument.js';
@@ -16,6 +16,8 @@ export const WASM_PAGE_SIZE = 65536;
 export const DEFAULT_MAX_MEMORY = 4 * 1024 * 1024 * 1024;
 /** Bytes of linear memory reserved for the unwound stack at the first pause. */
 export const DEFAULT_UNWIND_BYTES = 256 * 1024;
+/** How long launch() blocks for the worker to start before falling back to its message. */
+const LAUNCH_WAIT_MS = 2000;
 
 export type GuestStatus = 'starting' | 'running' | 'pausing' | 'paused' | 'stopped' | 'exited' | 'failed';
 
@@ -94,6 +96,7 @@ export class Guest extends EventEmitter {
   private exitInfo: GuestExit | null = null;
   private priorUptimeMs = 0;
   private readonly launchPort: MessagePort;
+  private readonly capturePort: MessagePort;
   private ready!: Promise<void>;
   private runningSince = 0;
   private runMs = 0;
@@ -114,10 +117,12 @@ export class Guest extends EventEmitter {
     this.maxMemoryBytes = maxMemoryBytes;
     this.ctl = controlWords(init.control);
     const channel = new MessageChannel();
+    const captures = new MessageChannel();
     this.launchPort = channel.port1;
+    this.capturePort = captures.port1;
     this.worker = new Worker(new URL('./worker.js', import.meta.url), {
-      workerData: { ...init, launchPort: channel.port2 },
-      transferList: [channel.port2],
+      workerData: { ...init, launchPort: channel.port2, capturePort: captures.port2 },
+      transferList: [channel.port2, captures.port2],
     });
     this.ready = new Promise<void>((resolve, reject) => {
       this.worker.once('message', (m: WorkerMessage) => (m.type === 'ready' ? resolve() : reject(new GuestError('start-failed', 'guest worker did not start'))));
@@ -140,16 +145,14 @@ export class Guest extends EventEmitter {
         case 'ready':
           break;
         case 'started':
-          this.statusValue = 'running';
-          this.runningSince = performance.now();
+          if (this.statusValue === 'starting') {
+            this.statusValue = 'running';
+            this.runningSince = performance.now();
+          }
           this.emit('started');
           break;
         case 'paused':
-          this.accountRun();
-          this.lastCapture = m.capture;
-          this.statusValue = 'paused';
-          for (const w of this.pauseWaiters.splice(0)) w.resolve();
-          this.emit('paused');
+          this.takeCapture();
           break;
         case 'pause-failed':
           for (const w of this.pauseWaiters.splice(0)) w.reject(new GuestError('pause-failed', m.message));
@@ -240,7 +243,7 @@ export class Guest extends EventEmitter {
   }
 
   private static spawn(mod: CachedModule, memory: WebAssembly.Memory, modulePath: string | null, maxMemoryBytes: number): Guest {
-    const init: Omit<WorkerInit, 'launchPort'> = {
+    const init: Omit<WorkerInit, 'launchPort' | 'capturePort'> = {
       module: new WebAssembly.Module(mod.binary as Uint8Array<ArrayBuffer>),
       meta: mod.meta,
       memory,
@@ -255,6 +258,20 @@ export class Guest extends EventEmitter {
     this.launchPort.postMessage(msg);
     Atomics.store(this.ctl, Ctl.Command, Cmd.Launch);
     Atomics.notify(this.ctl, Ctl.Command);
+    // Wait on the state word rather than for the 'started' message: the guest is running as soon
+    // as the worker says so, whatever this thread's event loop is busy with (a switchover's
+    // downtime ends here).
+    const deadline = performance.now() + LAUNCH_WAIT_MS;
+    for (let s = Atomics.load(this.ctl, Ctl.State); s === WorkerState.Starting; s = Atomics.load(this.ctl, Ctl.State)) {
+      const left = deadline - performance.now();
+      if (left <= 0) break;
+      Atomics.wait(this.ctl, Ctl.State, s, left);
+    }
+    if (Atomics.load(this.ctl, Ctl.State) === WorkerState.Running && this.statusValue === 'starting') {
+      this.statusValue = 'running';
+      this.runningSince = performance.now();
+      return;
+    }
     await this.whenStarted();
   }
 
@@ -284,11 +301,50 @@ export class Guest extends EventEmitter {
   /** Returns once the guest sits at a safepoint with its stack unwound. */
   pause(): Promise<void> {
     if (this.statusValue === 'paused') return Promise.resolve();
-    this.assertLive('pause');
+    // A Promise-returning method reports failure by rejecting, never by throwing synchronously.
+    try {
+      this.assertLive('pause');
+    } catch (err) {
+      return Promise.reject(err);
+    }
     const p = new Promise<void>((resolve, reject) => this.pauseWaiters.push({ resolve, reject }));
     this.statusValue = 'pausing';
     Atomics.store(this.ctl, Ctl.PauseRequested, 1);
     return p;
+  }
+
+  /**
+   * Pauses and blocks this thread (up to timeoutMs) until the guest sits at a safepoint: the
+   * switchover of a migration uses it, so that its downtime does not include a turn of a busy
+   * event loop. Throws if the guest does not pause in time or ends.
+   */
+  pauseNow(timeoutMs = 5000): void {
+    if (this.statusValue === 'paused') return;
+    this.assertLive('pause');
+    this.statusValue = 'pausing';
+    Atomics.store(this.ctl, Ctl.PauseRequested, 1);
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      const s = Atomics.load(this.ctl, Ctl.State);
+      if (s === WorkerState.Paused) break;
+      if (s === WorkerState.Done) throw new GuestError('guest-ended', 'the guest ended before it paused');
+      const left = deadline - performance.now();
+      if (left <= 0) throw new GuestError('pause-timeout', `the guest did not reach a safepoint within ${timeoutMs} ms`);
+      Atomics.wait(this.ctl, Ctl.State, s, left);
+    }
+    this.takeCapture();
+  }
+
+  // The worker posts its capture before it marks itself paused; take it (once) from the port.
+  private takeCapture(): void {
+    if (this.statusValue === 'paused') return;
+    const m = receiveMessageOnPort(this.capturePort);
+    if (!m) return;
+    this.accountRun();
+    this.lastCapture = m.message as PausedCapture;
+    this.statusValue = 'paused';
+    for (const w of this.pauseWaiters.splice(0)) w.resolve();
+    this.emit('paused');
   }
 
   /** Continues a paused guest. */

@@ -16,6 +16,8 @@ export interface WorkerInit {
   control: WebAssembly.Memory;
   /** Carries the LaunchMessage; the worker reads it synchronously when told to launch. */
   launchPort: MessagePort;
+  /** Carries each PausedCapture, posted before the state word says Paused. */
+  capturePort: MessagePort;
   /** Size of the Asyncify unwind buffer (bytes) to reserve at the first pause. */
   unwindBytes: number;
 }
@@ -37,7 +39,7 @@ export interface PausedCapture {
 export type WorkerMessage =
   | { type: 'ready' }
   | { type: 'started' }
-  | { type: 'paused'; capture: PausedCapture }
+  | { type: 'paused' }
   | { type: 'pause-failed'; message: string }
   | { type: 'exit'; code: number }
   | { type: 'trap'; message: string; func: string | null }

@@ -13,6 +13,12 @@ const init = workerData as WorkerInit;
 const ctl = controlWords(init.control);
 const post = (m: WorkerMessage) => parentPort!.postMessage(m);
 
+/** The owner may wait on this word synchronously (Atomics.wait): notify on every change. */
+function setState(s: WorkerState): void {
+  Atomics.store(ctl, Ctl.State, s);
+  Atomics.notify(ctl, Ctl.State);
+}
+
 const enum AsyncifyState {
   Normal = 0,
   Unwinding = 1,
@@ -172,7 +178,7 @@ function run(): void {
   post({ type: 'ready' });
   const l = waitForLaunch();
   if (!l) {
-    Atomics.store(ctl, Ctl.State, WorkerState.Done);
+    setState(WorkerState.Done);
     return;
   }
   launch = l;
@@ -191,7 +197,7 @@ function run(): void {
   } else {
     writeDataSegments(launch.fresh!.dataImage);
   }
-  Atomics.store(ctl, Ctl.State, WorkerState.Running);
+  setState(WorkerState.Running);
   post({ type: 'started' });
   for (;;) {
     if (rewind) {
@@ -201,7 +207,7 @@ function run(): void {
     try {
       exports._start();
     } catch (err: unknown) {
-      Atomics.store(ctl, Ctl.State, WorkerState.Done);
+      setState(WorkerState.Done);
       if (err instanceof WasiExit) return post({ type: 'exit', code: err.code });
       const e = err as Error;
       if (e instanceof WebAssembly.RuntimeError || e instanceof RangeError) {
@@ -210,18 +216,21 @@ function run(): void {
       return post({ type: 'error', message: e.stack ?? String(e) });
     }
     if (exports.asyncify_get_state() !== AsyncifyState.Unwinding) {
-      Atomics.store(ctl, Ctl.State, WorkerState.Done);
+      setState(WorkerState.Done);
       return post({ type: 'exit', code: 0 });
     }
     exports.asyncify_stop_unwind();
-    Atomics.store(ctl, Ctl.State, WorkerState.Paused);
+    // The capture goes first on its own port, so an owner waiting synchronously on the state
+    // word finds it there with receiveMessageOnPort the moment the state says Paused.
+    init.capturePort.postMessage(capture());
     Atomics.add(ctl, Ctl.Pauses, 1);
-    post({ type: 'paused', capture: capture() });
+    setState(WorkerState.Paused);
+    post({ type: 'paused' });
     if (!waitForCommand()) {
-      Atomics.store(ctl, Ctl.State, WorkerState.Done);
+      setState(WorkerState.Done);
       return; // stopped: no more guest code, no atexit handlers, no stdio flush
     }
-    Atomics.store(ctl, Ctl.State, WorkerState.Running);
+    setState(WorkerState.Running);
     rewind = true;
   }
 }
@@ -229,6 +238,6 @@ function run(): void {
 try {
   run();
 } catch (err: unknown) {
-  Atomics.store(ctl, Ctl.State, WorkerState.Done);
+  setState(WorkerState.Done);
   post({ type: 'error', message: (err as Error).message });
 }

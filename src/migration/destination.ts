@@ -16,6 +16,7 @@ import { ChunkAssembler, PageFrameChecker, WireError, type MessageOf } from './w
 import { PageDigest } from './digest.js';
 import { IncomingMemory } from './incoming-memory.js';
 import { isChannelFailure } from './failures.js';
+import { SwitchoverTrace } from './switchover-trace.js';
 import { MigrationError, type MigrationPhase, type MigrationProgress, type PostcopyReport } from './report.js';
 
 export interface DestinationOptions {
@@ -195,6 +196,10 @@ export class MigrationDestination {
           state ??= new ChunkAssembler('STATE', msg.totalBytes);
           state.add(msg.offset, msg.data, offset, msg.totalBytes);
           continue;
+        case 'PING':
+          // The source's barrier before its pause: everything before this frame is placed.
+          await bulk.sendMessage({ type: 'PONG', nonce: msg.nonce });
+          continue;
         case 'COMMIT':
           break;
         default:
@@ -202,8 +207,10 @@ export class MigrationDestination {
       }
       break;
     }
+    const trace = new SwitchoverTrace('destination');
     if (!state) throw new WireError('BAD_ORDER', bulk.bytesReceived, 'COMMIT without a guest state');
     const guestState = decodeGuestState(state.result());
+    trace.mark('state decoded');
     if (guestState.module.hash !== setup.moduleHash) throw new MigrationError('protocol', 'the guest state belongs to another module than the one announced');
     if (guestState.memory.bytes !== mem.sizeBytes) {
       throw new MigrationError('protocol', `the guest state says ${guestState.memory.bytes} bytes of memory, the stream built ${mem.sizeBytes}`);
@@ -215,8 +222,12 @@ export class MigrationDestination {
     incoming.activate();
     const prepared = await this.preparing!;
     this.preparing = null;
+    trace.mark('worker ready');
     const guest = await prepared.launchRestore(guestState, { preopens: this.opts.preopens, stdio: this.opts.stdio });
+    trace.mark('guest running');
     await bulk.sendMessage({ type: 'RUNNING' });
+    trace.mark('RUNNING sent');
+    trace.print();
     this.phase = this.incoming ? 'postcopy' : 'verifying';
     this.report();
     const completion = this.finish(guest, digest, pageCount, mem.sizeBytes);

@@ -18,6 +18,7 @@ import { digestMemory } from './digest.js';
 import { PageSender } from './page-sender.js';
 import { PostcopySource } from './postcopy-source.js';
 import { UrgentChannel } from './urgent-channel.js';
+import { SwitchoverTrace } from './switchover-trace.js';
 import {
   MigrationError,
   type MigrationMode,
@@ -237,14 +238,23 @@ export class MigrationSource {
     // stale, so it drops them ahead of the pause.
     if (postcopy) await this.sendDiscard(dirty, mem.pageCount);
 
+    // Wait until the destination has placed everything sent so far: what it still has to read
+    // when the guest pauses would otherwise queue in front of the state and the commit, inside
+    // the downtime.
+    await sender.flush();
+    await this.drainBarrier();
+
     // ---- downtime starts ----
     const tPause = performance.now();
-    await guest.pause();
+    const trace = new SwitchoverTrace('source');
+    guest.pauseNow();
     notePaused();
+    trace.mark('paused');
     const state = guest.capture();
     const late = guest.movabilityProblems();
     if (late.length > 0) throw new MigrationError('not-movable', `the guest cannot move: ${late.join('; ')}`);
     const last = tracker.collect();
+    trace.mark('collected');
     sentBytes = await this.sendGrowth(mem, sentBytes);
     const memoryBytes = mem.sizeBytes;
     const pageCount = mem.pageCount;
@@ -264,20 +274,25 @@ export class MigrationSource {
       await sender.sendSet(dirty.union(last), pageCount);
     }
     await sender.flush();
+    trace.mark('pages sent');
     await this.sendChunks('STATE', encodeGuestState(state));
-    tracker.stop();
+    trace.mark('state sent');
     await bulk.sendMessage({ type: 'COMMIT' });
     this.committed = true;
+    trace.mark('committed');
     let lost: Error | null = null;
     let downtimeMs: number | null = null;
     try {
       await bulk.expect('RUNNING', 60_000);
       downtimeMs = performance.now() - tPause;
+      trace.mark('running');
+      trace.print();
     } catch (err) {
       if (!pending || !isChannelFailure(err)) throw err;
       lost = err as Error; // the destination may well run the guest: recover, never resume here
     }
     // ---- downtime ends: the guest runs on the destination ----
+    tracker.stop(); // unregistering the whole reservation takes milliseconds: not in the downtime
 
     if (pending) this.postcopy = new PostcopySource(mem, pending, pageCount, this.bulk, this.urgent!);
     let verified: boolean | null = null;
@@ -360,6 +375,13 @@ export class MigrationSource {
       this.checkCancelled();
     }
     if (p < pageCount) await sender.sendEmpty(p, pageCount, 'untouched');
+  }
+
+  private async drainBarrier(): Promise<void> {
+    const nonce = (Math.random() * 0xffffffff) >>> 0;
+    await this.bulk!.sendMessage({ type: 'PING', nonce });
+    const pong = await this.bulk!.expect('PONG', 120_000);
+    if (pong.nonce !== nonce) throw new MigrationError('protocol', `PONG ${pong.nonce} does not answer PING ${nonce}`);
   }
 
   private async sendGrowth(mem: GuestMemory, sentBytes: number): Promise<number> {
