@@ -16,6 +16,8 @@ export const WASM_PAGE_SIZE = 65536;
 export const DEFAULT_MAX_MEMORY = 4 * 1024 * 1024 * 1024;
 /** Bytes of linear memory reserved for the unwound stack at the first pause. */
 export const DEFAULT_UNWIND_BYTES = 256 * 1024;
+/** How long stop() waits for a running guest thread to end before giving up on it. */
+const STOP_WAIT_MS = 1000;
 /** How long launch() blocks for the worker to start before falling back to its message. */
 const LAUNCH_WAIT_MS = 2000;
 
@@ -97,6 +99,7 @@ export class Guest extends EventEmitter {
   private priorUptimeMs = 0;
   private readonly launchPort: MessagePort;
   private readonly capturePort: MessagePort;
+  private readonly finishExit: (e: GuestExit) => void;
   private ready!: Promise<void>;
   private runningSince = 0;
   private runMs = 0;
@@ -170,6 +173,7 @@ export class Guest extends EventEmitter {
     });
     this.worker.on('error', (err) => finish({ code: null, reason: 'error', message: err.message }));
     this.worker.on('exit', () => finish({ code: null, reason: 'stopped' }));
+    this.finishExit = finish;
   }
 
   /** Instruments (or takes from the cache) and starts a module from its first instruction. */
@@ -390,7 +394,12 @@ export class Guest extends EventEmitter {
       Atomics.store(this.ctl, Ctl.Command, Cmd.Stop);
       Atomics.notify(this.ctl, Ctl.Command);
     } else {
-      await this.worker.terminate();
+      // A thread blocked in the kernel on a userfaultfd hole cannot be interrupted: do not wait
+      // for it forever (the process exits around it; the kernel ends it with the process).
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([this.worker.terminate(), new Promise((r) => (timer = setTimeout(r, STOP_WAIT_MS)))]);
+      clearTimeout(timer);
+      if (!this.exitInfo) this.finishExit({ code: null, reason: 'stopped' });
     }
     return this.exited;
   }

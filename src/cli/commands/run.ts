@@ -94,7 +94,7 @@ async function runIncoming(modulePath: string | undefined, opts: RunFlags, guest
   if (guestArgs.length > 0) throw new UsageError('guest arguments are refused with --incoming: they are part of the guest state');
   const { host, port } = parseHostPortFlag(opts.incoming!, '--incoming', true);
   const security = securityOf(readTlsFlags(opts));
-  const dest = new MigrationDestination({ host, port, security, preopens: parseDirs(opts.dir), stdio: openStdio(opts, true) });
+  const dest = new MigrationDestination({ host, port, security, preopens: parseDirs(opts.dir), stdio: openStdio(opts) });
   let guest: Guest | null = null;
   const api = opts.apiSock
     ? await serveGuestApi(() => guest, opts.apiSock, { migration: () => dest.progress(), state: () => (guest ? null : 'migrating') })
