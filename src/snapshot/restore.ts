@@ -69,7 +69,7 @@ export async function restoreSnapshot(source: string | SnapshotChain, opts: Rest
     ...(opts.startPaused ? { startPaused: true } : {}),
   };
   if (!opts.lazy) {
-    loadEagerly(chain, mem);
+    loadEagerly(chain, mem.view());
     const loadMs = performance.now() - t0;
     const guest = await Guest.restore(guestOpts);
     if (opts.startPaused) await guest.pause();
@@ -77,36 +77,24 @@ export async function restoreSnapshot(source: string | SnapshotChain, opts: Rest
     return { guest, memory: mem, chain, restoreMs: round(performance.now() - t0), loaded: Promise.resolve(report) };
   }
 
-  const states = new PageStateTable(mem.maxPageCount);
-  const unwind = placeUnwindPages(chain, mem, states);
-  for (let p = 0; p < chain.location.length; p++) {
-    if (chain.location[p]! >= 0 && (p < unwind[0] || p >= unwind[1])) states.markPending(p);
-  }
-  const location = new SharedArrayBuffer(chain.location.byteLength);
-  new Int16Array(location).set(chain.location);
-  const server = await FaultServer.start(mem, states, {
-    kind: 'module',
-    module: fileURLToPath(new URL('./chain-page-source.js', import.meta.url)),
-    options: { files: chain.layers.map((l) => l.memoryPath), location },
-  }, { faultAround: opts.faultAround ?? 16 });
+  const lazy = await openLazyMemory(chain, mem, opts.faultAround ?? 16);
   let guest: Guest;
   try {
     guest = await Guest.restore(guestOpts);
     if (opts.startPaused) await guest.pause();
   } catch (err) {
-    await server.stop().catch(() => undefined);
+    await lazy.stop().catch(() => undefined);
     throw err;
   }
   const restoreMs = round(performance.now() - t0);
-  const loaded = loadInBackground(chain, server, states).then(
-    async (placed) => {
-      const faults = server.stats().faults;
-      await server.stop();
+  const loaded = lazy.load().then(
+    (placed) => {
+      const faults = lazy.faults;
       return { mode: 'lazy' as const, pages: chain.presentPages, loadMs: round(performance.now() - t0), faults, pagesPlacedByLoader: placed };
     },
     async (err: Error) => {
       await guest.stop(); // it may be blocked on a page that will never come: end it before the uffd closes
-      await server.stop().catch(() => undefined);
+      await lazy.stop().catch(() => undefined);
       throw err;
     },
   );
@@ -123,9 +111,8 @@ function checkPreopens(chain: SnapshotChain, preopens: Preopen[]): void {
   }
 }
 
-/** Reads every chunk straight into guest memory, root layer first (newer layers overwrite), checking each. */
-function loadEagerly(chain: SnapshotChain, mem: GuestMemory): void {
-  const view = mem.view();
+/** Reads every chunk straight into `view` (a memory of the chain's size), root layer first (newer layers overwrite), checking each. */
+export function loadEagerly(chain: SnapshotChain, view: Uint8Array): void {
   chain.layers.forEach((layer, li) => {
     const fd = openSync(layer.memoryPath, 'r');
     try {
@@ -138,6 +125,62 @@ function loadEagerly(chain: SnapshotChain, mem: GuestMemory): void {
       closeSync(fd);
     }
   });
+}
+
+/** A memory being filled lazily from a snapshot chain: holes served by a fault server, a loader to fill the rest. */
+export interface LazyMemory {
+  memory: GuestMemory;
+  server: FaultServer;
+  /** Faults served so far (read before the server stops). */
+  readonly faults: number;
+  /**
+   * Reads and checks every chunk, places the pages still pending, then stops the fault server.
+   * Resolves with the pages it placed; on a damaged chunk it rejects and leaves the server running
+   * (stop the guest first, then call stop()).
+   */
+  load(): Promise<number>;
+  stop(): Promise<void>;
+}
+
+/**
+ * Registers `mem` (fresh, of the chain's geometry) with a fault server whose page source is the chain:
+ * pages the chain holds become pending, the rest known-zero; the unwound stack's pages are copied in
+ * first. Any thread may then touch the memory: the fault worker reads the files itself.
+ */
+export async function openLazyMemory(chain: SnapshotChain, mem: GuestMemory, faultAround = 16): Promise<LazyMemory> {
+  const states = new PageStateTable(mem.maxPageCount);
+  const unwind = placeUnwindPages(chain, mem, states);
+  for (let p = 0; p < chain.location.length; p++) {
+    if (chain.location[p]! >= 0 && (p < unwind[0] || p >= unwind[1])) states.markPending(p);
+  }
+  const location = new SharedArrayBuffer(chain.location.byteLength);
+  new Int16Array(location).set(chain.location);
+  const server = await FaultServer.start(mem, states, {
+    kind: 'module',
+    module: fileURLToPath(new URL('./chain-page-source.js', import.meta.url)),
+    options: { files: chain.layers.map((l) => l.memoryPath), location },
+  }, { faultAround });
+  let faults = 0;
+  let stopped = false;
+  const stop = async () => {
+    if (stopped) return;
+    stopped = true;
+    faults = server.stats().faults;
+    await server.stop();
+  };
+  return {
+    memory: mem,
+    server,
+    get faults() {
+      return stopped ? faults : server.stats().faults;
+    },
+    async load() {
+      const placed = await loadInBackground(chain, server, states);
+      await stop();
+      return placed;
+    },
+    stop,
+  };
 }
 
 /** Copies the pages of the unwound stack in before the fault server starts; returns their [first, end). */
