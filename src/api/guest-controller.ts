@@ -6,16 +6,12 @@ import { ControllerError, type GuestController, type GuestInfo, type MigrateRequ
 import type { Guest } from '../guest/guest.js';
 
 /** Capabilities a host process adds (migration source or destination, snapshots). */
-export interface GuestExtensions {
-  migrate?(req: MigrateRequest): Promise<Record<string, unknown>>;
-  migration?(): MigrationStatus | null;
-  cancelMigration?(): Promise<void>;
-  resumeMigration?(req: ResumeMigrationRequest): Promise<void>;
-  abandonMigration?(): Promise<void>;
-  snapshot?(req: SnapshotRequest): Promise<Record<string, unknown>>;
+export type GuestExtensions = Partial<
+  Pick<GuestController, 'migrate' | 'migration' | 'cancelMigration' | 'resumeMigration' | 'abandonMigration' | 'snapshot'>
+> & {
   /** Overrides the reported run state (e.g. 'migrating'). */
   state?(): GuestInfo['state'] | null;
-}
+};
 
 export class LocalGuestController implements GuestController {
   constructor(
