@@ -243,7 +243,14 @@ export class Guest extends EventEmitter {
       modulePath: opts.modulePath ?? null,
       ...(opts.cache ? { cache: opts.cache } : {}),
     });
-    return prepared.launchRestore(opts.state, { preopens: opts.preopens ?? [], stdio: opts.stdio ?? {}, startPaused: opts.startPaused ?? false });
+    try {
+      return await prepared.launchRestore(opts.state, { preopens: opts.preopens ?? [], stdio: opts.stdio ?? {}, startPaused: opts.startPaused ?? false });
+    } catch (err) {
+      // A refused state (wrong module, memory too small) must not leave the waiting worker behind:
+      // it would keep the process alive forever.
+      await prepared.dispose();
+      throw err;
+    }
   }
 
   private static spawn(mod: CachedModule, memory: WebAssembly.Memory, modulePath: string | null, maxMemoryBytes: number): Guest {

@@ -1,0 +1,127 @@
+// The guest runtime in one process: real guests (guests/build/*.wasm) run under Guest, paused and
+// resumed at safepoints many times, and checked by their own output (memtouch verifies every page
+// and numbers its progress lines; compute's RESULT depends only on its iteration count).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { assertConsecutive, guestModule, readText, seqNumbers, sleep, tmpDir, useSharedCache, waitFor } from './fixtures/guest/helpers.js';
+import { Guest, type GuestExit } from '../src/guest/guest.js';
+import { decodeGuestState, encodeGuestState } from '../src/state/guest-state.js';
+
+useSharedCache();
+
+/** A stdout file for a guest: its path and a host fd the guest writes to. */
+function stdoutFile(tag: string): { path: string; fd: number } {
+  const p = path.join(tmpDir(tag), 'stdout');
+  return { path: p, fd: fs.openSync(p, 'w') };
+}
+
+test('memtouch fills and verifies 256 MiB under Ferry', async () => {
+  const out = stdoutFile('mt256');
+  const guest = await Guest.start({
+    module: guestModule('memtouch'),
+    args: ['memtouch', '--mib', '256', '--seconds', '0.01'],
+    stdio: { stdout: out.fd },
+  });
+  const exit = await guest.exited;
+  fs.closeSync(out.fd);
+  const text = readText(out.path);
+  assert.deepEqual(exit, { code: 0, reason: 'exit' }, text);
+  assert.match(text, /^START pages=65536 /m);
+  assert.match(text, /^VERIFY OK 65536$/m);
+  assert.ok(guest.memory.buffer.byteLength >= 256 * 1024 * 1024, 'the guest memory holds the working set');
+});
+
+test('memtouch paused and resumed 100 times verifies, and its SEQ lines have no gap or repeat', async () => {
+  const work = tmpDir('mt-pauses');
+  const out = stdoutFile('mt-pauses-out');
+  const guest = await Guest.start({
+    module: guestModule('memtouch'),
+    args: ['memtouch', '--mib', '16', '--report-ms', '5', '--verify-file', '/work/verify'],
+    preopens: [{ guestPath: '/work', hostPath: work }],
+    stdio: { stdout: out.fd },
+  });
+  let pausedEvents = 0;
+  guest.on('paused', () => pausedEvents++);
+  await waitFor('the first SEQ line', () => seqNumbers(readText(out.path)).length > 0);
+  for (let i = 0; i < 100; i++) {
+    await guest.pause();
+    assert.equal(guest.status, 'paused');
+    if (i % 25 === 0) {
+      // A capture of a paused guest survives encoding and validation unchanged.
+      const state = guest.capture();
+      assert.deepEqual(decodeGuestState(encodeGuestState(state)), state);
+      assert.ok(state.exec.unwind, 'a paused guest has an unwound stack');
+    }
+    guest.resume();
+    assert.equal(guest.status, 'running');
+    await sleep(i % 4); // vary where the next pause lands
+  }
+  assert.equal(pausedEvents, 100);
+  const seqBefore = seqNumbers(readText(out.path)).length;
+  await waitFor('more SEQ lines after the last resume', () => seqNumbers(readText(out.path)).length > seqBefore + 2);
+  fs.writeFileSync(path.join(work, 'verify'), '');
+  const exit = await guest.exited;
+  fs.closeSync(out.fd);
+  const text = readText(out.path);
+  assert.deepEqual(exit, { code: 0, reason: 'exit' }, text);
+  assert.match(text, /^VERIFY OK 4096$/m);
+  const seq = seqNumbers(text);
+  assert.ok(seq.length > 3);
+  assertConsecutive(seq);
+});
+
+/** Runs compute to its end; with `pauses`, pauses and resumes it as often as it can meanwhile. */
+async function runCompute(iterations: number, pauses: boolean): Promise<{ result: string; pauses: number; exit: GuestExit }> {
+  const out = stdoutFile('compute');
+  const guest = await Guest.start({ module: guestModule('compute'), args: ['compute', '--iterations', String(iterations)], stdio: { stdout: out.fd } });
+  let count = 0;
+  let ended = false;
+  void guest.exited.then(() => (ended = true));
+  while (pauses && !ended) {
+    try {
+      await guest.pause();
+    } catch (err) {
+      if ((err as { code?: string }).code === 'guest-ended') break; // it finished while we asked
+      throw err;
+    }
+    count++;
+    guest.resume();
+    if (count % 8 === 0) await sleep(1);
+  }
+  const exit = await guest.exited;
+  fs.closeSync(out.fd);
+  const m = /^RESULT ([0-9a-f]{16})$/m.exec(readText(out.path));
+  assert.ok(m, `compute printed no RESULT: ${readText(out.path)}`);
+  return { result: m[1]!, pauses: count, exit };
+}
+
+test('compute paused and resumed many times prints the same RESULT as an uninterrupted run', async () => {
+  const iterations = 30000;
+  const plain = await runCompute(iterations, false);
+  assert.deepEqual(plain.exit, { code: 0, reason: 'exit' });
+  const paused = await runCompute(iterations, true);
+  assert.deepEqual(paused.exit, { code: 0, reason: 'exit' });
+  assert.ok(paused.pauses >= 10, `only ${paused.pauses} pauses landed before compute finished`);
+  assert.equal(paused.result, plain.result);
+  // And a different iteration count gives a different result (the check can fail).
+  const other = await runCompute(iterations + 1, false);
+  assert.notEqual(other.result, plain.result);
+});
+
+test('stop() on a paused guest ends it without running more guest code', async () => {
+  const out = stdoutFile('mt-stop');
+  const guest = await Guest.start({ module: guestModule('memtouch'), args: ['memtouch', '--mib', '4', '--report-ms', '2'], stdio: { stdout: out.fd } });
+  await waitFor('a SEQ line', () => seqNumbers(readText(out.path)).length > 0);
+  await guest.pause();
+  const size = fs.fstatSync(out.fd).size;
+  const exit = await guest.stop();
+  assert.deepEqual(exit, { code: null, reason: 'stopped' });
+  assert.equal(guest.status, 'stopped');
+  await sleep(50);
+  assert.equal(fs.fstatSync(out.fd).size, size, 'a stopped guest wrote nothing more');
+  assert.throws(() => guest.resume(), /cannot resume a guest that is stopped/);
+  await assert.rejects(guest.pause(), /cannot pause: the guest has stopped/);
+  fs.closeSync(out.fd);
+});
