@@ -1,0 +1,129 @@
+// Damaged snapshots are refused before any guest runs, with an error naming the file.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { cpSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, truncateSync, writeFileSync, writeSync, closeSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Guest } from '../src/guest/guest.js';
+import { GuestMemory, WASM_PAGE_SIZE } from '../src/memory/guest-memory.js';
+import { SnapshotError, SnapshotSession, loadEagerly, loadSnapshot, restoreSnapshot, type SnapshotManifest } from '../src/snapshot/index.js';
+import { COMPUTE, MEMTOUCH, ferryDone, seqNumbers, until } from './snapshot-helpers.js';
+
+let tmp: string;
+let full: string;
+let diff: string;
+
+before(async () => {
+  tmp = mkdtempSync(join(tmpdir(), 'ferry-snapdmg-'));
+  const outPath = join(tmp, 'g.out');
+  const guest = await Guest.start({
+    module: readFileSync(MEMTOUCH),
+    args: ['memtouch', '--mib', '4', '--report-ms', '20'],
+    stdio: { stdout: openSync(outPath, 'w') },
+    maxMemoryBytes: 64 << 20,
+  });
+  await until('memtouch to report', () => seqNumbers(outPath).length >= 2);
+  const session = new SnapshotSession(guest);
+  full = join(tmp, 'full');
+  diff = join(tmp, 'diff');
+  await session.take({ to: full, resume: true });
+  await until('more writes', () => seqNumbers(outPath).length >= 5);
+  await session.take({ to: diff, diffFrom: full });
+});
+after(() => rmSync(tmp, { recursive: true, force: true }));
+
+/** A copy of the full+diff pair under a fresh directory (the diff names its parent as ../full). */
+function copyPair(name: string): { full: string; diff: string } {
+  const root = join(tmp, name);
+  mkdirSync(root);
+  cpSync(full, join(root, 'full'), { recursive: true });
+  cpSync(diff, join(root, 'diff'), { recursive: true });
+  return { full: join(root, 'full'), diff: join(root, 'diff') };
+}
+
+function refused(fn: () => unknown, code: SnapshotError['code'], file: string): void {
+  assert.throws(fn, (e: unknown) => {
+    assert.ok(e instanceof SnapshotError, `a SnapshotError, got ${String(e)}`);
+    assert.equal(e.code, code, e.message);
+    assert.ok(e.message.includes(file), `message names ${file}: ${e.message}`);
+    return true;
+  });
+}
+
+test('the intact pair loads, as a chain of two', () => {
+  const c = loadSnapshot(diff);
+  assert.equal(c.layers.length, 2);
+  const mem = GuestMemory.create(c.memory.bytes / WASM_PAGE_SIZE, c.memory.maxBytes / WASM_PAGE_SIZE);
+  loadEagerly(c, mem.view());
+});
+
+test('a truncated memory file is refused', () => {
+  const p = copyPair('trunc');
+  const f = join(p.full, 'memory.bin');
+  truncateSync(f, statSync(f).size - 4096);
+  refused(() => loadSnapshot(p.diff), 'truncated', f);
+});
+
+test('a flipped byte in the memory file fails its chunk checksum before a guest runs (eager) or stops the guest (lazy)', async () => {
+  const p = copyPair('flip');
+  const f = join(p.diff, 'memory.bin');
+  const m = JSON.parse(readFileSync(join(p.diff, 'manifest.json'), 'utf8')) as SnapshotManifest;
+  const at = m.memoryFile.chunks[0]!.page * 4096 + 100;
+  const fd = openSync(f, 'r+');
+  const b = Buffer.alloc(1);
+  readSync(fd, b, 0, 1, at);
+  b[0] = b[0]! ^ 0x40;
+  writeSync(fd, b, 0, 1, at);
+  closeSync(fd);
+  const chain = loadSnapshot(p.diff); // structure is fine; the bytes are not
+  const mem = GuestMemory.create(chain.memory.bytes / WASM_PAGE_SIZE, chain.memory.maxBytes / WASM_PAGE_SIZE);
+  refused(() => loadEagerly(chain, mem.view()), 'checksum', f);
+  await assert.rejects(restoreSnapshot(p.diff), (e: unknown) => e instanceof SnapshotError && e.code === 'checksum');
+  const lazy = await restoreSnapshot(p.diff, { lazy: true, stdio: { stdout: openSync('/dev/null', 'w') } });
+  await assert.rejects(lazy.loaded, (e: unknown) => e instanceof SnapshotError && e.code === 'checksum' && e.message.includes(f));
+  const exit = await lazy.guest.exited;
+  assert.notEqual(exit.reason, 'exit', 'the guest was stopped, it did not run to an exit');
+  const cli = await ferryDone(['restore', p.diff]);
+  assert.equal(cli.code, 6);
+  assert.match(cli.stderr, /snapshot refused: .*memory\.bin: checksum mismatch/);
+});
+
+test('a missing parent is refused, naming the parent manifest', () => {
+  const root = join(tmp, 'orphan');
+  mkdirSync(root);
+  cpSync(diff, join(root, 'diff'), { recursive: true });
+  refused(() => loadSnapshot(join(root, 'diff')), 'parent', join(root, 'full', 'manifest.json'));
+});
+
+test('a parent that is not the one the diff was taken against is refused', () => {
+  const p = copyPair('otherparent');
+  const mf = join(p.full, 'manifest.json');
+  const m = JSON.parse(readFileSync(mf, 'utf8')) as SnapshotManifest;
+  m.createdAt = '2000-01-01T00:00:00.000Z';
+  writeFileSync(mf, JSON.stringify(m));
+  refused(() => loadSnapshot(p.diff), 'parent', mf);
+});
+
+test('another module in module.wasm is refused', () => {
+  const p = copyPair('module');
+  const f = join(p.full, 'module.wasm');
+  writeFileSync(f, readFileSync(COMPUTE));
+  refused(() => loadSnapshot(p.diff), 'module', f);
+});
+
+test('a modified state file is refused; a damaged manifest is refused; a plain directory is not a snapshot', async () => {
+  const p = copyPair('state');
+  const sf = join(p.diff, 'state.json');
+  const s = readFileSync(sf, 'utf8');
+  writeFileSync(sf, s.replace('"uptimeMs":', '"uptimeMs":1'));
+  refused(() => loadSnapshot(p.diff), 'truncated', sf); // one byte longer than the manifest says
+  writeFileSync(sf, s.replace(/"uptimeMs":\d/, '"uptimeMs":9'));
+  if (readFileSync(sf, 'utf8') !== s) refused(() => loadSnapshot(p.diff), 'checksum', sf);
+  const mf = join(p.full, 'manifest.json');
+  writeFileSync(mf, '{"format":"ferry-snapshot","version":1');
+  refused(() => loadSnapshot(p.full), 'corrupt', mf);
+  refused(() => loadSnapshot(tmp), 'missing', join(tmp, 'manifest.json'));
+  const cli = await ferryDone(['restore', tmp]);
+  assert.equal(cli.code, 6);
+  assert.match(cli.stderr, /manifest\.json does not exist/);
+});
