@@ -148,23 +148,33 @@ export class IncomingMemory {
     this.checker.checkPages(msg, frameOffset);
     if (msg.kind !== 'data' || !msg.data) throw new Error(`postcopy pages must carry data (frame at byte ${frameOffset})`);
     const first = msg.offset / HOST_PAGE_SIZE;
-    const now = performance.now();
-    for (let i = 0; i < msg.count; i++) {
-      const p = first + i;
-      if (this.states.get(p) !== PageState.PENDING) continue; // never placed twice
-      this.server!.place(p, msg.data, i * HOST_PAGE_SIZE, 1);
-      this.digest.set(p, msg.data.subarray(i * HOST_PAGE_SIZE, (i + 1) * HOST_PAGE_SIZE));
-      this.remaining--;
-      const t = this.requestedAt.get(p);
-      if (t !== undefined) {
-        this.latenciesUs.push((now - t) * 1000);
+    // Place each run of still-pending pages with one UFFDIO_COPY; a page is never placed twice.
+    for (let i = 0; i < msg.count; ) {
+      if (this.states.get(first + i) !== PageState.PENDING) {
+        i++;
+        continue;
+      }
+      let j = i + 1;
+      while (j < msg.count && this.states.get(first + j) === PageState.PENDING) j++;
+      this.server!.fill(first + i, j - i, msg.data, i * HOST_PAGE_SIZE);
+      this.digest.set(first + i, msg.data.subarray(i * HOST_PAGE_SIZE, j * HOST_PAGE_SIZE), j - i);
+      this.remaining -= j - i;
+      if (urgent) this.pagesRequested += j - i;
+      else this.pagesPushed += j - i;
+      i = j;
+    }
+    if (this.requestedAt.size > 0) {
+      const placedAt = performance.timeOrigin + performance.now();
+      for (let p = first; p < first + msg.count; p++) {
+        const t = this.requestedAt.get(p);
+        if (t === undefined) continue;
+        this.latenciesUs.push((placedAt - t) * 1000);
         this.requestedAt.delete(p);
       }
-      if (urgent) this.pagesRequested++;
-      else this.pagesPushed++;
     }
     if (this.remaining === 0 && this.active) this.finish();
   }
+
 
   get pendingPages(): number {
     return this.remaining;
@@ -234,9 +244,8 @@ export class IncomingMemory {
     } catch {
       /* spurious wake */
     }
-    const now = performance.now();
-    this.ring.drain((first, count) => {
-      for (let p = first; p < first + count; p++) if (!this.requestedAt.has(p)) this.requestedAt.set(p, now);
+    this.ring.drain((first, count, faultTime) => {
+      for (let p = first; p < first + count; p++) if (!this.requestedAt.has(p)) this.requestedAt.set(p, faultTime);
       this.request(first, count);
     });
   }

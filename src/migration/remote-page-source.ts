@@ -21,7 +21,8 @@ class RemotePageSource implements PageSource {
   }
 
   request(firstPage: number, count: number, _sink: PageSink): void {
-    while (!this.ring.push(firstPage, count)) {
+    const faultTime = performance.timeOrigin + performance.now();
+    while (!this.ring.push(firstPage, count, faultTime)) {
       // Full ring: the main thread is behind; give it a moment (this thread only serves faults).
       eventfdSignal(this.opts.eventFd);
       Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
