@@ -10,7 +10,7 @@
 //    from a safepoint or from a blocking WASI call, and rewind it later, in any process.
 import { createHash } from 'node:crypto';
 
-export const INSTRUMENTATION_VERSION = 1;
+export const INSTRUMENTATION_VERSION = 2;
 
 /** The import namespace and names Ferry adds. */
 export const FERRY_IMPORT_MODULE = 'ferry';
@@ -193,7 +193,16 @@ function transform(b: BinaryenApi, mod: BinaryenApi, source: Uint8Array): Instru
   b.setOptimizeLevel(2);
   b.setShrinkLevel(0);
   b.setDebugInfo(true); // keep function names: a trap names the guest function
-  mod.optimize();
+  // Binaryen inlines every function that has a single caller (its default limit is unlimited);
+  // a trap would then be reported in the outermost caller (e.g. `_start`) instead of the guest
+  // function it happened in. Keep such functions; tiny ones are still inlined.
+  const oneCallerLimit: number = b.getOneCallerInlineMaxSize();
+  b.setOneCallerInlineMaxSize(0);
+  try {
+    mod.optimize();
+  } finally {
+    b.setOneCallerInlineMaxSize(oneCallerLimit);
+  }
   if (!mod.validate()) throw new ModuleRejected('module did not validate after instrumentation');
   const binary: Uint8Array = mod.emitBinary();
   try {

@@ -1,0 +1,134 @@
+// Guest runtime benchmarks:
+//  - instrumented (Ferry: safepoints + Asyncify, shared memory, guest worker) vs uninstrumented
+//    speed of the compute and memtouch guests in the same run. The reference is the ORIGINAL
+//    module instantiated directly on this process's main thread with Ferry's own WASI (`new Wasi`)
+//    and the module's own (non-shared) memory — so the ratio is the cost of instrumentation and
+//    shared memory, not of the WASI implementation;
+//  - time from an in-process `pause()` until the guest is paused (stack unwound, capture posted,
+//    promise resolved), on the compute guest, over 250 pauses;
+//  - time to instrument a ~20 MiB module (generated C compiled by clang at bench time), cold
+//    (empty cache dir) and cached (ModuleCache.load again).
+import { openSync, closeSync, readFileSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { percentile, median, type BenchRow } from './harness.js';
+import { buildBigModule } from './fixtures/big-module.js';
+import { Guest } from '../src/guest/guest.js';
+import { ModuleCache } from '../src/guest/module-cache.js';
+import { Wasi, WasiExit, type WasiHooks } from '../src/wasi/wasi.js';
+
+export const title = 'guest runtime: instrumentation overhead, pause latency, instrumentation time';
+
+const GUESTS = fileURLToPath(new URL('../../guests/build/', import.meta.url));
+const noPause: WasiHooks = { pauseRequested: () => false, unwind: () => { throw new Error('unexpected unwind'); } };
+
+/** Runs the original module's _start on this thread with Ferry's WASI; returns ms. */
+function runReference(module: WebAssembly.Module, args: string[], devNull: number): number {
+  const wasi = new Wasi({ args, env: {}, preopens: [], stdio: { stdin: 0, stdout: devNull, stderr: 2 } }, noPause);
+  const instance = new WebAssembly.Instance(module, { wasi_snapshot_preview1: wasi.imports as WebAssembly.ModuleImports });
+  wasi.setMemory(instance.exports['memory'] as WebAssembly.Memory);
+  const t0 = performance.now();
+  try {
+    (instance.exports['_start'] as () => void)();
+  } catch (err) {
+    if (!(err instanceof WasiExit) || err.code !== 0) throw err;
+  } finally {
+    wasi.close();
+  }
+  return performance.now() - t0;
+}
+
+/** Runs the module as a Ferry guest (cached instrumentation); returns ms from started to exit. */
+async function runGuest(source: Uint8Array, args: string[], devNull: number, cache: ModuleCache): Promise<number> {
+  const guest = await Guest.start({ module: source, args, stdio: { stdout: devNull }, cache });
+  const t0 = performance.now();
+  const exit = await guest.exited;
+  const ms = performance.now() - t0;
+  if (exit.reason !== 'exit' || exit.code !== 0) throw new Error(`guest ${args[0]} ended ${JSON.stringify(exit)}`);
+  return ms;
+}
+
+async function overhead(name: string, args: string[], runs: number, cache: ModuleCache, devNull: number): Promise<BenchRow> {
+  const source = readFileSync(join(GUESTS, `${name}.wasm`));
+  const module = new WebAssembly.Module(source);
+  await cache.load(source); // instrument outside the measurement
+  const inst: number[] = [];
+  const ref: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    // Alternate, so background load hits both sides alike.
+    ref.push(runReference(module, args, devNull));
+    inst.push(await runGuest(source, args, devNull, cache));
+  }
+  const mi = median(inst);
+  const mr = median(ref);
+  return {
+    name: `${name}-instrumented`,
+    metric: `median of ${runs}`,
+    value: mi,
+    unit: 'ms',
+    reference: { name: 'original module, Ferry WASI, own memory', value: mr },
+    target: '<= 1.25x ref',
+    met: mi <= 1.25 * mr,
+    extra: { args: args.slice(1), instrumentedMs: inst, referenceMs: ref },
+  };
+}
+
+async function pauseLatency(cache: ModuleCache, devNull: number): Promise<BenchRow[]> {
+  const source = readFileSync(join(GUESTS, 'compute.wasm'));
+  const guest = await Guest.start({ module: source, args: ['compute', '--iterations', '100000000'], stdio: { stdout: devNull }, cache });
+  const samples: number[] = [];
+  try {
+    for (let i = 0; i < 250; i++) {
+      await new Promise((r) => setTimeout(r, 2)); // let it run between pauses
+      const t0 = performance.now();
+      await guest.pause();
+      samples.push((performance.now() - t0) * 1000);
+      guest.resume();
+    }
+  } finally {
+    await guest.stop();
+  }
+  const sorted = [...samples].sort((a, b) => a - b);
+  const p99 = percentile(sorted, 99);
+  return [
+    { name: 'pause-to-paused', metric: 'p50', value: percentile(sorted, 50), unit: 'us', extra: { pauses: samples.length } },
+    { name: 'pause-to-paused', metric: 'p99', value: p99, unit: 'us', target: '<= 1000 us', met: p99 <= 1000 },
+    { name: 'pause-to-paused', metric: 'max', value: sorted[sorted.length - 1]!, unit: 'us' },
+  ];
+}
+
+async function instrumentTime(): Promise<BenchRow[]> {
+  const functions = Number(process.env['FERRY_BENCH_BIG_FUNCTIONS'] ?? 3900);
+  const big = buildBigModule(functions);
+  const source = readFileSync(big.path);
+  const cache = new ModuleCache(mkdtempSync(join(tmpdir(), 'ferry-bench-cache-')));
+  let t0 = performance.now();
+  const cold = await cache.load(source);
+  const coldMs = performance.now() - t0;
+  if (cold.fromCache) throw new Error('cold load came from the cache');
+  t0 = performance.now();
+  const warm = await cache.load(source);
+  const warmMs = performance.now() - t0;
+  if (!warm.fromCache) throw new Error('second load was not a cache hit');
+  const context = { moduleBytes: big.bytes, instrumentedBytes: cold.binary.length, kernelNotes: 'binaryen Asyncify: 200 KiB → 3.8 s, 21 MiB → 15 s' };
+  return [
+    { name: 'instrument-20MiB', metric: 'cold', value: coldMs / 1000, unit: 's', reference: { name: 'kernel-notes 21 MiB Asyncify', value: 15 }, extra: context },
+    { name: 'instrument-20MiB', metric: 'cached', value: warmMs, unit: 'ms', extra: context },
+  ];
+}
+
+export async function run(): Promise<BenchRow[]> {
+  const cache = new ModuleCache(mkdtempSync(join(tmpdir(), 'ferry-bench-cache-')));
+  const devNull = openSync('/dev/null', 'w');
+  try {
+    const rows: BenchRow[] = [];
+    rows.push(await overhead('compute', ['compute', '--iterations', '400000'], 5, cache, devNull));
+    rows.push(await overhead('memtouch', ['memtouch', '--mib', '64', '--rounds', '8'], 5, cache, devNull));
+    rows.push(...(await pauseLatency(cache, devNull)));
+    rows.push(...(await instrumentTime()));
+    return rows;
+  } finally {
+    closeSync(devNull);
+  }
+}
