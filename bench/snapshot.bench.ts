@@ -1,0 +1,184 @@
+// Snapshot benchmarks, each figure beside a reference measured in the same run:
+//  - snapshot write throughput (fsync included) vs a plain sequential write+fsync of as many bytes;
+//  - restore to running, in-process (restoreSnapshot → the guest's worker runs), eager and lazy, vs
+//    Guest.restore alone over a memory that already holds the pages (the runtime's own floor);
+//  - from the start of a `ferry restore` process to the guest's first output line, eager and lazy,
+//    vs the same process starting and exiting (`ferry --help`);
+//  - time for a restored guest to finish a fixed piece of work (memtouch rewriting its pages), lazy vs eager.
+// Sizes: FERRY_BENCH_SNAPSHOT_MIB (default "256,1024"; add 3968 for a ~4 GiB guest). The page cache is
+// warm (the snapshot was just written), as on a host restoring what it saved; the module is cached.
+import { closeSync, fsyncSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync, existsSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Guest } from '../src/guest/guest.js';
+import { GuestMemory, WASM_PAGE_SIZE } from '../src/memory/guest-memory.js';
+import { SnapshotSession, loadEagerly, loadSnapshot, restoreSnapshot } from '../src/snapshot/index.js';
+import { median, type BenchRow } from './harness.js';
+
+export const title = 'snapshots: write throughput, restore to running (eager/lazy, in-process and CLI), work after restore';
+
+const FERRY = fileURLToPath(new URL('../../bin/ferry.js', import.meta.url));
+const MEMTOUCH = fileURLToPath(new URL('../../guests/build/memtouch.wasm', import.meta.url));
+const REPEAT = 3;
+
+function sizes(): number[] {
+  return (process.env['FERRY_BENCH_SNAPSHOT_MIB'] ?? '256,1024').split(',').map((s) => Number(s.trim())).filter((n) => n > 0);
+}
+
+function label(mib: number): string {
+  return mib >= 1024 ? `${(mib / 1024).toFixed(mib % 1024 ? 1 : 0)}G` : `${mib}M`;
+}
+
+async function until(test: () => boolean, deadlineMs = 120_000, stepMs = 5): Promise<void> {
+  const end = Date.now() + deadlineMs;
+  while (!test()) {
+    if (Date.now() > end) throw new Error('snapshot bench: timed out');
+    await new Promise((r) => setTimeout(r, stepMs));
+  }
+}
+
+function hasSeq(path: string): boolean {
+  return existsSync(path) && /^SEQ \d+/m.test(readFileSync(path, 'utf8'));
+}
+
+/** A memtouch guest of `mib` MiB, filled, with `args`; returns once it printed its first SEQ. */
+async function filledGuest(tmp: string, name: string, mib: number, args: string[], line = /^SEQ \d+/m): Promise<Guest> {
+  const out = join(tmp, `${name}.out`);
+  const guest = await Guest.start({
+    module: readFileSync(MEMTOUCH),
+    args: ['memtouch', '--mib', String(mib), ...args],
+    stdio: { stdout: openSync(out, 'w') },
+  });
+  await until(() => existsSync(out) && line.test(readFileSync(out, 'utf8')), 120_000, 1);
+  return guest;
+}
+
+/** Reference for write throughput: sequential 1 MiB writes of `bytes` from a buffer, then fsync. */
+function plainWriteMBps(path: string, bytes: number): number {
+  const buf = Buffer.alloc(1 << 20, 7);
+  const t0 = performance.now();
+  const fd = openSync(path, 'w');
+  for (let off = 0; off < bytes; off += buf.length) writeSync(fd, buf, 0, Math.min(buf.length, bytes - off), off);
+  fsyncSync(fd);
+  closeSync(fd);
+  const ms = performance.now() - t0;
+  rmSync(path);
+  return bytes / 1e6 / (ms / 1000);
+}
+
+/** Milliseconds from spawning `node ferry args` until `ready()` holds (then the process is ended). */
+async function processTime(args: string[], ready: (() => boolean) | null): Promise<number> {
+  const t0 = performance.now();
+  const child = spawn(process.execPath, [FERRY, ...args], { stdio: 'ignore' });
+  const exited = new Promise<void>((r) => child.on('exit', () => r()));
+  if (ready) {
+    await until(ready, 120_000, 1);
+    const ms = performance.now() - t0;
+    child.kill('SIGTERM');
+    await exited;
+    return ms;
+  }
+  await exited;
+  return performance.now() - t0;
+}
+
+export async function run(): Promise<BenchRow[]> {
+  const rows: BenchRow[] = [];
+  const tmp = mkdtempSync(join(tmpdir(), 'ferry-bench-snap-'));
+  const devNull = openSync('/dev/null', 'w');
+  try {
+    for (const mib of sizes()) {
+      const L = label(mib);
+      // ---- write throughput ----
+      const idle = await filledGuest(tmp, `idle-${L}`, mib, ['--idle', '--report-ms', '2']);
+      const dir = join(tmp, `idle-${L}`);
+      const w = await new SnapshotSession(idle).take({ to: dir });
+      const writeMBps = w.bytesWritten / 1e6 / (w.writeMs / 1000);
+      const refMBps = plainWriteMBps(join(tmp, 'plain.bin'), w.bytesWritten);
+      rows.push({
+        name: `write-${L}`, metric: 'throughput (fsync incl.)', value: Math.round(writeMBps), unit: 'MB/s',
+        reference: { name: 'plain write+fsync', value: Math.round(refMBps) }, target: '>= 1000 MB/s', met: writeMBps >= 1000,
+        extra: { pages: w.pagesWritten, writeMs: w.writeMs, pausedMs: w.pausedMs },
+      });
+
+      // ---- restore to running, in-process ----
+      const chain = loadSnapshot(dir);
+      const floor: number[] = [];
+      for (let i = 0; i < REPEAT; i++) {
+        const mem = GuestMemory.create(chain.memory.bytes / WASM_PAGE_SIZE, chain.memory.maxBytes / WASM_PAGE_SIZE);
+        loadEagerly(chain, mem.view());
+        const t0 = performance.now();
+        const g = await Guest.restore({ module: chain.moduleSource, state: chain.state, memory: mem.memory, stdio: { stdout: devNull } });
+        floor.push(performance.now() - t0);
+        await g.stop();
+        mem.dropPages([[0, mem.pageCount]]);
+      }
+      for (const lazy of [false, true]) {
+        const times: number[] = [];
+        let loadMs = 0;
+        for (let i = 0; i < REPEAT; i++) {
+          const r = await restoreSnapshot(dir, { lazy, stdio: { stdout: devNull } });
+          times.push(r.restoreMs);
+          loadMs = (await r.loaded).loadMs;
+          await r.guest.stop();
+          r.memory.dropPages([[0, r.memory.pageCount]]);
+        }
+        rows.push({
+          name: `restore-${lazy ? 'lazy' : 'eager'}-${L}`, metric: 'in-process to running (median)', value: round(median(times)), unit: 'ms',
+          reference: { name: 'Guest.restore over loaded memory', value: round(median(floor)) },
+          ...(lazy ? { target: '<= 20 ms', met: median(times) <= 20 } : {}),
+          extra: { runs: times.map(round), allPagesInMs: loadMs },
+        });
+      }
+
+      // ---- restore to first output line, ferry restore process ----
+      const helpRuns: number[] = [];
+      for (let i = 0; i < REPEAT; i++) helpRuns.push(await processTime(['--help'], null));
+      const help = median(helpRuns);
+      for (const lazy of [false, true]) {
+        const t: number[] = [];
+        for (let i = 0; i < REPEAT; i++) {
+          const out = join(tmp, `cli-${L}-${lazy}-${i}.out`);
+          t.push(await processTime(['restore', dir, '--stdout', out, ...(lazy ? ['--lazy'] : [])], () => hasSeq(out)));
+        }
+        rows.push({
+          name: `cli-restore-${lazy ? 'lazy' : 'eager'}-${L}`, metric: 'process start to first line (median)', value: round(median(t)), unit: 'ms',
+          reference: { name: 'ferry --help process', value: round(help) }, extra: { runs: t.map(round), reportMs: 2 },
+        });
+      }
+
+      // ---- a fixed piece of work after restore: the rest of memtouch's fill, then 4 rewrites of every page ----
+      const busy = await filledGuest(tmp, `work-${L}`, mib, ['--rounds', '4', '--report-ms', '100000'], /^START /m);
+      const workDir = join(tmp, `work-${L}`);
+      await new SnapshotSession(busy).take({ to: workDir });
+      const work: Record<string, number> = {};
+      let faults = 0;
+      for (const lazy of [false, true]) {
+        const t0 = performance.now();
+        const r = await restoreSnapshot(workDir, { lazy, stdio: { stdout: devNull } });
+        const exit = await r.guest.exited;
+        work[lazy ? 'lazy' : 'eager'] = performance.now() - t0;
+        const rep = await r.loaded;
+        if (lazy) faults = rep.faults ?? 0;
+        if (exit.code !== 0) throw new Error(`snapshot bench: restored work guest ended ${exit.reason} ${exit.code}`);
+        r.memory.dropPages([[0, r.memory.pageCount]]);
+      }
+      rows.push({
+        name: `work-after-lazy-${L}`, metric: 'restore + rest of fill + 4 rewrites of every page', value: round(work['lazy']!), unit: 'ms',
+        reference: { name: 'same after eager restore', value: round(work['eager']!) }, extra: { faults },
+      });
+      rmSync(dir, { recursive: true, force: true });
+      rmSync(workDir, { recursive: true, force: true });
+    }
+  } finally {
+    closeSync(devNull);
+    rmSync(tmp, { recursive: true, force: true });
+  }
+  return rows;
+}
+
+function round(ms: number): number {
+  return Math.round(ms * 100) / 100;
+}
