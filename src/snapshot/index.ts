@@ -3,7 +3,7 @@
 export * from './format.js';
 export { writeSnapshot, type WriteSnapshotOptions, type SnapshotWriteReport } from './writer.js';
 export { loadSnapshot, verifyChunks, type SnapshotChain, type SnapshotLayer } from './chain.js';
-export { restoreSnapshot, openLazyMemory, loadEagerly, type LazyMemory, type RestoreSnapshotOptions, type RestoredSnapshot, type SnapshotLoadReport } from './restore.js';
+export { restoreSnapshot, prepareRestore, openLazyMemory, loadEagerly, type PreparedRestore, type LazyMemory, type RestoreSnapshotOptions, type RestoredSnapshot, type SnapshotLoadReport } from './restore.js';
 export { SnapshotSession, type TakeSnapshotRequest, type TakeSnapshotResult } from './session.js';
 export { snapshotExtensions, type SnapshotBindingHooks } from './extensions.js';
 export { serveSnapshot, type ServeSnapshotOptions, type ServeSnapshotReport } from './serve.js';

@@ -10,7 +10,7 @@
 import { openSync, closeSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
-import { Guest } from '../guest/guest.js';
+import { Guest, type PreparedGuest } from '../guest/guest.js';
 import type { ModuleCache } from '../guest/module-cache.js';
 import { FaultServer } from '../memory/fault-server.js';
 import { GuestMemory, HOST_PAGE_SIZE, WASM_PAGE_SIZE } from '../memory/guest-memory.js';
@@ -37,7 +37,7 @@ export interface SnapshotLoadReport {
   mode: 'eager' | 'lazy';
   /** Pages the chain holds (the rest are zero). */
   pages: number;
-  /** Milliseconds from the restore call until every page was in memory. */
+  /** Milliseconds from start until every page was in memory (eager: before the guest ran). */
   loadMs: number;
   /** Lazy: faults served from the file, pages placed by the loader. */
   faults?: number;
@@ -48,58 +48,115 @@ export interface RestoredSnapshot {
   guest: Guest;
   memory: GuestMemory;
   chain: SnapshotChain;
-  /** Milliseconds from the restore call until the guest was running. */
+  /** Milliseconds from restoreSnapshot() (or PreparedRestore.start()) until the guest was running. */
   restoreMs: number;
   /** Resolves when every page is in memory; rejects (after stopping the guest) if a chunk is damaged. */
   loaded: Promise<SnapshotLoadReport>;
 }
 
+/** A restore with everything started that does not depend on the pages: call start() to run the guest. */
+export interface PreparedRestore {
+  chain: SnapshotChain;
+  memory: GuestMemory;
+  /** Eager: reads every page, then runs the guest. Lazy: arms the fault server and runs the guest at once. */
+  start(): Promise<RestoredSnapshot>;
+  /** Gives up a restore that was never started. */
+  dispose(): Promise<void>;
+}
+
 export async function restoreSnapshot(source: string | SnapshotChain, opts: RestoreSnapshotOptions = {}): Promise<RestoredSnapshot> {
   const t0 = performance.now();
+  const prepared = await prepareRestore(source, opts);
+  const r = await prepared.start();
+  return { ...r, restoreMs: round(performance.now() - t0) };
+}
+
+/**
+ * Loads and checks the chain, creates the memory, starts the guest's worker (module compiled,
+ * waiting for its state) and, for lazy restores, the fault server — all without reading a page.
+ * A host that keeps one prepared restore ready runs it with start() in a few milliseconds.
+ */
+export async function prepareRestore(source: string | SnapshotChain, opts: RestoreSnapshotOptions = {}): Promise<PreparedRestore> {
   const chain = typeof source === 'string' ? loadSnapshot(source) : source;
   checkPreopens(chain, opts.preopens ?? []);
   const mem = GuestMemory.create(chain.memory.bytes / WASM_PAGE_SIZE, chain.memory.maxBytes / WASM_PAGE_SIZE);
-  const guestOpts = {
+  const preparing = Guest.prepare({
     module: chain.moduleSource,
-    state: chain.state,
     memory: mem.memory,
-    preopens: opts.preopens ?? [],
-    ...(opts.stdio ? { stdio: opts.stdio } : {}),
+    maxMemoryBytes: chain.memory.maxBytes,
     ...(opts.cache ? { cache: opts.cache } : {}),
-    ...(opts.startPaused ? { startPaused: true } : {}),
-  };
-  if (!opts.lazy) {
-    loadEagerly(chain, mem.view());
-    const loadMs = performance.now() - t0;
-    const guest = await Guest.restore(guestOpts);
-    if (opts.startPaused) await guest.pause();
-    const report: SnapshotLoadReport = { mode: 'eager', pages: chain.presentPages, loadMs: round(loadMs) };
-    return { guest, memory: mem, chain, restoreMs: round(performance.now() - t0), loaded: Promise.resolve(report) };
-  }
-
-  const lazy = await openLazyMemory(chain, mem, opts.faultAround ?? 16);
-  let guest: Guest;
+  });
+  let lazy: LazyMemory | null = null;
+  let prepared: PreparedGuest;
   try {
-    guest = await Guest.restore(guestOpts);
-    if (opts.startPaused) await guest.pause();
+    if (opts.lazy) lazy = await startLazyServer(chain, mem, opts.faultAround ?? 16);
+    prepared = await preparing;
   } catch (err) {
-    await lazy.stop().catch(() => undefined);
+    await preparing.then((p) => p.dispose(), () => undefined);
+    await lazy?.stop().catch(() => undefined);
     throw err;
   }
-  const restoreMs = round(performance.now() - t0);
-  const loaded = lazy.load().then(
-    (placed) => {
-      const faults = lazy.faults;
-      return { mode: 'lazy' as const, pages: chain.presentPages, loadMs: round(performance.now() - t0), faults, pagesPlacedByLoader: placed };
+  const binding = { preopens: opts.preopens ?? [], stdio: opts.stdio ?? {}, startPaused: opts.startPaused ?? false };
+  let used = false;
+  return {
+    chain,
+    memory: mem,
+    async dispose() {
+      if (used) return;
+      used = true;
+      await prepared.dispose();
+      await lazy?.stop();
     },
-    async (err: Error) => {
-      await guest.stop(); // it may be blocked on a page that will never come: end it before the uffd closes
-      await lazy.stop().catch(() => undefined);
-      throw err;
+    async start(): Promise<RestoredSnapshot> {
+      if (used) throw new Error('prepareRestore: start() was already called (or the restore was disposed)');
+      used = true;
+      const t0 = performance.now();
+      if (!lazy) {
+        try {
+          loadEagerly(chain, mem.view());
+        } catch (err) {
+          await prepared.dispose();
+          throw err;
+        }
+        const loadMs = round(performance.now() - t0);
+        const guest = await launch(prepared, chain, binding);
+        return { guest, memory: mem, chain, restoreMs: round(performance.now() - t0), loaded: Promise.resolve({ mode: 'eager', pages: chain.presentPages, loadMs }) };
+      }
+      const lz = lazy;
+      let guest: Guest;
+      try {
+        lz.arm();
+        guest = await launch(prepared, chain, binding);
+      } catch (err) {
+        await lz.stop().catch(() => undefined);
+        throw err;
+      }
+      const restoreMs = round(performance.now() - t0);
+      const loaded = lz.load().then(
+        (placed): SnapshotLoadReport => ({ mode: 'lazy', pages: chain.presentPages, loadMs: round(performance.now() - t0), faults: lz.faults, pagesPlacedByLoader: placed }),
+        async (err: Error) => {
+          await guest.stop(); // it may be blocked on a page that will never come: end it before the uffd closes
+          await lz.stop().catch(() => undefined);
+          throw err;
+        },
+      );
+      loaded.catch(() => undefined);
+      return { guest, memory: mem, chain, restoreMs, loaded };
     },
-  );
-  loaded.catch(() => undefined);
-  return { guest, memory: mem, chain, restoreMs, loaded };
+  };
+}
+
+/** Hands the prepared worker the state; with startPaused, returns once the guest sits paused. */
+async function launch(prepared: PreparedGuest, chain: SnapshotChain, binding: { preopens: Preopen[]; stdio: Partial<StdioBinding>; startPaused: boolean }): Promise<Guest> {
+  let guest: Guest;
+  try {
+    guest = await prepared.launchRestore(chain.state, binding);
+  } catch (err) {
+    await prepared.dispose();
+    throw err;
+  }
+  if (binding.startPaused) await guest.pause();
+  return guest;
 }
 
 /** Refuses a restore that leaves a preopen of the guest unmapped (its fds could not be reopened). */
@@ -131,8 +188,10 @@ export function loadEagerly(chain: SnapshotChain, view: Uint8Array): void {
 export interface LazyMemory {
   memory: GuestMemory;
   server: FaultServer;
-  /** Faults served so far (read before the server stops). */
+  /** Faults served so far (the last count once the server stopped). */
   readonly faults: number;
+  /** Marks every page the chain holds pending and places the unwound stack's pages (before the guest runs). */
+  arm(): void;
   /**
    * Reads and checks every chunk, places the pages still pending, then stops the fault server.
    * Resolves with the pages it placed; on a damaged chunk it rejects and leaves the server running
@@ -143,16 +202,19 @@ export interface LazyMemory {
 }
 
 /**
- * Registers `mem` (fresh, of the chain's geometry) with a fault server whose page source is the chain:
- * pages the chain holds become pending, the rest known-zero; the unwound stack's pages are copied in
- * first. Any thread may then touch the memory: the fault worker reads the files itself.
+ * Registers `mem` (fresh, of the chain's geometry) with a fault server whose page source is the chain
+ * and arms it: pages the chain holds become pending, the rest known-zero; the unwound stack's pages
+ * are placed first. Any thread may then touch the memory: the fault worker reads the files itself.
  */
 export async function openLazyMemory(chain: SnapshotChain, mem: GuestMemory, faultAround = 16): Promise<LazyMemory> {
+  const lazy = await startLazyServer(chain, mem, faultAround);
+  lazy.arm();
+  return lazy;
+}
+
+/** Starts the fault server with every page known-zero (nothing may touch the memory until arm()). */
+async function startLazyServer(chain: SnapshotChain, mem: GuestMemory, faultAround: number): Promise<LazyMemory> {
   const states = new PageStateTable(mem.maxPageCount);
-  const unwind = placeUnwindPages(chain, mem, states);
-  for (let p = 0; p < chain.location.length; p++) {
-    if (chain.location[p]! >= 0 && (p < unwind[0] || p >= unwind[1])) states.markPending(p);
-  }
   const location = new SharedArrayBuffer(chain.location.byteLength);
   new Int16Array(location).set(chain.location);
   const server = await FaultServer.start(mem, states, {
@@ -162,6 +224,7 @@ export async function openLazyMemory(chain: SnapshotChain, mem: GuestMemory, fau
   }, { faultAround });
   let faults = 0;
   let stopped = false;
+  let armed = false;
   const stop = async () => {
     if (stopped) return;
     stopped = true;
@@ -174,6 +237,12 @@ export async function openLazyMemory(chain: SnapshotChain, mem: GuestMemory, fau
     get faults() {
       return stopped ? faults : server.stats().faults;
     },
+    arm() {
+      if (armed) return;
+      armed = true;
+      for (let p = 0; p < chain.location.length; p++) if (chain.location[p]! >= 0) states.markPending(p);
+      placeUnwindPages(chain, server);
+    },
     async load() {
       const placed = await loadInBackground(chain, server, states);
       await stop();
@@ -183,15 +252,15 @@ export async function openLazyMemory(chain: SnapshotChain, mem: GuestMemory, fau
   };
 }
 
-/** Copies the pages of the unwound stack in before the fault server starts; returns their [first, end). */
-function placeUnwindPages(chain: SnapshotChain, mem: GuestMemory, states: PageStateTable): [number, number] {
+/** Places the pages of the unwound stack (the runtime reads them before anything else). */
+function placeUnwindPages(chain: SnapshotChain, server: FaultServer): void {
   const u = chain.state.exec.unwind;
-  if (!u) return [0, 0];
+  if (!u) return;
   const first = Math.floor(u.ptr / HOST_PAGE_SIZE);
   const end = Math.min(Math.ceil((u.ptr + u.size) / HOST_PAGE_SIZE), chain.location.length);
+  const buf = new Uint8Array(PAGE_SIZE);
   const fds = new Map<number, number>();
   try {
-    const view = mem.view();
     for (let p = first; p < end; p++) {
       const li = chain.location[p]!;
       if (li < 0) continue;
@@ -199,16 +268,15 @@ function placeUnwindPages(chain: SnapshotChain, mem: GuestMemory, states: PageSt
       if (fd === undefined) fds.set(li, (fd = openSync(chain.layers[li]!.memoryPath, 'r')));
       let done = 0;
       while (done < PAGE_SIZE) {
-        const n = pread(fd, view, p * PAGE_SIZE + done, PAGE_SIZE - done, p * PAGE_SIZE + done);
+        const n = pread(fd, buf, done, PAGE_SIZE - done, p * PAGE_SIZE + done);
         if (n === 0) throw new SnapshotError('truncated', `${chain.layers[li]!.memoryPath}: ends inside page ${p}`);
         done += n;
       }
-      states.markReceived(p);
+      server.place(p, buf, 0, 1);
     }
   } finally {
     for (const fd of fds.values()) closeSync(fd);
   }
-  return [first, end];
 }
 
 /** Reads and checks every chunk in file order, placing the pages that are still pending. */
