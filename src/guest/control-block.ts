@@ -1,7 +1,7 @@
 // The control block: one shared 64 KiB page, owned by Ferry and never part of guest memory, that
-// the main thread and the guest's worker use to talk while guest code runs. The safepoint helper
-// module imports it as its memory, so a safepoint costs one atomic 64-bit load of words 0–1.
-// Because it is not guest memory it is never a userfaultfd hole: neither thread can block on it.
+// the main thread and the guest's worker use to talk while guest code runs. Because it is not
+// guest memory it is never a userfaultfd hole: neither thread can block on it.
+import { SAFEPOINT_FLAG_ADDR } from './instrument.js';
 
 /** Word indexes (Int32) in the control block. */
 export const enum Ctl {
@@ -41,17 +41,11 @@ export function controlWords(mem: WebAssembly.Memory): Int32Array {
 }
 
 /**
- * The safepoint helper, a 91-byte module:
- *   (module
- *     (import "ferry" "control" (memory 1 1 shared))
- *     (import "ferry" "yield" (func $yield (param i32)))
- *     (func (export "safepoint") (param i32)
- *       (if (i64.ne (i64.atomic.load (i32.const 0)) (i64.const 0))
- *         (then (call $yield (local.get 0))))))
- * The guest calls `safepoint` at every function entry and loop head: a Wasm-to-Wasm call and one
- * load. Only when a pause or a rewind is pending does it call into JavaScript.
+ * The safepoint flags inside guest memory (see SAFEPOINT_FLAG_ADDR): [0] pause requested,
+ * [1] rewinding. Every safepoint loads both as one i64; a non-zero value makes it call the
+ * worker's `ferry.yield`. The control block stays the authority (WASI host calls read it); these
+ * words only make the guest look. Take a new view each time: the buffer object changes on growth.
  */
-export const SAFEPOINT_HELPER_WASM = Buffer.from(
-  'AGFzbQEAAAABBQFgAX8AAiECBWZlcnJ5B2NvbnRyb2wCAwEBBWZlcnJ5BXlpZWxkAAADAgEABw0BCXNhZmVwb2ludAABChQBEgBBAP4RAwBCAFIEQCAAEAALCw==',
-  'base64',
-);
+export function safepointFlags(memory: WebAssembly.Memory): Int32Array {
+  return new Int32Array(memory.buffer, SAFEPOINT_FLAG_ADDR, 2);
+}

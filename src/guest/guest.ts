@@ -4,7 +4,7 @@
 // image and a captured state — in this process or in another one given the same bytes.
 import { EventEmitter } from 'node:events';
 import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
-import { Cmd, Ctl, WorkerState, controlWords, createControlMemory } from './control-block.js';
+import { Cmd, Ctl, WorkerState, controlWords, createControlMemory, safepointFlags } from './control-block.js';
 import { ModuleCache, type CachedModule } from './module-cache.js';
 import { ModuleRejected, type InstrumentedMeta } from './instrument.js';
 import type { LaunchMessage, PausedCapture, WorkerInit, WorkerMessage } from './worker-protocol.js';
@@ -221,7 +221,7 @@ export class Guest extends EventEmitter {
       launchRestore: async (state, binding) => {
         guest.checkState(state, opts.memory);
         if (binding.startPaused) {
-          Atomics.store(guest.ctl, Ctl.PauseRequested, 1);
+          guest.requestPause();
           guest.statusValue = 'pausing';
         }
         guest.priorUptimeMs = state.uptimeMs;
@@ -320,7 +320,7 @@ export class Guest extends EventEmitter {
     }
     const p = new Promise<void>((resolve, reject) => this.pauseWaiters.push({ resolve, reject }));
     this.statusValue = 'pausing';
-    Atomics.store(this.ctl, Ctl.PauseRequested, 1);
+    this.requestPause();
     return p;
   }
 
@@ -333,7 +333,7 @@ export class Guest extends EventEmitter {
     if (this.statusValue === 'paused') return;
     this.assertLive('pause');
     this.statusValue = 'pausing';
-    Atomics.store(this.ctl, Ctl.PauseRequested, 1);
+    this.requestPause();
     const deadline = performance.now() + timeoutMs;
     for (;;) {
       const s = Atomics.load(this.ctl, Ctl.State);
@@ -344,6 +344,13 @@ export class Guest extends EventEmitter {
       Atomics.wait(this.ctl, Ctl.State, s, left);
     }
     this.takeCapture();
+  }
+
+  // The guest sees the request at its next safepoint (the flag in its memory); WASI calls that
+  // block see it in the control block. (The flag page is never a hole: it is placed first.)
+  private requestPause(): void {
+    Atomics.store(this.ctl, Ctl.PauseRequested, 1);
+    Atomics.store(safepointFlags(this.memory), 0, 1);
   }
 
   // The worker posts its capture before it marks itself paused; take it (once) from the port.
@@ -363,6 +370,7 @@ export class Guest extends EventEmitter {
     if (this.statusValue !== 'paused') throw new GuestError('not-paused', `cannot resume a guest that is ${this.statusValue}`);
     this.lastCapture = null;
     Atomics.store(this.ctl, Ctl.PauseRequested, 0);
+    Atomics.store(safepointFlags(this.memory), 0, 0);
     this.statusValue = 'running';
     this.runningSince = performance.now();
     Atomics.store(this.ctl, Ctl.Command, Cmd.Resume);

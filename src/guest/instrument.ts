@@ -10,12 +10,23 @@
 //    from a safepoint or from a blocking WASI call, and rewind it later, in any process.
 import { createHash } from 'node:crypto';
 
-export const INSTRUMENTATION_VERSION = 2;
+export const INSTRUMENTATION_VERSION = 5;
 
 /** The import namespace and names Ferry adds. */
 export const FERRY_IMPORT_MODULE = 'ferry';
 export const FERRY_MEMORY_IMPORT = 'memory';
 export const GLOBAL_EXPORT_PREFIX = 'ferry_global_';
+/** The import a safepoint calls when a pause or a rewind is pending (JavaScript, in the worker). */
+export const YIELD_IMPORT = { module: FERRY_IMPORT_MODULE, name: 'yield' } as const;
+/**
+ * Byte address in linear memory of the safepoint flags: an i32 "pause requested" at 16 and an
+ * i32 "rewinding" at 20, read together as one i64. They live in the guest's memory because Node
+ * 20 has neither shared globals nor multi-memory, and a load inlined at each safepoint is what
+ * makes safepoints cheap. wasm-ld keeps the first 1 KiB free (data starts at 1024; with
+ * --stack-first the stack grows down towards 0 and reaches it only on overflow); modules whose
+ * data lies there are refused.
+ */
+export const SAFEPOINT_FLAG_ADDR = 16;
 
 /** WASI calls that may block and therefore must be able to unwind (re-entered on resume). */
 export const UNWINDABLE_WASI_CALLS = ['fd_read', 'poll_oneoff'] as const;
@@ -160,6 +171,12 @@ function transform(b: BinaryenApi, mod: BinaryenApi, source: Uint8Array): Instru
     }
   }
   const initialPages: number = memInfo.initial;
+  if (initialPages < 1) throw new ModuleRejected('module starts with no memory pages; Ferry needs the first page for its safepoint flags');
+  for (const seg of segments) {
+    if (seg.offset < SAFEPOINT_FLAG_ADDR + 8 && seg.offset + seg.length > SAFEPOINT_FLAG_ADDR) {
+      throw new ModuleRejected(`module places data at byte ${seg.offset} of memory, where Ferry keeps its safepoint flags (bytes ${SAFEPOINT_FLAG_ADDR}..${SAFEPOINT_FLAG_ADDR + 7})`);
+    }
+  }
   const declaredMax: number | null = memInfo.max ?? null;
   // The maximum in the module is replaced at instantiation time by the memory Ferry creates; the
   // declared one here must be large enough to accept it, so use the wasm32 limit.
@@ -180,8 +197,10 @@ function transform(b: BinaryenApi, mod: BinaryenApi, source: Uint8Array): Instru
     if (f.module && f.base === 'log_execution') safepointImport = { module: f.module, name: f.base };
   }
   if (!safepointImport) throw new ModuleRejected('internal: safepoint insertion produced no import');
+  pruneLeafSafepoints(b, mod);
+  inlineSafepointCheck(b, mod);
   const unwindImports = [
-    safepointImport,
+    { ...YIELD_IMPORT },
     ...functionImports.filter((f) => f.module.startsWith('wasi_') && (UNWINDABLE_WASI_CALLS as readonly string[]).includes(f.name)),
   ];
   b.setPassArgument('asyncify-imports', unwindImports.map((f) => `${f.module}.${f.name}`).join(','));
@@ -227,12 +246,82 @@ function transform(b: BinaryenApi, mod: BinaryenApi, source: Uint8Array): Instru
       memory: { initialPages, declaredMaxPages: declaredMax },
       globals: exportedGlobals,
       functionImports,
-      safepointImport,
+      safepointImport: { ...YIELD_IMPORT },
       unwindImports,
       dataSegments: segments,
       entry: '_start',
     },
   };
+}
+
+/**
+ * Turns `log-execution`'s imported `log_execution(id)` into a defined function whose body is the
+ * check `if (i64.atomic.load(SAFEPOINT_FLAG_ADDR) != 0) ferry.yield(id)`, and inlines it into every
+ * safepoint: the common case is one load and a branch, with no call at all.
+ */
+function inlineSafepointCheck(b: BinaryenApi, mod: BinaryenApi): void {
+  let name: string | null = null;
+  for (let i = 0; i < mod.getNumFunctions(); i++) {
+    const f = b.getFunctionInfo(mod.getFunctionByIndex(i));
+    if (f.module && f.base === 'log_execution') name = f.name;
+  }
+  if (!name) return;
+  const yieldName = 'ferry$yield';
+  mod.addFunctionImport(yieldName, YIELD_IMPORT.module, YIELD_IMPORT.name, b.createType([b.i32]), b.none);
+  mod.removeFunction(name);
+  const body = mod.if(
+    mod.i64.ne(mod.i64.atomic.load(0, mod.i32.const(SAFEPOINT_FLAG_ADDR)), mod.i64.const(0n)),
+    mod.call(yieldName, [mod.local.get(0, b.i32)], b.none),
+  );
+  mod.addFunction(name, b.createType([b.i32]), b.none, [], body);
+  // The check is 7 expressions: inline everything that small (a few other tiny functions go with
+  // it), but nothing larger — functions with one caller included — so traps keep naming them.
+  const always: number = b.getAlwaysInlineMaxSize();
+  const oneCaller: number = b.getOneCallerInlineMaxSize();
+  const flexible: number = b.getFlexibleInlineMaxSize();
+  b.setAlwaysInlineMaxSize(8);
+  b.setOneCallerInlineMaxSize(0);
+  b.setFlexibleInlineMaxSize(0);
+  try {
+    mod.runPasses(['inlining']);
+  } finally {
+    b.setAlwaysInlineMaxSize(always);
+    b.setOneCallerInlineMaxSize(oneCaller);
+    b.setFlexibleInlineMaxSize(flexible);
+  }
+  // The now-unused function is dropped by the optimizer's cleanup.
+}
+
+/**
+ * `log-execution` puts a safepoint at every function entry and loop head. A function that calls
+ * nothing runs for a bounded time between its loop heads, so its entry safepoint only costs: it is
+ * removed. Such a function then cannot unwind, so Asyncify leaves it — and every call to it —
+ * uninstrumented, which is where most of the cost of instrumentation went (hot leaf calls).
+ * Entry safepoints stay in functions that call others: they bound recursion without loops.
+ */
+function pruneLeafSafepoints(b: BinaryenApi, mod: BinaryenApi): number {
+  let safepointFn: string | null = null;
+  for (let i = 0; i < mod.getNumFunctions(); i++) {
+    const f = b.getFunctionInfo(mod.getFunctionByIndex(i));
+    if (f.module && f.base === 'log_execution') safepointFn = f.name;
+  }
+  if (!safepointFn) return 0;
+  const safepointCall = `(call $${safepointFn}`;
+  let pruned = 0;
+  for (let i = 0; i < mod.getNumFunctions(); i++) {
+    const ref = mod.getFunctionByIndex(i);
+    const f = b.getFunctionInfo(ref);
+    if (f.module || !f.body || b.getExpressionId(f.body) !== b.BlockId || b.Block.getNumChildren(f.body) === 0) continue;
+    const first = b.Block.getChildAt(f.body, 0);
+    if (b.getExpressionId(first) !== b.CallId || b.Call.getTarget(first) !== safepointFn) continue;
+    const text: string = b.emitText(f.body);
+    const calls = text.match(/\((?:return_)?call(?:_indirect|_ref)?\b/g)?.length ?? 0;
+    const safepoints = text.split(safepointCall).length - 1;
+    if (calls > safepoints) continue;
+    b.Block.setChildAt(f.body, 0, mod.nop());
+    pruned++;
+  }
+  return pruned;
 }
 
 function valueType(b: BinaryenApi, t: number): ValueType | null {

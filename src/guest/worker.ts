@@ -3,7 +3,7 @@
 // whole Wasm stack into linear memory with Asyncify, reports a capture, and waits on the control
 // block. Resume rewinds the stack and continues; stop ends the thread without running guest code.
 import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
-import { Cmd, Ctl, SAFEPOINT_HELPER_WASM, WorkerState, controlWords } from './control-block.js';
+import { Cmd, Ctl, WorkerState, controlWords, safepointFlags } from './control-block.js';
 import type { LaunchMessage, PausedCapture, WorkerInit, WorkerMessage } from './worker-protocol.js';
 import { decodeGlobal, encodeGlobal, type ExecState, type UnwindRegion } from '../state/exec-state.js';
 import { Wasi, WasiExit, type WasiHooks } from '../wasi/wasi.js';
@@ -65,12 +65,17 @@ const hooks: WasiHooks = {
 
 let wasi!: Wasi;
 
-// Called by the safepoint helper only when a pause or a rewind is pending.
+function stopRewind(): void {
+  exports.asyncify_stop_rewind();
+  Atomics.store(ctl, Ctl.Rewinding, 0);
+  Atomics.store(safepointFlags(init.memory), 1, 0);
+}
+
+// Called by a safepoint only when its flags say a pause or a rewind is pending.
 function onSafepoint(_site: number): void {
   const state = exports.asyncify_get_state();
   if (state === AsyncifyState.Rewinding) {
-    exports.asyncify_stop_rewind();
-    Atomics.store(ctl, Ctl.Rewinding, 0);
+    stopRewind();
     return;
   }
   if (state === AsyncifyState.Normal && Atomics.load(ctl, Ctl.PauseRequested) !== 0) startUnwind();
@@ -79,18 +84,12 @@ function onSafepoint(_site: number): void {
 // Blocking WASI calls are unwind points too: on rewind the same call runs again from the start.
 function reentrant(fn: (...a: never[]) => unknown): (...a: never[]) => unknown {
   return (...args) => {
-    if (exports.asyncify_get_state() === AsyncifyState.Rewinding) {
-      exports.asyncify_stop_rewind();
-      Atomics.store(ctl, Ctl.Rewinding, 0);
-    }
+    if (exports.asyncify_get_state() === AsyncifyState.Rewinding) stopRewind();
     return fn(...args);
   };
 }
 
 function instantiate(): void {
-  const helper = new WebAssembly.Instance(new WebAssembly.Module(SAFEPOINT_HELPER_WASM), {
-    ferry: { control: init.control, yield: onSafepoint },
-  });
   const wasiImports: Record<string, unknown> = { ...wasi.imports };
   for (const u of init.meta.unwindImports) {
     if (u.module === init.meta.safepointImport.module && u.name === init.meta.safepointImport.name) continue;
@@ -104,7 +103,7 @@ function instantiate(): void {
     imports[imp.module]![imp.name] = wasiImports[imp.name];
   }
   imports[init.meta.safepointImport.module] ??= {};
-  imports[init.meta.safepointImport.module]![init.meta.safepointImport.name] = (helper.exports as { safepoint: unknown }).safepoint;
+  imports[init.meta.safepointImport.module]![init.meta.safepointImport.name] = onSafepoint;
   const instance = new WebAssembly.Instance(init.module, imports as WebAssembly.Imports);
   exports = instance.exports as unknown as GuestExports;
 }
@@ -192,6 +191,8 @@ function run(): void {
   instantiate();
   let rewind = false;
   if (launch.restore) {
+    // The memory was captured with the pause flag set: it now says what this host's owner wants.
+    Atomics.store(safepointFlags(init.memory), 0, Atomics.load(ctl, Ctl.PauseRequested));
     restoreGlobals(launch.restore.exec);
     rewind = launch.restore.exec.unwind !== null;
   } else {
@@ -202,6 +203,7 @@ function run(): void {
   for (;;) {
     if (rewind) {
       Atomics.store(ctl, Ctl.Rewinding, 1);
+      Atomics.store(safepointFlags(init.memory), 1, 1); // the safepoints must call back to stop the rewind
       exports.asyncify_start_rewind(unwind!.ptr);
     }
     try {

@@ -11,6 +11,7 @@ import { DirtyTracker } from '../memory/dirty-tracker.js';
 import { PageBitmap } from '../memory/page-bitmap.js';
 import { scanResidency } from '../memory/residency.js';
 import { encodeGuestState, type GuestState } from '../state/guest-state.js';
+import { runtimePageRuns } from '../state/exec-state.js';
 import { connect, newSessionId, type FramedChannel, type Security } from './transport/index.js';
 import { isChannelFailure } from './failures.js';
 import { MAX_CHUNK_BYTES } from './wire/index.js';
@@ -262,11 +263,9 @@ export class MigrationSource {
     if (postcopy) {
       pending = dirty.clone().union(last);
       await this.sendDiscard(last.clone().subtract(dirty), pageCount);
-      // The runtime touches the unwound stack to resume: send it now, so no hole is in its way.
-      const unwind = state.exec.unwind;
-      if (unwind) {
-        const first = Math.floor(unwind.ptr / HOST_PAGE_SIZE);
-        const end = Math.ceil((unwind.ptr + unwind.size) / HOST_PAGE_SIZE);
+      // The runtime reads the unwound stack and the safepoint flags to resume, and the owner
+      // writes the flags: send those pages now, so no hole is in the way of either.
+      for (const [first, end] of runtimePageRuns(state.exec, pageCount)) {
         await sender.sendData(first, end);
         pending.deleteRange(first, end);
       }

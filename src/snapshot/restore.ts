@@ -7,6 +7,7 @@
 //    the files by the fault worker (ChainPageSource), and a background loader on this thread reads
 //    every chunk, checks its checksum and places the pages still pending. When all are placed the
 //    fault server stops. A damaged chunk found by the loader stops the guest.
+import { runtimePageRuns } from '../state/exec-state.js';
 import { openSync, closeSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
@@ -252,16 +253,12 @@ async function startLazyServer(chain: SnapshotChain, mem: GuestMemory, faultArou
   };
 }
 
-/** Places the pages of the unwound stack (the runtime reads them before anything else). */
+/** Places the pages the runtime reads before anything else (safepoint flags, unwound stack). */
 function placeUnwindPages(chain: SnapshotChain, server: FaultServer): void {
-  const u = chain.state.exec.unwind;
-  if (!u) return;
-  const first = Math.floor(u.ptr / HOST_PAGE_SIZE);
-  const end = Math.min(Math.ceil((u.ptr + u.size) / HOST_PAGE_SIZE), chain.location.length);
   const buf = new Uint8Array(PAGE_SIZE);
   const fds = new Map<number, number>();
   try {
-    for (let p = first; p < end; p++) {
+    for (const p of runtimePageRuns(chain.state.exec, chain.location.length).flatMap(([a, b]) => Array.from({ length: b - a }, (_, i) => a + i))) {
       const li = chain.location[p]!;
       if (li < 0) continue;
       let fd = fds.get(li);

@@ -6,6 +6,7 @@
 //   channel, every other pending page pushed on bulk in address order (restarting after the last
 //   request) → DIGEST (checked against the snapshot's own) → DONE.
 // Every chunk checksum is checked before connecting, so a damaged snapshot never reaches a destination.
+import { runtimePageRuns } from '../state/exec-state.js';
 import { closeSync, openSync, readSync } from 'node:fs';
 import { encodeGuestState } from '../state/guest-state.js';
 import { connect, newSessionId, type FramedChannel, type Security } from '../migration/transport/index.js';
@@ -76,10 +77,7 @@ export async function serveSnapshot(source: string | SnapshotChain, opts: ServeS
       await bulk.sendPages(s * PAGE_SIZE, e - s, 'untouched');
       pass0 += e - s;
     }
-    const unwind = chain.state.exec.unwind;
-    if (unwind) {
-      const first = Math.floor(unwind.ptr / PAGE_SIZE);
-      const end = Math.min(pageCount, Math.ceil((unwind.ptr + unwind.size) / PAGE_SIZE));
+    for (const [first, end] of runtimePageRuns(chain.state.exec, pageCount)) {
       for (const [s, e] of pending.clone().intersect(new PageBitmap(pageCount).addRange(first, end)).runs()) {
         await bulk.sendPages(s * PAGE_SIZE, e - s, 'data', files.read(s, e - s));
         pass0 += e - s;

@@ -57,3 +57,21 @@ export function decodeGlobal(g: GlobalValue): number | bigint {
       return scratch.getFloat64(0);
   }
 }
+
+const HOST_PAGE = 4096;
+
+/**
+ * The host pages a resuming guest's runtime touches before any guest code runs — the page of the
+ * safepoint flags (page 0: the owner of the guest writes them to request a pause) and the unwound
+ * stack — as [start, end) page runs. A destination or a lazy restore places these before the guest
+ * resumes, so that neither the runtime nor the main thread ever waits on a hole there.
+ */
+export function runtimePageRuns(exec: ExecState, pageCount: number): Array<[number, number]> {
+  const runs: Array<[number, number]> = [[0, Math.min(1, pageCount)]];
+  if (exec.unwind) {
+    const first = Math.floor(exec.unwind.ptr / HOST_PAGE);
+    const end = Math.min(pageCount, Math.ceil((exec.unwind.ptr + exec.unwind.size) / HOST_PAGE));
+    if (first < end) runs.push([Math.max(first, 1), end]);
+  }
+  return runs.filter(([s, e]) => s < e);
+}
