@@ -107,7 +107,7 @@ async function migrateOnce(guestArgs: string[], maxMemory: string, migrateArgs: 
     procs.push(src);
     const { proc: dst, port } = await startDestination(sb);
     procs.push(dst);
-    const { code, json, stderr } = await runMigrate(sb, port, ['--verify', ...migrateArgs]);
+    const { code, json, stderr } = await runMigrate(sb, port, ['--verify', ...migrateArgs], sb.keyFile, 240_000);
     if (code !== 0) throw new Error(`ferry migrate exited ${code}: ${JSON.stringify(json)}\n${stderr.slice(-1000)}`);
     if (json['verified'] !== true) throw new Error(`migration not verified: ${JSON.stringify(json)}`);
     return json;
@@ -144,8 +144,14 @@ const summary = (r: Report) => ({
 
 export async function run(): Promise<BenchRow[]> {
   useFileCache('migration-bench');
-  const rows: BenchRow[] = [];
   const log = (s: string) => process.stderr.write(`migration: ${s}\n`);
+  // Rows are logged as they come, so a run cut short still shows what it measured.
+  const rows: BenchRow[] = [];
+  const push = rows.push.bind(rows);
+  rows.push = (...rs: BenchRow[]) => {
+    for (const r of rs) log(`  ${r.name} ${r.metric}: ${r.value} ${r.unit}${r.reference ? ` (ref ${r.reference.name} ${r.reference.value})` : ''}${r.met === undefined ? '' : r.met ? ' [met]' : ' [NOT met]'}`);
+    return push(...rs);
+  };
 
   // (a) idle 4 GiB-max guest, IDLE_MIB touched.
   log(`idle guest, ${IDLE_MIB} MiB touched, 4 GiB max, precopy`);
