@@ -11,8 +11,8 @@ import { PageBitmap } from '../memory/page-bitmap.js';
 import { PageStateTable } from '../memory/page-state.js';
 import { decodeGuestState } from '../state/guest-state.js';
 import type { Preopen, StdioBinding } from '../wasi/wasi.js';
-import { listen, type FramedChannel, type MigrationListener, type Security } from './transport/index.js';
-import { ChunkAssembler, PageFrameChecker, WireError, type MessageOf } from './wire/index.js';
+import { listen, TransportError, type FramedChannel, type MigrationListener, type Security } from './transport/index.js';
+import { ChunkAssembler, PageFrameChecker, WireError, type Message, type MessageOf } from './wire/index.js';
 import { PageDigest } from './digest.js';
 import { IncomingMemory } from './incoming-memory.js';
 import { isChannelFailure } from './failures.js';
@@ -282,19 +282,24 @@ export class MigrationDestination {
   /** One connection's worth of postcopy (or just the closing messages): returns when done. */
   private async serveSession(pc: IncomingMemory, postcopy: boolean, digest: PageDigest, pageCount: number): Promise<void> {
     const bulk = this.bulk!;
+    // One reader of the bulk channel at a time: the page loop, once every page is placed, hands
+    // over the next message (the source's DONE acknowledgement) instead of consuming it.
+    let bulkTail: Promise<Message | null> | null = null;
     if (postcopy && pc.pendingPages > 0) {
       const urgent = pc.serveUrgent();
-      const bulkPages = (async () => {
-        while (pc.pendingPages > 0) {
+      const bulkPages = (async (): Promise<Message | null> => {
+        for (;;) {
           const r = await bulk.recvWithOffset();
           if (!r) throw new WireError('TRUNCATED', bulk.bytesReceived, 'the stream ended during postcopy');
-          if (r.msg.type !== 'PAGES') throw new WireError('BAD_ORDER', r.offset, `unexpected ${r.msg.type} during postcopy`);
-          pc.onPages(r.msg, r.offset, false);
+          if (r.msg.type === 'PAGES') pc.onPages(r.msg, r.offset, false);
+          else if (pc.pendingPages === 0) return r.msg;
+          else throw new WireError('BAD_ORDER', r.offset, `unexpected ${r.msg.type} during postcopy`);
         }
       })();
       urgent.catch(() => undefined);
       bulkPages.catch(() => undefined);
       await Promise.race([pc.complete, urgent.then(() => pc.complete), bulkPages]);
+      bulkTail = bulkPages;
     }
     // Every page is in place: unregister (known-zero pages not yet touched become ordinary
     // zero-fill memory) and close the account.
@@ -313,6 +318,10 @@ export class MigrationDestination {
     }
     await bulk.sendMessage({ type: 'DIGEST', pageCount, hex: digest.digestHex(pageCount) });
     await bulk.sendMessage({ type: 'DONE' });
+    // Complete only when the source says it got them: a connection cut after our DONE was written
+    // but before it arrived must still end in a reconnection, not in a source retrying forever.
+    const ack = bulkTail ? await withTimeout(bulkTail, 60_000, bulk.peer) : await bulk.expect('DONE', 60_000);
+    if (ack?.type !== 'DONE') throw new WireError('BAD_ORDER', bulk.bytesReceived, `expected the source's DONE, got ${ack?.type ?? 'the end of the stream'}`);
   }
 
   /** Waits (up to the recovery timeout) for the source to come back with the same session. */
@@ -388,4 +397,10 @@ export class MigrationDestination {
   private report(): void {
     this.opts.onProgress?.(this.progress());
   }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, peer: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const t = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new TransportError('TIMEOUT', peer, `no answer within ${ms} ms`)), ms)));
+  return Promise.race([p, t]).finally(() => clearTimeout(timer));
 }

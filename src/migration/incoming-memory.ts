@@ -17,7 +17,7 @@ import { HOST_PAGE_SIZE, type GuestMemory } from '../memory/guest-memory.js';
 import { PageBitmap } from '../memory/page-bitmap.js';
 import { PageState, type PageStateTable } from '../memory/page-state.js';
 import { eventfd, eventfdDrain, close, FdWatcher, POLLIN, EFD_NONBLOCK, EFD_CLOEXEC } from '../sys/fd.js';
-import type { FramedChannel } from './transport/index.js';
+import { TransportError, type FramedChannel } from './transport/index.js';
 import type { PageFrameChecker, MessageOf } from './wire/index.js';
 import type { PageDigest } from './digest.js';
 import { RequestRing } from './request-ring.js';
@@ -137,7 +137,12 @@ export class IncomingMemory {
   async serveUrgent(): Promise<void> {
     for (;;) {
       const r = await this.urgent.recvWithOffset();
-      if (!r) return;
+      if (!r) {
+        // The urgent channel ended while pages are missing: answers it carried may be lost with
+        // it, and the bulk stream never sends a page twice — recover both channels.
+        if (this.remaining > 0) throw new TransportError('CLOSED', this.urgent.peer, 'the urgent channel closed during postcopy');
+        return;
+      }
       if (r.msg.type !== 'PAGES') throw new Error(`unexpected ${r.msg.type} on the urgent channel`);
       this.onPages(r.msg, r.offset, true);
     }

@@ -327,6 +327,9 @@ export class MigrationSource {
           verified = digestMsg.pageCount === pageCount && local === digestMsg.hex;
         }
         await this.bulk!.expect('DONE', 60_000);
+        // Acknowledge: until it sees this, the destination keeps listening for a reconnection
+        // (its closing messages may not have reached this side).
+        await this.bulk!.sendMessage({ type: 'DONE' });
         break;
       } catch (err) {
         if (!this.postcopy || !isChannelFailure(err)) throw err;

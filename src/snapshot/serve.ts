@@ -241,7 +241,10 @@ async function closingMessages(bulk: FramedChannel): Promise<{ pageCount: number
   for (;;) {
     const msg = await bulk.recv();
     if (!msg) throw new MigrationError('protocol', 'the destination closed the connection before DONE');
-    if (msg.type === 'DONE') return digest;
+    if (msg.type === 'DONE') {
+      await bulk.sendMessage({ type: 'DONE' }); // acknowledged: the destination may now close
+      return digest;
+    }
     if (msg.type === 'DIGEST') digest = { pageCount: msg.pageCount, hex: msg.hex };
     else if (msg.type === 'ERROR') throw new MigrationError('protocol', `the destination failed: ${msg.message}`);
     else if (msg.type !== 'FAULT_STATS') throw new MigrationError('protocol', `unexpected ${msg.type} from the destination after the last page`);
