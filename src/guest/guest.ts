@@ -350,6 +350,7 @@ export class Guest extends EventEmitter {
   // block see it in the control block. (The flag page is never a hole: it is placed first.)
   private requestPause(): void {
     Atomics.store(this.ctl, Ctl.PauseRequested, 1);
+    Atomics.notify(this.ctl, Ctl.PauseRequested); // wakes a guest sleeping in poll_oneoff
     Atomics.store(safepointFlags(this.memory), 0, 1);
   }
 

@@ -61,6 +61,8 @@ const hooks: WasiHooks = {
   unwind: startUnwind,
   // Blocking reads wait in short slices so a pause request is seen within one slice.
   waitReadable: (fd: number, timeoutMs: number) => poll([fd], [POLLIN], timeoutMs)[0] !== 0,
+  // A sleeping guest wakes the moment its owner asks for a pause (Guest notifies this word).
+  sleep: (ms: number) => void Atomics.wait(ctl, Ctl.PauseRequested, 0, ms),
 };
 
 let wasi!: Wasi;

@@ -164,6 +164,8 @@ export class MigrationSource {
     this.bulk = await connect({ ...common, channel: 'bulk', maxBandwidth: opts.maxBandwidth });
     this.urgent = await UrgentChannel.open({ ...common, memory: guest.memory, maxPages: mem.maxPageCount });
     const bulk = this.bulk;
+    // Small control frames (STATE, COMMIT, PING) must not wait for a delayed ACK (Nagle).
+    bulk.setNoDelay(true);
     this.phase = 'handshake';
     await bulk.sendMessage({
       type: 'SETUP',
@@ -446,6 +448,7 @@ export class MigrationSource {
       try {
         const common = { host: this.target.host, port: this.target.port, security: this.target.security, sessionId: this.sessionId! };
         const bulk = await connect({ ...common, channel: 'bulk', maxBandwidth: this.opts.maxBandwidth });
+        bulk.setNoDelay(true);
         let urgent: UrgentChannel;
         try {
           urgent = await UrgentChannel.open({ ...common, memory: this.guest.memory, maxPages: this.postcopy!.maxPages });

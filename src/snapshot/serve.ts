@@ -57,6 +57,7 @@ export async function serveSnapshot(source: string | SnapshotChain, opts: ServeS
     bulk = await connect({ ...common, channel: 'bulk' });
     urgent = await connect({ ...common, channel: 'urgent' });
     urgent.setNoDelay(true);
+    bulk.setNoDelay(true);
     await bulk.sendMessage({
       type: 'SETUP',
       moduleHash: chain.state.module.hash,

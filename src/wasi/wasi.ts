@@ -31,6 +31,8 @@ export interface WasiHooks {
   unwind(): void;
   /** Waits until `fd` is readable or `timeoutMs` passes; true if readable. Absent: everything is readable. */
   waitReadable?(fd: number, timeoutMs: number): boolean;
+  /** Sleeps up to `ms`, returning at once when a pause is requested. Absent: a plain sleep. */
+  sleep?(ms: number): void;
 }
 
 /** Thrown by proc_exit; carries the guest's exit status. */
@@ -309,7 +311,8 @@ export class Wasi {
   }
 
   private sleepMs(ms: number): void {
-    Atomics.wait(this.sleeper, 0, 0, Math.max(0, ms));
+    if (this.hooks.sleep) this.hooks.sleep(Math.max(0, ms));
+    else Atomics.wait(this.sleeper, 0, 0, Math.max(0, ms));
   }
 
   private readable(d: Descriptor, timeoutMs: number): boolean {
