@@ -47,8 +47,15 @@ export async function waitForMigration(sock: string, pred: (s: MigrationStatus) 
   const client = new ApiClient(sock);
   const deadline = Date.now() + timeoutMs;
   let last: MigrationStatus | null = null;
+  let unreachable = 0;
   for (;;) {
-    last = await client.migration().catch(() => last);
+    try {
+      last = await client.migration();
+      unreachable = 0;
+    } catch (err) {
+      // The source process is gone (or never listened): waiting longer cannot help.
+      if (++unreachable >= 40) throw new Error(`waiting for ${what}: the source's API stopped answering (${(err as Error).message}); last status ${JSON.stringify(last)}`);
+    }
     if (last && pred(last)) return last;
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; last status ${JSON.stringify(last)}`);
     await new Promise((r) => setTimeout(r, 15));

@@ -170,7 +170,7 @@ for (const sec of SECURITIES) {
           // What each side said is the only way to tell a hang from a crash afterwards.
           const status = await new ApiClient(sb.sock).migration().catch((e: Error) => e.message);
           (err as Error).message +=
-            `\n--- source status ---\n${JSON.stringify(status)}\n--- connections ---\n${proxy.channels().join(',')}\n--- injections ---\n${proxy.describe().join('\n')}\n--- source stderr ---\n${src.err.slice(-2500)}\n--- destination stderr ---\n${dst.err.slice(-2500)}`;
+            `\n--- source status ---\n${JSON.stringify(status)}\n--- connections ---\n${proxy.channels().join(',')}\n--- injections ---\n${proxy.describe().join('\n')}\n--- source (exit ${src.child.exitCode}, signal ${src.child.signalCode}) stderr ---\n${src.err.slice(-2500)}\n--- source stdout tail ---\n${src.out.slice(-300)}\n--- destination stderr ---\n${dst.err.slice(-2500)}`;
           throw err;
         } finally {
           await proxy.close();
