@@ -51,6 +51,7 @@ const samples: Message[] = [
   { type: 'RECEIVED_SET', set: { encoding: 'bitmap', startPage: 8, pageCount: 12, bits: Buffer.from([0xff, 0x0a]) } },
   { type: 'RECEIVED_SET', set: { encoding: 'ranges', ranges: [{ offset: 4096, count: 3 }] } },
   { type: 'DIGEST', pageCount: 42, hex: 'cd'.repeat(32) },
+  { type: 'FAULT_STATS', faults: 7, pagesRequested: 3, pagesPushed: 1000, latencyUs: { p50: 12.5, p99: 800.1, max: 1200 }, guestBlockedUs: 4000, durationMs: 900 },
   { type: 'DONE' },
   { type: 'ERROR', code: 'E_MODULE_MISMATCH', message: 'hash differs' },
   { type: 'PING', nonce: 0xffffffff },
