@@ -1,0 +1,105 @@
+// Faults a migration must simply ride out: latency on every channel in both directions (precopy
+// and postcopy), and the urgent channel cut during precopy (a precopy migration never needs it;
+// a postcopy one notices after the switchover and reconnects). Each must complete with matching
+// digests, the guest's own VERIFY OK on the destination, and an unbroken SEQ sequence.
+import { strict as assert } from 'node:assert';
+import { after, describe, test } from 'node:test';
+import { checkSequence } from '../../src/cli/commands/demo.js';
+import { FerryProc, killAll, makeSandbox, startSource, useFileCache, verifyGuest, type Sandbox } from '../fixtures/migration/ferry-procs.js';
+import { InjectionTally, SECURITIES, migrateOutcome, startDestinationWith, startMigrate, waitForMigration } from './harness.js';
+import { FaultProxy, type FaultKind } from './proxy.js';
+
+useFileCache('faults');
+
+const GUEST_MIB = 32;
+const GUEST_PAGES = (GUEST_MIB * 1024 * 1024) / 4096;
+const GUEST_ARGS = ['--mib', String(GUEST_MIB), '--rate', '2000', '--random', '--report-ms', '100', '--verify-file', '/work/verify'];
+
+interface Case {
+  name: string;
+  kind: FaultKind;
+  mode: 'precopy' | 'postcopy';
+  inject(proxy: FaultProxy, sb: Sandbox): Promise<void>;
+}
+
+/** Latency on the first session's both channels, both directions, from the first byte. */
+async function delayEverything(proxy: FaultProxy): Promise<void> {
+  for (const connection of ['bulk', 'urgent'] as const) {
+    for (const direction of ['to-destination', 'to-source'] as const) {
+      proxy.inject({ kind: 'delay', connection, direction, delayMs: 2, at: { atByte: 0 } });
+    }
+  }
+}
+
+const cases: Case[] = [
+  { name: 'precopy with 2 ms added to every chunk, both channels, both directions', kind: 'delay', mode: 'precopy', inject: delayEverything },
+  { name: 'postcopy with 2 ms added to every chunk, both channels, both directions', kind: 'delay', mode: 'postcopy', inject: delayEverything },
+  {
+    name: 'precopy with the urgent channel cut during pass 1 (precopy never uses it)',
+    kind: 'cut',
+    mode: 'precopy',
+    async inject(proxy, sb) {
+      await waitForMigration(sb.sock, (s) => s.state === 'precopy' && Number(s['pass']) >= 1, 'precopy pass 1');
+      proxy.inject({ kind: 'cut', connection: 'urgent', direction: 'to-destination' });
+    },
+  },
+  {
+    name: 'postcopy with the urgent channel cut during its precopy pass',
+    kind: 'cut',
+    mode: 'postcopy',
+    async inject(proxy, sb) {
+      await waitForMigration(sb.sock, (s) => s.state === 'precopy', 'precopy pass 0');
+      proxy.inject({ kind: 'cut', connection: 'urgent', direction: 'to-destination' });
+    },
+  },
+];
+
+const tally = new InjectionTally('faults a migration rides out');
+
+for (const sec of SECURITIES) {
+  describe(`faults a migration rides out (${sec})`, () => {
+    const procs: FerryProc[] = [];
+    const sandboxes: Sandbox[] = [];
+    after(() => {
+      killAll(...procs);
+      for (const sb of sandboxes) sb.cleanup();
+    });
+
+    for (const c of cases) {
+      test(c.name, async () => {
+        const sb = makeSandbox();
+        sandboxes.push(sb);
+        const src = await startSource(sb, 'memtouch.wasm', GUEST_ARGS, '512M', 3);
+        procs.push(src);
+        const { proc: dst, port } = await startDestinationWith(sb, sec);
+        procs.push(dst);
+        const proxy = await FaultProxy.start('127.0.0.1', port);
+        try {
+          tally.tried(c.kind);
+          const mig = startMigrate(sb, proxy.port, sec, ['--mode', c.mode, '--max-bandwidth', '16M', '--verify']);
+          procs.push(mig);
+          const armed = c.inject(proxy, sb);
+          const out = await migrateOutcome(mig, 90_000);
+          await armed;
+          assert.ok(proxy.injections().some((r) => r.kind === c.kind), `the ${c.kind} never happened: ${proxy.describe().join('; ')}`);
+          assert.equal(out.code, 0, `ferry migrate exit ${out.code}: ${JSON.stringify(out.json)}\n${out.stderr.slice(-1500)}`);
+          assert.equal(out.json['mode'], c.mode);
+          assert.equal(out.json['verified'], true, 'memory digests match on both sides');
+          assert.equal(await src.exitWithin(30_000), 0);
+          await dst.waitFor(/^SEQ \d+ /m, 'a SEQ line from the destination', 60_000);
+          assert.equal(await verifyGuest(dst, sb.dstWork, 120_000), `VERIFY OK ${GUEST_PAGES}`);
+          assert.equal(await dst.exitWithin(60_000), 0);
+          const seq = checkSequence(src.out, dst.out);
+          assert.ok(seq.ok, `${seq.problem} (source ${seq.source}, destination ${seq.destination})`);
+          tally.survived(c.kind);
+        } catch (err) {
+          (err as Error).message += `\n--- injections ---\n${proxy.describe().join('\n')}\n--- source stderr ---\n${src.err.slice(-2000)}\n--- destination stderr ---\n${dst.err.slice(-2000)}`;
+          throw err;
+        } finally {
+          await proxy.close();
+          killAll(src, dst);
+        }
+      });
+    }
+  });
+}
