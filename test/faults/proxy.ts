@@ -191,6 +191,23 @@ class ProxiedConnection {
     this.markClosed();
   }
 
+  /**
+   * A cut: nothing more is forwarded from now on, but what was already forwarded (the bytes
+   * before the cut's offset) still reaches the peer before both sides are destroyed.
+   */
+  cut(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.markClosed();
+    for (const s of [this.client, this.server]) {
+      if (s.writableLength === 0) s.destroy();
+      else {
+        s.once('drain', () => s.destroy());
+        setTimeout(() => s.destroy(), 1000).unref();
+      }
+    }
+  }
+
   /** Applies a fault now, at the pump's current offset. */
   fire(f: PendingFault, pump: Pump): void {
     if (f.fired) return;
@@ -201,7 +218,7 @@ class ProxiedConnection {
     switch (spec.kind) {
       case 'cut':
         detail = 'both sides destroyed';
-        this.close();
+        this.cut();
         break;
       case 'stall': {
         const ms = spec.stallMs ?? Infinity;
