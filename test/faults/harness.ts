@@ -62,9 +62,12 @@ export async function waitForMigration(sock: string, pred: (s: MigrationStatus) 
   }
 }
 
+/** What was injected: a proxy fault, or a host process killed. */
+export type InjectionKind = FaultKind | 'kill';
+
 /** Counts injections per kind; prints one line per kind when the test file ends. */
 export class InjectionTally {
-  private readonly rows = new Map<FaultKind, { tried: number; survived: number }>();
+  private readonly rows = new Map<InjectionKind, { tried: number; survived: number }>();
 
   constructor(readonly title: string) {
     after(() => {
@@ -72,11 +75,11 @@ export class InjectionTally {
     });
   }
 
-  tried(kind: FaultKind): void {
+  tried(kind: InjectionKind): void {
     this.row(kind).tried++;
   }
 
-  survived(kind: FaultKind): void {
+  survived(kind: InjectionKind): void {
     this.row(kind).survived++;
   }
 
@@ -84,7 +87,7 @@ export class InjectionTally {
     return [...this.rows].map(([kind, r]) => `${this.title}: ${kind.padEnd(7)} ${r.tried} injections tried, ${r.survived} survived`);
   }
 
-  private row(kind: FaultKind): { tried: number; survived: number } {
+  private row(kind: InjectionKind): { tried: number; survived: number } {
     let r = this.rows.get(kind);
     if (!r) this.rows.set(kind, (r = { tried: 0, survived: 0 }));
     return r;
