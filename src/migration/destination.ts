@@ -12,7 +12,7 @@ import { PageStateTable } from '../memory/page-state.js';
 import { decodeGuestState } from '../state/guest-state.js';
 import type { Preopen, StdioBinding } from '../wasi/wasi.js';
 import { listen, TransportError, type FramedChannel, type MigrationListener, type Security } from './transport/index.js';
-import { ChunkAssembler, PageFrameChecker, WireError, type Message, type MessageOf } from './wire/index.js';
+import { ChunkAssembler, Feature, PageFrameChecker, WireError, type Message, type MessageOf } from './wire/index.js';
 import { PageDigest } from './digest.js';
 import { IncomingMemory } from './incoming-memory.js';
 import { isChannelFailure } from './failures.js';
@@ -158,7 +158,8 @@ export class MigrationDestination {
     this.preparing = Guest.prepare({ module: moduleBytes, memory: mem.memory, maxMemoryBytes: setup.memory.maxBytes, cache: this.cache });
     this.preparing.catch(() => undefined);
     const checker = new PageFrameChecker(setup.memory);
-    const digest = new PageDigest(setup.memory.maxBytes);
+    // The digest is kept only when the source offered the DIGEST feature (it does for --verify).
+    const digest = (bulk.session?.features ?? 0) & Feature.DIGEST ? new PageDigest(setup.memory.maxBytes) : null;
     const incoming = (this.incoming = new IncomingMemory(mem, new PageStateTable(mem.maxPageCount), this.urgent, checker, digest));
     await incoming.start();
     let state: ChunkAssembler | null = null;
@@ -237,7 +238,7 @@ export class MigrationDestination {
     return { guest, completion };
   }
 
-  private async finish(guest: Guest, digest: PageDigest, pageCount: number, memoryBytes: number): Promise<DestinationSummary> {
+  private async finish(guest: Guest, digest: PageDigest | null, pageCount: number, memoryBytes: number): Promise<DestinationSummary> {
     const pc = this.incoming!;
     const postcopy = pc.isPostcopy;
     try {
@@ -283,7 +284,7 @@ export class MigrationDestination {
   }
 
   /** One connection's worth of postcopy (or just the closing messages): returns when done. */
-  private async serveSession(pc: IncomingMemory, postcopy: boolean, digest: PageDigest, pageCount: number): Promise<void> {
+  private async serveSession(pc: IncomingMemory, postcopy: boolean, digest: PageDigest | null, pageCount: number): Promise<void> {
     const bulk = this.bulk!;
     // One reader of the bulk channel at a time: the page loop, once every page is placed, hands
     // over the next message (the source's DONE acknowledgement) instead of consuming it.
@@ -319,7 +320,7 @@ export class MigrationDestination {
         durationMs: r.durationMs,
       });
     }
-    await bulk.sendMessage({ type: 'DIGEST', pageCount, hex: digest.digestHex(pageCount) });
+    if (digest) await bulk.sendMessage({ type: 'DIGEST', pageCount, hex: digest.digestHex(pageCount) });
     await bulk.sendMessage({ type: 'DONE' });
     // Complete only when the source says it got them: a connection cut after our DONE was written
     // but before it arrived must still end in a reconnection, not in a source retrying forever.

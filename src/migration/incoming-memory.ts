@@ -48,7 +48,8 @@ export class IncomingMemory {
     private readonly states: PageStateTable,
     private urgent: FramedChannel,
     private readonly checker: PageFrameChecker,
-    private readonly digest: PageDigest,
+    /** Null when the source did not ask for --verify: hashing every page costs the stream time. */
+    private readonly digest: PageDigest | null,
   ) {
     this.populated = new PageBitmap(mem.maxPageCount);
     this.eventFd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -77,7 +78,7 @@ export class IncomingMemory {
         this.populated.addRange(s, e);
       }
     }
-    this.digest.set(first, bytes, count);
+    this.digest?.set(first, bytes, count);
   }
 
   /** Zero or never-touched pages: they must read as zero, so earlier copies are dropped. */
@@ -85,7 +86,7 @@ export class IncomingMemory {
     this.unpend(first, first + count);
     this.dropPopulated(first, first + count);
     for (let p = first; p < first + count; p++) this.states.markZero(p);
-    this.digest.setZero(first, count);
+    this.digest?.setZero(first, count);
   }
 
   /** Pages the source will send again after the commit: holes, pending. */
@@ -162,7 +163,7 @@ export class IncomingMemory {
       let j = i + 1;
       while (j < msg.count && this.states.get(first + j) === PageState.PENDING) j++;
       this.server!.fill(first + i, j - i, msg.data, i * HOST_PAGE_SIZE);
-      this.digest.set(first + i, msg.data.subarray(i * HOST_PAGE_SIZE, j * HOST_PAGE_SIZE), j - i);
+      this.digest?.set(first + i, msg.data.subarray(i * HOST_PAGE_SIZE, j * HOST_PAGE_SIZE), j - i);
       this.remaining -= j - i;
       if (urgent) this.pagesRequested += j - i;
       else this.pagesPushed += j - i;

@@ -14,7 +14,7 @@ import { encodeGuestState, type GuestState } from '../state/guest-state.js';
 import { runtimePageRuns } from '../state/exec-state.js';
 import { connect, newSessionId, type FramedChannel, type Security } from './transport/index.js';
 import { isChannelFailure } from './failures.js';
-import { MAX_CHUNK_BYTES } from './wire/index.js';
+import { ALL_FEATURES, Feature, MAX_CHUNK_BYTES } from './wire/index.js';
 import { digestMemory } from './digest.js';
 import { PageSender } from './page-sender.js';
 import { PostcopySource } from './postcopy-source.js';
@@ -160,7 +160,9 @@ export class MigrationSource {
 
     // Handshake on both channels; nothing else moves before the destination agrees.
     const sessionId = (this.sessionId = newSessionId());
-    const common = { host: opts.host, port: opts.port, security: opts.security, sessionId };
+    // DIGEST is offered only for --verify: the destination then hashes every page it places.
+    const features = opts.verify ? ALL_FEATURES : ALL_FEATURES & ~Feature.DIGEST;
+    const common = { host: opts.host, port: opts.port, security: opts.security, sessionId, features };
     this.bulk = await connect({ ...common, channel: 'bulk', maxBandwidth: opts.maxBandwidth });
     this.urgent = await UrgentChannel.open({ ...common, memory: guest.memory, maxPages: mem.maxPageCount });
     const bulk = this.bulk;
@@ -322,8 +324,8 @@ export class MigrationSource {
           });
         }
         this.phase = 'verifying';
-        const digestMsg = await this.bulk!.expect('DIGEST', 600_000);
         if (opts.verify) {
+          const digestMsg = await this.bulk!.expect('DIGEST', 600_000);
           const present = scanResidency(mem).present;
           const local = digestMemory(mem.view(), digestMsg.pageCount, (p) => !present.has(p));
           verified = digestMsg.pageCount === pageCount && local === digestMsg.hex;
@@ -446,7 +448,8 @@ export class MigrationSource {
         throw new MigrationError('after-commit', `could not reconnect to the destination within ${this.opts.recoverTimeoutS} s (last error: ${this.errorText})`);
       }
       try {
-        const common = { host: this.target.host, port: this.target.port, security: this.target.security, sessionId: this.sessionId! };
+        const features = this.opts.verify ? ALL_FEATURES : ALL_FEATURES & ~Feature.DIGEST;
+        const common = { host: this.target.host, port: this.target.port, security: this.target.security, sessionId: this.sessionId!, features };
         const bulk = await connect({ ...common, channel: 'bulk', maxBandwidth: this.opts.maxBandwidth });
         bulk.setNoDelay(true);
         let urgent: UrgentChannel;
