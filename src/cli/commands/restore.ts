@@ -7,11 +7,11 @@ import type { CliContext } from '../main.js';
 import { EXIT, UsageError } from '../exit-codes.js';
 import { collect, openStdio, parseDirs } from '../options.js';
 import { serveGuestApi } from '../../api/guest-controller.js';
-import type { Guest, GuestExit } from '../../guest/guest.js';
+import type { Guest } from '../../guest/guest.js';
 import { restoreSnapshot } from '../../snapshot/restore.js';
 import { snapshotExtensions } from '../../snapshot/extensions.js';
 import { SnapshotError } from '../../snapshot/format.js';
-import { exitCodeOf } from './run.js';
+import { exitCodeOf, untilExit } from './run.js';
 
 interface RestoreFlags {
   lazy?: boolean;
@@ -75,14 +75,3 @@ async function runRestore(dir: string, opts: RestoreFlags, guestArgs: string[]):
   return stoppedBySnapshot ? EXIT.ok : exitCodeOf(result);
 }
 
-async function untilExit(guest: Guest): Promise<GuestExit> {
-  const onSignal = () => void guest.stop();
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
-  try {
-    return await guest.exited;
-  } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
-  }
-}

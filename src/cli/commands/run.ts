@@ -119,7 +119,7 @@ async function runIncoming(modulePath: string | undefined, opts: RunFlags, guest
 }
 
 /** Waits for the guest to end; SIGINT/SIGTERM stop it without running more guest code. */
-async function untilExit(guest: Guest): Promise<GuestExit> {
+export async function untilExit(guest: Guest): Promise<GuestExit> {
   const onSignal = () => void guest.stop();
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
