@@ -1,7 +1,8 @@
 // Faults a migration must simply ride out: latency on every channel in both directions (precopy
-// and postcopy), and the urgent channel cut during precopy (a precopy migration never needs it;
-// a postcopy one notices after the switchover and reconnects). Each must complete with matching
-// digests, the guest's own VERIFY OK on the destination, and an unbroken SEQ sequence.
+// and postcopy), a short stall early in precopy, and the urgent channel cut during precopy (a
+// precopy migration never needs it; a postcopy one notices after the switchover and reconnects).
+// Each must complete with matching digests, the guest's own VERIFY OK on the destination, and an
+// unbroken SEQ sequence.
 import { strict as assert } from 'node:assert';
 import { after, describe, test } from 'node:test';
 import { checkSequence } from '../../src/cli/commands/demo.js';
@@ -34,6 +35,12 @@ async function delayEverything(proxy: FaultProxy): Promise<void> {
 const cases: Case[] = [
   { name: 'precopy with 2 ms added to every chunk, both channels, both directions', kind: 'delay', mode: 'precopy', inject: delayEverything },
   { name: 'postcopy with 2 ms added to every chunk, both channels, both directions', kind: 'delay', mode: 'postcopy', inject: delayEverything },
+  {
+    name: 'precopy with the bulk channel stalled for 1.5 s early (256 KiB in)',
+    kind: 'stall',
+    mode: 'precopy',
+    inject: async (proxy) => proxy.inject({ kind: 'stall', connection: 'bulk', direction: 'to-destination', at: { atByte: 256 * 1024 }, stallMs: 1500 }),
+  },
   {
     name: 'precopy with the urgent channel cut during pass 1 (precopy never uses it)',
     kind: 'cut',

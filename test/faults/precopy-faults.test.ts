@@ -63,6 +63,11 @@ const cases: Case[] = [
     },
   },
   {
+    name: 'corrupt one byte of the bulk stream early (64 KiB in)',
+    kind: 'corrupt',
+    inject: async ({ proxy }) => proxy.inject({ kind: 'corrupt', connection: 'bulk', direction: 'to-destination', at: { atByte: 64 * KiB + 7 } }),
+  },
+  {
     name: 'corrupt one byte of the bulk stream mid precopy (8 MiB in)',
     kind: 'corrupt',
     inject: async ({ proxy }) => proxy.inject({ kind: 'corrupt', connection: 'bulk', direction: 'to-destination', at: { atByte: 8 * MiB + 1234 } }),
