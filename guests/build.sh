@@ -6,6 +6,10 @@
 # source paths, no timestamps.
 set -eu
 cd "$(dirname "$0")"
+# clang runs wasm-opt on its output when one is in PATH (npm puts binaryen's there): keep plain
+# clang output, which is what the committed modules are.
+PATH=$(printf %s "$PATH" | tr ':' '\n' | grep -v 'node_modules/\.bin$' | paste -sd: -)
+export PATH
 CC="${CC:-clang}"
 if ! command -v "$CC" >/dev/null 2>&1; then
   echo "guests/build.sh: $CC not found (apt-get install clang lld wasi-libc libclang-rt-14-dev-wasm32)" >&2

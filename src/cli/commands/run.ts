@@ -5,13 +5,13 @@ import { basename } from 'node:path';
 import { Command } from 'commander';
 import type { CliContext } from '../main.js';
 import { EXIT, UsageError } from '../exit-codes.js';
-import { collect, openStdio, parseDirs, parseEnv, parseSize } from '../options.js';
+import { collect, openStdio, parseDirs, parseEnv, parsePositiveNumber, parseSize } from '../options.js';
 import { addTlsOptions, parseHostPortFlag, readTlsFlags, securityOf, type TlsFlags } from '../tls-options.js';
 import { Guest, type GuestExit } from '../../guest/guest.js';
 import { serveGuestApi, type GuestExtensions } from '../../api/guest-controller.js';
 import type { MigrateRequest } from '../../api/types.js';
 import { migrationExtensions } from '../../api/migration-binding.js';
-import { MigrationDestination } from '../../migration/destination.js';
+import { DEFAULT_RECOVER_TIMEOUT_S, MigrationDestination } from '../../migration/destination.js';
 import { snapshotExtensions } from '../../snapshot/extensions.js';
 
 export function registerRun(program: Command, ctx: CliContext): void {
@@ -26,7 +26,8 @@ export function registerRun(program: Command, ctx: CliContext): void {
     .option('--stderr <FILE>', 'guest stderr to FILE (default: the terminal)')
     .option('--max-memory <SIZE>', 'cap on the guest memory maximum, e.g. 512M, 4G', '4G')
     .option('--api-sock <PATH>', 'serve the control API on this unix socket (mode 0600)')
-    .option('--incoming <HOST:PORT>', 'wait for a guest migrated from another host, then run it');
+    .option('--incoming <HOST:PORT>', 'wait for a guest migrated from another host, then run it')
+    .option('--recover-timeout <S>', 'with --incoming: how long a postcopy destination waits for a lost source to reconnect', String(DEFAULT_RECOVER_TIMEOUT_S));
   addTlsOptions(cmd).addHelpText(
     'after',
     `
@@ -53,6 +54,7 @@ interface RunFlags extends TlsFlags {
   maxMemory: string;
   apiSock?: string;
   incoming?: string;
+  recoverTimeout: string;
 }
 
 async function runModule(modulePath: string | undefined, opts: RunFlags, guestArgs: string[]): Promise<number> {
@@ -94,7 +96,14 @@ async function runIncoming(modulePath: string | undefined, opts: RunFlags, guest
   if (guestArgs.length > 0) throw new UsageError('guest arguments are refused with --incoming: they are part of the guest state');
   const { host, port } = parseHostPortFlag(opts.incoming!, '--incoming', true);
   const security = securityOf(readTlsFlags(opts));
-  const dest = new MigrationDestination({ host, port, security, preopens: parseDirs(opts.dir), stdio: openStdio(opts) });
+  const dest = new MigrationDestination({
+    host,
+    port,
+    security,
+    preopens: parseDirs(opts.dir),
+    stdio: openStdio(opts),
+    recoverTimeoutS: parsePositiveNumber(opts.recoverTimeout, '--recover-timeout'),
+  });
   let guest: Guest | null = null;
   const api = opts.apiSock
     ? await serveGuestApi(() => guest, opts.apiSock, { migration: () => dest.progress(), state: () => (guest ? null : 'migrating') })

@@ -1,0 +1,11 @@
+#!/bin/sh
+# Runs the test files (dist/test/**/*.test.js) with Node's test runner, one file at a time.
+# clang post-processes wasm with wasm-opt whenever it finds one in PATH, and npm puts binaryen's
+# wasm-opt (node_modules/.bin) first: tests that compile C must get plain clang output, so that
+# directory is taken out of PATH here.
+set -eu
+cd "$(dirname "$0")/.."
+PATH=$(printf %s "$PATH" | tr ':' '\n' | grep -v 'node_modules/\.bin$' | paste -sd: -)
+export PATH
+dir="${1:-dist/test}"
+exec node --test --test-concurrency=1 $(find "$dir" -name '*.test.js' | sort)
