@@ -34,6 +34,8 @@ export interface DestinationOptions {
 }
 
 export const DEFAULT_RECOVER_TIMEOUT_S = 600;
+/** Silence on both channels, while the guest waits on a page, after which the connection is lost. */
+const SILENCE_MS = 10_000;
 
 
 export interface IncomingResult {
@@ -302,7 +304,12 @@ export class MigrationDestination {
       })();
       urgent.catch(() => undefined);
       bulkPages.catch(() => undefined);
-      await Promise.race([pc.complete, urgent.then(() => pc.complete), bulkPages]);
+      const watchdog = this.silenceWatchdog(pc);
+      try {
+        await Promise.race([pc.complete, urgent.then(() => pc.complete), bulkPages, watchdog.failed]);
+      } finally {
+        watchdog.stop();
+      }
       bulkTail = bulkPages;
     }
     // Every page is in place: unregister (known-zero pages not yet touched become ordinary
@@ -326,6 +333,29 @@ export class MigrationDestination {
     // but before it arrived must still end in a reconnection, not in a source retrying forever.
     const ack = bulkTail ? await withTimeout(bulkTail, 60_000, bulk.peer) : await bulk.expect('DONE', 60_000);
     if (ack?.type !== 'DONE') throw new WireError('BAD_ORDER', bulk.bytesReceived, `expected the source's DONE, got ${ack?.type ?? 'the end of the stream'}`);
+  }
+
+  /**
+   * A connection can go silent without closing (a partition, a peer that hangs). While the guest
+   * waits on a page, nothing arriving on either channel for SILENCE_MS means the connection is
+   * lost: fail it, so recovery reconnects instead of leaving the guest blocked for ever.
+   */
+  private silenceWatchdog(pc: IncomingMemory): { failed: Promise<never>; stop(): void } {
+    let fail!: (e: Error) => void;
+    const failed = new Promise<never>((_, reject) => (fail = reject));
+    failed.catch(() => undefined);
+    let last = this.bytesReceivedTotal();
+    let quietSince = performance.now();
+    const timer = setInterval(() => {
+      const now = this.bytesReceivedTotal();
+      if (now !== last || pc.waitingFaults === 0) {
+        last = now;
+        quietSince = performance.now();
+      } else if (performance.now() - quietSince > SILENCE_MS) {
+        fail(new TransportError('TIMEOUT', this.bulk?.peer ?? 'source', `nothing received for ${SILENCE_MS / 1000} s while the guest waits on a page`));
+      }
+    }, 500);
+    return { failed, stop: () => clearInterval(timer) };
   }
 
   /** Waits (up to the recovery timeout) for the source to come back with the same session. */
