@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <node_api.h>
+#include <sys/socket.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -868,6 +869,20 @@ static napi_value f_close(napi_env env, napi_callback_info info) {
 }
 
 #undef OP
+#define OP "setsockoptInt"
+/* setsockopt(fd, SOL_SOCKET, SO_SNDBUF | SO_RCVBUF, value): only socket buffer sizes are exposed. */
+static napi_value f_setsockopt_int(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int fd;
+  int32_t opt, value;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_i32(env, argv[1], OP, "option", &opt) || !get_i32(env, argv[2], OP, "value", &value)) return NULL;
+  if (opt != SO_SNDBUF && opt != SO_RCVBUF) return throw_arg(env, OP, "option %d is not SO_SNDBUF or SO_RCVBUF", opt);
+  if (value < 4096) return throw_arg(env, OP, "value must be >= 4096");
+  if (setsockopt(fd, SOL_SOCKET, opt, &value, sizeof value) != 0) return throw_errno(env, OP, errno, NULL);
+  return undef(env);
+}
+
+#undef OP
 #define OP "eventfd"
 /* eventfd(initval, flags) -> fd; flags from EFD_NONBLOCK | EFD_CLOEXEC | EFD_SEMAPHORE. */
 static napi_value f_eventfd(napi_env env, napi_callback_info info) {
@@ -995,6 +1010,7 @@ static napi_value constants(napi_env env) {
   napi_create_object(env, &c);
 #define C(name) set_num(env, c, #name, (double)(name))
   C(UFFD_API);
+  C(SO_SNDBUF); C(SO_RCVBUF);
   C(UFFD_FEATURE_PAGEFAULT_FLAG_WP); C(UFFD_FEATURE_EVENT_FORK); C(UFFD_FEATURE_EVENT_REMAP);
   C(UFFD_FEATURE_EVENT_REMOVE); C(UFFD_FEATURE_MISSING_HUGETLBFS); C(UFFD_FEATURE_MISSING_SHMEM);
   C(UFFD_FEATURE_EVENT_UNMAP); C(UFFD_FEATURE_SIGBUS); C(UFFD_FEATURE_THREAD_ID); C(UFFD_FEATURE_MINOR_HUGETLBFS);
@@ -1027,7 +1043,7 @@ static napi_value init(napi_env env, napi_value exports) {
       F("uffdCopy", f_uffd_copy), F("uffdZeropage", f_uffd_zeropage), F("uffdContinue", f_uffd_continue),
       F("uffdReadEvents", f_uffd_read_events), F("uffdWait", f_uffd_wait), F("pagemapScan", f_pagemap_scan),
       F("pagemapRead", f_pagemap_read), F("pagemapScanBits", f_pagemap_scan_bits), F("poll", f_poll), F("read", f_read), F("pread", f_pread),
-      F("write", f_write), F("close", f_close), F("eventfd", f_eventfd), F("fdWatch", f_fd_watch),
+      F("write", f_write), F("close", f_close), F("setsockoptInt", f_setsockopt_int), F("eventfd", f_eventfd), F("fdWatch", f_fd_watch),
       F("fdUnwatch", f_fd_unwatch), F("nowUs", f_now_us),
 #undef F
   };

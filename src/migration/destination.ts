@@ -15,6 +15,7 @@ import { listen, TransportError, type FramedChannel, type MigrationListener, typ
 import { ChunkAssembler, Feature, PageFrameChecker, WireError, type Message, type MessageOf } from './wire/index.js';
 import { PageDigest } from './digest.js';
 import { IncomingMemory } from './incoming-memory.js';
+import { POSTCOPY_SOCKET_BUFFER } from './postcopy-source.js';
 import { isChannelFailure } from './failures.js';
 import { SwitchoverTrace } from './switchover-trace.js';
 import { MigrationError, type MigrationPhase, type MigrationProgress, type PostcopyReport } from './report.js';
@@ -226,6 +227,7 @@ export class MigrationDestination {
     this.phase = 'switchover';
     const pageCount = mem.pageCount;
     incoming.activate();
+    if (incoming.isPostcopy) bulk.limitKernelBuffers(POSTCOPY_SOCKET_BUFFER);
     const prepared = await this.preparing!;
     this.preparing = null;
     trace.mark('worker ready');

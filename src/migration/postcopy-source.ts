@@ -18,7 +18,13 @@ import type { PostcopyReport } from './report.js';
  * 128 KiB keeps that wait near 0.1 ms for 12 bytes of header per frame.
  */
 const POSTCOPY_RUN_PAGES = 32;
-const BULK_IN_FLIGHT = 4;
+const BULK_IN_FLIGHT = 2;
+/**
+ * Kernel socket buffers of the bulk connection after the switchover. A faulting page the bulk
+ * stream already took waits behind everything queued in them; autotuned, that is megabytes —
+ * tens of milliseconds — so they are capped.
+ */
+export const POSTCOPY_SOCKET_BUFFER = 128 * 1024;
 
 export class PostcopySource {
   private cursor = 0;
@@ -38,6 +44,7 @@ export class PostcopySource {
     private urgent: UrgentChannel,
   ) {
     urgent.activate(pending, pageCount);
+    bulk.limitKernelBuffers(POSTCOPY_SOCKET_BUFFER);
   }
 
   get maxPages(): number {
@@ -53,6 +60,7 @@ export class PostcopySource {
     this.bulk = bulk;
     this.urgent = urgent;
     this.failure = null;
+    bulk.limitKernelBuffers(POSTCOPY_SOCKET_BUFFER);
     for (let p = 0; p < Math.min(heldPages, this.pageCount); p++) {
       if ((held[p >>> 3]! & (1 << (p & 7))) !== 0) urgent.claims.claim(p);
     }

@@ -10,6 +10,7 @@ import { decodeMessage, encodeMessage, encodePages, type ChannelKind, type Messa
 import { frameTypeName } from '../wire/types.js';
 import { TransportError, fromSocketError } from './errors.js';
 import { TokenBucket } from './token-bucket.js';
+import { SO_RCVBUF, SO_SNDBUF, setSocketBuffer } from '../../sys/socket.js';
 
 export interface ChannelSession {
   /** 16 random bytes chosen by the connecting side; hex for use as a map key. */
@@ -77,6 +78,14 @@ export class FramedChannel {
       if (!this.ended) this.fail(new TransportError('CLOSED', this.peer, 'connection closed'));
     });
     this.tcp.on('close', () => this.snapshotCounters());
+  }
+
+  /**
+   * Caps the kernel's send and receive buffers of the TCP socket (disabling their autotuning):
+   * less data queued in front of whatever is sent next, at some cost in throughput.
+   */
+  limitKernelBuffers(bytes: number): boolean {
+    return setSocketBuffer(this.tcp, SO_SNDBUF, bytes) && setSocketBuffer(this.tcp, SO_RCVBUF, bytes);
   }
 
   /** Bytes written to the TCP socket (TLS overhead included). */
