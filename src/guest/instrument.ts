@@ -190,15 +190,12 @@ function transform(b: BinaryenApi, mod: BinaryenApi, source: Uint8Array): Instru
   });
 
   // ---- safepoints and Asyncify ----
+  const leaves = leafFunctions(b, mod); // before log-execution adds calls everywhere
   mod.runPasses(['log-execution']);
-  let safepointImport: { module: string; name: string } | null = null;
-  for (let i = 0; i < mod.getNumFunctions(); i++) {
-    const f = b.getFunctionInfo(mod.getFunctionByIndex(i));
-    if (f.module && f.base === 'log_execution') safepointImport = { module: f.module, name: f.base };
-  }
-  if (!safepointImport) throw new ModuleRejected('internal: safepoint insertion produced no import');
-  pruneLeafSafepoints(b, mod);
-  inlineSafepointCheck(b, mod);
+  const safepointFn = safepointImportName(b, mod);
+  if (!safepointFn) throw new ModuleRejected('internal: safepoint insertion produced no import');
+  pruneEntrySafepoints(b, mod, safepointFn, leaves);
+  inlineSafepointCheck(b, mod, safepointFn);
   const unwindImports = [
     { ...YIELD_IMPORT },
     ...functionImports.filter((f) => f.module.startsWith('wasi_') && (UNWINDABLE_WASI_CALLS as readonly string[]).includes(f.name)),
@@ -259,13 +256,7 @@ function transform(b: BinaryenApi, mod: BinaryenApi, source: Uint8Array): Instru
  * check `if (i64.atomic.load(SAFEPOINT_FLAG_ADDR) != 0) ferry.yield(id)`, and inlines it into every
  * safepoint: the common case is one load and a branch, with no call at all.
  */
-function inlineSafepointCheck(b: BinaryenApi, mod: BinaryenApi): void {
-  let name: string | null = null;
-  for (let i = 0; i < mod.getNumFunctions(); i++) {
-    const f = b.getFunctionInfo(mod.getFunctionByIndex(i));
-    if (f.module && f.base === 'log_execution') name = f.name;
-  }
-  if (!name) return;
+function inlineSafepointCheck(b: BinaryenApi, mod: BinaryenApi, name: string): void {
   const yieldName = 'ferry$yield';
   mod.addFunctionImport(yieldName, YIELD_IMPORT.module, YIELD_IMPORT.name, b.createType([b.i32]), b.none);
   mod.removeFunction(name);
@@ -292,6 +283,25 @@ function inlineSafepointCheck(b: BinaryenApi, mod: BinaryenApi): void {
   // The now-unused function is dropped by the optimizer's cleanup.
 }
 
+/** The internal name of the import `log-execution` added, or null. */
+function safepointImportName(b: BinaryenApi, mod: BinaryenApi): string | null {
+  for (let i = 0; i < mod.getNumFunctions(); i++) {
+    const f = b.getFunctionInfo(mod.getFunctionByIndex(i));
+    if (f.module && f.base === 'log_execution') return f.name;
+  }
+  return null;
+}
+
+/** Defined functions whose bodies call nothing (no call, call_indirect or call_ref). */
+function leafFunctions(b: BinaryenApi, mod: BinaryenApi): Set<string> {
+  const leaves = new Set<string>();
+  for (let i = 0; i < mod.getNumFunctions(); i++) {
+    const f = b.getFunctionInfo(mod.getFunctionByIndex(i));
+    if (!f.module && f.body && (b.getSideEffects(f.body, mod) & b.SideEffects.Calls) === 0) leaves.add(f.name);
+  }
+  return leaves;
+}
+
 /**
  * `log-execution` puts a safepoint at every function entry and loop head. A function that calls
  * nothing runs for a bounded time between its loop heads, so its entry safepoint only costs: it is
@@ -299,29 +309,13 @@ function inlineSafepointCheck(b: BinaryenApi, mod: BinaryenApi): void {
  * uninstrumented, which is where most of the cost of instrumentation went (hot leaf calls).
  * Entry safepoints stay in functions that call others: they bound recursion without loops.
  */
-function pruneLeafSafepoints(b: BinaryenApi, mod: BinaryenApi): number {
-  let safepointFn: string | null = null;
-  for (let i = 0; i < mod.getNumFunctions(); i++) {
-    const f = b.getFunctionInfo(mod.getFunctionByIndex(i));
-    if (f.module && f.base === 'log_execution') safepointFn = f.name;
+function pruneEntrySafepoints(b: BinaryenApi, mod: BinaryenApi, safepointFn: string, leaves: Set<string>): void {
+  for (const name of leaves) {
+    const body = b.getFunctionInfo(mod.getFunction(name)).body;
+    if (!body || b.getExpressionId(body) !== b.BlockId || b.Block.getNumChildren(body) === 0) continue;
+    const first = b.Block.getChildAt(body, 0);
+    if (b.getExpressionId(first) === b.CallId && b.Call.getTarget(first) === safepointFn) b.Block.setChildAt(body, 0, mod.nop());
   }
-  if (!safepointFn) return 0;
-  const safepointCall = `(call $${safepointFn}`;
-  let pruned = 0;
-  for (let i = 0; i < mod.getNumFunctions(); i++) {
-    const ref = mod.getFunctionByIndex(i);
-    const f = b.getFunctionInfo(ref);
-    if (f.module || !f.body || b.getExpressionId(f.body) !== b.BlockId || b.Block.getNumChildren(f.body) === 0) continue;
-    const first = b.Block.getChildAt(f.body, 0);
-    if (b.getExpressionId(first) !== b.CallId || b.Call.getTarget(first) !== safepointFn) continue;
-    const text: string = b.emitText(f.body);
-    const calls = text.match(/\((?:return_)?call(?:_indirect|_ref)?\b/g)?.length ?? 0;
-    const safepoints = text.split(safepointCall).length - 1;
-    if (calls > safepoints) continue;
-    b.Block.setChildAt(f.body, 0, mod.nop());
-    pruned++;
-  }
-  return pruned;
 }
 
 function valueType(b: BinaryenApi, t: number): ValueType | null {
