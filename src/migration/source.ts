@@ -14,7 +14,8 @@ import { encodeGuestState, type GuestState } from '../state/guest-state.js';
 import { runtimePageRuns } from '../state/exec-state.js';
 import { connect, newSessionId, type FramedChannel, type Security } from './transport/index.js';
 import { isChannelFailure } from './failures.js';
-import { ALL_FEATURES, Feature, MAX_CHUNK_BYTES } from './wire/index.js';
+import { ALL_FEATURES, Feature } from './wire/index.js';
+import { sendBlob, sendDiscard } from './bulk-messages.js';
 import { digestMemory } from './digest.js';
 import { PageSender } from './page-sender.js';
 import { PostcopySource } from './postcopy-source.js';
@@ -51,8 +52,6 @@ export const SOURCE_DEFAULTS = { mode: 'auto' as MigrationMode, downtimeTargetMs
 const STALL_PASSES = 5;
 /** Auto mode switches to postcopy after this share of the precopy timeout at the latest. */
 const AUTO_POSTCOPY_BUDGET = 0.25;
-/** Ranges per DISCARD frame (12 bytes each, well under the frame limit). */
-const DISCARD_BATCH = 65536;
 
 export class MigrationSource {
   private phase: MigrationPhase = 'connecting';
@@ -98,7 +97,7 @@ export class MigrationSource {
       mode: this.opts.mode,
       pass: this.pass,
       bytesSent: this.bytesSent(),
-      bytesReceived: (this.bulk?.bytesReceived ?? 0) + (this.urgent?.bytesReceived ?? 0),
+      bytesReceived: this.bytesReceived(),
       pagesSent: (this.sender?.counters.pagesSent ?? 0) + (this.postcopy?.pagesSent ?? 0),
       dirtyPages: this.dirtyPages,
       rateBytesPerSec: Math.round(this.rate),
@@ -178,7 +177,7 @@ export class MigrationSource {
       mode: opts.mode === 'precopy' ? 'precopy' : 'postcopy',
     });
     const ack = await bulk.expect('SETUP_ACK', 30_000);
-    if (ack.needModule) await this.sendChunks('MODULE', guest.moduleSource);
+    if (ack.needModule) await sendBlob(bulk, 'MODULE', guest.moduleSource);
 
     // Pass 0: every present page; zero pages as markers, never-touched ranges as ranges.
     this.phase = 'precopy';
@@ -230,9 +229,9 @@ export class MigrationSource {
       passStart = performance.now();
       bytesAtPassStart = this.bytesSent();
       sentBytes = await this.sendGrowth(mem, sentBytes);
-      await sender.sendSet(dirty, mem.pageCount);
+      const sent = await sender.sendSet(dirty, mem.pageCount);
       await sender.flush();
-      await bulk.sendMessage({ type: 'PASS_END', pass: this.pass, dirtyPages: Math.min(dirty.count(), mem.pageCount) });
+      await bulk.sendMessage({ type: 'PASS_END', pass: this.pass, dirtyPages: sent });
     }
 
     const converged = this.expectedDowntimeMs !== null && this.expectedDowntimeMs <= opts.downtimeTargetMs;
@@ -241,7 +240,7 @@ export class MigrationSource {
     this.phase = 'switchover';
     // Postcopy: tell the destination now, while the guest still runs, which pages it holds are
     // stale, so it drops them ahead of the pause.
-    if (postcopy) await this.sendDiscard(dirty, mem.pageCount);
+    if (postcopy) await sendDiscard(bulk, dirty, mem.pageCount);
 
     // Wait until the destination has placed everything sent so far: what it still has to read
     // when the guest pauses would otherwise queue in front of the state and the commit, inside
@@ -266,7 +265,7 @@ export class MigrationSource {
     let pending: PageBitmap | null = null;
     if (postcopy) {
       pending = dirty.clone().union(last);
-      await this.sendDiscard(last.clone().subtract(dirty), pageCount);
+      await sendDiscard(bulk, last.clone().subtract(dirty), pageCount);
       // The runtime reads the unwound stack and the safepoint flags to resume, and the owner
       // writes the flags: send those pages now, so no hole is in the way of either.
       for (const [first, end] of runtimePageRuns(state.exec, pageCount)) {
@@ -278,7 +277,7 @@ export class MigrationSource {
     }
     await sender.flush();
     trace.mark('pages sent');
-    await this.sendChunks('STATE', encodeGuestState(state));
+    await sendBlob(bulk, 'STATE', encodeGuestState(state));
     trace.mark('state sent');
     await bulk.sendMessage({ type: 'COMMIT' });
     this.committed = true;
@@ -347,7 +346,7 @@ export class MigrationSource {
       totalMs: Math.round(performance.now() - this.t0),
       downtimeMs: Math.round((downtimeMs ?? 0) * 100) / 100,
       bytesSent: this.bytesSent(),
-      bytesReceived: this.priorBytesReceived + this.bulk!.bytesReceived + this.urgent!.bytesReceived,
+      bytesReceived: this.bytesReceived(),
       pagesSent: sender.counters.pagesSent + (this.postcopy?.pagesSent ?? 0),
       zeroPages: sender.counters.zeroPages,
       skippedNeverTouchedPages: sender.counters.untouchedPages,
@@ -398,28 +397,13 @@ export class MigrationSource {
     return mem.sizeBytes;
   }
 
-  private async sendDiscard(pages: PageBitmap, pageCount: number): Promise<void> {
-    const ranges = pages
-      .runs()
-      .filter(([s]) => s < pageCount)
-      .map(([s, e]) => ({ offset: s * HOST_PAGE_SIZE, count: Math.min(e, pageCount) - s }));
-    for (let i = 0; i < ranges.length; i += DISCARD_BATCH) {
-      await this.bulk!.sendMessage({ type: 'DISCARD', ranges: ranges.slice(i, i + DISCARD_BATCH) });
-    }
-  }
-
-  private async sendChunks(type: 'MODULE' | 'STATE', bytes: Uint8Array): Promise<void> {
-    const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    for (let off = 0; off < buf.length || off === 0; off += MAX_CHUNK_BYTES) {
-      const data = buf.subarray(off, off + MAX_CHUNK_BYTES);
-      if (type === 'MODULE') await this.bulk!.sendMessage({ type, offset: off, data });
-      else await this.bulk!.sendMessage({ type, totalBytes: buf.length, offset: off, data });
-      if (buf.length === 0) break;
-    }
-  }
-
+  // Both count every connection of the migration, reconnections included.
   private bytesSent(): number {
     return this.priorBytesSent + (this.bulk?.bytesSent ?? 0) + (this.urgent?.bytesSent ?? 0);
+  }
+
+  private bytesReceived(): number {
+    return this.priorBytesReceived + (this.bulk?.bytesReceived ?? 0) + (this.urgent?.bytesReceived ?? 0);
   }
 
   /**
@@ -433,8 +417,8 @@ export class MigrationSource {
     this.errorText = `connection lost: ${cause.message}`;
     const since = performance.now();
     this.pausedSince = since;
-    this.priorBytesSent += (this.bulk?.bytesSent ?? 0) + (this.urgent?.bytesSent ?? 0);
-    this.priorBytesReceived += (this.bulk?.bytesReceived ?? 0) + (this.urgent?.bytesReceived ?? 0);
+    this.priorBytesSent = this.bytesSent();
+    this.priorBytesReceived = this.bytesReceived();
     this.bulk?.destroy();
     this.urgent?.destroy();
     this.bulk = null;

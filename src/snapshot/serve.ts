@@ -10,7 +10,8 @@ import { runtimePageRuns } from '../state/exec-state.js';
 import { closeSync, openSync, readSync } from 'node:fs';
 import { encodeGuestState } from '../state/guest-state.js';
 import { connect, newSessionId, type FramedChannel, type Security } from '../migration/transport/index.js';
-import { MAX_CHUNK_BYTES, RECOMMENDED_RUN_PAGES } from '../migration/wire/index.js';
+import { RECOMMENDED_RUN_PAGES } from '../migration/wire/index.js';
+import { sendBlob, sendDiscard } from '../migration/bulk-messages.js';
 import { PageDigest } from '../migration/digest.js';
 import { MigrationError } from '../migration/report.js';
 import { PageBitmap } from '../memory/page-bitmap.js';
@@ -18,7 +19,6 @@ import { PAGE_SIZE } from './format.js';
 import { loadSnapshot, verifyChunks, type SnapshotChain } from './chain.js';
 
 const BULK_IN_FLIGHT = 4;
-const DISCARD_BATCH = 65536;
 
 export interface ServeSnapshotOptions {
   host: string;
@@ -67,7 +67,7 @@ export async function serveSnapshot(source: string | SnapshotChain, opts: ServeS
       mode: 'postcopy',
     });
     const ack = await bulk.expect('SETUP_ACK', 30_000);
-    if (ack.needModule) await sendChunks(bulk, 'MODULE', chain.moduleSource);
+    if (ack.needModule) await sendBlob(bulk, 'MODULE', chain.moduleSource);
 
     // Pass 0: what the destination needs before the commit.
     opts.onPhase?.('switchover');
@@ -86,9 +86,8 @@ export async function serveSnapshot(source: string | SnapshotChain, opts: ServeS
       pending.deleteRange(first, end);
     }
     await bulk.sendMessage({ type: 'PASS_END', pass: 0, dirtyPages: pass0 });
-    const ranges = pending.runs().map(([s, e]) => ({ offset: s * PAGE_SIZE, count: e - s }));
-    for (let i = 0; i < ranges.length; i += DISCARD_BATCH) await bulk.sendMessage({ type: 'DISCARD', ranges: ranges.slice(i, i + DISCARD_BATCH) });
-    await sendChunks(bulk, 'STATE', encodeGuestState(chain.state));
+    await sendDiscard(bulk, pending, pageCount);
+    await sendBlob(bulk, 'STATE', encodeGuestState(chain.state));
     await bulk.sendMessage({ type: 'COMMIT' });
     await bulk.expect('RUNNING', 60_000);
 
@@ -252,11 +251,3 @@ async function closingMessages(bulk: FramedChannel): Promise<{ pageCount: number
   }
 }
 
-async function sendChunks(bulk: FramedChannel, type: 'MODULE' | 'STATE', bytes: Uint8Array): Promise<void> {
-  const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  for (let off = 0; off < buf.length; off += MAX_CHUNK_BYTES) {
-    const data = buf.subarray(off, off + MAX_CHUNK_BYTES);
-    if (type === 'MODULE') await bulk.sendMessage({ type, offset: off, data });
-    else await bulk.sendMessage({ type, totalBytes: buf.length, offset: off, data });
-  }
-}
