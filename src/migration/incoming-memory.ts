@@ -14,7 +14,6 @@ import { fileURLToPath } from 'node:url';
 import { FaultServer } from '../memory/fault-server.js';
 import type { FaultStats } from '../memory/fault-stats.js';
 import { HOST_PAGE_SIZE, type GuestMemory } from '../memory/guest-memory.js';
-import { PageBitmap } from '../memory/page-bitmap.js';
 import { PageState, type PageStateTable } from '../memory/page-state.js';
 import { eventfd, eventfdDrain, close, FdWatcher, POLLIN, EFD_NONBLOCK, EFD_CLOEXEC } from '../sys/fd.js';
 import { TransportError, type FramedChannel } from './transport/index.js';
@@ -41,7 +40,6 @@ export class IncomingMemory {
 
   private active = false;
   private finalStats: FaultStats | null = null;
-  private readonly populated: PageBitmap;
 
   constructor(
     private readonly mem: GuestMemory,
@@ -51,7 +49,6 @@ export class IncomingMemory {
     /** Null when the source did not ask for --verify: hashing every page costs the stream time. */
     private readonly digest: PageDigest | null,
   ) {
-    this.populated = new PageBitmap(mem.maxPageCount);
     this.eventFd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     this.complete = new Promise((resolve) => (this.done = resolve));
   }
@@ -71,11 +68,10 @@ export class IncomingMemory {
     this.unpend(first, first + count);
     for (const [s, e] of this.runsBy(first, first + count)) {
       const at = (s - first) * HOST_PAGE_SIZE;
-      if (this.populated.has(s)) {
+      if (this.isPresent(s)) {
         this.mem.view().set(bytes.subarray(at, at + (e - s) * HOST_PAGE_SIZE), s * HOST_PAGE_SIZE); // present: never blocks
       } else {
-        this.server!.fill(s, e - s, bytes, at);
-        this.populated.addRange(s, e);
+        this.server!.fill(s, e - s, bytes, at); // marks them received
       }
     }
     this.digest?.set(first, bytes, count);
@@ -112,22 +108,25 @@ export class IncomingMemory {
     for (let p = start; p < end; p++) if (this.states.get(p) === PageState.PENDING) this.remaining--;
   }
 
+  /** Callers mark the dropped pages zero or pending right after: a dropped page is a hole. */
   private dropPopulated(start: number, end: number): void {
-    for (const [s, e] of this.runsBy(start, end)) {
-      if (!this.populated.has(s)) continue;
-      this.mem.dropPages([[s, e]]);
-      this.populated.deleteRange(s, e);
-    }
+    for (const [s, e] of this.runsBy(start, end)) if (this.isPresent(s)) this.mem.dropPages([[s, e]]);
   }
 
-  /** Splits [start, end) into runs of equal `populated` value. */
+  // Before the commit, the pages placed with data are exactly the received ones (zero pages are
+  // holes, pending pages were dropped): the page-state table says which pages are present.
+  private isPresent(p: number): boolean {
+    return this.states.get(p) === PageState.RECEIVED;
+  }
+
+  /** Splits [start, end) into runs of pages equally present or not. */
   private runsBy(start: number, end: number): Array<[number, number]> {
     const runs: Array<[number, number]> = [];
     let s = start;
     while (s < end) {
-      const v = this.populated.has(s);
+      const v = this.isPresent(s);
       let e = s + 1;
-      while (e < end && this.populated.has(e) === v) e++;
+      while (e < end && this.isPresent(e) === v) e++;
       runs.push([s, e]);
       s = e;
     }
