@@ -2,7 +2,6 @@
 // TLS with a throwaway pre-shared key), runs memtouch busy on the source, migrates it live, lets
 // the guest verify every page on the destination, checks that its output sequence continues
 // without a gap or a repeat, and prints the summary.
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -14,8 +13,8 @@ import { EXIT } from '../exit-codes.js';
 import { parsePositiveNumber } from '../options.js';
 import { migrateWithProgress, printReport } from './migrate.js';
 import { ApiClient } from '../../api/client.js';
+import { FerryProcess } from '../ferry-process.js';
 
-const FERRY_BIN = fileURLToPath(new URL('../../../../bin/ferry.js', import.meta.url));
 const MEMTOUCH = fileURLToPath(new URL('../../../../guests/build/memtouch.wasm', import.meta.url));
 
 interface DemoFlags {
@@ -36,35 +35,6 @@ export function registerDemo(program: Command, ctx: CliContext): void {
     .option('--json', 'print one JSON object with the result')
     .option('--keep', 'keep the temporary directory (logs, key)')
     .action(async (opts: DemoFlags) => ctx.setExit(await demo(opts)));
-}
-
-/** A ferry child process whose output is collected. */
-class FerryProcess {
-  out = '';
-  err = '';
-  readonly exited: Promise<number>;
-  readonly child: ChildProcess;
-
-  constructor(
-    readonly name: string,
-    args: string[],
-  ) {
-    this.child = spawn(process.execPath, [FERRY_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    this.child.stdout!.setEncoding('utf8').on('data', (d: string) => (this.out += d));
-    this.child.stderr!.setEncoding('utf8').on('data', (d: string) => (this.err += d));
-    this.exited = new Promise((resolve) => this.child.on('exit', (code, sig) => resolve(code ?? (sig ? 128 : 1))));
-  }
-
-  async waitFor(re: RegExp, what: string, timeoutMs: number, stream: 'out' | 'err' = 'out'): Promise<RegExpExecArray> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const m = re.exec(stream === 'out' ? this.out : this.err);
-      if (m) return m;
-      if (this.child.exitCode !== null) throw new Error(`${this.name} exited (${this.child.exitCode}) while waiting for ${what}:\n${this.err.slice(-2000)}`);
-      if (Date.now() > deadline) throw new Error(`${this.name}: timed out waiting for ${what}`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
 }
 
 /** SEQ numbers across both hosts must run 1, 2, 3, ... with nothing missing or repeated. */
