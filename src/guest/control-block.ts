@@ -7,14 +7,10 @@ import { SAFEPOINT_FLAG_ADDR } from './instrument.js';
 export const enum Ctl {
   /** Set by the main thread: the guest must unwind at its next safepoint or blocking call. */
   PauseRequested = 0,
-  /** Set by the worker while a rewind is in progress, so the safepoint helper calls back. */
-  Rewinding = 1,
-  /** Command to a paused worker (see Cmd); the worker waits on this word. */
-  Command = 2,
-  /** The worker's state (see WorkerState). */
-  State = 3,
-  /** Incremented at every completed pause. */
-  Pauses = 4,
+  /** Command to a waiting worker (see Cmd); the worker waits on this word. */
+  Command = 1,
+  /** The worker's state (see WorkerState); the owner may wait on this word. */
+  State = 2,
 }
 
 export const enum Cmd {

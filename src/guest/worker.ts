@@ -69,7 +69,6 @@ let wasi!: Wasi;
 
 function stopRewind(): void {
   exports.asyncify_stop_rewind();
-  Atomics.store(ctl, Ctl.Rewinding, 0);
   Atomics.store(safepointFlags(init.memory), 1, 0);
 }
 
@@ -204,7 +203,6 @@ function run(): void {
   post({ type: 'started' });
   for (;;) {
     if (rewind) {
-      Atomics.store(ctl, Ctl.Rewinding, 1);
       Atomics.store(safepointFlags(init.memory), 1, 1); // the safepoints must call back to stop the rewind
       exports.asyncify_start_rewind(unwind!.ptr);
     }
@@ -227,7 +225,6 @@ function run(): void {
     // The capture goes first on its own port, so an owner waiting synchronously on the state
     // word finds it there with receiveMessageOnPort the moment the state says Paused.
     init.capturePort.postMessage(capture());
-    Atomics.add(ctl, Ctl.Pauses, 1);
     setState(WorkerState.Paused);
     post({ type: 'paused' });
     if (!waitForCommand()) {
