@@ -128,7 +128,7 @@ export class Guest extends EventEmitter {
       transferList: [channel.port2, captures.port2],
     });
     this.ready = new Promise<void>((resolve, reject) => {
-      this.worker.once('message', (m: WorkerMessage) => (m.type === 'ready' ? resolve() : reject(new GuestError('start-failed', 'guest worker did not start'))));
+      this.worker.once('message', (m: WorkerMessage) => (m.type === 'ready' ? resolve() : reject(new GuestError('start-failed', m.type === 'error' ? m.message : 'guest worker did not start'))));
       this.once('exit', (e: GuestExit) => reject(new GuestError('start-failed', e.message ?? 'guest worker ended before it was ready')));
     });
     this.ready.catch(() => undefined);
@@ -215,7 +215,7 @@ export class Guest extends EventEmitter {
     const cache = opts.cache ?? new ModuleCache();
     const mod = await cache.load(opts.module);
     checkImports(mod.meta);
-    const guest = Guest.spawn(mod, opts.memory, opts.modulePath ?? null, opts.maxMemoryBytes);
+    const guest = Guest.spawn(mod, opts.memory, opts.modulePath ?? null, opts.maxMemoryBytes, true);
     await guest.ready;
     return {
       launchRestore: async (state, binding) => {
@@ -253,13 +253,14 @@ export class Guest extends EventEmitter {
     }
   }
 
-  private static spawn(mod: CachedModule, memory: WebAssembly.Memory, modulePath: string | null, maxMemoryBytes: number): Guest {
+  private static spawn(mod: CachedModule, memory: WebAssembly.Memory, modulePath: string | null, maxMemoryBytes: number, rehearseRestore = false): Guest {
     const init: Omit<WorkerInit, 'launchPort' | 'capturePort'> = {
       module: new WebAssembly.Module(mod.binary as Uint8Array<ArrayBuffer>),
       meta: mod.meta,
       memory,
       control: createControlMemory(),
       unwindBytes: DEFAULT_UNWIND_BYTES,
+      rehearseRestore,
     };
     return new Guest(init as WorkerInit, mod.meta, mod.source, modulePath, maxMemoryBytes);
   }

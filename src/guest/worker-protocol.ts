@@ -20,6 +20,8 @@ export interface WorkerInit {
   capturePort: MessagePort;
   /** Size of the Asyncify unwind buffer (bytes) to reserve at the first pause. */
   unwindBytes: number;
+  /** Run the WASI restore path once while waiting (a worker prepared for a restore). */
+  rehearseRestore: boolean;
 }
 
 export interface LaunchMessage {

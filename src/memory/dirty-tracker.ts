@@ -8,7 +8,7 @@
 import { Userfaultfd, UFFD_FEATURE, REGISTER_MODE } from '../sys/uffd.js';
 import { Pagemap, PAGE_IS, PM_SCAN_WP_MATCHING, PM_SCAN_CHECK_WPASYNC } from '../sys/pagemap.js';
 import { PageBitmap } from './page-bitmap.js';
-import type { GuestMemory } from './guest-memory.js';
+import { HOST_PAGE_SIZE, type GuestMemory } from './guest-memory.js';
 
 export class DirtyTracker {
   private uffd: Userfaultfd | null = null;
@@ -36,6 +36,22 @@ export class DirtyTracker {
   }
 
   /**
+   * The last look before tracking ends (the guest is paused): the runs [first, end) of pages
+   * written since the last collect(), as host page indexes, left as they are. A final collect sits
+   * inside the downtime, and re-protecting costs a page-table write and a TLB flush per written
+   * page; runs straight from the kernel also spare a pass over a bitmap of the whole memory.
+   */
+  peekRuns(): Array<[number, number]> {
+    if (!this.pagemap) throw new Error('DirtyTracker: not started');
+    const runs: Array<[number, number]> = [];
+    const base = this.mem.base;
+    this.pagemap.scan(base, base + this.mem.sizeBytes, { categoryMask: PAGE_IS.WRITTEN, returnMask: PAGE_IS.WRITTEN }, (s, e) => {
+      runs.push([(s - base) / HOST_PAGE_SIZE, (e - base) / HOST_PAGE_SIZE]);
+    });
+    return runs;
+  }
+
+  /**
    * Pages written since start()/the last collect(), as host page indexes over the whole reservation;
    * re-protects them in the same ioctl (get-and-clear), so no write between two collects is lost.
    */
@@ -44,8 +60,10 @@ export class DirtyTracker {
     const out = into ?? new PageBitmap(this.mem.maxPageCount);
     if (out.size !== this.mem.maxPageCount) throw new RangeError('DirtyTracker.collect: bitmap must cover the reservation');
     const base = this.mem.base;
-    // Bits are ORed in: collecting into a bitmap that already holds pages accumulates.
-    this.pagemap.scanToBitmaps(base, base + this.mem.maxBytes, {
+    // Bits are ORed in: collecting into a bitmap that already holds pages accumulates. Only the
+    // memory's current size is walked: pages past it are inaccessible, so nothing wrote them yet
+    // (a page that memory.grow makes accessible and the guest writes is in the next collect).
+    this.pagemap.scanToBitmaps(base, base + this.mem.sizeBytes, {
       flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
       categoryMask: PAGE_IS.WRITTEN,
       returnMask: PAGE_IS.WRITTEN,

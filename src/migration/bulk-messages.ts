@@ -9,25 +9,43 @@ import { MAX_CHUNK_BYTES } from './wire/index.js';
 /** Ranges per DISCARD frame (12 bytes each, well under the frame limit). */
 const DISCARD_BATCH = 65536;
 
-/** Sends `bytes` as MODULE or STATE chunks (an empty STATE still takes one frame). */
-export async function sendBlob(channel: FramedChannel, type: 'MODULE' | 'STATE', bytes: Uint8Array): Promise<void> {
+/**
+ * Sends `bytes` as MODULE or STATE chunks (an empty STATE still takes one frame). Every chunk is
+ * queued before this returns, so a frame the caller sends next (COMMIT after STATE) follows them
+ * without waiting for a turn of the event loop per chunk.
+ */
+export function sendBlob(channel: FramedChannel, type: 'MODULE' | 'STATE', bytes: Uint8Array): Promise<void> {
   const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const sends: Promise<void>[] = [];
   let off = 0;
   do {
     const data = buf.subarray(off, off + MAX_CHUNK_BYTES);
-    if (type === 'MODULE') await channel.sendMessage({ type, offset: off, data });
-    else await channel.sendMessage({ type, totalBytes: buf.length, offset: off, data });
+    if (type === 'MODULE') sends.push(channel.sendMessage({ type, offset: off, data }));
+    else sends.push(channel.sendMessage({ type, totalBytes: buf.length, offset: off, data }));
     off += MAX_CHUNK_BYTES;
   } while (off < buf.length);
+  return Promise.all(sends).then(() => undefined);
 }
 
 /** Tells the destination to drop `pages` below `pageCount` back to holes (pending). */
-export async function sendDiscard(channel: FramedChannel, pages: PageBitmap, pageCount: number): Promise<void> {
-  const ranges = pages
+export function sendDiscard(channel: FramedChannel, pages: PageBitmap, pageCount: number): Promise<void> {
+  const runs = pages
     .runs()
     .filter(([s]) => s < pageCount)
-    .map(([s, e]) => ({ offset: s * HOST_PAGE_SIZE, count: Math.min(e, pageCount) - s }));
-  for (let i = 0; i < ranges.length; i += DISCARD_BATCH) {
-    await channel.sendMessage({ type: 'DISCARD', ranges: ranges.slice(i, i + DISCARD_BATCH) });
+    .map(([s, e]): [number, number] => [s, Math.min(e, pageCount)]);
+  return sendDiscardRuns(channel, runs);
+}
+
+/**
+ * Tells the destination to drop the page runs [first, end) back to holes. Every frame is queued
+ * before this returns, so what the caller sends next cannot overtake them; the promise resolves
+ * when the socket has taken them all.
+ */
+export function sendDiscardRuns(channel: FramedChannel, runs: ReadonlyArray<readonly [number, number]>): Promise<void> {
+  const sends: Promise<void>[] = [];
+  for (let i = 0; i < runs.length; i += DISCARD_BATCH) {
+    const ranges = runs.slice(i, i + DISCARD_BATCH).map(([s, e]) => ({ offset: s * HOST_PAGE_SIZE, count: e - s }));
+    sends.push(channel.sendMessage({ type: 'DISCARD', ranges }));
   }
+  return Promise.all(sends).then(() => undefined);
 }

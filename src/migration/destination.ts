@@ -9,7 +9,7 @@ import { sha256Hex } from '../guest/instrument.js';
 import { GuestMemory, HOST_PAGE_SIZE, WASM_PAGE_SIZE } from '../memory/guest-memory.js';
 import { PageBitmap } from '../memory/page-bitmap.js';
 import { PageStateTable } from '../memory/page-state.js';
-import { decodeGuestState } from '../state/guest-state.js';
+import { decodeGuestState, rehearseDecoding } from '../state/guest-state.js';
 import type { Preopen, StdioBinding } from '../wasi/wasi.js';
 import { listen, TransportError, type FramedChannel, type MigrationListener, type Security } from './transport/index.js';
 import { ChunkAssembler, Feature, PageFrameChecker, WireError, type Message, type MessageOf } from './wire/index.js';
@@ -160,12 +160,14 @@ export class MigrationDestination {
     // The guest's thread starts now, while pages stream in: at the commit it only takes the state.
     this.preparing = Guest.prepare({ module: moduleBytes, memory: mem.memory, maxMemoryBytes: setup.memory.maxBytes, cache: this.cache });
     this.preparing.catch(() => undefined);
+    rehearseDecoding();
     const checker = new PageFrameChecker(setup.memory);
     // The digest is kept only when the source offered the DIGEST feature (it does for --verify).
     const digest = (bulk.session?.features ?? 0) & Feature.DIGEST ? new PageDigest(setup.memory.maxBytes) : null;
     const incoming = (this.incoming = new IncomingMemory(mem, new PageStateTable(mem.maxPageCount), this.urgent, checker, digest));
     await incoming.start();
     let state: ChunkAssembler | null = null;
+    let trace: SwitchoverTrace | null = null;
     this.phase = 'precopy';
 
     // ---- the stream up to COMMIT ----
@@ -192,6 +194,7 @@ export class MigrationDestination {
           this.report();
           continue;
         case 'DISCARD':
+          trace?.mark(`DISCARD ${msg.ranges.length} ranges`);
           for (const range of msg.ranges) {
             if (range.offset + range.count * HOST_PAGE_SIZE > mem.sizeBytes) {
               throw new WireError('BAD_PAGES', offset, `DISCARD ${range.offset}+${range.count} pages lies outside memory of ${mem.sizeBytes} bytes`);
@@ -206,6 +209,7 @@ export class MigrationDestination {
         case 'PING':
           // The source's barrier before its pause: everything before this frame is placed.
           await bulk.sendMessage({ type: 'PONG', nonce: msg.nonce });
+          trace = new SwitchoverTrace('destination'); // the source pauses its guest now
           continue;
         case 'COMMIT':
           break;
@@ -214,7 +218,8 @@ export class MigrationDestination {
       }
       break;
     }
-    const trace = new SwitchoverTrace('destination');
+    trace ??= new SwitchoverTrace('destination');
+    trace.mark('COMMIT');
     if (!state) throw new WireError('BAD_ORDER', bulk.bytesReceived, 'COMMIT without a guest state');
     const guestState = decodeGuestState(state.result());
     trace.mark('state decoded');

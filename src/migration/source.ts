@@ -15,7 +15,7 @@ import { runtimePageRuns } from '../state/exec-state.js';
 import { connect, newSessionId, type FramedChannel, type Security } from './transport/index.js';
 import { isChannelFailure } from './failures.js';
 import { ALL_FEATURES, Feature } from './wire/index.js';
-import { sendBlob, sendDiscard } from './bulk-messages.js';
+import { sendBlob, sendDiscard, sendDiscardRuns } from './bulk-messages.js';
 import { digestMemory } from './digest.js';
 import { PageSender } from './page-sender.js';
 import { PostcopySource } from './postcopy-source.js';
@@ -52,6 +52,9 @@ export const SOURCE_DEFAULTS = { mode: 'auto' as MigrationMode, downtimeTargetMs
 const STALL_PASSES = 5;
 /** Auto mode switches to postcopy after this share of the precopy timeout at the latest. */
 const AUTO_POSTCOPY_BUDGET = 0.25;
+/** Postcopy DISCARD rounds before the pause, at most; the rounds stop once one is this small. */
+const DISCARD_ROUNDS = 4;
+const SMALL_DISCARD_PAGES = 1024;
 
 export class MigrationSource {
   private phase: MigrationPhase = 'connecting';
@@ -238,15 +241,27 @@ export class MigrationSource {
     const postcopy = opts.mode !== 'precopy' && !converged;
     this.effectiveMode = postcopy ? 'postcopy' : 'precopy';
     this.phase = 'switchover';
-    // Postcopy: tell the destination now, while the guest still runs, which pages it holds are
-    // stale, so it drops them ahead of the pause.
-    if (postcopy) await sendDiscard(bulk, dirty, mem.pageCount);
-
     // Wait until the destination has placed everything sent so far: what it still has to read
     // when the guest pauses would otherwise queue in front of the state and the commit, inside
     // the downtime.
     await sender.flush();
     await this.drainBarrier();
+    // Postcopy: tell the destination now, while the guest still runs, which pages it holds are
+    // stale, so it drops them ahead of the pause. The guest keeps writing meanwhile, so repeat
+    // with what it wrote during each round until a round is small: the last set is dropped
+    // inside the downtime, and each round's set is what the guest writes in one round trip plus
+    // the destination's time to drop the previous set.
+    if (postcopy) {
+      let round = dirty;
+      for (let i = 1; ; i++) {
+        sentBytes = await this.sendGrowth(mem, sentBytes);
+        await sendDiscard(bulk, round, sentBytes / HOST_PAGE_SIZE);
+        await this.drainBarrier();
+        if (i === DISCARD_ROUNDS || round.count() <= SMALL_DISCARD_PAGES) break;
+        round = tracker.collect();
+        dirty.union(round);
+      }
+    }
 
     // ---- downtime starts ----
     const tPause = performance.now();
@@ -257,29 +272,29 @@ export class MigrationSource {
     const state = guest.capture();
     const late = guest.movabilityProblems();
     if (late.length > 0) throw new MigrationError('not-movable', `the guest cannot move: ${late.join('; ')}`);
-    const last = tracker.collect();
+    const last = tracker.peekRuns(); // the guest is paused: nothing needs protecting any more
     trace.mark('collected');
     sentBytes = await this.sendGrowth(mem, sentBytes);
     const memoryBytes = mem.sizeBytes;
     const pageCount = mem.pageCount;
-    let pending: PageBitmap | null = null;
+    const runtimeRuns = runtimePageRuns(state.exec, pageCount);
     if (postcopy) {
-      pending = dirty.clone().union(last);
-      await sendDiscard(bulk, last.clone().subtract(dirty), pageCount);
+      // Every page written since the DISCARD above becomes a hole too (pages in both are
+      // harmless: discarding a pending page again changes nothing). No await between these
+      // frames: each would cost a turn of the event loop inside the downtime.
+      void sendDiscardRuns(bulk, last).catch(() => undefined);
       // The runtime reads the unwound stack and the safepoint flags to resume, and the owner
       // writes the flags: send those pages now, so no hole is in the way of either.
-      for (const [first, end] of runtimePageRuns(state.exec, pageCount)) {
-        await sender.sendData(first, end);
-        pending.deleteRange(first, end);
-      }
+      for (const [first, end] of runtimeRuns) await sender.sendData(first, end);
     } else {
-      await sender.sendSet(dirty.union(last), pageCount);
+      for (const [first, end] of last) dirty.addRange(first, end);
+      await sender.sendSet(dirty, pageCount);
     }
-    await sender.flush();
-    trace.mark('pages sent');
-    await sendBlob(bulk, 'STATE', encodeGuestState(state));
-    trace.mark('state sent');
-    await bulk.sendMessage({ type: 'COMMIT' });
+    // The state and the commit go out behind the pages without a turn of the event loop each.
+    const stateBytes = encodeGuestState(state);
+    const closing = [sender.flush(), sendBlob(bulk, 'STATE', stateBytes), bulk.sendMessage({ type: 'COMMIT' })];
+    trace.mark('state queued');
+    await Promise.all(closing);
     this.committed = true;
     trace.mark('committed');
     let lost: Error | null = null;
@@ -290,13 +305,19 @@ export class MigrationSource {
       trace.mark('running');
       trace.print();
     } catch (err) {
-      if (!pending || !isChannelFailure(err)) throw err;
+      if (!postcopy || !isChannelFailure(err)) throw err;
       lost = err as Error; // the destination may well run the guest: recover, never resume here
     }
     // ---- downtime ends: the guest runs on the destination ----
     tracker.stop(); // unregistering the whole reservation takes milliseconds: not in the downtime
 
-    if (pending) this.postcopy = new PostcopySource(mem, pending, pageCount, this.bulk, this.urgent!);
+    if (postcopy) {
+      // What the destination lacks: the DISCARDed pages but the runtime's (sent with data).
+      const pending = dirty;
+      for (const [first, end] of last) pending.addRange(first, end);
+      for (const [first, end] of runtimeRuns) pending.deleteRange(first, end);
+      this.postcopy = new PostcopySource(mem, pending, pageCount, this.bulk, this.urgent!);
+    }
     let verified: boolean | null = null;
     // Postcopy survives broken connections: this side keeps the guest's memory and state, and
     // reconnects (with backoff, or at once on `ferry migrate --resume`) until the destination has
