@@ -6,11 +6,12 @@
 //    holds its pages;
 //  - every mutable global is exported, so its value can be captured and restored;
 //  - a safepoint call is placed at every function entry and loop head (Binaryen's
-//    `log-execution` pass), and Asyncify lets the guest unwind its whole stack into linear memory
+//    `log-execution` pass; innermost loops that call nothing that can unwind check it only once
+//    every N iterations), and Asyncify lets the guest unwind its whole stack into linear memory
 //    from a safepoint or from a blocking WASI call, and rewind it later, in any process.
 import { createHash } from 'node:crypto';
 
-export const INSTRUMENTATION_VERSION = 5;
+export const INSTRUMENTATION_VERSION = 6;
 
 /** The import namespace and names Ferry adds. */
 export const FERRY_IMPORT_MODULE = 'ferry';
@@ -195,6 +196,7 @@ function transform(b: BinaryenApi, mod: BinaryenApi, source: Uint8Array): Instru
   const safepointFn = safepointImportName(b, mod);
   if (!safepointFn) throw new ModuleRejected('internal: safepoint insertion produced no import');
   pruneEntrySafepoints(b, mod, safepointFn, leaves);
+  amortiseInnermostLoops(b, mod, safepointFn);
   inlineSafepointCheck(b, mod, safepointFn);
   const unwindImports = [
     { ...YIELD_IMPORT },
@@ -281,6 +283,201 @@ function inlineSafepointCheck(b: BinaryenApi, mod: BinaryenApi, name: string): v
     b.setFlexibleInlineMaxSize(flexible);
   }
   // The now-unused function is dropped by the optimizer's cleanup.
+}
+
+/**
+ * Guest work, in Binaryen expressions, allowed between two safepoints of an amortised loop: a few
+ * microseconds on these machines (V8 runs roughly one expression per nanosecond or faster).
+ */
+export const SAFEPOINT_BUDGET_EXPRESSIONS = 4096;
+/** The most iterations of an amortised loop between two safepoints. */
+export const SAFEPOINT_MAX_ITERATIONS = 1024;
+
+class Unsupported extends Error {}
+
+/** Child-expression fields of each expression kind Ferry's feature set can contain. */
+function childFields(b: BinaryenApi): Map<number, string[]> {
+  return new Map<number, string[]>([
+    [b.BlockId, ['children']],
+    [b.IfId, ['condition', 'ifTrue', 'ifFalse']],
+    [b.LoopId, ['body']],
+    [b.BreakId, ['condition', 'value']],
+    [b.SwitchId, ['condition', 'value']],
+    [b.CallId, ['operands']],
+    [b.CallIndirectId, ['target', 'operands']],
+    [b.LocalGetId, []],
+    [b.LocalSetId, ['value']],
+    [b.GlobalGetId, []],
+    [b.GlobalSetId, ['value']],
+    [b.LoadId, ['ptr']],
+    [b.StoreId, ['ptr', 'value']],
+    [b.ConstId, []],
+    [b.UnaryId, ['value']],
+    [b.BinaryId, ['left', 'right']],
+    [b.SelectId, ['ifTrue', 'ifFalse', 'condition']],
+    [b.DropId, ['value']],
+    [b.ReturnId, ['value']],
+    [b.MemorySizeId, []],
+    [b.MemoryGrowId, ['delta']],
+    [b.NopId, []],
+    [b.UnreachableId, []],
+    [b.AtomicRMWId, ['ptr', 'value']],
+    [b.AtomicCmpxchgId, ['ptr', 'expected', 'replacement']],
+    [b.AtomicWaitId, ['ptr', 'expected', 'timeout']],
+    [b.AtomicNotifyId, ['ptr', 'notifyCount']],
+    [b.AtomicFenceId, []],
+    [b.SIMDExtractId, ['vec']],
+    [b.SIMDReplaceId, ['vec', 'value']],
+    [b.SIMDShuffleId, ['left', 'right']],
+    [b.SIMDTernaryId, ['a', 'b', 'c']],
+    [b.SIMDShiftId, ['vec', 'shift']],
+    [b.SIMDLoadId, ['ptr']],
+    [b.SIMDLoadStoreLaneId, ['ptr', 'vec']],
+    [b.MemoryInitId, ['dest', 'offset', 'size']],
+    [b.DataDropId, []],
+    [b.MemoryCopyId, ['dest', 'source', 'size']],
+    [b.MemoryFillId, ['dest', 'value', 'size']],
+  ]);
+}
+
+/** What a subtree contains, as far as safepoints are concerned. */
+interface TreeFacts {
+  size: number; // expressions
+  loops: number;
+  indirect: boolean; // call_indirect
+  calls: string[]; // direct call targets, one entry per call site
+}
+
+interface LoopSite {
+  loop: number; // the Loop expression (its body starts with its safepoint call)
+  name: string;
+  rest: number; // the loop's original body (after the safepoint call)
+  facts: TreeFacts;
+}
+
+/**
+ * A safepoint at the head of a hot innermost loop costs a flag load and a branch per iteration,
+ * and, since the loop can then unwind, Asyncify's state checks around its body on every
+ * iteration too. An innermost loop (no loop inside) that calls only functions that cannot unwind
+ * (no calls and no loops: bounded, safepoint-free) is rewritten so its safepoint runs once every N
+ * iterations, N chosen from the size of an iteration so that a safepoint is still reached every
+ * SAFEPOINT_BUDGET_EXPRESSIONS expressions of guest work:
+ *
+ *   loop $L (body: safepoint; B)   →   loop $L' (safepoint; c = N;
+ *                                         loop $L (if (--c == 0) br $L'; B))
+ *
+ * Every branch in B to $L still reaches the inner loop's head; one in N goes round through $L' and
+ * its safepoint. The inner loop contains no call that can unwind, so Asyncify leaves it whole
+ * (one state check per entry, not per iteration). Locals, including the counter, are saved and
+ * restored by Asyncify like any other, so a rewind resumes right after the safepoint.
+ */
+function amortiseInnermostLoops(b: BinaryenApi, mod: BinaryenApi, safepointFn: string): void {
+  const fields = childFields(b);
+  const sizes = new Map<string, number>(); // functions that cannot unwind → their size
+  const sites = new Map<number, LoopSite[]>(); // function ref → its candidate loops
+  const imports = new Set<string>();
+  for (let i = 0; i < mod.getNumFunctions(); i++) {
+    const fn = mod.getFunctionByIndex(i);
+    const f = b.getFunctionInfo(fn);
+    if (f.module) {
+      imports.add(f.name);
+      continue;
+    }
+    const found: LoopSite[] = [];
+    let facts: TreeFacts;
+    try {
+      facts = walk(b, fields, f.body, safepointFn, found);
+    } catch (err) {
+      if (err instanceof Unsupported) continue; // left as log-execution made it
+      throw err;
+    }
+    if (facts.loops === 0 && facts.calls.length === 0 && !facts.indirect) sizes.set(f.name, facts.size);
+    if (found.length > 0) sites.set(fn, found);
+  }
+  // Imports that can unwind (the safepoint, blocking WASI calls) are named by Asyncify's list;
+  // here every import other than the safepoint is treated as bounded host work, and the blocking
+  // ones are excluded by name below.
+  const unwindable = new Set<string>(UNWINDABLE_WASI_CALLS);
+  const importBase = new Map<string, string>();
+  for (let i = 0; i < mod.getNumFunctions(); i++) {
+    const f = b.getFunctionInfo(mod.getFunctionByIndex(i));
+    if (f.module) importBase.set(f.name, f.base);
+  }
+  let k = 0;
+  for (const [fn, found] of sites) {
+    let counter = -1;
+    for (const site of found) {
+      let cost = site.facts.size;
+      let ok = !site.facts.indirect && site.facts.loops === 0;
+      for (const c of site.facts.calls) {
+        if (!ok) break;
+        if (imports.has(c)) {
+          if (c === safepointFn || unwindable.has(importBase.get(c) ?? '')) ok = false;
+          else cost += 16;
+        } else {
+          const size = sizes.get(c);
+          if (size === undefined) ok = false;
+          else cost += size;
+        }
+      }
+      if (!ok) continue;
+      const n = Math.min(SAFEPOINT_MAX_ITERATIONS, Math.floor(SAFEPOINT_BUDGET_EXPRESSIONS / Math.max(1, cost)));
+      if (n < 2) continue;
+      if (counter < 0) counter = b._BinaryenFunctionAddVar(fn, b.i32) as number;
+      const outerName = `ferry$amortised${k++}`;
+      const safepointCall = b.Block.getChildAt(b.Loop.getBody(site.loop), 0);
+      const type = b.getExpressionType(site.loop);
+      const inner = mod.loop(
+        site.name,
+        mod.block(null, [
+          mod.br(outerName, mod.i32.eqz(mod.local.tee(counter, mod.i32.sub(mod.local.get(counter, b.i32), mod.i32.const(1)), b.i32))),
+          site.rest,
+        ], type),
+      );
+      b.Loop.setName(site.loop, outerName);
+      b.Loop.setBody(site.loop, mod.block(null, [safepointCall, mod.local.set(counter, mod.i32.const(n)), inner], type));
+    }
+  }
+}
+
+/** Collects the facts of a subtree, and the loops in it (with their own facts). */
+function walk(b: BinaryenApi, fields: Map<number, string[]>, root: number, safepointFn: string, loops: LoopSite[]): TreeFacts {
+  const facts: TreeFacts = { size: 0, loops: 0, indirect: false, calls: [] };
+  const visit = (expr: number): void => {
+    if (!expr) return;
+    const id = b.getExpressionId(expr) as number;
+    const names = fields.get(id);
+    if (!names) throw new Unsupported();
+    facts.size++;
+    if (id === b.LoopId) {
+      facts.loops++;
+      const body = b.Loop.getBody(expr);
+      const head = body && b.getExpressionId(body) === b.BlockId && b.Block.getNumChildren(body) === 2 ? b.Block.getChildAt(body, 0) : 0;
+      if (head && b.getExpressionId(head) === b.CallId && b.Call.getTarget(head) === safepointFn && !b.Block.getName(body)) {
+        const rest = b.Block.getChildAt(body, 1);
+        const inner = walk(b, fields, rest, safepointFn, loops);
+        facts.size += inner.size + 2;
+        facts.loops += inner.loops;
+        facts.indirect ||= inner.indirect;
+        for (const c of inner.calls) facts.calls.push(c);
+        facts.calls.push(safepointFn);
+        const name = b.Loop.getName(expr);
+        if (name) loops.push({ loop: expr, name, rest, facts: inner });
+        return;
+      }
+    }
+    if (id === b.CallId) facts.calls.push(b.Call.getTarget(expr));
+    if (id === b.CallIndirectId) facts.indirect = true;
+    if (names.length === 0) return;
+    const info = b.getExpressionInfo(expr) as Record<string, unknown>;
+    for (const n of names) {
+      const v = info[n];
+      if (Array.isArray(v)) for (const c of v) visit(c as number);
+      else visit(v as number);
+    }
+  };
+  visit(root);
+  return facts;
 }
 
 /** The internal name of the import `log-execution` added, or null. */
