@@ -5,8 +5,15 @@
 //  (b) postcopy fault latency (the destination's figures: fault event to page placed) with the
 //      bulk stream throttled to 32 MB/s ("idle link") and unthrottled, beside bench/c/postcopy_ref.c
 //      (fault -> request over loopback TCP -> page -> UFFDIO_COPY), built with gcc and run here;
-//  (c) postcopy under full write load at 1 and 2 GiB: total, downtime, bytes, guest-blocked time.
-// Sizes and repetitions shrink with FERRY_BENCH_MIGRATION_QUICK=1 (a smoke run).
+//  (c) postcopy under full write load at 1 GiB, 2 GiB (2040 MiB) and the largest memory memtouch
+//      reaches with a 4 GiB maximum (2047 MiB rewritten + a 1537 MiB never-touched reserve, 3.5 GiB:
+//      4 GiB itself is out of its reach): total, downtime, bytes, guest-blocked time;
+//  (d) the same as (c) at 256 MiB and 1 GiB over a 1 Gbit/s link — a veth pair between two network
+//      namespaces, `tc` tbf on each end (bench/netns.ts) — beside a raw TCP copy through the same
+//      link in the same run; target total <= 2 x memory / rate + 10%.
+// The postcopy rows (b, c, d) are medians of RUNS runs (5; FERRY_BENCH_MIGRATION_RUNS overrides,
+// FERRY_BENCH_MIGRATION_D_RUNS for part d alone), each run's figures in the row's `extra.runs`.
+// Sizes and repetitions shrink with FERRY_BENCH_MIGRATION_QUICK=1 (a smoke run: one run each).
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
@@ -16,6 +23,7 @@ import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { isMainThread, parentPort, Worker } from 'node:worker_threads';
 import { median, type BenchRow } from './harness.js';
+import { DST_ADDR, rawTcpRate, setupLink, teardownLink, type LimitedLink } from './netns.js';
 import { PSK_CIPHER } from '../src/migration/transport/index.js';
 import {
   killAll,
@@ -33,10 +41,24 @@ const QUICK = process.env['FERRY_BENCH_MIGRATION_QUICK'] === '1';
 const MiB = 1024 * 1024;
 const IDLE_MIB = QUICK ? 256 : 1024;
 const MODERATE_RUNS = QUICK ? 2 : 5;
-// 2040, not 2048: memtouch cannot malloc a 2 GiB buffer in wasm32 (exit 3); 2040 MiB + its table is ~2 GiB.
-const LOAD_SIZES_MIB = QUICK ? [256] : [1024, 2040];
-/** Which parts to run: a, b, c (default all), e.g. FERRY_BENCH_MIGRATION_PARTS=c. */
-const PARTS = process.env['FERRY_BENCH_MIGRATION_PARTS'] ?? 'abc';
+const envInt = (name: string, dflt: number) => (process.env[name] ? Math.max(1, Number(process.env[name])) : dflt);
+/** Runs per postcopy row (medians of these). */
+const RUNS = envInt('FERRY_BENCH_MIGRATION_RUNS', QUICK ? 1 : 5);
+const D_RUNS = envInt('FERRY_BENCH_MIGRATION_D_RUNS', RUNS);
+/**
+ * Part (c) sizes. memtouch allocates its pages in one malloc, which wasm32 wasi-libc cannot make
+ * 2 GiB or larger (`--mib 2048` exits 3: "cannot allocate"), and caps --mib + --reserve-mib at
+ * 3584; 2040 MiB + its table is ~2 GiB. The largest memory it reaches under a 4 GiB maximum is
+ * 2047 MiB rewritten plus a 1537 MiB reserve that it grows but never touches (3586 MiB in all).
+ */
+const LOAD_SIZES: Array<{ mib: number; reserveMib?: number }> = QUICK ? [{ mib: 256 }] : [{ mib: 1024 }, { mib: 2040 }, { mib: 2047, reserveMib: 1537 }];
+const NOT_4GIB =
+  '4 GiB under full write load is out of memtouch\'s reach: one malloc < 2 GiB in wasm32 (--mib 2048 exits 3), --mib + --reserve-mib <= 3584; this row is the largest it reaches (2047 MiB rewritten + 1537 MiB never-touched reserve)';
+/** Part (d): the link rate and the sizes. */
+const LINK_MBIT = 1000;
+const LIMITED_SIZES_MIB = QUICK ? [256] : [256, 1024];
+/** Which parts to run: a, b, c, d (default all), e.g. FERRY_BENCH_MIGRATION_PARTS=cd. */
+const PARTS = process.env['FERRY_BENCH_MIGRATION_PARTS'] ?? 'abcd';
 const C_REF_PAGES = 20000;
 const BENCH_PSK = Buffer.alloc(32, 0x6b);
 
@@ -102,15 +124,16 @@ async function loopbackLimits(bytes: number): Promise<{ tcp: number; tls: number
 }
 
 // ------------------------------------------------------------------ one migration between two ferry processes
-async function migrateOnce(guestArgs: string[], maxMemory: string, migrateArgs: string[]): Promise<Report> {
+/** With `link`: the source runs in its source namespace, the destination listens on its veth address. */
+async function migrateOnce(guestArgs: string[], maxMemory: string, migrateArgs: string[], link?: LimitedLink): Promise<Report> {
   const sb = makeSandbox();
   const procs: FerryProc[] = [];
   try {
-    const src = await startSource(sb, 'memtouch.wasm', [...guestArgs, '--report-ms', '100', '--verify-file', '/work/verify'], maxMemory, 3);
+    const src = await startSource(sb, 'memtouch.wasm', [...guestArgs, '--report-ms', '100', '--verify-file', '/work/verify'], maxMemory, 3, link ? { prefix: link.srcPrefix } : {});
     procs.push(src);
-    const { proc: dst, port } = await startDestination(sb);
+    const { proc: dst, port } = await startDestination(sb, undefined, link ? { host: DST_ADDR, prefix: link.dstPrefix } : {});
     procs.push(dst);
-    const { code, json, stderr } = await runMigrate(sb, port, ['--verify', ...migrateArgs], sb.keyFile, 240_000);
+    const { code, json, stderr } = await runMigrate(sb, port, ['--verify', ...migrateArgs], sb.keyFile, 300_000, link ? DST_ADDR : '127.0.0.1');
     if (code !== 0) throw new Error(`ferry migrate exited ${code}: ${JSON.stringify(json)}\n${stderr.slice(-1000)}`);
     if (json['verified'] !== true) throw new Error(`migration not verified: ${JSON.stringify(json)}`);
     return json;
@@ -120,19 +143,68 @@ async function migrateOnce(guestArgs: string[], maxMemory: string, migrateArgs: 
   }
 }
 
-function cRef(bulk: boolean): { p50: number; p99: number } {
+/** `runs` runs of bench/c/postcopy_ref.c (built once here), with and without its bulk stream. */
+function cRef(runs: number): { idle: Array<{ p50: number; p99: number }>; bulk: Array<{ p50: number; p99: number }> } {
   const dir = mkdtempSync(join(tmpdir(), 'ferry-pcref-'));
   try {
     const exe = join(dir, 'postcopy_ref');
     const src = join(dirname(fileURLToPath(import.meta.url)), '../../bench/c/postcopy_ref.c');
     execFileSync('gcc', ['-O2', '-pthread', '-o', exe, src]);
-    const out = execFileSync(exe, [String(C_REF_PAGES), ...(bulk ? ['--bulk'] : [])], { encoding: 'utf8' }).trim().split(/\s+/);
-    if (out[3] !== 'ok') throw new Error(`postcopy_ref: wrong bytes (${out.join(' ')})`);
-    return { p50: Number(out[0]), p99: Number(out[1]) };
+    const once = (bulk: boolean) => {
+      const out = execFileSync(exe, [String(C_REF_PAGES), ...(bulk ? ['--bulk'] : [])], { encoding: 'utf8' }).trim().split(/\s+/);
+      if (out[3] !== 'ok') throw new Error(`postcopy_ref: wrong bytes (${out.join(' ')})`);
+      return { p50: Number(out[0]), p99: Number(out[1]) };
+    };
+    const res = { idle: [] as Array<{ p50: number; p99: number }>, bulk: [] as Array<{ p50: number; p99: number }> };
+    for (let i = 0; i < runs; i++) {
+      res.idle.push(once(false));
+      res.bulk.push(once(true));
+    }
+    return res;
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
 }
+
+/** `n` migrations; a failed one is kept as its error text (exactly as thrown) and the rest go on. */
+async function repeat(n: number, what: string, log: Log, once: () => Promise<Report>): Promise<{ ok: Report[]; errors: string[] }> {
+  const ok: Report[] = [];
+  const errors: string[] = [];
+  for (let i = 0; i < n; i++) {
+    log(`${what}, run ${i + 1}/${n}`);
+    try {
+      const r = await once();
+      ok.push(r);
+      log(`    ${JSON.stringify(runFigures(r))}`);
+    } catch (err) {
+      errors.push((err as Error).message);
+      log(`    run ${i + 1} FAILED: ${(err as Error).message}`);
+    }
+  }
+  return { ok, errors };
+}
+
+/** One run's figures, as kept in a row's `extra.runs`. */
+function runFigures(r: Report) {
+  const pc = r['postcopy'] as Postcopy | undefined;
+  return {
+    memoryBytes: Number(r['memoryBytes']),
+    totalMs: Number(r['totalMs']),
+    downtimeMs: Number(r['downtimeMs']),
+    bytesSent: Number(r['bytesSent']),
+    guestBlockedMs: pc?.guestBlockedMs,
+    faults: pc?.faults,
+    pagesRequested: pc?.pagesRequested,
+    faultP50Us: pc?.faultLatencyUs.p50,
+    faultP99Us: pc?.faultLatencyUs.p99,
+    faultMaxUs: pc?.faultLatencyUs.max,
+  };
+}
+const med = (rs: Report[], f: (r: ReturnType<typeof runFigures>) => number | undefined) => median(rs.map((r) => f(runFigures(r)) ?? NaN));
+/** "median of 5", or "median of 4 (1 failed)". */
+const ofRuns = (n: number, failed: number) => (n === 1 && failed === 0 ? 'one run' : `median of ${n}${failed ? ` (${failed} failed)` : ''}`);
+
+type Log = (s: string) => void;
 
 const mbps = (r: Report) => Number(r['bytesSent']) / 1e6 / (Number(r['totalMs']) / 1000);
 const summary = (r: Report) => ({
@@ -159,10 +231,10 @@ export async function run(): Promise<BenchRow[]> {
   if (PARTS.includes('a')) await partA(rows, log);
   if (PARTS.includes('b')) await partB(rows, log);
   if (PARTS.includes('c')) await partC(rows, log);
+  if (PARTS.includes('d')) await partD(rows, log);
   return rows;
 }
 
-type Log = (s: string) => void;
 
 async function partA(rows: BenchRow[], log: Log): Promise<void> {
   // (a) idle 4 GiB-max guest, IDLE_MIB touched.
@@ -200,38 +272,94 @@ async function partA(rows: BenchRow[], log: Log): Promise<void> {
 async function partB(rows: BenchRow[], log: Log): Promise<void> {
   // (b) postcopy fault latency: bulk throttled to a trickle vs unthrottled, beside the C reference.
   const faultGuest = ['--mib', '256', '--rate', '0', '--random'];
-  log('postcopy fault latency, bulk stream throttled to 32 MB/s (a mostly idle link)');
-  const quiet = await migrateOnce(faultGuest, '1G', ['--mode', 'postcopy', '--max-bandwidth', '32M']).catch((e: Error) => ({ error: e.message }) as Report);
-  log('postcopy fault latency, bulk stream unthrottled');
-  const busy = await migrateOnce(faultGuest, '1G', ['--mode', 'postcopy']);
-  const refIdle = cRef(false);
-  const refBulk = cRef(true);
-  for (const [label, r, ref] of [['idle-link', quiet, refIdle], ['bulk-streaming', busy, refBulk]] as const) {
-    const pc = r['postcopy'] as Postcopy | undefined;
-    if (!pc) {
-      rows.push({ name: `postcopy-faults-${label}`, metric: 'error', value: NaN, unit: '', extra: { report: r } });
+  const quiet = await repeat(RUNS, 'postcopy fault latency, bulk stream throttled to 32 MB/s (a mostly idle link)', log, () =>
+    migrateOnce(faultGuest, '1G', ['--mode', 'postcopy', '--max-bandwidth', '32M']),
+  );
+  const busy = await repeat(RUNS, 'postcopy fault latency, bulk stream unthrottled', log, () => migrateOnce(faultGuest, '1G', ['--mode', 'postcopy']));
+  log(`C reference, ${RUNS} run(s) idle and with its bulk stream`);
+  const ref = cRef(RUNS);
+  for (const [label, set, refRuns] of [
+    ['idle-link', quiet, ref.idle],
+    ['bulk-streaming', busy, ref.bulk],
+  ] as const) {
+    const name = `postcopy-faults-${label}`;
+    if (set.ok.length === 0) {
+      rows.push({ name, metric: 'error', value: NaN, unit: '', extra: { errors: set.errors } });
       continue;
     }
+    const how = ofRuns(set.ok.length, set.errors.length);
+    const p50 = med(set.ok, (f) => f.faultP50Us);
+    const p99 = med(set.ok, (f) => f.faultP99Us);
+    const refP50 = median(refRuns.map((r) => r.p50));
+    const refP99 = median(refRuns.map((r) => r.p99));
     rows.push(
-      { name: `postcopy-faults-${label}`, metric: 'fault p50', value: pc.faultLatencyUs.p50, unit: 'us', reference: { name: 'C postcopy_ref p50', value: ref.p50 }, target: '<= 1.5x ref', met: pc.faultLatencyUs.p50 <= 1.5 * ref.p50, extra: { ...pc } },
-      { name: `postcopy-faults-${label}`, metric: 'fault p99', value: pc.faultLatencyUs.p99, unit: 'us', reference: { name: 'C postcopy_ref p99', value: ref.p99 }, target: '<= 1000 us', met: pc.faultLatencyUs.p99 <= 1000 },
+      { name, metric: `fault p50 (${how})`, value: p50, unit: 'us', reference: { name: `C postcopy_ref p50 (${ofRuns(refRuns.length, 0)})`, value: refP50 }, target: '<= 1.5x ref', met: p50 <= 1.5 * refP50, extra: { runs: set.ok.map(runFigures), cRefRuns: refRuns, errors: set.errors } },
+      { name, metric: `fault p99 (${how})`, value: p99, unit: 'us', reference: { name: `C postcopy_ref p99 (${ofRuns(refRuns.length, 0)})`, value: refP99 }, target: '<= 1000 us', met: p99 <= 1000 },
+      { name, metric: `guest blocked (${how})`, value: med(set.ok, (f) => f.guestBlockedMs), unit: 'ms', extra: { faults: med(set.ok, (f) => f.faults) } },
     );
   }
+}
 
+/** Rows for one set of postcopy full-load runs: total, downtime, bytes, guest blocked (medians). */
+function loadRows(name: string, set: { ok: Report[]; errors: string[] }, totalTarget?: { limitMs: number; text: string }, extra: Record<string, unknown> = {}): BenchRow[] {
+  if (set.ok.length === 0) return [{ name, metric: 'error', value: NaN, unit: '', extra: { ...extra, errors: set.errors } }];
+  const how = ofRuns(set.ok.length, set.errors.length);
+  const mem = med(set.ok, (f) => f.memoryBytes);
+  const total = med(set.ok, (f) => f.totalMs);
+  const down = med(set.ok, (f) => f.downtimeMs);
+  const sent = med(set.ok, (f) => f.bytesSent);
+  return [
+    {
+      name,
+      metric: `total (${how})`,
+      value: total,
+      unit: 'ms',
+      ...(totalTarget ? { reference: { name: '2 x memory / rate', value: totalTarget.limitMs / 1.1 }, target: totalTarget.text, met: total <= totalTarget.limitMs } : {}),
+      extra: { ...extra, memoryBytes: mem, runs: set.ok.map(runFigures), errors: set.errors },
+    },
+    { name, metric: `downtime (${how})`, value: down, unit: 'ms', target: '<= 5 ms', met: down <= 5 },
+    { name, metric: `bytes sent (${how})`, value: sent / MiB, unit: 'MiB', reference: { name: 'memory', value: mem / MiB }, target: '<= 2x memory', met: sent <= 2 * mem * 1.005 + MiB },
+    { name, metric: `guest blocked (${how})`, value: med(set.ok, (f) => f.guestBlockedMs), unit: 'ms', extra: { faults: med(set.ok, (f) => f.faults), pagesRequested: med(set.ok, (f) => f.pagesRequested) } },
+  ];
 }
 
 async function partC(rows: BenchRow[], log: Log): Promise<void> {
-  // (c) postcopy under full write load at each size.
-  for (const mib of LOAD_SIZES_MIB) {
-    log(`postcopy under full write load, ${mib} MiB`);
-    const r = await migrateOnce(['--mib', String(mib), '--rate', '0'], '4G', ['--mode', 'postcopy']);
-    const pc = r['postcopy'] as Postcopy | undefined;
-    const mem = Number(r['memoryBytes']);
-    rows.push(
-      { name: `postcopy-load-${mib}MiB`, metric: 'total', value: Number(r['totalMs']), unit: 'ms', extra: summary(r) },
-      { name: `postcopy-load-${mib}MiB`, metric: 'downtime', value: Number(r['downtimeMs']), unit: 'ms', target: '<= 5 ms', met: Number(r['downtimeMs']) <= 5 },
-      { name: `postcopy-load-${mib}MiB`, metric: 'bytes sent', value: Number(r['bytesSent']) / MiB, unit: 'MiB', reference: { name: 'memory', value: mem / MiB }, target: '<= 2x memory', met: Number(r['bytesSent']) <= 2 * mem * 1.005 + MiB },
-      { name: `postcopy-load-${mib}MiB`, metric: 'guest blocked', value: pc?.guestBlockedMs ?? NaN, unit: 'ms', extra: { faults: pc?.faults, pagesRequested: pc?.pagesRequested } },
-    );
+  // (c) postcopy under full write load at each size; rows named by the memory actually migrated.
+  for (const { mib, reserveMib } of LOAD_SIZES) {
+    const guest = ['--mib', String(mib), '--rate', '0', ...(reserveMib ? ['--reserve-mib', String(reserveMib)] : [])];
+    const what = `postcopy under full write load, ${mib} MiB${reserveMib ? ` + ${reserveMib} MiB untouched reserve` : ''}`;
+    const set = await repeat(RUNS, what, log, () => migrateOnce(guest, '4G', ['--mode', 'postcopy']));
+    const memMiB = set.ok.length ? Math.round(med(set.ok, (f) => f.memoryBytes) / MiB) : mib + (reserveMib ?? 0);
+    const name = reserveMib ? `postcopy-load-${memMiB}MiB-mem-${mib}MiB-rewritten` : `postcopy-load-${mib}MiB`;
+    rows.push(...loadRows(name, set, undefined, reserveMib ? { note: NOT_4GIB } : {}));
+  }
+}
+
+async function partD(rows: BenchRow[], log: Log): Promise<void> {
+  // (d) postcopy under full write load over a 1 Gbit/s veth link between two namespaces.
+  log(`bandwidth-limited link: veth pair between network namespaces, tc tbf ${LINK_MBIT} Mbit/s on each end`);
+  const link = setupLink(LINK_MBIT);
+  try {
+    const rateBps = link.rateBitsPerSec / 8;
+    const raw = await rawTcpRate(link, (QUICK ? 128 : 512) * MiB);
+    rows.push({ name: `link-${LINK_MBIT}Mbit`, metric: 'raw TCP copy', value: raw.mbps, unit: 'MB/s', reference: { name: 'tc rate', value: rateBps / 1e6 }, extra: { bytes: raw.bytes, ms: raw.ms, qdisc: link.qdisc } });
+    for (const mib of LIMITED_SIZES_MIB) {
+      const set = await repeat(D_RUNS, `postcopy under full write load over the ${LINK_MBIT} Mbit/s link, ${mib} MiB`, log, () =>
+        migrateOnce(['--mib', String(mib), '--rate', '0'], '4G', ['--mode', 'postcopy'], link),
+      );
+      const mem = set.ok.length ? med(set.ok, (f) => f.memoryBytes) : mib * MiB;
+      const limitMs = ((2 * mem) / rateBps) * 1000 * 1.1;
+      rows.push(
+        ...loadRows(`postcopy-${LINK_MBIT}Mbit-${mib}MiB`, set, { limitMs, text: `<= 2 x memory / rate + 10% (${(limitMs / 1000).toFixed(2)} s)` }, { linkRawTcpMBps: raw.mbps, tcRateMBps: rateBps / 1e6 }),
+      );
+      const ok = set.ok;
+      if (ok.length) {
+        const rate = med(ok, (f) => f.bytesSent / 1e6 / (f.totalMs / 1000));
+        rows.push({ name: `postcopy-${LINK_MBIT}Mbit-${mib}MiB`, metric: `throughput (${ofRuns(ok.length, set.errors.length)})`, value: rate, unit: 'MB/s', reference: { name: 'raw TCP copy, same link', value: raw.mbps } });
+      }
+    }
+  } finally {
+    teardownLink();
+    log('namespaces removed');
   }
 }
