@@ -175,3 +175,36 @@ test('a restored guest is refused for a state of another module', async () => {
   await guest.stop();
   fs.closeSync(out);
 });
+
+// A migration destination stages the state while the last pages arrive and says go at the commit.
+// Go may come before the worker has even taken the launch (the word then holds Go, not Launch), or
+// long after: both must run the guest exactly once, continuing its sequence.
+for (const when of ['at once', 'after the staging'] as const) {
+  test(`a staged restore told to go ${when} continues the guest`, async () => {
+    const dir = tmpDir('staged');
+    const beforePath = path.join(dir, 'before');
+    const before = fs.openSync(beforePath, 'w');
+    const args = ['memtouch', '--mib', '4', '--report-ms', '5'];
+    const guest = await Guest.start({ module: guestModule('memtouch'), args, stdio: { stdout: before } });
+    await waitFor('SEQ lines', () => seqNumbers(readText(beforePath)).length >= 3);
+    await guest.pause();
+    const state = guest.capture();
+    await guest.stop();
+    fs.closeSync(before);
+    const memory = new WebAssembly.Memory({ initial: state.memory.bytes / 65536, maximum: state.memory.maxBytes / 65536, shared: true });
+    new Uint8Array(memory.buffer).set(new Uint8Array(guest.memory.buffer, 0, state.memory.bytes));
+    const afterPath = path.join(dir, 'after');
+    const after = fs.openSync(afterPath, 'w');
+    const prepared = await Guest.prepare({ module: guestModule('memtouch'), memory, maxMemoryBytes: state.memory.maxBytes });
+    const staged = prepared.stageRestore(state, { stdio: { stdout: after } });
+    if (when === 'after the staging') {
+      await sleep(200);
+      assert.equal(readText(afterPath), '', 'a staged guest runs no code before go()');
+    }
+    const restored = await staged.go();
+    await waitFor('SEQ lines from the restored guest', () => seqNumbers(readText(afterPath)).length >= 3);
+    await restored.stop();
+    fs.closeSync(after);
+    assertConsecutive([...seqNumbers(readText(beforePath)), ...seqNumbers(readText(afterPath))]);
+  });
+}

@@ -19,6 +19,8 @@ export const enum Cmd {
   Stop = 2,
   /** A LaunchMessage waits on the launch port. */
   Launch = 3,
+  /** A staged restore may run: its pages are in place (the migration committed). */
+  Go = 4,
 }
 
 export const enum WorkerState {

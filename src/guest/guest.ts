@@ -68,8 +68,19 @@ export interface GuestPrepareOptions {
 export interface PreparedGuest {
   /** Hands the waiting worker a captured state; resolves once the guest runs (or waits paused). */
   launchRestore(state: GuestState, binding: { preopens?: Preopen[]; stdio?: Partial<StdioBinding>; startPaused?: boolean }): Promise<Guest>;
+  /**
+   * Hands the waiting worker a captured state now and lets it set up everything but guest memory
+   * (descriptors, globals); the guest runs only at go(). A migration destination stages when the
+   * state arrives and says go at the commit, so little is left for the downtime.
+   */
+  stageRestore(state: GuestState, binding: { preopens?: Preopen[]; stdio?: Partial<StdioBinding> }): StagedGuest;
   /** Ends the waiting worker (a migration that failed before its commit). */
   dispose(): Promise<void>;
+}
+
+export interface StagedGuest {
+  /** Lets the staged guest run (its memory is in place); resolves once it runs. */
+  go(): Promise<Guest>;
 }
 
 export class GuestError extends Error {
@@ -217,18 +228,34 @@ export class Guest extends EventEmitter {
     checkImports(mod.meta);
     const guest = Guest.spawn(mod, opts.memory, opts.modulePath ?? null, opts.maxMemoryBytes, true);
     await guest.ready;
+    const handOver = (state: GuestState, binding: { preopens?: Preopen[]; stdio?: Partial<StdioBinding>; startPaused?: boolean }, waitForGo: boolean) => {
+      guest.checkState(state, opts.memory);
+      if (binding.startPaused) {
+        guest.requestPause();
+        guest.statusValue = 'pausing';
+      }
+      guest.priorUptimeMs = state.uptimeMs;
+      guest.sendLaunch({
+        restore: { exec: state.exec, wasi: state.wasi, preopens: binding.preopens ?? [], stdio: stdioOf(binding.stdio) },
+        waitForGo,
+      });
+    };
     return {
       launchRestore: async (state, binding) => {
-        guest.checkState(state, opts.memory);
-        if (binding.startPaused) {
-          guest.requestPause();
-          guest.statusValue = 'pausing';
-        }
-        guest.priorUptimeMs = state.uptimeMs;
-        await guest.launch({
-          restore: { exec: state.exec, wasi: state.wasi, preopens: binding.preopens ?? [], stdio: stdioOf(binding.stdio) },
-        });
+        handOver(state, binding, false);
+        await guest.whenRunning();
         return guest;
+      },
+      stageRestore: (state, binding) => {
+        handOver(state, binding, true);
+        return {
+          go: async () => {
+            Atomics.store(guest.ctl, Ctl.Command, Cmd.Go);
+            Atomics.notify(guest.ctl, Ctl.Command);
+            await guest.whenRunning();
+            return guest;
+          },
+        };
       },
       dispose: () => guest.stop().then(() => undefined),
     };
@@ -267,9 +294,18 @@ export class Guest extends EventEmitter {
 
   private async launch(msg: LaunchMessage): Promise<void> {
     await this.ready;
+    this.sendLaunch(msg);
+    await this.whenRunning();
+  }
+
+  /** The worker must be ready (it waits for the launch on its control word). */
+  private sendLaunch(msg: LaunchMessage): void {
     this.launchPort.postMessage(msg);
     Atomics.store(this.ctl, Ctl.Command, Cmd.Launch);
     Atomics.notify(this.ctl, Ctl.Command);
+  }
+
+  private async whenRunning(): Promise<void> {
     // Wait on the state word rather than for the 'started' message: the guest is running as soon
     // as the worker says so, whatever this thread's event loop is busy with (a switchover's
     // downtime ends here).

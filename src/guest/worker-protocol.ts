@@ -29,6 +29,12 @@ export interface LaunchMessage {
   fresh?: { wasi: WasiOptions; dataImage: Uint8Array };
   /** Restore: state captured elsewhere, with this host's bindings. */
   restore?: { exec: ExecState; wasi: WasiState; preopens: Preopen[]; stdio: StdioBinding };
+  /**
+   * Staged restore: set everything up (descriptors, globals), then wait for Cmd.Go before touching
+   * guest memory or running guest code. A migration destination stages as soon as the state
+   * arrives, while the last pages are still being placed, and says Go at the commit.
+   */
+  waitForGo?: boolean;
 }
 
 export interface PausedCapture {

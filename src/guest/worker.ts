@@ -186,13 +186,31 @@ function firstWasmFunction(err: Error): string | null {
   return null;
 }
 
+/** Set when Go arrived before the worker took the launch (the owner's commit came first). */
+let goEarly = false;
+
+/** A staged restore waits here for Go (true) or Stop (false). Guest memory is not touched before. */
+function waitForGo(): boolean {
+  if (goEarly) return true;
+  for (;;) {
+    const cmd = Atomics.load(ctl, Ctl.Command);
+    if (cmd === Cmd.Stop) return false;
+    if (cmd === Cmd.Go && Atomics.compareExchange(ctl, Ctl.Command, Cmd.Go, Cmd.None) === Cmd.Go) return true;
+    if (cmd !== Cmd.Go) Atomics.wait(ctl, Ctl.Command, cmd);
+  }
+}
+
 /** Blocks until the owner sends the LaunchMessage (or stops the worker first). */
 function waitForLaunch(): LaunchMessage | null {
   for (;;) {
     const cmd = Atomics.load(ctl, Ctl.Command);
     if (cmd === Cmd.Stop) return null;
-    if (cmd === Cmd.Launch) {
-      Atomics.store(ctl, Ctl.Command, Cmd.None);
+    // Go only ever follows a launch: if it has already replaced Launch in the word, the launch
+    // message is on the port and the guest may run at once. The exchange (not a plain store)
+    // makes sure a Go written meanwhile is not wiped out.
+    if (cmd === Cmd.Launch || cmd === Cmd.Go) {
+      if (Atomics.compareExchange(ctl, Ctl.Command, cmd, Cmd.None) !== cmd) continue;
+      goEarly = cmd === Cmd.Go;
       const m = receiveMessageOnPort(init.launchPort);
       if (!m) throw new Error('launch requested without a launch message');
       return m.message as LaunchMessage;
@@ -221,9 +239,14 @@ function run(): void {
   bindWasi();
   let rewind = false;
   if (launch.restore) {
+    restoreGlobals(launch.restore.exec);
+    if (launch.waitForGo && !waitForGo()) {
+      wasi.close();
+      setState(WorkerState.Done);
+      return;
+    }
     // The memory was captured with the pause flag set: it now says what this host's owner wants.
     Atomics.store(safepointFlags(init.memory), 0, Atomics.load(ctl, Ctl.PauseRequested));
-    restoreGlobals(launch.restore.exec);
     rewind = launch.restore.exec.unwind !== null;
   } else {
     writeDataSegments(launch.fresh!.dataImage);

@@ -3,13 +3,13 @@
 // from its state — with every page present (precopy) or with holes served by userfaultfd
 // (postcopy). Before COMMIT nothing runs: any failure leaves nothing behind. Every frame is checked
 // against the memory geometry before a byte of it is placed.
-import { Guest, type PreparedGuest } from '../guest/guest.js';
+import { Guest, type PreparedGuest, type StagedGuest } from '../guest/guest.js';
 import { ModuleCache } from '../guest/module-cache.js';
 import { sha256Hex } from '../guest/instrument.js';
 import { GuestMemory, HOST_PAGE_SIZE, WASM_PAGE_SIZE } from '../memory/guest-memory.js';
 import { PageBitmap } from '../memory/page-bitmap.js';
 import { PageStateTable } from '../memory/page-state.js';
-import { decodeGuestState, rehearseDecoding } from '../state/guest-state.js';
+import { decodeGuestState, rehearseDecoding, type GuestState } from '../state/guest-state.js';
 import type { Preopen, StdioBinding } from '../wasi/wasi.js';
 import { listen, TransportError, type FramedChannel, type MigrationListener, type Security } from './transport/index.js';
 import { ChunkAssembler, Feature, PageFrameChecker, WireError, type Message, type MessageOf } from './wire/index.js';
@@ -167,6 +167,8 @@ export class MigrationDestination {
     const incoming = (this.incoming = new IncomingMemory(mem, new PageStateTable(mem.maxPageCount), this.urgent, checker, digest));
     await incoming.start();
     let state: ChunkAssembler | null = null;
+    let staged: StagedGuest | null = null;
+    let stagedMemoryBytes = 0;
     let trace: SwitchoverTrace | null = null;
     this.phase = 'precopy';
 
@@ -203,8 +205,18 @@ export class MigrationDestination {
           }
           continue;
         case 'STATE':
+          if (staged) throw new WireError('BAD_ORDER', offset, 'a second guest state');
           state ??= new ChunkAssembler('STATE', msg.totalBytes);
           state.add(msg.offset, msg.data, offset, msg.totalBytes);
+          if (state.complete) {
+            // The whole state is in (the source sends it right after its pause, ahead of the last
+            // pages): check it and let the waiting worker set up all but memory meanwhile.
+            const guestState = decodeGuestState(state.result());
+            this.checkState(guestState, setup, mem);
+            stagedMemoryBytes = guestState.memory.bytes;
+            staged = (await this.preparing!).stageRestore(guestState, { preopens: this.opts.preopens, stdio: this.opts.stdio });
+            trace?.mark('state staged');
+          }
           continue;
         case 'PING':
           // The source's barrier before its pause: everything before this frame is placed.
@@ -220,23 +232,16 @@ export class MigrationDestination {
     }
     trace ??= new SwitchoverTrace('destination');
     trace.mark('COMMIT');
-    if (!state) throw new WireError('BAD_ORDER', bulk.bytesReceived, 'COMMIT without a guest state');
-    const guestState = decodeGuestState(state.result());
-    trace.mark('state decoded');
-    if (guestState.module.hash !== setup.moduleHash) throw new MigrationError('protocol', 'the guest state belongs to another module than the one announced');
-    if (guestState.memory.bytes !== mem.sizeBytes) {
-      throw new MigrationError('protocol', `the guest state says ${guestState.memory.bytes} bytes of memory, the stream built ${mem.sizeBytes}`);
-    }
+    if (!staged) throw new WireError('BAD_ORDER', bulk.bytesReceived, 'COMMIT without a (whole) guest state');
+    if (mem.sizeBytes !== stagedMemoryBytes) throw new MigrationError('protocol', `the memory grew to ${mem.sizeBytes} bytes after the guest state was sent`);
 
-    // ---- switchover: everything is in place; hand the waiting worker its state ----
+    // ---- switchover: every page is in place or pending; let the staged guest run ----
     this.phase = 'switchover';
     const pageCount = mem.pageCount;
     incoming.activate();
     if (incoming.isPostcopy) bulk.limitKernelBuffers(POSTCOPY_SOCKET_BUFFER);
-    const prepared = await this.preparing!;
     this.preparing = null;
-    trace.mark('worker ready');
-    const guest = await prepared.launchRestore(guestState, { preopens: this.opts.preopens, stdio: this.opts.stdio });
+    const guest = await staged.go();
     trace.mark('guest running');
     await bulk.sendMessage({ type: 'RUNNING' });
     trace.mark('RUNNING sent');
@@ -412,6 +417,13 @@ export class MigrationDestination {
 
   private bytesReceivedTotal(): number {
     return this.priorBytesReceived + (this.bulk?.bytesReceived ?? 0) + (this.urgent?.bytesReceived ?? 0);
+  }
+
+  private checkState(state: GuestState, setup: MessageOf<'SETUP'>, mem: GuestMemory): void {
+    if (state.module.hash !== setup.moduleHash) throw new MigrationError('protocol', 'the guest state belongs to another module than the one announced');
+    if (state.memory.bytes !== mem.sizeBytes) {
+      throw new MigrationError('protocol', `the guest state says ${state.memory.bytes} bytes of memory, the stream built ${mem.sizeBytes}`);
+    }
   }
 
   private checkSetup(setup: MessageOf<'SETUP'>): string | null {

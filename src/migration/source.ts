@@ -278,11 +278,19 @@ export class MigrationSource {
     const memoryBytes = mem.sizeBytes;
     const pageCount = mem.pageCount;
     const runtimeRuns = runtimePageRuns(state.exec, pageCount);
+    // The state goes first: the destination hands it to its waiting guest thread, which sets up
+    // descriptors and globals while the last pages are being placed. Nothing here awaits between
+    // frames: each await would cost a turn of the event loop inside the downtime.
+    const queued: Promise<void>[] = [];
+    const queue = (p: Promise<void>) => {
+      p.catch(() => undefined); // observed by the Promise.all below, not an unhandled rejection meanwhile
+      queued.push(p);
+    };
+    queue(sendBlob(bulk, 'STATE', encodeGuestState(state)));
     if (postcopy) {
-      // Every page written since the DISCARD above becomes a hole too (pages in both are
-      // harmless: discarding a pending page again changes nothing). No await between these
-      // frames: each would cost a turn of the event loop inside the downtime.
-      void sendDiscardRuns(bulk, last).catch(() => undefined);
+      // Every page written since the last DISCARD becomes a hole too (pages in both are
+      // harmless: discarding a pending page again changes nothing).
+      queue(sendDiscardRuns(bulk, last));
       // The runtime reads the unwound stack and the safepoint flags to resume, and the owner
       // writes the flags: send those pages now, so no hole is in the way of either.
       for (const [first, end] of runtimeRuns) await sender.sendData(first, end);
@@ -290,11 +298,10 @@ export class MigrationSource {
       for (const [first, end] of last) dirty.addRange(first, end);
       await sender.sendSet(dirty, pageCount);
     }
-    // The state and the commit go out behind the pages without a turn of the event loop each.
-    const stateBytes = encodeGuestState(state);
-    const closing = [sender.flush(), sendBlob(bulk, 'STATE', stateBytes), bulk.sendMessage({ type: 'COMMIT' })];
-    trace.mark('state queued');
-    await Promise.all(closing);
+    queue(sender.flush());
+    queue(bulk.sendMessage({ type: 'COMMIT' }));
+    trace.mark('commit queued');
+    await Promise.all(queued);
     this.committed = true;
     trace.mark('committed');
     let lost: Error | null = null;
