@@ -124,8 +124,12 @@ async function loopbackLimits(bytes: number): Promise<{ tcp: number; tls: number
 }
 
 // ------------------------------------------------------------------ one migration between two ferry processes
-/** With `link`: the source runs in its source namespace, the destination listens on its veth address. */
-async function migrateOnce(guestArgs: string[], maxMemory: string, migrateArgs: string[], link?: LimitedLink): Promise<Report> {
+/**
+ * With `link`: the source runs in its source namespace, the destination listens on its veth address.
+ * `timeoutMs` bounds `ferry migrate`. A failure's error keeps the thrown text as is, followed by the
+ * tails of the source's and the destination's stderr.
+ */
+async function migrateOnce(guestArgs: string[], maxMemory: string, migrateArgs: string[], link?: LimitedLink, timeoutMs = 300_000): Promise<Report> {
   const sb = makeSandbox();
   const procs: FerryProc[] = [];
   try {
@@ -133,10 +137,13 @@ async function migrateOnce(guestArgs: string[], maxMemory: string, migrateArgs: 
     procs.push(src);
     const { proc: dst, port } = await startDestination(sb, undefined, link ? { host: DST_ADDR, prefix: link.dstPrefix } : {});
     procs.push(dst);
-    const { code, json, stderr } = await runMigrate(sb, port, ['--verify', ...migrateArgs], sb.keyFile, 300_000, link ? DST_ADDR : '127.0.0.1');
+    const { code, json, stderr } = await runMigrate(sb, port, ['--verify', ...migrateArgs], sb.keyFile, timeoutMs, link ? DST_ADDR : '127.0.0.1');
     if (code !== 0) throw new Error(`ferry migrate exited ${code}: ${JSON.stringify(json)}\n${stderr.slice(-1000)}`);
     if (json['verified'] !== true) throw new Error(`migration not verified: ${JSON.stringify(json)}`);
     return json;
+  } catch (err) {
+    const tails = procs.map((p) => `\n--- ${p.name} stderr (tail) ---\n${p.err.slice(-1500)}`).join('');
+    throw new Error(`${(err as Error).message}${tails}`);
   } finally {
     killAll(...procs);
     sb.cleanup();
@@ -344,8 +351,10 @@ async function partD(rows: BenchRow[], log: Log): Promise<void> {
     const raw = await rawTcpRate(link, (QUICK ? 128 : 512) * MiB);
     rows.push({ name: `link-${LINK_MBIT}Mbit`, metric: 'raw TCP copy', value: raw.mbps, unit: 'MB/s', reference: { name: 'tc rate', value: rateBps / 1e6 }, extra: { bytes: raw.bytes, ms: raw.ms, qdisc: link.qdisc } });
     for (const mib of LIMITED_SIZES_MIB) {
+      // ferry migrate is given 6x the 2 x memory / rate it should take (at least a minute).
+      const timeoutMs = Math.max(60_000, ((6 * 2 * mib * MiB) / rateBps) * 1000);
       const set = await repeat(D_RUNS, `postcopy under full write load over the ${LINK_MBIT} Mbit/s link, ${mib} MiB`, log, () =>
-        migrateOnce(['--mib', String(mib), '--rate', '0'], '4G', ['--mode', 'postcopy'], link),
+        migrateOnce(['--mib', String(mib), '--rate', '0'], '4G', ['--mode', 'postcopy'], link, timeoutMs),
       );
       const mem = set.ok.length ? med(set.ok, (f) => f.memoryBytes) : mib * MiB;
       const limitMs = ((2 * mem) / rateBps) * 1000 * 1.1;
