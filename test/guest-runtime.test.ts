@@ -2,6 +2,7 @@
 // resumed at safepoints many times, and checked by their own output (memtouch verifies every page
 // and numbers its progress lines; compute's RESULT depends only on its iteration count).
 import { test } from 'node:test';
+import { WASI } from 'node:wasi';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -72,6 +73,18 @@ test('memtouch paused and resumed 100 times verifies, and its SEQ lines have no 
   assertConsecutive(seq);
 });
 
+/** compute's RESULT from the original module under node:wasi (no Ferry instrumentation). */
+async function computeUninstrumented(iterations: number): Promise<string> {
+  const out = stdoutFile('compute-plain');
+  const wasi = new WASI({ version: 'preview1', args: ['compute', '--iterations', String(iterations)], stdout: out.fd, returnOnExit: true });
+  const instance = await WebAssembly.instantiate(await WebAssembly.compile(guestModule('compute') as Uint8Array<ArrayBuffer>), wasi.getImportObject() as WebAssembly.Imports);
+  assert.equal(wasi.start(instance), 0);
+  fs.closeSync(out.fd);
+  const m = /^RESULT ([0-9a-f]{16})$/m.exec(readText(out.path));
+  assert.ok(m, `uninstrumented compute printed no RESULT: ${readText(out.path)}`);
+  return m[1]!;
+}
+
 /** Runs compute to its end; with `pauses`, pauses and resumes it as often as it can meanwhile. */
 async function runCompute(iterations: number, pauses: boolean): Promise<{ result: string; pauses: number; exit: GuestExit }> {
   const out = stdoutFile('compute');
@@ -108,6 +121,9 @@ test('compute paused and resumed many times prints the same RESULT as an uninter
   // And a different iteration count gives a different result (the check can fail).
   const other = await runCompute(iterations + 1, false);
   assert.notEqual(other.result, plain.result);
+  // The instrumentation (safepoints, amortised loop checks, Asyncify) changes no result: the
+  // original module under Node's own WASI computes the same.
+  assert.equal(await computeUninstrumented(iterations), plain.result);
 });
 
 test('stop() on a paused guest ends it without running more guest code', async () => {
