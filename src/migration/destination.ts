@@ -304,7 +304,6 @@ export class MigrationDestination {
     // over the next message (the source's DONE acknowledgement) instead of consuming it.
     let bulkTail: Promise<Message | null> | null = null;
     if (postcopy && pc.pendingPages > 0) {
-      pc.setBulkHold((on) => bulk.holdReading(on));
       const urgent = pc.serveUrgent();
       const bulkPages = (async (): Promise<Message | null> => {
         for (;;) {

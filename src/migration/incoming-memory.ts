@@ -22,9 +22,6 @@ import type { PageDigest } from './digest.js';
 import { RequestRing } from './request-ring.js';
 import { latencySummary, type PostcopyReport } from './report.js';
 
-/** Longest time the bulk channel is left unread while a fault waits on the urgent one. */
-const HOLD_MAX_MS = 2;
-
 export class IncomingMemory {
   private server: FaultServer | null = null;
   private watcher: FdWatcher | null = null;
@@ -43,10 +40,6 @@ export class IncomingMemory {
 
   private active = false;
   private finalStats: FaultStats | null = null;
-  private holdBulk: ((on: boolean) => void) | null = null;
-  private holdTimer: NodeJS.Timeout | null = null;
-  /** Set when a hold ran out: no new hold until no fault waits (see holdForFaults). */
-  private holdSpent = false;
 
   constructor(
     private readonly mem: GuestMemory,
@@ -99,15 +92,6 @@ export class IncomingMemory {
       if (this.states.get(p) !== PageState.PENDING) this.remaining++;
       this.states.markPending(p);
     }
-  }
-
-  /**
-   * How to stop and restart reading the bulk channel. While a fault waits, this thread reads only
-   * the urgent channel, for at most HOLD_MAX_MS: the page may be one the bulk stream had already
-   * taken (the source then answers it there, not on the urgent channel).
-   */
-  setBulkHold(hold: (on: boolean) => void): void {
-    this.holdBulk = hold;
   }
 
   /** Called at the commit: from now on faults on pending pages go to the source. */
@@ -192,7 +176,6 @@ export class IncomingMemory {
         this.latenciesUs.push((placedAt - t) * 1000);
         this.requestedAt.delete(p);
       }
-      this.holdForFaults();
     }
     if (this.remaining === 0 && this.active) this.finish();
   }
@@ -217,10 +200,6 @@ export class IncomingMemory {
 
   /** Stops serving faults. Only safe once every page is placed, or when the guest is gone. */
   async stop(): Promise<void> {
-    if (this.holdTimer) clearTimeout(this.holdTimer);
-    this.holdTimer = null;
-    this.holdBulk?.(false);
-    this.holdBulk = null;
     this.watcher?.stop();
     this.watcher = null;
     if (this.server) {
@@ -274,28 +253,6 @@ export class IncomingMemory {
       for (let p = first; p < first + count; p++) if (!this.requestedAt.has(p)) this.requestedAt.set(p, faultTime);
       this.request(first, count);
     });
-    this.holdForFaults();
-  }
-
-  /** Holds the bulk channel while faults wait (bounded), releases it when none does. */
-  private holdForFaults(): void {
-    if (!this.holdBulk) return;
-    if (this.requestedAt.size === 0) {
-      this.holdSpent = false;
-      if (this.holdTimer) {
-        clearTimeout(this.holdTimer);
-        this.holdTimer = null;
-        this.holdBulk(false);
-      }
-      return;
-    }
-    if (this.holdTimer || this.holdSpent) return;
-    this.holdBulk(true);
-    this.holdTimer = setTimeout(() => {
-      this.holdTimer = null;
-      this.holdSpent = true;
-      this.holdBulk?.(false);
-    }, HOLD_MAX_MS);
   }
 
   // A request lost with a broken connection is sent again by attach() after the reconnection.

@@ -47,7 +47,6 @@ export class FramedChannel {
   session: ChannelSession | null = null;
 
   private readonly stream: Duplex;
-  private held = false;
   private readonly tcp: Socket;
   private readonly decoder: FrameDecoder;
   /** Whether the stream is TLS-protected (frames then go without CRC). */
@@ -113,18 +112,6 @@ export class FramedChannel {
     this.bucket = bytesPerSecond === undefined ? null : new TokenBucket(bytesPerSecond);
   }
 
-  /**
-   * Stops reading from the socket (frames already received are still delivered), or starts again.
-   * A postcopy destination holds its bulk channel while a fault waits on the urgent one: this
-   * thread reads both, and every bulk record it decrypts first delays the answer.
-   */
-  holdReading(on: boolean): void {
-    if (on === this.held) return;
-    this.held = on;
-    if (on) this.stream.pause();
-    else if (this.queuedBytes <= PAUSE_ABOVE_BYTES / 2) this.stream.resume();
-  }
-
   /** Latency matters more than packet count on the urgent channel. */
   setNoDelay(on = true): void {
     this.tcp.setNoDelay(on);
@@ -183,7 +170,7 @@ export class FramedChannel {
       const f = this.queue.shift();
       if (f) {
         this.queuedBytes -= f.payload.length;
-        if (!this.held && this.stream.isPaused() && this.queuedBytes < PAUSE_ABOVE_BYTES / 2) this.stream.resume();
+        if (this.stream.isPaused() && this.queuedBytes < PAUSE_ABOVE_BYTES / 2) this.stream.resume();
         return f;
       }
       if (this.failure) throw this.failure;
