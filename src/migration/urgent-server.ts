@@ -8,7 +8,6 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { HOST_PAGE_SIZE } from '../memory/guest-memory.js';
 import { PageBitmap } from '../memory/page-bitmap.js';
 import { connect, type Security } from './transport/index.js';
-import { preferLatency } from '../sys/sched.js';
 import { RECOMMENDED_RUN_PAGES } from './wire/index.js';
 import { PageClaims, UrgentStat } from './page-claims.js';
 
@@ -32,7 +31,6 @@ async function main(): Promise<void> {
   const security = d.security.kind === 'psk' ? { ...d.security, key: Buffer.from(d.security.key) } : d.security;
   const channel = await connect({ host: d.host, port: d.port, security, channel: 'urgent', sessionId: Buffer.from(d.sessionId) });
   channel.setNoDelay(true);
-  preferLatency(); // a destination guest thread is blocked on every request this thread reads
   const stats = new Float64Array(d.stats);
   const pending = new PageBitmap(d.maxPages, d.pending);
   const claims = new PageClaims(d.maxPages, d.claims);

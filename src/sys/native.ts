@@ -52,7 +52,6 @@ export interface FerryNative {
   write(fd: number, buf: Bytes, offset: number, length: number): number;
   close(fd: number): void;
   setsockoptInt(fd: number, option: number, value: number): void;
-  schedSetThread(policy: number, value: number): void;
   eventfd(initval: number, flags: number): number;
   fdWatch(fd: number, events: number, cb: (status: number, revents: number) => void): object;
   fdUnwatch(handle: object): void;
