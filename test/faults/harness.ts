@@ -4,7 +4,7 @@
 import { after } from 'node:test';
 import { ApiClient } from '../../src/api/client.js';
 import type { MigrationStatus } from '../../src/api/types.js';
-import { FerryProc, type Sandbox } from '../fixtures/migration/ferry-procs.js';
+import { FerryProc, startDestination, type Sandbox } from '../fixtures/migration/ferry-procs.js';
 import type { FaultKind } from './proxy.js';
 
 export type Security = 'tls-psk' | 'insecure';
@@ -15,10 +15,8 @@ export function securityFlags(sb: Sandbox, sec: Security): string[] {
 }
 
 /** `ferry run --incoming 127.0.0.1:0` with the given security; resolves once it listens. */
-export async function startDestinationWith(sb: Sandbox, sec: Security): Promise<{ proc: FerryProc; port: number }> {
-  const proc = new FerryProc('destination', ['run', '--incoming', '127.0.0.1:0', ...securityFlags(sb, sec), '--dir', `${sb.dstWork}:/work`]);
-  const [, port] = await proc.waitFor(/waiting for a migration on \S*:(\d+)\n/, 'the destination to listen', 30_000, 'err');
-  return { proc, port: Number(port) };
+export function startDestinationWith(sb: Sandbox, sec: Security): Promise<{ proc: FerryProc; port: number }> {
+  return startDestination(sb, securityFlags(sb, sec));
 }
 
 /** A `ferry migrate --json` process, still running: the test watches the source while it works. */

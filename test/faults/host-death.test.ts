@@ -8,7 +8,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { ApiClient } from '../../src/api/client.js';
-import { FerryProc, killAll, makeSandbox, startSource, useFileCache, type Sandbox } from '../fixtures/migration/ferry-procs.js';
+import { killAll, makeSandbox, startDestination, startSource, useFileCache, type FerryProc, type Sandbox } from '../fixtures/migration/ferry-procs.js';
 import { InjectionTally, migrateOutcome, startMigrate, waitForMigration } from './harness.js';
 
 useFileCache('faults');
@@ -32,11 +32,10 @@ describe('a host dies after the switchover (TLS-PSK)', () => {
     sandboxes.push(sb);
     const src = await startSource(sb, 'memtouch.wasm', GUEST_ARGS, '512M', 3);
     procs.push(src);
-    const dst = new FerryProc('destination', ['run', '--incoming', '127.0.0.1:0', '--tls-psk', sb.keyFile, '--dir', `${sb.dstWork}:/work`]);
+    const { proc: dst, port } = await startDestination(sb);
     procs.push(dst);
-    const [, port] = await dst.waitFor(/waiting for a migration on \S*:(\d+)\n/, 'the destination to listen', 30_000, 'err');
     tally.tried('kill');
-    const mig = startMigrate(sb, Number(port), 'tls-psk', MIGRATE_ARGS);
+    const mig = startMigrate(sb, port, 'tls-psk', MIGRATE_ARGS);
     procs.push(mig);
     await waitForMigration(sb.sock, (s) => s.state === 'postcopy', 'the postcopy phase');
     dst.kill();
@@ -60,11 +59,10 @@ describe('a host dies after the switchover (TLS-PSK)', () => {
     const src = await startSource(sb, 'memtouch.wasm', GUEST_ARGS, '512M', 3);
     procs.push(src);
     const dstSock = join(sb.dir, 'dst.sock');
-    const dst = new FerryProc('destination', ['run', '--incoming', '127.0.0.1:0', '--tls-psk', sb.keyFile, '--dir', `${sb.dstWork}:/work`, '--api-sock', dstSock]);
+    const { proc: dst, port } = await startDestination(sb, ['--tls-psk', sb.keyFile, '--api-sock', dstSock]);
     procs.push(dst);
-    const [, port] = await dst.waitFor(/waiting for a migration on \S*:(\d+)\n/, 'the destination to listen', 30_000, 'err');
     tally.tried('kill');
-    const mig = startMigrate(sb, Number(port), 'tls-psk', MIGRATE_ARGS);
+    const mig = startMigrate(sb, port, 'tls-psk', MIGRATE_ARGS);
     procs.push(mig);
     await waitForMigration(sb.sock, (s) => s.state === 'postcopy', 'the postcopy phase');
     src.kill();
