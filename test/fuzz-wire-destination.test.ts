@@ -5,22 +5,14 @@
 // followed by COMMIT. The destination must exit non-zero with a message and never run a guest.
 // The frame decoder itself is property-tested in test/wire-format.test.ts; this is the whole path.
 import { strict as assert } from 'node:assert';
-import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { after, before, describe, test } from 'node:test';
 import fc from 'fast-check';
-import { connect, newSessionId, type FramedChannel } from '../src/migration/transport/index.js';
-import { MAX_CHUNK_BYTES } from '../src/migration/wire/index.js';
-import { GUESTS, killAll, makeSandbox, startDestination, useFileCache, type FerryProc, type Sandbox } from './fixtures/migration/ferry-procs.js';
+import { FAKE_MODULE, FAKE_PAGE as PAGE, fakeSource } from './fixtures/migration/fake-source.js';
+import { killAll, makeSandbox, startDestination, useFileCache, type FerryProc, type Sandbox } from './fixtures/migration/ferry-procs.js';
 
 useFileCache('fuzz');
 
-const PAGE = 4096;
-const MEMORY = { bytes: 2 * 1024 * 1024, maxBytes: 8 * 1024 * 1024 };
-const moduleBytes = readFileSync(join(GUESTS, 'memtouch.wasm'));
-const moduleHash = createHash('sha256').update(moduleBytes).digest('hex');
 /** Every type number the decoder knows, and a few it does not. */
 const TYPES = [0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x20, 0x21, 0x22, 0x23, 0x24, 0x30, 0x31, 0x32, 0x00, 0x07, 0x7f, 0xff];
 
@@ -72,21 +64,6 @@ const frameArb: fc.Arbitrary<FuzzFrame> = fc.record({
   lengthDelta: fc.oneof({ weight: 6, arbitrary: fc.constant(0) }, { weight: 1, arbitrary: fc.integer({ min: -8, max: 8 }) }),
 });
 
-/** The fake source: handshake, SETUP, module if asked, one valid page. */
-async function fakeSource(port: number): Promise<{ bulk: FramedChannel; urgent: FramedChannel }> {
-  const common = { host: '127.0.0.1', port, security: { kind: 'insecure' as const }, sessionId: newSessionId() };
-  const bulk = await connect({ ...common, channel: 'bulk' });
-  const urgent = await connect({ ...common, channel: 'urgent' });
-  await bulk.sendMessage({ type: 'SETUP', moduleHash, moduleSize: moduleBytes.length, memory: MEMORY, preopens: ['/work'], mode: 'postcopy' });
-  const ack = await bulk.expect('SETUP_ACK', 30_000);
-  if (ack.needModule) {
-    for (let off = 0; off < moduleBytes.length; off += MAX_CHUNK_BYTES) {
-      await bulk.sendMessage({ type: 'MODULE', offset: off, data: moduleBytes.subarray(off, off + MAX_CHUNK_BYTES) });
-    }
-  }
-  await bulk.sendPages(0, 1, 'data', Buffer.alloc(PAGE, 0x5a));
-  return { bulk, urgent };
-}
 
 describe('fuzz: hostile streams through a real destination', () => {
   let sb: Sandbox;
@@ -105,7 +82,7 @@ describe('fuzz: hostile streams through a real destination', () => {
   async function expectRefused(tail: Buffer[], urgentTail: Buffer[] = []): Promise<void> {
     const { proc: dst, port } = await startDestination(sb, ['--insecure']);
     procs.push(dst);
-    const { bulk, urgent } = await fakeSource(port);
+    const { bulk, urgent } = await fakeSource(port, 'postcopy');
     try {
       // The destination may hang up mid-tail: that is a refusal too, not a test failure.
       for (const b of tail) await bulk.send([b]).catch(() => undefined);
@@ -146,7 +123,7 @@ describe('fuzz: hostile streams through a real destination', () => {
   test('a hostile guest state followed by COMMIT is refused before anything runs', { timeout: 30_000 }, async () => {
     const states = [
       Buffer.from('{"format":"ferry-guest-state","version":1}'),
-      Buffer.from(JSON.stringify({ format: 'ferry-guest-state', version: 1, module: { hash: moduleHash, size: moduleBytes.length }, memory: { bytes: 2 ** 33, maxBytes: 2 ** 33 } })),
+      Buffer.from(JSON.stringify({ format: 'ferry-guest-state', version: 1, module: { hash: FAKE_MODULE.hash, size: FAKE_MODULE.bytes.length }, memory: { bytes: 2 ** 33, maxBytes: 2 ** 33 } })),
       Buffer.from('['.repeat(100_000)),
     ];
     for (const state of states) {

@@ -4,36 +4,15 @@
 // The destination must refuse with an error naming the byte offset of the bad frame, exit
 // non-zero, and never run the guest (no guest output at all).
 import { strict as assert } from 'node:assert';
-import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { connect, newSessionId, type FramedChannel } from '../src/migration/transport/index.js';
-import { encodeFrameParts, encodePages, FrameType, MAX_CHUNK_BYTES } from '../src/migration/wire/index.js';
-import { GUESTS, killAll, makeSandbox, startDestination, useFileCache, type FerryProc, type Sandbox } from './fixtures/migration/ferry-procs.js';
+import type { FramedChannel } from '../src/migration/transport/index.js';
+import { encodeFrameParts, encodePages, FrameType } from '../src/migration/wire/index.js';
+import { FAKE_MEMORY as MEMORY, FAKE_PAGE as PAGE, fakeSource } from './fixtures/migration/fake-source.js';
+import { killAll, makeSandbox, startDestination, useFileCache, type FerryProc, type Sandbox } from './fixtures/migration/ferry-procs.js';
 
 useFileCache('migration-hostile');
 
-const PAGE = 4096;
-const MEMORY = { bytes: 2 * 1024 * 1024, maxBytes: 8 * 1024 * 1024 };
-const moduleBytes = readFileSync(join(GUESTS, 'memtouch.wasm'));
-const moduleHash = createHash('sha256').update(moduleBytes).digest('hex');
 
-/** The fake source's connection: handshake done, SETUP agreed, module sent if asked, page 0 sent. */
-async function fakeSource(port: number): Promise<{ bulk: FramedChannel; urgent: FramedChannel }> {
-  const common = { host: '127.0.0.1', port, security: { kind: 'insecure' as const }, sessionId: newSessionId() };
-  const bulk = await connect({ ...common, channel: 'bulk' });
-  const urgent = await connect({ ...common, channel: 'urgent' });
-  await bulk.sendMessage({ type: 'SETUP', moduleHash, moduleSize: moduleBytes.length, memory: MEMORY, preopens: ['/work'], mode: 'precopy' });
-  const ack = await bulk.expect('SETUP_ACK', 30_000);
-  if (ack.needModule) {
-    for (let off = 0; off < moduleBytes.length; off += MAX_CHUNK_BYTES) {
-      await bulk.sendMessage({ type: 'MODULE', offset: off, data: moduleBytes.subarray(off, off + MAX_CHUNK_BYTES) });
-    }
-  }
-  await bulk.sendPages(0, 1, 'data', Buffer.alloc(PAGE, 0x5a));
-  return { bulk, urgent };
-}
 
 /** A PAGES frame with a valid CRC whose header fields are chosen by the test. */
 function rawPagesFrame(offset: number, count: number, kindByte: number, data: Buffer): Buffer[] {
@@ -114,7 +93,7 @@ describe('hostile streams are refused by the destination (fault-injection fake s
     test(c.name, async () => {
       const { proc: dst, port } = await startDestination(sb, ['--insecure']);
       procs.push(dst);
-      const { bulk, urgent } = await fakeSource(port);
+      const { bulk, urgent } = await fakeSource(port, 'precopy');
       const { offset, says } = await c.inject(bulk);
       const code = await dst.exitWithin(60_000);
       bulk.destroy();
