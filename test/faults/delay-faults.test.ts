@@ -5,9 +5,8 @@
 // unbroken SEQ sequence.
 import { strict as assert } from 'node:assert';
 import { after, describe, test } from 'node:test';
-import { checkSequence } from '../../src/cli/commands/demo.js';
-import { FerryProc, killAll, makeSandbox, startSource, useFileCache, verifyGuest, type Sandbox } from '../fixtures/migration/ferry-procs.js';
-import { InjectionTally, SECURITIES, migrateOutcome, startDestinationWith, startMigrate, waitForMigration } from './harness.js';
+import { FerryProc, killAll, makeSandbox, useFileCache, type Sandbox } from '../fixtures/migration/ferry-procs.js';
+import { InjectionTally, SECURITIES, assertGuestMoved, migrateOutcome, proxiedPair, startMigrate, waitForMigration } from './harness.js';
 import { FaultProxy, type FaultKind } from './proxy.js';
 
 useFileCache('faults');
@@ -76,11 +75,7 @@ for (const sec of SECURITIES) {
       test(c.name, async () => {
         const sb = makeSandbox();
         sandboxes.push(sb);
-        const src = await startSource(sb, 'memtouch.wasm', GUEST_ARGS, '512M', 3);
-        procs.push(src);
-        const { proc: dst, port } = await startDestinationWith(sb, sec);
-        procs.push(dst);
-        const proxy = await FaultProxy.start('127.0.0.1', port);
+        const { src, dst, proxy } = await proxiedPair(sb, sec, GUEST_ARGS, procs);
         try {
           tally.tried(c.kind);
           const mig = startMigrate(sb, proxy.port, sec, ['--mode', c.mode, '--max-bandwidth', '16M', '--verify']);
@@ -92,12 +87,7 @@ for (const sec of SECURITIES) {
           assert.equal(out.code, 0, `ferry migrate exit ${out.code}: ${JSON.stringify(out.json)}\n${out.stderr.slice(-1500)}`);
           assert.equal(out.json['mode'], c.mode);
           assert.equal(out.json['verified'], true, 'memory digests match on both sides');
-          assert.equal(await src.exitWithin(30_000), 0);
-          await dst.waitFor(/^SEQ \d+ /m, 'a SEQ line from the destination', 60_000);
-          assert.equal(await verifyGuest(dst, sb.dstWork, 120_000), `VERIFY OK ${GUEST_PAGES}`);
-          assert.equal(await dst.exitWithin(60_000), 0);
-          const seq = checkSequence(src.out, dst.out);
-          assert.ok(seq.ok, `${seq.problem} (source ${seq.source}, destination ${seq.destination})`);
+          await assertGuestMoved(sb, src, dst, GUEST_PAGES);
           tally.survived(c.kind);
         } catch (err) {
           (err as Error).message += `\n--- injections ---\n${proxy.describe().join('\n')}\n--- source stderr ---\n${src.err.slice(-2000)}\n--- destination stderr ---\n${dst.err.slice(-2000)}`;

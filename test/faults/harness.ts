@@ -1,10 +1,13 @@
 // Shared pieces of the fault-injection suite: real ferry processes (source, destination, migrate)
 // with a FaultProxy between source and destination, either TLS-PSK or --insecure, and a tally of
 // injections tried/survived printed once per test file.
+import { strict as assert } from 'node:assert';
 import { after } from 'node:test';
+import { checkSequence } from '../../src/cli/commands/demo.js';
 import { ApiClient } from '../../src/api/client.js';
 import type { MigrationStatus } from '../../src/api/types.js';
-import { FerryProc, startDestination, type Sandbox } from '../fixtures/migration/ferry-procs.js';
+import { FerryProc, startDestination, startSource, verifyGuest, type Sandbox } from '../fixtures/migration/ferry-procs.js';
+import { FaultProxy } from './proxy.js';
 import type { FaultKind } from './proxy.js';
 
 export type Security = 'tls-psk' | 'insecure';
@@ -17,6 +20,31 @@ export function securityFlags(sb: Sandbox, sec: Security): string[] {
 /** `ferry run --incoming 127.0.0.1:0` with the given security; resolves once it listens. */
 export function startDestinationWith(sb: Sandbox, sec: Security): Promise<{ proc: FerryProc; port: number }> {
   return startDestination(sb, securityFlags(sb, sec));
+}
+
+/**
+ * A memtouch source (512 MiB max) and a destination with a FaultProxy between them; both
+ * processes are added to `procs` so the file's `after` kills them whatever happens.
+ */
+export async function proxiedPair(sb: Sandbox, sec: Security, guestArgs: string[], procs: FerryProc[]): Promise<{ src: FerryProc; dst: FerryProc; proxy: FaultProxy }> {
+  const src = await startSource(sb, 'memtouch.wasm', guestArgs, '512M', 3);
+  procs.push(src);
+  const { proc: dst, port } = await startDestinationWith(sb, sec);
+  procs.push(dst);
+  return { src, dst, proxy: await FaultProxy.start('127.0.0.1', port) };
+}
+
+/**
+ * The guest moved and carries on: the source exits 0, the destination prints SEQ lines, verifies
+ * all `pages` and exits 0, and the two outputs form one sequence without a gap or a repeat.
+ */
+export async function assertGuestMoved(sb: Sandbox, src: FerryProc, dst: FerryProc, pages: number): Promise<void> {
+  assert.equal(await src.exitWithin(30_000), 0, 'the source process exits 0 once the guest moved');
+  await dst.waitFor(/^SEQ \d+ /m, 'a SEQ line from the destination', 60_000);
+  assert.equal(await verifyGuest(dst, sb.dstWork, 120_000), `VERIFY OK ${pages}`);
+  assert.equal(await dst.exitWithin(60_000), 0);
+  const seq = checkSequence(src.out, dst.out);
+  assert.ok(seq.ok, `${seq.problem} (source ${seq.source}, destination ${seq.destination})`);
 }
 
 /** A `ferry migrate --json` process, still running: the test watches the source while it works. */

@@ -8,9 +8,8 @@
 import { strict as assert } from 'node:assert';
 import { after, describe, test } from 'node:test';
 import { ApiClient } from '../../src/api/client.js';
-import { checkSequence } from '../../src/cli/commands/demo.js';
-import { FerryProc, killAll, makeSandbox, startSource, useFileCache, verifyGuest, type Sandbox } from '../fixtures/migration/ferry-procs.js';
-import { InjectionTally, SECURITIES, migrateOutcome, startDestinationWith, startMigrate, waitForMigration, type Security } from './harness.js';
+import { FerryProc, killAll, makeSandbox, useFileCache, type Sandbox } from '../fixtures/migration/ferry-procs.js';
+import { InjectionTally, SECURITIES, assertGuestMoved, migrateOutcome, proxiedPair, startMigrate, waitForMigration } from './harness.js';
 import { FaultProxy, type FaultKind } from './proxy.js';
 
 useFileCache('faults');
@@ -143,11 +142,7 @@ for (const sec of SECURITIES) {
       test(c.name, opts, async () => {
         const sb = makeSandbox();
         sandboxes.push(sb);
-        const src = await startSource(sb, 'memtouch.wasm', GUEST_ARGS, '512M', 3);
-        procs.push(src);
-        const { proc: dst, port } = await startDestinationWith(sb, sec);
-        procs.push(dst);
-        const proxy = await FaultProxy.start('127.0.0.1', port);
+        const { src, dst, proxy } = await proxiedPair(sb, sec, GUEST_ARGS, procs);
         try {
           tally.tried(c.kind);
           const mig = startMigrate(sb, proxy.port, sec, MIGRATE_ARGS);
@@ -160,12 +155,7 @@ for (const sec of SECURITIES) {
           assert.equal(out.json['mode'], 'postcopy');
           assert.equal(out.json['verified'], true, 'memory digests match on both sides');
           if (c.breaks) assert.ok(proxy.connectionCount >= 4, `no reconnection through the proxy (connections: ${proxy.channels().join(',')})`);
-          assert.equal(await src.exitWithin(30_000), 0, 'the source process exits 0 once the guest moved');
-          await dst.waitFor(/^SEQ \d+ /m, 'a SEQ line from the destination', 60_000);
-          assert.equal(await verifyGuest(dst, sb.dstWork, 120_000), `VERIFY OK ${GUEST_PAGES}`);
-          assert.equal(await dst.exitWithin(60_000), 0);
-          const seq = checkSequence(src.out, dst.out);
-          assert.ok(seq.ok, `${seq.problem} (source ${seq.source}, destination ${seq.destination})`);
+          await assertGuestMoved(sb, src, dst, GUEST_PAGES);
           tally.survived(c.kind);
         } catch (err) {
           // What each side said is the only way to tell a hang from a crash afterwards.
