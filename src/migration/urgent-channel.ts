@@ -23,6 +23,8 @@ export class UrgentChannel {
     this.stats = new Float64Array(stats);
     this.pending = pending;
     this.closed = new Promise((resolve) => worker.once('exit', () => resolve()));
+    // The thread never exits on its own while the channel is in use: if it does, the channel is gone.
+    worker.once('exit', () => (this.failure ??= new Error('urgent channel: its thread exited')));
     worker.on('message', (m: UrgentServerMessage) => {
       if (m.type === 'error') this.failure ??= new Error(`urgent channel: ${m.message}`);
     });

@@ -7,7 +7,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { HOST_PAGE_SIZE } from '../memory/guest-memory.js';
 import { PageBitmap } from '../memory/page-bitmap.js';
-import { connect, type Security } from './transport/index.js';
+import { connect, reviveSecurity, type Security } from './transport/index.js';
 import { RECOMMENDED_RUN_PAGES } from './wire/index.js';
 import { PageClaims, UrgentStat } from './page-claims.js';
 
@@ -28,7 +28,7 @@ export type UrgentServerMessage = { type: 'connected' } | { type: 'error'; messa
 
 async function main(): Promise<void> {
   const d = workerData as UrgentServerData;
-  const security = d.security.kind === 'psk' ? { ...d.security, key: Buffer.from(d.security.key) } : d.security;
+  const security = reviveSecurity(d.security);
   const channel = await connect({ host: d.host, port: d.port, security, channel: 'urgent', sessionId: Buffer.from(d.sessionId) });
   channel.setNoDelay(true);
   const stats = new Float64Array(d.stats);
@@ -42,9 +42,11 @@ async function main(): Promise<void> {
   // the destination asks again at once): they wait for the activation.
   let activated!: () => void;
   const active = new Promise<void>((resolve) => (activated = resolve));
+  let closing = false;
   parentPort!.on('message', (m: { type: string }) => {
     if (m.type === 'activate') activated();
     if (m.type === 'close') {
+      closing = true;
       publish();
       channel.close().finally(() => {
         publish();
@@ -57,7 +59,12 @@ async function main(): Promise<void> {
   for (;;) {
     const msg = await channel.recv();
     publish();
-    if (!msg) return;
+    // The destination closed the channel. Unless this side is closing it, that is a lost
+    // connection the main thread must hear of (it reconnects in postcopy), not a quiet end.
+    if (!msg) {
+      if (!closing) throw new Error('the destination closed the connection');
+      return;
+    }
     if (msg.type !== 'PAGE_REQUEST') throw new Error(`unexpected ${msg.type} on the urgent channel`);
     if (stats[UrgentStat.ACTIVE_PAGES] === 0) await active;
     const pageCount = stats[UrgentStat.ACTIVE_PAGES]!;

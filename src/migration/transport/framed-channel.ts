@@ -62,6 +62,8 @@ export class FramedChannel {
   private tcpBytesRead = 0;
   private framesSentCount = 0;
   private payloadSent = 0;
+  /** Rejecters of writes the socket has not confirmed yet: a failure settles them all. */
+  private readonly unconfirmed = new Set<(err: Error) => void>();
 
   constructor(opts: FramedChannelOptions) {
     this.stream = opts.stream;
@@ -72,10 +74,17 @@ export class FramedChannel {
     if (opts.maxBandwidth !== undefined) this.setMaxBandwidth(opts.maxBandwidth);
     this.stream.on('data', (chunk: Buffer) => this.onData(chunk));
     this.stream.on('end', () => this.onEnd());
-    this.stream.on('error', (err) => this.fail(fromSocketError(err, this.peer, 'transfer')));
+    // A TLS error (a bad record MAC, an alert from the peer) leaves the socket open with a write
+    // in progress whose callback never comes: fail the channel and tear the socket down, or a
+    // sender waiting on that write waits for ever.
+    this.stream.on('error', (err) => {
+      this.fail(fromSocketError(err, this.peer, 'transfer'));
+      this.destroy();
+    });
     this.stream.on('close', () => {
       this.snapshotCounters();
-      if (!this.ended) this.fail(new TransportError('CLOSED', this.peer, 'connection closed'));
+      // After a clean end this only settles writes still waiting (fail() keeps the clean end).
+      this.fail(new TransportError('CLOSED', this.peer, 'connection closed'));
     });
     this.tcp.on('close', () => this.snapshotCounters());
   }
@@ -153,10 +162,12 @@ export class FramedChannel {
     if (this.failure) return Promise.reject(this.failure);
     return new Promise<void>((resolve, reject) => {
       const s = this.stream;
+      this.unconfirmed.add(reject);
       s.cork();
       const last = parts.length - 1;
       for (let i = 0; i < last; i++) s.write(parts[i]);
       s.write(parts[last], (err) => {
+        this.unconfirmed.delete(reject);
         if (err) reject(this.failure ?? fromSocketError(err, this.peer, 'send'));
         else resolve();
       });
@@ -296,6 +307,9 @@ export class FramedChannel {
 
   private fail(err: Error): void {
     if (!this.failure && !this.ended) this.failure = err;
+    const failure = this.failure ?? err;
+    for (const reject of this.unconfirmed) reject(failure);
+    this.unconfirmed.clear();
     this.wake();
   }
 

@@ -89,3 +89,16 @@ export function clientTlsOptions(security: Exclude<Security, { kind: 'insecure' 
 function isIp(host: string): boolean {
   return /^[\d.]+$/.test(host) || host.includes(':');
 }
+
+/** A Security as it arrives on another thread (Buffers cloned into plain Uint8Arrays), usable again. */
+export function reviveSecurity(s: Security): Security {
+  const buf = (v: string | Uint8Array) => (typeof v === 'string' ? v : Buffer.from(v));
+  switch (s.kind) {
+    case 'insecure':
+      return s;
+    case 'psk':
+      return { ...s, key: Buffer.from(s.key) };
+    case 'cert':
+      return { ...s, cert: buf(s.cert), key: buf(s.key), ca: Array.isArray(s.ca) ? s.ca.map(buf) : buf(s.ca) };
+  }
+}
