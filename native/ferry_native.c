@@ -869,6 +869,18 @@ static napi_value f_close(napi_env env, napi_callback_info info) {
 }
 
 #undef OP
+#define OP "dup"
+/* dup(fd) -> a new close-on-exec descriptor of the same open file (fcntl F_DUPFD_CLOEXEC). */
+static napi_value f_dup(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  if (!get_fd(env, argv[0], OP, &fd)) return NULL;
+  int r = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (r < 0) return throw_errno(env, OP, errno, NULL);
+  return num(env, r);
+}
+
+#undef OP
 #define OP "setsockoptInt"
 /* setsockopt(fd, SOL_SOCKET, SO_SNDBUF | SO_RCVBUF, value): only socket buffer sizes are exposed. */
 static napi_value f_setsockopt_int(napi_env env, napi_callback_info info) {
@@ -1043,7 +1055,7 @@ static napi_value init(napi_env env, napi_value exports) {
       F("uffdCopy", f_uffd_copy), F("uffdZeropage", f_uffd_zeropage), F("uffdContinue", f_uffd_continue),
       F("uffdReadEvents", f_uffd_read_events), F("uffdWait", f_uffd_wait), F("pagemapScan", f_pagemap_scan),
       F("pagemapRead", f_pagemap_read), F("pagemapScanBits", f_pagemap_scan_bits), F("poll", f_poll), F("read", f_read), F("pread", f_pread),
-      F("write", f_write), F("close", f_close), F("setsockoptInt", f_setsockopt_int), F("eventfd", f_eventfd), F("fdWatch", f_fd_watch),
+      F("write", f_write), F("close", f_close), F("dup", f_dup), F("setsockoptInt", f_setsockopt_int), F("eventfd", f_eventfd), F("fdWatch", f_fd_watch),
       F("fdUnwatch", f_fd_unwatch), F("nowUs", f_now_us),
 #undef F
   };

@@ -8,6 +8,7 @@ import { strict as assert } from 'node:assert';
 import { crc32 } from 'node:zlib';
 import { after, before, describe, test } from 'node:test';
 import fc from 'fast-check';
+import { WIRE_VERSION } from '../src/migration/wire/limits.js';
 import { FAKE_MODULE, FAKE_PAGE as PAGE, fakeSource } from './fixtures/migration/fake-source.js';
 import { killAll, makeSandbox, startDestination, useFileCache, type FerryProc, type Sandbox } from './fixtures/migration/ferry-procs.js';
 
@@ -28,7 +29,7 @@ interface FuzzFrame {
 function rawFrame(f: FuzzFrame): Buffer {
   const header = Buffer.alloc(12);
   header.write('FY', 0, 'latin1');
-  header[2] = 1;
+  header[2] = WIRE_VERSION;
   header[3] = f.type;
   header[4] = f.flags;
   header.writeUInt32LE(Math.max(0, Math.min(0xffffffff, f.payload.length + f.lengthDelta)), 8);

@@ -6,7 +6,7 @@
 import { strict as assert } from 'node:assert';
 import { after, before, describe, test } from 'node:test';
 import type { FramedChannel } from '../src/migration/transport/index.js';
-import { encodeFrameParts, encodePages, FrameType } from '../src/migration/wire/index.js';
+import { CHANNEL_PREFACE_BYTES, encodeFrameParts, encodePages, FrameType } from '../src/migration/wire/index.js';
 import { FAKE_MEMORY as MEMORY, FAKE_PAGE as PAGE, fakeSource } from './fixtures/migration/fake-source.js';
 import { killAll, makeSandbox, startDestination, useFileCache, type FerryProc, type Sandbox } from './fixtures/migration/ferry-procs.js';
 
@@ -29,11 +29,14 @@ interface Case {
   inject(bulk: FramedChannel): Promise<{ offset: number; says: RegExp }>;
 }
 
+/** Where the next frame starts in the frame stream: the connection's bytes less its channel preface. */
+const streamOffset = (bulk: FramedChannel) => bulk.bytesSent - CHANNEL_PREFACE_BYTES;
+
 const cases: Case[] = [
   {
     name: 'flipped bytes in a page frame (CRC)',
     async inject(bulk) {
-      const at = bulk.bytesSent;
+      const at = streamOffset(bulk);
       const parts = encodePages(PAGE, 1, 'data', Buffer.alloc(PAGE, 0x11));
       const frame = Buffer.concat(parts);
       frame[12 + 16 + 100]! ^= 0xff; // one byte of page data, after the header was checksummed
@@ -44,7 +47,7 @@ const cases: Case[] = [
   {
     name: 'truncation in the middle of a frame',
     async inject(bulk) {
-      const at = bulk.bytesSent;
+      const at = streamOffset(bulk);
       const frame = Buffer.concat(encodePages(PAGE, 1, 'data', Buffer.alloc(PAGE, 0x22)));
       await bulk.send([frame.subarray(0, 1000)]);
       await bulk.close();
@@ -54,7 +57,7 @@ const cases: Case[] = [
   {
     name: 'page offset outside the memory',
     async inject(bulk) {
-      const at = bulk.bytesSent;
+      const at = streamOffset(bulk);
       await bulk.sendPages(MEMORY.bytes + 16 * PAGE, 1, 'data', Buffer.alloc(PAGE, 0x33));
       return { offset: at, says: /outside memory/i };
     },
@@ -63,7 +66,7 @@ const cases: Case[] = [
     name: 'overlapping frames in one pass',
     async inject(bulk) {
       await bulk.sendPages(4 * PAGE, 4, 'data', Buffer.alloc(4 * PAGE, 0x44));
-      const at = bulk.bytesSent;
+      const at = streamOffset(bulk);
       await bulk.sendPages(6 * PAGE, 4, 'data', Buffer.alloc(4 * PAGE, 0x45)); // pages 6, 7 again
       return { offset: at, says: /twice in pass 0/i };
     },
@@ -71,7 +74,7 @@ const cases: Case[] = [
   {
     name: 'unknown page kind',
     async inject(bulk) {
-      const at = bulk.bytesSent;
+      const at = streamOffset(bulk);
       await bulk.send(rawPagesFrame(PAGE, 1, 9, Buffer.alloc(0)));
       return { offset: at, says: /unknown page kind/i };
     },

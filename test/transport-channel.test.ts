@@ -12,10 +12,11 @@ import {
   listen,
   newSessionId,
   TransportError,
+  type FramedChannel,
   type MigrationListener,
   type Security,
 } from '../src/migration/transport/index.js';
-import { decodeMessage, Feature, FrameFlag, WireError } from '../src/migration/wire/index.js';
+import { CHANNEL_PREFACE, decodeMessage, Feature, FrameFlag, GO_AHEAD, WireError } from '../src/migration/wire/index.js';
 
 const HOST = '127.0.0.1';
 
@@ -118,17 +119,25 @@ describe('transport: insecure TCP', () => {
     );
   });
 
-  test('handshake timeout when the peer never answers HELLO', async () => {
+  test('handshake timeout when the peer never answers the preface, or HELLO', async () => {
+    // One peer never answers at all; the other gives the go-ahead after the preface, then nothing.
     const silent = net.createServer((s) => s.on('data', () => undefined));
-    await new Promise<void>((r) => silent.listen(0, HOST, r));
-    const port = (silent.address() as net.AddressInfo).port;
+    const mute = net.createServer((s) => s.once('data', () => s.write(Buffer.from([GO_AHEAD]))));
+    const ports: number[] = [];
+    for (const server of [silent, mute]) {
+      await new Promise<void>((r) => server.listen(0, HOST, r));
+      ports.push((server.address() as net.AddressInfo).port);
+    }
     try {
-      await assert.rejects(
-        connect({ host: HOST, port, security: { kind: 'insecure' }, channel: 'bulk', sessionId: newSessionId(), timeoutMs: 300 }),
-        (e: unknown) => e instanceof TransportError && e.code === 'TIMEOUT' && /HELLO/.test(e.message) && e.message.includes(`${port}`),
-      );
+      for (const [port, phase] of [[ports[0]!, /channel preface/], [ports[1]!, /HELLO/]] as const) {
+        await assert.rejects(
+          connect({ host: HOST, port, security: { kind: 'insecure' }, channel: 'bulk', sessionId: newSessionId(), timeoutMs: 300 }),
+          (e: unknown) => e instanceof TransportError && e.code === 'TIMEOUT' && phase.test(e.message) && e.message.includes(`${port}`),
+        );
+      }
     } finally {
       silent.close();
+      mute.close();
     }
   });
 
@@ -137,10 +146,26 @@ describe('transport: insecure TCP', () => {
       const rejected = nextRejection(l);
       const raw = net.connect(l.port, HOST);
       await once(raw, 'connect');
+      raw.write(Buffer.from([CHANNEL_PREFACE.bulk]));
+      const [goAhead] = (await once(raw, 'data')) as [Buffer];
+      assert.deepEqual([...goAhead], [GO_AHEAD]);
       raw.write(Buffer.from('GET / HTTP/1.1\r\n\r\n'));
       const err = await rejected;
       assert.ok((err as unknown) instanceof TransportError || (err as unknown) instanceof WireError);
       assert.match(err.message, /bad frame at byte 0: bad magic/);
+      raw.destroy();
+    });
+  });
+
+  test('a connection without the channel preface is refused, saying what it began with', async () => {
+    await withListener({ kind: 'insecure' }, async (l) => {
+      const rejected = nextRejection(l);
+      const raw = net.connect(l.port, HOST);
+      await once(raw, 'connect');
+      raw.write(Buffer.from('GET / HTTP/1.1\r\n\r\n'));
+      const err = await rejected;
+      assert.equal(err.code, 'PROTOCOL');
+      assert.match(err.message, /no channel preface: the connection began with 18 byte\(s\) 474554202f204854/);
       raw.destroy();
     });
   });
@@ -201,13 +226,18 @@ describe('transport: insecure TCP', () => {
       const [first, second] = await pairs;
       assert.equal(first.sessionHex, b.toString('hex'));
       assert.equal(second.sessionHex, a.toString('hex'));
+      // Without an urgentHandoff the listener authenticates urgent connections itself.
+      const urgentOf = (p: typeof first) => {
+        assert.ok(!('remote' in p.urgent), 'the urgent channel is held here');
+        return p.urgent as FramedChannel;
+      };
       for (const p of [first, second]) {
         assert.equal(p.bulk.session?.channel, 'bulk');
-        assert.equal(p.urgent.session?.channel, 'urgent');
+        assert.equal(urgentOf(p).session?.channel, 'urgent');
       }
       // The urgent pair really is connected to the urgent client: a request goes through.
       await conns[3]!.sendMessage({ type: 'PAGE_REQUEST', offset: 4096, count: 1 });
-      assert.deepEqual(await second.urgent.recv(), { type: 'PAGE_REQUEST', offset: 4096, count: 1 });
+      assert.deepEqual(await urgentOf(second).recv(), { type: 'PAGE_REQUEST', offset: 4096, count: 1 });
       for (const c of conns) c.destroy();
       for (const p of [first, second]) {
         p.bulk.destroy();

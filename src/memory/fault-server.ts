@@ -92,6 +92,11 @@ export class FaultServer {
     return server;
   }
 
+  /** The userfaultfd: other threads of this process place pages through it too (UFFDIO_COPY). */
+  get uffdFd(): number {
+    return this.uffd.fd;
+  }
+
   /** Set if the fault worker died (faulting threads then stay blocked until stop()). */
   get error(): Error | null {
     return this.failure;

@@ -91,6 +91,11 @@ export class PageStateTable {
     pages.forEachRun((s, e) => { for (let p = s; p < e; p++) this.markPending(p); });
   }
 
+  /** Pages pending now (an atomic read: other threads move pages out of pending). */
+  get pendingCount(): number {
+    return Atomics.load(this.counts, PageState.PENDING);
+  }
+
   counts3(): { knownZero: number; pending: number; received: number } {
     return {
       knownZero: Atomics.load(this.counts, PageState.KNOWN_ZERO),

@@ -11,10 +11,11 @@ import { PageBitmap } from '../memory/page-bitmap.js';
 import { PageStateTable } from '../memory/page-state.js';
 import { decodeGuestState, rehearseDecoding, type GuestState } from '../state/guest-state.js';
 import type { Preopen, StdioBinding } from '../wasi/wasi.js';
-import { listen, TransportError, type FramedChannel, type MigrationListener, type Security } from './transport/index.js';
+import { listen, TransportError, type FramedChannel, type MigrationListener, type RemoteChannel, type Security } from './transport/index.js';
 import { ChunkAssembler, Feature, PageFrameChecker, WireError, type Message, type MessageOf } from './wire/index.js';
 import { PageDigest } from './digest.js';
 import { IncomingMemory } from './incoming-memory.js';
+import { UrgentRequests } from './urgent-requests.js';
 import { POSTCOPY_SOCKET_BUFFER } from './postcopy-source.js';
 import { isChannelFailure } from './failures.js';
 import { SwitchoverTrace } from './switchover-trace.js';
@@ -58,7 +59,10 @@ export class MigrationDestination {
   private phase: MigrationPhase = 'connecting';
   private readonly t0 = performance.now();
   private bulk: FramedChannel | null = null;
-  private urgent: FramedChannel | null = null;
+  /** The thread that holds the urgent connections (from listen() on). */
+  private urgentThread: UrgentRequests | null = null;
+  /** The session's urgent connection, held by that thread. */
+  private urgent: RemoteChannel | FramedChannel | null = null;
   private pass = 0;
   private pagesReceived = 0;
   private incoming: IncomingMemory | null = null;
@@ -80,8 +84,13 @@ export class MigrationDestination {
 
   /** Starts listening; returns the port (useful with port 0). */
   async listen(): Promise<number> {
-    this.listener = await listen({ host: this.opts.host, port: this.opts.port, security: this.opts.security });
-    return this.listener.port;
+    // Urgent connections go straight to their own thread, which makes their TLS sessions: the
+    // answers to the guest's faults never wait for this thread (see urgent-requester.ts).
+    let thread: UrgentRequests | null = null;
+    const listener = await listen({ host: this.opts.host, port: this.opts.port, security: this.opts.security, urgentHandoff: (fd, peer) => thread!.handoff(fd, peer) });
+    this.urgentThread = thread = new UrgentRequests(this.opts.security, listener);
+    this.listener = listener;
+    return listener.port;
   }
 
   progress(): MigrationProgress {
@@ -90,7 +99,7 @@ export class MigrationDestination {
       state: this.phase,
       mode: this.incoming?.isPostcopy ? 'postcopy' : 'precopy',
       pass: this.pass,
-      bytesSent: this.priorBytesSent + (this.bulk?.bytesSent ?? 0) + (this.urgent?.bytesSent ?? 0),
+      bytesSent: this.priorBytesSent + (this.bulk?.bytesSent ?? 0) + (this.urgentThread?.bytesSent ?? 0),
       bytesReceived: this.bytesReceivedTotal(),
       pagesSent: 0,
       pagesReceived: this.pagesReceived,
@@ -118,7 +127,7 @@ export class MigrationDestination {
       const code = err instanceof WireError ? 'BAD_STREAM' : 'FAILED';
       await this.bulk?.sendMessage({ type: 'ERROR', code, message: (err as Error).message.slice(0, 1000) }).catch(() => undefined);
       this.bulk?.destroy();
-      this.urgent?.destroy();
+      await this.urgentThread?.terminate().catch(() => undefined);
       await this.incoming?.stop().catch(() => undefined);
       await this.preparing?.then((p) => p.dispose()).catch(() => undefined);
       await this.listener?.close();
@@ -139,8 +148,7 @@ export class MigrationDestination {
     const session = await Promise.race([listener.acceptSession(), refused]).finally(() => listener.off('rejected', onRejected!));
     this.sessionHex = session.sessionHex;
     const bulk = (this.bulk = session.bulk);
-    this.urgent = session.urgent;
-    this.urgent.setNoDelay(true);
+    this.useUrgent(session.urgent);
     // No Nagle on the bulk channel either: its small control frames (PONG, RUNNING, DIGEST) would
     // otherwise wait for the peer's delayed ACK — 40 ms on Linux — inside the downtime.
     bulk.setNoDelay(true);
@@ -164,7 +172,7 @@ export class MigrationDestination {
     const checker = new PageFrameChecker(setup.memory);
     // The digest is kept only when the source offered the DIGEST feature (it does for --verify).
     const digest = (bulk.session?.features ?? 0) & Feature.DIGEST ? new PageDigest(setup.memory.maxBytes) : null;
-    const incoming = (this.incoming = new IncomingMemory(mem, new PageStateTable(mem.maxPageCount), this.urgent, checker, digest));
+    const incoming = (this.incoming = new IncomingMemory(mem, new PageStateTable(mem.maxPageCount), this.urgentThread!, checker, digest));
     await incoming.start();
     let state: ChunkAssembler | null = null;
     let staged: StagedGuest | null = null;
@@ -238,7 +246,7 @@ export class MigrationDestination {
     // ---- switchover: every page is in place or pending; let the staged guest run ----
     this.phase = 'switchover';
     const pageCount = mem.pageCount;
-    incoming.activate();
+    incoming.activate(pageCount);
     if (incoming.isPostcopy) bulk.limitKernelBuffers(POSTCOPY_SOCKET_BUFFER);
     this.preparing = null;
     const guest = await staged.go();
@@ -278,7 +286,7 @@ export class MigrationDestination {
       };
       if (postcopy) summary.postcopy = pc.report();
       await this.bulk!.close().catch(() => undefined);
-      await this.urgent!.close().catch(() => undefined);
+      await this.urgentThread!.close().catch(() => undefined);
       await this.listener?.close();
       return summary;
     } catch (err) {
@@ -304,12 +312,12 @@ export class MigrationDestination {
     // over the next message (the source's DONE acknowledgement) instead of consuming it.
     let bulkTail: Promise<Message | null> | null = null;
     if (postcopy && pc.pendingPages > 0) {
-      const urgent = pc.serveUrgent();
+      const urgent = this.urgentThread!.whenLost();
       const bulkPages = (async (): Promise<Message | null> => {
         for (;;) {
           const r = await bulk.recvWithOffset();
           if (!r) throw new WireError('TRUNCATED', bulk.bytesReceived, 'the stream ended during postcopy');
-          if (r.msg.type === 'PAGES') pc.onPages(r.msg, r.offset, false);
+          if (r.msg.type === 'PAGES') pc.onBulkPages(r.msg, r.offset);
           else if (pc.pendingPages === 0) return r.msg;
           else throw new WireError('BAD_ORDER', r.offset, `unexpected ${r.msg.type} during postcopy`);
         }
@@ -318,7 +326,7 @@ export class MigrationDestination {
       bulkPages.catch(() => undefined);
       const watchdog = this.silenceWatchdog(pc);
       try {
-        await Promise.race([pc.complete, urgent.then(() => pc.complete), bulkPages, watchdog.failed]);
+        await Promise.race([pc.complete, urgent, bulkPages, watchdog.failed]);
       } finally {
         watchdog.stop();
       }
@@ -395,11 +403,10 @@ export class MigrationDestination {
         continue;
       }
       this.bulk = session.bulk;
-      this.urgent = session.urgent;
-      this.urgent.setNoDelay(true);
       this.bulk.setNoDelay(true);
       await this.bulk.sendMessage({ type: 'RECEIVED_SET', set: { encoding: 'bitmap', startPage: 0, pageCount, bits: pc.receivedBits(pageCount) } });
-      pc.attach(this.urgent);
+      // The urgent thread asks again, on the new connection, for every page a fault still waits on.
+      this.useUrgent(session.urgent);
       this.pausedMs += performance.now() - this.pausedSince;
       this.pausedSince = null;
       this.phase = 'postcopy';
@@ -409,13 +416,20 @@ export class MigrationDestination {
     }
   }
 
+  private useUrgent(urgent: RemoteChannel | FramedChannel): void {
+    if (!('remote' in urgent)) throw new Error('internal: the urgent channel was not handed to the urgent thread');
+    this.urgent = urgent;
+    this.urgentThread!.use(urgent);
+  }
+
+  // The urgent thread counts its own bytes, over all its connections.
   private addBytes(): void {
-    this.priorBytesReceived += (this.bulk?.bytesReceived ?? 0) + (this.urgent?.bytesReceived ?? 0);
-    this.priorBytesSent += (this.bulk?.bytesSent ?? 0) + (this.urgent?.bytesSent ?? 0);
+    this.priorBytesReceived += this.bulk?.bytesReceived ?? 0;
+    this.priorBytesSent += this.bulk?.bytesSent ?? 0;
   }
 
   private bytesReceivedTotal(): number {
-    return this.priorBytesReceived + (this.bulk?.bytesReceived ?? 0) + (this.urgent?.bytesReceived ?? 0);
+    return this.priorBytesReceived + (this.bulk?.bytesReceived ?? 0) + (this.urgentThread?.bytesReceived ?? 0);
   }
 
   private checkState(state: GuestState, setup: MessageOf<'SETUP'>, mem: GuestMemory): void {

@@ -76,14 +76,27 @@ export class PageDigest {
   private readonly hashes: Uint32Array;
   readonly pageCapacity: number;
 
-  /** `maxBytes`: the largest memory this digest can describe (e.g. the guest's maximum). */
-  constructor(maxBytes: number) {
+  /**
+   * `maxBytes`: the largest memory this digest can describe (e.g. the guest's maximum). `shared`:
+   * another digest's buffer (`buffer`), so that two threads record the pages each places.
+   */
+  constructor(maxBytes: number, shared?: SharedArrayBuffer) {
     if (!Number.isInteger(maxBytes) || maxBytes < 0 || maxBytes % DIGEST_PAGE_SIZE !== 0) {
       throw new RangeError(`PageDigest: maxBytes must be a non-negative multiple of ${DIGEST_PAGE_SIZE}, got ${maxBytes}`);
     }
     this.pageCapacity = maxBytes / DIGEST_PAGE_SIZE;
-    this.hashes = new Uint32Array(this.pageCapacity * 2);
-    this.setZero(0, this.pageCapacity); // every page starts as zero (never touched)
+    if (shared) {
+      if (shared.byteLength !== this.pageCapacity * 8) throw new RangeError('PageDigest: the shared buffer does not match maxBytes');
+      this.hashes = new Uint32Array(shared);
+    } else {
+      this.hashes = new Uint32Array(new SharedArrayBuffer(this.pageCapacity * 8));
+      this.setZero(0, this.pageCapacity); // every page starts as zero (never touched)
+    }
+  }
+
+  /** The per-page hashes, for a PageDigest on another thread. */
+  get buffer(): SharedArrayBuffer {
+    return this.hashes.buffer as SharedArrayBuffer;
   }
 
   /**

@@ -50,6 +50,11 @@ export function close(fd: number): void {
   sys(() => native.close(fd));
 }
 
+/** A second (close-on-exec) descriptor of the same open file: a socket outlives closing either. */
+export function dup(fd: number): number {
+  return sys(() => native.dup(fd));
+}
+
 /** eventfd(2); flags from EFD_NONBLOCK | EFD_CLOEXEC | EFD_SEMAPHORE. */
 export function eventfd(initval = 0, flags = EFD_CLOEXEC): number {
   return sys(() => native.eventfd(initval, flags));

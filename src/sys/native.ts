@@ -51,6 +51,7 @@ export interface FerryNative {
   pread(fd: number, buf: Bytes, offset: number, length: number, position: number): number;
   write(fd: number, buf: Bytes, offset: number, length: number): number;
   close(fd: number): void;
+  dup(fd: number): number;
   setsockoptInt(fd: number, option: number, value: number): void;
   eventfd(initval: number, flags: number): number;
   fdWatch(fd: number, events: number, cb: (status: number, revents: number) => void): object;

@@ -6,9 +6,10 @@
 //
 // Connections are numbered in accept order. The source opens the bulk channel first and the
 // urgent one only once bulk is accepted, for the first connection and every reconnection, so a
-// connection that arrives while the previous one is an open bulk channel is urgent. Without TLS
-// the HELLO frame names the channel and overrides that guess; with TLS the bytes are opaque.
+// connection that arrives while the previous one is an open bulk channel is urgent. The channel
+// preface (the first byte, in the clear even with TLS) then names the channel for certain.
 import { createServer, connect as tcpConnect, type AddressInfo, type Server, type Socket } from 'node:net';
+import { CHANNEL_PREFACE } from '../../src/migration/wire/index.js';
 
 export type Direction = 'to-destination' | 'to-source';
 export type FaultKind = 'cut' | 'stall' | 'delay' | 'corrupt';
@@ -176,11 +177,10 @@ class ProxiedConnection {
     }
   }
 
-  /** Without TLS the first frame is HELLO: u16 version, u8 channel at payload byte 2. */
+  /** The channel preface: one byte before anything else, TLS or not. */
   noteFirstBytes(chunk: Buffer): void {
-    if (chunk.length >= 15 && chunk[0] === 0x46 && chunk[1] === 0x59 && chunk[3] === 0x01) {
-      this.channel = chunk[14] === 1 ? 'urgent' : 'bulk';
-    }
+    if (chunk[0] === CHANNEL_PREFACE.urgent) this.channel = 'urgent';
+    else if (chunk[0] === CHANNEL_PREFACE.bulk) this.channel = 'bulk';
   }
 
   close(): void {

@@ -6,7 +6,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import type { Duplex } from 'node:stream';
 import { ALL_FEATURES, SESSION_ID_BYTES, type ChannelKind } from '../wire/messages.js';
-import { WIRE_VERSION } from '../wire/limits.js';
+import { CHANNEL_PREFACE, GO_AHEAD, WIRE_VERSION } from '../wire/limits.js';
 import { TransportError, fromSocketError } from './errors.js';
 import { FramedChannel } from './framed-channel.js';
 import { clientTlsOptions, validateSecurity, type Security } from './security.js';
@@ -58,6 +58,23 @@ export async function connect(opts: ConnectOptions): Promise<FramedChannel> {
     ]);
     tcp.setKeepAlive(true, 10_000);
     if (opts.channel === 'urgent') tcp.setNoDelay(true);
+    // The channel preface, then nothing until the listener's GO_AHEAD: the listener routes the
+    // connection (an urgent one to another thread) having read exactly this byte.
+    phase = 'channel preface';
+    tcp.write(Buffer.from([CHANNEL_PREFACE[opts.channel]]));
+    let onClose: (() => void) | undefined;
+    const answer = await Promise.race([
+      timeout,
+      new Promise<Buffer>((resolve, reject) => {
+        tcp.once('data', resolve);
+        tcp.once('error', (e) => reject(fromSocketError(e, peer, 'channel preface')));
+        onClose = () => reject(new TransportError('CLOSED', peer, 'the listener closed the connection after the channel preface (is it a Ferry destination of wire version 2 or later?)'));
+        tcp.once('close', onClose);
+      }),
+    ]).finally(() => tcp.off('close', onClose!));
+    if (answer.length !== 1 || answer[0] !== GO_AHEAD) {
+      throw new TransportError('PROTOCOL', peer, `expected the listener's go-ahead after the channel preface, got ${answer.length} byte(s) ${answer.subarray(0, 8).toString('hex')}`);
+    }
     if (opts.security.kind !== 'insecure') {
       phase = 'TLS handshake';
       const secure = tls.connect({ socket: tcp, ...clientTlsOptions(opts.security, opts.host) });

@@ -5,3 +5,4 @@ export * from './token-bucket.js';
 export * from './framed-channel.js';
 export * from './connect.js';
 export * from './listen.js';
+export * from './accept-channel.js';

@@ -1,61 +1,72 @@
 // The listening side (the migration destination). One port takes every connection of every
-// migration: each connection authenticates (TLS), sends HELLO naming its channel and session, and
-// is answered with HELLO_ACK (or REFUSE). Accepted channels are handed out one by one (accept()) or
-// matched into bulk+urgent pairs by session id (acceptSession()). Connections that fail before
-// HELLO_ACK never reach the caller; they are reported on the 'rejected' event.
+// migration. Each connection first names its channel with a one-byte preface, before TLS (see
+// docs/wire-format.md): a bulk connection is authenticated here (TLS, then HELLO naming its channel
+// and session, answered with HELLO_ACK or REFUSE); an urgent one may instead be handed, as a raw
+// socket, to the thread that will use it (`urgentHandoff`), which authenticates it itself and
+// gives it back with deliver(). Accepted channels are handed out one by one (accept()) or matched
+// into bulk+urgent pairs by session id (acceptSession()). Connections that fail before HELLO_ACK
+// never reach the caller; they are reported on the 'rejected' event.
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
-import tls from 'node:tls';
-import type { Duplex } from 'node:stream';
-import { ALL_FEATURES, type MessageOf } from '../wire/messages.js';
-import { WIRE_VERSION } from '../wire/limits.js';
+import type { MessageOf } from '../wire/messages.js';
+import { CHANNEL_PREFACE, GO_AHEAD } from '../wire/limits.js';
+import { dup } from '../../sys/fd.js';
 import { TransportError, fromSocketError } from './errors.js';
-import { FramedChannel } from './framed-channel.js';
-import { serverTlsOptions, validateSecurity, type Security } from './security.js';
+import type { FramedChannel } from './framed-channel.js';
+import { ChannelAcceptor, DEFAULT_HANDSHAKE_MS, peerOf, type AcceptOptions, type AcceptedChannel } from './accept-channel.js';
 
-const DEFAULT_HANDSHAKE_MS = 10_000;
+export type { AcceptedChannel } from './accept-channel.js';
 
-export interface ListenOptions {
+export interface ListenOptions extends AcceptOptions {
   host: string;
   /** 0 picks a free port (read it back from `port`). */
   port: number;
-  security: Security;
-  /** Feature bits this side accepts (default: all this build knows). */
-  features?: number;
-  /** Limit on TLS handshake + HELLO for one connection (default 10 s). */
-  handshakeTimeoutMs?: number;
-  /** Return a reason to refuse a HELLO (sent back as REFUSE), or null to accept. */
-  checkHello?: (hello: MessageOf<'HELLO'>) => string | null;
+  /**
+   * Urgent connections go, right after their preface, to this callback as a raw socket descriptor
+   * (a dup: the listener's own socket is closed) instead of being authenticated here. Whoever takes
+   * it sends GO_AHEAD, authenticates it and gives it back with deliver().
+   */
+  urgentHandoff?: (fd: number, peer: string) => void;
 }
 
-export interface AcceptedChannel {
-  channel: FramedChannel;
-  hello: MessageOf<'HELLO'>;
+/** A channel held by another thread: the listener pairs it, its owner uses it. */
+export interface RemoteChannel {
+  readonly remote: true;
+  readonly peer: string;
+  destroy(err?: Error): void;
 }
 
 export interface SessionChannels {
   sessionHex: string;
   bulk: FramedChannel;
-  urgent: FramedChannel;
+  /** A RemoteChannel when the listener hands urgent connections off (urgentHandoff). */
+  urgent: FramedChannel | RemoteChannel;
 }
+
+type Delivered = { channel: FramedChannel | RemoteChannel; hello: MessageOf<'HELLO'> };
 
 export interface MigrationListener extends EventEmitter {
   readonly host: string;
   readonly port: number;
-  /** Next authenticated channel, in arrival order. */
+  /** Next authenticated channel, in arrival order (never a handed-off one: use acceptSession()). */
   accept(): Promise<AcceptedChannel>;
   /** Next session whose bulk and urgent channels have both arrived. Do not mix with accept(). */
   acceptSession(): Promise<SessionChannels>;
+  /** A handed-off connection, authenticated by its new owner, back for pairing. */
+  deliver(c: { channel: RemoteChannel; hello: MessageOf<'HELLO'> }): void;
+  /** Reports a connection that failed before HELLO_ACK (the 'rejected' event). */
+  reject(err: unknown, peer: string, phase: string): void;
   /** Stops listening; channels already accepted stay open. */
   close(): Promise<void>;
   on(event: 'rejected', listener: (err: TransportError) => void): this;
 }
 
 class Listener extends EventEmitter implements MigrationListener {
-  private readonly ready: AcceptedChannel[] = [];
-  private readonly waiters: Array<{ resolve: (c: AcceptedChannel) => void; reject: (e: Error) => void }> = [];
-  private readonly partial = new Map<string, Partial<Record<'bulk' | 'urgent', FramedChannel>>>();
+  private readonly ready: Delivered[] = [];
+  private readonly waiters: Array<{ resolve: (c: Delivered) => void; reject: (e: Error) => void }> = [];
+  private readonly partial = new Map<string, Partial<Record<'bulk' | 'urgent', FramedChannel | RemoteChannel>>>();
   private closedError: Error | null = null;
+  private readonly acceptor: ChannelAcceptor;
   port = 0;
 
   constructor(
@@ -64,9 +75,14 @@ class Listener extends EventEmitter implements MigrationListener {
     private readonly opts: ListenOptions,
   ) {
     super();
+    this.acceptor = new ChannelAcceptor(opts);
   }
 
   accept(): Promise<AcceptedChannel> {
+    return this.next() as Promise<AcceptedChannel>;
+  }
+
+  private next(): Promise<Delivered> {
     const c = this.ready.shift();
     if (c) return Promise.resolve(c);
     if (this.closedError) return Promise.reject(this.closedError);
@@ -75,13 +91,14 @@ class Listener extends EventEmitter implements MigrationListener {
 
   async acceptSession(): Promise<SessionChannels> {
     for (;;) {
-      const { channel, hello } = await this.accept();
+      const { channel, hello } = await this.next();
       const key = hello.sessionId.toString('hex');
       const entry = this.partial.get(key) ?? {};
       entry[hello.channel]?.destroy(new TransportError('PROTOCOL', channel.peer, `replaced by a newer ${hello.channel} channel of session ${key}`));
       entry[hello.channel] = channel;
       if (entry.bulk && entry.urgent) {
         this.partial.delete(key);
+        if ('remote' in entry.bulk) throw new Error('internal: a bulk channel held by another thread');
         return { sessionHex: key, bulk: entry.bulk, urgent: entry.urgent };
       }
       this.partial.set(key, entry);
@@ -100,46 +117,50 @@ class Listener extends EventEmitter implements MigrationListener {
     return Promise.resolve();
   }
 
-  /** A TCP connection arrived (insecure), or a TLS handshake completed over `tcp`. */
-  async handshake(tcp: net.Socket, stream: Duplex): Promise<void> {
-    const peer = `${tcp.remoteAddress}:${tcp.remotePort}`;
+  /** A TCP connection arrived: its first byte says which channel it carries. */
+  onConnection(tcp: net.Socket): void {
+    const peer = peerOf(tcp);
+    tcp.on('error', () => undefined); // reported below or through the channel
     const timeoutMs = this.opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_MS;
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new TransportError('TIMEOUT', peer, `HELLO did not arrive within ${timeoutMs} ms`)), timeoutMs);
-    });
-    tcp.on('error', () => undefined); // reported through the stream
-    try {
-      tcp.setKeepAlive(true, 10_000);
-      const channel = new FramedChannel({ stream, tcp, peer, tls: stream !== tcp });
-      const hello = await Promise.race([timeout, channel.expect('HELLO')]);
-      let refusal: string | null = null;
-      if (hello.version !== WIRE_VERSION) refusal = `protocol version ${hello.version} is not supported (this side speaks ${WIRE_VERSION})`;
-      else refusal = this.opts.checkHello?.(hello) ?? null;
-      if (refusal) {
-        await channel.sendMessage({ type: 'REFUSE', reason: refusal }).catch(() => undefined);
-        await channel.close();
-        throw new TransportError('REFUSED', peer, `refused HELLO: ${refusal}`);
-      }
-      const features = hello.features & (this.opts.features ?? ALL_FEATURES);
-      await Promise.race([timeout, channel.sendMessage({ type: 'HELLO_ACK', features })]);
-      if (hello.channel === 'urgent') channel.setNoDelay(true);
-      channel.session = { sessionId: Buffer.from(hello.sessionId), sessionHex: hello.sessionId.toString('hex'), channel: hello.channel, features };
-      this.deliver({ channel, hello: { ...hello, sessionId: Buffer.from(hello.sessionId) } });
-    } catch (err) {
-      stream.destroy();
-      tcp.destroy();
-      this.reject(err, peer, 'HELLO');
-    } finally {
+    const timer = setTimeout(() => fail(new TransportError('TIMEOUT', peer, `no channel preface within ${timeoutMs} ms`)), timeoutMs);
+    const fail = (err: Error) => {
       clearTimeout(timer);
-    }
+      tcp.destroy();
+      this.reject(err, peer, 'preface');
+    };
+    tcp.once('close', () => fail(new TransportError('CLOSED', peer, 'connection closed before its channel preface')));
+    tcp.once('data', (chunk: Buffer) => {
+      clearTimeout(timer);
+      tcp.removeAllListeners('close');
+      // The peer sends nothing more before GO_AHEAD: exactly one byte, or this is not a Ferry source.
+      const channel = chunk.length === 1 ? (chunk[0] === CHANNEL_PREFACE.bulk ? 'bulk' : chunk[0] === CHANNEL_PREFACE.urgent ? 'urgent' : null) : null;
+      if (!channel) return fail(new TransportError('PROTOCOL', peer, `no channel preface: the connection began with ${describeStart(chunk)} (is the peer a Ferry source of wire version 2 or later?)`));
+      if (channel === 'urgent' && this.opts.urgentHandoff) {
+        const fd = (tcp as unknown as { _handle?: { fd?: number } })._handle?.fd;
+        if (fd === undefined || fd < 0) return fail(new Error('internal: no descriptor under an accepted socket'));
+        let copy: number;
+        try {
+          copy = dup(fd);
+        } catch (err) {
+          return fail(err as Error);
+        }
+        tcp.destroy(); // closes our descriptor only: the copy keeps the connection
+        this.opts.urgentHandoff(copy, peer);
+        return;
+      }
+      tcp.write(Buffer.from([GO_AHEAD]));
+      this.acceptor.accept(tcp, channel).then(
+        (c) => this.deliver(c),
+        (err: unknown) => this.reject(err, peer, 'HELLO'),
+      );
+    });
   }
 
   reject(err: unknown, peer: string, phase: string): void {
     this.emit('rejected', err instanceof TransportError ? err : fromSocketError(err, peer, phase));
   }
 
-  private deliver(c: AcceptedChannel): void {
+  deliver(c: Delivered): void {
     if (this.closedError) {
       c.channel.destroy();
       return;
@@ -150,57 +171,18 @@ class Listener extends EventEmitter implements MigrationListener {
   }
 }
 
+function describeStart(chunk: Buffer): string {
+  const hex = chunk.subarray(0, 8).toString('hex');
+  return chunk[0] === 0x16 ? `a TLS handshake (${hex}…)` : `${chunk.length} byte(s) ${hex}${chunk.length > 8 ? '…' : ''}`;
+}
+
 /** Starts listening; resolves once the port is bound. */
 export async function listen(opts: ListenOptions): Promise<MigrationListener> {
-  validateSecurity(opts.security);
   if (!Number.isInteger(opts.port) || opts.port < 0 || opts.port > 65535) throw new RangeError(`listen: port must be 0..65535, got ${opts.port}`);
-  const security = opts.security;
-  let server: net.Server;
-  let listener: Listener;
-  if (security.kind === 'insecure') {
-    server = net.createServer();
-    listener = new Listener(server, opts.host, opts);
-    server.on('connection', (tcp: net.Socket) => void listener.handshake(tcp, tcp));
-  } else {
-    // tls.Server (not a bare TLSSocket, which never sets `authorized`) verifies the client
-    // certificate; we enforce the result ourselves in 'secureConnection' (rejectUnauthorized off
-    // at the TLS layer) so that a refusal is reported with its reason instead of a bare reset.
-    // Byte counts need the TCP socket under each TLS socket: tls.Server wraps it synchronously in
-    // its own 'connection' listener, so ours (added later) sees it first; pair them by remote port.
-    const { isServer: _unused, ...tlsOpts } = serverTlsOptions(security);
-    const tlsServer = tls.createServer({ ...tlsOpts, rejectUnauthorized: false, handshakeTimeout: opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_MS });
-    server = tlsServer;
-    listener = new Listener(server, opts.host, opts);
-    const tcpByPeer = new Map<string, net.Socket>();
-    const key = (s: net.Socket) => `${s.remoteAddress}|${s.remotePort}`;
-    tlsServer.on('connection', (tcp: net.Socket) => {
-      const k = key(tcp);
-      tcpByPeer.set(k, tcp);
-      tcp.once('close', () => {
-        if (tcpByPeer.get(k) === tcp) tcpByPeer.delete(k);
-      });
-    });
-    tlsServer.on('secureConnection', (secure: tls.TLSSocket) => {
-      const tcp = tcpByPeer.get(key(secure));
-      tcpByPeer.delete(key(secure));
-      if (security.kind === 'cert' && !secure.authorized) {
-        secure.destroy();
-        tcp?.destroy();
-        const why = String(secure.authorizationError ?? 'no client certificate');
-        listener.reject(new TransportError('TLS', key(secure).replace('|', ':'), `TLS handshake failed: client certificate not trusted (${why}; check the CA)`), '', 'TLS handshake');
-        return;
-      }
-      if (!tcp) {
-        secure.destroy();
-        listener.reject(new Error('internal: TLS connection without its TCP socket'), key(secure), 'accept');
-        return;
-      }
-      void listener.handshake(tcp, secure);
-    });
-    tlsServer.on('tlsClientError', (err: Error, secure: tls.TLSSocket) => {
-      listener.reject(err, `${secure.remoteAddress ?? '?'}:${secure.remotePort ?? '?'}`, 'TLS handshake');
-    });
-  }
+  // Plain TCP whatever the security: TLS starts after the preface (ChannelAcceptor).
+  const server = net.createServer();
+  const listener = new Listener(server, opts.host, opts);
+  server.on('connection', (tcp: net.Socket) => listener.onConnection(tcp));
   server.on('error', (e) => listener.reject(e, `${opts.host}:${opts.port}`, 'accept'));
   await new Promise<void>((resolve, reject) => {
     server.once('error', (e) => reject(fromSocketError(e, `${opts.host}:${opts.port}`, 'listen')));

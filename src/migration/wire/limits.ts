@@ -2,7 +2,7 @@
 // protocol: bump WIRE_VERSION and update docs/wire-format.md.
 
 /** Version of the frame layout and message set. A peer with another version is refused. */
-export const WIRE_VERSION = 1;
+export const WIRE_VERSION = 2;
 /** First two bytes of every frame: ASCII "FY" (0x46 0x59; the u16 read little-endian is 0x5946). */
 export const FRAME_MAGIC = 0x5946;
 /** magic u16 + version u8 + type u8 + flags u8 + reserved u8[3] + payload length u32. */
@@ -35,3 +35,14 @@ export const MAX_CHUNK_BYTES = MAX_FRAME_PAYLOAD - 16;
 export const MAX_TEXT_BYTES = 4096;
 /** At most this many preopens in SETUP. */
 export const MAX_PREOPENS = 256;
+
+/**
+ * The first byte a source sends on a new connection, in the clear before TLS: which channel it will
+ * carry, so that the destination can give an urgent connection to the thread that uses it before
+ * any TLS state exists. The source then waits for GO_AHEAD before its TLS handshake (or HELLO), so
+ * the preface is all the destination has read when it routes the connection.
+ */
+export const CHANNEL_PREFACE = { bulk: 0x62, urgent: 0x75 } as const; // 'b', 'u'
+/** Frame offsets count from after the preface (byte 0 is the first frame's first byte). */
+export const CHANNEL_PREFACE_BYTES = 1;
+export const GO_AHEAD = 0x2b; // '+'

@@ -21,7 +21,8 @@ export class PageFrameChecker {
   private passNo = 0;
   private pagesThisPass = 0;
 
-  constructor(geometry: MemoryGeometry) {
+  /** `seen`: another checker's `seenBuffer`, so that two threads check one stream of pages. */
+  constructor(geometry: MemoryGeometry, seen?: SharedArrayBuffer) {
     const { bytes, maxBytes } = geometry;
     for (const v of [bytes, maxBytes]) {
       if (!Number.isInteger(v) || v < 0 || v > MAX_MEMORY_BYTES || v % WASM_PAGE_SIZE !== 0) {
@@ -31,7 +32,14 @@ export class PageFrameChecker {
     if (bytes > maxBytes) throw new RangeError(`PageFrameChecker: bytes ${bytes} > maxBytes ${maxBytes}`);
     this.currentBytes = bytes;
     this.maxBytes = maxBytes;
-    this.seen = new Uint32Array(Math.ceil(maxBytes / PAGE_SIZE / 32));
+    const words = Math.ceil(maxBytes / PAGE_SIZE / 32);
+    if (seen && seen.byteLength !== words * 4) throw new RangeError('PageFrameChecker: the shared bitmap does not match maxBytes');
+    this.seen = new Uint32Array(seen ?? new SharedArrayBuffer(words * 4));
+  }
+
+  /** The pages-seen bitmap, for a checker on another thread. */
+  get seenBuffer(): SharedArrayBuffer {
+    return this.seen.buffer as SharedArrayBuffer;
   }
 
   /** Current memory size in bytes (after any GROW). */
@@ -63,12 +71,15 @@ export class PageFrameChecker {
       fail(`${kind} run of ${count} pages carries ${msg.data?.length ?? 0} bytes`);
     }
     const first = offset / PAGE_SIZE;
+    // Test-and-set in one atomic step: the bulk and the urgent channel may be checked on two threads.
+    // A refused run leaves no bit behind.
     for (let p = first; p < first + count; p++) {
-      const word = p >>> 5;
       const bit = 1 << (p & 31);
-      if (this.seen[word]! & bit) fail(`page ${hex(p * PAGE_SIZE)} sent twice in pass ${this.passNo}`);
+      if (Atomics.or(this.seen, p >>> 5, bit) & bit) {
+        for (let q = first; q < p; q++) Atomics.and(this.seen, q >>> 5, ~(1 << (q & 31)));
+        fail(`page ${hex(p * PAGE_SIZE)} sent twice in pass ${this.passNo}`);
+      }
     }
-    for (let p = first; p < first + count; p++) this.seen[p >>> 5]! |= 1 << (p & 31);
     this.pagesThisPass += count;
   }
 
