@@ -15,6 +15,8 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sched.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -895,6 +897,31 @@ static napi_value f_setsockopt_int(napi_env env, napi_callback_info info) {
 }
 
 #undef OP
+#define OP "schedSetThread"
+/*
+ * Scheduling of the calling thread only (sched_setscheduler(0, ...) and setpriority on its tid):
+ * policy 0 = SCHED_OTHER with the given nice value, 1 = SCHED_FIFO with the given priority.
+ */
+static napi_value f_sched_set_thread(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int32_t policy, value;
+  if (!get_i32(env, argv[0], OP, "policy", &policy) || !get_i32(env, argv[1], OP, "value", &value)) return NULL;
+  if (policy == 1) {
+    if (value < 1 || value > 99) return throw_arg(env, OP, "SCHED_FIFO priority must be 1..99");
+    struct sched_param sp = {.sched_priority = value};
+    if (sched_setscheduler(0, SCHED_FIFO, &sp) != 0) return throw_errno(env, OP, errno, "SCHED_FIFO");
+  } else if (policy == 0) {
+    if (value < -20 || value > 19) return throw_arg(env, OP, "nice must be -20..19");
+    struct sched_param sp = {.sched_priority = 0};
+    if (sched_setscheduler(0, SCHED_OTHER, &sp) != 0) return throw_errno(env, OP, errno, "SCHED_OTHER");
+    if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), value) != 0) return throw_errno(env, OP, errno, "setpriority");
+  } else {
+    return throw_arg(env, OP, "policy %d unknown", policy);
+  }
+  return undef(env);
+}
+
+#undef OP
 #define OP "eventfd"
 /* eventfd(initval, flags) -> fd; flags from EFD_NONBLOCK | EFD_CLOEXEC | EFD_SEMAPHORE. */
 static napi_value f_eventfd(napi_env env, napi_callback_info info) {
@@ -1055,7 +1082,7 @@ static napi_value init(napi_env env, napi_value exports) {
       F("uffdCopy", f_uffd_copy), F("uffdZeropage", f_uffd_zeropage), F("uffdContinue", f_uffd_continue),
       F("uffdReadEvents", f_uffd_read_events), F("uffdWait", f_uffd_wait), F("pagemapScan", f_pagemap_scan),
       F("pagemapRead", f_pagemap_read), F("pagemapScanBits", f_pagemap_scan_bits), F("poll", f_poll), F("read", f_read), F("pread", f_pread),
-      F("write", f_write), F("close", f_close), F("dup", f_dup), F("setsockoptInt", f_setsockopt_int), F("eventfd", f_eventfd), F("fdWatch", f_fd_watch),
+      F("write", f_write), F("close", f_close), F("dup", f_dup), F("setsockoptInt", f_setsockopt_int), F("schedSetThread", f_sched_set_thread), F("eventfd", f_eventfd), F("fdWatch", f_fd_watch),
       F("fdUnwatch", f_fd_unwatch), F("nowUs", f_now_us),
 #undef F
   };

@@ -2,6 +2,7 @@
 // would block the very thread that fills holes): it only reads uffd events, consults the page-state
 // table, asks the page source, and places pages with UFFDIO_COPY / UFFDIO_ZEROPAGE.
 import { workerData, parentPort } from 'node:worker_threads';
+import { preferLatency } from '../sys/sched.js';
 import { Userfaultfd, EVENT, EVENT_SLOTS, FILL_EEXIST } from '../sys/uffd.js';
 import { native } from '../sys/native.js';
 import { Poller, POLLIN, eventfdDrain } from '../sys/fd.js';
@@ -32,6 +33,7 @@ async function main(): Promise<void> {
   const lat = new Float64Array(d.latencies);
   const stop = new Int32Array(d.control);
   const source = await openPageSource(d.source);
+  preferLatency(); // a guest thread is blocked every time this one wakes
   const pageCount = d.maxBytes / HOST_PAGE_SIZE;
   // Hot path: plain typed arrays and direct addon calls (no wrappers, no allocation per fault); the
   // addon's own errors still carry code/syscall and end the worker loudly (see the catch below).

@@ -16,6 +16,7 @@ import { ChannelAcceptor, type FramedChannel, reviveSecurity, type Security } fr
 import { GO_AHEAD, PageFrameChecker, type MessageOf } from './wire/index.js';
 import { PagePlacer, type PlacerShared } from './page-placer.js';
 import { RequestRing } from './request-ring.js';
+import { preferLatency } from '../sys/sched.js';
 
 export interface UrgentRequesterData {
   security: Security;
@@ -48,6 +49,9 @@ export type UrgentRequesterEvent =
   | { type: 'closed' };
 
 const d = workerData as UrgentRequesterData;
+// The guest is blocked whenever this thread has work: it must run the moment it wakes, not after
+// the time slice of the main thread decrypting the bulk stream on a busy core.
+preferLatency();
 const post = (e: UrgentRequesterEvent) => parentPort!.postMessage(e);
 const acceptor = new ChannelAcceptor({ security: reviveSecurity(d.security) });
 let setup: { placer: PagePlacer; ring: RequestRing; ringFd: number; maxBytes: number; seen: SharedArrayBuffer; watcher: FdWatcher } | null = null;

@@ -10,6 +10,7 @@ import { PageBitmap } from '../memory/page-bitmap.js';
 import { connect, reviveSecurity, type Security } from './transport/index.js';
 import { RECOMMENDED_RUN_PAGES } from './wire/index.js';
 import { PageClaims, UrgentStat } from './page-claims.js';
+import { preferLatency } from '../sys/sched.js';
 
 export interface UrgentServerData {
   host: string;
@@ -29,6 +30,7 @@ export type UrgentServerMessage = { type: 'connected' } | { type: 'error'; messa
 async function main(): Promise<void> {
   const d = workerData as UrgentServerData;
   const security = reviveSecurity(d.security);
+  preferLatency(); // a destination's guest waits on every request this thread answers
   const channel = await connect({ host: d.host, port: d.port, security, channel: 'urgent', sessionId: Buffer.from(d.sessionId) });
   channel.setNoDelay(true);
   const stats = new Float64Array(d.stats);

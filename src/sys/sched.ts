@@ -1,0 +1,36 @@
+// Scheduling of the calling thread. The threads on a postcopy fault's path (the destination's
+// fault handler, the source's urgent channel) sleep almost always and must run the moment they
+// wake: on a machine whose cores are busy with the bulk stream, a woken thread of normal priority
+// waits for the running one's time slice to end, which is milliseconds.
+import { native } from './native.js';
+import { sys } from './errors.js';
+
+/** SCHED_FIFO at `priority` (1..99) for the calling thread; throws SysError (EPERM without the right). */
+export function setThreadFifo(priority: number): void {
+  sys(() => native.schedSetThread(1, priority));
+}
+
+/** SCHED_OTHER at `nice` (-20..19) for the calling thread. */
+export function setThreadNice(nice: number): void {
+  sys(() => native.schedSetThread(0, nice));
+}
+
+/**
+ * Makes the calling thread preempt normal threads when it wakes: real-time FIFO where allowed,
+ * else the highest nice value allowed. Returns what it got. Never throws: a thread that keeps
+ * normal priority still works, only later.
+ */
+export function preferLatency(): 'fifo' | 'nice' | 'normal' {
+  try {
+    setThreadFifo(1);
+    return 'fifo';
+  } catch {
+    /* no real-time scheduling here (a container without the right): try nice */
+  }
+  try {
+    setThreadNice(-10);
+    return 'nice';
+  } catch {
+    return 'normal';
+  }
+}
