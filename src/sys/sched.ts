@@ -21,6 +21,8 @@ export function setThreadNice(nice: number): void {
  * normal priority still works, only later.
  */
 export function preferLatency(): 'fifo' | 'nice' | 'normal' {
+  // FERRY_REALTIME=0: leave every thread at normal priority (hosts where real-time threads are unwelcome).
+  if (process.env['FERRY_REALTIME'] === '0') return 'normal';
   try {
     setThreadFifo(1);
     return 'fifo';
