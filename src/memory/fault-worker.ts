@@ -47,6 +47,11 @@ async function main(): Promise<void> {
     stats[STAT.LATENCY_COUNT] = n + 1;
   };
 
+  // Whether the last batch resumed a thread here (a local fill, a wake, a local source's page):
+  // only then is its next fault due within microseconds and worth spinning for. After a request
+  // to a remote source the faulting thread stays blocked for a round trip, and a spin would only
+  // take a core from the threads bringing its page (this one runs real-time).
+  let servedLocally = false;
   const sink: PageSink = {
     place(firstPage, count, bytes, offset) {
       if (!(firstPage >= 0 && firstPage + count <= pageCount)) throw new RangeError(`page source placed pages [${firstPage}, ${firstPage + count}) outside the reservation`);
@@ -65,6 +70,7 @@ async function main(): Promise<void> {
           stats[STAT.EEXIST] = stats[STAT.EEXIST]! + rest.existed;
         }
       }
+      servedLocally = true; // a local source answers at once: the thread runs on now
       const now = native.nowUs();
       for (let p = firstPage; p < firstPage + count; p++) {
         const t0 = inflight[p]!;
@@ -84,12 +90,14 @@ async function main(): Promise<void> {
         stats[STAT.ZERO_FILLS] = stats[STAT.ZERO_FILLS]! + 1;
         if (native.uffdZeropage(fd, pageAddr, HOST_PAGE_SIZE, 0) === FILL_EEXIST) native.uffdWake(fd, pageAddr, HOST_PAGE_SIZE);
         record(t0, native.nowUs());
+        servedLocally = true;
         return;
       }
       case PageState.RECEIVED:
         // Placed between the fault and now (place() from another thread): the copy woke most waiters; wake the rest.
         stats[STAT.WAKES] = stats[STAT.WAKES]! + 1;
         native.uffdWake(fd, pageAddr, HOST_PAGE_SIZE);
+        servedLocally = true;
         return;
       default: {
         if (inflight[page]! >= 0) { stats[STAT.DEDUPED] = stats[STAT.DEDUPED]! + 1; return; }
@@ -106,6 +114,7 @@ async function main(): Promise<void> {
   const events = new Float64Array(64 * EVENT_SLOTS);
   const handle = (n: number) => {
     const t0 = native.nowUs();
+    servedLocally = false;
     for (let i = 0; i < n; i++) {
       const o = i * EVENT_SLOTS;
       if (events[o] === EVENT.PAGEFAULT) onFault(events[o + 2]!, t0);
@@ -117,7 +126,7 @@ async function main(): Promise<void> {
   if (extra.length === 0) {
     // Fast path: one native call per wakeup (poll on [uffd, wakeFd] + read).
     for (;;) {
-      const n = native.uffdWait(fd, d.wakeFd, events, -1, d.spinUs);
+      const n = native.uffdWait(fd, d.wakeFd, events, -1, servedLocally ? d.spinUs : 0);
       if (n < 0) { eventfdDrain(d.wakeFd); if (Atomics.load(stop, 0)) break; continue; }
       handle(n);
     }

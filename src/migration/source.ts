@@ -19,6 +19,7 @@ import { sendBlob, sendDiscard, sendDiscardRuns } from './bulk-messages.js';
 import { digestMemory } from './digest.js';
 import { PageSender } from './page-sender.js';
 import { PostcopySource } from './postcopy-source.js';
+import { collectGarbageNow } from './heap.js';
 import { UrgentChannel } from './urgent-channel.js';
 import { SwitchoverTrace } from './switchover-trace.js';
 import {
@@ -245,7 +246,11 @@ export class MigrationSource {
     // when the guest pauses would otherwise queue in front of the state and the commit, inside
     // the downtime.
     await sender.flush();
-    await this.drainBarrier();
+    // While the destination drains, collect this side's garbage: a mark-compact that V8 would
+    // otherwise owe the stream's buffers must not fall inside the downtime (see heap.ts).
+    const drained = this.drainBarrier();
+    collectGarbageNow();
+    await drained;
     // Postcopy: tell the destination now, while the guest still runs, which pages it holds are
     // stale, so it drops them ahead of the pause. The guest keeps writing meanwhile, so repeat
     // with what it wrote during each round until a round is small: the last set is dropped
@@ -275,25 +280,30 @@ export class MigrationSource {
     const state = guest.capture();
     const late = guest.movabilityProblems();
     if (late.length > 0) throw new MigrationError('not-movable', `the guest cannot move: ${late.join('; ')}`);
-    const last = tracker.peekRuns(); // the guest is paused: nothing needs protecting any more
-    trace.mark('collected');
     sentBytes = await this.sendGrowth(mem, sentBytes);
     const memoryBytes = mem.sizeBytes;
     const pageCount = mem.pageCount;
     const runtimeRuns = runtimePageRuns(state.exec, pageCount);
     // The state goes first: the destination hands it to its waiting guest thread, which sets up
-    // descriptors and globals while the last pages are being placed. Nothing here awaits between
-    // frames: each await would cost a turn of the event loop inside the downtime.
+    // descriptors and globals while this side looks for the last written pages and sends the
+    // rest. Apart from the one turn that lets the state's frames reach the socket before that
+    // look (a synchronous walk of the page tables, about 0.8 ms per GiB), nothing here awaits
+    // between frames: each await would cost a turn of the event loop inside the downtime.
     const queued: Promise<void>[] = [];
     const queue = (p: Promise<void>) => {
       p.catch(() => undefined); // observed by the Promise.all below, not an unhandled rejection meanwhile
       queued.push(p);
     };
     queue(sendBlob(bulk, 'STATE', encodeGuestState(state)));
+    await new Promise((resolve) => setImmediate(resolve));
+    trace.mark('state sent');
+    const last = tracker.peekRuns(); // the guest is paused: nothing needs protecting any more
+    trace.mark('collected');
     if (postcopy) {
       // Every page written since the last DISCARD becomes a hole too (pages in both are
       // harmless: discarding a pending page again changes nothing).
       queue(sendDiscardRuns(bulk, last));
+      trace.mark(`discard queued (${last.length} runs)`);
       // The runtime reads the unwound stack and the safepoint flags to resume, and the owner
       // writes the flags: send those pages now, so no hole is in the way of either.
       for (const [first, end] of runtimeRuns) await sender.sendData(first, end);
