@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { once } from 'node:events';
 import net from 'node:net';
+import { Duplex } from 'node:stream';
 import { randomBytes } from 'node:crypto';
 import { before, describe, test } from 'node:test';
 import {
@@ -12,11 +13,11 @@ import {
   listen,
   newSessionId,
   TransportError,
-  type FramedChannel,
+  FramedChannel,
   type MigrationListener,
   type Security,
 } from '../src/migration/transport/index.js';
-import { CHANNEL_PREFACE, decodeMessage, Feature, FrameFlag, GO_AHEAD, WireError } from '../src/migration/wire/index.js';
+import { CHANNEL_PREFACE, decodeMessage, encodeMessage, Feature, FrameFlag, GO_AHEAD, WIRE_VERSION, WireError } from '../src/migration/wire/index.js';
 
 const HOST = '127.0.0.1';
 
@@ -166,6 +167,22 @@ describe('transport: insecure TCP', () => {
       const err = await rejected;
       assert.equal(err.code, 'PROTOCOL');
       assert.match(err.message, /no channel preface: the connection began with 18 byte\(s\) 474554202f204854/);
+      raw.destroy();
+    });
+  });
+
+  test('a HELLO naming another channel than the preface is refused', async () => {
+    await withListener({ kind: 'insecure' }, async (l) => {
+      const rejected = nextRejection(l);
+      const raw = net.connect(l.port, HOST);
+      await once(raw, 'connect');
+      raw.write(Buffer.from([CHANNEL_PREFACE.bulk]));
+      await once(raw, 'data');
+      const hello = encodeMessage({ type: 'HELLO', version: WIRE_VERSION, channel: 'urgent', sessionId: newSessionId(), features: 0 }, { checksum: true });
+      raw.write(Buffer.concat(hello));
+      const err = await rejected;
+      assert.equal(err.code, 'REFUSED');
+      assert.match(err.message, /HELLO names the urgent channel, the connection's preface the bulk channel/);
       raw.destroy();
     });
   });
@@ -368,5 +385,37 @@ describe('transport: TLS 1.3 with mutual certificates', () => {
         (e: unknown) => e instanceof TransportError && e.code === 'TLS' && /certificate/.test(e.message),
       );
     });
+  });
+});
+
+describe('transport: a failing stream settles every write', () => {
+  // FAULT-INJECTION FAKE: the stream under the channel is a stand-in whose writes never complete,
+  // as a TLS socket's write in flight never did once the peer's alert (a bad record MAC) had
+  // errored the socket. The CI run of 0160004 hung on exactly that: a postcopy source waiting for
+  // ever on its bulk channel's write.
+  const stuckStream = () => {
+    const stream = new Duplex({ read() {}, write(_chunk, _enc, _cb) { /* never calls back */ } });
+    const tcp = Object.assign(new Duplex({ read() {}, write(_c, _e, cb) { cb(); } }), { bytesWritten: 0, bytesRead: 0 });
+    return { stream, tcp: tcp as unknown as net.Socket };
+  };
+
+  test('a stream error rejects the write in flight and destroys the socket', async () => {
+    const { stream, tcp } = stuckStream();
+    const channel = new FramedChannel({ stream, tcp, peer: 'fake:1', tls: true });
+    const sending = channel.sendPages(0, 1, 'data', Buffer.alloc(4096, 7));
+    stream.emit('error', Object.assign(new Error('sslv3 alert bad record mac'), { code: 'ERR_SSL_SSLV3_ALERT_BAD_RECORD_MAC' }));
+    await assert.rejects(sending, (e: unknown) => e instanceof TransportError && /bad record mac/.test(e.message));
+    assert.ok(stream.destroyed && tcp.destroyed, 'the stream and the TCP socket are destroyed');
+    await assert.rejects(channel.sendMessage({ type: 'PING', nonce: 1 }), TransportError);
+  });
+
+  test('a close after a clean end still rejects writes that never completed', async () => {
+    const { stream, tcp } = stuckStream();
+    const channel = new FramedChannel({ stream, tcp, peer: 'fake:2', tls: true });
+    const sending = channel.sendMessage({ type: 'PING', nonce: 2 });
+    stream.push(null); // the peer's end of stream
+    assert.equal(await channel.recv(), null);
+    stream.destroy();
+    await assert.rejects(sending, (e: unknown) => e instanceof TransportError && e.code === 'CLOSED');
   });
 });
