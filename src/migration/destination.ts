@@ -218,12 +218,14 @@ export class MigrationDestination {
           continue;
         case 'STATE':
           if (staged) throw new WireError('BAD_ORDER', offset, 'a second guest state');
+          if (!state) trace?.mark('STATE arriving');
           state ??= new ChunkAssembler('STATE', msg.totalBytes);
           state.add(msg.offset, msg.data, offset, msg.totalBytes);
           if (state.complete) {
             // The whole state is in (the source sends it right after its pause, ahead of the last
             // pages): check it and let the waiting worker set up all but memory meanwhile.
             const guestState = decodeGuestState(state.result());
+            trace?.mark('state decoded');
             this.checkState(guestState, setup, mem);
             stagedMemoryBytes = guestState.memory.bytes;
             staged = (await this.preparing!).stageRestore(guestState, { preopens: this.opts.preopens, stdio: this.opts.stdio });

@@ -278,6 +278,7 @@ export class MigrationSource {
     notePaused();
     trace.mark('paused');
     const state = guest.capture();
+    trace.mark('captured');
     const late = guest.movabilityProblems();
     if (late.length > 0) throw new MigrationError('not-movable', `the guest cannot move: ${late.join('; ')}`);
     sentBytes = await this.sendGrowth(mem, sentBytes);
@@ -294,8 +295,12 @@ export class MigrationSource {
       p.catch(() => undefined); // observed by the Promise.all below, not an unhandled rejection meanwhile
       queued.push(p);
     };
-    queue(sendBlob(bulk, 'STATE', encodeGuestState(state)));
-    await new Promise((resolve) => setImmediate(resolve));
+    const stateBytes = encodeGuestState(state);
+    trace.mark(`state encoded (${stateBytes.length} bytes)`);
+    queue(sendBlob(bulk, 'STATE', stateBytes));
+    // Let the state's frames reach the socket before the walk: waiting for their confirmation
+    // instead would take a turn of the event loop, 1.3-1.5 ms here.
+    await bulk.handedOver();
     trace.mark('state sent');
     const last = tracker.peekRuns(); // the guest is paused: nothing needs protecting any more
     trace.mark('collected');

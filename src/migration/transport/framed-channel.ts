@@ -149,6 +149,14 @@ export class FramedChannel {
     return written;
   }
 
+  /**
+   * Resolves once every frame sent so far has been handed to the socket (written into it, not yet
+   * confirmed): a few microtask turns, where a write's confirmation may take an event-loop turn.
+   */
+  handedOver(): Promise<void> {
+    return this.dispatchChain;
+  }
+
   sendMessage(msg: Message): Promise<void> {
     return this.send(encodeMessage(msg, { checksum: !this.tls }));
   }
