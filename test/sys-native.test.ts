@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import {
   native, SysError, Userfaultfd, UFFD_FEATURE, REGISTER_MODE, IOCTL, EVENT, FILL_EEXIST, EVENT_SLOTS, hasIoctl,
   decodeEvent, Pagemap, PAGE_IS, PM_ENTRY, mapAnonymous, mapMemfd, addressOf, madvise, MADV_DONTNEED, eventfd,
-  eventfdSignal, eventfdDrain, poll, POLLIN, close, read, write, FdWatcher, EFD_NONBLOCK, EFD_CLOEXEC,
+  eventfdSignal, eventfdDrain, poll, POLLIN, close, read, write, FdWatcher, EFD_NONBLOCK, EFD_CLOEXEC, dup,
 } from '../src/sys/index.js';
 import { GuestMemory } from '../src/memory/guest-memory.js';
 import { GuestThread } from './fixtures/memory/guest.js';
@@ -182,6 +182,19 @@ test('eventfd, poll, read and write', () => {
     expectSysError(() => read(efd, new Uint8Array(8), 0, 8), 'read', 'EAGAIN');
   } finally {
     close(efd);
+  }
+});
+
+test('dup: a second descriptor of the same eventfd outlives closing the first', () => {
+  const efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  const copy = dup(efd);
+  assert.notEqual(copy, efd);
+  eventfdSignal(efd, 2);
+  close(efd);
+  try {
+    assert.equal(eventfdDrain(copy), 2, 'the count signalled through the first is read through the copy');
+  } finally {
+    close(copy);
   }
 });
 
