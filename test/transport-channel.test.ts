@@ -81,6 +81,18 @@ function nextRejection(l: MigrationListener): Promise<TransportError> {
   return once(l, 'rejected').then(([e]) => e as TransportError);
 }
 
+/** A raw TCP connection to the listener, with the channel preface sent and its go-ahead checked. */
+async function rawConnect(l: MigrationListener, preface?: keyof typeof CHANNEL_PREFACE): Promise<net.Socket> {
+  const raw = net.connect(l.port, HOST);
+  await once(raw, 'connect');
+  if (preface) {
+    raw.write(Buffer.from([CHANNEL_PREFACE[preface]]));
+    const [goAhead] = (await once(raw, 'data')) as [Buffer];
+    assert.deepEqual([...goAhead], [GO_AHEAD]);
+  }
+  return raw;
+}
+
 describe('transport: insecure TCP', () => {
   test('round-trips messages and pages; counts bytes; clean close gives null', async () => {
     await withListener({ kind: 'insecure' }, async (l) => {
@@ -145,11 +157,7 @@ describe('transport: insecure TCP', () => {
   test('garbage instead of frames fails the channel with a WireError naming the offset', async () => {
     await withListener({ kind: 'insecure' }, async (l) => {
       const rejected = nextRejection(l);
-      const raw = net.connect(l.port, HOST);
-      await once(raw, 'connect');
-      raw.write(Buffer.from([CHANNEL_PREFACE.bulk]));
-      const [goAhead] = (await once(raw, 'data')) as [Buffer];
-      assert.deepEqual([...goAhead], [GO_AHEAD]);
+      const raw = await rawConnect(l, 'bulk');
       raw.write(Buffer.from('GET / HTTP/1.1\r\n\r\n'));
       const err = await rejected;
       assert.ok((err as unknown) instanceof TransportError || (err as unknown) instanceof WireError);
@@ -161,8 +169,7 @@ describe('transport: insecure TCP', () => {
   test('a connection without the channel preface is refused, saying what it began with', async () => {
     await withListener({ kind: 'insecure' }, async (l) => {
       const rejected = nextRejection(l);
-      const raw = net.connect(l.port, HOST);
-      await once(raw, 'connect');
+      const raw = await rawConnect(l);
       raw.write(Buffer.from('GET / HTTP/1.1\r\n\r\n'));
       const err = await rejected;
       assert.equal(err.code, 'PROTOCOL');
@@ -171,13 +178,25 @@ describe('transport: insecure TCP', () => {
     });
   });
 
+  test('a connection that never sends its preface is reported once, as a timeout', async () => {
+    const l = await listen({ host: HOST, port: 0, security: { kind: 'insecure' }, handshakeTimeoutMs: 200 });
+    try {
+      const reports: TransportError[] = [];
+      l.on('rejected', (e) => reports.push(e));
+      const raw = await rawConnect(l);
+      await once(raw, 'close'); // the listener gave up and closed it
+      await new Promise((r) => setImmediate(r));
+      assert.deepEqual(reports.map((e) => e.code), ['TIMEOUT']);
+      assert.match(reports[0]!.message, /no channel preface within 200 ms/);
+    } finally {
+      await l.close();
+    }
+  });
+
   test('a HELLO naming another channel than the preface is refused', async () => {
     await withListener({ kind: 'insecure' }, async (l) => {
       const rejected = nextRejection(l);
-      const raw = net.connect(l.port, HOST);
-      await once(raw, 'connect');
-      raw.write(Buffer.from([CHANNEL_PREFACE.bulk]));
-      await once(raw, 'data');
+      const raw = await rawConnect(l, 'bulk');
       const hello = encodeMessage({ type: 'HELLO', version: WIRE_VERSION, channel: 'urgent', sessionId: newSessionId(), features: 0 }, { checksum: true });
       raw.write(Buffer.concat(hello));
       const err = await rejected;

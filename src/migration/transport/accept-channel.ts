@@ -101,8 +101,16 @@ export class ChannelAcceptor {
 
   private secure(tcp: net.Socket): Promise<tls.TLSSocket> {
     return new Promise<tls.TLSSocket>((resolve, reject) => {
-      this.waiting.set(keyOf(tcp), { tcp, resolve, reject });
-      tcp.once('close', () => this.waiting.get(keyOf(tcp))?.reject(new TransportError('TLS', peerOf(tcp), 'connection closed during the TLS handshake')));
+      // The key is taken now: a closed socket no longer knows its peer's address.
+      const key = keyOf(tcp);
+      const peer = peerOf(tcp);
+      this.waiting.set(key, { tcp, resolve, reject });
+      tcp.once('close', () => {
+        const w = this.waiting.get(key);
+        if (w?.tcp !== tcp) return;
+        this.waiting.delete(key);
+        reject(new TransportError('TLS', peer, 'connection closed during the TLS handshake'));
+      });
       this.tlsServer!.emit('connection', tcp);
     });
   }

@@ -125,13 +125,15 @@ class Listener extends EventEmitter implements MigrationListener {
     const timer = setTimeout(() => fail(new TransportError('TIMEOUT', peer, `no channel preface within ${timeoutMs} ms`)), timeoutMs);
     const fail = (err: Error) => {
       clearTimeout(timer);
+      tcp.off('close', onClose); // one report per connection, not a second one for the close
       tcp.destroy();
       this.reject(err, peer, 'preface');
     };
-    tcp.once('close', () => fail(new TransportError('CLOSED', peer, 'connection closed before its channel preface')));
+    const onClose = () => fail(new TransportError('CLOSED', peer, 'connection closed before its channel preface'));
+    tcp.once('close', onClose);
     tcp.once('data', (chunk: Buffer) => {
       clearTimeout(timer);
-      tcp.removeAllListeners('close');
+      tcp.off('close', onClose);
       // The peer sends nothing more before GO_AHEAD: exactly one byte, or this is not a Ferry source.
       const channel = chunk.length === 1 ? (chunk[0] === CHANNEL_PREFACE.bulk ? 'bulk' : chunk[0] === CHANNEL_PREFACE.urgent ? 'urgent' : null) : null;
       if (!channel) return fail(new TransportError('PROTOCOL', peer, `no channel preface: the connection began with ${describeStart(chunk)} (is the peer a Ferry source of wire version 2 or later?)`));
