@@ -28,7 +28,7 @@ export class IncomingMemory {
   private server: FaultServer | null = null;
   private placer: PagePlacer | null = null;
   private readonly eventFd: number;
-  private eventFdClosed = false;
+  private stopped = false;
   private readonly ring = RequestRing.create();
   private readonly latenciesUs: number[] = [];
   private pagesRequested = 0;
@@ -178,18 +178,17 @@ export class IncomingMemory {
 
   /** Stops serving faults. Only safe once every page is placed, or when the guest is gone. */
   async stop(): Promise<void> {
+    // Once only: every postcopy session ends with a stop(), and a second close of the eventfd
+    // would hit whatever reused its number (once, the urgent thread's new socket).
+    if (this.stopped) return;
+    this.stopped = true;
     if (this.server) {
       const s = this.server;
       this.finalStats = s.stats();
       this.server = null;
       await s.stop();
     }
-    // Once only: stop() runs again after a reconnection, and by then the descriptor's number may
-    // belong to a new connection (closing it twice once killed the urgent thread's socket).
-    if (!this.eventFdClosed) {
-      this.eventFdClosed = true;
-      close(this.eventFd);
-    }
+    close(this.eventFd);
   }
 
   /** Pages this side holds among the first pageCount, as a bitmap (bit i = page i, LSB first). */

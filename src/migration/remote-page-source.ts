@@ -1,7 +1,7 @@
 // The page source the fault worker uses during postcopy: it cannot own the network connection
-// (sockets cannot move between threads, and the TLS session lives on the main thread), so it
-// forwards each request through a RequestRing and an eventfd to the main thread, which sends it
-// on the urgent channel and places the answer with UFFDIO_COPY (waking the faulting threads).
+// (its loop blocks in poll() on the uffd, with no event loop for TLS), so it forwards each request
+// through a RequestRing and an eventfd to the destination's urgent thread, which sends it on the
+// urgent channel and places the answer with UFFDIO_COPY (waking the faulting threads).
 // Loaded inside the fault worker through a { kind: 'module' } PageSourceSpec.
 import type { PageSink, PageSource } from '../memory/page-source.js';
 import { eventfdSignal } from '../sys/fd.js';

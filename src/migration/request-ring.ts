@@ -1,7 +1,7 @@
 // A single-producer, single-consumer ring of page requests in a SharedArrayBuffer: the fault worker
-// (producer) records "pages [first, first+count) are needed" and signals an eventfd; the main thread
-// (consumer), woken by the eventfd in its event loop, sends them on the urgent channel. Neither side
-// blocks on the other, and neither touches guest memory.
+// (producer) records "pages [first, first+count) are needed" and signals an eventfd; the urgent
+// thread (consumer), woken by the eventfd in its event loop, sends them on the urgent channel.
+// Neither side blocks on the other, and neither touches guest memory.
 const HEADER_WORDS = 4; // [0] head (next write), [1] tail (next read)
 const ENTRY_WORDS = 2; // first page, page count; the fault's time is in a Float64 array after them
 
