@@ -143,7 +143,7 @@ async function migrateOnce(guestArgs: string[], maxMemory: string, migrateArgs: 
     return json;
   } catch (err) {
     const tails = procs.map((p) => `\n--- ${p.name} stderr (tail) ---\n${p.err.slice(-1500)}`).join('');
-    throw new Error(`${(err as Error).message}${tails}`);
+    throw new Error(`${(err as Error).message}${tails}`, { cause: err });
   } finally {
     killAll(...procs);
     sb.cleanup();

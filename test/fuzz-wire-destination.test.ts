@@ -65,7 +65,6 @@ const frameArb: fc.Arbitrary<FuzzFrame> = fc.record({
   lengthDelta: fc.oneof({ weight: 6, arbitrary: fc.constant(0) }, { weight: 1, arbitrary: fc.integer({ min: -8, max: 8 }) }),
 });
 
-
 describe('fuzz: hostile streams through a real destination', () => {
   let sb: Sandbox;
   const procs: FerryProc[] = [];

@@ -193,11 +193,11 @@ test('innermost loops with a small constant trip count get no safepoint; the enc
 
 test('innermost loops whose trip count cannot be proved small keep their safepoint', async () => {
   const kept: Record<string, Uint8Array> = {
-    'bound in a local modified in the loop': innerLoopModule((m) => ({
+    // Only constant bounds are proved (a bound in a local is refused whether or not the loop
+    // changes it; the one here never does).
+    'bound in a local, not a constant': innerLoopModule((m) => ({
       pre: [m.local.set(0, m.i32.const(0)), m.local.set(1, m.i32.const(10))],
-      inner: counted(m, inc(m), m.i32.lt_u(m.local.get(0, i32), m.local.get(1, i32)), [
-        m.local.set(1, m.i32.add(m.local.get(1, i32), m.i32.const(1))),
-      ]),
+      inner: counted(m, inc(m), m.i32.lt_u(m.local.get(0, i32), m.local.get(1, i32))),
     })),
     'bound loaded from memory': innerLoopModule((m) => ({
       pre: [m.local.set(0, m.i32.const(0))],

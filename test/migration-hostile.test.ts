@@ -12,8 +12,6 @@ import { killAll, makeSandbox, startDestination, useFileCache, type FerryProc, t
 
 useFileCache('migration-hostile');
 
-
-
 /** A PAGES frame with a valid CRC whose header fields are chosen by the test. */
 function rawPagesFrame(offset: number, count: number, kindByte: number, data: Buffer): Buffer[] {
   const header = Buffer.alloc(16);

@@ -400,7 +400,9 @@ interface LoopSite {
  * An innermost loop that calls nothing at all and provably runs at most EXEMPT_MAX_ITERATIONS
  * times and EXEMPT_BUDGET_EXPRESSIONS expressions per entry (`boundedTripCount`) loses its
  * safepoint instead: with no branch out of it V8 can unroll it. Whatever encloses it keeps its own
- * safepoint, so the guest work between two safepoints stays bounded.
+ * safepoint, so the guest work between two safepoints stays bounded — though not by
+ * EXEMPT_BUDGET_EXPRESSIONS: several exempt loops in a row (or an exempt loop in a leaf function
+ * called several times per iteration of its caller) add up before the next safepoint.
  */
 function amortiseInnermostLoops(b: BinaryenApi, mod: BinaryenApi, safepointFn: string): void {
   const fields = childVisitors(b);
@@ -587,7 +589,6 @@ function boundedTripCount(b: BinaryenApi, fields: Map<number, ChildVisitor>, sit
   if (mine.length !== 1) return null;
   const step = mine[0]!;
   if (xid === b.LocalSetId ? step !== x : !stmts.slice(0, -1).includes(step) || b.LocalSet.isTee(step)) return null;
-  if (xid === b.LocalSetId && !straightLine(b, cond, x)) return null;
   const value: number = b.LocalSet.getValue(step);
   if (b.getExpressionId(value) !== b.BinaryId) return null;
   const op = b.Binary.getOp(value);
@@ -655,27 +656,6 @@ function comparisonRange(op: CmpOp, signed: boolean, k: bigint, bits: number): {
   }
   if (hi < lo) return { start: 0n, size: 0n };
   return { start: (lo - bias + M) % M, size: hi - lo + 1n };
-}
-
-/** Whether `target` is evaluated every time `root` is (only unary and binary operators between). */
-function straightLine(b: BinaryenApi, root: number, target: number): boolean {
-  for (let e = root; ;) {
-    if (e === target) return true;
-    const id = b.getExpressionId(e) as number;
-    if (id === b.UnaryId) e = b.Unary.getValue(e);
-    else if (id === b.BinaryId) {
-      const l: number = b.Binary.getLeft(e);
-      e = contains(b, l, target) ? l : b.Binary.getRight(e);
-    } else return false;
-  }
-}
-
-function contains(b: BinaryenApi, root: number, target: number): boolean {
-  if (root === target) return true;
-  const id = b.getExpressionId(root) as number;
-  if (id === b.UnaryId) return contains(b, b.Unary.getValue(root), target);
-  if (id === b.BinaryId) return contains(b, b.Binary.getLeft(root), target) || contains(b, b.Binary.getRight(root), target);
-  return false;
 }
 
 /**

@@ -7,8 +7,7 @@ import { checkSequence } from '../../src/cli/commands/demo.js';
 import { ApiClient } from '../../src/api/client.js';
 import type { MigrationStatus } from '../../src/api/types.js';
 import { FerryProc, startDestination, startSource, verifyGuest, type Sandbox } from '../fixtures/migration/ferry-procs.js';
-import { FaultProxy } from './proxy.js';
-import type { FaultKind } from './proxy.js';
+import { FaultProxy, type FaultKind } from './proxy.js';
 
 export type Security = 'tls-psk' | 'insecure';
 export const SECURITIES: Security[] = ['tls-psk', 'insecure'];
