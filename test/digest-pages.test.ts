@@ -2,7 +2,9 @@ import { strict as assert } from 'node:assert';
 import { randomBytes } from 'node:crypto';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
-import { digestMemory, PageDigest, pageHash } from '../src/migration/digest.js';
+import { digestFrozenMemory, digestMemory, PageDigest, pageHash } from '../src/migration/digest.js';
+import { GuestMemory, HOST_PAGE_SIZE } from '../src/memory/guest-memory.js';
+import { scanResidency } from '../src/memory/residency.js';
 
 const PAGES = 64;
 function memory(): Uint8Array {
@@ -79,5 +81,20 @@ describe('digest', () => {
     assert.throws(() => d.set(2, new Uint8Array(4096)), /outside 0..2/);
     assert.throws(() => d.set(0, new Uint8Array(100)), /need 4096 bytes/);
     assert.throws(() => digestMemory(new Uint8Array(4096), 2), /do not fit/);
+  });
+
+  test('the digest thread reads real guest memory in place and agrees with digestMemory; untouched pages are not read', async () => {
+    const mem = GuestMemory.create(2, 4); // 128 KiB now: 32 host pages, most never touched
+    const view = mem.view();
+    for (const p of [0, 3, 4, 17, 31]) view.set(randomBytes(HOST_PAGE_SIZE), p * HOST_PAGE_SIZE);
+    view[9 * HOST_PAGE_SIZE] = 0; // written, but zero: present and read
+    const before = scanResidency(mem).present;
+    const pages = mem.pageCount;
+    const hex = await digestFrozenMemory(mem, pages, before);
+    assert.deepEqual(scanResidency(mem).present.toArray(), before.toArray(), 'the thread mapped no page');
+    assert.equal(hex, digestMemory(view, pages, (p) => !before.has(p)));
+    assert.equal(hex, digestMemory(view, pages), 'pages left out read as zero anyway');
+    view[17 * HOST_PAGE_SIZE + 5]! ^= 1;
+    assert.notEqual(await digestFrozenMemory(mem, pages, before), hex, 'a changed byte changes it');
   });
 });

@@ -8,6 +8,9 @@
 // followed by a rotate, are bijective in the lane state for a fixed word, so any single changed word
 // always changes the result; four lanes keep the multiplier pipeline full (~GB/s in plain JS).
 import { createHash } from 'node:crypto';
+import { Worker } from 'node:worker_threads';
+import type { PageBitmap } from '../memory/page-bitmap.js';
+import type { GuestMemory } from '../memory/guest-memory.js';
 
 export const DIGEST_PAGE_SIZE = 4096;
 const WORDS = DIGEST_PAGE_SIZE / 4;
@@ -158,4 +161,32 @@ function sha256Hex(hashes: Uint32Array, pageCount: number): string {
   const h = createHash('sha256');
   h.update(new Uint8Array(hashes.buffer, hashes.byteOffset, pageCount * 8));
   return h.digest('hex');
+}
+
+/** What digest-thread.ts is given. */
+export interface DigestJob {
+  /** The guest memory's buffer (shared: the thread reads the pages where they are). */
+  memory: SharedArrayBuffer;
+  pageCount: number;
+  /** Words of the bitmap of pages present in memory; the others are zero and are not read. */
+  present: Uint32Array;
+}
+
+export type DigestResult = { hex: string } | { error: string };
+
+/**
+ * The source's half of `--verify`, started at the commit: from then on the source's copy of the
+ * guest's memory never changes again (its guest stays paused), so its digest is computed on a
+ * thread of its own while the pages still stream, instead of after them (hashing a GiB takes about
+ * a second here: at the end of a link-limited migration, a second of total time). `present` says
+ * which pages are mapped; the others are hashed as zero without being read (a read would map them).
+ */
+export function digestFrozenMemory(mem: GuestMemory, pageCount: number, present: PageBitmap): Promise<string> {
+  const job: DigestJob = { memory: mem.memory.buffer as unknown as SharedArrayBuffer, pageCount, present: present.words.slice() };
+  const worker = new Worker(new URL('./digest-thread.js', import.meta.url), { workerData: job });
+  return new Promise<string>((resolve, reject) => {
+    worker.once('message', (r: DigestResult) => ('hex' in r ? resolve(r.hex) : reject(new Error(`digest thread: ${r.error}`))));
+    worker.once('error', (err) => reject(new Error(`digest thread failed: ${err.message}`)));
+    worker.once('exit', (code) => reject(new Error(`digest thread exited (${code}) without a digest`)));
+  });
 }

@@ -16,7 +16,7 @@ import { connect, newSessionId, type FramedChannel, type Security } from './tran
 import { isChannelFailure } from './failures.js';
 import { ALL_FEATURES, Feature } from './wire/index.js';
 import { sendBlob, sendDiscard, sendDiscardRuns } from './bulk-messages.js';
-import { digestMemory } from './digest.js';
+import { digestFrozenMemory } from './digest.js';
 import { PageSender } from './page-sender.js';
 import { PostcopySource } from './postcopy-source.js';
 import { collectGarbageNow } from './heap.js';
@@ -336,6 +336,8 @@ export class MigrationSource {
     }
     // ---- downtime ends: the guest runs on the destination ----
     tracker.stop(); // unregistering the whole reservation takes milliseconds: not in the downtime
+    const localDigest = opts.verify ? digestFrozenMemory(mem, pageCount, scanResidency(mem).present) : null;
+    localDigest?.catch(() => undefined); // awaited when the destination's DIGEST comes
 
     if (postcopy) {
       // What the destination lacks: the DISCARDed pages but the runtime's (sent with data).
@@ -372,9 +374,7 @@ export class MigrationSource {
         this.phase = 'verifying';
         if (opts.verify) {
           const digestMsg = await this.bulk!.expect('DIGEST', 600_000);
-          const present = scanResidency(mem).present;
-          const local = digestMemory(mem.view(), digestMsg.pageCount, (p) => !present.has(p));
-          verified = digestMsg.pageCount === pageCount && local === digestMsg.hex;
+          verified = digestMsg.pageCount === pageCount && (await localDigest!) === digestMsg.hex;
         }
         await this.bulk!.expect('DONE', 60_000);
         // Acknowledge: until it sees this, the destination keeps listening for a reconnection
