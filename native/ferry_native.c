@@ -6,6 +6,8 @@
 #include <fcntl.h>
 #include <node_api.h>
 #include <sys/socket.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -897,6 +899,21 @@ static napi_value f_setsockopt_int(napi_env env, napi_callback_info info) {
 }
 
 #undef OP
+#define OP "tcpInfo"
+/* getsockopt(fd, IPPROTO_TCP, TCP_INFO) into buf (struct tcp_info as the kernel lays it out);
+ * returns the bytes the kernel filled (older kernels fill less). */
+static napi_value f_tcp_info(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int fd;
+  uint8_t *buf;
+  size_t len;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_bytes(env, argv[1], OP, "buf", &buf, &len, NULL)) return NULL;
+  socklen_t got = len > 0x7fffffff ? 0x7fffffff : (socklen_t)len;
+  if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, buf, &got) != 0) return throw_errno(env, OP, errno, NULL);
+  return num(env, got);
+}
+
+#undef OP
 #define OP "schedSetThread"
 /*
  * Scheduling of the calling thread only (sched_setscheduler(0, ...) and setpriority on its tid):
@@ -1082,7 +1099,7 @@ static napi_value init(napi_env env, napi_value exports) {
       F("uffdCopy", f_uffd_copy), F("uffdZeropage", f_uffd_zeropage), F("uffdContinue", f_uffd_continue),
       F("uffdReadEvents", f_uffd_read_events), F("uffdWait", f_uffd_wait), F("pagemapScan", f_pagemap_scan),
       F("pagemapRead", f_pagemap_read), F("pagemapScanBits", f_pagemap_scan_bits), F("poll", f_poll), F("read", f_read), F("pread", f_pread),
-      F("write", f_write), F("close", f_close), F("dup", f_dup), F("setsockoptInt", f_setsockopt_int), F("schedSetThread", f_sched_set_thread), F("eventfd", f_eventfd), F("fdWatch", f_fd_watch),
+      F("write", f_write), F("close", f_close), F("dup", f_dup), F("setsockoptInt", f_setsockopt_int), F("tcpInfo", f_tcp_info), F("schedSetThread", f_sched_set_thread), F("eventfd", f_eventfd), F("fdWatch", f_fd_watch),
       F("fdUnwatch", f_fd_unwatch), F("nowUs", f_now_us),
 #undef F
   };

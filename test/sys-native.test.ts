@@ -255,3 +255,34 @@ test('pread into a staging buffer', async () => {
     rmSync(dir, { recursive: true });
   }
 });
+
+import net from 'node:net';
+import { tcpPathInfo } from '../src/sys/socket.js';
+import { MAX_POSTCOPY_BUFFER, MIN_POSTCOPY_BUFFER, clampPostcopyBuffer, postcopyBufferBytes } from '../src/migration/bulk-buffers.js';
+
+test('tcpPathInfo reads TCP_INFO of a real loopback connection: a round trip once data was acknowledged; null once closed', async () => {
+  const server = net.createServer((c) => c.resume());
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const c = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1');
+  await new Promise<void>((r) => c.once('connect', r));
+  for (let i = 0; i < 50; i++) await new Promise<void>((r) => c.write(Buffer.alloc(64 * 1024), () => r()));
+  await new Promise((r) => setTimeout(r, 20));
+  const info = tcpPathInfo(c);
+  assert.ok(info, 'a connected socket has TCP_INFO');
+  assert.ok(info.rttUs > 0 && info.rttUs < 1_000_000, `rtt ${info.rttUs} us`);
+  assert.ok(info.minRttUs > 0 && info.minRttUs <= info.rttUs, `min rtt ${info.minRttUs} us, smoothed ${info.rttUs} us`);
+  c.destroy();
+  assert.equal(tcpPathInfo(c), null);
+  server.close();
+});
+
+test('postcopy bulk buffers: a few bandwidth-delay products, in whole pages, within bounds', () => {
+  assert.equal(postcopyBufferBytes(0, 0), MIN_POSTCOPY_BUFFER, 'nothing measured: the floor');
+  assert.equal(postcopyBufferBytes(1e9, 30), MIN_POSTCOPY_BUFFER, 'loopback: tens of µs');
+  const link = postcopyBufferBytes(120e6, 2000); // 1 Gbit/s, 2 ms of queue
+  assert.ok(link >= 4 * 240_000 && link % 4096 === 0, `${link}`);
+  assert.equal(postcopyBufferBytes(1e9, 1e6), MAX_POSTCOPY_BUFFER);
+  assert.equal(postcopyBufferBytes(NaN, 5), MIN_POSTCOPY_BUFFER);
+  assert.equal(clampPostcopyBuffer(0xffffffff), MAX_POSTCOPY_BUFFER, 'a peer\'s size is bounded too');
+  assert.equal(clampPostcopyBuffer(5000), MIN_POSTCOPY_BUFFER);
+});

@@ -46,7 +46,7 @@ const samples: Message[] = [
   { type: 'DISCARD', ranges: [] },
   { type: 'STATE', totalBytes: 100, offset: 90, data: Buffer.alloc(10, 9) },
   { type: 'COMMIT' },
-  { type: 'RUNNING' },
+  { type: 'RUNNING', bulkBufferBytes: 1048576 },
   { type: 'PAGE_REQUEST', offset: 4096 * 77, count: 4 },
   { type: 'RECEIVED_SET', set: { encoding: 'bitmap', startPage: 8, pageCount: 12, bits: Buffer.from([0xff, 0x0a]) } },
   { type: 'RECEIVED_SET', set: { encoding: 'ranges', ranges: [{ offset: 4096, count: 3 }] } },

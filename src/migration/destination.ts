@@ -16,9 +16,9 @@ import { ChunkAssembler, Feature, PageFrameChecker, WireError, type Message, typ
 import { PageDigest } from './digest.js';
 import { IncomingMemory } from './incoming-memory.js';
 import { UrgentRequests } from './urgent-requests.js';
-import { POSTCOPY_SOCKET_BUFFER } from './postcopy-source.js';
+import { postcopyBufferBytes } from './bulk-buffers.js';
 import { isChannelFailure } from './failures.js';
-import { SwitchoverTrace } from './switchover-trace.js';
+import { SwitchoverTrace, tracePhase } from './switchover-trace.js';
 import { collectGarbageNow } from './heap.js';
 import { MigrationError, type MigrationPhase, type MigrationProgress, type PostcopyReport } from './report.js';
 
@@ -59,7 +59,14 @@ export interface DestinationSummary {
 
 export class MigrationDestination {
   private listener: MigrationListener | null = null;
-  private phase: MigrationPhase = 'connecting';
+  private phaseNow: MigrationPhase = 'connecting';
+  private get phase(): MigrationPhase {
+    return this.phaseNow;
+  }
+  private set phase(p: MigrationPhase) {
+    this.phaseNow = p;
+    tracePhase('destination', p, this.t0);
+  }
   private readonly t0 = performance.now();
   private bulk: FramedChannel | null = null;
   /** The thread that holds the urgent connections (from listen() on). */
@@ -183,6 +190,8 @@ export class MigrationDestination {
     let trace: SwitchoverTrace | null = null;
     let collectedAt = 0;
     this.phase = 'precopy';
+    const streamStart = performance.now();
+    let postcopyBuffer = 0;
 
     // ---- the stream up to COMMIT ----
     for (;;) {
@@ -233,9 +242,19 @@ export class MigrationDestination {
           }
           continue;
         case 'PING':
-          // The source's barrier before its pause: everything before this frame is placed. After
-          // the memory stream (not after the small DISCARD rounds), collect garbage first: the
-          // downtime follows within milliseconds (see heap.ts).
+          // The source's barrier before its pause: everything before this frame is placed. The
+          // first one ends the stream of the precopy passes: its rate, and the round trip this
+          // side's TCP estimated meanwhile, size both ends' buffers for the postcopy stream
+          // (bulk-buffers.ts; this side decides, since the source's own estimate on loopback
+          // counts the time a busy receiver takes to acknowledge).
+          if (postcopyBuffer === 0) {
+            const rcvRttUs = bulk.pathInfo()?.rcvRttUs ?? 0;
+            const rate = (bulk.bytesReceived / Math.max(1, performance.now() - streamStart)) * 1000;
+            postcopyBuffer = postcopyBufferBytes(rate, rcvRttUs);
+            tracePhase('destination', `switchover (path: ${(rate / 1e6).toFixed(1)} MB/s, rtt ${rcvRttUs} us: postcopy buffers ${postcopyBuffer} bytes)`, this.t0);
+          }
+          // After the memory stream (not after the small DISCARD rounds), collect garbage first:
+          // the downtime follows within milliseconds (see heap.ts).
           if (bulk.bytesReceived - collectedAt > GC_BEFORE_PONG_BYTES) {
             collectGarbageNow();
             collectedAt = bulk.bytesReceived;
@@ -261,12 +280,18 @@ export class MigrationDestination {
     this.preparing = null;
     const guest = await staged.go();
     trace.mark('guest running');
-    await bulk.sendMessage({ type: 'RUNNING' });
-    trace.mark('RUNNING sent');
+    // The bulk buffers are set before the source hears RUNNING, which tells it the size for its end.
+    const bulkBufferBytes = incoming.isPostcopy ? postcopyBuffer || postcopyBufferBytes(0, 0) : 0;
+    if (bulkBufferBytes > 0) bulk.limitKernelBuffers(bulkBufferBytes);
+    const running = bulk.sendMessage({ type: 'RUNNING', bulkBufferBytes });
+    await bulk.handedOver();
+    trace.mark('RUNNING written');
     // Faults the guest takes meanwhile wait in the request ring: activating the urgent thread (a
-    // message to it, and its first run of that code) is not the guest's downtime.
+    // message to it, and its first run of that code) is not the guest's downtime, so it comes
+    // after RUNNING is written; but not after its write is confirmed, which can take
+    // milliseconds of incoming bulk stream handled first while the guest's faults wait.
     incoming.activate(pageCount);
-    if (incoming.isPostcopy) bulk.limitKernelBuffers(POSTCOPY_SOCKET_BUFFER);
+    await running;
     trace.mark('activated');
     trace.print();
     this.phase = this.incoming ? 'postcopy' : 'verifying';

@@ -19,12 +19,6 @@ import type { PostcopyReport } from './report.js';
  */
 const POSTCOPY_RUN_PAGES = 32;
 const BULK_IN_FLIGHT = 2;
-/**
- * Kernel socket buffers of the bulk connection after the switchover. A faulting page the bulk
- * stream already took waits behind everything queued in them; autotuned, that is megabytes —
- * tens of milliseconds — so they are capped.
- */
-export const POSTCOPY_SOCKET_BUFFER = 128 * 1024;
 
 export class PostcopySource {
   private cursor = 0;
@@ -42,9 +36,11 @@ export class PostcopySource {
     private readonly pageCount: number,
     private bulk: FramedChannel,
     private urgent: UrgentChannel,
+    /** The bulk connection's kernel buffers from now on (bulk-buffers.ts). */
+    private readonly bufferBytes: number,
   ) {
     urgent.activate(pending, pageCount);
-    bulk.limitKernelBuffers(POSTCOPY_SOCKET_BUFFER);
+    bulk.limitKernelBuffers(bufferBytes);
   }
 
   get maxPages(): number {
@@ -60,7 +56,7 @@ export class PostcopySource {
     this.bulk = bulk;
     this.urgent = urgent;
     this.failure = null;
-    bulk.limitKernelBuffers(POSTCOPY_SOCKET_BUFFER);
+    bulk.limitKernelBuffers(this.bufferBytes);
     for (let p = 0; p < Math.min(heldPages, this.pageCount); p++) {
       if ((held[p >>> 3]! & (1 << (p & 7))) !== 0) urgent.claims.claim(p);
     }

@@ -17,11 +17,12 @@ import { isChannelFailure } from './failures.js';
 import { ALL_FEATURES, Feature } from './wire/index.js';
 import { sendBlob, sendDiscard, sendDiscardRuns } from './bulk-messages.js';
 import { digestFrozenMemory } from './digest.js';
+import { MIN_POSTCOPY_BUFFER, clampPostcopyBuffer } from './bulk-buffers.js';
 import { PageSender } from './page-sender.js';
 import { PostcopySource } from './postcopy-source.js';
 import { collectGarbageNow } from './heap.js';
 import { UrgentChannel } from './urgent-channel.js';
-import { SwitchoverTrace } from './switchover-trace.js';
+import { SwitchoverTrace, tracePhase } from './switchover-trace.js';
 import {
   MigrationError,
   type MigrationMode,
@@ -58,7 +59,14 @@ const DISCARD_ROUNDS = 4;
 const SMALL_DISCARD_PAGES = 1024;
 
 export class MigrationSource {
-  private phase: MigrationPhase = 'connecting';
+  private phaseNow: MigrationPhase = 'connecting';
+  private get phase(): MigrationPhase {
+    return this.phaseNow;
+  }
+  private set phase(p: MigrationPhase) {
+    this.phaseNow = p;
+    tracePhase('source', p, this.t0);
+  }
   private readonly t0 = performance.now();
   private bulk: FramedChannel | null = null;
   private urgent: UrgentChannel | null = null;
@@ -166,8 +174,19 @@ export class MigrationSource {
     // DIGEST is offered only for --verify: the destination then hashes every page it places.
     const features = opts.verify ? ALL_FEATURES : ALL_FEATURES & ~Feature.DIGEST;
     const common = { host: opts.host, port: opts.port, security: opts.security, sessionId, features };
-    this.bulk = await connect({ ...common, channel: 'bulk', maxBandwidth: opts.maxBandwidth });
-    this.urgent = await UrgentChannel.open({ ...common, memory: guest.memory, maxPages: mem.maxPageCount });
+    tracePhase('source', 'connecting', this.t0);
+    // Both at once: the urgent channel starts a thread of its own, tens of ms of the total.
+    const [bulkOpened, urgentOpened] = await Promise.allSettled([
+      connect({ ...common, channel: 'bulk', maxBandwidth: opts.maxBandwidth }).finally(() => tracePhase('source', 'connecting (bulk connected)', this.t0)),
+      UrgentChannel.open({ ...common, memory: guest.memory, maxPages: mem.maxPageCount }).finally(() => tracePhase('source', 'connecting (urgent connected)', this.t0)),
+    ]);
+    if (bulkOpened.status === 'rejected' || urgentOpened.status === 'rejected') {
+      if (bulkOpened.status === 'fulfilled') bulkOpened.value.destroy();
+      if (urgentOpened.status === 'fulfilled') await urgentOpened.value.close().catch(() => undefined);
+      throw bulkOpened.status === 'rejected' ? bulkOpened.reason : (urgentOpened as PromiseRejectedResult).reason;
+    }
+    this.bulk = bulkOpened.value;
+    this.urgent = urgentOpened.value;
     const bulk = this.bulk;
     // Small control frames (STATE, COMMIT, PING) must not wait for a delayed ACK (Nagle).
     bulk.setNoDelay(true);
@@ -251,6 +270,7 @@ export class MigrationSource {
     const drained = this.drainBarrier();
     collectGarbageNow();
     await drained;
+    tracePhase('source', 'switchover (stream drained)', this.t0);
     // Postcopy: tell the destination now, while the guest still runs, which pages it holds are
     // stale, so it drops them ahead of the pause. The guest keeps writing meanwhile, so repeat
     // with what it wrote during each round until a round is small: the last set is dropped
@@ -268,6 +288,7 @@ export class MigrationSource {
       }
     }
 
+    tracePhase('source', 'switchover (pause)', this.t0);
     // ---- downtime starts ----
     // The bandwidth cap is for the background stream: the few frames of the switchover go out
     // at once (paced, a 1 MB state at 8 MB/s alone would add 125 ms of downtime).
@@ -325,9 +346,11 @@ export class MigrationSource {
     bulk.setMaxBandwidth(opts.maxBandwidth);
     let lost: Error | null = null;
     let downtimeMs: number | null = null;
+    let postcopyBuffer = MIN_POSTCOPY_BUFFER; // the destination's choice, once RUNNING says it
     try {
-      await bulk.expect('RUNNING', 60_000);
+      const running = await bulk.expect('RUNNING', 60_000);
       downtimeMs = performance.now() - tPause;
+      postcopyBuffer = clampPostcopyBuffer(running.bulkBufferBytes);
       trace.mark('running');
       trace.print();
     } catch (err) {
@@ -344,7 +367,7 @@ export class MigrationSource {
       const pending = dirty;
       for (const [first, end] of last) pending.addRange(first, end);
       for (const [first, end] of runtimeRuns) pending.deleteRange(first, end);
-      this.postcopy = new PostcopySource(mem, pending, pageCount, this.bulk, this.urgent!);
+      this.postcopy = new PostcopySource(mem, pending, pageCount, this.bulk, this.urgent!, postcopyBuffer);
     }
     let verified: boolean | null = null;
     // Postcopy survives broken connections: this side keeps the guest's memory and state, and

@@ -1,6 +1,15 @@
 // Timestamps of the steps of a switchover, printed to stderr when FERRY_TRACE=switchover: the
-// downtime is the sum of these steps, and this is how one finds which step to shorten.
-const enabled = (process.env['FERRY_TRACE'] ?? '').split(',').includes('switchover');
+// downtime is the sum of these steps, and this is how one finds which step to shorten. With
+// FERRY_TRACE=phases, each side also prints when it enters each phase of the whole migration
+// (where a migration's total time goes).
+const traces = (process.env['FERRY_TRACE'] ?? '').split(',');
+const enabled = traces.includes('switchover');
+const phasesEnabled = traces.includes('phases');
+
+/** Prints `phase` with the milliseconds since `t0` (performance.now()) when FERRY_TRACE=phases. */
+export function tracePhase(side: 'source' | 'destination', phase: string, t0: number): void {
+  if (phasesEnabled) process.stderr.write(`ferry trace ${side} phase ${phase} +${(performance.now() - t0).toFixed(1)}ms\n`);
+}
 
 export class SwitchoverTrace {
   private readonly t0 = performance.now();

@@ -53,6 +53,7 @@ export interface FerryNative {
   close(fd: number): void;
   dup(fd: number): number;
   setsockoptInt(fd: number, option: number, value: number): void;
+  tcpInfo(fd: number, buf: Uint8Array): number;
   schedSetThread(policy: number, value: number): void;
   eventfd(initval: number, flags: number): number;
   fdWatch(fd: number, events: number, cb: (status: number, revents: number) => void): object;

@@ -1,4 +1,4 @@
-// Socket options Node does not expose for TCP sockets: only the kernel buffer sizes.
+// Socket options Node does not expose for TCP sockets: the kernel buffer sizes, and TCP_INFO.
 import type { Socket } from 'node:net';
 import { K, native } from './native.js';
 import { sys } from './errors.js';
@@ -18,4 +18,31 @@ export function setSocketBuffer(socket: Socket, option: number, bytes: number): 
   if (fd === null) return false;
   sys(() => native.setsockoptInt(fd, option, bytes));
   return true;
+}
+
+/** What TCP_INFO says of a connection's path (the fields Ferry uses; see linux/tcp.h). */
+export interface TcpPathInfo {
+  /** Smoothed round-trip time the sender measures, µs (queueing included). */
+  rttUs: number;
+  /** The receiver's round-trip estimate (what receive-buffer autotuning uses), µs; 0 until measured. */
+  rcvRttUs: number;
+  /** Smallest round trip seen, µs. */
+  minRttUs: number;
+}
+
+const TCP_INFO_BYTES = 232;
+/** Offsets in struct tcp_info (linux/tcp.h, stable since 4.x): u32 fields. */
+const TCPI_RTT = 68;
+const TCPI_RCV_RTT = 92;
+const TCPI_MIN_RTT = 148;
+
+/** TCP_INFO of a connected socket, or null if it has no descriptor (closed) or the kernel is too old. */
+export function tcpPathInfo(socket: Socket): TcpPathInfo | null {
+  const fd = socketFd(socket);
+  if (fd === null) return null;
+  const buf = new Uint8Array(TCP_INFO_BYTES);
+  const got = sys(() => native.tcpInfo(fd, buf));
+  if (got < TCPI_MIN_RTT + 4) return null;
+  const v = new DataView(buf.buffer);
+  return { rttUs: v.getUint32(TCPI_RTT, true), rcvRttUs: v.getUint32(TCPI_RCV_RTT, true), minRttUs: v.getUint32(TCPI_MIN_RTT, true) };
 }

@@ -10,7 +10,7 @@ import { decodeMessage, encodeMessage, encodePages, type ChannelKind, type Messa
 import { frameTypeName } from '../wire/types.js';
 import { TransportError, fromSocketError } from './errors.js';
 import { TokenBucket } from './token-bucket.js';
-import { SO_RCVBUF, SO_SNDBUF, setSocketBuffer } from '../../sys/socket.js';
+import { SO_RCVBUF, SO_SNDBUF, setSocketBuffer, tcpPathInfo, type TcpPathInfo } from '../../sys/socket.js';
 
 export interface ChannelSession {
   /** 16 random bytes chosen by the connecting side; hex for use as a map key. */
@@ -95,6 +95,11 @@ export class FramedChannel {
    */
   limitKernelBuffers(bytes: number): boolean {
     return setSocketBuffer(this.tcp, SO_SNDBUF, bytes) && setSocketBuffer(this.tcp, SO_RCVBUF, bytes);
+  }
+
+  /** The kernel's view of the TCP path (round trips), or null once the socket is gone. */
+  pathInfo(): TcpPathInfo | null {
+    return this.tcp.destroyed ? null : tcpPathInfo(this.tcp);
   }
 
   /** Bytes written to the TCP socket (TLS overhead included). */

@@ -2,7 +2,7 @@
 // protocol: bump WIRE_VERSION and update docs/wire-format.md.
 
 /** Version of the frame layout and message set. A peer with another version is refused. */
-export const WIRE_VERSION = 2;
+export const WIRE_VERSION = 3;
 /** First two bytes of every frame: ASCII "FY" (0x46 0x59; the u16 read little-endian is 0x5946). */
 export const FRAME_MAGIC = 0x5946;
 /** magic u16 + version u8 + type u8 + flags u8 + reserved u8[3] + payload length u32. */

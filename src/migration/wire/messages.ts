@@ -63,7 +63,8 @@ export type Message =
   | { type: 'DISCARD'; ranges: PageRange[] }
   | { type: 'STATE'; totalBytes: number; offset: number; data: Buffer }
   | { type: 'COMMIT' }
-  | { type: 'RUNNING' }
+  /** bulkBufferBytes: the kernel buffers the destination gave its end of the bulk connection for the postcopy stream (0: unchanged); the source sizes its end alike. */
+  | { type: 'RUNNING'; bulkBufferBytes: number }
   | { type: 'PAGE_REQUEST'; offset: number; count: number }
   | { type: 'RECEIVED_SET'; set: ReceivedSet }
   | { type: 'DIGEST'; pageCount: number; hex: string }
@@ -148,9 +149,11 @@ export function encodeMessage(msg: Message, opts: FrameEncodeOptions = {}): Buff
       checkChunk('STATE', msg.offset, msg.data.length, msg.totalBytes, (d) => new RangeError(d));
       return encodeFrameParts(t, [w.u32(msg.totalBytes, 'STATE.totalBytes').u32(msg.offset, 'STATE.offset').done(), msg.data], opts);
     case 'COMMIT':
-    case 'RUNNING':
     case 'DONE':
       return encodeFrameParts(t, EMPTY, opts);
+    case 'RUNNING':
+      w.u32(msg.bulkBufferBytes, 'RUNNING.bulkBufferBytes');
+      break;
     case 'PAGE_REQUEST':
       checkRun(msg.offset, msg.count, MAX_REQUEST_PAGES, (d) => new RangeError(`PAGE_REQUEST: ${d}`));
       w.u64(msg.offset, 'PAGE_REQUEST.offset').u32(msg.count, 'PAGE_REQUEST.count');
@@ -307,9 +310,10 @@ function decodeFields(name: FrameTypeName, r: FieldReader): Message {
       return { type: 'STATE', totalBytes, offset, data };
     }
     case 'COMMIT':
-    case 'RUNNING':
     case 'DONE':
       return { type: name };
+    case 'RUNNING':
+      return { type: 'RUNNING', bulkBufferBytes: r.u32('bulkBufferBytes') };
     case 'PAGE_REQUEST': {
       const offset = r.u64('offset');
       const count = r.u32('count');
