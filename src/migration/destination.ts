@@ -20,6 +20,7 @@ import { postcopyBufferBytes } from './bulk-buffers.js';
 import { isChannelFailure } from './failures.js';
 import { SwitchoverTrace, tracePhase } from './switchover-trace.js';
 import { collectGarbageNow } from './heap.js';
+import { preferLatencyFor } from '../sys/sched.js';
 import { MigrationError, type MigrationPhase, type MigrationProgress, type PostcopyReport } from './report.js';
 
 export interface DestinationOptions {
@@ -60,6 +61,7 @@ export interface DestinationSummary {
 export class MigrationDestination {
   private listener: MigrationListener | null = null;
   private phaseNow: MigrationPhase = 'connecting';
+  private restorePriority: () => void = () => undefined;
   private get phase(): MigrationPhase {
     return this.phaseNow;
   }
@@ -126,12 +128,19 @@ export class MigrationDestination {
     };
   }
 
+  /** Back to normal scheduling once the guest runs here (or the migration failed). */
+  private endDowntimePriority(): void {
+    this.restorePriority();
+    this.restorePriority = () => undefined;
+  }
+
   /** Takes one migration and returns the running guest. */
   async receive(): Promise<IncomingResult> {
     if (!this.listener) await this.listen();
     try {
       return await this.receiveOnce();
     } catch (err) {
+      this.endDowntimePriority();
       this.phase = 'failed';
       this.errorText = (err as Error).message;
       const code = err instanceof WireError ? 'BAD_STREAM' : 'FAILED';
@@ -261,6 +270,9 @@ export class MigrationDestination {
           }
           await bulk.sendMessage({ type: 'PONG', nonce: msg.nonce });
           trace = new SwitchoverTrace('destination'); // the source pauses its guest now
+          // Until RUNNING is out this thread runs ahead of normal threads (see the source's pause).
+          this.restorePriority();
+          this.restorePriority = preferLatencyFor();
           continue;
         case 'COMMIT':
           break;
@@ -291,6 +303,7 @@ export class MigrationDestination {
     // after RUNNING is written; but not after its write is confirmed, which can take
     // milliseconds of incoming bulk stream handled first while the guest's faults wait.
     incoming.activate(pageCount);
+    this.endDowntimePriority();
     await running;
     trace.mark('activated');
     trace.print();

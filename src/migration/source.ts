@@ -21,6 +21,7 @@ import { MIN_POSTCOPY_BUFFER, clampPostcopyBuffer } from './bulk-buffers.js';
 import { PageSender } from './page-sender.js';
 import { PostcopySource } from './postcopy-source.js';
 import { collectGarbageNow } from './heap.js';
+import { preferLatencyFor } from '../sys/sched.js';
 import { UrgentChannel } from './urgent-channel.js';
 import { SwitchoverTrace, tracePhase } from './switchover-trace.js';
 import {
@@ -60,6 +61,7 @@ const SMALL_DISCARD_PAGES = 1024;
 
 export class MigrationSource {
   private phaseNow: MigrationPhase = 'connecting';
+  private restorePriority: () => void = () => undefined;
   private get phase(): MigrationPhase {
     return this.phaseNow;
   }
@@ -133,12 +135,19 @@ export class MigrationSource {
     return true;
   }
 
+  /** Back to normal scheduling after the downtime (once; see preferLatencyFor). */
+  private endDowntimePriority(): void {
+    this.restorePriority();
+    this.restorePriority = () => undefined;
+  }
+
   async run(): Promise<MigrationReport> {
     const tracker = new DirtyTracker(new GuestMemory(this.guest.memory, this.guest.maxMemoryBytes / WASM_PAGE_SIZE));
     let pausedByUs = false;
     try {
       return await this.migrate(tracker, () => (pausedByUs = true));
     } catch (err) {
+      this.endDowntimePriority();
       this.phase = this.cancelled ? 'cancelled' : 'failed';
       this.errorText = (err as Error).message;
       tracker.stop();
@@ -293,6 +302,9 @@ export class MigrationSource {
     // The bandwidth cap is for the background stream: the few frames of the switchover go out
     // at once (paced, a 1 MB state at 8 MB/s alone would add 125 ms of downtime).
     bulk.setMaxBandwidth(undefined);
+    // Through the downtime this thread runs ahead of every normal thread on the host (the other
+    // side's included, when it is the same host): each of its steps is the guest's time stopped.
+    this.restorePriority = preferLatencyFor();
     const tPause = performance.now();
     const trace = new SwitchoverTrace('source');
     guest.pauseNow();
@@ -350,6 +362,7 @@ export class MigrationSource {
     try {
       const running = await bulk.expect('RUNNING', 60_000);
       downtimeMs = performance.now() - tPause;
+      this.endDowntimePriority();
       postcopyBuffer = clampPostcopyBuffer(running.bulkBufferBytes);
       trace.mark('running');
       trace.print();
@@ -358,6 +371,7 @@ export class MigrationSource {
       lost = err as Error; // the destination may well run the guest: recover, never resume here
     }
     // ---- downtime ends: the guest runs on the destination ----
+    this.endDowntimePriority();
     tracker.stop(); // unregistering the whole reservation takes milliseconds: not in the downtime
     const localDigest = opts.verify ? digestFrozenMemory(mem, pageCount, scanResidency(mem).present) : null;
     localDigest?.catch(() => undefined); // awaited when the destination's DIGEST comes

@@ -22,6 +22,8 @@ export class SwitchoverTrace {
   }
 
   print(): void {
-    if (enabled && this.marks.length > 0) process.stderr.write(`ferry trace ${this.side} switchover: ${this.marks.join(', ')}\n`);
+    // The start on the wall clock (ms, modulo 100 s) lines up the two sides' traces on one host.
+    const at = ((performance.timeOrigin + this.t0) % 100_000).toFixed(2);
+    if (enabled && this.marks.length > 0) process.stderr.write(`ferry trace ${this.side} switchover (from ${at}): ${this.marks.join(', ')}\n`);
   }
 }

@@ -2,6 +2,7 @@
 // fault handler, the source's urgent channel) sleep almost always and must run the moment they
 // wake: on a machine whose cores are busy with the bulk stream, a woken thread of normal priority
 // waits for the running one's time slice to end, which is milliseconds.
+import os from 'node:os';
 import { native } from './native.js';
 import { sys } from './errors.js';
 
@@ -35,4 +36,21 @@ export function preferLatency(): 'fifo' | 'nice' | 'normal' {
   } catch {
     return 'normal';
   }
+}
+
+/**
+ * Raises the calling thread as preferLatency() does, for a short stretch of critical work (a
+ * switchover's downtime); the returned function puts it back to normal scheduling at the nice
+ * value it had. A no-op pair where real-time scheduling is refused or turned off.
+ */
+export function preferLatencyFor(): () => void {
+  const nice = os.getPriority();
+  if (preferLatency() === 'normal') return () => undefined;
+  return () => {
+    try {
+      setThreadNice(nice);
+    } catch {
+      /* stays raised: it works, only ahead of others */
+    }
+  };
 }

@@ -53,6 +53,8 @@ export class FramedChannel {
   readonly tls: boolean;
   private bucket: TokenBucket | null = null;
   private dispatchChain: Promise<void> = Promise.resolve();
+  /** Frames queued on dispatchChain and not yet handed to the socket. */
+  private dispatching = 0;
   private readonly queue: Frame[] = [];
   private queuedBytes = 0;
   private waiters: Array<() => void> = []; // pending receivers (normally one consumer)
@@ -145,13 +147,30 @@ export class FramedChannel {
     this.framesSentCount++;
     this.payloadSent += Math.max(0, bytes - 16);
     const bucket = this.bucket;
+    // Nothing waits ahead of this frame (no pacing, no earlier frame still on its way): hand it to
+    // the socket now. Through the chain it would go a few microtask turns later, and a switchover
+    // that sends its last frames and then walks the page tables would walk first.
+    if (!bucket && this.dispatching === 0) return this.writeParts(parts);
+    this.dispatching++;
     const ready = bucket ? this.dispatchChain.then(() => bucket.take(bytes)) : this.dispatchChain;
-    const written = ready.then(() => this.writeParts(parts));
-    this.dispatchChain = ready.then(
+    // The count drops in the same turn as the write, so no later frame can overtake this one.
+    // (The write's promise travels in an object: the chain moves on once the frame is handed
+    // to the socket, not once the socket confirms it.)
+    const handed = ready.then(
+      () => {
+        this.dispatching--;
+        return { written: this.writeParts(parts) };
+      },
+      (err: unknown) => {
+        this.dispatching--;
+        throw err;
+      },
+    );
+    this.dispatchChain = handed.then(
       () => undefined,
       () => undefined,
     );
-    return written;
+    return handed.then((h) => h.written);
   }
 
   /**
