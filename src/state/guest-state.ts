@@ -84,24 +84,33 @@ export function validateGuestState(x: unknown): GuestState {
  * decode inside the switchover's downtime runs warm.
  */
 export function rehearseDecoding(): void {
-  decodeGuestState(
-    encodeGuestState({
-      format: GUEST_STATE_FORMAT,
-      version: GUEST_STATE_VERSION,
-      module: { hash: '0'.repeat(64), size: 8 },
-      memory: { bytes: WASM_PAGE, maxBytes: WASM_PAGE },
-      exec: { globals: [{ type: 'i32', bits: '00000000' }], unwind: { ptr: 1024, size: 4096 } },
-      wasi: {
-        version: WASI_STATE_VERSION,
-        args: ['rehearsal'],
-        env: { K: 'V' },
-        preopens: ['/rehearsal'],
-        fds: [],
-        clocks: { monotonicNs: '0', cputimeNs: '0' },
-        exitCode: null,
-        pendingPoll: null,
-      },
-      uptimeMs: 0,
-    }),
-  );
+  // The shape of a real state (stdio and a file descriptor), decoded a few times: one cold pass
+  // leaves the validators' paths for descriptors unrun, and a single run of the rest still cold.
+  const stdio = (fd: number, kind: 'stdin' | 'stdout' | 'stderr') => ({
+    fd, kind, preopen: null, path: '', offset: 0, fdflags: 0, oflags: 0, rightsBase: '954204635', rightsInheriting: '0',
+    filetype: 2, read: kind === 'stdin', write: kind !== 'stdin', detached: false,
+  });
+  const file = {
+    fd: 4, kind: 'file' as const, preopen: '/rehearsal', path: 'f', offset: 8, fdflags: 0, oflags: 0, rightsBase: '954204635',
+    rightsInheriting: '0', filetype: 4, read: true, write: true, detached: false,
+  };
+  const bytes = encodeGuestState({
+    format: GUEST_STATE_FORMAT,
+    version: GUEST_STATE_VERSION,
+    module: { hash: '0'.repeat(64), size: 8 },
+    memory: { bytes: WASM_PAGE, maxBytes: WASM_PAGE },
+    exec: { globals: [{ type: 'i32', bits: '00000000' }], unwind: { ptr: 1024, size: 4096 } },
+    wasi: {
+      version: WASI_STATE_VERSION,
+      args: ['rehearsal'],
+      env: { K: 'V' },
+      preopens: ['/rehearsal'],
+      fds: [stdio(0, 'stdin'), stdio(1, 'stdout'), stdio(2, 'stderr'), file],
+      clocks: { monotonicNs: '0', cputimeNs: '0' },
+      exitCode: null,
+      pendingPoll: null,
+    },
+    uptimeMs: 0,
+  });
+  for (let i = 0; i < 4; i++) decodeGuestState(bytes);
 }
