@@ -341,7 +341,7 @@ export class MigrationSource {
       // Every page written since the last DISCARD becomes a hole too (pages in both are
       // harmless: discarding a pending page again changes nothing).
       queue(sendDiscardRuns(bulk, last));
-      trace.mark(`discard queued (${last.length} runs)`);
+      trace.mark(`discard queued (${last.length} runs, ${last.reduce((n, [a, b]) => n + b - a, 0)} pages)`);
       // The runtime reads the unwound stack and the safepoint flags to resume, and the owner
       // writes the flags: send those pages now, so no hole is in the way of either.
       for (const [first, end] of runtimeRuns) await sender.sendData(first, end);
