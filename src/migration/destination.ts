@@ -18,9 +18,9 @@ import { IncomingMemory } from './incoming-memory.js';
 import { UrgentRequests } from './urgent-requests.js';
 import { postcopyBufferBytes } from './bulk-buffers.js';
 import { isChannelFailure } from './failures.js';
-import { SwitchoverTrace, tracePhase } from './switchover-trace.js';
+import { PhaseLog, SwitchoverTrace } from './switchover-trace.js';
 import { collectGarbageNow } from './heap.js';
-import { preferLatencyFor } from '../sys/sched.js';
+import { DowntimePriority } from '../sys/sched.js';
 import { MigrationError, type MigrationPhase, type MigrationProgress, type PostcopyReport } from './report.js';
 
 export interface DestinationOptions {
@@ -60,16 +60,10 @@ export interface DestinationSummary {
 
 export class MigrationDestination {
   private listener: MigrationListener | null = null;
-  private phaseNow: MigrationPhase = 'connecting';
-  private restorePriority: () => void = () => undefined;
-  private get phase(): MigrationPhase {
-    return this.phaseNow;
-  }
-  private set phase(p: MigrationPhase) {
-    this.phaseNow = p;
-    tracePhase('destination', p, this.t0);
-  }
-  private readonly t0 = performance.now();
+  private readonly phases = new PhaseLog('destination');
+  private readonly t0 = this.phases.t0;
+  /** Real-time scheduling of this thread through the downtime. */
+  private readonly downtimePriority = new DowntimePriority();
   private bulk: FramedChannel | null = null;
   /** The thread that holds the urgent connections (from listen() on). */
   private urgentThread: UrgentRequests | null = null;
@@ -108,7 +102,7 @@ export class MigrationDestination {
   progress(): MigrationProgress {
     return {
       role: 'destination',
-      state: this.phase,
+      state: this.phases.current,
       mode: this.incoming?.isPostcopy ? 'postcopy' : 'precopy',
       pass: this.pass,
       bytesSent: this.priorBytesSent + (this.bulk?.bytesSent ?? 0) + (this.urgentThread?.bytesSent ?? 0),
@@ -128,20 +122,14 @@ export class MigrationDestination {
     };
   }
 
-  /** Back to normal scheduling once the guest runs here (or the migration failed). */
-  private endDowntimePriority(): void {
-    this.restorePriority();
-    this.restorePriority = () => undefined;
-  }
-
   /** Takes one migration and returns the running guest. */
   async receive(): Promise<IncomingResult> {
     if (!this.listener) await this.listen();
     try {
       return await this.receiveOnce();
     } catch (err) {
-      this.endDowntimePriority();
-      this.phase = 'failed';
+      this.downtimePriority.end();
+      this.phases.enter('failed');
       this.errorText = (err as Error).message;
       const code = err instanceof WireError ? 'BAD_STREAM' : 'FAILED';
       await this.bulk?.sendMessage({ type: 'ERROR', code, message: (err as Error).message.slice(0, 1000) }).catch(() => undefined);
@@ -171,7 +159,7 @@ export class MigrationDestination {
     // No Nagle on the bulk channel either: its small control frames (PONG, RUNNING, DIGEST) would
     // otherwise wait for the peer's delayed ACK — 40 ms on Linux — inside the downtime.
     bulk.setNoDelay(true);
-    this.phase = 'handshake';
+    this.phases.enter('handshake');
     const setup = await bulk.expect('SETUP', 30_000);
     const refusal = this.checkSetup(setup);
     if (refusal) {
@@ -198,7 +186,7 @@ export class MigrationDestination {
     let stagedMemoryBytes = 0;
     let trace: SwitchoverTrace | null = null;
     let collectedAt = 0;
-    this.phase = 'precopy';
+    this.phases.enter('precopy');
     const streamStart = performance.now();
     let postcopyBuffer = 0;
 
@@ -260,7 +248,7 @@ export class MigrationDestination {
             const rcvRttUs = bulk.pathInfo()?.rcvRttUs ?? 0;
             const rate = (bulk.bytesReceived / Math.max(1, performance.now() - streamStart)) * 1000;
             postcopyBuffer = postcopyBufferBytes(rate, rcvRttUs);
-            tracePhase('destination', `switchover (path: ${(rate / 1e6).toFixed(1)} MB/s, rtt ${rcvRttUs} us: postcopy buffers ${postcopyBuffer} bytes)`, this.t0);
+            this.phases.note(`switchover (path: ${(rate / 1e6).toFixed(1)} MB/s, rtt ${rcvRttUs} us: postcopy buffers ${postcopyBuffer} bytes)`);
           }
           // After the memory stream (not after the small DISCARD rounds), collect garbage first:
           // the downtime follows within milliseconds (see heap.ts).
@@ -271,8 +259,7 @@ export class MigrationDestination {
           await bulk.sendMessage({ type: 'PONG', nonce: msg.nonce });
           trace = new SwitchoverTrace('destination'); // the source pauses its guest now
           // Until RUNNING is out this thread runs ahead of normal threads (see the source's pause).
-          this.restorePriority();
-          this.restorePriority = preferLatencyFor();
+          this.downtimePriority.raise();
           continue;
         case 'COMMIT':
           break;
@@ -287,7 +274,7 @@ export class MigrationDestination {
     if (mem.sizeBytes !== stagedMemoryBytes) throw new MigrationError('protocol', `the memory grew to ${mem.sizeBytes} bytes after the guest state was sent`);
 
     // ---- switchover: every page is in place or pending; let the staged guest run ----
-    this.phase = 'switchover';
+    this.phases.enter('switchover');
     const pageCount = mem.pageCount;
     this.preparing = null;
     const guest = await staged.go();
@@ -303,11 +290,11 @@ export class MigrationDestination {
     // after RUNNING is written; but not after its write is confirmed, which can take
     // milliseconds of incoming bulk stream handled first while the guest's faults wait.
     incoming.activate(pageCount);
-    this.endDowntimePriority();
+    this.downtimePriority.end();
     await running;
     trace.mark('activated');
     trace.print();
-    this.phase = this.incoming ? 'postcopy' : 'verifying';
+    this.phases.enter(this.incoming ? 'postcopy' : 'verifying');
     this.report();
     const completion = this.finish(guest, digest, pageCount, mem.sizeBytes);
     return { guest, completion };
@@ -329,7 +316,7 @@ export class MigrationDestination {
           await this.awaitReconnection(pc, err as Error, pageCount);
         }
       }
-      this.phase = 'completed';
+      this.phases.enter('completed');
       this.report();
       const summary: DestinationSummary = {
         mode: postcopy ? 'postcopy' : 'precopy',
@@ -343,7 +330,7 @@ export class MigrationDestination {
       await this.listener?.close();
       return summary;
     } catch (err) {
-      this.phase = 'failed';
+      this.phases.enter('failed');
       this.errorText = (err as Error).message;
       if (pc.pendingPages > 0) {
         // Pages are missing and cannot come: stop the guest (it may be blocked on a hole) before
@@ -433,7 +420,7 @@ export class MigrationDestination {
 
   /** Waits (up to the recovery timeout) for the source to come back with the same session. */
   private async awaitReconnection(pc: IncomingMemory, cause: Error, pageCount: number): Promise<void> {
-    this.phase = 'postcopy-paused';
+    this.phases.enter('postcopy-paused');
     this.pausedSince = performance.now();
     this.outages++;
     this.errorText = `connection lost: ${cause.message}`;
@@ -462,7 +449,7 @@ export class MigrationDestination {
       this.useUrgent(session.urgent);
       this.pausedMs += performance.now() - this.pausedSince;
       this.pausedSince = null;
-      this.phase = 'postcopy';
+      this.phases.enter('postcopy');
       this.errorText = null;
       this.report();
       return;

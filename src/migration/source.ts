@@ -21,9 +21,9 @@ import { MIN_POSTCOPY_BUFFER, clampPostcopyBuffer } from './bulk-buffers.js';
 import { PageSender } from './page-sender.js';
 import { PostcopySource } from './postcopy-source.js';
 import { collectGarbageNow } from './heap.js';
-import { preferLatencyFor } from '../sys/sched.js';
+import { DowntimePriority } from '../sys/sched.js';
 import { UrgentChannel } from './urgent-channel.js';
-import { SwitchoverTrace, tracePhase } from './switchover-trace.js';
+import { PhaseLog, SwitchoverTrace } from './switchover-trace.js';
 import {
   MigrationError,
   type MigrationMode,
@@ -60,16 +60,10 @@ const DISCARD_ROUNDS = 4;
 const SMALL_DISCARD_PAGES = 1024;
 
 export class MigrationSource {
-  private phaseNow: MigrationPhase = 'connecting';
-  private restorePriority: () => void = () => undefined;
-  private get phase(): MigrationPhase {
-    return this.phaseNow;
-  }
-  private set phase(p: MigrationPhase) {
-    this.phaseNow = p;
-    tracePhase('source', p, this.t0);
-  }
-  private readonly t0 = performance.now();
+  private readonly phases = new PhaseLog('source');
+  private readonly t0 = this.phases.t0;
+  /** Real-time scheduling of this thread through the downtime. */
+  private readonly downtimePriority = new DowntimePriority();
   private bulk: FramedChannel | null = null;
   private urgent: UrgentChannel | null = null;
   private sender: PageSender | null = null;
@@ -107,7 +101,7 @@ export class MigrationSource {
   progress(): MigrationProgress {
     return {
       role: 'source',
-      state: this.phase,
+      state: this.phases.current,
       mode: this.opts.mode,
       pass: this.pass,
       bytesSent: this.bytesSent(),
@@ -135,20 +129,14 @@ export class MigrationSource {
     return true;
   }
 
-  /** Back to normal scheduling after the downtime (once; see preferLatencyFor). */
-  private endDowntimePriority(): void {
-    this.restorePriority();
-    this.restorePriority = () => undefined;
-  }
-
   async run(): Promise<MigrationReport> {
     const tracker = new DirtyTracker(new GuestMemory(this.guest.memory, this.guest.maxMemoryBytes / WASM_PAGE_SIZE));
     let pausedByUs = false;
     try {
       return await this.migrate(tracker, () => (pausedByUs = true));
     } catch (err) {
-      this.endDowntimePriority();
-      this.phase = this.cancelled ? 'cancelled' : 'failed';
+      this.downtimePriority.end();
+      this.phases.enter(this.cancelled ? 'cancelled' : 'failed');
       this.errorText = (err as Error).message;
       tracker.stop();
       this.bulk?.destroy();
@@ -183,11 +171,11 @@ export class MigrationSource {
     // DIGEST is offered only for --verify: the destination then hashes every page it places.
     const features = opts.verify ? ALL_FEATURES : ALL_FEATURES & ~Feature.DIGEST;
     const common = { host: opts.host, port: opts.port, security: opts.security, sessionId, features };
-    tracePhase('source', 'connecting', this.t0);
+    this.phases.note('connecting');
     // Both at once: the urgent channel starts a thread of its own, tens of ms of the total.
     const [bulkOpened, urgentOpened] = await Promise.allSettled([
-      connect({ ...common, channel: 'bulk', maxBandwidth: opts.maxBandwidth }).finally(() => tracePhase('source', 'connecting (bulk connected)', this.t0)),
-      UrgentChannel.open({ ...common, memory: guest.memory, maxPages: mem.maxPageCount }).finally(() => tracePhase('source', 'connecting (urgent connected)', this.t0)),
+      connect({ ...common, channel: 'bulk', maxBandwidth: opts.maxBandwidth }).finally(() => this.phases.note('connecting (bulk connected)')),
+      UrgentChannel.open({ ...common, memory: guest.memory, maxPages: mem.maxPageCount }).finally(() => this.phases.note('connecting (urgent connected)')),
     ]);
     if (bulkOpened.status === 'rejected' || urgentOpened.status === 'rejected') {
       if (bulkOpened.status === 'fulfilled') bulkOpened.value.destroy();
@@ -199,7 +187,7 @@ export class MigrationSource {
     const bulk = this.bulk;
     // Small control frames (STATE, COMMIT, PING) must not wait for a delayed ACK (Nagle).
     bulk.setNoDelay(true);
-    this.phase = 'handshake';
+    this.phases.enter('handshake');
     await bulk.sendMessage({
       type: 'SETUP',
       moduleHash: guest.moduleHash,
@@ -212,7 +200,7 @@ export class MigrationSource {
     if (ack.needModule) await sendBlob(bulk, 'MODULE', guest.moduleSource);
 
     // Pass 0: every present page; zero pages as markers, never-touched ranges as ranges.
-    this.phase = 'precopy';
+    this.phases.enter('precopy');
     tracker.start();
     const sender = (this.sender = new PageSender(bulk, () => mem.view()));
     let sentBytes = mem.sizeBytes;
@@ -269,7 +257,7 @@ export class MigrationSource {
     const converged = this.expectedDowntimeMs !== null && this.expectedDowntimeMs <= opts.downtimeTargetMs;
     const postcopy = opts.mode !== 'precopy' && !converged;
     this.effectiveMode = postcopy ? 'postcopy' : 'precopy';
-    this.phase = 'switchover';
+    this.phases.enter('switchover');
     // Wait until the destination has placed everything sent so far: what it still has to read
     // when the guest pauses would otherwise queue in front of the state and the commit, inside
     // the downtime.
@@ -279,7 +267,7 @@ export class MigrationSource {
     const drained = this.drainBarrier();
     collectGarbageNow();
     await drained;
-    tracePhase('source', 'switchover (stream drained)', this.t0);
+    this.phases.note('switchover (stream drained)');
     // Postcopy: tell the destination now, while the guest still runs, which pages it holds are
     // stale, so it drops them ahead of the pause. The guest keeps writing meanwhile, so repeat
     // with what it wrote during each round until a round is small: the last set is dropped
@@ -297,14 +285,14 @@ export class MigrationSource {
       }
     }
 
-    tracePhase('source', 'switchover (pause)', this.t0);
+    this.phases.note('switchover (pause)');
     // ---- downtime starts ----
     // The bandwidth cap is for the background stream: the few frames of the switchover go out
     // at once (paced, a 1 MB state at 8 MB/s alone would add 125 ms of downtime).
     bulk.setMaxBandwidth(undefined);
     // Through the downtime this thread runs ahead of every normal thread on the host (the other
     // side's included, when it is the same host): each of its steps is the guest's time stopped.
-    this.restorePriority = preferLatencyFor();
+    this.downtimePriority.raise();
     const tPause = performance.now();
     const trace = new SwitchoverTrace('source');
     guest.pauseNow();
@@ -362,7 +350,7 @@ export class MigrationSource {
     try {
       const running = await bulk.expect('RUNNING', 60_000);
       downtimeMs = performance.now() - tPause;
-      this.endDowntimePriority();
+      this.downtimePriority.end();
       postcopyBuffer = clampPostcopyBuffer(running.bulkBufferBytes);
       trace.mark('running');
       trace.print();
@@ -371,7 +359,7 @@ export class MigrationSource {
       lost = err as Error; // the destination may well run the guest: recover, never resume here
     }
     // ---- downtime ends: the guest runs on the destination ----
-    this.endDowntimePriority();
+    this.downtimePriority.end();
     tracker.stop(); // unregistering the whole reservation takes milliseconds: not in the downtime
     const localDigest = opts.verify ? digestFrozenMemory(mem, pageCount, scanResidency(mem).present) : null;
     localDigest?.catch(() => undefined); // awaited when the destination's DIGEST comes
@@ -395,9 +383,9 @@ export class MigrationSource {
           downtimeMs ??= performance.now() - tPause;
         }
         if (this.postcopy) {
-          this.phase = 'postcopy';
+          this.phases.enter('postcopy');
           await this.postcopy.run();
-          this.phase = 'verifying';
+          this.phases.enter('verifying');
           const st = await this.bulk!.expect('FAULT_STATS', 600_000);
           this.postcopy.setRemoteReport({
             pagesRequested: st.pagesRequested,
@@ -408,7 +396,7 @@ export class MigrationSource {
             durationMs: st.durationMs,
           });
         }
-        this.phase = 'verifying';
+        this.phases.enter('verifying');
         if (opts.verify) {
           const digestMsg = await this.bulk!.expect('DIGEST', 600_000);
           verified = digestMsg.pageCount === pageCount && (await localDigest!) === digestMsg.hex;
@@ -423,7 +411,7 @@ export class MigrationSource {
         lost = err as Error;
       }
     }
-    this.phase = 'completed';
+    this.phases.enter('completed');
     const report: MigrationReport = {
       mode: this.effectiveMode,
       memoryBytes,
@@ -496,7 +484,7 @@ export class MigrationSource {
    * (again, if the lost connection swallowed it).
    */
   private async reconnect(cause: Error): Promise<void> {
-    this.phase = 'postcopy-paused';
+    this.phases.enter('postcopy-paused');
     this.outages++;
     this.errorText = `connection lost: ${cause.message}`;
     const since = performance.now();
@@ -535,7 +523,7 @@ export class MigrationSource {
         this.pausedMs += performance.now() - since;
         this.pausedSince = null;
         this.errorText = null;
-        this.phase = 'postcopy';
+        this.phases.enter('postcopy');
         this.report();
         return;
       } catch (err) {
@@ -553,7 +541,7 @@ export class MigrationSource {
 
   /** Retry now (and, given one, at another address) instead of waiting for the next backoff. */
   resumeNow(to?: { host: string; port: number; security?: Security }): boolean {
-    if (this.phase !== 'postcopy-paused') return false;
+    if (this.phases.current !== 'postcopy-paused') return false;
     if (to) this.target = { host: to.host, port: to.port, security: to.security ?? this.target.security };
     this.wake?.();
     return true;

@@ -2,13 +2,28 @@
 // downtime is the sum of these steps, and this is how one finds which step to shorten. With
 // FERRY_TRACE=phases, each side also prints when it enters each phase of the whole migration
 // (where a migration's total time goes).
+import type { MigrationPhase } from './report.js';
+
 const traces = (process.env['FERRY_TRACE'] ?? '').split(',');
 const enabled = traces.includes('switchover');
 const phasesEnabled = traces.includes('phases');
 
-/** Prints `phase` with the milliseconds since `t0` (performance.now()) when FERRY_TRACE=phases. */
-export function tracePhase(side: 'source' | 'destination', phase: string, t0: number): void {
-  if (phasesEnabled) process.stderr.write(`ferry trace ${side} phase ${phase} +${(performance.now() - t0).toFixed(1)}ms\n`);
+/** One side's migration phase, printed with the time since the start when FERRY_TRACE=phases. */
+export class PhaseLog {
+  readonly t0 = performance.now();
+  current: MigrationPhase = 'connecting';
+
+  constructor(private readonly side: 'source' | 'destination') {}
+
+  enter(phase: MigrationPhase): void {
+    this.current = phase;
+    this.note(phase);
+  }
+
+  /** A step within a phase, or what was measured there. */
+  note(what: string): void {
+    if (phasesEnabled) process.stderr.write(`ferry trace ${this.side} phase ${what} +${(performance.now() - this.t0).toFixed(1)}ms\n`);
+  }
 }
 
 export class SwitchoverTrace {

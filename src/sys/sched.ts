@@ -54,3 +54,20 @@ export function preferLatencyFor(): () => void {
     }
   };
 }
+
+/**
+ * A thread raised for a stretch of critical work: raise() as preferLatencyFor() (once, however
+ * often it is called), end() back to normal (any number of times, raised or not).
+ */
+export class DowntimePriority {
+  private restore: (() => void) | null = null;
+
+  raise(): void {
+    this.restore ??= preferLatencyFor();
+  }
+
+  end(): void {
+    this.restore?.();
+    this.restore = null;
+  }
+}
