@@ -65,6 +65,17 @@ const frameArb: fc.Arbitrary<FuzzFrame> = fc.record({
   lengthDelta: fc.oneof({ weight: 6, arbitrary: fc.constant(0) }, { weight: 1, arbitrary: fc.integer({ min: -8, max: 8 }) }),
 });
 
+/**
+ * fast-check's own report puts the failing case's error last, after the counterexample, where a
+ * CI log cut to its first lines loses it: this one says what went wrong first (the destination's
+ * stderr is in that message), then how to replay the case.
+ */
+function causeFirst<T>(d: fc.RunDetails<T>): void {
+  if (!d.failed) return;
+  const cause = d.errorInstance instanceof Error ? d.errorInstance.message : String(d.errorInstance);
+  throw new Error(`${cause.slice(0, 3000)}\n(fast-check: failed after ${d.numRuns} run(s); replay with seed ${d.seed}, path "${d.counterexamplePath ?? ''}")`);
+}
+
 describe('fuzz: hostile streams through a real destination', () => {
   let sb: Sandbox;
   const procs: FerryProc[] = [];
@@ -109,14 +120,14 @@ describe('fuzz: hostile streams through a real destination', () => {
       fc.asyncProperty(fc.array(frameArb, { minLength: 1, maxLength: 6 }), fc.array(frameArb, { maxLength: 2 }), async (frames, urgentFrames) => {
         await expectRefused(frames.map(rawFrame), urgentFrames.map(rawFrame));
       }),
-      { numRuns: 12 },
+      { numRuns: 12, reporter: causeFirst },
     );
   });
 
   test('raw noise after a valid start is refused', { timeout: 30_000 }, async () => {
     await fc.assert(
       fc.asyncProperty(fc.uint8Array({ minLength: 1, maxLength: 20_000 }), async (noise) => expectRefused([Buffer.from(noise)])),
-      { numRuns: 3 },
+      { numRuns: 3, reporter: causeFirst },
     );
   });
 
