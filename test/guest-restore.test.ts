@@ -24,6 +24,7 @@ import {
 import type { RestoreSpec } from './fixtures/guest/restore-guest.js';
 import { Guest } from '../src/guest/guest.js';
 import { encodeGuestState, type GuestState } from '../src/state/guest-state.js';
+import { runtimePageRuns, unwoundEnd } from '../src/state/exec-state.js';
 import type { Preopen } from '../src/wasi/wasi.js';
 
 useSharedCache();
@@ -49,6 +50,8 @@ async function moveToNewProcess(opts: {
   preopens?: Preopen[];
   ready: (stdout: string) => boolean;
   editState?: (s: GuestState) => void;
+  /** May change the memory image the new process gets (the old guest is stopped by then). */
+  editMemory?: (image: Uint8Array, s: GuestState) => void;
 }): Promise<Moved> {
   const dir = tmpDir('restore');
   const outPath = path.join(dir, 'stdout.before');
@@ -74,7 +77,9 @@ async function moveToNewProcess(opts: {
     preopens: opts.preopens ?? [],
   };
   fs.writeFileSync(spec.state, encodeGuestState(state));
-  fs.writeFileSync(spec.memory, new Uint8Array(guest.memory.buffer, 0, state.memory.bytes));
+  const image = new Uint8Array(guest.memory.buffer, 0, state.memory.bytes);
+  opts.editMemory?.(image, state);
+  fs.writeFileSync(spec.memory, image);
   fs.writeFileSync(spec.stdout, '');
   const specPath = path.join(dir, 'spec.json');
   fs.writeFileSync(specPath, JSON.stringify(spec));
@@ -103,6 +108,37 @@ test('memtouch captured here continues in a new process: SEQ continues, VERIFY O
   assert.doesNotMatch(after, /^START/m, 'the restored guest did not start over');
   assert.match(after, /^VERIFY OK 8192$/m);
   assertConsecutive([...seqBefore, ...seqNumbers(after)]);
+});
+
+test('a resume reads the unwound stack only as far as the unwind wrote: the rest of the buffer zeroed, memtouch continues', async () => {
+  const work = tmpDir('mt-unwound');
+  let zeroed = 0;
+  const moved = await moveToNewProcess({
+    modulePath: path.join(GUESTS, 'memtouch.wasm'),
+    args: ['memtouch', '--mib', '8', '--report-ms', '10', '--verify-file', '/work/verify'],
+    preopens: [{ guestPath: '/work', hostPath: work }],
+    ready: (out) => seqNumbers(out).length >= 3,
+    editMemory: (image, state) => {
+      const pages = image.length / 4096;
+      const end = unwoundEnd(state.exec, image);
+      const { ptr, size } = state.exec.unwind!;
+      assert.ok(end !== undefined && end > ptr + 8 && end < ptr + size, `the unwind wrote ${end! - ptr} of ${size} bytes`);
+      const kept = new Set(runtimePageRuns(state.exec, pages, end).flatMap(([a, b]) => Array.from({ length: b - a }, (_, i) => a + i)));
+      for (let p = Math.floor(ptr / 4096); p < (ptr + size) / 4096; p++) {
+        if (kept.has(p)) continue;
+        image.fill(0, p * 4096, (p + 1) * 4096);
+        zeroed++;
+      }
+    },
+  });
+  assert.ok(zeroed >= 32, `most of the 64 KiB-multiple unwind buffer is left out (${zeroed} pages)`);
+  await waitFor('SEQ lines from the restored guest', () => seqNumbers(readText(moved.afterPath)).length >= 3, 90_000);
+  fs.writeFileSync(path.join(work, 'verify'), '');
+  const code = await moved.exitCode;
+  const after = readText(moved.afterPath);
+  assert.equal(code, 0, `${after}\n${moved.stderr()}`);
+  assert.match(after, /^VERIFY OK 2048$/m);
+  assertConsecutive([...seqNumbers(moved.before), ...seqNumbers(after)]);
 });
 
 test('fileio captured mid-file continues at the right offsets in a new process', async () => {

@@ -11,7 +11,7 @@ import { DirtyTracker } from '../memory/dirty-tracker.js';
 import { PageBitmap } from '../memory/page-bitmap.js';
 import { scanResidency } from '../memory/residency.js';
 import { encodeGuestState, type GuestState } from '../state/guest-state.js';
-import { runtimePageRuns } from '../state/exec-state.js';
+import { runtimePageRuns, unwoundEnd } from '../state/exec-state.js';
 import { connect, newSessionId, type FramedChannel, type Security } from './transport/index.js';
 import { isChannelFailure } from './failures.js';
 import { ALL_FEATURES, Feature } from './wire/index.js';
@@ -305,7 +305,7 @@ export class MigrationSource {
     sentBytes = await this.sendGrowth(mem, sentBytes);
     const memoryBytes = mem.sizeBytes;
     const pageCount = mem.pageCount;
-    const runtimeRuns = runtimePageRuns(state.exec, pageCount);
+    const runtimeRuns = runtimePageRuns(state.exec, pageCount, unwoundEnd(state.exec, mem.view()));
     // The state goes first: the destination hands it to its waiting guest thread, which sets up
     // descriptors and globals while this side looks for the last written pages and sends the
     // rest. Apart from the few microtask turns that hand the state's frames to the socket before

@@ -60,17 +60,28 @@ export function decodeGlobal(g: GlobalValue): number | bigint {
 
 const HOST_PAGE = 4096;
 
+/** Where the data of an unwind ends: Asyncify's header at the buffer's start holds it (i32 LE). */
+export function unwoundEnd(exec: ExecState, memory: Uint8Array): number | undefined {
+  if (!exec.unwind || exec.unwind.ptr + 8 > memory.length) return undefined;
+  return new DataView(memory.buffer, memory.byteOffset, memory.length).getInt32(exec.unwind.ptr, true);
+}
+
 /**
  * The host pages a resuming guest's runtime touches before any guest code runs — the page of the
  * safepoint flags (page 0: the owner of the guest writes them to request a pause) and the unwound
  * stack — as [start, end) page runs. A destination or a lazy restore places these before the guest
- * resumes, so that neither the runtime nor the main thread ever waits on a hole there.
+ * resumes, so that neither the runtime nor the main thread ever waits on a hole there. With
+ * `stackDataEnd` (unwoundEnd() of the paused guest's memory) only the pages the unwind wrote count:
+ * the rewind reads no further, so the rest of the buffer may stay a hole.
  */
-export function runtimePageRuns(exec: ExecState, pageCount: number): Array<[number, number]> {
+export function runtimePageRuns(exec: ExecState, pageCount: number, stackDataEnd?: number): Array<[number, number]> {
   const runs: Array<[number, number]> = [[0, Math.min(1, pageCount)]];
   if (exec.unwind) {
     const first = Math.floor(exec.unwind.ptr / HOST_PAGE);
-    const end = Math.min(pageCount, Math.ceil((exec.unwind.ptr + exec.unwind.size) / HOST_PAGE));
+    const { ptr, size } = exec.unwind;
+    const d = stackDataEnd;
+    const stackEnd = d !== undefined && Number.isInteger(d) && d >= ptr + 8 && d <= ptr + size ? d : ptr + size;
+    const end = Math.min(pageCount, Math.ceil(stackEnd / HOST_PAGE));
     if (first < end) runs.push([Math.max(first, 1), end]);
   }
   return runs.filter(([s, e]) => s < e);
