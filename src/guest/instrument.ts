@@ -619,7 +619,16 @@ function boundedTripCount(b: BinaryenApi, fields: Map<number, ChildVisitor>, sit
 type CmpOp = 'eq' | 'ne' | 'lt' | 'gt' | 'le' | 'ge';
 const FLIPPED: Record<CmpOp, CmpOp> = { eq: 'eq', ne: 'ne', lt: 'gt', gt: 'lt', le: 'ge', ge: 'le' };
 
-function comparison(b: BinaryenApi, op: number): { op: CmpOp; signed: boolean; bits: number } | null {
+type Comparison = { op: CmpOp; signed: boolean; bits: number };
+/** Binaryen's comparison opcodes (they are Binaryen's constants: the table is built once). */
+let comparisons: Map<number, Comparison> | null = null;
+
+function comparison(b: BinaryenApi, op: number): Comparison | null {
+  comparisons ??= comparisonTable(b);
+  return comparisons.get(op) ?? null;
+}
+
+function comparisonTable(b: BinaryenApi): Map<number, Comparison> {
   const table: [number, CmpOp, boolean, number][] = [
     [b.EqInt32, 'eq', false, 32], [b.NeInt32, 'ne', false, 32],
     [b.LtSInt32, 'lt', true, 32], [b.LtUInt32, 'lt', false, 32], [b.GtSInt32, 'gt', true, 32], [b.GtUInt32, 'gt', false, 32],
@@ -628,8 +637,7 @@ function comparison(b: BinaryenApi, op: number): { op: CmpOp; signed: boolean; b
     [b.LtSInt64, 'lt', true, 64], [b.LtUInt64, 'lt', false, 64], [b.GtSInt64, 'gt', true, 64], [b.GtUInt64, 'gt', false, 64],
     [b.LeSInt64, 'le', true, 64], [b.LeUInt64, 'le', false, 64], [b.GeSInt64, 'ge', true, 64], [b.GeUInt64, 'ge', false, 64],
   ];
-  for (const [code, name, signed, bits] of table) if (code === op) return { op: name, signed, bits };
-  return null;
+  return new Map(table.map(([code, op, signed, bits]) => [code, { op, signed, bits }]));
 }
 
 /** A constant as an unsigned value modulo 2^bits. */
@@ -714,11 +722,14 @@ function stepsTo(x0: bigint, target: bigint, c: bigint, bits: number): bigint | 
 /** Collects the facts of a subtree, and the loops in it (with their own facts). */
 function walk(b: BinaryenApi, fields: Map<number, ChildVisitor>, root: number, safepointFn: string, loops: LoopSite[]): TreeFacts {
   const facts: TreeFacts = { size: 0, loops: 0, indirect: false, calls: [] };
-  let parentOfNext = { parent: 0, index: 0 };
+  // The block the next visited expression is a direct child of, and its index there (0, 0: none).
+  let nextParent = 0;
+  let nextIndex = 0;
   const visit = (expr: number): void => {
     if (!expr) return;
-    const at = parentOfNext;
-    parentOfNext = { parent: 0, index: 0 };
+    const parent = nextParent;
+    const index = nextIndex;
+    nextParent = nextIndex = 0;
     const id = b.getExpressionId(expr) as number;
     const children = fields.get(id);
     if (!children) throw new Unsupported();
@@ -726,10 +737,11 @@ function walk(b: BinaryenApi, fields: Map<number, ChildVisitor>, root: number, s
     if (id === b.BlockId) {
       const n: number = b.Block.getNumChildren(expr);
       for (let i = 0; i < n; i++) {
-        parentOfNext = { parent: expr, index: i };
+        nextParent = expr;
+        nextIndex = i;
         visit(b.Block.getChildAt(expr, i));
       }
-      parentOfNext = { parent: 0, index: 0 };
+      nextParent = nextIndex = 0;
       return;
     }
     if (id === b.LoopId) {
@@ -745,7 +757,7 @@ function walk(b: BinaryenApi, fields: Map<number, ChildVisitor>, root: number, s
         for (const c of inner.calls) facts.calls.push(c);
         facts.calls.push(safepointFn);
         const name = b.Loop.getName(expr);
-        if (name) loops.push({ loop: expr, name, rest, facts: inner, ...at });
+        if (name) loops.push({ loop: expr, name, rest, facts: inner, parent, index });
         return;
       }
     }

@@ -68,7 +68,7 @@ export class MigrationDestination {
   /** The thread that holds the urgent connections (from listen() on). */
   private urgentThread: UrgentRequests | null = null;
   /** The session's urgent connection, held by that thread. */
-  private urgent: RemoteChannel | FramedChannel | null = null;
+  private urgent: RemoteChannel | null = null;
   private pass = 0;
   private pagesReceived = 0;
   private incoming: IncomingMemory | null = null;

@@ -350,7 +350,6 @@ export class MigrationSource {
     try {
       const running = await bulk.expect('RUNNING', 60_000);
       downtimeMs = performance.now() - tPause;
-      this.downtimePriority.end();
       postcopyBuffer = clampPostcopyBuffer(running.bulkBufferBytes);
       trace.mark('running');
       trace.print();

@@ -45,8 +45,7 @@ export type UrgentRequesterEvent =
   | { type: 'hello'; conn: number; peer: string; hello: MessageOf<'HELLO'> }
   | { type: 'rejected'; peer: string; code: string; message: string }
   | { type: 'placed'; pages: number; latenciesUs: number[] }
-  | { type: 'lost'; conn: number; message: string }
-  | { type: 'closed' };
+  | { type: 'lost'; conn: number; message: string };
 
 const d = workerData as UrgentRequesterData;
 // The guest is blocked whenever this thread has work: it must run the moment it wakes, not after
@@ -207,8 +206,7 @@ parentPort!.on('message', (m: UrgentRequesterCommand) => {
       if (setup) close(setup.ringFd);
       void Promise.all([...conns.values()].map((c) => c.close().catch(() => undefined))).then(() => {
         publish();
-        post({ type: 'closed' });
-        parentPort!.close();
+        parentPort!.close(); // the thread exits: UrgentRequests.close() waits for that
       });
       break;
   }

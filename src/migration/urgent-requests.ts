@@ -127,8 +127,6 @@ export class UrgentRequests {
           this.fail(new Error(`urgent channel: ${e.message}`));
         }
         break;
-      case 'closed':
-        break;
     }
   }
 }

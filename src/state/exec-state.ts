@@ -77,8 +77,8 @@ export function unwoundEnd(exec: ExecState, memory: Uint8Array): number | undefi
 export function runtimePageRuns(exec: ExecState, pageCount: number, stackDataEnd?: number): Array<[number, number]> {
   const runs: Array<[number, number]> = [[0, Math.min(1, pageCount)]];
   if (exec.unwind) {
-    const first = Math.floor(exec.unwind.ptr / HOST_PAGE);
     const { ptr, size } = exec.unwind;
+    const first = Math.floor(ptr / HOST_PAGE);
     const d = stackDataEnd;
     const stackEnd = d !== undefined && Number.isInteger(d) && d >= ptr + 8 && d <= ptr + size ? d : ptr + size;
     const end = Math.min(pageCount, Math.ceil(stackEnd / HOST_PAGE));

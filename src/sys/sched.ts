@@ -39,35 +39,31 @@ export function preferLatency(): 'fifo' | 'nice' | 'normal' {
 }
 
 /**
- * Raises the calling thread as preferLatency() does, for a short stretch of critical work (a
- * switchover's downtime); the returned function puts it back to normal scheduling at the nice
- * value it had. A no-op pair where real-time scheduling is refused or turned off.
- */
-export function preferLatencyFor(): () => void {
-  const nice = os.getPriority();
-  if (preferLatency() === 'normal') return () => undefined;
-  return () => {
-    try {
-      setThreadNice(nice);
-    } catch {
-      /* stays raised: it works, only ahead of others */
-    }
-  };
-}
-
-/**
- * A thread raised for a stretch of critical work: raise() as preferLatencyFor() (once, however
- * often it is called), end() back to normal (any number of times, raised or not).
+ * The calling thread raised as preferLatency() does for a stretch of critical work (a switchover's
+ * downtime): raise() once however often it is called, end() back to normal scheduling at the nice
+ * value it had (any number of times, raised or not). Nothing happens where real-time scheduling
+ * is refused or turned off.
  */
 export class DowntimePriority {
-  private restore: (() => void) | null = null;
+  /** The nice value to go back to, while raised. */
+  private niceBefore: number | null = null;
+  private tried = false;
 
   raise(): void {
-    this.restore ??= preferLatencyFor();
+    if (this.tried) return;
+    this.tried = true;
+    const nice = os.getPriority();
+    if (preferLatency() !== 'normal') this.niceBefore = nice;
   }
 
   end(): void {
-    this.restore?.();
-    this.restore = null;
+    this.tried = false;
+    if (this.niceBefore === null) return;
+    try {
+      setThreadNice(this.niceBefore);
+    } catch {
+      /* stays raised: it works, only ahead of others */
+    }
+    this.niceBefore = null;
   }
 }

@@ -26,15 +26,12 @@ export interface TcpPathInfo {
   rttUs: number;
   /** The receiver's round-trip estimate (what receive-buffer autotuning uses), µs; 0 until measured. */
   rcvRttUs: number;
-  /** Smallest round trip seen, µs. */
-  minRttUs: number;
 }
 
 const TCP_INFO_BYTES = 232;
 /** Offsets in struct tcp_info (linux/tcp.h, stable since 4.x): u32 fields. */
 const TCPI_RTT = 68;
 const TCPI_RCV_RTT = 92;
-const TCPI_MIN_RTT = 148;
 
 /** TCP_INFO of a connected socket, or null if it has no descriptor (closed) or the kernel is too old. */
 export function tcpPathInfo(socket: Socket): TcpPathInfo | null {
@@ -42,7 +39,7 @@ export function tcpPathInfo(socket: Socket): TcpPathInfo | null {
   if (fd === null) return null;
   const buf = new Uint8Array(TCP_INFO_BYTES);
   const got = sys(() => native.tcpInfo(fd, buf));
-  if (got < TCPI_MIN_RTT + 4) return null;
+  if (got < TCPI_RCV_RTT + 4) return null;
   const v = new DataView(buf.buffer);
-  return { rttUs: v.getUint32(TCPI_RTT, true), rcvRttUs: v.getUint32(TCPI_RCV_RTT, true), minRttUs: v.getUint32(TCPI_MIN_RTT, true) };
+  return { rttUs: v.getUint32(TCPI_RTT, true), rcvRttUs: v.getUint32(TCPI_RCV_RTT, true) };
 }

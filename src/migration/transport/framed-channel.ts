@@ -101,7 +101,7 @@ export class FramedChannel {
 
   /** The kernel's view of the TCP path (round trips), or null once the socket is gone. */
   pathInfo(): TcpPathInfo | null {
-    return this.tcp.destroyed ? null : tcpPathInfo(this.tcp);
+    return tcpPathInfo(this.tcp);
   }
 
   /** Bytes written to the TCP socket (TLS overhead included). */
