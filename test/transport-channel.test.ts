@@ -282,6 +282,35 @@ describe('transport: insecure TCP', () => {
     });
   });
 
+  test('frames keep their order when pacing ends with paced frames still waiting (an idle channel writes at once)', { timeout: 20_000 }, async () => {
+    await withListener({ kind: 'insecure' }, async (l) => {
+      const [client, accepted] = await Promise.all([
+        connect({ host: HOST, port: l.port, security: { kind: 'insecure' }, channel: 'bulk', sessionId: newSessionId(), maxBandwidth: 256 * 1024 }),
+        l.accept(),
+      ]);
+      try {
+        // The first frame takes the 64 KiB burst; the next two wait for tokens when pacing is
+        // lifted (as a switchover lifts it); frames sent after that must still come after them.
+        const sends: Promise<void>[] = [];
+        for (let pass = 0; pass < 3; pass++) sends.push(client.sendPages(pass * 65536, 16, 'data', Buffer.alloc(65536, pass)));
+        client.setMaxBandwidth(undefined);
+        for (let pass = 3; pass < 6; pass++) sends.push(client.sendMessage({ type: 'PASS_END', pass, dirtyPages: 0 }));
+        await Promise.all(sends);
+        const order: number[] = [];
+        for (let i = 0; i < 6; i++) {
+          const m = await accepted.channel.recv();
+          order.push(m?.type === 'PAGES' ? m.offset / 65536 : m?.type === 'PASS_END' ? m.pass : -1);
+        }
+        assert.deepEqual(order, [0, 1, 2, 3, 4, 5]);
+        await client.sendMessage({ type: 'PASS_END', pass: 6, dirtyPages: 0 }); // idle now: written at once
+        assert.deepEqual(await accepted.channel.recv(), { type: 'PASS_END', pass: 6, dirtyPages: 0 });
+      } finally {
+        client.destroy();
+        accepted.channel.destroy();
+      }
+    });
+  });
+
   test('maxBandwidth slows the bulk channel down', async () => {
     await withListener({ kind: 'insecure' }, async (l) => {
       const [client, accepted] = await Promise.all([
