@@ -297,14 +297,24 @@ function threadScheduling(): { policy: number; nice: number } {
   return { policy: Number(fields[41 - 3]), nice: Number(fields[19 - 3]) };
 }
 
-test('DowntimePriority: raise() makes this thread real-time once, end() puts it back at its nice value', () => {
+test('DowntimePriority: raise() raises this thread once (real-time here), end() puts it back at its policy and nice value', () => {
   const before = threadScheduling();
   assert.equal(before.policy, 0, 'the test starts at normal scheduling');
   const p = new DowntimePriority();
   try {
-    p.raise();
-    p.raise(); // a second raise (another PING) changes nothing
-    assert.equal(threadScheduling().policy, 1, 'SCHED_FIFO while raised');
+    const got = p.raise();
+    if (process.env['FERRY_REALTIME'] === '0') {
+      assert.equal(got, 'normal', 'FERRY_REALTIME=0 leaves the thread alone');
+      assert.deepEqual(threadScheduling(), before);
+      return;
+    }
+    // Real-time where the host allows it (root here), else nice -10; the kernel's view must agree.
+    assert.notEqual(got, 'normal', 'raised one way or the other');
+    const raised = threadScheduling();
+    if (got === 'fifo') assert.equal(raised.policy, 1, 'SCHED_FIFO while raised');
+    else assert.deepEqual(raised, { policy: 0, nice: -10 });
+    assert.equal(p.raise(), 'normal', 'a second raise (another PING) changes nothing');
+    assert.deepEqual(threadScheduling(), raised);
   } finally {
     p.end();
   }

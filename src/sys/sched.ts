@@ -49,11 +49,14 @@ export class DowntimePriority {
   private niceBefore: number | null = null;
   private tried = false;
 
-  raise(): void {
-    if (this.tried) return;
+  /** What the thread got (as preferLatency()); 'normal' also when already raised. */
+  raise(): 'fifo' | 'nice' | 'normal' {
+    if (this.tried) return 'normal';
     this.tried = true;
     const nice = os.getPriority();
-    if (preferLatency() !== 'normal') this.niceBefore = nice;
+    const got = preferLatency();
+    if (got !== 'normal') this.niceBefore = nice;
+    return got;
   }
 
   end(): void {
