@@ -24,7 +24,7 @@ import {
 import type { RestoreSpec } from './fixtures/guest/restore-guest.js';
 import { Guest } from '../src/guest/guest.js';
 import { encodeGuestState, type GuestState } from '../src/state/guest-state.js';
-import { runtimePageRuns, unwoundEnd } from '../src/state/exec-state.js';
+import { runtimePageRuns, unwoundEnd, withoutRuns } from '../src/state/exec-state.js';
 import type { Preopen } from '../src/wasi/wasi.js';
 
 useSharedCache();
@@ -139,6 +139,25 @@ test('a resume reads the unwound stack only as far as the unwind wrote: the rest
   assert.equal(code, 0, `${after}\n${moved.stderr()}`);
   assert.match(after, /^VERIFY OK 2048$/m);
   assertConsecutive([...seqNumbers(moved.before), ...seqNumbers(after)]);
+});
+
+test('the unwound end is read as an address: an unwind buffer above 2 GiB keeps only the pages it wrote', () => {
+  // A 2 GiB + 64 KiB memory, committed lazily: only the page written here is ever backed.
+  const mem = new WebAssembly.Memory({ initial: 32769, maximum: 32769 });
+  const image = new Uint8Array(mem.buffer);
+  const ptr = 2 ** 31 + 4096; // the buffer's header: where its data ends, then its limit
+  const end = ptr + 8 + 300;
+  new DataView(mem.buffer).setUint32(ptr, end, true);
+  const exec = { unwind: { ptr, size: 16 * 4096 } } as Parameters<typeof unwoundEnd>[0];
+  assert.equal(unwoundEnd(exec, image), end);
+  const pages = image.length / 4096;
+  assert.deepEqual(runtimePageRuns(exec, pages, unwoundEnd(exec, image)), [[0, 1], [ptr / 4096, ptr / 4096 + 1]]);
+});
+
+test('withoutRuns leaves the runtime\'s pages out of a DISCARD: whole runs, split runs, ends', () => {
+  assert.deepEqual(withoutRuns([[0, 2], [17, 18], [40, 60]], [[0, 1], [45, 50]]), [[1, 2], [17, 18], [40, 45], [50, 60]]);
+  assert.deepEqual(withoutRuns([[5, 6]], [[0, 10]]), []);
+  assert.deepEqual(withoutRuns([[5, 10]], []), [[5, 10]]);
 });
 
 test('fileio captured mid-file continues at the right offsets in a new process', async () => {

@@ -28,14 +28,26 @@ export class PageSender {
   /** Sends pages [start, end) as data, in runs of at most RECOMMENDED_RUN_PAGES. */
   async sendData(start: number, end: number): Promise<void> {
     for (let s = start; s < end; s += RECOMMENDED_RUN_PAGES) {
-      const e = Math.min(end, s + RECOMMENDED_RUN_PAGES);
-      const view = this.memoryView();
-      const copy = Buffer.allocUnsafe((e - s) * HOST_PAGE_SIZE);
-      copy.set(view.subarray(s * HOST_PAGE_SIZE, e * HOST_PAGE_SIZE));
-      await this.push(this.channel.sendPages(s * HOST_PAGE_SIZE, e - s, 'data', copy));
-      this.counters.pagesSent += e - s;
-      this.counters.dataPages += e - s;
+      await this.push(this.sendRun(s, Math.min(end, s + RECOMMENDED_RUN_PAGES)));
     }
+  }
+
+  /**
+   * Sends pages [start, end) as data with every frame handed to the channel before this returns
+   * (no backpressure): for the few pages of a switchover, which nothing sent after may overtake.
+   */
+  sendDataAtOnce(start: number, end: number): Promise<void> {
+    const sends: Promise<void>[] = [];
+    for (let s = start; s < end; s += RECOMMENDED_RUN_PAGES) sends.push(this.sendRun(s, Math.min(end, s + RECOMMENDED_RUN_PAGES)));
+    return Promise.all(sends).then(() => undefined);
+  }
+
+  private sendRun(s: number, e: number): Promise<void> {
+    const copy = Buffer.allocUnsafe((e - s) * HOST_PAGE_SIZE);
+    copy.set(this.memoryView().subarray(s * HOST_PAGE_SIZE, e * HOST_PAGE_SIZE));
+    this.counters.pagesSent += e - s;
+    this.counters.dataPages += e - s;
+    return this.channel.sendPages(s * HOST_PAGE_SIZE, e - s, 'data', copy);
   }
 
   /** Sends [start, end) as a zero or never-touched range (no bytes). */

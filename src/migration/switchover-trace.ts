@@ -28,6 +28,9 @@ export class PhaseLog {
 
 export class SwitchoverTrace {
   private readonly t0 = performance.now();
+  // CLOCK_MONOTONIC is one clock for every process on a host; performance.timeOrigin is not
+  // (each process derives it from the millisecond wall clock, up to a millisecond apart).
+  private readonly t0Host = process.hrtime.bigint();
   private readonly marks: string[] = [];
 
   constructor(private readonly side: 'source' | 'destination') {}
@@ -37,8 +40,8 @@ export class SwitchoverTrace {
   }
 
   print(): void {
-    // The start on the wall clock (ms, modulo 100 s) lines up the two sides' traces on one host.
-    const at = ((performance.timeOrigin + this.t0) % 100_000).toFixed(2);
+    // The start on the host's monotonic clock (ms, modulo 100 s) lines up the two sides' traces.
+    const at = (Number(this.t0Host % 100_000_000_000n) / 1e6).toFixed(3);
     if (enabled && this.marks.length > 0) process.stderr.write(`ferry trace ${this.side} switchover (from ${at}): ${this.marks.join(', ')}\n`);
   }
 }

@@ -60,10 +60,11 @@ export function decodeGlobal(g: GlobalValue): number | bigint {
 
 const HOST_PAGE = 4096;
 
-/** Where the data of an unwind ends: Asyncify's header at the buffer's start holds it (i32 LE). */
+/** Where the data of an unwind ends: Asyncify's header at the buffer's start holds it (u32 LE). */
 export function unwoundEnd(exec: ExecState, memory: Uint8Array): number | undefined {
   if (!exec.unwind || exec.unwind.ptr + 8 > memory.length) return undefined;
-  return new DataView(memory.buffer, memory.byteOffset, memory.length).getInt32(exec.unwind.ptr, true);
+  // An address: unsigned (the buffer sits above 2 GiB in a large memory).
+  return new DataView(memory.buffer, memory.byteOffset, memory.length).getUint32(exec.unwind.ptr, true);
 }
 
 /**
@@ -85,4 +86,21 @@ export function runtimePageRuns(exec: ExecState, pageCount: number, stackDataEnd
     if (first < end) runs.push([Math.max(first, 1), end]);
   }
   return runs.filter(([s, e]) => s < e);
+}
+
+/** `runs` without the pages of `cut` (runs [first, end) of pages; `cut` is a handful of runs). */
+export function withoutRuns(runs: ReadonlyArray<readonly [number, number]>, cut: ReadonlyArray<readonly [number, number]>): Array<[number, number]> {
+  let out: Array<[number, number]> = runs.map(([s, e]): [number, number] => [s, e]);
+  for (const [cs, ce] of cut) {
+    const next: Array<[number, number]> = [];
+    for (const [s, e] of out) {
+      if (e <= cs || s >= ce) next.push([s, e]);
+      else {
+        if (s < cs) next.push([s, cs]);
+        if (e > ce) next.push([ce, e]);
+      }
+    }
+    out = next;
+  }
+  return out;
 }

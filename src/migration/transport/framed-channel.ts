@@ -181,6 +181,21 @@ export class FramedChannel {
     return this.dispatchChain;
   }
 
+  /**
+   * Runs `send` (which sends frames) with the socket corked, so its frames reach the socket in one
+   * write. A TLS socket takes one write at a time and holds later ones until a turn of the event
+   * loop confirms the first: frames that must leave before a long synchronous step (the
+   * switchover's page-table walk) go out together, or only the first of them does.
+   */
+  batch<T>(send: () => T): T {
+    this.stream.cork();
+    try {
+      return send();
+    } finally {
+      this.stream.uncork();
+    }
+  }
+
   sendMessage(msg: Message): Promise<void> {
     return this.send(encodeMessage(msg, { checksum: !this.tls }));
   }
