@@ -260,18 +260,21 @@ import net from 'node:net';
 import { tcpPathInfo } from '../src/sys/socket.js';
 import { MAX_POSTCOPY_BUFFER, MIN_POSTCOPY_BUFFER, clampPostcopyBuffer, postcopyBufferBytes } from '../src/migration/bulk-buffers.js';
 
-test('tcpPathInfo reads TCP_INFO of a real loopback connection: a round trip once data was acknowledged; null once closed', async () => {
-  const server = net.createServer((c) => c.resume());
+test('tcpPathInfo reads TCP_INFO of a real loopback connection: the receiver\'s round-trip estimate once data arrived; null once closed', async () => {
+  const server = net.createServer();
+  const received = new Promise<net.Socket>((r) => server.once('connection', (s) => r(s.resume())));
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const c = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1');
   await new Promise<void>((r) => c.once('connect', r));
+  const receiver = await received;
   for (let i = 0; i < 50; i++) await new Promise<void>((r) => c.write(Buffer.alloc(64 * 1024), () => r()));
   await new Promise((r) => setTimeout(r, 20));
-  const info = tcpPathInfo(c);
-  assert.ok(info, 'a connected socket has TCP_INFO');
-  assert.ok(info.rttUs > 0 && info.rttUs < 1_000_000, `rtt ${info.rttUs} us`);
-  assert.equal(info.rcvRttUs, 0, 'this side only sent: it has no receiver estimate');
+  const got = tcpPathInfo(receiver);
+  assert.ok(got, 'a connected socket has TCP_INFO');
+  assert.ok(got.rcvRttUs > 0 && got.rcvRttUs < 1_000_000, `the receiver estimated ${got.rcvRttUs} us`);
+  assert.equal(tcpPathInfo(c)?.rcvRttUs, 0, 'the sender received nothing: it has no receiver estimate');
   c.destroy();
+  receiver.destroy();
   assert.equal(tcpPathInfo(c), null);
   server.close();
 });

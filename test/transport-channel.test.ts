@@ -359,6 +359,33 @@ describe('transport: TLS 1.3 with a pre-shared key', () => {
     });
   });
 
+  test('batch() hands its frames to the socket in one write: all of them are in it before the event loop turns', async () => {
+    await withListener({ kind: 'psk', key }, async (l) => {
+      const [client, accepted] = await Promise.all([
+        connect({ host: HOST, port: l.port, security: { kind: 'psk', key }, channel: 'bulk', sessionId: newSessionId() }),
+        l.accept(),
+      ]);
+      try {
+        const passEnd = (pass: number) => ({ type: 'PASS_END' as const, pass, dirtyPages: 0 });
+        // Without batch(): the TLS socket takes the first frame and holds the second until a turn.
+        let before = client.bytesSent;
+        const plain = [client.sendMessage(passEnd(1)), client.sendMessage(passEnd(2))];
+        const plainAtOnce = client.bytesSent - before;
+        await Promise.all(plain);
+        assert.ok(plainAtOnce < client.bytesSent - before, `unbatched, ${plainAtOnce} of ${client.bytesSent - before} bytes went at once`);
+        before = client.bytesSent;
+        const batched = client.batch(() => [client.sendMessage(passEnd(3)), client.sendMessage(passEnd(4))]);
+        const batchedAtOnce = client.bytesSent - before;
+        await Promise.all(batched);
+        assert.equal(batchedAtOnce, client.bytesSent - before, 'batched, every byte went at once');
+        for (let pass = 1; pass <= 4; pass++) assert.deepEqual(await accepted.channel.recv(), passEnd(pass));
+      } finally {
+        client.destroy();
+        accepted.channel.destroy();
+      }
+    });
+  });
+
   test('a wrong key is refused on both sides before any message', async () => {
     await withListener({ kind: 'psk', key }, async (l) => {
       const rejected = nextRejection(l);

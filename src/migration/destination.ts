@@ -16,7 +16,7 @@ import { ChunkAssembler, Feature, PageFrameChecker, WireError, type Message, typ
 import { PageDigest } from './digest.js';
 import { IncomingMemory } from './incoming-memory.js';
 import { UrgentRequests } from './urgent-requests.js';
-import { postcopyBufferBytes } from './bulk-buffers.js';
+import { MIN_POSTCOPY_BUFFER, postcopyBufferBytes } from './bulk-buffers.js';
 import { isChannelFailure } from './failures.js';
 import { PhaseLog, SwitchoverTrace } from './switchover-trace.js';
 import { collectGarbageNow } from './heap.js';
@@ -280,7 +280,7 @@ export class MigrationDestination {
     const guest = await staged.go();
     trace.mark('guest running');
     // The bulk buffers are set before the source hears RUNNING, which tells it the size for its end.
-    const bulkBufferBytes = incoming.isPostcopy ? postcopyBuffer || postcopyBufferBytes(0, 0) : 0;
+    const bulkBufferBytes = incoming.isPostcopy ? postcopyBuffer || MIN_POSTCOPY_BUFFER : 0;
     if (bulkBufferBytes > 0) bulk.limitKernelBuffers(bulkBufferBytes);
     const running = bulk.sendMessage({ type: 'RUNNING', bulkBufferBytes });
     await bulk.handedOver();

@@ -421,7 +421,6 @@ export class MigrationSource {
         lost = err as Error;
       }
     }
-    tracker.stop(); // done already unless recovery went another way; idempotent
     this.phases.enter('completed');
     const report: MigrationReport = {
       mode: this.effectiveMode,

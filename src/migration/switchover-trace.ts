@@ -16,6 +16,7 @@ export class PhaseLog {
   constructor(private readonly side: 'source' | 'destination') {}
 
   enter(phase: MigrationPhase): void {
+    if (phase === this.current) return; // entered again on another path: one line per phase
     this.current = phase;
     this.note(phase);
   }

@@ -22,15 +22,12 @@ export function setSocketBuffer(socket: Socket, option: number, bytes: number): 
 
 /** What TCP_INFO says of a connection's path (the fields Ferry uses; see linux/tcp.h). */
 export interface TcpPathInfo {
-  /** Smoothed round-trip time the sender measures, µs (queueing included). */
-  rttUs: number;
   /** The receiver's round-trip estimate (what receive-buffer autotuning uses), µs; 0 until measured. */
   rcvRttUs: number;
 }
 
 const TCP_INFO_BYTES = 232;
-/** Offsets in struct tcp_info (linux/tcp.h, stable since 4.x): u32 fields. */
-const TCPI_RTT = 68;
+/** Offset in struct tcp_info (linux/tcp.h, stable since 4.x) of tcpi_rcv_rtt, a u32. */
 const TCPI_RCV_RTT = 92;
 
 /** TCP_INFO of a connected socket, or null if it has no descriptor (closed) or the kernel is too old. */
@@ -41,5 +38,5 @@ export function tcpPathInfo(socket: Socket): TcpPathInfo | null {
   const got = sys(() => native.tcpInfo(fd, buf));
   if (got < TCPI_RCV_RTT + 4) return null;
   const v = new DataView(buf.buffer);
-  return { rttUs: v.getUint32(TCPI_RTT, true), rcvRttUs: v.getUint32(TCPI_RCV_RTT, true) };
+  return { rcvRttUs: v.getUint32(TCPI_RCV_RTT, true) };
 }
