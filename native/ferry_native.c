@@ -43,7 +43,7 @@ static napi_value throw_errno(napi_env env, const char *op, int err, const char 
     snprintf(msg, sizeof msg, "%s: %s (%s): %s", op, name, strerror(err), detail);
   else
     snprintf(msg, sizeof msg, "%s: %s (%s)", op, name, strerror(err));
-  napi_value code, message, error, sys, eno;
+  napi_value code = NULL, message = NULL, error = NULL, sys = NULL, eno = NULL;
   napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &code);
   napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &message);
   napi_create_error(env, code, message, &error);
@@ -169,7 +169,7 @@ static int get_typed(napi_env env, napi_value v, const char *op, const char *nam
 static int check_inside(napi_env env, const char *op, const char *name, uint64_t offset, uint64_t length, size_t buflen) {
   if (offset > buflen || length > buflen - offset) {
     throw_errno(env, op, ERANGE, "");
-    napi_value e;
+    napi_value e = NULL;
     napi_get_and_clear_last_exception(env, &e);
     char detail[256];
     snprintf(detail, sizeof detail, "%s [%llu, %llu) lies outside the buffer of %zu bytes", name,
@@ -185,14 +185,16 @@ static int check_aligned(napi_env env, const char *op, const char *name, uint64_
   return 1;
 }
 
+/* Every napi_value this file returns starts as NULL: a call the runtime refuses (its environment is
+ * terminating) then returns "no value" instead of stack garbage. */
 static napi_value num(napi_env env, double d) {
-  napi_value v;
+  napi_value v = NULL;
   napi_create_double(env, d, &v);
   return v;
 }
 
 static napi_value undef(napi_env env) {
-  napi_value v;
+  napi_value v = NULL;
   napi_get_undefined(env, &v);
   return v;
 }
@@ -249,7 +251,7 @@ static napi_value wrap_mapping(napi_env env, void *addr, size_t len) {
   if (!m) { munmap(addr, len); return throw_errno(env, "mmap", ENOMEM, NULL); }
   m->addr = addr;
   m->len = len;
-  napi_value ab;
+  napi_value ab = NULL;
   if (napi_create_external_arraybuffer(env, addr, len, unmap_finalize, m, &ab) != napi_ok) {
     munmap(addr, len);
     free(m);
@@ -293,7 +295,7 @@ static napi_value f_memfd_create(napi_env env, napi_callback_info info) {
   char name[200];
   size_t nlen;
   if (napi_get_value_string_utf8(env, argv[0], name, sizeof name, &nlen) != napi_ok) {
-    napi_value e;
+    napi_value e = NULL;
     napi_get_and_clear_last_exception(env, &e);
     return throw_arg(env, OP, "name must be a string");
   }
@@ -347,10 +349,10 @@ static napi_value f_uffd_api(napi_env env, napi_callback_info info) {
   if (!get_fd(env, argv[0], OP, &fd) || !get_u64(env, argv[1], OP, "features", &features)) return NULL;
   struct uffdio_api api = {.api = UFFD_API, .features = features};
   if (ioctl(fd, UFFDIO_API, &api) != 0) return throw_errno(env, OP, errno, NULL);
-  napi_value o;
+  napi_value o = NULL;
   napi_create_object(env, &o);
   napi_set_named_property(env, o, "features", num(env, (double)api.features));
-  napi_value io; /* bit 63 (_UFFDIO_API) does not fit a double beside the low bits: a BigInt */
+  napi_value io = NULL; /* bit 63 (_UFFDIO_API) does not fit a double beside the low bits: a BigInt */
   napi_create_bigint_uint64(env, api.ioctls, &io);
   napi_set_named_property(env, o, "ioctls", io);
   return o;
@@ -378,7 +380,7 @@ static napi_value f_uffd_register(napi_env env, napi_callback_info info) {
     return throw_arg(env, OP, "mode %d must be a non-empty mask of MISSING|WP|MINOR", mode);
   struct uffdio_register r = {.range = {.start = start, .len = len}, .mode = (uint64_t)mode};
   if (ioctl(fd, UFFDIO_REGISTER, &r) != 0) return throw_errno(env, OP, errno, NULL);
-  napi_value io;
+  napi_value io = NULL;
   napi_create_bigint_uint64(env, r.ioctls, &io);
   return io;
 }
@@ -666,7 +668,7 @@ static napi_value f_pagemap_scan(napi_env env, napi_callback_info info) {
   if (n < 0) return throw_errno(env, OP, errno, NULL);
   uint64_t *raw = (uint64_t *)out;
   for (size_t i = 0; i < (size_t)n * 3; i++) out[i] = (double)raw[i];
-  napi_value o;
+  napi_value o = NULL;
   napi_create_object(env, &o);
   napi_set_named_property(env, o, "count", num(env, n));
   napi_set_named_property(env, o, "walkEnd", num(env, (double)a.walk_end));
@@ -712,7 +714,7 @@ static napi_value f_pagemap_scan_bits(napi_env env, napi_callback_info info) {
   uint32_t *maps[8];
   uint64_t need = (end - start) / PAGE;
   for (uint32_t j = 0; j < nb; j++) {
-    napi_value e;
+    napi_value e = NULL;
     size_t words;
     napi_get_element(env, argv[8], j, &e);
     if (!get_typed(env, e, OP, "bitmaps[j]", napi_uint32_array, "Uint32Array", (void **)&maps[j], &words)) return NULL;
@@ -742,7 +744,7 @@ static napi_value f_pagemap_scan_bits(napi_env env, napi_callback_info info) {
     from = a.walk_end;
   }
   free(vec);
-  napi_value o;
+  napi_value o = NULL;
   napi_create_object(env, &o);
   napi_set_named_property(env, o, "pages", num(env, pages));
   napi_set_named_property(env, o, "regions", num(env, regions));
@@ -983,14 +985,18 @@ static void watcher_fired(uv_poll_t *h, int status, int events) {
   napi_env env = w->env;
   napi_handle_scope scope;
   napi_open_handle_scope(env, &scope);
-  napi_value cb, recv, argv[2], result;
+  napi_value cb = NULL, recv = NULL, argv[2] = {NULL, NULL}, result = NULL;
   napi_get_reference_value(env, w->cb, &cb);
   napi_get_global(env, &recv); /* make_callback needs an object receiver */
   napi_create_int32(env, status, &argv[0]);
   napi_create_int32(env, (events & UV_READABLE ? POLLIN : 0) | (events & UV_WRITABLE ? POLLOUT : 0) |
                              (events & UV_DISCONNECT ? POLLHUP : 0), &argv[1]);
-  if (napi_make_callback(env, w->actx, recv, cb, 2, argv, &result) == napi_pending_exception) {
-    napi_value e;
+  bool threw = false;
+  /* A refused call (the environment is terminating) also says napi_pending_exception, with nothing
+   * thrown: only a real exception is reported. */
+  if (napi_make_callback(env, w->actx, recv, cb, 2, argv, &result) == napi_pending_exception &&
+      napi_is_exception_pending(env, &threw) == napi_ok && threw) {
+    napi_value e = NULL;
     napi_get_and_clear_last_exception(env, &e);
     napi_fatal_exception(env, e);
   }
@@ -1028,7 +1034,7 @@ static napi_value f_fd_watch(napi_env env, napi_callback_info info) {
   w->box = b;
   b->w = w;
   napi_create_reference(env, argv[2], 1, &w->cb);
-  napi_value name;
+  napi_value name = NULL;
   napi_create_string_utf8(env, "ferry.fdWatch", NAPI_AUTO_LENGTH, &name);
   napi_async_init(env, NULL, name, &w->actx);
   r = uv_poll_start(&w->handle, (events & POLLIN ? UV_READABLE : 0) | (events & POLLOUT ? UV_WRITABLE : 0), watcher_fired);
@@ -1038,8 +1044,15 @@ static napi_value f_fd_watch(napi_env env, napi_callback_info info) {
     return throw_errno(env, OP, -r, NULL);
   }
   napi_add_env_cleanup_hook(env, (void (*)(void *))watcher_stop, w);
-  napi_value ext;
-  napi_create_external(env, b, box_finalize, NULL, &ext);
+  /* napi_create_external refuses (leaving ext unset) once the thread's environment is terminating,
+   * e.g. a worker told to stop while it is starting its watchers: release everything and return
+   * no value, never an unset one (V8 would dereference it). */
+  napi_value ext = NULL;
+  if (napi_create_external(env, b, box_finalize, NULL, &ext) != napi_ok) {
+    watcher_stop(w);
+    free(b);
+    return NULL;
+  }
   return ext;
 }
 
@@ -1062,7 +1075,7 @@ static napi_value f_fd_unwatch(napi_env env, napi_callback_info info) {
 static void set_num(napi_env env, napi_value o, const char *k, double v) { napi_set_named_property(env, o, k, num(env, v)); }
 
 static napi_value constants(napi_env env) {
-  napi_value c;
+  napi_value c = NULL;
   napi_create_object(env, &c);
 #define C(name) set_num(env, c, #name, (double)(name))
   C(UFFD_API);

@@ -66,6 +66,8 @@ const frameArb: fc.Arbitrary<FuzzFrame> = fc.record({
 });
 
 /**
+ * Every case costs a destination process, so a failure is reported as found (endOnFailure), not
+ * shrunk: shrinking would outlast the test's time limit and the report would be lost with it.
  * fast-check's own report puts the failing case's error last, after the counterexample, where a
  * CI log cut to its first lines loses it: this one says what went wrong first (the destination's
  * stderr is in that message), then how to replay the case.
@@ -103,7 +105,7 @@ describe('fuzz: hostile streams through a real destination', () => {
       const code = await dst.exitWithin(30_000);
       assert.notEqual(code, 0, `the destination exits non-zero:\n${dst.err}`);
       const m = /incoming migration failed: (.*)/.exec(dst.err);
-      assert.ok(m && m[1]!.length > 5, `the destination says why:\n${dst.err}`);
+      assert.ok(m && m[1]!.length > 5, `the destination says why (it exited ${code}${dst.child.signalCode ? `, ${dst.child.signalCode}` : ''}):\n${dst.err}`);
       assert.equal(dst.out, '', 'no guest ran');
       tally.cases++;
       const word = m[1]!.split(/[:\s]/)[0]!;
@@ -120,14 +122,14 @@ describe('fuzz: hostile streams through a real destination', () => {
       fc.asyncProperty(fc.array(frameArb, { minLength: 1, maxLength: 6 }), fc.array(frameArb, { maxLength: 2 }), async (frames, urgentFrames) => {
         await expectRefused(frames.map(rawFrame), urgentFrames.map(rawFrame));
       }),
-      { numRuns: 12, reporter: causeFirst },
+      { numRuns: 12, endOnFailure: true, reporter: causeFirst },
     );
   });
 
   test('raw noise after a valid start is refused', { timeout: 30_000 }, async () => {
     await fc.assert(
       fc.asyncProperty(fc.uint8Array({ minLength: 1, maxLength: 20_000 }), async (noise) => expectRefused([Buffer.from(noise)])),
-      { numRuns: 3, reporter: causeFirst },
+      { numRuns: 3, endOnFailure: true, reporter: causeFirst },
     );
   });
 
