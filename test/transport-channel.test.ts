@@ -282,6 +282,38 @@ describe('transport: insecure TCP', () => {
     });
   });
 
+  test('a session starts on its bulk channel; its urgent channel joins before or after, by id', async () => {
+    await withListener({ kind: 'insecure' }, async (l) => {
+      const early = newSessionId();
+      const late = newSessionId();
+      const other = newSessionId();
+      const opts = { host: HOST, port: l.port, security: { kind: 'insecure' as const } };
+      const conns = [];
+      // Urgent first: acceptBulk hands both over.
+      conns.push(await connect({ ...opts, channel: 'urgent', sessionId: early }));
+      conns.push(await connect({ ...opts, channel: 'bulk', sessionId: early }));
+      const first = await l.acceptBulk();
+      assert.equal(first.sessionHex, early.toString('hex'));
+      assert.equal((first.urgent as FramedChannel | null)?.session?.channel, 'urgent');
+      // Bulk first: no urgent yet; acceptUrgent waits for this session's, passing another session's by.
+      conns.push(await connect({ ...opts, channel: 'bulk', sessionId: late }));
+      const second = await l.acceptBulk();
+      assert.equal(second.sessionHex, late.toString('hex'));
+      assert.equal(second.urgent, null);
+      const joined = l.acceptUrgent(second.sessionHex);
+      conns.push(await connect({ ...opts, channel: 'urgent', sessionId: other }));
+      conns.push(await connect({ ...opts, channel: 'urgent', sessionId: late }));
+      const urgent = (await joined) as FramedChannel;
+      await conns[4]!.sendMessage({ type: 'PAGE_REQUEST', offset: 8192, count: 2 });
+      assert.deepEqual(await urgent.recv(), { type: 'PAGE_REQUEST', offset: 8192, count: 2 }, 'the urgent channel of that session, not the other one');
+      // The other session's urgent channel waits for its own bulk.
+      conns.push(await connect({ ...opts, channel: 'bulk', sessionId: other }));
+      const third = await l.acceptSession();
+      assert.equal(third.sessionHex, other.toString('hex'));
+      for (const c of [...conns, first.bulk, first.urgent!, second.bulk, urgent, third.bulk, third.urgent]) c.destroy();
+    });
+  });
+
   test('frames keep their order when pacing ends with paced frames still waiting (an idle channel writes at once)', { timeout: 20_000 }, async () => {
     await withListener({ kind: 'insecure' }, async (l) => {
       const [client, accepted] = await Promise.all([

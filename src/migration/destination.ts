@@ -40,6 +40,8 @@ export interface DestinationOptions {
 export const DEFAULT_RECOVER_TIMEOUT_S = 600;
 /** Silence on both channels, while the guest waits on a page, after which the connection is lost. */
 const SILENCE_MS = 10_000;
+/** How long after its bulk channel a session's urgent channel may take to join, at most. */
+const URGENT_JOIN_MS = 30_000;
 /** A PING after at least this much stream since the last collection is answered after one. */
 const GC_BEFORE_PONG_BYTES = 16 * 1024 * 1024;
 
@@ -69,6 +71,8 @@ export class MigrationDestination {
   private urgentThread: UrgentRequests | null = null;
   /** The session's urgent connection, held by that thread. */
   private urgent: RemoteChannel | null = null;
+  /** Until the session's urgent connection has joined: its arrival. */
+  private urgentArrival: Promise<void> | null = null;
   private pass = 0;
   private pagesReceived = 0;
   private incoming: IncomingMemory | null = null;
@@ -152,10 +156,17 @@ export class MigrationDestination {
       listener.once('rejected', onRejected);
     });
     refused.catch(() => undefined);
-    const session = await Promise.race([listener.acceptSession(), refused]).finally(() => listener.off('rejected', onRejected!));
+    // The stream starts on the bulk channel alone: the source's urgent channel (a thread of its
+    // own to start, tens of ms) joins while the first pages move, and is waited for before the
+    // pause (urgentJoined()).
+    const session = await Promise.race([listener.acceptBulk(), refused]).finally(() => listener.off('rejected', onRejected!));
     this.sessionHex = session.sessionHex;
     const bulk = (this.bulk = session.bulk);
-    this.useUrgent(session.urgent);
+    if (session.urgent) this.useUrgent(session.urgent);
+    else {
+      this.urgentArrival = listener.acceptUrgent(session.sessionHex).then((u) => this.useUrgent(u));
+      this.urgentArrival.catch(() => undefined);
+    }
     // No Nagle on the bulk channel either: its small control frames (PONG, RUNNING, DIGEST) would
     // otherwise wait for the peer's delayed ACK — 40 ms on Linux — inside the downtime.
     bulk.setNoDelay(true);
@@ -239,6 +250,7 @@ export class MigrationDestination {
           }
           continue;
         case 'PING':
+          await this.urgentJoined(bulk.peer);
           // The source's barrier before its pause: everything before this frame is placed. The
           // first one ends the stream of the precopy passes: its rate, and the round trip this
           // side's TCP estimated meanwhile, size both ends' buffers for the postcopy stream
@@ -268,6 +280,7 @@ export class MigrationDestination {
       }
       break;
     }
+    await this.urgentJoined(bulk.peer);
     trace ??= new SwitchoverTrace('destination');
     trace.mark('COMMIT');
     if (!staged) throw new WireError('BAD_ORDER', bulk.bytesReceived, 'COMMIT without a (whole) guest state');
@@ -454,6 +467,20 @@ export class MigrationDestination {
       this.report();
       return;
     }
+  }
+
+  /**
+   * The session's urgent channel is in use. The source opens it before it pauses its guest (and
+   * its PING before the pause waits here), so this waits only for a source that never opens it.
+   */
+  private async urgentJoined(peer: string): Promise<void> {
+    if (!this.urgentArrival) return;
+    try {
+      await withTimeout(this.urgentArrival, URGENT_JOIN_MS, peer);
+    } catch (err) {
+      throw new MigrationError('transport', `the source's urgent channel did not join its session: ${(err as Error).message}`);
+    }
+    this.urgentArrival = null;
   }
 
   private useUrgent(urgent: RemoteChannel | FramedChannel): void {

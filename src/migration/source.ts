@@ -58,6 +58,9 @@ const AUTO_POSTCOPY_BUDGET = 0.25;
 /** Postcopy DISCARD rounds before the pause, at most; the rounds stop once one is this small. */
 const DISCARD_ROUNDS = 4;
 const SMALL_DISCARD_PAGES = 1024;
+/** Attempts at the urgent channel before the migration fails, and the wait after the first. */
+const URGENT_OPEN_ATTEMPTS = 3;
+const URGENT_RETRY_MS = 100;
 
 export class MigrationSource {
   private readonly phases = new PhaseLog('source');
@@ -66,6 +69,8 @@ export class MigrationSource {
   private readonly downtimePriority = new DowntimePriority();
   private bulk: FramedChannel | null = null;
   private urgent: UrgentChannel | null = null;
+  /** The urgent channel's opening, from the start of the migration until it is in `urgent`. */
+  private urgentOpening: Promise<UrgentChannel> | null = null;
   private sender: PageSender | null = null;
   private postcopy: PostcopySource | null = null;
   private pass = 0;
@@ -125,8 +130,29 @@ export class MigrationSource {
     if (this.committed) return false;
     this.cancelled = true;
     this.bulk?.destroy(new MigrationError('cancelled', 'migration cancelled'));
-    this.urgent?.destroy();
+    this.dropUrgent();
     return true;
+  }
+
+  /** Opens the urgent channel; a failed attempt is tried again after a short wait, a few times. */
+  private async openUrgent(opts: Parameters<typeof UrgentChannel.open>[0]): Promise<UrgentChannel> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const urgent = await UrgentChannel.open(opts);
+        this.phases.note('connecting (urgent connected)');
+        return urgent;
+      } catch (err) {
+        if (attempt >= URGENT_OPEN_ATTEMPTS || this.cancelled) throw err;
+        this.phases.note(`connecting (urgent channel failed: ${(err as Error).message}; trying again)`);
+        await new Promise((r) => setTimeout(r, URGENT_RETRY_MS * attempt));
+      }
+    }
+  }
+
+  /** Ends the urgent channel, or the one still opening as soon as it opens. */
+  private dropUrgent(): void {
+    this.urgent?.destroy();
+    this.urgentOpening?.then((u) => u.destroy(), () => undefined);
   }
 
   async run(): Promise<MigrationReport> {
@@ -140,7 +166,7 @@ export class MigrationSource {
       this.errorText = (err as Error).message;
       tracker.stop();
       this.bulk?.destroy();
-      this.urgent?.destroy();
+      this.dropUrgent();
       if (!this.committed) {
         if (pausedByUs && this.guest.status === 'paused') this.guest.resume();
         if (this.cancelled) throw new MigrationError('cancelled', 'migration cancelled; the guest keeps running here');
@@ -166,24 +192,25 @@ export class MigrationSource {
     guest.resume();
     if (problems.length > 0) throw new MigrationError('not-movable', `the guest cannot move: ${problems.join('; ')}`);
 
-    // Handshake on both channels; nothing else moves before the destination agrees.
+    // Handshake on the bulk channel; nothing else moves before the destination agrees.
     const sessionId = (this.sessionId = newSessionId());
     // DIGEST is offered only for --verify: the destination then hashes every page it places.
     const features = opts.verify ? ALL_FEATURES : ALL_FEATURES & ~Feature.DIGEST;
     const common = { host: opts.host, port: opts.port, security: opts.security, sessionId, features };
     this.phases.note('connecting');
-    // Both at once: the urgent channel starts a thread of its own, tens of ms of the total.
-    const [bulkOpened, urgentOpened] = await Promise.allSettled([
-      connect({ ...common, channel: 'bulk', maxBandwidth: opts.maxBandwidth }).finally(() => this.phases.note('connecting (bulk connected)')),
-      UrgentChannel.open({ ...common, memory: guest.memory, maxPages: mem.maxPageCount }).finally(() => this.phases.note('connecting (urgent connected)')),
-    ]);
-    if (bulkOpened.status === 'rejected' || urgentOpened.status === 'rejected') {
-      if (bulkOpened.status === 'fulfilled') bulkOpened.value.destroy();
-      if (urgentOpened.status === 'fulfilled') await urgentOpened.value.close().catch(() => undefined);
-      throw bulkOpened.status === 'rejected' ? bulkOpened.reason : (urgentOpened as PromiseRejectedResult).reason;
-    }
-    this.bulk = bulkOpened.value;
-    this.urgent = urgentOpened.value;
+    // The urgent channel starts a thread of its own, tens of ms: the stream starts on the bulk
+    // channel without it, and it is waited for before the switchover. Until then a failed
+    // attempt is tried again; if the last one fails, the bulk channel is ended with its error, so
+    // the migration stops at once.
+    const urgentOpening = (this.urgentOpening = this.openUrgent({ ...common, memory: guest.memory, maxPages: mem.maxPageCount }));
+    let urgentFailure: Error | null = null;
+    urgentOpening.catch((err: Error) => {
+      urgentFailure = err;
+      this.bulk?.destroy(err);
+    });
+    this.bulk = await connect({ ...common, channel: 'bulk', maxBandwidth: opts.maxBandwidth });
+    this.phases.note('connecting (bulk connected)');
+    if (urgentFailure) throw urgentFailure;
     const bulk = this.bulk;
     // Small control frames (STATE, COMMIT, PING) must not wait for a delayed ACK (Nagle).
     bulk.setNoDelay(true);
@@ -258,6 +285,7 @@ export class MigrationSource {
     const postcopy = opts.mode !== 'precopy' && !converged;
     this.effectiveMode = postcopy ? 'postcopy' : 'precopy';
     this.phases.enter('switchover');
+    this.urgent = await urgentOpening;
     // Wait until the destination has placed everything sent so far: what it still has to read
     // when the guest pauses would otherwise queue in front of the state and the commit, inside
     // the downtime.

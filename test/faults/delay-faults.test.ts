@@ -1,6 +1,7 @@
 // Faults a migration must simply ride out: latency on every channel in both directions (precopy
 // and postcopy), a short stall early in precopy, and the urgent channel cut during precopy (a
-// precopy migration never needs it; a postcopy one notices after the switchover and reconnects).
+// precopy migration never needs it; a postcopy one notices after the switchover and reconnects)
+// or as it opens (the source opens it again).
 // Each must complete with matching digests, the guest's own VERIFY OK on the destination, and an
 // unbroken SEQ sequence.
 import { strict as assert } from 'node:assert';
@@ -20,6 +21,8 @@ interface Case {
   kind: FaultKind;
   mode: 'precopy' | 'postcopy';
   inject(proxy: FaultProxy, sb: Sandbox): Promise<void>;
+  /** What else must be true of the connections once the migration has completed. */
+  check?(proxy: FaultProxy): void;
 }
 
 /** Latency on the first session's both channels, both directions, from the first byte. */
@@ -58,6 +61,18 @@ const cases: Case[] = [
       proxy.inject({ kind: 'cut', connection: 'urgent', direction: 'to-destination' });
     },
   },
+  {
+    // The stream starts on the bulk channel while the urgent one is still opening: a failed
+    // opening is tried again before the switchover needs it.
+    name: 'postcopy with the urgent channel cut as it opens (opened again)',
+    kind: 'cut',
+    mode: 'postcopy',
+    inject: async (proxy) => proxy.inject({ kind: 'cut', connection: 'urgent', direction: 'to-destination', at: { atByte: 0 } }),
+    check(proxy) {
+      const urgent = proxy.channels().filter((c) => c === 'urgent').length;
+      assert.ok(urgent >= 2, `the urgent channel was opened again (connections: ${proxy.channels().join(',')})`);
+    },
+  },
 ];
 
 const tally = new InjectionTally('faults a migration rides out');
@@ -88,6 +103,7 @@ for (const sec of SECURITIES) {
           assert.equal(out.json['mode'], c.mode);
           assert.equal(out.json['verified'], true, 'memory digests match on both sides');
           await assertGuestMoved(sb, src, dst, GUEST_PAGES);
+          c.check?.(proxy);
           tally.survived(c.kind);
         } catch (err) {
           (err as Error).message += `\n--- injections ---\n${proxy.describe().join('\n')}\n--- source stderr ---\n${src.err.slice(-2000)}\n--- destination stderr ---\n${dst.err.slice(-2000)}`;

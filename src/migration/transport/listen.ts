@@ -43,6 +43,12 @@ export interface SessionChannels {
   urgent: FramedChannel | RemoteChannel;
 }
 
+export interface BulkFirst {
+  sessionHex: string;
+  bulk: FramedChannel;
+  urgent: FramedChannel | RemoteChannel | null;
+}
+
 type Delivered = { channel: FramedChannel | RemoteChannel; hello: MessageOf<'HELLO'> };
 
 export interface MigrationListener extends EventEmitter {
@@ -52,6 +58,13 @@ export interface MigrationListener extends EventEmitter {
   accept(): Promise<AcceptedChannel>;
   /** Next session whose bulk and urgent channels have both arrived. Do not mix with accept(). */
   acceptSession(): Promise<SessionChannels>;
+  /**
+   * Next session whose bulk channel has arrived, with its urgent channel if that came first (else
+   * null: take it with acceptUrgent()). The stream can start while the urgent one is on its way.
+   */
+  acceptBulk(): Promise<BulkFirst>;
+  /** The urgent channel of a session, when it arrives (at once if it already has). */
+  acceptUrgent(sessionHex: string): Promise<FramedChannel | RemoteChannel>;
   /** A handed-off connection, authenticated by its new owner, back for pairing. */
   deliver(c: { channel: RemoteChannel; hello: MessageOf<'HELLO'> }): void;
   /** Reports a connection that failed before HELLO_ACK (the 'rejected' event). */
@@ -64,7 +77,7 @@ export interface MigrationListener extends EventEmitter {
 class Listener extends EventEmitter implements MigrationListener {
   private readonly ready: Delivered[] = [];
   private readonly waiters: Array<{ resolve: (c: Delivered) => void; reject: (e: Error) => void }> = [];
-  private readonly partial = new Map<string, Partial<Record<'bulk' | 'urgent', FramedChannel | RemoteChannel>>>();
+  private readonly partial = new Map<string, SessionEntry>();
   private closedError: Error | null = null;
   private readonly acceptor: ChannelAcceptor;
   port = 0;
@@ -91,24 +104,52 @@ class Listener extends EventEmitter implements MigrationListener {
 
   async acceptSession(): Promise<SessionChannels> {
     for (;;) {
-      const { channel, hello } = await this.next();
-      const key = hello.sessionId.toString('hex');
-      const entry = this.partial.get(key) ?? {};
-      entry[hello.channel]?.destroy(new TransportError('PROTOCOL', channel.peer, `replaced by a newer ${hello.channel} channel of session ${key}`));
-      entry[hello.channel] = channel;
+      const entry = this.file(await this.next());
       if (entry.bulk && entry.urgent) {
-        this.partial.delete(key);
-        if ('remote' in entry.bulk) throw new Error('internal: a bulk channel held by another thread');
-        return { sessionHex: key, bulk: entry.bulk, urgent: entry.urgent };
+        this.partial.delete(entry.key);
+        return { sessionHex: entry.key, bulk: bulkOf(entry.bulk), urgent: entry.urgent };
       }
-      this.partial.set(key, entry);
     }
+  }
+
+  async acceptBulk(): Promise<BulkFirst> {
+    for (;;) {
+      const delivered = await this.next();
+      const entry = this.file(delivered);
+      if (delivered.hello.channel === 'bulk') {
+        this.partial.delete(entry.key);
+        return { sessionHex: entry.key, bulk: bulkOf(entry.bulk!), urgent: entry.urgent ?? null };
+      }
+    }
+  }
+
+  async acceptUrgent(sessionHex: string): Promise<FramedChannel | RemoteChannel> {
+    for (;;) {
+      const entry = this.partial.get(sessionHex);
+      if (entry?.urgent) {
+        const urgent = entry.urgent;
+        delete entry.urgent;
+        if (!entry.bulk) this.partial.delete(sessionHex);
+        return urgent;
+      }
+      this.file(await this.next());
+    }
+  }
+
+  /** Files a channel under its session; a second channel of the same kind replaces the first. */
+  private file({ channel, hello }: Delivered): SessionEntry {
+    const key = hello.sessionId.toString('hex');
+    const entry = this.partial.get(key) ?? { key };
+    entry[hello.channel]?.destroy(new TransportError('PROTOCOL', channel.peer, `replaced by a newer ${hello.channel} channel of session ${key}`));
+    entry[hello.channel] = channel;
+    this.partial.set(key, entry);
+    return entry;
   }
 
   close(): Promise<void> {
     this.closedError = new Error(`listener on ${this.host}:${this.port} is closed`);
     for (const w of this.waiters.splice(0)) w.reject(this.closedError);
-    for (const entry of this.partial.values()) for (const c of Object.values(entry)) c?.destroy();
+    for (const entry of this.partial.values()) for (const c of [entry.bulk, entry.urgent]) c?.destroy();
     this.partial.clear();
     for (const c of this.ready.splice(0)) c.channel.destroy();
     // net.Server.close() waits for every open connection before its callback; accepted channels
@@ -171,6 +212,14 @@ class Listener extends EventEmitter implements MigrationListener {
     if (w) w.resolve(c);
     else this.ready.push(c);
   }
+}
+
+/** The channels of one session that have arrived and are not yet taken. */
+type SessionEntry = { key: string } & Partial<Record<'bulk' | 'urgent', FramedChannel | RemoteChannel>>;
+
+function bulkOf(c: FramedChannel | RemoteChannel): FramedChannel {
+  if ('remote' in c) throw new Error('internal: a bulk channel held by another thread');
+  return c;
 }
 
 function describeStart(chunk: Buffer): string {
