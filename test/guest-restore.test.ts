@@ -154,10 +154,12 @@ test('the unwound end is read as an address: an unwind buffer above 2 GiB keeps 
   assert.deepEqual(runtimePageRuns(exec, pages, unwoundEnd(exec, image)), [[0, 1], [ptr / 4096, ptr / 4096 + 1]]);
 });
 
-test('withoutRuns leaves the runtime\'s pages out of a DISCARD: whole runs, split runs, ends', () => {
+test('withoutRuns leaves the runtime\'s pages out of a DISCARD: whole runs, split runs, spans, ends', () => {
   assert.deepEqual(withoutRuns([[0, 2], [17, 18], [40, 60]], [[0, 1], [45, 50]]), [[1, 2], [17, 18], [40, 45], [50, 60]]);
   assert.deepEqual(withoutRuns([[5, 6]], [[0, 10]]), []);
   assert.deepEqual(withoutRuns([[5, 10]], []), [[5, 10]]);
+  assert.deepEqual(withoutRuns([[1, 3], [4, 6], [7, 9], [12, 13]], [[2, 8], [12, 13]]), [[1, 2], [8, 9]], 'a cut across several runs');
+  assert.deepEqual(withoutRuns([[1, 3], [4, 6]], [[3, 4]]), [[1, 3], [4, 6]], 'a cut between runs');
 });
 
 test('fileio captured mid-file continues at the right offsets in a new process', async () => {

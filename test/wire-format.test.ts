@@ -4,6 +4,7 @@ import fc from 'fast-check';
 import {
   ChunkAssembler,
   decodeMessage,
+  encodeDiscardRuns,
   encodeFrame,
   encodeMessage,
   encodePages,
@@ -124,6 +125,27 @@ describe('wire: messages', () => {
     assert.throws(() => encodeMessage({ type: 'ERROR', code: 'lower', message: '' }), RangeError);
     assert.throws(() => encodeMessage({ type: 'REFUSE', reason: 'x'.repeat(5000) }), /limit 4096/);
     assert.throws(() => encodeFrame(FrameType.STATE, Buffer.alloc(MAX_FRAME_PAYLOAD + 1)), /exceeds/);
+  });
+
+  test('a DISCARD of page runs is the same frame as of ranges, above 4 GiB offsets refused alike', () => {
+    fc.assert(
+      fc.property(fc.array(fc.tuple(fc.integer({ min: 0, max: 64 }), fc.integer({ min: 1, max: 5000 })), { maxLength: 40 }), fc.boolean(), (steps, checksum) => {
+        // Ascending runs from gaps and lengths; the last page below 4 GiB.
+        const runs: Array<[number, number]> = [];
+        let at = 0;
+        for (const [gap, len] of steps) {
+          if (at + gap + len > 2 ** 20) break;
+          runs.push([at + gap, at + gap + len]);
+          at += gap + len;
+        }
+        const ranges = runs.map(([s, e]) => ({ offset: s * 4096, count: e - s }));
+        assert.deepEqual(Buffer.concat(encodeDiscardRuns(runs, { checksum })), Buffer.concat(encodeMessage({ type: 'DISCARD', ranges }, { checksum })));
+      }),
+      { numRuns: 200 },
+    );
+    assert.throws(() => encodeDiscardRuns([[2, 3], [1, 2]]), /run 1: .*ascend/);
+    assert.throws(() => encodeDiscardRuns([[4, 4]]), /run 0: count 0/);
+    assert.throws(() => encodeDiscardRuns([[2 ** 20 - 1, 2 ** 20 + 1]]), /run 0: .*beyond 4 GiB/);
   });
 });
 

@@ -2,7 +2,6 @@
 // contiguous chunks, and DISCARD ranges in batches. Shared by every migration source (a live guest,
 // a snapshot).
 import type { PageBitmap } from '../memory/page-bitmap.js';
-import { HOST_PAGE_SIZE } from '../memory/guest-memory.js';
 import type { FramedChannel } from './transport/index.js';
 import { MAX_CHUNK_BYTES } from './wire/index.js';
 
@@ -44,8 +43,7 @@ export function sendDiscard(channel: FramedChannel, pages: PageBitmap, pageCount
 export function sendDiscardRuns(channel: FramedChannel, runs: ReadonlyArray<readonly [number, number]>): Promise<void> {
   const sends: Promise<void>[] = [];
   for (let i = 0; i < runs.length; i += DISCARD_BATCH) {
-    const ranges = runs.slice(i, i + DISCARD_BATCH).map(([s, e]) => ({ offset: s * HOST_PAGE_SIZE, count: e - s }));
-    sends.push(channel.sendMessage({ type: 'DISCARD', ranges }));
+    sends.push(channel.sendDiscardRuns(runs.slice(i, i + DISCARD_BATCH)));
   }
   return Promise.all(sends).then(() => undefined);
 }

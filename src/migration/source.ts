@@ -360,7 +360,8 @@ export class MigrationSource {
       });
       trace.mark('state and runtime pages sent');
       last = tracker.peekRuns();
-      trace.mark(`collected (${last.length} runs, ${last.reduce((n, [a, b]) => n + b - a, 0)} pages)`);
+      const collected = last;
+      trace.mark(() => `collected (${collected.length} runs, ${collected.reduce((n, [a, b]) => n + b - a, 0)} pages)`);
       queue(sendDiscardRuns(bulk, withoutRuns(last, runtimeRuns)));
     } else {
       queue(sendBlob(bulk, 'STATE', stateBytes));

@@ -36,8 +36,11 @@ export class SwitchoverTrace {
 
   constructor(private readonly side: 'source' | 'destination') {}
 
-  mark(step: string): void {
-    if (enabled) this.marks.push(`${step} +${(performance.now() - this.t0).toFixed(2)}ms`);
+  /** A step done; `step` may be a function, for a label that costs something to make (called only when tracing). */
+  mark(step: string | (() => string)): void {
+    if (!enabled) return;
+    const at = performance.now() - this.t0; // before the label is made: its cost is not the step's
+    this.marks.push(`${typeof step === 'function' ? step() : step} +${at.toFixed(2)}ms`);
   }
 
   print(): void {

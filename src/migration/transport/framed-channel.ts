@@ -6,7 +6,7 @@ import type { Duplex } from 'node:stream';
 import { FrameDecoder, type Frame } from '../wire/frame.js';
 import { WireError } from '../wire/errors.js';
 import { MAX_FRAME_PAYLOAD } from '../wire/limits.js';
-import { decodeMessage, encodeMessage, encodePages, type ChannelKind, type Message, type MessageOf, type PageKind } from '../wire/messages.js';
+import { decodeMessage, encodeDiscardRuns, encodeMessage, encodePages, type ChannelKind, type Message, type MessageOf, type PageKind } from '../wire/messages.js';
 import { frameTypeName } from '../wire/types.js';
 import { TransportError, fromSocketError } from './errors.js';
 import { TokenBucket } from './token-bucket.js';
@@ -203,6 +203,11 @@ export class FramedChannel {
   /** One run of pages; `data` (count*4096 bytes for kind 'data') is written without copying. */
   sendPages(offset: number, count: number, kind: PageKind, data: Uint8Array | null = null): Promise<void> {
     return this.send(encodePages(offset, count, kind, data, { checksum: !this.tls }));
+  }
+
+  /** DISCARD of page runs [first, end), ascending (see encodeDiscardRuns). */
+  sendDiscardRuns(runs: ReadonlyArray<readonly [number, number]>): Promise<void> {
+    return this.send(encodeDiscardRuns(runs, { checksum: !this.tls }));
   }
 
   private writeParts(parts: readonly Buffer[]): Promise<void> {
