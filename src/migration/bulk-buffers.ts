@@ -6,7 +6,7 @@
 // empties a small buffer. So: a few times the bandwidth-delay product the precopy stream itself
 // measured (its rate at the destination times the round trip the destination's TCP estimated
 // while it ran, queueing included), within fixed bounds. On loopback that is at or near the floor
-// (tens to hundreds of µs round trips); over the bench's 1 Gbit/s link, 0.5–1.3 MiB.
+// (tens to hundreds of µs round trips); over the bench's 1 Gbit/s link, 0.5–1.7 MiB.
 
 /** The floor: 32 host pages of postcopy frames, a few frames in flight. */
 export const MIN_POSTCOPY_BUFFER = 128 * 1024;

@@ -139,11 +139,11 @@ export class MigrationSource {
     for (let attempt = 1; ; attempt++) {
       try {
         const urgent = await UrgentChannel.open(opts);
-        this.phases.note('connecting (urgent connected)');
+        this.phases.note(`${this.phases.current} (urgent channel connected)`);
         return urgent;
       } catch (err) {
         if (attempt >= URGENT_OPEN_ATTEMPTS || this.cancelled) throw err;
-        this.phases.note(`connecting (urgent channel failed: ${(err as Error).message}; trying again)`);
+        this.phases.note(`${this.phases.current} (urgent channel failed: ${(err as Error).message}; trying again)`);
         await new Promise((r) => setTimeout(r, URGENT_RETRY_MS * attempt));
       }
     }

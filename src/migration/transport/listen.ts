@@ -43,10 +43,9 @@ export interface SessionChannels {
   urgent: FramedChannel | RemoteChannel;
 }
 
-export interface BulkFirst {
-  sessionHex: string;
-  bulk: FramedChannel;
-  urgent: FramedChannel | RemoteChannel | null;
+/** A session as acceptBulk() hands it over: its urgent channel only if that arrived first. */
+export interface BulkFirst extends Omit<SessionChannels, 'urgent'> {
+  urgent: SessionChannels['urgent'] | null;
 }
 
 type Delivered = { channel: FramedChannel | RemoteChannel; hello: MessageOf<'HELLO'> };
