@@ -27,11 +27,13 @@
 
 static const char *usage_text =
     "usage: memtouch [--mib N] [--reserve-mib R] [--rate PAGES_PER_SEC] [--rounds K]\n"
-    "                [--seconds S] [--verify-file PATH] [--report-ms MS] [--random] [--idle]\n";
+    "                [--seconds S] [--verify-file PATH] [--report-ms MS] [--random] [--idle]\n"
+    "                [--read-mib N]   (read, never write, the first N MiB of the reserve)\n";
 
 struct options {
   uint32_t mib;
   uint32_t reserve_mib;
+  uint32_t read_mib;    /* pages of the reserve only ever read: present, but never written */
   uint64_t rate;        /* pages per second; 0 = as fast as possible */
   uint64_t rounds;      /* stop after rounds * pages page writes; 0 = no limit */
   double seconds;       /* stop after this long; 0 = no limit */
@@ -75,6 +77,7 @@ static void parse_options(int argc, char **argv, struct options *o) {
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (strcmp(a, "--mib") == 0) { o->mib = (uint32_t)parse_u64(a, v, 3072); i++; }
     else if (strcmp(a, "--reserve-mib") == 0) { o->reserve_mib = (uint32_t)parse_u64(a, v, 3072); i++; }
+    else if (strcmp(a, "--read-mib") == 0) { o->read_mib = (uint32_t)parse_u64(a, v, 3072); i++; }
     else if (strcmp(a, "--rate") == 0) { o->rate = parse_u64(a, v, 1000000000ull); i++; }
     else if (strcmp(a, "--rounds") == 0) { o->rounds = parse_u64(a, v, 1000000000ull); i++; }
     else if (strcmp(a, "--seconds") == 0) { o->seconds = parse_seconds(v); i++; }
@@ -90,6 +93,7 @@ static void parse_options(int argc, char **argv, struct options *o) {
   }
   if (o->mib == 0) bad_args("--mib must be at least 1", NULL);
   if (o->report_ms == 0) bad_args("--report-ms must be at least 1", NULL);
+  if (o->read_mib > o->reserve_mib) bad_args("--read-mib must not exceed --reserve-mib", NULL);
   if ((uint64_t)o->mib + o->reserve_mib > 3584) bad_args("--mib + --reserve-mib exceed 3584", NULL);
 }
 
@@ -198,6 +202,14 @@ int main(int argc, char **argv) {
     }
     reserve_offset = (uint32_t)old * WASM_PAGE_SIZE;
     reserve_bytes = wasm_pages * WASM_PAGE_SIZE;
+  }
+  /* Read-only touches: each page is read once (the kernel maps the zero page or a real page of
+   * zeros, depending on the kernel) and never written. */
+  for (uint32_t off = 0; off < o.read_mib * 1024u * 1024u; off += PAGE_SIZE) {
+    if (*(volatile const uint8_t *)(uintptr_t)(reserve_offset + off) != 0) {
+      fprintf(stderr, "memtouch: reserve page at %u is not zero\n", reserve_offset + off);
+      return 1;
+    }
   }
   printf("START pages=%u data_offset=%lu reserve_offset=%u reserve_bytes=%u\n", pages,
          (unsigned long)(uintptr_t)data, reserve_offset, reserve_bytes);

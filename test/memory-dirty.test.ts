@@ -6,7 +6,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GuestMemory, HOST_PAGE_SIZE } from '../src/memory/guest-memory.js';
 import { DirtyTracker } from '../src/memory/dirty-tracker.js';
-import { scanResidency } from '../src/memory/residency.js';
+import { readFaultMapsZeroPage, scanResidency } from '../src/memory/residency.js';
+import { forEachZeroRun, isZeroPage, zeroContentPages } from '../src/memory/zero-pages.js';
 import { PageBitmap } from '../src/memory/page-bitmap.js';
 import { Userfaultfd, REGISTER_MODE } from '../src/sys/uffd.js';
 import { GuestThread } from './fixtures/memory/guest.js';
@@ -96,7 +97,7 @@ test('stop() really unregisters: the range can be registered again (MISSING) and
   assert.throws(() => t.collect(), /not started/);
 });
 
-test('scanResidency reports exactly the touched pages, and read-only touches as zero-page mappings', async () => {
+test('scanResidency reports exactly the touched pages; read-only pages are told apart on either kind of kernel', async () => {
   const mem = GuestMemory.create(16, 16);
   const g = new GuestThread(mem.memory, 16);
   try {
@@ -107,12 +108,35 @@ test('scanResidency reports exactly the touched pages, and read-only touches as 
     for (const p of written) await g.run({ op: 'store', addr: p * HOST_PAGE_SIZE + 12, value: p + 1 });
     for (const p of readOnly) await g.run({ op: 'load', addr: p * HOST_PAGE_SIZE });
     const res = scanResidency(mem);
+    // Every kernel: a page read is present, so nothing the guest touched is lost.
     assert.deepEqual(res.present.toArray(), [...written, ...readOnly].sort((a, b) => a - b));
-    assert.deepEqual(res.zero.toArray(), readOnly);
     assert.equal(res.swapped.count(), 0);
-    // scanning did not touch anything
+    // Where a read maps the shared zero page, PAGEMAP_SCAN names the read-only pages (PFNZERO);
+    // where it maps a real page of zeros, it cannot, and their content does.
+    const zeroPageKernel = readFaultMapsZeroPage();
+    assert.deepEqual(res.zero.toArray(), zeroPageKernel ? readOnly : []);
+    const byContent = zeroContentPages(res.present.clone().subtract(res.zero), mem.view());
+    assert.deepEqual(byContent.toArray(), zeroPageKernel ? [] : readOnly);
+    // Either way, the pages to send as data are exactly the written ones.
+    assert.deepEqual(res.present.clone().subtract(res.zero).subtract(byContent).toArray(), written);
+    // scanning (and reading present pages) touched nothing new
     assert.deepEqual(scanResidency(mem).present.toArray(), res.present.toArray());
   } finally {
     await g.terminate();
   }
+});
+
+test('zero-content runs: alternating zero and data pages, a page with one non-zero byte at its end', () => {
+  const PAGES = 9;
+  const bytes = new Uint8Array(new SharedArrayBuffer(PAGES * HOST_PAGE_SIZE));
+  for (const p of [1, 2, 5]) bytes[p * HOST_PAGE_SIZE + 7] = 1;
+  bytes[8 * HOST_PAGE_SIZE - 1] = 9; // last byte of page 7: past the quick check of the first bytes
+  const runs: [number, number, boolean][] = [];
+  forEachZeroRun(bytes, 0, PAGES, (s, e, z) => runs.push([s, e, z]));
+  assert.deepEqual(runs, [[0, 1, true], [1, 3, false], [3, 5, true], [5, 6, false], [6, 7, true], [7, 8, false], [8, 9, true]]);
+  const sub: [number, number, boolean][] = [];
+  forEachZeroRun(bytes, 2 * HOST_PAGE_SIZE, 2, (s, e, z) => sub.push([s, e, z]));
+  assert.deepEqual(sub, [[0, 1, false], [1, 2, true]], 'runs relative to the offset');
+  assert.equal(isZeroPage(bytes, 6 * HOST_PAGE_SIZE), true);
+  assert.equal(isZeroPage(bytes, 7 * HOST_PAGE_SIZE), false);
 });

@@ -12,6 +12,8 @@ import { COMPUTE, MEMTOUCH, ferryDone, seqNumbers, until } from './snapshot-help
 let tmp: string;
 let full: string;
 let diff: string;
+/** The guest's whole memory as the diff snapshot froze it (the guest stops after that snapshot). */
+let frozen: Buffer;
 
 before(async () => {
   tmp = mkdtempSync(join(tmpdir(), 'ferry-snapdmg-'));
@@ -29,6 +31,7 @@ before(async () => {
   await session.take({ to: full, resume: true });
   await until('more writes', () => seqNumbers(outPath).length >= 5);
   await session.take({ to: diff, diffFrom: full });
+  frozen = Buffer.from(new Uint8Array(guest.memory.buffer).slice());
 });
 after(() => rmSync(tmp, { recursive: true, force: true }));
 
@@ -55,6 +58,15 @@ test('the intact pair loads, as a chain of two', () => {
   assert.equal(c.layers.length, 2);
   const mem = GuestMemory.create(c.memory.bytes / WASM_PAGE_SIZE, c.memory.maxBytes / WASM_PAGE_SIZE);
   loadEagerly(c, mem.view());
+  // Every byte as the guest left it: pages only the full layer holds, pages the diff rewrote, and
+  // pages never written (zero in both).
+  assert.equal(c.memory.bytes, frozen.length);
+  const loaded = Buffer.from(mem.view().subarray(0, c.memory.bytes));
+  if (!loaded.equals(frozen)) {
+    const at = loaded.findIndex((b, i) => b !== frozen[i]);
+    assert.fail(`loaded memory differs from the guest's at byte ${at} (page ${Math.floor(at / 4096)})`);
+  }
+  assert.ok(c.layers[0]!.manifest.memoryFile.chunks.length > 0 && c.layers[1]!.manifest.memoryFile.chunks.length > 0, 'both layers hold pages');
 });
 
 test('a truncated memory file is refused', () => {
@@ -117,8 +129,12 @@ test('a modified state file is refused; a damaged manifest is refused; a plain d
   const s = readFileSync(sf, 'utf8');
   writeFileSync(sf, s.replace('"uptimeMs":', '"uptimeMs":1'));
   refused(() => loadSnapshot(p.diff), 'truncated', sf); // one byte longer than the manifest says
-  writeFileSync(sf, s.replace(/"uptimeMs":\d/, '"uptimeMs":9'));
-  if (readFileSync(sf, 'utf8') !== s) refused(() => loadSnapshot(p.diff), 'checksum', sf);
+  // Same length, one digit changed: only the checksum can tell.
+  const changed = s.replace(/"uptimeMs":(\d)/, (_m, d: string) => `"uptimeMs":${(Number(d) + 1) % 10}`);
+  assert.notEqual(changed, s);
+  assert.equal(changed.length, s.length);
+  writeFileSync(sf, changed);
+  refused(() => loadSnapshot(p.diff), 'checksum', sf);
   const mf = join(p.full, 'manifest.json');
   writeFileSync(mf, '{"format":"ferry-snapshot","version":1');
   refused(() => loadSnapshot(p.full), 'corrupt', mf);

@@ -307,7 +307,7 @@ export class MigrationDestination {
     await running;
     trace.mark('activated');
     trace.print();
-    this.phases.enter(this.incoming ? 'postcopy' : 'verifying');
+    this.phases.enter(incoming.isPostcopy ? 'postcopy' : 'verifying');
     this.report();
     const completion = this.finish(guest, digest, pageCount, mem.sizeBytes);
     return { guest, completion };
@@ -329,8 +329,6 @@ export class MigrationDestination {
           await this.awaitReconnection(pc, err as Error, pageCount);
         }
       }
-      this.phases.enter('completed');
-      this.report();
       const summary: DestinationSummary = {
         mode: postcopy ? 'postcopy' : 'precopy',
         memoryBytes,
@@ -341,6 +339,8 @@ export class MigrationDestination {
       await this.bulk!.close().catch(() => undefined);
       await this.urgentThread!.close().catch(() => undefined);
       await this.listener?.close();
+      this.phases.enter('completed'); // last: a failure before this is reported as one
+      this.report();
       return summary;
     } catch (err) {
       this.phases.enter('failed');

@@ -1,11 +1,12 @@
-// Sends runs of guest pages on a channel. Page bytes are copied once into a staging buffer before
-// they are framed: the frame checksum is computed over the copy, so a guest that keeps writing the
+// Sends runs of guest pages on a channel; pages that turn out to hold only zeros go as zero markers.
+// Page bytes are copied once into a staging buffer before they are framed: the frame checksum is computed over the copy, so a guest that keeps writing the
 // page while the frame waits in a socket buffer cannot make the frame fail its check (the dirty
 // tracker sends the newer content again). A few sends stay in flight to keep the pipe full.
 import type { FramedChannel } from './transport/index.js';
 import type { PageBitmap } from '../memory/page-bitmap.js';
 import { HOST_PAGE_SIZE } from '../memory/guest-memory.js';
 import { RECOMMENDED_RUN_PAGES } from './wire/index.js';
+import { forEachZeroRun } from '../memory/zero-pages.js';
 
 const MAX_IN_FLIGHT = 4;
 
@@ -46,8 +47,19 @@ export class PageSender {
     const copy = Buffer.allocUnsafe((e - s) * HOST_PAGE_SIZE);
     copy.set(this.memoryView().subarray(s * HOST_PAGE_SIZE, e * HOST_PAGE_SIZE));
     this.counters.pagesSent += e - s;
-    this.counters.dataPages += e - s;
-    return this.channel.sendPages(s * HOST_PAGE_SIZE, e - s, 'data', copy);
+    // Pages of zeros go as zero markers (see memory/zero-pages.ts: on kernels that map a real page
+    // for a read fault, residency cannot tell a read-only page from a written one).
+    const sends: Promise<void>[] = [];
+    forEachZeroRun(copy, 0, e - s, (a, b, zero) => {
+      if (zero) {
+        this.counters.zeroPages += b - a;
+        sends.push(this.channel.sendPages((s + a) * HOST_PAGE_SIZE, b - a, 'zero'));
+      } else {
+        this.counters.dataPages += b - a;
+        sends.push(this.channel.sendPages((s + a) * HOST_PAGE_SIZE, b - a, 'data', copy.subarray(a * HOST_PAGE_SIZE, b * HOST_PAGE_SIZE)));
+      }
+    });
+    return sends.length === 1 ? sends[0]! : Promise.all(sends).then(() => undefined);
   }
 
   /** Sends [start, end) as a zero or never-touched range (no bytes). */

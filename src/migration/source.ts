@@ -450,7 +450,6 @@ export class MigrationSource {
         lost = err as Error;
       }
     }
-    this.phases.enter('completed');
     const report: MigrationReport = {
       mode: this.effectiveMode,
       memoryBytes,
@@ -468,6 +467,7 @@ export class MigrationSource {
     if (this.postcopy) report.postcopy = this.postcopy.report();
     await this.bulk!.close();
     await this.urgent!.close();
+    this.phases.enter('completed'); // last: a failure before this is reported as one
     this.report();
     return report;
   }

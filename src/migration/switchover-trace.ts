@@ -8,6 +8,34 @@ const traces = (process.env['FERRY_TRACE'] ?? '').split(',');
 const enabled = traces.includes('switchover');
 const phasesEnabled = traces.includes('phases');
 
+/**
+ * The moves a migration side may make, from each phase (both sides share it: the destination
+ * follows the source's phases). 'failed' and 'cancelled' end a migration from any phase that has
+ * not ended; nothing leaves an ended one. A precopy migration never passes through 'postcopy'.
+ */
+export const PHASE_MOVES: Readonly<Record<MigrationPhase, readonly MigrationPhase[]>> = {
+  connecting: ['handshake'],
+  handshake: ['precopy'],
+  precopy: ['switchover'],
+  switchover: ['postcopy', 'verifying'],
+  postcopy: ['postcopy-paused', 'verifying', 'completed'],
+  // A connection lost while the last figures travel (verifying) is recovered like one lost in postcopy.
+  'postcopy-paused': ['postcopy'],
+  verifying: ['postcopy-paused', 'completed'],
+  completed: [],
+  failed: [],
+  cancelled: [],
+};
+
+const ENDED: readonly MigrationPhase[] = ['completed', 'failed', 'cancelled'];
+
+/** Whether a side may move from one phase to another (the same phase again is no move). */
+export function phaseMoveAllowed(from: MigrationPhase, to: MigrationPhase): boolean {
+  if (from === to) return true;
+  if (ENDED.includes(from)) return false;
+  return to === 'failed' || to === 'cancelled' || PHASE_MOVES[from].includes(to);
+}
+
 /** One side's migration phase, printed with the time since the start when FERRY_TRACE=phases. */
 export class PhaseLog {
   readonly t0 = performance.now();
@@ -15,8 +43,10 @@ export class PhaseLog {
 
   constructor(private readonly side: 'source' | 'destination') {}
 
+  /** Moves to `phase`; a move PHASE_MOVES does not allow is a bug in the caller, and throws. */
   enter(phase: MigrationPhase): void {
     if (phase === this.current) return; // entered again on another path: one line per phase
+    if (!phaseMoveAllowed(this.current, phase)) throw new Error(`${this.side}: migration phase ${this.current} -> ${phase} is not a legal move (a Ferry bug)`);
     this.current = phase;
     this.note(phase);
   }

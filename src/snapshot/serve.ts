@@ -30,6 +30,8 @@ export interface ServeSnapshotOptions {
 export interface ServeSnapshotReport {
   memoryBytes: number;
   pages: number;
+  /** Pages sent with the state, before the commit (the runtime's: the unwound stack). */
+  pagesBeforeCommit: number;
   pagesRequested: number;
   pagesPushed: number;
   bytesSent: number;
@@ -74,6 +76,7 @@ export async function serveSnapshot(source: string | SnapshotChain, opts: ServeS
     const pending = new PageBitmap(pageCount);
     for (let p = 0; p < pageCount; p++) if (chain.location[p]! >= 0) pending.add(p);
     let pass0 = 0;
+    let beforeCommit = 0;
     for (const [s, e] of new PageBitmap(pageCount).addRange(0, pageCount).subtract(pending).runs()) {
       await bulk.sendPages(s * PAGE_SIZE, e - s, 'untouched');
       pass0 += e - s;
@@ -82,6 +85,7 @@ export async function serveSnapshot(source: string | SnapshotChain, opts: ServeS
       for (const [s, e] of pending.clone().intersect(new PageBitmap(pageCount).addRange(first, end)).runs()) {
         await bulk.sendPages(s * PAGE_SIZE, e - s, 'data', files.read(s, e - s));
         pass0 += e - s;
+        beforeCommit += e - s;
       }
       pending.deleteRange(first, end);
     }
@@ -99,6 +103,7 @@ export async function serveSnapshot(source: string | SnapshotChain, opts: ServeS
     const report: ServeSnapshotReport = {
       memoryBytes: bytes,
       pages: chain.presentPages,
+      pagesBeforeCommit: beforeCommit,
       pagesRequested: pc.pagesRequested,
       pagesPushed: pc.pagesPushed,
       bytesSent: bulk.bytesSent + urgent.bytesSent,

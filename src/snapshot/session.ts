@@ -11,6 +11,7 @@ import { DirtyTracker } from '../memory/dirty-tracker.js';
 import { GuestMemory, WASM_PAGE_SIZE } from '../memory/guest-memory.js';
 import type { PageBitmap } from '../memory/page-bitmap.js';
 import { scanResidency } from '../memory/residency.js';
+import { zeroContentPages } from '../memory/zero-pages.js';
 import { MANIFEST_FILE, SnapshotError, sha256Hex } from './format.js';
 import { writeSnapshot, type SnapshotWriteReport } from './writer.js';
 
@@ -78,7 +79,11 @@ export class SnapshotSession {
       } else {
         this.armTracking(mem);
         const r = scanResidency(mem);
-        pages = r.present.clone().subtract(r.zero); // never-touched and zero-page pages stay holes
+        // Never-touched pages, zero-page mappings and pages of zeros (a read-only page, on a kernel
+        // that maps real pages for read faults) stay holes. A diff must keep its pages of zeros:
+        // they may hide a parent's data.
+        const present = r.present.clone().subtract(r.zero);
+        pages = present.subtract(zeroContentPages(present, mem.view()));
       }
       report = await writeSnapshot({ dir: req.to, state, memory: mem, moduleSource: guest.moduleSource, pages, parentDir });
       this.last = this.tracker ? { dir: report.dir, manifestSha256: report.manifestSha256 } : null;

@@ -32,7 +32,7 @@ export function registerServeSnapshot(program: Command, ctx: CliContext): void {
       if (opts.json) process.stdout.write(JSON.stringify(report) + '\n');
       else {
         process.stdout.write(
-          `snapshot served: ${report.pages} pages (${report.pagesRequested} on request, ${report.pagesPushed} pushed) in ${report.totalMs} ms, digest ${report.verified ? 'verified' : 'MISMATCH'}\n`,
+          `snapshot served: ${report.pages} pages (${report.pagesBeforeCommit} with the state, ${report.pagesRequested} on request, ${report.pagesPushed} pushed) in ${report.totalMs} ms, digest ${report.verified ? 'verified' : 'MISMATCH'}\n`,
         );
       }
     } catch (err) {
