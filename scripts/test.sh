@@ -3,9 +3,15 @@
 # clang post-processes wasm with wasm-opt whenever it finds one in PATH, and npm puts binaryen's
 # wasm-opt (node_modules/.bin) first: tests that compile C must get plain clang output, so that
 # directory is taken out of PATH here.
+# Every run starts from a cold module cache of its own (FERRY_TEST_RUN_DIR, removed afterwards),
+# never the user's ~/.cache/ferry nor a cache an earlier run left warm: a fresh machine sees the same.
 set -eu
 cd "$(dirname "$0")/.."
 PATH=$(printf %s "$PATH" | tr ':' '\n' | grep -v 'node_modules/\.bin$' | paste -sd: -)
 export PATH
 dir="${1:-dist/test}"
-exec node --test --test-concurrency=1 $(find "$dir" -name '*.test.js' | sort)
+FERRY_TEST_RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ferry-test-run-XXXXXX")
+export FERRY_TEST_RUN_DIR
+export FERRY_CACHE_DIR="$FERRY_TEST_RUN_DIR/cache-default"
+trap 'rm -rf "$FERRY_TEST_RUN_DIR"' EXIT INT TERM
+node --test --test-concurrency=1 $(find "$dir" -name '*.test.js' | sort)

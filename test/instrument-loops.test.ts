@@ -74,10 +74,9 @@ for (const kind of Object.keys(KINDS) as Kind[]) {
     try {
       for (let i = 0; i < 20; i++) {
         await sleep(2);
-        const t0 = performance.now();
+        // A loop without a reachable safepoint never pauses: the test's own timeout catches that.
+        // How fast a pause is belongs to the guest benchmark, not here (a busy machine is slow).
         await guest.pause();
-        const ms = performance.now() - t0;
-        assert.ok(ms < 500, `pause ${i} took ${ms.toFixed(1)} ms`);
         const at = counterOf(guest.memory);
         await sleep(1);
         assert.equal(counterOf(guest.memory), at, 'a paused guest does not count');

