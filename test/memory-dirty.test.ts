@@ -10,6 +10,9 @@ import { readFaultMapsZeroPage, scanResidency } from '../src/memory/residency.js
 import { forEachZeroRun, isZeroPage, zeroContentPages } from '../src/memory/zero-pages.js';
 import { PageBitmap } from '../src/memory/page-bitmap.js';
 import { Userfaultfd, REGISTER_MODE } from '../src/sys/uffd.js';
+import { RegistrationBusyError } from '../src/memory/uffd-registration.js';
+import { FaultServer } from '../src/memory/fault-server.js';
+import { PageStateTable } from '../src/memory/page-state.js';
 import { GuestThread } from './fixtures/memory/guest.js';
 
 function rng(seed: number): () => number {
@@ -139,4 +142,23 @@ test('zero-content runs: alternating zero and data pages, a page with one non-ze
   assert.deepEqual(sub, [[0, 1, false], [1, 2, true]], 'runs relative to the offset');
   assert.equal(isZeroPage(bytes, 6 * HOST_PAGE_SIZE), true);
   assert.equal(isZeroPage(bytes, 7 * HOST_PAGE_SIZE), false);
+});
+
+test('one userfaultfd registration per memory: the second holder is refused by name, and may register once the first lets go', async () => {
+  const mem = GuestMemory.create(1, 2);
+  const tracker = new DirtyTracker(mem);
+  tracker.start();
+  try {
+    const states = new PageStateTable(mem.maxPageCount);
+    await assert.rejects(FaultServer.start(mem, states, { kind: 'buffer', image: new SharedArrayBuffer(HOST_PAGE_SIZE) }),
+      (e: unknown) => e instanceof RegistrationBusyError && e.holder === 'dirty tracker' && /fault server cannot register it too/.test(e.message));
+    assert.throws(() => new DirtyTracker(mem).start(), (e: unknown) => e instanceof RegistrationBusyError);
+    tracker.stop();
+    const server = await FaultServer.start(mem, states, { kind: 'buffer', image: new SharedArrayBuffer(HOST_PAGE_SIZE) });
+    assert.throws(() => new DirtyTracker(mem).start(), (e: unknown) => e instanceof RegistrationBusyError && e.holder === 'fault server');
+    await server.stop();
+    tracker.start(); // free again
+  } finally {
+    tracker.stop();
+  }
 });

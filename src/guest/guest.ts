@@ -12,7 +12,8 @@ import type { Preopen, StdioBinding } from '../wasi/wasi.js';
 import { GUEST_STATE_FORMAT, GUEST_STATE_VERSION, type GuestState } from '../state/guest-state.js';
 import { WASI_PREVIEW1_FUNCTIONS } from '../wasi/functions.js';
 
-export const WASM_PAGE_SIZE = 65536;
+import { WASM_PAGE_SIZE } from '../memory/guest-memory.js';
+export { WASM_PAGE_SIZE };
 export const DEFAULT_MAX_MEMORY = 4 * 1024 * 1024 * 1024;
 /** Bytes of linear memory reserved for the unwound stack at the first pause. */
 export const DEFAULT_UNWIND_BYTES = 256 * 1024;

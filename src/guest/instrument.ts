@@ -11,7 +11,7 @@
 //    small amount of work not at all), and Asyncify lets the guest unwind its whole stack into
 //    linear memory from a safepoint or from a blocking WASI call, and rewind it later, in any
 //    process.
-import { createHash } from 'node:crypto';
+import { sha256Hex } from '../state/hash.js';
 
 export const INSTRUMENTATION_VERSION = 7;
 
@@ -34,7 +34,8 @@ export const SAFEPOINT_FLAG_ADDR = 16;
 /** WASI calls that may block and therefore must be able to unwind (re-entered on resume). */
 export const UNWINDABLE_WASI_CALLS = ['fd_read', 'poll_oneoff'] as const;
 
-export type ValueType = 'i32' | 'i64' | 'f32' | 'f64';
+import type { ValueType } from '../state/exec-state.js';
+export type { ValueType };
 
 export interface DataSegment {
   offset: number; // byte offset in linear memory
@@ -71,9 +72,6 @@ export class ModuleRejected extends Error {
   }
 }
 
-export function sha256Hex(bytes: Uint8Array): string {
-  return createHash('sha256').update(bytes).digest('hex');
-}
 
 // The feature set V8 in Node 20 accepts. With Binaryen's `Features.All` it emits encodings that
 // V8 11.3 refuses, so this list is deliberate.

@@ -7,10 +7,10 @@ import { join } from 'node:path';
 import {
   INSTRUMENTATION_VERSION,
   instrumentModule,
-  sha256Hex,
   type InstrumentedMeta,
   type InstrumentedModule,
 } from './instrument.js';
+import { sha256Hex } from '../state/hash.js';
 
 export function defaultCacheDir(): string {
   return process.env['FERRY_CACHE_DIR'] ?? join(process.env['XDG_CACHE_HOME'] ?? join(homedir(), '.cache'), 'ferry');

@@ -9,10 +9,12 @@ import { Userfaultfd, UFFD_FEATURE, REGISTER_MODE } from '../sys/uffd.js';
 import { Pagemap, PAGE_IS, PM_SCAN_WP_MATCHING, PM_SCAN_CHECK_WPASYNC } from '../sys/pagemap.js';
 import { PageBitmap } from './page-bitmap.js';
 import { HOST_PAGE_SIZE, type GuestMemory } from './guest-memory.js';
+import { registerReservation, type Registration } from './uffd-registration.js';
 
 export class DirtyTracker {
   private uffd: Userfaultfd | null = null;
   private pagemap: Pagemap | null = null;
+  private registration: Registration | null = null;
 
   constructor(readonly mem: GuestMemory) {}
 
@@ -24,14 +26,16 @@ export class DirtyTracker {
   start(): void {
     if (this.uffd) throw new Error('DirtyTracker: already started');
     const uffd = Userfaultfd.open({ features: UFFD_FEATURE.WP_ASYNC | UFFD_FEATURE.WP_UNPOPULATED });
+    let registration: Registration | null = null;
     try {
-      uffd.register(this.mem.base, this.mem.maxBytes, REGISTER_MODE.WP);
+      registration = registerReservation(uffd, this.mem, REGISTER_MODE.WP, 'dirty tracker');
       uffd.writeProtect(this.mem.base, this.mem.maxBytes, true);
     } catch (e) {
-      uffd.close();
+      try { registration?.release(); } finally { uffd.close(); }
       throw e;
     }
     this.uffd = uffd;
+    this.registration = registration;
     this.pagemap = new Pagemap();
   }
 
@@ -75,12 +79,13 @@ export class DirtyTracker {
   stop(): void {
     if (!this.uffd) return;
     try {
-      this.uffd.unregister(this.mem.base, this.mem.maxBytes);
+      this.registration?.release();
     } finally {
       this.uffd.close();
       this.pagemap?.close();
       this.uffd = null;
       this.pagemap = null;
+      this.registration = null;
     }
   }
 }

@@ -11,6 +11,7 @@ import type { PageSourceSpec } from './page-source.js';
 import { HOST_PAGE_SIZE, type GuestMemory } from './guest-memory.js';
 import { LATENCY_RING, STAT_SLOTS, readStats, type FaultStats } from './fault-stats.js';
 import type { FaultWorkerData } from './fault-worker.js';
+import { registerReservation, type Registration } from './uffd-registration.js';
 
 export interface FaultServerOptions {
   /** Pages requested per fault: the faulting page plus following pending pages (default 1). */
@@ -32,6 +33,7 @@ export class FaultServer {
     readonly mem: GuestMemory,
     readonly states: PageStateTable,
     private readonly uffd: Userfaultfd,
+    private readonly registration: Registration,
     private readonly wakeFd: number,
     private readonly statsView: Float64Array,
     private readonly latView: Float64Array,
@@ -55,13 +57,15 @@ export class FaultServer {
     if (!Number.isInteger(spinUs) || spinUs < 0 || spinUs > 100000) throw new RangeError('FaultServer: spinUs must be an integer in [0, 100000]');
     const uffd = Userfaultfd.open({ nonblock: true });
     let wakeFd = -1;
+    let registration: Registration | null = null;
     try {
-      uffd.register(mem.base, mem.maxBytes, REGISTER_MODE.MISSING);
+      registration = registerReservation(uffd, mem, REGISTER_MODE.MISSING, 'fault server');
       wakeFd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     } catch (e) {
-      uffd.close();
+      try { registration?.release(); } finally { uffd.close(); }
       throw e;
     }
+    const held = registration;
     const stats = new SharedArrayBuffer(STAT_SLOTS * 8);
     const latencies = new SharedArrayBuffer(LATENCY_RING * 8);
     const control = new SharedArrayBuffer(4);
@@ -84,10 +88,10 @@ export class FaultServer {
       worker.once('error', (e) => { if (server) server.failure = e; reject(e); });
       worker.once('exit', (code) => reject(new Error(`fault worker exited (${code}) before it was ready`)));
     }).catch((e: unknown) => {
-      try { uffd.unregister(mem.base, mem.maxBytes); } finally { uffd.close(); close(wakeFd); }
+      try { held.release(); } finally { uffd.close(); close(wakeFd); }
       throw e;
     });
-    server = new FaultServer(mem, states, uffd, wakeFd, new Float64Array(stats), new Float64Array(latencies),
+    server = new FaultServer(mem, states, uffd, held, wakeFd, new Float64Array(stats), new Float64Array(latencies),
       new Int32Array(control), worker, stopped);
     return server;
   }
@@ -159,7 +163,7 @@ export class FaultServer {
     await this.stopped;
     this.worker = null;
     try {
-      this.uffd.unregister(this.mem.base, this.mem.maxBytes);
+      this.registration.release();
     } finally {
       this.uffd.close();
       close(this.wakeFd);

@@ -1,10 +1,10 @@
 // GuestMemory: a guest's linear memory (a shared WebAssembly.Memory) seen as 4 KiB host pages.
 // V8 reserves the whole maximum at once and never moves it on grow, so `base` and `maxBytes`
 // describe the reservation for the memory's lifetime; `sizeBytes` follows growth.
-import { addressOf, madvise, MADV_DONTNEED } from '../sys/mman.js';
+import { addressOf, madvise, MADV_DONTNEED, HOST_PAGE_SIZE } from '../sys/mman.js';
 import type { PageBitmap } from './page-bitmap.js';
 
-export const HOST_PAGE_SIZE = 4096;
+export { HOST_PAGE_SIZE };
 export const WASM_PAGE_SIZE = 65536;
 export const HOST_PAGES_PER_WASM_PAGE = WASM_PAGE_SIZE / HOST_PAGE_SIZE;
 

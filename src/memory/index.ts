@@ -6,6 +6,7 @@ export * from './page-state.js';
 export * from './dirty-tracker.js';
 export * from './residency.js';
 export * from './zero-pages.js';
+export * from './uffd-registration.js';
 export * from './page-source.js';
 export * from './fault-stats.js';
 export { FaultServer, type FaultServerOptions } from './fault-server.js';

@@ -10,9 +10,9 @@
 import { createHash } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import type { PageBitmap } from '../memory/page-bitmap.js';
-import type { GuestMemory } from '../memory/guest-memory.js';
+import { HOST_PAGE_SIZE, type GuestMemory } from '../memory/guest-memory.js';
 
-export const DIGEST_PAGE_SIZE = 4096;
+export const DIGEST_PAGE_SIZE = HOST_PAGE_SIZE;
 const WORDS = DIGEST_PAGE_SIZE / 4;
 
 const P1 = 0x9e3779b1 | 0;

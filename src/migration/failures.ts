@@ -3,6 +3,14 @@
 import { TransportError } from './transport/index.js';
 import { WireError } from './wire/index.js';
 
+/** The urgent channel's thread lost its connection, or ended: a channel failure like the others. */
+export class UrgentChannelError extends Error {
+  constructor(what: string) {
+    super(`urgent channel: ${what}`);
+    this.name = 'UrgentChannelError';
+  }
+}
+
 export function isChannelFailure(err: unknown): boolean {
-  return err instanceof TransportError || err instanceof WireError || (err instanceof Error && err.message.startsWith('urgent channel:'));
+  return err instanceof TransportError || err instanceof WireError || err instanceof UrgentChannelError;
 }

@@ -4,6 +4,7 @@ import type { PageBitmap } from '../memory/page-bitmap.js';
 import type { Security } from './transport/index.js';
 import { PageClaims, URGENT_STAT_SLOTS, UrgentStat } from './page-claims.js';
 import type { UrgentServerData, UrgentServerMessage } from './urgent-server.js';
+import { UrgentChannelError } from './failures.js';
 
 export class UrgentChannel {
   readonly claims: PageClaims;
@@ -24,9 +25,9 @@ export class UrgentChannel {
     this.pending = pending;
     this.closed = new Promise((resolve) => worker.once('exit', () => resolve()));
     // The thread never exits on its own while the channel is in use: if it does, the channel is gone.
-    worker.once('exit', () => (this.failure ??= new Error('urgent channel: its thread exited')));
+    worker.once('exit', () => (this.failure ??= new UrgentChannelError('its thread exited')));
     worker.on('message', (m: UrgentServerMessage) => {
-      if (m.type === 'error') this.failure ??= new Error(`urgent channel: ${m.message}`);
+      if (m.type === 'error') this.failure ??= new UrgentChannelError(m.message);
     });
     worker.on('error', (e) => (this.failure ??= e));
   }

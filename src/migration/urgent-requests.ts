@@ -6,6 +6,7 @@ import { Worker } from 'node:worker_threads';
 import type { MessageOf } from './wire/index.js';
 import { TransportError, type MigrationListener, type RemoteChannel, type Security, type TransportErrorCode } from './transport/index.js';
 import type { UrgentRequesterCommand, UrgentRequesterData, UrgentRequesterEvent } from './urgent-requester.js';
+import { UrgentChannelError } from './failures.js';
 
 type Setup = Extract<UrgentRequesterCommand, { type: 'setup' }>;
 
@@ -38,7 +39,7 @@ export class UrgentRequests {
     this.exited = new Promise((resolve) => this.worker.once('exit', () => resolve()));
     this.worker.on('message', (e: UrgentRequesterEvent) => this.onEvent(e));
     this.worker.on('error', (err) => this.fail(new Error(`urgent thread failed: ${err.message}`)));
-    this.worker.once('exit', () => this.fail(new Error('urgent channel: its thread exited')));
+    this.worker.once('exit', () => this.fail(new UrgentChannelError('its thread exited')));
     this.worker.unref();
   }
 
@@ -124,7 +125,7 @@ export class UrgentRequests {
       case 'lost':
         if (this.current?.conn === e.conn) {
           this.current = null;
-          this.fail(new Error(`urgent channel: ${e.message}`));
+          this.fail(new UrgentChannelError(e.message));
         }
         break;
     }

@@ -6,9 +6,10 @@
 import { openSync, closeSync } from 'node:fs';
 import { pread } from '../sys/fd.js';
 import { mapAnonymous } from '../sys/mman.js';
+import { HOST_PAGE_SIZE } from '../memory/guest-memory.js';
 import type { PageSink, PageSource } from '../memory/page-source.js';
 
-const PAGE = 4096;
+const PAGE = HOST_PAGE_SIZE;
 
 export interface ChainPageSourceOptions {
   /** memory.bin paths, root layer first. */

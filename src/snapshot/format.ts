@@ -3,7 +3,6 @@
 // where this snapshot holds no page) and, for full snapshots, module.wasm. A diff snapshot holds only
 // the pages written since its parent and names the parent by relative path and manifest checksum.
 // This module is the manifest's shape and its validation; docs/snapshot-format.md describes it.
-import { createHash } from 'node:crypto';
 
 export const SNAPSHOT_FORMAT = 'ferry-snapshot';
 export const SNAPSHOT_VERSION = 1;
@@ -11,10 +10,10 @@ export const MANIFEST_FILE = 'manifest.json';
 export const STATE_FILE = 'state.json';
 export const MEMORY_FILE = 'memory.bin';
 export const MODULE_FILE = 'module.wasm';
-export const PAGE_SIZE = 4096;
+import { HOST_PAGE_SIZE, WASM_PAGE_SIZE } from '../memory/guest-memory.js';
+export const PAGE_SIZE = HOST_PAGE_SIZE;
 /** Pages per checksummed chunk (1 MiB): a chunk is a run of pages present in the file, at most this long. */
 export const CHUNK_PAGES = 256;
-const WASM_PAGE = 65536;
 const MAX_BYTES = 4 * 1024 ** 3;
 
 /** A run of pages present in memory.bin with the sha256 of their bytes (file offset = page * 4096). */
@@ -49,9 +48,7 @@ export class SnapshotError extends Error {
   }
 }
 
-export function sha256Hex(bytes: Uint8Array): string {
-  return createHash('sha256').update(bytes).digest('hex');
-}
+export { sha256Hex } from '../state/hash.js';
 
 /** Validates a parsed manifest field by field; `file` is named in every error. */
 export function validateManifest(x: unknown, file: string): SnapshotManifest {
@@ -75,9 +72,9 @@ export function validateManifest(x: unknown, file: string): SnapshotManifest {
   const moduleFile = m['file'] === null ? null : str(m['file'], 'module.file', plainName);
   if (kind === 'full' && moduleFile === null) bad('a full snapshot must carry its module (module.file)');
   const mem = obj(o['memory'], 'memory');
-  const maxBytes = int(mem['maxBytes'], 'memory.maxBytes', WASM_PAGE, MAX_BYTES);
+  const maxBytes = int(mem['maxBytes'], 'memory.maxBytes', WASM_PAGE_SIZE, MAX_BYTES);
   const bytes = int(mem['bytes'], 'memory.bytes', 0, maxBytes);
-  if (bytes % WASM_PAGE !== 0 || maxBytes % WASM_PAGE !== 0) bad('memory sizes must be whole 64 KiB pages');
+  if (bytes % WASM_PAGE_SIZE !== 0 || maxBytes % WASM_PAGE_SIZE !== 0) bad('memory sizes must be whole 64 KiB pages');
   let parent: SnapshotManifest['parent'] = null;
   if (kind === 'diff') {
     const p = obj(o['parent'], 'parent');

@@ -12,6 +12,7 @@ import { GuestMemory, WASM_PAGE_SIZE } from '../memory/guest-memory.js';
 import type { PageBitmap } from '../memory/page-bitmap.js';
 import { scanResidency } from '../memory/residency.js';
 import { zeroContentPages } from '../memory/zero-pages.js';
+import { RegistrationBusyError } from '../memory/uffd-registration.js';
 import { MANIFEST_FILE, SnapshotError, sha256Hex } from './format.js';
 import { writeSnapshot, type SnapshotWriteReport } from './writer.js';
 
@@ -114,8 +115,10 @@ export class SnapshotSession {
     try {
       t.start();
       this.tracker = t;
-    } catch {
-      // The memory is registered elsewhere (e.g. a lazy restore's fault server): full snapshots still work.
+    } catch (err) {
+      // The memory is registered elsewhere (a lazy restore's fault server serves it until every
+      // page is in): full snapshots still work, diffs are refused until a full one can track.
+      if (!(err instanceof RegistrationBusyError)) throw err;
       this.tracker = null;
     }
   }

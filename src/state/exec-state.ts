@@ -2,7 +2,10 @@
 // them) and where its unwound call stack lies in linear memory. Tables are not captured: the
 // modules Ferry accepts import no table and only fill theirs from element segments at
 // instantiation, so a new instance rebuilds them identically.
-import type { ValueType } from '../guest/instrument.js';
+import { HOST_PAGE_SIZE } from '../memory/guest-memory.js';
+
+/** A Wasm value type a saved global or local can hold. */
+export type ValueType = 'i32' | 'i64' | 'f32' | 'f64';
 
 export interface GlobalValue {
   type: ValueType;
@@ -58,7 +61,6 @@ export function decodeGlobal(g: GlobalValue): number | bigint {
   }
 }
 
-const HOST_PAGE = 4096;
 
 /** Where the data of an unwind ends: Asyncify's header at the buffer's start holds it (u32 LE). */
 export function unwoundEnd(exec: ExecState, memory: Uint8Array): number | undefined {
@@ -79,10 +81,10 @@ export function runtimePageRuns(exec: ExecState, pageCount: number, stackDataEnd
   const runs: Array<[number, number]> = [[0, Math.min(1, pageCount)]];
   if (exec.unwind) {
     const { ptr, size } = exec.unwind;
-    const first = Math.floor(ptr / HOST_PAGE);
+    const first = Math.floor(ptr / HOST_PAGE_SIZE);
     const d = stackDataEnd;
     const stackEnd = d !== undefined && Number.isInteger(d) && d >= ptr + 8 && d <= ptr + size ? d : ptr + size;
-    const end = Math.min(pageCount, Math.ceil(stackEnd / HOST_PAGE));
+    const end = Math.min(pageCount, Math.ceil(stackEnd / HOST_PAGE_SIZE));
     if (first < end) runs.push([Math.max(first, 1), end]);
   }
   return runs.filter(([s, e]) => s < e);

@@ -6,10 +6,10 @@ import { WASI_STATE_VERSION } from '../wasi/state.js';
 import { validateWasiState } from '../wasi/persist.js';
 import type { ExecState, GlobalValue } from './exec-state.js';
 import { StateError, arr, int, obj, str } from './validate.js';
+import { WASM_PAGE_SIZE as WASM_PAGE } from '../memory/guest-memory.js';
 
 export const GUEST_STATE_FORMAT = 'ferry-guest-state';
 export const GUEST_STATE_VERSION = 1;
-const WASM_PAGE = 65536;
 
 export interface GuestState {
   format: typeof GUEST_STATE_FORMAT;

@@ -4,6 +4,9 @@ import { ftruncateSync } from 'node:fs';
 import { K, native, type Bytes } from './native.js';
 import { sys } from './errors.js';
 
+/** The host's page size (x86-64 and arm64 with 4 KiB pages): the one definition in Ferry. */
+export const HOST_PAGE_SIZE = 4096;
+
 export const MADV_DONTNEED = K('MADV_DONTNEED');
 export const MADV_WILLNEED = K('MADV_WILLNEED');
 export const MADV_HUGEPAGE = K('MADV_HUGEPAGE');

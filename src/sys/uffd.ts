@@ -1,6 +1,7 @@
 // Userfaultfd: a typed wrapper over one uffd (API handshake, register, fill, wake, write-protect, events).
 import { K, native, type Bytes } from './native.js';
 import { sys, SysError } from './errors.js';
+import { HOST_PAGE_SIZE } from './mman.js';
 
 export const UFFD_FEATURE = {
   PAGEFAULT_FLAG_WP: K('UFFD_FEATURE_PAGEFAULT_FLAG_WP'),
@@ -132,11 +133,11 @@ export class Userfaultfd {
     let existed = 0;
     while (done < length) {
       const r = this.copy(dst + done, src, srcOffset + done, length - done, mode);
-      if (r === FILL_EEXIST) { existed++; done += 4096; this.wakeQuiet(dst + done - 4096, 4096); }
+      if (r === FILL_EEXIST) { existed++; done += HOST_PAGE_SIZE; this.wakeQuiet(dst + done - HOST_PAGE_SIZE, HOST_PAGE_SIZE); }
       else if (r === FILL_EAGAIN) continue;
       else done += r;
     }
-    return { copied: (length - existed * 4096) / 4096, existed };
+    return { copied: (length - existed * HOST_PAGE_SIZE) / HOST_PAGE_SIZE, existed };
   }
 
   /** UFFDIO_ZEROPAGE; same result convention as copy(). */

@@ -1,5 +1,6 @@
 // Protocol constants and the hard bounds every decoder enforces. Changing a bound changes the
 // protocol: bump WIRE_VERSION and update docs/wire-format.md.
+import { HOST_PAGE_SIZE, WASM_PAGE_SIZE } from '../../memory/guest-memory.js';
 
 /** Version of the frame layout and message set. A peer with another version is refused. */
 export const WIRE_VERSION = 3;
@@ -13,9 +14,9 @@ export const FRAME_TRAILER_BYTES = 4;
 export const MAX_FRAME_PAYLOAD = 8 * 1024 * 1024;
 
 /** Host page size: the unit of every page offset and count on the wire. */
-export const PAGE_SIZE = 4096;
+export const PAGE_SIZE = HOST_PAGE_SIZE;
 /** WebAssembly page size: memory sizes (SETUP, GROW) are multiples of it. */
-export const WASM_PAGE_SIZE = 65536;
+export { WASM_PAGE_SIZE };
 /** wasm32 linear memory can never exceed 4 GiB. */
 export const MAX_MEMORY_BYTES = 4 * 1024 * 1024 * 1024;
 /** A `data` run carries at most this many pages (4 MiB); senders should use RECOMMENDED_RUN_PAGES. */
