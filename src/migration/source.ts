@@ -24,6 +24,7 @@ import { collectGarbageNow } from './heap.js';
 import { DowntimePriority } from '../sys/sched.js';
 import { UrgentChannel } from './urgent-channel.js';
 import { PhaseLog, SwitchoverTrace } from './switchover-trace.js';
+import { decideAfterPass } from './convergence.js';
 import {
   MigrationError,
   type MigrationMode,
@@ -51,10 +52,6 @@ export interface SourceOptions {
 
 export const SOURCE_DEFAULTS = { mode: 'auto' as MigrationMode, downtimeTargetMs: 20, precopyTimeoutS: 60, recoverTimeoutS: 600 };
 
-/** Passes without a new smallest dirty set before precopy is judged not to converge. */
-const STALL_PASSES = 5;
-/** Auto mode switches to postcopy after this share of the precopy timeout at the latest. */
-const AUTO_POSTCOPY_BUDGET = 0.25;
 /** Postcopy DISCARD rounds before the pause, at most; the rounds stop once one is this small. */
 const DISCARD_ROUNDS = 4;
 const SMALL_DISCARD_PAGES = 1024;
@@ -252,20 +249,18 @@ export class MigrationSource {
       const rate = Math.max(this.rate, 1);
       this.expectedDowntimeMs = ((this.dirtyPages * HOST_PAGE_SIZE) / rate) * 1000;
       this.report();
-      if (this.expectedDowntimeMs <= opts.downtimeTargetMs) break; // converged: stop-and-copy
       if (this.dirtyPages < minDirty) {
         minDirty = this.dirtyPages;
         stalled = 0;
       } else stalled++;
       const elapsedS = (performance.now() - this.t0) / 1000;
-      if (opts.mode === 'postcopy') break;
-      if (opts.mode === 'auto') {
-        // Postcopy as soon as precopy stops paying off — and before another pass could take the
-        // total past one memory's worth, so that with postcopy it stays within 2x memory.
-        const nextTotal = this.bytesSent() + this.dirtyPages * HOST_PAGE_SIZE;
-        if (stalled >= 2 || elapsedS > opts.precopyTimeoutS * AUTO_POSTCOPY_BUDGET || nextTotal > mem.sizeBytes) break;
-      }
-      if (opts.mode === 'precopy' && (stalled >= STALL_PASSES || elapsedS > opts.precopyTimeoutS)) {
+      const decision = decideAfterPass({
+        mode: opts.mode, expectedDowntimeMs: this.expectedDowntimeMs, downtimeTargetMs: opts.downtimeTargetMs,
+        stalledPasses: stalled, elapsedS, precopyTimeoutS: opts.precopyTimeoutS,
+        nextTotalBytes: this.bytesSent() + this.dirtyPages * HOST_PAGE_SIZE, memoryBytes: mem.sizeBytes,
+      });
+      if (decision === 'stop-and-copy' || decision === 'postcopy') break;
+      if (decision === 'give-up') {
         throw new MigrationError(
           'not-converged',
           `precopy did not converge: ${this.dirtyPages} pages dirty after ${this.pass + 1} passes (${elapsedS.toFixed(1)} s); the guest keeps running here`,

@@ -1,0 +1,43 @@
+// When precopy stops: the decision taken after each pass, as a pure function of what the pass
+// measured (tested on its own in test/migration-convergence.test.ts).
+import type { MigrationMode } from './report.js';
+
+/** Precopy gives up (precopy mode) after this many passes that did not shrink the dirty set. */
+export const STALL_PASSES = 5;
+/** Auto mode switches to postcopy after this share of the precopy timeout at the latest. */
+export const AUTO_POSTCOPY_BUDGET = 0.25;
+
+export interface PassMeasure {
+  mode: MigrationMode;
+  /** Time the remaining dirty pages would take at the measured rate, in ms. */
+  expectedDowntimeMs: number;
+  downtimeTargetMs: number;
+  /** Passes in a row that did not shrink the dirty set below its smallest so far. */
+  stalledPasses: number;
+  elapsedS: number;
+  precopyTimeoutS: number;
+  /** Bytes sent so far plus the dirty set: what another pass would bring the total to. */
+  nextTotalBytes: number;
+  memoryBytes: number;
+}
+
+/**
+ * - 'stop-and-copy': the rest fits the downtime target: pause and send it (any mode).
+ * - 'postcopy': stop precopy and move to postcopy (postcopy at once; auto when precopy stops
+ *   paying off, or before another pass could take the total past one memory's worth — with
+ *   postcopy's at most one more, the total stays within 2 x memory).
+ * - 'give-up': precopy mode that cannot converge (stalled or out of time): the guest stays.
+ * - 'another-pass'.
+ */
+export type PassDecision = 'stop-and-copy' | 'postcopy' | 'give-up' | 'another-pass';
+
+export function decideAfterPass(m: PassMeasure): PassDecision {
+  if (m.expectedDowntimeMs <= m.downtimeTargetMs) return 'stop-and-copy';
+  if (m.mode === 'postcopy') return 'postcopy';
+  if (m.mode === 'auto') {
+    if (m.stalledPasses >= 2 || m.elapsedS > m.precopyTimeoutS * AUTO_POSTCOPY_BUDGET || m.nextTotalBytes > m.memoryBytes) return 'postcopy';
+    return 'another-pass';
+  }
+  if (m.stalledPasses >= STALL_PASSES || m.elapsedS > m.precopyTimeoutS) return 'give-up';
+  return 'another-pass';
+}
