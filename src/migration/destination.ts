@@ -7,7 +7,6 @@ import { Guest, type PreparedGuest, type StagedGuest } from '../guest/guest.js';
 import { ModuleCache } from '../guest/module-cache.js';
 import { sha256Hex } from '../state/hash.js';
 import { GuestMemory, HOST_PAGE_SIZE, WASM_PAGE_SIZE } from '../memory/guest-memory.js';
-import { PageBitmap } from '../memory/page-bitmap.js';
 import { PageStateTable } from '../memory/page-state.js';
 import { decodeGuestState, rehearseDecoding, type GuestState } from '../state/guest-state.js';
 import type { Preopen, StdioBinding } from '../wasi/wasi.js';

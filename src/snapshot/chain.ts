@@ -2,12 +2,11 @@
 // checked without reading the memory pages: manifests, the state (checksum and content), file sizes
 // (a truncated memory.bin is caught here), the parent links (path and manifest checksum), the module
 // (hash). Page checksums are checked as pages are read (verifyChunks, and the restore paths).
-import { existsSync, readFileSync, statSync, openSync, closeSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { createHash } from 'node:crypto';
 import { decodeGuestState, type GuestState } from '../state/guest-state.js';
-import { pread } from '../sys/fd.js';
-import { MANIFEST_FILE, PAGE_SIZE, SnapshotError, sha256Hex, validateManifest, type MemoryChunk, type SnapshotManifest } from './format.js';
+import { LayerReader } from './layer-reader.js';
+import { MANIFEST_FILE, PAGE_SIZE, SnapshotError, sha256Hex, validateManifest, type SnapshotManifest } from './format.js';
 
 /** Longest parent chain followed (also stops cycles). */
 export const MAX_CHAIN = 64;
@@ -124,32 +123,19 @@ function readModule(root: SnapshotLayer): Uint8Array {
   return bytes;
 }
 
-/** Reads one chunk of a layer into `into` at byte `at` and checks its checksum (throws naming the file). */
-export function readChunkSync(fd: number, layer: SnapshotLayer, chunk: MemoryChunk, into: Uint8Array, at: number): void {
-  const len = chunk.count * PAGE_SIZE;
-  let done = 0;
-  while (done < len) {
-    const n = pread(fd, into, at + done, len - done, chunk.page * PAGE_SIZE + done);
-    if (n === 0) throw new SnapshotError('truncated', `${layer.memoryPath}: ends inside the chunk at page ${chunk.page}`);
-    done += n;
-  }
-  checkChunk(layer, chunk, into.subarray(at, at + len));
-}
-
-export function checkChunk(layer: SnapshotLayer, chunk: MemoryChunk, bytes: Uint8Array): void {
-  if (createHash('sha256').update(bytes).digest('hex') !== chunk.sha256) {
-    throw new SnapshotError('checksum', `${layer.memoryPath}: checksum mismatch in the ${chunk.count} pages from page ${chunk.page} (byte ${chunk.page * PAGE_SIZE}); the snapshot is damaged`);
-  }
+/** A reader of the chain's memory files (close it when done). */
+export function chainReader(chain: SnapshotChain): LayerReader {
+  return new LayerReader(chain.layers.map((l) => l.memoryPath), chain.location);
 }
 
 /** Reads every chunk of every layer and checks its checksum; calls onPages for the pages each layer still owns. */
 export function verifyChunks(chain: SnapshotChain, onPages?: (page: number, count: number, bytes: Uint8Array) => void): void {
   const buf = new Uint8Array(256 * PAGE_SIZE);
-  chain.layers.forEach((layer, li) => {
-    const fd = openSync(layer.memoryPath, 'r');
-    try {
+  const reader = chainReader(chain);
+  try {
+    chain.layers.forEach((layer, li) => {
       for (const c of layer.manifest.memoryFile.chunks) {
-        readChunkSync(fd, layer, c, buf, 0);
+        reader.readChunk(li, c, buf);
         if (!onPages) continue;
         for (let p = c.page; p < c.page + c.count; ) {
           if (chain.location[p] !== li) { p++; continue; }
@@ -159,8 +145,8 @@ export function verifyChunks(chain: SnapshotChain, onPages?: (page: number, coun
           p = q;
         }
       }
-    } finally {
-      closeSync(fd);
-    }
-  });
+    });
+  } finally {
+    reader.close();
+  }
 }

@@ -8,18 +8,15 @@
 //    every chunk, checks its checksum and places the pages still pending. When all are placed the
 //    fault server stops. A damaged chunk found by the loader stops the guest.
 import { runtimePageRuns } from '../state/exec-state.js';
-import { openSync, closeSync } from 'node:fs';
-import { open } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { Guest, type PreparedGuest } from '../guest/guest.js';
 import type { ModuleCache } from '../guest/module-cache.js';
 import { FaultServer } from '../memory/fault-server.js';
-import { GuestMemory, HOST_PAGE_SIZE, WASM_PAGE_SIZE } from '../memory/guest-memory.js';
+import { GuestMemory, WASM_PAGE_SIZE } from '../memory/guest-memory.js';
 import { PageState, PageStateTable } from '../memory/page-state.js';
 import type { Preopen, StdioBinding } from '../wasi/wasi.js';
-import { pread } from '../sys/fd.js';
 import { CHUNK_PAGES, PAGE_SIZE, SnapshotError } from './format.js';
-import { checkChunk, loadSnapshot, readChunkSync, type SnapshotChain } from './chain.js';
+import { chainReader, loadSnapshot, type SnapshotChain } from './chain.js';
 
 export interface RestoreSnapshotOptions {
   /** Start the guest at once and load pages on demand (default: eager). */
@@ -171,18 +168,18 @@ function checkPreopens(chain: SnapshotChain, preopens: Preopen[]): void {
 
 /** Reads every chunk straight into `view` (a memory of the chain's size), root layer first (newer layers overwrite), checking each. */
 export function loadEagerly(chain: SnapshotChain, view: Uint8Array): void {
-  chain.layers.forEach((layer, li) => {
-    const fd = openSync(layer.memoryPath, 'r');
-    try {
+  const reader = chainReader(chain);
+  try {
+    chain.layers.forEach((layer, li) => {
       for (const c of layer.manifest.memoryFile.chunks) {
         let owns = false; // a chunk whose pages all come from newer layers is not read
         for (let p = c.page; p < c.page + c.count && !owns; p++) owns = chain.location[p] === li;
-        if (owns) readChunkSync(fd, layer, c, view, c.page * PAGE_SIZE);
+        if (owns) reader.readChunk(li, c, view, c.page * PAGE_SIZE);
       }
-    } finally {
-      closeSync(fd);
-    }
-  });
+    });
+  } finally {
+    reader.close();
+  }
 }
 
 /** A memory being filled lazily from a snapshot chain: holes served by a fault server, a loader to fill the rest. */
@@ -255,24 +252,18 @@ async function startLazyServer(chain: SnapshotChain, mem: GuestMemory, faultArou
 
 /** Places the pages the runtime reads before anything else (safepoint flags, unwound stack). */
 function placeUnwindPages(chain: SnapshotChain, server: FaultServer): void {
+  const reader = chainReader(chain);
   const buf = new Uint8Array(PAGE_SIZE);
-  const fds = new Map<number, number>();
   try {
-    for (const p of runtimePageRuns(chain.state.exec, chain.location.length).flatMap(([a, b]) => Array.from({ length: b - a }, (_, i) => a + i))) {
-      const li = chain.location[p]!;
-      if (li < 0) continue;
-      let fd = fds.get(li);
-      if (fd === undefined) fds.set(li, (fd = openSync(chain.layers[li]!.memoryPath, 'r')));
-      let done = 0;
-      while (done < PAGE_SIZE) {
-        const n = pread(fd, buf, done, PAGE_SIZE - done, p * PAGE_SIZE + done);
-        if (n === 0) throw new SnapshotError('truncated', `${chain.layers[li]!.memoryPath}: ends inside page ${p}`);
-        done += n;
+    for (const [a, b] of runtimePageRuns(chain.state.exec, chain.location.length)) {
+      for (let p = a; p < b; p++) {
+        if (chain.location[p]! < 0) continue;
+        reader.readPages(p, 1, buf);
+        server.place(p, buf, 0, 1);
       }
-      server.place(p, buf, 0, 1);
     }
   } finally {
-    for (const fd of fds.values()) closeSync(fd);
+    reader.close();
   }
 }
 
@@ -280,19 +271,11 @@ function placeUnwindPages(chain: SnapshotChain, server: FaultServer): void {
 async function loadInBackground(chain: SnapshotChain, server: FaultServer, states: PageStateTable): Promise<number> {
   let placed = 0;
   const buf = Buffer.allocUnsafe(CHUNK_PAGES * PAGE_SIZE);
-  for (let li = 0; li < chain.layers.length; li++) {
-    const layer = chain.layers[li]!;
-    const fh = await open(layer.memoryPath, 'r');
-    try {
-      for (const c of layer.manifest.memoryFile.chunks) {
-        const len = c.count * PAGE_SIZE;
-        let done = 0;
-        while (done < len) {
-          const { bytesRead } = await fh.read(buf, done, len - done, c.page * PAGE_SIZE + done);
-          if (bytesRead === 0) throw new SnapshotError('truncated', `${layer.memoryPath}: ends inside the chunk at page ${c.page}`);
-          done += bytesRead;
-        }
-        checkChunk(layer, c, buf.subarray(0, len));
+  const reader = chainReader(chain);
+  try {
+    for (let li = 0; li < chain.layers.length; li++) {
+      for (const c of chain.layers[li]!.manifest.memoryFile.chunks) {
+        await reader.readChunkAsync(li, c, buf);
         for (let p = c.page; p < c.page + c.count; ) {
           if (chain.location[p] !== li || states.get(p) !== PageState.PENDING) { p++; continue; }
           let q = p + 1;
@@ -301,9 +284,9 @@ async function loadInBackground(chain: SnapshotChain, server: FaultServer, state
           p = q;
         }
       }
-    } finally {
-      await fh.close();
     }
+  } finally {
+    reader.close();
   }
   return placed;
 }

@@ -7,7 +7,6 @@
 //   request) → DIGEST (checked against the snapshot's own) → DONE.
 // Every chunk checksum is checked before connecting, so a damaged snapshot never reaches a destination.
 import { runtimePageRuns } from '../state/exec-state.js';
-import { closeSync, openSync, readSync } from 'node:fs';
 import { encodeGuestState } from '../state/guest-state.js';
 import { connect, newSessionId, type FramedChannel, type Security } from '../migration/transport/index.js';
 import { RECOMMENDED_RUN_PAGES } from '../migration/wire/index.js';
@@ -16,7 +15,8 @@ import { PageDigest } from '../migration/digest.js';
 import { MigrationError } from '../migration/report.js';
 import { PageBitmap } from '../memory/page-bitmap.js';
 import { PAGE_SIZE } from './format.js';
-import { loadSnapshot, verifyChunks, type SnapshotChain } from './chain.js';
+import { chainReader, loadSnapshot, verifyChunks, type SnapshotChain } from './chain.js';
+import type { LayerReader } from './layer-reader.js';
 
 const BULK_IN_FLIGHT = 4;
 
@@ -49,7 +49,7 @@ export async function serveSnapshot(source: string | SnapshotChain, opts: ServeS
   opts.onPhase?.('verifying snapshot');
   verifyChunks(chain, (page, count, data) => digest.set(page, data, count));
   const expectedDigest = digest.digestHex(pageCount);
-  const files = new PageFiles(chain);
+  const files = new PageFiles(chainReader(chain));
   const sessionId = newSessionId();
   const common = { host: opts.host, port: opts.port, security: opts.security, sessionId };
   let bulk: FramedChannel | null = null;
@@ -123,33 +123,16 @@ export async function serveSnapshot(source: string | SnapshotChain, opts: ServeS
   }
 }
 
-/** Page bytes from the newest layer holding each page (page p at byte p*4096 of its memory.bin). */
+/** Page bytes from the newest layer holding each page, in a buffer of their own (frames keep it). */
 class PageFiles {
-  private readonly fds: number[];
-  constructor(private readonly chain: SnapshotChain) {
-    this.fds = chain.layers.map((l) => openSync(l.memoryPath, 'r'));
-  }
+  constructor(private readonly reader: LayerReader) {}
   read(first: number, count: number): Buffer {
-    const out = Buffer.alloc(count * PAGE_SIZE);
-    for (let i = 0; i < count; ) {
-      const li = this.chain.location[first + i]!;
-      let j = i + 1;
-      while (j < count && this.chain.location[first + j] === li) j++;
-      if (li >= 0) {
-        const len = (j - i) * PAGE_SIZE;
-        let done = 0;
-        while (done < len) {
-          const n = readSync(this.fds[li]!, out, i * PAGE_SIZE + done, len - done, (first + i) * PAGE_SIZE + done);
-          if (n === 0) throw new Error(`${this.chain.layers[li]!.memoryPath} ends at page ${first + i}`);
-          done += n;
-        }
-      }
-      i = j;
-    }
+    const out = Buffer.allocUnsafe(count * PAGE_SIZE);
+    this.reader.readPages(first, count, out);
     return out;
   }
   close(): void {
-    for (const fd of this.fds) closeSync(fd);
+    this.reader.close();
   }
 }
 
