@@ -9,7 +9,7 @@ import { isMainThread, parentPort, Worker } from 'node:worker_threads';
 import type { BenchRow } from './harness.js';
 import { connect, listen, newSessionId, PSK_CIPHER, type FramedChannel, type Security } from '../src/migration/transport/index.js';
 import { FrameType, RECOMMENDED_RUN_PAGES, PAGE_SIZE } from '../src/migration/wire/index.js';
-import { digestMemory } from '../src/migration/digest.js';
+import { digestMemory } from '../src/migration/verify/digest.js';
 
 export const title = 'transport: loopback TCP/TLS raw vs framed pages; page digest speed';
 

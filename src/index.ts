@@ -13,12 +13,12 @@ export type { Preopen, StdioBinding, WasiState } from './wasi/wasi.js';
 
 export { GuestMemory, HOST_PAGE_SIZE, WASM_PAGE_SIZE } from './memory/guest-memory.js';
 
-export { MigrationSource, SOURCE_DEFAULTS } from './migration/source.js';
-export type { SourceOptions } from './migration/source.js';
-export { MigrationDestination, DEFAULT_RECOVER_TIMEOUT_S } from './migration/destination.js';
-export type { DestinationOptions, IncomingResult, DestinationSummary } from './migration/destination.js';
-export { MigrationError } from './migration/report.js';
-export type { MigrationReport, MigrationProgress, PostcopyReport } from './migration/report.js';
+export { MigrationSource, SOURCE_DEFAULTS } from './migration/send/source.js';
+export type { SourceOptions } from './migration/send/source.js';
+export { MigrationDestination, DEFAULT_RECOVER_TIMEOUT_S } from './migration/receive/destination.js';
+export type { DestinationOptions, IncomingResult, DestinationSummary } from './migration/receive/destination.js';
+export { MigrationError } from './migration/session/report.js';
+export type { MigrationReport, MigrationProgress, PostcopyReport } from './migration/session/report.js';
 export type { Security } from './migration/transport/index.js';
 
 export * as snapshot from './snapshot/index.js';

@@ -2,7 +2,7 @@ import { strict as assert } from 'node:assert';
 import { randomBytes } from 'node:crypto';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
-import { digestFrozenMemory, digestMemory, PageDigest, pageHash } from '../src/migration/digest.js';
+import { digestFrozenMemory, digestMemory, PageDigest, pageHash } from '../src/migration/verify/digest.js';
 import { GuestMemory, HOST_PAGE_SIZE } from '../src/memory/guest-memory.js';
 import { scanResidency } from '../src/memory/residency.js';
 

@@ -1,7 +1,7 @@
-// The decision taken after each precopy pass (src/migration/convergence.ts), as a pure function.
+// The decision taken after each precopy pass (src/migration/send/convergence.ts), as a pure function.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { AUTO_POSTCOPY_BUDGET, STALL_PASSES, decideAfterPass, type PassMeasure } from '../src/migration/convergence.js';
+import { AUTO_POSTCOPY_BUDGET, STALL_PASSES, decideAfterPass, type PassMeasure } from '../src/migration/send/convergence.js';
 
 const GiB = 1024 ** 3;
 const base: PassMeasure = {

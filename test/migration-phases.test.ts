@@ -2,8 +2,8 @@
 // would misreport a migration are not, and PhaseLog refuses an illegal move loudly.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { PHASE_MOVES, PhaseLog, phaseMoveAllowed } from '../src/migration/switchover-trace.js';
-import type { MigrationPhase } from '../src/migration/report.js';
+import { PHASE_MOVES, PhaseLog, phaseMoveAllowed } from '../src/migration/session/phases.js';
+import type { MigrationPhase } from '../src/migration/session/report.js';
 
 function walk(path: MigrationPhase[]): PhaseLog {
   const log = new PhaseLog('source');

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { Guest } from '../src/guest/guest.js';
 import { GuestMemory, WASM_PAGE_SIZE } from '../src/memory/guest-memory.js';
 import { scanResidency } from '../src/memory/residency.js';
-import { digestMemory } from '../src/migration/digest.js';
+import { digestMemory } from '../src/migration/verify/digest.js';
 import { SnapshotSession, loadEagerly, loadSnapshot, openLazyMemory, restoreSnapshot } from '../src/snapshot/index.js';
 import { MEMTOUCH, ferry, ferryDone, fileText, seqNumbers, until } from './snapshot-helpers.js';
 

@@ -271,7 +271,7 @@ test('pread into a staging buffer', async () => {
 
 import net from 'node:net';
 import { tcpPathInfo } from '../src/sys/socket.js';
-import { MAX_POSTCOPY_BUFFER, MIN_POSTCOPY_BUFFER, clampPostcopyBuffer, postcopyBufferBytes } from '../src/migration/bulk-buffers.js';
+import { MAX_POSTCOPY_BUFFER, MIN_POSTCOPY_BUFFER, clampPostcopyBuffer, postcopyBufferBytes } from '../src/migration/session/bulk-buffers.js';
 
 test('tcpPathInfo reads TCP_INFO of a real loopback connection: the receiver\'s round-trip estimate once data arrived; null once closed', async () => {
   const server = net.createServer();

@@ -4,10 +4,10 @@
 import { ControllerError, type MigrateRequest, type MigrationStatus, type ResumeMigrationRequest } from './types.js';
 import type { GuestExtensions } from './guest-controller.js';
 import type { Guest } from '../guest/guest.js';
-import { MigrationSource, SOURCE_DEFAULTS } from '../migration/source.js';
-import { MigrationError } from '../migration/report.js';
+import { MigrationSource, SOURCE_DEFAULTS } from '../migration/send/source.js';
+import { MigrationError } from '../migration/session/report.js';
 import type { Security } from '../migration/transport/index.js';
-import { parseHostPort } from '../migration/address.js';
+import { parseHostPort } from '../migration/transport/host-port.js';
 
 export interface MigrationBindingHooks {
   /** The guest now runs on the destination; it was stopped here. */

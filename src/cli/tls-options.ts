@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { UsageError } from './exit-codes.js';
 import type { Security } from '../migration/transport/index.js';
-import { parseHostPort } from '../migration/address.js';
+import { parseHostPort } from '../migration/transport/host-port.js';
 
 export interface TlsFlags {
   insecure?: boolean;

@@ -7,7 +7,7 @@ import { addTlsOptions, parseHostPortFlag, readTlsFlags, type TlsFlags } from '.
 import { MigrationProgressBar } from '../progress.js';
 import { ApiClient, ApiError } from '../../api/client.js';
 import type { MigrateRequest } from '../../api/types.js';
-import { SOURCE_DEFAULTS } from '../../migration/source.js';
+import { SOURCE_DEFAULTS } from '../../migration/send/source.js';
 
 interface MigrateFlags extends TlsFlags {
   apiSock: string;

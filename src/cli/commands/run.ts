@@ -11,7 +11,7 @@ import { Guest, type GuestExit } from '../../guest/guest.js';
 import { serveGuestApi, type GuestExtensions } from '../../api/guest-controller.js';
 import type { MigrateRequest } from '../../api/types.js';
 import { migrationExtensions } from '../../api/migration-binding.js';
-import { DEFAULT_RECOVER_TIMEOUT_S, MigrationDestination } from '../../migration/destination.js';
+import { DEFAULT_RECOVER_TIMEOUT_S, MigrationDestination } from '../../migration/receive/destination.js';
 import { snapshotExtensions } from '../../snapshot/extensions.js';
 
 export function registerRun(program: Command, ctx: CliContext): void {

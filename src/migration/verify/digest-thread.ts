@@ -1,8 +1,8 @@
-// Worker entry of digestFrozenMemory() (digest.ts): hashes the source's frozen memory for
+// Worker entry of digestFrozenMemory() (verify/digest.ts): hashes the source's frozen memory for
 // `--verify` on a thread of its own and posts the hex digest back.
 import { parentPort, workerData } from 'node:worker_threads';
 import { digestMemory, type DigestJob, type DigestResult } from './digest.js';
-import { PageBitmap } from '../memory/page-bitmap.js';
+import { PageBitmap } from '../../memory/page-bitmap.js';
 
 const job = workerData as DigestJob;
 let result: DigestResult;

@@ -10,13 +10,13 @@
 // This thread never touches guest memory: page bytes go from the socket's buffers to the kernel.
 import net from 'node:net';
 import { parentPort, workerData } from 'node:worker_threads';
-import { HOST_PAGE_SIZE } from '../memory/guest-memory.js';
-import { FdWatcher, POLLIN, close, eventfdDrain } from '../sys/fd.js';
-import { ChannelAcceptor, type FramedChannel, reviveSecurity, type Security } from './transport/index.js';
-import { GO_AHEAD, PageFrameChecker, type MessageOf } from './wire/index.js';
-import { PagePlacer, type PlacerShared } from './page-placer.js';
+import { HOST_PAGE_SIZE } from '../../../memory/guest-memory.js';
+import { FdWatcher, POLLIN, close, eventfdDrain } from '../../../sys/fd.js';
+import { ChannelAcceptor, type FramedChannel, reviveSecurity, type Security } from '../../transport/index.js';
+import { GO_AHEAD, PageFrameChecker, type MessageOf } from '../../wire/index.js';
+import { PagePlacer, type PlacerShared } from '../page-placer.js';
 import { RequestRing } from './request-ring.js';
-import { preferLatency } from '../sys/sched.js';
+import { preferLatency } from '../../../sys/sched.js';
 
 export interface UrgentRequesterData {
   security: Security;

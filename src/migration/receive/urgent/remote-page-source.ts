@@ -3,8 +3,8 @@
 // through a RequestRing and an eventfd to the destination's urgent thread, which sends it on the
 // urgent channel and places the answer with UFFDIO_COPY (waking the faulting threads).
 // Loaded inside the fault worker through a { kind: 'module' } PageSourceSpec.
-import type { PageSink, PageSource } from '../memory/page-source.js';
-import { eventfdSignal } from '../sys/fd.js';
+import type { PageSink, PageSource } from '../../../memory/page-source.js';
+import { eventfdSignal } from '../../../sys/fd.js';
 import { RequestRing } from './request-ring.js';
 
 export interface RemotePageSourceOptions {

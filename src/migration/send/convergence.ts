@@ -1,6 +1,6 @@
 // When precopy stops: the decision taken after each pass, as a pure function of what the pass
 // measured (tested on its own in test/migration-convergence.test.ts).
-import type { MigrationMode } from './report.js';
+import type { MigrationMode } from '../session/report.js';
 
 /** Precopy gives up (precopy mode) after this many passes that did not shrink the dirty set. */
 export const STALL_PASSES = 5;

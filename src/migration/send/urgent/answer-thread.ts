@@ -5,12 +5,13 @@
 // waits for one network round trip, not for the next turn of a busy event loop.
 // Source memory has no holes: reading it here can never block.
 import { parentPort, workerData } from 'node:worker_threads';
-import { HOST_PAGE_SIZE } from '../memory/guest-memory.js';
-import { PageBitmap } from '../memory/page-bitmap.js';
-import { connect, reviveSecurity, type Security } from './transport/index.js';
-import { RECOMMENDED_RUN_PAGES } from './wire/index.js';
-import { PageClaims, UrgentStat } from './page-claims.js';
-import { preferLatency } from '../sys/sched.js';
+import { HOST_PAGE_SIZE } from '../../../memory/guest-memory.js';
+import { PageBitmap } from '../../../memory/page-bitmap.js';
+import { connect, reviveSecurity, type Security } from '../../transport/index.js';
+import { RECOMMENDED_RUN_PAGES } from '../../wire/index.js';
+import { PageClaims } from './page-claims.js';
+import { UrgentStat } from './stats.js';
+import { preferLatency } from '../../../sys/sched.js';
 
 export interface UrgentServerData {
   host: string;

@@ -9,8 +9,8 @@
 // always changes the result; four lanes keep the multiplier pipeline full (~GB/s in plain JS).
 import { createHash } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
-import type { PageBitmap } from '../memory/page-bitmap.js';
-import { HOST_PAGE_SIZE, type GuestMemory } from '../memory/guest-memory.js';
+import type { PageBitmap } from '../../memory/page-bitmap.js';
+import { HOST_PAGE_SIZE, type GuestMemory } from '../../memory/guest-memory.js';
 
 export const DIGEST_PAGE_SIZE = HOST_PAGE_SIZE;
 const WORDS = DIGEST_PAGE_SIZE / 4;
@@ -163,7 +163,7 @@ function sha256Hex(hashes: Uint32Array, pageCount: number): string {
   return h.digest('hex');
 }
 
-/** What digest-thread.ts is given. */
+/** What verify/digest-thread.ts is given. */
 export interface DigestJob {
   /** The guest memory's buffer (shared: the thread reads the pages where they are). */
   memory: SharedArrayBuffer;

@@ -5,25 +5,25 @@
 // Commit point: before COMMIT is sent, any failure resumes the guest here and the destination
 // discards what it received. Once COMMIT is sent this side never resumes the guest: exactly one
 // side ever runs it.
-import { Guest } from '../guest/guest.js';
-import { GuestMemory, HOST_PAGE_SIZE, WASM_PAGE_SIZE } from '../memory/guest-memory.js';
-import { DirtyTracker } from '../memory/dirty-tracker.js';
-import { PageBitmap } from '../memory/page-bitmap.js';
-import { scanResidency } from '../memory/residency.js';
-import { encodeGuestState, type GuestState } from '../state/guest-state.js';
-import { runtimePageRuns, unwoundEnd, withoutRuns } from '../state/exec-state.js';
-import { connect, newSessionId, type FramedChannel, type Security } from './transport/index.js';
-import { isChannelFailure } from './failures.js';
-import { ALL_FEATURES, Feature } from './wire/index.js';
-import { sendBlob, sendDiscard, sendDiscardRuns } from './bulk-messages.js';
-import { digestFrozenMemory } from './digest.js';
-import { MIN_POSTCOPY_BUFFER, clampPostcopyBuffer } from './bulk-buffers.js';
+import { Guest } from '../../guest/guest.js';
+import { GuestMemory, HOST_PAGE_SIZE, WASM_PAGE_SIZE } from '../../memory/guest-memory.js';
+import { DirtyTracker } from '../../memory/dirty-tracker.js';
+import { PageBitmap } from '../../memory/page-bitmap.js';
+import { scanResidency } from '../../memory/residency.js';
+import { encodeGuestState, type GuestState } from '../../state/guest-state.js';
+import { runtimePageRuns, unwoundEnd, withoutRuns } from '../../state/exec-state.js';
+import { connect, newSessionId, type FramedChannel, type Security } from '../transport/index.js';
+import { isChannelFailure } from '../session/failures.js';
+import { ALL_FEATURES, Feature } from '../wire/index.js';
+import { sendBlob, sendDiscard, sendDiscardRuns } from '../session/bulk-messages.js';
+import { digestFrozenMemory } from '../verify/digest.js';
+import { MIN_POSTCOPY_BUFFER, clampPostcopyBuffer } from '../session/bulk-buffers.js';
 import { PageSender } from './page-sender.js';
 import { PostcopySource } from './postcopy-source.js';
-import { collectGarbageNow } from './heap.js';
-import { DowntimePriority } from '../sys/sched.js';
-import { UrgentChannel } from './urgent-channel.js';
-import { PhaseLog, SwitchoverTrace } from './switchover-trace.js';
+import { collectGarbageNow } from '../session/heap.js';
+import { DowntimePriority } from '../../sys/sched.js';
+import { UrgentChannel } from './urgent/channel.js';
+import { PhaseLog, SwitchoverTrace } from '../session/phases.js';
 import { decideAfterPass } from './convergence.js';
 import {
   MigrationError,
@@ -31,7 +31,7 @@ import {
   type MigrationPhase,
   type MigrationProgress,
   type MigrationReport,
-} from './report.js';
+} from '../session/report.js';
 
 export interface SourceOptions {
   host: string;
@@ -286,7 +286,7 @@ export class MigrationSource {
     // the downtime.
     await sender.flush();
     // While the destination drains, collect this side's garbage: a mark-compact that V8 would
-    // otherwise owe the stream's buffers must not fall inside the downtime (see heap.ts).
+    // otherwise owe the stream's buffers must not fall inside the downtime (see session/heap.ts).
     const drained = this.drainBarrier();
     collectGarbageNow();
     await drained;

@@ -1,7 +1,7 @@
 // Which errors are a broken or damaged connection (as opposed to a refusal or a bug): after the
 // commit point, postcopy waits these out and reconnects instead of giving up the guest.
-import { TransportError } from './transport/index.js';
-import { WireError } from './wire/index.js';
+import { TransportError } from '../transport/index.js';
+import { WireError } from '../wire/index.js';
 
 /** The urgent channel's thread lost its connection, or ended: a channel failure like the others. */
 export class UrgentChannelError extends Error {

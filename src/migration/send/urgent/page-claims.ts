@@ -21,16 +21,3 @@ export class PageClaims {
     return (Atomics.load(this.words, p >>> 5) & (1 << (p & 31))) !== 0;
   }
 }
-
-/** Counters the urgent-channel thread publishes for the main thread (Float64 slots). */
-export const UrgentStat = {
-  /** Set to the page count by the main thread at the commit: requests are served from then on. */
-  ACTIVE_PAGES: 0,
-  /** Page just after the last one requested: the bulk stream continues from there. */
-  CURSOR: 1,
-  PAGES_SENT: 2,
-  REQUESTS: 3,
-  BYTES_SENT: 4,
-  BYTES_RECEIVED: 5,
-} as const;
-export const URGENT_STAT_SLOTS = 8;

@@ -1,16 +1,16 @@
 // Postcopy, source side: after the commit the guest runs on the destination and this side holds
 // the pages it still lacks (`pending`). Two streams serve them:
 //  - urgent: each PAGE_REQUEST (a fault on the destination) is answered at once by the urgent
-//    channel's own thread (urgent-server.ts), on its own connection;
+//    channel's own thread (send/urgent/answer-thread.ts), on its own connection;
 //  - bulk (here): every other pending page in address order, continuing just after the last
 //    requested page (a guest that faults at an address tends to touch what follows next).
 // Each page crosses once: both streams claim a page atomically before sending it.
-import type { GuestMemory } from '../memory/guest-memory.js';
-import { HOST_PAGE_SIZE } from '../memory/guest-memory.js';
-import type { PageBitmap } from '../memory/page-bitmap.js';
-import type { FramedChannel } from './transport/index.js';
-import type { UrgentChannel } from './urgent-channel.js';
-import type { PostcopyReport } from './report.js';
+import type { GuestMemory } from '../../memory/guest-memory.js';
+import { HOST_PAGE_SIZE } from '../../memory/guest-memory.js';
+import type { PageBitmap } from '../../memory/page-bitmap.js';
+import type { FramedChannel } from '../transport/index.js';
+import type { UrgentChannel } from './urgent/channel.js';
+import type { PostcopyReport } from '../session/report.js';
 
 /**
  * Pages per bulk frame after the switchover. Smaller than precopy's runs: the destination's main
@@ -36,7 +36,7 @@ export class PostcopySource {
     private readonly pageCount: number,
     private bulk: FramedChannel,
     private urgent: UrgentChannel,
-    /** The bulk connection's kernel buffers from now on (bulk-buffers.ts). */
+    /** The bulk connection's kernel buffers from now on (session/bulk-buffers.ts). */
     private readonly bufferBytes: number,
   ) {
     urgent.activate(pending, pageCount);

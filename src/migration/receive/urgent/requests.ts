@@ -1,12 +1,12 @@
-// Main-thread handle of the destination's urgent thread (urgent-requester.ts). The listener hands
+// Main-thread handle of the destination's urgent thread (receive/urgent/request-thread.ts). The listener hands
 // it urgent connections; the connections it authenticates come back as RemoteChannels for the
 // listener to pair with their bulk channel. After the commit it reports the pages it placed, and a
 // lost connection as a failure of the session (postcopy then waits for the source to reconnect).
 import { Worker } from 'node:worker_threads';
-import type { MessageOf } from './wire/index.js';
-import { TransportError, type MigrationListener, type RemoteChannel, type Security, type TransportErrorCode } from './transport/index.js';
-import type { UrgentRequesterCommand, UrgentRequesterData, UrgentRequesterEvent } from './urgent-requester.js';
-import { UrgentChannelError } from './failures.js';
+import type { MessageOf } from '../../wire/index.js';
+import { TransportError, type MigrationListener, type RemoteChannel, type Security, type TransportErrorCode } from '../../transport/index.js';
+import type { UrgentRequesterCommand, UrgentRequesterData, UrgentRequesterEvent } from './request-thread.js';
+import { UrgentChannelError } from '../../session/failures.js';
 
 type Setup = Extract<UrgentRequesterCommand, { type: 'setup' }>;
 
@@ -35,7 +35,7 @@ export class UrgentRequests {
 
   constructor(security: Security, private readonly listener: MigrationListener) {
     const data: UrgentRequesterData = { security, counters: this.counters.buffer as SharedArrayBuffer };
-    this.worker = new Worker(new URL('./urgent-requester.js', import.meta.url), { workerData: data });
+    this.worker = new Worker(new URL('./request-thread.js', import.meta.url), { workerData: data });
     this.exited = new Promise((resolve) => this.worker.once('exit', () => resolve()));
     this.worker.on('message', (e: UrgentRequesterEvent) => this.onEvent(e));
     this.worker.on('error', (err) => this.fail(new Error(`urgent thread failed: ${err.message}`)));

@@ -1,10 +1,11 @@
-// Main-thread handle of the source's urgent channel thread (urgent-server.ts).
+// Main-thread handle of the source's urgent channel thread (send/urgent/answer-thread.ts).
 import { Worker } from 'node:worker_threads';
-import type { PageBitmap } from '../memory/page-bitmap.js';
-import type { Security } from './transport/index.js';
-import { PageClaims, URGENT_STAT_SLOTS, UrgentStat } from './page-claims.js';
-import type { UrgentServerData, UrgentServerMessage } from './urgent-server.js';
-import { UrgentChannelError } from './failures.js';
+import type { PageBitmap } from '../../../memory/page-bitmap.js';
+import type { Security } from '../../transport/index.js';
+import { PageClaims } from './page-claims.js';
+import { URGENT_STAT_SLOTS, UrgentStat } from './stats.js';
+import type { UrgentServerData, UrgentServerMessage } from './answer-thread.js';
+import { UrgentChannelError } from '../../session/failures.js';
 
 export class UrgentChannel {
   readonly claims: PageClaims;
@@ -46,7 +47,7 @@ export class UrgentChannel {
       stats: new SharedArrayBuffer(URGENT_STAT_SLOTS * 8),
       maxPages: opts.maxPages,
     };
-    const worker = new Worker(new URL('./urgent-server.js', import.meta.url), { workerData: data });
+    const worker = new Worker(new URL('./answer-thread.js', import.meta.url), { workerData: data });
     await new Promise<void>((resolve, reject) => {
       worker.once('message', (m: UrgentServerMessage) => (m.type === 'connected' ? resolve() : reject(new Error(m.type === 'error' ? m.message : 'urgent channel closed'))));
       worker.once('error', reject);

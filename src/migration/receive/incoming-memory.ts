@@ -5,24 +5,24 @@
 // After the commit the guest runs over memory with holes:
 //  - the FaultServer's worker reads every fault; a known-zero page is filled locally
 //    (UFFDIO_ZEROPAGE), a pending one becomes a request in the RequestRing;
-//  - the urgent thread (urgent-requester.ts), woken by the ring's eventfd, sends each request on
+//  - the urgent thread (receive/urgent/request-thread.ts), woken by the ring's eventfd, sends each request on
 //    the urgent channel and places the answers itself;
 //  - this (main) thread places the bulk stream; both go through PagePlacer, so a page is placed
 //    and counted once whichever channel brings it first.
 // This thread never reads or writes guest memory: page bytes go from the socket's buffers to the
 // kernel, and the verify digest is computed from those same bytes.
 import { fileURLToPath } from 'node:url';
-import { FaultServer } from '../memory/fault-server.js';
-import type { FaultStats } from '../memory/fault-stats.js';
-import { HOST_PAGE_SIZE, type GuestMemory } from '../memory/guest-memory.js';
-import { PageState, type PageStateTable } from '../memory/page-state.js';
-import { eventfd, close, dup, EFD_NONBLOCK, EFD_CLOEXEC } from '../sys/fd.js';
-import type { PageFrameChecker, MessageOf } from './wire/index.js';
-import type { PageDigest } from './digest.js';
-import { RequestRing } from './request-ring.js';
+import { FaultServer } from '../../memory/fault-server.js';
+import type { FaultStats } from '../../memory/fault-stats.js';
+import { HOST_PAGE_SIZE, type GuestMemory } from '../../memory/guest-memory.js';
+import { PageState, type PageStateTable } from '../../memory/page-state.js';
+import { eventfd, close, dup, EFD_NONBLOCK, EFD_CLOEXEC } from '../../sys/fd.js';
+import type { PageFrameChecker, MessageOf } from '../wire/index.js';
+import type { PageDigest } from '../verify/digest.js';
+import { RequestRing } from './urgent/request-ring.js';
 import { PagePlacer, createRequests } from './page-placer.js';
-import type { UrgentRequests } from './urgent-requests.js';
-import { latencySummary, type PostcopyReport } from './report.js';
+import type { UrgentRequests } from './urgent/requests.js';
+import { latencySummary, type PostcopyReport } from '../session/report.js';
 
 export class IncomingMemory {
   private server: FaultServer | null = null;
@@ -59,7 +59,7 @@ export class IncomingMemory {
   async start(): Promise<void> {
     this.server = await FaultServer.start(this.mem, this.states, {
       kind: 'module',
-      module: fileURLToPath(new URL('./remote-page-source.js', import.meta.url)),
+      module: fileURLToPath(new URL('./urgent/remote-page-source.js', import.meta.url)),
       options: { ring: this.ring.buffer, eventFd: this.eventFd },
     });
     const shared = {

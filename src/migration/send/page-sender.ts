@@ -2,11 +2,11 @@
 // Page bytes are copied once into a staging buffer before they are framed: the frame checksum is computed over the copy, so a guest that keeps writing the
 // page while the frame waits in a socket buffer cannot make the frame fail its check (the dirty
 // tracker sends the newer content again). A few sends stay in flight to keep the pipe full.
-import type { FramedChannel } from './transport/index.js';
-import type { PageBitmap } from '../memory/page-bitmap.js';
-import { HOST_PAGE_SIZE } from '../memory/guest-memory.js';
-import { RECOMMENDED_RUN_PAGES } from './wire/index.js';
-import { forEachZeroRun } from '../memory/zero-pages.js';
+import type { FramedChannel } from '../transport/index.js';
+import type { PageBitmap } from '../../memory/page-bitmap.js';
+import { HOST_PAGE_SIZE } from '../../memory/guest-memory.js';
+import { RECOMMENDED_RUN_PAGES } from '../wire/index.js';
+import { forEachZeroRun } from '../../memory/zero-pages.js';
 
 const MAX_IN_FLIGHT = 4;
 

@@ -4,11 +4,11 @@
 // pending to received; the thread whose compare-and-swap wins counts it, so a page sent on both
 // channels is counted once and placed once (the second copy meets EEXIST and changes nothing).
 // Neither thread reads or writes guest memory: the bytes go from the socket's buffer to the kernel.
-import { HOST_PAGE_SIZE } from '../memory/guest-memory.js';
-import { PageState, PageStateTable, type SharedPageStates } from '../memory/page-state.js';
-import { Userfaultfd } from '../sys/uffd.js';
-import { PageDigest } from './digest.js';
-import type { MessageOf } from './wire/index.js';
+import { HOST_PAGE_SIZE } from '../../memory/guest-memory.js';
+import { PageState, PageStateTable, type SharedPageStates } from '../../memory/page-state.js';
+import { Userfaultfd } from '../../sys/uffd.js';
+import { PageDigest } from '../verify/digest.js';
+import type { MessageOf } from '../wire/index.js';
 
 /** Everything a PagePlacer needs, shareable with another thread. */
 export interface PlacerShared {

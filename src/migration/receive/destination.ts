@@ -3,24 +3,24 @@
 // from its state — with every page present (precopy) or with holes served by userfaultfd
 // (postcopy). Before COMMIT nothing runs: any failure leaves nothing behind. Every frame is checked
 // against the memory geometry before a byte of it is placed.
-import { Guest, type PreparedGuest, type StagedGuest } from '../guest/guest.js';
-import { ModuleCache } from '../guest/module-cache.js';
-import { sha256Hex } from '../state/hash.js';
-import { GuestMemory, HOST_PAGE_SIZE, WASM_PAGE_SIZE } from '../memory/guest-memory.js';
-import { PageStateTable } from '../memory/page-state.js';
-import { decodeGuestState, rehearseDecoding, type GuestState } from '../state/guest-state.js';
-import type { Preopen, StdioBinding } from '../wasi/wasi.js';
-import { listen, TransportError, type FramedChannel, type MigrationListener, type RemoteChannel, type Security } from './transport/index.js';
-import { ChunkAssembler, Feature, PageFrameChecker, WireError, type Message, type MessageOf } from './wire/index.js';
-import { PageDigest } from './digest.js';
+import { Guest, type PreparedGuest, type StagedGuest } from '../../guest/guest.js';
+import { ModuleCache } from '../../guest/module-cache.js';
+import { sha256Hex } from '../../state/hash.js';
+import { GuestMemory, HOST_PAGE_SIZE, WASM_PAGE_SIZE } from '../../memory/guest-memory.js';
+import { PageStateTable } from '../../memory/page-state.js';
+import { decodeGuestState, rehearseDecoding, type GuestState } from '../../state/guest-state.js';
+import type { Preopen, StdioBinding } from '../../wasi/wasi.js';
+import { listen, TransportError, type FramedChannel, type MigrationListener, type RemoteChannel, type Security } from '../transport/index.js';
+import { ChunkAssembler, Feature, PageFrameChecker, WireError, type Message, type MessageOf } from '../wire/index.js';
+import { PageDigest } from '../verify/digest.js';
 import { IncomingMemory } from './incoming-memory.js';
-import { UrgentRequests } from './urgent-requests.js';
-import { MIN_POSTCOPY_BUFFER, postcopyBufferBytes } from './bulk-buffers.js';
-import { isChannelFailure } from './failures.js';
-import { PhaseLog, SwitchoverTrace } from './switchover-trace.js';
-import { collectGarbageNow } from './heap.js';
-import { DowntimePriority } from '../sys/sched.js';
-import { MigrationError, type MigrationPhase, type MigrationProgress, type PostcopyReport } from './report.js';
+import { UrgentRequests } from './urgent/requests.js';
+import { MIN_POSTCOPY_BUFFER, postcopyBufferBytes } from '../session/bulk-buffers.js';
+import { isChannelFailure } from '../session/failures.js';
+import { PhaseLog, SwitchoverTrace } from '../session/phases.js';
+import { collectGarbageNow } from '../session/heap.js';
+import { DowntimePriority } from '../../sys/sched.js';
+import { MigrationError, type MigrationPhase, type MigrationProgress, type PostcopyReport } from '../session/report.js';
 
 export interface DestinationOptions {
   host: string;
@@ -94,7 +94,7 @@ export class MigrationDestination {
   /** Starts listening; returns the port (useful with port 0). */
   async listen(): Promise<number> {
     // Urgent connections go straight to their own thread, which makes their TLS sessions: the
-    // answers to the guest's faults never wait for this thread (see urgent-requester.ts).
+    // answers to the guest's faults never wait for this thread (see receive/urgent/request-thread.ts).
     let thread: UrgentRequests | null = null;
     const listener = await listen({ host: this.opts.host, port: this.opts.port, security: this.opts.security, urgentHandoff: (fd, peer) => thread!.handoff(fd, peer) });
     this.urgentThread = thread = new UrgentRequests(this.opts.security, listener);
@@ -253,7 +253,7 @@ export class MigrationDestination {
           // The source's barrier before its pause: everything before this frame is placed. The
           // first one ends the stream of the precopy passes: its rate, and the round trip this
           // side's TCP estimated meanwhile, size both ends' buffers for the postcopy stream
-          // (bulk-buffers.ts; this side decides, since the source's own estimate on loopback
+          // (session/bulk-buffers.ts; this side decides, since the source's own estimate on loopback
           // counts the time a busy receiver takes to acknowledge).
           if (postcopyBuffer === 0) {
             const rcvRttUs = bulk.pathInfo()?.rcvRttUs ?? 0;
@@ -262,7 +262,7 @@ export class MigrationDestination {
             this.phases.note(`switchover (path: ${(rate / 1e6).toFixed(1)} MB/s, rtt ${rcvRttUs} us: postcopy buffers ${postcopyBuffer} bytes)`);
           }
           // After the memory stream (not after the small DISCARD rounds), collect garbage first:
-          // the downtime follows within milliseconds (see heap.ts).
+          // the downtime follows within milliseconds (see session/heap.ts).
           if (bulk.bytesReceived - collectedAt > GC_BEFORE_PONG_BYTES) {
             collectGarbageNow();
             collectedAt = bulk.bytesReceived;

@@ -1,9 +1,9 @@
 // Messages that take several frames on the bulk channel: a blob (the module, the guest state) in
 // contiguous chunks, and DISCARD ranges in batches. Shared by every migration source (a live guest,
 // a snapshot).
-import type { PageBitmap } from '../memory/page-bitmap.js';
-import type { FramedChannel } from './transport/index.js';
-import { MAX_CHUNK_BYTES } from './wire/index.js';
+import type { PageBitmap } from '../../memory/page-bitmap.js';
+import type { FramedChannel } from '../transport/index.js';
+import { MAX_CHUNK_BYTES } from '../wire/index.js';
 
 /** Ranges per DISCARD frame (12 bytes each, well under the frame limit). */
 const DISCARD_BATCH = 65536;
