@@ -129,7 +129,9 @@ export class MigrationDestination {
   private noteRefusal(peer: string, phase: string, err: unknown): void {
     const message = err instanceof Error ? err.message : String(err);
     // TransportError messages start with the peer; say it once.
-    const reason = (message.startsWith(`${peer}: `) ? message.slice(peer.length + 2) : message).replace(/\s*\n\s*/g, ' ');
+    let reason = message;
+    while (reason.startsWith(`${peer}: `)) reason = reason.slice(peer.length + 2);
+    reason = reason.replace(/\s*\n\s*/g, ' ');
     const r: Refusal = { peer, phase, reason, count: ++this.refusedCount };
     this.lastRefusal = r;
     this.opts.onRefused?.(r);
