@@ -8,4 +8,8 @@ cd "$(dirname "$0")/.."
 PATH=$(printf %s "$PATH" | tr ':' '\n' | grep -v 'node_modules/\.bin$' | paste -sd: -)
 export PATH
 dir="${1:-dist/test}"
+# Every process of the suite (the test runner's, and every ferry it spawns) ends on a promise
+# rejected without a handler, even where a library installed an 'unhandledRejection' listener.
+NODE_OPTIONS="${NODE_OPTIONS:-} --unhandled-rejections=strict"
+export NODE_OPTIONS
 exec node --test --test-concurrency=1 $(find "$dir" -name '*.test.js' | sort)

@@ -7,6 +7,7 @@
 // still be waiting (or migrating), have counted and logged every refusal, not have grown its
 // memory without bound, and the real migration must complete and verify.
 import { strict as assert } from 'node:assert';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
@@ -14,7 +15,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { ApiClient } from '../src/api/client.js';
 import { connect, newSessionId, TransportError, type Security } from '../src/migration/transport/index.js';
-import { FerryProc, killAll, makeSandbox, runMigrate, startDestination, startSource, useFileCache, verifyGuest, type Sandbox } from './fixtures/migration/ferry-procs.js';
+import { FERRY_BIN, FerryProc, killAll, makeSandbox, runMigrate, startDestination, startSource, useFileCache, verifyGuest, type Sandbox } from './fixtures/migration/ferry-procs.js';
 import { makePkiFiles, type PkiFiles } from './fixtures/migration/pki.js';
 
 useFileCache('destination-refusals');
@@ -206,6 +207,34 @@ describe('destination limits and key files', () => {
     assert.equal(await dst.exitWithin(30_000), 6);
     assert.match(dst.err, /gave up after 3 refused peer\(s\) \(--max-refused 3\)/);
     assert.equal(dst.err.split('\n').filter((l) => l.startsWith('ferry: refused ')).length, 3);
+  });
+
+  test("a destination whose stderr reader went away (EPIPE on its refusal lines) keeps waiting", async () => {
+    const sock = join(sb.dir, 'epipe.sock');
+    const child = spawn(process.execPath, [FERRY_BIN, 'run', '--incoming', '127.0.0.1:0', '--tls-psk', sb.keyFile, '--api-sock', sock], { stdio: ['ignore', 'ignore', 'pipe'] });
+    try {
+      let err = '';
+      child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
+      const deadline = Date.now() + 30_000;
+      while (!/waiting for a migration on \S*:(\d+)\n/.test(err)) {
+        assert.ok(Date.now() < deadline && child.exitCode === null, `the destination did not start: ${err}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      const port = Number(/waiting for a migration on \S*:(\d+)\n/.exec(err)![1]);
+      child.stderr!.destroy(); // nobody reads its stderr any more: its next line fails with EPIPE
+      await sendUntilClosed(port, Buffer.from('GET / HTTP/1.0\r\n\r\n'));
+      await sendUntilClosed(port, Buffer.from('GET / HTTP/1.0\r\n\r\n'));
+      const api = new ApiClient(sock);
+      const until = Date.now() + 30_000;
+      while ((await refusedCount(api)) < 2) {
+        assert.ok(Date.now() < until, 'both refusals counted');
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.equal(child.exitCode, null, 'still waiting');
+      assert.equal((await api.migration())?.state, 'connecting');
+    } finally {
+      child.kill('SIGKILL');
+    }
   });
 
   test('a key file other users can read is refused (exit 2), on both sides', async () => {
