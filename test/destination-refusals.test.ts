@@ -2,7 +2,8 @@
 // receives peers that are not its source, in parallel where they do not depend on each other:
 // random bytes, an HTTP request, TLS clients with the wrong key or an untrusted certificate, a
 // Ferry client without TLS (bulk and urgent), a connection that sends nothing until the
-// destination's deadline closes it, 200 connect/close cycles, and — while a real migration runs —
+// destination's deadline closes it, authenticated sources that fail SETUP (a guest path not
+// mapped here; silence), 200 connect/close cycles, and — while a real migration runs —
 // a second, authenticated source (bulk and urgent channels of another session). After each it must
 // still be waiting (or migrating), have counted and logged every refusal, not have grown its
 // memory without bound, and the real migration must complete and verify.
@@ -143,8 +144,24 @@ for (const sec of ['tls-psk', 'tls-cert'] as Sec[]) {
       for (const e of results.slice(2)) assert.ok(e instanceof TransportError && e.code !== 'CONNECT_REFUSED', `refused, not unreachable: ${String(e)}`);
       const { closedByPeer } = await silent;
       assert.ok(closedByPeer, 'the destination closed the silent connection (its deadline)');
-      const strayCount = strays.length + 1;
+      // Authenticated sources that fail SETUP, one after the other (while one is in SETUP, the
+      // destination admits no other session): a guest path this host does not map, and silence.
+      const authenticated = () => connect({ host: HOST, port, security: good, channel: 'bulk', sessionId: newSessionId(), timeoutMs: 30_000 });
+      const unmapped = await authenticated();
+      await unmapped.sendMessage({ type: 'SETUP', moduleHash: '0'.repeat(64), moduleSize: 1000, memory: { bytes: 65536, maxBytes: 65536 }, preopens: ['/work', '/elsewhere'], mode: 'precopy' });
+      await assert.rejects(unmapped.expect('SETUP_ACK', 30_000), (e: unknown) => e instanceof TransportError && e.code === 'REFUSED' && /"\/elsewhere", not mapped on this host/.test(e.message));
+      unmapped.destroy();
+      const mute = await authenticated();
+      const end = await mute.recv().then(
+        (m) => m,
+        (e: unknown) => e,
+      );
+      assert.ok(end === null || end instanceof Error, `a source silent after HELLO is closed at its deadline, got ${JSON.stringify(end)}`);
+      mute.destroy();
+      const strayCount = strays.length + 1 + 2;
       await waitForRefused(api, strayCount, dst);
+      assert.match(dst.err, /^ferry: refused 127\.0\.0\.1:\d+ \(SETUP\): migration refused: the guest needs preopened "\/elsewhere"/m);
+      assert.match(dst.err, /^ferry: refused 127\.0\.0\.1:\d+ \(SETUP\): .*no SETUP within \d+ ms/m);
       assert.ok(dst.running, 'still waiting');
       assert.match(dst.err, /^ferry: refused 127\.0\.0\.1:\d+ \(preface\): no channel preface: the connection began with .*474554/m, 'the HTTP request is named');
       assert.match(dst.err, /^ferry: refused 127\.0\.0\.1:\d+ \(preface\): no channel preface within \d+ ms/m, 'the silent peer is named');
