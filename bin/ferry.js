@@ -5,6 +5,11 @@ import { main } from '../dist/src/cli/main.js';
 // Exit explicitly once the command is done: a guest thread stopped while blocked on a memory hole
 // (a destination shut down in postcopy) never returns to JavaScript and would keep the process
 // alive. stdout and stderr are synchronous on Linux, so nothing written is lost.
+// Ferry's own messages must never take a guest down: a stdout or stderr whose reader went away
+// (EPIPE) or whose file cannot be written (ENOSPC, EIO) makes Node emit 'error' on the stream, which
+// without a listener ends the process. Those messages are lost; the guest and the command go on.
+for (const stream of [process.stdout, process.stderr]) stream.on('error', () => undefined);
+
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (err) => {

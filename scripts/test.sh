@@ -14,4 +14,8 @@ FERRY_TEST_RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ferry-test-run-XXXXXX")
 export FERRY_TEST_RUN_DIR
 export FERRY_CACHE_DIR="$FERRY_TEST_RUN_DIR/cache-default"
 trap 'rm -rf "$FERRY_TEST_RUN_DIR"' EXIT INT TERM
+# Every process of the suite (the test runner's, and every ferry it spawns) ends on a promise
+# rejected without a handler, even where a library installed an 'unhandledRejection' listener.
+NODE_OPTIONS="${NODE_OPTIONS:-} --unhandled-rejections=strict"
+export NODE_OPTIONS
 node --test --test-concurrency=1 $(find "$dir" -name '*.test.js' | sort)

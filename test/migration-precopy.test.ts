@@ -97,7 +97,8 @@ describe('precopy migration, end to end', () => {
 
   test('a peer with the wrong PSK is refused before any page moves; the source guest keeps running', async () => {
     fresh();
-    const { proc: dst, port } = await startDestination(sb);
+    // --max-refused 1: the destination gives up after this one refusal (by default it keeps waiting).
+    const { proc: dst, port } = await startDestination(sb, ['--tls-psk', sb.keyFile, '--max-refused', '1']);
     procs.push(dst);
     const src = await startSource(sb, 'memtouch.wasm', ['--mib', '32', '--rate', '2000', '--report-ms', '100', '--verify-file', '/work/verify'], '256M');
     procs.push(src);
@@ -116,10 +117,11 @@ describe('precopy migration, end to end', () => {
     assert.match(verify, /^VERIFY OK /);
     assert.equal(await src.exitWithin(30_000), 0);
     src.seqs().forEach((n, i) => assert.equal(n, i + 1, 'the source SEQ runs on without a gap'));
-    // The destination gives up on its own: one refused peer ends the wait for this migration.
+    // The destination logs the refusal and, with --max-refused 1, gives up: exit 6.
     const dstCode = await dst.exitWithin(30_000);
-    assert.notEqual(dstCode, 0, 'the destination exits non-zero');
-    assert.match(dst.err, /TLS|handshake|refused|key/i, 'the destination says why');
+    assert.equal(dstCode, 6, 'the destination exits 6 (--max-refused)');
+    assert.match(dst.err, /^ferry: refused 127\.0\.0\.1:\d+ \([^)]*\): .*(TLS|handshake|key)/im, 'the destination says why');
+    assert.match(dst.err, /gave up after 1 refused peer/);
   });
 
   test('destination killed mid-precopy: migrate fails, the source guest keeps running and verifies', async () => {

@@ -31,7 +31,9 @@ export class ApiServer {
 
   constructor(private readonly controller: GuestController) {
     this.routes = this.buildRoutes();
-    this.http = createServer((req, res) => { void this.handle(req, res); });
+    // handle() answers every error it can; should answering itself throw (a client already gone),
+    // the connection is dropped: nothing a client does may end the guest's process.
+    this.http = createServer((req, res) => { this.handle(req, res).catch(() => res.destroy()); });
     // A migration answers only when it is over: no request timeout.
     this.http.requestTimeout = 0;
     this.http.timeout = 0;

@@ -1,6 +1,6 @@
 // The transport-security flags shared by `run --incoming`, `migrate` and `serve-snapshot`:
 // --insecure | --tls-psk FILE | --tls-cert FILE --tls-key FILE --tls-ca FILE. Exactly one choice.
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import type { Command } from 'commander';
 import { UsageError } from './exit-codes.js';
 import type { Security } from '../migration/transport/index.js';
@@ -46,12 +46,32 @@ export function readTlsFlags(f: TlsFlags): TlsMaterial {
     }
   };
   if (f.tlsPsk) {
+    checkPrivate(f.tlsPsk, '--tls-psk');
     const hex = read(f.tlsPsk, '--tls-psk').trim();
     if (!/^([0-9a-fA-F]{2}){16,}$/.test(hex)) throw new UsageError(`--tls-psk ${f.tlsPsk}: expected at least 16 bytes of hex (openssl rand -hex 32)`);
     return { psk: hex.toLowerCase() };
   }
   if (certs !== 3) throw new UsageError('--tls-cert, --tls-key and --tls-ca go together');
+  checkPrivate(f.tlsKey!, '--tls-key');
   return { cert: read(f.tlsCert!, '--tls-cert'), key: read(f.tlsKey!, '--tls-key'), ca: read(f.tlsCa!, '--tls-ca') };
+}
+
+/**
+ * A secret file (pre-shared key, private key) that other users can read or write is refused, as
+ * ssh refuses such a private key: anyone who can read it can impersonate either host, and anyone
+ * who can write it can swap in a key of their own. Mode 0600 (or 0400) passes.
+ */
+export function checkPrivate(path: string, flag: string): void {
+  let mode: number;
+  try {
+    mode = statSync(path).mode;
+  } catch (err) {
+    throw new UsageError(`${flag} ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  if ((mode & 0o077) !== 0) {
+    const octal = (mode & 0o777).toString(8).padStart(4, '0');
+    throw new UsageError(`${flag} ${path}: permissions ${octal} let other users ${mode & 0o044 ? 'read' : 'change'} this secret; refused (chmod 600 ${path})`);
+  }
 }
 
 export function securityOf(m: TlsMaterial): Security {

@@ -24,7 +24,8 @@ export function snapshotExtensions(guest: Guest, hooks: SnapshotBindingHooks = {
         return { ...r };
       } catch (err) {
         if (err instanceof SnapshotError) {
-          const status = err.code === 'exists' || err.code === 'parent' ? 409 : 400;
+          // A host failure (disk full, I/O error, read-only) is the server's side: 500.
+          const status = err.code === 'exists' || err.code === 'parent' ? 409 : err.code === 'io' ? 500 : 400;
           throw new ControllerError(status, `snapshot-${err.code}`, err.message);
         }
         throw err;

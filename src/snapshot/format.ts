@@ -40,7 +40,8 @@ export interface SnapshotManifest {
 /** A snapshot that cannot be used; the message names the file and what is wrong with it. */
 export class SnapshotError extends Error {
   constructor(
-    readonly code: 'missing' | 'corrupt' | 'truncated' | 'checksum' | 'parent' | 'module' | 'exists' | 'unsupported' | 'preopen',
+    /** `io`: the host failed while writing (ENOSPC, EIO, EROFS, EACCES, a directory removed, …). */
+    readonly code: 'missing' | 'corrupt' | 'truncated' | 'checksum' | 'parent' | 'module' | 'exists' | 'unsupported' | 'preopen' | 'io',
     message: string,
   ) {
     super(message);

@@ -89,7 +89,17 @@ export class SnapshotSession {
       report = await writeSnapshot({ dir: req.to, state, memory: mem, moduleSource: guest.moduleSource, pages, parentDir });
       this.last = this.tracker ? { dir: report.dir, manifestSha256: report.manifestSha256 } : null;
     } catch (err) {
-      if (!wasPaused && (guest.status as string) === 'paused') guest.resume(); // a failed snapshot leaves the guest as it was
+      // A failed snapshot never ends the guest. With `resume` it runs on (unless it was paused
+      // before); without, it stays paused — the snapshot was to end it — and can be resumed. The
+      // dirty pages collected for this snapshot are gone: the next one must be full.
+      this.last = null;
+      let after: string;
+      if ((guest.status as string) !== 'paused') after = `the guest is ${guest.status}`;
+      else if (req.resume && !wasPaused) {
+        guest.resume();
+        after = 'the guest runs on';
+      } else after = 'the guest is paused (ferry resume to let it run on)';
+      if (err instanceof Error) err.message += `; ${after}`;
       throw err;
     }
     const pausedMs = Math.round((performance.now() - tPause) * 100) / 100;

@@ -3,8 +3,10 @@
 // holes: the file is sized with ftruncate and nothing is written there). Writes go out asynchronously
 // (libuv threads) while this thread hashes the same bytes, so hashing and I/O overlap. Every file is
 // fsynced; manifest.json is written last, through a rename, so a crash leaves no half snapshot that
-// looks complete.
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+// looks complete. A host failure while writing (ENOSPC, EIO, EROFS, EACCES, the directory removed)
+// becomes a SnapshotError('io') naming the cause, after the files written so far are removed (and
+// the directory, if this call made it); whatever cannot be removed has no manifest: unfinished.
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmdirSync, unlinkSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { join, relative, resolve } from 'node:path';
 import { createHash } from 'node:crypto';
@@ -46,10 +48,57 @@ export interface SnapshotWriteReport {
   manifestSha256: string;
 }
 
+/**
+ * Where the writer calls the file system, for tests that inject a fault the host cannot be made to
+ * produce here (EACCES as root), or act at an exact point (remove the directory mid-write): called
+ * before each step with the file it is about to touch; whatever it throws fails that step.
+ */
+export const snapshotWriteHooks: { beforeStep: ((step: 'mkdir' | 'open' | 'write' | 'file', path: string) => void) | null } = { beforeStep: null };
+
+const step = (s: 'mkdir' | 'open' | 'write' | 'file', path: string) => snapshotWriteHooks.beforeStep?.(s, path);
+
 export async function writeSnapshot(opts: WriteSnapshotOptions): Promise<SnapshotWriteReport> {
-  const t0 = performance.now();
   const dir = resolve(opts.dir);
-  prepareDir(dir);
+  if (existsSync(dir) && readdirSync(dir).length > 0) throw new SnapshotError('exists', `snapshot directory ${dir} is not empty (choose a new directory)`);
+  const created: string[] = [];
+  let madeDir = false;
+  try {
+    madeDir = prepareDir(dir);
+    return await writeInto(dir, opts, created);
+  } catch (err) {
+    if (err instanceof SnapshotError) throw err;
+    const removed = removePartial(dir, created, madeDir);
+    const e = err as NodeJS.ErrnoException;
+    const where = e.path && !e.message.includes(e.path) ? ` (${e.path})` : '';
+    throw new SnapshotError(
+      'io',
+      `cannot write snapshot ${dir}: ${e.message ?? String(err)}${where}; ${removed ? 'the partial snapshot was removed' : 'the partial snapshot has no manifest.json (unfinished; remove it)'}`,
+    );
+  }
+}
+
+/** Removes what a failed write left; true when nothing of it remains. */
+function removePartial(dir: string, created: string[], madeDir: boolean): boolean {
+  let clean = true;
+  for (const f of created) {
+    try {
+      unlinkSync(f);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') clean = false;
+    }
+  }
+  if (madeDir) {
+    try {
+      rmdirSync(dir);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') clean = false;
+    }
+  }
+  return clean;
+}
+
+async function writeInto(dir: string, opts: WriteSnapshotOptions, created: string[]): Promise<SnapshotWriteReport> {
+  const t0 = performance.now();
   const { state, memory } = opts;
   if (state.memory.bytes !== memory.sizeBytes) {
     throw new SnapshotError('corrupt', `state says ${state.memory.bytes} bytes of memory, the memory holds ${memory.sizeBytes}`);
@@ -62,10 +111,15 @@ export async function writeSnapshot(opts: WriteSnapshotOptions): Promise<Snapsho
   }
 
   const pageCount = memory.pageCount;
+  created.push(join(dir, MEMORY_FILE));
   const chunks = await writeMemoryFile(join(dir, MEMORY_FILE), memory, opts.pages, pageCount);
   const stateBytes = encodeGuestState(state);
+  created.push(join(dir, STATE_FILE));
   writeDurable(join(dir, STATE_FILE), stateBytes);
-  if (!parent) writeDurable(join(dir, MODULE_FILE), opts.moduleSource);
+  if (!parent) {
+    created.push(join(dir, MODULE_FILE));
+    writeDurable(join(dir, MODULE_FILE), opts.moduleSource);
+  }
   const pages = chunks.reduce((n, c) => n + c.count, 0);
   const manifest: SnapshotManifest = {
     format: SNAPSHOT_FORMAT,
@@ -80,7 +134,10 @@ export async function writeSnapshot(opts: WriteSnapshotOptions): Promise<Snapsho
   };
   const manifestBytes = Buffer.from(JSON.stringify(manifest, null, 1) + '\n');
   const tmp = join(dir, `.${MANIFEST_FILE}.tmp`);
+  created.push(tmp);
   writeDurable(tmp, manifestBytes);
+  created.push(join(dir, MANIFEST_FILE));
+  step('file', join(dir, MANIFEST_FILE));
   renameSync(tmp, join(dir, MANIFEST_FILE));
   fsyncDir(dir);
   return {
@@ -97,18 +154,26 @@ export async function writeSnapshot(opts: WriteSnapshotOptions): Promise<Snapsho
 
 /** Writes the given pages at their own offsets into a file of the memory's size; returns the chunk list. */
 async function writeMemoryFile(path: string, memory: GuestMemory, pages: PageBitmap, pageCount: number): Promise<MemoryChunk[]> {
+  step('open', path);
   const fh = await open(path, 'w', 0o600);
   const chunks: MemoryChunk[] = [];
+  // Every write in flight is awaited, and has a handler from the moment it starts: when one fails,
+  // the others must not reject unobserved (an unhandled rejection ends the guest's process), and
+  // the file is closed only once none is still running.
+  const inFlight: Promise<unknown>[] = [];
+  const started: Promise<unknown>[] = [];
   try {
     await fh.truncate(memory.sizeBytes); // the holes: nothing is written for pages not given
     const view = memory.view();
-    const inFlight: Promise<unknown>[] = [];
     for (const [s, e0] of pages.runs()) {
       const e = Math.min(e0, pageCount);
       // One write per WRITE_PAGES (fewer, larger syscalls on the libuv threads); hashing per chunk here.
       for (let w = s; w < e; w += WRITE_PAGES) {
         const we = Math.min(e, w + WRITE_PAGES);
-        inFlight.push(writeAll(fh, view.subarray(w * PAGE_SIZE, we * PAGE_SIZE), w * PAGE_SIZE));
+        const write = writeAll(fh, view.subarray(w * PAGE_SIZE, we * PAGE_SIZE), w * PAGE_SIZE, path);
+        write.catch(() => undefined);
+        inFlight.push(write);
+        started.push(write);
         for (let p = w; p < we; p += CHUNK_PAGES) {
           const count = Math.min(CHUNK_PAGES, we - p);
           chunks.push({ page: p, count, sha256: createHash('sha256').update(view.subarray(p * PAGE_SIZE, (p + count) * PAGE_SIZE)).digest('hex') });
@@ -119,13 +184,17 @@ async function writeMemoryFile(path: string, memory: GuestMemory, pages: PageBit
     }
     await Promise.all(inFlight);
     await fh.sync();
-  } finally {
-    await fh.close();
+  } catch (err) {
+    await Promise.allSettled(started);
+    await fh.close().catch(() => undefined);
+    throw err;
   }
+  await fh.close();
   return chunks;
 }
 
-async function writeAll(fh: import('node:fs/promises').FileHandle, bytes: Uint8Array, position: number): Promise<void> {
+async function writeAll(fh: import('node:fs/promises').FileHandle, bytes: Uint8Array, position: number, path: string): Promise<void> {
+  step('write', path);
   let done = 0;
   while (done < bytes.length) {
     const { bytesWritten } = await fh.write(bytes, done, bytes.length - done, position + done);
@@ -133,15 +202,23 @@ async function writeAll(fh: import('node:fs/promises').FileHandle, bytes: Uint8A
   }
 }
 
-function prepareDir(dir: string): void {
-  if (existsSync(dir)) {
-    if (readdirSync(dir).length > 0) throw new SnapshotError('exists', `snapshot directory ${dir} is not empty (choose a new directory)`);
-  } else {
+/** Makes the directory if missing; true when this call made it (so a failure removes it). */
+function prepareDir(dir: string): boolean {
+  if (existsSync(dir)) return false;
+  step('mkdir', dir);
+  // Not recursive first: Node's recursive mkdir reports EROFS (and other errors but a few) as
+  // ENOENT, from a stat of the path it could not make; the parents only when they are missing.
+  try {
+    mkdirSync(dir, { mode: 0o700 });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
     mkdirSync(dir, { recursive: true, mode: 0o700 });
   }
+  return true;
 }
 
 function writeDurable(path: string, bytes: Uint8Array): void {
+  step('file', path);
   writeFileSync(path, bytes, { mode: 0o600 });
   const fd = openSync(path, 'r');
   try {

@@ -12,6 +12,7 @@ import { serveGuestApi, type GuestExtensions } from '../../api/guest-controller.
 import type { MigrateRequest } from '../../api/types.js';
 import { migrationExtensions } from '../../api/migration-binding.js';
 import { DEFAULT_RECOVER_TIMEOUT_S, MigrationDestination } from '../../migration/receive/destination.js';
+import { DEFAULT_HANDSHAKE_MS, DEFAULT_MAX_UNAUTHENTICATED } from '../../migration/transport/index.js';
 import { snapshotExtensions } from '../../snapshot/extensions.js';
 
 export function registerRun(program: Command, ctx: CliContext): void {
@@ -27,7 +28,10 @@ export function registerRun(program: Command, ctx: CliContext): void {
     .option('--max-memory <SIZE>', 'cap on the guest memory maximum, e.g. 512M, 4G', '4G')
     .option('--api-sock <PATH>', 'serve the control API on this unix socket (mode 0600)')
     .option('--incoming <HOST:PORT>', 'wait for a guest migrated from another host, then run it')
-    .option('--recover-timeout <S>', 'with --incoming: how long a postcopy destination waits for a lost source to reconnect', String(DEFAULT_RECOVER_TIMEOUT_S));
+    .option('--recover-timeout <S>', 'with --incoming: how long a postcopy destination waits for a lost source to reconnect', String(DEFAULT_RECOVER_TIMEOUT_S))
+    .option('--handshake-timeout <S>', 'with --incoming: how long a connection may take to authenticate (preface, TLS, HELLO, SETUP) before it is refused', String(DEFAULT_HANDSHAKE_MS / 1000))
+    .option('--max-unauthenticated <N>', 'with --incoming: connections authenticating at once; more are closed on arrival', String(DEFAULT_MAX_UNAUTHENTICATED))
+    .option('--max-refused <N>', 'with --incoming: give up (exit 6) after N refused peers while waiting (default: keep waiting)');
   addTlsOptions(cmd).addHelpText(
     'after',
     `
@@ -55,6 +59,9 @@ interface RunFlags extends TlsFlags {
   apiSock?: string;
   incoming?: string;
   recoverTimeout: string;
+  handshakeTimeout: string;
+  maxUnauthenticated: string;
+  maxRefused?: string;
 }
 
 async function runModule(modulePath: string | undefined, opts: RunFlags, guestArgs: string[]): Promise<number> {
@@ -96,6 +103,7 @@ async function runIncoming(modulePath: string | undefined, opts: RunFlags, guest
   if (guestArgs.length > 0) throw new UsageError('guest arguments are refused with --incoming: they are part of the guest state');
   const { host, port } = parseHostPortFlag(opts.incoming!, '--incoming', true);
   const security = securityOf(readTlsFlags(opts));
+  const maxRefused = opts.maxRefused === undefined ? undefined : parseCount(opts.maxRefused, '--max-refused');
   const dest = new MigrationDestination({
     host,
     port,
@@ -103,6 +111,11 @@ async function runIncoming(modulePath: string | undefined, opts: RunFlags, guest
     preopens: parseDirs(opts.dir),
     stdio: openStdio(opts),
     recoverTimeoutS: parsePositiveNumber(opts.recoverTimeout, '--recover-timeout'),
+    handshakeTimeoutMs: parsePositiveNumber(opts.handshakeTimeout, '--handshake-timeout') * 1000,
+    maxUnauthenticated: parseCount(opts.maxUnauthenticated, '--max-unauthenticated'),
+    ...(maxRefused !== undefined ? { maxRefused } : {}),
+    // One line per refused peer; the destination goes on waiting (or, past --max-refused, gives up).
+    onRefused: (r) => process.stderr.write(`ferry: refused ${r.peer} (${r.phase}): ${r.reason} [${r.count} refused]\n`),
   });
   let guest: Guest | null = null;
   const api = opts.apiSock
@@ -125,6 +138,12 @@ async function runIncoming(modulePath: string | undefined, opts: RunFlags, guest
   const result = await untilExit(guest);
   await api?.close();
   return exitCodeOf(result);
+}
+
+function parseCount(value: string, flag: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value.trim()) || !Number.isSafeInteger(n) || n < 1) throw new UsageError(`${flag} ${value}: expected a whole number of at least 1`);
+  return n;
 }
 
 /** Waits for the guest to end; SIGINT/SIGTERM stop it without running more guest code. */

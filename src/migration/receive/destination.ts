@@ -10,7 +10,7 @@ import { GuestMemory, HOST_PAGE_SIZE, WASM_PAGE_SIZE } from '../../memory/guest-
 import { PageStateTable } from '../../memory/page-state.js';
 import { decodeGuestState, rehearseDecoding, type GuestState } from '../../state/guest-state.js';
 import type { Preopen, StdioBinding } from '../../wasi/wasi.js';
-import { listen, TransportError, type FramedChannel, type MigrationListener, type RemoteChannel, type Security } from '../transport/index.js';
+import { DEFAULT_HANDSHAKE_MS, listen, TransportError, type BulkFirst, type FramedChannel, type MigrationListener, type RemoteChannel, type Security } from '../transport/index.js';
 import { ChunkAssembler, Feature, PageFrameChecker, WireError, type Message, type MessageOf } from '../wire/index.js';
 import { PageDigest } from '../verify/digest.js';
 import { IncomingMemory } from './incoming-memory.js';
@@ -34,6 +34,24 @@ export interface DestinationOptions {
   onProgress?: (p: MigrationProgress) => void;
   /** How long a postcopy destination waits for a lost source to reconnect (default 10 min). */
   recoverTimeoutS?: number;
+  /** Each connection's limit from arrival to HELLO_ACK, and an authenticated source's to SETUP (default 5 s). */
+  handshakeTimeoutMs?: number;
+  /** Connections before HELLO_ACK at once; more are closed on arrival (default 64). */
+  maxUnauthenticated?: number;
+  /** While waiting for a source: give up (receive() rejects) after this many refused peers (default: never). */
+  maxRefused?: number;
+  /** Called once for every peer refused (the CLI prints one line for each). */
+  onRefused?: (r: Refusal) => void;
+}
+
+/** A peer refused before any page moved: it failed the preface, TLS, HELLO or SETUP, or came while busy. */
+export interface Refusal {
+  peer: string;
+  /** Where it failed: arrival, preface, TLS/HELLO, urgent TLS/HELLO, urgent handshake, SETUP. */
+  phase: string;
+  reason: string;
+  /** Peers refused so far, this one included. */
+  count: number;
 }
 
 export const DEFAULT_RECOVER_TIMEOUT_S = 600;
@@ -85,10 +103,42 @@ export class MigrationDestination {
   private priorBytesReceived = 0;
   private priorBytesSent = 0;
   private readonly recoverTimeoutMs: number;
+  /** Peers refused before any page moved (stray, hostile, wrong key, second source). */
+  private refusedCount = 0;
+  private lastRefusal: Refusal | null = null;
+  /** True until a source has passed SETUP: refusals count towards maxRefused only then. */
+  private waitingForSource = true;
+  /** Rejects when maxRefused is reached while waiting. */
+  private readonly gaveUp: Promise<never>;
+  private giveUp!: (e: Error) => void;
+  private hasGivenUp = false;
 
   constructor(private readonly opts: DestinationOptions) {
     this.cache = opts.cache ?? new ModuleCache();
     this.recoverTimeoutMs = (opts.recoverTimeoutS ?? DEFAULT_RECOVER_TIMEOUT_S) * 1000;
+    this.gaveUp = new Promise<never>((_, reject) => (this.giveUp = reject));
+    this.gaveUp.catch(() => undefined);
+  }
+
+  /** Peers refused so far (what GET /guest/migration shows as `refused`, and a metrics counter). */
+  get refused(): number {
+    return this.refusedCount;
+  }
+
+  private noteRefusal(peer: string, phase: string, err: unknown): void {
+    const message = err instanceof Error ? err.message : String(err);
+    // TransportError messages start with the peer; say it once.
+    let reason = message;
+    while (reason.startsWith(`${peer}: `)) reason = reason.slice(peer.length + 2);
+    reason = reason.replace(/\s*\n\s*/g, ' ');
+    const r: Refusal = { peer, phase, reason, count: ++this.refusedCount };
+    this.lastRefusal = r;
+    this.opts.onRefused?.(r);
+    const max = this.opts.maxRefused;
+    if (this.waitingForSource && max !== undefined && this.refusedCount >= max && !this.hasGivenUp) {
+      this.hasGivenUp = true;
+      this.giveUp(new MigrationError('refused', `gave up after ${this.refusedCount} refused peer(s) (--max-refused ${max}); the last, ${peer}, during ${phase}: ${reason}`));
+    }
   }
 
   /** Starts listening; returns the port (useful with port 0). */
@@ -96,14 +146,29 @@ export class MigrationDestination {
     // Urgent connections go straight to their own thread, which makes their TLS sessions: the
     // answers to the guest's faults never wait for this thread (see receive/urgent/request-thread.ts).
     let thread: UrgentRequests | null = null;
-    const listener = await listen({ host: this.opts.host, port: this.opts.port, security: this.opts.security, urgentHandoff: (fd, peer) => thread!.handoff(fd, peer) });
+    const listener = await listen({
+      host: this.opts.host,
+      port: this.opts.port,
+      security: this.opts.security,
+      handshakeTimeoutMs: this.handshakeMs,
+      ...(this.opts.maxUnauthenticated !== undefined ? { maxUnauthenticated: this.opts.maxUnauthenticated } : {}),
+      urgentHandoff: (fd, peer, timeoutMs) => thread!.handoff(fd, peer, timeoutMs),
+    });
     this.urgentThread = thread = new UrgentRequests(this.opts.security, listener);
     this.listener = listener;
+    // A refused peer never ends the wait: it is counted, reported, and the listener goes on.
+    listener.on('rejected', (err, phase) => this.noteRefusal(err.peer, phase, err));
     return listener.port;
+  }
+
+  private get handshakeMs(): number {
+    return this.opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_MS;
   }
 
   progress(): MigrationProgress {
     return {
+      refused: this.refusedCount,
+      lastRefused: this.lastRefusal ? { peer: this.lastRefusal.peer, phase: this.lastRefusal.phase, reason: this.lastRefusal.reason } : null,
       role: 'destination',
       state: this.phases.current,
       mode: this.incoming?.isPostcopy ? 'postcopy' : 'precopy',
@@ -146,35 +211,20 @@ export class MigrationDestination {
   }
 
   private async receiveOnce(): Promise<IncomingResult> {
-    // A peer refused at the TLS or HELLO stage (wrong key, wrong version) ends this wait: the
-    // destination takes one migration, and a failed attempt must not leave it listening forever.
     const listener = this.listener!;
-    let onRejected: ((err: Error) => void) | undefined;
-    const refused = new Promise<never>((_, reject) => {
-      onRejected = (err: Error) => reject(new MigrationError('refused', `refused a peer before any page moved: ${err.message}`));
-      listener.once('rejected', onRejected);
-    });
-    refused.catch(() => undefined);
+    // Waits for a source that passes authentication and SETUP; every other peer is refused and
+    // the wait goes on (bounded by maxRefused, when given).
+    const { session, setup } = await this.acceptSource();
+    this.waitingForSource = false;
+    this.sessionHex = session.sessionHex;
+    const bulk = (this.bulk = session.bulk);
     // The stream starts on the bulk channel alone: the source's urgent channel (a thread of its
     // own to start, tens of ms) joins while the first pages move, and is waited for before the
     // pause (urgentJoined()).
-    const session = await Promise.race([listener.acceptBulk(), refused]).finally(() => listener.off('rejected', onRejected!));
-    this.sessionHex = session.sessionHex;
-    const bulk = (this.bulk = session.bulk);
     if (session.urgent) this.useUrgent(session.urgent);
     else {
       this.urgentArrival = listener.acceptUrgent(session.sessionHex).then((u) => this.useUrgent(u));
       this.urgentArrival.catch(() => undefined);
-    }
-    // No Nagle on the bulk channel either: its small control frames (PONG, RUNNING, DIGEST) would
-    // otherwise wait for the peer's delayed ACK — 40 ms on Linux — inside the downtime.
-    bulk.setNoDelay(true);
-    this.phases.enter('handshake');
-    const setup = await bulk.expect('SETUP', 30_000);
-    const refusal = this.checkSetup(setup);
-    if (refusal) {
-      await bulk.sendMessage({ type: 'REFUSE', reason: refusal });
-      throw new MigrationError('refused', `migration refused: ${refusal}`);
     }
     const haveModule = this.cache.has(setup.moduleHash);
     await bulk.sendMessage({ type: 'SETUP_ACK', needModule: !haveModule });
@@ -467,6 +517,42 @@ export class MigrationDestination {
       this.errorText = null;
       this.report();
       return;
+    }
+  }
+
+  /**
+   * The first session whose source is authenticated (TLS, HELLO) and whose SETUP this host can
+   * take. While it sends its SETUP every other session is refused at HELLO; a session refused at
+   * SETUP (or silent, or sending something else) is closed, counted, and the wait goes on.
+   */
+  private async acceptSource(): Promise<{ session: BulkFirst; setup: MessageOf<'SETUP'> }> {
+    const listener = this.listener!;
+    for (;;) {
+      const session = await Promise.race([listener.acceptBulk(), this.gaveUp]);
+      listener.restrictTo(session.sessionHex);
+      const bulk = session.bulk;
+      // No Nagle on the bulk channel either: its small control frames (PONG, RUNNING, DIGEST) would
+      // otherwise wait for the peer's delayed ACK — 40 ms on Linux — inside the downtime.
+      bulk.setNoDelay(true);
+      this.phases.enter('handshake');
+      try {
+        const setup = await Promise.race([bulk.expect('SETUP', this.handshakeMs), this.gaveUp]);
+        const refusal = this.checkSetup(setup);
+        if (refusal) {
+          await bulk.sendMessage({ type: 'REFUSE', reason: refusal }).catch(() => undefined);
+          throw new MigrationError('refused', `migration refused: ${refusal}`);
+        }
+        return { session, setup };
+      } catch (err) {
+        bulk.destroy();
+        session.urgent?.destroy();
+        listener.forget(session.sessionHex);
+        listener.restrictTo(null);
+        this.phases.enter('connecting');
+        if (this.hasGivenUp) throw await this.gaveUp.catch((e: unknown) => e);
+        this.noteRefusal(bulk.peer, 'SETUP', err);
+        // noteRefusal may just have reached maxRefused: the next race ends at once.
+      }
     }
   }
 

@@ -11,13 +11,17 @@ import { TransportError, fromSocketError } from './errors.js';
 import { FramedChannel } from './framed-channel.js';
 import { serverTlsOptions, validateSecurity, type Security } from './security.js';
 
-export const DEFAULT_HANDSHAKE_MS = 10_000;
+/**
+ * How long an unauthenticated connection may take, from its arrival to HELLO_ACK (preface, TLS
+ * handshake, HELLO): a peer that is not a Ferry source costs the destination at most this long.
+ */
+export const DEFAULT_HANDSHAKE_MS = 5_000;
 
 export interface AcceptOptions {
   security: Security;
   /** Feature bits this side accepts (default: all this build knows). */
   features?: number;
-  /** Limit on TLS handshake + HELLO for one connection (default 10 s). */
+  /** Limit on TLS handshake + HELLO for one connection (default DEFAULT_HANDSHAKE_MS). */
   handshakeTimeoutMs?: number;
   /** Return a reason to refuse a HELLO (sent back as REFUSE), or null to accept. */
   checkHello?: (hello: MessageOf<'HELLO'>) => string | null;
@@ -60,11 +64,12 @@ export class ChannelAcceptor {
 
   /**
    * Authenticates `tcp` (its preface, naming `preface`, already read) and exchanges HELLO. Resolves with the channel
-   * once HELLO_ACK is sent; rejects (the socket destroyed) on any failure or refusal.
+   * once HELLO_ACK is sent; rejects (the socket destroyed) on any failure or refusal. `timeoutMs`:
+   * what is left of the connection's handshake deadline (default: the whole of it).
    */
-  async accept(tcp: net.Socket, preface: ChannelKind): Promise<AcceptedChannel> {
+  async accept(tcp: net.Socket, preface: ChannelKind, timeoutMs = this.opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_MS): Promise<AcceptedChannel> {
     const peer = peerOf(tcp);
-    const timeoutMs = this.opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_MS;
+    timeoutMs = Math.max(1, Math.round(timeoutMs));
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new TransportError('TIMEOUT', peer, `HELLO did not arrive within ${timeoutMs} ms`)), timeoutMs);

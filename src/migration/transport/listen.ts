@@ -5,7 +5,11 @@
 // socket, to the thread that will use it (`urgentHandoff`), which authenticates it itself and
 // gives it back with deliver(). Accepted channels are handed out one by one (accept()) or matched
 // into bulk+urgent pairs by session id (acceptSession()). Connections that fail before HELLO_ACK
-// never reach the caller; they are reported on the 'rejected' event.
+// never reach the caller; they are reported on the 'rejected' event, and the listener goes on.
+// What a peer that is not a Ferry source can cost is bounded: one deadline per connection from
+// its arrival to HELLO_ACK (`handshakeTimeoutMs`), and at most `maxUnauthenticated` connections
+// in that state at once (more are closed as they arrive). Once the caller has taken a session it
+// may restrict the listener to it (restrictTo()): other sessions are then refused at HELLO.
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import type { MessageOf } from '../wire/messages.js';
@@ -26,8 +30,14 @@ export interface ListenOptions extends AcceptOptions {
    * (a dup: the listener's own socket is closed) instead of being authenticated here. Whoever takes
    * it sends GO_AHEAD, authenticates it and gives it back with deliver().
    */
-  urgentHandoff?: (fd: number, peer: string) => void;
+  urgentHandoff?: (fd: number, peer: string, timeoutMs: number) => void;
+  /** Connections still before HELLO_ACK at once (default DEFAULT_MAX_UNAUTHENTICATED); more are closed on arrival. */
+  maxUnauthenticated?: number;
 }
+
+export const DEFAULT_MAX_UNAUTHENTICATED = 64;
+/** Sessions with an urgent channel but no bulk one yet, kept at most (the oldest goes first). */
+const MAX_PARTIAL_SESSIONS = 16;
 
 /** A channel held by another thread: the listener pairs it, its owner uses it. */
 export interface RemoteChannel {
@@ -68,9 +78,18 @@ export interface MigrationListener extends EventEmitter {
   deliver(c: { channel: RemoteChannel; hello: MessageOf<'HELLO'> }): void;
   /** Reports a connection that failed before HELLO_ACK (the 'rejected' event). */
   reject(err: unknown, peer: string, phase: string): void;
+  /**
+   * From now on only `sessionHex` is admitted (null: any session again). Channels of other sessions
+   * are refused at HELLO ("busy with another migration"), and those already waiting are closed.
+   */
+  restrictTo(sessionHex: string | null): void;
+  /** Closes the waiting channels of one session (e.g. one refused at SETUP). */
+  forget(sessionHex: string): void;
+  /** Connections now between their arrival and HELLO_ACK (or their refusal). */
+  readonly unauthenticated: number;
   /** Stops listening; channels already accepted stay open. */
   close(): Promise<void>;
-  on(event: 'rejected', listener: (err: TransportError) => void): this;
+  on(event: 'rejected', listener: (err: TransportError, phase: string) => void): this;
 }
 
 class Listener extends EventEmitter implements MigrationListener {
@@ -79,6 +98,11 @@ class Listener extends EventEmitter implements MigrationListener {
   private readonly partial = new Map<string, SessionEntry>();
   private closedError: Error | null = null;
   private readonly acceptor: ChannelAcceptor;
+  /** restrictTo(): the one session admitted, or null for any. */
+  private only: string | null = null;
+  /** Connections on this thread before HELLO_ACK, and urgent ones handed off and not yet back. */
+  private pendingHere = 0;
+  private pendingHandedOff = 0;
   port = 0;
 
   constructor(
@@ -87,7 +111,41 @@ class Listener extends EventEmitter implements MigrationListener {
     private readonly opts: ListenOptions,
   ) {
     super();
-    this.acceptor = new ChannelAcceptor(opts);
+    const check = opts.checkHello;
+    this.acceptor = new ChannelAcceptor({ ...opts, checkHello: (hello) => this.busyWith(hello.sessionId.toString('hex')) ?? check?.(hello) ?? null });
+  }
+
+  get unauthenticated(): number {
+    return this.pendingHere + this.pendingHandedOff;
+  }
+
+  private busyWith(sessionHex: string): string | null {
+    return this.only !== null && sessionHex !== this.only ? 'this destination is busy with another migration' : null;
+  }
+
+  restrictTo(sessionHex: string | null): void {
+    this.only = sessionHex;
+    if (sessionHex === null) return;
+    for (const c of this.ready.splice(0)) {
+      if (c.hello.sessionId.toString('hex') === sessionHex) this.ready.push(c);
+      else this.refuseBusy(c.channel);
+    }
+    for (const key of [...this.partial.keys()]) if (key !== sessionHex) this.forget(key, true);
+  }
+
+  forget(sessionHex: string, busy = false): void {
+    const entry = this.partial.get(sessionHex);
+    if (!entry) return;
+    this.partial.delete(sessionHex);
+    for (const c of [entry.bulk, entry.urgent]) if (c) busy ? this.refuseBusy(c) : c.destroy();
+  }
+
+  /** An authenticated channel of another session while one is under way: REFUSE (bulk), close, report. */
+  private refuseBusy(c: FramedChannel | RemoteChannel): void {
+    const reason = 'this destination is busy with another migration';
+    if ('remote' in c) c.destroy();
+    else void c.sendMessage({ type: 'REFUSE', reason }).catch(() => undefined).finally(() => c.destroy());
+    this.reject(new TransportError('REFUSED', c.peer, `refused: ${reason}`), c.peer, 'HELLO');
   }
 
   accept(): Promise<AcceptedChannel> {
@@ -141,7 +199,14 @@ class Listener extends EventEmitter implements MigrationListener {
     const entry = this.partial.get(key) ?? { key };
     entry[hello.channel]?.destroy(new TransportError('PROTOCOL', channel.peer, `replaced by a newer ${hello.channel} channel of session ${key}`));
     entry[hello.channel] = channel;
+    this.partial.delete(key); // re-inserted last: the map's order is the eviction order
     this.partial.set(key, entry);
+    // Authenticated peers only get here, but a session whose other channel never comes must not
+    // hold its channel for ever: beyond MAX_PARTIAL_SESSIONS the oldest goes.
+    for (const old of this.partial.keys()) {
+      if (this.partial.size <= MAX_PARTIAL_SESSIONS) break;
+      if (old !== key) this.forget(old);
+    }
     return entry;
   }
 
@@ -161,12 +226,26 @@ class Listener extends EventEmitter implements MigrationListener {
   onConnection(tcp: net.Socket): void {
     const peer = peerOf(tcp);
     tcp.on('error', () => undefined); // reported below or through the channel
+    const max = this.opts.maxUnauthenticated ?? DEFAULT_MAX_UNAUTHENTICATED;
+    if (this.unauthenticated >= max) {
+      tcp.destroy();
+      this.reject(new TransportError('REFUSED', peer, `closed on arrival: ${max} connections are already authenticating`), peer, 'arrival');
+      return;
+    }
+    this.pendingHere++;
+    let counted = true;
+    const settle = () => {
+      if (counted) this.pendingHere--;
+      counted = false;
+    };
     const timeoutMs = this.opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_MS;
+    const deadline = performance.now() + timeoutMs;
     const timer = setTimeout(() => fail(new TransportError('TIMEOUT', peer, `no channel preface within ${timeoutMs} ms`)), timeoutMs);
     const fail = (err: Error) => {
       clearTimeout(timer);
       tcp.off('close', onClose); // one report per connection, not a second one for the close
       tcp.destroy();
+      settle();
       this.reject(err, peer, 'preface');
     };
     const onClose = () => fail(new TransportError('CLOSED', peer, 'connection closed before its channel preface'));
@@ -177,6 +256,7 @@ class Listener extends EventEmitter implements MigrationListener {
       // The peer sends nothing more before GO_AHEAD: exactly one byte, or this is not a Ferry source.
       const channel = chunk.length === 1 ? (chunk[0] === CHANNEL_PREFACE.bulk ? 'bulk' : chunk[0] === CHANNEL_PREFACE.urgent ? 'urgent' : null) : null;
       if (!channel) return fail(new TransportError('PROTOCOL', peer, `no channel preface: the connection began with ${describeStart(chunk)} (is the peer a Ferry source of wire version 2 or later?)`));
+      const left = Math.max(1, deadline - performance.now());
       if (channel === 'urgent' && this.opts.urgentHandoff) {
         const fd = (tcp as unknown as { _handle?: { fd?: number } })._handle?.fd;
         if (fd === undefined || fd < 0) return fail(new Error('internal: no descriptor under an accepted socket'));
@@ -187,31 +267,46 @@ class Listener extends EventEmitter implements MigrationListener {
           return fail(err as Error);
         }
         tcp.destroy(); // closes our descriptor only: the copy keeps the connection
-        this.opts.urgentHandoff(copy, peer);
+        settle();
+        // Counted until its owner gives it back (deliver) or reports it refused (reject).
+        this.pendingHandedOff++;
+        this.opts.urgentHandoff(copy, peer, left);
         return;
       }
       tcp.write(Buffer.from([GO_AHEAD]));
-      this.acceptor.accept(tcp, channel).then(
-        (c) => this.deliver(c),
-        (err: unknown) => this.reject(err, peer, 'HELLO'),
+      this.acceptor.accept(tcp, channel, left).then(
+        (c) => {
+          settle();
+          this.deliver(c);
+        },
+        (err: unknown) => {
+          settle();
+          this.reject(err, peer, channel === 'bulk' ? 'TLS/HELLO' : 'urgent TLS/HELLO');
+        },
       );
     });
   }
 
   reject(err: unknown, peer: string, phase: string): void {
-    this.emit('rejected', err instanceof TransportError ? err : fromSocketError(err, peer, phase));
+    if (phase === URGENT_HANDOFF_PHASE && this.pendingHandedOff > 0) this.pendingHandedOff--;
+    this.emit('rejected', err instanceof TransportError ? err : fromSocketError(err, peer, phase), phase);
   }
 
   deliver(c: Delivered): void {
+    if ('remote' in c.channel && this.pendingHandedOff > 0) this.pendingHandedOff--;
     if (this.closedError) {
       c.channel.destroy();
       return;
     }
+    if (this.busyWith(c.hello.sessionId.toString('hex'))) return this.refuseBusy(c.channel);
     const w = this.waiters.shift();
     if (w) w.resolve(c);
     else this.ready.push(c);
   }
 }
+
+/** The phase a handed-off urgent connection's owner names when it reports a refusal (reject()). */
+export const URGENT_HANDOFF_PHASE = 'urgent handshake';
 
 /** The channels of one session that have arrived and are not yet taken. */
 type SessionEntry = { key: string } & Partial<Record<'bulk' | 'urgent', FramedChannel | RemoteChannel>>;

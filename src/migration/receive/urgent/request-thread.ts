@@ -25,7 +25,8 @@ export interface UrgentRequesterData {
 }
 
 export type UrgentRequesterCommand =
-  | { type: 'socket'; fd: number; peer: string }
+  /** A handed-off urgent connection, with what is left of its handshake deadline. */
+  | { type: 'socket'; fd: number; peer: string; timeoutMs: number }
   | {
       // Once the migration is set up (the memory exists): where pages go and requests come from.
       type: 'setup';
@@ -146,17 +147,22 @@ async function serve(conn: number, channel: FramedChannel): Promise<void> {
   }
 }
 
-function onSocket(fd: number, peer: string): void {
+function onSocket(fd: number, peer: string, timeoutMs: number): void {
   let tcp: net.Socket;
   try {
     tcp = new net.Socket({ fd, readable: true, writable: true });
   } catch (err) {
+    try {
+      close(fd);
+    } catch {
+      /* already gone */
+    }
     post({ type: 'rejected', peer, code: 'IO', message: `could not take the urgent connection: ${(err as Error).message}` });
     return;
   }
   tcp.setNoDelay(true);
   tcp.write(Buffer.from([GO_AHEAD]));
-  acceptor.accept(tcp, 'urgent').then(
+  acceptor.accept(tcp, 'urgent', timeoutMs).then(
     ({ channel, hello }) => {
       const conn = nextConn++;
       conns.set(conn, channel);
@@ -173,7 +179,7 @@ function onSocket(fd: number, peer: string): void {
 parentPort!.on('message', (m: UrgentRequesterCommand) => {
   switch (m.type) {
     case 'socket':
-      onSocket(m.fd, m.peer);
+      onSocket(m.fd, m.peer, m.timeoutMs);
       break;
     case 'setup':
       setup = {

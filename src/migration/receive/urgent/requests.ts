@@ -4,7 +4,7 @@
 // lost connection as a failure of the session (postcopy then waits for the source to reconnect).
 import { Worker } from 'node:worker_threads';
 import type { MessageOf } from '../../wire/index.js';
-import { TransportError, type MigrationListener, type RemoteChannel, type Security, type TransportErrorCode } from '../../transport/index.js';
+import { TransportError, URGENT_HANDOFF_PHASE, type MigrationListener, type RemoteChannel, type Security, type TransportErrorCode } from '../../transport/index.js';
 import type { UrgentRequesterCommand, UrgentRequesterData, UrgentRequesterEvent } from './request-thread.js';
 import { UrgentChannelError } from '../../session/failures.js';
 
@@ -44,8 +44,8 @@ export class UrgentRequests {
   }
 
   /** The listener's urgentHandoff. */
-  handoff = (fd: number, peer: string): void => {
-    this.send({ type: 'socket', fd, peer });
+  handoff = (fd: number, peer: string, timeoutMs: number): void => {
+    this.send({ type: 'socket', fd, peer, timeoutMs });
   };
 
   /** Where the thread finds the memory, the page states and the fault worker's requests. */
@@ -117,7 +117,7 @@ export class UrgentRequests {
         break;
       }
       case 'rejected':
-        this.listener.reject(new TransportError(e.code as TransportErrorCode, e.peer, e.message), e.peer, 'urgent handshake');
+        this.listener.reject(new TransportError(e.code as TransportErrorCode, e.peer, e.message), e.peer, URGENT_HANDOFF_PHASE);
         break;
       case 'placed':
         this.onPlaced(e.pages, e.latenciesUs);
