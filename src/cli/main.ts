@@ -1,4 +1,5 @@
 // Entry point of the `ferry` CLI: one commander program, one module per subcommand.
+import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
 import { EXIT, EXIT_CODES_HELP, UsageError } from './exit-codes.js';
 import { registerRun } from './commands/run.js';
@@ -21,7 +22,8 @@ export async function main(argv: string[]): Promise<number> {
     .addHelpText('after', `\n${EXIT_CODES_HELP}\n\nRun \`ferry demo\` to watch a guest migrate live between two local hosts.`)
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) })
-    .showHelpAfterError('(run with --help for usage)');
+    .showHelpAfterError('(run with --help for usage)')
+    .version(packageVersion(), '-V, --version', 'print the package version');
   const ctx = { guestArgs, setExit: (c: number) => (exitCode = c) };
   registerRun(program, ctx);
   registerMigrate(program, ctx);
@@ -53,4 +55,10 @@ export interface CliContext {
   /** Arguments after `--`, for the guest. */
   guestArgs: string[];
   setExit(code: number): void;
+}
+
+/** The version in the package's package.json (dist/src/cli/ → the package root). */
+export function packageVersion(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version?: unknown };
+  return typeof pkg.version === 'string' ? pkg.version : 'unknown';
 }
