@@ -40,7 +40,7 @@ export async function run(): Promise<BenchRow[]> {
   const tmp = mkdtempSync(join(tmpdir(), 'ferry-bench-cli-'));
   const sock = join(tmp, 'guest.sock');
   const missing = join(tmp, 'nobody.sock');
-  const guest = new FerryProcess('guest', ['run', MEMTOUCH, '--api-sock', sock, '--', '--mib', '8', '--report-ms', '1000', '--seconds', '3600']);
+  const guest = new FerryProcess('guest', ['run', MEMTOUCH, '--api-sock', sock, '--', '--mib', '8', '--idle', '--report-ms', '1000', '--seconds', '3600']);
   try {
     await guest.waitFor(/^SEQ 1 /m, 'the guest', 120_000);
     const node = ['-e', ''];

@@ -1,11 +1,17 @@
 #!/usr/bin/env node
-// The `ferry` command: a thin launcher for the compiled CLI in dist/.
-import { main } from '../dist/src/cli/main.js';
+// The `ferry` command: a thin launcher for the compiled CLI in dist/. The control commands'
+// common shapes take a fast path that loads neither commander nor anything heavy
+// (src/cli/fast-path.ts); everything else goes to the full program, loaded only then.
+import { fastPath } from '../dist/src/cli/fast-path.js';
+
+const argv = process.argv.slice(2);
+const fast = fastPath(argv);
+const run = fast ? fast() : import('../dist/src/cli/main.js').then(({ main }) => main(argv));
 
 // Exit explicitly once the command is done: a guest thread stopped while blocked on a memory hole
 // (a destination shut down in postcopy) never returns to JavaScript and would keep the process
 // alive. stdout and stderr are synchronous on Linux, so nothing written is lost.
-main(process.argv.slice(2)).then(
+run.then(
   (code) => process.exit(code),
   (err) => {
     process.stderr.write(`ferry: ${err instanceof Error ? err.message : String(err)}\n`);

@@ -1,7 +1,7 @@
 // Entry point of the `ferry` CLI: one commander program, one module per subcommand.
-import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
 import { EXIT, EXIT_CODES_HELP, UsageError } from './exit-codes.js';
+import { packageVersion } from './fast-path.js';
 import { registerRun } from './commands/run.js';
 import { registerControl } from './commands/control.js';
 import { registerMigrate } from './commands/migrate.js';
@@ -9,7 +9,6 @@ import { registerDemo } from './commands/demo.js';
 import { registerSnapshot } from './commands/snapshot.js';
 import { registerRestore } from './commands/restore.js';
 import { registerServeSnapshot } from './commands/serve-snapshot.js';
-import { ModuleRejected } from '../guest/instrument.js';
 
 export async function main(argv: string[]): Promise<number> {
   // Everything after `--` belongs to the guest, never to Ferry.
@@ -43,7 +42,8 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`ferry: ${err.message}\n(run with --help for usage)\n`);
       return EXIT.usage;
     }
-    if (err instanceof ModuleRejected) {
+    // By name, not instanceof: importing instrument.ts here would load it for every command.
+    if (err instanceof Error && err.name === 'ModuleRejected') {
       process.stderr.write(`ferry: module refused: ${err.message}\n`);
       return EXIT.moduleRefused;
     }
@@ -57,8 +57,3 @@ export interface CliContext {
   setExit(code: number): void;
 }
 
-/** The version in the package's package.json (dist/src/cli/ → the package root). */
-export function packageVersion(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version?: unknown };
-  return typeof pkg.version === 'string' ? pkg.version : 'unknown';
-}

@@ -37,7 +37,8 @@ export interface DestinationOptions {
   recoverTimeoutS?: number;
 }
 
-export const DEFAULT_RECOVER_TIMEOUT_S = 600;
+export { DEFAULT_RECOVER_TIMEOUT_S } from './defaults.js';
+import { DEFAULT_RECOVER_TIMEOUT_S } from './defaults.js';
 /** Silence on both channels, while the guest waits on a page, after which the connection is lost. */
 const SILENCE_MS = 10_000;
 /** How long after its bulk channel a session's urgent channel may take to join, at most. */

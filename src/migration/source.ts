@@ -49,7 +49,7 @@ export interface SourceOptions {
   onProgress?: (p: MigrationProgress) => void;
 }
 
-export const SOURCE_DEFAULTS = { mode: 'auto' as MigrationMode, downtimeTargetMs: 20, precopyTimeoutS: 60, recoverTimeoutS: 600 };
+export { SOURCE_DEFAULTS } from './defaults.js';
 
 /** Passes without a new smallest dirty set before precopy is judged not to converge. */
 const STALL_PASSES = 5;

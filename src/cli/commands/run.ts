@@ -7,12 +7,12 @@ import type { CliContext } from '../main.js';
 import { EXIT, UsageError } from '../exit-codes.js';
 import { collect, openStdio, parseDirs, parseEnv, parsePositiveNumber, parseSize } from '../options.js';
 import { addTlsOptions, parseHostPortFlag, readTlsFlags, securityOf, type TlsFlags } from '../tls-options.js';
-import { Guest, type GuestExit } from '../../guest/guest.js';
-import { serveGuestApi, type GuestExtensions } from '../../api/guest-controller.js';
+import type { Guest, GuestExit } from '../../guest/guest.js';
+import type { GuestExtensions } from '../../api/guest-controller.js';
 import type { MigrateRequest } from '../../api/types.js';
-import { migrationExtensions } from '../../api/migration-binding.js';
-import { DEFAULT_RECOVER_TIMEOUT_S, MigrationDestination } from '../../migration/destination.js';
-import { snapshotExtensions } from '../../snapshot/extensions.js';
+import { DEFAULT_RECOVER_TIMEOUT_S } from '../../migration/defaults.js';
+// The guest runtime, the migration engine and the snapshot layer are loaded with import() in the
+// actions below, so that `ferry --help` and the control commands never load them (start-up time).
 
 export function registerRun(program: Command, ctx: CliContext): void {
   const cmd = program
@@ -70,6 +70,11 @@ async function runModule(modulePath: string | undefined, opts: RunFlags, guestAr
   if (maxMemoryBytes > 4 * 1024 ** 3) throw new UsageError(`--max-memory ${opts.maxMemory}: at most 4G (wasm32)`);
   const preopens = parseDirs(opts.dir);
   const env = parseEnv(opts.env);
+  const [{ Guest }, { serveGuestApi }, { migrationExtensions }] = await Promise.all([
+    import('../../guest/guest.js'),
+    import('../../api/guest-controller.js'),
+    import('../../api/migration-binding.js'),
+  ]);
   const guest = await Guest.start({
     module: bytes,
     modulePath,
@@ -82,7 +87,7 @@ async function runModule(modulePath: string | undefined, opts: RunFlags, guestAr
   let migrated = false;
   let snapshotted = false;
   const api = opts.apiSock
-    ? await serveGuestApi(() => guest, opts.apiSock, withSnapshots(guest, migrationExtensions(guest, { onMigrated: () => (migrated = true) }), () => (snapshotted = true)))
+    ? await serveGuestApi(() => guest, opts.apiSock, await withSnapshots(guest, migrationExtensions(guest, { onMigrated: () => (migrated = true) }), () => (snapshotted = true)))
     : null;
   const result = await untilExit(guest);
   await api?.close();
@@ -96,6 +101,7 @@ async function runIncoming(modulePath: string | undefined, opts: RunFlags, guest
   if (guestArgs.length > 0) throw new UsageError('guest arguments are refused with --incoming: they are part of the guest state');
   const { host, port } = parseHostPortFlag(opts.incoming!, '--incoming', true);
   const security = securityOf(readTlsFlags(opts));
+  const [{ MigrationDestination }, { serveGuestApi }] = await Promise.all([import('../../migration/destination.js'), import('../../api/guest-controller.js')]);
   const dest = new MigrationDestination({
     host,
     port,
@@ -159,7 +165,8 @@ export function exitCodeOf(result: GuestExit): number {
  * Adds PUT /guest/snapshot (src/snapshot) to a host's extensions. Snapshot dirty tracking holds the
  * memory's userfaultfd write-protect registration, so a migration releases it before it starts.
  */
-function withSnapshots(guest: Guest, ext: GuestExtensions, onStoppedBySnapshot: () => void): GuestExtensions {
+async function withSnapshots(guest: Guest, ext: GuestExtensions, onStoppedBySnapshot: () => void): Promise<GuestExtensions> {
+  const { snapshotExtensions } = await import('../../snapshot/extensions.js');
   const snap = snapshotExtensions(guest, { onStoppedBySnapshot });
   const migrate = ext.migrate;
   return {
