@@ -6,7 +6,7 @@
 // shapes is recognised here, without commander, and runs the same action as the full program
 // (control-actions.ts). Anything else — --help, an unknown or repeated flag, a missing value, `--`
 // — returns null and goes to the commander program (main.ts), which answers it as it always has.
-import { readFileSync } from 'node:fs';
+import { packageVersion } from '../version.js';
 import type { ControlVerb, SnapshotFlags } from './control-actions.js';
 
 type FastCommand = () => Promise<number>;
@@ -69,8 +69,3 @@ function parseFlags(args: readonly string[], spec: FlagSpec): Record<string, str
   return out;
 }
 
-/** The version in the package's package.json (dist/src/cli/ → the package root). */
-export function packageVersion(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version?: unknown };
-  return typeof pkg.version === 'string' ? pkg.version : 'unknown';
-}

@@ -1,7 +1,7 @@
 // Entry point of the `ferry` CLI: one commander program, one module per subcommand.
 import { Command, CommanderError } from 'commander';
 import { EXIT, EXIT_CODES_HELP, UsageError } from './exit-codes.js';
-import { packageVersion } from './fast-path.js';
+import { packageVersion } from '../version.js';
 import { registerRun } from './commands/run.js';
 import { registerControl } from './commands/control.js';
 import { registerMigrate } from './commands/migrate.js';

@@ -127,6 +127,11 @@ export class MigrationDestination {
     };
   }
 
+  /** Postcopy fault latencies measured here so far (µs), for GET /metrics; null before postcopy. */
+  faultLatenciesUs(): readonly number[] | null {
+    return this.incoming?.isPostcopy ? this.incoming.faultLatenciesUs : null;
+  }
+
   /** Takes one migration and returns the running guest. */
   async receive(): Promise<IncomingResult> {
     if (!this.listener) await this.listen();

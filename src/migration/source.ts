@@ -112,6 +112,10 @@ export class MigrationSource {
       bytesSent: this.bytesSent(),
       bytesReceived: this.bytesReceived(),
       pagesSent: (this.sender?.counters.pagesSent ?? 0) + (this.postcopy?.pagesSent ?? 0),
+      // By kind, for GET /metrics: contents sent (postcopy's included), zero markers, never-touched ranges.
+      dataPages: (this.sender?.counters.dataPages ?? 0) + (this.postcopy?.pagesSent ?? 0),
+      zeroPages: this.sender?.counters.zeroPages ?? 0,
+      untouchedPages: this.sender?.counters.untouchedPages ?? 0,
       dirtyPages: this.dirtyPages,
       rateBytesPerSec: Math.round(this.rate),
       dirtyRatePagesPerSec: Math.round(this.dirtyRate),

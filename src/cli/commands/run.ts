@@ -112,7 +112,7 @@ async function runIncoming(modulePath: string | undefined, opts: RunFlags, guest
   });
   let guest: Guest | null = null;
   const api = opts.apiSock
-    ? await serveGuestApi(() => guest, opts.apiSock, { migration: () => dest.progress(), state: () => (guest ? null : 'migrating') })
+    ? await serveGuestApi(() => guest, opts.apiSock, { migration: () => dest.progress(), state: () => (guest ? null : 'migrating'), faultLatenciesUs: () => dest.faultLatenciesUs() })
     : null;
   const bound = await dest.listen();
   process.stderr.write(`ferry: waiting for a migration on ${host}:${bound}\n`);
