@@ -9,6 +9,7 @@ import { registerDemo } from './commands/demo.js';
 import { registerSnapshot } from './commands/snapshot.js';
 import { registerRestore } from './commands/restore.js';
 import { registerServeSnapshot } from './commands/serve-snapshot.js';
+import { registerPrepare } from './commands/prepare.js';
 
 export async function main(argv: string[]): Promise<number> {
   // Everything after `--` belongs to the guest, never to Ferry.
@@ -25,6 +26,7 @@ export async function main(argv: string[]): Promise<number> {
     .version(packageVersion(), '-V, --version', 'print the package version');
   const ctx = { guestArgs, setExit: (c: number) => (exitCode = c) };
   registerRun(program, ctx);
+  registerPrepare(program, ctx);
   registerMigrate(program, ctx);
   registerDemo(program, ctx);
   registerControl(program, ctx);

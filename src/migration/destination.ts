@@ -5,6 +5,7 @@
 // against the memory geometry before a byte of it is placed.
 import { Guest, type PreparedGuest, type StagedGuest } from '../guest/guest.js';
 import { ModuleCache } from '../guest/module-cache.js';
+import type { InstrumentProgressListener } from '../guest/instrument-runner.js';
 import { sha256Hex } from '../guest/instrument.js';
 import { GuestMemory, HOST_PAGE_SIZE, WASM_PAGE_SIZE } from '../memory/guest-memory.js';
 import { PageBitmap } from '../memory/page-bitmap.js';
@@ -33,6 +34,8 @@ export interface DestinationOptions {
   stdio: StdioBinding;
   cache?: ModuleCache;
   onProgress?: (p: MigrationProgress) => void;
+  /** Hears the steps of instrumenting the module, when this host has not instrumented it before. */
+  onInstrumentProgress?: InstrumentProgressListener;
   /** How long a postcopy destination waits for a lost source to reconnect (default 10 min). */
   recoverTimeoutS?: number;
 }
@@ -80,6 +83,8 @@ export class MigrationDestination {
   private errorText: string | null = null;
   private readonly cache: ModuleCache;
   private preparing: Promise<PreparedGuest> | null = null;
+  /** The module is instrumented and the guest's thread waits for its state (see the first PING). */
+  private prepared = false;
   private sessionHex = '';
   private pausedSince: number | null = null;
   private pausedMs = 0;
@@ -190,7 +195,18 @@ export class MigrationDestination {
 
     const mem = GuestMemory.create(setup.memory.bytes / WASM_PAGE_SIZE, setup.memory.maxBytes / WASM_PAGE_SIZE);
     // The guest's thread starts now, while pages stream in: at the commit it only takes the state.
-    this.preparing = Guest.prepare({ module: moduleBytes, memory: mem.memory, maxMemoryBytes: setup.memory.maxBytes, cache: this.cache });
+    // Instrumenting (on a cold cache) runs on a thread of its own while pages stream in; the
+    // source may pause only once it is done (see PING below), never inside the downtime.
+    let instrumenting = false;
+    const onInstrumentProgress: InstrumentProgressListener = (p) => {
+      if (!instrumenting) this.phases.note(`module instrumenting (${p.sourceBytes} bytes)`);
+      instrumenting = true;
+      this.opts.onInstrumentProgress?.(p);
+    };
+    this.preparing = this.cache.load(moduleBytes, { onProgress: onInstrumentProgress }).then((m) => {
+      this.phases.note(m.fromCache ? 'module ready (from the cache)' : `module ready (instrumented in ${Math.round(m.instrumentMs)} ms)`);
+      return Guest.prepare({ module: moduleBytes, memory: mem.memory, maxMemoryBytes: setup.memory.maxBytes, cache: this.cache });
+    });
     this.preparing.catch(() => undefined);
     rehearseDecoding();
     const checker = new PageFrameChecker(setup.memory);
@@ -256,6 +272,14 @@ export class MigrationDestination {
           }
           continue;
         case 'PING':
+          // The source pauses its guest only after this barrier's PONG: the module must be
+          // instrumented and the guest's thread waiting before then, so that no instrumentation
+          // (seconds to minutes for a big module) ever falls between the pause and the resume.
+          if (!this.prepared) {
+            await this.preparing;
+            this.prepared = true;
+            this.phases.note('guest prepared (worker waiting for the state)');
+          }
           await this.urgentJoined(bulk.peer);
           // The source's barrier before its pause: everything before this frame is placed. The
           // first one ends the stream of the precopy passes: its rate, and the round trip this
@@ -275,6 +299,7 @@ export class MigrationDestination {
             collectedAt = bulk.bytesReceived;
           }
           await bulk.sendMessage({ type: 'PONG', nonce: msg.nonce });
+          this.phases.note('pause barrier answered');
           trace = new SwitchoverTrace('destination'); // the source pauses its guest now
           // Until RUNNING is out this thread runs ahead of normal threads (see the source's pause).
           this.downtimePriority.raise();

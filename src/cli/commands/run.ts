@@ -37,7 +37,9 @@ Examples:
   ferry run --incoming 0.0.0.0:7700 --tls-psk key.hex --dir /srv/data:/data
 
 The module is instrumented once (safepoints and stack unwinding) and cached by content hash
-under $FERRY_CACHE_DIR (default ~/.cache/ferry). With --incoming, the destination's streams
+under $FERRY_CACHE_DIR (default ~/.cache/ferry); a progress bar shows meanwhile on a terminal.
+\`ferry prepare MODULE.wasm\` does it ahead of time. A destination instruments a module it has
+not seen while the pages stream in, and lets the source pause only once that is done. With --incoming, the destination's streams
 come from its own --stdin/--stdout/--stderr, and every guest directory must be mapped with --dir.`,
   );
   cmd.action(async (modulePath: string | undefined, opts: RunFlags) => {
@@ -70,12 +72,23 @@ async function runModule(modulePath: string | undefined, opts: RunFlags, guestAr
   if (maxMemoryBytes > 4 * 1024 ** 3) throw new UsageError(`--max-memory ${opts.maxMemory}: at most 4G (wasm32)`);
   const preopens = parseDirs(opts.dir);
   const env = parseEnv(opts.env);
-  const [{ Guest }, { serveGuestApi }, { migrationExtensions }] = await Promise.all([
+  const [{ Guest }, { serveGuestApi }, { migrationExtensions }, { ModuleCache }, { InstrumentProgressBar }] = await Promise.all([
     import('../../guest/guest.js'),
     import('../../api/guest-controller.js'),
     import('../../api/migration-binding.js'),
+    import('../../guest/module-cache.js'),
+    import('../instrument-progress.js'),
   ]);
+  // Instrument first (a progress bar on a terminal when the module is not cached yet), then start.
+  const cache = new ModuleCache();
+  const bar = new InstrumentProgressBar(basename(modulePath));
+  try {
+    await cache.load(bytes, { onProgress: bar.onProgress });
+  } finally {
+    bar.stop();
+  }
   const guest = await Guest.start({
+    cache,
     module: bytes,
     modulePath,
     args: [basename(modulePath), ...guestArgs],
@@ -101,8 +114,14 @@ async function runIncoming(modulePath: string | undefined, opts: RunFlags, guest
   if (guestArgs.length > 0) throw new UsageError('guest arguments are refused with --incoming: they are part of the guest state');
   const { host, port } = parseHostPortFlag(opts.incoming!, '--incoming', true);
   const security = securityOf(readTlsFlags(opts));
-  const [{ MigrationDestination }, { serveGuestApi }] = await Promise.all([import('../../migration/destination.js'), import('../../api/guest-controller.js')]);
+  const [{ MigrationDestination }, { serveGuestApi }, { InstrumentProgressBar }] = await Promise.all([
+    import('../../migration/destination.js'),
+    import('../../api/guest-controller.js'),
+    import('../instrument-progress.js'),
+  ]);
+  const bar = new InstrumentProgressBar('the incoming module');
   const dest = new MigrationDestination({
+    onInstrumentProgress: bar.onProgress,
     host,
     port,
     security,
@@ -117,7 +136,7 @@ async function runIncoming(modulePath: string | undefined, opts: RunFlags, guest
   const bound = await dest.listen();
   process.stderr.write(`ferry: waiting for a migration on ${host}:${bound}\n`);
   try {
-    const incoming = await dest.receive();
+    const incoming = await dest.receive().finally(() => bar.stop());
     guest = incoming.guest;
     incoming.completion.then(
       () => undefined,
