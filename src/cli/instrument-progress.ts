@@ -18,7 +18,7 @@ export class InstrumentProgressBar {
       this.stop();
       return;
     }
-    const payload = { module: this.label, stage: p.stage.padEnd(10), size: `${(p.sourceBytes / 1048576).toFixed(1)} MiB` };
+    const payload = { module: this.label, stage: p.stage.padEnd(10), size: p.sourceBytes >= 1048576 ? `${(p.sourceBytes / 1048576).toFixed(1)} MiB` : `${Math.ceil(p.sourceBytes / 1024)} KiB` };
     if (!this.bar) {
       this.bar = new cliProgress.SingleBar(
         {
