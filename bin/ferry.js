@@ -1,6 +1,12 @@
 #!/usr/bin/env node
-// The `ferry` command: a thin launcher for the compiled CLI in dist/.
-import { main } from '../dist/src/cli/main.js';
+// The `ferry` command: a thin launcher for the compiled CLI in dist/. The control commands'
+// common shapes take a fast path that loads neither commander nor anything heavy
+// (src/cli/fast-path.ts); everything else goes to the full program, loaded only then.
+import { fastPath } from '../dist/src/cli/fast-path.js';
+
+const argv = process.argv.slice(2);
+const fast = fastPath(argv);
+const run = fast ? fast() : import('../dist/src/cli/main.js').then(({ main }) => main(argv));
 
 // Exit explicitly once the command is done: a guest thread stopped while blocked on a memory hole
 // (a destination shut down in postcopy) never returns to JavaScript and would keep the process
@@ -10,7 +16,7 @@ import { main } from '../dist/src/cli/main.js';
 // without a listener ends the process. Those messages are lost; the guest and the command go on.
 for (const stream of [process.stdout, process.stderr]) stream.on('error', () => undefined);
 
-main(process.argv.slice(2)).then(
+run.then(
   (code) => process.exit(code),
   (err) => {
     process.stderr.write(`ferry: ${err instanceof Error ? err.message : String(err)}\n`);

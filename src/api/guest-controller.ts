@@ -4,6 +4,10 @@
 import { ApiServer } from './server.js';
 import { ControllerError, type GuestController, type GuestInfo, type MigrateRequest, type MigrationStatus, type ResumeMigrationRequest, type SnapshotRequest } from './types.js';
 import type { Guest } from '../guest/guest.js';
+import { GuestMemory, WASM_PAGE_SIZE } from '../memory/guest-memory.js';
+import { scanResidency } from '../memory/residency.js';
+import { GuestMetrics } from './metrics.js';
+import { packageVersion } from '../version.js';
 
 /** Capabilities a host process adds (migration source or destination, snapshots). */
 export type GuestExtensions = Partial<
@@ -11,13 +15,28 @@ export type GuestExtensions = Partial<
 > & {
   /** Overrides the reported run state (e.g. 'migrating'). */
   state?(): GuestInfo['state'] | null;
+  /** Postcopy fault latencies (µs) measured by this host (a destination), for GET /metrics. */
+  faultLatenciesUs?(): readonly number[] | null;
 };
 
 export class LocalGuestController implements GuestController {
+  readonly counters = new GuestMetrics();
+  private readonly lookUp: () => Guest | null;
+
   constructor(
-    private readonly guestOf: () => Guest | null,
+    guestOf: () => Guest | null,
     private readonly ext: GuestExtensions = {},
-  ) {}
+  ) {
+    // Every guest this controller sees has its pauses counted (a destination's appears at the commit).
+    this.lookUp = guestOf;
+    this.guestOf();
+  }
+
+  private guestOf(): Guest | null {
+    const g = this.lookUp();
+    if (g) this.counters.track(g);
+    return g;
+  }
 
   info(): GuestInfo {
     const g = this.guestOf();
@@ -59,10 +78,20 @@ export class LocalGuestController implements GuestController {
     await this.guestOf()?.stop();
   }
 
-  migrate(req: MigrateRequest): Promise<Record<string, unknown>> {
+  async migrate(req: MigrateRequest): Promise<Record<string, unknown>> {
     if (!this.ext.migrate) throw new ControllerError(501, 'unsupported', 'this guest host cannot migrate its guest');
     this.live('migrate');
-    return this.ext.migrate(req);
+    if (this.ext.state?.() === 'migrating') return this.ext.migrate(req); // refused: one at a time
+    this.counters.migrationStarted();
+    try {
+      const report = await this.ext.migrate(req);
+      this.counters.migrationEnded('completed', this.migration(), report);
+      return report;
+    } catch (err) {
+      const code = (err as { code?: unknown }).code;
+      this.counters.migrationEnded(code === 'cancelled' ? 'cancelled' : 'failed', this.migration(), null);
+      throw err;
+    }
   }
 
   migration(): MigrationStatus | null {
@@ -84,10 +113,30 @@ export class LocalGuestController implements GuestController {
     await this.ext.abandonMigration();
   }
 
-  snapshot(req: SnapshotRequest): Promise<Record<string, unknown>> {
+  async snapshot(req: SnapshotRequest): Promise<Record<string, unknown>> {
     if (!this.ext.snapshot) throw new ControllerError(501, 'unsupported', 'this guest host cannot take snapshots');
     this.live('snapshot');
-    return this.ext.snapshot(req);
+    try {
+      const r = await this.ext.snapshot(req);
+      this.counters.snapshotTaken(String(r['kind']));
+      return r;
+    } catch (err) {
+      this.counters.snapshotFailed();
+      throw err;
+    }
+  }
+
+  metrics(): string {
+    const g = this.guestOf();
+    return this.counters.render(
+      {
+        info: this.info(),
+        residentPages: g ? residentPages(g) : null,
+        migration: this.migration(),
+        faultLatenciesUs: this.ext.faultLatenciesUs?.() ?? null,
+      },
+      packageVersion(),
+    );
   }
 
   private live(op: string): Guest {
@@ -95,6 +144,15 @@ export class LocalGuestController implements GuestController {
     if (!g) throw new ControllerError(409, 'no-guest', `cannot ${op}: no guest runs here yet`);
     if (g.exitResult) throw new ControllerError(409, 'guest-ended', `cannot ${op}: the guest has ${g.status}`);
     return g;
+  }
+}
+
+/** Host pages of the guest's memory present in RAM (PAGEMAP_SCAN: no page is read), or null. */
+function residentPages(g: Guest): number | null {
+  try {
+    return scanResidency(new GuestMemory(g.memory, g.maxMemoryBytes / WASM_PAGE_SIZE)).present.count();
+  } catch {
+    return null;
   }
 }
 

@@ -9,6 +9,12 @@ import type { z } from 'zod';
 import { clearStaleSocket } from './socket-file.js';
 import { describeIssues, migrateRequestSchema, resumeMigrationRequestSchema, snapshotRequestSchema } from './schemas.js';
 import { API_ERROR_CODES as E, MAX_BODY_BYTES, type ApiErrorBody, type GuestController } from './types.js';
+import { METRICS_CONTENT_TYPE } from './metrics.js';
+
+/** An answer that is not JSON (GET /metrics). */
+class TextAnswer {
+  constructor(readonly contentType: string, readonly text: string) {}
+}
 
 /** An error answer the server itself decides on (bad request, missing capability, ...). */
 class HttpError extends Error {
@@ -149,6 +155,12 @@ export class ApiServer {
           return ok;
         },
       }],
+      ['/metrics', {
+        GET: async () => {
+          if (!c.metrics) throw new HttpError(501, E.unsupported, 'this guest host has no metrics');
+          return new TextAnswer(METRICS_CONTENT_TYPE, await c.metrics());
+        },
+      }],
       ['/guest/snapshot', {
         PUT: async (body) => {
           const req = parseBody(body, snapshotRequestSchema);
@@ -172,7 +184,8 @@ export class ApiServer {
       const body = await readBody(req);
       // The controller may also throw synchronously; the await inside try catches both.
       const result = await handler(body);
-      send(res, 200, result ?? { ok: true });
+      if (result instanceof TextAnswer) sendText(res, result);
+      else send(res, 200, result ?? { ok: true });
     } catch (err) {
       const { status, code, message } = toErrorAnswer(err);
       if (status === 413) res.setHeader('Connection', 'close');
@@ -247,4 +260,10 @@ function send(res: ServerResponse, status: number, value: unknown): void {
   }
   res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text) });
   res.end(text);
+}
+
+function sendText(res: ServerResponse, answer: TextAnswer): void {
+  if (res.headersSent || res.destroyed) return;
+  res.writeHead(200, { 'Content-Type': answer.contentType, 'Content-Length': Buffer.byteLength(answer.text) });
+  res.end(answer.text);
 }

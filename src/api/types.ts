@@ -67,6 +67,8 @@ export interface GuestController {
   /** Give up a migration stuck after its commit point; the guest here is freed. */
   abandonMigration?(): Promise<void>;
   snapshot?(req: SnapshotRequest): Promise<Record<string, unknown>>;
+  /** GET /metrics: the Prometheus text exposition (src/api/metrics.ts). */
+  metrics?(): string | Promise<string>;
 }
 
 /**

@@ -1,6 +1,7 @@
 // Entry point of the `ferry` CLI: one commander program, one module per subcommand.
 import { Command, CommanderError } from 'commander';
 import { EXIT, EXIT_CODES_HELP, UsageError } from './exit-codes.js';
+import { packageVersion } from '../version.js';
 import { registerRun } from './commands/run.js';
 import { registerControl } from './commands/control.js';
 import { registerMigrate } from './commands/migrate.js';
@@ -8,7 +9,7 @@ import { registerDemo } from './commands/demo.js';
 import { registerSnapshot } from './commands/snapshot.js';
 import { registerRestore } from './commands/restore.js';
 import { registerServeSnapshot } from './commands/serve-snapshot.js';
-import { ModuleRejected } from '../guest/instrument.js';
+import { registerPrepare } from './commands/prepare.js';
 
 export async function main(argv: string[]): Promise<number> {
   // Everything after `--` belongs to the guest, never to Ferry.
@@ -21,9 +22,11 @@ export async function main(argv: string[]): Promise<number> {
     .addHelpText('after', `\n${EXIT_CODES_HELP}\n\nRun \`ferry demo\` to watch a guest migrate live between two local hosts.`)
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) })
-    .showHelpAfterError('(run with --help for usage)');
+    .showHelpAfterError('(run with --help for usage)')
+    .version(packageVersion(), '-V, --version', 'print the package version');
   const ctx = { guestArgs, setExit: (c: number) => (exitCode = c) };
   registerRun(program, ctx);
+  registerPrepare(program, ctx);
   registerMigrate(program, ctx);
   registerDemo(program, ctx);
   registerControl(program, ctx);
@@ -41,7 +44,8 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`ferry: ${err.message}\n(run with --help for usage)\n`);
       return EXIT.usage;
     }
-    if (err instanceof ModuleRejected) {
+    // By name, not instanceof: importing instrument.ts here would load it for every command.
+    if (err instanceof Error && err.name === 'ModuleRejected') {
       process.stderr.write(`ferry: module refused: ${err.message}\n`);
       return EXIT.moduleRefused;
     }
@@ -54,3 +58,4 @@ export interface CliContext {
   guestArgs: string[];
   setExit(code: number): void;
 }
+

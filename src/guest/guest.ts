@@ -391,6 +391,7 @@ export class Guest extends EventEmitter {
   // The guest sees the request at its next safepoint (the flag in its memory); WASI calls that
   // block see it in the control block. (The flag page is never a hole: it is placed first.)
   private requestPause(): void {
+    this.emit('pause-requested'); // GET /metrics times pauses from here to 'paused'
     Atomics.store(this.ctl, Ctl.PauseRequested, 1);
     Atomics.notify(this.ctl, Ctl.PauseRequested); // wakes a guest sleeping in poll_oneoff
     Atomics.store(safepointFlags(this.memory), 0, 1);

@@ -89,23 +89,32 @@ function loadBinaryen(): Promise<BinaryenApi> {
   return binaryenPromise;
 }
 
-/** Instruments `source` (the original module). Throws ModuleRejected with a clear reason. */
-export async function instrumentModule(source: Uint8Array): Promise<InstrumentedModule> {
+/** The steps of instrumentation, in order, as an optional progress callback hears them. */
+export const INSTRUMENT_STAGES = ['validate', 'read', 'safepoints', 'asyncify', 'optimise', 'check'] as const;
+export type InstrumentStage = (typeof INSTRUMENT_STAGES)[number];
+
+/**
+ * Instruments `source` (the original module). Throws ModuleRejected with a clear reason.
+ * `onStage` hears each step as it begins (the progress bar's feed; see instrument-runner.ts).
+ */
+export async function instrumentModule(source: Uint8Array, onStage?: (stage: InstrumentStage) => void): Promise<InstrumentedModule> {
+  onStage?.('validate');
   try {
     new WebAssembly.Module(source as Uint8Array<ArrayBuffer>);
   } catch (err) {
     throw new ModuleRejected(`not a valid WebAssembly module: ${(err as Error).message}`);
   }
+  onStage?.('read');
   const b = await loadBinaryen();
   const mod = b.readBinary(source);
   try {
-    return transform(b, mod, source);
+    return transform(b, mod, source, onStage);
   } finally {
     mod.dispose();
   }
 }
 
-function transform(b: BinaryenApi, mod: BinaryenApi, source: Uint8Array): InstrumentedModule {
+function transform(b: BinaryenApi, mod: BinaryenApi, source: Uint8Array, onStage?: (stage: InstrumentStage) => void): InstrumentedModule {
   mod.setFeatures(featureMask(b));
 
   // ---- refuse what cannot be instrumented ----
@@ -191,6 +200,7 @@ function transform(b: BinaryenApi, mod: BinaryenApi, source: Uint8Array): Instru
   });
 
   // ---- safepoints and Asyncify ----
+  onStage?.('safepoints');
   const leaves = leafFunctions(b, mod); // before log-execution adds calls everywhere
   mod.runPasses(['log-execution']);
   const safepointFn = safepointImportName(b, mod);
@@ -202,12 +212,14 @@ function transform(b: BinaryenApi, mod: BinaryenApi, source: Uint8Array): Instru
     { ...YIELD_IMPORT },
     ...functionImports.filter((f) => f.module.startsWith('wasi_') && (UNWINDABLE_WASI_CALLS as readonly string[]).includes(f.name)),
   ];
+  onStage?.('asyncify');
   b.setPassArgument('asyncify-imports', unwindImports.map((f) => `${f.module}.${f.name}`).join(','));
   try {
     mod.runPasses(['asyncify']);
   } finally {
     b.clearPassArguments();
   }
+  onStage?.('optimise');
   b.setOptimizeLevel(2);
   b.setShrinkLevel(0);
   b.setDebugInfo(true); // keep function names: a trap names the guest function
@@ -221,6 +233,7 @@ function transform(b: BinaryenApi, mod: BinaryenApi, source: Uint8Array): Instru
   } finally {
     b.setOneCallerInlineMaxSize(oneCallerLimit);
   }
+  onStage?.('check');
   if (!mod.validate()) throw new ModuleRejected('module did not validate after instrumentation');
   const binary: Uint8Array = mod.emitBinary();
   try {

@@ -1,15 +1,18 @@
 // A content-addressed cache of modules and their instrumented form. Instrumenting a large module
 // takes seconds, so it happens once per module content; a destination that receives a module over
-// the wire stores it here under the same hash.
+// the wire stores it here under the same hash. `ferry prepare` fills it ahead of time.
+//
+// On a miss the module is instrumented on a thread of its own (instrument-runner.ts), so the
+// caller's event loop keeps running (a destination keeps receiving pages, a progress bar moves).
 import { mkdirSync, readFileSync, renameSync, writeFileSync, existsSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import {
   INSTRUMENTATION_VERSION,
-  instrumentModule,
   type InstrumentedMeta,
   type InstrumentedModule,
 } from './instrument.js';
+import { instrumentOffThread, type InstrumentProgressListener } from './instrument-runner.js';
 import { sha256Hex } from '../state/hash.js';
 
 export function defaultCacheDir(): string {
@@ -19,12 +22,25 @@ export function defaultCacheDir(): string {
 export interface CachedModule extends InstrumentedModule {
   source: Uint8Array;
   fromCache: boolean;
+  /** Time spent instrumenting (0 when taken from the cache). */
+  instrumentMs: number;
+  /** The cache entry's directory. */
+  entryDir: string;
+}
+
+export interface LoadOptions {
+  /** Hears each step of instrumentation on a miss (not called on a hit). */
+  onProgress?: InstrumentProgressListener;
 }
 
 export class ModuleCache {
+  /** Loads of this instance, by module bytes: the same bytes loaded twice are read once. */
+  private readonly loads = new WeakMap<Uint8Array, Promise<CachedModule>>();
+
   constructor(readonly dir: string = defaultCacheDir()) {}
 
-  private entryDir(hash: string): string {
+  /** The directory of a module's entry (whether or not it exists yet). */
+  entryDir(hash: string): string {
     if (!/^[0-9a-f]{64}$/.test(hash)) throw new Error(`bad module hash ${JSON.stringify(hash)}`);
     return join(this.dir, 'modules', hash);
   }
@@ -51,7 +67,17 @@ export class ModuleCache {
   }
 
   /** Returns the instrumented module for `source`, instrumenting it on a miss. */
-  async load(source: Uint8Array): Promise<CachedModule> {
+  load(source: Uint8Array, opts: LoadOptions = {}): Promise<CachedModule> {
+    let p = this.loads.get(source);
+    if (!p) {
+      p = this.loadOnce(source, opts);
+      this.loads.set(source, p);
+      p.catch(() => this.loads.delete(source));
+    }
+    return p;
+  }
+
+  private async loadOnce(source: Uint8Array, opts: LoadOptions): Promise<CachedModule> {
     const hash = sha256Hex(source);
     const dir = this.entryDir(hash);
     const metaPath = join(dir, 'meta.json');
@@ -65,19 +91,23 @@ export class ModuleCache {
             dataImage: readFileSync(join(dir, 'data.bin')),
             source,
             fromCache: true,
+            instrumentMs: 0,
+            entryDir: dir,
           };
         }
       } catch {
         // unreadable entry: instrument again and overwrite it
       }
     }
-    const result = await instrumentModule(source);
+    const t0 = performance.now();
+    const result = await instrumentOffThread(source, opts.onProgress);
+    const instrumentMs = performance.now() - t0;
     mkdirSync(dir, { recursive: true });
     atomicWrite(join(dir, 'source.wasm'), source);
     atomicWrite(join(dir, 'instrumented.wasm'), result.binary);
     atomicWrite(join(dir, 'data.bin'), result.dataImage);
     atomicWrite(metaPath, JSON.stringify(result.meta, null, 1)); // written last: marks the entry complete
-    return { ...result, source, fromCache: false };
+    return { ...result, source, fromCache: false, instrumentMs, entryDir: dir };
   }
 }
 

@@ -4,10 +4,10 @@ import type { CliContext } from '../main.js';
 import { EXIT, UsageError } from '../exit-codes.js';
 import { parsePositiveNumber, parseSize } from '../options.js';
 import { addTlsOptions, parseHostPortFlag, readTlsFlags, type TlsFlags } from '../tls-options.js';
-import { MigrationProgressBar } from '../progress.js';
 import { ApiClient, ApiError } from '../../api/client.js';
 import type { MigrateRequest } from '../../api/types.js';
-import { SOURCE_DEFAULTS } from '../../migration/send/source.js';
+import { cancelMigrationAction } from '../control-actions.js';
+import { SOURCE_DEFAULTS } from '../../migration/session/defaults.js';
 
 interface MigrateFlags extends TlsFlags {
   apiSock: string;
@@ -57,11 +57,7 @@ async function migrateCommand(opts: MigrateFlags): Promise<number> {
   const client = new ApiClient(opts.apiSock);
   const actions = [opts.cancel, opts.resume, opts.abandon].filter(Boolean).length;
   if (actions > 1) throw new UsageError('--cancel, --resume and --abandon exclude each other');
-  if (opts.cancel) {
-    await client.cancelMigration();
-    process.stderr.write('ferry migrate: cancelled; the guest keeps running on the source\n');
-    return EXIT.ok;
-  }
+  if (opts.cancel) return cancelMigrationAction(opts.apiSock);
   if (opts.abandon) {
     await client.abandonMigration();
     process.stderr.write('ferry migrate: abandoned; the guest was freed on the source\n');
@@ -92,6 +88,8 @@ async function migrateCommand(opts: MigrateFlags): Promise<number> {
 
 /** Runs a migration through the API with a live progress bar; resolves with the final report. */
 export async function migrateWithProgress(client: ApiClient, req: MigrateRequest, showBar: boolean): Promise<Record<string, unknown>> {
+  // cli-progress (and what the bar formats with) is loaded only when a migration runs.
+  const { MigrationProgressBar } = await import('../progress.js');
   const bar = new MigrationProgressBar(showBar);
   const poll = setInterval(() => {
     client.migration().then(

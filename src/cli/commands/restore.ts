@@ -6,11 +6,6 @@ import { Command } from 'commander';
 import type { CliContext } from '../main.js';
 import { EXIT, UsageError } from '../exit-codes.js';
 import { collect, openStdio, parseDirs } from '../options.js';
-import { serveGuestApi } from '../../api/guest-controller.js';
-import type { Guest } from '../../guest/guest.js';
-import { restoreSnapshot } from '../../snapshot/restore.js';
-import { snapshotExtensions } from '../../snapshot/extensions.js';
-import { SnapshotError } from '../../snapshot/format.js';
 import { exitCodeOf, untilExit } from './run.js';
 
 interface RestoreFlags {
@@ -48,6 +43,13 @@ async function runRestore(dir: string, opts: RestoreFlags, guestArgs: string[]):
   if (opts.env.length > 0) throw new UsageError('--env is refused with restore: the environment is part of the snapshot');
   if (guestArgs.length > 0) throw new UsageError('guest arguments are refused with restore: they are part of the snapshot');
   const preopens = parseDirs(opts.dir);
+  // Loaded here, not at start-up: the control commands never need them.
+  const [{ serveGuestApi }, { restoreSnapshot }, { snapshotExtensions }, { SnapshotError }] = await Promise.all([
+    import('../../api/guest-controller.js'),
+    import('../../snapshot/restore.js'),
+    import('../../snapshot/extensions.js'),
+    import('../../snapshot/format.js'),
+  ]);
   let restored;
   try {
     restored = await restoreSnapshot(dir, { lazy: opts.lazy === true, preopens, stdio: openStdio(opts, true) });

@@ -7,13 +7,13 @@ import type { CliContext } from '../main.js';
 import { EXIT, UsageError } from '../exit-codes.js';
 import { collect, openStdio, parseDirs, parseEnv, parsePositiveNumber, parseSize } from '../options.js';
 import { addTlsOptions, parseHostPortFlag, readTlsFlags, securityOf, type TlsFlags } from '../tls-options.js';
-import { Guest, type GuestExit } from '../../guest/guest.js';
-import { serveGuestApi, type GuestExtensions } from '../../api/guest-controller.js';
+import type { Guest, GuestExit } from '../../guest/guest.js';
+import type { GuestExtensions } from '../../api/guest-controller.js';
 import type { MigrateRequest } from '../../api/types.js';
-import { migrationExtensions } from '../../api/migration-binding.js';
-import { DEFAULT_RECOVER_TIMEOUT_S, MigrationDestination } from '../../migration/receive/destination.js';
+import { DEFAULT_RECOVER_TIMEOUT_S } from '../../migration/session/defaults.js';
 import { DEFAULT_HANDSHAKE_MS, DEFAULT_MAX_UNAUTHENTICATED } from '../../migration/transport/index.js';
-import { snapshotExtensions } from '../../snapshot/extensions.js';
+// The guest runtime, the migration engine and the snapshot layer are loaded with import() in the
+// actions below, so that `ferry --help` and the control commands never load them (start-up time).
 
 export function registerRun(program: Command, ctx: CliContext): void {
   const cmd = program
@@ -41,7 +41,9 @@ Examples:
   ferry run --incoming 0.0.0.0:7700 --tls-psk key.hex --dir /srv/data:/data
 
 The module is instrumented once (safepoints and stack unwinding) and cached by content hash
-under $FERRY_CACHE_DIR (default ~/.cache/ferry). With --incoming, the destination's streams
+under $FERRY_CACHE_DIR (default ~/.cache/ferry); a progress bar shows meanwhile on a terminal.
+\`ferry prepare MODULE.wasm\` does it ahead of time. A destination instruments a module it has
+not seen while the pages stream in, and lets the source pause only once that is done. With --incoming, the destination's streams
 come from its own --stdin/--stdout/--stderr, and every guest directory must be mapped with --dir.`,
   );
   cmd.action(async (modulePath: string | undefined, opts: RunFlags) => {
@@ -77,7 +79,23 @@ async function runModule(modulePath: string | undefined, opts: RunFlags, guestAr
   if (maxMemoryBytes > 4 * 1024 ** 3) throw new UsageError(`--max-memory ${opts.maxMemory}: at most 4G (wasm32)`);
   const preopens = parseDirs(opts.dir);
   const env = parseEnv(opts.env);
+  const [{ Guest }, { serveGuestApi }, { migrationExtensions }, { ModuleCache }, { InstrumentProgressBar }] = await Promise.all([
+    import('../../guest/guest.js'),
+    import('../../api/guest-controller.js'),
+    import('../../api/migration-binding.js'),
+    import('../../guest/module-cache.js'),
+    import('../instrument-progress.js'),
+  ]);
+  // Instrument first (a progress bar on a terminal when the module is not cached yet), then start.
+  const cache = new ModuleCache();
+  const bar = new InstrumentProgressBar(basename(modulePath));
+  try {
+    await cache.load(bytes, { onProgress: bar.onProgress });
+  } finally {
+    bar.stop();
+  }
   const guest = await Guest.start({
+    cache,
     module: bytes,
     modulePath,
     args: [basename(modulePath), ...guestArgs],
@@ -89,7 +107,7 @@ async function runModule(modulePath: string | undefined, opts: RunFlags, guestAr
   let migrated = false;
   let snapshotted = false;
   const api = opts.apiSock
-    ? await serveGuestApi(() => guest, opts.apiSock, withSnapshots(guest, migrationExtensions(guest, { onMigrated: () => (migrated = true) }), () => (snapshotted = true)))
+    ? await serveGuestApi(() => guest, opts.apiSock, await withSnapshots(guest, migrationExtensions(guest, { onMigrated: () => (migrated = true) }), () => (snapshotted = true)))
     : null;
   const result = await untilExit(guest);
   await api?.close();
@@ -104,7 +122,14 @@ async function runIncoming(modulePath: string | undefined, opts: RunFlags, guest
   const { host, port } = parseHostPortFlag(opts.incoming!, '--incoming', true);
   const security = securityOf(readTlsFlags(opts));
   const maxRefused = opts.maxRefused === undefined ? undefined : parseCount(opts.maxRefused, '--max-refused');
+  const [{ MigrationDestination }, { serveGuestApi }, { InstrumentProgressBar }] = await Promise.all([
+    import('../../migration/receive/destination.js'),
+    import('../../api/guest-controller.js'),
+    import('../instrument-progress.js'),
+  ]);
+  const bar = new InstrumentProgressBar('the incoming module');
   const dest = new MigrationDestination({
+    onInstrumentProgress: bar.onProgress,
     host,
     port,
     security,
@@ -119,12 +144,12 @@ async function runIncoming(modulePath: string | undefined, opts: RunFlags, guest
   });
   let guest: Guest | null = null;
   const api = opts.apiSock
-    ? await serveGuestApi(() => guest, opts.apiSock, { migration: () => dest.progress(), state: () => (guest ? null : 'migrating') })
+    ? await serveGuestApi(() => guest, opts.apiSock, { migration: () => dest.progress(), state: () => (guest ? null : 'migrating'), faultLatenciesUs: () => dest.faultLatenciesUs() })
     : null;
   const bound = await dest.listen();
   process.stderr.write(`ferry: waiting for a migration on ${host}:${bound}\n`);
   try {
-    const incoming = await dest.receive();
+    const incoming = await dest.receive().finally(() => bar.stop());
     guest = incoming.guest;
     incoming.completion.then(
       () => undefined,
@@ -178,7 +203,8 @@ export function exitCodeOf(result: GuestExit): number {
  * Adds PUT /guest/snapshot (src/snapshot) to a host's extensions. Snapshot dirty tracking holds the
  * memory's userfaultfd write-protect registration, so a migration releases it before it starts.
  */
-function withSnapshots(guest: Guest, ext: GuestExtensions, onStoppedBySnapshot: () => void): GuestExtensions {
+async function withSnapshots(guest: Guest, ext: GuestExtensions, onStoppedBySnapshot: () => void): Promise<GuestExtensions> {
+  const { snapshotExtensions } = await import('../../snapshot/extensions.js');
   const snap = snapshotExtensions(guest, { onStoppedBySnapshot });
   const migrate = ext.migrate;
   return {

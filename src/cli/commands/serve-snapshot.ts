@@ -4,8 +4,6 @@ import { Command } from 'commander';
 import type { CliContext } from '../main.js';
 import { EXIT } from '../exit-codes.js';
 import { addTlsOptions, parseHostPortFlag, readTlsFlags, securityOf, type TlsFlags } from '../tls-options.js';
-import { serveSnapshot } from '../../snapshot/serve.js';
-import { SnapshotError } from '../../snapshot/format.js';
 
 interface ServeFlags extends TlsFlags {
   to: string;
@@ -22,6 +20,8 @@ export function registerServeSnapshot(program: Command, ctx: CliContext): void {
   addTlsOptions(cmd).action(async (dir: string, opts: ServeFlags) => {
     const { host, port } = parseHostPortFlag(opts.to, '--to');
     const security = securityOf(readTlsFlags(opts));
+    // Loaded here, not at start-up: the control commands never need them.
+    const [{ serveSnapshot }, { SnapshotError }] = await Promise.all([import('../../snapshot/serve.js'), import('../../snapshot/format.js')]);
     try {
       const report = await serveSnapshot(dir, {
         host,

@@ -5,6 +5,7 @@
 // against the memory geometry before a byte of it is placed.
 import { Guest, type PreparedGuest, type StagedGuest } from '../../guest/guest.js';
 import { ModuleCache } from '../../guest/module-cache.js';
+import type { InstrumentProgressListener } from '../../guest/instrument-runner.js';
 import { sha256Hex } from '../../state/hash.js';
 import { GuestMemory, HOST_PAGE_SIZE, WASM_PAGE_SIZE } from '../../memory/guest-memory.js';
 import { PageStateTable } from '../../memory/page-state.js';
@@ -32,6 +33,8 @@ export interface DestinationOptions {
   stdio: StdioBinding;
   cache?: ModuleCache;
   onProgress?: (p: MigrationProgress) => void;
+  /** Hears the steps of instrumenting the module, when this host has not instrumented it before. */
+  onInstrumentProgress?: InstrumentProgressListener;
   /** How long a postcopy destination waits for a lost source to reconnect (default 10 min). */
   recoverTimeoutS?: number;
   /** Each connection's limit from arrival to HELLO_ACK, and an authenticated source's to SETUP (default 5 s). */
@@ -54,7 +57,8 @@ export interface Refusal {
   count: number;
 }
 
-export const DEFAULT_RECOVER_TIMEOUT_S = 600;
+export { DEFAULT_RECOVER_TIMEOUT_S } from '../session/defaults.js';
+import { DEFAULT_RECOVER_TIMEOUT_S } from '../session/defaults.js';
 /** Silence on both channels, while the guest waits on a page, after which the connection is lost. */
 const SILENCE_MS = 10_000;
 /** How long after its bulk channel a session's urgent channel may take to join, at most. */
@@ -96,6 +100,8 @@ export class MigrationDestination {
   private errorText: string | null = null;
   private readonly cache: ModuleCache;
   private preparing: Promise<PreparedGuest> | null = null;
+  /** The module is instrumented and the guest's thread waits for its state (see the first PING). */
+  private prepared = false;
   private sessionHex = '';
   private pausedSince: number | null = null;
   private pausedMs = 0;
@@ -190,6 +196,11 @@ export class MigrationDestination {
     };
   }
 
+  /** Postcopy fault latencies measured here so far (µs), for GET /metrics; null before postcopy. */
+  faultLatenciesUs(): readonly number[] | null {
+    return this.incoming?.isPostcopy ? this.incoming.faultLatenciesUs : null;
+  }
+
   /** Takes one migration and returns the running guest. */
   async receive(): Promise<IncomingResult> {
     if (!this.listener) await this.listen();
@@ -233,7 +244,18 @@ export class MigrationDestination {
 
     const mem = GuestMemory.create(setup.memory.bytes / WASM_PAGE_SIZE, setup.memory.maxBytes / WASM_PAGE_SIZE);
     // The guest's thread starts now, while pages stream in: at the commit it only takes the state.
-    this.preparing = Guest.prepare({ module: moduleBytes, memory: mem.memory, maxMemoryBytes: setup.memory.maxBytes, cache: this.cache });
+    // Instrumenting (on a cold cache) runs on a thread of its own while pages stream in; the
+    // source may pause only once it is done (see PING below), never inside the downtime.
+    let instrumenting = false;
+    const onInstrumentProgress: InstrumentProgressListener = (p) => {
+      if (!instrumenting) this.phases.note(`module instrumenting (${p.sourceBytes} bytes)`);
+      instrumenting = true;
+      this.opts.onInstrumentProgress?.(p);
+    };
+    this.preparing = this.cache.load(moduleBytes, { onProgress: onInstrumentProgress }).then((m) => {
+      this.phases.note(m.fromCache ? 'module ready (from the cache)' : `module ready (instrumented in ${Math.round(m.instrumentMs)} ms)`);
+      return Guest.prepare({ module: moduleBytes, memory: mem.memory, maxMemoryBytes: setup.memory.maxBytes, cache: this.cache });
+    });
     this.preparing.catch(() => undefined);
     rehearseDecoding();
     const checker = new PageFrameChecker(setup.memory);
@@ -299,6 +321,14 @@ export class MigrationDestination {
           }
           continue;
         case 'PING':
+          // The source pauses its guest only after this barrier's PONG: the module must be
+          // instrumented and the guest's thread waiting before then, so that no instrumentation
+          // (seconds to minutes for a big module) ever falls between the pause and the resume.
+          if (!this.prepared) {
+            await this.preparing;
+            this.prepared = true;
+            this.phases.note('guest prepared (worker waiting for the state)');
+          }
           await this.urgentJoined(bulk.peer);
           // The source's barrier before its pause: everything before this frame is placed. The
           // first one ends the stream of the precopy passes: its rate, and the round trip this
@@ -318,6 +348,7 @@ export class MigrationDestination {
             collectedAt = bulk.bytesReceived;
           }
           await bulk.sendMessage({ type: 'PONG', nonce: msg.nonce });
+          this.phases.note('pause barrier answered');
           trace = new SwitchoverTrace('destination'); // the source pauses its guest now
           // Until RUNNING is out this thread runs ahead of normal threads (see the source's pause).
           this.downtimePriority.raise();

@@ -163,6 +163,11 @@ export class IncomingMemory {
     return this.states.pendingCount;
   }
 
+  /** Every fault's wait so far (µs), for GET /metrics' histogram. */
+  get faultLatenciesUs(): readonly number[] {
+    return this.latenciesUs;
+  }
+
   report(): PostcopyReport {
     const stats = this.server?.stats() ?? this.finalStats;
     const lat = latencySummary(this.latenciesUs);

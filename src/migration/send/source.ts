@@ -50,7 +50,7 @@ export interface SourceOptions {
   onProgress?: (p: MigrationProgress) => void;
 }
 
-export const SOURCE_DEFAULTS = { mode: 'auto' as MigrationMode, downtimeTargetMs: 20, precopyTimeoutS: 60, recoverTimeoutS: 600 };
+export { SOURCE_DEFAULTS } from '../session/defaults.js';
 
 /** Postcopy DISCARD rounds before the pause, at most; the rounds stop once one is this small. */
 const DISCARD_ROUNDS = 4;
@@ -109,6 +109,10 @@ export class MigrationSource {
       bytesSent: this.bytesSent(),
       bytesReceived: this.bytesReceived(),
       pagesSent: (this.sender?.counters.pagesSent ?? 0) + (this.postcopy?.pagesSent ?? 0),
+      // By kind, for GET /metrics: contents sent (postcopy's included), zero markers, never-touched ranges.
+      dataPages: (this.sender?.counters.dataPages ?? 0) + (this.postcopy?.pagesSent ?? 0),
+      zeroPages: this.sender?.counters.zeroPages ?? 0,
+      untouchedPages: this.sender?.counters.untouchedPages ?? 0,
       dirtyPages: this.dirtyPages,
       rateBytesPerSec: Math.round(this.rate),
       dirtyRatePagesPerSec: Math.round(this.dirtyRate),
