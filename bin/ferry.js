@@ -8,18 +8,28 @@ const argv = process.argv.slice(2);
 const fast = fastPath(argv);
 const run = fast ? fast() : import('../dist/src/cli/main.js').then(({ main }) => main(argv));
 
-// Exit explicitly once the command is done: a guest thread stopped while blocked on a memory hole
-// (a destination shut down in postcopy) never returns to JavaScript and would keep the process
-// alive. stdout and stderr are synchronous on Linux, so nothing written is lost.
 // Ferry's own messages must never take a guest down: a stdout or stderr whose reader went away
 // (EPIPE) or whose file cannot be written (ENOSPC, EIO) makes Node emit 'error' on the stream, which
 // without a listener ends the process. Those messages are lost; the guest and the command go on.
 for (const stream of [process.stdout, process.stderr]) stream.on('error', () => undefined);
 
+// Exit explicitly once the command is done: a guest thread stopped while blocked on a memory hole
+// (a destination shut down in postcopy) never returns to JavaScript and would keep the process
+// alive. stdout and stderr are synchronous on Linux (files, pipes and terminals), so nothing
+// written is lost. The full program exits with _exit(2) (native.exitNow), not process.exit(): the
+// latter joins V8's worker threads, which first finish the compile jobs they are running, and for a
+// big guest that is TurboFan compiling its largest functions for nothing (SQLite's shell: 0.3-1 s
+// after the guest has ended). The fast path runs no guest and keeps process.exit (it never loads
+// the addon). Under --cpu-prof / --prof the ordinary exit is kept, so profiles get written.
+const profiling = process.execArgv.some((a) => a.startsWith('--cpu-prof') || a.startsWith('--prof') || a.startsWith('--heap-prof'));
+const exit = (code) =>
+  fast || profiling || process.env.FERRY_ORDINARY_EXIT === '1'
+    ? process.exit(code)
+    : import('../dist/src/sys/native.js').then(({ native }) => native.exitNow(code), () => process.exit(code));
 run.then(
-  (code) => process.exit(code),
+  (code) => exit(code),
   (err) => {
     process.stderr.write(`ferry: ${err instanceof Error ? err.message : String(err)}\n`);
-    process.exit(1);
+    exit(1);
   },
 );

@@ -60,6 +60,8 @@ export interface FerryNative {
   fdUnwatch(handle: object): void;
   /** CLOCK_MONOTONIC in µs (cheaper than performance.now()). */
   nowUs(): number;
+  /** Flushes C stdio and ends the process with _exit(code): no V8 or Node teardown. */
+  exitNow(code: number): never;
 }
 
 function addonPath(): string {

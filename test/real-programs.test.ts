@@ -1,0 +1,110 @@
+// The third-party programs of guests/third-party/ (SQLite shell, bzip2, cmark, GNU bc) on small
+// inputs, each: its output under Ferry equals node:wasi's byte for byte after one pause/resume in
+// the middle of its run (in-process Guest), and after one postcopy migration in the middle of
+// its run between two `ferry` processes on loopback (source's and destination's stdout files
+// concatenated). Assertions are on bytes and states, never on timing; the delays only aim the
+// pause and the migration at the middle of the run, and the test checks they landed there.
+import { strict as assert } from 'node:assert';
+import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { after, describe, test } from 'node:test';
+import { realPrograms, writeInputs, type RealProgram } from '../bench/fixtures/real-programs.js';
+import { Guest } from '../src/guest/guest.js';
+import { ModuleCache } from '../src/guest/module-cache.js';
+import { ApiClient } from '../src/api/client.js';
+import { killAll, makeSandbox, runMigrate, spawnFerry, startDestination, useFileCache, type FerryProc } from './fixtures/migration/ferry-procs.js';
+
+const cacheDir = useFileCache('real-programs');
+const WASI_RUN = fileURLToPath(new URL('../bench/fixtures/wasi-run.js', import.meta.url));
+const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+// Small: each program runs for a fraction of a second under node:wasi.
+const SCALE = 0.06;
+const root = mkdtempSync(join(tmpdir(), 'ferry-real-'));
+after(() => rmSync(root, { recursive: true, force: true }));
+
+interface Reference {
+  bytes: Buffer;
+  ms: number; // node:wasi, whole process
+}
+
+function reference(p: RealProgram, work: string): Reference {
+  const out = join(root, `${p.name}.ref`);
+  const t0 = performance.now();
+  const r = spawnSync(process.execPath, ['--no-warnings', WASI_RUN, p.wasm, work, out, ...p.args], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const ms = performance.now() - t0;
+  assert.equal(r.status, 0, `${p.name} under node:wasi: ${r.stderr}`);
+  const bytes = readFileSync(out);
+  assert.ok(bytes.length > 0, `${p.name} printed nothing`);
+  return { bytes, ms };
+}
+
+for (const p of realPrograms(SCALE)) {
+  describe(`${p.name} (${p.kind})`, () => {
+    const work = join(root, p.name, 'work');
+    writeInputs(p, work);
+    let ref: Reference;
+
+    test('runs under Ferry, paused and resumed mid-run: output byte-identical to node:wasi', async () => {
+      ref = reference(p, work);
+      await new ModuleCache(cacheDir).load(readFileSync(p.wasm)); // instrument outside the run
+      const outPath = join(root, p.name, 'paused.out');
+      const fd = openSync(outPath, 'w');
+      try {
+        const guest = await Guest.start({ module: readFileSync(p.wasm), args: p.args, stdio: { stdout: fd }, preopens: [{ guestPath: '/work', hostPath: work }], cache: new ModuleCache(cacheDir) });
+        await sleep(Math.max(20, ref.ms * 0.15));
+        assert.equal(guest.status, 'running', 'the guest already ended: the pause would not be mid-run');
+        await guest.pause();
+        assert.equal(guest.status, 'paused');
+        const before = statSync(outPath).size;
+        await sleep(100);
+        assert.equal(statSync(outPath).size, before, 'a paused guest wrote output');
+        guest.resume();
+        const exit = await guest.exited;
+        assert.deepEqual(exit, { reason: 'exit', code: 0 });
+      } finally {
+        closeSync(fd);
+      }
+      assert.equal(sha(readFileSync(outPath)), sha(ref.bytes), 'output after a pause differs from node:wasi');
+    });
+
+    test('migrates mid-run (postcopy, two ferry processes): source + destination output byte-identical', async () => {
+      assert.ok(ref, 'the reference run of the first test');
+      const sb = makeSandbox();
+      const procs: FerryProc[] = [];
+      try {
+        writeInputs(p, sb.srcWork);
+        writeInputs(p, sb.dstWork); // the same inputs on both hosts, as shared storage would give
+        const srcOut = join(sb.dir, 'src.out');
+        const dstOut = join(sb.dir, 'dst.out');
+        const { proc: dst, port } = await startDestination(sb, ['--tls-psk', sb.keyFile, '--stdin', '/dev/null', '--stdout', dstOut]);
+        procs.push(dst);
+        const src = spawnFerry('source', ['run', p.wasm, '--api-sock', sb.sock, '--dir', `${sb.srcWork}:/work`, '--stdin', '/dev/null', '--stdout', srcOut, '--', ...p.args.slice(1)]);
+        procs.push(src);
+        const api = new ApiClient(sb.sock);
+        for (let i = 0; ; i++) {
+          const info = await api.info().catch(() => null);
+          if (info) break;
+          if (i > 600) throw new Error(`the source never served its API:\n${src.err}`);
+          await sleep(50);
+        }
+        await sleep(Math.max(20, ref.ms * 0.15));
+        const { code, json, stderr } = await runMigrate(sb, port, ['--mode', 'postcopy', '--verify']);
+        assert.equal(code, 0, `migrate failed (did the guest end before it?): ${stderr}\n${src.err}`);
+        assert.equal(json['verified'], true);
+        assert.equal(await src.exitWithin(30_000), 0, 'the source exits 0 after the move');
+        assert.equal(await dst.exitWithin(120_000), 0, `the destination guest ends with 0: ${dst.err.slice(-2000)}`);
+        const joined = Buffer.concat([readFileSync(srcOut), readFileSync(dstOut)]);
+        assert.equal(sha(joined), sha(ref.bytes), `output across the migration differs (source ${statSync(srcOut).size} + destination ${statSync(dstOut).size} bytes, reference ${ref.bytes.length})`);
+      } finally {
+        killAll(...procs);
+        sb.cleanup();
+      }
+    });
+  });
+}
