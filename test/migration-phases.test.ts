@@ -19,6 +19,7 @@ test('the paths a migration takes are legal moves', () => {
   assert.equal(walk(['handshake', 'precopy', 'failed']).current, 'failed');
   assert.equal(walk(['handshake', 'cancelled']).current, 'cancelled');
   assert.equal(walk(['handshake', 'handshake']).current, 'handshake', 'the same phase again is no move');
+  walk(['handshake', 'connecting', 'handshake', 'precopy']); // a destination refused one source's SETUP, then took another
 });
 
 test('moves that would misreport a migration are refused', () => {
@@ -28,6 +29,7 @@ test('moves that would misreport a migration are refused', () => {
   assert.equal(phaseMoveAllowed('failed', 'postcopy'), false);
   assert.equal(phaseMoveAllowed('precopy', 'postcopy-paused'), false, 'recovery exists only after the commit');
   assert.equal(phaseMoveAllowed('switchover', 'completed'), false);
+  assert.equal(phaseMoveAllowed('precopy', 'connecting'), false, 'once pages move, a session is not given up for another');
   const log = walk(['handshake', 'precopy']);
   assert.throws(() => log.enter('postcopy'), /precopy -> postcopy is not a legal move/);
   assert.equal(log.current, 'precopy', 'a refused move leaves the phase as it was');

@@ -15,7 +15,8 @@ const phasesEnabled = traces.includes('phases');
  */
 export const PHASE_MOVES: Readonly<Record<MigrationPhase, readonly MigrationPhase[]>> = {
   connecting: ['handshake'],
-  handshake: ['precopy'],
+  // A destination that refuses a source's SETUP goes back to waiting for another source.
+  handshake: ['precopy', 'connecting'],
   precopy: ['switchover'],
   switchover: ['postcopy', 'verifying'],
   postcopy: ['postcopy-paused', 'verifying', 'completed'],
