@@ -14,6 +14,8 @@
 //  - pause → paused (in-process Guest, a pause every few ms through the whole run), p50/p99/max,
 //    and the output after all those pauses compared byte for byte.
 // FERRY_BENCH_REAL_SCALE scales the workloads (default 1); FERRY_BENCH_REAL_ONLY=sqlite3,bc picks programs.
+// FERRY_BENCH_REAL_CACHE=DIR (and FERRY_BENCH_BASELINE_CACHE=DIR) use module caches that persist
+// across runs and leave out the cold-instrumentation rows: for repeating the speed rows only.
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
@@ -93,8 +95,9 @@ export async function run(): Promise<BenchRow[]> {
   const only = process.env['FERRY_BENCH_REAL_ONLY']?.split(',');
   const baseline = process.env['FERRY_BENCH_BASELINE'];
   const root = mkdtempSync(join(tmpdir(), 'ferry-bench-real-'));
-  const cacheDir = join(root, 'cache');
-  const baseCache = join(root, 'cache-baseline');
+  const keepCaches = process.env['FERRY_BENCH_REAL_CACHE'];
+  const cacheDir = keepCaches ?? join(root, 'cache');
+  const baseCache = process.env['FERRY_BENCH_BASELINE_CACHE'] ?? join(root, 'cache-baseline');
   const ferryEnv = { ...process.env, FERRY_CACHE_DIR: cacheDir };
   const baseEnv = { ...process.env, FERRY_CACHE_DIR: baseCache };
   process.env['FERRY_CACHE_DIR'] = cacheDir; // the in-process pause run shares the warm cache
@@ -111,9 +114,12 @@ export async function run(): Promise<BenchRow[]> {
       // asyncify-only module), in separate processes.
       const asyncified = join(dir, `${p.name}.asyncify.wasm`);
       const asyncifyMs = timed(process.execPath, [WASM_OPT, p.wasm, '--asyncify', '-O2', '-o', asyncified]);
-      const instrumentMs = instrumentProcess(ROOT, p.wasm, cacheDir);
+      let instrumentMs: number | null = null;
       let baseInstrumentMs: number | null = null;
-      if (baseline) baseInstrumentMs = instrumentProcess(baseline, p.wasm, baseCache);
+      if (!keepCaches) {
+        instrumentMs = instrumentProcess(ROOT, p.wasm, cacheDir);
+        if (baseline) baseInstrumentMs = instrumentProcess(baseline, p.wasm, baseCache);
+      }
 
       const guestArgs = p.args.slice(1); // ferry run puts the module's name in argv[0]
       const sides: Side[] = [
@@ -154,7 +160,7 @@ export async function run(): Promise<BenchRow[]> {
         });
         if (!s.identical) throw new Error(`${p.name}: ${s.name} output differs from node:wasi's`);
       }
-      rows.push({
+      if (instrumentMs !== null) rows.push({
         name: `${p.name}/instrument-cold`,
         metric: 'process, empty cache',
         value: instrumentMs / 1000,

@@ -23,8 +23,12 @@ const WASI_RUN = fileURLToPath(new URL('../bench/fixtures/wasi-run.js', import.m
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-// Small: each program runs for a fraction of a second under node:wasi.
+// Small: each program runs for a fraction of a second under node:wasi. The migration runs a
+// larger size: the source is paused as soon as its API answers, but the migration lets it run
+// again through precopy, so enough of its run must be left for the switchover to land in it
+// (cmark is the shortest at any size node:wasi can run it: see guests/third-party/README.md).
 const SCALE = 0.06;
+const MIGRATION_SCALE: Record<string, number> = { sqlite3: 0.4, bzip2: 0.4, cmark: 1, bc: 0.4 };
 const root = mkdtempSync(join(tmpdir(), 'ferry-real-'));
 after(() => rmSync(root, { recursive: true, force: true }));
 
@@ -34,7 +38,7 @@ interface Reference {
 }
 
 function reference(p: RealProgram, work: string): Reference {
-  const out = join(root, `${p.name}.ref`);
+  const out = join(work, '..', 'reference.out');
   const t0 = performance.now();
   const r = spawnSync(process.execPath, ['--no-warnings', WASI_RUN, p.wasm, work, out, ...p.args], { stdio: ['ignore', 'ignore', 'pipe'] });
   const ms = performance.now() - t0;
@@ -48,10 +52,9 @@ for (const p of realPrograms(SCALE)) {
   describe(`${p.name} (${p.kind})`, () => {
     const work = join(root, p.name, 'work');
     writeInputs(p, work);
-    let ref: Reference;
 
     test('runs under Ferry, paused and resumed mid-run: output byte-identical to node:wasi', async () => {
-      ref = reference(p, work);
+      const ref = reference(p, work);
       await new ModuleCache(cacheDir).load(readFileSync(p.wasm)); // instrument outside the run
       const outPath = join(root, p.name, 'paused.out');
       const fd = openSync(outPath, 'w');
@@ -74,32 +77,40 @@ for (const p of realPrograms(SCALE)) {
     });
 
     test('migrates mid-run (postcopy, two ferry processes): source + destination output byte-identical', async () => {
-      assert.ok(ref, 'the reference run of the first test');
+      const big = realPrograms(MIGRATION_SCALE[p.name] ?? 0.5).find((q) => q.name === p.name)!;
+      const refWork = join(root, p.name, 'migration-reference', 'work');
+      writeInputs(big, refWork);
+      const ref = reference(big, refWork);
       const sb = makeSandbox();
       const procs: FerryProc[] = [];
       try {
-        writeInputs(p, sb.srcWork);
-        writeInputs(p, sb.dstWork); // the same inputs on both hosts, as shared storage would give
+        writeInputs(big, sb.srcWork);
+        writeInputs(big, sb.dstWork); // the same inputs on both hosts, as shared storage would give
         const srcOut = join(sb.dir, 'src.out');
         const dstOut = join(sb.dir, 'dst.out');
         const { proc: dst, port } = await startDestination(sb, ['--tls-psk', sb.keyFile, '--stdin', '/dev/null', '--stdout', dstOut]);
         procs.push(dst);
-        const src = spawnFerry('source', ['run', p.wasm, '--api-sock', sb.sock, '--dir', `${sb.srcWork}:/work`, '--stdin', '/dev/null', '--stdout', srcOut, '--', ...p.args.slice(1)]);
+        const src = spawnFerry('source', ['run', big.wasm, '--api-sock', sb.sock, '--dir', `${sb.srcWork}:/work`, '--stdin', '/dev/null', '--stdout', srcOut, '--', ...big.args.slice(1)]);
         procs.push(src);
+        // Pause it as soon as its API answers (it is then somewhere in its run) and migrate; the
+        // source runs it on through precopy and pauses it again at the switchover.
         const api = new ApiClient(sb.sock);
         for (let i = 0; ; i++) {
-          const info = await api.info().catch(() => null);
-          if (info) break;
-          if (i > 600) throw new Error(`the source never served its API:\n${src.err}`);
-          await sleep(50);
+          const paused = await api.pause().then(() => true, () => false);
+          if (paused) break;
+          if (!src.running) throw new Error(`the source ended before it could be paused: the run is too short to test\n${src.err}`);
+          if (i > 3000) throw new Error(`the source never served its API:\n${src.err}`);
+          await sleep(10);
         }
-        await sleep(Math.max(20, ref.ms * 0.15));
+        const info = await api.info();
+        assert.equal(info.state, 'paused');
         const { code, json, stderr } = await runMigrate(sb, port, ['--mode', 'postcopy', '--verify']);
-        assert.equal(code, 0, `migrate failed (did the guest end before it?): ${stderr}\n${src.err}`);
+        assert.equal(code, 0, `migrate failed: ${JSON.stringify(json)} ${stderr}\n${src.err}`);
         assert.equal(json['verified'], true);
         assert.equal(await src.exitWithin(30_000), 0, 'the source exits 0 after the move');
         assert.equal(await dst.exitWithin(120_000), 0, `the destination guest ends with 0: ${dst.err.slice(-2000)}`);
         const joined = Buffer.concat([readFileSync(srcOut), readFileSync(dstOut)]);
+        assert.ok(statSync(dstOut).size > 0 || ref.bytes.length === statSync(srcOut).size, 'the destination ran the rest');
         assert.equal(sha(joined), sha(ref.bytes), `output across the migration differs (source ${statSync(srcOut).size} + destination ${statSync(dstOut).size} bytes, reference ${ref.bytes.length})`);
       } finally {
         killAll(...procs);

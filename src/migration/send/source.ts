@@ -216,11 +216,14 @@ export class MigrationSource {
     // Small control frames (STATE, COMMIT, PING) must not wait for a delayed ACK (Nagle).
     bulk.setNoDelay(true);
     this.phases.enter('handshake');
+    // The guest runs through precopy and may grow its memory at any time: every size this side
+    // sends pages against must have been announced first (SETUP, then GROW).
+    const announcedBytes = mem.sizeBytes;
     await bulk.sendMessage({
       type: 'SETUP',
       moduleHash: guest.moduleHash,
       moduleSize: guest.moduleSource.length,
-      memory: { bytes: mem.sizeBytes, maxBytes: mem.maxBytes },
+      memory: { bytes: announcedBytes, maxBytes: mem.maxBytes },
       preopens,
       mode: opts.mode === 'precopy' ? 'precopy' : 'postcopy',
     });
@@ -231,11 +234,14 @@ export class MigrationSource {
     this.phases.enter('precopy');
     tracker.start();
     const sender = (this.sender = new PageSender(bulk, () => mem.view()));
-    let sentBytes = mem.sizeBytes;
+    let sentBytes = announcedBytes;
     let passStart = performance.now();
     let bytesAtPassStart = this.bytesSent();
+    // Pass 0 covers the memory as scanned, which may have grown since SETUP (a guest that
+    // allocates as it starts: cmark reading its input): announce that size before its pages.
     const residency = scanResidency(mem);
-    await this.sendPassZero(sender, residency.present, residency.zero, mem.pageCount);
+    sentBytes = await this.sendGrowth(mem, sentBytes, residency.present.size * HOST_PAGE_SIZE);
+    await this.sendPassZero(sender, residency.present, residency.zero, residency.present.size);
     await sender.flush();
     await bulk.sendMessage({ type: 'PASS_END', pass: 0, dirtyPages: sender.counters.pagesSent });
 
@@ -499,12 +505,14 @@ export class MigrationSource {
     if (pong.nonce !== nonce) throw new MigrationError('protocol', `PONG ${pong.nonce} does not answer PING ${nonce}`);
   }
 
-  private async sendGrowth(mem: GuestMemory, sentBytes: number): Promise<number> {
-    if (mem.sizeBytes > sentBytes) {
+  /** Announces growth up to `bytes` (default: the memory's size now) if beyond `sentBytes`; returns the size announced. */
+  private async sendGrowth(mem: GuestMemory, sentBytes: number, bytes = mem.sizeBytes): Promise<number> {
+    if (bytes > sentBytes) {
       await this.sender!.flush();
-      await this.bulk!.sendMessage({ type: 'GROW', newBytes: mem.sizeBytes });
+      await this.bulk!.sendMessage({ type: 'GROW', newBytes: bytes });
+      return bytes;
     }
-    return mem.sizeBytes;
+    return sentBytes;
   }
 
   // Both count every connection of the migration, reconnections included.
