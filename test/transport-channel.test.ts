@@ -193,6 +193,35 @@ describe('transport: insecure TCP', () => {
     }
   });
 
+  test('connections past maxUnauthenticated are closed on arrival; a source gets in once the silent ones are gone', async () => {
+    const l = await listen({ host: HOST, port: 0, security: { kind: 'insecure' }, maxUnauthenticated: 3, handshakeTimeoutMs: 60_000 });
+    const silent: net.Socket[] = [];
+    try {
+      const reports: { code: string; phase: string }[] = [];
+      l.on('rejected', (e: TransportError, phase: string) => reports.push({ code: e.code, phase }));
+      for (let i = 0; i < 3; i++) silent.push(await rawConnect(l)); // each holds a slot, saying nothing
+      // A flood of 5 more: every one is closed at once, before it can send anything.
+      for (let i = 0; i < 5; i++) {
+        const extra = await rawConnect(l);
+        await once(extra, 'close');
+      }
+      assert.deepEqual(reports, Array.from({ length: 5 }, () => ({ code: 'REFUSED', phase: 'arrival' })));
+      // An authenticating source is refused too while the slots are taken...
+      await assert.rejects(connect({ host: HOST, port: l.port, security: { kind: 'insecure' }, channel: 'bulk', sessionId: newSessionId() }));
+      // ...and admitted once the silent connections are gone.
+      for (const s of silent.splice(0)) {
+        s.destroy();
+        await once(s, 'close');
+      }
+      while (reports.filter((r) => r.phase === 'preface').length < 3) await once(l, 'rejected');
+      const ch = await connect({ host: HOST, port: l.port, security: { kind: 'insecure' }, channel: 'bulk', sessionId: newSessionId() });
+      ch.destroy();
+    } finally {
+      for (const s of silent) s.destroy();
+      await l.close();
+    }
+  });
+
   test('a HELLO naming another channel than the preface is refused', async () => {
     await withListener({ kind: 'insecure' }, async (l) => {
       const rejected = nextRejection(l);
