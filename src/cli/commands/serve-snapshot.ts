@@ -1,7 +1,7 @@
 // `ferry serve-snapshot DIR --to HOST:PORT [TLS flags] [--json]`: sends a snapshot to a
 // `ferry run --incoming` destination as a live postcopy source would; exits 0 once every page is placed.
 import { Command } from 'commander';
-import type { CliContext } from '../main.js';
+import type { CliContext } from '../context.js';
 import { EXIT } from '../exit-codes.js';
 import { addTlsOptions, parseHostPortFlag, readTlsFlags, securityOf, type TlsFlags } from '../tls-options.js';
 
