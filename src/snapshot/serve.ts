@@ -13,7 +13,7 @@ import { ALL_FEATURES } from '../migration/wire/index.js';
 import { sendBlob, sendDiscard } from '../migration/session/bulk-messages.js';
 import { DEFAULT_RECOVER_TIMEOUT_S } from '../migration/session/defaults.js';
 import { PhaseLog } from '../migration/session/phases.js';
-import { MigrationError, type MigrationPhase } from '../migration/session/report.js';
+import { MigrationError, type MigrationPhase, type PostcopyReport } from '../migration/session/report.js';
 import { PageDigest } from '../migration/verify/digest.js';
 import { SourceLink } from '../migration/send/link.js';
 import { PageSender } from '../migration/send/page-sender.js';
@@ -42,6 +42,8 @@ export interface ServeSnapshotReport {
   bytesSent: number;
   /** Connections lost after the commit and recovered. */
   outages: number;
+  /** The destination's postcopy figures: its guest's faults and their latency (FAULT_STATS). */
+  postcopy: PostcopyReport;
   /** Digest the destination computed equals the snapshot's. */
   verified: boolean;
   totalMs: number;
@@ -106,6 +108,7 @@ export async function serveSnapshot(source: string | SnapshotChain, opts: ServeS
       pagesPushed: sent.bulk,
       bytesSent: link.bytesSent(),
       outages: after.outages,
+      postcopy: after.postcopy!.report(),
       verified: verified === true,
       totalMs: Math.round(performance.now() - t0),
     };
