@@ -53,9 +53,5 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-export interface CliContext {
-  /** Arguments after `--`, for the guest. */
-  guestArgs: string[];
-  setExit(code: number): void;
-}
+export type { CliContext } from './context.js';
 

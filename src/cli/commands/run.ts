@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs';
 import { basename } from 'node:path';
 import { Command } from 'commander';
-import type { CliContext } from '../main.js';
+import type { CliContext } from '../context.js';
 import { EXIT, UsageError } from '../exit-codes.js';
 import { collect, openStdio, parseDirs, parseEnv, parsePositiveNumber, parseSize } from '../options.js';
 import { addTlsOptions, parseHostPortFlag, readTlsFlags, securityOf, type TlsFlags } from '../tls-options.js';
@@ -204,7 +204,7 @@ export function exitCodeOf(result: GuestExit): number {
  * memory's userfaultfd write-protect registration, so a migration releases it before it starts.
  */
 async function withSnapshots(guest: Guest, ext: GuestExtensions, onStoppedBySnapshot: () => void): Promise<GuestExtensions> {
-  const { snapshotExtensions } = await import('../../snapshot/extensions.js');
+  const { snapshotExtensions } = await import('../../api/snapshot-binding.js');
   const snap = snapshotExtensions(guest, { onStoppedBySnapshot });
   const migrate = ext.migrate;
   return {

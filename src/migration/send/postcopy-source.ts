@@ -5,12 +5,12 @@
 //  - bulk (here): every other pending page in address order, continuing just after the last
 //    requested page (a guest that faults at an address tends to touch what follows next).
 // Each page crosses once: both streams claim a page atomically before sending it.
-import type { GuestMemory } from '../../memory/guest-memory.js';
 import { HOST_PAGE_SIZE } from '../../memory/guest-memory.js';
 import type { PageBitmap } from '../../memory/page-bitmap.js';
 import type { FramedChannel } from '../transport/index.js';
 import type { UrgentChannel } from './urgent/channel.js';
 import type { PostcopyReport } from '../session/report.js';
+import type { PageReader } from './page-provider.js';
 
 /**
  * Pages per bulk frame after the switchover. Smaller than precopy's runs: the destination's main
@@ -31,7 +31,7 @@ export class PostcopySource {
   private remote: PostcopyReport | null = null;
 
   constructor(
-    private readonly mem: GuestMemory,
+    private readonly pages: PageReader,
     private readonly pending: PageBitmap,
     private readonly pageCount: number,
     private bulk: FramedChannel,
@@ -69,6 +69,11 @@ export class PostcopySource {
     return this.priorUrgentPages + this.urgent.pagesSent + this.pagesPushed;
   }
 
+  /** Pages this side sent, by stream (the destination's own counts come in its report). */
+  get sentByStream(): { urgent: number; bulk: number } {
+    return { urgent: this.priorUrgentPages + this.urgent.pagesSent, bulk: this.pagesPushed };
+  }
+
   report(): PostcopyReport {
     return {
       pagesRequested: this.remote?.pagesRequested ?? this.priorUrgentPages + this.urgent.pagesSent,
@@ -98,9 +103,8 @@ export class PostcopySource {
       if (p < 0) break;
       let q = p + 1;
       while (q < this.pageCount && q - p < POSTCOPY_RUN_PAGES && this.pending.has(q) && this.urgent.claims.claim(q)) q++;
-      const view = this.mem.view();
       const copy = Buffer.allocUnsafe((q - p) * HOST_PAGE_SIZE);
-      copy.set(view.subarray(p * HOST_PAGE_SIZE, q * HOST_PAGE_SIZE));
+      this.pages.readPages(p, q - p, copy);
       const sending = this.bulk.sendPages(p * HOST_PAGE_SIZE, q - p, 'data', copy);
       sending.catch((err: Error) => (this.failure ??= err));
       inFlight.push(sending);
