@@ -322,7 +322,7 @@ bad:
 /* stop(handle) -> error text of the thread's end, or null when it stopped cleanly. Joins the thread. */
 static napi_value f_stop(napi_env env, napi_callback_info info) {
   size_t argc = 1;
-  napi_value argv[1], out;
+  napi_value argv[1], out = NULL;
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   plane *p = NULL;
   napi_valuetype t = napi_undefined;
