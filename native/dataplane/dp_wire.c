@@ -303,7 +303,8 @@ int dp_conn_fill(dp_conn *c) {
     c->roff = 0;
   }
   while (c->rlen < c->rcap) {
-    ssize_t r = read(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen);
+    size_t room = c->rcap - c->rlen;
+    ssize_t r = read(c->fd, c->rbuf + c->rlen, room);
     if (r == 0) {
       c->eof = 1;
       return 0;
@@ -315,6 +316,7 @@ int dp_conn_fill(dp_conn *c) {
     }
     c->rlen += (size_t)r;
     c->bytes_in += (double)r;
+    if ((size_t)r < room) return 0; /* drained: a further read would only say EAGAIN */
   }
   return 0;
 }
