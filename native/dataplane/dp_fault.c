@@ -175,6 +175,28 @@ static int on_pages(fault_ctx *x, const dp_frame *f) {
   return 0;
 }
 
+/* A new connection's first job: ask again for every page a fault still waits on (a lost connection
+ * may have swallowed the request or its answer). */
+static int ask_again(fault_ctx *x) {
+  dp_fault_args *a = x->a;
+  for (uint32_t p = 0; p < a->page_count;) {
+    if (__atomic_load_n(&a->times[p], __ATOMIC_ACQUIRE) == 0 || state_of(a, p) != PS_PENDING) {
+      p++;
+      continue;
+    }
+    uint32_t n = 1;
+    while (n < DP_MAX_REQUEST && p + n < a->page_count && __atomic_load_n(&a->times[p + n], __ATOMIC_ACQUIRE) != 0) n++;
+    uint8_t body[8];
+    dp_put_be32(body, p);
+    dp_put_be32(body + 4, n);
+    count(x, DS_REQUESTS, 1);
+    if (dp_conn_queue(&x->c, DP_REQUEST, body, 8, NULL, 0) < 0) return -1;
+    if (dp_conn_pending_tx(&x->c) > TX_BYTES / 2 && dp_conn_flush(&x->c) < 0) return -1;
+    p += n;
+  }
+  return dp_conn_flush(&x->c);
+}
+
 static void publish(fault_ctx *x) {
   x->a->stats[DS_BYTES_SENT] = x->c.bytes_out;
   x->a->stats[DS_BYTES_RECEIVED] = x->c.bytes_in;
@@ -188,6 +210,7 @@ int dp_fault_run(dp_fault_args *a) {
   a->stats[DS_STATE] = DP_STATE_HANDSHAKE;
   if (dp_handshake(&x.c, a->secret, a->role, "urgent", a->timeout_ms, a->wakefd, a->stop) < 0) goto out;
   a->stats[DS_STATE] = DP_STATE_RUNNING;
+  if (ask_again(&x) < 0) goto out;
   publish(&x);
   struct uffd_msg msgs[EVENTS];
   for (;;) {

@@ -19,7 +19,10 @@ import { sendBlob, sendDiscard, sendDiscardRuns } from '../session/bulk-messages
 import { digestFrozenMemory } from '../verify/digest.js';
 import { MIN_POSTCOPY_BUFFER, clampPostcopyBuffer } from '../session/bulk-buffers.js';
 import { PageSender } from './page-sender.js';
-import { PostcopySource } from './postcopy-source.js';
+import { PostcopySource, type AnswerLink } from './postcopy-source.js';
+import { connectDataplane, nativeFaultsEnabled } from '../../dataplane/connect.js';
+import { dataplaneSecret } from '../../dataplane/keys.js';
+import { close as closeFd } from '../../sys/fd.js';
 import { collectGarbageNow } from '../session/heap.js';
 import { DowntimePriority } from '../../sys/sched.js';
 import { UrgentChannel } from './urgent/channel.js';
@@ -88,6 +91,8 @@ export class MigrationSource {
   private priorBytesReceived = 0;
   private abandoned = false;
   private wake: (() => void) | null = null;
+  /** The native data plane connection until the commit hands it to the answer thread (-1: none). */
+  private dataplaneFd = -1;
 
   constructor(
     private readonly guest: Guest,
@@ -152,6 +157,9 @@ export class MigrationSource {
 
   /** Ends the urgent channel, or the one still opening as soon as it opens. */
   private dropUrgent(): void {
+    this.postcopy?.stopNative();
+    if (this.dataplaneFd >= 0) closeFd(this.dataplaneFd);
+    this.dataplaneFd = -1;
     this.urgent?.destroy();
     this.urgentOpening?.then((u) => u.destroy(), () => undefined);
   }
@@ -196,7 +204,7 @@ export class MigrationSource {
     // Handshake on the bulk channel; nothing else moves before the destination agrees.
     const sessionId = (this.sessionId = newSessionId());
     // DIGEST is offered only for --verify: the destination then hashes every page it places.
-    const features = opts.verify ? ALL_FEATURES : ALL_FEATURES & ~Feature.DIGEST;
+    const features = this.offeredFeatures();
     const common = { host: opts.host, port: opts.port, security: opts.security, sessionId, features };
     this.phases.note('connecting');
     // The urgent channel starts a thread of its own, tens of ms: the stream starts on the bulk
@@ -213,6 +221,8 @@ export class MigrationSource {
     this.phases.note('connecting (bulk connected)');
     if (urgentFailure) throw urgentFailure;
     const bulk = this.bulk;
+    // The native fault path, when both sides run it: its connection opens now, its threads start at the commit.
+    if (this.isNative(bulk)) this.dataplaneFd = await connectDataplane(opts.host, opts.port);
     // Small control frames (STATE, COMMIT, PING) must not wait for a delayed ACK (Nagle).
     bulk.setNoDelay(true);
     this.phases.enter('handshake');
@@ -412,7 +422,10 @@ export class MigrationSource {
       const pending = dirty;
       for (const [first, end] of last) pending.addRange(first, end);
       for (const [first, end] of runtimeRuns) pending.deleteRange(first, end);
-      this.postcopy = new PostcopySource(mem, pending, pageCount, this.bulk, this.urgent!, postcopyBuffer);
+      this.postcopy = new PostcopySource(mem, pending, pageCount, this.bulk, this.urgent!, postcopyBuffer, this.takeAnswerLink(this.bulk));
+    } else if (this.dataplaneFd >= 0) {
+      closeFd(this.dataplaneFd);
+      this.dataplaneFd = -1;
     }
     let verified: boolean | null = null;
     // Postcopy survives broken connections: this side keeps the guest's memory and state, and
@@ -470,11 +483,31 @@ export class MigrationSource {
       verified,
     };
     if (this.postcopy) report.postcopy = this.postcopy.report();
+    this.postcopy?.stopNative();
     await this.bulk!.close();
     await this.urgent!.close();
     this.phases.enter('completed'); // last: a failure before this is reported as one
     this.report();
     return report;
+  }
+
+  /** Feature bits this side offers: DIGEST for --verify; the native fault path where enabled, and not with --verify (see docs/architecture.md). */
+  private offeredFeatures(): number {
+    let f = this.opts.verify ? ALL_FEATURES : ALL_FEATURES & ~Feature.DIGEST;
+    if (nativeFaultsEnabled() && !this.opts.verify && this.opts.mode !== 'precopy') f |= Feature.NATIVE_FAULTS;
+    return f;
+  }
+
+  private isNative(bulk: FramedChannel): boolean {
+    return ((bulk.session?.features ?? 0) & Feature.NATIVE_FAULTS) !== 0;
+  }
+
+  /** The data plane connection with its keys, for the answer thread (null when the fault path is not native). */
+  private takeAnswerLink(bulk: FramedChannel): AnswerLink | null {
+    if (this.dataplaneFd < 0) return null;
+    const fd = this.dataplaneFd;
+    this.dataplaneFd = -1;
+    return { fd, secret: dataplaneSecret(bulk.tlsSocket, this.sessionId!) };
   }
 
   private async sendPassZero(sender: PageSender, present: PageBitmap, zero: PageBitmap, pageCount: number): Promise<void> {
@@ -550,7 +583,7 @@ export class MigrationSource {
         throw new MigrationError('after-commit', `could not reconnect to the destination within ${this.opts.recoverTimeoutS} s (last error: ${this.errorText})`);
       }
       try {
-        const features = this.opts.verify ? ALL_FEATURES : ALL_FEATURES & ~Feature.DIGEST;
+        const features = this.offeredFeatures();
         const common = { host: this.target.host, port: this.target.port, security: this.target.security, sessionId: this.sessionId!, features };
         const bulk = await connect({ ...common, channel: 'bulk', maxBandwidth: this.opts.maxBandwidth });
         bulk.setNoDelay(true);
@@ -563,9 +596,10 @@ export class MigrationSource {
         }
         this.bulk = bulk;
         this.urgent = urgent;
+        if (this.isNative(bulk)) this.dataplaneFd = await connectDataplane(this.target.host, this.target.port);
         const held = await bulk.expect('RECEIVED_SET', 30_000);
         if (held.set.encoding !== 'bitmap' || held.set.startPage !== 0) throw new MigrationError('protocol', 'RECEIVED_SET must be a bitmap from page 0');
-        this.postcopy!.resume(bulk, urgent, held.set.bits, held.set.pageCount);
+        this.postcopy!.resume(bulk, urgent, held.set.bits, held.set.pageCount, this.takeAnswerLink(bulk));
         this.pausedMs += performance.now() - since;
         this.pausedSince = null;
         this.errorText = null;
@@ -575,6 +609,8 @@ export class MigrationSource {
       } catch (err) {
         if (err instanceof MigrationError) throw err;
         this.errorText = `reconnect attempt ${attempt}: ${(err as Error).message}`;
+        if (this.dataplaneFd >= 0) closeFd(this.dataplaneFd);
+        this.dataplaneFd = -1;
         this.bulk?.destroy();
         this.urgent?.destroy();
         this.bulk = null;
