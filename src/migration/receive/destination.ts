@@ -430,6 +430,7 @@ export class MigrationDestination {
     // milliseconds of incoming bulk stream handled first while the guest's faults wait.
     incoming.activate(pageCount, dataplane);
     this.downtimePriority.end();
+    if (dataplane) this.phases.note('switchover (native fault thread started)');
     await running;
     trace.mark('activated');
     trace.print();

@@ -422,7 +422,9 @@ export class MigrationSource {
       const pending = dirty;
       for (const [first, end] of last) pending.addRange(first, end);
       for (const [first, end] of runtimeRuns) pending.deleteRange(first, end);
-      this.postcopy = new PostcopySource(mem, pending, pageCount, this.bulk, this.urgent!, postcopyBuffer, this.takeAnswerLink(this.bulk));
+      const link = this.takeAnswerLink(this.bulk);
+      this.postcopy = new PostcopySource(mem, pending, pageCount, this.bulk, this.urgent!, postcopyBuffer, link);
+      if (link) this.phases.note('postcopy (native answer thread started)');
     } else if (this.dataplaneFd >= 0) {
       closeFd(this.dataplaneFd);
       this.dataplaneFd = -1;
