@@ -13,6 +13,7 @@ import { DataplaneFrame, DataplanePeer } from '../src/dataplane/frames.js';
 import { takeSocketFd } from '../src/dataplane/socket-fd.js';
 import { DataplaneRole } from '../src/sys/dataplane.js';
 import { PageState } from '../src/memory/page-state.js';
+import { PageDigest, pageHash } from '../src/migration/verify/digest.js';
 import { GuestThread } from './fixtures/memory/guest.js';
 import { PAGE, destination, loopbackPair, patternOf, sourceImage, type Destination } from './fixtures/dataplane/loopback.js';
 
@@ -63,7 +64,8 @@ test('native on both sides: many threads faulting on one page get it with one re
   const secret = randomBytes(32);
   const [a, b] = await loopbackPair();
   const answer = new AnswerPlane({ sock: takeSocketFd(a), memory: src.memory, pageCount: PAGES, pending: src.pending.words, claims: src.claims.words, secret, realtime: false });
-  const fault = new FaultPlane({ uffd: d.uffd.fd, sock: takeSocketFd(b), base: d.mem.base, pageCount: PAGES, states: d.states, requests: d.requests, secret, realtime: false });
+  const digest = new PageDigest(d.mem.maxBytes);
+  const fault = new FaultPlane({ uffd: d.uffd.fd, sock: takeSocketFd(b), base: d.mem.base, pageCount: PAGES, states: d.states, requests: d.requests, secret, realtime: false, digest: digest.buffer });
   const guests = Array.from({ length: 8 }, () => new GuestThread(d.mem.memory, WASM_PAGES));
   try {
     const values = await Promise.all(guests.map((g) => g.run<number>({ op: 'load', addr: 3 * PAGE })));
@@ -74,6 +76,8 @@ test('native on both sides: many threads faulting on one page get it with one re
     assert.equal(answer.read().pagesSent, 1);
     assert.equal(d.states.get(3), PageState.RECEIVED);
     assert.equal(Atomics.load(new Int32Array(d.requests.waiting), 0), 0);
+    // --verify: the thread recorded the page's hash, the same function as the TypeScript digest's.
+    assert.deepEqual([...new Uint32Array(digest.buffer, 3 * 8, 2)], pageHash(src.memory.subarray(3 * PAGE, 4 * PAGE)));
     // A known-zero page is filled locally: no request.
     assert.equal(await guests[0]!.run<number>({ op: 'load', addr: 20 * PAGE }), 0);
     assert.equal(fault.read().zeroFills, 1);

@@ -101,6 +101,8 @@ typedef struct {
   double *stats;          /* DS_SLOTS */
   double *latencies;      /* ring of fault latencies (µs), latency_ring long */
   uint32_t latency_ring;
+  uint32_t *digest;       /* --verify: two u32 per page (src/migration/verify/digest.ts), or NULL */
+  uint32_t digest_pages;
   uint8_t secret[DP_SECRET];
   volatile int *stop;
   char err[DP_ERR];
@@ -117,6 +119,10 @@ typedef struct {
   volatile int *stop;
   char err[DP_ERR];
 } dp_answer_args;
+
+/* The verify digest's 64-bit hash of one page as [lo, hi] (the same function as
+ * src/migration/verify/digest.ts hashWords; a checksum, not cryptographic). */
+void dp_page_hash(const uint8_t *page, uint32_t out[2]);
 
 /* Thread bodies: return 0 when stopped, -1 with args->err set on failure. */
 int dp_fault_run(dp_fault_args *a);

@@ -283,6 +283,19 @@ static napi_value f_start_fault(napi_env env, napi_callback_info info) {
       !(a->latencies = get_array(env, p, o, "latencies", napi_float64_array, 8, 1, &n)) || !get_secret(env, p, o, a->secret))
     goto bad;
   a->latency_ring = (uint32_t)n;
+  {
+    /* Optional: the verify digest's per-page hashes. */
+    napi_value dv;
+    napi_valuetype dt = napi_undefined;
+    bool has = false;
+    if (napi_has_named_property(env, o, "digest", &has) == napi_ok && has && napi_get_named_property(env, o, "digest", &dv) == napi_ok)
+      napi_typeof(env, dv, &dt);
+    if (dt != napi_undefined && dt != napi_null) {
+      size_t words = 0;
+      if (!(a->digest = get_array(env, p, o, "digest", napi_uint32_array, 4, 2, &words))) goto bad;
+      a->digest_pages = (uint32_t)(words / 2);
+    }
+  }
   p->sock = a->sock;
   return start(env, p, argv[1]);
 bad:

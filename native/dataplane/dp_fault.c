@@ -133,6 +133,29 @@ static int place_run(fault_ctx *x, uint32_t p, uint32_t n, const uint8_t *src) {
   return 0;
 }
 
+#define ROTL(v, n) (((v) << (n)) | ((v) >> (32 - (n))))
+void dp_page_hash(const uint8_t *page, uint32_t out[2]) {
+  const uint32_t P1 = 0x9e3779b1u, P2 = 0x85ebca77u, P3 = 0xc2b2ae3du, P4 = 0x27d4eb2fu;
+  uint32_t a = 0x243f6a88u, b = 0x85a308d3u, c = 0x13198a2eu, d = 0x03707344u;
+  for (size_t i = 0; i < DP_PAGE; i += 16) {
+    uint32_t w[4];
+    memcpy(w, page + i, 16); /* little-endian words, as the TypeScript side reads them on this host */
+    a = ROTL((a ^ w[0]) * P1, 13);
+    b = ROTL((b ^ w[1]) * P2, 17);
+    c = ROTL((c ^ w[2]) * P3, 11);
+    d = ROTL((d ^ w[3]) * P4, 19);
+  }
+  uint32_t lo = ((a ^ (c >> 7)) * P2) ^ d;
+  uint32_t hi = ((b ^ (d >> 5)) * P3) ^ c;
+  lo ^= lo >> 16;
+  lo *= 0x85ebca6bu;
+  lo ^= lo >> 13;
+  hi = (hi ^ lo) * 0xc2b2ae35u;
+  hi ^= hi >> 16;
+  out[0] = lo;
+  out[1] = hi;
+}
+
 static int on_pages(fault_ctx *x, const dp_frame *f) {
   dp_fault_args *a = x->a;
   if (f->len < 8) {
@@ -159,6 +182,14 @@ static int on_pages(fault_ctx *x, const dp_frame *f) {
     uint32_t j = i + 1;
     while (j < n && state_of(a, first + j) == PS_PENDING) j++;
     if (place_run(x, first + i, j - i, data + (size_t)i * DP_PAGE) < 0) return -1;
+    /* The digest records what was sent; a page sent on both channels carries the same bytes. */
+    if (a->digest)
+      for (uint32_t p = first + i; p < first + j && p < a->digest_pages; p++) {
+        uint32_t h[2];
+        dp_page_hash(data + (size_t)(p - first) * DP_PAGE, h);
+        __atomic_store_n(&a->digest[2 * p], h[0], __ATOMIC_RELAXED);
+        __atomic_store_n(&a->digest[2 * p + 1], h[1], __ATOMIC_RELAXED);
+      }
     double now = 0;
     for (uint32_t p = first + i; p < first + j; p++) {
       if (!mark_received(a, p)) continue;

@@ -1,7 +1,7 @@
 // Source side of the native fault path: one native thread (native/dataplane/dp_answer.c) reads the
 // destination's page requests and answers each straight from the guest's memory, ahead of the bulk
 // stream. This class starts and stops it and reads its counters.
-import { dataplane, AnswerThreadStat, DataplaneRole, DATAPLANE_STAT_SLOTS, type DataplaneHandle, type DataplaneRoleValue } from '../sys/dataplane.js';
+import { dataplaneAddon, AnswerThreadStat, DataplaneRole, DATAPLANE_STAT_SLOTS, type DataplaneHandle, type DataplaneRoleValue } from '../sys/dataplane.js';
 
 export interface AnswerPlaneOptions {
   /** Connected socket to the destination's fault thread; taken (closed by stop()). */
@@ -39,7 +39,7 @@ export class AnswerPlane {
   constructor(o: AnswerPlaneOptions) {
     let ended!: (e: string | null) => void;
     this.ended = new Promise((resolve) => (ended = resolve));
-    this.handle = dataplane.startAnswer(
+    this.handle = dataplaneAddon().startAnswer(
       {
         sock: o.sock, role: o.role ?? DataplaneRole.CONNECTOR, timeoutMs: o.timeoutMs ?? 10_000,
         realtime: (o.realtime ?? true) && process.env['FERRY_REALTIME'] !== '0',
@@ -59,7 +59,7 @@ export class AnswerPlane {
 
   stop(): string | null {
     if (this.handle) {
-      this.result = dataplane.stop(this.handle);
+      this.result = dataplaneAddon().stop(this.handle);
       this.handle = null;
     }
     return this.result;

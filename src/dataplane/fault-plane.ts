@@ -4,7 +4,7 @@
 // counters and fault latencies, with no JavaScript per fault.
 import type { PageStateTable } from '../memory/page-state.js';
 import type { SharedRequests } from '../migration/receive/page-placer.js';
-import { dataplane, DataplaneRole, DataplaneState, DATAPLANE_STAT_SLOTS, FaultThreadStat, type DataplaneHandle, type DataplaneRoleValue } from '../sys/dataplane.js';
+import { dataplaneAddon, DataplaneRole, DataplaneState, DATAPLANE_STAT_SLOTS, FaultThreadStat, type DataplaneHandle, type DataplaneRoleValue } from '../sys/dataplane.js';
 
 export interface FaultPlaneOptions {
   /** The guest memory's userfaultfd, registered for MISSING faults, non-blocking (not taken). */
@@ -22,6 +22,8 @@ export interface FaultPlaneOptions {
   secret: Uint8Array;
   faultAround?: number;
   timeoutMs?: number;
+  /** --verify: PageDigest.buffer, whose entries the thread sets for the pages it places. */
+  digest?: SharedArrayBuffer;
   /** Latency samples kept (a ring). */
   latencyRing?: number;
   realtime?: boolean;
@@ -59,7 +61,7 @@ export class FaultPlane {
     this.latencies = new Float64Array(new SharedArrayBuffer((o.latencyRing ?? 1 << 17) * 8));
     let ended!: (e: string | null) => void;
     this.ended = new Promise((resolve) => (ended = resolve));
-    this.handle = dataplane.startFault(
+    this.handle = dataplaneAddon().startFault(
       {
         uffd: o.uffd, sock: o.sock, role: o.role ?? DataplaneRole.ACCEPTOR, timeoutMs: o.timeoutMs ?? 10_000,
         realtime: (o.realtime ?? true) && process.env['FERRY_REALTIME'] !== '0',
@@ -67,6 +69,7 @@ export class FaultPlane {
         states: new Uint8Array(shared.states, 0, shared.pageCount), stateCounts: new Int32Array(shared.counts, 0, 3),
         times: new BigInt64Array(o.requests.times), waiting: new Int32Array(o.requests.waiting),
         stats: this.stats, latencies: this.latencies, secret: o.secret,
+        ...(o.digest ? { digest: new Uint32Array(o.digest) } : {}),
       },
       (error) => ended(error),
     );
@@ -104,7 +107,7 @@ export class FaultPlane {
   /** Stops and joins the thread (closing its socket); returns why it ended if it failed first. */
   stop(): string | null {
     if (this.handle) {
-      this.result = dataplane.stop(this.handle);
+      this.result = dataplaneAddon().stop(this.handle);
       this.handle = null;
     }
     return this.result;

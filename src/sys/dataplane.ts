@@ -45,6 +45,8 @@ export interface FaultThreadOptions extends CommonOptions {
   stats: Float64Array;
   /** Ring of fault latencies in µs (request noted → page placed); stats[LATENCY_COUNT] counts them. */
   latencies: Float64Array;
+  /** --verify: the PageDigest's per-page hashes (two u32 per page); the thread records the pages it places. */
+  digest?: Uint32Array;
 }
 
 export interface AnswerThreadOptions extends CommonOptions {
@@ -92,4 +94,8 @@ function addonPath(): string {
 }
 
 const require = createRequire(import.meta.url);
-export const dataplane = require(addonPath()) as FerryDataplane;
+let loaded: FerryDataplane | null = null;
+/** The addon, loaded on first use: a process that never runs the native fault path never loads it. */
+export function dataplaneAddon(): FerryDataplane {
+  return (loaded ??= require(addonPath()) as FerryDataplane);
+}

@@ -176,7 +176,7 @@ export class IncomingMemory {
     this.nativeFailure = null;
     const plane = new FaultPlane({
       uffd: this.ownUffd!.fd, sock: link.fd, base: this.mem.base, pageCount: this.activePages, states: this.states,
-      requests: this.shared!.requests, secret: link.secret,
+      requests: this.shared!.requests, secret: link.secret, ...(this.digest ? { digest: this.digest.buffer } : {}),
     });
     this.plane = plane;
     void plane.ended.then((err) => {

@@ -493,10 +493,10 @@ export class MigrationSource {
     return report;
   }
 
-  /** Feature bits this side offers: DIGEST for --verify; the native fault path where enabled, and not with --verify (see docs/architecture.md). */
+  /** Feature bits this side offers: DIGEST for --verify; the native fault path where enabled (FERRY_NATIVE_FAULTS=1). */
   private offeredFeatures(): number {
     let f = this.opts.verify ? ALL_FEATURES : ALL_FEATURES & ~Feature.DIGEST;
-    if (nativeFaultsEnabled() && !this.opts.verify && this.opts.mode !== 'precopy') f |= Feature.NATIVE_FAULTS;
+    if (nativeFaultsEnabled() && this.opts.mode !== 'precopy') f |= Feature.NATIVE_FAULTS;
     return f;
   }
 
