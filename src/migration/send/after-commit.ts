@@ -34,6 +34,8 @@ export class AfterCommit {
   private pausedTotal = 0;
   private abandoned = false;
   private wake: (() => void) | null = null;
+  /** The guest memory the native answer thread reads (null: a source without it, or no native path). */
+  private nativeMemory: Uint8Array | null = null;
 
   constructor(private readonly opts: AfterCommitOptions) {}
 
@@ -60,10 +62,16 @@ export class AfterCommit {
     }
   }
 
-  /** Postcopy: the destination lacks `pending`, to be read from `pages`. */
-  startPostcopy(pages: PageReader, pending: PageBitmap, pageCount: number, bufferBytes: number): void {
+  /**
+   * Postcopy: the destination lacks `pending`, to be read from `pages`. `memory` (a live source's
+   * paused guest memory) lets the native answer thread serve faults when both sides run it.
+   */
+  startPostcopy(pages: PageReader, pending: PageBitmap, pageCount: number, bufferBytes: number, memory: Uint8Array | null = null): void {
     const { link } = this.opts;
-    this.postcopy = new PostcopySource(pages, pending, pageCount, link.bulk!, link.urgent!, bufferBytes);
+    this.nativeMemory = memory;
+    const native = memory ? link.takeAnswerLink(memory) : null;
+    this.postcopy = new PostcopySource(pages, pending, pageCount, link.bulk!, link.urgent!, bufferBytes, native);
+    if (native) this.opts.phases.note('postcopy (native answer thread started)');
   }
 
   /**
@@ -103,6 +111,7 @@ export class AfterCommit {
           verified = digestMsg.pageCount === args.pageCount && (await args.verifyAgainst) === digestMsg.hex;
         }
         await bulk().expect('DONE', 60_000);
+        this.postcopy?.stopNative();
         // Acknowledge: until it sees this, the destination keeps listening for a reconnection
         // (its closing messages may not have reached this side).
         await bulk().sendMessage({ type: 'DONE' });
@@ -127,6 +136,7 @@ export class AfterCommit {
   abandon(): void {
     this.abandoned = true;
     this.wake?.();
+    this.postcopy?.stopNative();
     this.opts.link.destroy();
   }
 
@@ -153,7 +163,8 @@ export class AfterCommit {
       }
       try {
         const held = await link.reconnect();
-        this.postcopy?.resume(link.bulk!, link.urgent!, held.bits, held.pageCount);
+        const native = this.nativeMemory ? link.takeAnswerLink(this.nativeMemory) : null;
+        this.postcopy?.resume(link.bulk!, link.urgent!, held.bits, held.pageCount, native);
         this.pausedTotal += performance.now() - since;
         this.pausedSince = null;
         this.errorText = null;

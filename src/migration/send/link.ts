@@ -9,6 +9,11 @@ import { sendBlob } from '../session/bulk-messages.js';
 import { MigrationError } from '../session/report.js';
 import { UrgentChannel } from './urgent/channel.js';
 import type { PageReaderSpec } from './page-provider.js';
+import { Feature } from '../wire/index.js';
+import { connectDataplane } from '../../dataplane/connect.js';
+import { dataplaneSecret } from '../../dataplane/keys.js';
+import { close as closeFd } from '../../sys/fd.js';
+import type { AnswerLink } from './postcopy-source.js';
 
 /** Attempts at the urgent channel before the migration fails, and the wait after the first. */
 const URGENT_OPEN_ATTEMPTS = 3;
@@ -44,6 +49,8 @@ export class SourceLink {
   private urgentOpening: Promise<UrgentChannel> | null = null;
   private priorBytesSent = 0;
   private priorBytesReceived = 0;
+  /** The native data plane connection (Feature.NATIVE_FAULTS) until takeAnswerLink() hands it on; -1: none. */
+  private dataplaneFd = -1;
 
   constructor(
     public target: LinkTarget,
@@ -68,6 +75,8 @@ export class SourceLink {
     if (urgentFailure) throw urgentFailure;
     // Small control frames (STATE, COMMIT, PING) must not wait for a delayed ACK (Nagle).
     this.bulk.setNoDelay(true);
+    // The native fault path, when both sides run it: its connection opens now, its threads start at the commit.
+    await this.openDataplane(this.bulk);
     return this.bulk;
   }
 
@@ -109,6 +118,7 @@ export class SourceLink {
     }
     this.bulk = bulk;
     this.urgent = urgent;
+    await this.openDataplane(bulk);
     const held = await bulk.expect('RECEIVED_SET', 30_000);
     if (held.set.encoding !== 'bitmap' || held.set.startPage !== 0) throw new MigrationError('protocol', 'RECEIVED_SET must be a bitmap from page 0');
     return held.set;
@@ -123,14 +133,27 @@ export class SourceLink {
     this.urgent = null;
   }
 
+  /**
+   * The data plane connection with its keys and the pages to answer from, for the native answer
+   * thread (null when the fault path is not native). The link no longer owns the connection.
+   */
+  takeAnswerLink(memory: Uint8Array): AnswerLink | null {
+    if (this.dataplaneFd < 0) return null;
+    const fd = this.dataplaneFd;
+    this.dataplaneFd = -1;
+    return { fd, secret: dataplaneSecret(this.bulk!.tlsSocket, this.sessionId), memory };
+  }
+
   /** Ends both channels now (the urgent one still opening as soon as it opens). */
   destroy(err?: Error): void {
+    this.closeDataplane();
     this.bulk?.destroy(err);
     this.urgent?.destroy();
     this.urgentOpening?.then((u) => u.destroy(), () => undefined);
   }
 
   async close(): Promise<void> {
+    this.closeDataplane();
     await this.bulk?.close();
     await this.urgent?.close();
   }
@@ -142,6 +165,17 @@ export class SourceLink {
 
   bytesReceived(): number {
     return this.priorBytesReceived + (this.bulk?.bytesReceived ?? 0) + (this.urgent?.bytesReceived ?? 0);
+  }
+
+  private async openDataplane(bulk: FramedChannel): Promise<void> {
+    this.closeDataplane();
+    if (((bulk.session?.features ?? 0) & Feature.NATIVE_FAULTS) === 0) return;
+    this.dataplaneFd = await connectDataplane(this.target.host, this.target.port);
+  }
+
+  private closeDataplane(): void {
+    if (this.dataplaneFd >= 0) closeFd(this.dataplaneFd);
+    this.dataplaneFd = -1;
   }
 
   private common() {

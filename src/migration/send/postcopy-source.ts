@@ -11,6 +11,19 @@ import type { FramedChannel } from '../transport/index.js';
 import type { UrgentChannel } from './urgent/channel.js';
 import type { PostcopyReport } from '../session/report.js';
 import type { PageReader } from './page-provider.js';
+import { AnswerPlane } from '../../dataplane/answer-plane.js';
+import { UrgentChannelError } from '../session/failures.js';
+
+/**
+ * The native fault path's connection (Feature.NATIVE_FAULTS): a socket to the destination, the
+ * session's data plane secret, and the paused guest's memory the answer thread reads pages from
+ * (a live source only: a snapshot's pages are not in memory).
+ */
+export interface AnswerLink {
+  fd: number;
+  secret: Uint8Array;
+  memory: Uint8Array;
+}
 
 /**
  * Pages per bulk frame after the switchover. Smaller than precopy's runs: the destination's main
@@ -29,6 +42,9 @@ export class PostcopySource {
   private endMs: number | null = null;
   private failure: Error | null = null;
   private remote: PostcopyReport | null = null;
+  /** The native answer thread, when the fault path is native: it answers requests instead of the urgent thread. */
+  private plane: AnswerPlane | null = null;
+  private priorPlanePages = 0;
 
   constructor(
     private readonly pages: PageReader,
@@ -38,9 +54,31 @@ export class PostcopySource {
     private urgent: UrgentChannel,
     /** The bulk connection's kernel buffers from now on (session/bulk-buffers.ts). */
     private readonly bufferBytes: number,
+    native: AnswerLink | null = null,
   ) {
     urgent.activate(pending, pageCount);
     bulk.limitKernelBuffers(bufferBytes);
+    if (native) this.startPlane(native);
+  }
+
+  /** Starts the native answer thread over the guest's (paused, complete) memory and the urgent channel's bitmaps. */
+  private startPlane(link: AnswerLink): void {
+    const plane = new AnswerPlane({
+      sock: link.fd, memory: link.memory.subarray(0, this.pageCount * HOST_PAGE_SIZE), pageCount: this.pageCount,
+      pending: this.urgent.pendingWords, claims: this.urgent.claims.words, secret: link.secret,
+    });
+    this.plane = plane;
+    void plane.ended.then((err) => {
+      if (err !== null && this.plane === plane) this.failure ??= new UrgentChannelError(`native data plane: ${err}`);
+    });
+  }
+
+  /** Stops the native answer thread (at the end, or when its connection is replaced). */
+  stopNative(): void {
+    if (!this.plane) return;
+    this.priorPlanePages += this.plane.read().pagesSent;
+    this.plane.stop();
+    this.plane = null;
   }
 
   get maxPages(): number {
@@ -51,7 +89,8 @@ export class PostcopySource {
    * Continues on new connections after a recovery. `held` is the destination's RECEIVED_SET: those
    * pages are done; every other pending page goes out again, whoever had claimed it before.
    */
-  resume(bulk: FramedChannel, urgent: UrgentChannel, held: Uint8Array, heldPages: number): void {
+  resume(bulk: FramedChannel, urgent: UrgentChannel, held: Uint8Array, heldPages: number, native: AnswerLink | null = null): void {
+    this.stopNative();
     this.priorUrgentPages += this.urgent.pagesSent;
     this.bulk = bulk;
     this.urgent = urgent;
@@ -61,12 +100,13 @@ export class PostcopySource {
       if ((held[p >>> 3]! & (1 << (p & 7))) !== 0) urgent.claims.claim(p);
     }
     urgent.activate(this.pending, this.pageCount);
+    if (native) this.startPlane(native);
     this.cursor = 0;
     this.lastUrgentCursor = 0;
   }
 
   get pagesSent(): number {
-    return this.priorUrgentPages + this.urgent.pagesSent + this.pagesPushed;
+    return this.priorUrgentPages + this.urgent.pagesSent + this.pagesPushed + this.priorPlanePages + (this.plane?.read().pagesSent ?? 0);
   }
 
   /** Pages this side sent, by stream (the destination's own counts come in its report). */
@@ -76,7 +116,7 @@ export class PostcopySource {
 
   report(): PostcopyReport {
     return {
-      pagesRequested: this.remote?.pagesRequested ?? this.priorUrgentPages + this.urgent.pagesSent,
+      pagesRequested: this.remote?.pagesRequested ?? this.priorUrgentPages + this.urgent.pagesSent + this.priorPlanePages + (this.plane?.read().pagesSent ?? 0),
       pagesPushed: this.remote?.pagesPushed ?? this.pagesPushed,
       faults: this.remote?.faults ?? this.urgent.requests,
       faultLatencyUs: this.remote?.faultLatencyUs ?? { p50: 0, p99: 0, max: 0 },
@@ -97,7 +137,7 @@ export class PostcopySource {
     for (;;) {
       if (this.failure) throw this.failure;
       if (this.urgent.error) throw this.urgent.error;
-      const c = this.urgent.cursor;
+      const c = this.plane ? this.plane.read().cursor : this.urgent.cursor;
       if (c !== this.lastUrgentCursor) this.cursor = this.lastUrgentCursor = c; // follow the faults
       const p = this.nextUnclaimed();
       if (p < 0) break;

@@ -21,6 +21,7 @@ import { MigrationError, type MigrationProgress, type MigrationReport } from '..
 import type { SourceOptions } from './source-options.js';
 import { PageSender } from './page-sender.js';
 import { SourceLink } from './link.js';
+import { nativeFaultsEnabled } from '../../dataplane/connect.js';
 import { AfterCommit } from './after-commit.js';
 import { LiveMemoryProvider } from './live-memory.js';
 import { AnnouncedSize } from './memory-size.js';
@@ -54,7 +55,8 @@ export class MigrationSource {
     this.pages = new LiveMemoryProvider(new GuestMemory(guest.memory, guest.maxMemoryBytes / WASM_PAGE_SIZE));
     this.link = new SourceLink({ host: opts.host, port: opts.port, security: opts.security }, {
       // DIGEST is offered only for --verify: the destination then hashes every page it places.
-      features: opts.verify ? ALL_FEATURES : ALL_FEATURES & ~Feature.DIGEST,
+      // The native fault path (FERRY_NATIVE_FAULTS=1) is offered where postcopy may happen.
+      features: (opts.verify ? ALL_FEATURES : ALL_FEATURES & ~Feature.DIGEST) | (nativeFaultsEnabled() && opts.mode !== 'precopy' ? Feature.NATIVE_FAULTS : 0),
       maxBandwidth: opts.maxBandwidth,
       pages: this.pages.readerSpec,
       maxPages: this.pages.maxPages,
@@ -187,7 +189,7 @@ export class MigrationSource {
       const pending = dirty;
       for (const [first, end] of sw.last) pending.addRange(first, end);
       for (const [first, end] of sw.runtimeRuns) pending.deleteRange(first, end);
-      this.after.startPostcopy(this.pages, pending, sw.pageCount, bufferBytes);
+      this.after.startPostcopy(this.pages, pending, sw.pageCount, bufferBytes, this.pages.mem.view());
     }
     const { verified } = await this.after.finish({ pageCount: sw.pageCount, verifyAgainst: localDigest, pushed: () => tracker.stop() });
     const report: MigrationReport = {

@@ -17,6 +17,12 @@ export const Feature = {
   POSTCOPY: 1 << 0,
   RECOVERY: 1 << 1,
   DIGEST: 1 << 2,
+  /**
+   * The postcopy fault path runs on native threads over a data plane connection of its own (see
+   * docs/wire-format.md "Native data plane"). Offered and granted only when FERRY_NATIVE_FAULTS=1
+   * on that side; never part of ALL_FEATURES.
+   */
+  NATIVE_FAULTS: 1 << 3,
 } as const;
 export const ALL_FEATURES = Feature.POSTCOPY | Feature.RECOVERY | Feature.DIGEST;
 

@@ -66,6 +66,11 @@ export class UrgentChannel {
     this.worker.postMessage({ type: 'activate' });
   }
 
+  /** The pages the destination lacks, as activate() published them (for the native answer thread). */
+  get pendingWords(): Uint32Array {
+    return new Uint32Array(this.pending);
+  }
+
   get error(): Error | null {
     return this.failure;
   }
