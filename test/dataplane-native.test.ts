@@ -1,16 +1,16 @@
 // The native page data plane (native/dataplane/), driven from TypeScript: real userfaultfd on a
 // real guest memory, real loopback TCP, and either both native threads or one native thread facing
-// the TypeScript implementation of the same framing (src/dataplane/frames.ts) as a controlled or
+// the TypeScript implementation of the same framing (src/migration/dataplane/frames.ts) as a controlled or
 // hostile peer. No timing assertions: every wait is for an event.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { FaultPlane } from '../src/dataplane/fault-plane.js';
-import { AnswerPlane } from '../src/dataplane/answer-plane.js';
-import { DataplaneFrame, DataplanePeer } from '../src/dataplane/frames.js';
-import { takeSocketFd } from '../src/dataplane/socket-fd.js';
+import { FaultPlane } from '../src/migration/dataplane/fault-plane.js';
+import { AnswerPlane } from '../src/migration/dataplane/answer-plane.js';
+import { DataplaneFrame, DataplanePeer } from '../src/migration/dataplane/frames.js';
+import { takeSocketFd } from '../src/migration/dataplane/socket-fd.js';
 import { DataplaneRole } from '../src/sys/dataplane.js';
 import { PageState } from '../src/memory/page-state.js';
 import { PageDigest, pageHash } from '../src/migration/verify/digest.js';

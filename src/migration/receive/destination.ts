@@ -15,8 +15,8 @@ import { DEFAULT_HANDSHAKE_MS, listen, TransportError, type BulkFirst, type Fram
 import { ChunkAssembler, Feature, PageFrameChecker, WireError, type Message, type MessageOf } from '../wire/index.js';
 import { PageDigest } from '../verify/digest.js';
 import { IncomingMemory, type DataplaneLink } from './incoming-memory.js';
-import { nativeFaultsEnabled } from '../../dataplane/connect.js';
-import { dataplaneSecret } from '../../dataplane/keys.js';
+import { nativeFaultsEnabled } from '../dataplane/connect.js';
+import { dataplaneSecret } from '../dataplane/keys.js';
 import { close as closeFd } from '../../sys/fd.js';
 import { ALL_FEATURES } from '../wire/index.js';
 import { UrgentRequests } from './urgent/requests.js';

@@ -25,7 +25,7 @@ import type { UrgentRequests } from './urgent/requests.js';
 import { latencySummary, type PostcopyReport } from '../session/report.js';
 import { Userfaultfd, REGISTER_MODE } from '../../sys/uffd.js';
 import { registerReservation, type Registration } from '../../memory/uffd-registration.js';
-import { FaultPlane } from '../../dataplane/fault-plane.js';
+import { FaultPlane } from '../dataplane/fault-plane.js';
 import { UrgentChannelError } from '../session/failures.js';
 
 /** The native fault path's connection: a socket taken from the listener and the session's data plane secret. */

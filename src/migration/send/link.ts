@@ -10,8 +10,8 @@ import { MigrationError } from '../session/report.js';
 import { UrgentChannel } from './urgent/channel.js';
 import type { PageReaderSpec } from './page-provider.js';
 import { Feature } from '../wire/index.js';
-import { connectDataplane } from '../../dataplane/connect.js';
-import { dataplaneSecret } from '../../dataplane/keys.js';
+import { connectDataplane } from '../dataplane/connect.js';
+import { dataplaneSecret } from '../dataplane/keys.js';
 import { close as closeFd } from '../../sys/fd.js';
 import type { AnswerLink } from './postcopy-source.js';
 

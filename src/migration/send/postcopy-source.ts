@@ -11,7 +11,7 @@ import type { FramedChannel } from '../transport/index.js';
 import type { UrgentChannel } from './urgent/channel.js';
 import type { PostcopyReport } from '../session/report.js';
 import type { PageReader } from './page-provider.js';
-import { AnswerPlane } from '../../dataplane/answer-plane.js';
+import { AnswerPlane } from '../dataplane/answer-plane.js';
 import { UrgentChannelError } from '../session/failures.js';
 
 /**

@@ -21,7 +21,7 @@ import { MigrationError, type MigrationProgress, type MigrationReport } from '..
 import type { SourceOptions } from './source-options.js';
 import { PageSender } from './page-sender.js';
 import { SourceLink } from './link.js';
-import { nativeFaultsEnabled } from '../../dataplane/connect.js';
+import { nativeFaultsEnabled } from '../dataplane/connect.js';
 import { AfterCommit } from './after-commit.js';
 import { LiveMemoryProvider } from './live-memory.js';
 import { AnnouncedSize } from './memory-size.js';

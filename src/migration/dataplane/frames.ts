@@ -4,7 +4,7 @@
 // plane" that tests drive the native threads with, as a well-behaved or a hostile peer.
 import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from 'node:crypto';
 import type net from 'node:net';
-import { DataplaneRole, type DataplaneRoleValue } from '../sys/dataplane.js';
+import { DataplaneRole, type DataplaneRoleValue } from '../../sys/dataplane.js';
 
 export const DataplaneFrame = { FINISHED: 1, REQUEST: 2, PAGES: 3 } as const;
 export const DATAPLANE_MAGIC = Buffer.from('FERRYDP1');

@@ -3,7 +3,7 @@
 // connection), and never reads again. Call it before the peer can have sent anything Node might
 // have read ahead: the data plane's peer sends nothing until it receives this side's hello.
 import type net from 'node:net';
-import { dup } from '../sys/fd.js';
+import { dup } from '../../sys/fd.js';
 
 export function takeSocketFd(sock: net.Socket): number {
   const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd;

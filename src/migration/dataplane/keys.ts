@@ -5,7 +5,7 @@
 // nonces (native/dataplane/dp_wire.c, docs/wire-format.md "Native data plane").
 import { createHash } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
-import { DATAPLANE_SECRET_BYTES } from '../sys/dataplane.js';
+import { DATAPLANE_SECRET_BYTES } from '../../sys/dataplane.js';
 
 /** The exporter label (RFC 5705 labels for private use start with "EXPORTER"). */
 export const DATAPLANE_EXPORTER_LABEL = 'EXPORTER-ferry-dataplane-v1';

@@ -3,9 +3,9 @@
 // The connection is authenticated later by the native threads' FINISHED frames, whose keys come
 // from the session's TLS exporter (keys.ts): a peer without the session's TLS keys cannot pass.
 import net from 'node:net';
-import { DATAPLANE_PREFACE } from '../migration/wire/limits.js';
-import { TransportError, fromSocketError } from '../migration/transport/errors.js';
-import { close, write } from '../sys/fd.js';
+import { DATAPLANE_PREFACE } from '../wire/limits.js';
+import { TransportError, fromSocketError } from '../transport/errors.js';
+import { close, write } from '../../sys/fd.js';
 import { takeSocketFd } from './socket-fd.js';
 
 export const DATAPLANE_FEATURE_ENV = 'FERRY_NATIVE_FAULTS';

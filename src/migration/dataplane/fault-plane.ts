@@ -2,9 +2,9 @@
 // the guest memory's userfaultfd, fills known-zero pages, asks the source for pending ones on its
 // own connection and places the answers. This class starts and stops it and reads what it shares:
 // counters and fault latencies, with no JavaScript per fault.
-import type { PageStateTable } from '../memory/page-state.js';
-import type { SharedRequests } from '../migration/receive/page-placer.js';
-import { dataplaneAddon, DataplaneRole, DataplaneState, DATAPLANE_STAT_SLOTS, FaultThreadStat, type DataplaneHandle, type DataplaneRoleValue } from '../sys/dataplane.js';
+import type { PageStateTable } from '../../memory/page-state.js';
+import type { SharedRequests } from '../receive/page-placer.js';
+import { dataplaneAddon, DataplaneRole, DataplaneState, DATAPLANE_STAT_SLOTS, FaultThreadStat, type DataplaneHandle, type DataplaneRoleValue } from '../../sys/dataplane.js';
 
 export interface FaultPlaneOptions {
   /** The guest memory's userfaultfd, registered for MISSING faults, non-blocking (not taken). */

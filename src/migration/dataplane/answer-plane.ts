@@ -1,7 +1,7 @@
 // Source side of the native fault path: one native thread (native/dataplane/dp_answer.c) reads the
 // destination's page requests and answers each straight from the guest's memory, ahead of the bulk
 // stream. This class starts and stops it and reads its counters.
-import { dataplaneAddon, AnswerThreadStat, DataplaneRole, DATAPLANE_STAT_SLOTS, type DataplaneHandle, type DataplaneRoleValue } from '../sys/dataplane.js';
+import { dataplaneAddon, AnswerThreadStat, DataplaneRole, DATAPLANE_STAT_SLOTS, type DataplaneHandle, type DataplaneRoleValue } from '../../sys/dataplane.js';
 
 export interface AnswerPlaneOptions {
   /** Connected socket to the destination's fault thread; taken (closed by stop()). */
