@@ -60,8 +60,9 @@ function reserveUnwindRegion(bytes: number): UnwindRegion {
 const hooks: WasiHooks = {
   pauseRequested: () => Atomics.load(ctl, Ctl.PauseRequested) !== 0,
   unwind: startUnwind,
-  // Blocking reads wait in short slices so a pause request is seen within one slice.
-  waitReadable: (fd: number, timeoutMs: number) => poll([fd], [POLLIN], timeoutMs)[0] !== 0,
+  // Blocking reads wait beside the wake fd, which the owner signals with every pause request.
+  waitReadable: (fd: number, timeoutMs: number) => poll([fd, init.wakeFd], [POLLIN, POLLIN], timeoutMs)[0] !== 0,
+  wakeFd: init.wakeFd,
   // A sleeping guest wakes the moment its owner asks for a pause (Guest notifies this word).
   sleep: (ms: number) => void Atomics.wait(ctl, Ctl.PauseRequested, 0, ms),
 };
@@ -168,6 +169,24 @@ function capture(): PausedCapture {
   };
 }
 
+/** Tells the owner whether a running guest holds sockets (see Ctl.HoldsSockets). */
+function noteSockets(): void {
+  Atomics.store(ctl, Ctl.HoldsSockets, wasi.holdsSockets() ? 1 : 0);
+}
+
+/**
+ * The guest has ended: release its descriptors. Stopped, its TCP connections are aborted (their
+ * peers see a reset: the guest never closed them); exited, they are closed as a process exit would.
+ */
+function release(stopped: boolean): void {
+  try {
+    wasi.close(stopped);
+  } catch {
+    // best effort: the thread is ending anyway
+  }
+  Atomics.store(ctl, Ctl.HoldsSockets, 0);
+}
+
 /** Waits for a command while paused; returns true to resume, false to stop. */
 function waitForCommand(): boolean {
   for (;;) {
@@ -237,11 +256,12 @@ function run(): void {
   }
   wasi.setMemory(init.memory);
   bindWasi();
+  noteSockets();
   let rewind = false;
   if (launch.restore) {
     restoreGlobals(launch.restore.exec);
     if (launch.waitForGo && !waitForGo()) {
-      wasi.close();
+      release(true);
       setState(WorkerState.Done);
       return;
     }
@@ -261,6 +281,7 @@ function run(): void {
     try {
       exports._start();
     } catch (err: unknown) {
+      release(!(err instanceof WasiExit));
       setState(WorkerState.Done);
       if (err instanceof WasiExit) return post({ type: 'exit', code: err.code });
       const e = err as Error;
@@ -270,16 +291,19 @@ function run(): void {
       return post({ type: 'error', message: e.stack ?? String(e) });
     }
     if (exports.asyncify_get_state() !== AsyncifyState.Unwinding) {
+      release(false);
       setState(WorkerState.Done);
       return post({ type: 'exit', code: 0 });
     }
     exports.asyncify_stop_unwind();
+    noteSockets();
     // The capture goes first on its own port, so an owner waiting synchronously on the state
     // word finds it there with receiveMessageOnPort the moment the state says Paused.
     init.capturePort.postMessage(capture());
     setState(WorkerState.Paused);
     post({ type: 'paused' });
     if (!waitForCommand()) {
+      release(true);
       setState(WorkerState.Done);
       return; // stopped: no more guest code, no atexit handlers, no stdio flush
     }
