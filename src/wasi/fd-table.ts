@@ -6,6 +6,7 @@ import { ERRNO, WasiErrno } from './errno.js';
 import type { PreopenRoot } from './paths.js';
 import type { FdKind, SocketState } from './state.js';
 import { setLinger } from '../sys/socket.js';
+import { close as closeFd } from '../sys/fd.js';
 
 export interface DirEntry { name: string; ino: bigint; filetype: number }
 
@@ -105,7 +106,9 @@ export function closeHost(d: Descriptor, resetConnection = false): void {
     // not connected any more: a plain close will do
   }
   try {
-    fs.closeSync(d.hostFd);
+    // Sockets were opened by the addon, not by node:fs (which warns when it closes an fd it did not open).
+    if (d.socket !== undefined) closeFd(d.hostFd);
+    else fs.closeSync(d.hostFd);
   } catch {
     // already closed: nothing to release
   }

@@ -17,7 +17,7 @@ import { encodeUtf8, GuestMemoryViews } from './memory-views.js';
 import { joinGuestPath, makePreopenRoot, resolveHostPath, type PreopenRoot } from './paths.js';
 import { validateWasiState } from './persist.js';
 import { WASI_STATE_VERSION, type FdKind, type FdState, type SocketState, type WasiState } from './state.js';
-import { eventfdDrain, poll, POLLERR, POLLHUP, POLLIN, POLLOUT } from '../sys/fd.js';
+import { close as closeFd, eventfdDrain, poll, POLLERR, POLLHUP, POLLIN, POLLOUT } from '../sys/fd.js';
 import { accept, MSG_PEEK, recvmsg, sendmsg, SHUT_RD, SHUT_RDWR, SHUT_WR, shutdown, sockAddress, tcpListen } from '../sys/socket.js';
 
 export type { WasiState, FdState, FdKind, SocketState } from './state.js';
@@ -931,7 +931,7 @@ export class Wasi {
           desc = socketDescriptor('socket', conn, { family: d.socket.family, address: local.address, port: local.port, peer: { address: peer.address, port: peer.port } }, flags);
         } catch (err) {
           // reset before we could look at it (ENOTCONN from getpeername): the next one, as accept would
-          fs.closeSync(conn);
+          closeFd(conn);
           if (typeof err === 'object' && err !== null && 'code' in err && err.code === 'ENOTCONN') continue;
           throw err;
         }
