@@ -1057,10 +1057,11 @@ export class Wasi {
     for (;;) {
       const events: { sub: Sub; error: number; nbytes: bigint; hangup: boolean }[] = [];
       const t = this.clocks.monotonicNs();
-      // Sockets, and pipes when the host can wait on them, are asked with one poll() for all of them.
+      // Sockets are asked with one poll() for all of them; pipes and stdin through the host's hook.
       const waitSubs: Sub[] = [];
       const waitFds: number[] = [];
       const waitEvents: number[] = [];
+      let waitPipe: Descriptor | null = null;
       for (const s of subs) {
         if (s.type === EVENTTYPE.CLOCK) {
           if (t >= s.deadline) events.push({ sub: s, error: 0, nbytes: 0n, hangup: false });
@@ -1084,12 +1085,8 @@ export class Wasi {
         else if (!d.stream && d.root !== null) {
           const size = d.kind === 'file' ? BigInt(fs.fstatSync(d.hostFd).size) - BigInt(d.offset) : 0n;
           events.push({ sub: s, error: 0, nbytes: size > 0n ? size : 0n, hangup: false });
-        } else if (this.hooks.waitReadable === undefined) events.push({ sub: s, error: 0, nbytes: 1n, hangup: false });
-        else {
-          waitSubs.push(s);
-          waitFds.push(d.hostFd);
-          waitEvents.push(POLLIN);
-        }
+        } else if (this.readable(d, 0)) events.push({ sub: s, error: 0, nbytes: 1n, hangup: false });
+        else waitPipe ??= d;
       }
       if (waitFds.length > 0) {
         const rev = poll(waitFds, waitEvents, 0);
@@ -1118,8 +1115,13 @@ export class Wasi {
         return 0;
       }
       const remainingMs = earliest === null ? -1 : Math.max(0, Number(earliest - t) / 1e6);
-      if (waitFds.length > 0) this.waitFds(waitFds, waitEvents, remainingMs < 0 ? -1 : Math.ceil(remainingMs));
-      else this.sleepMs(Math.min(WAIT_SLICE_MS, remainingMs < 0 ? WAIT_SLICE_MS : remainingMs));
+      const slice = Math.min(WAIT_SLICE_MS, remainingMs < 0 ? WAIT_SLICE_MS : remainingMs);
+      if (waitFds.length > 0) {
+        // With a pipe in the set as well, wait on the sockets for one slice only, then look at the pipe again.
+        const sockMs = waitPipe !== null ? Math.ceil(slice) : remainingMs < 0 ? -1 : Math.ceil(remainingMs);
+        this.waitFds(waitFds, waitEvents, sockMs);
+      } else if (waitPipe !== null) this.readable(waitPipe, Math.ceil(slice));
+      else this.sleepMs(slice);
     }
   }
 }
