@@ -182,6 +182,12 @@ export class Wasi {
   private readonly clocks = new GuestClocks();
   private exitCode: number | null = null;
   private pendingPoll: { subscriptions: string; deadlineNs: bigint } | null = null;
+  /**
+   * A blocking recv (MSG_WAITALL) or send that had moved some bytes when a pause came: it unwinds,
+   * and its re-entry (the same call, same arguments) goes on from `done`. Host-local: a restore
+   * elsewhere finds the connection reset anyway.
+   */
+  private partialIo: { fd: number; key: string; done: number } | null = null;
   /** Private target for Atomics.wait: the only way to sleep synchronously on a worker. */
   private readonly sleeper = new Int32Array(new SharedArrayBuffer(4));
 
@@ -680,7 +686,7 @@ export class Wasi {
         const d = this.sockOf(fd);
         this.need(d, RIGHTS.FD_READ);
         if (riFlags & ~(RIFLAGS_PEEK | RIFLAGS_WAITALL)) throw new WasiErrno(ERRNO.INVAL);
-        const n = this.sockRecv(d, this.m().iovecs(iovs, iovsLen), (riFlags & RIFLAGS_PEEK) !== 0, (riFlags & RIFLAGS_WAITALL) !== 0);
+        const n = this.sockRecv(fd, `${iovs} ${iovsLen} ${riFlags}`, d, this.m().iovecs(iovs, iovsLen), (riFlags & RIFLAGS_PEEK) !== 0, (riFlags & RIFLAGS_WAITALL) !== 0);
         if (n === null) return 0; // unwound for a pause: re-entered on resume
         this.m().setU32(datalenOut, n);
         this.m().setU16(roFlagsOut, 0);
@@ -690,7 +696,7 @@ export class Wasi {
         const d = this.sockOf(fd);
         this.need(d, RIGHTS.FD_WRITE);
         if (siFlags !== 0) throw new WasiErrno(ERRNO.INVAL);
-        const n = this.sockSend(d, this.m().iovecs(iovs, iovsLen));
+        const n = this.sockSend(fd, `${iovs} ${iovsLen}`, d, this.m().iovecs(iovs, iovsLen));
         if (n === null) return 0;
         this.m().setU32(datalenOut, n);
         return 0;
@@ -752,7 +758,7 @@ export class Wasi {
     if (!d.read) throw new WasiErrno(ERRNO.BADF);
     this.need(d, RIGHTS.FD_READ);
     if (d.socket !== undefined) {
-      const n = this.sockRecv(d as SocketDescriptor, this.m().iovecs(iovs, iovsLen), false, false);
+      const n = this.sockRecv(fd, `${iovs} ${iovsLen} 0`, d as SocketDescriptor, this.m().iovecs(iovs, iovsLen), false, false);
       if (n !== null) this.m().setU32(nreadPtr, n);
       return 0;
     }
@@ -795,7 +801,7 @@ export class Wasi {
       return 0;
     }
     if (d.socket !== undefined) {
-      const n = this.sockSend(d as SocketDescriptor, views);
+      const n = this.sockSend(fd, `${iovs} ${iovsLen}`, d as SocketDescriptor, views);
       if (n !== null) this.m().setU32(nwrittenPtr, n);
       return 0;
     }
@@ -948,14 +954,21 @@ export class Wasi {
     }
   }
 
-  /** Bytes received, or null when it unwound for a pause (nothing consumed). */
-  private sockRecv(d: SocketDescriptor, views: Uint8Array[], peek: boolean, waitAll: boolean): number | null {
+  /** A partial call this (re-)entry continues: the bytes it had already moved. */
+  private resumePartial(fd: number, key: string): number {
+    const p = this.partialIo;
+    this.partialIo = null;
+    return p !== null && p.fd === fd && p.key === key ? p.done : 0;
+  }
+
+  /** Bytes received, or null when it unwound for a pause (what it had received is kept for the re-entry). */
+  private sockRecv(fd: number, key: string, d: SocketDescriptor, views: Uint8Array[], peek: boolean, waitAll: boolean): number | null {
     if (d.kind === 'listener') throw new WasiErrno(ERRNO.NOTCONN);
     if (d.hostFd < 0) return this.deadSocket(d, true);
     const size = views.reduce((n, v) => n + v.length, 0);
     if (size === 0) return 0;
     const nonblock = (d.fdflags & FDFLAGS.NONBLOCK) !== 0;
-    let total = 0;
+    let total = this.resumePartial(fd, `recv ${key}`);
     for (;;) {
       let n = -1;
       try {
@@ -972,9 +985,10 @@ export class Wasi {
         if (!waitAll || peek || total === size) return total;
         continue;
       }
-      if (total > 0 && (nonblock || this.hooks.pauseRequested())) return total;
+      if (total > 0 && nonblock) return total;
       if (nonblock) throw new WasiErrno(ERRNO.AGAIN);
       if (this.hooks.pauseRequested()) {
+        if (total > 0) this.partialIo = { fd, key: `recv ${key}`, done: total };
         this.hooks.unwind();
         return null;
       }
@@ -982,14 +996,14 @@ export class Wasi {
     }
   }
 
-  /** Bytes sent (all of them unless non-blocking or interrupted by a pause), or null when it unwound (nothing sent). */
-  private sockSend(d: SocketDescriptor, views: Uint8Array[]): number | null {
+  /** Bytes sent (all of them unless non-blocking), or null when it unwound for a pause (what it sent is kept for the re-entry). */
+  private sockSend(fd: number, key: string, d: SocketDescriptor, views: Uint8Array[]): number | null {
     if (d.kind === 'listener') throw new WasiErrno(ERRNO.NOTCONN);
     if (d.hostFd < 0) return this.deadSocket(d, false);
     const size = views.reduce((n, v) => n + v.length, 0);
     if (size === 0) return 0;
     const nonblock = (d.fdflags & FDFLAGS.NONBLOCK) !== 0;
-    let total = 0;
+    let total = this.resumePartial(fd, `send ${key}`);
     for (;;) {
       let n = -1;
       try {
@@ -1005,9 +1019,9 @@ export class Wasi {
         if (total === size || nonblock) return total;
         continue;
       }
-      if (total > 0 && (nonblock || this.hooks.pauseRequested())) return total;
       if (nonblock) throw new WasiErrno(ERRNO.AGAIN);
       if (this.hooks.pauseRequested()) {
+        if (total > 0) this.partialIo = { fd, key: `send ${key}`, done: total };
         this.hooks.unwind();
         return null;
       }
