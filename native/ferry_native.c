@@ -8,6 +8,8 @@
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <sys/uio.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -786,24 +788,35 @@ static napi_value f_poll(napi_env env, napi_callback_info info) {
       !get_i32(env, argv[3], OP, "timeoutMs", &timeout))
     return NULL;
   if (n1 != n2 || n1 != n3) return throw_arg(env, OP, "fds, events and revents must have the same length");
-  if (n1 > 64) return throw_arg(env, OP, "at most 64 fds");
-  struct pollfd p[64];
+  if (n1 > 4096) return throw_arg(env, OP, "at most 4096 fds");
+  struct pollfd small[64];
+  struct pollfd *p = n1 <= 64 ? small : malloc(n1 * sizeof *p);
+  if (!p) return throw_errno(env, OP, ENOMEM, NULL);
   for (size_t i = 0; i < n1; i++) {
-    if (fds[i] < 0) return throw_errno(env, OP, EBADF, "a negative fd");
+    if (fds[i] < 0) {
+      if (p != small) free(p);
+      return throw_errno(env, OP, EBADF, "a negative fd");
+    }
     p[i].fd = fds[i];
     p[i].events = (short)ev[i];
     p[i].revents = 0;
   }
   int r = poll(p, n1, timeout);
-  if (r < 0 && errno != EINTR) return throw_errno(env, OP, errno, NULL);
+  int err = errno;
+  if (r < 0 && err != EINTR) {
+    if (p != small) free(p);
+    return throw_errno(env, OP, err, NULL);
+  }
   for (size_t i = 0; i < n1; i++) {
     rev[i] = r > 0 ? p[i].revents : 0;
-    if (p[i].revents & POLLNVAL) {
+    if (r > 0 && (p[i].revents & POLLNVAL)) {
       char d[64];
       snprintf(d, sizeof d, "fd %d is not open", fds[i]);
+      if (p != small) free(p);
       return throw_errno(env, OP, EBADF, d);
     }
   }
+  if (p != small) free(p);
   return num(env, r < 0 ? 0 : r);
 }
 
@@ -913,6 +926,218 @@ static napi_value f_tcp_info(napi_env env, napi_callback_info info) {
   socklen_t got = len > 0x7fffffff ? 0x7fffffff : (socklen_t)len;
   if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, buf, &got) != 0) return throw_errno(env, OP, errno, NULL);
   return num(env, got);
+}
+
+
+/* ------------------------------------------------------------------ TCP sockets (guest sockets) */
+
+static void set_num(napi_env env, napi_value o, const char *k, double v);
+
+#undef OP
+#define OP "tcpListen"
+/* tcpListen(family 4|6, address: string (numeric), port, backlog) -> fd: a non-blocking, close-on-exec
+ * TCP socket with SO_REUSEADDR, bound and listening. */
+static napi_value f_tcp_listen(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int32_t family, port, backlog;
+  char text[INET6_ADDRSTRLEN + 1];
+  size_t tlen = 0;
+  uint8_t a[16];
+  if (!get_i32(env, argv[0], OP, "family", &family) || !get_i32(env, argv[2], OP, "port", &port) ||
+      !get_i32(env, argv[3], OP, "backlog", &backlog))
+    return NULL;
+  if (napi_get_value_string_utf8(env, argv[1], text, sizeof text, &tlen) != napi_ok) return throw_arg(env, OP, "address must be a string");
+  if (family != 4 && family != 6) return throw_arg(env, OP, "family must be 4 or 6");
+  if (inet_pton(family == 4 ? AF_INET : AF_INET6, text, a) != 1) return throw_arg(env, OP, "address %s is not a numeric IPv%d address", text, family);
+  if (port < 0 || port > 65535) return throw_arg(env, OP, "port must be 0..65535");
+  struct sockaddr_storage ss;
+  memset(&ss, 0, sizeof ss);
+  socklen_t sl;
+  if (family == 4) {
+    struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+    in->sin_family = AF_INET;
+    in->sin_port = htons((uint16_t)port);
+    memcpy(&in->sin_addr, a, 4);
+    sl = sizeof *in;
+  } else {
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons((uint16_t)port);
+    memcpy(&in6->sin6_addr, a, 16);
+    sl = sizeof *in6;
+  }
+  int fd = socket(family == 4 ? AF_INET : AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, OP, errno, "socket");
+  int one = 1;
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0) {
+    int e = errno;
+    close(fd);
+    return throw_errno(env, OP, e, "SO_REUSEADDR");
+  }
+  if (bind(fd, (struct sockaddr *)&ss, sl) != 0) {
+    int e = errno;
+    close(fd);
+    return throw_errno(env, OP, e, "bind");
+  }
+  if (listen(fd, backlog) != 0) {
+    int e = errno;
+    close(fd);
+    return throw_errno(env, OP, e, "listen");
+  }
+  return num(env, fd);
+}
+
+#undef OP
+#define OP "sockAddress"
+/* sockAddress(fd, peer: boolean) -> { family: 4|6, address: string, port } (getsockname / getpeername). */
+static napi_value f_sock_address(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int fd, peer;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_bool(env, argv[1], OP, "peer", &peer)) return NULL;
+  struct sockaddr_storage ss;
+  socklen_t sl = sizeof ss;
+  int r = peer ? getpeername(fd, (struct sockaddr *)&ss, &sl) : getsockname(fd, (struct sockaddr *)&ss, &sl);
+  if (r != 0) return throw_errno(env, OP, errno, peer ? "getpeername" : "getsockname");
+  char text[INET6_ADDRSTRLEN] = "";
+  int family, port;
+  if (ss.ss_family == AF_INET) {
+    struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+    inet_ntop(AF_INET, &in->sin_addr, text, sizeof text);
+    family = 4;
+    port = ntohs(in->sin_port);
+  } else if (ss.ss_family == AF_INET6) {
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+    inet_ntop(AF_INET6, &in6->sin6_addr, text, sizeof text);
+    family = 6;
+    port = ntohs(in6->sin6_port);
+  } else {
+    return throw_errno(env, OP, EAFNOSUPPORT, "not an IP socket");
+  }
+  napi_value o = NULL, t = NULL;
+  napi_create_object(env, &o);
+  set_num(env, o, "family", family);
+  set_num(env, o, "port", port);
+  napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &t);
+  napi_set_named_property(env, o, "address", t);
+  return o;
+}
+
+#undef OP
+#define OP "accept"
+/* accept(fd) -> a new non-blocking, close-on-exec connected socket (accept4); throws EAGAIN when none waits. */
+static napi_value f_accept(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  if (!get_fd(env, argv[0], OP, &fd)) return NULL;
+  int r;
+  do r = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  while (r < 0 && errno == EINTR);
+  if (r < 0) return throw_errno(env, OP, errno, NULL);
+  return num(env, r);
+}
+
+#define MAX_IOV 1024
+/* The iovecs of an array of byte views (at most MAX_IOV). */
+static int get_iovecs(napi_env env, napi_value arr, const char *op, struct iovec *iov, size_t *n) {
+  bool is = false;
+  napi_is_array(env, arr, &is);
+  if (!is) { throw_arg(env, op, "views must be an array"); return 0; }
+  uint32_t len;
+  napi_get_array_length(env, arr, &len);
+  if (len > MAX_IOV) { throw_arg(env, op, "at most %d views", MAX_IOV); return 0; }
+  for (uint32_t i = 0; i < len; i++) {
+    napi_value v = NULL;
+    napi_get_element(env, arr, i, &v);
+    uint8_t *p;
+    size_t l;
+    if (!get_bytes(env, v, op, "view", &p, &l, NULL)) return 0;
+    iov[i].iov_base = p;
+    iov[i].iov_len = l;
+  }
+  *n = len;
+  return 1;
+}
+
+#undef OP
+#define OP "recvmsg"
+/* recvmsg(fd, views, flags) -> bytes received (0 at end of stream); throws EAGAIN on an empty non-blocking socket. */
+static napi_value f_recvmsg(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int fd;
+  int32_t flags;
+  static __thread struct iovec iov[MAX_IOV];
+  size_t n;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_iovecs(env, argv[1], OP, iov, &n) || !get_i32(env, argv[2], OP, "flags", &flags)) return NULL;
+  struct msghdr mh;
+  memset(&mh, 0, sizeof mh);
+  mh.msg_iov = iov;
+  mh.msg_iovlen = n;
+  ssize_t r;
+  do r = recvmsg(fd, &mh, flags);
+  while (r < 0 && errno == EINTR);
+  if (r < 0) return throw_errno(env, OP, errno, NULL);
+  return num(env, (double)r);
+}
+
+#undef OP
+#define OP "sendmsg"
+/* sendmsg(fd, views, flags) -> bytes sent; MSG_NOSIGNAL is always added (EPIPE, never SIGPIPE). */
+static napi_value f_sendmsg(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int fd;
+  int32_t flags;
+  static __thread struct iovec iov[MAX_IOV];
+  size_t n;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_iovecs(env, argv[1], OP, iov, &n) || !get_i32(env, argv[2], OP, "flags", &flags)) return NULL;
+  struct msghdr mh;
+  memset(&mh, 0, sizeof mh);
+  mh.msg_iov = iov;
+  mh.msg_iovlen = n;
+  ssize_t r;
+  do r = sendmsg(fd, &mh, flags | MSG_NOSIGNAL);
+  while (r < 0 && errno == EINTR);
+  if (r < 0) return throw_errno(env, OP, errno, NULL);
+  return num(env, (double)r);
+}
+
+#undef OP
+#define OP "shutdown"
+/* shutdown(fd, how) with how = SHUT_RD | SHUT_WR | SHUT_RDWR. */
+static napi_value f_shutdown(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int fd;
+  int32_t how;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_i32(env, argv[1], OP, "how", &how)) return NULL;
+  if (how != SHUT_RD && how != SHUT_WR && how != SHUT_RDWR) return throw_arg(env, OP, "how %d unknown", how);
+  if (shutdown(fd, how) != 0) return throw_errno(env, OP, errno, NULL);
+  return undef(env);
+}
+
+#undef OP
+#define OP "setLinger"
+/* setsockopt(fd, SOL_SOCKET, SO_LINGER, {onoff, seconds}); {1, 0} makes close() send a reset. */
+static napi_value f_set_linger(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int fd, on;
+  int32_t secs;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_bool(env, argv[1], OP, "on", &on) || !get_i32(env, argv[2], OP, "seconds", &secs)) return NULL;
+  if (secs < 0) return throw_arg(env, OP, "seconds must be >= 0");
+  struct linger l = {.l_onoff = on, .l_linger = secs};
+  if (setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l) != 0) return throw_errno(env, OP, errno, NULL);
+  return undef(env);
+}
+
+#undef OP
+#define OP "socketError"
+/* getsockopt(fd, SOL_SOCKET, SO_ERROR): the pending error (cleared by the read), 0 for none. */
+static napi_value f_socket_error(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  if (!get_fd(env, argv[0], OP, &fd)) return NULL;
+  int e = 0;
+  socklen_t l = sizeof e;
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &l) != 0) return throw_errno(env, OP, errno, NULL);
+  return num(env, e);
 }
 
 #undef OP
@@ -1096,7 +1321,9 @@ static napi_value constants(napi_env env) {
   C(PAGE_IS_PFNZERO); C(PAGE_IS_HUGE); C(PAGE_IS_SOFT_DIRTY); C(PM_SCAN_WP_MATCHING); C(PM_SCAN_CHECK_WPASYNC);
   C(MADV_DONTNEED); C(MADV_WILLNEED); C(MADV_HUGEPAGE); C(MADV_NOHUGEPAGE); C(MADV_COLLAPSE);
   C(EFD_NONBLOCK); C(EFD_CLOEXEC); C(EFD_SEMAPHORE); C(MFD_CLOEXEC);
-  C(POLLIN); C(POLLOUT); C(POLLERR); C(POLLHUP); C(POLLNVAL);
+  C(POLLIN); C(POLLOUT); C(POLLERR); C(POLLHUP); C(POLLNVAL); C(POLLRDHUP);
+  C(MSG_PEEK); C(MSG_WAITALL); C(MSG_DONTWAIT); C(SHUT_RD); C(SHUT_WR); C(SHUT_RDWR);
+  C(ECONNRESET); C(EPIPE); C(ENOTCONN);
   C(EEXIST); C(EAGAIN);
 #undef C
   return c;
@@ -1127,6 +1354,8 @@ static napi_value init(napi_env env, napi_value exports) {
       F("uffdReadEvents", f_uffd_read_events), F("uffdWait", f_uffd_wait), F("pagemapScan", f_pagemap_scan),
       F("pagemapRead", f_pagemap_read), F("pagemapScanBits", f_pagemap_scan_bits), F("poll", f_poll), F("read", f_read), F("pread", f_pread),
       F("write", f_write), F("close", f_close), F("dup", f_dup), F("setsockoptInt", f_setsockopt_int), F("tcpInfo", f_tcp_info), F("schedSetThread", f_sched_set_thread), F("eventfd", f_eventfd), F("fdWatch", f_fd_watch),
+      F("tcpListen", f_tcp_listen), F("sockAddress", f_sock_address), F("accept", f_accept), F("recvmsg", f_recvmsg),
+      F("sendmsg", f_sendmsg), F("shutdown", f_shutdown), F("setLinger", f_set_linger), F("socketError", f_socket_error),
       F("fdUnwatch", f_fd_unwatch), F("nowUs", f_now_us), F("exitNow", f_exit_now),
 #undef F
   };

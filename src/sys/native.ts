@@ -53,6 +53,20 @@ export interface FerryNative {
   close(fd: number): void;
   dup(fd: number): number;
   setsockoptInt(fd: number, option: number, value: number): void;
+  /** A non-blocking, close-on-exec TCP socket with SO_REUSEADDR, bound to a numeric address and listening. */
+  tcpListen(family: 4 | 6, address: string, port: number, backlog: number): number;
+  /** getsockname (peer false) or getpeername (peer true) of an IP socket. */
+  sockAddress(fd: number, peer: boolean): { family: 4 | 6; address: string; port: number };
+  /** accept4(fd, SOCK_NONBLOCK | SOCK_CLOEXEC); throws EAGAIN when no connection waits. */
+  accept(fd: number): number;
+  /** recvmsg into the views (scatter); bytes received, 0 at end of stream. */
+  recvmsg(fd: number, views: Bytes[], flags: number): number;
+  /** sendmsg from the views (gather), always with MSG_NOSIGNAL. */
+  sendmsg(fd: number, views: Bytes[], flags: number): number;
+  shutdown(fd: number, how: number): void;
+  setLinger(fd: number, on: boolean, seconds: number): void;
+  /** SO_ERROR: the socket's pending error number (cleared by reading it), 0 for none. */
+  socketError(fd: number): number;
   tcpInfo(fd: number, buf: Uint8Array): number;
   schedSetThread(policy: number, value: number): void;
   eventfd(initval: number, flags: number): number;
