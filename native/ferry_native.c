@@ -18,6 +18,9 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <linux/sockios.h>
+#include <linux/if_packet.h>
+#include <linux/if_ether.h>
 #include <sys/mman.h>
 #include <sched.h>
 #include <sys/resource.h>
@@ -987,6 +990,158 @@ static napi_value f_tcp_listen(napi_env env, napi_callback_info info) {
   return num(env, fd);
 }
 
+
+/* ------------------------------------------------------------------ TCP repair and link-layer sends
+ * Syscalls for moving TCP connections (TCP_REPAIR) and announcing an address (gratuitous ARP):
+ * generic socket options as bytes, queue-size ioctls, a socket bound/connected to a given address,
+ * and a raw link-layer datagram. What to set in which order is src/net/'s business. */
+
+/* An IPv4/IPv6 socket address from (family 4|6, numeric address, port). */
+static int get_sockaddr(napi_env env, napi_value fv, napi_value av, napi_value pv, const char *op, struct sockaddr_storage *ss, socklen_t *sl) {
+  int32_t family, port;
+  char text[INET6_ADDRSTRLEN + 1];
+  size_t tlen = 0;
+  uint8_t a[16];
+  if (!get_i32(env, fv, op, "family", &family) || !get_i32(env, pv, op, "port", &port)) return 0;
+  if (napi_get_value_string_utf8(env, av, text, sizeof text, &tlen) != napi_ok) return throw_arg(env, op, "address must be a string"), 0;
+  if (family != 4 && family != 6) return throw_arg(env, op, "family must be 4 or 6"), 0;
+  if (inet_pton(family == 4 ? AF_INET : AF_INET6, text, a) != 1) return throw_arg(env, op, "address %s is not a numeric IPv%d address", text, family), 0;
+  if (port < 0 || port > 65535) return throw_arg(env, op, "port must be 0..65535"), 0;
+  memset(ss, 0, sizeof *ss);
+  if (family == 4) {
+    struct sockaddr_in *in = (struct sockaddr_in *)ss;
+    in->sin_family = AF_INET;
+    in->sin_port = htons((uint16_t)port);
+    memcpy(&in->sin_addr, a, 4);
+    *sl = sizeof *in;
+  } else {
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons((uint16_t)port);
+    memcpy(&in6->sin6_addr, a, 16);
+    *sl = sizeof *in6;
+  }
+  return 1;
+}
+
+#undef OP
+#define OP "tcpSocket"
+/* tcpSocket(family 4|6) -> fd: a new non-blocking, close-on-exec TCP socket. */
+static napi_value f_tcp_socket(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int32_t family;
+  if (!get_i32(env, argv[0], OP, "family", &family)) return NULL;
+  if (family != 4 && family != 6) return throw_arg(env, OP, "family must be 4 or 6");
+  int fd = socket(family == 4 ? AF_INET : AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, OP, errno, "socket");
+  return num(env, fd);
+}
+
+#undef OP
+#define OP "sockBind"
+/* sockBind(fd, family, address, port): bind(2). */
+static napi_value f_sock_bind(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int fd;
+  struct sockaddr_storage ss;
+  socklen_t sl;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_sockaddr(env, argv[1], argv[2], argv[3], OP, &ss, &sl)) return NULL;
+  if (bind(fd, (struct sockaddr *)&ss, sl) != 0) return throw_errno(env, OP, errno, "bind");
+  return undef(env);
+}
+
+#undef OP
+#define OP "sockConnect"
+/* sockConnect(fd, family, address, port): connect(2); EINPROGRESS is thrown like any error (a
+ * socket in TCP_REPAIR connects at once, without a handshake). */
+static napi_value f_sock_connect(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int fd;
+  struct sockaddr_storage ss;
+  socklen_t sl;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_sockaddr(env, argv[1], argv[2], argv[3], OP, &ss, &sl)) return NULL;
+  int r;
+  do r = connect(fd, (struct sockaddr *)&ss, sl);
+  while (r != 0 && errno == EINTR);
+  if (r != 0) return throw_errno(env, OP, errno, "connect");
+  return undef(env);
+}
+
+#undef OP
+#define OP "getsockoptBytes"
+/* getsockoptBytes(fd, level, name, buf) -> bytes the kernel wrote into buf. */
+static napi_value f_getsockopt_bytes(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int fd;
+  int32_t level, name;
+  uint8_t *buf;
+  size_t len;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_i32(env, argv[1], OP, "level", &level) || !get_i32(env, argv[2], OP, "name", &name) ||
+      !get_bytes(env, argv[3], OP, "buf", &buf, &len, NULL))
+    return NULL;
+  socklen_t got = len > 0x7fffffff ? 0x7fffffff : (socklen_t)len;
+  if (getsockopt(fd, level, name, buf, &got) != 0) return throw_errno(env, OP, errno, NULL);
+  return num(env, got);
+}
+
+#undef OP
+#define OP "setsockoptBytes"
+/* setsockoptBytes(fd, level, name, buf): setsockopt(2) with buf as the option value. */
+static napi_value f_setsockopt_bytes(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int fd;
+  int32_t level, name;
+  uint8_t *buf;
+  size_t len;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_i32(env, argv[1], OP, "level", &level) || !get_i32(env, argv[2], OP, "name", &name) ||
+      !get_bytes(env, argv[3], OP, "buf", &buf, &len, NULL))
+    return NULL;
+  if (setsockopt(fd, level, name, len == 0 ? NULL : buf, (socklen_t)len) != 0) return throw_errno(env, OP, errno, NULL);
+  return undef(env);
+}
+
+#undef OP
+#define OP "ioctlInt"
+/* ioctlInt(fd, request) -> the int the ioctl wrote (SIOCINQ, SIOCOUTQ, SIOCOUTQNSD). */
+static napi_value f_ioctl_int(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int fd;
+  int32_t req;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_i32(env, argv[1], OP, "request", &req)) return NULL;
+  int v = 0;
+  if (ioctl(fd, (unsigned long)(uint32_t)req, &v) != 0) return throw_errno(env, OP, errno, NULL);
+  return num(env, v);
+}
+
+#undef OP
+#define OP "packetSend"
+/* packetSend(ifindex, ethertype, dstMac: 6 bytes, payload): one datagram on an AF_PACKET
+ * SOCK_DGRAM socket (the kernel adds the link header with the interface's own source address). */
+static napi_value f_packet_send(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int32_t ifindex, ethertype;
+  uint8_t *mac, *payload;
+  size_t maclen, plen;
+  if (!get_i32(env, argv[0], OP, "ifindex", &ifindex) || !get_i32(env, argv[1], OP, "ethertype", &ethertype) ||
+      !get_bytes(env, argv[2], OP, "dstMac", &mac, &maclen, NULL) || !get_bytes(env, argv[3], OP, "payload", &payload, &plen, NULL))
+    return NULL;
+  if (maclen != 6) return throw_arg(env, OP, "dstMac must be 6 bytes");
+  int fd = socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC, htons((uint16_t)ethertype));
+  if (fd < 0) return throw_errno(env, OP, errno, "socket");
+  struct sockaddr_ll ll;
+  memset(&ll, 0, sizeof ll);
+  ll.sll_family = AF_PACKET;
+  ll.sll_protocol = htons((uint16_t)ethertype);
+  ll.sll_ifindex = ifindex;
+  ll.sll_halen = 6;
+  memcpy(ll.sll_addr, mac, 6);
+  ssize_t r = sendto(fd, payload, plen, 0, (struct sockaddr *)&ll, sizeof ll);
+  int e = errno;
+  close(fd);
+  if (r < 0) return throw_errno(env, OP, e, "sendto");
+  return num(env, (double)r);
+}
+
 #undef OP
 #define OP "sockAddress"
 /* sockAddress(fd, peer: boolean) -> { family: 4|6, address: string, port } (getsockname / getpeername). */
@@ -1304,7 +1459,7 @@ static napi_value constants(napi_env env) {
   napi_create_object(env, &c);
 #define C(name) set_num(env, c, #name, (double)(name))
   C(UFFD_API);
-  C(SO_SNDBUF); C(SO_RCVBUF);
+  C(SO_SNDBUF); C(SO_RCVBUF); C(SO_SNDBUFFORCE); C(SO_RCVBUFFORCE);
   C(UFFD_FEATURE_PAGEFAULT_FLAG_WP); C(UFFD_FEATURE_EVENT_FORK); C(UFFD_FEATURE_EVENT_REMAP);
   C(UFFD_FEATURE_EVENT_REMOVE); C(UFFD_FEATURE_MISSING_HUGETLBFS); C(UFFD_FEATURE_MISSING_SHMEM);
   C(UFFD_FEATURE_EVENT_UNMAP); C(UFFD_FEATURE_SIGBUS); C(UFFD_FEATURE_THREAD_ID); C(UFFD_FEATURE_MINOR_HUGETLBFS);
@@ -1325,6 +1480,10 @@ static napi_value constants(napi_env env) {
   C(MSG_PEEK); C(MSG_WAITALL); C(MSG_DONTWAIT); C(SHUT_RD); C(SHUT_WR); C(SHUT_RDWR);
   C(ECONNRESET); C(EPIPE); C(ENOTCONN);
   C(EEXIST); C(EAGAIN);
+  C(IPPROTO_TCP); C(SOL_SOCKET); C(TCP_REPAIR); C(TCP_REPAIR_QUEUE); C(TCP_QUEUE_SEQ); C(TCP_REPAIR_OPTIONS);
+  C(TCP_REPAIR_WINDOW); C(TCP_TIMESTAMP); C(TCP_MAXSEG); C(TCP_INFO); C(TCP_NODELAY); C(TCP_RECV_QUEUE); C(TCP_SEND_QUEUE);
+  C(TCP_REPAIR_ON); C(TCP_REPAIR_OFF); C(TCP_REPAIR_OFF_NO_WP); C(TCPOPT_MAXSEG); C(TCPOPT_WINDOW);
+  C(TCPOPT_SACK_PERMITTED); C(TCPOPT_TIMESTAMP); C(SIOCINQ); C(SIOCOUTQ); C(SIOCOUTQNSD); C(ETH_P_ARP);
 #undef C
   return c;
 }
@@ -1357,6 +1516,9 @@ static napi_value init(napi_env env, napi_value exports) {
       F("tcpListen", f_tcp_listen), F("sockAddress", f_sock_address), F("accept", f_accept), F("recvmsg", f_recvmsg),
       F("sendmsg", f_sendmsg), F("shutdown", f_shutdown), F("setLinger", f_set_linger), F("socketError", f_socket_error),
       F("fdUnwatch", f_fd_unwatch), F("nowUs", f_now_us), F("exitNow", f_exit_now),
+      F("tcpSocket", f_tcp_socket), F("sockBind", f_sock_bind), F("sockConnect", f_sock_connect),
+      F("getsockoptBytes", f_getsockopt_bytes), F("setsockoptBytes", f_setsockopt_bytes), F("ioctlInt", f_ioctl_int),
+      F("packetSend", f_packet_send),
 #undef F
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);

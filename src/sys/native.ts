@@ -76,6 +76,18 @@ export interface FerryNative {
   nowUs(): number;
   /** Flushes C stdio and ends the process with _exit(code): no V8 or Node teardown. */
   exitNow(code: number): never;
+  /** A new non-blocking, close-on-exec TCP socket (not bound, not connected). */
+  tcpSocket(family: 4 | 6): number;
+  sockBind(fd: number, family: 4 | 6, address: string, port: number): void;
+  /** connect(2); EINPROGRESS is thrown (a socket in TCP_REPAIR connects at once). */
+  sockConnect(fd: number, family: 4 | 6, address: string, port: number): void;
+  /** getsockopt into buf; the bytes the kernel wrote. */
+  getsockoptBytes(fd: number, level: number, name: number, buf: Uint8Array): number;
+  setsockoptBytes(fd: number, level: number, name: number, buf: Uint8Array): void;
+  /** An ioctl that writes one int (SIOCINQ, SIOCOUTQ, SIOCOUTQNSD). */
+  ioctlInt(fd: number, request: number): number;
+  /** One datagram on an AF_PACKET SOCK_DGRAM socket to dstMac on the interface; bytes sent. */
+  packetSend(ifindex: number, ethertype: number, dstMac: Uint8Array, payload: Uint8Array): number;
 }
 
 function addonPath(): string {
