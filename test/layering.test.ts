@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 const SRC = resolve(dirname(fileURLToPath(import.meta.url)), '../../src');
 
 /** Lowest first. A folder may import its own files and any folder before it. */
-const LAYERS = ['sys', 'memory', 'wasi', 'state', 'guest', 'migration', 'snapshot', 'api', 'cli'];
+const LAYERS = ['sys', 'net', 'memory', 'wasi', 'state', 'guest', 'migration', 'snapshot', 'api', 'cli'];
 /** Files at the top of src/: version.ts is a leaf every layer may read; index.ts is the package's entry, above all. */
 const ROOT_FILES: Record<string, number> = { 'version.ts': -1, 'index.ts': LAYERS.length };
 

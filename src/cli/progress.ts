@@ -1,7 +1,7 @@
 // Live migration progress on a terminal: one bar (cli-progress) fed by GET /guest/migration.
 // Not shown when stderr is not a TTY or when --json asks for machine output only.
 import cliProgress from 'cli-progress';
-import { fmtBytes } from '../guest/module-checks.js';
+import { fmtBytes } from '../guest/guest.js';
 import type { MigrationStatus } from '../api/types.js';
 
 export class MigrationProgressBar {

@@ -13,7 +13,7 @@
 //    process.
 import { sha256Hex } from '../state/hash.js';
 
-export const INSTRUMENTATION_VERSION = 8;
+export const INSTRUMENTATION_VERSION = 9;
 
 /** The import namespace and names Ferry adds. */
 export const FERRY_IMPORT_MODULE = 'ferry';
@@ -31,8 +31,11 @@ export const YIELD_IMPORT = { module: FERRY_IMPORT_MODULE, name: 'yield' } as co
  */
 export const SAFEPOINT_FLAG_ADDR = 16;
 
-/** WASI calls that may block and therefore must be able to unwind (re-entered on resume). */
-export const UNWINDABLE_WASI_CALLS = ['fd_read', 'poll_oneoff'] as const;
+/**
+ * WASI calls that may block and therefore must be able to unwind (re-entered on resume): reads,
+ * poll, and the socket calls; fd_write too, since a write to a socket blocks on a full send buffer.
+ */
+export const UNWINDABLE_WASI_CALLS = ['fd_read', 'fd_write', 'poll_oneoff', 'sock_accept', 'sock_recv', 'sock_send'] as const;
 
 import type { ValueType } from '../state/exec-state.js';
 export type { ValueType };

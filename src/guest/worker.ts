@@ -39,9 +39,15 @@ interface GuestExports {
 let exports!: GuestExports;
 let launch!: LaunchMessage;
 let unwind: UnwindRegion | null = null;
+/** The region's bytes as they were before the current unwind wrote there (see ExecState.displaced). */
+let beforeUnwind: Uint8Array | null = null;
+/** The part of them the unwind overwrote, put back when the rewind has read its data. */
+let displaced: Uint8Array | null = null;
 
 function startUnwind(): void {
   if (!unwind) unwind = reserveUnwindRegion(init.unwindBytes);
+  // The guest may own these bytes (see ExecState.displaced): keep them before Asyncify writes.
+  beforeUnwind = new Uint8Array(init.memory.buffer, unwind.ptr, unwind.size).slice();
   const words = new Int32Array(init.memory.buffer, unwind.ptr, 2);
   words[0] = unwind.ptr + 8; // Asyncify's data header: current position, end
   words[1] = unwind.ptr + unwind.size;
@@ -60,8 +66,9 @@ function reserveUnwindRegion(bytes: number): UnwindRegion {
 const hooks: WasiHooks = {
   pauseRequested: () => Atomics.load(ctl, Ctl.PauseRequested) !== 0,
   unwind: startUnwind,
-  // Blocking reads wait in short slices so a pause request is seen within one slice.
-  waitReadable: (fd: number, timeoutMs: number) => poll([fd], [POLLIN], timeoutMs)[0] !== 0,
+  // Blocking reads wait beside the wake fd, which the owner signals with every pause request.
+  waitReadable: (fd: number, timeoutMs: number) => poll([fd, init.wakeFd], [POLLIN, POLLIN], timeoutMs)[0] !== 0,
+  wakeFd: init.wakeFd,
   // A sleeping guest wakes the moment its owner asks for a pause (Guest notifies this word).
   sleep: (ms: number) => void Atomics.wait(ctl, Ctl.PauseRequested, 0, ms),
 };
@@ -71,6 +78,16 @@ let wasi!: Wasi;
 function stopRewind(): void {
   exports.asyncify_stop_rewind();
   Atomics.store(safepointFlags(init.memory), 1, 0);
+  // The rewind has read all its data: the guest gets back what the unwind wrote over.
+  if (displaced !== null) new Uint8Array(init.memory.buffer).set(displaced, unwind!.ptr);
+  displaced = null;
+}
+
+/** After an unwind: what it overwrote ([ptr, end of its data)), from the copy taken before. */
+function noteDisplaced(): void {
+  const end = new Uint32Array(init.memory.buffer, unwind!.ptr, 1)[0]!;
+  displaced = beforeUnwind!.slice(0, end - unwind!.ptr);
+  beforeUnwind = null;
 }
 
 // Called by a safepoint only when its flags say a pause or a rewind is pending.
@@ -161,11 +178,30 @@ function capture(): PausedCapture {
     exec: {
       globals: init.meta.globals.map((g) => encodeGlobal(g.type, (exports[g.exportName] as WebAssembly.Global).value)),
       unwind,
+      displaced: displaced === null ? null : Buffer.from(displaced.buffer, displaced.byteOffset, displaced.length).toString('base64'),
     },
     wasi: wasi.capture(),
     movabilityProblems: wasi.movabilityProblems(),
     memoryBytes: init.memory.buffer.byteLength,
   };
+}
+
+/** Tells the owner whether a running guest holds sockets (see Ctl.HoldsSockets). */
+function noteSockets(): void {
+  Atomics.store(ctl, Ctl.HoldsSockets, wasi.holdsSockets() ? 1 : 0);
+}
+
+/**
+ * The guest has ended: release its descriptors. Stopped, its TCP connections are aborted (their
+ * peers see a reset: the guest never closed them); exited, they are closed as a process exit would.
+ */
+function release(stopped: boolean): void {
+  try {
+    wasi.close(stopped);
+  } catch {
+    // best effort: the thread is ending anyway
+  }
+  Atomics.store(ctl, Ctl.HoldsSockets, 0);
 }
 
 /** Waits for a command while paused; returns true to resume, false to stop. */
@@ -231,17 +267,20 @@ function run(): void {
   launch = l;
   if (launch.restore) {
     unwind = launch.restore.exec.unwind;
+    const d = launch.restore.exec.displaced;
+    displaced = d === undefined || d === null ? null : new Uint8Array(Buffer.from(d, 'base64'));
     wasi = Wasi.restore(launch.restore.wasi, { preopens: launch.restore.preopens, stdio: launch.restore.stdio }, hooks);
   } else {
     wasi = new Wasi(launch.fresh!.wasi, hooks);
   }
   wasi.setMemory(init.memory);
   bindWasi();
+  noteSockets();
   let rewind = false;
   if (launch.restore) {
     restoreGlobals(launch.restore.exec);
     if (launch.waitForGo && !waitForGo()) {
-      wasi.close();
+      release(true);
       setState(WorkerState.Done);
       return;
     }
@@ -261,6 +300,7 @@ function run(): void {
     try {
       exports._start();
     } catch (err: unknown) {
+      release(!(err instanceof WasiExit));
       setState(WorkerState.Done);
       if (err instanceof WasiExit) return post({ type: 'exit', code: err.code });
       const e = err as Error;
@@ -270,16 +310,20 @@ function run(): void {
       return post({ type: 'error', message: e.stack ?? String(e) });
     }
     if (exports.asyncify_get_state() !== AsyncifyState.Unwinding) {
+      release(false);
       setState(WorkerState.Done);
       return post({ type: 'exit', code: 0 });
     }
     exports.asyncify_stop_unwind();
+    noteDisplaced();
+    noteSockets();
     // The capture goes first on its own port, so an owner waiting synchronously on the state
     // word finds it there with receiveMessageOnPort the moment the state says Paused.
     init.capturePort.postMessage(capture());
     setState(WorkerState.Paused);
     post({ type: 'paused' });
     if (!waitForCommand()) {
+      release(true);
       setState(WorkerState.Done);
       return; // stopped: no more guest code, no atexit handlers, no stdio flush
     }
