@@ -72,13 +72,15 @@ int dp_answer_run(dp_answer_args *a) {
   a->stats[SS_STATE] = DP_STATE_HANDSHAKE;
   if (dp_handshake(&c, a->secret, a->role, "urgent", a->timeout_ms, a->wakefd, a->stop) < 0) goto out;
   a->stats[SS_STATE] = DP_STATE_RUNNING;
+  /* Requests that came with the peer's FINISHED are already in rbuf: no poll would report them. */
+  int buffered = 1;
   for (;;) {
     int full = dp_conn_pending_tx(&c) > TX_BYTES / 2;
     struct pollfd pf[2] = {
         {.fd = a->sock, .events = (short)((full ? 0 : POLLIN) | (dp_conn_pending_tx(&c) ? POLLOUT : 0))},
         {.fd = a->wakefd, .events = POLLIN},
     };
-    if (poll(pf, 2, -1) < 0 && errno != EINTR) {
+    if (poll(pf, 2, buffered ? 0 : -1) < 0 && errno != EINTR) {
       dp_set_err(c.err, "poll: %s", strerror(errno));
       goto out;
     }
@@ -94,11 +96,17 @@ int dp_answer_run(dp_answer_args *a) {
       if (!full && dp_conn_fill(&c) < 0) goto out;
     }
     for (;;) {
-      if (dp_conn_pending_tx(&c) > TX_BYTES / 2) break; /* the rest waits in rbuf until the socket drains */
+      if (dp_conn_pending_tx(&c) > TX_BYTES / 2) { /* the rest waits in rbuf until the socket drains (POLLOUT) */
+        buffered = 0;
+        break;
+      }
       dp_frame f;
       int r = dp_conn_next(&c, &f);
       if (r < 0) goto out;
-      if (r == 0) break;
+      if (r == 0) {
+        buffered = 0; /* what is left is part of a frame: poll reports the rest */
+        break;
+      }
       if (f.type != DP_REQUEST) {
         dp_set_err(a->err, "refused a frame of type %u from the destination (only REQUEST may come)", f.type);
         goto out;

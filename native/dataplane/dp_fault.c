@@ -244,6 +244,8 @@ int dp_fault_run(dp_fault_args *a) {
   if (ask_again(&x) < 0) goto out;
   publish(&x);
   struct uffd_msg msgs[EVENTS];
+  /* Frames that came with the peer's FINISHED are already in rbuf: no poll would report them. */
+  int buffered = 1;
   for (;;) {
     /* A source that stops reading requests: stop reading faults (they wait in the kernel) until it does. */
     int tx_full = dp_conn_pending_tx(&x.c) > TX_BYTES / 2;
@@ -252,7 +254,7 @@ int dp_fault_run(dp_fault_args *a) {
         {.fd = a->sock, .events = (short)(POLLIN | (dp_conn_pending_tx(&x.c) ? POLLOUT : 0))},
         {.fd = a->wakefd, .events = POLLIN},
     };
-    if (poll(pf, 3, -1) < 0 && errno != EINTR) {
+    if (poll(pf, 3, buffered ? 0 : -1) < 0 && errno != EINTR) {
       dp_set_err(x.c.err, "poll: %s", strerror(errno));
       goto out;
     }
@@ -281,8 +283,9 @@ int dp_fault_run(dp_fault_args *a) {
       dp_set_err(x.c.err, "the userfaultfd failed (poll revents 0x%x)", pf[0].revents);
       goto out;
     }
-    if (pf[1].revents) {
-      if (dp_conn_fill(&x.c) < 0) goto out;
+    if (pf[1].revents || buffered) {
+      buffered = 0;
+      if (pf[1].revents && dp_conn_fill(&x.c) < 0) goto out;
       for (;;) {
         dp_frame f;
         int r = dp_conn_next(&x.c, &f);

@@ -566,7 +566,8 @@ export class MigrationDestination {
     this.pausedSince = performance.now();
     this.outages++;
     this.errorText = `connection lost: ${cause.message}`;
-    this.dropDataplane(); // one that came before the loss belongs to the lost connection
+    // A data plane connection held now came after the commit's was taken: it is the source's
+    // reconnection (the source may notice the loss first and be back before this side notices).
     this.addBytes();
     this.bulk?.destroy();
     this.urgent?.destroy();

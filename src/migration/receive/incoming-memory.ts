@@ -172,6 +172,11 @@ export class IncomingMemory {
    * reconnection: the new thread asks again for every page a fault still waits on).
    */
   attachDataplane(link: DataplaneLink): void {
+    if (this.stopped || !this.ownUffd) {
+      // Every page was placed before the connection was lost: only the closing messages are left.
+      close(link.fd);
+      return;
+    }
     this.stopPlane();
     this.nativeFailure = null;
     const plane = new FaultPlane({

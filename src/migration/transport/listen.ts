@@ -14,7 +14,7 @@ import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import type { MessageOf } from '../wire/messages.js';
 import { CHANNEL_PREFACE, DATAPLANE_PREFACE, GO_AHEAD } from '../wire/limits.js';
-import { dup } from '../../sys/fd.js';
+import { close, dup, write } from '../../sys/fd.js';
 import { TransportError, fromSocketError } from './errors.js';
 import type { FramedChannel } from './framed-channel.js';
 import { ChannelAcceptor, DEFAULT_HANDSHAKE_MS, peerOf, type AcceptOptions, type AcceptedChannel } from './accept-channel.js';
@@ -268,6 +268,14 @@ class Listener extends EventEmitter implements MigrationListener {
           return fail(err as Error);
         }
         settle();
+        try {
+          // Written on the descriptor itself: Node's socket is gone, and so is anything it queued.
+          if (write(copy, Buffer.from([GO_AHEAD])) !== 1) throw new Error('short write');
+        } catch (err) {
+          close(copy);
+          this.reject(new TransportError('IO', peer, `could not answer the data plane connection: ${(err as Error).message}`), peer, 'preface');
+          return;
+        }
         this.opts.dataplaneHandoff(copy, peer);
         return;
       }
