@@ -69,6 +69,8 @@ interface RunFlags extends TlsFlags {
 async function runModule(modulePath: string | undefined, opts: RunFlags, guestArgs: string[]): Promise<number> {
   if (!modulePath) throw new UsageError('missing MODULE (or use --incoming HOST:PORT to receive a guest)');
   if (opts.insecure || opts.tlsPsk || opts.tlsCert) throw new UsageError('TLS flags belong to --incoming (and to ferry migrate)');
+  // The guest's thread boots while this one loads the runtime and reads the module cache.
+  (await import('../../guest/spare-worker.js')).startSpareWorker();
   let bytes: Uint8Array;
   try {
     bytes = readFileSync(modulePath);
