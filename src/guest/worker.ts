@@ -23,6 +23,7 @@ function isSpare(data: unknown): boolean {
 function firstMessage(): Promise<WorkerInit> {
   return new Promise((resolve) => parentPort!.once('message', (m: WorkerInit) => resolve(m)));
 }
+
 const post = (m: WorkerMessage) => parentPort!.postMessage(m);
 
 /** The owner may wait on this word synchronously (Atomics.wait): notify on every change. */
