@@ -6,6 +6,7 @@ import { EventEmitter } from 'node:events';
 import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { Cmd, Ctl, WorkerState, controlWords, createControlMemory, safepointFlags } from './control-block.js';
 import { ModuleCache, type CachedModule } from './module-cache.js';
+import { takeSpareWorker } from './spare-worker.js';
 import { ModuleRejected, type InstrumentedMeta } from './instrument.js';
 import type { LaunchMessage, PausedCapture, WorkerInit, WorkerMessage } from './worker-protocol.js';
 import type { ListenSocket, Preopen, StdioBinding } from '../wasi/wasi.js';
@@ -148,10 +149,14 @@ export class Guest extends EventEmitter {
     const captures = new MessageChannel();
     this.launchPort = channel.port1;
     this.capturePort = captures.port1;
-    this.worker = new Worker(new URL('./worker.js', import.meta.url), {
-      workerData: { ...init, launchPort: channel.port2, capturePort: captures.port2 },
-      transferList: [channel.port2, captures.port2],
-    });
+    const workerInit: WorkerInit = { ...init, launchPort: channel.port2, capturePort: captures.port2 };
+    const spare = takeSpareWorker();
+    if (spare) {
+      spare.postMessage(workerInit, [channel.port2, captures.port2]);
+      this.worker = spare;
+    } else {
+      this.worker = new Worker(new URL('./worker.js', import.meta.url), { workerData: workerInit, transferList: [channel.port2, captures.port2] });
+    }
     this.ready = new Promise<void>((resolve, reject) => {
       this.worker.once('message', (m: WorkerMessage) => (m.type === 'ready' ? resolve() : reject(new GuestError('start-failed', m.type === 'error' ? m.message : 'guest worker did not start'))));
       this.once('exit', (e: GuestExit) => reject(new GuestError('start-failed', e.message ?? 'guest worker ended before it was ready')));

@@ -6,12 +6,24 @@ import { tmpdir } from 'node:os';
 import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import { Cmd, Ctl, WorkerState, controlWords, safepointFlags } from './control-block.js';
 import type { LaunchMessage, PausedCapture, WorkerInit, WorkerMessage } from './worker-protocol.js';
+import { SPARE_WORKER_DATA } from './spare-worker.js';
 import { decodeGlobal, encodeGlobal, type ExecState, type UnwindRegion } from '../state/exec-state.js';
 import { Wasi, WasiExit, type WasiHooks } from '../wasi/wasi.js';
 import { POLLIN, poll } from '../sys/fd.js';
 
-const init = workerData as WorkerInit;
+// A spare worker (spare-worker.ts) is started before its guest exists and gets its init as its
+// first message; any other is given it as workerData.
+const init: WorkerInit = isSpare(workerData) ? await firstMessage() : (workerData as WorkerInit);
 const ctl = controlWords(init.control);
+
+function isSpare(data: unknown): boolean {
+  return typeof data === 'object' && data !== null && (data as typeof SPARE_WORKER_DATA).spare === SPARE_WORKER_DATA.spare;
+}
+
+function firstMessage(): Promise<WorkerInit> {
+  return new Promise((resolve) => parentPort!.once('message', (m: WorkerInit) => resolve(m)));
+}
+
 const post = (m: WorkerMessage) => parentPort!.postMessage(m);
 
 /** The owner may wait on this word synchronously (Atomics.wait): notify on every change. */

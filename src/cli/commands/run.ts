@@ -11,7 +11,7 @@ import type { Guest, GuestExit } from '../../guest/guest.js';
 import type { GuestExtensions } from '../../api/guest-controller.js';
 import type { MigrateRequest } from '../../api/types.js';
 import { DEFAULT_RECOVER_TIMEOUT_S } from '../../migration/session/defaults.js';
-import { DEFAULT_HANDSHAKE_MS, DEFAULT_MAX_UNAUTHENTICATED } from '../../migration/transport/index.js';
+import { DEFAULT_HANDSHAKE_MS, DEFAULT_MAX_UNAUTHENTICATED } from '../../migration/transport/handshake-limits.js';
 // The guest runtime, the migration engine and the snapshot layer are loaded with import() in the
 // actions below, so that `ferry --help` and the control commands never load them (start-up time).
 
@@ -80,6 +80,8 @@ interface RunFlags extends TlsFlags {
 async function runModule(modulePath: string | undefined, opts: RunFlags, guestArgs: string[]): Promise<number> {
   if (!modulePath) throw new UsageError('missing MODULE (or use --incoming HOST:PORT to receive a guest)');
   if (opts.insecure || opts.tlsPsk || opts.tlsCert) throw new UsageError('TLS flags belong to --incoming (and to ferry migrate)');
+  // The guest's thread boots while this one loads the runtime and reads the module cache.
+  (await import('../../guest/spare-worker.js')).startSpareWorker();
   let bytes: Uint8Array;
   try {
     bytes = readFileSync(modulePath);
@@ -90,10 +92,8 @@ async function runModule(modulePath: string | undefined, opts: RunFlags, guestAr
   if (maxMemoryBytes > 4 * 1024 ** 3) throw new UsageError(`--max-memory ${opts.maxMemory}: at most 4G (wasm32)`);
   const preopens = parseDirs(opts.dir);
   const env = parseEnv(opts.env);
-  const [{ Guest }, { serveGuestApi }, { migrationExtensions }, { ModuleCache }, { InstrumentProgressBar }] = await Promise.all([
+  const [{ Guest }, { ModuleCache }, { InstrumentProgressBar }] = await Promise.all([
     import('../../guest/guest.js'),
-    import('../../api/guest-controller.js'),
-    import('../../api/migration-binding.js'),
     import('../../guest/module-cache.js'),
     import('../instrument-progress.js'),
   ]);
@@ -122,9 +122,9 @@ async function runModule(modulePath: string | undefined, opts: RunFlags, guestAr
   });
   let migrated = false;
   let snapshotted = false;
-  const api = opts.apiSock
-    ? await serveGuestApi(() => guest, opts.apiSock, await withSnapshots(guest, migrationExtensions(guest, { onMigrated: () => (migrated = true) }), () => (snapshotted = true)))
-    : null;
+  // The control API (HTTP server, migration engine, snapshots) is loaded only when asked for: a
+  // plain run should not pay for it at start-up.
+  const api = opts.apiSock ? await serveWithControl(guest, opts.apiSock, () => (migrated = true), () => (snapshotted = true)) : null;
   const result = await untilExit(guest);
   await api?.close();
   // A guest that moved to another host, or was saved to a snapshot and stopped, ended here on purpose: success.
@@ -214,6 +214,12 @@ export function exitCodeOf(result: GuestExit): number {
       process.stderr.write(`ferry: guest failed: ${result.message}\n`);
       return EXIT.failure;
   }
+}
+
+/** Serves the control API of a guest started by `ferry run MODULE`, with migration and snapshots. */
+async function serveWithControl(guest: Guest, apiSock: string, onMigrated: () => void, onSnapshotted: () => void): Promise<{ close(): Promise<void> }> {
+  const [{ serveGuestApi }, { migrationExtensions }] = await Promise.all([import('../../api/guest-controller.js'), import('../../api/migration-binding.js')]);
+  return serveGuestApi(() => guest, apiSock, await withSnapshots(guest, migrationExtensions(guest, { onMigrated }), onSnapshotted));
 }
 
 /**

@@ -18,6 +18,7 @@ import { close, dup, write } from '../../sys/fd.js';
 import { TransportError, fromSocketError } from './errors.js';
 import type { FramedChannel } from './framed-channel.js';
 import { ChannelAcceptor, DEFAULT_HANDSHAKE_MS, peerOf, type AcceptOptions, type AcceptedChannel } from './accept-channel.js';
+import { DEFAULT_MAX_UNAUTHENTICATED } from './handshake-limits.js';
 
 export type { AcceptedChannel } from './accept-channel.js';
 
@@ -42,7 +43,7 @@ export interface ListenOptions extends AcceptOptions {
   maxUnauthenticated?: number;
 }
 
-export const DEFAULT_MAX_UNAUTHENTICATED = 64;
+export { DEFAULT_MAX_UNAUTHENTICATED };
 /** Sessions with an urgent channel but no bulk one yet, kept at most (the oldest goes first). */
 const MAX_PARTIAL_SESSIONS = 16;
 
