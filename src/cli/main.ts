@@ -2,6 +2,7 @@
 import { Command, CommanderError } from 'commander';
 import { EXIT, EXIT_CODES_HELP, UsageError } from './exit-codes.js';
 import { packageVersion } from '../version.js';
+import type { CliContext } from './context.js';
 
 type Register = (program: Command, ctx: CliContext) => void;
 
