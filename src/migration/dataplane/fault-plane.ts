@@ -2,6 +2,7 @@
 // the guest memory's userfaultfd, fills known-zero pages, asks the source for pending ones on its
 // own connection and places the answers. This class starts and stops it and reads what it shares:
 // counters and fault latencies, with no JavaScript per fault.
+import type { FaultStats } from '../../memory/fault-stats.js';
 import type { PageStateTable } from '../../memory/page-state.js';
 import type { SharedRequests } from '../receive/page-placer.js';
 import { dataplaneAddon, DataplaneRole, DataplaneState, DATAPLANE_STAT_SLOTS, FaultThreadStat, type DataplaneHandle, type DataplaneRoleValue } from '../../sys/dataplane.js';
@@ -29,16 +30,8 @@ export interface FaultPlaneOptions {
   realtime?: boolean;
 }
 
-export interface FaultPlaneStats {
-  faults: number;
-  zeroFills: number;
-  requests: number;
-  deduped: number;
-  wakes: number;
-  /** Pages this thread placed (it won the page's pending → received move). */
-  pagesPlaced: number;
-  eexist: number;
-  latencySamples: number;
+/** The fault worker's counters (memory/fault-stats.ts), plus what the native thread also carries. */
+export interface FaultPlaneStats extends FaultStats {
   bytesSent: number;
   bytesReceived: number;
   /** Pages that arrived in answers (placed or not). */
