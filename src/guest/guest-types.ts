@@ -2,7 +2,7 @@
 // status, the error type, and the checks and helpers that need no running guest (imports a module
 // may have, stdio defaults, byte formatting).
 import { ModuleRejected, type InstrumentedMeta } from './instrument.js';
-import type { Preopen, StdioBinding } from '../wasi/wasi.js';
+import type { AdoptedSockets, Preopen, StdioBinding } from '../wasi/wasi.js';
 import type { GuestState } from '../state/guest-state.js';
 import type { ModuleCache } from './module-cache.js';
 import { WASI_PREVIEW1_FUNCTIONS } from '../wasi/functions.js';
@@ -45,6 +45,8 @@ export interface GuestStartOptions extends GuestCommonOptions {
 }
 
 export interface GuestRestoreOptions extends GuestCommonOptions {
+  /** Sockets a live migration re-created here, by guest fd (see RestoreBinding). */
+  sockets?: AdoptedSockets;
   module: Uint8Array;
   state: GuestState;
   /** The guest's memory, already holding (or about to hold, for lazy restore) its pages. */
@@ -62,16 +64,24 @@ export interface GuestPrepareOptions {
   cache?: ModuleCache;
 }
 
+/** What a restored guest is bound to on this host. */
+export interface RestoreBinding {
+  preopens?: Preopen[];
+  stdio?: Partial<StdioBinding>;
+  /** Sockets a live migration re-created here, by guest fd (the guest owns them from the launch on). */
+  sockets?: AdoptedSockets;
+}
+
 /** A guest worker waiting for a captured state; `G` is Guest (guest.ts names it PreparedGuest). */
 export interface PreparedGuestOf<G> {
   /** Hands the waiting worker a captured state; resolves once the guest runs (or waits paused). */
-  launchRestore(state: GuestState, binding: { preopens?: Preopen[]; stdio?: Partial<StdioBinding>; startPaused?: boolean }): Promise<G>;
+  launchRestore(state: GuestState, binding: RestoreBinding & { startPaused?: boolean }): Promise<G>;
   /**
    * Hands the waiting worker a captured state now and lets it set up everything but guest memory
    * (descriptors, globals); the guest runs only at go(). A migration destination stages when the
    * state arrives and says go at the commit, so little is left for the downtime.
    */
-  stageRestore(state: GuestState, binding: { preopens?: Preopen[]; stdio?: Partial<StdioBinding> }): StagedGuestOf<G>;
+  stageRestore(state: GuestState, binding: RestoreBinding): StagedGuestOf<G>;
   /** Ends the waiting worker (a migration that failed before its commit). */
   dispose(): Promise<void>;
 }

@@ -7,14 +7,14 @@ import { receiveMessageOnPort, type MessagePort, type Worker } from 'node:worker
 import { Cmd, WorkerState, createControlMemory } from './control-block.js';
 import { ModuleCache, type CachedModule } from './module-cache.js';
 import type { InstrumentedMeta } from './instrument.js';
-import type { LaunchMessage, PausedCapture, WorkerInit, WorkerMessage } from './worker-protocol.js';
+import type { LaunchMessage, PausedCapture, ResumeMessage, WorkerInit, WorkerMessage } from './worker-protocol.js';
 import {
   checkImports, checkStateFits, DEFAULT_MAX_MEMORY, DEFAULT_UNWIND_BYTES, GuestError, maxPagesFor, stdioOf, WASM_PAGE_SIZE,
-  type GuestExit, type GuestPrepareOptions, type GuestRestoreOptions, type GuestStartOptions, type GuestStatus, type PreparedGuestOf, type StagedGuestOf,
+  type GuestExit, type GuestPrepareOptions, type GuestRestoreOptions, type GuestStartOptions, type GuestStatus, type PreparedGuestOf, type RestoreBinding, type StagedGuestOf,
 } from './guest-types.js';
 import { listenersOf, openListeners } from './listeners.js';
 import { startWorker, WorkerControl } from './worker-control.js';
-import type { Preopen, StdioBinding } from '../wasi/wasi.js';
+import type { AdoptedSockets } from '../wasi/wasi.js';
 import { close as closeFd, EFD_CLOEXEC, EFD_NONBLOCK, eventfd } from '../sys/fd.js';
 import type { SockAddress } from '../sys/socket.js';
 import { GUEST_STATE_FORMAT, GUEST_STATE_VERSION, type GuestState } from '../state/guest-state.js';
@@ -22,12 +22,9 @@ import { GUEST_STATE_FORMAT, GUEST_STATE_VERSION, type GuestState } from '../sta
 export * from './guest-types.js';
 export type PreparedGuest = PreparedGuestOf<Guest>;
 export type StagedGuest = StagedGuestOf<Guest>;
-
 const STOP_WAIT_MS = 1000; // how long stop() waits for a running guest thread to end before giving up on it
-/** How long stop() lets a running guest that holds sockets reach a pause (it then closes them). */
-const STOP_PAUSE_MS = 2000;
-/** How long launch() blocks for the worker to start before falling back to its message. */
-const LAUNCH_WAIT_MS = 2000;
+const STOP_PAUSE_MS = 2000; // how long stop() lets a running guest that holds sockets pause (it then closes them)
+const LAUNCH_WAIT_MS = 2000; // how long launch() blocks for the worker to start before falling back to its message
 
 export class Guest extends EventEmitter {
   readonly memory: WebAssembly.Memory;
@@ -160,7 +157,7 @@ export class Guest extends EventEmitter {
     checkImports(mod.meta);
     const guest = Guest.spawn(mod, opts.memory, opts.modulePath ?? null, opts.maxMemoryBytes, true);
     await guest.ready;
-    const handOver = (state: GuestState, binding: { preopens?: Preopen[]; stdio?: Partial<StdioBinding>; startPaused?: boolean }, waitForGo: boolean) => {
+    const handOver = (state: GuestState, binding: RestoreBinding & { startPaused?: boolean }, waitForGo: boolean) => {
       checkStateFits(guest.meta, state, opts.memory);
       if (binding.startPaused) {
         guest.requestPause();
@@ -169,7 +166,7 @@ export class Guest extends EventEmitter {
       guest.priorUptimeMs = state.uptimeMs;
       guest.listeningValue = listenersOf(state);
       guest.sendLaunch({
-        restore: { exec: state.exec, wasi: state.wasi, preopens: binding.preopens ?? [], stdio: stdioOf(binding.stdio) },
+        restore: { exec: state.exec, wasi: state.wasi, preopens: binding.preopens ?? [], stdio: stdioOf(binding.stdio), sockets: binding.sockets ?? {} },
         waitForGo,
       });
     };
@@ -203,7 +200,7 @@ export class Guest extends EventEmitter {
       ...(opts.cache ? { cache: opts.cache } : {}),
     });
     try {
-      return await prepared.launchRestore(opts.state, { preopens: opts.preopens ?? [], stdio: opts.stdio ?? {}, startPaused: opts.startPaused ?? false });
+      return await prepared.launchRestore(opts.state, { preopens: opts.preopens ?? [], stdio: opts.stdio ?? {}, startPaused: opts.startPaused ?? false, sockets: opts.sockets ?? {} });
     } catch (err) {
       // A refused state (wrong module, memory too small) must not leave the waiting worker behind:
       // it would keep the process alive forever.
@@ -314,9 +311,10 @@ export class Guest extends EventEmitter {
     this.emit('paused');
   }
 
-  /** Continues a paused guest. */
-  resume(): void {
+  /** Continues a paused guest; `accepted`: connections its listeners (by guest fd) hand out next. */
+  resume(accepted?: Record<number, number[]>): void {
     if (this.statusValue !== 'paused') throw new GuestError('not-paused', `cannot resume a guest that is ${this.statusValue}`);
+    if (accepted !== undefined) this.launchPort.postMessage({ accepted } satisfies ResumeMessage);
     this.lastCapture = null;
     this.control.clearPauseRequest();
     this.statusValue = 'running';
@@ -327,22 +325,24 @@ export class Guest extends EventEmitter {
   /** The state of the paused guest (memory excluded). */
   capture(): GuestState {
     if (this.statusValue !== 'paused' || !this.lastCapture) throw new GuestError('not-paused', `capture needs a paused guest (it is ${this.statusValue})`);
-    const c = this.lastCapture;
-    return {
-      format: GUEST_STATE_FORMAT,
-      version: GUEST_STATE_VERSION,
-      module: { hash: this.meta.sourceHash, size: this.meta.sourceSize },
-      memory: { bytes: c.memoryBytes, maxBytes: this.maxMemoryBytes },
-      exec: c.exec,
-      wasi: c.wasi,
-      uptimeMs: this.uptimeMs,
-    };
+    const { memoryBytes: bytes, exec, wasi } = this.lastCapture;
+    const module = { hash: this.meta.sourceHash, size: this.meta.sourceSize };
+    return { format: GUEST_STATE_FORMAT, version: GUEST_STATE_VERSION, module, memory: { bytes, maxBytes: this.maxMemoryBytes }, exec, wasi, uptimeMs: this.uptimeMs };
+  }
+
+  /** Host fds of the paused guest's live sockets by guest fd (what a live migration moves). */
+  hostSockets(): AdoptedSockets {
+    return this.pausedCapture('the sockets').hostSockets;
   }
 
   /** Reasons the paused guest cannot leave this host (sockets, pipes...), empty if it can. */
   movabilityProblems(): string[] {
-    if (!this.lastCapture) throw new GuestError('not-paused', 'movability is known only for a paused guest');
-    return this.lastCapture.movabilityProblems;
+    return this.pausedCapture('movability').movabilityProblems;
+  }
+
+  private pausedCapture(what: string): PausedCapture {
+    if (!this.lastCapture) throw new GuestError('not-paused', `${what} is known only for a paused guest`);
+    return this.lastCapture;
   }
 
   /**

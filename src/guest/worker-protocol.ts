@@ -3,7 +3,7 @@
 import type { InstrumentedMeta } from './instrument.js';
 import type { MessagePort } from 'node:worker_threads';
 import type { ExecState } from '../state/exec-state.js';
-import type { Preopen, StdioBinding, WasiOptions, WasiState } from '../wasi/wasi.js';
+import type { AdoptedSockets, Preopen, StdioBinding, WasiOptions, WasiState } from '../wasi/wasi.js';
 
 /**
  * What a worker gets when it is spawned. It then waits — already started, module compiled — for a
@@ -30,7 +30,7 @@ export interface LaunchMessage {
   /** Fresh start: the WASI options and the data segments to write. */
   fresh?: { wasi: WasiOptions; dataImage: Uint8Array };
   /** Restore: state captured elsewhere, with this host's bindings. */
-  restore?: { exec: ExecState; wasi: WasiState; preopens: Preopen[]; stdio: StdioBinding };
+  restore?: { exec: ExecState; wasi: WasiState; preopens: Preopen[]; stdio: StdioBinding; sockets?: AdoptedSockets };
   /**
    * Staged restore: set everything up (descriptors, globals), then wait for Cmd.Go before touching
    * guest memory or running guest code. A migration destination stages as soon as the state
@@ -39,10 +39,19 @@ export interface LaunchMessage {
   waitForGo?: boolean;
 }
 
+/**
+ * Posted on the launch port before a resume that must hand the guest connections: those a failed
+ * live migration took from its listeners' accept queues (by listener guest fd), which the guest
+ * accepts next.
+ */
+export interface ResumeMessage { accepted: Record<number, number[]> }
+
 export interface PausedCapture {
   exec: ExecState;
   wasi: WasiState;
   movabilityProblems: string[];
+  /** Host fds of the guest's live sockets (this process's; what a live migration moves). */
+  hostSockets: AdoptedSockets;
   memoryBytes: number;
 }
 

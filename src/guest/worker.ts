@@ -5,7 +5,7 @@
 import { tmpdir } from 'node:os';
 import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import { Cmd, Ctl, WorkerState, controlWords, safepointFlags } from './control-block.js';
-import type { LaunchMessage, PausedCapture, WorkerInit, WorkerMessage } from './worker-protocol.js';
+import type { LaunchMessage, PausedCapture, ResumeMessage, WorkerInit, WorkerMessage } from './worker-protocol.js';
 import { SPARE_WORKER_DATA } from './spare-worker.js';
 import { decodeGlobal, encodeGlobal, type ExecState, type UnwindRegion } from '../state/exec-state.js';
 import { Wasi, WasiExit, type WasiHooks } from '../wasi/wasi.js';
@@ -194,6 +194,7 @@ function capture(): PausedCapture {
     },
     wasi: wasi.capture(),
     movabilityProblems: wasi.movabilityProblems(),
+    hostSockets: wasi.hostSockets(),
     memoryBytes: init.memory.buffer.byteLength,
   };
 }
@@ -220,7 +221,11 @@ function release(stopped: boolean): void {
 function waitForCommand(): boolean {
   for (;;) {
     const cmd = Atomics.exchange(ctl, Ctl.Command, Cmd.None);
-    if (cmd === Cmd.Resume) return true;
+    if (cmd === Cmd.Resume) {
+      const m = receiveMessageOnPort(init.launchPort);
+      if (m) wasi.adoptAccepted((m.message as ResumeMessage).accepted);
+      return true;
+    }
     if (cmd === Cmd.Stop) return false;
     Atomics.wait(ctl, Ctl.Command, Cmd.None);
   }
@@ -281,7 +286,7 @@ function run(): void {
     unwind = launch.restore.exec.unwind;
     const d = launch.restore.exec.displaced;
     displaced = d === undefined || d === null ? null : new Uint8Array(Buffer.from(d, 'base64'));
-    wasi = Wasi.restore(launch.restore.wasi, { preopens: launch.restore.preopens, stdio: launch.restore.stdio }, hooks);
+    wasi = Wasi.restore(launch.restore.wasi, { preopens: launch.restore.preopens, stdio: launch.restore.stdio, sockets: launch.restore.sockets ?? {} }, hooks);
   } else {
     wasi = new Wasi(launch.fresh!.wasi, hooks);
   }

@@ -30,6 +30,11 @@ export interface Descriptor {
   stream: boolean;
   /** Sorted listing for fd_readdir, refreshed when the guest starts over at cookie 0. Host-local cache. */
   listing?: DirEntry[];
+  /**
+   * A listener moved here by a live migration: connections that were waiting in its accept queue on
+   * the source, re-created here, which sock_accept hands out before any new one. Host-local.
+   */
+  pendingAccepts?: number[];
   /** Kinds 'listener' and 'socket': addresses, and whether the connection was reset by a restore. */
   socket?: SocketState & {
     /**
@@ -99,6 +104,13 @@ export class FdTable {
 
 export function closeHost(d: Descriptor, resetConnection = false): void {
   if (!d.ownsHostFd || d.hostFd < 0) return;
+  for (const fd of d.pendingAccepts?.splice(0) ?? []) {
+    try {
+      closeFd(fd);
+    } catch {
+      // already closed
+    }
+  }
   try {
     // SO_LINGER {1, 0}: close() aborts the connection, and the peer sees a reset rather than an end of stream.
     if (resetConnection && d.kind === 'socket') setLinger(d.hostFd, true, 0);

@@ -15,6 +15,15 @@ export interface WasiOptions {
   /** Listening sockets, preopened after the directories (guest fds in this order), like `wasmtime --tcplisten`. */
   listen?: ListenSocket[];
 }
+/**
+ * A socket a live migration re-created on this host for a guest fd (TCP_REPAIR): a connection, or a
+ * listener with the connections that waited in its accept queue on the source. The Wasi owns the
+ * host fds from Wasi.restore on, whether it succeeds or not. The same shape lists a paused guest's
+ * sockets on the source (Wasi.hostSockets).
+ */
+export interface AdoptedSocket { hostFd: number; accepted: number[] }
+export type AdoptedSockets = Record<number, AdoptedSocket>;
+
 export interface WasiHooks {
   /** Polled between wait slices by calls that may block; true = the guest must pause now. */
   pauseRequested(): boolean;

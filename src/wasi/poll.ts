@@ -70,6 +70,7 @@ export function pollOneoff(ctx: WasiContext, inPtr: number, outPtr: number, nsub
       }
       if (d.socket !== undefined) {
         if (d.hostFd < 0) events.push({ sub: s, error: 0, nbytes: 0n, hangup: true }); // reset by a restore
+        else if (s.type === EVENTTYPE.FD_READ && (d.pendingAccepts?.length ?? 0) > 0) events.push({ sub: s, error: 0, nbytes: 1n, hangup: false });
         else {
           waitSubs.push(s);
           waitFds.push(d.hostFd);

@@ -100,11 +100,14 @@ export function sockAccept(ctx: WasiContext, fd: number, flags: number, fdOut: n
   if (flags & ~FDFLAGS.NONBLOCK) throw new WasiErrno(ERRNO.INVAL);
   if (d.kind !== 'listener') throw new WasiErrno(ERRNO.INVAL);
   for (;;) {
-    let conn = -1;
-    try {
-      conn = accept(d.hostFd);
-    } catch (err) {
-      if (!isAgain(err)) throw err;
+    // Connections a migration brought from the source's accept queue come first, as they came first there.
+    let conn = d.pendingAccepts?.shift() ?? -1;
+    if (conn < 0) {
+      try {
+        conn = accept(d.hostFd);
+      } catch (err) {
+        if (!isAgain(err)) throw err;
+      }
     }
     if (conn >= 0) {
       let desc: Descriptor;

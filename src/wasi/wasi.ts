@@ -12,7 +12,7 @@ import { GuestMemoryViews } from './memory-views.js';
 import { makePreopenRoot, resolveHostPath } from './paths.js';
 import { validateWasiState } from './persist.js';
 import { WASI_STATE_VERSION, type FdState, type WasiState } from './state.js';
-import { DEFAULT_STDIO, validateOptions, WasiExit, type Preopen, type StdioBinding, type WasiHooks, type WasiOptions } from './options.js';
+import { DEFAULT_STDIO, validateOptions, WasiExit, type AdoptedSocket, type AdoptedSockets, type Preopen, type StdioBinding, type WasiHooks, type WasiOptions } from './options.js';
 import { formatSocketAddress, openHostFd, RIGHTS_SOCKET, socketDescriptor, stdioDescriptor } from './descriptors.js';
 import { WasiContext, type HostFunction } from './context.js';
 import { fdFunctions } from './fd-ops.js';
@@ -21,9 +21,18 @@ import { socketFunctions } from './socket-ops.js';
 import { pollOneoff } from './poll.js';
 import { processFunctions } from './process-ops.js';
 import { tcpListen } from '../sys/socket.js';
+import { close as closeFd } from '../sys/fd.js';
+
+function closeHostSocket(fd: number): void {
+  try {
+    closeFd(fd);
+  } catch {
+    // already closed
+  }
+}
 
 export type { WasiState, FdState, FdKind, SocketState } from './state.js';
-export type { ListenSocket, Preopen, StdioBinding, WasiHooks, WasiOptions } from './options.js';
+export type { AdoptedSocket, AdoptedSockets, ListenSocket, Preopen, StdioBinding, WasiHooks, WasiOptions } from './options.js';
 export { WasiExit } from './options.js';
 export { formatSocketAddress } from './descriptors.js';
 
@@ -64,8 +73,11 @@ export class Wasi {
    * Rebuilds a Wasi from captured state on this host: files are reopened at their paths under the
    * preopens of `binding` (matched by guest path) and continue at their offsets, without O_CREAT, O_TRUNC
    * or O_EXCL; stdio descriptors are rebound to `binding.stdio`; clocks continue from the captured values.
+   * Sockets in `binding.sockets` (a live migration moved them) are adopted as they are; other listeners
+   * listen again, other connections come back reset.
    */
-  static restore(state: WasiState, binding: { preopens: Preopen[]; stdio: StdioBinding }, hooks: WasiHooks): Wasi {
+  static restore(state: WasiState, binding: { preopens: Preopen[]; stdio: StdioBinding; sockets?: AdoptedSockets }, hooks: WasiHooks): Wasi {
+    const adopted = new Map(Object.entries(binding.sockets ?? {}).map(([fd, a]) => [Number(fd), a]));
     const s = validateWasiState(state);
     const w = new Wasi({ args: s.args, env: s.env, preopens: [], stdio: binding.stdio }, hooks);
     w.ctx.table.closeAll();
@@ -80,9 +92,14 @@ export class Wasi {
         w.ctx.roots.set(guestPath, makePreopenRoot(guestPath, p.hostPath));
       }
       w.ctx.preopenOrder = [...s.preopens];
-      for (const f of s.fds) w.ctx.table.set(f.fd, w.reopen(f));
+      for (const f of s.fds) {
+        w.ctx.table.set(f.fd, w.reopen(f, adopted.get(f.fd)));
+        adopted.delete(f.fd);
+      }
+      if (adopted.size > 0) throw new Error(`cannot restore WASI state: sockets were moved for guest fds ${[...adopted.keys()].join(', ')}, which the state does not hold as sockets`);
     } catch (err) {
       w.ctx.table.closeAll();
+      for (const a of adopted.values()) for (const fd of [a.hostFd, ...a.accepted]) closeHostSocket(fd); // not adopted yet: still ours to close
       throw err;
     }
     w.ctx.clocks.continueFrom(BigInt(s.clocks.monotonicNs), BigInt(s.clocks.cputimeNs));
@@ -91,11 +108,12 @@ export class Wasi {
     return w;
   }
 
-  private reopen(f: FdState): Descriptor {
+  private reopen(f: FdState, moved: AdoptedSocket | undefined): Descriptor {
+    if (moved !== undefined && f.kind !== 'listener' && f.kind !== 'socket') throw new Error(`cannot restore WASI fd ${f.fd}: a socket was moved for it, but it is a ${f.kind}`);
     if (f.kind === 'listener' || f.kind === 'socket') {
       const s = f.socket!;
-      let hostFd = -1;
-      if (f.kind === 'listener') {
+      let hostFd = moved?.hostFd ?? -1;
+      if (f.kind === 'listener' && moved === undefined) {
         try {
           hostFd = tcpListen(s.family, s.address, s.port);
         } catch (err) {
@@ -104,6 +122,7 @@ export class Wasi {
       }
       // A connection cannot be re-created from a snapshot: it comes back reset (ECONNRESET on first use).
       const d = socketDescriptor(f.kind, hostFd, s, f.fdflags);
+      if (moved !== undefined && moved.accepted.length > 0) d.pendingAccepts = [...moved.accepted];
       return { ...d, rightsBase: BigInt(f.rightsBase) & d.rightsBase, rightsInheriting: BigInt(f.rightsInheriting) & RIGHTS_SOCKET };
     }
     if (f.kind === 'stdin' || f.kind === 'stdout' || f.kind === 'stderr') {
@@ -185,6 +204,27 @@ export class Wasi {
    */
   close(resetConnections = false): void {
     this.ctx.table.closeAll(resetConnections);
+  }
+
+  /**
+   * The host fds of the guest's live sockets by guest fd (a listener's with the connections a
+   * migration brought that the guest has not accepted yet): what a live migration moves.
+   */
+  hostSockets(): AdoptedSockets {
+    const out: AdoptedSockets = {};
+    for (const [fd, d] of this.ctx.table.list()) {
+      if (d.socket !== undefined && d.hostFd >= 0) out[fd] = { hostFd: d.hostFd, accepted: [...(d.pendingAccepts ?? [])] };
+    }
+    return out;
+  }
+
+  /** Hands listeners connections to accept next (those a failed live migration took from their queues). */
+  adoptAccepted(accepted: Record<number, number[]>): void {
+    for (const [key, fds] of Object.entries(accepted)) {
+      const d = this.ctx.table.get(Number(key));
+      if (d.kind !== 'listener') throw new Error(`guest fd ${key} is not a listener`);
+      d.pendingAccepts = [...(d.pendingAccepts ?? []), ...fds];
+    }
   }
 
   /** Whether the guest holds live sockets (their host fds must be closed when it ends). */
