@@ -14,9 +14,9 @@ import { RawReadError, readExactly } from './raw-read.js';
 
 export const DATAPLANE_FEATURE_ENV = 'FERRY_NATIVE_FAULTS';
 
-/** Whether this process runs the postcopy fault path natively (FERRY_NATIVE_FAULTS=1; off by default). */
+/** Whether this process runs the postcopy fault path natively: on by default, FERRY_NATIVE_FAULTS=0 turns it off. */
 export function nativeFaultsEnabled(): boolean {
-  return process.env[DATAPLANE_FEATURE_ENV] === '1';
+  return process.env[DATAPLANE_FEATURE_ENV] !== '0';
 }
 
 /** What proves this side to the destination: the session's data plane secret and id. */
