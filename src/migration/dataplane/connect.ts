@@ -25,6 +25,16 @@ export interface DataplaneKey {
   sessionId: Uint8Array;
 }
 
+/**
+ * Pages the native fault thread asks for per fault: the faulting page and the pending ones after
+ * it (FERRY_FAULT_AROUND, 1..512; default 1, the faulting page alone — see docs/design-notes.md
+ * for what larger values measured).
+ */
+export function nativeFaultAround(): number {
+  const n = Number(process.env['FERRY_FAULT_AROUND'] ?? 1);
+  return Number.isInteger(n) && n >= 1 && n <= 512 ? n : 1;
+}
+
 export async function connectDataplane(host: string, port: number, key: DataplaneKey, timeoutMs = 10_000): Promise<number> {
   const peer = `${host.includes(':') ? `[${host}]` : host}:${port}`;
   const tcp = net.connect({ host, port });
