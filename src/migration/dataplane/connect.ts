@@ -25,14 +25,16 @@ export interface DataplaneKey {
   sessionId: Uint8Array;
 }
 
+/** Pages asked per native fault by default: the demo job's sequential writer faulted a tenth as often as with 1 (docs/design-notes.md 2026-12-05). */
+const DEFAULT_FAULT_AROUND = 16;
+
 /**
  * Pages the native fault thread asks for per fault: the faulting page and the pending ones after
- * it (FERRY_FAULT_AROUND, 1..512; default 1, the faulting page alone — see docs/design-notes.md
- * for what larger values measured).
+ * it (FERRY_FAULT_AROUND, 1..512; default 16, as lazy snapshot restore's).
  */
 export function nativeFaultAround(): number {
-  const n = Number(process.env['FERRY_FAULT_AROUND'] ?? 1);
-  return Number.isInteger(n) && n >= 1 && n <= 512 ? n : 1;
+  const n = Number(process.env['FERRY_FAULT_AROUND'] ?? DEFAULT_FAULT_AROUND);
+  return Number.isInteger(n) && n >= 1 && n <= 512 ? n : DEFAULT_FAULT_AROUND;
 }
 
 export async function connectDataplane(host: string, port: number, key: DataplaneKey, timeoutMs = 10_000): Promise<number> {
