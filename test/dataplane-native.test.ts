@@ -100,6 +100,46 @@ test('native on both sides: many threads faulting on one page get it with one re
   }
 });
 
+test('fault-around: the pending pages after a fault come with it; only the faulted page counts as a fault, and a later fault on a page asked ahead counts from that fault', async () => {
+  const d = destination(WASM_PAGES, [10, 11, 12, 13, 14, 20]);
+  const secret = randomBytes(32);
+  const [a, b] = await loopbackPair();
+  const plane = new FaultPlane({
+    uffd: d.uffd.fd, sock: takeSocketFd(b), role: DataplaneRole.ACCEPTOR, base: d.mem.base, pageCount: PAGES,
+    states: d.states, requests: d.requests, secret, realtime: false, faultAround: 4,
+  });
+  const peer = await DataplanePeer.open(a, secret, DataplaneRole.CONNECTOR);
+  const g = new GuestThread(d.mem.memory, WASM_PAGES);
+  const g2 = new GuestThread(d.mem.memory, WASM_PAGES);
+  try {
+    const first = g.run<number>({ op: 'load', addr: 10 * PAGE });
+    // Page 10 and the three pending pages after it, in one request.
+    assert.deepEqual(await nextRequest(peer), [10, 4]);
+    // A second thread faults on page 12, asked ahead: no second request; it waits for the answer.
+    const ahead = g2.run<number>({ op: 'load', addr: 12 * PAGE });
+    // Its fault must have reached the fault thread before page 12 is answered (an event, not a time).
+    while (plane.read().faults < 2) await new Promise((r) => setTimeout(r, 2));
+    // Answer page 11 alone first: asked ahead, nobody faulted on it, so no latency is recorded.
+    peer.send(DataplaneFrame.PAGES, DataplanePeer.pagesBody(11, Buffer.alloc(PAGE, 11)));
+    peer.send(DataplaneFrame.PAGES, DataplanePeer.pagesBody(10, Buffer.alloc(PAGE, 10)));
+    assert.equal(await first, 0x0a0a0a0a);
+    peer.send(DataplaneFrame.PAGES, DataplanePeer.pagesBody(12, Buffer.concat([Buffer.alloc(PAGE, 12), Buffer.alloc(PAGE, 13)])));
+    assert.equal(await ahead, 0x0c0c0c0c);
+    assert.equal(plane.read().requests, 1);
+    assert.equal(plane.read().pagesPlaced, 4);
+    for (const p of [10, 11, 12, 13]) assert.equal(d.states.get(p), PageState.RECEIVED);
+    assert.equal(d.states.get(14), PageState.PENDING, 'fault-around stops at its count');
+    // Two faults waited (pages 10 and 12); pages 11 and 13 came ahead of any fault.
+    assert.equal(plane.latenciesSince(0).samples.length, 2);
+    assert.equal(Atomics.load(new Int32Array(d.requests.waiting), 0), 0);
+  } finally {
+    plane.stop();
+    peer.sock.destroy();
+    d.release();
+    await Promise.all([g.terminate(), g2.terminate()]);
+  }
+});
+
 test('a PAGES frame with one flipped bit is refused, never placed; a flipped REQUEST is refused too', async () => {
   const d = destination(WASM_PAGES, [2]);
   const { plane, peer } = await faultPlaneFacingPeer(d);

@@ -96,7 +96,7 @@ typedef struct {
   uint32_t fault_around;
   uint8_t *states;        /* PageStateTable bytes */
   int32_t *state_counts;  /* [known-zero, pending, received] */
-  int64_t *times;         /* per page: epoch µs of the fault that asked for it, 0 = none */
+  int64_t *times;         /* per page: epoch µs of the fault that asked for it, 0 = none, negated = asked ahead (fault-around) */
   int32_t *waiting;       /* pages with a request outstanding */
   double *stats;          /* DS_SLOTS */
   double *latencies;      /* ring of fault latencies (µs), latency_ring long */

@@ -94,11 +94,18 @@ static int on_fault(fault_ctx *x, uint64_t address) {
       if (p >= a->page_count || !note_request(a, p, t)) {
         /* Asked already (another thread waits on it too), or placed just now: then wake. */
         if (state_of(a, p) == PS_RECEIVED) wake(a, p);
-        else count(x, DS_DEDUPED, 1);
+        else {
+          /* Asked ahead of a fault (negative time, below): a thread waits on it now, from now. */
+          int64_t ahead = __atomic_load_n(&a->times[p], __ATOMIC_ACQUIRE);
+          if (ahead < 0) (void)__atomic_compare_exchange_n(&a->times[p], &ahead, t, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+          count(x, DS_DEDUPED, 1);
+        }
         return 0;
       }
+      /* Fault-around: the pending pages that follow go in the same request, noted with the time
+       * negated: no thread waits on them, so their placement records no fault latency. */
       uint32_t n = 1;
-      while (n < a->fault_around && p + n < a->page_count && note_request(a, p + n, t)) n++;
+      while (n < a->fault_around && p + n < a->page_count && note_request(a, p + n, -t)) n++;
       uint8_t body[8];
       dp_put_be32(body, p);
       dp_put_be32(body + 4, n);
@@ -197,6 +204,7 @@ static int on_pages(fault_ctx *x, const dp_frame *f) {
       int64_t t = __atomic_exchange_n(&a->times[p], 0, __ATOMIC_ACQ_REL);
       if (t != 0) {
         __atomic_fetch_sub(a->waiting, 1, __ATOMIC_ACQ_REL);
+        if (t < 0) continue; /* asked ahead: no thread waited on it */
         if (now == 0) now = (double)dp_epoch_us();
         record_latency(x, now - (double)t);
       }

@@ -7,6 +7,7 @@
 import { strict as assert } from 'node:assert';
 import { after, describe, test } from 'node:test';
 import { FerryProc, killAll, makeSandbox, useFileCache, type Sandbox } from '../fixtures/migration/ferry-procs.js';
+import { nativeFaultsEnabled } from '../../src/migration/dataplane/connect.js';
 import { InjectionTally, SECURITIES, assertGuestMoved, migrateOutcome, proxiedPair, startMigrate, waitForMigration } from './harness.js';
 import { FaultProxy, type FaultKind } from './proxy.js';
 
@@ -25,9 +26,9 @@ interface Case {
   check?(proxy: FaultProxy): void;
 }
 
-/** Latency on the first session's both channels, both directions, from the first byte. */
+/** Latency on the first session's connections (all three with the native fault path), both directions, from the first byte. */
 async function delayEverything(proxy: FaultProxy): Promise<void> {
-  for (const connection of ['bulk', 'urgent'] as const) {
+  for (const connection of nativeFaultsEnabled() ? (['bulk', 'urgent', 'dataplane'] as const) : (['bulk', 'urgent'] as const)) {
     for (const direction of ['to-destination', 'to-source'] as const) {
       proxy.inject({ kind: 'delay', connection, direction, delayMs: 2, at: { atByte: 0 } });
     }
@@ -74,6 +75,20 @@ const cases: Case[] = [
     },
   },
 ];
+
+if (nativeFaultsEnabled()) {
+  cases.push({
+    // Opened right after the bulk channel's handshake, like the urgent channel tried again on failure.
+    name: 'postcopy with the data plane connection cut as it opens (opened again)',
+    kind: 'cut',
+    mode: 'postcopy',
+    inject: async (proxy) => proxy.inject({ kind: 'cut', connection: 'dataplane', direction: 'to-destination', at: { atByte: 0 } }),
+    check(proxy) {
+      const opened = proxy.channels().filter((c) => c === 'dataplane').length;
+      assert.ok(opened >= 2, `the data plane connection was opened again (connections: ${proxy.channels().join(',')})`);
+    },
+  });
+}
 
 const tally = new InjectionTally('faults a migration rides out');
 

@@ -7,9 +7,18 @@ import { checkSequence } from '../../src/cli/commands/demo.js';
 import { ApiClient } from '../../src/api/client.js';
 import type { MigrationStatus } from '../../src/api/types.js';
 import { FerryProc, startDestination, startSource, verifyGuest, type Sandbox } from '../fixtures/migration/ferry-procs.js';
-import { FaultProxy, type FaultKind } from './proxy.js';
+import { FaultProxy, type ChannelName, type FaultKind } from './proxy.js';
+import { nativeFaultsEnabled } from '../../src/migration/dataplane/connect.js';
 
 export type Security = 'tls-psk' | 'insecure';
+
+/**
+ * The connection that carries postcopy's page requests and their answers: the native data plane
+ * connection where this host runs the fault path natively (then the urgent TLS channel carries
+ * none), the urgent channel otherwise. Faults meant for "the urgent path" are aimed here.
+ */
+export const URGENT_PATH: ChannelName = nativeFaultsEnabled() ? 'dataplane' : 'urgent';
+
 export const SECURITIES: Security[] = ['tls-psk', 'insecure'];
 
 export function securityFlags(sb: Sandbox, sec: Security): string[] {

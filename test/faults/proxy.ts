@@ -4,16 +4,20 @@
 // ever), delay (latency per chunk), corrupt (flip a byte). Triggers are a byte offset in that
 // direction of that connection, a time, or "now".
 //
-// Connections are numbered in accept order. The source opens the bulk channel first and the
-// urgent one only once bulk is accepted, for the first connection and every reconnection, so a
-// connection that arrives while the previous one is an open bulk channel is urgent. The channel
-// preface (the first byte, in the clear even with TLS) then names the channel for certain.
+// Connections are numbered in accept order. The channel preface (the first byte, in the clear
+// even with TLS) names the channel: 'b' bulk, 'u' urgent, 'd' the native data plane connection
+// (Feature.NATIVE_FAULTS). A fault aimed at a channel by name attaches only once that byte has
+// arrived (and before it is forwarded, so `atByte: 0` still works): the order in which the
+// source's connections arrive says nothing certain (the urgent channel opens concurrently with
+// bulk, the data plane connection right after bulk's handshake). A connection whose first byte is
+// no preface (the proxy's own tests) is named by accept order: one that arrives while the previous
+// one is an open bulk channel is urgent, otherwise bulk.
 import { createServer, connect as tcpConnect, type AddressInfo, type Server, type Socket } from 'node:net';
-import { CHANNEL_PREFACE } from '../../src/migration/wire/index.js';
+import { CHANNEL_PREFACE, DATAPLANE_PREFACE } from '../../src/migration/wire/index.js';
 
 export type Direction = 'to-destination' | 'to-source';
 export type FaultKind = 'cut' | 'stall' | 'delay' | 'corrupt';
-export type ChannelName = 'bulk' | 'urgent';
+export type ChannelName = 'bulk' | 'urgent' | 'dataplane';
 
 /**
  * When a fault fires: at an absolute byte offset of the direction's stream, after N more bytes
@@ -114,7 +118,12 @@ class Pump {
           continue;
         }
         if (this.delayMs > 0) await Promise.race([sleep(this.delayMs), this.conn.closedPromise]);
-        if (this.direction === 'to-destination' && this.offset === 0) this.conn.noteFirstBytes(chunk);
+        if (this.direction === 'to-destination' && this.offset === 0 && !this.conn.named) {
+          this.conn.noteFirstBytes(chunk); // may attach (and fire) faults aimed at its channel
+          if (this.conn.closed) return;
+          if (this.stall) await Promise.race([this.stall, this.conn.closedPromise]);
+          if (this.conn.closed) return;
+        }
         // Byte-triggered faults inside this chunk, in offset order: forward up to the fault, apply it.
         for (;;) {
           const end = this.offset + chunk.length;
@@ -153,6 +162,8 @@ class Pump {
 
 class ProxiedConnection {
   closed = false;
+  /** True once the first byte to the destination has named the channel (faults by channel attach then). */
+  named = false;
   readonly closedPromise: Promise<void>;
   private markClosed!: () => void;
   readonly acceptedAt = performance.now();
@@ -177,10 +188,13 @@ class ProxiedConnection {
     }
   }
 
-  /** The channel preface: one byte before anything else, TLS or not. */
+  /** The channel preface: one byte before anything else, TLS or not; otherwise the accept-order guess stays. */
   noteFirstBytes(chunk: Buffer): void {
     if (chunk[0] === CHANNEL_PREFACE.urgent) this.channel = 'urgent';
     else if (chunk[0] === CHANNEL_PREFACE.bulk) this.channel = 'bulk';
+    else if (chunk[0] === DATAPLANE_PREFACE) this.channel = 'dataplane';
+    this.named = true;
+    this.proxy.attachByChannel(this);
   }
 
   close(): void {
@@ -333,6 +347,13 @@ export class FaultProxy {
     this.log.push(r);
   }
 
+  /** A connection's channel is now known: faults waiting for a connection of that channel attach to it. */
+  attachByChannel(c: ProxiedConnection): void {
+    for (const f of this.faults) {
+      if (f.attachedTo === null && f.spec.connection === c.channel && !c.closed) this.attach(f, c);
+    }
+  }
+
   private findOpen(which: number | ChannelName): ProxiedConnection | undefined {
     if (typeof which === 'number') {
       const c = this.conns[which];
@@ -340,7 +361,7 @@ export class FaultProxy {
     }
     for (let i = this.conns.length - 1; i >= 0; i--) {
       const c = this.conns[i]!;
-      if (c.channel === which && !c.closed) return c;
+      if (c.named && c.channel === which && !c.closed) return c;
     }
     return undefined;
   }
@@ -371,7 +392,7 @@ export class FaultProxy {
   private accept(client: Socket): void {
     const index = this.conns.length;
     const prev = this.conns[index - 1];
-    // The source opens urgent right after its bulk channel was accepted (see the header comment).
+    // Only a guess until the first byte (see the header comment).
     const channel: ChannelName = prev && prev.channel === 'bulk' && !prev.closed ? 'urgent' : 'bulk';
     const server = tcpConnect(this.target.port, this.target.host);
     client.setNoDelay(true);
@@ -379,8 +400,7 @@ export class FaultProxy {
     const conn = new ProxiedConnection(index, channel, client, server, this);
     this.conns.push(conn);
     for (const f of this.faults) {
-      if (f.attachedTo !== null) continue;
-      if (f.spec.connection === index || f.spec.connection === channel) this.attach(f, conn);
+      if (f.attachedTo === null && f.spec.connection === index) this.attach(f, conn);
     }
   }
 }

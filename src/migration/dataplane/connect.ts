@@ -1,21 +1,43 @@
 // The source's end of a native data plane connection: plain TCP to the destination's migration
 // port, the one-byte DATAPLANE_PREFACE, and the descriptor taken from Node before anything is read.
-// The connection is authenticated later by the native threads' FINISHED frames, whose keys come
-// from the session's TLS exporter (keys.ts): a peer without the session's TLS keys cannot pass.
+// The connection is authenticated at once by key confirmation (confirm.ts): the listener's
+// challenge, this side's proof that it holds the session's data plane secret (from the bulk
+// channel's TLS exporter, keys.ts), the destination's proof back. Only then is it kept; the native
+// threads' FINISHED frames check the keys again at the commit.
 import net from 'node:net';
 import { DATAPLANE_PREFACE, GO_AHEAD } from '../wire/limits.js';
 import { TransportError, fromSocketError } from '../transport/errors.js';
-import { FdWatcher, POLLIN, close, read, write } from '../../sys/fd.js';
+import { close, write } from '../../sys/fd.js';
 import { takeSocketFd } from './socket-fd.js';
+import { ACCEPTANCE_BYTES, CHALLENGE_BYTES, acceptanceHolds, confirm } from './confirm.js';
+import { RawReadError, readExactly } from './raw-read.js';
 
 export const DATAPLANE_FEATURE_ENV = 'FERRY_NATIVE_FAULTS';
 
-/** Whether this process runs the postcopy fault path natively (FERRY_NATIVE_FAULTS=1; off by default). */
+/** Whether this process runs the postcopy fault path natively: on by default, FERRY_NATIVE_FAULTS=0 turns it off. */
 export function nativeFaultsEnabled(): boolean {
-  return process.env[DATAPLANE_FEATURE_ENV] === '1';
+  return process.env[DATAPLANE_FEATURE_ENV] !== '0';
 }
 
-export async function connectDataplane(host: string, port: number, timeoutMs = 10_000): Promise<number> {
+/** What proves this side to the destination: the session's data plane secret and id. */
+export interface DataplaneKey {
+  secret: Uint8Array;
+  sessionId: Uint8Array;
+}
+
+/** Pages asked per native fault by default: the demo job's sequential writer faulted a tenth as often as with 1 (docs/design-notes.md 2026-12-05). */
+const DEFAULT_FAULT_AROUND = 16;
+
+/**
+ * Pages the native fault thread asks for per fault: the faulting page and the pending ones after
+ * it (FERRY_FAULT_AROUND, 1..512; default 16, as lazy snapshot restore's).
+ */
+export function nativeFaultAround(): number {
+  const n = Number(process.env['FERRY_FAULT_AROUND'] ?? DEFAULT_FAULT_AROUND);
+  return Number.isInteger(n) && n >= 1 && n <= 512 ? n : DEFAULT_FAULT_AROUND;
+}
+
+export async function connectDataplane(host: string, port: number, key: DataplaneKey, timeoutMs = 10_000): Promise<number> {
   const peer = `${host.includes(':') ? `[${host}]` : host}:${port}`;
   const tcp = net.connect({ host, port });
   let timer: NodeJS.Timeout | undefined;
@@ -35,26 +57,31 @@ export async function connectDataplane(host: string, port: number, timeoutMs = 1
   const fd = takeSocketFd(tcp); // nothing was written or read through Node
   try {
     if (write(fd, Buffer.from([DATAPLANE_PREFACE])) !== 1) throw new TransportError('IO', peer, 'could not write the data plane preface');
-    // Then nothing until the listener's go-ahead, read here byte-exact (never by Node, which would
-    // read ahead into the native hello): a hello sent at once would reach the listener with the
-    // preface, where only the preface may be.
-    await new Promise<void>((resolve, reject) => {
-      const t = setTimeout(() => {
-        w.stop();
-        reject(new TransportError('TIMEOUT', peer, `no go-ahead on the data plane connection within ${timeoutMs} ms`));
-      }, timeoutMs);
-      const w = new FdWatcher(fd, POLLIN, () => {
-        clearTimeout(t);
-        w.stop();
-        resolve();
-      });
-    });
-    const b = Buffer.alloc(1);
-    const n = read(fd, b, 0, 1);
-    if (n !== 1 || b[0] !== GO_AHEAD) throw new TransportError('PROTOCOL', peer, `expected the listener's go-ahead on the data plane connection, got ${n === 1 ? `0x${b[0]!.toString(16)}` : 'the end of the stream'}`);
+    // Then nothing until the listener's go-ahead and challenge, read here byte-exact (never by
+    // Node, which would read ahead): only the preface may reach the listener before it answers.
+    const ahead = await readRaw(fd, 1 + CHALLENGE_BYTES, timeoutMs, peer, "the listener's go-ahead and challenge");
+    if (ahead[0] !== GO_AHEAD) throw new TransportError('PROTOCOL', peer, `expected the listener's go-ahead on the data plane connection, got 0x${ahead[0]!.toString(16)}`);
+    const challenge = ahead.subarray(1);
+    const mine = confirm(key.secret, key.sessionId, challenge);
+    if (write(fd, mine.bytes) !== mine.bytes.length) throw new TransportError('IO', peer, 'short write of the data plane key confirmation');
+    const acceptance = await readRaw(fd, ACCEPTANCE_BYTES, timeoutMs, peer, "the destination's key confirmation");
+    if (!acceptanceHolds(key.secret, challenge, mine.sourceNonce, acceptance)) {
+      throw new TransportError('PROTOCOL', peer, 'the destination failed the data plane key confirmation (it does not hold this session\'s keys)');
+    }
   } catch (err) {
     try { close(fd); } catch { /* already gone */ }
     throw err;
   }
   return fd;
+}
+
+async function readRaw(fd: number, n: number, timeoutMs: number, peer: string, what: string): Promise<Buffer> {
+  try {
+    return await readExactly(fd, n, timeoutMs);
+  } catch (err) {
+    if (!(err instanceof RawReadError)) throw err;
+    if (err.reason === 'timeout') throw new TransportError('TIMEOUT', peer, `no ${what} on the data plane connection: ${err.message}`);
+    if (err.reason === 'closed') throw new TransportError('CLOSED', peer, `the data plane connection ended before ${what} (refused: the session is unknown there or the key confirmation failed): ${err.message}`);
+    throw new TransportError('IO', peer, `reading ${what} on the data plane connection: ${err.message}`);
+  }
 }

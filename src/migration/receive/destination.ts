@@ -111,9 +111,9 @@ export class MigrationDestination {
       handshakeTimeoutMs: this.handshakeMs,
       ...(this.opts.maxUnauthenticated !== undefined ? { maxUnauthenticated: this.opts.maxUnauthenticated } : {}),
       urgentHandoff: (fd, peer, timeoutMs) => thread!.handoff(fd, peer, timeoutMs),
-      // The native fault path, only where this host runs it (FERRY_NATIVE_FAULTS=1): granted in
+      // The native fault path, unless this host turns it off (FERRY_NATIVE_FAULTS=0): granted in
       // HELLO_ACK, and its connections taken; elsewhere that preface is refused as unknown.
-      ...(nativeFaultsEnabled() ? { features: ALL_FEATURES | Feature.NATIVE_FAULTS, dataplaneHandoff: (fd: number) => this.link.onDataplane(fd) } : {}),
+      ...(nativeFaultsEnabled() ? { features: ALL_FEATURES | Feature.NATIVE_FAULTS, dataplaneHandoff: (fd: number, _peer: string, sessionHex: string) => this.link.onDataplane(fd, sessionHex) } : {}),
     });
     this.link.urgentThread = thread = new UrgentRequests(this.opts.security, listener);
     this.listener = listener;

@@ -26,6 +26,7 @@ import { latencySummary, type PostcopyReport } from '../session/report.js';
 import { Userfaultfd, REGISTER_MODE } from '../../sys/uffd.js';
 import { registerReservation, type Registration } from '../../memory/uffd-registration.js';
 import { FaultPlane } from '../dataplane/fault-plane.js';
+import { nativeFaultAround } from '../dataplane/connect.js';
 import { UrgentChannelError } from '../session/failures.js';
 
 /** The native fault path's connection: a socket taken from the listener and the session's data plane secret. */
@@ -181,7 +182,7 @@ export class IncomingMemory {
     this.nativeFailure = null;
     const plane = new FaultPlane({
       uffd: this.ownUffd!.fd, sock: link.fd, base: this.mem.base, pageCount: this.activePages, states: this.states,
-      requests: this.shared!.requests, secret: link.secret, ...(this.digest ? { digest: this.digest.buffer } : {}),
+      requests: this.shared!.requests, secret: link.secret, faultAround: nativeFaultAround(), ...(this.digest ? { digest: this.digest.buffer } : {}),
     });
     this.plane = plane;
     void plane.ended.then((err) => {

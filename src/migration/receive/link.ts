@@ -24,6 +24,8 @@ export class DestinationLink {
   private priorBytesSent = 0;
   /** The latest native data plane connection handed over by the listener, not yet in use (-1: none). */
   private dataplaneFd = -1;
+  /** The session the kept data plane connection proved itself for (its key confirmation). */
+  private dataplaneSession = '';
   private dataplaneArrived: (() => void) | null = null;
 
   /** The session's urgent connection: in use now, or once `arrival` brings it. */
@@ -56,21 +58,35 @@ export class DestinationLink {
   }
 
   /**
-   * A data plane connection arrived. It is not authenticated yet (its native thread does that with
-   * FINISHED frames keyed from the session's TLS exporter): the newest replaces an unused older one.
+   * A data plane connection arrived, its key confirmation passed in the listener (bound to a
+   * session whose bulk channel was authenticated there; its native thread checks the keys again
+   * with FINISHED frames): the newest replaces an unused older one.
    */
-  onDataplane(fd: number): void {
+  onDataplane(fd: number, sessionHex: string): void {
+    // Once this side has its session, another session's connection never replaces its own.
+    const mine = this.bulk?.session?.sessionHex;
+    if (mine !== undefined && sessionHex !== mine) {
+      closeFd(fd);
+      return;
+    }
     if (this.dataplaneFd >= 0) closeFd(this.dataplaneFd);
     this.dataplaneFd = fd;
+    this.dataplaneSession = sessionHex;
     this.dataplaneArrived?.();
   }
 
   /** The data plane connection for the session on `bulk`, with its keys: waits for it to arrive. */
   async takeDataplane(bulk: FramedChannel): Promise<DataplaneLink> {
+    const session = bulk.session!.sessionHex;
+    // Another session's connection (one that proved itself for a source refused since) is no use.
+    if (this.dataplaneFd >= 0 && this.dataplaneSession !== session) this.dropDataplane();
     if (this.dataplaneFd < 0) {
       let timer: NodeJS.Timeout | undefined;
       await new Promise<void>((resolve, reject) => {
-        this.dataplaneArrived = resolve;
+        this.dataplaneArrived = () => {
+          if (this.dataplaneSession === session) resolve();
+          else this.dropDataplane();
+        };
         timer = setTimeout(() => reject(new MigrationError('transport', `the source's native data plane connection did not arrive within ${URGENT_JOIN_MS / 1000} s`)), URGENT_JOIN_MS);
       }).finally(() => {
         clearTimeout(timer);

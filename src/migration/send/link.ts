@@ -15,7 +15,7 @@ import { dataplaneSecret } from '../dataplane/keys.js';
 import { close as closeFd } from '../../sys/fd.js';
 import type { AnswerLink } from './postcopy-source.js';
 
-/** Attempts at the urgent channel before the migration fails, and the wait after the first. */
+/** Attempts at the urgent channel (and the data plane connection) before the migration fails, and the wait after the first. */
 const URGENT_OPEN_ATTEMPTS = 3;
 const URGENT_RETRY_MS = 100;
 
@@ -167,10 +167,21 @@ export class SourceLink {
     return this.priorBytesReceived + (this.bulk?.bytesReceived ?? 0) + (this.urgent?.bytesReceived ?? 0);
   }
 
+  /** Opens the data plane connection (key-confirmed at once); a failed attempt is tried again, as the urgent channel's. */
   private async openDataplane(bulk: FramedChannel): Promise<void> {
     this.closeDataplane();
     if (((bulk.session?.features ?? 0) & Feature.NATIVE_FAULTS) === 0) return;
-    this.dataplaneFd = await connectDataplane(this.target.host, this.target.port);
+    const key = { secret: dataplaneSecret(bulk.tlsSocket, this.sessionId), sessionId: this.sessionId };
+    for (let attempt = 1; ; attempt++) {
+      try {
+        this.dataplaneFd = await connectDataplane(this.target.host, this.target.port, key);
+        return;
+      } catch (err) {
+        if (attempt >= URGENT_OPEN_ATTEMPTS || this.opts.cancelled()) throw err;
+        this.opts.note(`(data plane connection failed: ${(err as Error).message}; trying again)`);
+        await new Promise((r) => setTimeout(r, URGENT_RETRY_MS * attempt));
+      }
+    }
   }
 
   private closeDataplane(): void {

@@ -55,7 +55,7 @@ export class MigrationSource {
     this.pages = new LiveMemoryProvider(new GuestMemory(guest.memory, guest.maxMemoryBytes / WASM_PAGE_SIZE));
     this.link = new SourceLink({ host: opts.host, port: opts.port, security: opts.security }, {
       // DIGEST is offered only for --verify: the destination then hashes every page it places.
-      // The native fault path (FERRY_NATIVE_FAULTS=1) is offered where postcopy may happen.
+      // The native fault path (on unless FERRY_NATIVE_FAULTS=0) is offered where postcopy may happen.
       features: (opts.verify ? ALL_FEATURES : ALL_FEATURES & ~Feature.DIGEST) | (nativeFaultsEnabled() && opts.mode !== 'precopy' ? Feature.NATIVE_FAULTS : 0),
       maxBandwidth: opts.maxBandwidth,
       pages: this.pages.readerSpec,

@@ -19,6 +19,7 @@ import { TransportError, fromSocketError } from './errors.js';
 import type { FramedChannel } from './framed-channel.js';
 import { ChannelAcceptor, DEFAULT_HANDSHAKE_MS, peerOf, type AcceptOptions, type AcceptedChannel } from './accept-channel.js';
 import { DEFAULT_MAX_UNAUTHENTICATED } from './handshake-limits.js';
+import { DataplaneGate } from './dataplane-gate.js';
 
 export type { AcceptedChannel } from './accept-channel.js';
 
@@ -33,12 +34,13 @@ export interface ListenOptions extends AcceptOptions {
    */
   urgentHandoff?: (fd: number, peer: string, timeoutMs: number) => void;
   /**
-   * Native data plane connections (DATAPLANE_PREFACE) go, right after their preface, to this
-   * callback as a raw socket descriptor (a dup). Its owner's native thread authenticates it (the
-   * data plane's FINISHED frames, keyed from the session's TLS exporter). Without it, that preface
-   * is refused like any unknown one.
+   * Native data plane connections (DATAPLANE_PREFACE) go, once their key confirmation holds, to
+   * this callback as a raw socket descriptor (a dup) with their session. The confirmation
+   * (dataplane/confirm.ts) is checked here against the data plane secret of a bulk channel this
+   * listener authenticated with NATIVE_FAULTS granted; any other connection is refused before it
+   * reaches the callback. Without it, that preface is refused like any unknown one.
    */
-  dataplaneHandoff?: (fd: number, peer: string) => void;
+  dataplaneHandoff?: (fd: number, peer: string, sessionHex: string) => void;
   /** Connections still before HELLO_ACK at once (default DEFAULT_MAX_UNAUTHENTICATED); more are closed on arrival. */
   maxUnauthenticated?: number;
 }
@@ -46,6 +48,8 @@ export interface ListenOptions extends AcceptOptions {
 export { DEFAULT_MAX_UNAUTHENTICATED };
 /** Sessions with an urgent channel but no bulk one yet, kept at most (the oldest goes first). */
 const MAX_PARTIAL_SESSIONS = 16;
+/** The phase a refused data plane connection is reported under. */
+export const DATAPLANE_CONFIRM_PHASE = 'data plane key confirmation';
 
 /** A channel held by another thread: the listener pairs it, its owner uses it. */
 export interface RemoteChannel {
@@ -111,6 +115,8 @@ class Listener extends EventEmitter implements MigrationListener {
   /** Connections on this thread before HELLO_ACK, and urgent ones handed off and not yet back. */
   private pendingHere = 0;
   private pendingHandedOff = 0;
+  /** Checks data plane connections against the secrets of bulk channels authenticated here. */
+  private readonly dataplaneGate = new DataplaneGate();
   port = 0;
 
   constructor(
@@ -268,16 +274,17 @@ class Listener extends EventEmitter implements MigrationListener {
         } catch (err) {
           return fail(err as Error);
         }
-        settle();
-        try {
-          // Written on the descriptor itself: Node's socket is gone, and so is anything it queued.
-          if (write(copy, Buffer.from([GO_AHEAD])) !== 1) throw new Error('short write');
-        } catch (err) {
-          close(copy);
-          this.reject(new TransportError('IO', peer, `could not answer the data plane connection: ${(err as Error).message}`), peer, 'preface');
-          return;
-        }
-        this.opts.dataplaneHandoff(copy, peer);
+        void this.dataplaneGate.confirm(copy, peer, Math.max(1, deadline - performance.now()), (hex) => this.busyWith(hex)).then(
+          (sessionHex) => {
+            settle();
+            this.opts.dataplaneHandoff!(copy, peer, sessionHex);
+          },
+          (err: Error) => {
+            settle();
+            close(copy);
+            this.reject(err, peer, DATAPLANE_CONFIRM_PHASE);
+          },
+        );
         return;
       }
       // The peer sends nothing more before GO_AHEAD: exactly one byte, or this is not a Ferry source.
@@ -326,6 +333,7 @@ class Listener extends EventEmitter implements MigrationListener {
       return;
     }
     if (this.busyWith(c.hello.sessionId.toString('hex'))) return this.refuseBusy(c.channel);
+    if (this.opts.dataplaneHandoff) this.dataplaneGate.remember(c.channel, c.hello);
     const w = this.waiters.shift();
     if (w) w.resolve(c);
     else this.ready.push(c);

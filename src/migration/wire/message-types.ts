@@ -19,7 +19,7 @@ export const Feature = {
   DIGEST: 1 << 2,
   /**
    * The postcopy fault path runs on native threads over a data plane connection of its own (see
-   * docs/wire-format.md "Native data plane"). Offered and granted only when FERRY_NATIVE_FAULTS=1
+   * docs/wire-format.md "Native data plane"). Offered and granted unless FERRY_NATIVE_FAULTS=0
    * on that side; never part of ALL_FEATURES.
    */
   NATIVE_FAULTS: 1 << 3,
