@@ -12,8 +12,9 @@
 //    linear memory from a safepoint or from a blocking WASI call, and rewind it later, in any
 //    process.
 import { sha256Hex } from '../state/hash.js';
+import { loopResumeEnabled, resumeAtLoopHeads } from './loop-resume.js';
 
-export const INSTRUMENTATION_VERSION = 8;
+export const INSTRUMENTATION_VERSION = 9;
 
 /** The import namespace and names Ferry adds. */
 export const FERRY_IMPORT_MODULE = 'ferry';
@@ -57,6 +58,8 @@ export interface InstrumentedMeta {
   unwindImports: { module: string; name: string }[];
   dataSegments: DataSegment[];
   entry: '_start';
+  /** Built with loop-head-resumable functions (loop-resume.ts; FERRY_LOOP_RESUME=1). */
+  loopResume: boolean;
 }
 
 export interface InstrumentedModule {
@@ -82,7 +85,7 @@ function featureMask(b: BinaryenApi): number {
 
 // binaryen ships as an ES module with top-level await: it can only be import()ed.
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-type BinaryenApi = any;
+export type BinaryenApi = any;
 let binaryenPromise: Promise<BinaryenApi> | null = null;
 function loadBinaryen(): Promise<BinaryenApi> {
   binaryenPromise ??= import('binaryen').then((m) => (m as { default: BinaryenApi }).default);
@@ -206,12 +209,15 @@ function transform(b: BinaryenApi, mod: BinaryenApi, source: Uint8Array, onStage
   // Functions that call nothing cannot recurse, so their entry safepoint is not needed either
   // (their loops keep their own).
   const bounded = boundedFunctions(b, mod);
+  const provablyShort = new Set(bounded); // leaves below keep their loops' safepoints: not short
   for (const name of leafFunctions(b, mod)) bounded.add(name);
   mod.runPasses(['log-execution']);
   const safepointFn = safepointImportName(b, mod);
   if (!safepointFn) throw new ModuleRejected('internal: safepoint insertion produced no import');
   pruneEntrySafepoints(b, mod, safepointFn, bounded);
   amortiseInnermostLoops(b, mod, safepointFn);
+  const loopResume = loopResumeEnabled();
+  const notAsyncified = loopResume ? resumeAtLoopHeads(b, mod, safepointFn, mayUnwindFrom(b, mod, provablyShort)) : [];
   inlineSafepointCheck(b, mod, safepointFn);
   const unwindImports = [
     { ...YIELD_IMPORT },
@@ -219,6 +225,7 @@ function transform(b: BinaryenApi, mod: BinaryenApi, source: Uint8Array, onStage
   ];
   onStage?.('asyncify');
   b.setPassArgument('asyncify-imports', unwindImports.map((f) => `${f.module}.${f.name}`).join(','));
+  if (notAsyncified.length > 0) b.setPassArgument('asyncify-removelist', notAsyncified.join(','));
   try {
     mod.runPasses(['asyncify']);
   } finally {
@@ -267,6 +274,7 @@ function transform(b: BinaryenApi, mod: BinaryenApi, source: Uint8Array, onStage
       unwindImports,
       dataSegments: segments,
       entry: '_start',
+      loopResume,
     },
   };
 }
@@ -313,14 +321,14 @@ export const SAFEPOINT_MAX_ITERATIONS = 1024;
 
 class Unsupported extends Error {}
 
-type ChildVisitor = (expr: number, visit: (child: number) => void) => void;
+export type ChildVisitor = (expr: number, visit: (child: number) => void) => void;
 
 /**
  * How to reach the children of each expression kind Ferry's feature set can contain: direct
  * accessors for the common kinds (getExpressionInfo allocates an object per node, which shows on
  * 20 MiB modules), getExpressionInfo fields for the rare ones.
  */
-function childVisitors(b: BinaryenApi): Map<number, ChildVisitor> {
+export function childVisitors(b: BinaryenApi): Map<number, ChildVisitor> {
   const none: ChildVisitor = () => {};
   const byInfo = (names: string[]): ChildVisitor => (expr, visit) => {
     const info = b.getExpressionInfo(expr) as Record<string, unknown>;
@@ -943,6 +951,20 @@ function pruneEntrySafepoints(b: BinaryenApi, mod: BinaryenApi, safepointFn: str
     const first = b.Block.getChildAt(body, 0);
     if (b.getExpressionId(first) === b.CallId && b.Call.getTarget(first) === safepointFn) b.Block.setChildAt(body, 0, mod.nop());
   }
+}
+
+/** Whether a call to `callee` may unwind: an unwindable WASI import, or a function with a safepoint. */
+function mayUnwindFrom(b: BinaryenApi, mod: BinaryenApi, bounded: Set<string>): (callee: string) => boolean {
+  const importBase = new Map<string, string>();
+  for (let i = 0; i < mod.getNumFunctions(); i++) {
+    const f = b.getFunctionInfo(mod.getFunctionByIndex(i));
+    if (f.module) importBase.set(f.name, f.base);
+  }
+  const unwindable = new Set<string>(UNWINDABLE_WASI_CALLS);
+  return (callee) => {
+    const base = importBase.get(callee);
+    return base !== undefined ? unwindable.has(base) : !bounded.has(callee);
+  };
 }
 
 function valueType(b: BinaryenApi, t: number): ValueType | null {

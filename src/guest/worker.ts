@@ -57,8 +57,17 @@ function reserveUnwindRegion(bytes: number): UnwindRegion {
   return { ptr: oldPages * 65536, size: pages * 65536 };
 }
 
+/**
+ * Loop-head-resumable functions (loop-resume.ts) that are running: none of them can be unwound, so
+ * while one is in the middle of a call nothing may unwind (the pause completes at its next loop head).
+ */
+function pinned(): number {
+  const g = exports.ferry_pinned as WebAssembly.Global | undefined;
+  return g ? (g.value as number) : 0;
+}
+
 const hooks: WasiHooks = {
-  pauseRequested: () => Atomics.load(ctl, Ctl.PauseRequested) !== 0,
+  pauseRequested: () => Atomics.load(ctl, Ctl.PauseRequested) !== 0 && pinned() === 0,
   unwind: startUnwind,
   // Blocking reads wait in short slices so a pause request is seen within one slice.
   waitReadable: (fd: number, timeoutMs: number) => poll([fd], [POLLIN], timeoutMs)[0] !== 0,
@@ -80,7 +89,7 @@ function onSafepoint(_site: number): void {
     stopRewind();
     return;
   }
-  if (state === AsyncifyState.Normal && Atomics.load(ctl, Ctl.PauseRequested) !== 0) startUnwind();
+  if (state === AsyncifyState.Normal && Atomics.load(ctl, Ctl.PauseRequested) !== 0 && pinned() === 0) startUnwind();
 }
 
 // Blocking WASI calls are unwind points too: on rewind the same call runs again from the start.
