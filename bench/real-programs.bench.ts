@@ -99,7 +99,9 @@ export async function run(): Promise<BenchRow[]> {
   const cacheDir = keepCaches ?? join(root, 'cache');
   const baseCache = process.env['FERRY_BENCH_BASELINE_CACHE'] ?? join(root, 'cache-baseline');
   const ferryEnv = { ...process.env, FERRY_CACHE_DIR: cacheDir };
-  const baseEnv = { ...process.env, FERRY_CACHE_DIR: baseCache };
+  // Experimental instrumentation settings of this run (FERRY_LOOP_RESUME) are not the baseline's:
+  // with FERRY_BENCH_BASELINE naming this very tree, the baseline is its default instrumentation.
+  const baseEnv = { ...process.env, FERRY_CACHE_DIR: baseCache, FERRY_LOOP_RESUME: '' };
   process.env['FERRY_CACHE_DIR'] = cacheDir; // the in-process pause run shares the warm cache
   const rows: BenchRow[] = [];
   try {
