@@ -96,8 +96,10 @@ function chooseFunctions(b: BinaryenApi, mod: BinaryenApi, safepointFn: string, 
     }
   }
   // While a chosen function is in a call, nothing below it can pause: one that calls down (by
-  // direct calls) into itself, or into a candidate with more call sites than its own (the engine
-  // it drives: a shell above its interpreter loop), would hold a pause for all of that callee's run.
+  // direct calls) into a candidate with more call sites than its own (the engine it drives: a
+  // shell above its interpreter loop) would hold a pause for all of that engine's run. Recursion
+  // is allowed (SQLite's interpreter re-enters itself for nested statements): an inner activation
+  // cannot suspend while the outer one is in its call, so the pause waits for the outer loop head.
   const reachesCandidate = (from: string): boolean => {
     const seen = new Set<string>();
     const todo = [...(callees.get(from) ?? [])];
@@ -105,7 +107,7 @@ function chooseFunctions(b: BinaryenApi, mod: BinaryenApi, safepointFn: string, 
     while (todo.length > 0) {
       const g = todo.pop()!;
       const c = candidates.get(g);
-      if (c && (g === from || c.sites > own)) return true;
+      if (c && c.sites > own) return true;
       if (seen.has(g)) continue;
       seen.add(g);
       for (const h of callees.get(g) ?? []) todo.push(h);
