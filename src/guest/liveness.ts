@@ -29,8 +29,11 @@ export function members(s: LocalSet): number[] {
   return out;
 }
 
-/** The locals live at the head of each loop in `root`, a function body of `numLocals` locals. */
-export function liveAtLoopHeads(root: WNode, numLocals: number): Map<WNode, LocalSet> {
+/**
+ * The locals live at the head of each loop in `root`, a function body of `numLocals` locals, and
+ * those live right after each node of `after` (block children).
+ */
+export function liveAtLoopHeads(root: WNode, numLocals: number, after: Set<WNode> = new Set()): Map<WNode, LocalSet> {
   const words = Math.ceil(numLocals / 32) || 1;
   const empty: LocalSet = new Uint32Array(words);
   const labels = new Map<string, LocalSet>();
@@ -50,7 +53,10 @@ export function liveAtLoopHeads(root: WNode, numLocals: number): Map<WNode, Loca
   const target = (name: string): LocalSet => labels.get(name) ?? empty;
   const sequence = (kids: WNode[], out: LocalSet): LocalSet => {
     let cur = out;
-    for (let i = kids.length - 1; i >= 0; i--) cur = liveIn(kids[i]!, cur);
+    for (let i = kids.length - 1; i >= 0; i--) {
+      if (after.has(kids[i]!)) heads.set(kids[i]!, cur);
+      cur = liveIn(kids[i]!, cur);
+    }
     return cur;
   };
 

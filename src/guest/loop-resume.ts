@@ -26,6 +26,7 @@
 // unpausable, which is why this is off by default (FERRY_LOOP_RESUME=1 turns it on).
 import { childVisitors, SAFEPOINT_FLAG_ADDR, type BinaryenApi } from './instrument.js';
 import { liveAtLoopHeads, members, type LocalSet } from './liveness.js';
+import { ATCALL_EXPORT, G_ATCALL, G_UNWINDING, REWIND_FN, REWIND_IMPORT, UNWINDING_EXPORT, wrapResumableCalls } from './call-resume.js';
 import { Kind, preOrder, readTree, UnsupportedExpression, type WNode } from './wasm-tree.js';
 
 /** The exported global the worker reads: how many loop-head-resumable activations are running. */
@@ -131,6 +132,7 @@ export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn:
   const typeName = new Map<number, string>([[b.i32, 'i32'], [b.i64, 'i64'], [b.f32, 'f32'], [b.f64, 'f64'], [b.v128, 'v128']]);
   const slots = new Map<string, number>(); // type → save globals needed
   const removelist: string[] = [];
+  let anyCalls = false;
   let k = 0;
   for (const c of chooseFunctions(b, mod, safepointFn, mayUnwind)) {
     const info = b.getFunctionInfo(mod.getFunction(c.name));
@@ -138,8 +140,23 @@ export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn:
     const localTypes: number[] = [...params, ...(info.vars as number[])];
     if (localTypes.some((t) => !typeName.has(t))) continue;
     const rp = localTypes.length; // the resume point, a local of F$resume
-    const live = liveAtLoopHeads(c.tree, localTypes.length);
-    const liveAt = c.points.map((p) => members(live.get(p)!));
+    // Calls that are whole statements become resumable too (call-resume.ts).
+    const undo: (() => void)[] = [];
+    const calls = wrapResumableCalls(b, mod, info.body, mayUnwind, safepointFn, (e, f) => fields.get(b.getExpressionId(e))!(e, f), undo);
+    const tree = readTree(b, fields, info.body);
+    const nodes: WNode[] = [];
+    preOrder(tree, (n) => nodes.push(n));
+    const pointAt: number[] = []; // pre-order index of each point (the copy has the same shape)
+    nodes.forEach((n, i) => {
+      if (isPoint(n, safepointFn) || calls.has(n.expr)) pointAt.push(i);
+    });
+    const points = pointAt.map((i) => nodes[i]!);
+    const live = liveAtLoopHeads(tree, localTypes.length, new Set(points.filter((p) => p.kind === Kind.Block)));
+    const liveAt = points.map((p) => {
+      const at = members(live.get(p)!);
+      if (p.kind === Kind.Block) for (const x of operandReads(p)) if (!at.includes(x)) at.push(x);
+      return at;
+    });
     const slotOf = (at: number[]): Map<number, string> => {
       const next = new Map<string, number>();
       const out = new Map<number, string>();
@@ -155,34 +172,42 @@ export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn:
 
     const copy: number = mod.copyExpression(info.body);
     const copyTree = readTree(b, fields, copy);
-    const copyPoints: WNode[] = [];
-    preOrder(copyTree, (n) => {
-      if (isPoint(n, safepointFn)) copyPoints.push(n);
-    });
-    if (copyPoints.length !== c.points.length) throw new Error('internal: a copied function differs from its original');
-    const ranges = pointRanges(copyTree, safepointFn);
+    const copyNodes: WNode[] = [];
+    preOrder(copyTree, (n) => copyNodes.push(n));
+    if (copyNodes.length !== nodes.length) throw new Error('internal: a copied function differs from its original');
+    const copyPoints = pointAt.map((i) => copyNodes[i]!);
+    const ranges = pointRanges(copyTree, new Set(copyPoints));
     const results: number = info.results;
-    // The safepoints become suspend checks (in the copy before its paths are guarded, which moves
-    // statements into guards; in the original only once the copy is known to be steerable).
-    const placeChecks = (tree: WNode, points: WNode[]): void => {
-      points.forEach((p, i) => {
+    // The safepoints become suspend checks, resumable calls get their unwind checks (in the copy
+    // before its paths are guarded, which moves statements into guards; in the original only once
+    // the copy is known to be steerable).
+    const placeChecks = (root: WNode, pts: WNode[]): void => {
+      pts.forEach((p, i) => {
+        if (p.kind === Kind.Block) {
+          b.Block.setChildAt(p.expr, 3, unwindCheck(b, mod, i + 1, slotMaps[i]!, localTypes, results));
+          return;
+        }
         const head = p.children[0]!;
         const check = suspendCheck(b, mod, i + 1, slotMaps[i]!, localTypes, results);
         b.Block.setChildAt(head.expr, 0, check);
         head.children[0] = { ...head.children[0]!, expr: check, kind: Kind.Other, children: [], callee: null };
       });
-      const first = tree.kind === Kind.Block ? tree.children[0] : undefined;
+      const first = root.kind === Kind.Block ? root.children[0] : undefined;
       if (first?.kind === Kind.Call && first.callee === safepointFn) {
         const nop = mod.nop();
-        b.Block.setChildAt(tree.expr, 0, nop);
-        tree.children[0] = { ...first, expr: nop, kind: Kind.Other, children: [], callee: null };
+        b.Block.setChildAt(root.expr, 0, nop);
+        root.children[0] = { ...first, expr: nop, kind: Kind.Other, children: [], callee: null };
       }
     };
     placeChecks(copyTree, copyPoints);
     const ctx: PathContext = { b, mod, rp, ranges, localTypes, slotMaps, pointIds: new Map(copyPoints.map((p, i) => [p, i + 1])) };
     let bodyCopy = copy;
-    if (!steer(ctx, copyTree, (e) => { bodyCopy = e; })) continue; // a loop head no path can reach: leave F to Asyncify
-    placeChecks(c.tree, c.points);
+    if (!steer(ctx, copyTree, (e) => { bodyCopy = e; })) {
+      for (const u of undo) u(); // a point no path can reach: leave F to Asyncify, as it was
+      continue;
+    }
+    placeChecks(tree, points);
+    anyCalls ||= calls.size > 0;
     for (const m of slotMaps) {
       const perType = new Map<string, number>();
       for (const s of m.values()) {
@@ -205,8 +230,11 @@ export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn:
     removelist.push(fast, resume);
   }
   if (removelist.length === 0) return removelist;
-  for (const g of [G_RESUME, G_SUSPENDED, G_PINNED]) mod.addGlobal(g, b.i32, true, mod.i32.const(0));
+  for (const g of [G_RESUME, G_SUSPENDED, G_PINNED, G_ATCALL, G_UNWINDING]) mod.addGlobal(g, b.i32, true, mod.i32.const(0));
   mod.addGlobalExport(G_PINNED, PINNED_EXPORT);
+  mod.addGlobalExport(G_ATCALL, ATCALL_EXPORT);
+  mod.addGlobalExport(G_UNWINDING, UNWINDING_EXPORT);
+  if (anyCalls) mod.addFunctionImport(REWIND_FN, REWIND_IMPORT.module, REWIND_IMPORT.name, b.none, b.none);
   const typeOf = new Map([...typeName].map(([t, n]) => [n, t]));
   for (const [t, n] of slots) {
     for (let j = 0; j < n; j++) mod.addGlobal(saveSlot(t, j), typeOf.get(t), true, zero(b, mod, typeOf.get(t)!));
@@ -231,11 +259,31 @@ function suspendCheck(b: BinaryenApi, mod: BinaryenApi, k: number, slots: Map<nu
     mod.if(
       mod.i32.and(
         mod.i32.ne(mod.i32.atomic.load(0, mod.i32.const(SAFEPOINT_FLAG_ADDR)), mod.i32.const(0)),
-        mod.i32.eq(mod.global.get(G_PINNED, b.i32), mod.i32.const(1)),
+        mod.i32.eq(mod.i32.sub(mod.global.get(G_PINNED, b.i32), mod.global.get(G_ATCALL, b.i32)), mod.i32.const(1)),
       ),
       mod.block(null, [...saves, mod.global.set(G_SUSPENDED, mod.i32.const(k)), ret]),
     ),
   );
+}
+
+/** After a resumable call: `if (an unwind runs) { save the locals; record call k; return }`. */
+function unwindCheck(b: BinaryenApi, mod: BinaryenApi, k: number, slots: Map<number, string>, localTypes: number[], results: number): number {
+  const saves = [...slots].map(([x, g]) => mod.global.set(g, mod.local.get(x, localTypes[x])));
+  const ret = results === b.none ? mod.return() : mod.return(zero(b, mod, results));
+  return mod.if(mod.global.get(G_UNWINDING, b.i32), mod.block(null, [...saves, mod.global.set(G_SUSPENDED, mod.i32.const(k)), ret]));
+}
+
+/** Locals read by the operands of a wrapped call statement (block [atcall+1, S, atcall-1, check]). */
+function operandReads(w: WNode): number[] {
+  const s = w.children[1]!;
+  const call = s.kind === Kind.Call || s.kind === Kind.CallIndirect ? s : s.children[0]!;
+  const out = new Set<number>();
+  const go = (n: WNode): void => {
+    if (n.kind === Kind.Get) out.add(n.local);
+    n.children.forEach(go);
+  };
+  call.children.forEach(go);
+  return [...out];
 }
 
 interface PathContext {
@@ -249,12 +297,12 @@ interface PathContext {
 }
 
 /** For every subtree holding resume points, the range of their ids (pre-order numbering). */
-function pointRanges(root: WNode, safepointFn: string): Map<WNode, [number, number]> {
+function pointRanges(root: WNode, points: Set<WNode>): Map<WNode, [number, number]> {
   const ranges = new Map<WNode, [number, number]>();
   let next = 1;
   const go = (n: WNode): void => {
     const lo = next;
-    if (isPoint(n, safepointFn)) next++;
+    if (points.has(n)) next++;
     for (const ch of n.children) go(ch);
     if (next > lo) ranges.set(n, [lo, next - 1]);
   };
@@ -272,6 +320,16 @@ function steer(ctx: PathContext, n: WNode, replace: ((e: number) => void) | null
   const { b, mod } = ctx;
   const rp = (): number => mod.local.get(ctx.rp, b.i32);
   const inRange = (r: [number, number]): number => mod.i32.lt_u(mod.i32.sub(rp(), mod.i32.const(r[0])), mod.i32.const(r[1] - r[0] + 1));
+  const statement = n.kind !== Kind.Loop ? ctx.pointIds.get(n) : undefined;
+  if (statement !== undefined) {
+    // A resumable call: restore, restart the rewind, and run the statement (the callee rewinds).
+    if (!replace) return false;
+    const slots = ctx.slotMaps[statement - 1]!;
+    const restores = [...slots].map(([x, g]) => mod.local.set(x, mod.global.get(g, ctx.localTypes[x])));
+    const restore = mod.if(mod.i32.eq(rp(), mod.i32.const(statement)), mod.block(null, [...restores, mod.local.set(ctx.rp, mod.i32.const(0)), mod.call(REWIND_FN, [], b.none)]));
+    replace(mod.block(null, [restore, n.expr], b.none));
+    return true;
+  }
   switch (n.kind) {
     case Kind.Block: {
       const kids = n.children;

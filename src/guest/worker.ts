@@ -45,6 +45,7 @@ function startUnwind(): void {
   const words = new Int32Array(init.memory.buffer, unwind.ptr, 2);
   words[0] = unwind.ptr + 8; // Asyncify's data header: current position, end
   words[1] = unwind.ptr + unwind.size;
+  markUnwinding(true);
   exports.asyncify_start_unwind(unwind.ptr);
 }
 
@@ -62,8 +63,21 @@ function reserveUnwindRegion(bytes: number): UnwindRegion {
  * while one is in the middle of a call nothing may unwind (the pause completes at its next loop head).
  */
 function pinned(): number {
-  const g = exports.ferry_pinned as WebAssembly.Global | undefined;
-  return g ? (g.value as number) : 0;
+  const running = exports.ferry_pinned as WebAssembly.Global | undefined;
+  const atCall = exports.ferry_atcall as WebAssembly.Global | undefined; // waiting in resumable calls
+  return running ? (running.value as number) - ((atCall?.value as number | undefined) ?? 0) : 0;
+}
+
+/** Tells split functions waiting in a resumable call that the callee returned because it unwound. */
+function markUnwinding(on: boolean): void {
+  const g = exports.ferry_unwinding as WebAssembly.Global | undefined;
+  if (g) g.value = on ? 1 : 0;
+}
+
+/** A resumed split function restarts the rewind before it re-enters the call it was waiting in. */
+function rewindAgain(): void {
+  Atomics.store(safepointFlags(init.memory), 1, 1);
+  exports.asyncify_start_rewind(unwind!.ptr);
 }
 
 const hooks: WasiHooks = {
@@ -106,7 +120,7 @@ function reentrant(fn: (...a: never[]) => unknown): (...a: never[]) => unknown {
 const calls: Record<string, (...a: never[]) => unknown> = {};
 
 function instantiate(): void {
-  const imports: Record<string, Record<string, unknown>> = { ferry: { memory: init.memory } };
+  const imports: Record<string, Record<string, unknown>> = { ferry: { memory: init.memory, rewind: rewindAgain } };
   for (const imp of init.meta.functionImports) {
     imports[imp.module] ??= {};
     imports[imp.module]![imp.name] = (...args: never[]) => calls[imp.name]!(...args);
@@ -283,6 +297,7 @@ function run(): void {
       return post({ type: 'exit', code: 0 });
     }
     exports.asyncify_stop_unwind();
+    markUnwinding(false);
     // The capture goes first on its own port, so an owner waiting synchronously on the state
     // word finds it there with receiveMessageOnPort the moment the state says Paused.
     init.capturePort.postMessage(capture());
