@@ -26,7 +26,7 @@
 // unpausable, which is why this is off by default (FERRY_LOOP_RESUME=1 turns it on).
 import { childVisitors, SAFEPOINT_FLAG_ADDR, type BinaryenApi } from './instrument.js';
 import { liveAtLoopHeads, members, type LocalSet } from './liveness.js';
-import { ATCALL_EXPORT, G_ATCALL, G_UNWINDING, REWIND_FN, REWIND_IMPORT, UNWINDING_EXPORT, wrapResumableCalls } from './call-resume.js';
+import { ATCALL_EXPORT, G_ATCALL, G_UNWINDING, HOLD_FN, HOLD_IMPORT, REWIND_FN, REWIND_IMPORT, UNWINDING_EXPORT, wrapResumableCalls } from './call-resume.js';
 import { Kind, preOrder, readTree, UnsupportedExpression, type WNode } from './wasm-tree.js';
 
 /** The exported global the worker reads: how many loop-head-resumable activations are running. */
@@ -135,14 +135,16 @@ export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn:
   let anyCalls = false;
   let k = 0;
   for (const c of chooseFunctions(b, mod, safepointFn, mayUnwind)) {
-    const info = b.getFunctionInfo(mod.getFunction(c.name));
+    const fnRef = mod.getFunction(c.name);
+    const before = b.getFunctionInfo(fnRef);
+    if ([...b.expandType(before.params), ...(before.vars as number[])].some((t: number) => !typeName.has(t))) continue;
+    // Calls that are whole statements become resumable too (call-resume.ts); this may add locals.
+    const undo: (() => void)[] = [];
+    const calls = wrapResumableCalls(b, mod, fnRef, before.body, mayUnwind, safepointFn, (e, f) => fields.get(b.getExpressionId(e))!(e, f), undo);
+    const info = b.getFunctionInfo(fnRef);
     const params: number[] = b.expandType(info.params);
     const localTypes: number[] = [...params, ...(info.vars as number[])];
-    if (localTypes.some((t) => !typeName.has(t))) continue;
     const rp = localTypes.length; // the resume point, a local of F$resume
-    // Calls that are whole statements become resumable too (call-resume.ts).
-    const undo: (() => void)[] = [];
-    const calls = wrapResumableCalls(b, mod, info.body, mayUnwind, safepointFn, (e, f) => fields.get(b.getExpressionId(e))!(e, f), undo);
     const tree = readTree(b, fields, info.body);
     const nodes: WNode[] = [];
     preOrder(tree, (n) => nodes.push(n));
@@ -234,7 +236,10 @@ export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn:
   mod.addGlobalExport(G_PINNED, PINNED_EXPORT);
   mod.addGlobalExport(G_ATCALL, ATCALL_EXPORT);
   mod.addGlobalExport(G_UNWINDING, UNWINDING_EXPORT);
-  if (anyCalls) mod.addFunctionImport(REWIND_FN, REWIND_IMPORT.module, REWIND_IMPORT.name, b.none, b.none);
+  if (anyCalls) {
+    mod.addFunctionImport(REWIND_FN, REWIND_IMPORT.module, REWIND_IMPORT.name, b.none, b.none);
+    mod.addFunctionImport(HOLD_FN, HOLD_IMPORT.module, HOLD_IMPORT.name, b.none, b.none);
+  }
   const typeOf = new Map([...typeName].map(([t, n]) => [n, t]));
   for (const [t, n] of slots) {
     for (let j = 0; j < n; j++) mod.addGlobal(saveSlot(t, j), typeOf.get(t), true, zero(b, mod, typeOf.get(t)!));
@@ -270,7 +275,7 @@ function suspendCheck(b: BinaryenApi, mod: BinaryenApi, k: number, slots: Map<nu
 function unwindCheck(b: BinaryenApi, mod: BinaryenApi, k: number, slots: Map<number, string>, localTypes: number[], results: number): number {
   const saves = [...slots].map(([x, g]) => mod.global.set(g, mod.local.get(x, localTypes[x])));
   const ret = results === b.none ? mod.return() : mod.return(zero(b, mod, results));
-  return mod.if(mod.global.get(G_UNWINDING, b.i32), mod.block(null, [...saves, mod.global.set(G_SUSPENDED, mod.i32.const(k)), ret]));
+  return mod.if(mod.global.get(G_UNWINDING, b.i32), mod.block(null, [mod.call(HOLD_FN, [], b.none), ...saves, mod.global.set(G_SUSPENDED, mod.i32.const(k)), ret]));
 }
 
 /** Locals read by the operands of a wrapped call statement (block [atcall+1, S, atcall-1, check]). */

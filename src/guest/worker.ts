@@ -74,6 +74,16 @@ function markUnwinding(on: boolean): void {
   if (g) g.value = on ? 1 : 0;
 }
 
+/**
+ * An unwind stopped midway (`holdUnwind`): a split function's callee unwound, the split function
+ * saved itself and returns to its wrapper, whose safepoint continues the unwind on the same buffer.
+ */
+let unwindHeld = false;
+function holdUnwind(): void {
+  exports.asyncify_stop_unwind();
+  unwindHeld = true;
+}
+
 /** A resumed split function restarts the rewind before it re-enters the call it was waiting in. */
 function rewindAgain(): void {
   Atomics.store(safepointFlags(init.memory), 1, 1);
@@ -103,6 +113,11 @@ function onSafepoint(_site: number): void {
     stopRewind();
     return;
   }
+  if (unwindHeld && state === AsyncifyState.Normal) {
+    unwindHeld = false;
+    exports.asyncify_start_unwind(unwind!.ptr); // continues: the frames already saved stay
+    return;
+  }
   if (state === AsyncifyState.Normal && Atomics.load(ctl, Ctl.PauseRequested) !== 0 && pinned() === 0) startUnwind();
 }
 
@@ -120,7 +135,7 @@ function reentrant(fn: (...a: never[]) => unknown): (...a: never[]) => unknown {
 const calls: Record<string, (...a: never[]) => unknown> = {};
 
 function instantiate(): void {
-  const imports: Record<string, Record<string, unknown>> = { ferry: { memory: init.memory, rewind: rewindAgain } };
+  const imports: Record<string, Record<string, unknown>> = { ferry: { memory: init.memory, rewind: rewindAgain, hold: holdUnwind } };
   for (const imp of init.meta.functionImports) {
     imports[imp.module] ??= {};
     imports[imp.module]![imp.name] = (...args: never[]) => calls[imp.name]!(...args);
