@@ -94,9 +94,8 @@ test('a guest 2000 calls deep in recursion pauses, resumes and moves', async () 
 
 // The shape FERRY_LOOP_RESUME=1 (src/guest/loop-resume.ts) splits: an interpreter's dispatch loop,
 // big and calling many helpers, here calling a callback through a function pointer that spins.
-// Under the default instrumentation it must pause like any other; with loop-head resumption it
-// could not (nothing below a split function may unwind while it is in a call), which is why that
-// mode is off by default.
+// It must pause like any other, also with FERRY_LOOP_RESUME=1 (run this file with it set): the
+// callback's call is then a resumable call site of the split loop (src/guest/call-resume.ts).
 test('a guest spinning in a callback called through a function pointer from an interpreter loop pauses, resumes and moves', async () => {
   const wasm = compileFixture('dispatch');
   const dir = tmpDir('dispatch-callback');
