@@ -18,7 +18,7 @@
 // across runs and leave out the cold-instrumentation rows: for repeating the speed rows only.
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -51,7 +51,11 @@ function instrumentProcess(ferryRoot: string, wasm: string, cacheDir: string): n
 const { readFileSync } = await import('node:fs');
 const r = await new ModuleCache(${JSON.stringify(cacheDir)}).load(readFileSync(${JSON.stringify(wasm)}));
 if (r.fromCache) { console.error('cache hit: not cold'); process.exit(1); }`;
-  return timed(process.execPath, ['--input-type=module', '-e', script]);
+  // A file, not `-e`: the instrumenting worker thread inherits the process's execArgv, and a worker
+  // started from a file refuses `--input-type`.
+  const file = join(cacheDir, '..', `instrument-${Date.now()}.mjs`);
+  writeFileSync(file, script);
+  return timed(process.execPath, [file]);
 }
 
 interface Side {

@@ -16,7 +16,7 @@ if ! command -v "$CC" >/dev/null 2>&1; then
   exit 1
 fi
 mkdir -p build
-for src in memtouch fileio compute; do
+for src in memtouch fileio compute kvserver; do
   # --max-memory: the largest wasm32 memory (65536 pages), so the runtime may make
   # it shared (a shared memory needs a maximum) and reserve it once.
   "$CC" --target=wasm32-wasi -O2 -Wall -Wextra -Werror \

@@ -8,6 +8,8 @@
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <sys/uio.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -16,6 +18,9 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <linux/sockios.h>
+#include <linux/if_packet.h>
+#include <linux/if_ether.h>
 #include <sys/mman.h>
 #include <sched.h>
 #include <sys/resource.h>
@@ -786,24 +791,35 @@ static napi_value f_poll(napi_env env, napi_callback_info info) {
       !get_i32(env, argv[3], OP, "timeoutMs", &timeout))
     return NULL;
   if (n1 != n2 || n1 != n3) return throw_arg(env, OP, "fds, events and revents must have the same length");
-  if (n1 > 64) return throw_arg(env, OP, "at most 64 fds");
-  struct pollfd p[64];
+  if (n1 > 4096) return throw_arg(env, OP, "at most 4096 fds");
+  struct pollfd small[64];
+  struct pollfd *p = n1 <= 64 ? small : malloc(n1 * sizeof *p);
+  if (!p) return throw_errno(env, OP, ENOMEM, NULL);
   for (size_t i = 0; i < n1; i++) {
-    if (fds[i] < 0) return throw_errno(env, OP, EBADF, "a negative fd");
+    if (fds[i] < 0) {
+      if (p != small) free(p);
+      return throw_errno(env, OP, EBADF, "a negative fd");
+    }
     p[i].fd = fds[i];
     p[i].events = (short)ev[i];
     p[i].revents = 0;
   }
   int r = poll(p, n1, timeout);
-  if (r < 0 && errno != EINTR) return throw_errno(env, OP, errno, NULL);
+  int err = errno;
+  if (r < 0 && err != EINTR) {
+    if (p != small) free(p);
+    return throw_errno(env, OP, err, NULL);
+  }
   for (size_t i = 0; i < n1; i++) {
     rev[i] = r > 0 ? p[i].revents : 0;
-    if (p[i].revents & POLLNVAL) {
+    if (r > 0 && (p[i].revents & POLLNVAL)) {
       char d[64];
       snprintf(d, sizeof d, "fd %d is not open", fds[i]);
+      if (p != small) free(p);
       return throw_errno(env, OP, EBADF, d);
     }
   }
+  if (p != small) free(p);
   return num(env, r < 0 ? 0 : r);
 }
 
@@ -913,6 +929,370 @@ static napi_value f_tcp_info(napi_env env, napi_callback_info info) {
   socklen_t got = len > 0x7fffffff ? 0x7fffffff : (socklen_t)len;
   if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, buf, &got) != 0) return throw_errno(env, OP, errno, NULL);
   return num(env, got);
+}
+
+
+/* ------------------------------------------------------------------ TCP sockets (guest sockets) */
+
+static void set_num(napi_env env, napi_value o, const char *k, double v);
+
+#undef OP
+#define OP "tcpListen"
+/* tcpListen(family 4|6, address: string (numeric), port, backlog) -> fd: a non-blocking, close-on-exec
+ * TCP socket with SO_REUSEADDR, bound and listening. */
+static napi_value f_tcp_listen(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int32_t family, port, backlog;
+  char text[INET6_ADDRSTRLEN + 1];
+  size_t tlen = 0;
+  uint8_t a[16];
+  if (!get_i32(env, argv[0], OP, "family", &family) || !get_i32(env, argv[2], OP, "port", &port) ||
+      !get_i32(env, argv[3], OP, "backlog", &backlog))
+    return NULL;
+  if (napi_get_value_string_utf8(env, argv[1], text, sizeof text, &tlen) != napi_ok) return throw_arg(env, OP, "address must be a string");
+  if (family != 4 && family != 6) return throw_arg(env, OP, "family must be 4 or 6");
+  if (inet_pton(family == 4 ? AF_INET : AF_INET6, text, a) != 1) return throw_arg(env, OP, "address %s is not a numeric IPv%d address", text, family);
+  if (port < 0 || port > 65535) return throw_arg(env, OP, "port must be 0..65535");
+  struct sockaddr_storage ss;
+  memset(&ss, 0, sizeof ss);
+  socklen_t sl;
+  if (family == 4) {
+    struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+    in->sin_family = AF_INET;
+    in->sin_port = htons((uint16_t)port);
+    memcpy(&in->sin_addr, a, 4);
+    sl = sizeof *in;
+  } else {
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons((uint16_t)port);
+    memcpy(&in6->sin6_addr, a, 16);
+    sl = sizeof *in6;
+  }
+  int fd = socket(family == 4 ? AF_INET : AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, OP, errno, "socket");
+  int one = 1;
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0) {
+    int e = errno;
+    close(fd);
+    return throw_errno(env, OP, e, "SO_REUSEADDR");
+  }
+  if (bind(fd, (struct sockaddr *)&ss, sl) != 0) {
+    int e = errno;
+    close(fd);
+    return throw_errno(env, OP, e, "bind");
+  }
+  if (listen(fd, backlog) != 0) {
+    int e = errno;
+    close(fd);
+    return throw_errno(env, OP, e, "listen");
+  }
+  return num(env, fd);
+}
+
+
+/* ------------------------------------------------------------------ TCP repair and link-layer sends
+ * Syscalls for moving TCP connections (TCP_REPAIR) and announcing an address (gratuitous ARP):
+ * generic socket options as bytes, queue-size ioctls, a socket bound/connected to a given address,
+ * and a raw link-layer datagram. What to set in which order is src/net/'s business. */
+
+/* An IPv4/IPv6 socket address from (family 4|6, numeric address, port). */
+static int get_sockaddr(napi_env env, napi_value fv, napi_value av, napi_value pv, const char *op, struct sockaddr_storage *ss, socklen_t *sl) {
+  int32_t family, port;
+  char text[INET6_ADDRSTRLEN + 1];
+  size_t tlen = 0;
+  uint8_t a[16];
+  if (!get_i32(env, fv, op, "family", &family) || !get_i32(env, pv, op, "port", &port)) return 0;
+  if (napi_get_value_string_utf8(env, av, text, sizeof text, &tlen) != napi_ok) return throw_arg(env, op, "address must be a string"), 0;
+  if (family != 4 && family != 6) return throw_arg(env, op, "family must be 4 or 6"), 0;
+  if (inet_pton(family == 4 ? AF_INET : AF_INET6, text, a) != 1) return throw_arg(env, op, "address %s is not a numeric IPv%d address", text, family), 0;
+  if (port < 0 || port > 65535) return throw_arg(env, op, "port must be 0..65535"), 0;
+  memset(ss, 0, sizeof *ss);
+  if (family == 4) {
+    struct sockaddr_in *in = (struct sockaddr_in *)ss;
+    in->sin_family = AF_INET;
+    in->sin_port = htons((uint16_t)port);
+    memcpy(&in->sin_addr, a, 4);
+    *sl = sizeof *in;
+  } else {
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons((uint16_t)port);
+    memcpy(&in6->sin6_addr, a, 16);
+    *sl = sizeof *in6;
+  }
+  return 1;
+}
+
+#undef OP
+#define OP "tcpSocket"
+/* tcpSocket(family 4|6) -> fd: a new non-blocking, close-on-exec TCP socket. */
+static napi_value f_tcp_socket(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int32_t family;
+  if (!get_i32(env, argv[0], OP, "family", &family)) return NULL;
+  if (family != 4 && family != 6) return throw_arg(env, OP, "family must be 4 or 6");
+  int fd = socket(family == 4 ? AF_INET : AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, OP, errno, "socket");
+  return num(env, fd);
+}
+
+#undef OP
+#define OP "sockBind"
+/* sockBind(fd, family, address, port): bind(2). */
+static napi_value f_sock_bind(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int fd;
+  struct sockaddr_storage ss;
+  socklen_t sl;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_sockaddr(env, argv[1], argv[2], argv[3], OP, &ss, &sl)) return NULL;
+  if (bind(fd, (struct sockaddr *)&ss, sl) != 0) return throw_errno(env, OP, errno, "bind");
+  return undef(env);
+}
+
+#undef OP
+#define OP "sockConnect"
+/* sockConnect(fd, family, address, port): connect(2); EINPROGRESS is thrown like any error (a
+ * socket in TCP_REPAIR connects at once, without a handshake). */
+static napi_value f_sock_connect(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int fd;
+  struct sockaddr_storage ss;
+  socklen_t sl;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_sockaddr(env, argv[1], argv[2], argv[3], OP, &ss, &sl)) return NULL;
+  int r;
+  do r = connect(fd, (struct sockaddr *)&ss, sl);
+  while (r != 0 && errno == EINTR);
+  if (r != 0) return throw_errno(env, OP, errno, "connect");
+  return undef(env);
+}
+
+#undef OP
+#define OP "getsockoptBytes"
+/* getsockoptBytes(fd, level, name, buf) -> bytes the kernel wrote into buf. */
+static napi_value f_getsockopt_bytes(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int fd;
+  int32_t level, name;
+  uint8_t *buf;
+  size_t len;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_i32(env, argv[1], OP, "level", &level) || !get_i32(env, argv[2], OP, "name", &name) ||
+      !get_bytes(env, argv[3], OP, "buf", &buf, &len, NULL))
+    return NULL;
+  socklen_t got = len > 0x7fffffff ? 0x7fffffff : (socklen_t)len;
+  if (getsockopt(fd, level, name, buf, &got) != 0) return throw_errno(env, OP, errno, NULL);
+  return num(env, got);
+}
+
+#undef OP
+#define OP "setsockoptBytes"
+/* setsockoptBytes(fd, level, name, buf): setsockopt(2) with buf as the option value. */
+static napi_value f_setsockopt_bytes(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int fd;
+  int32_t level, name;
+  uint8_t *buf;
+  size_t len;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_i32(env, argv[1], OP, "level", &level) || !get_i32(env, argv[2], OP, "name", &name) ||
+      !get_bytes(env, argv[3], OP, "buf", &buf, &len, NULL))
+    return NULL;
+  if (setsockopt(fd, level, name, len == 0 ? NULL : buf, (socklen_t)len) != 0) return throw_errno(env, OP, errno, NULL);
+  return undef(env);
+}
+
+#undef OP
+#define OP "ioctlInt"
+/* ioctlInt(fd, request) -> the int the ioctl wrote (SIOCINQ, SIOCOUTQ, SIOCOUTQNSD). */
+static napi_value f_ioctl_int(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int fd;
+  int32_t req;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_i32(env, argv[1], OP, "request", &req)) return NULL;
+  int v = 0;
+  if (ioctl(fd, (unsigned long)(uint32_t)req, &v) != 0) return throw_errno(env, OP, errno, NULL);
+  return num(env, v);
+}
+
+#undef OP
+#define OP "packetSend"
+/* packetSend(ifindex, ethertype, dstMac: 6 bytes, payload): one datagram on an AF_PACKET
+ * SOCK_DGRAM socket (the kernel adds the link header with the interface's own source address). */
+static napi_value f_packet_send(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int32_t ifindex, ethertype;
+  uint8_t *mac, *payload;
+  size_t maclen, plen;
+  if (!get_i32(env, argv[0], OP, "ifindex", &ifindex) || !get_i32(env, argv[1], OP, "ethertype", &ethertype) ||
+      !get_bytes(env, argv[2], OP, "dstMac", &mac, &maclen, NULL) || !get_bytes(env, argv[3], OP, "payload", &payload, &plen, NULL))
+    return NULL;
+  if (maclen != 6) return throw_arg(env, OP, "dstMac must be 6 bytes");
+  int fd = socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC, htons((uint16_t)ethertype));
+  if (fd < 0) return throw_errno(env, OP, errno, "socket");
+  struct sockaddr_ll ll;
+  memset(&ll, 0, sizeof ll);
+  ll.sll_family = AF_PACKET;
+  ll.sll_protocol = htons((uint16_t)ethertype);
+  ll.sll_ifindex = ifindex;
+  ll.sll_halen = 6;
+  memcpy(ll.sll_addr, mac, 6);
+  ssize_t r = sendto(fd, payload, plen, 0, (struct sockaddr *)&ll, sizeof ll);
+  int e = errno;
+  close(fd);
+  if (r < 0) return throw_errno(env, OP, e, "sendto");
+  return num(env, (double)r);
+}
+
+#undef OP
+#define OP "sockAddress"
+/* sockAddress(fd, peer: boolean) -> { family: 4|6, address: string, port } (getsockname / getpeername). */
+static napi_value f_sock_address(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int fd, peer;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_bool(env, argv[1], OP, "peer", &peer)) return NULL;
+  struct sockaddr_storage ss;
+  socklen_t sl = sizeof ss;
+  int r = peer ? getpeername(fd, (struct sockaddr *)&ss, &sl) : getsockname(fd, (struct sockaddr *)&ss, &sl);
+  if (r != 0) return throw_errno(env, OP, errno, peer ? "getpeername" : "getsockname");
+  char text[INET6_ADDRSTRLEN] = "";
+  int family, port;
+  if (ss.ss_family == AF_INET) {
+    struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+    inet_ntop(AF_INET, &in->sin_addr, text, sizeof text);
+    family = 4;
+    port = ntohs(in->sin_port);
+  } else if (ss.ss_family == AF_INET6) {
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+    inet_ntop(AF_INET6, &in6->sin6_addr, text, sizeof text);
+    family = 6;
+    port = ntohs(in6->sin6_port);
+  } else {
+    return throw_errno(env, OP, EAFNOSUPPORT, "not an IP socket");
+  }
+  napi_value o = NULL, t = NULL;
+  napi_create_object(env, &o);
+  set_num(env, o, "family", family);
+  set_num(env, o, "port", port);
+  napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &t);
+  napi_set_named_property(env, o, "address", t);
+  return o;
+}
+
+#undef OP
+#define OP "accept"
+/* accept(fd) -> a new non-blocking, close-on-exec connected socket (accept4); throws EAGAIN when none waits. */
+static napi_value f_accept(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  if (!get_fd(env, argv[0], OP, &fd)) return NULL;
+  int r;
+  do r = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  while (r < 0 && errno == EINTR);
+  if (r < 0) return throw_errno(env, OP, errno, NULL);
+  return num(env, r);
+}
+
+#define MAX_IOV 1024
+/* The iovecs of an array of byte views (at most MAX_IOV). */
+static int get_iovecs(napi_env env, napi_value arr, const char *op, struct iovec *iov, size_t *n) {
+  bool is = false;
+  napi_is_array(env, arr, &is);
+  if (!is) { throw_arg(env, op, "views must be an array"); return 0; }
+  uint32_t len;
+  napi_get_array_length(env, arr, &len);
+  if (len > MAX_IOV) { throw_arg(env, op, "at most %d views", MAX_IOV); return 0; }
+  for (uint32_t i = 0; i < len; i++) {
+    napi_value v = NULL;
+    napi_get_element(env, arr, i, &v);
+    uint8_t *p;
+    size_t l;
+    if (!get_bytes(env, v, op, "view", &p, &l, NULL)) return 0;
+    iov[i].iov_base = p;
+    iov[i].iov_len = l;
+  }
+  *n = len;
+  return 1;
+}
+
+#undef OP
+#define OP "recvmsg"
+/* recvmsg(fd, views, flags) -> bytes received (0 at end of stream); throws EAGAIN on an empty non-blocking socket. */
+static napi_value f_recvmsg(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int fd;
+  int32_t flags;
+  static __thread struct iovec iov[MAX_IOV];
+  size_t n;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_iovecs(env, argv[1], OP, iov, &n) || !get_i32(env, argv[2], OP, "flags", &flags)) return NULL;
+  struct msghdr mh;
+  memset(&mh, 0, sizeof mh);
+  mh.msg_iov = iov;
+  mh.msg_iovlen = n;
+  ssize_t r;
+  do r = recvmsg(fd, &mh, flags);
+  while (r < 0 && errno == EINTR);
+  if (r < 0) return throw_errno(env, OP, errno, NULL);
+  return num(env, (double)r);
+}
+
+#undef OP
+#define OP "sendmsg"
+/* sendmsg(fd, views, flags) -> bytes sent; MSG_NOSIGNAL is always added (EPIPE, never SIGPIPE). */
+static napi_value f_sendmsg(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int fd;
+  int32_t flags;
+  static __thread struct iovec iov[MAX_IOV];
+  size_t n;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_iovecs(env, argv[1], OP, iov, &n) || !get_i32(env, argv[2], OP, "flags", &flags)) return NULL;
+  struct msghdr mh;
+  memset(&mh, 0, sizeof mh);
+  mh.msg_iov = iov;
+  mh.msg_iovlen = n;
+  ssize_t r;
+  do r = sendmsg(fd, &mh, flags | MSG_NOSIGNAL);
+  while (r < 0 && errno == EINTR);
+  if (r < 0) return throw_errno(env, OP, errno, NULL);
+  return num(env, (double)r);
+}
+
+#undef OP
+#define OP "shutdown"
+/* shutdown(fd, how) with how = SHUT_RD | SHUT_WR | SHUT_RDWR. */
+static napi_value f_shutdown(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int fd;
+  int32_t how;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_i32(env, argv[1], OP, "how", &how)) return NULL;
+  if (how != SHUT_RD && how != SHUT_WR && how != SHUT_RDWR) return throw_arg(env, OP, "how %d unknown", how);
+  if (shutdown(fd, how) != 0) return throw_errno(env, OP, errno, NULL);
+  return undef(env);
+}
+
+#undef OP
+#define OP "setLinger"
+/* setsockopt(fd, SOL_SOCKET, SO_LINGER, {onoff, seconds}); {1, 0} makes close() send a reset. */
+static napi_value f_set_linger(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int fd, on;
+  int32_t secs;
+  if (!get_fd(env, argv[0], OP, &fd) || !get_bool(env, argv[1], OP, "on", &on) || !get_i32(env, argv[2], OP, "seconds", &secs)) return NULL;
+  if (secs < 0) return throw_arg(env, OP, "seconds must be >= 0");
+  struct linger l = {.l_onoff = on, .l_linger = secs};
+  if (setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l) != 0) return throw_errno(env, OP, errno, NULL);
+  return undef(env);
+}
+
+#undef OP
+#define OP "socketError"
+/* getsockopt(fd, SOL_SOCKET, SO_ERROR): the pending error (cleared by the read), 0 for none. */
+static napi_value f_socket_error(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  if (!get_fd(env, argv[0], OP, &fd)) return NULL;
+  int e = 0;
+  socklen_t l = sizeof e;
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &l) != 0) return throw_errno(env, OP, errno, NULL);
+  return num(env, e);
 }
 
 #undef OP
@@ -1079,7 +1459,7 @@ static napi_value constants(napi_env env) {
   napi_create_object(env, &c);
 #define C(name) set_num(env, c, #name, (double)(name))
   C(UFFD_API);
-  C(SO_SNDBUF); C(SO_RCVBUF);
+  C(SO_SNDBUF); C(SO_RCVBUF); C(SO_SNDBUFFORCE); C(SO_RCVBUFFORCE);
   C(UFFD_FEATURE_PAGEFAULT_FLAG_WP); C(UFFD_FEATURE_EVENT_FORK); C(UFFD_FEATURE_EVENT_REMAP);
   C(UFFD_FEATURE_EVENT_REMOVE); C(UFFD_FEATURE_MISSING_HUGETLBFS); C(UFFD_FEATURE_MISSING_SHMEM);
   C(UFFD_FEATURE_EVENT_UNMAP); C(UFFD_FEATURE_SIGBUS); C(UFFD_FEATURE_THREAD_ID); C(UFFD_FEATURE_MINOR_HUGETLBFS);
@@ -1096,8 +1476,14 @@ static napi_value constants(napi_env env) {
   C(PAGE_IS_PFNZERO); C(PAGE_IS_HUGE); C(PAGE_IS_SOFT_DIRTY); C(PM_SCAN_WP_MATCHING); C(PM_SCAN_CHECK_WPASYNC);
   C(MADV_DONTNEED); C(MADV_WILLNEED); C(MADV_HUGEPAGE); C(MADV_NOHUGEPAGE); C(MADV_COLLAPSE);
   C(EFD_NONBLOCK); C(EFD_CLOEXEC); C(EFD_SEMAPHORE); C(MFD_CLOEXEC);
-  C(POLLIN); C(POLLOUT); C(POLLERR); C(POLLHUP); C(POLLNVAL);
+  C(POLLIN); C(POLLOUT); C(POLLERR); C(POLLHUP); C(POLLNVAL); C(POLLRDHUP);
+  C(MSG_PEEK); C(MSG_WAITALL); C(MSG_DONTWAIT); C(SHUT_RD); C(SHUT_WR); C(SHUT_RDWR);
+  C(ECONNRESET); C(EPIPE); C(ENOTCONN);
   C(EEXIST); C(EAGAIN);
+  C(IPPROTO_TCP); C(SOL_SOCKET); C(TCP_REPAIR); C(TCP_REPAIR_QUEUE); C(TCP_QUEUE_SEQ); C(TCP_REPAIR_OPTIONS);
+  C(TCP_REPAIR_WINDOW); C(TCP_TIMESTAMP); C(TCP_MAXSEG); C(TCP_INFO); C(TCP_NODELAY); C(TCP_RECV_QUEUE); C(TCP_SEND_QUEUE);
+  C(TCP_REPAIR_ON); C(TCP_REPAIR_OFF); C(TCP_REPAIR_OFF_NO_WP); C(TCPOPT_MAXSEG); C(TCPOPT_WINDOW);
+  C(TCPOPT_SACK_PERMITTED); C(TCPOPT_TIMESTAMP); C(SIOCINQ); C(SIOCOUTQ); C(SIOCOUTQNSD); C(ETH_P_ARP);
 #undef C
   return c;
 }
@@ -1127,7 +1513,12 @@ static napi_value init(napi_env env, napi_value exports) {
       F("uffdReadEvents", f_uffd_read_events), F("uffdWait", f_uffd_wait), F("pagemapScan", f_pagemap_scan),
       F("pagemapRead", f_pagemap_read), F("pagemapScanBits", f_pagemap_scan_bits), F("poll", f_poll), F("read", f_read), F("pread", f_pread),
       F("write", f_write), F("close", f_close), F("dup", f_dup), F("setsockoptInt", f_setsockopt_int), F("tcpInfo", f_tcp_info), F("schedSetThread", f_sched_set_thread), F("eventfd", f_eventfd), F("fdWatch", f_fd_watch),
+      F("tcpListen", f_tcp_listen), F("sockAddress", f_sock_address), F("accept", f_accept), F("recvmsg", f_recvmsg),
+      F("sendmsg", f_sendmsg), F("shutdown", f_shutdown), F("setLinger", f_set_linger), F("socketError", f_socket_error),
       F("fdUnwatch", f_fd_unwatch), F("nowUs", f_now_us), F("exitNow", f_exit_now),
+      F("tcpSocket", f_tcp_socket), F("sockBind", f_sock_bind), F("sockConnect", f_sock_connect),
+      F("getsockoptBytes", f_getsockopt_bytes), F("setsockoptBytes", f_setsockopt_bytes), F("ioctlInt", f_ioctl_int),
+      F("packetSend", f_packet_send),
 #undef F
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);

@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import { assertConsecutive, guestModule, readText, seqNumbers, sleep, tmpDir, useSharedCache, waitFor } from './fixtures/guest/helpers.js';
 import { Guest, type GuestExit } from '../src/guest/guest.js';
 import { decodeGuestState, encodeGuestState } from '../src/state/guest-state.js';
+import { startSpareWorker, takeSpareWorker } from '../src/guest/spare-worker.js';
 
 useSharedCache();
 
@@ -140,4 +141,19 @@ test('stop() on a paused guest ends it without running more guest code', async (
   assert.throws(() => guest.resume(), /cannot resume a guest that is stopped/);
   await assert.rejects(guest.pause(), /cannot pause: the guest has stopped/);
   fs.closeSync(out.fd);
+});
+
+test('a guest adopts a spare worker started before it (as `ferry run` does), pauses, resumes and ends normally', async () => {
+  startSpareWorker();
+  const out = stdoutFile('spare');
+  const guest = await Guest.start({ module: guestModule('memtouch'), args: ['memtouch', '--mib', '4', '--seconds', '0.3', '--report-ms', '20'], stdio: { stdout: out.fd } });
+  assert.equal(takeSpareWorker(), null, 'the guest took the spare worker (no second thread started)');
+  await waitFor('the first SEQ line', () => seqNumbers(readText(out.path)).length > 0);
+  await guest.pause();
+  assert.ok(guest.capture().exec.unwind, 'paused at a safepoint on the spare thread');
+  guest.resume();
+  const exit = await guest.exited;
+  fs.closeSync(out.fd);
+  assert.deepEqual(exit, { code: 0, reason: 'exit' });
+  assert.match(readText(out.path), /^VERIFY OK /m);
 });

@@ -19,7 +19,7 @@ test('guests/build.sh rebuilds byte-identical modules', () => {
   assert.ok(clangPresent, 'clang is not installed (sh scripts/ensure-test-deps.sh)');
   // Build a copy elsewhere (twice) so the test never rewrites files in the checkout.
   const committed = readdirSync(join(guestsDir, 'build')).filter((f) => f.endsWith('.wasm')).sort();
-  assert.deepEqual(committed, ['compute.wasm', 'fileio.wasm', 'memtouch.wasm']);
+  assert.deepEqual(committed, ['compute.wasm', 'fileio.wasm', 'kvserver.wasm', 'memtouch.wasm']);
   const work = mkdtempSync(join(tmpdir(), 'ferry-guest-build-'));
   try {
     for (const copy of ['a', 'b']) {

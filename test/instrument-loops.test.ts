@@ -261,3 +261,57 @@ test('innermost loops whose trip count cannot be proved small keep their safepoi
     assert.ok(out.checks >= 2, `${name}: the inner loop keeps a check (${JSON.stringify(out)})`);
   }
 });
+
+/**
+ * `_start` loops forever calling `leaf` (five stores, no loop, no call) and `find`, whose innermost
+ * loop counts at COUNTER until the word after it holds 5 and then returns: a `return` inside an
+ * innermost loop, the shape of a search loop.
+ */
+function exitsModule(): Uint8Array {
+  const b = binaryen;
+  const m = new b.Module();
+  m.setMemory(1, 16, 'memory');
+  const store = (at: number, v: number) => m.i32.store(0, 4, m.i32.const(COUNTER + at), m.i32.const(v));
+  m.addFunction('leaf', b.none, b.none, [], m.block(null, [store(12, 1), store(16, 2), store(20, 3), store(24, 4), store(28, 5)]));
+  m.addFunction('find', b.none, b.none, [], m.loop('search', m.block(null, [
+    bumpOf(m),
+    m.if(m.i32.eq(m.i32.load(0, 4, m.i32.const(COUNTER + 8)), m.i32.const(5)), m.return()),
+    m.br('search'),
+  ])));
+  m.addFunction('_start', b.none, b.none, [], m.loop('outer', m.block(null, [m.call('leaf', [], b.none), m.call('find', [], b.none), m.br('outer')])));
+  m.addFunctionExport('_start', '_start');
+  assert.ok(m.validate(), 'the test module is valid');
+  const bytes = m.emitBinary();
+  m.dispose();
+  return bytes;
+}
+
+test('returns and function ends get no safepoint: a leaf stays out of Asyncify, a loop with a return is amortised', async () => {
+  const module = exitsModule();
+  const out = (await instrumentModule(module)).binary;
+  // Checks: `_start`'s entry and loop head, and `find`'s amortised loop head; none at `find`'s
+  // return, none at `leaf`'s end. Loops: `find`'s gains the amortisation wrapper.
+  assert.deepEqual(shape(out), { loops: 3, checks: 3 });
+  const m = binaryen.readBinary(out);
+  try {
+    // The test module has no name section: `leaf` is the function that stores 5 at COUNTER + 28.
+    const leaf = m.emitText().split(/\n \(func /).find((f) => f.includes(`(i32.const ${COUNTER + 28})`));
+    assert.ok(leaf, 'leaf is still a function of its own');
+    assert.doesNotMatch(leaf, /global\.(get|set)|call/, 'leaf is not touched by Asyncify (no state global, no call)');
+  } finally {
+    m.dispose();
+  }
+  const guest = await Guest.start({ module });
+  try {
+    for (let i = 0; i < 5; i++) {
+      await sleep(2);
+      await guest.pause();
+      const at = counterOf(guest.memory);
+      await sleep(1);
+      assert.equal(counterOf(guest.memory), at, 'a guest paused in the search loop does not count');
+      guest.resume();
+    }
+  } finally {
+    await guest.stop();
+  }
+});

@@ -1,6 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { once } from 'node:events';
@@ -8,6 +7,7 @@ import net from 'node:net';
 import { Duplex } from 'node:stream';
 import { randomBytes } from 'node:crypto';
 import { before, describe, test } from 'node:test';
+import { makePkiFiles, type PkiFiles } from './fixtures/migration/pki.js';
 import {
   connect,
   listen,
@@ -22,46 +22,14 @@ import { CHANNEL_PREFACE, decodeMessage, encodeMessage, Feature, FrameFlag, GO_A
 const HOST = '127.0.0.1';
 
 // A throwaway CA and certificates made with the openssl CLI.
-interface TestPki {
-  ca: string;
-  serverCert: string;
-  serverKey: string;
-  clientCert: string;
-  clientKey: string;
-  /** A second, unrelated CA and a client certificate it signed. */
-  otherCa: string;
-  otherClientCert: string;
-  otherClientKey: string;
-}
+type TestPki = { [K in keyof PkiFiles]: string };
 
+/** The fixture's certificates, read into memory (the files are removed at once). */
 function makeTestPki(): TestPki {
   const dir = mkdtempSync(join(tmpdir(), 'ferry-pki-'));
-  const ssl = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
   try {
-    const ca = (name: string) => {
-      ssl('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.crt`, '-days', '2', '-subj', `/CN=${name}`);
-    };
-    const leaf = (name: string, signer: string, ext: string) => {
-      ssl('req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${name}`);
-      writeFileSync(join(dir, `${name}.ext`), ext);
-      ssl('x509', '-req', '-in', `${name}.csr`, '-CA', `${signer}.crt`, '-CAkey', `${signer}.key`, '-CAcreateserial', '-out', `${name}.crt`, '-days', '2', '-extfile', `${name}.ext`);
-    };
-    ca('ca');
-    ca('otherca');
-    leaf('server', 'ca', 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n');
-    leaf('client', 'ca', 'extendedKeyUsage=clientAuth\n');
-    leaf('otherclient', 'otherca', 'extendedKeyUsage=clientAuth\n');
-    const r = (f: string) => readFileSync(join(dir, f), 'utf8');
-    return {
-      ca: r('ca.crt'),
-      serverCert: r('server.crt'),
-      serverKey: r('server.key'),
-      clientCert: r('client.crt'),
-      clientKey: r('client.key'),
-      otherCa: r('otherca.crt'),
-      otherClientCert: r('otherclient.crt'),
-      otherClientKey: r('otherclient.key'),
-    };
+    const files = makePkiFiles(dir);
+    return Object.fromEntries(Object.entries(files).map(([k, path]) => [k, readFileSync(path, 'utf8')])) as TestPki;
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -189,6 +157,35 @@ describe('transport: insecure TCP', () => {
       assert.deepEqual(reports.map((e) => e.code), ['TIMEOUT']);
       assert.match(reports[0]!.message, /no channel preface within 200 ms/);
     } finally {
+      await l.close();
+    }
+  });
+
+  test('connections past maxUnauthenticated are closed on arrival; a source gets in once the silent ones are gone', async () => {
+    const l = await listen({ host: HOST, port: 0, security: { kind: 'insecure' }, maxUnauthenticated: 3, handshakeTimeoutMs: 60_000 });
+    const silent: net.Socket[] = [];
+    try {
+      const reports: { code: string; phase: string }[] = [];
+      l.on('rejected', (e: TransportError, phase: string) => reports.push({ code: e.code, phase }));
+      for (let i = 0; i < 3; i++) silent.push(await rawConnect(l)); // each holds a slot, saying nothing
+      // A flood of 5 more: every one is closed at once, before it can send anything.
+      for (let i = 0; i < 5; i++) {
+        const extra = await rawConnect(l);
+        await once(extra, 'close');
+      }
+      assert.deepEqual(reports, Array.from({ length: 5 }, () => ({ code: 'REFUSED', phase: 'arrival' })));
+      // An authenticating source is refused too while the slots are taken...
+      await assert.rejects(connect({ host: HOST, port: l.port, security: { kind: 'insecure' }, channel: 'bulk', sessionId: newSessionId() }));
+      // ...and admitted once the silent connections are gone.
+      for (const s of silent.splice(0)) {
+        s.destroy();
+        await once(s, 'close');
+      }
+      while (reports.filter((r) => r.phase === 'preface').length < 3) await once(l, 'rejected');
+      const ch = await connect({ host: HOST, port: l.port, security: { kind: 'insecure' }, channel: 'bulk', sessionId: newSessionId() });
+      ch.destroy();
+    } finally {
+      for (const s of silent) s.destroy();
       await l.close();
     }
   });

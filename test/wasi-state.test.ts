@@ -287,13 +287,30 @@ test('validateWasiState names the bad field', () => {
     mutate(x);
     assert.throws(() => validateWasiState(x), re);
   };
-  bad((x) => { x.version = 2; }, /version/);
+  bad((x) => { x.version = 3; }, /version/);
   bad((x) => { x.args = [1]; }, /args\[0\]/);
   bad((x) => { (x.fds as Record<string, unknown>[])[3]!.path = '../x'; }, /fds\[3\]\.path/);
   bad((x) => { (x.fds as Record<string, unknown>[])[3]!.preopen = '/other'; }, /fds\[3\]\.preopen/);
   bad((x) => { (x.fds as Record<string, unknown>[])[1]!.fd = 0; }, /fds\[1\]\.fd.*repeats/);
   bad((x) => { (x.clocks as Record<string, unknown>).monotonicNs = '-1'; }, /clocks\.monotonicNs/);
-  bad((x) => { (x.fds as Record<string, unknown>[])[0]!.kind = 'socket'; }, /fds\[0\]\.kind/);
+  bad((x) => { (x.fds as Record<string, unknown>[])[0]!.kind = 'pipe'; }, /fds\[0\]\.kind/);
+  // Sockets (version 2): a listener has its bound address and no peer, a connection its peer.
+  const sock = (kind: string, socket: unknown) => (x: Record<string, unknown>) => {
+    Object.assign((x.fds as Record<string, unknown>[])[0]!, { kind, socket });
+  };
+  bad(sock('socket', undefined), /fds\[0\]\.socket must be an object/);
+  bad(sock('listener', { family: 4, address: '127.0.0.1', port: 0, peer: null }), /fds\[0\]\.socket\.port/);
+  bad(sock('listener', { family: 4, address: '::1', port: 80, peer: null }), /fds\[0\]\.socket\.address/);
+  bad(sock('listener', { family: 4, address: '127.0.0.1', port: 80, peer: { address: '127.0.0.1', port: 1 } }), /fds\[0\]\.socket\.peer/);
+  bad(sock('socket', { family: 6, address: '::1', port: 80, peer: null }), /fds\[0\]\.socket\.peer/);
+  bad((x) => { x.version = 1; sock('listener', { family: 4, address: '127.0.0.1', port: 80, peer: null })(x); }, /needs WASI state version 2/);
+  bad((x) => { (x.fds as Record<string, unknown>[])[3]!.socket = { family: 4, address: '127.0.0.1', port: 80, peer: null }; }, /fds\[3\]\.socket must be absent/);
+  const listener = JSON.parse(JSON.stringify(good));
+  sock('listener', { family: 6, address: '::1', port: 6379, peer: null })(listener);
+  assert.equal(validateWasiState(listener).fds[0]!.kind, 'listener');
+  const v1 = JSON.parse(JSON.stringify(good));
+  v1.version = 1;
+  assert.equal(validateWasiState(v1).version, 2, 'a version 1 state (before sockets) still loads');
   assert.throws(() => validateWasiState(null), /\(root\)/);
 });
 

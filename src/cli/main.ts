@@ -2,14 +2,33 @@
 import { Command, CommanderError } from 'commander';
 import { EXIT, EXIT_CODES_HELP, UsageError } from './exit-codes.js';
 import { packageVersion } from '../version.js';
-import { registerRun } from './commands/run.js';
-import { registerControl } from './commands/control.js';
-import { registerMigrate } from './commands/migrate.js';
-import { registerDemo } from './commands/demo.js';
-import { registerSnapshot } from './commands/snapshot.js';
-import { registerRestore } from './commands/restore.js';
-import { registerServeSnapshot } from './commands/serve-snapshot.js';
-import { registerPrepare } from './commands/prepare.js';
+import type { CliContext } from './context.js';
+
+type Register = (program: Command, ctx: CliContext) => void;
+
+// Each subcommand's module, loaded only when needed: together they pull in node:crypto, node:net,
+// node:child_process and the migration transport, which a `ferry run` would otherwise load for
+// nothing (start-up time). The order is the one `ferry --help` lists them in.
+const COMMANDS: [names: string[], load: () => Promise<Register>][] = [
+  [['run'], async () => (await import('./commands/run.js')).registerRun],
+  [['prepare'], async () => (await import('./commands/prepare.js')).registerPrepare],
+  [['migrate'], async () => (await import('./commands/migrate.js')).registerMigrate],
+  [['demo'], async () => (await import('./commands/demo.js')).registerDemo],
+  [['status', 'pause', 'resume', 'stop'], async () => (await import('./commands/control.js')).registerControl],
+  [['snapshot'], async () => (await import('./commands/snapshot.js')).registerSnapshot],
+  [['restore'], async () => (await import('./commands/restore.js')).registerRestore],
+  [['serve-snapshot'], async () => (await import('./commands/serve-snapshot.js')).registerServeSnapshot],
+];
+
+/**
+ * The subcommands to register: only the named one when the first argument names one (its
+ * options, help and errors are the same either way), every one otherwise (`ferry --help`, an
+ * unknown command and its suggestions).
+ */
+async function commandsFor(first: string | undefined): Promise<Register[]> {
+  const named = COMMANDS.find(([names]) => first !== undefined && names.includes(first));
+  return Promise.all((named ? [named] : COMMANDS).map(([, load]) => load()));
+}
 
 export async function main(argv: string[]): Promise<number> {
   // Everything after `--` belongs to the guest, never to Ferry.
@@ -25,14 +44,7 @@ export async function main(argv: string[]): Promise<number> {
     .showHelpAfterError('(run with --help for usage)')
     .version(packageVersion(), '-V, --version', 'print the package version');
   const ctx = { guestArgs, setExit: (c: number) => (exitCode = c) };
-  registerRun(program, ctx);
-  registerPrepare(program, ctx);
-  registerMigrate(program, ctx);
-  registerDemo(program, ctx);
-  registerControl(program, ctx);
-  registerSnapshot(program, ctx);
-  registerRestore(program, ctx);
-  registerServeSnapshot(program, ctx);
+  for (const register of await commandsFor(ferryArgs[0])) register(program, ctx);
   try {
     await program.parseAsync(ferryArgs, { from: 'user' });
     return exitCode;
@@ -53,9 +65,5 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-export interface CliContext {
-  /** Arguments after `--`, for the guest. */
-  guestArgs: string[];
-  setExit(code: number): void;
-}
+export type { CliContext } from './context.js';
 

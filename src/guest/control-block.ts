@@ -11,6 +11,11 @@ export const enum Ctl {
   Command = 1,
   /** The worker's state (see WorkerState); the owner may wait on this word. */
   State = 2,
+  /**
+   * Set by the worker while the guest holds live sockets: a running guest must then be paused and
+   * stopped (which closes them) rather than terminated (which would leave them open in this process).
+   */
+  HoldsSockets = 3,
 }
 
 export const enum Cmd {

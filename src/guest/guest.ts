@@ -6,9 +6,13 @@ import { EventEmitter } from 'node:events';
 import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { Cmd, Ctl, WorkerState, controlWords, createControlMemory, safepointFlags } from './control-block.js';
 import { ModuleCache, type CachedModule } from './module-cache.js';
+import { takeSpareWorker } from './spare-worker.js';
 import { ModuleRejected, type InstrumentedMeta } from './instrument.js';
 import type { LaunchMessage, PausedCapture, WorkerInit, WorkerMessage } from './worker-protocol.js';
-import type { Preopen, StdioBinding } from '../wasi/wasi.js';
+import type { ListenSocket, Preopen, StdioBinding } from '../wasi/wasi.js';
+import { close as closeFd, EFD_CLOEXEC, EFD_NONBLOCK, eventfd, eventfdDrain, eventfdSignal } from '../sys/fd.js';
+import { sockAddress, tcpListen, type SockAddress } from '../sys/socket.js';
+import { isIP } from 'node:net';
 import { GUEST_STATE_FORMAT, GUEST_STATE_VERSION, type GuestState } from '../state/guest-state.js';
 import { WASI_PREVIEW1_FUNCTIONS } from '../wasi/functions.js';
 
@@ -19,6 +23,8 @@ export const DEFAULT_MAX_MEMORY = 4 * 1024 * 1024 * 1024;
 export const DEFAULT_UNWIND_BYTES = 256 * 1024;
 /** How long stop() waits for a running guest thread to end before giving up on it. */
 const STOP_WAIT_MS = 1000;
+/** How long stop() lets a running guest that holds sockets reach a pause (it then closes them). */
+const STOP_PAUSE_MS = 2000;
 /** How long launch() blocks for the worker to start before falling back to its message. */
 const LAUNCH_WAIT_MS = 2000;
 
@@ -46,6 +52,11 @@ export interface GuestStartOptions extends GuestCommonOptions {
   /** Cap on the guest's maximum memory in bytes (default 4 GiB). */
   maxMemoryBytes?: number;
   modulePath?: string | null;
+  /**
+   * TCP addresses to listen on for the guest (`ferry run --listen`): each becomes a listening socket
+   * at the next guest fds after the preopened directories. Numeric addresses; port 0 picks a free port.
+   */
+  listen?: { host: string; port: number }[];
 }
 
 export interface GuestRestoreOptions extends GuestCommonOptions {
@@ -115,6 +126,8 @@ export class Guest extends EventEmitter {
   private ready!: Promise<void>;
   private runningSince = 0;
   private runMs = 0;
+  private readonly wakeFd: number;
+  private listeningValue: SockAddress[] = [];
 
   private constructor(
     init: WorkerInit,
@@ -131,14 +144,19 @@ export class Guest extends EventEmitter {
     this.moduleSource = moduleSource;
     this.maxMemoryBytes = maxMemoryBytes;
     this.ctl = controlWords(init.control);
+    this.wakeFd = init.wakeFd;
     const channel = new MessageChannel();
     const captures = new MessageChannel();
     this.launchPort = channel.port1;
     this.capturePort = captures.port1;
-    this.worker = new Worker(new URL('./worker.js', import.meta.url), {
-      workerData: { ...init, launchPort: channel.port2, capturePort: captures.port2 },
-      transferList: [channel.port2, captures.port2],
-    });
+    const workerInit: WorkerInit = { ...init, launchPort: channel.port2, capturePort: captures.port2 };
+    const spare = takeSpareWorker();
+    if (spare) {
+      spare.postMessage(workerInit, [channel.port2, captures.port2]);
+      this.worker = spare;
+    } else {
+      this.worker = new Worker(new URL('./worker.js', import.meta.url), { workerData: workerInit, transferList: [channel.port2, captures.port2] });
+    }
     this.ready = new Promise<void>((resolve, reject) => {
       this.worker.once('message', (m: WorkerMessage) => (m.type === 'ready' ? resolve() : reject(new GuestError('start-failed', m.type === 'error' ? m.message : 'guest worker did not start'))));
       this.once('exit', (e: GuestExit) => reject(new GuestError('start-failed', e.message ?? 'guest worker ended before it was ready')));
@@ -184,7 +202,14 @@ export class Guest extends EventEmitter {
       }
     });
     this.worker.on('error', (err) => finish({ code: null, reason: 'error', message: err.message }));
-    this.worker.on('exit', () => finish({ code: null, reason: 'stopped' }));
+    this.worker.on('exit', () => {
+      finish({ code: null, reason: 'stopped' });
+      try {
+        closeFd(this.wakeFd);
+      } catch {
+        // closed already
+      }
+    });
     this.finishExit = finish;
   }
 
@@ -203,7 +228,16 @@ export class Guest extends EventEmitter {
       );
     }
     const memory = new WebAssembly.Memory({ initial: mod.meta.memory.initialPages, maximum: maxPages, shared: true });
-    const guest = Guest.spawn(mod, memory, opts.modulePath ?? null, maxPages * WASM_PAGE_SIZE);
+    const listen = openListeners(opts.listen ?? []);
+    let guest: Guest;
+    try {
+      guest = Guest.spawn(mod, memory, opts.modulePath ?? null, maxPages * WASM_PAGE_SIZE);
+    } catch (err) {
+      for (const l of listen) closeFd(l.hostFd);
+      throw err;
+    }
+    guest.listeningValue = listen.map((l) => ({ family: l.family, address: l.address, port: l.port }));
+    // From the launch on the guest's WASI owns the listening sockets (and closes them when it ends).
     await guest.launch({
       fresh: {
         wasi: {
@@ -211,6 +245,7 @@ export class Guest extends EventEmitter {
           env: opts.env ?? {},
           preopens: opts.preopens ?? [],
           stdio: stdioOf(opts.stdio),
+          listen,
         },
         dataImage: mod.dataImage,
       },
@@ -236,6 +271,7 @@ export class Guest extends EventEmitter {
         guest.statusValue = 'pausing';
       }
       guest.priorUptimeMs = state.uptimeMs;
+      guest.listeningValue = listenersOf(state);
       guest.sendLaunch({
         restore: { exec: state.exec, wasi: state.wasi, preopens: binding.preopens ?? [], stdio: stdioOf(binding.stdio) },
         waitForGo,
@@ -289,6 +325,7 @@ export class Guest extends EventEmitter {
       control: createControlMemory(),
       unwindBytes: DEFAULT_UNWIND_BYTES,
       rehearseRestore,
+      wakeFd: eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC),
     };
     return new Guest(init as WorkerInit, mod.meta, mod.source, modulePath, maxMemoryBytes);
   }
@@ -339,6 +376,11 @@ export class Guest extends EventEmitter {
 
   get exitResult(): GuestExit | null {
     return this.exitInfo;
+  }
+
+  /** The TCP addresses the guest listens on (`listen`, or those a restored state re-created), in guest fd order. */
+  get listening(): SockAddress[] {
+    return this.listeningValue.map((a) => ({ ...a }));
   }
 
   /** Milliseconds the guest has run, over all its hosts. */
@@ -395,6 +437,7 @@ export class Guest extends EventEmitter {
     Atomics.store(this.ctl, Ctl.PauseRequested, 1);
     Atomics.notify(this.ctl, Ctl.PauseRequested); // wakes a guest sleeping in poll_oneoff
     Atomics.store(safepointFlags(this.memory), 0, 1);
+    this.signalWake(); // and one blocked on a socket or a pipe (after the flag: it looks at the flag when woken)
   }
 
   // The worker posts its capture before it marks itself paused; take it (once) from the port.
@@ -413,6 +456,7 @@ export class Guest extends EventEmitter {
   resume(): void {
     if (this.statusValue !== 'paused') throw new GuestError('not-paused', `cannot resume a guest that is ${this.statusValue}`);
     this.lastCapture = null;
+    this.drainWake();
     Atomics.store(this.ctl, Ctl.PauseRequested, 0);
     Atomics.store(safepointFlags(this.memory), 0, 0);
     this.statusValue = 'running';
@@ -449,6 +493,13 @@ export class Guest extends EventEmitter {
    */
   async stop(): Promise<GuestExit> {
     if (this.exitInfo) return this.exitInfo;
+    if (Atomics.load(this.ctl, Ctl.State) === WorkerState.Running && Atomics.load(this.ctl, Ctl.HoldsSockets) !== 0) {
+      // Terminating the thread would leave its sockets open in this process (listening, and
+      // connections whose peers would wait forever): a guest blocked on a socket pauses at once,
+      // and a paused guest's stop closes them.
+      await Promise.race([this.pause().catch(() => undefined), new Promise((r) => setTimeout(r, STOP_PAUSE_MS).unref())]);
+      if (this.exitInfo) return this.exitInfo;
+    }
     if (Atomics.load(this.ctl, Ctl.State) === WorkerState.Paused) {
       Atomics.store(this.ctl, Ctl.Command, Cmd.Stop);
       Atomics.notify(this.ctl, Ctl.Command);
@@ -484,10 +535,55 @@ export class Guest extends EventEmitter {
     if (this.exitInfo) throw new GuestError('guest-ended', `cannot ${op}: the guest has ${this.statusValue}`);
   }
 
+  private signalWake(): void {
+    try {
+      eventfdSignal(this.wakeFd);
+    } catch {
+      // the worker has ended and the fd is closed: nobody to wake
+    }
+  }
+
+  private drainWake(): void {
+    try {
+      eventfdDrain(this.wakeFd);
+    } catch {
+      // closed: nothing to drain
+    }
+  }
+
   private accountRun(): void {
     if (this.statusValue === 'running' && this.runningSince > 0) this.runMs += performance.now() - this.runningSince;
     this.runningSince = 0;
   }
+}
+
+/** Opens the listening sockets of `--listen` (numeric addresses; "localhost" means 127.0.0.1). */
+function openListeners(specs: { host: string; port: number }[]): ListenSocket[] {
+  const out: ListenSocket[] = [];
+  try {
+    for (const { host, port } of specs) {
+      const address = host === 'localhost' ? '127.0.0.1' : host.replace(/^\[(.*)\]$/, '$1');
+      const family = isIP(address);
+      if (family !== 4 && family !== 6) throw new GuestError('bad-listen', `listen address ${JSON.stringify(host)} is not a numeric IPv4 or IPv6 address`);
+      if (!Number.isInteger(port) || port < 0 || port > 65535) throw new GuestError('bad-listen', `listen port ${port} is not in 0..65535`);
+      let hostFd: number;
+      try {
+        hostFd = tcpListen(family, address, port);
+      } catch (err) {
+        throw new GuestError('bad-listen', `cannot listen on ${family === 6 ? `[${address}]` : address}:${port}: ${(err as Error).message}`);
+      }
+      const bound = sockAddress(hostFd);
+      out.push({ hostFd, family, address: bound.address, port: bound.port });
+    }
+  } catch (err) {
+    for (const l of out) closeFd(l.hostFd);
+    throw err;
+  }
+  return out;
+}
+
+function listenersOf(state: GuestState): SockAddress[] {
+  return state.wasi.fds.flatMap((f) => (f.kind === 'listener' && f.socket ? [{ family: f.socket.family, address: f.socket.address, port: f.socket.port }] : []));
 }
 
 function stdioOf(s: Partial<StdioBinding> | undefined): StdioBinding {

@@ -14,7 +14,7 @@
 import { sha256Hex } from '../state/hash.js';
 import { loopResumeEnabled, resumeAtLoopHeads } from './loop-resume.js';
 
-export const INSTRUMENTATION_VERSION = 9;
+export const INSTRUMENTATION_VERSION = 11;
 
 /** The import namespace and names Ferry adds. */
 export const FERRY_IMPORT_MODULE = 'ferry';
@@ -32,8 +32,11 @@ export const YIELD_IMPORT = { module: FERRY_IMPORT_MODULE, name: 'yield' } as co
  */
 export const SAFEPOINT_FLAG_ADDR = 16;
 
-/** WASI calls that may block and therefore must be able to unwind (re-entered on resume). */
-export const UNWINDABLE_WASI_CALLS = ['fd_read', 'poll_oneoff'] as const;
+/**
+ * WASI calls that may block and therefore must be able to unwind (re-entered on resume): reads,
+ * poll, and the socket calls; fd_write too, since a write to a socket blocks on a full send buffer.
+ */
+export const UNWINDABLE_WASI_CALLS = ['fd_read', 'fd_write', 'poll_oneoff', 'sock_accept', 'sock_recv', 'sock_send'] as const;
 
 import type { ValueType } from '../state/exec-state.js';
 export type { ValueType };
@@ -214,6 +217,7 @@ function transform(b: BinaryenApi, mod: BinaryenApi, source: Uint8Array, onStage
   mod.runPasses(['log-execution']);
   const safepointFn = safepointImportName(b, mod);
   if (!safepointFn) throw new ModuleRejected('internal: safepoint insertion produced no import');
+  dropExitSafepoints(b, mod, safepointFn);
   pruneEntrySafepoints(b, mod, safepointFn, bounded);
   amortiseInnermostLoops(b, mod, safepointFn);
   const loopResume = loopResumeEnabled();
@@ -933,6 +937,54 @@ function ownWork(b: BinaryenApi, fields: Map<number, ChildVisitor>, body: number
     throw err;
   }
   return ok && w <= BOUNDED_BUDGET_EXPRESSIONS ? { work: w, calls } : null;
+}
+
+/**
+ * `log-execution` logs not only at function entries and loop heads but also before every
+ * `return` and before a function body's last expression. Those exit safepoints bound nothing (what
+ * runs after them up to the caller's next safepoint is straight-line code), yet each one is an
+ * unwind point: it made every function Asyncify'd — leaf functions and bounded functions
+ * included, whose entry safepoints `pruneEntrySafepoints` removes to keep them out of Asyncify —
+ * and made every innermost loop with a `return` in it look as if it called something that can
+ * unwind, so it was never amortised. Only the entry (first child of the function body) and loop
+ * heads (first child of a loop's body) are kept; every other safepoint call becomes a nop.
+ * A function with an expression this walk does not know keeps all of its safepoints.
+ */
+function dropExitSafepoints(b: BinaryenApi, mod: BinaryenApi, safepointFn: string): void {
+  const fields = childVisitors(b);
+  const isSafepoint = (e: number): boolean => b.getExpressionId(e) === b.CallId && b.Call.getTarget(e) === safepointFn;
+  for (let i = 0; i < mod.getNumFunctions(); i++) {
+    const f = b.getFunctionInfo(mod.getFunctionByIndex(i));
+    if (f.module || !f.body) continue;
+    const drops: [number, number][] = []; // block, child index
+    // `keepFirst`: the expression is the function body or a loop's body, where a safepoint as the
+    // first child of a block is an entry or a loop head.
+    const visit = (expr: number, keepFirst: boolean): void => {
+      if (!expr) return;
+      const id = b.getExpressionId(expr) as number;
+      if (id === b.BlockId) {
+        const n: number = b.Block.getNumChildren(expr);
+        for (let k = 0; k < n; k++) {
+          const c: number = b.Block.getChildAt(expr, k);
+          if (isSafepoint(c)) {
+            if (!(keepFirst && k === 0)) drops.push([expr, k]);
+          } else visit(c, false);
+        }
+        return;
+      }
+      if (id === b.LoopId) return visit(b.Loop.getBody(expr), true);
+      const children = fields.get(id);
+      if (!children) throw new Unsupported();
+      children(expr, (c) => visit(c, false));
+    };
+    try {
+      visit(f.body, true);
+    } catch (err) {
+      if (err instanceof Unsupported) continue;
+      throw err;
+    }
+    for (const [block, k] of drops) b.Block.setChildAt(block, k, mod.nop());
+  }
 }
 
 /**

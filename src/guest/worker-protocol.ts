@@ -22,6 +22,8 @@ export interface WorkerInit {
   unwindBytes: number;
   /** Run the WASI restore path once while waiting (a worker prepared for a restore). */
   rehearseRestore: boolean;
+  /** An eventfd the owner signals with every pause request: blocking socket and pipe waits poll it. */
+  wakeFd: number;
 }
 
 export interface LaunchMessage {

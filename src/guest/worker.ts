@@ -6,12 +6,24 @@ import { tmpdir } from 'node:os';
 import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import { Cmd, Ctl, WorkerState, controlWords, safepointFlags } from './control-block.js';
 import type { LaunchMessage, PausedCapture, WorkerInit, WorkerMessage } from './worker-protocol.js';
+import { SPARE_WORKER_DATA } from './spare-worker.js';
 import { decodeGlobal, encodeGlobal, type ExecState, type UnwindRegion } from '../state/exec-state.js';
 import { Wasi, WasiExit, type WasiHooks } from '../wasi/wasi.js';
 import { POLLIN, poll } from '../sys/fd.js';
 
-const init = workerData as WorkerInit;
+// A spare worker (spare-worker.ts) is started before its guest exists and gets its init as its
+// first message; any other is given it as workerData.
+const init: WorkerInit = isSpare(workerData) ? await firstMessage() : (workerData as WorkerInit);
 const ctl = controlWords(init.control);
+
+function isSpare(data: unknown): boolean {
+  return typeof data === 'object' && data !== null && (data as typeof SPARE_WORKER_DATA).spare === SPARE_WORKER_DATA.spare;
+}
+
+function firstMessage(): Promise<WorkerInit> {
+  return new Promise((resolve) => parentPort!.once('message', (m: WorkerInit) => resolve(m)));
+}
+
 const post = (m: WorkerMessage) => parentPort!.postMessage(m);
 
 /** The owner may wait on this word synchronously (Atomics.wait): notify on every change. */
@@ -39,9 +51,21 @@ interface GuestExports {
 let exports!: GuestExports;
 let launch!: LaunchMessage;
 let unwind: UnwindRegion | null = null;
+/** The region's bytes as they were before the current unwind wrote there (see ExecState.displaced). */
+let beforeUnwind: Uint8Array | null = null;
+/** The part of them the unwind overwrote, put back when the rewind has read its data. */
+let displaced: Uint8Array | null = null;
+/**
+ * The unwind's data as it stood when a rewind stopped, kept while the guest has its own bytes back:
+ * a resumed split function (loop-resume.ts) may restart the rewind on it (`rewindAgain`).
+ */
+let rewindRest: Uint8Array | null = null;
 
 function startUnwind(): void {
   if (!unwind) unwind = reserveUnwindRegion(init.unwindBytes);
+  // The guest may own these bytes (see ExecState.displaced): keep them before Asyncify writes.
+  beforeUnwind = new Uint8Array(init.memory.buffer, unwind.ptr, unwind.size).slice();
+  rewindRest = null;
   const words = new Int32Array(init.memory.buffer, unwind.ptr, 2);
   words[0] = unwind.ptr + 8; // Asyncify's data header: current position, end
   words[1] = unwind.ptr + unwind.size;
@@ -86,6 +110,13 @@ function holdUnwind(): void {
 
 /** A resumed split function restarts the rewind before it re-enters the call it was waiting in. */
 function rewindAgain(): void {
+  if (rewindRest !== null) {
+    // Put the rest of the unwind's data back, keeping the guest's bytes again until the rewind stops.
+    const mem = new Uint8Array(init.memory.buffer);
+    displaced = mem.slice(unwind!.ptr, unwind!.ptr + rewindRest.length);
+    mem.set(rewindRest, unwind!.ptr);
+    rewindRest = null;
+  }
   Atomics.store(safepointFlags(init.memory), 1, 1);
   exports.asyncify_start_rewind(unwind!.ptr);
 }
@@ -93,8 +124,9 @@ function rewindAgain(): void {
 const hooks: WasiHooks = {
   pauseRequested: () => Atomics.load(ctl, Ctl.PauseRequested) !== 0 && pinned() === 0,
   unwind: startUnwind,
-  // Blocking reads wait in short slices so a pause request is seen within one slice.
-  waitReadable: (fd: number, timeoutMs: number) => poll([fd], [POLLIN], timeoutMs)[0] !== 0,
+  // Blocking reads wait beside the wake fd, which the owner signals with every pause request.
+  waitReadable: (fd: number, timeoutMs: number) => poll([fd, init.wakeFd], [POLLIN, POLLIN], timeoutMs)[0] !== 0,
+  wakeFd: init.wakeFd,
   // A sleeping guest wakes the moment its owner asks for a pause (Guest notifies this word).
   sleep: (ms: number) => void Atomics.wait(ctl, Ctl.PauseRequested, 0, ms),
 };
@@ -104,6 +136,21 @@ let wasi!: Wasi;
 function stopRewind(): void {
   exports.asyncify_stop_rewind();
   Atomics.store(safepointFlags(init.memory), 1, 0);
+  // The rewind has read all its data (or all but what a split function's callee will read after
+  // rewindAgain): the guest gets back what the unwind wrote over.
+  if (displaced !== null) {
+    const mem = new Uint8Array(init.memory.buffer);
+    rewindRest = mem.slice(unwind!.ptr, unwind!.ptr + displaced.length);
+    mem.set(displaced, unwind!.ptr);
+  }
+  displaced = null;
+}
+
+/** After an unwind: what it overwrote ([ptr, end of its data)), from the copy taken before. */
+function noteDisplaced(): void {
+  const end = new Uint32Array(init.memory.buffer, unwind!.ptr, 1)[0]!;
+  displaced = beforeUnwind!.slice(0, end - unwind!.ptr);
+  beforeUnwind = null;
 }
 
 // Called by a safepoint only when its flags say a pause or a rewind is pending.
@@ -199,11 +246,30 @@ function capture(): PausedCapture {
     exec: {
       globals: init.meta.globals.map((g) => encodeGlobal(g.type, (exports[g.exportName] as WebAssembly.Global).value)),
       unwind,
+      displaced: displaced === null ? null : Buffer.from(displaced.buffer, displaced.byteOffset, displaced.length).toString('base64'),
     },
     wasi: wasi.capture(),
     movabilityProblems: wasi.movabilityProblems(),
     memoryBytes: init.memory.buffer.byteLength,
   };
+}
+
+/** Tells the owner whether a running guest holds sockets (see Ctl.HoldsSockets). */
+function noteSockets(): void {
+  Atomics.store(ctl, Ctl.HoldsSockets, wasi.holdsSockets() ? 1 : 0);
+}
+
+/**
+ * The guest has ended: release its descriptors. Stopped, its TCP connections are aborted (their
+ * peers see a reset: the guest never closed them); exited, they are closed as a process exit would.
+ */
+function release(stopped: boolean): void {
+  try {
+    wasi.close(stopped);
+  } catch {
+    // best effort: the thread is ending anyway
+  }
+  Atomics.store(ctl, Ctl.HoldsSockets, 0);
 }
 
 /** Waits for a command while paused; returns true to resume, false to stop. */
@@ -269,17 +335,20 @@ function run(): void {
   launch = l;
   if (launch.restore) {
     unwind = launch.restore.exec.unwind;
+    const d = launch.restore.exec.displaced;
+    displaced = d === undefined || d === null ? null : new Uint8Array(Buffer.from(d, 'base64'));
     wasi = Wasi.restore(launch.restore.wasi, { preopens: launch.restore.preopens, stdio: launch.restore.stdio }, hooks);
   } else {
     wasi = new Wasi(launch.fresh!.wasi, hooks);
   }
   wasi.setMemory(init.memory);
   bindWasi();
+  noteSockets();
   let rewind = false;
   if (launch.restore) {
     restoreGlobals(launch.restore.exec);
     if (launch.waitForGo && !waitForGo()) {
-      wasi.close();
+      release(true);
       setState(WorkerState.Done);
       return;
     }
@@ -299,6 +368,7 @@ function run(): void {
     try {
       exports._start();
     } catch (err: unknown) {
+      release(!(err instanceof WasiExit));
       setState(WorkerState.Done);
       if (err instanceof WasiExit) return post({ type: 'exit', code: err.code });
       const e = err as Error;
@@ -308,17 +378,21 @@ function run(): void {
       return post({ type: 'error', message: e.stack ?? String(e) });
     }
     if (exports.asyncify_get_state() !== AsyncifyState.Unwinding) {
+      release(false);
       setState(WorkerState.Done);
       return post({ type: 'exit', code: 0 });
     }
     exports.asyncify_stop_unwind();
     markUnwinding(false);
+    noteDisplaced();
+    noteSockets();
     // The capture goes first on its own port, so an owner waiting synchronously on the state
     // word finds it there with receiveMessageOnPort the moment the state says Paused.
     init.capturePort.postMessage(capture());
     setState(WorkerState.Paused);
     post({ type: 'paused' });
     if (!waitForCommand()) {
+      release(true);
       setState(WorkerState.Done);
       return; // stopped: no more guest code, no atexit handlers, no stdio flush
     }

@@ -6,16 +6,12 @@
 import { mapAnonymous } from '../sys/mman.js';
 import { HOST_PAGE_SIZE } from '../memory/guest-memory.js';
 import type { PageSink, PageSource } from '../memory/page-source.js';
-import { LayerReader } from './layer-reader.js';
+import { openLayerReader, type LayerFiles, type LayerReader } from './layer-reader.js';
 
 const PAGE = HOST_PAGE_SIZE;
 
-export interface ChainPageSourceOptions {
-  /** memory.bin paths, root layer first. */
-  files: string[];
-  /** Int16Array over this buffer: per page, the layer index holding it, -1 = none (zero). */
-  location: SharedArrayBuffer;
-}
+/** The chain's layer files (SnapshotPageProvider.files). */
+export type ChainPageSourceOptions = LayerFiles;
 
 export class ChainPageSource implements PageSource {
   readonly pollFds: readonly number[] = [];
@@ -23,8 +19,7 @@ export class ChainPageSource implements PageSource {
   private staging: Uint8Array;
 
   constructor(opts: ChainPageSourceOptions) {
-    if (!Array.isArray(opts.files) || !(opts.location instanceof SharedArrayBuffer)) throw new TypeError('ChainPageSource: give files and a shared location table');
-    this.reader = new LayerReader(opts.files, new Int16Array(opts.location));
+    this.reader = openLayerReader(opts);
     this.staging = new Uint8Array(mapAnonymous(16 * PAGE));
   }
 

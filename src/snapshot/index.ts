@@ -5,5 +5,4 @@ export { writeSnapshot, type WriteSnapshotOptions, type SnapshotWriteReport } fr
 export { loadSnapshot, verifyChunks, type SnapshotChain, type SnapshotLayer } from './chain.js';
 export { restoreSnapshot, prepareRestore, openLazyMemory, loadEagerly, type PreparedRestore, type LazyMemory, type RestoreSnapshotOptions, type RestoredSnapshot, type SnapshotLoadReport } from './restore.js';
 export { SnapshotSession, type TakeSnapshotRequest, type TakeSnapshotResult } from './session.js';
-export { snapshotExtensions, type SnapshotBindingHooks } from './extensions.js';
 export { serveSnapshot, type ServeSnapshotOptions, type ServeSnapshotReport } from './serve.js';

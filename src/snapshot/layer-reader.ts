@@ -84,3 +84,16 @@ export class LayerReader {
     return new SnapshotError('truncated', `${this.paths[layer]}: ends at byte ${byte}, inside page ${Math.floor(byte / PAGE)} (truncated or changed while in use?)`);
   }
 }
+
+/** A chain's layer files as another thread opens them: memory.bin paths root first, and the location table shared. */
+export interface LayerFiles {
+  files: string[];
+  /** Int16Array over this buffer: per page, the layer index holding it, -1 = none (zero). */
+  location: SharedArrayBuffer;
+}
+
+/** Entry point for a thread handed a PageReaderSpec of kind 'module' (the urgent channel's). */
+export function openLayerReader(options: LayerFiles): LayerReader {
+  if (!Array.isArray(options.files) || !(options.location instanceof SharedArrayBuffer)) throw new TypeError('openLayerReader: give files and a shared location table');
+  return new LayerReader(options.files, new Int16Array(options.location));
+}

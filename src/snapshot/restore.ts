@@ -7,7 +7,6 @@
 //    the files by the fault worker (ChainPageSource), and a background loader on this thread reads
 //    every chunk, checks its checksum and places the pages still pending. When all are placed the
 //    fault server stops. A damaged chunk found by the loader stops the guest.
-import { runtimePageRuns } from '../state/exec-state.js';
 import { fileURLToPath } from 'node:url';
 import { Guest, type PreparedGuest } from '../guest/guest.js';
 import type { ModuleCache } from '../guest/module-cache.js';
@@ -17,6 +16,7 @@ import { PageState, PageStateTable } from '../memory/page-state.js';
 import type { Preopen, StdioBinding } from '../wasi/wasi.js';
 import { CHUNK_PAGES, PAGE_SIZE, SnapshotError } from './format.js';
 import { chainReader, loadSnapshot, type SnapshotChain } from './chain.js';
+import { SnapshotPageProvider } from './page-provider.js';
 
 export interface RestoreSnapshotOptions {
   /** Start the guest at once and load pages on demand (default: eager). */
@@ -213,19 +213,27 @@ export async function openLazyMemory(chain: SnapshotChain, mem: GuestMemory, fau
 /** Starts the fault server with every page known-zero (nothing may touch the memory until arm()). */
 async function startLazyServer(chain: SnapshotChain, mem: GuestMemory, faultAround: number): Promise<LazyMemory> {
   const states = new PageStateTable(mem.maxPageCount);
-  const location = new SharedArrayBuffer(chain.location.byteLength);
-  new Int16Array(location).set(chain.location);
-  const server = await FaultServer.start(mem, states, {
-    kind: 'module',
-    module: fileURLToPath(new URL('./chain-page-source.js', import.meta.url)),
-    options: { files: chain.layers.map((l) => l.memoryPath), location },
-  }, { faultAround });
+  // The same provider as serve-snapshot's: the fault worker opens its layer files, this thread
+  // reads the runtime's pages through it.
+  const pages = new SnapshotPageProvider(chain);
+  let server: FaultServer;
+  try {
+    server = await FaultServer.start(mem, states, {
+      kind: 'module',
+      module: fileURLToPath(new URL('./chain-page-source.js', import.meta.url)),
+      options: pages.files,
+    }, { faultAround });
+  } catch (err) {
+    pages.close();
+    throw err;
+  }
   let faults = 0;
   let stopped = false;
   let armed = false;
   const stop = async () => {
     if (stopped) return;
     stopped = true;
+    pages.close();
     faults = server.stats().faults;
     await server.stop();
   };
@@ -239,7 +247,11 @@ async function startLazyServer(chain: SnapshotChain, mem: GuestMemory, faultArou
       if (armed) return;
       armed = true;
       for (let p = 0; p < chain.location.length; p++) if (chain.location[p]! >= 0) states.markPending(p);
-      placeUnwindPages(chain, server);
+      try {
+        placeRuntimePages(pages, server);
+      } finally {
+        pages.close();
+      }
     },
     async load() {
       const placed = await loadInBackground(chain, server, states);
@@ -251,19 +263,15 @@ async function startLazyServer(chain: SnapshotChain, mem: GuestMemory, faultArou
 }
 
 /** Places the pages the runtime reads before anything else (safepoint flags, unwound stack). */
-function placeUnwindPages(chain: SnapshotChain, server: FaultServer): void {
-  const reader = chainReader(chain);
+function placeRuntimePages(pages: SnapshotPageProvider, server: FaultServer): void {
+  const { chain } = pages;
   const buf = new Uint8Array(PAGE_SIZE);
-  try {
-    for (const [a, b] of runtimePageRuns(chain.state.exec, chain.location.length)) {
-      for (let p = a; p < b; p++) {
-        if (chain.location[p]! < 0) continue;
-        reader.readPages(p, 1, buf);
-        server.place(p, buf, 0, 1);
-      }
+  for (const [a, b] of pages.runtimeRuns(chain.state.exec)) {
+    for (let p = a; p < b; p++) {
+      if (chain.location[p]! < 0) continue;
+      pages.readPages(p, 1, buf);
+      server.place(p, buf, 0, 1);
     }
-  } finally {
-    reader.close();
   }
 }
 

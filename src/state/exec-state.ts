@@ -23,6 +23,15 @@ export interface ExecState {
   globals: GlobalValue[];
   /** Null only for a guest that never ran (nothing to rewind). */
   unwind: UnwindRegion | null;
+  /**
+   * The guest's own bytes that the last unwind overwrote at [unwind.ptr, unwind.ptr + length),
+   * base64; written back once the rewind has read its data. The region is fresh pages at the first
+   * pause, but an allocator that sizes its heap from memory.size() at its first malloc (wasi-libc's
+   * dlmalloc built without `__heap_end`) takes those pages too when that malloc comes after the
+   * first pause: the unwind then lands on live guest data, and without this the guest lost it.
+   * Null (or absent in an older state) when nothing was displaced.
+   */
+  displaced?: string | null;
 }
 
 const scratch = new DataView(new ArrayBuffer(8));

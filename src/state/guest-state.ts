@@ -64,6 +64,12 @@ export function validateGuestState(x: unknown): GuestState {
     if (ptr + size > bytes || ptr % 8 !== 0) throw new StateError('state.exec.unwind: region lies outside memory or is misaligned');
     unwind = { ptr, size };
   }
+  let displaced: string | null = null;
+  if (e['displaced'] !== undefined && e['displaced'] !== null) {
+    if (unwind === null) throw new StateError('state.exec.displaced: no unwind region to put it back into');
+    displaced = str(e['displaced'], 'state.exec.displaced', /^[A-Za-z0-9+/]*={0,2}$/);
+    if (Buffer.from(displaced, 'base64').length > unwind.size) throw new StateError('state.exec.displaced: longer than the unwind region');
+  }
   return {
     format: GUEST_STATE_FORMAT,
     version: GUEST_STATE_VERSION,
@@ -72,7 +78,7 @@ export function validateGuestState(x: unknown): GuestState {
       size: int(m['size'], 'state.module.size', 8, 1 << 30),
     },
     memory: { bytes, maxBytes },
-    exec: { globals, unwind },
+    exec: { globals, unwind, displaced },
     wasi: validateWasiState(o['wasi']),
     uptimeMs: int(o['uptimeMs'], 'state.uptimeMs'),
   };

@@ -53,6 +53,20 @@ export interface FerryNative {
   close(fd: number): void;
   dup(fd: number): number;
   setsockoptInt(fd: number, option: number, value: number): void;
+  /** A non-blocking, close-on-exec TCP socket with SO_REUSEADDR, bound to a numeric address and listening. */
+  tcpListen(family: 4 | 6, address: string, port: number, backlog: number): number;
+  /** getsockname (peer false) or getpeername (peer true) of an IP socket. */
+  sockAddress(fd: number, peer: boolean): { family: 4 | 6; address: string; port: number };
+  /** accept4(fd, SOCK_NONBLOCK | SOCK_CLOEXEC); throws EAGAIN when no connection waits. */
+  accept(fd: number): number;
+  /** recvmsg into the views (scatter); bytes received, 0 at end of stream. */
+  recvmsg(fd: number, views: Bytes[], flags: number): number;
+  /** sendmsg from the views (gather), always with MSG_NOSIGNAL. */
+  sendmsg(fd: number, views: Bytes[], flags: number): number;
+  shutdown(fd: number, how: number): void;
+  setLinger(fd: number, on: boolean, seconds: number): void;
+  /** SO_ERROR: the socket's pending error number (cleared by reading it), 0 for none. */
+  socketError(fd: number): number;
   tcpInfo(fd: number, buf: Uint8Array): number;
   schedSetThread(policy: number, value: number): void;
   eventfd(initval: number, flags: number): number;
@@ -62,6 +76,18 @@ export interface FerryNative {
   nowUs(): number;
   /** Flushes C stdio and ends the process with _exit(code): no V8 or Node teardown. */
   exitNow(code: number): never;
+  /** A new non-blocking, close-on-exec TCP socket (not bound, not connected). */
+  tcpSocket(family: 4 | 6): number;
+  sockBind(fd: number, family: 4 | 6, address: string, port: number): void;
+  /** connect(2); EINPROGRESS is thrown (a socket in TCP_REPAIR connects at once). */
+  sockConnect(fd: number, family: 4 | 6, address: string, port: number): void;
+  /** getsockopt into buf; the bytes the kernel wrote. */
+  getsockoptBytes(fd: number, level: number, name: number, buf: Uint8Array): number;
+  setsockoptBytes(fd: number, level: number, name: number, buf: Uint8Array): void;
+  /** An ioctl that writes one int (SIOCINQ, SIOCOUTQ, SIOCOUTQNSD). */
+  ioctlInt(fd: number, request: number): number;
+  /** One datagram on an AF_PACKET SOCK_DGRAM socket to dstMac on the interface; bytes sent. */
+  packetSend(ifindex: number, ethertype: number, dstMac: Uint8Array, payload: Uint8Array): number;
 }
 
 function addonPath(): string {

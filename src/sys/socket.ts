@@ -1,6 +1,6 @@
 // Socket options Node does not expose for TCP sockets: the kernel buffer sizes, and TCP_INFO.
 import type { Socket } from 'node:net';
-import { K, native } from './native.js';
+import { K, native, type Bytes } from './native.js';
 import { sys } from './errors.js';
 
 export const SO_SNDBUF = K('SO_SNDBUF');
@@ -39,4 +39,53 @@ export function tcpPathInfo(socket: Socket): TcpPathInfo | null {
   if (got < TCPI_RCV_RTT + 4) return null;
   const v = new DataView(buf.buffer);
   return { rcvRttUs: v.getUint32(TCPI_RCV_RTT, true) };
+}
+
+// ---- TCP sockets a guest uses (listeners from `--listen`, the connections it accepts) ----
+
+export const MSG_PEEK = K('MSG_PEEK');
+export const MSG_WAITALL = K('MSG_WAITALL');
+export const SHUT_RD = K('SHUT_RD');
+export const SHUT_WR = K('SHUT_WR');
+export const SHUT_RDWR = K('SHUT_RDWR');
+export const POLLRDHUP = K('POLLRDHUP');
+
+export interface SockAddress { family: 4 | 6; address: string; port: number }
+
+/** Opens a listening TCP socket (non-blocking, close-on-exec, SO_REUSEADDR) on a numeric address. */
+export function tcpListen(family: 4 | 6, address: string, port: number, backlog = 511): number {
+  return sys(() => native.tcpListen(family, address, port, backlog));
+}
+
+/** The local (peer false) or remote (peer true) address of a socket. */
+export function sockAddress(fd: number, peer = false): SockAddress {
+  return sys(() => native.sockAddress(fd, peer));
+}
+
+/** The next waiting connection as a non-blocking fd; throws SysError EAGAIN when none waits. */
+export function accept(fd: number): number {
+  return sys(() => native.accept(fd));
+}
+
+export function recvmsg(fd: number, views: Bytes[], flags = 0): number {
+  return sys(() => native.recvmsg(fd, views, flags));
+}
+
+/** Never raises SIGPIPE: a closed peer is an EPIPE error. */
+export function sendmsg(fd: number, views: Bytes[], flags = 0): number {
+  return sys(() => native.sendmsg(fd, views, flags));
+}
+
+export function shutdown(fd: number, how: number): void {
+  sys(() => native.shutdown(fd, how));
+}
+
+/** SO_LINGER; (true, 0) makes the next close() abort the connection with a reset. */
+export function setLinger(fd: number, on: boolean, seconds: number): void {
+  sys(() => native.setLinger(fd, on, seconds));
+}
+
+/** The socket's pending error number (SO_ERROR, cleared by the read), 0 for none. */
+export function socketError(fd: number): number {
+  return sys(() => native.socketError(fd));
 }

@@ -76,3 +76,10 @@ export const SIZE_PRESTAT = 8;
 export const SIZE_DIRENT = 24;
 export const SIZE_SUBSCRIPTION = 48;
 export const SIZE_EVENT = 32;
+
+// Sockets: sock_recv's ri_flags, sock_shutdown's sdflags, an event's fd_readwrite flags.
+export const RIFLAGS_PEEK = 1;
+export const RIFLAGS_WAITALL = 2;
+export const SDFLAGS_RD = 1;
+export const SDFLAGS_WR = 2;
+export const EVENTRWFLAGS_HANGUP = 1;

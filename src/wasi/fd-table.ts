@@ -4,7 +4,9 @@ import * as fs from 'node:fs';
 import { FILETYPE } from './constants.js';
 import { ERRNO, WasiErrno } from './errno.js';
 import type { PreopenRoot } from './paths.js';
-import type { FdKind } from './state.js';
+import type { FdKind, SocketState } from './state.js';
+import { setLinger } from '../sys/socket.js';
+import { close as closeFd } from '../sys/fd.js';
 
 export interface DirEntry { name: string; ino: bigint; filetype: number }
 
@@ -28,6 +30,14 @@ export interface Descriptor {
   stream: boolean;
   /** Sorted listing for fd_readdir, refreshed when the guest starts over at cookie 0. Host-local cache. */
   listing?: DirEntry[];
+  /** Kinds 'listener' and 'socket': addresses, and whether the connection was reset by a restore. */
+  socket?: SocketState & {
+    /**
+     * A connection that did not survive a restore (hostFd -1): 'pending' until the guest has been told
+     * ECONNRESET once, then 'reported' (reads see end of stream, writes EPIPE), as the kernel does.
+     */
+    reset: 'no' | 'pending' | 'reported';
+  };
 }
 
 /** preview1 filetype of a host stat result. FIFOs have no preview1 type and are UNKNOWN. */
@@ -80,17 +90,25 @@ export class FdTable {
     return [...this.entries.entries()].sort((a, b) => a[0] - b[0]);
   }
 
-  /** Closes host fds we opened and empties the table. */
-  closeAll(): void {
-    for (const d of this.entries.values()) closeHost(d);
+  /** Closes host fds we opened and empties the table; `resetConnections` aborts TCP connections (the peer sees a reset). */
+  closeAll(resetConnections = false): void {
+    for (const d of this.entries.values()) closeHost(d, resetConnections);
     this.entries.clear();
   }
 }
 
-export function closeHost(d: Descriptor): void {
+export function closeHost(d: Descriptor, resetConnection = false): void {
   if (!d.ownsHostFd || d.hostFd < 0) return;
   try {
-    fs.closeSync(d.hostFd);
+    // SO_LINGER {1, 0}: close() aborts the connection, and the peer sees a reset rather than an end of stream.
+    if (resetConnection && d.kind === 'socket') setLinger(d.hostFd, true, 0);
+  } catch {
+    // not connected any more: a plain close will do
+  }
+  try {
+    // Sockets were opened by the addon, not by node:fs (which warns when it closes an fd it did not open).
+    if (d.socket !== undefined) closeFd(d.hostFd);
+    else fs.closeSync(d.hostFd);
   } catch {
     // already closed: nothing to release
   }

@@ -1,11 +1,26 @@
 // The serializable state of a Wasi instance: plain JSON data, versioned. Everything a new host needs to
 // rebuild the guest's view of its WASI world (but not host fds, which are rebound on restore).
 
-export const WASI_STATE_VERSION = 1;
+/** 2 added TCP sockets (kinds 'listener' and 'socket', FdState.socket); version 1 states still load. */
+export const WASI_STATE_VERSION = 2;
 
 /** What a guest fd refers to. Stdio kinds are rebound to the new host's stdio fds on restore. */
-export type FdKind = 'stdin' | 'stdout' | 'stderr' | 'preopen' | 'file' | 'dir';
-export const FD_KINDS: readonly FdKind[] = ['stdin', 'stdout', 'stderr', 'preopen', 'file', 'dir'];
+export type FdKind = 'stdin' | 'stdout' | 'stderr' | 'preopen' | 'file' | 'dir' | 'listener' | 'socket';
+export const FD_KINDS: readonly FdKind[] = ['stdin', 'stdout', 'stderr', 'preopen', 'file', 'dir', 'listener', 'socket'];
+
+/**
+ * A TCP socket: a listener (from `--listen`; re-created at the same address on restore) or an
+ * established connection the guest accepted. A connection does not survive a restore: it comes back
+ * as a reset one (the guest's next recv or send gets ECONNRESET).
+ */
+export interface SocketState {
+  family: 4 | 6;
+  /** Local address (numeric) and port. */
+  address: string;
+  port: number;
+  /** The peer of a connection; null for a listener. */
+  peer: { address: string; port: number } | null;
+}
 
 export interface FdState {
   fd: number;
@@ -29,6 +44,8 @@ export interface FdState {
   write: boolean;
   /** Set when the guest unlinked or renamed over the path while this fd was open: it cannot be reopened. */
   detached: boolean;
+  /** Present exactly for kinds 'listener' and 'socket' (preopen null, path ''). */
+  socket?: SocketState;
 }
 
 /** A poll_oneoff that was interrupted by a pause: its absolute deadline survives re-entry. */

@@ -8,7 +8,7 @@ import { randomFillSync } from 'node:crypto';
 import {
   EVENTTYPE, FDFLAGS, FDFLAGS_ALL, FILETYPE, FSTFLAGS, LOOKUP_SYMLINK_FOLLOW, OFLAGS, PREOPENTYPE_DIR, RIGHTS,
   RIGHTS_ALL, RIGHTS_DIR_ONLY, RIGHTS_SEEKING, SIZE_DIRENT, SIZE_EVENT, SIZE_FILESTAT, SIZE_SUBSCRIPTION,
-  SUBCLOCKFLAGS_ABSTIME, WHENCE, CLOCK,
+  SUBCLOCKFLAGS_ABSTIME, WHENCE, CLOCK, RIFLAGS_PEEK, RIFLAGS_WAITALL, SDFLAGS_RD, SDFLAGS_WR, EVENTRWFLAGS_HANGUP,
 } from './constants.js';
 import { ERRNO, WasiErrno, errnoOf } from './errno.js';
 import { GuestClocks } from './clocks.js';
@@ -16,14 +16,25 @@ import { closeHost, FdTable, filetypeOf, isStream, type Descriptor, type DirEntr
 import { encodeUtf8, GuestMemoryViews } from './memory-views.js';
 import { joinGuestPath, makePreopenRoot, resolveHostPath, type PreopenRoot } from './paths.js';
 import { validateWasiState } from './persist.js';
-import { WASI_STATE_VERSION, type FdKind, type FdState, type WasiState } from './state.js';
+import { WASI_STATE_VERSION, type FdKind, type FdState, type SocketState, type WasiState } from './state.js';
+import { close as closeFd, eventfdDrain, poll, POLLERR, POLLHUP, POLLIN, POLLOUT } from '../sys/fd.js';
+import { accept, MSG_PEEK, recvmsg, sendmsg, SHUT_RD, SHUT_RDWR, SHUT_WR, shutdown, sockAddress, tcpListen } from '../sys/socket.js';
 
-export type { WasiState, FdState, FdKind } from './state.js';
+export type { WasiState, FdState, FdKind, SocketState } from './state.js';
 
 export interface Preopen { guestPath: string; hostPath: string }
 /** Host fds the guest's stdin/stdout/stderr are bound to (default 0, 1, 2). */
 export interface StdioBinding { stdin: number; stdout: number; stderr: number }
-export interface WasiOptions { args: string[]; env: Record<string, string>; preopens: Preopen[]; stdio: StdioBinding }
+/** A listening TCP socket the embedder opened for the guest (`ferry run --listen`); the Wasi owns it from then on. */
+export interface ListenSocket { hostFd: number; family: 4 | 6; address: string; port: number }
+export interface WasiOptions {
+  args: string[];
+  env: Record<string, string>;
+  preopens: Preopen[];
+  stdio: StdioBinding;
+  /** Listening sockets, preopened after the directories (guest fds in this order), like `wasmtime --tcplisten`. */
+  listen?: ListenSocket[];
+}
 export interface WasiHooks {
   /** Polled between wait slices by calls that may block; true = the guest must pause now. */
   pauseRequested(): boolean;
@@ -33,7 +44,14 @@ export interface WasiHooks {
   waitReadable?(fd: number, timeoutMs: number): boolean;
   /** Sleeps up to `ms`, returning at once when a pause is requested. Absent: a plain sleep. */
   sleep?(ms: number): void;
+  /**
+   * An eventfd the owner signals when it requests a pause. Calls that wait on sockets poll it beside
+   * their fds, so a pause interrupts them at once. Absent: they wait in slices of WAIT_SLICE_MS.
+   */
+  wakeFd?: number;
 }
+
+type SocketDescriptor = Descriptor & { socket: NonNullable<Descriptor['socket']> };
 
 /** Thrown by proc_exit; carries the guest's exit status. */
 export class WasiExit extends Error {
@@ -45,6 +63,8 @@ export class WasiExit extends Error {
 
 /** Longest single wait inside a blocking call before we look at pauseRequested() again. */
 const WAIT_SLICE_MS = 10;
+/** With a wake fd a pause ends the wait at once; this only bounds each wait as a safety net. */
+const WAKE_WAIT_MS = 1000;
 const DEFAULT_STDIO: StdioBinding = { stdin: 0, stdout: 1, stderr: 2 };
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -63,6 +83,11 @@ function validateOptions(options: WasiOptions): void {
   for (const p of options.preopens) {
     if (typeof p?.guestPath !== 'string' || seen.has(p.guestPath)) throw new Error(`WASI preopen guestPath ${JSON.stringify(p?.guestPath)} is missing or repeated`);
     seen.add(p.guestPath);
+  }
+  for (const l of options.listen ?? []) {
+    if (!Number.isInteger(l?.hostFd) || l.hostFd < 0 || (l.family !== 4 && l.family !== 6) || typeof l.address !== 'string' || !Number.isInteger(l.port)) {
+      throw new Error('WASI options.listen entries need a host fd, a family (4 or 6), an address and a port');
+    }
   }
   const stdio = options.stdio ?? DEFAULT_STDIO;
   for (const k of ['stdin', 'stdout', 'stderr'] as const) {
@@ -107,6 +132,38 @@ function openHostFd(host: string, o: HostOpen): number {
   return fs.openSync(host, flags, 0o666);
 }
 
+/** Rights of a TCP socket: stream I/O, flags, fstat, poll, shutdown; accept on a listener. */
+const RIGHTS_SOCKET = RIGHTS.FD_READ | RIGHTS.FD_WRITE | RIGHTS.FD_FDSTAT_SET_FLAGS | RIGHTS.FD_FILESTAT_GET |
+  RIGHTS.POLL_FD_READWRITE | RIGHTS.SOCK_SHUTDOWN;
+
+function socketDescriptor(kind: 'listener' | 'socket', hostFd: number, sock: SocketState, fdflags: number): Descriptor {
+  const rights = kind === 'listener' ? RIGHTS_SOCKET | RIGHTS.SOCK_ACCEPT : RIGHTS_SOCKET;
+  return {
+    kind, hostFd, ownsHostFd: hostFd >= 0, root: null, path: '', offset: 0, fdflags: fdflags & FDFLAGS_ALL, oflags: 0,
+    rightsBase: rights, rightsInheriting: kind === 'listener' ? RIGHTS_SOCKET : 0n, filetype: FILETYPE.SOCKET_STREAM,
+    read: true, write: true, detached: false, stream: true,
+    socket: { ...sock, peer: sock.peer === null ? null : { ...sock.peer }, reset: hostFd >= 0 ? 'no' : 'pending' },
+  };
+}
+
+export function formatSocketAddress(family: 4 | 6, address: string, port: number): string {
+  return family === 6 ? `[${address}]:${port}` : `${address}:${port}`;
+}
+
+/** `views` without their first `skip` bytes (what is left of a partly done scatter/gather). */
+function skipBytes(views: Uint8Array[], skip: number): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  for (const v of views) {
+    if (skip >= v.length) {
+      skip -= v.length;
+      continue;
+    }
+    out.push(skip > 0 ? v.subarray(skip) : v);
+    skip = 0;
+  }
+  return out;
+}
+
 function isAgain(err: unknown): boolean {
   return typeof err === 'object' && err !== null && 'code' in err && (err.code === 'EAGAIN' || err.code === 'EWOULDBLOCK');
 }
@@ -125,6 +182,12 @@ export class Wasi {
   private readonly clocks = new GuestClocks();
   private exitCode: number | null = null;
   private pendingPoll: { subscriptions: string; deadlineNs: bigint } | null = null;
+  /**
+   * A blocking recv (MSG_WAITALL) or send that had moved some bytes when a pause came: it unwinds,
+   * and its re-entry (the same call, same arguments) goes on from `done`. Host-local: a restore
+   * elsewhere finds the connection reset anyway.
+   */
+  private partialIo: { fd: number; key: string; done: number } | null = null;
   /** Private target for Atomics.wait: the only way to sleep synchronously on a worker. */
   private readonly sleeper = new Int32Array(new SharedArrayBuffer(4));
 
@@ -149,6 +212,9 @@ export class Wasi {
           rightsBase: RIGHTS_ALL, rightsInheriting: RIGHTS_ALL, filetype: FILETYPE.DIRECTORY,
           read: true, write: false, detached: false, stream: false,
         });
+      }
+      for (const l of options.listen ?? []) {
+        this.table.add(socketDescriptor('listener', l.hostFd, { family: l.family, address: l.address, port: l.port, peer: null }, 0));
       }
     } catch (err) {
       this.table.closeAll();
@@ -189,6 +255,20 @@ export class Wasi {
   }
 
   private reopen(f: FdState): Descriptor {
+    if (f.kind === 'listener' || f.kind === 'socket') {
+      const s = f.socket!;
+      let hostFd = -1;
+      if (f.kind === 'listener') {
+        try {
+          hostFd = tcpListen(s.family, s.address, s.port);
+        } catch (err) {
+          throw new Error(`cannot restore WASI fd ${f.fd}: listening again on ${formatSocketAddress(s.family, s.address, s.port)} failed: ${(err as Error).message}`);
+        }
+      }
+      // A connection cannot be re-created from a snapshot: it comes back reset (ECONNRESET on first use).
+      const d = socketDescriptor(f.kind, hostFd, s, f.fdflags);
+      return { ...d, rightsBase: BigInt(f.rightsBase) & d.rightsBase, rightsInheriting: BigInt(f.rightsInheriting) & RIGHTS_SOCKET };
+    }
     if (f.kind === 'stdin' || f.kind === 'stdout' || f.kind === 'stderr') {
       const d = stdioDescriptor(f.kind, this.stdio[f.kind]);
       return { ...d, fdflags: f.fdflags, rightsBase: BigInt(f.rightsBase) & d.rightsBase, rightsInheriting: BigInt(f.rightsInheriting) };
@@ -227,6 +307,9 @@ export class Wasi {
         fd, kind: d.kind, preopen: d.root?.guestPath ?? null, path: d.path, offset: d.offset, fdflags: d.fdflags,
         oflags: d.oflags, rightsBase: d.rightsBase.toString(), rightsInheriting: d.rightsInheriting.toString(),
         filetype: d.filetype, read: d.read, write: d.write, detached: d.detached,
+        ...(d.socket === undefined ? {} : {
+          socket: { family: d.socket.family, address: d.socket.address, port: d.socket.port, peer: d.socket.peer === null ? null : { ...d.socket.peer } },
+        }),
       })),
       clocks: { monotonicNs: this.clocks.monotonicNs().toString(), cputimeNs: this.clocks.cputimeNs().toString() },
       exitCode: this.exitCode,
@@ -238,6 +321,16 @@ export class Wasi {
     const problems: string[] = [];
     for (const [fd, d] of this.table.list()) {
       if (d.kind === 'stdin' || d.kind === 'stdout' || d.kind === 'stderr') continue;
+      if (d.socket !== undefined) {
+        const s = d.socket;
+        const local = formatSocketAddress(s.family, s.address, s.port);
+        if (d.kind === 'listener') {
+          problems.push(`fd ${fd} listens on ${local}: live migration does not move listening sockets yet (a snapshot and restore re-creates them)`);
+        } else if (s.reset === 'no' && s.peer !== null) {
+          problems.push(`fd ${fd} is a TCP connection ${local} <-> ${formatSocketAddress(s.family, s.peer.address, s.peer.port)}: live migration does not move connections yet (restored from a snapshot, the guest gets ECONNRESET on it)`);
+        }
+        continue; // a connection already reset is dead everywhere: it moves as it is
+      }
       const where = `${d.root?.guestPath}/${d.path}`;
       if (d.detached) problems.push(`fd ${fd} (${where}) was unlinked or replaced while open; it cannot be reopened elsewhere`);
       else if (d.kind === 'file' && d.filetype !== FILETYPE.REGULAR_FILE) {
@@ -249,8 +342,17 @@ export class Wasi {
     return problems;
   }
 
-  close(): void {
-    this.table.closeAll();
+  /**
+   * Closes every host fd the guest holds. `resetConnections` (a guest stopped, not exited) aborts its
+   * TCP connections, so their peers see a reset rather than an orderly end of stream.
+   */
+  close(resetConnections = false): void {
+    this.table.closeAll(resetConnections);
+  }
+
+  /** Whether the guest holds live sockets (their host fds must be closed when it ends). */
+  holdsSockets(): boolean {
+    return this.table.list().some(([, d]) => d.socket !== undefined && d.hostFd >= 0);
   }
 
   /** The exit status the guest passed to proc_exit, if it did. */
@@ -405,7 +507,14 @@ export class Wasi {
         return 0;
       },
       fd_filestat_get: (fd: number, out: number) => {
-        this.writeFilestat(out, fs.fstatSync(this.table.get(fd).hostFd, { bigint: true }));
+        const d = this.table.get(fd);
+        if (d.hostFd < 0 && d.socket !== undefined) {
+          // A connection reset by a restore has no host fd: a socket with nothing else to say.
+          this.m().zero(out, SIZE_FILESTAT);
+          this.m().setU8(out + 16, FILETYPE.SOCKET_STREAM);
+          return 0;
+        }
+        this.writeFilestat(out, fs.fstatSync(d.hostFd, { bigint: true }));
         return 0;
       },
       fd_filestat_set_size: (fd: number, size: bigint) => {
@@ -571,11 +680,36 @@ export class Wasi {
       random_get: (ptr: number, len: number) => { randomFillSync(this.m().bytes(ptr, len)); return 0; },
       sched_yield: () => 0,
 
-      // No sockets: preview1 can only get them from the embedder, and Ferry gives none (they cannot move).
-      sock_accept: (fd: number) => { this.table.get(fd); return ERRNO.NOTSUP; },
-      sock_recv: (fd: number) => { this.table.get(fd); return ERRNO.NOTSUP; },
-      sock_send: (fd: number) => { this.table.get(fd); return ERRNO.NOTSUP; },
-      sock_shutdown: (fd: number) => { this.table.get(fd); return ERRNO.NOTSUP; },
+      // TCP sockets: listeners come from the embedder (`--listen`), connections from sock_accept.
+      sock_accept: (fd: number, flags: number, fdOut: number) => this.sockAccept(fd, flags, fdOut),
+      sock_recv: (fd: number, iovs: number, iovsLen: number, riFlags: number, datalenOut: number, roFlagsOut: number) => {
+        const d = this.sockOf(fd);
+        this.need(d, RIGHTS.FD_READ);
+        if (riFlags & ~(RIFLAGS_PEEK | RIFLAGS_WAITALL)) throw new WasiErrno(ERRNO.INVAL);
+        const n = this.sockRecv(fd, `${iovs} ${iovsLen} ${riFlags}`, d, this.m().iovecs(iovs, iovsLen), (riFlags & RIFLAGS_PEEK) !== 0, (riFlags & RIFLAGS_WAITALL) !== 0);
+        if (n === null) return 0; // unwound for a pause: re-entered on resume
+        this.m().setU32(datalenOut, n);
+        this.m().setU16(roFlagsOut, 0);
+        return 0;
+      },
+      sock_send: (fd: number, iovs: number, iovsLen: number, siFlags: number, datalenOut: number) => {
+        const d = this.sockOf(fd);
+        this.need(d, RIGHTS.FD_WRITE);
+        if (siFlags !== 0) throw new WasiErrno(ERRNO.INVAL);
+        const n = this.sockSend(fd, `${iovs} ${iovsLen}`, d, this.m().iovecs(iovs, iovsLen));
+        if (n === null) return 0;
+        this.m().setU32(datalenOut, n);
+        return 0;
+      },
+      sock_shutdown: (fd: number, how: number) => {
+        const d = this.sockOf(fd);
+        this.need(d, RIGHTS.SOCK_SHUTDOWN);
+        const h = how === SDFLAGS_RD ? SHUT_RD : how === SDFLAGS_WR ? SHUT_WR : how === (SDFLAGS_RD | SDFLAGS_WR) ? SHUT_RDWR : -1;
+        if (h < 0) throw new WasiErrno(ERRNO.INVAL);
+        if (d.hostFd < 0) throw new WasiErrno(ERRNO.NOTCONN);
+        shutdown(d.hostFd, h);
+        return 0;
+      },
     };
     const wrapped: Record<string, HostFunction> = {};
     for (const [name, fn] of Object.entries(fns)) {
@@ -623,6 +757,11 @@ export class Wasi {
     const d = this.fileOf(fd);
     if (!d.read) throw new WasiErrno(ERRNO.BADF);
     this.need(d, RIGHTS.FD_READ);
+    if (d.socket !== undefined) {
+      const n = this.sockRecv(fd, `${iovs} ${iovsLen} 0`, d as SocketDescriptor, this.m().iovecs(iovs, iovsLen), false, false);
+      if (n !== null) this.m().setU32(nreadPtr, n);
+      return 0;
+    }
     if (d.stream || d.root === null) {
       // Stream: may block. Wait in slices, checking for a pause; nothing is consumed before data is ready,
       // so returning early for a pause and being re-entered later is exact.
@@ -659,6 +798,11 @@ export class Wasi {
     const views = this.m().iovecs(iovs, iovsLen);
     if (views.length === 0) {
       this.m().setU32(nwrittenPtr, 0);
+      return 0;
+    }
+    if (d.socket !== undefined) {
+      const n = this.sockSend(fd, `${iovs} ${iovsLen}`, d as SocketDescriptor, views);
+      if (n !== null) this.m().setU32(nwrittenPtr, n);
       return 0;
     }
     if (d.stream || d.root === null) {
@@ -739,6 +883,152 @@ export class Wasi {
     return 0;
   }
 
+  // ---- sockets ----
+  // Host sockets are always O_NONBLOCK; the guest's blocking mode is its NONBLOCK fdflag. A blocking
+  // call waits in poll() beside the wake fd, and unwinds for a pause before it has consumed or sent
+  // anything, so the re-entry on resume repeats it exactly. A call that has already moved bytes
+  // returns the partial count instead, as recv/send do when a signal interrupts them.
+
+  private sockOf(fd: number): SocketDescriptor {
+    const d = this.table.get(fd);
+    if (d.socket === undefined) throw new WasiErrno(ERRNO.NOTSOCK);
+    return d as SocketDescriptor;
+  }
+
+  /** A connection a restore reset: ECONNRESET once, then end of stream for reads and EPIPE for writes. */
+  private deadSocket(d: SocketDescriptor, reading: boolean): number {
+    if (d.socket.reset === 'pending') {
+      d.socket.reset = 'reported';
+      throw new WasiErrno(ERRNO.CONNRESET);
+    }
+    if (reading) return 0;
+    throw new WasiErrno(ERRNO.PIPE);
+  }
+
+  /** Waits until one of `fds` is ready, a pause is requested (wake fd) or `timeoutMs` (-1: a slice) passes. */
+  private waitFds(fds: number[], events: number[], timeoutMs: number): void {
+    const wake = this.hooks.wakeFd;
+    if (wake === undefined) {
+      poll(fds, events, timeoutMs < 0 ? WAIT_SLICE_MS : Math.min(timeoutMs, WAIT_SLICE_MS));
+      return;
+    }
+    const rev = poll([...fds, wake], [...events, POLLIN], timeoutMs < 0 ? WAKE_WAIT_MS : Math.min(timeoutMs, WAKE_WAIT_MS));
+    // A signal left over from a pause that has been resumed would make every wait return at once.
+    if (rev[fds.length] !== 0 && !this.hooks.pauseRequested()) eventfdDrain(wake);
+  }
+
+  private sockAccept(fd: number, flags: number, fdOut: number): number {
+    const d = this.sockOf(fd);
+    this.need(d, RIGHTS.SOCK_ACCEPT);
+    if (flags & ~FDFLAGS.NONBLOCK) throw new WasiErrno(ERRNO.INVAL);
+    if (d.kind !== 'listener') throw new WasiErrno(ERRNO.INVAL);
+    for (;;) {
+      let conn = -1;
+      try {
+        conn = accept(d.hostFd);
+      } catch (err) {
+        if (!isAgain(err)) throw err;
+      }
+      if (conn >= 0) {
+        let desc: Descriptor;
+        try {
+          const local = sockAddress(conn, false);
+          const peer = sockAddress(conn, true);
+          desc = socketDescriptor('socket', conn, { family: d.socket.family, address: local.address, port: local.port, peer: { address: peer.address, port: peer.port } }, flags);
+        } catch (err) {
+          // reset before we could look at it (ENOTCONN from getpeername): the next one, as accept would
+          closeFd(conn);
+          if (typeof err === 'object' && err !== null && 'code' in err && err.code === 'ENOTCONN') continue;
+          throw err;
+        }
+        desc.rightsBase &= d.rightsInheriting | RIGHTS_SOCKET;
+        this.m().setU32(fdOut, this.table.add(desc));
+        return 0;
+      }
+      if (d.fdflags & FDFLAGS.NONBLOCK) throw new WasiErrno(ERRNO.AGAIN);
+      if (this.hooks.pauseRequested()) {
+        this.hooks.unwind();
+        return 0;
+      }
+      this.waitFds([d.hostFd], [POLLIN], -1);
+    }
+  }
+
+  /** A partial call this (re-)entry continues: the bytes it had already moved. */
+  private resumePartial(fd: number, key: string): number {
+    const p = this.partialIo;
+    this.partialIo = null;
+    return p !== null && p.fd === fd && p.key === key ? p.done : 0;
+  }
+
+  /** Bytes received, or null when it unwound for a pause (what it had received is kept for the re-entry). */
+  private sockRecv(fd: number, key: string, d: SocketDescriptor, views: Uint8Array[], peek: boolean, waitAll: boolean): number | null {
+    if (d.kind === 'listener') throw new WasiErrno(ERRNO.NOTCONN);
+    if (d.hostFd < 0) return this.deadSocket(d, true);
+    const size = views.reduce((n, v) => n + v.length, 0);
+    if (size === 0) return 0;
+    const nonblock = (d.fdflags & FDFLAGS.NONBLOCK) !== 0;
+    let total = this.resumePartial(fd, `recv ${key}`);
+    for (;;) {
+      let n = -1;
+      try {
+        n = recvmsg(d.hostFd, total === 0 ? views : skipBytes(views, total), peek ? MSG_PEEK : 0);
+      } catch (err) {
+        if (!isAgain(err)) {
+          if (total > 0) return total;
+          throw err;
+        }
+      }
+      if (n === 0) return total;
+      if (n > 0) {
+        total += n;
+        if (!waitAll || peek || total === size) return total;
+        continue;
+      }
+      if (total > 0 && nonblock) return total;
+      if (nonblock) throw new WasiErrno(ERRNO.AGAIN);
+      if (this.hooks.pauseRequested()) {
+        if (total > 0) this.partialIo = { fd, key: `recv ${key}`, done: total };
+        this.hooks.unwind();
+        return null;
+      }
+      this.waitFds([d.hostFd], [POLLIN], -1);
+    }
+  }
+
+  /** Bytes sent (all of them unless non-blocking), or null when it unwound for a pause (what it sent is kept for the re-entry). */
+  private sockSend(fd: number, key: string, d: SocketDescriptor, views: Uint8Array[]): number | null {
+    if (d.kind === 'listener') throw new WasiErrno(ERRNO.NOTCONN);
+    if (d.hostFd < 0) return this.deadSocket(d, false);
+    const size = views.reduce((n, v) => n + v.length, 0);
+    if (size === 0) return 0;
+    const nonblock = (d.fdflags & FDFLAGS.NONBLOCK) !== 0;
+    let total = this.resumePartial(fd, `send ${key}`);
+    for (;;) {
+      let n = -1;
+      try {
+        n = sendmsg(d.hostFd, total === 0 ? views : skipBytes(views, total), 0);
+      } catch (err) {
+        if (!isAgain(err)) {
+          if (total > 0) return total;
+          throw err;
+        }
+      }
+      if (n >= 0) {
+        total += n;
+        if (total === size || nonblock) return total;
+        continue;
+      }
+      if (nonblock) throw new WasiErrno(ERRNO.AGAIN);
+      if (this.hooks.pauseRequested()) {
+        if (total > 0) this.partialIo = { fd, key: `send ${key}`, done: total };
+        this.hooks.unwind();
+        return null;
+      }
+      this.waitFds([d.hostFd], [POLLOUT], -1);
+    }
+  }
+
   private pollOneoff(inPtr: number, outPtr: number, nsubs: number, neventsPtr: number): number {
     if (nsubs === 0) throw new WasiErrno(ERRNO.INVAL);
     const m = this.m();
@@ -779,27 +1069,45 @@ export class Wasi {
     }
 
     for (;;) {
-      const events: { sub: Sub; error: number; nbytes: bigint }[] = [];
+      const events: { sub: Sub; error: number; nbytes: bigint; hangup: boolean }[] = [];
       const t = this.clocks.monotonicNs();
-      let waitFd: Descriptor | null = null;
+      // Sockets are asked with one poll() for all of them; pipes and stdin through the host's hook.
+      const waitSubs: Sub[] = [];
+      const waitFds: number[] = [];
+      const waitEvents: number[] = [];
+      let waitPipe: Descriptor | null = null;
       for (const s of subs) {
         if (s.type === EVENTTYPE.CLOCK) {
-          if (t >= s.deadline) events.push({ sub: s, error: 0, nbytes: 0n });
+          if (t >= s.deadline) events.push({ sub: s, error: 0, nbytes: 0n, hangup: false });
           continue;
         }
         let d: Descriptor;
         try {
           d = this.table.get(s.fd);
         } catch {
-          events.push({ sub: s, error: ERRNO.BADF, nbytes: 0n });
+          events.push({ sub: s, error: ERRNO.BADF, nbytes: 0n, hangup: false });
           continue;
         }
-        if (s.type === EVENTTYPE.FD_WRITE) events.push({ sub: s, error: 0, nbytes: 0n });
+        if (d.socket !== undefined) {
+          if (d.hostFd < 0) events.push({ sub: s, error: 0, nbytes: 0n, hangup: true }); // reset by a restore
+          else {
+            waitSubs.push(s);
+            waitFds.push(d.hostFd);
+            waitEvents.push(s.type === EVENTTYPE.FD_READ ? POLLIN : POLLOUT);
+          }
+        } else if (s.type === EVENTTYPE.FD_WRITE) events.push({ sub: s, error: 0, nbytes: 0n, hangup: false });
         else if (!d.stream && d.root !== null) {
           const size = d.kind === 'file' ? BigInt(fs.fstatSync(d.hostFd).size) - BigInt(d.offset) : 0n;
-          events.push({ sub: s, error: 0, nbytes: size > 0n ? size : 0n });
-        } else if (this.readable(d, 0)) events.push({ sub: s, error: 0, nbytes: 1n });
-        else waitFd ??= d;
+          events.push({ sub: s, error: 0, nbytes: size > 0n ? size : 0n, hangup: false });
+        } else if (this.readable(d, 0)) events.push({ sub: s, error: 0, nbytes: 1n, hangup: false });
+        else waitPipe ??= d;
+      }
+      if (waitFds.length > 0) {
+        const rev = poll(waitFds, waitEvents, 0);
+        rev.forEach((r, i) => {
+          if ((r & (waitEvents[i]! | POLLHUP | POLLERR)) === 0) return;
+          events.push({ sub: waitSubs[i]!, error: 0, nbytes: r & waitEvents[i]! ? 1n : 0n, hangup: (r & POLLHUP) !== 0 });
+        });
       }
       if (events.length > 0) {
         this.pendingPoll = null;
@@ -810,6 +1118,7 @@ export class Wasi {
           m.setU16(at + 8, e.error);
           m.setU8(at + 10, e.sub.type);
           m.setU64(at + 16, e.nbytes);
+          if (e.hangup) m.setU16(at + 24, EVENTRWFLAGS_HANGUP);
         });
         m.setU32(neventsPtr, events.length);
         return 0;
@@ -819,9 +1128,13 @@ export class Wasi {
         this.hooks.unwind();
         return 0;
       }
-      const remainingMs = earliest === null ? WAIT_SLICE_MS : Math.max(0, Number(earliest - t) / 1e6);
-      const slice = Math.min(WAIT_SLICE_MS, remainingMs);
-      if (waitFd !== null) this.readable(waitFd, Math.ceil(slice));
+      const remainingMs = earliest === null ? -1 : Math.max(0, Number(earliest - t) / 1e6);
+      const slice = Math.min(WAIT_SLICE_MS, remainingMs < 0 ? WAIT_SLICE_MS : remainingMs);
+      if (waitFds.length > 0) {
+        // With a pipe in the set as well, wait on the sockets for one slice only, then look at the pipe again.
+        const sockMs = waitPipe !== null ? Math.ceil(slice) : remainingMs < 0 ? -1 : Math.ceil(remainingMs);
+        this.waitFds(waitFds, waitEvents, sockMs);
+      } else if (waitPipe !== null) this.readable(waitPipe, Math.ceil(slice));
       else this.sleepMs(slice);
     }
   }

@@ -1,6 +1,6 @@
 // `ferry status|pause|resume|stop --api-sock PATH`: the control API from the command line.
 import { Command } from 'commander';
-import type { CliContext } from '../main.js';
+import type { CliContext } from '../context.js';
 import { CONTROL_VERBS, controlAction, type ControlVerb } from '../control-actions.js';
 
 export function registerControl(program: Command, ctx: CliContext): void {

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command, Option } from 'commander';
-import type { CliContext } from '../main.js';
+import type { CliContext } from '../context.js';
 import { EXIT } from '../exit-codes.js';
 import { parsePositiveNumber } from '../options.js';
 import { migrateWithProgress, printReport } from './migrate.js';

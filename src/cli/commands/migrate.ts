@@ -1,6 +1,6 @@
 // `ferry migrate`: ask a running guest's host (through its control socket) to migrate it live.
 import { Command, Option } from 'commander';
-import type { CliContext } from '../main.js';
+import type { CliContext } from '../context.js';
 import { EXIT, UsageError } from '../exit-codes.js';
 import { parsePositiveNumber, parseSize } from '../options.js';
 import { addTlsOptions, parseHostPortFlag, readTlsFlags, type TlsFlags } from '../tls-options.js';

@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { Command } from 'commander';
-import type { CliContext } from '../main.js';
+import type { CliContext } from '../context.js';
 import { EXIT, UsageError } from '../exit-codes.js';
 
 export function registerPrepare(program: Command, ctx: CliContext): void {

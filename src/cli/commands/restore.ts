@@ -3,7 +3,7 @@
 // every page first; --lazy starts the guest at once and loads pages on demand (userfaultfd) while a
 // background loader fills in the rest.
 import { Command } from 'commander';
-import type { CliContext } from '../main.js';
+import type { CliContext } from '../context.js';
 import { EXIT, UsageError } from '../exit-codes.js';
 import { collect, openStdio, parseDirs } from '../options.js';
 import { exitCodeOf, untilExit } from './run.js';
@@ -47,7 +47,7 @@ async function runRestore(dir: string, opts: RestoreFlags, guestArgs: string[]):
   const [{ serveGuestApi }, { restoreSnapshot }, { snapshotExtensions }, { SnapshotError }] = await Promise.all([
     import('../../api/guest-controller.js'),
     import('../../snapshot/restore.js'),
-    import('../../snapshot/extensions.js'),
+    import('../../api/snapshot-binding.js'),
     import('../../snapshot/format.js'),
   ]);
   let restored;

@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs';
 import { basename } from 'node:path';
 import { Command } from 'commander';
-import type { CliContext } from '../main.js';
+import type { CliContext } from '../context.js';
 import { EXIT, UsageError } from '../exit-codes.js';
 import { collect, openStdio, parseDirs, parseEnv, parsePositiveNumber, parseSize } from '../options.js';
 import { addTlsOptions, parseHostPortFlag, readTlsFlags, securityOf, type TlsFlags } from '../tls-options.js';
@@ -11,7 +11,7 @@ import type { Guest, GuestExit } from '../../guest/guest.js';
 import type { GuestExtensions } from '../../api/guest-controller.js';
 import type { MigrateRequest } from '../../api/types.js';
 import { DEFAULT_RECOVER_TIMEOUT_S } from '../../migration/session/defaults.js';
-import { DEFAULT_HANDSHAKE_MS, DEFAULT_MAX_UNAUTHENTICATED } from '../../migration/transport/index.js';
+import { DEFAULT_HANDSHAKE_MS, DEFAULT_MAX_UNAUTHENTICATED } from '../../migration/transport/handshake-limits.js';
 // The guest runtime, the migration engine and the snapshot layer are loaded with import() in the
 // actions below, so that `ferry --help` and the control commands never load them (start-up time).
 
@@ -21,6 +21,7 @@ export function registerRun(program: Command, ctx: CliContext): void {
     .description('Run a WASI preview1 program as a guest, or receive one (--incoming). Arguments after -- go to the guest.')
     .argument('[module]', 'the .wasm module to run (not with --incoming: the module comes with the guest)')
     .option('--dir <HOST[:GUEST]>', 'preopen a host directory (repeatable)', collect, [])
+    .option('--listen <HOST:PORT>', 'preopen a listening TCP socket for the guest, after the directories (repeatable; port 0 picks one)', collect, [])
     .option('--env <K=V>', 'set an environment variable for the guest (repeatable; not with --incoming)', collect, [])
     .option('--stdin <FILE>', 'guest stdin from FILE (default: the terminal)')
     .option('--stdout <FILE>', 'guest stdout to FILE (default: the terminal)')
@@ -39,12 +40,21 @@ Examples:
   ferry run guests/build/memtouch.wasm -- --mib 64 --seconds 2
   ferry run app.wasm --dir ./data:/data --api-sock /tmp/app.sock -- --verbose
   ferry run --incoming 0.0.0.0:7700 --tls-psk key.hex --dir /srv/data:/data
+  ferry run guests/build/kvserver.wasm --listen 127.0.0.1:6379 --api-sock /tmp/kv.sock
 
 The module is instrumented once (safepoints and stack unwinding) and cached by content hash
 under $FERRY_CACHE_DIR (default ~/.cache/ferry); a progress bar shows meanwhile on a terminal.
 \`ferry prepare MODULE.wasm\` does it ahead of time. A destination instruments a module it has
 not seen while the pages stream in, and lets the source pause only once that is done. With --incoming, the destination's streams
-come from its own --stdin/--stdout/--stderr, and every guest directory must be mapped with --dir.`,
+come from its own --stdin/--stdout/--stderr, and every guest directory must be mapped with --dir.
+
+Sockets: each --listen is a listening socket the guest finds at the guest fds after its --dir
+preopens (as with wasmtime --tcplisten), and accepts on with sock_accept; "ferry: guest listens on
+ADDR:PORT (fd N)" is printed for each. A snapshot keeps the listeners, and a restore listens again
+at the same addresses. Established connections cannot be kept: stopping the guest (also after
+ferry snapshot --stop) resets them, so their peers see a connection reset, and in a restored guest
+each of them fails with ECONNRESET on its next use. Live migration refuses a guest that holds
+sockets (listeners or connections): use snapshot and restore.`,
   );
   cmd.action(async (modulePath: string | undefined, opts: RunFlags) => {
     ctx.setExit(opts.incoming ? await runIncoming(modulePath, opts, ctx.guestArgs) : await runModule(modulePath, opts, ctx.guestArgs));
@@ -53,6 +63,7 @@ come from its own --stdin/--stdout/--stderr, and every guest directory must be m
 
 interface RunFlags extends TlsFlags {
   dir: string[];
+  listen: string[];
   env: string[];
   stdin?: string;
   stdout?: string;
@@ -69,6 +80,8 @@ interface RunFlags extends TlsFlags {
 async function runModule(modulePath: string | undefined, opts: RunFlags, guestArgs: string[]): Promise<number> {
   if (!modulePath) throw new UsageError('missing MODULE (or use --incoming HOST:PORT to receive a guest)');
   if (opts.insecure || opts.tlsPsk || opts.tlsCert) throw new UsageError('TLS flags belong to --incoming (and to ferry migrate)');
+  // The guest's thread boots while this one loads the runtime and reads the module cache.
+  (await import('../../guest/spare-worker.js')).startSpareWorker();
   let bytes: Uint8Array;
   try {
     bytes = readFileSync(modulePath);
@@ -79,14 +92,13 @@ async function runModule(modulePath: string | undefined, opts: RunFlags, guestAr
   if (maxMemoryBytes > 4 * 1024 ** 3) throw new UsageError(`--max-memory ${opts.maxMemory}: at most 4G (wasm32)`);
   const preopens = parseDirs(opts.dir);
   const env = parseEnv(opts.env);
-  const [{ Guest }, { serveGuestApi }, { migrationExtensions }, { ModuleCache }, { InstrumentProgressBar }] = await Promise.all([
+  const [{ Guest }, { ModuleCache }, { InstrumentProgressBar }] = await Promise.all([
     import('../../guest/guest.js'),
-    import('../../api/guest-controller.js'),
-    import('../../api/migration-binding.js'),
     import('../../guest/module-cache.js'),
     import('../instrument-progress.js'),
   ]);
   // Instrument first (a progress bar on a terminal when the module is not cached yet), then start.
+  const listen = opts.listen.map((l) => parseHostPortFlag(l, '--listen', true));
   const cache = new ModuleCache();
   const bar = new InstrumentProgressBar(basename(modulePath));
   try {
@@ -96,6 +108,7 @@ async function runModule(modulePath: string | undefined, opts: RunFlags, guestAr
   }
   const guest = await Guest.start({
     cache,
+    listen,
     module: bytes,
     modulePath,
     args: [basename(modulePath), ...guestArgs],
@@ -104,11 +117,14 @@ async function runModule(modulePath: string | undefined, opts: RunFlags, guestAr
     stdio: openStdio(opts),
     maxMemoryBytes,
   });
+  guest.listening.forEach((a, i) => {
+    process.stderr.write(`ferry: guest listens on ${a.family === 6 ? `[${a.address}]` : a.address}:${a.port} (fd ${3 + preopens.length + i})\n`);
+  });
   let migrated = false;
   let snapshotted = false;
-  const api = opts.apiSock
-    ? await serveGuestApi(() => guest, opts.apiSock, await withSnapshots(guest, migrationExtensions(guest, { onMigrated: () => (migrated = true) }), () => (snapshotted = true)))
-    : null;
+  // The control API (HTTP server, migration engine, snapshots) is loaded only when asked for: a
+  // plain run should not pay for it at start-up.
+  const api = opts.apiSock ? await serveWithControl(guest, opts.apiSock, () => (migrated = true), () => (snapshotted = true)) : null;
   const result = await untilExit(guest);
   await api?.close();
   // A guest that moved to another host, or was saved to a snapshot and stopped, ended here on purpose: success.
@@ -119,6 +135,7 @@ async function runIncoming(modulePath: string | undefined, opts: RunFlags, guest
   if (modulePath) throw new UsageError('--incoming takes no MODULE: the module travels with the guest');
   if (opts.env.length > 0) throw new UsageError('--env is refused with --incoming: the environment is part of the guest state');
   if (guestArgs.length > 0) throw new UsageError('guest arguments are refused with --incoming: they are part of the guest state');
+  if (opts.listen.length > 0) throw new UsageError('--listen is refused with --incoming: listeners are part of the guest state');
   const { host, port } = parseHostPortFlag(opts.incoming!, '--incoming', true);
   const security = securityOf(readTlsFlags(opts));
   const maxRefused = opts.maxRefused === undefined ? undefined : parseCount(opts.maxRefused, '--max-refused');
@@ -199,12 +216,18 @@ export function exitCodeOf(result: GuestExit): number {
   }
 }
 
+/** Serves the control API of a guest started by `ferry run MODULE`, with migration and snapshots. */
+async function serveWithControl(guest: Guest, apiSock: string, onMigrated: () => void, onSnapshotted: () => void): Promise<{ close(): Promise<void> }> {
+  const [{ serveGuestApi }, { migrationExtensions }] = await Promise.all([import('../../api/guest-controller.js'), import('../../api/migration-binding.js')]);
+  return serveGuestApi(() => guest, apiSock, await withSnapshots(guest, migrationExtensions(guest, { onMigrated }), onSnapshotted));
+}
+
 /**
  * Adds PUT /guest/snapshot (src/snapshot) to a host's extensions. Snapshot dirty tracking holds the
  * memory's userfaultfd write-protect registration, so a migration releases it before it starts.
  */
 async function withSnapshots(guest: Guest, ext: GuestExtensions, onStoppedBySnapshot: () => void): Promise<GuestExtensions> {
-  const { snapshotExtensions } = await import('../../snapshot/extensions.js');
+  const { snapshotExtensions } = await import('../../api/snapshot-binding.js');
   const snap = snapshotExtensions(guest, { onStoppedBySnapshot });
   const migrate = ext.migrate;
   return {

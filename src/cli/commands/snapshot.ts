@@ -2,7 +2,7 @@
 // guest's host (ferry run/restore --api-sock) to write a snapshot. Paths are made absolute here:
 // the host process may run in another directory.
 import { Command } from 'commander';
-import type { CliContext } from '../main.js';
+import type { CliContext } from '../context.js';
 import { snapshotAction, type SnapshotFlags } from '../control-actions.js';
 
 export function registerSnapshot(program: Command, ctx: CliContext): void {

@@ -14,7 +14,11 @@ import type { Preopen, StdioBinding } from '../../wasi/wasi.js';
 import { DEFAULT_HANDSHAKE_MS, listen, TransportError, type BulkFirst, type FramedChannel, type MigrationListener, type RemoteChannel, type Security } from '../transport/index.js';
 import { ChunkAssembler, Feature, PageFrameChecker, WireError, type Message, type MessageOf } from '../wire/index.js';
 import { PageDigest } from '../verify/digest.js';
-import { IncomingMemory } from './incoming-memory.js';
+import { IncomingMemory, type DataplaneLink } from './incoming-memory.js';
+import { nativeFaultsEnabled } from '../dataplane/connect.js';
+import { dataplaneSecret } from '../dataplane/keys.js';
+import { close as closeFd } from '../../sys/fd.js';
+import { ALL_FEATURES } from '../wire/index.js';
 import { UrgentRequests } from './urgent/requests.js';
 import { MIN_POSTCOPY_BUFFER, postcopyBufferBytes } from '../session/bulk-buffers.js';
 import { isChannelFailure } from '../session/failures.js';
@@ -118,6 +122,9 @@ export class MigrationDestination {
   private readonly gaveUp: Promise<never>;
   private giveUp!: (e: Error) => void;
   private hasGivenUp = false;
+  /** The latest native data plane connection handed over by the listener, not yet in use (-1: none). */
+  private dataplaneFd = -1;
+  private dataplaneArrived: (() => void) | null = null;
 
   constructor(private readonly opts: DestinationOptions) {
     this.cache = opts.cache ?? new ModuleCache();
@@ -159,12 +166,47 @@ export class MigrationDestination {
       handshakeTimeoutMs: this.handshakeMs,
       ...(this.opts.maxUnauthenticated !== undefined ? { maxUnauthenticated: this.opts.maxUnauthenticated } : {}),
       urgentHandoff: (fd, peer, timeoutMs) => thread!.handoff(fd, peer, timeoutMs),
+      // The native fault path, only where this host runs it (FERRY_NATIVE_FAULTS=1): granted in
+      // HELLO_ACK, and its connections taken; elsewhere that preface is refused as unknown.
+      ...(nativeFaultsEnabled() ? { features: ALL_FEATURES | Feature.NATIVE_FAULTS, dataplaneHandoff: (fd: number) => this.onDataplane(fd) } : {}),
     });
     this.urgentThread = thread = new UrgentRequests(this.opts.security, listener);
     this.listener = listener;
     // A refused peer never ends the wait: it is counted, reported, and the listener goes on.
     listener.on('rejected', (err, phase) => this.noteRefusal(err.peer, phase, err));
     return listener.port;
+  }
+
+  /**
+   * A data plane connection arrived. It is not authenticated yet (its native thread does that with
+   * FINISHED frames keyed from the session's TLS exporter): the newest replaces an unused older one.
+   */
+  private onDataplane(fd: number): void {
+    if (this.dataplaneFd >= 0) closeFd(this.dataplaneFd);
+    this.dataplaneFd = fd;
+    this.dataplaneArrived?.();
+  }
+
+  /** The data plane connection for the session on `bulk`, with its keys: waits for it to arrive. */
+  private async takeDataplane(bulk: FramedChannel): Promise<DataplaneLink> {
+    if (this.dataplaneFd < 0) {
+      let timer: NodeJS.Timeout | undefined;
+      await new Promise<void>((resolve, reject) => {
+        this.dataplaneArrived = resolve;
+        timer = setTimeout(() => reject(new MigrationError('transport', `the source's native data plane connection did not arrive within ${URGENT_JOIN_MS / 1000} s`)), URGENT_JOIN_MS);
+      }).finally(() => {
+        clearTimeout(timer);
+        this.dataplaneArrived = null;
+      });
+    }
+    const fd = this.dataplaneFd;
+    this.dataplaneFd = -1;
+    return { fd, secret: dataplaneSecret(bulk.tlsSocket, bulk.session!.sessionId) };
+  }
+
+  private dropDataplane(): void {
+    if (this.dataplaneFd >= 0) closeFd(this.dataplaneFd);
+    this.dataplaneFd = -1;
   }
 
   private get handshakeMs(): number {
@@ -215,6 +257,7 @@ export class MigrationDestination {
       this.bulk?.destroy();
       await this.urgentThread?.terminate().catch(() => undefined);
       await this.incoming?.stop().catch(() => undefined);
+      this.dropDataplane();
       await this.preparing?.then((p) => p.dispose()).catch(() => undefined);
       await this.listener?.close();
       throw err;
@@ -261,7 +304,8 @@ export class MigrationDestination {
     const checker = new PageFrameChecker(setup.memory);
     // The digest is kept only when the source offered the DIGEST feature (it does for --verify).
     const digest = (bulk.session?.features ?? 0) & Feature.DIGEST ? new PageDigest(setup.memory.maxBytes) : null;
-    const incoming = (this.incoming = new IncomingMemory(mem, new PageStateTable(mem.maxPageCount), this.urgentThread!, checker, digest));
+    const native = ((bulk.session?.features ?? 0) & Feature.NATIVE_FAULTS) !== 0;
+    const incoming = (this.incoming = new IncomingMemory(mem, new PageStateTable(mem.maxPageCount), this.urgentThread!, checker, digest, native));
     await incoming.start();
     let state: ChunkAssembler | null = null;
     let staged: StagedGuest | null = null;
@@ -361,6 +405,8 @@ export class MigrationDestination {
       break;
     }
     await this.urgentJoined(bulk.peer);
+    // The source opened its data plane connection right after its bulk channel: here long since.
+    const dataplane = native ? await this.takeDataplane(bulk) : null;
     trace ??= new SwitchoverTrace('destination');
     trace.mark('COMMIT');
     if (!staged) throw new WireError('BAD_ORDER', bulk.bytesReceived, 'COMMIT without a (whole) guest state');
@@ -382,8 +428,9 @@ export class MigrationDestination {
     // message to it, and its first run of that code) is not the guest's downtime, so it comes
     // after RUNNING is written; but not after its write is confirmed, which can take
     // milliseconds of incoming bulk stream handled first while the guest's faults wait.
-    incoming.activate(pageCount);
+    incoming.activate(pageCount, dataplane);
     this.downtimePriority.end();
+    if (dataplane) this.phases.note('switchover (native fault thread started)');
     await running;
     trace.mark('activated');
     trace.print();
@@ -447,7 +494,7 @@ export class MigrationDestination {
     // over the next message (the source's DONE acknowledgement) instead of consuming it.
     let bulkTail: Promise<Message | null> | null = null;
     if (postcopy && pc.pendingPages > 0) {
-      const urgent = this.urgentThread!.whenLost();
+      const urgent = pc.native ? Promise.race([this.urgentThread!.whenLost(), pc.whenNativeLost()]) : this.urgentThread!.whenLost();
       const bulkPages = (async (): Promise<Message | null> => {
         for (;;) {
           const r = await bulk.recvWithOffset();
@@ -519,6 +566,8 @@ export class MigrationDestination {
     this.pausedSince = performance.now();
     this.outages++;
     this.errorText = `connection lost: ${cause.message}`;
+    // A data plane connection held now came after the commit's was taken: it is the source's
+    // reconnection (the source may notice the loss first and be back before this side notices).
     this.addBytes();
     this.bulk?.destroy();
     this.urgent?.destroy();
@@ -540,8 +589,10 @@ export class MigrationDestination {
       this.bulk = session.bulk;
       this.bulk.setNoDelay(true);
       await this.bulk.sendMessage({ type: 'RECEIVED_SET', set: { encoding: 'bitmap', startPage: 0, pageCount, bits: pc.receivedBits(pageCount) } });
-      // The urgent thread asks again, on the new connection, for every page a fault still waits on.
+      // The urgent thread asks again, on the new connection, for every page a fault still waits on
+      // (the native fault thread too, on its new connection).
       this.useUrgent(session.urgent);
+      if (pc.native) pc.attachDataplane(await this.takeDataplane(this.bulk));
       this.pausedMs += performance.now() - this.pausedSince;
       this.pausedSince = null;
       this.phases.enter('postcopy');

@@ -23,6 +23,16 @@ import { RequestRing } from './urgent/request-ring.js';
 import { PagePlacer, createRequests } from './page-placer.js';
 import type { UrgentRequests } from './urgent/requests.js';
 import { latencySummary, type PostcopyReport } from '../session/report.js';
+import { Userfaultfd, REGISTER_MODE } from '../../sys/uffd.js';
+import { registerReservation, type Registration } from '../../memory/uffd-registration.js';
+import { FaultPlane } from '../dataplane/fault-plane.js';
+import { UrgentChannelError } from '../session/failures.js';
+
+/** The native fault path's connection: a socket taken from the listener and the session's data plane secret. */
+export interface DataplaneLink {
+  fd: number;
+  secret: Uint8Array;
+}
 
 export class IncomingMemory {
   private server: FaultServer | null = null;
@@ -41,6 +51,19 @@ export class IncomingMemory {
 
   private active = false;
   private finalStats: FaultStats | null = null;
+  // ---- the native fault path (Feature.NATIVE_FAULTS): no fault worker, no urgent thread work ----
+  /** This side's own userfaultfd and registration when the fault path is native (no FaultServer). */
+  private ownUffd: Userfaultfd | null = null;
+  private registration: Registration | null = null;
+  private shared: { requests: ReturnType<typeof createRequests> } | null = null;
+  private plane: FaultPlane | null = null;
+  private planeLatencyFrom = 0;
+  /** Counts of planes ended (a reconnection starts a new one). */
+  private priorNative = { faults: 0, placed: 0 };
+  private activePages = 0;
+  private nativeFailure: Error | null = null;
+  private nativeLost: ((e: Error) => void) | null = null;
+  private completionTimer: NodeJS.Timeout | null = null;
 
   constructor(
     private readonly mem: GuestMemory,
@@ -50,6 +73,8 @@ export class IncomingMemory {
     private readonly checker: PageFrameChecker,
     /** Null when the source did not ask for --verify: hashing every page costs the stream time. */
     private readonly digest: PageDigest | null,
+    /** Serve faults with the native data plane (native/dataplane/) instead of the fault worker and urgent thread. */
+    readonly native = false,
   ) {
     this.eventFd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     this.complete = new Promise((resolve) => (this.done = resolve));
@@ -57,19 +82,35 @@ export class IncomingMemory {
 
   /** Registers the memory with userfaultfd and starts the fault worker. Call before any page arrives. */
   async start(): Promise<void> {
-    this.server = await FaultServer.start(this.mem, this.states, {
-      kind: 'module',
-      module: fileURLToPath(new URL('./urgent/remote-page-source.js', import.meta.url)),
-      options: { ring: this.ring.buffer, eventFd: this.eventFd },
-    });
+    let uffdFd: number;
+    if (this.native) {
+      // The native fault thread reads this uffd from the commit on; until then nothing faults.
+      this.ownUffd = Userfaultfd.open({ nonblock: true });
+      try {
+        this.registration = registerReservation(this.ownUffd, this.mem, REGISTER_MODE.MISSING, 'native fault path');
+      } catch (e) {
+        this.ownUffd.close();
+        this.ownUffd = null;
+        throw e;
+      }
+      uffdFd = this.ownUffd.fd;
+    } else {
+      this.server = await FaultServer.start(this.mem, this.states, {
+        kind: 'module',
+        module: fileURLToPath(new URL('./urgent/remote-page-source.js', import.meta.url)),
+        options: { ring: this.ring.buffer, eventFd: this.eventFd },
+      });
+      uffdFd = this.server.uffdFd;
+    }
     const shared = {
-      uffd: this.server.uffdFd,
+      uffd: uffdFd,
       base: this.mem.base,
       states: this.states.shared(),
       requests: createRequests(this.mem.maxPageCount),
       digest: this.digest ? { maxBytes: this.digest.pageCapacity * HOST_PAGE_SIZE, buffer: this.digest.buffer } : null,
     };
     this.placer = new PagePlacer(shared);
+    this.shared = shared;
     // The urgent thread gets its own descriptor of the eventfd, closed when it stops watching it:
     // stop() below may close ours while that thread still polls.
     this.urgent.setup({ placer: shared, checker: { maxBytes: this.checker.maxBytes, seen: this.checker.seenBuffer }, ring: this.ring.buffer, ringFd: dup(this.eventFd) });
@@ -83,10 +124,20 @@ export class IncomingMemory {
       if (this.isPresent(s)) {
         this.mem.view().set(bytes.subarray(at, at + (e - s) * HOST_PAGE_SIZE), s * HOST_PAGE_SIZE); // present: never blocks
       } else {
-        this.server!.fill(s, e - s, bytes, at); // marks them received
+        this.fill(s, e - s, bytes, at); // marks them received
       }
     }
     this.digest?.set(first, bytes, count);
+  }
+
+  /** Places a run of holes with one UFFDIO_COPY and marks them received (FaultServer.fill without a server). */
+  private fill(first: number, count: number, bytes: Buffer, at: number): void {
+    if (this.server) {
+      this.server.fill(first, count, bytes, at);
+      return;
+    }
+    this.ownUffd!.copyAll(this.mem.pageAddress(first), bytes, at, count * HOST_PAGE_SIZE);
+    for (let p = first; p < first + count; p++) this.states.markReceived(p);
   }
 
   /** Zero or never-touched pages: they must read as zero, so earlier copies are dropped. */
@@ -103,10 +154,72 @@ export class IncomingMemory {
   }
 
   /** Called at the commit: from now on faults on pending pages go to the source. */
-  activate(pageCount: number): void {
+  activate(pageCount: number, dataplane: DataplaneLink | null = null): void {
     this.active = true;
+    this.activePages = pageCount;
     this.urgent.activate(pageCount);
+    if (this.native && dataplane && this.pendingPages > 0) {
+      this.attachDataplane(dataplane);
+      // The native thread places pages without a call here: look for the last one now and then.
+      this.completionTimer = setInterval(() => this.checkDone(), 10);
+      this.completionTimer.unref();
+    } else if (dataplane) close(dataplane.fd);
     if (this.pendingPages === 0) this.finish();
+  }
+
+  /**
+   * Starts the native fault thread on a data plane connection (at the commit, and again after a
+   * reconnection: the new thread asks again for every page a fault still waits on).
+   */
+  attachDataplane(link: DataplaneLink): void {
+    if (this.stopped || !this.ownUffd) {
+      // Every page was placed before the connection was lost: only the closing messages are left.
+      close(link.fd);
+      return;
+    }
+    this.stopPlane();
+    this.nativeFailure = null;
+    const plane = new FaultPlane({
+      uffd: this.ownUffd!.fd, sock: link.fd, base: this.mem.base, pageCount: this.activePages, states: this.states,
+      requests: this.shared!.requests, secret: link.secret, ...(this.digest ? { digest: this.digest.buffer } : {}),
+    });
+    this.plane = plane;
+    void plane.ended.then((err) => {
+      if (err === null || this.plane !== plane || this.stopped) return;
+      const e = new UrgentChannelError(`native data plane: ${err}`);
+      this.nativeFailure = e;
+      this.nativeLost?.(e);
+      this.nativeLost = null;
+    });
+  }
+
+  /** Rejects when the native fault thread fails (its connection lost or refused); never without it. */
+  whenNativeLost(): Promise<never> {
+    return new Promise<never>((_, reject) => {
+      if (this.nativeFailure) return reject(this.nativeFailure);
+      this.nativeLost = reject;
+    });
+  }
+
+  /** Takes the native thread's figures into this side's: pages it placed and its faults' latencies. */
+  private collectNative(): void {
+    if (!this.plane) return;
+    const { samples, next } = this.plane.latenciesSince(this.planeLatencyFrom);
+    this.planeLatencyFrom = next;
+    for (const l of samples) this.latenciesUs.push(l);
+    const s = this.plane.read();
+    this.pagesRequested = this.priorNative.placed + s.pagesPlaced;
+  }
+
+  private stopPlane(): void {
+    if (!this.plane) return;
+    this.collectNative();
+    const s = this.plane.read();
+    this.plane.stop();
+    this.priorNative.faults += s.faults;
+    this.priorNative.placed += s.pagesPlaced;
+    this.plane = null;
+    this.planeLatencyFrom = 0;
   }
 
   get isPostcopy(): boolean {
@@ -156,6 +269,7 @@ export class IncomingMemory {
   }
 
   private checkDone(): void {
+    this.collectNative();
     if (this.active && this.pendingPages === 0) this.finish();
   }
 
@@ -165,16 +279,19 @@ export class IncomingMemory {
 
   /** Every fault's wait so far (µs), for GET /metrics' histogram. */
   get faultLatenciesUs(): readonly number[] {
+    this.collectNative();
     return this.latenciesUs;
   }
 
   report(): PostcopyReport {
+    this.collectNative();
     const stats = this.server?.stats() ?? this.finalStats;
     const lat = latencySummary(this.latenciesUs);
+    const nativeFaults = this.native ? this.priorNative.faults + (this.plane?.read().faults ?? 0) : 0;
     return {
       pagesRequested: this.pagesRequested,
       pagesPushed: this.pagesPushed,
-      faults: stats?.faults ?? 0,
+      faults: (stats?.faults ?? 0) + nativeFaults,
       faultLatencyUs: lat,
       guestBlockedMs: Math.round(this.latenciesUs.reduce((a, b) => a + b, 0) / 100) / 10,
       durationMs: Math.round((this.endMs ?? performance.now()) - this.t0),
@@ -186,7 +303,18 @@ export class IncomingMemory {
     // Once only: every postcopy session ends with a stop(), and a second close of the eventfd
     // would hit whatever reused its number (once, the urgent thread's new socket).
     if (this.stopped) return;
+    this.stopPlane();
     this.stopped = true;
+    if (this.completionTimer) clearInterval(this.completionTimer);
+    if (this.registration) {
+      try {
+        this.registration.release();
+      } finally {
+        this.registration = null;
+        this.ownUffd?.close();
+        this.ownUffd = null;
+      }
+    }
     if (this.server) {
       const s = this.server;
       this.finalStats = s.stats();
@@ -210,6 +338,7 @@ export class IncomingMemory {
 
   private finish(): void {
     if (this.endMs !== null) return;
+    if (this.completionTimer) clearInterval(this.completionTimer);
     this.endMs = performance.now();
     this.done();
   }

@@ -7,6 +7,7 @@ import type { PageBitmap } from '../../memory/page-bitmap.js';
 import { HOST_PAGE_SIZE } from '../../memory/guest-memory.js';
 import { RECOMMENDED_RUN_PAGES } from '../wire/index.js';
 import { forEachZeroRun } from '../../memory/zero-pages.js';
+import type { PageReader } from './page-provider.js';
 
 const MAX_IN_FLIGHT = 4;
 
@@ -23,7 +24,8 @@ export class PageSender {
 
   constructor(
     private readonly channel: FramedChannel,
-    private readonly memoryView: () => Uint8Array,
+    /** Where the page bytes come from (a PageProvider). */
+    private readonly pages: PageReader,
   ) {}
 
   /** Sends pages [start, end) as data, in runs of at most RECOMMENDED_RUN_PAGES. */
@@ -45,7 +47,7 @@ export class PageSender {
 
   private sendRun(s: number, e: number): Promise<void> {
     const copy = Buffer.allocUnsafe((e - s) * HOST_PAGE_SIZE);
-    copy.set(this.memoryView().subarray(s * HOST_PAGE_SIZE, e * HOST_PAGE_SIZE));
+    this.pages.readPages(s, e - s, copy);
     this.counters.pagesSent += e - s;
     // Pages of zeros go as zero markers (see memory/zero-pages.ts: on kernels that map a real page
     // for a read fault, residency cannot tell a read-only page from a written one).
@@ -68,6 +70,31 @@ export class PageSender {
     this.counters.pagesSent += end - start;
     if (kind === 'zero') this.counters.zeroPages += end - start;
     else this.counters.untouchedPages += end - start;
+  }
+
+  /**
+   * Pass 0: the whole memory as alternating runs — never touched (not present), zero-page mapped,
+   * data — with the data runs sent unless `deferData` (a source that leaves them to postcopy).
+   * `between` runs after each present run (a cancellation check).
+   */
+  async sendLayout(present: PageBitmap, zero: PageBitmap, pageCount: number, opts: { deferData?: boolean; between?: () => void } = {}): Promise<void> {
+    let p = 0;
+    for (const [s, e] of present.runs()) {
+      if (s >= pageCount) break;
+      if (s > p) await this.sendEmpty(p, s, 'untouched');
+      const end = Math.min(e, pageCount);
+      for (let q = s; q < end; ) {
+        const isZero = zero.has(q);
+        let r = q + 1;
+        while (r < end && zero.has(r) === isZero) r++;
+        if (isZero) await this.sendEmpty(q, r, 'zero');
+        else if (!opts.deferData) await this.sendData(q, r);
+        q = r;
+      }
+      p = end;
+      opts.between?.();
+    }
+    if (p < pageCount) await this.sendEmpty(p, pageCount, 'untouched');
   }
 
   /** Sends every page of `pages` below `limit` as data. */

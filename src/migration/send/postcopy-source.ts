@@ -5,12 +5,25 @@
 //  - bulk (here): every other pending page in address order, continuing just after the last
 //    requested page (a guest that faults at an address tends to touch what follows next).
 // Each page crosses once: both streams claim a page atomically before sending it.
-import type { GuestMemory } from '../../memory/guest-memory.js';
 import { HOST_PAGE_SIZE } from '../../memory/guest-memory.js';
 import type { PageBitmap } from '../../memory/page-bitmap.js';
 import type { FramedChannel } from '../transport/index.js';
 import type { UrgentChannel } from './urgent/channel.js';
 import type { PostcopyReport } from '../session/report.js';
+import type { PageReader } from './page-provider.js';
+import { AnswerPlane } from '../dataplane/answer-plane.js';
+import { UrgentChannelError } from '../session/failures.js';
+
+/**
+ * The native fault path's connection (Feature.NATIVE_FAULTS): a socket to the destination, the
+ * session's data plane secret, and the paused guest's memory the answer thread reads pages from
+ * (a live source only: a snapshot's pages are not in memory).
+ */
+export interface AnswerLink {
+  fd: number;
+  secret: Uint8Array;
+  memory: Uint8Array;
+}
 
 /**
  * Pages per bulk frame after the switchover. Smaller than precopy's runs: the destination's main
@@ -29,18 +42,43 @@ export class PostcopySource {
   private endMs: number | null = null;
   private failure: Error | null = null;
   private remote: PostcopyReport | null = null;
+  /** The native answer thread, when the fault path is native: it answers requests instead of the urgent thread. */
+  private plane: AnswerPlane | null = null;
+  private priorPlanePages = 0;
 
   constructor(
-    private readonly mem: GuestMemory,
+    private readonly pages: PageReader,
     private readonly pending: PageBitmap,
     private readonly pageCount: number,
     private bulk: FramedChannel,
     private urgent: UrgentChannel,
     /** The bulk connection's kernel buffers from now on (session/bulk-buffers.ts). */
     private readonly bufferBytes: number,
+    native: AnswerLink | null = null,
   ) {
     urgent.activate(pending, pageCount);
     bulk.limitKernelBuffers(bufferBytes);
+    if (native) this.startPlane(native);
+  }
+
+  /** Starts the native answer thread over the guest's (paused, complete) memory and the urgent channel's bitmaps. */
+  private startPlane(link: AnswerLink): void {
+    const plane = new AnswerPlane({
+      sock: link.fd, memory: link.memory.subarray(0, this.pageCount * HOST_PAGE_SIZE), pageCount: this.pageCount,
+      pending: this.urgent.pendingWords, claims: this.urgent.claims.words, secret: link.secret,
+    });
+    this.plane = plane;
+    void plane.ended.then((err) => {
+      if (err !== null && this.plane === plane) this.failure ??= new UrgentChannelError(`native data plane: ${err}`);
+    });
+  }
+
+  /** Stops the native answer thread (at the end, or when its connection is replaced). */
+  stopNative(): void {
+    if (!this.plane) return;
+    this.priorPlanePages += this.plane.read().pagesSent;
+    this.plane.stop();
+    this.plane = null;
   }
 
   get maxPages(): number {
@@ -51,7 +89,8 @@ export class PostcopySource {
    * Continues on new connections after a recovery. `held` is the destination's RECEIVED_SET: those
    * pages are done; every other pending page goes out again, whoever had claimed it before.
    */
-  resume(bulk: FramedChannel, urgent: UrgentChannel, held: Uint8Array, heldPages: number): void {
+  resume(bulk: FramedChannel, urgent: UrgentChannel, held: Uint8Array, heldPages: number, native: AnswerLink | null = null): void {
+    this.stopNative();
     this.priorUrgentPages += this.urgent.pagesSent;
     this.bulk = bulk;
     this.urgent = urgent;
@@ -61,17 +100,23 @@ export class PostcopySource {
       if ((held[p >>> 3]! & (1 << (p & 7))) !== 0) urgent.claims.claim(p);
     }
     urgent.activate(this.pending, this.pageCount);
+    if (native) this.startPlane(native);
     this.cursor = 0;
     this.lastUrgentCursor = 0;
   }
 
   get pagesSent(): number {
-    return this.priorUrgentPages + this.urgent.pagesSent + this.pagesPushed;
+    return this.priorUrgentPages + this.urgent.pagesSent + this.pagesPushed + this.priorPlanePages + (this.plane?.read().pagesSent ?? 0);
+  }
+
+  /** Pages this side sent, by stream (the destination's own counts come in its report). */
+  get sentByStream(): { urgent: number; bulk: number } {
+    return { urgent: this.priorUrgentPages + this.urgent.pagesSent, bulk: this.pagesPushed };
   }
 
   report(): PostcopyReport {
     return {
-      pagesRequested: this.remote?.pagesRequested ?? this.priorUrgentPages + this.urgent.pagesSent,
+      pagesRequested: this.remote?.pagesRequested ?? this.priorUrgentPages + this.urgent.pagesSent + this.priorPlanePages + (this.plane?.read().pagesSent ?? 0),
       pagesPushed: this.remote?.pagesPushed ?? this.pagesPushed,
       faults: this.remote?.faults ?? this.urgent.requests,
       faultLatencyUs: this.remote?.faultLatencyUs ?? { p50: 0, p99: 0, max: 0 },
@@ -92,15 +137,14 @@ export class PostcopySource {
     for (;;) {
       if (this.failure) throw this.failure;
       if (this.urgent.error) throw this.urgent.error;
-      const c = this.urgent.cursor;
+      const c = this.plane ? this.plane.read().cursor : this.urgent.cursor;
       if (c !== this.lastUrgentCursor) this.cursor = this.lastUrgentCursor = c; // follow the faults
       const p = this.nextUnclaimed();
       if (p < 0) break;
       let q = p + 1;
       while (q < this.pageCount && q - p < POSTCOPY_RUN_PAGES && this.pending.has(q) && this.urgent.claims.claim(q)) q++;
-      const view = this.mem.view();
       const copy = Buffer.allocUnsafe((q - p) * HOST_PAGE_SIZE);
-      copy.set(view.subarray(p * HOST_PAGE_SIZE, q * HOST_PAGE_SIZE));
+      this.pages.readPages(p, q - p, copy);
       const sending = this.bulk.sendPages(p * HOST_PAGE_SIZE, q - p, 'data', copy);
       sending.catch((err: Error) => (this.failure ??= err));
       inFlight.push(sending);

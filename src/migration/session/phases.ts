@@ -42,7 +42,11 @@ export class PhaseLog {
   readonly t0 = performance.now();
   current: MigrationPhase = 'connecting';
 
-  constructor(private readonly side: 'source' | 'destination') {}
+  constructor(
+    private readonly side: 'source' | 'destination',
+    /** Told of each phase entered (a command that prints its progress). */
+    private readonly onEnter?: (phase: MigrationPhase) => void,
+  ) {}
 
   /** Moves to `phase`; a move PHASE_MOVES does not allow is a bug in the caller, and throws. */
   enter(phase: MigrationPhase): void {
@@ -50,6 +54,7 @@ export class PhaseLog {
     if (!phaseMoveAllowed(this.current, phase)) throw new Error(`${this.side}: migration phase ${this.current} -> ${phase} is not a legal move (a Ferry bug)`);
     this.current = phase;
     this.note(phase);
+    this.onEnter?.(phase);
   }
 
   /** A step within a phase, or what was measured there. */

@@ -10,12 +10,13 @@ import { WIRE_VERSION } from '../wire/limits.js';
 import { TransportError, fromSocketError } from './errors.js';
 import { FramedChannel } from './framed-channel.js';
 import { serverTlsOptions, validateSecurity, type Security } from './security.js';
+import { DEFAULT_HANDSHAKE_MS } from './handshake-limits.js';
 
 /**
  * How long an unauthenticated connection may take, from its arrival to HELLO_ACK (preface, TLS
  * handshake, HELLO): a peer that is not a Ferry source costs the destination at most this long.
  */
-export const DEFAULT_HANDSHAKE_MS = 5_000;
+export { DEFAULT_HANDSHAKE_MS };
 
 export interface AcceptOptions {
   security: Security;

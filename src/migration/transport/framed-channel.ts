@@ -3,6 +3,7 @@
 // underlying TCP socket, so under TLS they include record and handshake overhead.
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { TLSSocket } from 'node:tls';
 import { FrameDecoder, type Frame } from '../wire/frame.js';
 import { WireError } from '../wire/errors.js';
 import { MAX_FRAME_PAYLOAD } from '../wire/limits.js';
@@ -66,6 +67,11 @@ export class FramedChannel {
   private payloadSent = 0;
   /** Rejecters of writes the socket has not confirmed yet: a failure settles them all. */
   private readonly unconfirmed = new Set<(err: Error) => void>();
+
+  /** The TLS connection under this channel (null without TLS): its exporter keys the native data plane. */
+  get tlsSocket(): TLSSocket | null {
+    return this.stream instanceof TLSSocket ? this.stream : null;
+  }
 
   constructor(opts: FramedChannelOptions) {
     this.stream = opts.stream;

@@ -13,11 +13,12 @@
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import type { MessageOf } from '../wire/messages.js';
-import { CHANNEL_PREFACE, GO_AHEAD } from '../wire/limits.js';
-import { dup } from '../../sys/fd.js';
+import { CHANNEL_PREFACE, DATAPLANE_PREFACE, GO_AHEAD } from '../wire/limits.js';
+import { close, dup, write } from '../../sys/fd.js';
 import { TransportError, fromSocketError } from './errors.js';
 import type { FramedChannel } from './framed-channel.js';
 import { ChannelAcceptor, DEFAULT_HANDSHAKE_MS, peerOf, type AcceptOptions, type AcceptedChannel } from './accept-channel.js';
+import { DEFAULT_MAX_UNAUTHENTICATED } from './handshake-limits.js';
 
 export type { AcceptedChannel } from './accept-channel.js';
 
@@ -31,11 +32,18 @@ export interface ListenOptions extends AcceptOptions {
    * it sends GO_AHEAD, authenticates it and gives it back with deliver().
    */
   urgentHandoff?: (fd: number, peer: string, timeoutMs: number) => void;
+  /**
+   * Native data plane connections (DATAPLANE_PREFACE) go, right after their preface, to this
+   * callback as a raw socket descriptor (a dup). Its owner's native thread authenticates it (the
+   * data plane's FINISHED frames, keyed from the session's TLS exporter). Without it, that preface
+   * is refused like any unknown one.
+   */
+  dataplaneHandoff?: (fd: number, peer: string) => void;
   /** Connections still before HELLO_ACK at once (default DEFAULT_MAX_UNAUTHENTICATED); more are closed on arrival. */
   maxUnauthenticated?: number;
 }
 
-export const DEFAULT_MAX_UNAUTHENTICATED = 64;
+export { DEFAULT_MAX_UNAUTHENTICATED };
 /** Sessions with an urgent channel but no bulk one yet, kept at most (the oldest goes first). */
 const MAX_PARTIAL_SESSIONS = 16;
 
@@ -253,6 +261,25 @@ class Listener extends EventEmitter implements MigrationListener {
     tcp.once('data', (chunk: Buffer) => {
       clearTimeout(timer);
       tcp.off('close', onClose);
+      if (chunk.length === 1 && chunk[0] === DATAPLANE_PREFACE && this.opts.dataplaneHandoff) {
+        let copy: number;
+        try {
+          copy = takeFd(tcp);
+        } catch (err) {
+          return fail(err as Error);
+        }
+        settle();
+        try {
+          // Written on the descriptor itself: Node's socket is gone, and so is anything it queued.
+          if (write(copy, Buffer.from([GO_AHEAD])) !== 1) throw new Error('short write');
+        } catch (err) {
+          close(copy);
+          this.reject(new TransportError('IO', peer, `could not answer the data plane connection: ${(err as Error).message}`), peer, 'preface');
+          return;
+        }
+        this.opts.dataplaneHandoff(copy, peer);
+        return;
+      }
       // The peer sends nothing more before GO_AHEAD: exactly one byte, or this is not a Ferry source.
       const channel = chunk.length === 1 ? (chunk[0] === CHANNEL_PREFACE.bulk ? 'bulk' : chunk[0] === CHANNEL_PREFACE.urgent ? 'urgent' : null) : null;
       if (!channel) return fail(new TransportError('PROTOCOL', peer, `no channel preface: the connection began with ${describeStart(chunk)} (is the peer a Ferry source of wire version 2 or later?)`));
@@ -314,6 +341,15 @@ type SessionEntry = { key: string } & Partial<Record<'bulk' | 'urgent', FramedCh
 function bulkOf(c: FramedChannel | RemoteChannel): FramedChannel {
   if ('remote' in c) throw new Error('internal: a bulk channel held by another thread');
   return c;
+}
+
+/** A duplicate of the accepted socket's descriptor; the socket itself is destroyed (no FIN: the copy keeps the connection). */
+function takeFd(tcp: net.Socket): number {
+  const fd = (tcp as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (fd === undefined || fd < 0) throw new Error('internal: no descriptor under an accepted socket');
+  const copy = dup(fd);
+  tcp.destroy();
+  return copy;
 }
 
 function describeStart(chunk: Buffer): string {

@@ -44,6 +44,8 @@ export const MAX_PREOPENS = 256;
  * the preface is all the destination has read when it routes the connection.
  */
 export const CHANNEL_PREFACE = { bulk: 0x62, urgent: 0x75 } as const; // 'b', 'u'
+/** The native data plane's connection (Feature.NATIVE_FAULTS): no GO_AHEAD, no TLS; its own hello follows. */
+export const DATAPLANE_PREFACE = 0x64; // 'd'
 /** Frame offsets count from after the preface (byte 0 is the first frame's first byte). */
 export const CHANNEL_PREFACE_BYTES = 1;
 export const GO_AHEAD = 0x2b; // '+'

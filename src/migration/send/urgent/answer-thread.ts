@@ -1,9 +1,9 @@
 // The source's urgent channel, on a thread of its own. It connects and authenticates like the bulk
-// channel, then — from the commit on — answers each PAGE_REQUEST from the frozen guest memory at
-// once. Running apart from the main thread means an urgent page never waits behind the main
-// thread's work (encrypting and writing the bulk stream), and the destination's faulting guest
+// channel, then — from the commit on — answers each PAGE_REQUEST at once from the source's pages
+// (its PageProvider's: a frozen guest's memory, or a snapshot's files). Running apart from the main
+// thread means an urgent page never waits behind the main thread's work (encrypting and writing the bulk stream), and the destination's faulting guest
 // waits for one network round trip, not for the next turn of a busy event loop.
-// Source memory has no holes: reading it here can never block.
+// Source pages have no holes: reading them here never waits for a fault.
 import { parentPort, workerData } from 'node:worker_threads';
 import { HOST_PAGE_SIZE } from '../../../memory/guest-memory.js';
 import { PageBitmap } from '../../../memory/page-bitmap.js';
@@ -12,13 +12,15 @@ import { RECOMMENDED_RUN_PAGES } from '../../wire/index.js';
 import { PageClaims } from './page-claims.js';
 import { UrgentStat } from './stats.js';
 import { preferLatency } from '../../../sys/sched.js';
+import { openPageReader, type PageReaderSpec } from '../page-provider.js';
 
 export interface UrgentServerData {
   host: string;
   port: number;
   security: Security;
   sessionId: Uint8Array;
-  memory: WebAssembly.Memory;
+  /** Where the pages come from (PageProvider.readerSpec). */
+  pages: PageReaderSpec;
   /** Pages the destination lacks after the commit (filled in before ACTIVE_PAGES is set). */
   pending: SharedArrayBuffer;
   claims: SharedArrayBuffer;
@@ -32,6 +34,7 @@ async function main(): Promise<void> {
   const d = workerData as UrgentServerData;
   const security = reviveSecurity(d.security);
   preferLatency(); // a destination's guest waits on every request this thread answers
+  const pages = await openPageReader(d.pages);
   const channel = await connect({ host: d.host, port: d.port, security, channel: 'urgent', sessionId: Buffer.from(d.sessionId) });
   channel.setNoDelay(true);
   const stats = new Float64Array(d.stats);
@@ -75,7 +78,6 @@ async function main(): Promise<void> {
     const first = msg.offset / HOST_PAGE_SIZE;
     const end = Math.min(first + msg.count, pageCount);
     stats[UrgentStat.CURSOR] = end;
-    const view = new Uint8Array(d.memory.buffer);
     for (let p = first; p < end; ) {
       if (!pending.has(p) || !claims.claim(p)) {
         p++;
@@ -84,7 +86,7 @@ async function main(): Promise<void> {
       let q = p + 1;
       while (q < end && q - p < RECOMMENDED_RUN_PAGES && pending.has(q) && claims.claim(q)) q++;
       const copy = Buffer.allocUnsafe((q - p) * HOST_PAGE_SIZE);
-      copy.set(view.subarray(p * HOST_PAGE_SIZE, q * HOST_PAGE_SIZE));
+      pages.readPages(p, q - p, copy);
       stats[UrgentStat.PAGES_SENT] = stats[UrgentStat.PAGES_SENT]! + (q - p);
       void channel.sendPages(p * HOST_PAGE_SIZE, q - p, 'data', copy).then(publish, () => undefined);
       p = q;

@@ -2,6 +2,7 @@
 import { Worker } from 'node:worker_threads';
 import type { PageBitmap } from '../../../memory/page-bitmap.js';
 import type { Security } from '../../transport/index.js';
+import type { PageReaderSpec } from '../page-provider.js';
 import { PageClaims } from './page-claims.js';
 import { URGENT_STAT_SLOTS, UrgentStat } from './stats.js';
 import type { UrgentServerData, UrgentServerMessage } from './answer-thread.js';
@@ -34,14 +35,14 @@ export class UrgentChannel {
   }
 
   /** Spawns the thread and waits until its connection is authenticated. */
-  static async open(opts: { host: string; port: number; security: Security; sessionId: Buffer; memory: WebAssembly.Memory; maxPages: number }): Promise<UrgentChannel> {
+  static async open(opts: { host: string; port: number; security: Security; sessionId: Buffer; pages: PageReaderSpec; maxPages: number }): Promise<UrgentChannel> {
     const bitmapBytes = Math.ceil(opts.maxPages / 32) * 4;
     const data: UrgentServerData = {
       host: opts.host,
       port: opts.port,
       security: opts.security,
       sessionId: new Uint8Array(opts.sessionId),
-      memory: opts.memory,
+      pages: opts.pages,
       pending: new SharedArrayBuffer(bitmapBytes),
       claims: new SharedArrayBuffer(bitmapBytes),
       stats: new SharedArrayBuffer(URGENT_STAT_SLOTS * 8),
@@ -63,6 +64,11 @@ export class UrgentChannel {
     Atomics.store(new Int32Array(this.pending), 0, new Int32Array(this.pending)[0]!);
     this.stats[UrgentStat.ACTIVE_PAGES] = pageCount;
     this.worker.postMessage({ type: 'activate' });
+  }
+
+  /** The pages the destination lacks, as activate() published them (for the native answer thread). */
+  get pendingWords(): Uint32Array {
+    return new Uint32Array(this.pending);
   }
 
   get error(): Error | null {

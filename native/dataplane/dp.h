@@ -1,0 +1,131 @@
+// Ferry's page data plane: shared declarations of the native threads that carry postcopy's fault
+// path (dp_fault.c on the destination, dp_answer.c on the source), their encrypted framing
+// (dp_wire.c) and the N-API glue that starts and stops them (dp_addon.c).
+// Nothing here calls into JavaScript while a thread runs: counters and fault latencies go to
+// SharedArrayBuffers the TypeScript side reads, and a thread's end (with its error, if any) is
+// reported once, through a thread-safe function.
+#ifndef FERRY_DP_H
+#define FERRY_DP_H
+#include <openssl/evp.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define DP_PAGE 4096u
+#define DP_HDR 8u            /* u32 body length (BE), u8 type, 3 zero bytes */
+#define DP_TAG 16u           /* AES-256-GCM tag after the body */
+#define DP_HELLO 40u         /* cleartext: "FERRYDP1" + 32 random bytes */
+#define DP_MAX_RUN 16u       /* pages per PAGES frame */
+#define DP_MAX_BODY (8u + DP_MAX_RUN * DP_PAGE)
+#define DP_MAX_FRAME (DP_HDR + DP_MAX_BODY + DP_TAG)
+#define DP_MAX_REQUEST 512u  /* pages per REQUEST */
+#define DP_SECRET 32u        /* bytes of the TLS exporter secret the keys come from */
+#define DP_ERR 256
+
+enum dp_type { DP_FINISHED = 1, DP_REQUEST = 2, DP_PAGES = 3 };
+enum dp_role { DP_CONNECTOR = 0, DP_ACCEPTOR = 1 };
+
+/* One direction of a connection: its AEAD key (in ctx), its IV, and its frame counter. */
+typedef struct {
+  EVP_CIPHER_CTX *ctx;
+  uint8_t iv[12];
+  uint64_t seq;
+} dp_dir;
+
+/* A non-blocking stream socket with its keys and buffers. */
+typedef struct {
+  int fd;
+  dp_dir tx, rx;
+  uint8_t *rbuf; /* received, not yet processed (at most one frame plus what followed it) */
+  size_t roff, rlen, rcap, consume;
+  uint8_t *tbuf; /* sealed frames not yet written */
+  size_t toff, tlen, tcap;
+  uint8_t *plain; /* the body of the frame just opened */
+  double bytes_in, bytes_out;
+  int eof;
+  char err[DP_ERR];
+} dp_conn;
+
+/* The frame dp_conn_next() opened. */
+typedef struct {
+  uint8_t type;
+  const uint8_t *body;
+  uint32_t len;
+} dp_frame;
+
+int dp_conn_init(dp_conn *c, int fd, size_t tcap);
+void dp_conn_free(dp_conn *c);
+/* Hello exchange and key schedule, then the FINISHED frames; 0 on success, -1 with c->err set.
+ * Returns early with -1 and "stopped" when *stop becomes non-zero (checked at each wake of wakefd). */
+int dp_handshake(dp_conn *c, const uint8_t secret[DP_SECRET], int role, const char *channel, int timeout_ms, int wakefd,
+                 volatile int *stop);
+/* Seals one frame of `type` whose body is the concatenation of a (alen) and b (blen) into tbuf. */
+int dp_conn_queue(dp_conn *c, uint8_t type, const uint8_t *a, uint32_t alen, const uint8_t *b, uint32_t blen);
+/* Writes what it can of tbuf: 0, or -1 with err set (the peer is gone). */
+int dp_conn_flush(dp_conn *c);
+/* Reads what the socket has, up to the space left: 0, or -1 with err set. Sets eof at the end of the stream. */
+int dp_conn_fill(dp_conn *c);
+/* 1 with *f set when a whole frame was opened; 0 when more bytes are needed; -1 with err set when the
+ * frame is refused (too long, failed authentication, unknown type). Consumes the frame returned by the
+ * previous call first. */
+int dp_conn_next(dp_conn *c, dp_frame *f);
+size_t dp_conn_pending_tx(const dp_conn *c);
+void dp_conn_eof_error(dp_conn *c);
+
+uint32_t dp_be32(const uint8_t *p);
+void dp_put_be32(uint8_t *p, uint32_t v);
+double dp_now_us(void);       /* CLOCK_MONOTONIC */
+int64_t dp_epoch_us(void);    /* CLOCK_REALTIME: what the TypeScript side's request times use */
+void dp_prefer_latency(int realtime);
+void dp_set_err(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- destination: the fault thread ---- */
+enum { /* Float64 slots of the destination's stats */
+  DS_FAULTS, DS_ZERO_FILLS, DS_REQUESTS, DS_DEDUPED, DS_WAKES, DS_PAGES_PLACED, DS_EEXIST, DS_LATENCY_COUNT,
+  DS_BYTES_SENT, DS_BYTES_RECEIVED, DS_PAGES_RECEIVED, DS_STATE, DS_SLOTS = 16
+};
+/* Float64 slots of the source's stats */
+enum { SS_REQUESTS, SS_PAGES_SENT, SS_CURSOR, SS_TWICE, SS_BYTES_SENT, SS_BYTES_RECEIVED, SS_STATE = 11, SS_SLOTS = 16 };
+enum { DP_STATE_HANDSHAKE = 0, DP_STATE_RUNNING = 1, DP_STATE_STOPPED = 2, DP_STATE_FAILED = 3 };
+enum { PS_KNOWN_ZERO = 0, PS_PENDING = 1, PS_RECEIVED = 2 }; /* src/memory/page-state.ts */
+
+typedef struct {
+  int uffd, sock, wakefd, role, timeout_ms, realtime;
+  uint64_t base;          /* address of guest page 0 */
+  uint32_t page_count;    /* pages the source may send (the memory at the commit) */
+  uint32_t table_pages;   /* pages in the state table (the reservation) */
+  uint32_t fault_around;
+  uint8_t *states;        /* PageStateTable bytes */
+  int32_t *state_counts;  /* [known-zero, pending, received] */
+  int64_t *times;         /* per page: epoch µs of the fault that asked for it, 0 = none */
+  int32_t *waiting;       /* pages with a request outstanding */
+  double *stats;          /* DS_SLOTS */
+  double *latencies;      /* ring of fault latencies (µs), latency_ring long */
+  uint32_t latency_ring;
+  uint32_t *digest;       /* --verify: two u32 per page (src/migration/verify/digest.ts), or NULL */
+  uint32_t digest_pages;
+  uint8_t secret[DP_SECRET];
+  volatile int *stop;
+  char err[DP_ERR];
+} dp_fault_args;
+
+typedef struct {
+  int sock, wakefd, role, timeout_ms, realtime;
+  const uint8_t *memory;  /* guest page 0 (the source's memory: no holes) */
+  uint32_t page_count;
+  uint32_t *pending;      /* PageBitmap words: pages the destination lacks */
+  uint32_t *claims;       /* PageClaims words shared with the bulk stream */
+  double *stats;          /* SS_SLOTS */
+  uint8_t secret[DP_SECRET];
+  volatile int *stop;
+  char err[DP_ERR];
+} dp_answer_args;
+
+/* The verify digest's 64-bit hash of one page as [lo, hi] (the same function as
+ * src/migration/verify/digest.ts hashWords; a checksum, not cryptographic). */
+void dp_page_hash(const uint8_t *page, uint32_t out[2]);
+
+/* Thread bodies: return 0 when stopped, -1 with args->err set on failure. */
+int dp_fault_run(dp_fault_args *a);
+int dp_answer_run(dp_answer_args *a);
+
+#endif

@@ -1,0 +1,364 @@
+// N-API glue of the page data plane: starts a native thread (the destination's fault thread or the
+// source's answer thread) on memory the caller shares, and stops it. JavaScript is called once per
+// thread, when it ends (onExit(error | null)); everything else is read from SharedArrayBuffers.
+// Lifetimes: the thread holds raw pointers into the caller's buffers, so each is kept alive by a
+// reference until the thread is joined; a worker that ends (or is terminated) with a thread still
+// running stops and joins it in an environment cleanup hook before its buffers can go away.
+#define _GNU_SOURCE
+#include <errno.h>
+#include <node_api.h>
+#include <openssl/crypto.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "dp.h"
+
+#define MAX_REFS 10
+enum { KIND_FAULT, KIND_ANSWER };
+
+typedef struct plane {
+  int kind;
+  dp_fault_args f;
+  dp_answer_args s;
+  volatile int stop;
+  int wakefd, sock;
+  pthread_t th;
+  int running;  /* created, not joined */
+  int released; /* joined and every resource given back */
+  int hooked;
+  int rc;
+  char err[DP_ERR];
+  napi_env env;
+  napi_threadsafe_function tsfn;
+  napi_ref refs[MAX_REFS];
+  int nrefs;
+} plane;
+
+/* ------------------------------------------------------------------ errors and arguments */
+
+static napi_value fail(napi_env env, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static napi_value fail(napi_env env, const char *fmt, ...) {
+  char msg[384];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  napi_throw_type_error(env, "EINVAL", msg);
+  return NULL;
+}
+
+static int prop(napi_env env, napi_value obj, const char *name, napi_value *out) {
+  bool has = false;
+  if (napi_has_named_property(env, obj, name, &has) != napi_ok || !has) {
+    fail(env, "dataplane: option %s is required", name);
+    return 0;
+  }
+  return napi_get_named_property(env, obj, name, out) == napi_ok;
+}
+
+static int get_num(napi_env env, napi_value obj, const char *name, double lo, double hi, double *out) {
+  napi_value v;
+  napi_valuetype t;
+  if (!prop(env, obj, name, &v)) return 0;
+  napi_typeof(env, v, &t);
+  if (t == napi_boolean) {
+    bool b;
+    napi_get_value_bool(env, v, &b);
+    *out = b;
+  } else if (t != napi_number || napi_get_value_double(env, v, out) != napi_ok) {
+    fail(env, "dataplane: %s must be a number", name);
+    return 0;
+  }
+  if (!(*out >= lo && *out <= hi) || *out != (double)(int64_t)*out) {
+    fail(env, "dataplane: %s must be an integer in [%.0f, %.0f], got %g", name, lo, hi, *out);
+    return 0;
+  }
+  return 1;
+}
+
+/* A typed array of `type` with at least `min` elements, kept alive by a reference in p. */
+static void *get_array(napi_env env, plane *p, napi_value obj, const char *name, napi_typedarray_type type, size_t elem,
+                       size_t min, size_t *len_out) {
+  napi_value v;
+  bool is = false;
+  if (!prop(env, obj, name, &v)) return NULL;
+  napi_is_typedarray(env, v, &is);
+  napi_typedarray_type t;
+  size_t len = 0, off = 0;
+  void *data = NULL;
+  napi_value ab;
+  if (!is || napi_get_typedarray_info(env, v, &t, &len, &data, &ab, &off) != napi_ok || t != type) {
+    fail(env, "dataplane: %s must be a typed array of the documented type", name);
+    return NULL;
+  }
+  if (len < min || !data) {
+    fail(env, "dataplane: %s has %zu elements, at least %zu needed", name, len, min);
+    return NULL;
+  }
+  if (((uintptr_t)data) % elem != 0) {
+    fail(env, "dataplane: %s is not aligned", name);
+    return NULL;
+  }
+  if (p->nrefs >= MAX_REFS || napi_create_reference(env, v, 1, &p->refs[p->nrefs]) != napi_ok) {
+    fail(env, "dataplane: cannot hold %s", name);
+    return NULL;
+  }
+  p->nrefs++;
+  if (len_out) *len_out = len;
+  return data;
+}
+
+/* ------------------------------------------------------------------ thread lifecycle */
+
+static void call_js(napi_env env, napi_value cb, void *context, void *data) {
+  (void)context;
+  if (env && cb) {
+    napi_value undef, arg;
+    napi_get_undefined(env, &undef);
+    if (data) napi_create_string_utf8(env, (const char *)data, NAPI_AUTO_LENGTH, &arg);
+    else napi_get_null(env, &arg);
+    napi_call_function(env, undef, cb, 1, &arg, NULL); /* a throw there is the callback's own affair */
+  }
+  free(data);
+}
+
+static void *thread_main(void *arg) {
+  plane *p = arg;
+  if (p->kind == KIND_FAULT) {
+    p->rc = dp_fault_run(&p->f);
+    memcpy(p->err, p->f.err, DP_ERR);
+  } else {
+    p->rc = dp_answer_run(&p->s);
+    memcpy(p->err, p->s.err, DP_ERR);
+  }
+  /* One call into JavaScript per thread, queued: if the environment is going away it is dropped. */
+  char *msg = p->rc == 0 ? NULL : strdup(p->err[0] ? p->err : "failed");
+  if (napi_call_threadsafe_function(p->tsfn, msg, napi_tsfn_nonblocking) != napi_ok) free(msg);
+  return NULL;
+}
+
+/* Stops and joins the thread, then gives back the socket, the eventfd, the callback and the buffers. */
+static void release(plane *p, int teardown) {
+  if (p->released) return;
+  p->released = 1;
+  if (p->running) {
+    p->stop = 1;
+    uint64_t one = 1;
+    (void)!write(p->wakefd, &one, sizeof one);
+    pthread_join(p->th, NULL);
+    p->running = 0;
+  }
+  if (p->wakefd >= 0) close(p->wakefd);
+  if (p->sock >= 0) close(p->sock);
+  p->wakefd = p->sock = -1;
+  if (p->tsfn) napi_release_threadsafe_function(p->tsfn, teardown ? napi_tsfn_abort : napi_tsfn_release);
+  p->tsfn = NULL;
+  for (int i = 0; i < p->nrefs; i++) napi_delete_reference(p->env, p->refs[i]);
+  p->nrefs = 0;
+  OPENSSL_cleanse(p->f.secret, DP_SECRET);
+  OPENSSL_cleanse(p->s.secret, DP_SECRET);
+}
+
+static void cleanup_hook(void *arg) {
+  plane *p = arg;
+  p->hooked = 0; /* runs once; the finalizer must not remove it again */
+  release(p, 1);
+}
+
+static void finalize(napi_env env, void *data, void *hint) {
+  (void)hint;
+  plane *p = data;
+  release(p, 1);
+  if (p->hooked) napi_remove_env_cleanup_hook(env, cleanup_hook, p);
+  free(p);
+}
+
+static napi_value start(napi_env env, plane *p, napi_value on_exit) {
+  napi_valuetype t;
+  napi_typeof(env, on_exit, &t);
+  if (t != napi_function) {
+    release(p, 0);
+    free(p);
+    return fail(env, "dataplane: onExit must be a function");
+  }
+  napi_value name;
+  napi_create_string_utf8(env, "ferry dataplane exit", NAPI_AUTO_LENGTH, &name);
+  p->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (p->wakefd < 0 || napi_create_threadsafe_function(env, on_exit, NULL, name, 0, 1, NULL, NULL, NULL, call_js, &p->tsfn) != napi_ok) {
+    p->sock = -1; /* not taken: the caller still owns it */
+    release(p, 0);
+    free(p);
+    return fail(env, "dataplane: cannot make the thread's eventfd or callback");
+  }
+  p->f.wakefd = p->s.wakefd = p->wakefd; /* before the thread starts */
+  napi_unref_threadsafe_function(env, p->tsfn); /* a running plane does not keep the process alive */
+  napi_value handle;
+  if (napi_create_external(env, p, finalize, NULL, &handle) != napi_ok) {
+    p->sock = -1;
+    release(p, 0);
+    free(p);
+    return NULL;
+  }
+  /* From here the handle owns p (its finalizer frees it). */
+  if (napi_add_env_cleanup_hook(env, cleanup_hook, p) == napi_ok) p->hooked = 1;
+  if (pthread_create(&p->th, NULL, thread_main, p) != 0) {
+    p->sock = -1;
+    release(p, 0);
+    return fail(env, "dataplane: pthread_create: %s", strerror(errno));
+  }
+  p->running = 1;
+  return handle;
+}
+
+static plane *new_plane(napi_env env, int kind) {
+  plane *p = calloc(1, sizeof *p);
+  if (!p) return NULL;
+  p->kind = kind;
+  p->env = env;
+  p->wakefd = p->sock = -1;
+  p->f.stop = p->s.stop = &p->stop;
+  return p;
+}
+
+static int get_secret(napi_env env, plane *p, napi_value o, uint8_t out[DP_SECRET]) {
+  size_t len;
+  uint8_t *s = get_array(env, p, o, "secret", napi_uint8_array, 1, DP_SECRET, &len);
+  if (!s) return 0;
+  if (len != DP_SECRET) {
+    fail(env, "dataplane: secret must be %u bytes", DP_SECRET);
+    return 0;
+  }
+  memcpy(out, s, DP_SECRET);
+  return 1;
+}
+
+static int get_common(napi_env env, plane *p, napi_value o, int *sock, int *role, int *timeout_ms, int *realtime) {
+  double v;
+  if (!get_num(env, o, "sock", 0, 1 << 30, &v)) return 0;
+  *sock = (int)v;
+  if (!get_num(env, o, "role", 0, 1, &v)) return 0;
+  *role = (int)v;
+  if (!get_num(env, o, "timeoutMs", 1, 3600000, &v)) return 0;
+  *timeout_ms = (int)v;
+  if (!get_num(env, o, "realtime", 0, 1, &v)) return 0;
+  *realtime = (int)v;
+  return 1;
+}
+
+/* startFault(options, onExit) -> handle. Takes options.sock (closed when the plane is released). */
+static napi_value f_start_fault(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 2) return fail(env, "startFault(options, onExit)");
+  plane *p = new_plane(env, KIND_FAULT);
+  if (!p) return fail(env, "out of memory");
+  dp_fault_args *a = &p->f;
+  napi_value o = argv[0];
+  double v, base, pages, around;
+  size_t table = 0, n = 0;
+  if (!get_common(env, p, o, &a->sock, &a->role, &a->timeout_ms, &a->realtime) || !get_num(env, o, "uffd", 0, 1 << 30, &v)) goto bad;
+  a->uffd = (int)v;
+  if (!get_num(env, o, "base", 0, 9007199254740991.0, &base) || !get_num(env, o, "pageCount", 0, 1u << 31, &pages) ||
+      !get_num(env, o, "faultAround", 1, DP_MAX_REQUEST, &around))
+    goto bad;
+  if ((uint64_t)base % DP_PAGE) {
+    fail(env, "dataplane: base must be page-aligned");
+    goto bad;
+  }
+  a->base = (uint64_t)base;
+  a->page_count = (uint32_t)pages;
+  a->fault_around = (uint32_t)around;
+  if (!(a->states = get_array(env, p, o, "states", napi_uint8_array, 1, a->page_count ? a->page_count : 1, &table))) goto bad;
+  a->table_pages = (uint32_t)table;
+  if (!(a->state_counts = get_array(env, p, o, "stateCounts", napi_int32_array, 4, 3, NULL)) ||
+      !(a->times = get_array(env, p, o, "times", napi_bigint64_array, 8, table, NULL)) ||
+      !(a->waiting = get_array(env, p, o, "waiting", napi_int32_array, 4, 1, NULL)) ||
+      !(a->stats = get_array(env, p, o, "stats", napi_float64_array, 8, DS_SLOTS, NULL)) ||
+      !(a->latencies = get_array(env, p, o, "latencies", napi_float64_array, 8, 1, &n)) || !get_secret(env, p, o, a->secret))
+    goto bad;
+  a->latency_ring = (uint32_t)n;
+  {
+    /* Optional: the verify digest's per-page hashes. */
+    napi_value dv;
+    napi_valuetype dt = napi_undefined;
+    bool has = false;
+    if (napi_has_named_property(env, o, "digest", &has) == napi_ok && has && napi_get_named_property(env, o, "digest", &dv) == napi_ok)
+      napi_typeof(env, dv, &dt);
+    if (dt != napi_undefined && dt != napi_null) {
+      size_t words = 0;
+      if (!(a->digest = get_array(env, p, o, "digest", napi_uint32_array, 4, 2, &words))) goto bad;
+      a->digest_pages = (uint32_t)(words / 2);
+    }
+  }
+  p->sock = a->sock;
+  return start(env, p, argv[1]);
+bad:
+  release(p, 0);
+  free(p);
+  return NULL;
+}
+
+/* startAnswer(options, onExit) -> handle. Takes options.sock (closed when the plane is released). */
+static napi_value f_start_answer(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 2) return fail(env, "startAnswer(options, onExit)");
+  plane *p = new_plane(env, KIND_ANSWER);
+  if (!p) return fail(env, "out of memory");
+  dp_answer_args *a = &p->s;
+  napi_value o = argv[0];
+  double pages;
+  size_t mem = 0, words = 0;
+  if (!get_common(env, p, o, &a->sock, &a->role, &a->timeout_ms, &a->realtime) || !get_num(env, o, "pageCount", 0, 1u << 31, &pages)) goto bad;
+  a->page_count = (uint32_t)pages;
+  if (!(a->memory = get_array(env, p, o, "memory", napi_uint8_array, 1, (size_t)a->page_count * DP_PAGE, &mem))) goto bad;
+  words = (a->page_count + 31) / 32;
+  if (!(a->pending = get_array(env, p, o, "pending", napi_uint32_array, 4, words ? words : 1, NULL)) ||
+      !(a->claims = get_array(env, p, o, "claims", napi_uint32_array, 4, words ? words : 1, NULL)) ||
+      !(a->stats = get_array(env, p, o, "stats", napi_float64_array, 8, SS_SLOTS, NULL)) || !get_secret(env, p, o, a->secret))
+    goto bad;
+  p->sock = a->sock;
+  return start(env, p, argv[1]);
+bad:
+  release(p, 0);
+  free(p);
+  return NULL;
+}
+
+/* stop(handle) -> error text of the thread's end, or null when it stopped cleanly. Joins the thread. */
+static napi_value f_stop(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], out = NULL;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  plane *p = NULL;
+  napi_valuetype t = napi_undefined;
+  if (argc >= 1) napi_typeof(env, argv[0], &t);
+  if (t != napi_external || napi_get_value_external(env, argv[0], (void **)&p) != napi_ok || !p) return fail(env, "stop(handle)");
+  release(p, 0);
+  if (p->hooked) {
+    napi_remove_env_cleanup_hook(env, cleanup_hook, p);
+    p->hooked = 0;
+  }
+  if (p->rc == 0) napi_get_null(env, &out);
+  else napi_create_string_utf8(env, p->err[0] ? p->err : "failed", NAPI_AUTO_LENGTH, &out);
+  return out;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor d[] = {
+      {"startFault", NULL, f_start_fault, NULL, NULL, NULL, napi_default, NULL},
+      {"startAnswer", NULL, f_start_answer, NULL, NULL, NULL, napi_default, NULL},
+      {"stop", NULL, f_stop, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_define_properties(env, exports, sizeof d / sizeof d[0], d);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

@@ -1,0 +1,67 @@
+// Source side of the native fault path: one native thread (native/dataplane/dp_answer.c) reads the
+// destination's page requests and answers each straight from the guest's memory, ahead of the bulk
+// stream. This class starts and stops it and reads its counters.
+import { dataplaneAddon, AnswerThreadStat, DataplaneRole, DATAPLANE_STAT_SLOTS, type DataplaneHandle, type DataplaneRoleValue } from '../../sys/dataplane.js';
+
+export interface AnswerPlaneOptions {
+  /** Connected socket to the destination's fault thread; taken (closed by stop()). */
+  sock: number;
+  role?: DataplaneRoleValue;
+  /** The guest's memory from page 0 (after the commit: paused, no holes). */
+  memory: Uint8Array;
+  pageCount: number;
+  /** Pages the destination lacks (PageBitmap words over a SharedArrayBuffer). */
+  pending: Uint32Array;
+  /** Claims shared with the bulk stream (PageClaims words). */
+  claims: Uint32Array;
+  secret: Uint8Array;
+  timeoutMs?: number;
+  realtime?: boolean;
+}
+
+export interface AnswerPlaneStats {
+  requests: number;
+  pagesSent: number;
+  /** Page just after the last one requested: the bulk stream follows the faults from there. */
+  cursor: number;
+  /** Pages answered that the bulk stream had claimed already (they cross twice). */
+  twice: number;
+  bytesSent: number;
+  bytesReceived: number;
+}
+
+export class AnswerPlane {
+  readonly ended: Promise<string | null>;
+  private readonly stats = new Float64Array(new SharedArrayBuffer(DATAPLANE_STAT_SLOTS * 8));
+  private handle: DataplaneHandle | null;
+  private result: string | null = null;
+
+  constructor(o: AnswerPlaneOptions) {
+    let ended!: (e: string | null) => void;
+    this.ended = new Promise((resolve) => (ended = resolve));
+    this.handle = dataplaneAddon().startAnswer(
+      {
+        sock: o.sock, role: o.role ?? DataplaneRole.CONNECTOR, timeoutMs: o.timeoutMs ?? 10_000,
+        realtime: (o.realtime ?? true) && process.env['FERRY_REALTIME'] !== '0',
+        memory: o.memory, pageCount: o.pageCount, pending: o.pending, claims: o.claims, stats: this.stats, secret: o.secret,
+      },
+      (error) => ended(error),
+    );
+  }
+
+  read(): AnswerPlaneStats {
+    const s = this.stats;
+    return {
+      requests: s[AnswerThreadStat.REQUESTS]!, pagesSent: s[AnswerThreadStat.PAGES_SENT]!, cursor: s[AnswerThreadStat.CURSOR]!,
+      twice: s[AnswerThreadStat.TWICE]!, bytesSent: s[AnswerThreadStat.BYTES_SENT]!, bytesReceived: s[AnswerThreadStat.BYTES_RECEIVED]!,
+    };
+  }
+
+  stop(): string | null {
+    if (this.handle) {
+      this.result = dataplaneAddon().stop(this.handle);
+      this.handle = null;
+    }
+    return this.result;
+  }
+}

@@ -1,0 +1,194 @@
+// A source from its COMMIT on: the guest runs (or is about to) on the destination, and this side
+// never resumes it. Waits for RUNNING (the end of the downtime, and the destination's choice of
+// bulk buffer size), serves postcopy until the destination holds every page, and takes the closing
+// figures (FAULT_STATS, DIGEST, DONE). In postcopy a lost connection is not the end: this side
+// keeps the pages and reconnects — with backoff, or at once on `ferry migrate --resume` — until
+// the destination has them all or the recovery timeout passes.
+import type { PageBitmap } from '../../memory/page-bitmap.js';
+import type { Security } from '../transport/index.js';
+import { isChannelFailure } from '../session/failures.js';
+import { MIN_POSTCOPY_BUFFER, clampPostcopyBuffer } from '../session/bulk-buffers.js';
+import type { PhaseLog } from '../session/phases.js';
+import { MigrationError } from '../session/report.js';
+import { PostcopySource } from './postcopy-source.js';
+import type { SourceLink } from './link.js';
+import type { PageReader } from './page-provider.js';
+
+export interface AfterCommitOptions {
+  link: SourceLink;
+  phases: PhaseLog;
+  recoverTimeoutS: number;
+  /** Something worth a progress report changed. */
+  report: () => void;
+}
+
+export class AfterCommit {
+  postcopy: PostcopySource | null = null;
+  /** From the pause to RUNNING (to the reconnection, when the connection was lost before RUNNING). */
+  downtimeMs: number | null = null;
+  outages = 0;
+  errorText: string | null = null;
+  private lost: Error | null = null;
+  private tPause = 0;
+  private pausedSince: number | null = null;
+  private pausedTotal = 0;
+  private abandoned = false;
+  private wake: (() => void) | null = null;
+  /** The guest memory the native answer thread reads (null: a source without it, or no native path). */
+  private nativeMemory: Uint8Array | null = null;
+
+  constructor(private readonly opts: AfterCommitOptions) {}
+
+  /** Milliseconds spent without a connection after the commit, the current outage included. */
+  get pausedMs(): number {
+    return Math.round(this.pausedTotal + (this.pausedSince === null ? 0 : performance.now() - this.pausedSince));
+  }
+
+  /**
+   * Waits for RUNNING: the guest runs on the destination, and the downtime since `tPause` ends.
+   * Returns the bulk buffer size the destination chose. In postcopy a connection lost meanwhile is
+   * recovered in finish() (the downtime is known then); otherwise it fails the migration.
+   */
+  async awaitRunning(tPause: number, postcopy: boolean): Promise<{ bufferBytes: number }> {
+    this.tPause = tPause;
+    try {
+      const running = await this.opts.link.bulk!.expect('RUNNING', 60_000);
+      this.downtimeMs = performance.now() - tPause;
+      return { bufferBytes: clampPostcopyBuffer(running.bulkBufferBytes) };
+    } catch (err) {
+      if (!postcopy || !isChannelFailure(err)) throw err;
+      this.lost = err as Error; // the destination may well run the guest: recover, never resume here
+      return { bufferBytes: MIN_POSTCOPY_BUFFER };
+    }
+  }
+
+  /**
+   * Postcopy: the destination lacks `pending`, to be read from `pages`. `memory` (a live source's
+   * paused guest memory) lets the native answer thread serve faults when both sides run it.
+   */
+  startPostcopy(pages: PageReader, pending: PageBitmap, pageCount: number, bufferBytes: number, memory: Uint8Array | null = null): void {
+    const { link } = this.opts;
+    this.nativeMemory = memory;
+    const native = memory ? link.takeAnswerLink(memory) : null;
+    this.postcopy = new PostcopySource(pages, pending, pageCount, link.bulk!, link.urgent!, bufferBytes, native);
+    if (native) this.opts.phases.note('postcopy (native answer thread started)');
+  }
+
+  /**
+   * Serves postcopy (if started) and takes the closing figures; resolves after DONE both ways.
+   * `verifyAgainst` is the digest the destination's DIGEST must equal (null: none asked for);
+   * `pushed` runs once every pending page is sent.
+   */
+  async finish(args: { pageCount: number; verifyAgainst: Promise<string> | null; pushed?: () => void }): Promise<{ verified: boolean | null }> {
+    const { phases } = this.opts;
+    let verified: boolean | null = null;
+    for (;;) {
+      try {
+        if (this.lost) {
+          await this.reconnect(this.lost);
+          this.lost = null;
+          this.downtimeMs ??= performance.now() - this.tPause;
+        }
+        const bulk = () => this.opts.link.bulk!;
+        if (this.postcopy) {
+          phases.enter('postcopy');
+          await this.postcopy.run();
+          args.pushed?.(); // while the destination makes its closing reports
+          phases.enter('verifying');
+          const st = await bulk().expect('FAULT_STATS', 600_000);
+          this.postcopy.setRemoteReport({
+            pagesRequested: st.pagesRequested,
+            pagesPushed: st.pagesPushed,
+            faults: st.faults,
+            faultLatencyUs: st.latencyUs,
+            guestBlockedMs: Math.round(st.guestBlockedUs / 100) / 10,
+            durationMs: st.durationMs,
+          });
+        }
+        phases.enter('verifying');
+        if (args.verifyAgainst) {
+          const digestMsg = await bulk().expect('DIGEST', 600_000);
+          verified = digestMsg.pageCount === args.pageCount && (await args.verifyAgainst) === digestMsg.hex;
+        }
+        await bulk().expect('DONE', 60_000);
+        this.postcopy?.stopNative();
+        // Acknowledge: until it sees this, the destination keeps listening for a reconnection
+        // (its closing messages may not have reached this side).
+        await bulk().sendMessage({ type: 'DONE' });
+        return { verified };
+      } catch (err) {
+        if (!this.postcopy || !isChannelFailure(err)) throw err;
+        this.lost = err as Error;
+      }
+    }
+  }
+
+  /** Retry now (and, given one, at another address) instead of waiting for the next backoff. */
+  resumeNow(to?: { host: string; port: number; security?: Security }): boolean {
+    if (this.opts.phases.current !== 'postcopy-paused') return false;
+    const { link } = this.opts;
+    if (to) link.target = { host: to.host, port: to.port, security: to.security ?? link.target.security };
+    this.wake?.();
+    return true;
+  }
+
+  /** Gives up a migration stuck after its commit point. */
+  abandon(): void {
+    this.abandoned = true;
+    this.wake?.();
+    this.postcopy?.stopNative();
+    this.opts.link.destroy();
+  }
+
+  /**
+   * Reconnects both channels with the same session until the recovery timeout, then takes the
+   * destination's RECEIVED_SET: the pages it holds are done, every other pending page is sent
+   * (again, if the lost connection swallowed it).
+   */
+  private async reconnect(cause: Error): Promise<void> {
+    const { link, phases, recoverTimeoutS } = this.opts;
+    phases.enter('postcopy-paused');
+    this.outages++;
+    this.errorText = `connection lost: ${cause.message}`;
+    const since = performance.now();
+    this.pausedSince = since;
+    link.drop();
+    this.opts.report();
+    const deadline = since + recoverTimeoutS * 1000;
+    let delay = 100;
+    for (let attempt = 1; ; attempt++) {
+      if (this.abandoned) throw new MigrationError('after-commit', 'abandoned by the operator');
+      if (performance.now() > deadline) {
+        throw new MigrationError('after-commit', `could not reconnect to the destination within ${recoverTimeoutS} s (last error: ${this.errorText})`);
+      }
+      try {
+        const held = await link.reconnect();
+        const native = this.nativeMemory ? link.takeAnswerLink(this.nativeMemory) : null;
+        this.postcopy?.resume(link.bulk!, link.urgent!, held.bits, held.pageCount, native);
+        this.pausedTotal += performance.now() - since;
+        this.pausedSince = null;
+        this.errorText = null;
+        phases.enter('postcopy');
+        this.opts.report();
+        return;
+      } catch (err) {
+        if (err instanceof MigrationError) throw err;
+        this.errorText = `reconnect attempt ${attempt}: ${(err as Error).message}`;
+        link.drop();
+        await this.sleepUnlessWoken(delay);
+        delay = Math.min(delay * 2, 5000);
+      }
+    }
+  }
+
+  private sleepUnlessWoken(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const t = setTimeout(done, ms);
+      function done() {
+        clearTimeout(t);
+        resolve();
+      }
+      this.wake = done;
+    });
+  }
+}

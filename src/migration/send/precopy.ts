@@ -1,0 +1,95 @@
+// Precopy, source side: pass 0 over every present page (zero pages as markers, never-touched
+// ranges as ranges), then passes of the pages written since the previous one, until the
+// convergence decision (convergence.ts) says stop-and-copy, postcopy, or give up.
+import { HOST_PAGE_SIZE } from '../../memory/guest-memory.js';
+import type { DirtyTracker } from '../../memory/dirty-tracker.js';
+import type { PageBitmap } from '../../memory/page-bitmap.js';
+import type { FramedChannel } from '../transport/index.js';
+import { MigrationError, type MigrationMode } from '../session/report.js';
+import { decideAfterPass } from './convergence.js';
+import type { AnnouncedSize } from './memory-size.js';
+import type { PageProvider } from './page-provider.js';
+import type { PageSender } from './page-sender.js';
+
+export interface PrecopyContext {
+  bulk: FramedChannel;
+  sender: PageSender;
+  tracker: DirtyTracker;
+  pages: PageProvider;
+  size: AnnouncedSize;
+  opts: { mode: MigrationMode; downtimeTargetMs: number; precopyTimeoutS: number };
+  /** When the migration started (performance.now()). */
+  t0: number;
+  bytesSent: () => number;
+  /** Throws if the migration was cancelled. */
+  checkCancelled: () => void;
+  /** The figures below changed. */
+  report: () => void;
+}
+
+export class Precopy {
+  /** The pass being sent (0 first). */
+  pass = 0;
+  dirtyPages = 0;
+  rate = 0;
+  dirtyRate = 0;
+  expectedDowntimeMs: number | null = null;
+
+  constructor(private readonly c: PrecopyContext) {}
+
+  /** Runs the passes; resolves with the pages written since the last one and whether the rest fits the downtime target. */
+  async run(): Promise<{ dirty: PageBitmap; converged: boolean }> {
+    const { bulk, sender, tracker, size, opts } = this.c;
+    tracker.start();
+    let passStart = performance.now();
+    let bytesAtPassStart = this.c.bytesSent();
+    // Pass 0 covers the memory as scanned, which may have grown since SETUP (a guest that
+    // allocates as it starts: cmark reading its input): announce that size before its pages.
+    const residency = this.c.pages.residency();
+    await size.grow(residency.present.size * HOST_PAGE_SIZE);
+    await sender.sendLayout(residency.present, residency.zero, residency.present.size, { between: this.c.checkCancelled });
+    await sender.flush();
+    await bulk.sendMessage({ type: 'PASS_END', pass: 0, dirtyPages: sender.counters.pagesSent });
+
+    // Passes 1..n: pages written since the previous pass.
+    let minDirty = Infinity;
+    let stalled = 0;
+    for (;;) {
+      this.c.checkCancelled();
+      const passMs = Math.max(1, performance.now() - passStart);
+      this.rate = ((this.c.bytesSent() - bytesAtPassStart) / passMs) * 1000;
+      const dirty = tracker.collect();
+      this.dirtyPages = dirty.count();
+      this.dirtyRate = (this.dirtyPages / passMs) * 1000;
+      this.expectedDowntimeMs = ((this.dirtyPages * HOST_PAGE_SIZE) / Math.max(this.rate, 1)) * 1000;
+      this.c.report();
+      if (this.dirtyPages < minDirty) {
+        minDirty = this.dirtyPages;
+        stalled = 0;
+      } else stalled++;
+      const elapsedS = (performance.now() - this.c.t0) / 1000;
+      const decision = decideAfterPass({
+        mode: opts.mode, expectedDowntimeMs: this.expectedDowntimeMs, downtimeTargetMs: opts.downtimeTargetMs,
+        stalledPasses: stalled, elapsedS, precopyTimeoutS: opts.precopyTimeoutS,
+        nextTotalBytes: this.c.bytesSent() + this.dirtyPages * HOST_PAGE_SIZE, memoryBytes: this.c.pages.pageCount * HOST_PAGE_SIZE,
+      });
+      if (decision === 'stop-and-copy' || decision === 'postcopy') {
+        return { dirty, converged: this.expectedDowntimeMs <= opts.downtimeTargetMs };
+      }
+      if (decision === 'give-up') {
+        throw new MigrationError(
+          'not-converged',
+          `precopy did not converge: ${this.dirtyPages} pages dirty after ${this.pass + 1} passes (${elapsedS.toFixed(1)} s); the guest keeps running here`,
+          { converged: false, precopyPasses: this.pass + 1, bytesSent: this.c.bytesSent(), mode: 'precopy' },
+        );
+      }
+      this.pass++;
+      passStart = performance.now();
+      bytesAtPassStart = this.c.bytesSent();
+      await size.grow();
+      const sent = await sender.sendSet(dirty, this.c.pages.pageCount);
+      await sender.flush();
+      await bulk.sendMessage({ type: 'PASS_END', pass: this.pass, dirtyPages: sent });
+    }
+  }
+}

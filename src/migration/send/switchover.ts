@@ -1,0 +1,155 @@
+// The live source's switchover: from the end of precopy to the commit. The stream is drained
+// (PING barrier) with this side's garbage collected meanwhile; in postcopy the pages written
+// since their last copy are DISCARDed in rounds while the guest still runs; then the downtime:
+// pause at a safepoint, capture, and in one go the state, (postcopy) the runtime's pages and the
+// last DISCARD, or (precopy) the last written pages, then COMMIT.
+import type { Guest } from '../../guest/guest.js';
+import { HOST_PAGE_SIZE } from '../../memory/guest-memory.js';
+import type { DirtyTracker } from '../../memory/dirty-tracker.js';
+import type { PageBitmap } from '../../memory/page-bitmap.js';
+import { encodeGuestState } from '../../state/guest-state.js';
+import { withoutRuns } from '../../state/exec-state.js';
+import type { DowntimePriority } from '../../sys/sched.js';
+import { sendBlob, sendDiscard, sendDiscardRuns } from '../session/bulk-messages.js';
+import { collectGarbageNow } from '../session/heap.js';
+import { SwitchoverTrace, type PhaseLog } from '../session/phases.js';
+import { MigrationError } from '../session/report.js';
+import type { SourceLink } from './link.js';
+import type { LiveMemoryProvider } from './live-memory.js';
+import type { AnnouncedSize } from './memory-size.js';
+import type { PageSender } from './page-sender.js';
+
+/** Postcopy DISCARD rounds before the pause, at most; the rounds stop once one is this small. */
+const DISCARD_ROUNDS = 4;
+const SMALL_DISCARD_PAGES = 1024;
+
+export interface SwitchoverContext {
+  guest: Guest;
+  link: SourceLink;
+  sender: PageSender;
+  tracker: DirtyTracker;
+  pages: LiveMemoryProvider;
+  size: AnnouncedSize;
+  phases: PhaseLog;
+  downtimePriority: DowntimePriority;
+  maxBandwidth: number | undefined;
+  /** The guest was paused by this migration (a failure before the commit resumes it). */
+  notePaused: () => void;
+  /** COMMIT has left: from now on this side never resumes the guest. */
+  committed: () => void;
+}
+
+export interface Switched {
+  /** When the guest was paused (performance.now()): the downtime starts there. */
+  tPause: number;
+  trace: SwitchoverTrace;
+  memoryBytes: number;
+  pageCount: number;
+  /** The pages sent with the state (postcopy) — the runtime reads them first. */
+  runtimeRuns: Array<[number, number]>;
+  /** The pages written since the last collection, found inside the downtime. */
+  last: Array<[number, number]>;
+}
+
+/** `dirty`: the pages written since their last copy (postcopy adds every later round to it). */
+export async function switchOver(c: SwitchoverContext, postcopy: boolean, dirty: PageBitmap): Promise<Switched> {
+  const { guest, link, sender, tracker, size } = c;
+  const bulk = link.bulk!;
+  c.phases.enter('switchover');
+  await link.urgentReady();
+  // Wait until the destination has placed everything sent so far: what it still has to read
+  // when the guest pauses would otherwise queue in front of the state and the commit, inside
+  // the downtime.
+  await sender.flush();
+  // While the destination drains, collect this side's garbage: a mark-compact that V8 would
+  // otherwise owe the stream's buffers must not fall inside the downtime (see session/heap.ts).
+  const drained = link.drainBarrier();
+  collectGarbageNow();
+  await drained;
+  c.phases.note('switchover (stream drained)');
+  // Postcopy: tell the destination now, while the guest still runs, which pages it holds are
+  // stale, so it drops them ahead of the pause. The guest keeps writing meanwhile, so repeat
+  // with what it wrote during each round until a round is small: the last set is dropped
+  // inside the downtime, and each round's set is what the guest writes in one round trip plus
+  // the destination's time to drop the previous set.
+  if (postcopy) {
+    let round = dirty;
+    for (let i = 1; ; i++) {
+      await size.grow();
+      await sendDiscard(bulk, round, size.bytes / HOST_PAGE_SIZE);
+      await link.drainBarrier();
+      if (i === DISCARD_ROUNDS || round.count() <= SMALL_DISCARD_PAGES) break;
+      round = tracker.collect();
+      dirty.union(round);
+    }
+  }
+
+  c.phases.note('switchover (pause)');
+  // ---- downtime starts ----
+  // The bandwidth cap is for the background stream: the few frames of the switchover go out
+  // at once (paced, a 1 MB state at 8 MB/s alone would add 125 ms of downtime).
+  bulk.setMaxBandwidth(undefined);
+  // Through the downtime this thread runs ahead of every normal thread on the host (the other
+  // side's included, when it is the same host): each of its steps is the guest's time stopped.
+  c.downtimePriority.raise();
+  const tPause = performance.now();
+  const trace = new SwitchoverTrace('source');
+  guest.pauseNow();
+  c.notePaused();
+  trace.mark('paused');
+  const state = guest.capture();
+  trace.mark('captured');
+  const late = guest.movabilityProblems();
+  if (late.length > 0) throw new MigrationError('not-movable', `the guest cannot move: ${late.join('; ')}`);
+  await size.grow();
+  const memoryBytes = c.pages.mem.sizeBytes;
+  const pageCount = c.pages.pageCount;
+  const runtimeRuns = c.pages.runtimeRuns(state.exec);
+  // The state goes first: the destination hands it to its waiting guest thread, which sets up
+  // descriptors and globals while this side looks for the last written pages (a synchronous
+  // walk of the page tables, 0.45-0.55 ms per GiB here) and sends the rest. Nothing here waits
+  // for a turn of the event loop between frames: each would cost one inside the downtime.
+  const queued: Promise<void>[] = [];
+  const queue = (p: Promise<void>) => {
+    p.catch(() => undefined); // observed by the Promise.all below, not an unhandled rejection meanwhile
+    queued.push(p);
+  };
+  const stateBytes = encodeGuestState(state);
+  trace.mark(`state encoded (${stateBytes.length} bytes)`);
+  // The guest is paused: nothing needs protecting any more, so the last look only reads.
+  let last: Array<[number, number]>;
+  if (postcopy) {
+    // The pages the runtime reads to resume (the unwound stack, the safepoint flags, which the
+    // owner also writes) go with the state, with their final bytes: no hole is in the way of
+    // either, they are off the critical path, and the DISCARD below leaves them out. Every
+    // other page written since the last DISCARD becomes a hole too (pages in both are
+    // harmless: discarding a pending page again changes nothing). One write, so that the state
+    // leaves before the walk: a TLS socket holds a second write until a turn of the event loop.
+    bulk.batch(() => {
+      queue(sendBlob(bulk, 'STATE', stateBytes));
+      for (const [first, end] of runtimeRuns) queue(sender.sendDataAtOnce(first, end));
+    });
+    trace.mark('state and runtime pages sent');
+    last = tracker.peekRuns();
+    const collected = last;
+    trace.mark(() => `collected (${collected.length} runs, ${collected.reduce((n, [a, b]) => n + b - a, 0)} pages)`);
+    queue(sendDiscardRuns(bulk, withoutRuns(last, runtimeRuns)));
+  } else {
+    queue(sendBlob(bulk, 'STATE', stateBytes));
+    // Let the state's frames reach the socket before the walk: waiting for their confirmation
+    // instead would take a turn of the event loop.
+    await bulk.handedOver();
+    last = tracker.peekRuns();
+    trace.mark('collected');
+    for (const [first, end] of last) dirty.addRange(first, end);
+    await sender.sendSet(dirty, pageCount);
+  }
+  queue(sender.flush());
+  queue(bulk.sendMessage({ type: 'COMMIT' }));
+  trace.mark('commit queued');
+  await Promise.all(queued);
+  c.committed();
+  trace.mark('committed');
+  bulk.setMaxBandwidth(c.maxBandwidth);
+  return { tPause, trace, memoryBytes, pageCount, runtimeRuns, last };
+}

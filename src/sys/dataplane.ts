@@ -1,0 +1,101 @@
+// Loads the ferry_dataplane addon (native/dataplane/: the postcopy page data plane's native threads;
+// the only module that does) and declares its exact interface. Unlike ferry_native, which only
+// wraps syscalls, this addon runs threads of its own: see native/dataplane/dp.h.
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** Which end of the data plane connection a thread is: the one that connected, or the one that accepted. */
+export const DataplaneRole = { CONNECTOR: 0, ACCEPTOR: 1 } as const;
+export type DataplaneRoleValue = (typeof DataplaneRole)[keyof typeof DataplaneRole];
+
+/** Bytes of the TLS exporter secret every key of a data plane connection comes from. */
+export const DATAPLANE_SECRET_BYTES = 32;
+
+interface CommonOptions {
+  /** A connected stream socket; the thread takes it (it is closed when the thread is stopped). */
+  sock: number;
+  role: DataplaneRoleValue;
+  /** Limit on the hello exchange and FINISHED frames. */
+  timeoutMs: number;
+  /** Real-time (or high-priority) scheduling for the thread, as src/sys/sched.ts preferLatency(). */
+  realtime: boolean;
+  secret: Uint8Array;
+}
+
+export interface FaultThreadOptions extends CommonOptions {
+  /** The guest memory's userfaultfd (registered for MISSING faults; non-blocking). Not taken. */
+  uffd: number;
+  /** Address of guest page 0. */
+  base: number;
+  /** Pages the source may send: answers for pages at or beyond are refused. */
+  pageCount: number;
+  /** Pages asked for per fault: the faulting one plus following pending ones. */
+  faultAround: number;
+  /** PageStateTable bytes (src/memory/page-state.ts), one per page of the reservation. */
+  states: Uint8Array;
+  /** PageStateTable counts: [known-zero, pending, received]. */
+  stateCounts: Int32Array;
+  /** Per page, the epoch µs of the fault that asked for it (0 = none): SharedRequests.times. */
+  times: BigInt64Array;
+  /** [pages with a request outstanding]: SharedRequests.waiting. */
+  waiting: Int32Array;
+  /** FaultThreadStat slots. */
+  stats: Float64Array;
+  /** Ring of fault latencies in µs (request noted → page placed); stats[LATENCY_COUNT] counts them. */
+  latencies: Float64Array;
+  /** --verify: the PageDigest's per-page hashes (two u32 per page); the thread records the pages it places. */
+  digest?: Uint32Array;
+}
+
+export interface AnswerThreadOptions extends CommonOptions {
+  /** The guest's memory from page 0 (the source's: no holes). */
+  memory: Uint8Array;
+  pageCount: number;
+  /** PageBitmap words: pages the destination lacks. */
+  pending: Uint32Array;
+  /** PageClaims words shared with the bulk stream. */
+  claims: Uint32Array;
+  /** AnswerThreadStat slots. */
+  stats: Float64Array;
+}
+
+/** An opaque handle of a running thread. */
+export type DataplaneHandle = object & { readonly __dataplane: unique symbol };
+
+export interface FerryDataplane {
+  /** Starts the destination's fault thread. onExit(error | null) is called once when the thread ends. */
+  startFault(options: FaultThreadOptions, onExit: (error: string | null) => void): DataplaneHandle;
+  startAnswer(options: AnswerThreadOptions, onExit: (error: string | null) => void): DataplaneHandle;
+  /** Stops and joins the thread; returns why it ended (null: stopped, no failure). Idempotent. */
+  stop(handle: DataplaneHandle): string | null;
+}
+
+/** Float64 slots of the fault thread's stats (native/dataplane/dp.h, DS_*). */
+export const FaultThreadStat = {
+  FAULTS: 0, ZERO_FILLS: 1, REQUESTS: 2, DEDUPED: 3, WAKES: 4, PAGES_PLACED: 5, EEXIST: 6, LATENCY_COUNT: 7,
+  BYTES_SENT: 8, BYTES_RECEIVED: 9, PAGES_RECEIVED: 10, STATE: 11,
+} as const;
+/** Float64 slots of the answer thread's stats (SS_*). */
+export const AnswerThreadStat = { REQUESTS: 0, PAGES_SENT: 1, CURSOR: 2, TWICE: 3, BYTES_SENT: 4, BYTES_RECEIVED: 5, STATE: 11 } as const;
+export const DATAPLANE_STAT_SLOTS = 16;
+/** Values of the STATE slot. */
+export const DataplaneState = { HANDSHAKE: 0, RUNNING: 1, STOPPED: 2, FAILED: 3 } as const;
+
+function addonPath(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 5; i++) {
+    const p = join(dir, 'build', 'Release', 'ferry_dataplane.node');
+    if (existsSync(p)) return p;
+    dir = dirname(dir);
+  }
+  throw new Error('ferry_dataplane addon not built: run `npm ci` (node-gyp rebuild --nodedir=/usr)');
+}
+
+const require = createRequire(import.meta.url);
+let loaded: FerryDataplane | null = null;
+/** The addon, loaded on first use: a process that never runs the native fault path never loads it. */
+export function dataplaneAddon(): FerryDataplane {
+  return (loaded ??= require(addonPath()) as FerryDataplane);
+}

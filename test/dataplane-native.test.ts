@@ -1,0 +1,303 @@
+// The native page data plane (native/dataplane/), driven from TypeScript: real userfaultfd on a
+// real guest memory, real loopback TCP, and either both native threads or one native thread facing
+// the TypeScript implementation of the same framing (src/migration/dataplane/frames.ts) as a controlled or
+// hostile peer. No timing assertions: every wait is for an event.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { FaultPlane } from '../src/migration/dataplane/fault-plane.js';
+import { AnswerPlane } from '../src/migration/dataplane/answer-plane.js';
+import { DataplaneFrame, DataplanePeer } from '../src/migration/dataplane/frames.js';
+import { takeSocketFd } from '../src/migration/dataplane/socket-fd.js';
+import { DataplaneRole } from '../src/sys/dataplane.js';
+import { PageState } from '../src/memory/page-state.js';
+import { PageDigest, pageHash } from '../src/migration/verify/digest.js';
+import { GuestThread } from './fixtures/memory/guest.js';
+import { PAGE, destination, loopbackPair, patternOf, sourceImage, type Destination } from './fixtures/dataplane/loopback.js';
+
+const WASM_PAGES = 4; // 64 host pages
+const PAGES = WASM_PAGES * 16;
+
+/** A native fault thread (acceptor) facing a TypeScript peer playing the source (connector). */
+async function faultPlaneFacingPeer(d: Destination, pageCount = PAGES): Promise<{ plane: FaultPlane; peer: DataplanePeer }> {
+  const secret = randomBytes(32);
+  const [a, b] = await loopbackPair();
+  const plane = new FaultPlane({
+    uffd: d.uffd.fd, sock: takeSocketFd(b), role: DataplaneRole.ACCEPTOR, base: d.mem.base, pageCount,
+    states: d.states, requests: d.requests, secret, realtime: false,
+  });
+  const peer = await DataplanePeer.open(a, secret, DataplaneRole.CONNECTOR);
+  return { plane, peer };
+}
+
+/** A native answer thread (connector) facing a TypeScript peer playing the destination (acceptor). */
+async function answerPlaneFacingPeer(pageCount = PAGES): Promise<{ plane: AnswerPlane; peer: DataplanePeer; src: ReturnType<typeof sourceImage> }> {
+  const secret = randomBytes(32);
+  const src = sourceImage(pageCount);
+  const [a, b] = await loopbackPair();
+  const plane = new AnswerPlane({
+    sock: takeSocketFd(a), role: DataplaneRole.CONNECTOR, memory: src.memory, pageCount,
+    pending: src.pending.words, claims: src.claims.words, secret, realtime: false,
+  });
+  const peer = await DataplanePeer.open(b, secret, DataplaneRole.ACCEPTOR);
+  return { plane, peer, src };
+}
+
+function pageBytes(src: Uint8Array, first: number, count: number): Buffer {
+  return Buffer.from(src.subarray(first * PAGE, (first + count) * PAGE));
+}
+
+/** The next REQUEST the peer receives: [first, count]. */
+async function nextRequest(peer: DataplanePeer): Promise<[number, number]> {
+  const f = await peer.next();
+  assert.ok(f, 'the fault thread closed the connection instead of asking');
+  assert.equal(f.type, DataplaneFrame.REQUEST);
+  return [f.body.readUInt32BE(0), f.body.readUInt32BE(4)];
+}
+
+test('native on both sides: many threads faulting on one page get it with one request; zero and received pages never leave', async () => {
+  const pending = [3, 4, 5, 9];
+  const d = destination(WASM_PAGES, pending);
+  const src = sourceImage(PAGES);
+  const secret = randomBytes(32);
+  const [a, b] = await loopbackPair();
+  const answer = new AnswerPlane({ sock: takeSocketFd(a), memory: src.memory, pageCount: PAGES, pending: src.pending.words, claims: src.claims.words, secret, realtime: false });
+  const digest = new PageDigest(d.mem.maxBytes);
+  const fault = new FaultPlane({ uffd: d.uffd.fd, sock: takeSocketFd(b), base: d.mem.base, pageCount: PAGES, states: d.states, requests: d.requests, secret, realtime: false, digest: digest.buffer });
+  const guests = Array.from({ length: 8 }, () => new GuestThread(d.mem.memory, WASM_PAGES));
+  try {
+    const values = await Promise.all(guests.map((g) => g.run<number>({ op: 'load', addr: 3 * PAGE })));
+    assert.deepEqual(values, guests.map(() => patternOf(3)));
+    // One page, one request, one page placed, however many threads faulted on it.
+    assert.equal(fault.read().requests, 1);
+    assert.equal(fault.read().pagesPlaced, 1);
+    assert.equal(answer.read().pagesSent, 1);
+    assert.equal(d.states.get(3), PageState.RECEIVED);
+    assert.equal(Atomics.load(new Int32Array(d.requests.waiting), 0), 0);
+    // --verify: the thread recorded the page's hash, the same function as the TypeScript digest's.
+    assert.deepEqual([...new Uint32Array(digest.buffer, 3 * 8, 2)], pageHash(src.memory.subarray(3 * PAGE, 4 * PAGE)));
+    // A known-zero page is filled locally: no request.
+    assert.equal(await guests[0]!.run<number>({ op: 'load', addr: 20 * PAGE }), 0);
+    assert.equal(fault.read().zeroFills, 1);
+    assert.equal(fault.read().requests, 1);
+    // Another pending page, and the last byte of it too (the whole page crossed).
+    assert.equal(await guests[1]!.run<number>({ op: 'load', addr: 9 * PAGE }), patternOf(9));
+    assert.equal(await guests[1]!.run<number>({ op: 'load', addr: 10 * PAGE - 4 }) >>> 24, 9);
+    assert.equal(fault.read().requests, 2);
+    const lat = fault.latenciesSince(0);
+    assert.equal(lat.samples.length, 2);
+    assert.ok(lat.samples.every((us) => us >= 0));
+    assert.equal(fault.running, true);
+  } finally {
+    // The first stopped ends cleanly; the other may see its peer's close first.
+    assert.equal(fault.stop(), null);
+    assert.equal(await fault.ended, null);
+    assert.match(String(answer.stop()), /^null$|the peer closed the connection/);
+    d.release();
+    await Promise.all(guests.map((g) => g.terminate()));
+  }
+});
+
+test('a PAGES frame with one flipped bit is refused, never placed; a flipped REQUEST is refused too', async () => {
+  const d = destination(WASM_PAGES, [2]);
+  const { plane, peer } = await faultPlaneFacingPeer(d);
+  const g = new GuestThread(d.mem.memory, WASM_PAGES);
+  try {
+    void g.run({ op: 'load', addr: 2 * PAGE }).catch(() => undefined);
+    assert.deepEqual(await nextRequest(peer), [2, 1]);
+    const frame = peer.seal(DataplaneFrame.PAGES, DataplanePeer.pagesBody(2, Buffer.alloc(PAGE, 0x41)));
+    frame[8 + 8 + 100]! ^= 0x04; // one bit of the page's ciphertext
+    peer.sock.write(frame);
+    assert.match((await plane.ended) ?? '', /failed authentication/);
+    assert.equal(d.states.get(2), PageState.PENDING);
+    assert.equal(plane.read().pagesPlaced, 0);
+    assert.equal(plane.read().state, 'failed');
+    assert.match(plane.stop() ?? '', /failed authentication/);
+  } finally {
+    plane.stop();
+    d.release(); // the blocked guest thread wakes (and reads zeros): it is thrown away
+    await g.terminate();
+    peer.sock.destroy();
+  }
+
+  const s = await answerPlaneFacingPeer();
+  try {
+    const body = Buffer.alloc(8);
+    body.writeUInt32BE(1, 0);
+    body.writeUInt32BE(1, 4);
+    const frame = s.peer.seal(DataplaneFrame.REQUEST, body);
+    frame[frame.length - 1]! ^= 0x80; // the tag
+    s.peer.sock.write(frame);
+    assert.match((await s.plane.ended) ?? '', /failed authentication/);
+    assert.equal(s.plane.read().pagesSent, 0);
+  } finally {
+    s.plane.stop();
+    s.peer.sock.destroy();
+  }
+});
+
+test('a frame from a peer without the session secret fails at FINISHED', async () => {
+  const d = destination(WASM_PAGES, [2]);
+  const [a, b] = await loopbackPair();
+  const plane = new FaultPlane({ uffd: d.uffd.fd, sock: takeSocketFd(b), base: d.mem.base, pageCount: PAGES, states: d.states, requests: d.requests, secret: randomBytes(32), realtime: false });
+  try {
+    await assert.rejects(DataplanePeer.open(a, randomBytes(32), DataplaneRole.CONNECTOR));
+    assert.match((await plane.ended) ?? '', /failed authentication/);
+  } finally {
+    plane.stop();
+    a.destroy();
+    d.release();
+  }
+});
+
+test('pages outside the memory are refused on both sides', async () => {
+  const d = destination(WASM_PAGES, [2]);
+  // The source may send only the first 32 pages (the memory at the commit), of a 64-page reservation.
+  const { plane, peer } = await faultPlaneFacingPeer(d, 32);
+  try {
+    peer.send(DataplaneFrame.PAGES, DataplanePeer.pagesBody(40, Buffer.alloc(PAGE, 1)));
+    assert.match((await plane.ended) ?? '', /outside the memory of 32 pages/);
+    assert.equal(plane.read().pagesPlaced, 0);
+  } finally {
+    plane.stop();
+    peer.sock.destroy();
+    d.release();
+  }
+  const s = await answerPlaneFacingPeer(32);
+  try {
+    s.peer.request(31, 2); // its last page and one beyond
+    assert.match((await s.plane.ended) ?? '', /outside the memory of 32 pages/);
+    assert.equal(s.plane.read().pagesSent, 0);
+    const huge = await answerPlaneFacingPeer(32);
+    huge.peer.request(0, 0x7fffffff);
+    assert.match((await huge.plane.ended) ?? '', /refused REQUEST for 2147483647 pages/);
+    huge.plane.stop();
+    huge.peer.sock.destroy();
+  } finally {
+    s.plane.stop();
+    s.peer.sock.destroy();
+  }
+});
+
+test('a page that has already arrived is not placed again, and the thread goes on', async () => {
+  const d = destination(WASM_PAGES, [5, 6]);
+  // Page 5 arrives first by another way (the bulk stream): placed and marked received.
+  const first = Buffer.alloc(PAGE);
+  first.writeInt32LE(1111, 0);
+  d.uffd.copy(d.mem.pageAddress(5), first, 0, PAGE);
+  d.states.markReceived(5);
+  const { plane, peer } = await faultPlaneFacingPeer(d);
+  const g = new GuestThread(d.mem.memory, WASM_PAGES);
+  try {
+    const late = Buffer.alloc(PAGE);
+    late.writeInt32LE(2222, 0);
+    peer.send(DataplaneFrame.PAGES, DataplanePeer.pagesBody(5, late));
+    // The thread still serves faults: page 6 is asked for and placed.
+    const loading = g.run<number>({ op: 'load', addr: 6 * PAGE });
+    assert.deepEqual(await nextRequest(peer), [6, 1]);
+    const six = Buffer.alloc(PAGE);
+    six.writeInt32LE(6666, 0);
+    peer.send(DataplaneFrame.PAGES, DataplanePeer.pagesBody(6, six));
+    assert.equal(await loading, 6666);
+    assert.equal(await g.run<number>({ op: 'load', addr: 5 * PAGE }), 1111);
+    assert.equal(plane.read().pagesPlaced, 1);
+    assert.equal(plane.read().pagesReceived, 2);
+    assert.equal(plane.read().state, 'running');
+  } finally {
+    assert.equal(plane.stop(), null);
+    peer.sock.destroy();
+    d.release();
+    await g.terminate();
+  }
+
+  // Source side: a request for a page the destination holds sends nothing for it.
+  const s = await answerPlaneFacingPeer();
+  try {
+    s.src.pending.delete(4);
+    s.peer.request(4, 1);
+    s.peer.request(1, 1);
+    const f = await s.peer.next();
+    assert.equal(f?.type, DataplaneFrame.PAGES);
+    assert.equal(f.body.readUInt32BE(0), 1);
+    assert.equal(f.body.readUInt32BE(4), 1);
+    assert.ok(f.body.subarray(8).equals(pageBytes(s.src.memory, 1, 1)));
+    assert.equal(s.plane.read().requests, 2);
+    assert.equal(s.plane.read().pagesSent, 1);
+    // A page the bulk stream claimed is still answered (a fault never waits behind bulk data).
+    s.src.claims.claim(7);
+    s.peer.request(7, 1);
+    const g7 = await s.peer.next();
+    assert.equal(g7?.body.readUInt32BE(0), 7);
+    assert.equal(s.plane.read().twice, 1);
+  } finally {
+    assert.equal(s.plane.stop(), null);
+    s.peer.sock.destroy();
+  }
+});
+
+test('a connection torn halfway through a page ends the thread with that reason; the page stays pending', async () => {
+  const d = destination(WASM_PAGES, [8]);
+  const { plane, peer } = await faultPlaneFacingPeer(d);
+  const g = new GuestThread(d.mem.memory, WASM_PAGES);
+  try {
+    void g.run({ op: 'load', addr: 8 * PAGE }).catch(() => undefined);
+    assert.deepEqual(await nextRequest(peer), [8, 1]);
+    const frame = peer.seal(DataplaneFrame.PAGES, DataplanePeer.pagesBody(8, Buffer.alloc(PAGE, 7)));
+    peer.sock.end(frame.subarray(0, 8 + 8 + PAGE / 2));
+    assert.match((await plane.ended) ?? '', /ended halfway through a frame/);
+    assert.equal(d.states.get(8), PageState.PENDING);
+    assert.equal(plane.read().pagesPlaced, 0);
+  } finally {
+    plane.stop();
+    d.release();
+    await g.terminate();
+  }
+});
+
+test('shutdown while a thread is blocked on a hole: stop() returns at once, and releasing the memory wakes the thread', async () => {
+  const d = destination(WASM_PAGES, [12]);
+  const { plane, peer } = await faultPlaneFacingPeer(d);
+  const g = new GuestThread(d.mem.memory, WASM_PAGES);
+  let settled = false;
+  const loading = g.run<number>({ op: 'load', addr: 12 * PAGE }).finally(() => (settled = true));
+  try {
+    assert.deepEqual(await nextRequest(peer), [12, 1]); // the guest is blocked on page 12 now
+    assert.equal(plane.stop(), null);
+    assert.equal(await plane.ended, null);
+    assert.equal(settled, false, 'nothing placed page 12: its thread is still blocked');
+    assert.equal(d.states.get(12), PageState.PENDING);
+    // The owner's duty once no page can come (IncomingMemory.stop() after the guest is stopped):
+    // unregistering wakes the thread, which then reads zeros.
+    d.release();
+    assert.equal(await loading, 0);
+    // The connection was closed by stop(): the peer sees the end.
+    assert.equal(await peer.next(), null);
+  } finally {
+    d.release();
+    await g.terminate();
+    peer.sock.destroy();
+  }
+});
+
+test('a worker terminated while its data plane threads run (or start, or stop) ends cleanly, never a crash', () => {
+  const script = fileURLToPath(new URL('./fixtures/dataplane/terminate-churn.js', import.meta.url));
+  const r = spawnSync(process.execPath, [script, '60'], { encoding: 'utf8', timeout: 180_000 });
+  assert.equal(r.signal, null, `the child died of ${r.signal}:\n${r.stderr}`);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /terminated 60 workers with data plane threads/);
+});
+
+test('bad options are refused with an error naming them, never a crash', () => {
+  const d = destination(1, []);
+  try {
+    assert.throws(() => new FaultPlane({ uffd: d.uffd.fd, sock: -1, base: d.mem.base, pageCount: 16, states: d.states, requests: d.requests, secret: randomBytes(32) }), /sock must be an integer/);
+    assert.throws(() => new FaultPlane({ uffd: d.uffd.fd, sock: 0, base: d.mem.base + 1, pageCount: 16, states: d.states, requests: d.requests, secret: randomBytes(32) }), /base must be page-aligned/);
+    assert.throws(() => new FaultPlane({ uffd: d.uffd.fd, sock: 0, base: d.mem.base, pageCount: 16, states: d.states, requests: d.requests, secret: randomBytes(16) }), /secret has 16 elements, at least 32 needed/);
+    const src = sourceImage(4);
+    assert.throws(() => new AnswerPlane({ sock: 0, memory: src.memory, pageCount: 5, pending: src.pending.words, claims: src.claims.words, secret: randomBytes(32) }), /memory has 16384 elements/);
+  } finally {
+    d.release();
+  }
+});
