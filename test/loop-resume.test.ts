@@ -16,7 +16,7 @@ import { ModuleCache } from '../src/guest/module-cache.js';
 import { childVisitors } from '../src/guest/instrument.js';
 import { liveAtLoopHeads, members } from '../src/guest/liveness.js';
 import { readTree, preOrder, Kind, type WNode } from '../src/guest/wasm-tree.js';
-import { compileFixture } from './fixtures/guest/helpers.js';
+import { compileFixture, readText, waitFor } from './fixtures/guest/helpers.js';
 
 process.env['FERRY_LOOP_RESUME'] = '1'; // read when instrumenting (this process and its threads)
 const WASI_RUN = fileURLToPath(new URL('../bench/fixtures/wasi-run.js', import.meta.url));
@@ -55,7 +55,7 @@ test('liveness: a loop head keeps the locals read on some path from it before an
  * resumption: asserted), pausing it a few times and finally capturing it, stopping it and restoring
  * it over a copy of its memory; returns [reference, first run's output + restored run's output].
  */
-async function pausedMovedAndReference(wasm: string, args: string[], files: Record<string, string | Uint8Array>): Promise<[string, string]> {
+async function pausedMovedAndReference(wasm: string, args: string[], files: Record<string, string | Uint8Array>, split = /\$ferry_fast/): Promise<[string, string]> {
   const root = mkdtempSync(join(tmpdir(), 'ferry-loop-resume-'));
   try {
     const work = join(root, 'work');
@@ -72,7 +72,7 @@ async function pausedMovedAndReference(wasm: string, args: string[], files: Reco
     const inst = await cache.load(module);
     assert.equal(inst.meta.loopResume, true);
     const text = Buffer.from(inst.binary).toString('latin1');
-    assert.match(text, /\$ferry_fast/, 'the analysis split at least one function');
+    assert.match(text, split, 'the analysis split the function expected');
     assert.match(text, /\$ferry_resume/);
 
     const first = join(root, 'first.out');
@@ -141,3 +141,69 @@ test('bc, with functions split for loop-head resumption, pauses, moves and print
   const [ref, got] = await pausedMovedAndReference(p.wasm, p.args, p.files);
   assert.equal(got, ref);
 });
+
+// interpret_expr (dispatch.c) uses the callback's result inside expressions (`if (cb(x))`,
+// `sum += cb(x)`) and recurses from inside one: call-hoist.ts moves those calls into statements of
+// their own, so the loop is split and each call is a resumable call site. Were one of them left
+// in its expression, the pause would wait for the callback to return.
+const SPLIT_EXPR = /interpret_expr\$ferry_fast/;
+
+test('callbacks called from inside expressions of a split interpreter loop pause, move, and print what node:wasi prints', async () => {
+  const [ref, got] = await pausedMovedAndReference(compileFixture('dispatch'), ['dispatch', 'expr', '120000000'], {}, SPLIT_EXPR);
+  assert.match(ref, /^expr 120000000 \d+\n$/);
+  assert.equal(got, ref);
+});
+
+test('a split interpreter loop 200 calls deep in its own recursion, called from an expression, pauses, moves, and prints what node:wasi prints', async () => {
+  const [ref, got] = await pausedMovedAndReference(compileFixture('dispatch'), ['dispatch', 'recurse', '200', '60000000'], {}, SPLIT_EXPR);
+  assert.match(ref, /^recurse 200 60000000 \d+\n$/);
+  assert.equal(got, ref);
+});
+
+for (const op of ['0', '1']) {
+  const shape = op === '0' ? '`if (cb(x))`' : '`sum += cb(x)`';
+  // The hang guard (timeout) only turns a pause that never lands into a failure.
+  test(`a callback that never returns, called as ${shape} from a split interpreter loop, pauses, and pauses again after a restore`, { timeout: 240_000 }, async () => {
+    const root = mkdtempSync(join(tmpdir(), 'ferry-loop-forever-'));
+    const cache = new ModuleCache(join(root, 'cache'));
+    const module = readFileSync(compileFixture('dispatch'));
+    const args = ['dispatch', 'forever', op];
+    const out = join(root, 'out.txt');
+    const fd = openSync(out, 'w');
+    let guest: Guest | null = null;
+    let restored: Guest | null = null;
+    try {
+      const inst = await cache.load(module);
+      assert.match(Buffer.from(inst.binary).toString('latin1'), SPLIT_EXPR, 'the interpreter loop is split');
+      guest = await Guest.start({ module, args, stdio: { stdout: fd }, cache });
+      await waitFor('the guest to reach its endless callback', () => readText(out) === `forever ${op}\n`);
+      for (let i = 0; i < 3; i++) {
+        await sleep(20);
+        await guest.pause();
+        assert.equal(guest.status, 'paused');
+        guest.resume();
+      }
+      await guest.pause();
+      const state = guest.capture();
+      assert.ok(state.exec.unwind, 'the guest unwound its stack at the pause');
+      const image = new Uint8Array(guest.memory.buffer).slice();
+      await guest.stop();
+      const memory = new WebAssembly.Memory({ initial: state.memory.bytes / 65536, maximum: state.memory.maxBytes / 65536, shared: true });
+      new Uint8Array(memory.buffer).set(image);
+      restored = await Guest.restore({ module, state, memory, stdio: { stdout: fd }, cache });
+      for (let i = 0; i < 3; i++) {
+        await sleep(20);
+        assert.equal(restored.status, 'running', 'the restored guest is still in its endless callback');
+        await restored.pause();
+        assert.equal(restored.status, 'paused');
+        restored.resume();
+      }
+      assert.equal(readText(out), `forever ${op}\n`, 'nothing printed after the callback was entered');
+    } finally {
+      if (guest && guest.status !== 'stopped' && guest.status !== 'exited') await guest.stop();
+      if (restored && restored.status !== 'stopped' && restored.status !== 'exited') await restored.stop();
+      closeSync(fd);
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+}

@@ -88,7 +88,7 @@ function readsLocal(b: BinaryenApi, expr: number, local: number, visit: Visit): 
  * blocks: their last child is a nop, for the unwind check loop-resume.ts places once it knows the
  * statement's number and the locals to save.
  */
-export function wrapResumableCalls(b: BinaryenApi, mod: BinaryenApi, fnRef: number, body: number, mayUnwind: (callee: string) => boolean, safepointFn: string, visitChildren: Visit, undo: (() => void)[]): Set<number> {
+export function wrapResumableCalls(b: BinaryenApi, mod: BinaryenApi, fnRef: number, body: number, mayUnwind: (callee: string) => boolean, safepointFn: string, visitChildren: Visit): Set<number> {
   const wrapped = new Set<number>();
   const counter = (delta: number): number => mod.global.set(G_ATCALL, mod.i32.add(mod.global.get(G_ATCALL, b.i32), mod.i32.const(delta)));
   const go = (e: number): void => {
@@ -120,12 +120,10 @@ export function wrapResumableCalls(b: BinaryenApi, mod: BinaryenApi, fnRef: numb
               const tmp: number = b._BinaryenFunctionAddVar(fnRef, b.i32);
               b.CallIndirect.setTarget(call, mod.local.get(tmp, b.i32));
               stmt = mod.block(null, [mod.local.set(tmp, target), stmt], b.none);
-              undo.push(() => b.CallIndirect.setTarget(call, target));
             }
           }
           b.Block.setChildAt(e, i, stmt);
           wrapped.add(w);
-          undo.push(() => b.Block.setChildAt(e, i, s));
         } else {
           go(s);
         }

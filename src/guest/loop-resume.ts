@@ -24,7 +24,8 @@
 // then completes at the next loop head of the outermost such function. The cost of that rule: a
 // callee that never returns (a spinning callback, endless recursion below F) makes the guest
 // unpausable, which is why this is off by default (FERRY_LOOP_RESUME=1 turns it on).
-import { childVisitors, SAFEPOINT_FLAG_ADDR, type BinaryenApi } from './instrument.js';
+import { childVisitors, SAFEPOINT_FLAG_ADDR, type BinaryenApi, type ChildVisitor } from './instrument.js';
+import { hoistUnwindingCalls } from './call-hoist.js';
 import { liveAtLoopHeads, members, type LocalSet } from './liveness.js';
 import { ATCALL_EXPORT, G_ATCALL, G_UNWINDING, HOLD_FN, HOLD_IMPORT, REWIND_FN, REWIND_IMPORT, UNWINDING_EXPORT, wrapResumableCalls } from './call-resume.js';
 import { Kind, preOrder, readTree, UnsupportedExpression, type WNode } from './wasm-tree.js';
@@ -138,9 +139,25 @@ export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn:
     const fnRef = mod.getFunction(c.name);
     const before = b.getFunctionInfo(fnRef);
     if ([...b.expandType(before.params), ...(before.vars as number[])].some((t: number) => !typeName.has(t))) continue;
-    // Calls that are whole statements become resumable too (call-resume.ts); this may add locals.
-    const undo: (() => void)[] = [];
-    const calls = wrapResumableCalls(b, mod, fnRef, before.body, mayUnwind, safepointFn, (e, f) => fields.get(b.getExpressionId(e))!(e, f), undo);
+    // Every call that may unwind becomes a statement of its own (call-hoist.ts) and then a
+    // resumable call site (call-resume.ts), or the function is not split: a call the split
+    // function could not be resumed in would hold a pause for as long as the callee runs.
+    const original: number = before.body;
+    const unwinding = (call: number): boolean =>
+      b.getExpressionId(call) === b.CallIndirectId || (b.Call.getTarget(call) !== safepointFn && mayUnwind(b.Call.getTarget(call)));
+    const hoisted = hoistUnwindingCalls(b, mod, fnRef, original, unwinding);
+    if (hoisted === null) {
+      debug(`${c.name}: a call that may unwind cannot be moved into a statement; not split`);
+      continue;
+    }
+    b.Function.setBody(fnRef, hoisted);
+    const calls = wrapResumableCalls(b, mod, fnRef, hoisted, mayUnwind, safepointFn, (e, f) => fields.get(b.getExpressionId(e))!(e, f));
+    const unresumable = countUnwindingCalls(b, fields, hoisted, unwinding) - calls.size;
+    if (unresumable !== 0) {
+      debug(`${c.name}: ${unresumable} calls that may unwind are not resumable; not split`);
+      b.Function.setBody(fnRef, original);
+      continue;
+    }
     const info = b.getFunctionInfo(fnRef);
     const params: number[] = b.expandType(info.params);
     const localTypes: number[] = [...params, ...(info.vars as number[])];
@@ -205,7 +222,8 @@ export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn:
     const ctx: PathContext = { b, mod, rp, ranges, localTypes, slotMaps, pointIds: new Map(copyPoints.map((p, i) => [p, i + 1])) };
     let bodyCopy = copy;
     if (!steer(ctx, copyTree, (e) => { bodyCopy = e; })) {
-      for (const u of undo) u(); // a point no path can reach: leave F to Asyncify, as it was
+      debug(`${c.name}: a resume point no path can be steered to; not split`);
+      b.Function.setBody(fnRef, original); // leave F to Asyncify, as it was
       continue;
     }
     placeChecks(tree, points);
@@ -245,6 +263,23 @@ export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn:
     for (let j = 0; j < n; j++) mod.addGlobal(saveSlot(t, j), typeOf.get(t), true, zero(b, mod, typeOf.get(t)!));
   }
   return removelist;
+}
+
+function debug(message: string): void {
+  if (process.env['FERRY_LOOP_RESUME_DEBUG']) process.stderr.write(`loop-resume: ${message}\n`);
+}
+
+/** Calls in `body` that `unwinding` names. */
+function countUnwindingCalls(b: BinaryenApi, fields: Map<number, ChildVisitor>, body: number, unwinding: (call: number) => boolean): number {
+  let n = 0;
+  const go = (e: number): void => {
+    if (!e) return;
+    const id = b.getExpressionId(e) as number;
+    if ((id === b.CallId || id === b.CallIndirectId) && unwinding(e)) n++;
+    fields.get(id)!(e, go);
+  };
+  go(body);
+  return n;
 }
 
 function zero(b: BinaryenApi, mod: BinaryenApi, t: number): number {
