@@ -16,7 +16,7 @@
 // Where that is impossible (a value of a type no local can hold, an unreachable operand before the
 // call, a tail call, an expression kind not known here) `hoistUnwindingCalls` says so, and the
 // function is not split: it stays Asyncify's, which can unwind it anywhere.
-import type { BinaryenApi } from './instrument.js';
+import type { BinaryenApi } from './binaryen-api.js';
 
 /** A child slot of an expression: read it, replace it. */
 interface Slot {

@@ -13,7 +13,7 @@
 //
 // `ferry$atcall` counts split activations waiting in a resumable call; the worker may unwind only
 // while every running split activation (`ferry$pinned`) is one of them.
-import type { BinaryenApi } from './instrument.js';
+import type { BinaryenApi } from './binaryen-api.js';
 
 export const G_ATCALL = 'ferry$atcall';
 export const G_UNWINDING = 'ferry$unwinding';

@@ -3,7 +3,7 @@
 // Asyncify lets a rewind re-enter a function at any of its call sites: every statement gets a
 // guard, every call a state check, and every local is saved at one exit, so V8 keeps them all
 // alive across the whole function (SQLite's interpreter loop: 8× the machine code, half the run
-// time). A function chosen here (`chooseFunctions`: big, many call sites that may unwind, every
+// time). A function chosen here (resume-selection.ts: big, many call sites that may unwind, every
 // safepoint at a loop head whose path from the entry can be steered) is split in three:
 //
 //  - F$fast: the original body. At each loop head the safepoint becomes a suspend check: when a
@@ -17,110 +17,31 @@
 //    F$resume when resuming), and when the callee suspended, copies the saved locals into its own
 //    locals and calls the safepoint, which unwinds F and everything above it as usual.
 //
-// F$fast and F$resume are in Asyncify's removelist: they can never be unwound, so while one is in
-// the middle of a call nothing below it may unwind. The global `ferry$pinned` counts the active
-// ones (F increments it around the call); the worker's safepoint and blocking WASI calls refuse to
-// unwind while it is non-zero, and a suspend check requires it to be exactly 1 (its own). A pause
-// then completes at the next loop head of the outermost such function. The cost of that rule: a
-// callee that never returns (a spinning callback, endless recursion below F) makes the guest
-// unpausable, which is why this is off by default (FERRY_LOOP_RESUME=1 turns it on).
-import { childVisitors, SAFEPOINT_FLAG_ADDR, type BinaryenApi, type ChildVisitor } from './instrument.js';
+// F$fast and F$resume are in Asyncify's removelist: they can never be unwound by Asyncify. So
+// every call in them that may unwind is a resumable call site (call-hoist.ts moves such calls out
+// of expressions, call-resume.ts wraps them): when the callee unwinds, the split function saves
+// its locals and returns to F, which unwinds as above, and on resume F$resume re-enters that call
+// with the rewind restarted. `ferry$pinned` counts running split activations (F raises it around
+// its call) and `ferry$atcall` those waiting in a resumable call; the worker unwinds only while
+// the two are equal, and a suspend check requires their difference to be 1 (its own activation).
+// A function in which some call that may unwind cannot be made resumable is not split.
+// Off by default: FERRY_LOOP_RESUME=1 turns it on (docs/architecture.md says why).
+import { childVisitors, type BinaryenApi, type ChildVisitor } from './binaryen-api.js';
 import { hoistUnwindingCalls } from './call-hoist.js';
-import { liveAtLoopHeads, members, type LocalSet } from './liveness.js';
+import { liveAtLoopHeads, members } from './liveness.js';
 import { ATCALL_EXPORT, G_ATCALL, G_UNWINDING, HOLD_FN, HOLD_IMPORT, REWIND_FN, REWIND_IMPORT, UNWINDING_EXPORT, wrapResumableCalls } from './call-resume.js';
-import { Kind, preOrder, readTree, UnsupportedExpression, type WNode } from './wasm-tree.js';
+import { chooseFunctions, isPoint } from './resume-selection.js';
+import { addWrapper, G_PINNED, G_RESUME, G_SUSPENDED, saveSlot, suspendCheck, unwindCheck, zero } from './resume-frame.js';
+import { pointRanges, steer, type PathContext } from './resume-steering.js';
+import { Kind, preOrder, readTree, type WNode } from './wasm-tree.js';
+
+export { LOOP_RESUME_MIN_CALL_SITES, LOOP_RESUME_MIN_EXPRESSIONS } from './resume-selection.js';
 
 /** The exported global the worker reads: how many loop-head-resumable activations are running. */
 export const PINNED_EXPORT = 'ferry_pinned';
-/** A function is worth it only with this much code (expressions) ... */
-export const LOOP_RESUME_MIN_EXPRESSIONS = 2048;
-/** ... and this many call sites that may unwind (each costs Asyncify a guard and a state check). */
-export const LOOP_RESUME_MIN_CALL_SITES = 32;
 
 export function loopResumeEnabled(): boolean {
   return process.env['FERRY_LOOP_RESUME'] === '1';
-}
-
-const G_RESUME = 'ferry$resume';
-const G_SUSPENDED = 'ferry$suspended';
-const G_PINNED = 'ferry$pinned';
-const saveSlot = (type: string, j: number): string => `ferry$save_${type}_${j}`;
-
-interface Chosen {
-  name: string;
-  tree: WNode;
-  points: WNode[]; // loops whose head has a safepoint, pre-order: point k is points[k - 1]
-  sites: number; // call sites that may unwind
-}
-
-function isPoint(n: WNode, safepointFn: string): boolean {
-  const body = n.children[0];
-  const head = body?.kind === Kind.Block ? body.children[0] : undefined;
-  return n.kind === Kind.Loop && head?.kind === Kind.Call && head.callee === safepointFn;
-}
-
-/**
- * Functions worth splitting: at least LOOP_RESUME_MIN_EXPRESSIONS of code and
- * LOOP_RESUME_MIN_CALL_SITES call sites that may unwind (calls to what `mayUnwind` names, and
- * `call_indirect`), with at least one loop-head safepoint.
- */
-function chooseFunctions(b: BinaryenApi, mod: BinaryenApi, safepointFn: string, mayUnwind: (callee: string) => boolean): Chosen[] {
-  const fields = childVisitors(b);
-  const candidates = new Map<string, Chosen>();
-  const callees = new Map<string, Set<string>>(); // direct calls to defined functions that may unwind
-  for (let i = 0; i < mod.getNumFunctions(); i++) {
-    const f = b.getFunctionInfo(mod.getFunctionByIndex(i));
-    if (f.module || !f.body) continue;
-    let tree: WNode;
-    try {
-      tree = readTree(b, fields, f.body);
-    } catch (err) {
-      if (err instanceof UnsupportedExpression) continue;
-      throw err;
-    }
-    let size = 0;
-    let sites = 0;
-    const points: WNode[] = [];
-    const calls = new Set<string>();
-    preOrder(tree, (n) => {
-      size++;
-      if (n.kind === Kind.CallIndirect) sites++;
-      if (n.kind === Kind.Call && n.callee !== safepointFn && mayUnwind(n.callee!)) {
-        sites++;
-        calls.add(n.callee!);
-      }
-      if (isPoint(n, safepointFn)) points.push(n);
-    });
-    callees.set(f.name, calls);
-    if (process.env['FERRY_LOOP_RESUME_DEBUG'] && sites >= 8) process.stderr.write(`loop-resume: ${f.name} size ${size} sites ${sites} loop heads ${points.length}\n`);
-    if (points.length > 0 && size >= LOOP_RESUME_MIN_EXPRESSIONS && sites >= LOOP_RESUME_MIN_CALL_SITES) {
-      candidates.set(f.name, { name: f.name, tree, points, sites });
-    }
-  }
-  // While a chosen function is in a call, nothing below it can pause: one that calls down (by
-  // direct calls) into a candidate with more call sites than its own (the engine it drives: a
-  // shell above its interpreter loop) would hold a pause for all of that engine's run. Recursion
-  // is allowed (SQLite's interpreter re-enters itself for nested statements): an inner activation
-  // cannot suspend while the outer one is in its call, so the pause waits for the outer loop head.
-  const reachesCandidate = (from: string): boolean => {
-    const seen = new Set<string>();
-    const todo = [...(callees.get(from) ?? [])];
-    const own = candidates.get(from)!.sites;
-    while (todo.length > 0) {
-      const g = todo.pop()!;
-      const c = candidates.get(g);
-      if (c && c.sites > own) return true;
-      if (seen.has(g)) continue;
-      seen.add(g);
-      for (const h of callees.get(g) ?? []) todo.push(h);
-    }
-    return false;
-  };
-  const chosen = [...candidates.values()].filter((c) => !reachesCandidate(c.name));
-  if (process.env['FERRY_LOOP_RESUME_DEBUG']) {
-    process.stderr.write(`loop-resume: candidates ${[...candidates.keys()].join(' ')}; chosen ${chosen.map((c) => c.name).join(' ')}\n`);
-  }
-  return chosen;
 }
 
 /**
@@ -282,37 +203,6 @@ function countUnwindingCalls(b: BinaryenApi, fields: Map<number, ChildVisitor>, 
   return n;
 }
 
-function zero(b: BinaryenApi, mod: BinaryenApi, t: number): number {
-  if (t === b.i32) return mod.i32.const(0);
-  if (t === b.i64) return mod.i64.const(0n);
-  if (t === b.f32) return mod.f32.const(0);
-  if (t === b.f64) return mod.f64.const(0);
-  return mod.v128.const(new Array<number>(16).fill(0));
-}
-
-/** `if (pause pending && ferry$pinned == 1) { save the live locals; record point k; return }`. */
-function suspendCheck(b: BinaryenApi, mod: BinaryenApi, k: number, slots: Map<number, string>, localTypes: number[], results: number): number {
-  const saves = [...slots].map(([x, g]) => mod.global.set(g, mod.local.get(x, localTypes[x])));
-  const ret = results === b.none ? mod.return() : mod.return(zero(b, mod, results));
-  return mod.if(
-    mod.i64.ne(mod.i64.atomic.load(0, mod.i32.const(SAFEPOINT_FLAG_ADDR)), mod.i64.const(0n)),
-    mod.if(
-      mod.i32.and(
-        mod.i32.ne(mod.i32.atomic.load(0, mod.i32.const(SAFEPOINT_FLAG_ADDR)), mod.i32.const(0)),
-        mod.i32.eq(mod.i32.sub(mod.global.get(G_PINNED, b.i32), mod.global.get(G_ATCALL, b.i32)), mod.i32.const(1)),
-      ),
-      mod.block(null, [...saves, mod.global.set(G_SUSPENDED, mod.i32.const(k)), ret]),
-    ),
-  );
-}
-
-/** After a resumable call: `if (an unwind runs) { save the locals; record call k; return }`. */
-function unwindCheck(b: BinaryenApi, mod: BinaryenApi, k: number, slots: Map<number, string>, localTypes: number[], results: number): number {
-  const saves = [...slots].map(([x, g]) => mod.global.set(g, mod.local.get(x, localTypes[x])));
-  const ret = results === b.none ? mod.return() : mod.return(zero(b, mod, results));
-  return mod.if(mod.global.get(G_UNWINDING, b.i32), mod.block(null, [mod.call(HOLD_FN, [], b.none), ...saves, mod.global.set(G_SUSPENDED, mod.i32.const(k)), ret]));
-}
-
 /** Locals read by the operands of a wrapped call statement (block [atcall+1, S, atcall-1, check]). */
 function operandReads(w: WNode): number[] {
   const s = w.children[1]!;
@@ -324,181 +214,4 @@ function operandReads(w: WNode): number[] {
   };
   call.children.forEach(go);
   return [...out];
-}
-
-interface PathContext {
-  b: BinaryenApi;
-  mod: BinaryenApi;
-  rp: number;
-  ranges: Map<WNode, [number, number]>; // the resume points in each subtree: ids lo..hi
-  localTypes: number[];
-  slotMaps: Map<number, string>[];
-  pointIds: Map<WNode, number>;
-}
-
-/** For every subtree holding resume points, the range of their ids (pre-order numbering). */
-function pointRanges(root: WNode, points: Set<WNode>): Map<WNode, [number, number]> {
-  const ranges = new Map<WNode, [number, number]>();
-  let next = 1;
-  const go = (n: WNode): void => {
-    const lo = next;
-    if (points.has(n)) next++;
-    for (const ch of n.children) go(ch);
-    if (next > lo) ranges.set(n, [lo, next - 1]);
-  };
-  go(root);
-  return ranges;
-}
-
-/**
- * Guards the paths from `n`'s entry to the resume points inside it, so that entering `n` with
- * rp = one of them reaches that loop head, restores its locals and clears rp, and entering it with
- * rp = 0 runs it as before. `replace` puts another expression in `n`'s place. False when a
- * point sits where no path can be steered (after a sibling operand that must run first).
- */
-function steer(ctx: PathContext, n: WNode, replace: ((e: number) => void) | null): boolean {
-  const { b, mod } = ctx;
-  const rp = (): number => mod.local.get(ctx.rp, b.i32);
-  const inRange = (r: [number, number]): number => mod.i32.lt_u(mod.i32.sub(rp(), mod.i32.const(r[0])), mod.i32.const(r[1] - r[0] + 1));
-  const statement = n.kind !== Kind.Loop ? ctx.pointIds.get(n) : undefined;
-  if (statement !== undefined) {
-    // A resumable call: restore, restart the rewind, and run the statement (the callee rewinds).
-    if (!replace) return false;
-    const slots = ctx.slotMaps[statement - 1]!;
-    const restores = [...slots].map(([x, g]) => mod.local.set(x, mod.global.get(g, ctx.localTypes[x])));
-    const restore = mod.if(mod.i32.eq(rp(), mod.i32.const(statement)), mod.block(null, [...restores, mod.local.set(ctx.rp, mod.i32.const(0)), mod.call(REWIND_FN, [], b.none)]));
-    replace(mod.block(null, [restore, n.expr], b.none));
-    return true;
-  }
-  switch (n.kind) {
-    case Kind.Block: {
-      const kids = n.children;
-      let last = -1;
-      kids.forEach((ch, j) => { if (ctx.ranges.has(ch)) last = j; });
-      let group = -1; // first of a run of children without points, to be skipped on resume
-      const flush = (end: number): void => {
-        if (group < 0) return;
-        const run = kids.slice(group, end).map((ch) => ch.expr);
-        b.Block.setChildAt(n.expr, group, mod.if(mod.i32.eqz(rp()), mod.block(null, run)));
-        for (let j = group + 1; j < end; j++) b.Block.setChildAt(n.expr, j, mod.nop());
-        group = -1;
-      };
-      for (let j = 0; j < last; j++) {
-        const r = ctx.ranges.get(kids[j]!);
-        if (!r) {
-          if (group < 0) group = j;
-          continue;
-        }
-        flush(j);
-        if (!steer(ctx, kids[j]!, (e) => b.Block.setChildAt(n.expr, j, e))) return false;
-        const cur = b.Block.getChildAt(n.expr, j);
-        b.Block.setChildAt(n.expr, j, mod.if(mod.i32.or(mod.i32.eqz(rp()), inRange(r)), cur));
-      }
-      flush(last);
-      if (!steer(ctx, kids[last]!, (e) => b.Block.setChildAt(n.expr, last, e))) return false;
-      b._BinaryenExpressionFinalize(n.expr);
-      return true;
-    }
-    case Kind.Loop: {
-      const id = ctx.pointIds.get(n);
-      const body = n.children[0]!;
-      const r = ctx.ranges.get(body);
-      if (r && !steer(ctx, body, (e) => b.Loop.setBody(n.expr, e))) return false;
-      b._BinaryenExpressionFinalize(n.expr);
-      if (id === undefined) return true;
-      if (!replace) return false;
-      const slots = ctx.slotMaps[id - 1]!;
-      const restores = [...slots].map(([x, g]) => mod.local.set(x, mod.global.get(g, ctx.localTypes[x])));
-      const restore = mod.if(mod.i32.eq(rp(), mod.i32.const(id)), mod.block(null, [...restores, mod.local.set(ctx.rp, mod.i32.const(0))]));
-      replace(mod.block(null, [restore, n.expr], b.getExpressionType(n.expr)));
-      return true;
-    }
-    case Kind.If: {
-      const [cond, ifTrue, ifFalse] = n.children;
-      if (ctx.ranges.has(cond!)) {
-        if (ctx.ranges.has(ifTrue!) || (ifFalse && ctx.ranges.has(ifFalse))) return false;
-        if (!steer(ctx, cond!, (e) => b.If.setCondition(n.expr, e))) return false;
-        b._BinaryenExpressionFinalize(n.expr);
-        return true;
-      }
-      const rt = ctx.ranges.get(ifTrue!);
-      b.If.setCondition(n.expr, mod.if(rp(), rt ? inRange(rt) : mod.i32.const(0), cond!.expr));
-      if (rt && !steer(ctx, ifTrue!, (e) => b.If.setIfTrue(n.expr, e))) return false;
-      if (ifFalse && ctx.ranges.has(ifFalse) && !steer(ctx, ifFalse, (e) => b.If.setIfFalse(n.expr, e))) return false;
-      b._BinaryenExpressionFinalize(n.expr);
-      return true;
-    }
-    default: {
-      // Any other expression: the points must all be in the operand evaluated first.
-      if (n.children.slice(1).some((ch) => ctx.ranges.has(ch))) return false;
-      const id = b.getExpressionId(n.expr) as number;
-      const first = n.children[0]!;
-      let set: ((e: number) => void) | null = null;
-      if (id === b.LocalSetId) set = (e) => b.LocalSet.setValue(n.expr, e);
-      else if (id === b.DropId) set = (e) => b.Drop.setValue(n.expr, e);
-      else if (id === b.ReturnId) set = (e) => b.Return.setValue(n.expr, e);
-      else if (id === b.GlobalSetId) set = (e) => b.GlobalSet.setValue(n.expr, e);
-      if (!steer(ctx, first, set)) return false;
-      b._BinaryenExpressionFinalize(n.expr);
-      return true;
-    }
-  }
-}
-
-/**
- * F: calls F$fast (or F$resume with the saved locals when resuming) with ferry$pinned raised;
- * when the callee suspended, keeps its saved locals in F's own locals (Asyncify saves those) and
- * calls the safepoint, which unwinds; after a rewind the safepoint returns and F loops to resume.
- */
-function addWrapper(
-  b: BinaryenApi, mod: BinaryenApi, name: string, fast: string, resume: string, params: number[], results: number,
-  slotMaps: Map<number, string>[], localTypes: number[], typeName: Map<number, string>, safepointFn: string,
-): void {
-  const counts = new Map<string, { type: number; n: number }>();
-  for (const m of slotMaps) {
-    const per = new Map<number, number>();
-    for (const x of m.keys()) per.set(localTypes[x]!, (per.get(localTypes[x]!) ?? 0) + 1);
-    for (const [t, n] of per) {
-      const key = typeName.get(t)!;
-      counts.set(key, { type: t, n: Math.max(counts.get(key)?.n ?? 0, n) });
-    }
-  }
-  const vars: number[] = [b.i32];
-  const rp = params.length;
-  let r = -1;
-  if (results !== b.none) {
-    r = params.length + vars.length;
-    vars.push(results);
-  }
-  const held: { local: number; global: string; type: number }[] = [];
-  for (const [t, { type, n }] of counts) {
-    for (let j = 0; j < n; j++) {
-      held.push({ local: params.length + vars.length, global: saveSlot(t, j), type });
-      vars.push(type);
-    }
-  }
-  const args = (): number[] => params.map((t, i) => mod.local.get(i, t));
-  const pinned = (delta: number): number => mod.global.set(G_PINNED, mod.i32.add(mod.global.get(G_PINNED, b.i32), mod.i32.const(delta)));
-  const callFast = mod.call(fast, args(), results);
-  const callResume = mod.block(null, [
-    mod.global.set(G_RESUME, mod.local.get(rp, b.i32)),
-    ...held.map((h) => mod.global.set(h.global, mod.local.get(h.local, h.type))),
-    mod.call(resume, args(), results),
-  ], results);
-  const call = mod.if(mod.i32.eqz(mod.local.get(rp, b.i32)), callFast, callResume);
-  const again = 'ferry$again';
-  const loop = mod.loop(again, mod.block(null, [
-    pinned(1),
-    results === b.none ? call : mod.local.set(r, call),
-    pinned(-1),
-    mod.local.set(rp, mod.global.get(G_SUSPENDED, b.i32)),
-    mod.if(mod.local.get(rp, b.i32), mod.block(null, [
-      mod.global.set(G_SUSPENDED, mod.i32.const(0)),
-      ...held.map((h) => mod.local.set(h.local, mod.global.get(h.global, h.type))),
-      mod.call(safepointFn, [mod.i32.const(0)], b.none),
-      mod.br(again),
-    ])),
-  ]));
-  const tail = results === b.none ? [] : [mod.local.get(r, results)];
-  mod.addFunction(name, b.createType(params), results, vars, mod.block(null, [mod.call(safepointFn, [mod.i32.const(0)], b.none), loop, ...tail], results));
 }

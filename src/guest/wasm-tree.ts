@@ -2,7 +2,7 @@
 // Wasm evaluates them. The analyses of loop-resume.ts walk a big function many times (liveness
 // iterates every loop to a fixed point); Binaryen's accessors cost a call into its Wasm each, so
 // they are paid once here.
-import type { BinaryenApi, ChildVisitor } from './instrument.js';
+import type { BinaryenApi, ChildVisitor } from './binaryen-api.js';
 
 export const enum Kind {
   Get,
