@@ -32,7 +32,7 @@ import { liveAtLoopHeads, members } from './liveness.js';
 import { ATCALL_EXPORT, G_ATCALL, G_UNWINDING, HOLD_FN, HOLD_IMPORT, REWIND_FN, REWIND_IMPORT, UNWINDING_EXPORT, wrapResumableCalls } from './call-resume.js';
 import { chooseFunctions, isPoint } from './resume-selection.js';
 import { addWrapper, G_PINNED, G_RESUME, G_SUSPENDED, saveSlot, suspendCheck, unwindCheck, zero } from './resume-frame.js';
-import { pointRanges, steer, type PathContext } from './resume-steering.js';
+import { entryRestores, pointRanges, steer, type PathContext } from './resume-steering.js';
 import { Kind, preOrder, readTree, type WNode } from './wasm-tree.js';
 
 export { LOOP_RESUME_MIN_CALL_SITES, LOOP_RESUME_MIN_EXPRESSIONS } from './resume-selection.js';
@@ -166,7 +166,7 @@ export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn:
     const body = info.body as number;
     mod.removeFunction(c.name);
     mod.addFunction(fast, info.params, results, vars, body);
-    mod.addFunction(resume, info.params, results, vars, mod.block(null, [mod.local.set(rp, mod.global.get(G_RESUME, b.i32)), bodyCopy], results));
+    mod.addFunction(resume, info.params, results, vars, mod.block(null, [mod.local.set(rp, mod.global.get(G_RESUME, b.i32)), entryRestores(ctx), bodyCopy], results));
     addWrapper(b, mod, c.name, fast, resume, params, results, slotMaps, localTypes, typeName, safepointFn);
     removelist.push(fast, resume);
   }

@@ -43,9 +43,7 @@ export function steer(ctx: PathContext, n: WNode, replace: ((e: number) => void)
   if (statement !== undefined) {
     // A resumable call: restore, restart the rewind, and run the statement (the callee rewinds).
     if (!replace) return false;
-    const slots = ctx.slotMaps[statement - 1]!;
-    const restores = [...slots].map(([x, g]) => mod.local.set(x, mod.global.get(g, ctx.localTypes[x])));
-    const restore = mod.if(mod.i32.eq(rp(), mod.i32.const(statement)), mod.block(null, [...restores, mod.local.set(ctx.rp, mod.i32.const(0)), mod.call(REWIND_FN, [], b.none)]));
+    const restore = mod.if(mod.i32.eq(rp(), mod.i32.const(statement)), mod.block(null, [mod.local.set(ctx.rp, mod.i32.const(0)), mod.call(REWIND_FN, [], b.none)]));
     replace(mod.block(null, [restore, n.expr], b.none));
     return true;
   }
@@ -86,9 +84,7 @@ export function steer(ctx: PathContext, n: WNode, replace: ((e: number) => void)
       b._BinaryenExpressionFinalize(n.expr);
       if (id === undefined) return true;
       if (!replace) return false;
-      const slots = ctx.slotMaps[id - 1]!;
-      const restores = [...slots].map(([x, g]) => mod.local.set(x, mod.global.get(g, ctx.localTypes[x])));
-      const restore = mod.if(mod.i32.eq(rp(), mod.i32.const(id)), mod.block(null, [...restores, mod.local.set(ctx.rp, mod.i32.const(0))]));
+      const restore = mod.if(mod.i32.eq(rp(), mod.i32.const(id)), mod.local.set(ctx.rp, mod.i32.const(0)));
       replace(mod.block(null, [restore, n.expr], b.getExpressionType(n.expr)));
       return true;
     }
@@ -122,4 +118,20 @@ export function steer(ctx: PathContext, n: WNode, replace: ((e: number) => void)
       return true;
     }
   }
+}
+
+/**
+ * The saved locals of resume point rp, restored at F$resume's entry. Nothing on a steered path
+ * writes a local before the point (statements before it are skipped, `if` conditions are not
+ * evaluated, a point is only ever in the operand evaluated first), so this is the same as
+ * restoring them at the point; in one place, TurboFan gives F$resume a far smaller frame (a
+ * restore at each of a hundred points made it ~14 KB, which limited recursion through it).
+ */
+export function entryRestores(ctx: PathContext): number {
+  const { b, mod } = ctx;
+  const cases = ctx.slotMaps.map((slots, i) => {
+    const restores = [...slots].map(([x, g]) => mod.local.set(x, mod.global.get(g, ctx.localTypes[x])));
+    return mod.if(mod.i32.eq(mod.local.get(ctx.rp, b.i32), mod.i32.const(i + 1)), mod.block(null, restores, b.none));
+  });
+  return mod.block(null, cases, b.none);
 }
