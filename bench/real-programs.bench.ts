@@ -46,7 +46,7 @@ function timed(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env
 }
 
 /** A process that instruments `wasm` into an empty cache under `cacheDir` (the cold path of `ferry run`). */
-function instrumentProcess(ferryRoot: string, wasm: string, cacheDir: string): number {
+function instrumentProcess(ferryRoot: string, wasm: string, cacheDir: string, env: NodeJS.ProcessEnv = process.env): number {
   const script = `const { ModuleCache } = await import(${JSON.stringify(join(ferryRoot, 'dist/src/guest/module-cache.js'))});
 const { readFileSync } = await import('node:fs');
 const r = await new ModuleCache(${JSON.stringify(cacheDir)}).load(readFileSync(${JSON.stringify(wasm)}));
@@ -55,7 +55,7 @@ if (r.fromCache) { console.error('cache hit: not cold'); process.exit(1); }`;
   // started from a file refuses `--input-type`.
   const file = join(cacheDir, '..', `instrument-${Date.now()}.mjs`);
   writeFileSync(file, script);
-  return timed(process.execPath, [file]);
+  return timed(process.execPath, [file], env);
 }
 
 interface Side {
@@ -103,7 +103,9 @@ export async function run(): Promise<BenchRow[]> {
   const cacheDir = keepCaches ?? join(root, 'cache');
   const baseCache = process.env['FERRY_BENCH_BASELINE_CACHE'] ?? join(root, 'cache-baseline');
   const ferryEnv = { ...process.env, FERRY_CACHE_DIR: cacheDir };
-  const baseEnv = { ...process.env, FERRY_CACHE_DIR: baseCache };
+  // Experimental instrumentation settings of this run (FERRY_LOOP_RESUME) are not the baseline's:
+  // with FERRY_BENCH_BASELINE naming this very tree, the baseline is its default instrumentation.
+  const baseEnv = { ...process.env, FERRY_CACHE_DIR: baseCache, FERRY_LOOP_RESUME: '' };
   process.env['FERRY_CACHE_DIR'] = cacheDir; // the in-process pause run shares the warm cache
   const rows: BenchRow[] = [];
   try {
@@ -122,7 +124,7 @@ export async function run(): Promise<BenchRow[]> {
       let baseInstrumentMs: number | null = null;
       if (!keepCaches) {
         instrumentMs = instrumentProcess(ROOT, p.wasm, cacheDir);
-        if (baseline) baseInstrumentMs = instrumentProcess(baseline, p.wasm, baseCache);
+        if (baseline) baseInstrumentMs = instrumentProcess(baseline, p.wasm, baseCache, baseEnv); // its own settings: the cache it warms is the one its runs use
       }
 
       const guestArgs = p.args.slice(1); // ferry run puts the module's name in argv[0]

@@ -12,6 +12,7 @@ import {
   type InstrumentedMeta,
   type InstrumentedModule,
 } from './instrument.js';
+import { loopResumeEnabled } from './loop-resume.js';
 import { instrumentOffThread, type InstrumentProgressListener } from './instrument-runner.js';
 import { sha256Hex } from '../state/hash.js';
 
@@ -84,7 +85,7 @@ export class ModuleCache {
     if (existsSync(metaPath)) {
       try {
         const meta = JSON.parse(readFileSync(metaPath, 'utf8')) as InstrumentedMeta;
-        if (meta.instrumentationVersion === INSTRUMENTATION_VERSION && meta.sourceHash === hash) {
+        if (meta.instrumentationVersion === INSTRUMENTATION_VERSION && meta.sourceHash === hash && meta.loopResume === loopResumeEnabled()) {
           return {
             meta,
             binary: readFileSync(join(dir, 'instrumented.wasm')),

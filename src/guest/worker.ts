@@ -7,7 +7,8 @@ import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_thread
 import { Cmd, Ctl, WorkerState, controlWords, safepointFlags } from './control-block.js';
 import type { LaunchMessage, PausedCapture, ResumeMessage, WorkerInit, WorkerMessage } from './worker-protocol.js';
 import { SPARE_WORKER_DATA } from './spare-worker.js';
-import { decodeGlobal, encodeGlobal, type ExecState, type UnwindRegion } from '../state/exec-state.js';
+import { decodeGlobal, encodeGlobal, type ExecState } from '../state/exec-state.js';
+import { UnwindBuffer } from './unwind-buffer.js';
 import { Wasi, WasiExit, type WasiHooks } from '../wasi/wasi.js';
 import { POLLIN, poll } from '../sys/fd.js';
 
@@ -50,33 +51,49 @@ interface GuestExports {
 
 let exports!: GuestExports;
 let launch!: LaunchMessage;
-let unwind: UnwindRegion | null = null;
-/** The region's bytes as they were before the current unwind wrote there (see ExecState.displaced). */
-let beforeUnwind: Uint8Array | null = null;
-/** The part of them the unwind overwrote, put back when the rewind has read its data. */
-let displaced: Uint8Array | null = null;
+const unwind = new UnwindBuffer(init.memory, init.unwindBytes);
 
 function startUnwind(): void {
-  if (!unwind) unwind = reserveUnwindRegion(init.unwindBytes);
-  // The guest may own these bytes (see ExecState.displaced): keep them before Asyncify writes.
-  beforeUnwind = new Uint8Array(init.memory.buffer, unwind.ptr, unwind.size).slice();
-  const words = new Int32Array(init.memory.buffer, unwind.ptr, 2);
-  words[0] = unwind.ptr + 8; // Asyncify's data header: current position, end
-  words[1] = unwind.ptr + unwind.size;
-  exports.asyncify_start_unwind(unwind.ptr);
+  const r = unwind.begin();
+  markUnwinding(true);
+  exports.asyncify_start_unwind(r.ptr);
 }
 
-// The unwind buffer is taken from fresh pages at the first pause (memory.grow), not before the
-// guest starts: allocators that treat all of memory.size() at startup as their heap never see it,
-// and the guest's later memory.grow calls simply return pages above it. It is reused afterwards.
-function reserveUnwindRegion(bytes: number): UnwindRegion {
-  const pages = Math.ceil(bytes / 65536);
-  const oldPages = init.memory.grow(pages);
-  return { ptr: oldPages * 65536, size: pages * 65536 };
+/**
+ * Split functions (loop-resume.ts) that are running but not waiting in a resumable call: Asyncify
+ * cannot unwind them, so nothing may unwind while there is one (its next loop head suspends it).
+ */
+function pinned(): number {
+  const running = exports.ferry_pinned as WebAssembly.Global | undefined;
+  const atCall = exports.ferry_atcall as WebAssembly.Global | undefined; // waiting in resumable calls
+  return running ? (running.value as number) - ((atCall?.value as number | undefined) ?? 0) : 0;
+}
+
+/** Tells split functions waiting in a resumable call that the callee returned because it unwound. */
+function markUnwinding(on: boolean): void {
+  const g = exports.ferry_unwinding as WebAssembly.Global | undefined;
+  if (g) g.value = on ? 1 : 0;
+}
+
+/**
+ * An unwind stopped midway (`holdUnwind`): a split function's callee unwound, the split function
+ * saved itself and returns to its wrapper, whose safepoint continues the unwind on the same buffer.
+ */
+let unwindHeld = false;
+function holdUnwind(): void {
+  exports.asyncify_stop_unwind();
+  unwindHeld = true;
+}
+
+/** A resumed split function restarts the rewind before it re-enters the call it was waiting in. */
+function rewindAgain(): void {
+  const r = unwind.again();
+  Atomics.store(safepointFlags(init.memory), 1, 1);
+  exports.asyncify_start_rewind(r.ptr);
 }
 
 const hooks: WasiHooks = {
-  pauseRequested: () => Atomics.load(ctl, Ctl.PauseRequested) !== 0,
+  pauseRequested: () => Atomics.load(ctl, Ctl.PauseRequested) !== 0 && pinned() === 0,
   unwind: startUnwind,
   // Blocking reads wait beside the wake fd, which the owner signals with every pause request.
   waitReadable: (fd: number, timeoutMs: number) => poll([fd, init.wakeFd], [POLLIN, POLLIN], timeoutMs)[0] !== 0,
@@ -90,16 +107,7 @@ let wasi!: Wasi;
 function stopRewind(): void {
   exports.asyncify_stop_rewind();
   Atomics.store(safepointFlags(init.memory), 1, 0);
-  // The rewind has read all its data: the guest gets back what the unwind wrote over.
-  if (displaced !== null) new Uint8Array(init.memory.buffer).set(displaced, unwind!.ptr);
-  displaced = null;
-}
-
-/** After an unwind: what it overwrote ([ptr, end of its data)), from the copy taken before. */
-function noteDisplaced(): void {
-  const end = new Uint32Array(init.memory.buffer, unwind!.ptr, 1)[0]!;
-  displaced = beforeUnwind!.slice(0, end - unwind!.ptr);
-  beforeUnwind = null;
+  unwind.rewound();
 }
 
 // Called by a safepoint only when its flags say a pause or a rewind is pending.
@@ -109,7 +117,12 @@ function onSafepoint(_site: number): void {
     stopRewind();
     return;
   }
-  if (state === AsyncifyState.Normal && Atomics.load(ctl, Ctl.PauseRequested) !== 0) startUnwind();
+  if (unwindHeld && state === AsyncifyState.Normal) {
+    unwindHeld = false;
+    exports.asyncify_start_unwind(unwind.region!.ptr); // continues: the frames already saved stay
+    return;
+  }
+  if (state === AsyncifyState.Normal && Atomics.load(ctl, Ctl.PauseRequested) !== 0 && pinned() === 0) startUnwind();
 }
 
 // Blocking WASI calls are unwind points too: on rewind the same call runs again from the start.
@@ -126,7 +139,7 @@ function reentrant(fn: (...a: never[]) => unknown): (...a: never[]) => unknown {
 const calls: Record<string, (...a: never[]) => unknown> = {};
 
 function instantiate(): void {
-  const imports: Record<string, Record<string, unknown>> = { ferry: { memory: init.memory } };
+  const imports: Record<string, Record<string, unknown>> = { ferry: { memory: init.memory, rewind: rewindAgain, hold: holdUnwind } };
   for (const imp of init.meta.functionImports) {
     imports[imp.module] ??= {};
     imports[imp.module]![imp.name] = (...args: never[]) => calls[imp.name]!(...args);
@@ -189,8 +202,8 @@ function capture(): PausedCapture {
   return {
     exec: {
       globals: init.meta.globals.map((g) => encodeGlobal(g.type, (exports[g.exportName] as WebAssembly.Global).value)),
-      unwind,
-      displaced: displaced === null ? null : Buffer.from(displaced.buffer, displaced.byteOffset, displaced.length).toString('base64'),
+      unwind: unwind.region,
+      displaced: unwind.displacedBase64(),
     },
     wasi: wasi.capture(),
     movabilityProblems: wasi.movabilityProblems(),
@@ -283,9 +296,7 @@ function run(): void {
   }
   launch = l;
   if (launch.restore) {
-    unwind = launch.restore.exec.unwind;
-    const d = launch.restore.exec.displaced;
-    displaced = d === undefined || d === null ? null : new Uint8Array(Buffer.from(d, 'base64'));
+    unwind.restore(launch.restore.exec.unwind, launch.restore.exec.displaced);
     wasi = Wasi.restore(launch.restore.wasi, { preopens: launch.restore.preopens, stdio: launch.restore.stdio, sockets: launch.restore.sockets ?? {} }, hooks);
   } else {
     wasi = new Wasi(launch.fresh!.wasi, hooks);
@@ -312,7 +323,7 @@ function run(): void {
   for (;;) {
     if (rewind) {
       Atomics.store(safepointFlags(init.memory), 1, 1); // the safepoints must call back to stop the rewind
-      exports.asyncify_start_rewind(unwind!.ptr);
+      exports.asyncify_start_rewind(unwind.region!.ptr);
     }
     try {
       exports._start();
@@ -332,7 +343,8 @@ function run(): void {
       return post({ type: 'exit', code: 0 });
     }
     exports.asyncify_stop_unwind();
-    noteDisplaced();
+    markUnwinding(false);
+    unwind.unwound();
     noteSockets();
     // The capture goes first on its own port, so an owner waiting synchronously on the state
     // word finds it there with receiveMessageOnPort the moment the state says Paused.

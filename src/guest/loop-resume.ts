@@ -1,0 +1,217 @@
+// Loop-head-resumable functions: Asyncify taken out of big functions that call a lot.
+//
+// Asyncify lets a rewind re-enter a function at any of its call sites: every statement gets a
+// guard, every call a state check, and every local is saved at one exit, so V8 keeps them all
+// alive across the whole function (SQLite's interpreter loop: 8× the machine code, half the run
+// time). A function chosen here (resume-selection.ts: big, many call sites that may unwind, every
+// safepoint at a loop head whose path from the entry can be steered) is split in three:
+//
+//  - F$fast: the original body. At each loop head the safepoint becomes a suspend check: when a
+//    pause is pending and no other resumable activation is on the stack, it stores the locals
+//    live there (liveness.ts) in globals, records which loop head, and returns.
+//  - F$resume: a copy whose paths from the entry to each loop head are guarded by the resume
+//    point (a local, `rp`): statements before the one that holds the target are skipped, `if`s
+//    are steered by rp instead of their condition, and the live locals are restored just before
+//    the loop is entered. Only a resumed activation runs it, for the rest of that activation.
+//  - F: a small wrapper, instrumented by Asyncify like any other function. It calls F$fast (or
+//    F$resume when resuming), and when the callee suspended, copies the saved locals into its own
+//    locals and calls the safepoint, which unwinds F and everything above it as usual.
+//
+// F$fast and F$resume are in Asyncify's removelist: they can never be unwound by Asyncify. So
+// every call in them that may unwind is a resumable call site (call-hoist.ts moves such calls out
+// of expressions, call-resume.ts wraps them): when the callee unwinds, the split function saves
+// its locals and returns to F, which unwinds as above, and on resume F$resume re-enters that call
+// with the rewind restarted. `ferry$pinned` counts running split activations (F raises it around
+// its call) and `ferry$atcall` those waiting in a resumable call; the worker unwinds only while
+// the two are equal, and a suspend check requires their difference to be 1 (its own activation).
+// A function in which some call that may unwind cannot be made resumable is not split.
+// Off by default: FERRY_LOOP_RESUME=1 turns it on (docs/architecture.md says why).
+import { childVisitors, type BinaryenApi, type ChildVisitor } from './binaryen-api.js';
+import { hoistUnwindingCalls } from './call-hoist.js';
+import { liveAtLoopHeads, members } from './liveness.js';
+import { ATCALL_EXPORT, G_ATCALL, G_UNWINDING, HOLD_FN, HOLD_IMPORT, REWIND_FN, REWIND_IMPORT, UNWINDING_EXPORT, wrapResumableCalls } from './call-resume.js';
+import { chooseFunctions, isPoint } from './resume-selection.js';
+import { addWrapper, G_PINNED, G_RESUME, G_SUSPENDED, saveSlot, suspendCheck, unwindCheck, zero } from './resume-frame.js';
+import { entryRestores, pointRanges, steer, type PathContext } from './resume-steering.js';
+import { Kind, preOrder, readTree, type WNode } from './wasm-tree.js';
+
+export { LOOP_RESUME_MIN_CALL_SITES, LOOP_RESUME_MIN_EXPRESSIONS } from './resume-selection.js';
+
+/** The exported global the worker reads: how many loop-head-resumable activations are running. */
+export const PINNED_EXPORT = 'ferry_pinned';
+
+export function loopResumeEnabled(): boolean {
+  return process.env['FERRY_LOOP_RESUME'] === '1';
+}
+
+/**
+ * Splits the chosen functions (see the top of this file) and returns the names Asyncify must
+ * leave alone. Runs after safepoints are placed (`call safepointFn` at entries and loop heads) and
+ * before they are inlined.
+ */
+export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn: string, mayUnwind: (callee: string) => boolean): string[] {
+  const fields = childVisitors(b);
+  const typeName = new Map<number, string>([[b.i32, 'i32'], [b.i64, 'i64'], [b.f32, 'f32'], [b.f64, 'f64'], [b.v128, 'v128']]);
+  const slots = new Map<string, number>(); // type → save globals needed
+  const removelist: string[] = [];
+  let anyCalls = false;
+  let k = 0;
+  for (const c of chooseFunctions(b, mod, safepointFn, mayUnwind)) {
+    const fnRef = mod.getFunction(c.name);
+    const before = b.getFunctionInfo(fnRef);
+    if ([...b.expandType(before.params), ...(before.vars as number[])].some((t: number) => !typeName.has(t))) continue;
+    // Every call that may unwind becomes a statement of its own (call-hoist.ts) and then a
+    // resumable call site (call-resume.ts), or the function is not split: a call the split
+    // function could not be resumed in would hold a pause for as long as the callee runs.
+    const original: number = before.body;
+    const unwinding = (call: number): boolean =>
+      b.getExpressionId(call) === b.CallIndirectId || (b.Call.getTarget(call) !== safepointFn && mayUnwind(b.Call.getTarget(call)));
+    const hoisted = hoistUnwindingCalls(b, mod, fnRef, original, unwinding);
+    if (hoisted === null) {
+      debug(`${c.name}: a call that may unwind cannot be moved into a statement; not split`);
+      continue;
+    }
+    b.Function.setBody(fnRef, hoisted);
+    const calls = wrapResumableCalls(b, mod, fnRef, hoisted, mayUnwind, safepointFn, (e, f) => fields.get(b.getExpressionId(e))!(e, f));
+    const unresumable = countUnwindingCalls(b, fields, hoisted, unwinding) - calls.size;
+    if (unresumable !== 0) {
+      debug(`${c.name}: ${unresumable} calls that may unwind are not resumable; not split`);
+      b.Function.setBody(fnRef, original);
+      continue;
+    }
+    const info = b.getFunctionInfo(fnRef);
+    const params: number[] = b.expandType(info.params);
+    const localTypes: number[] = [...params, ...(info.vars as number[])];
+    const rp = localTypes.length; // the resume point, a local of F$resume
+    const tree = readTree(b, fields, info.body);
+    const nodes: WNode[] = [];
+    preOrder(tree, (n) => nodes.push(n));
+    const pointAt: number[] = []; // pre-order index of each point (the copy has the same shape)
+    nodes.forEach((n, i) => {
+      if (isPoint(n, safepointFn) || calls.has(n.expr)) pointAt.push(i);
+    });
+    const points = pointAt.map((i) => nodes[i]!);
+    const live = liveAtLoopHeads(tree, localTypes.length, new Set(points.filter((p) => p.kind === Kind.Block)));
+    const liveAt = points.map((p) => {
+      const at = members(live.get(p)!);
+      if (p.kind === Kind.Block) for (const x of operandReads(p)) if (!at.includes(x)) at.push(x);
+      return at;
+    });
+    const slotOf = (at: number[]): Map<number, string> => {
+      const next = new Map<string, number>();
+      const out = new Map<number, string>();
+      for (const x of at) {
+        const t = typeName.get(localTypes[x]!)!;
+        const j = next.get(t) ?? 0;
+        next.set(t, j + 1);
+        out.set(x, saveSlot(t, j));
+      }
+      return out;
+    };
+    const slotMaps = liveAt.map(slotOf);
+
+    const copy: number = mod.copyExpression(info.body);
+    const copyTree = readTree(b, fields, copy);
+    const copyNodes: WNode[] = [];
+    preOrder(copyTree, (n) => copyNodes.push(n));
+    if (copyNodes.length !== nodes.length) throw new Error('internal: a copied function differs from its original');
+    const copyPoints = pointAt.map((i) => copyNodes[i]!);
+    const ranges = pointRanges(copyTree, new Set(copyPoints));
+    const results: number = info.results;
+    // The safepoints become suspend checks, resumable calls get their unwind checks (in the copy
+    // before its paths are guarded, which moves statements into guards; in the original only once
+    // the copy is known to be steerable).
+    const placeChecks = (root: WNode, pts: WNode[]): void => {
+      pts.forEach((p, i) => {
+        if (p.kind === Kind.Block) {
+          b.Block.setChildAt(p.expr, 3, unwindCheck(b, mod, i + 1, slotMaps[i]!, localTypes, results));
+          return;
+        }
+        const head = p.children[0]!;
+        const check = suspendCheck(b, mod, i + 1, slotMaps[i]!, localTypes, results);
+        b.Block.setChildAt(head.expr, 0, check);
+        head.children[0] = { ...head.children[0]!, expr: check, kind: Kind.Other, children: [], callee: null };
+      });
+      const first = root.kind === Kind.Block ? root.children[0] : undefined;
+      if (first?.kind === Kind.Call && first.callee === safepointFn) {
+        const nop = mod.nop();
+        b.Block.setChildAt(root.expr, 0, nop);
+        root.children[0] = { ...first, expr: nop, kind: Kind.Other, children: [], callee: null };
+      }
+    };
+    placeChecks(copyTree, copyPoints);
+    const ctx: PathContext = { b, mod, rp, ranges, localTypes, slotMaps, pointIds: new Map(copyPoints.map((p, i) => [p, i + 1])) };
+    let bodyCopy = copy;
+    if (!steer(ctx, copyTree, (e) => { bodyCopy = e; })) {
+      debug(`${c.name}: a resume point no path can be steered to; not split`);
+      b.Function.setBody(fnRef, original); // leave F to Asyncify, as it was
+      continue;
+    }
+    placeChecks(tree, points);
+    anyCalls ||= calls.size > 0;
+    for (const m of slotMaps) {
+      const perType = new Map<string, number>();
+      for (const s of m.values()) {
+        const t = s.split('_')[1]!;
+        perType.set(t, (perType.get(t) ?? 0) + 1);
+      }
+      for (const [t, n] of perType) slots.set(t, Math.max(slots.get(t) ?? 0, n));
+    }
+
+    const plain = /^[A-Za-z0-9_.$]+$/.test(c.name);
+    const fast = plain ? `${c.name}$ferry_fast` : `ferry$fast${k}`;
+    const resume = plain ? `${c.name}$ferry_resume` : `ferry$resume${k}`;
+    k++;
+    const vars = [...(info.vars as number[]), b.i32];
+    const body = info.body as number;
+    mod.removeFunction(c.name);
+    mod.addFunction(fast, info.params, results, vars, body);
+    mod.addFunction(resume, info.params, results, vars, mod.block(null, [mod.local.set(rp, mod.global.get(G_RESUME, b.i32)), entryRestores(ctx), bodyCopy], results));
+    addWrapper(b, mod, c.name, fast, resume, params, results, slotMaps, localTypes, typeName, safepointFn);
+    removelist.push(fast, resume);
+  }
+  if (removelist.length === 0) return removelist;
+  for (const g of [G_RESUME, G_SUSPENDED, G_PINNED, G_ATCALL, G_UNWINDING]) mod.addGlobal(g, b.i32, true, mod.i32.const(0));
+  mod.addGlobalExport(G_PINNED, PINNED_EXPORT);
+  mod.addGlobalExport(G_ATCALL, ATCALL_EXPORT);
+  mod.addGlobalExport(G_UNWINDING, UNWINDING_EXPORT);
+  if (anyCalls) {
+    mod.addFunctionImport(REWIND_FN, REWIND_IMPORT.module, REWIND_IMPORT.name, b.none, b.none);
+    mod.addFunctionImport(HOLD_FN, HOLD_IMPORT.module, HOLD_IMPORT.name, b.none, b.none);
+  }
+  const typeOf = new Map([...typeName].map(([t, n]) => [n, t]));
+  for (const [t, n] of slots) {
+    for (let j = 0; j < n; j++) mod.addGlobal(saveSlot(t, j), typeOf.get(t), true, zero(b, mod, typeOf.get(t)!));
+  }
+  return removelist;
+}
+
+function debug(message: string): void {
+  if (process.env['FERRY_LOOP_RESUME_DEBUG']) process.stderr.write(`loop-resume: ${message}\n`);
+}
+
+/** Calls in `body` that `unwinding` names. */
+function countUnwindingCalls(b: BinaryenApi, fields: Map<number, ChildVisitor>, body: number, unwinding: (call: number) => boolean): number {
+  let n = 0;
+  const go = (e: number): void => {
+    if (!e) return;
+    const id = b.getExpressionId(e) as number;
+    if ((id === b.CallId || id === b.CallIndirectId) && unwinding(e)) n++;
+    fields.get(id)!(e, go);
+  };
+  go(body);
+  return n;
+}
+
+/** Locals read by the operands of a wrapped call statement (block [atcall+1, S, atcall-1, check]). */
+function operandReads(w: WNode): number[] {
+  const s = w.children[1]!;
+  const call = s.kind === Kind.Call || s.kind === Kind.CallIndirect ? s : s.children[0]!;
+  const out = new Set<number>();
+  const go = (n: WNode): void => {
+    if (n.kind === Kind.Get) out.add(n.local);
+    n.children.forEach(go);
+  };
+  call.children.forEach(go);
+  return [...out];
+}

@@ -1,0 +1,87 @@
+// Which functions loop-resume.ts splits, by analysis only: big ones with many call sites that may
+// unwind and a loop-head safepoint, leaving out any that drives a bigger candidate.
+import { childVisitors, type BinaryenApi } from './binaryen-api.js';
+import { Kind, preOrder, readTree, UnsupportedExpression, type WNode } from './wasm-tree.js';
+
+/** A function is worth it only with this much code (expressions) ... */
+export const LOOP_RESUME_MIN_EXPRESSIONS = 2048;
+/** ... and this many call sites that may unwind (each costs Asyncify a guard and a state check). */
+export const LOOP_RESUME_MIN_CALL_SITES = 32;
+
+export interface Chosen {
+  name: string;
+  tree: WNode;
+  points: WNode[]; // loops whose head has a safepoint, pre-order: point k is points[k - 1]
+  sites: number; // call sites that may unwind
+}
+
+/** A loop whose body starts with a safepoint call: a place a split function can suspend. */
+export function isPoint(n: WNode, safepointFn: string): boolean {
+  const body = n.children[0];
+  const head = body?.kind === Kind.Block ? body.children[0] : undefined;
+  return n.kind === Kind.Loop && head?.kind === Kind.Call && head.callee === safepointFn;
+}
+
+/**
+ * Functions worth splitting: at least LOOP_RESUME_MIN_EXPRESSIONS of code and
+ * LOOP_RESUME_MIN_CALL_SITES call sites that may unwind (calls to what `mayUnwind` names, and
+ * `call_indirect`), with at least one loop-head safepoint.
+ */
+export function chooseFunctions(b: BinaryenApi, mod: BinaryenApi, safepointFn: string, mayUnwind: (callee: string) => boolean): Chosen[] {
+  const fields = childVisitors(b);
+  const candidates = new Map<string, Chosen>();
+  const callees = new Map<string, Set<string>>(); // direct calls to defined functions that may unwind
+  for (let i = 0; i < mod.getNumFunctions(); i++) {
+    const f = b.getFunctionInfo(mod.getFunctionByIndex(i));
+    if (f.module || !f.body) continue;
+    let tree: WNode;
+    try {
+      tree = readTree(b, fields, f.body);
+    } catch (err) {
+      if (err instanceof UnsupportedExpression) continue;
+      throw err;
+    }
+    let size = 0;
+    let sites = 0;
+    const points: WNode[] = [];
+    const calls = new Set<string>();
+    preOrder(tree, (n) => {
+      size++;
+      if (n.kind === Kind.CallIndirect) sites++;
+      if (n.kind === Kind.Call && n.callee !== safepointFn && mayUnwind(n.callee!)) {
+        sites++;
+        calls.add(n.callee!);
+      }
+      if (isPoint(n, safepointFn)) points.push(n);
+    });
+    callees.set(f.name, calls);
+    if (process.env['FERRY_LOOP_RESUME_DEBUG'] && sites >= 8) process.stderr.write(`loop-resume: ${f.name} size ${size} sites ${sites} loop heads ${points.length}\n`);
+    if (points.length > 0 && size >= LOOP_RESUME_MIN_EXPRESSIONS && sites >= LOOP_RESUME_MIN_CALL_SITES) {
+      candidates.set(f.name, { name: f.name, tree, points, sites });
+    }
+  }
+  // While a chosen function is in a call, nothing below it can pause: one that calls down (by
+  // direct calls) into a candidate with more call sites than its own (the engine it drives: a
+  // shell above its interpreter loop) would hold a pause for all of that engine's run. Recursion
+  // is allowed (SQLite's interpreter re-enters itself for nested statements): an inner activation
+  // cannot suspend while the outer one is in its call, so the pause waits for the outer loop head.
+  const reachesCandidate = (from: string): boolean => {
+    const seen = new Set<string>();
+    const todo = [...(callees.get(from) ?? [])];
+    const own = candidates.get(from)!.sites;
+    while (todo.length > 0) {
+      const g = todo.pop()!;
+      const c = candidates.get(g);
+      if (c && c.sites > own) return true;
+      if (seen.has(g)) continue;
+      seen.add(g);
+      for (const h of callees.get(g) ?? []) todo.push(h);
+    }
+    return false;
+  };
+  const chosen = [...candidates.values()].filter((c) => !reachesCandidate(c.name));
+  if (process.env['FERRY_LOOP_RESUME_DEBUG']) {
+    process.stderr.write(`loop-resume: candidates ${[...candidates.keys()].join(' ')}; chosen ${chosen.map((c) => c.name).join(' ')}\n`);
+  }
+  return chosen;
+}

@@ -1,0 +1,212 @@
+// Loop-head-resumable functions (src/guest/loop-resume.ts, FERRY_LOOP_RESUME=1): the liveness they
+// save by, and a real program instrumented with them — GNU bc, whose parser and printf are chosen by
+// the analysis — paused several times, captured, and restored over a copy of its memory, with the
+// output of node:wasi byte for byte. Assertions on bytes and states only.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import binaryen from 'binaryen';
+import { realPrograms, writeInputs } from '../bench/fixtures/real-programs.js';
+import { Guest } from '../src/guest/guest.js';
+import { ModuleCache } from '../src/guest/module-cache.js';
+import { childVisitors } from '../src/guest/instrument.js';
+import { liveAtLoopHeads, members } from '../src/guest/liveness.js';
+import { readTree, preOrder, Kind, type WNode } from '../src/guest/wasm-tree.js';
+import { compileFixture, readText, waitFor } from './fixtures/guest/helpers.js';
+
+process.env['FERRY_LOOP_RESUME'] = '1'; // read when instrumenting (this process and its threads)
+const WASI_RUN = fileURLToPath(new URL('../bench/fixtures/wasi-run.js', import.meta.url));
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+test('liveness: a loop head keeps the locals read on some path from it before any write', () => {
+  // $f(p0): l1 is written at the top of each iteration before it is read (dead at the head);
+  // l2 carries a sum across iterations (live); p0 bounds the loop (live); l3 is read only after
+  // the loop (live: the loop exits from its head's path).
+  const mod = binaryen.parseText(`(module
+    (func $f (param i32) (result i32) (local i32 i32 i32)
+      (local.set 3 (i32.const 5))
+      (loop $L
+        (local.set 1 (i32.mul (local.get 0) (i32.const 3)))
+        (local.set 2 (i32.add (local.get 2) (local.get 1)))
+        (local.set 0 (i32.sub (local.get 0) (i32.const 1)))
+        (br_if $L (local.get 0)))
+      (i32.add (local.get 2) (local.get 3))))`);
+  try {
+    const f = binaryen.getFunctionInfo(mod.getFunction('$f') || mod.getFunctionByIndex(0));
+    const tree = readTree(binaryen, childVisitors(binaryen), f.body);
+    let loop: WNode | null = null;
+    preOrder(tree, (n) => {
+      if (n.kind === Kind.Loop) loop = n;
+    });
+    assert.ok(loop);
+    const live = liveAtLoopHeads(tree, 4).get(loop);
+    assert.deepEqual(members(live!), [0, 2, 3]);
+  } finally {
+    mod.dispose();
+  }
+});
+
+/**
+ * Runs `wasm` under node:wasi for the reference, then under Ferry (instrumented with loop-head
+ * resumption: asserted), pausing it a few times and finally capturing it, stopping it and restoring
+ * it over a copy of its memory; returns [reference, first run's output + restored run's output].
+ */
+async function pausedMovedAndReference(wasm: string, args: string[], files: Record<string, string | Uint8Array>, split = /\$ferry_fast/): Promise<[string, string]> {
+  const root = mkdtempSync(join(tmpdir(), 'ferry-loop-resume-'));
+  try {
+    const work = join(root, 'work');
+    writeInputs({ name: 'x', kind: 'interpreter', wasm, args, files, describe: '' }, work);
+    const refOut = join(root, 'reference.out');
+    const t0 = performance.now();
+    const r = spawnSync(process.execPath, ['--no-warnings', WASI_RUN, wasm, work, refOut, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const refMs = performance.now() - t0;
+    assert.equal(r.status, 0, String(r.stderr));
+    const ref = readFileSync(refOut);
+
+    const cache = new ModuleCache(join(root, 'cache'));
+    const module = readFileSync(wasm);
+    const inst = await cache.load(module);
+    assert.equal(inst.meta.loopResume, true);
+    const text = Buffer.from(inst.binary).toString('latin1');
+    assert.match(text, split, 'the analysis split the function expected');
+    assert.match(text, /\$ferry_resume/);
+
+    const first = join(root, 'first.out');
+    const second = join(root, 'second.out');
+    const fd1 = openSync(first, 'w');
+    const fd2 = openSync(second, 'w');
+    const preopens = [{ guestPath: '/work', hostPath: work }];
+    try {
+      const guest = await Guest.start({ module, args, stdio: { stdout: fd1 }, preopens, cache });
+      let restored: Guest | null = null;
+      try {
+        let pauses = 0;
+        for (let i = 0; i < 4 && guest.status === 'running'; i++) {
+          await sleep(Math.max(5, refMs * 0.03));
+          if (guest.status !== 'running') break;
+          try {
+            await guest.pause();
+          } catch (err) {
+            if ((guest.status as string) === 'exited') break; // it ended while the pause waited
+            throw err;
+          }
+          pauses++;
+          guest.resume();
+        }
+        assert.ok(pauses > 0, 'no pause landed mid-run: the run is too short to test');
+        await guest.pause();
+        assert.equal(guest.status, 'paused', 'the guest ended before the last pause: the run is too short to test');
+        const state = guest.capture();
+        assert.ok(state.exec.unwind, 'the guest unwound its stack at the pause');
+        const image = new Uint8Array(guest.memory.buffer).slice();
+        await guest.stop();
+        const memory = new WebAssembly.Memory({ initial: state.memory.bytes / 65536, maximum: state.memory.maxBytes / 65536, shared: true });
+        new Uint8Array(memory.buffer).set(image);
+        restored = await Guest.restore({ module, state, memory, stdio: { stdout: fd2 }, preopens, cache });
+        assert.deepEqual(await restored.exited, { reason: 'exit', code: 0 });
+      } finally {
+        if (guest.status !== 'stopped' && guest.status !== 'exited') await guest.stop();
+        if (restored && restored.status !== 'exited') await restored.stop();
+      }
+    } finally {
+      closeSync(fd1);
+      closeSync(fd2);
+    }
+    return [ref.toString(), Buffer.concat([readFileSync(first), readFileSync(second)]).toString()];
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+}
+
+test('an interpreter loop split for loop-head resumption pauses at its loop heads, moves, and prints what node:wasi prints', async () => {
+  const [ref, got] = await pausedMovedAndReference(compileFixture('dispatch'), ['dispatch', 'run', '400000'], {});
+  assert.match(ref, /^run 400000 \d+\n$/);
+  assert.equal(got, ref);
+});
+
+test('a callback spinning through a function pointer called from a split interpreter loop pauses, moves, and prints what node:wasi prints', async () => {
+  // The call is resumable (call-resume.ts): the callback's own loop unwinds, the interpreter loop
+  // saves its state at the call and is re-entered there on resume.
+  const [ref, got] = await pausedMovedAndReference(compileFixture('dispatch'), ['dispatch', 'callback', '100000000'], {});
+  assert.match(ref, /^callback 100000000 \d+\n$/);
+  assert.equal(got, ref);
+});
+
+test('bc, with functions split for loop-head resumption, pauses, moves and prints what node:wasi prints', async () => {
+  const p = realPrograms(0.06).find((q) => q.name === 'bc')!;
+  const [ref, got] = await pausedMovedAndReference(p.wasm, p.args, p.files);
+  assert.equal(got, ref);
+});
+
+// interpret_expr (dispatch.c) uses the callback's result inside expressions (`if (cb(x))`,
+// `sum += cb(x)`) and recurses from inside one: call-hoist.ts moves those calls into statements of
+// their own, so the loop is split and each call is a resumable call site. Were one of them left
+// in its expression, the pause would wait for the callback to return.
+const SPLIT_EXPR = /interpret_expr\$ferry_fast/;
+
+test('callbacks called from inside expressions of a split interpreter loop pause, move, and print what node:wasi prints', async () => {
+  const [ref, got] = await pausedMovedAndReference(compileFixture('dispatch'), ['dispatch', 'expr', '120000000'], {}, SPLIT_EXPR);
+  assert.match(ref, /^expr 120000000 \d+\n$/);
+  assert.equal(got, ref);
+});
+
+// 500 levels of wrapper + F$resume: with the saved locals restored at each resume point instead of
+// at F$resume's entry (resume-steering.ts) TurboFan's frame was ~14 KB and this overflowed the
+// worker's stack near 290 levels after a resume.
+test('a split interpreter loop 500 calls deep in its own recursion, called from an expression, pauses, moves, and prints what node:wasi prints', async () => {
+  const [ref, got] = await pausedMovedAndReference(compileFixture('dispatch'), ['dispatch', 'recurse', '500', '60000000'], {}, SPLIT_EXPR);
+  assert.match(ref, /^recurse 500 60000000 \d+\n$/);
+  assert.equal(got, ref);
+});
+
+for (const op of ['0', '1']) {
+  const shape = op === '0' ? '`if (cb(x))`' : '`sum += cb(x)`';
+  // The hang guard (timeout) only turns a pause that never lands into a failure.
+  test(`a callback that never returns, called as ${shape} from a split interpreter loop, pauses, and pauses again after a restore`, { timeout: 240_000 }, async () => {
+    const root = mkdtempSync(join(tmpdir(), 'ferry-loop-forever-'));
+    const cache = new ModuleCache(join(root, 'cache'));
+    const module = readFileSync(compileFixture('dispatch'));
+    const args = ['dispatch', 'forever', op];
+    const out = join(root, 'out.txt');
+    const fd = openSync(out, 'w');
+    let guest: Guest | null = null;
+    let restored: Guest | null = null;
+    try {
+      const inst = await cache.load(module);
+      assert.match(Buffer.from(inst.binary).toString('latin1'), SPLIT_EXPR, 'the interpreter loop is split');
+      guest = await Guest.start({ module, args, stdio: { stdout: fd }, cache });
+      await waitFor('the guest to reach its endless callback', () => readText(out) === `forever ${op}\n`);
+      for (let i = 0; i < 3; i++) {
+        await sleep(20);
+        await guest.pause();
+        assert.equal(guest.status, 'paused');
+        guest.resume();
+      }
+      await guest.pause();
+      const state = guest.capture();
+      assert.ok(state.exec.unwind, 'the guest unwound its stack at the pause');
+      const image = new Uint8Array(guest.memory.buffer).slice();
+      await guest.stop();
+      const memory = new WebAssembly.Memory({ initial: state.memory.bytes / 65536, maximum: state.memory.maxBytes / 65536, shared: true });
+      new Uint8Array(memory.buffer).set(image);
+      restored = await Guest.restore({ module, state, memory, stdio: { stdout: fd }, cache });
+      for (let i = 0; i < 3; i++) {
+        await sleep(20);
+        assert.equal(restored.status, 'running', 'the restored guest is still in its endless callback');
+        await restored.pause();
+        assert.equal(restored.status, 'paused');
+        restored.resume();
+      }
+      assert.equal(readText(out), `forever ${op}\n`, 'nothing printed after the callback was entered');
+    } finally {
+      if (guest && guest.status !== 'stopped' && guest.status !== 'exited') await guest.stop();
+      if (restored && restored.status !== 'stopped' && restored.status !== 'exited') await restored.stop();
+      closeSync(fd);
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+}
