@@ -5,10 +5,11 @@
 //    guest starts fresh, never when a restored guest is instantiated over memory that already
 //    holds its pages;
 //  - every mutable global is exported, so its value can be captured and restored;
-//  - a safepoint call is placed at every function entry and loop head (Binaryen's
-//    `log-execution` pass; innermost loops that call nothing that can unwind check it only once
-//    every N iterations, and counted innermost loops that call nothing and provably end after a
-//    small amount of work not at all), and Asyncify lets the guest unwind its whole stack into
+//  - a safepoint call is placed at every loop head and at the entry of every function that may
+//    recurse (Binaryen's `log-execution` pass; functions on no cycle of the call graph lose their
+//    entry safepoint, see call-graph.ts; innermost loops that call nothing that can unwind check it
+//    only once every N iterations, and counted innermost loops that call nothing and provably end
+//    after a small amount of work not at all), and Asyncify lets the guest unwind its whole stack into
 //    linear memory from a safepoint or from a blocking WASI call, and rewind it later, in any
 //    process.
 //
@@ -16,9 +17,11 @@
 // and bounded-functions.ts (what needs no safepoint), loop-resume.ts (functions resumed at their
 // loop heads), instrument-meta.ts (what the cache stores), binaryen-api.ts.
 import { sha256Hex } from '../state/hash.js';
+import { entrySafepointFree } from './call-graph.js';
+import { callGraphFacts } from './tree-facts.js';
 import { loopResumeEnabled, resumeAtLoopHeads } from './loop-resume.js';
 import { featureMask, loadBinaryen, valueType, type BinaryenApi } from './binaryen-api.js';
-import { boundedFunctions, leafFunctions, mayUnwindFrom } from './bounded-functions.js';
+import { BOUNDED_BUDGET_EXPRESSIONS, boundedFunctions, leafFunctions, mayUnwindFrom } from './bounded-functions.js';
 import { amortiseInnermostLoops, dropExitSafepoints, inlineSafepointCheck, pruneEntrySafepoints, safepointImportName } from './safepoints.js';
 import {
   FERRY_IMPORT_MODULE, FERRY_MEMORY_IMPORT, GLOBAL_EXPORT_PREFIX, INSTRUMENTATION_VERSION, ModuleRejected, SAFEPOINT_FLAG_ADDR,
@@ -147,11 +150,14 @@ function transform(b: BinaryenApi, mod: BinaryenApi, source: Uint8Array, onStage
   const bounded = boundedFunctions(b, mod);
   const provablyShort = new Set(bounded); // leaves below keep their loops' safepoints: not short
   for (const name of leafFunctions(b, mod)) bounded.add(name);
+  // And so do functions on no cycle of the call graph (they cannot recurse) whose straight-line
+  // work before the next safepoint is small (call-graph.ts).
+  const entryFree = entrySafepointFree(...callGraphFacts(b, mod), bounded, BOUNDED_BUDGET_EXPRESSIONS);
   mod.runPasses(['log-execution']);
   const safepointFn = safepointImportName(b, mod);
   if (!safepointFn) throw new ModuleRejected('internal: safepoint insertion produced no import');
   dropExitSafepoints(b, mod, safepointFn);
-  pruneEntrySafepoints(b, mod, safepointFn, bounded);
+  pruneEntrySafepoints(b, mod, safepointFn, entryFree);
   amortiseInnermostLoops(b, mod, safepointFn);
   const loopResume = loopResumeEnabled();
   const notAsyncified = loopResume ? resumeAtLoopHeads(b, mod, safepointFn, mayUnwindFrom(b, mod, provablyShort)) : [];

@@ -208,7 +208,8 @@ export function dropExitSafepoints(b: BinaryenApi, mod: BinaryenApi, safepointFn
  * loops, so it has no safepoint left. It then cannot unwind, and Asyncify leaves it — and every
  * call to it — uninstrumented, which is where most of the cost of instrumentation goes (hot
  * calls of small helpers from big functions). Entry safepoints stay in every other function:
- * they bound recursion without loops.
+ * they bound recursion without loops — except in functions on no cycle of the call graph
+ * (`entrySafepointFree`, call-graph.ts), which are in the set this is given too (version 12).
  */
 export function pruneEntrySafepoints(b: BinaryenApi, mod: BinaryenApi, safepointFn: string, leaves: Set<string>): void {
   for (const name of leaves) {

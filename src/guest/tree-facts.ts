@@ -1,7 +1,8 @@
 // What a function body contains, as far as safepoints are concerned: its size, calls and loops,
 // and for each loop the same facts about its body (read once, used by safepoint placement, the
 // counted-loop exemption and the bounded-function analysis).
-import { Unsupported, type BinaryenApi, type ChildVisitor } from './binaryen-api.js';
+import { childVisitors, Unsupported, type BinaryenApi, type ChildVisitor } from './binaryen-api.js';
+import { functionsOnCycles, type FunctionFacts } from './call-graph.js';
 
 /** What a subtree contains, as far as safepoints are concerned. */
 export interface TreeFacts {
@@ -69,4 +70,29 @@ export function walk(b: BinaryenApi, fields: Map<number, ChildVisitor>, root: nu
   };
   visit(root);
   return facts;
+}
+
+/**
+ * Each defined function's facts for the call graph (a body this walk cannot read calls anything),
+ * the functions on its cycles, and the functions in the table (what a call_indirect may reach).
+ */
+export function callGraphFacts(b: BinaryenApi, mod: BinaryenApi): [Map<string, FunctionFacts>, Set<string>] {
+  const fields = childVisitors(b);
+  const facts = new Map<string, FunctionFacts>();
+  for (let i = 0; i < mod.getNumFunctions(); i++) {
+    const f = b.getFunctionInfo(mod.getFunctionByIndex(i));
+    if (f.module) continue;
+    try {
+      const t = walk(b, fields, f.body, '', []);
+      facts.set(f.name, { size: t.size, calls: t.calls, indirect: t.indirect });
+    } catch (err) {
+      if (!(err instanceof Unsupported)) throw err;
+      facts.set(f.name, { size: 0, calls: [], indirect: true, unknown: true });
+    }
+  }
+  const table = new Set<string>();
+  for (let i = 0; i < mod.getNumElementSegments(); i++) {
+    for (const name of b.getElementSegmentInfo(mod.getElementSegmentByIndex(i)).data) table.add(name);
+  }
+  return [facts, functionsOnCycles(facts, table)];
 }
