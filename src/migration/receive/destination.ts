@@ -204,6 +204,7 @@ export class MigrationDestination {
     const native = (features & Feature.NATIVE_FAULTS) !== 0;
     const incoming = (this.incoming = new IncomingMemory(mem, new PageStateTable(mem.maxPageCount), this.link.urgentThread!, checker, digest, native));
     await incoming.start();
+    this.link.dataplaneBytes = () => incoming.dataplaneBytes;
     this.phases.enter('precopy');
     const { staged, trace, postcopyBuffer } = await receiveUntilCommit({
       bulk,

@@ -60,7 +60,7 @@ export class IncomingMemory {
   private plane: FaultPlane | null = null;
   private planeLatencyFrom = 0;
   /** Counts of planes ended (a reconnection starts a new one). */
-  private priorNative = { faults: 0, placed: 0 };
+  private priorNative = { faults: 0, placed: 0, bytesSent: 0, bytesReceived: 0 };
   private activePages = 0;
   private nativeFailure: Error | null = null;
   private nativeLost: ((e: Error) => void) | null = null;
@@ -212,6 +212,12 @@ export class IncomingMemory {
     this.pagesRequested = this.priorNative.placed + s.pagesPlaced;
   }
 
+  /** Bytes the native fault thread carried over every data plane connection so far. */
+  get dataplaneBytes(): { sent: number; received: number } {
+    const s = this.plane?.read();
+    return { sent: this.priorNative.bytesSent + (s?.bytesSent ?? 0), received: this.priorNative.bytesReceived + (s?.bytesReceived ?? 0) };
+  }
+
   private stopPlane(): void {
     if (!this.plane) return;
     this.collectNative();
@@ -219,6 +225,8 @@ export class IncomingMemory {
     this.plane.stop();
     this.priorNative.faults += s.faults;
     this.priorNative.placed += s.pagesPlaced;
+    this.priorNative.bytesSent += s.bytesSent;
+    this.priorNative.bytesReceived += s.bytesReceived;
     this.plane = null;
     this.planeLatencyFrom = 0;
   }

@@ -27,6 +27,8 @@ export class DestinationLink {
   /** The session the kept data plane connection proved itself for (its key confirmation). */
   private dataplaneSession = '';
   private dataplaneArrived: (() => void) | null = null;
+  /** The native fault thread's bytes over every data plane connection (set once pages can move). */
+  dataplaneBytes: () => { sent: number; received: number } = () => ({ sent: 0, received: 0 });
 
   /** The session's urgent connection: in use now, or once `arrival` brings it. */
   expectUrgent(urgent: RemoteChannel | FramedChannel | null, arrival: () => Promise<RemoteChannel | FramedChannel>): void {
@@ -117,11 +119,11 @@ export class DestinationLink {
   }
 
   get bytesReceived(): number {
-    return this.priorBytesReceived + (this.bulk?.bytesReceived ?? 0) + (this.urgentThread?.bytesReceived ?? 0);
+    return this.priorBytesReceived + (this.bulk?.bytesReceived ?? 0) + (this.urgentThread?.bytesReceived ?? 0) + this.dataplaneBytes().received;
   }
 
   get bytesSent(): number {
-    return this.priorBytesSent + (this.bulk?.bytesSent ?? 0) + (this.urgentThread?.bytesSent ?? 0);
+    return this.priorBytesSent + (this.bulk?.bytesSent ?? 0) + (this.urgentThread?.bytesSent ?? 0) + this.dataplaneBytes().sent;
   }
 }
 
