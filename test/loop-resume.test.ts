@@ -16,7 +16,7 @@ import { ModuleCache } from '../src/guest/module-cache.js';
 import { childVisitors } from '../src/guest/instrument.js';
 import { liveAtLoopHeads, members } from '../src/guest/liveness.js';
 import { readTree, preOrder, Kind, type WNode } from '../src/guest/wasm-tree.js';
-import { compileFixture, readText, waitFor } from './fixtures/guest/helpers.js';
+import { compileFixture, readText, waitFor, captureOverCopy } from './fixtures/guest/helpers.js';
 
 process.env['FERRY_LOOP_RESUME'] = '1'; // read when instrumenting (this process and its threads)
 const WASI_RUN = fileURLToPath(new URL('../bench/fixtures/wasi-run.js', import.meta.url));
@@ -100,12 +100,8 @@ async function pausedMovedAndReference(wasm: string, args: string[], files: Reco
         assert.ok(pauses > 0, 'no pause landed mid-run: the run is too short to test');
         await guest.pause();
         assert.equal(guest.status, 'paused', 'the guest ended before the last pause: the run is too short to test');
-        const state = guest.capture();
+        const { state, memory } = await captureOverCopy(guest);
         assert.ok(state.exec.unwind, 'the guest unwound its stack at the pause');
-        const image = new Uint8Array(guest.memory.buffer).slice();
-        await guest.stop();
-        const memory = new WebAssembly.Memory({ initial: state.memory.bytes / 65536, maximum: state.memory.maxBytes / 65536, shared: true });
-        new Uint8Array(memory.buffer).set(image);
         restored = await Guest.restore({ module, state, memory, stdio: { stdout: fd2 }, preopens, cache });
         assert.deepEqual(await restored.exited, { reason: 'exit', code: 0 });
       } finally {
@@ -187,12 +183,8 @@ for (const op of ['0', '1']) {
         guest.resume();
       }
       await guest.pause();
-      const state = guest.capture();
+      const { state, memory } = await captureOverCopy(guest);
       assert.ok(state.exec.unwind, 'the guest unwound its stack at the pause');
-      const image = new Uint8Array(guest.memory.buffer).slice();
-      await guest.stop();
-      const memory = new WebAssembly.Memory({ initial: state.memory.bytes / 65536, maximum: state.memory.maxBytes / 65536, shared: true });
-      new Uint8Array(memory.buffer).set(image);
       restored = await Guest.restore({ module, state, memory, stdio: { stdout: fd }, cache });
       for (let i = 0; i < 3; i++) {
         await sleep(20);

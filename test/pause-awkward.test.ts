@@ -9,7 +9,7 @@ import { closeSync, openSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import binaryen from 'binaryen';
-import { compileFixture, sleep, tmpDir, useSharedCache } from './fixtures/guest/helpers.js';
+import { compileFixture, sleep, tmpDir, useSharedCache, captureOverCopy } from './fixtures/guest/helpers.js';
 import { Guest } from '../src/guest/guest.js';
 
 useSharedCache();
@@ -46,12 +46,8 @@ async function pausedAndMoved(wasm: string, args: string[], dir: string, refMs: 
         guest.resume();
       }
       await guest.pause();
-      const state = guest.capture();
+      const { state, memory } = await captureOverCopy(guest);
       assert.ok(state.exec.unwind, 'the guest unwound its stack at the pause');
-      const image = new Uint8Array(guest.memory.buffer).slice();
-      await guest.stop();
-      const memory = new WebAssembly.Memory({ initial: state.memory.bytes / 65536, maximum: state.memory.maxBytes / 65536, shared: true });
-      new Uint8Array(memory.buffer).set(image);
       restored = await Guest.restore({ module, state, memory, stdio: { stdout: fd2 } });
       assert.deepEqual(await restored.exited, { reason: 'exit', code: 0 });
     } finally {
