@@ -21,6 +21,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { tmpDir, useSharedCache } from './fixtures/guest/helpers.js';
+import { ip, makeTopology, removeTopology } from './fixtures/net/topology.js';
 
 const HOST = fileURLToPath(new URL('./fixtures/net/guest-host.js', import.meta.url));
 const CLIENTS = fileURLToPath(new URL('./fixtures/net/kv-clients.js', import.meta.url));
@@ -32,41 +33,12 @@ const CLIENT_COUNT = 32;
 
 useSharedCache();
 
-function ip(...args: string[]): string {
-  try {
-    return execFileSync('ip', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-  } catch (err) {
-    throw new Error(`ip ${args.join(' ')}: ${String((err as { stderr?: string }).stderr ?? err).trim()}`);
-  }
-}
-
 function teardown(): void {
-  for (const ns of Object.values(NS)) {
-    try {
-      ip('netns', 'del', ns);
-    } catch {
-      /* not there */
-    }
-  }
+  removeTopology(NS);
 }
 
 function setup(): void {
-  teardown();
-  for (const ns of Object.values(NS)) {
-    ip('netns', 'add', ns);
-    ip('-n', ns, 'link', 'set', 'lo', 'up');
-  }
-  ip('-n', NS.client, 'link', 'add', 'br0', 'type', 'bridge');
-  ip('-n', NS.client, 'addr', 'add', '10.79.0.1/24', 'dev', 'br0');
-  ip('-n', NS.client, 'link', 'set', 'br0', 'up');
-  for (const [host, own, side] of [[NS.a, '10.79.0.2', 'a'], [NS.b, '10.79.0.3', 'b']] as const) {
-    ip('-n', NS.client, 'link', 'add', `to-${side}`, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', host);
-    ip('-n', NS.client, 'link', 'set', `to-${side}`, 'master', 'br0');
-    ip('-n', NS.client, 'link', 'set', `to-${side}`, 'up');
-    ip('-n', host, 'addr', 'add', `${own}/24`, 'dev', 'eth0');
-    ip('-n', host, 'link', 'set', 'eth0', 'up');
-  }
-  ip('-n', NS.a, 'addr', 'add', `${SERVICE}/24`, 'dev', 'eth0');
+  makeTopology(NS, '10.79.0', SERVICE);
 }
 
 /** A fixture process in a namespace; its JSON replies, in order. */

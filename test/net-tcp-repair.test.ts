@@ -13,6 +13,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { ip, makeTopology, removeTopology } from './fixtures/net/topology.js';
 
 const PEER = fileURLToPath(new URL('./fixtures/net/tcp-peer.js', import.meta.url));
 const tag = String(process.pid % 100000);
@@ -23,43 +24,12 @@ const UP = 6 << 20;
 const DOWN = 6 << 20;
 const READ_FIRST = 512 << 10;
 
-function ip(...args: string[]): string {
-  try {
-    return execFileSync('ip', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-  } catch (err) {
-    throw new Error(`ip ${args.join(' ')}: ${String((err as { stderr?: string }).stderr ?? err).trim()}`);
-  }
-}
-
 function teardown(): void {
-  for (const ns of Object.values(NS)) {
-    try {
-      ip('netns', 'del', ns); // takes its veth ends, and so their peers, with it
-    } catch {
-      /* not there */
-    }
-  }
+  removeTopology(NS);
 }
 
 function setup(): void {
-  teardown();
-  for (const ns of Object.values(NS)) {
-    ip('netns', 'add', ns);
-    ip('-n', ns, 'link', 'set', 'lo', 'up');
-  }
-  ip('-n', NS.client, 'link', 'add', 'br0', 'type', 'bridge');
-  ip('-n', NS.client, 'addr', 'add', '10.78.0.1/24', 'dev', 'br0');
-  ip('-n', NS.client, 'link', 'set', 'br0', 'up');
-  for (const [host, own] of [[NS.a, '10.78.0.2'], [NS.b, '10.78.0.3']] as const) {
-    const side = host === NS.a ? 'a' : 'b';
-    // Made inside the client namespace, the host end then moved to its namespace: no name in the root one.
-    ip('-n', NS.client, 'link', 'add', `to-${side}`, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', host);
-    ip('-n', NS.client, 'link', 'set', `to-${side}`, 'master', 'br0');
-    ip('-n', NS.client, 'link', 'set', `to-${side}`, 'up');
-    ip('-n', host, 'addr', 'add', `${own}/24`, 'dev', 'eth0');
-    ip('-n', host, 'link', 'set', 'eth0', 'up');
-  }
-  ip('-n', NS.a, 'addr', 'add', `${SERVICE}/24`, 'dev', 'eth0');
+  makeTopology(NS, '10.78.0', SERVICE);
   // A sends at 8 Mbit/s: its send buffer stays full while the client reads, and the segments in
   // the queue and on the way are sent and not yet acknowledged when the test dumps the connection.
   execFileSync('tc', ['-n', NS.a, 'qdisc', 'add', 'dev', 'eth0', 'root', 'tbf', 'rate', '8mbit', 'burst', '32kb', 'latency', '400ms']);
