@@ -24,6 +24,17 @@ const PAGE = 4096;
 
 useFileCache('migration-precopy');
 
+/** Waits (up to a minute) until the source's migration is in precopy with more than `bytes` sent. */
+async function waitForPrecopy(client: ApiClient, bytes: number): Promise<void> {
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    const s = await client.migration().catch(() => null);
+    if (s && s.state === 'precopy' && Number(s['bytesSent']) > bytes) return;
+    if (Date.now() > deadline) throw new Error(`precopy never got going: ${JSON.stringify(s)}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 describe('precopy migration, end to end', () => {
   let sb: Sandbox;
   const procs: FerryProc[] = [];
@@ -136,13 +147,7 @@ describe('precopy migration, end to end', () => {
     // 64 MiB at 8 MB/s: pass 0 alone takes ~8 s, so the kill lands inside precopy.
     const migrating = runMigrate(sb, port, ['--mode', 'precopy', '--verify', '--max-bandwidth', '8M']);
     const client = new ApiClient(sb.sock);
-    const deadline = Date.now() + 60_000;
-    for (;;) {
-      const s = await client.migration().catch(() => null);
-      if (s && s.state === 'precopy' && Number(s['bytesSent']) > 4 * MiB) break;
-      if (Date.now() > deadline) throw new Error(`precopy never got going: ${JSON.stringify(s)}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    await waitForPrecopy(client, 4 * MiB);
     dst.kill();
     const { code, json: r } = await migrating;
     assert.equal(code, 6, `migrate exit code ${code}: ${JSON.stringify(r)}`);
@@ -158,5 +163,25 @@ describe('precopy migration, end to end', () => {
     assert.equal(await src.exitWithin(30_000), 0);
     const seqs = src.seqs();
     seqs.forEach((n, i) => assert.equal(n, i + 1, 'the source SEQ runs on without a gap'));
+  });
+  test('a guest that exits mid-precopy ends the migration at once: error "guest", the destination runs nothing', async () => {
+    fresh();
+    const { proc: dst, port } = await startDestination(sb);
+    procs.push(dst);
+    const src = await startSource(sb, 'memtouch.wasm', ['--mib', '64', '--rate', '2000', '--report-ms', '100', '--verify-file', '/work/verify'], '256M');
+    procs.push(src);
+    // 64 MiB at 8 MB/s, rewritten at about that rate: precopy runs far longer than the guest does
+    // once it is told to verify (memtouch exits 0 after its VERIFY line).
+    const migrating = runMigrate(sb, port, ['--mode', 'precopy', '--max-bandwidth', '8M'], sb.keyFile, 120_000);
+    await waitForPrecopy(new ApiClient(sb.sock), 4 * MiB);
+    assert.match(await verifyGuest(src, sb.srcWork), /^VERIFY OK /);
+    const { code, json: r } = await migrating;
+    assert.equal(code, 6, `migrate exit code ${code}: ${JSON.stringify(r)}`);
+    const error = r['error'] as { code?: string; message?: string } | undefined;
+    assert.equal(error?.code, 'guest', `the error names the guest's end: ${JSON.stringify(r)}`);
+    assert.match(error?.message ?? '', /exited with code 0 before the switchover/);
+    assert.equal(await src.exitWithin(30_000), 0, 'the source process exits with its guest\'s code');
+    assert.notEqual(await dst.exitWithin(30_000), 0, 'the destination gives up the stream that ended before COMMIT');
+    assert.equal(dst.out, '', 'the destination never ran a guest');
   });
 });

@@ -46,7 +46,7 @@ export function migrationExtensions(guest: Guest, hooks: MigrationBindingHooks):
       } catch (err) {
         if (err instanceof MigrationError) {
           if (err.code === 'after-commit') stuck = true;
-          const status = err.code === 'not-converged' ? 422 : err.code === 'cancelled' ? 409 : err.code === 'not-movable' ? 409 : 502;
+          const status = err.code === 'not-converged' ? 422 : err.code === 'cancelled' ? 409 : err.code === 'not-movable' || err.code === 'guest' ? 409 : 502;
           throw new ControllerError(status, err.code, err.message);
         }
         throw err;

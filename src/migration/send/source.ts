@@ -8,6 +8,7 @@
 // discards what it received. Once COMMIT is sent this side never resumes the guest: exactly one
 // side ever runs it.
 import { Guest } from '../../guest/guest.js';
+import type { GuestExit } from '../../guest/guest-types.js';
 import { GuestMemory, WASM_PAGE_SIZE } from '../../memory/guest-memory.js';
 import { DirtyTracker } from '../../memory/dirty-tracker.js';
 import { scanResidency } from '../../memory/residency.js';
@@ -111,9 +112,20 @@ export class MigrationSource {
   async run(): Promise<MigrationReport> {
     const tracker = new DirtyTracker(this.pages.mem);
     let pausedByUs = false;
+    // A guest that ends before the commit (it finished its work, or trapped) has nothing left to
+    // move: fail at once rather than stream the memory of a program that no longer runs. The
+    // destination sees the stream end before COMMIT and runs nothing.
+    let ended: GuestExit | null = null;
+    const onExit = (e: GuestExit) => {
+      if (this.committed) return;
+      ended = e;
+      this.link.destroy(new MigrationError('guest', endedText(e)));
+    };
+    this.guest.once('exit', onExit);
     try {
       return await this.migrate(tracker, () => (pausedByUs = true));
     } catch (err) {
+      if (ended && !this.committed) err = new MigrationError('guest', endedText(ended));
       this.downtimePriority.end();
       this.phases.enter(this.cancelled ? 'cancelled' : 'failed');
       this.errorText = (err as Error).message;
@@ -129,6 +141,8 @@ export class MigrationSource {
         'after-commit',
         `migration failed after the commit point: ${(err as Error).message}. The guest may be running on the destination; it is kept paused here with its memory (ferry migrate --abandon frees it)`,
       );
+    } finally {
+      this.guest.off('exit', onExit);
     }
   }
 
@@ -232,6 +246,12 @@ export class MigrationSource {
   private report(): void {
     this.opts.onProgress?.(this.progress());
   }
+}
+
+/** Why a migration ended when its guest did, before the commit. */
+function endedText(e: GuestExit): string {
+  const how = e.reason === 'exit' ? `exited with code ${e.code}` : e.reason === 'trap' ? `trapped (${e.message ?? 'unknown trap'})` : e.reason === 'stopped' ? 'was stopped' : `failed (${e.message ?? 'unknown error'})`;
+  return `the guest ${how} before the switchover: there is nothing left to move, and the destination runs nothing`;
 }
 
 export type { GuestState };
