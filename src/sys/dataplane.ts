@@ -99,3 +99,21 @@ let loaded: FerryDataplane | null = null;
 export function dataplaneAddon(): FerryDataplane {
   return (loaded ??= require(addonPath()) as FerryDataplane);
 }
+
+let loadFailure: string | null | undefined;
+/**
+ * Why the addon cannot be loaded in this process, or null when it can (tried once, then remembered):
+ * the native path is chosen only when this is null, so a missing or broken build falls back to the
+ * JavaScript fault path instead of failing a migration.
+ */
+export function dataplaneLoadFailure(): string | null {
+  if (loadFailure === undefined) {
+    try {
+      dataplaneAddon();
+      loadFailure = null;
+    } catch (err) {
+      loadFailure = err instanceof Error ? err.message : String(err);
+    }
+  }
+  return loadFailure;
+}
