@@ -40,11 +40,19 @@ for (const path of ['native', 'javascript'] as const) {
       assert.equal(r['mode'], 'postcopy');
       assert.ok(Number(r['bytesSent']) <= 2 * Number(r['memoryBytes']) * 1.005 + (1 << 20), `bytesSent ${r['bytesSent']}`);
       assert.equal(await src.exitWithin(30_000), 0);
+      const pc = r['postcopy'] as { pagesRequested: number; pagesPushed: number; dataplane?: { pagesSent: number; bytesSent: number; bytesReceived: number } };
       if (path === 'native') {
         // Both sides ran the native threads (the feature was granted and the connection made).
         assert.match(src.err, /native answer thread started/);
         assert.match(dst.err, /native fault thread started/);
+        // The answer thread's bytes are in the source's totals: every page it sent is 4 KiB of
+        // payload on the data plane connection, and the bulk channel carried what was pushed.
+        const dp = pc.dataplane;
+        assert.ok(dp, 'the source reports what its native answer thread carried');
+        assert.ok(dp.bytesSent >= dp.pagesSent * 4096, `data plane bytes ${dp.bytesSent} < ${dp.pagesSent} pages`);
+        assert.ok(Number(r['bytesSent']) >= dp.bytesSent + pc.pagesPushed * 4096, `bytesSent ${r['bytesSent']} leaves out the data plane's ${dp.bytesSent} or the ${pc.pagesPushed} pages pushed`);
       } else {
+        assert.equal(pc.dataplane, undefined);
         assert.doesNotMatch(src.err, /native answer thread started/);
         assert.doesNotMatch(dst.err, /native fault thread started/);
       }

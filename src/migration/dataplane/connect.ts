@@ -33,6 +33,15 @@ export function nativeFaultsEnabled(): boolean {
   return false;
 }
 
+/**
+ * Whether the source's native answer thread streams postcopy's bulk too (on the data plane
+ * connection, placed by the destination's fault thread): yes unless FERRY_NATIVE_BULK=0. Only the
+ * source decides; the destination places whatever pages arrive either way.
+ */
+export function nativeBulkEnabled(): boolean {
+  return process.env['FERRY_NATIVE_BULK'] !== '0';
+}
+
 /** What proves this side to the destination: the session's data plane secret and id. */
 export interface DataplaneKey {
   secret: Uint8Array;

@@ -70,7 +70,8 @@ export class AfterCommit {
     const { link } = this.opts;
     this.nativeMemory = memory;
     const native = memory ? link.takeAnswerLink(memory) : null;
-    this.postcopy = new PostcopySource(pages, pending, pageCount, link.bulk!, link.urgent!, bufferBytes, native);
+    const postcopy = (this.postcopy = new PostcopySource(pages, pending, pageCount, link.bulk!, link.urgent!, bufferBytes, native));
+    link.dataplaneBytes = () => postcopy.dataplaneBytes;
     if (native) this.opts.phases.note('postcopy (native answer thread started)');
   }
 
