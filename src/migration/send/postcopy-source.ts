@@ -196,12 +196,29 @@ export class PostcopySource {
   private async awaitNativeBulk(): Promise<void> {
     const plane = this.plane!;
     for (;;) {
+      // Every pending page claimed means every one was sent, here or before a reconnection: what
+      // the destination still lacks after a loss it names in RECEIVED_SET. Checked before the
+      // thread's failure, because the destination closes the data plane as soon as it holds every
+      // page, which ends the thread with an error before it may have noted that it is done.
+      if (plane.read().bulkDone || this.allClaimed()) break;
       if (this.failure) throw this.failure;
       if (this.urgent.error) throw this.urgent.error;
-      if (plane.read().bulkDone) break;
       await new Promise((r) => setTimeout(r, NATIVE_BULK_POLL_MS));
     }
     this.endMs = performance.now();
+  }
+
+  /** Whether no pending page is left unclaimed (word by word: a scan of 32 pages at a time). */
+  private allClaimed(): boolean {
+    const pending = this.urgent.pendingWords;
+    const claims = this.urgent.claims.words;
+    const words = Math.ceil(this.pageCount / 32);
+    for (let w = 0; w < words; w++) {
+      let avail = (Atomics.load(pending, w) & ~Atomics.load(claims, w)) >>> 0;
+      if (w === words - 1 && this.pageCount % 32 !== 0) avail &= (1 << this.pageCount % 32) - 1;
+      if (avail !== 0) return false;
+    }
+    return true;
   }
 
   /** Claims and returns the next pending page at or after the cursor (wrapping), or -1. */
