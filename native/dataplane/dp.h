@@ -20,6 +20,11 @@
 #define DP_MAX_REQUEST 512u  /* pages per REQUEST */
 #define DP_SECRET 32u        /* bytes of the TLS exporter secret the keys come from */
 #define DP_ERR 256
+/* Bulk mode: the answer thread adds a bulk frame only while fewer unsent bytes than this wait in the
+ * socket (TCP_NOTSENT_LOWAT), and the fault thread's receive buffer is capped, so an answer never
+ * queues behind more than a few frames of bulk data. */
+#define DP_BULK_LOWAT (64u << 10)
+#define DP_BULK_RCVBUF (256u << 10)
 
 enum dp_type { DP_FINISHED = 1, DP_REQUEST = 2, DP_PAGES = 3 };
 enum dp_role { DP_CONNECTOR = 0, DP_ACCEPTOR = 1 };
@@ -81,10 +86,17 @@ void dp_set_err(char *err, const char *fmt, ...) __attribute__((format(printf, 2
 /* ---- destination: the fault thread ---- */
 enum { /* Float64 slots of the destination's stats */
   DS_FAULTS, DS_ZERO_FILLS, DS_REQUESTS, DS_DEDUPED, DS_WAKES, DS_PAGES_PLACED, DS_EEXIST, DS_LATENCY_COUNT,
-  DS_BYTES_SENT, DS_BYTES_RECEIVED, DS_PAGES_RECEIVED, DS_STATE, DS_SLOTS = 16
+  DS_BYTES_SENT, DS_BYTES_RECEIVED, DS_PAGES_RECEIVED, DS_STATE,
+  DS_PLACED_ASKED, /* of DS_PAGES_PLACED, those a request asked for (a fault, or fault-around); the rest came unasked: bulk */
+  DS_SLOTS = 16
 };
 /* Float64 slots of the source's stats */
-enum { SS_REQUESTS, SS_PAGES_SENT, SS_CURSOR, SS_TWICE, SS_BYTES_SENT, SS_BYTES_RECEIVED, SS_STATE = 11, SS_SLOTS = 16 };
+enum {
+  SS_REQUESTS, SS_PAGES_SENT, SS_CURSOR, SS_TWICE, SS_BYTES_SENT, SS_BYTES_RECEIVED,
+  SS_PUSHED,    /* of SS_PAGES_SENT, those the bulk stream sent (bulk mode) */
+  SS_BULK_DONE, /* 1 once the bulk stream has claimed, sealed and written every pending page (bulk mode) */
+  SS_STATE = 11, SS_SLOTS = 16
+};
 enum { DP_STATE_HANDSHAKE = 0, DP_STATE_RUNNING = 1, DP_STATE_STOPPED = 2, DP_STATE_FAILED = 3 };
 enum { PS_KNOWN_ZERO = 0, PS_PENDING = 1, PS_RECEIVED = 2 }; /* src/memory/page-state.ts */
 
@@ -114,6 +126,7 @@ typedef struct {
   uint32_t page_count;
   uint32_t *pending;      /* PageBitmap words: pages the destination lacks */
   uint32_t *claims;       /* PageClaims words shared with the bulk stream */
+  int bulk;               /* stream every pending page nobody claimed, after the answers (the postcopy bulk stream) */
   double *stats;          /* SS_SLOTS */
   uint8_t secret[DP_SECRET];
   volatile int *stop;

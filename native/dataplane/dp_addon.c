@@ -324,6 +324,21 @@ static napi_value f_start_answer(napi_env env, napi_callback_info info) {
       !(a->claims = get_array(env, p, o, "claims", napi_uint32_array, 4, words ? words : 1, NULL)) ||
       !(a->stats = get_array(env, p, o, "stats", napi_float64_array, 8, SS_SLOTS, NULL)) || !get_secret(env, p, o, a->secret))
     goto bad;
+  {
+    /* Optional: stream the bulk too (default false). */
+    napi_value bv;
+    bool has = false, b = false;
+    if (napi_has_named_property(env, o, "bulk", &has) == napi_ok && has && napi_get_named_property(env, o, "bulk", &bv) == napi_ok &&
+        napi_get_value_bool(env, bv, &b) != napi_ok) {
+      napi_valuetype bt;
+      napi_typeof(env, bv, &bt);
+      if (bt != napi_undefined) {
+        fail(env, "dataplane: bulk must be a boolean");
+        goto bad;
+      }
+    }
+    a->bulk = b;
+  }
   p->sock = a->sock;
   return start(env, p, argv[1]);
 bad:

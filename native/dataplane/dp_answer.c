@@ -4,12 +4,19 @@
 // when the bulk stream has claimed it already: a fault must never wait behind bulk data, and a page
 // that crosses twice stays within the 2 x memory bound (faults are few). The claim is still set, so
 // the bulk stream skips the page if it has not reached it yet.
+// Bulk mode (args.bulk): this thread is the bulk stream too. Whenever no answer waits to be written
+// and the socket holds fewer than DP_BULK_LOWAT unsent bytes, it claims the next pending page
+// nobody claimed — from just after the last request, as the faults lead, wrapping once — and sends
+// a run of up to DP_MAX_RUN of them. Answers go first, and behind at most a few frames of bulk.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 
 #include "dp.h"
 
@@ -24,6 +31,45 @@ static int is_pending(const dp_answer_args *a, uint32_t p) {
 static int claim(dp_answer_args *a, uint32_t p) {
   uint32_t m = 1u << (p & 31);
   return (__atomic_fetch_or(&a->claims[p >> 5], m, __ATOMIC_ACQ_REL) & m) != 0;
+}
+
+/* Claims and returns the next pending page nobody claimed at or after *cur (wrapping once); -1 when
+ * there is none left. Claims only grow and pending pages only go while a thread runs, so once none
+ * is found none ever will be. */
+static int64_t next_unclaimed(dp_answer_args *a, uint32_t cur) {
+  uint32_t words = (a->page_count + 31) / 32;
+  if (words == 0) return -1;
+  if (cur >= a->page_count) cur = 0;
+  uint32_t w0 = cur >> 5;
+  for (uint32_t i = 0; i <= words; i++) {
+    uint32_t w = (w0 + i) % words;
+    uint32_t avail = __atomic_load_n(&a->pending[w], __ATOMIC_ACQUIRE) & ~__atomic_load_n(&a->claims[w], __ATOMIC_ACQUIRE);
+    if (i == 0) avail &= ~0u << (cur & 31); /* the pages before cur in its word come last, on the wrap */
+    while (avail) {
+      uint32_t b = (uint32_t)__builtin_ctz(avail);
+      avail &= avail - 1;
+      uint32_t p = w * 32 + b;
+      if (p >= a->page_count) break;
+      if (!claim(a, p)) return p;
+    }
+  }
+  return -1;
+}
+
+/* One bulk frame from the cursor on: 1 sent, 0 none left, -1 failed. */
+static int push_bulk(dp_answer_args *a, dp_conn *c, uint32_t *cursor) {
+  int64_t first = next_unclaimed(a, *cursor);
+  if (first < 0) return 0;
+  uint32_t p = (uint32_t)first, q = p + 1;
+  while (q < a->page_count && q - p < DP_MAX_RUN && is_pending(a, q) && !claim(a, q)) q++;
+  uint8_t head[8];
+  dp_put_be32(head, p);
+  dp_put_be32(head + 4, q - p);
+  if (dp_conn_queue(c, DP_PAGES, head, 8, a->memory + (size_t)p * DP_PAGE, (q - p) * DP_PAGE) < 0) return -1;
+  a->stats[SS_PAGES_SENT] += q - p;
+  a->stats[SS_PUSHED] += q - p;
+  *cursor = q;
+  return 1;
 }
 
 static int on_request(dp_answer_args *a, dp_conn *c, const dp_frame *f) {
@@ -72,12 +118,22 @@ int dp_answer_run(dp_answer_args *a) {
   a->stats[SS_STATE] = DP_STATE_HANDSHAKE;
   if (dp_handshake(&c, a->secret, a->role, "urgent", a->timeout_ms, a->wakefd, a->stop) < 0) goto out;
   a->stats[SS_STATE] = DP_STATE_RUNNING;
+  /* Bulk mode: POLLOUT then means fewer than DP_BULK_LOWAT bytes wait unsent in the socket. */
+  int bulk = a->bulk;
+  uint32_t cursor = 0, seen_cursor = 0;
+  if (bulk) {
+    int lowat = DP_BULK_LOWAT;
+    if (setsockopt(a->sock, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof lowat) < 0) {
+      dp_set_err(a->err, "TCP_NOTSENT_LOWAT: %s", strerror(errno));
+      goto out;
+    }
+  }
   /* Requests that came with the peer's FINISHED are already in rbuf: no poll would report them. */
   int buffered = 1;
   for (;;) {
     int full = dp_conn_pending_tx(&c) > TX_BYTES / 2;
     struct pollfd pf[2] = {
-        {.fd = a->sock, .events = (short)((full ? 0 : POLLIN) | (dp_conn_pending_tx(&c) ? POLLOUT : 0))},
+        {.fd = a->sock, .events = (short)((full ? 0 : POLLIN) | (dp_conn_pending_tx(&c) || bulk ? POLLOUT : 0))},
         {.fd = a->wakefd, .events = POLLIN},
     };
     if (poll(pf, 2, buffered ? 0 : -1) < 0 && errno != EINTR) {
@@ -118,6 +174,18 @@ int dp_answer_run(dp_answer_args *a) {
       goto out;
     }
     if (dp_conn_flush(&c) < 0) goto out;
+    /* The bulk stream: one frame when nothing else waits to be written and the socket has room. */
+    if (bulk && dp_conn_pending_tx(&c) == 0 && (pf[0].revents & POLLOUT)) {
+      uint32_t led = (uint32_t)a->stats[SS_CURSOR];
+      if (led != seen_cursor) cursor = seen_cursor = led; /* follow the faults */
+      int r = push_bulk(a, &c, &cursor);
+      if (r < 0) goto out;
+      if (r == 0) {
+        bulk = 0;
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+        a->stats[SS_BULK_DONE] = 1;
+      } else if (dp_conn_flush(&c) < 0) goto out;
+    }
     a->stats[SS_BYTES_SENT] = c.bytes_out;
     a->stats[SS_BYTES_RECEIVED] = c.bytes_in;
   }

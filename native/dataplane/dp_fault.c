@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "../uapi.h"
@@ -203,6 +204,7 @@ static int on_pages(fault_ctx *x, const dp_frame *f) {
       count(x, DS_PAGES_PLACED, 1);
       int64_t t = __atomic_exchange_n(&a->times[p], 0, __ATOMIC_ACQ_REL);
       if (t != 0) {
+        count(x, DS_PLACED_ASKED, 1);
         __atomic_fetch_sub(a->waiting, 1, __ATOMIC_ACQ_REL);
         if (t < 0) continue; /* asked ahead: no thread waited on it */
         if (now == 0) now = (double)dp_epoch_us();
@@ -246,6 +248,10 @@ int dp_fault_run(dp_fault_args *a) {
   dp_prefer_latency(a->realtime);
   int rc = -1;
   if (dp_conn_init(&x.c, a->sock, TX_BYTES) < 0) goto out;
+  /* The source may stream the bulk over this connection too: what waits in this socket is what an
+   * answer queues behind, so keep it to a few frames (this thread reads as fast as it places). */
+  int rcvbuf = DP_BULK_RCVBUF;
+  (void)setsockopt(a->sock, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
   a->stats[DS_STATE] = DP_STATE_HANDSHAKE;
   if (dp_handshake(&x.c, a->secret, a->role, "urgent", a->timeout_ms, a->wakefd, a->stop) < 0) goto out;
   a->stats[DS_STATE] = DP_STATE_RUNNING;

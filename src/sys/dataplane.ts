@@ -57,6 +57,8 @@ export interface AnswerThreadOptions extends CommonOptions {
   pending: Uint32Array;
   /** PageClaims words shared with the bulk stream. */
   claims: Uint32Array;
+  /** Stream every pending page nobody claimed too, after the answers: the thread is the postcopy bulk stream (default false). */
+  bulk?: boolean;
   /** AnswerThreadStat slots. */
   stats: Float64Array;
 }
@@ -76,9 +78,18 @@ export interface FerryDataplane {
 export const FaultThreadStat = {
   FAULTS: 0, ZERO_FILLS: 1, REQUESTS: 2, DEDUPED: 3, WAKES: 4, PAGES_PLACED: 5, EEXIST: 6, LATENCY_COUNT: 7,
   BYTES_SENT: 8, BYTES_RECEIVED: 9, PAGES_RECEIVED: 10, STATE: 11,
+  /** Of PAGES_PLACED, those a request asked for (a fault or fault-around); the rest came unasked (the bulk stream). */
+  PLACED_ASKED: 12,
 } as const;
 /** Float64 slots of the answer thread's stats (SS_*). */
-export const AnswerThreadStat = { REQUESTS: 0, PAGES_SENT: 1, CURSOR: 2, TWICE: 3, BYTES_SENT: 4, BYTES_RECEIVED: 5, STATE: 11 } as const;
+export const AnswerThreadStat = {
+  REQUESTS: 0, PAGES_SENT: 1, CURSOR: 2, TWICE: 3, BYTES_SENT: 4, BYTES_RECEIVED: 5,
+  /** Of PAGES_SENT, those the bulk stream sent (bulk mode). */
+  PUSHED: 6,
+  /** 1 once the bulk stream has sent every pending page (bulk mode). */
+  BULK_DONE: 7,
+  STATE: 11,
+} as const;
 export const DATAPLANE_STAT_SLOTS = 16;
 /** Values of the STATE slot. */
 export const DataplaneState = { HANDSHAKE: 0, RUNNING: 1, STOPPED: 2, FAILED: 3 } as const;
@@ -98,4 +109,22 @@ let loaded: FerryDataplane | null = null;
 /** The addon, loaded on first use: a process that never runs the native fault path never loads it. */
 export function dataplaneAddon(): FerryDataplane {
   return (loaded ??= require(addonPath()) as FerryDataplane);
+}
+
+let loadFailure: string | null | undefined;
+/**
+ * Why the addon cannot be loaded in this process, or null when it can (tried once, then remembered):
+ * the native path is chosen only when this is null, so a missing or broken build falls back to the
+ * JavaScript fault path instead of failing a migration.
+ */
+export function dataplaneLoadFailure(): string | null {
+  if (loadFailure === undefined) {
+    try {
+      dataplaneAddon();
+      loadFailure = null;
+    } catch (err) {
+      loadFailure = err instanceof Error ? err.message : String(err);
+    }
+  }
+  return loadFailure;
 }

@@ -160,6 +160,7 @@ async function runIncoming(modulePath: string | undefined, opts: RunFlags, guest
     onRefused: (r) => process.stderr.write(`ferry: refused ${r.peer} (${r.phase}): ${r.reason} [${r.count} refused]\n`),
   });
   let guest: Guest | null = null;
+  let completion: Promise<unknown> | null = null;
   const api = opts.apiSock
     ? await serveGuestApi(() => guest, opts.apiSock, { migration: () => dest.progress(), state: () => (guest ? null : 'migrating'), faultLatenciesUs: () => dest.faultLatenciesUs() })
     : null;
@@ -168,6 +169,7 @@ async function runIncoming(modulePath: string | undefined, opts: RunFlags, guest
   try {
     const incoming = await dest.receive().finally(() => bar.stop());
     guest = incoming.guest;
+    completion = incoming.completion;
     incoming.completion.then(
       () => undefined,
       (err: Error) => process.stderr.write(`ferry: migration did not complete: ${err.message}\n`),
@@ -178,8 +180,26 @@ async function runIncoming(modulePath: string | undefined, opts: RunFlags, guest
     return EXIT.migrationFailed;
   }
   const result = await untilExit(guest);
+  // A guest can end before its migration does (a short program finishes during postcopy, faster
+  // still with the native data plane): the closing messages (FAULT_STATS, DIGEST, DONE) must still
+  // reach the source, or it reconnects to a port that is gone until its recovery timeout.
+  if (completion) await settleWithin(completion, COMPLETION_AFTER_EXIT_MS);
   await api?.close();
   return exitCodeOf(result);
+}
+
+/** How long a destination whose guest has ended still waits for its migration to complete. */
+const COMPLETION_AFTER_EXIT_MS = 30_000;
+
+function settleWithin(p: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<void>((resolve) => {
+    timer = setTimeout(() => {
+      process.stderr.write(`ferry: the guest ended; the migration did not complete within ${ms / 1000} s after, exiting anyway\n`);
+      resolve();
+    }, ms);
+  });
+  return Promise.race([p.then(() => undefined, () => undefined), late]).finally(() => clearTimeout(timer));
 }
 
 function parseCount(value: string, flag: string): number {

@@ -15,6 +15,8 @@ export interface AnswerPlaneOptions {
   /** Claims shared with the bulk stream (PageClaims words). */
   claims: Uint32Array;
   secret: Uint8Array;
+  /** The thread streams the postcopy bulk too (every pending page nobody claimed, after the answers). */
+  bulk?: boolean;
   timeoutMs?: number;
   realtime?: boolean;
 }
@@ -28,6 +30,10 @@ export interface AnswerPlaneStats {
   twice: number;
   bytesSent: number;
   bytesReceived: number;
+  /** Of pagesSent, those the bulk stream sent (bulk mode). */
+  pushed: number;
+  /** Bulk mode: every pending page has been sent. */
+  bulkDone: boolean;
 }
 
 export class AnswerPlane {
@@ -44,6 +50,7 @@ export class AnswerPlane {
         sock: o.sock, role: o.role ?? DataplaneRole.CONNECTOR, timeoutMs: o.timeoutMs ?? 10_000,
         realtime: (o.realtime ?? true) && process.env['FERRY_REALTIME'] !== '0',
         memory: o.memory, pageCount: o.pageCount, pending: o.pending, claims: o.claims, stats: this.stats, secret: o.secret,
+        bulk: o.bulk ?? false,
       },
       (error) => ended(error),
     );
@@ -54,6 +61,7 @@ export class AnswerPlane {
     return {
       requests: s[AnswerThreadStat.REQUESTS]!, pagesSent: s[AnswerThreadStat.PAGES_SENT]!, cursor: s[AnswerThreadStat.CURSOR]!,
       twice: s[AnswerThreadStat.TWICE]!, bytesSent: s[AnswerThreadStat.BYTES_SENT]!, bytesReceived: s[AnswerThreadStat.BYTES_RECEIVED]!,
+      pushed: s[AnswerThreadStat.PUSHED]!, bulkDone: s[AnswerThreadStat.BULK_DONE] === 1,
     };
   }
 

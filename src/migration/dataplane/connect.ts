@@ -11,12 +11,35 @@ import { close, write } from '../../sys/fd.js';
 import { takeSocketFd } from './socket-fd.js';
 import { ACCEPTANCE_BYTES, CHALLENGE_BYTES, acceptanceHolds, confirm } from './confirm.js';
 import { RawReadError, readExactly } from './raw-read.js';
+import { dataplaneLoadFailure } from '../../sys/dataplane.js';
 
 export const DATAPLANE_FEATURE_ENV = 'FERRY_NATIVE_FAULTS';
 
-/** Whether this process runs the postcopy fault path natively: off by default (a full-suite run hung with it on, 2026-12-05; see docs/design-notes.md), FERRY_NATIVE_FAULTS=1 turns it on. */
+let fallbackNoted = false;
+/**
+ * Whether this process runs the postcopy fault path natively: yes unless FERRY_NATIVE_FAULTS=0, or
+ * the ferry_dataplane addon cannot be loaded — then the JavaScript path carries the faults (both
+ * sides negotiate Feature.NATIVE_FAULTS, so either side falling back is enough), and one line on
+ * stderr says why, once per process.
+ */
 export function nativeFaultsEnabled(): boolean {
-  return process.env[DATAPLANE_FEATURE_ENV] === '1';
+  if (process.env[DATAPLANE_FEATURE_ENV] === '0') return false;
+  const failure = dataplaneLoadFailure();
+  if (failure === null) return true;
+  if (!fallbackNoted) {
+    fallbackNoted = true;
+    process.stderr.write(`ferry: native fault path unavailable, using the JavaScript one (${failure.split('\n')[0]})\n`);
+  }
+  return false;
+}
+
+/**
+ * Whether the source's native answer thread streams postcopy's bulk too (on the data plane
+ * connection, placed by the destination's fault thread): yes unless FERRY_NATIVE_BULK=0. Only the
+ * source decides; the destination places whatever pages arrive either way.
+ */
+export function nativeBulkEnabled(): boolean {
+  return process.env['FERRY_NATIVE_BULK'] !== '0';
 }
 
 /** What proves this side to the destination: the session's data plane secret and id. */

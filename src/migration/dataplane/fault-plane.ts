@@ -36,6 +36,8 @@ export interface FaultPlaneStats extends FaultStats {
   bytesReceived: number;
   /** Pages that arrived in answers (placed or not). */
   pagesReceived: number;
+  /** Of pagesPlaced, those a request asked for; the rest came unasked, from a bulk stream on the data plane. */
+  placedAsked: number;
   state: 'handshake' | 'running' | 'stopped' | 'failed';
 }
 
@@ -76,7 +78,7 @@ export class FaultPlane {
       deduped: s[FaultThreadStat.DEDUPED]!, wakes: s[FaultThreadStat.WAKES]!, pagesPlaced: s[FaultThreadStat.PAGES_PLACED]!,
       eexist: s[FaultThreadStat.EEXIST]!, latencySamples: s[FaultThreadStat.LATENCY_COUNT]!,
       bytesSent: s[FaultThreadStat.BYTES_SENT]!, bytesReceived: s[FaultThreadStat.BYTES_RECEIVED]!,
-      pagesReceived: s[FaultThreadStat.PAGES_RECEIVED]!, state: STATE_NAMES[s[FaultThreadStat.STATE]!] ?? 'failed',
+      pagesReceived: s[FaultThreadStat.PAGES_RECEIVED]!, placedAsked: s[FaultThreadStat.PLACED_ASKED]!, state: STATE_NAMES[s[FaultThreadStat.STATE]!] ?? 'failed',
     };
   }
 

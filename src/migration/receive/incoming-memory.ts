@@ -60,7 +60,9 @@ export class IncomingMemory {
   private plane: FaultPlane | null = null;
   private planeLatencyFrom = 0;
   /** Counts of planes ended (a reconnection starts a new one). */
-  private priorNative = { faults: 0, placed: 0, bytesSent: 0, bytesReceived: 0 };
+  private priorNative = { faults: 0, placed: 0, asked: 0, bytesSent: 0, bytesReceived: 0 };
+  /** Pages the native thread placed unasked (a bulk stream on the data plane), counted with pagesPushed. */
+  private nativePushed = 0;
   private activePages = 0;
   private nativeFailure: Error | null = null;
   private nativeLost: ((e: Error) => void) | null = null;
@@ -209,7 +211,9 @@ export class IncomingMemory {
     this.planeLatencyFrom = next;
     for (const l of samples) this.latenciesUs.push(l);
     const s = this.plane.read();
-    this.pagesRequested = this.priorNative.placed + s.pagesPlaced;
+    // Placed pages a request asked for are requested ones; the others came with the bulk stream.
+    this.pagesRequested = this.priorNative.asked + s.placedAsked;
+    this.nativePushed = this.priorNative.placed - this.priorNative.asked + (s.pagesPlaced - s.placedAsked);
   }
 
   /** Bytes the native fault thread carried over every data plane connection so far. */
@@ -225,6 +229,7 @@ export class IncomingMemory {
     this.plane.stop();
     this.priorNative.faults += s.faults;
     this.priorNative.placed += s.pagesPlaced;
+    this.priorNative.asked += s.placedAsked;
     this.priorNative.bytesSent += s.bytesSent;
     this.priorNative.bytesReceived += s.bytesReceived;
     this.plane = null;
@@ -232,7 +237,7 @@ export class IncomingMemory {
   }
 
   get isPostcopy(): boolean {
-    return this.pendingPages > 0 || this.pagesRequested + this.pagesPushed > 0;
+    return this.pendingPages > 0 || this.pagesRequested + this.pagesPushed + this.nativePushed > 0;
   }
 
   /** Callers mark the dropped pages zero or pending right after: a dropped page is a hole. */
@@ -299,7 +304,7 @@ export class IncomingMemory {
     const nativeFaults = this.native ? this.priorNative.faults + (this.plane?.read().faults ?? 0) : 0;
     return {
       pagesRequested: this.pagesRequested,
-      pagesPushed: this.pagesPushed,
+      pagesPushed: this.pagesPushed + this.nativePushed,
       faults: (stats?.faults ?? 0) + nativeFaults,
       faultLatencyUs: lat,
       guestBlockedMs: Math.round(this.latenciesUs.reduce((a, b) => a + b, 0) / 100) / 10,

@@ -10,7 +10,7 @@ import { MigrationError } from '../session/report.js';
 import { UrgentChannel } from './urgent/channel.js';
 import type { PageReaderSpec } from './page-provider.js';
 import { Feature } from '../wire/index.js';
-import { connectDataplane } from '../dataplane/connect.js';
+import { connectDataplane, nativeBulkEnabled } from '../dataplane/connect.js';
 import { dataplaneSecret } from '../dataplane/keys.js';
 import { close as closeFd } from '../../sys/fd.js';
 import type { AnswerLink } from './postcopy-source.js';
@@ -49,6 +49,12 @@ export class SourceLink {
   private urgentOpening: Promise<UrgentChannel> | null = null;
   private priorBytesSent = 0;
   private priorBytesReceived = 0;
+  /**
+   * Bytes the native answer thread carried over every data plane connection (set by whoever runs
+   * it): counted in bytesSent()/bytesReceived(), and never folded into the priors below, because
+   * the thread's owner keeps its own total across reconnections.
+   */
+  dataplaneBytes: () => { sent: number; received: number } = () => ({ sent: 0, received: 0 });
   /** The native data plane connection (Feature.NATIVE_FAULTS) until takeAnswerLink() hands it on; -1: none. */
   private dataplaneFd = -1;
 
@@ -126,8 +132,8 @@ export class SourceLink {
 
   /** Ends both channels after a cut, keeping the bytes they carried in the totals. */
   drop(): void {
-    this.priorBytesSent = this.bytesSent();
-    this.priorBytesReceived = this.bytesReceived();
+    this.priorBytesSent += (this.bulk?.bytesSent ?? 0) + (this.urgent?.bytesSent ?? 0);
+    this.priorBytesReceived += (this.bulk?.bytesReceived ?? 0) + (this.urgent?.bytesReceived ?? 0);
     this.destroy();
     this.bulk = null;
     this.urgent = null;
@@ -141,7 +147,9 @@ export class SourceLink {
     if (this.dataplaneFd < 0) return null;
     const fd = this.dataplaneFd;
     this.dataplaneFd = -1;
-    return { fd, secret: dataplaneSecret(this.bulk!.tlsSocket, this.sessionId), memory };
+    // The bulk stream goes native too unless turned off, or capped (--max-bandwidth: the token bucket is the bulk channel's).
+    const bulk = nativeBulkEnabled() && !this.opts.maxBandwidth;
+    return { fd, secret: dataplaneSecret(this.bulk!.tlsSocket, this.sessionId), memory, bulk };
   }
 
   /** Ends both channels now (the urgent one still opening as soon as it opens). */
@@ -158,13 +166,13 @@ export class SourceLink {
     await this.urgent?.close();
   }
 
-  // Both count every connection of the migration, reconnections included.
+  // Both count every connection of the migration, reconnections and the native data plane included.
   bytesSent(): number {
-    return this.priorBytesSent + (this.bulk?.bytesSent ?? 0) + (this.urgent?.bytesSent ?? 0);
+    return this.priorBytesSent + (this.bulk?.bytesSent ?? 0) + (this.urgent?.bytesSent ?? 0) + this.dataplaneBytes().sent;
   }
 
   bytesReceived(): number {
-    return this.priorBytesReceived + (this.bulk?.bytesReceived ?? 0) + (this.urgent?.bytesReceived ?? 0);
+    return this.priorBytesReceived + (this.bulk?.bytesReceived ?? 0) + (this.urgent?.bytesReceived ?? 0) + this.dataplaneBytes().received;
   }
 
   /** Opens the data plane connection (key-confirmed at once); a failed attempt is tried again, as the urgent channel's. */

@@ -5,6 +5,9 @@
 //  - bulk (here): every other pending page in address order, continuing just after the last
 //    requested page (a guest that faults at an address tends to touch what follows next).
 // Each page crosses once: both streams claim a page atomically before sending it.
+// With the native fault path the answer thread (native/dataplane/dp_answer.c) answers requests, and
+// in bulk mode it is the bulk stream too, on the data plane connection: this class then only waits
+// for it to report every page sent.
 import { HOST_PAGE_SIZE } from '../../memory/guest-memory.js';
 import type { PageBitmap } from '../../memory/page-bitmap.js';
 import type { FramedChannel } from '../transport/index.js';
@@ -23,6 +26,8 @@ export interface AnswerLink {
   fd: number;
   secret: Uint8Array;
   memory: Uint8Array;
+  /** The answer thread streams the bulk too (this thread sends no pages). */
+  bulk: boolean;
 }
 
 /**
@@ -32,6 +37,8 @@ export interface AnswerLink {
  */
 const POSTCOPY_RUN_PAGES = 32;
 const BULK_IN_FLIGHT = 2;
+/** How often run() looks at a native bulk stream's progress. */
+const NATIVE_BULK_POLL_MS = 5;
 
 export class PostcopySource {
   private cursor = 0;
@@ -45,6 +52,12 @@ export class PostcopySource {
   /** The native answer thread, when the fault path is native: it answers requests instead of the urgent thread. */
   private plane: AnswerPlane | null = null;
   private priorPlanePages = 0;
+  private priorPlanePushed = 0;
+  /** The current answer thread streams the bulk. */
+  private planeBulk = false;
+  private priorPlaneBytes = { sent: 0, received: 0 };
+  /** Whether a native answer thread ever ran (the report then says what it carried). */
+  private planeUsed = false;
 
   constructor(
     private readonly pages: PageReader,
@@ -65,9 +78,11 @@ export class PostcopySource {
   private startPlane(link: AnswerLink): void {
     const plane = new AnswerPlane({
       sock: link.fd, memory: link.memory.subarray(0, this.pageCount * HOST_PAGE_SIZE), pageCount: this.pageCount,
-      pending: this.urgent.pendingWords, claims: this.urgent.claims.words, secret: link.secret,
+      pending: this.urgent.pendingWords, claims: this.urgent.claims.words, secret: link.secret, bulk: link.bulk,
     });
     this.plane = plane;
+    this.planeBulk = link.bulk;
+    this.planeUsed = true;
     void plane.ended.then((err) => {
       if (err !== null && this.plane === plane) this.failure ??= new UrgentChannelError(`native data plane: ${err}`);
     });
@@ -76,9 +91,18 @@ export class PostcopySource {
   /** Stops the native answer thread (at the end, or when its connection is replaced). */
   stopNative(): void {
     if (!this.plane) return;
-    this.priorPlanePages += this.plane.read().pagesSent;
-    this.plane.stop();
+    this.plane.stop(); // joined: its counters are final
+    const s = this.plane.read();
+    this.priorPlanePages += s.pagesSent;
+    this.priorPlanePushed += s.pushed;
+    this.priorPlaneBytes = { sent: this.priorPlaneBytes.sent + s.bytesSent, received: this.priorPlaneBytes.received + s.bytesReceived };
     this.plane = null;
+  }
+
+  /** Bytes the native answer threads carried, every data plane connection included. */
+  get dataplaneBytes(): { sent: number; received: number } {
+    const s = this.plane?.read();
+    return { sent: this.priorPlaneBytes.sent + (s?.bytesSent ?? 0), received: this.priorPlaneBytes.received + (s?.bytesReceived ?? 0) };
   }
 
   get maxPages(): number {
@@ -109,20 +133,26 @@ export class PostcopySource {
     return this.priorUrgentPages + this.urgent.pagesSent + this.pagesPushed + this.priorPlanePages + (this.plane?.read().pagesSent ?? 0);
   }
 
+  /** Pages the native answer threads pushed as the bulk stream. */
+  private get planePushed(): number {
+    return this.priorPlanePushed + (this.plane?.read().pushed ?? 0);
+  }
+
   /** Pages this side sent, by stream (the destination's own counts come in its report). */
   get sentByStream(): { urgent: number; bulk: number } {
-    return { urgent: this.priorUrgentPages + this.urgent.pagesSent, bulk: this.pagesPushed };
+    return { urgent: this.priorUrgentPages + this.urgent.pagesSent, bulk: this.pagesPushed + this.planePushed };
   }
 
   report(): PostcopyReport {
     return {
-      pagesRequested: this.remote?.pagesRequested ?? this.priorUrgentPages + this.urgent.pagesSent + this.priorPlanePages + (this.plane?.read().pagesSent ?? 0),
-      pagesPushed: this.remote?.pagesPushed ?? this.pagesPushed,
+      pagesRequested: this.remote?.pagesRequested ?? this.priorUrgentPages + this.urgent.pagesSent + this.priorPlanePages + (this.plane?.read().pagesSent ?? 0) - this.planePushed,
+      pagesPushed: this.remote?.pagesPushed ?? this.pagesPushed + this.planePushed,
       faults: this.remote?.faults ?? this.urgent.requests,
       faultLatencyUs: this.remote?.faultLatencyUs ?? { p50: 0, p99: 0, max: 0 },
       guestBlockedMs: this.remote?.guestBlockedMs ?? 0,
       // The destination's figure when known: the postcopy ends when its last page is placed there.
       durationMs: this.remote?.durationMs ?? Math.round((this.endMs ?? performance.now()) - this.t0),
+      ...(this.planeUsed ? { dataplane: { pagesSent: this.priorPlanePages + (this.plane?.read().pagesSent ?? 0), bytesSent: this.dataplaneBytes.sent, bytesReceived: this.dataplaneBytes.received } } : {}),
     };
   }
 
@@ -133,6 +163,7 @@ export class PostcopySource {
 
   /** Pushes every pending page not requested meanwhile; resolves when all are sent. */
   async run(): Promise<void> {
+    if (this.plane && this.planeBulk) return this.awaitNativeBulk();
     const inFlight: Promise<void>[] = [];
     for (;;) {
       if (this.failure) throw this.failure;
@@ -155,6 +186,39 @@ export class PostcopySource {
     await Promise.all(inFlight);
     this.endMs = performance.now();
     if (this.failure) throw this.failure;
+  }
+
+  /**
+   * The answer thread is the bulk stream: wait until it has sent every pending page, failing as
+   * soon as it or the connections do. A reconnection meanwhile makes the caller run this again
+   * over the new thread (after resume()).
+   */
+  private async awaitNativeBulk(): Promise<void> {
+    const plane = this.plane!;
+    for (;;) {
+      // Every pending page claimed means every one was sent, here or before a reconnection: what
+      // the destination still lacks after a loss it names in RECEIVED_SET. Checked before the
+      // thread's failure, because the destination closes the data plane as soon as it holds every
+      // page, which ends the thread with an error before it may have noted that it is done.
+      if (plane.read().bulkDone || this.allClaimed()) break;
+      if (this.failure) throw this.failure;
+      if (this.urgent.error) throw this.urgent.error;
+      await new Promise((r) => setTimeout(r, NATIVE_BULK_POLL_MS));
+    }
+    this.endMs = performance.now();
+  }
+
+  /** Whether no pending page is left unclaimed (word by word: a scan of 32 pages at a time). */
+  private allClaimed(): boolean {
+    const pending = this.urgent.pendingWords;
+    const claims = this.urgent.claims.words;
+    const words = Math.ceil(this.pageCount / 32);
+    for (let w = 0; w < words; w++) {
+      let avail = (Atomics.load(pending, w) & ~Atomics.load(claims, w)) >>> 0;
+      if (w === words - 1 && this.pageCount % 32 !== 0) avail &= (1 << this.pageCount % 32) - 1;
+      if (avail !== 0) return false;
+    }
+    return true;
   }
 
   /** Claims and returns the next pending page at or after the cursor (wrapping), or -1. */

@@ -22,6 +22,12 @@ export interface PostcopyReport {
   faultLatencyUs: { p50: number; p99: number; max: number };
   guestBlockedMs: number;
   durationMs: number;
+  /**
+   * The native fault path, as this side's threads counted it (absent when the JavaScript path ran):
+   * pages it sent, and the bytes it carried each way over every data plane connection (also in the
+   * migration's bytesSent/bytesReceived).
+   */
+  dataplane?: { pagesSent: number; bytesSent: number; bytesReceived: number };
 }
 
 export interface MigrationProgress {
