@@ -173,10 +173,12 @@ export class Wasi {
     };
   }
 
-  movabilityProblems(): string[] {
+  /** `socketsMove`: a live migration that moves sockets (Feature.SOCKETS): they are no problem then. */
+  movabilityProblems(socketsMove = false): string[] {
     const problems: string[] = [];
     for (const [fd, d] of this.ctx.table.list()) {
       if (d.kind === 'stdin' || d.kind === 'stdout' || d.kind === 'stderr') continue;
+      if (d.socket !== undefined && socketsMove) continue;
       if (d.socket !== undefined) {
         const s = d.socket;
         const local = formatSocketAddress(s.family, s.address, s.port);

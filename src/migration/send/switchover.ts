@@ -18,6 +18,8 @@ import type { SourceLink } from './link.js';
 import type { LiveMemoryProvider } from './live-memory.js';
 import type { AnnouncedSize } from './memory-size.js';
 import type { PageSender } from './page-sender.js';
+import { OutgoingSockets } from './sockets.js';
+import type { AddressMove } from '../../net/address-hooks.js';
 
 /** Postcopy DISCARD rounds before the pause, at most; the rounds stop once one is this small. */
 const DISCARD_ROUNDS = 4;
@@ -37,6 +39,11 @@ export interface SwitchoverContext {
   notePaused: () => void;
   /** COMMIT has left: from now on this side never resumes the guest. */
   committed: () => void;
+  /** The destination moves sockets (Feature.SOCKETS): freeze and send them, give up the address. */
+  socketsMove: boolean;
+  addressMove: AddressMove;
+  /** The sockets are frozen: the owner thaws them on a failure before the commit. */
+  onFrozen: (s: OutgoingSockets) => void;
 }
 
 export interface Switched {
@@ -99,8 +106,22 @@ export async function switchOver(c: SwitchoverContext, postcopy: boolean, dirty:
   trace.mark('paused');
   const state = guest.capture();
   trace.mark('captured');
-  const late = guest.movabilityProblems();
+  const late = guest.movabilityProblems({ socketsMove: c.socketsMove });
   if (late.length > 0) throw new MigrationError('not-movable', `the guest cannot move: ${late.join('; ')}`);
+  // The sockets: the address leaves first (a client's packet then finds no one at A and is
+  // dropped, never answered with a reset), then every socket is frozen in repair mode. The
+  // destination takes the address when their image arrives, to re-create them on it.
+  let socketBytes: Buffer | null = null;
+  if (c.socketsMove) {
+    const hasSockets = Object.keys(guest.hostSockets()).length > 0;
+    if (hasSockets || c.addressMove.addresses.length > 0) {
+      const released = OutgoingSockets.releaseFirst(c.addressMove);
+      c.onFrozen(released);
+      released.freeze(guest, state);
+      socketBytes = released.bytes;
+      trace.mark(() => `sockets frozen (${released.describe()})`);
+    }
+  }
   await size.grow();
   const memoryBytes = c.pages.mem.sizeBytes;
   const pageCount = c.pages.pageCount;
@@ -126,6 +147,7 @@ export async function switchOver(c: SwitchoverContext, postcopy: boolean, dirty:
     // harmless: discarding a pending page again changes nothing). One write, so that the state
     // leaves before the walk: a TLS socket holds a second write until a turn of the event loop.
     bulk.batch(() => {
+      if (socketBytes) queue(sendBlob(bulk, 'SOCKETS', socketBytes));
       queue(sendBlob(bulk, 'STATE', stateBytes));
       for (const [first, end] of runtimeRuns) queue(sender.sendDataAtOnce(first, end));
     });
@@ -135,6 +157,7 @@ export async function switchOver(c: SwitchoverContext, postcopy: boolean, dirty:
     trace.mark(() => `collected (${collected.length} runs, ${collected.reduce((n, [a, b]) => n + b - a, 0)} pages)`);
     queue(sendDiscardRuns(bulk, withoutRuns(last, runtimeRuns)));
   } else {
+    if (socketBytes) queue(sendBlob(bulk, 'SOCKETS', socketBytes));
     queue(sendBlob(bulk, 'STATE', stateBytes));
     // Let the state's frames reach the socket before the walk: waiting for their confirmation
     // instead would take a turn of the event loop.
