@@ -122,6 +122,16 @@ export async function switchOver(c: SwitchoverContext, postcopy: boolean, dirty:
       trace.mark(() => `sockets frozen (${released.describe()})`);
     }
   }
+  if (socketBytes) {
+    // Ahead of the state (the staged guest adopts them with it), and answered before anything
+    // else goes: the destination takes the address and re-creates the sockets when the blob is
+    // whole, and either can fail there (no interface, a failing --on-acquire hook, a port in
+    // use). The PING barrier makes that failure arrive here before COMMIT leaves, so it rolls
+    // back like any other: one round trip more in the downtime, only for a guest with sockets.
+    await sendBlob(bulk, 'SOCKETS', socketBytes);
+    await link.drainBarrier();
+    trace.mark('sockets re-created on the destination');
+  }
   await size.grow();
   const memoryBytes = c.pages.mem.sizeBytes;
   const pageCount = c.pages.pageCount;
@@ -147,7 +157,6 @@ export async function switchOver(c: SwitchoverContext, postcopy: boolean, dirty:
     // harmless: discarding a pending page again changes nothing). One write, so that the state
     // leaves before the walk: a TLS socket holds a second write until a turn of the event loop.
     bulk.batch(() => {
-      if (socketBytes) queue(sendBlob(bulk, 'SOCKETS', socketBytes));
       queue(sendBlob(bulk, 'STATE', stateBytes));
       for (const [first, end] of runtimeRuns) queue(sender.sendDataAtOnce(first, end));
     });
@@ -157,7 +166,6 @@ export async function switchOver(c: SwitchoverContext, postcopy: boolean, dirty:
     trace.mark(() => `collected (${collected.length} runs, ${collected.reduce((n, [a, b]) => n + b - a, 0)} pages)`);
     queue(sendDiscardRuns(bulk, withoutRuns(last, runtimeRuns)));
   } else {
-    if (socketBytes) queue(sendBlob(bulk, 'SOCKETS', socketBytes));
     queue(sendBlob(bulk, 'STATE', stateBytes));
     // Let the state's frames reach the socket before the walk: waiting for their confirmation
     // instead would take a turn of the event loop.
