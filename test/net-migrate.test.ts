@@ -3,7 +3,8 @@
 // (fixtures/net/topology.ts), with 32 checked clients and one slow reader in the client namespace
 // (fixtures/net/kv-clients.ts). Real ferry processes, run with `ip netns exec`:
 //   - a destination in B that cannot take the service address (no such interface) refuses the
-//     source at SETUP: nothing moved, the guest keeps serving on A, no client sees an error;
+//     source at SETUP, and one without Feature.SOCKETS (FERRY_MOVE_SOCKETS=0) is left right after
+//     HELLO_ACK: nothing moved, the guest keeps serving on A, no client sees an error;
 //   - a destination whose --on-acquire hook fails (inside the downtime, before COMMIT): the
 //     source takes the address back and thaws the sockets, and the guest carries on at A;
 //   - a migration A → B (postcopy, then in a second test precopy) with --service-address on
@@ -78,8 +79,9 @@ async function migrateServingGuest(t: { diagnostic: (s: string) => void }, modeF
 }
 
 /** One migration attempt that must fail with `expect` while the guest keeps serving on A. */
-async function failedAttempt(sb: ReturnType<typeof makeSandbox>, clients: Proc, ops: number, destFlags: string[], expect: RegExp): Promise<number> {
-  const dest = await startDestination(sb, ['--tls-psk', sb.keyFile, '--max-refused', '1', ...destFlags], { host: B_ADDR, prefix: inNs(NS.b) });
+async function failedAttempt(sb: ReturnType<typeof makeSandbox>, clients: Proc, ops: number, destFlags: string[], expect: RegExp, env: string[] = []): Promise<number> {
+  const prefix = env.length > 0 ? [...inNs(NS.b), 'env', ...env] : inNs(NS.b);
+  const dest = await startDestination(sb, ['--tls-psk', sb.keyFile, '--max-refused', '1', ...destFlags], { host: B_ADDR, prefix });
   try {
     const r = await runMigrate(sb, dest.port, ['--mode', 'postcopy', '--downtime-target', '0.001', '--service-address', `${SERVICE}/24@eth0`], sb.keyFile, 30_000, B_ADDR);
     assert.notEqual(r.code, 0, 'the migration failed');
@@ -92,10 +94,12 @@ async function failedAttempt(sb: ReturnType<typeof makeSandbox>, clients: Proc, 
 
 const ROOT_ONLY = process.getuid?.() !== 0 && 'needs root (network namespaces)';
 
-test('ferry migrate moves a serving guest A → B in postcopy with its 32 clients; a destination without the interface, or whose acquire hook fails, leaves it serving on A', { skip: ROOT_ONLY, timeout: 100_000 }, async (t) => {
+test('ferry migrate moves a serving guest A → B in postcopy with its 32 clients; a destination without the interface or the SOCKETS feature, or whose acquire hook fails, leaves it serving on A', { skip: ROOT_ONLY, timeout: 100_000 }, async (t) => {
   // A tiny downtime target keeps the migration from converging in precopy: the commit is postcopy's.
   await migrateServingGuest(t, ['--mode', 'postcopy', '--downtime-target', '0.001'], async (sb, clients, ops) => {
     ops = await failedAttempt(sb, clients, ops, ['--service-address', `${SERVICE}/24@eth9`], /no interface eth9/);
+    // A destination that does not move sockets (as an older ferry): stopped after HELLO_ACK.
+    ops = await failedAttempt(sb, clients, ops, ['--service-address', `${SERVICE}/24@eth0`], /does not move sockets/, ['FERRY_MOVE_SOCKETS=0']);
     // Inside the downtime, after the source gave up the address and froze the sockets: the rollback.
     return failedAttempt(sb, clients, ops, ['--service-address', `${SERVICE}/24@eth0`, '--on-acquire', 'echo acquire-refused >&2; exit 3'], /acquire-refused/);
   });
