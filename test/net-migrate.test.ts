@@ -63,6 +63,8 @@ async function migrateServingGuest(t: { diagnostic: (s: string) => void }, modeF
     assert.deepEqual(summary.errors, [], 'every answer was right');
     assert.deepEqual(summary.resets, [], 'no connection was reset or closed');
     assert.ok(summary.slowBytes >= 8 << 20, `the slow client read whole large values (${summary.slowRead} bytes in all)`);
+    // With FERRY_TRACE=switchover both sides print where the downtime went.
+    for (const line of `${source.err}\n${dest.proc.err}`.split('\n')) if (line.startsWith('ferry trace')) t.diagnostic(line);
     t.diagnostic(`${summary.ops} answers checked, ${summary.slowBytes >> 20} MiB read by the slow client; ${String(moved.json['mode'])}, downtime ${String(moved.json['downtimeMs'])} ms`);
   } finally {
     if (clients) {

@@ -10,6 +10,9 @@ import type { AdoptedSockets } from '../../wasi/wasi.js';
 import { WireError } from '../wire/index.js';
 
 export class IncomingSockets {
+  /** Where the restore's time went (for the switchover trace). */
+  timing = '';
+
   private constructor(
     private readonly restored: RestoredSockets,
     private undoAcquire: (() => void) | null,
@@ -24,9 +27,13 @@ export class IncomingSockets {
     } catch (err) {
       throw new WireError('BAD_MESSAGE', offset, `SOCKETS: ${(err as Error).message}`);
     }
+    const t0 = performance.now();
     const undo = move.addresses.length > 0 || move.hook !== undefined ? acquire(move) : null;
+    const t1 = performance.now();
     try {
-      return new IncomingSockets(RestoredSockets.restore(image), undo);
+      const made = new IncomingSockets(RestoredSockets.restore(image), undo);
+      made.timing = `address ${(t1 - t0).toFixed(1)} ms, sockets ${(performance.now() - t1).toFixed(1)} ms`;
+      return made;
     } catch (err) {
       undo?.();
       throw new Error(`cannot re-create the guest's sockets here: ${(err as Error).message}`);

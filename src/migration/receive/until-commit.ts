@@ -114,8 +114,10 @@ async function untilCommit(c: PrecommitContext, got: { sockets: IncomingSockets 
         socketBlob ??= new ChunkAssembler('SOCKETS', msg.totalBytes);
         socketBlob.add(msg.offset, msg.data, offset, msg.totalBytes);
         if (socketBlob.complete) {
+          trace?.mark('SOCKETS whole');
           got.sockets = IncomingSockets.restore(socketBlob.result(), c.addressMove, offset);
-          trace?.mark('sockets re-created');
+          const sockets = got.sockets;
+          trace?.mark(() => `sockets re-created (${sockets.timing})`);
         }
         continue;
       case 'STATE':
@@ -164,7 +166,9 @@ async function untilCommit(c: PrecommitContext, got: { sockets: IncomingSockets 
         }
         await bulk.sendMessage({ type: 'PONG', nonce: msg.nonce });
         c.phases.note('pause barrier answered');
-        trace = new SwitchoverTrace('destination'); // the source pauses its guest now
+        // The source pauses its guest now; but the barrier after SOCKETS is inside the downtime
+        // already, so the trace begun at the pause goes on.
+        if (!got.sockets || !trace) trace = new SwitchoverTrace('destination');
         // Until RUNNING is out this thread runs ahead of normal threads (see the source's pause).
         c.downtimePriority.raise();
         continue;

@@ -117,6 +117,7 @@ export async function switchOver(c: SwitchoverContext, postcopy: boolean, dirty:
     if (hasSockets || c.addressMove.addresses.length > 0) {
       const released = OutgoingSockets.releaseFirst(c.addressMove);
       c.onFrozen(released);
+      trace.mark('address released');
       released.freeze(guest, state);
       socketBytes = released.bytes;
       trace.mark(() => `sockets frozen (${released.describe()})`);
