@@ -77,6 +77,15 @@ const cases: Case[] = [
       return { offset: at, says: /unknown page kind/i };
     },
   },
+  {
+    name: 'a SOCKETS image that is not one (Feature.SOCKETS)',
+    async inject(bulk) {
+      const at = streamOffset(bulk);
+      const data = Buffer.from('{"version":1,"listeners":{"x":{}},"connections":{}}');
+      await bulk.sendMessage({ type: 'SOCKETS', totalBytes: data.length, offset: 0, data });
+      return { offset: at, says: /SOCKETS: guest fd "x" is not a number/ };
+    },
+  },
 ];
 
 describe('hostile streams are refused by the destination (fault-injection fake source)', () => {

@@ -16,12 +16,12 @@
 // Needs root, `ip` (scripts/ensure-test-deps.sh installs iproute2).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { tmpDir, useSharedCache } from './fixtures/guest/helpers.js';
 import { ip, makeTopology, removeTopology } from './fixtures/net/topology.js';
+import { moreAnswers, Proc } from './fixtures/net/ns-proc.js';
 
 const HOST = fileURLToPath(new URL('./fixtures/net/guest-host.js', import.meta.url));
 const CLIENTS = fileURLToPath(new URL('./fixtures/net/kv-clients.js', import.meta.url));
@@ -39,64 +39,6 @@ function teardown(): void {
 
 function setup(): void {
   makeTopology(NS, '10.79.0', SERVICE);
-}
-
-/** A fixture process in a namespace; its JSON replies, in order. */
-class Proc {
-  readonly proc: ChildProcessWithoutNullStreams;
-  private lines: Record<string, unknown>[] = [];
-  private waiters: Array<() => void> = [];
-  stderr = '';
-
-  constructor(readonly name: string, ns: string, script: string, args: string[]) {
-    this.proc = spawn('ip', ['netns', 'exec', ns, process.execPath, script, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
-    let part = '';
-    this.proc.stdout.setEncoding('utf8').on('data', (d: string) => {
-      part += d;
-      for (let nl = part.indexOf('\n'); nl >= 0; nl = part.indexOf('\n')) {
-        this.lines.push(JSON.parse(part.slice(0, nl)) as Record<string, unknown>);
-        part = part.slice(nl + 1);
-      }
-      for (const w of this.waiters.splice(0)) w();
-    });
-    this.proc.stderr.setEncoding('utf8').on('data', (d: string) => (this.stderr += d));
-    this.proc.on('exit', () => {
-      for (const w of this.waiters.splice(0)) w();
-    });
-  }
-
-  /** Sends a command and returns the next reply (an {error} reply fails the test). */
-  async ask<T extends Record<string, unknown>>(line: string): Promise<T> {
-    this.proc.stdin.write(line + '\n');
-    return this.next<T>();
-  }
-
-  async next<T extends Record<string, unknown>>(): Promise<T> {
-    for (;;) {
-      const l = this.lines.shift();
-      if (l !== undefined) {
-        if ('error' in l) throw new Error(`${this.name}: ${String(l['error'])}\n${this.stderr}`);
-        return l as T;
-      }
-      if (this.proc.exitCode !== null) throw new Error(`${this.name} exited (${this.proc.exitCode}): ${this.stderr}`);
-      await new Promise<void>((r) => this.waiters.push(r));
-    }
-  }
-
-  end(): void {
-    this.proc.stdin.end();
-  }
-}
-
-/** Waits until the clients have had `more` answers checked beyond `from`; returns the count. */
-async function moreAnswers(clients: Proc, from: number, more: number): Promise<number> {
-  for (let tries = 0; ; tries++) {
-    if (tries === 300) throw new Error(`the clients stopped getting answers (${from} + ${more} wanted)`);
-    const r = await clients.ask<{ ops: number; errors: number }>('ops');
-    assert.equal(r.errors, 0, 'no client has seen an error so far');
-    if (r.ops >= from + more) return r.ops;
-    await new Promise((res) => setTimeout(res, 100));
-  }
 }
 
 test('every connection of a serving guest moves from host A to host B; a move that fails before its commit leaves them all on A', { skip: process.getuid?.() !== 0 && 'needs root (network namespaces)', timeout: 90_000 }, async (t) => {

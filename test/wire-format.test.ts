@@ -46,6 +46,7 @@ const samples: Message[] = [
   { type: 'DISCARD', ranges: [{ offset: 0, count: 1 }, { offset: 8192, count: 10 }] },
   { type: 'DISCARD', ranges: [] },
   { type: 'STATE', totalBytes: 100, offset: 90, data: Buffer.alloc(10, 9) },
+  { type: 'SOCKETS', totalBytes: 64, offset: 0, data: Buffer.alloc(64, 0x7b) },
   { type: 'COMMIT' },
   { type: 'RUNNING', bulkBufferBytes: 1048576 },
   { type: 'PAGE_REQUEST', offset: 4096 * 77, count: 4 },

@@ -1,6 +1,7 @@
 // The control API's view of an outgoing migration: turns a MigrateRequest into a MigrationSource,
 // allows one at a time, exposes its progress, cancels it before switchover, and tells the host
 // process when its guest has moved (the process then exits 0 without running guest code again).
+import { parseServiceAddress, type ServiceAddress } from '../net/service-address.js';
 import { ControllerError, type MigrateRequest, type MigrationStatus, type ResumeMigrationRequest } from './types.js';
 import type { GuestExtensions } from './guest-controller.js';
 import type { Guest } from '../guest/guest.js';
@@ -36,6 +37,8 @@ export function migrationExtensions(guest: Guest, hooks: MigrationBindingHooks):
         precopyTimeoutS: req.precopyTimeoutS ?? SOURCE_DEFAULTS.precopyTimeoutS,
         verify: req.verify ?? false,
         recoverTimeoutS: req.recoverTimeoutS ?? SOURCE_DEFAULTS.recoverTimeoutS,
+        serviceAddresses: parseServiceAddresses(req.serviceAddresses ?? []),
+        ...(req.onRelease !== undefined ? { onRelease: req.onRelease } : {}),
       });
       current = source;
       try {
@@ -100,4 +103,13 @@ function securityOfRequest(tls: MigrateRequest['tls']): Security {
   }
   if (tls.cert && tls.key && tls.ca) return { kind: 'cert', cert: tls.cert, key: tls.key, ca: tls.ca };
   throw new ControllerError(400, 'bad-request', 'tls: choose psk, cert/key/ca, or insecure');
+}
+
+/** The request's service addresses, parsed (a bad one is the client's error: 400). */
+function parseServiceAddresses(texts: string[]): ServiceAddress[] {
+  try {
+    return texts.map(parseServiceAddress);
+  } catch (err) {
+    throw new ControllerError(400, 'bad-request', (err as Error).message);
+  }
 }

@@ -23,6 +23,8 @@ export const migrateRequestSchema = z.object({
   verify: z.boolean().optional(),
   recoverTimeoutS: z.number().positive().max(86400).optional(),
   tls: tlsSchema.optional(),
+  serviceAddresses: z.array(nonEmpty).max(16).optional(),
+  onRelease: nonEmpty.optional(),
 }).strict();
 
 export const resumeMigrationRequestSchema = z.object({

@@ -31,6 +31,10 @@ export interface MigrateRequest {
   /** After the commit, how long postcopy keeps reconnecting a lost destination (s). */
   recoverTimeoutS?: number;
   tls?: MigrateTls;
+  /** ADDR/PREFIX@IFACE addresses this host gives up at the switchover (the guest's sockets move with it). */
+  serviceAddresses?: string[];
+  /** Shell command run when they have been given up (FERRY_SERVICE_ADDRESS in its environment). */
+  onRelease?: string;
 }
 
 /** Progress of a migration; every field besides role and state is defined by the migration layer. */

@@ -335,9 +335,10 @@ export class Guest extends EventEmitter {
     return this.pausedCapture('the sockets').hostSockets;
   }
 
-  /** Reasons the paused guest cannot leave this host (sockets, pipes...), empty if it can. */
-  movabilityProblems(): string[] {
-    return this.pausedCapture('movability').movabilityProblems;
+  /** Reasons the paused guest cannot leave this host (sockets unless `socketsMove`, pipes...), empty if it can. */
+  movabilityProblems(opts: { socketsMove?: boolean } = {}): string[] {
+    const c = this.pausedCapture('movability');
+    return opts.socketsMove === true ? c.problemsIfSocketsMove : c.movabilityProblems;
   }
 
   private pausedCapture(what: string): PausedCapture {

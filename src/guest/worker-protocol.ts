@@ -50,6 +50,8 @@ export interface PausedCapture {
   exec: ExecState;
   wasi: WasiState;
   movabilityProblems: string[];
+  /** The same when the migration moves sockets (the destination has Feature.SOCKETS). */
+  problemsIfSocketsMove: string[];
   /** Host fds of the guest's live sockets (this process's; what a live migration moves). */
   hostSockets: AdoptedSockets;
   memoryBytes: number;

@@ -207,6 +207,7 @@ function capture(): PausedCapture {
     },
     wasi: wasi.capture(),
     movabilityProblems: wasi.movabilityProblems(),
+    problemsIfSocketsMove: wasi.movabilityProblems(true),
     hostSockets: wasi.hostSockets(),
     memoryBytes: init.memory.buffer.byteLength,
   };

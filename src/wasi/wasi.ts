@@ -173,17 +173,19 @@ export class Wasi {
     };
   }
 
-  movabilityProblems(): string[] {
+  /** `socketsMove`: a live migration that moves sockets (Feature.SOCKETS): they are no problem then. */
+  movabilityProblems(socketsMove = false): string[] {
     const problems: string[] = [];
     for (const [fd, d] of this.ctx.table.list()) {
       if (d.kind === 'stdin' || d.kind === 'stdout' || d.kind === 'stderr') continue;
+      if (d.socket !== undefined && socketsMove) continue;
       if (d.socket !== undefined) {
         const s = d.socket;
         const local = formatSocketAddress(s.family, s.address, s.port);
         if (d.kind === 'listener') {
-          problems.push(`fd ${fd} listens on ${local}: live migration does not move listening sockets yet (a snapshot and restore re-creates them)`);
+          problems.push(`fd ${fd} listens on ${local}: live migration does not move listening sockets to a destination without the SOCKETS feature (a snapshot and restore re-creates them)`);
         } else if (s.reset === 'no' && s.peer !== null) {
-          problems.push(`fd ${fd} is a TCP connection ${local} <-> ${formatSocketAddress(s.family, s.peer.address, s.peer.port)}: live migration does not move connections yet (restored from a snapshot, the guest gets ECONNRESET on it)`);
+          problems.push(`fd ${fd} is a TCP connection ${local} <-> ${formatSocketAddress(s.family, s.peer.address, s.peer.port)}: live migration does not move connections to a destination without the SOCKETS feature (restored from a snapshot, the guest gets ECONNRESET on it)`);
         }
         continue; // a connection already reset is dead everywhere: it moves as it is
       }

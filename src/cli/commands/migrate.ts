@@ -8,6 +8,7 @@ import { ApiClient, ApiError } from '../../api/client.js';
 import type { MigrateRequest } from '../../api/types.js';
 import { cancelMigrationAction } from '../control-actions.js';
 import { SOURCE_DEFAULTS } from '../../migration/session/defaults.js';
+import { parseServiceAddress } from '../../net/service-address.js';
 
 interface MigrateFlags extends TlsFlags {
   apiSock: string;
@@ -22,6 +23,8 @@ interface MigrateFlags extends TlsFlags {
   resume?: boolean;
   abandon?: boolean;
   recoverTimeout: string;
+  serviceAddress: string[];
+  onRelease?: string;
 }
 
 export function registerMigrate(program: Command, ctx: CliContext): void {
@@ -39,7 +42,9 @@ export function registerMigrate(program: Command, ctx: CliContext): void {
     .option('--recover-timeout <S>', 'after the switchover, how long postcopy keeps reconnecting a lost destination', String(SOURCE_DEFAULTS.recoverTimeoutS))
     .option('--cancel', 'abort the migration in progress (before switchover only)')
     .option('--resume', 'postcopy-paused: reconnect now (with --to, to a new address)')
-    .option('--abandon', 'give up a migration that failed after its switchover and free the guest here');
+    .option('--abandon', 'give up a migration that failed after its switchover and free the guest here')
+    .option('--service-address <ADDR/PREFIX@IFACE>', "the guest's service address: removed from IFACE here right after the pause, before its TCP connections are frozen and moved (the destination takes it with its own --service-address; repeatable)", (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option('--on-release <CMD>', 'shell command run here right after the service address is given up, inside the downtime (FERRY_SERVICE_ADDRESS, FERRY_SERVICE_EVENT=release in its environment; a failure aborts and the guest stays here)');
   addTlsOptions(cmd).addHelpText(
     'after',
     `
@@ -83,6 +88,15 @@ async function migrateCommand(opts: MigrateFlags): Promise<number> {
     tls,
   };
   if (opts.maxBandwidth) req.maxBandwidth = parseSize(opts.maxBandwidth, '--max-bandwidth');
+  for (const a of opts.serviceAddress) {
+    try {
+      parseServiceAddress(a);
+    } catch (err) {
+      throw new UsageError(`--service-address: ${(err as Error).message}`);
+    }
+  }
+  if (opts.serviceAddress.length > 0) req.serviceAddresses = opts.serviceAddress;
+  if (opts.onRelease !== undefined) req.onRelease = opts.onRelease;
   return runMigration(client, req, { json: Boolean(opts.json) });
 }
 

@@ -1,5 +1,6 @@
 // `ferry run`: run a WASI program as a guest in the foreground — started from its module, or
 // received from a migration source (`--incoming`) — optionally with a control socket.
+import { parseServiceAddress } from '../../net/service-address.js';
 import { readFileSync } from 'node:fs';
 import { basename } from 'node:path';
 import { Command } from 'commander';
@@ -32,6 +33,8 @@ export function registerRun(program: Command, ctx: CliContext): void {
     .option('--recover-timeout <S>', 'with --incoming: how long a postcopy destination waits for a lost source to reconnect', String(DEFAULT_RECOVER_TIMEOUT_S))
     .option('--handshake-timeout <S>', 'with --incoming: how long a connection may take to authenticate (preface, TLS, HELLO, SETUP) before it is refused', String(DEFAULT_HANDSHAKE_MS / 1000))
     .option('--max-unauthenticated <N>', 'with --incoming: connections authenticating at once; more are closed on arrival', String(DEFAULT_MAX_UNAUTHENTICATED))
+    .option('--service-address <ADDR/PREFIX@IFACE>', "with --incoming: the guest's service address, added to IFACE here and announced (gratuitous ARP) when its TCP connections arrive; a source is refused at SETUP if this host cannot take it (repeatable)", collect, [])
+    .option('--on-acquire <CMD>', 'with --incoming: shell command run right before the service address is taken, inside the downtime (FERRY_SERVICE_ADDRESS, FERRY_SERVICE_EVENT=acquire; a failure aborts before the commit and the guest stays on the source)')
     .option('--max-refused <N>', 'with --incoming: give up (exit 6) after N refused peers while waiting (default: keep waiting)');
   addTlsOptions(cmd).addHelpText(
     'after',
@@ -64,6 +67,8 @@ sockets (listeners or connections): use snapshot and restore.`,
 interface RunFlags extends TlsFlags {
   dir: string[];
   listen: string[];
+  serviceAddress: string[];
+  onAcquire?: string;
   env: string[];
   stdin?: string;
   stdout?: string;
@@ -156,6 +161,14 @@ async function runIncoming(modulePath: string | undefined, opts: RunFlags, guest
     handshakeTimeoutMs: parsePositiveNumber(opts.handshakeTimeout, '--handshake-timeout') * 1000,
     maxUnauthenticated: parseCount(opts.maxUnauthenticated, '--max-unauthenticated'),
     ...(maxRefused !== undefined ? { maxRefused } : {}),
+    serviceAddresses: opts.serviceAddress.map((a) => {
+      try {
+        return parseServiceAddress(a);
+      } catch (err) {
+        throw new UsageError(`--service-address: ${(err as Error).message}`);
+      }
+    }),
+    ...(opts.onAcquire !== undefined ? { onAcquire: opts.onAcquire } : {}),
     // One line per refused peer; the destination goes on waiting (or, past --max-refused, gives up).
     onRefused: (r) => process.stderr.write(`ferry: refused ${r.peer} (${r.phase}): ${r.reason} [${r.count} refused]\n`),
   });

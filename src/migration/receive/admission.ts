@@ -2,6 +2,8 @@
 // TLS and HELLO) and whose SETUP this host can take. Every other peer — stray, hostile, wrong key,
 // a second source, a SETUP this host cannot serve — is refused, counted and reported, and the wait
 // goes on, bounded only by maxRefused when given.
+import { cannotAcquire } from '../../net/address-hooks.js';
+import type { ServiceAddress } from '../../net/service-address.js';
 import type { BulkFirst, MigrationListener } from '../transport/index.js';
 import type { MessageOf } from '../wire/index.js';
 import type { Preopen } from '../../wasi/wasi.js';
@@ -27,6 +29,8 @@ export interface AdmissionOptions {
   maxRefused?: number | undefined;
   /** Called once for every peer refused. */
   onRefused?: ((r: Refusal) => void) | undefined;
+  /** The service addresses this host must be able to take (refused at SETUP otherwise: nothing moved). */
+  serviceAddresses: ServiceAddress[];
 }
 
 export class SourceAdmission {
@@ -106,6 +110,8 @@ export class SourceAdmission {
       return `the guest needs preopened ${missing.map((m) => JSON.stringify(m)).join(', ')}, not mapped on this host (ferry run --incoming ... --dir HOST:${missing[0]})`;
     }
     if (setup.memory.maxBytes > 4 * 1024 ** 3) return 'memory maximum above 4 GiB';
+    const address = cannotAcquire({ addresses: this.opts.serviceAddresses });
+    if (address !== null) return address;
     return null;
   }
 }

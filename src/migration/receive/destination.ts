@@ -14,6 +14,7 @@ import { PageStateTable } from '../../memory/page-state.js';
 import { rehearseDecoding } from '../../state/guest-state.js';
 import type { Preopen, StdioBinding } from '../../wasi/wasi.js';
 import { DEFAULT_HANDSHAKE_MS, listen, type FramedChannel, type MigrationListener, type Security } from '../transport/index.js';
+import type { ServiceAddress } from '../../net/service-address.js';
 import { ChunkAssembler, Feature, PageFrameChecker, WireError, type MessageOf } from '../wire/index.js';
 import { PageDigest } from '../verify/digest.js';
 import { IncomingMemory } from './incoming-memory.js';
@@ -53,6 +54,10 @@ export interface DestinationOptions {
   maxRefused?: number;
   /** Called once for every peer refused (the CLI prints one line for each). */
   onRefused?: (r: Refusal) => void;
+  /** Service addresses this host takes for a guest whose sockets move (--service-address): checked at SETUP. */
+  serviceAddresses?: ServiceAddress[];
+  /** Run right before the addresses are taken (--on-acquire); a failure before the commit aborts. */
+  onAcquire?: string;
 }
 
 export { DEFAULT_RECOVER_TIMEOUT_S } from '../session/defaults.js';
@@ -91,7 +96,7 @@ export class MigrationDestination {
   constructor(private readonly opts: DestinationOptions) {
     this.cache = opts.cache ?? new ModuleCache();
     this.recoverTimeoutMs = (opts.recoverTimeoutS ?? DEFAULT_RECOVER_TIMEOUT_S) * 1000;
-    this.admission = new SourceAdmission({ preopens: opts.preopens, handshakeMs: this.handshakeMs, maxRefused: opts.maxRefused, onRefused: opts.onRefused });
+    this.admission = new SourceAdmission({ serviceAddresses: opts.serviceAddresses ?? [], preopens: opts.preopens, handshakeMs: this.handshakeMs, maxRefused: opts.maxRefused, onRefused: opts.onRefused });
   }
 
   /** Peers refused so far (what GET /guest/migration shows as `refused`, and a metrics counter). */
@@ -113,7 +118,9 @@ export class MigrationDestination {
       urgentHandoff: (fd, peer, timeoutMs) => thread!.handoff(fd, peer, timeoutMs),
       // The native fault path, unless this host turns it off (FERRY_NATIVE_FAULTS=0): granted in
       // HELLO_ACK, and its connections taken; elsewhere that preface is refused as unknown.
-      ...(nativeFaultsEnabled() ? { features: ALL_FEATURES | Feature.NATIVE_FAULTS, dataplaneHandoff: (fd: number, _peer: string, sessionHex: string) => this.link.onDataplane(fd, sessionHex) } : {}),
+      // FERRY_MOVE_SOCKETS=0 withholds SOCKETS: a source whose guest holds sockets is then refused.
+      features: (process.env.FERRY_MOVE_SOCKETS === '0' ? ALL_FEATURES & ~Feature.SOCKETS : ALL_FEATURES) | (nativeFaultsEnabled() ? Feature.NATIVE_FAULTS : 0),
+      ...(nativeFaultsEnabled() ? { dataplaneHandoff: (fd: number, _peer: string, sessionHex: string) => this.link.onDataplane(fd, sessionHex) } : {}),
     });
     this.link.urgentThread = thread = new UrgentRequests(this.opts.security, listener);
     this.listener = listener;
@@ -206,7 +213,7 @@ export class MigrationDestination {
     await incoming.start();
     this.link.dataplaneBytes = () => incoming.dataplaneBytes;
     this.phases.enter('precopy');
-    const { staged, trace, postcopyBuffer } = await receiveUntilCommit({
+    const { staged, trace, postcopyBuffer, sockets } = await receiveUntilCommit({
       bulk,
       link: this.link,
       setup,
@@ -220,6 +227,7 @@ export class MigrationDestination {
       downtimePriority: this.downtimePriority,
       counts: this.counts,
       onPassEnd: () => this.report(),
+      addressMove: { addresses: this.opts.serviceAddresses ?? [], hook: this.opts.onAcquire },
     });
     await this.link.urgentJoined(bulk.peer);
     // The source opened its data plane connection right after its bulk channel: here long since.
@@ -229,6 +237,8 @@ export class MigrationDestination {
     this.phases.enter('switchover');
     const pageCount = mem.pageCount;
     this.preparing = null;
+    // Out of repair mode before the guest runs: its first send must go out, not into a repair queue.
+    sockets?.resume();
     const guest = await staged.go();
     trace.mark('guest running');
     // The bulk buffers are set before the source hears RUNNING, which tells it the size for its end.

@@ -7,7 +7,7 @@ import { HOST_PAGE_SIZE, WASM_PAGE_SIZE, type GuestMemory } from '../../memory/g
 import { decodeGuestState, type GuestState } from '../../state/guest-state.js';
 import type { Preopen, StdioBinding } from '../../wasi/wasi.js';
 import type { FramedChannel } from '../transport/index.js';
-import { ChunkAssembler, WireError, type MessageOf, type PageFrameChecker } from '../wire/index.js';
+import { ChunkAssembler, Feature, WireError, type MessageOf, type PageFrameChecker } from '../wire/index.js';
 import type { IncomingMemory } from './incoming-memory.js';
 import type { DestinationLink } from './link.js';
 import { postcopyBufferBytes } from '../session/bulk-buffers.js';
@@ -15,6 +15,8 @@ import { collectGarbageNow } from '../session/heap.js';
 import { SwitchoverTrace, type PhaseLog } from '../session/phases.js';
 import { MigrationError } from '../session/report.js';
 import type { DowntimePriority } from '../../sys/sched.js';
+import type { AddressMove } from '../../net/address-hooks.js';
+import { IncomingSockets } from './sockets.js';
 
 /** A PING after at least this much stream since the last collection is answered after one. */
 const GC_BEFORE_PONG_BYTES = 16 * 1024 * 1024;
@@ -36,6 +38,8 @@ export interface PrecommitContext {
   counts: { pass: number; pagesReceived: number };
   /** A pass ended: worth a progress report. */
   onPassEnd: () => void;
+  /** The service address this host takes when the guest's sockets arrive (--service-address, --on-acquire). */
+  addressMove: AddressMove;
 }
 
 export interface AtCommit {
@@ -46,12 +50,25 @@ export interface AtCommit {
   trace: SwitchoverTrace;
   /** Kernel buffer size for the postcopy stream, sized at the first PING (0: no PING came). */
   postcopyBuffer: number;
+  /** The guest's sockets, re-created in repair mode (null: it has none): resume() them before it runs. */
+  sockets: IncomingSockets | null;
 }
 
-/** Reads the bulk channel up to and including COMMIT. */
+/** Reads the bulk channel up to and including COMMIT; a failure closes the sockets restored so far. */
 export async function receiveUntilCommit(c: PrecommitContext): Promise<AtCommit> {
+  const got: { sockets: IncomingSockets | null } = { sockets: null };
+  try {
+    return await untilCommit(c, got);
+  } catch (err) {
+    got.sockets?.abort();
+    throw err;
+  }
+}
+
+async function untilCommit(c: PrecommitContext, got: { sockets: IncomingSockets | null }): Promise<AtCommit> {
   const { bulk, mem, checker, incoming, counts } = c;
   let state: ChunkAssembler | null = null;
+  let socketBlob: ChunkAssembler | null = null;
   let staged: StagedGuest | null = null;
   let stateMemoryBytes = 0;
   let trace: SwitchoverTrace | null = null;
@@ -90,8 +107,22 @@ export async function receiveUntilCommit(c: PrecommitContext): Promise<AtCommit>
           incoming.discard(range.offset / HOST_PAGE_SIZE, range.count);
         }
         continue;
+      case 'SOCKETS':
+        // Before STATE: the staged guest adopts the sockets when it takes its state.
+        if (state || (socketBlob?.complete ?? false)) throw new WireError('BAD_ORDER', offset, 'SOCKETS after the guest state, or twice');
+        if (((bulk.session?.features ?? 0) & Feature.SOCKETS) === 0) throw new WireError('BAD_ORDER', offset, 'SOCKETS without the SOCKETS feature');
+        socketBlob ??= new ChunkAssembler('SOCKETS', msg.totalBytes);
+        socketBlob.add(msg.offset, msg.data, offset, msg.totalBytes);
+        if (socketBlob.complete) {
+          trace?.mark('SOCKETS whole');
+          got.sockets = IncomingSockets.restore(socketBlob.result(), c.addressMove, offset);
+          const sockets = got.sockets;
+          trace?.mark(() => `sockets re-created (${sockets.timing})`);
+        }
+        continue;
       case 'STATE':
         if (staged) throw new WireError('BAD_ORDER', offset, 'a second guest state');
+        if (socketBlob && !socketBlob.complete) throw new WireError('BAD_ORDER', offset, 'STATE inside SOCKETS');
         if (!state) trace?.mark('STATE arriving');
         state ??= new ChunkAssembler('STATE', msg.totalBytes);
         state.add(msg.offset, msg.data, offset, msg.totalBytes);
@@ -102,7 +133,7 @@ export async function receiveUntilCommit(c: PrecommitContext): Promise<AtCommit>
           trace?.mark('state decoded');
           checkState(guestState, c.setup, mem);
           stateMemoryBytes = guestState.memory.bytes;
-          staged = (await c.preparing).stageRestore(guestState, { preopens: c.preopens, stdio: c.stdio });
+          staged = (await c.preparing).stageRestore(guestState, { preopens: c.preopens, stdio: c.stdio, ...(got.sockets ? { sockets: got.sockets.adopted } : {}) });
           trace?.mark('state staged');
         }
         continue;
@@ -135,7 +166,9 @@ export async function receiveUntilCommit(c: PrecommitContext): Promise<AtCommit>
         }
         await bulk.sendMessage({ type: 'PONG', nonce: msg.nonce });
         c.phases.note('pause barrier answered');
-        trace = new SwitchoverTrace('destination'); // the source pauses its guest now
+        // The source pauses its guest now; but the barrier after SOCKETS is inside the downtime
+        // already, so the trace begun at the pause goes on.
+        if (!got.sockets || !trace) trace = new SwitchoverTrace('destination');
         // Until RUNNING is out this thread runs ahead of normal threads (see the source's pause).
         c.downtimePriority.raise();
         continue;
@@ -150,7 +183,7 @@ export async function receiveUntilCommit(c: PrecommitContext): Promise<AtCommit>
   trace.mark('COMMIT');
   if (!staged) throw new WireError('BAD_ORDER', bulk.bytesReceived, 'COMMIT without a (whole) guest state');
   if (mem.sizeBytes !== stateMemoryBytes) throw new MigrationError('protocol', `the memory grew to ${mem.sizeBytes} bytes after the guest state was sent`);
-  return { staged, stateMemoryBytes, trace, postcopyBuffer };
+  return { staged, stateMemoryBytes, trace, postcopyBuffer, sockets: got.sockets };
 }
 
 function checkState(state: GuestState, setup: MessageOf<'SETUP'>, mem: GuestMemory): void {

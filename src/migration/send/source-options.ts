@@ -1,5 +1,6 @@
 // What a live migration source is asked to do (`ferry migrate` flags, PUT /guest/migrate).
 import type { Security } from '../transport/index.js';
+import type { ServiceAddress } from '../../net/service-address.js';
 import type { MigrationMode, MigrationProgress } from '../session/report.js';
 
 export interface SourceOptions {
@@ -17,4 +18,7 @@ export interface SourceOptions {
   /** After the commit, how long postcopy keeps trying to reconnect a lost destination. */
   recoverTimeoutS: number;
   onProgress?: (p: MigrationProgress) => void;
+  /** Service addresses this host gives up at the switchover (--service-address), and the --on-release hook. */
+  serviceAddresses?: ServiceAddress[];
+  onRelease?: string;
 }

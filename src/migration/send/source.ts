@@ -28,6 +28,7 @@ import { LiveMemoryProvider } from './live-memory.js';
 import { AnnouncedSize } from './memory-size.js';
 import { Precopy } from './precopy.js';
 import { switchOver } from './switchover.js';
+import type { OutgoingSockets } from './sockets.js';
 
 export type { SourceOptions } from './source-options.js';
 export { SOURCE_DEFAULTS } from '../session/defaults.js';
@@ -48,6 +49,8 @@ export class MigrationSource {
   private errorText: string | null = null;
   private effectiveMode: 'precopy' | 'postcopy' = 'precopy';
   private readonly pages: LiveMemoryProvider;
+  /** The guest's frozen sockets and released address, from the pause to the end (Feature.SOCKETS). */
+  private sockets: OutgoingSockets | null = null;
 
   constructor(
     private readonly guest: Guest,
@@ -132,7 +135,11 @@ export class MigrationSource {
       tracker.stop();
       this.link.destroy();
       if (!this.committed) {
-        if (pausedByUs && this.guest.status === 'paused') this.guest.resume();
+        // The sockets first: the guest must find its connections out of repair mode, and adopt
+        // what the freeze took from its listeners' accept queues.
+        const accepted = this.sockets?.rollback();
+        this.sockets = null;
+        if (pausedByUs && this.guest.status === 'paused') this.guest.resume(accepted);
         if (this.cancelled) throw new MigrationError('cancelled', 'migration cancelled; the guest keeps running here');
         if (err instanceof MigrationError) throw err;
         throw new MigrationError('transport', `${(err as Error).message}; the guest keeps running here`);
@@ -153,7 +160,9 @@ export class MigrationSource {
     // Preflight: a descriptor that cannot move fails the migration before it starts.
     await guest.pause();
     notePaused();
-    const problems = guest.movabilityProblems();
+    // Sockets are no problem here: whether they can move is the destination's answer to HELLO.
+    const problems = guest.movabilityProblems({ socketsMove: true });
+    const holdsSockets = Object.keys(guest.hostSockets()).length > 0;
     const preopens = guest.capture().wasi.preopens;
     guest.resume();
     if (problems.length > 0) throw new MigrationError('not-movable', `the guest cannot move: ${problems.join('; ')}`);
@@ -161,6 +170,10 @@ export class MigrationSource {
     // Handshake on the bulk channel; nothing else moves before the destination agrees.
     this.phases.note('connecting');
     const bulk = await this.link.open();
+    const socketsMove = ((bulk.session?.features ?? 0) & Feature.SOCKETS) !== 0;
+    if (holdsSockets && !socketsMove) {
+      throw new MigrationError('not-movable', 'the guest holds TCP sockets and the destination does not move sockets (it lacks the SOCKETS feature: an older ferry, or FERRY_MOVE_SOCKETS=0 there); nothing was moved, the guest keeps running here');
+    }
     this.phases.enter('handshake');
     const setupBytes = mem.sizeBytes;
     await this.link.handshake({
@@ -186,7 +199,11 @@ export class MigrationSource {
       guest, link: this.link, sender, tracker, pages: this.pages, size, phases: this.phases,
       downtimePriority: this.downtimePriority, maxBandwidth: opts.maxBandwidth, notePaused,
       committed: () => (this.committed = true),
+      socketsMove,
+      addressMove: { addresses: opts.serviceAddresses ?? [], hook: opts.onRelease },
+      onFrozen: (s) => (this.sockets = s),
     }, postcopy, dirty);
+    this.sockets?.committed();
     const { bufferBytes } = await this.after.awaitRunning(sw.tPause, postcopy);
     sw.trace.mark('running');
     sw.trace.print();

@@ -18,6 +18,8 @@ import type { SourceLink } from './link.js';
 import type { LiveMemoryProvider } from './live-memory.js';
 import type { AnnouncedSize } from './memory-size.js';
 import type { PageSender } from './page-sender.js';
+import { OutgoingSockets } from './sockets.js';
+import type { AddressMove } from '../../net/address-hooks.js';
 
 /** Postcopy DISCARD rounds before the pause, at most; the rounds stop once one is this small. */
 const DISCARD_ROUNDS = 4;
@@ -37,6 +39,11 @@ export interface SwitchoverContext {
   notePaused: () => void;
   /** COMMIT has left: from now on this side never resumes the guest. */
   committed: () => void;
+  /** The destination moves sockets (Feature.SOCKETS): freeze and send them, give up the address. */
+  socketsMove: boolean;
+  addressMove: AddressMove;
+  /** The sockets are frozen: the owner thaws them on a failure before the commit. */
+  onFrozen: (s: OutgoingSockets) => void;
 }
 
 export interface Switched {
@@ -99,8 +106,33 @@ export async function switchOver(c: SwitchoverContext, postcopy: boolean, dirty:
   trace.mark('paused');
   const state = guest.capture();
   trace.mark('captured');
-  const late = guest.movabilityProblems();
+  const late = guest.movabilityProblems({ socketsMove: c.socketsMove });
   if (late.length > 0) throw new MigrationError('not-movable', `the guest cannot move: ${late.join('; ')}`);
+  // The sockets: the address leaves first (a client's packet then finds no one at A and is
+  // dropped, never answered with a reset), then every socket is frozen in repair mode. The
+  // destination takes the address when their image arrives, to re-create them on it.
+  let socketBytes: Buffer | null = null;
+  if (c.socketsMove) {
+    const hasSockets = Object.keys(guest.hostSockets()).length > 0;
+    if (hasSockets || c.addressMove.addresses.length > 0) {
+      const released = OutgoingSockets.releaseFirst(c.addressMove);
+      c.onFrozen(released);
+      trace.mark('address released');
+      released.freeze(guest, state);
+      socketBytes = released.bytes;
+      trace.mark(() => `sockets frozen (${released.describe()})`);
+    }
+  }
+  if (socketBytes) {
+    // Ahead of the state (the staged guest adopts them with it), and answered before anything
+    // else goes: the destination takes the address and re-creates the sockets when the blob is
+    // whole, and either can fail there (no interface, a failing --on-acquire hook, a port in
+    // use). The PING barrier makes that failure arrive here before COMMIT leaves, so it rolls
+    // back like any other: one round trip more in the downtime, only for a guest with sockets.
+    await sendBlob(bulk, 'SOCKETS', socketBytes);
+    await link.drainBarrier();
+    trace.mark('sockets re-created on the destination');
+  }
   await size.grow();
   const memoryBytes = c.pages.mem.sizeBytes;
   const pageCount = c.pages.pageCount;

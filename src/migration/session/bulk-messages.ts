@@ -13,7 +13,7 @@ const DISCARD_BATCH = 65536;
  * queued before this returns, so a frame the caller sends next (COMMIT after STATE) follows them
  * without waiting for a turn of the event loop per chunk.
  */
-export function sendBlob(channel: FramedChannel, type: 'MODULE' | 'STATE', bytes: Uint8Array): Promise<void> {
+export function sendBlob(channel: FramedChannel, type: 'MODULE' | 'STATE' | 'SOCKETS', bytes: Uint8Array): Promise<void> {
   const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const sends: Promise<void>[] = [];
   let off = 0;

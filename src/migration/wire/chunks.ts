@@ -8,7 +8,7 @@ export class ChunkAssembler {
   private filled = 0;
 
   constructor(
-    readonly what: 'MODULE' | 'STATE',
+    readonly what: 'MODULE' | 'STATE' | 'SOCKETS',
     readonly totalBytes: number,
   ) {
     if (!Number.isInteger(totalBytes) || totalBytes < 0) throw new RangeError(`${what}: bad total ${totalBytes}`);

@@ -85,13 +85,14 @@ function decodeFields(name: FrameTypeName, r: FieldReader): Message {
       return { type: 'PASS_END', pass: r.u32('pass'), dirtyPages: r.u32('dirtyPages') };
     case 'DISCARD':
       return { type: 'DISCARD', ranges: readRanges(r) };
-    case 'STATE': {
+    case 'STATE':
+    case 'SOCKETS': {
       const totalBytes = r.u32('totalBytes');
       if (totalBytes > MAX_STATE_BYTES) bad(`totalBytes ${totalBytes} exceeds the ${MAX_STATE_BYTES}-byte limit`);
       const offset = r.u32('offset');
       const data = r.rest();
-      checkChunk('STATE', offset, data.length, totalBytes, bad);
-      return { type: 'STATE', totalBytes, offset, data };
+      checkChunk(name, offset, data.length, totalBytes, bad);
+      return { type: name, totalBytes, offset, data };
     }
     case 'COMMIT':
     case 'DONE':

@@ -72,11 +72,12 @@ export function encodeMessage(msg: Message, opts: FrameEncodeOptions = {}): Buff
       writeRanges(w, msg.ranges, 'DISCARD');
       break;
     case 'STATE':
+    case 'SOCKETS':
       if (!Number.isInteger(msg.totalBytes) || msg.totalBytes < 0 || msg.totalBytes > MAX_STATE_BYTES) {
-        throw new RangeError(`STATE.totalBytes must be in 0..${MAX_STATE_BYTES}`);
+        throw new RangeError(`${msg.type}.totalBytes must be in 0..${MAX_STATE_BYTES}`);
       }
-      checkChunk('STATE', msg.offset, msg.data.length, msg.totalBytes, (d) => new RangeError(d));
-      return encodeFrameParts(t, [w.u32(msg.totalBytes, 'STATE.totalBytes').u32(msg.offset, 'STATE.offset').done(), msg.data], opts);
+      checkChunk(msg.type, msg.offset, msg.data.length, msg.totalBytes, (d) => new RangeError(d));
+      return encodeFrameParts(t, [w.u32(msg.totalBytes, `${msg.type}.totalBytes`).u32(msg.offset, `${msg.type}.offset`).done(), msg.data], opts);
     case 'COMMIT':
     case 'DONE':
       return encodeFrameParts(t, EMPTY, opts);

@@ -23,8 +23,13 @@ export const Feature = {
    * on that side; never part of ALL_FEATURES.
    */
   NATIVE_FAULTS: 1 << 3,
+  /**
+   * The guest's TCP sockets move with it: a SOCKETS blob (the socket set image, src/net) crosses
+   * inside the downtime, before STATE. A source whose guest holds sockets refuses to start without it.
+   */
+  SOCKETS: 1 << 4,
 } as const;
-export const ALL_FEATURES = Feature.POSTCOPY | Feature.RECOVERY | Feature.DIGEST;
+export const ALL_FEATURES = Feature.POSTCOPY | Feature.RECOVERY | Feature.DIGEST | Feature.SOCKETS;
 
 export const SESSION_ID_BYTES = 16;
 
@@ -51,6 +56,8 @@ export type Message =
   | { type: 'PASS_END'; pass: number; dirtyPages: number }
   | { type: 'DISCARD'; ranges: PageRange[] }
   | { type: 'STATE'; totalBytes: number; offset: number; data: Buffer }
+  /** The moved sockets: an opaque blob in chunks like STATE (its meaning is src/net's, not the codec's). */
+  | { type: 'SOCKETS'; totalBytes: number; offset: number; data: Buffer }
   | { type: 'COMMIT' }
   /** bulkBufferBytes: the kernel buffers the destination gave its end of the bulk connection for the postcopy stream (0: unchanged); the source sizes its end alike. */
   | { type: 'RUNNING'; bulkBufferBytes: number }

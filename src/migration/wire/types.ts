@@ -17,6 +17,7 @@ export const FrameType = {
   STATE: 0x14,
   COMMIT: 0x15,
   RUNNING: 0x16,
+  SOCKETS: 0x17,
   PAGE_REQUEST: 0x20,
   RECEIVED_SET: 0x21,
   DIGEST: 0x22,

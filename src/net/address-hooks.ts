@@ -1,0 +1,89 @@
+// The service address's moments on each side, as the migration sees them: the built-in mover
+// (service-address.ts: `ip addr`, gratuitous ARP) and the user's hook commands, run at those
+// same moments for deployments that move addresses another way (cloud APIs, BGP, keepalived).
+// A hook gets the address in FERRY_SERVICE_ADDRESS (ADDR/PREFIX@IFACE, empty without one) and
+// FERRY_SERVICE_EVENT (release | acquire); a non-zero exit is a failure of that step.
+import { execFileSync } from 'node:child_process';
+import { cannotTake, formatServiceAddress, releaseAddress, takeAddress, type ServiceAddress } from './service-address.js';
+
+/** A hook runs at most this long (it is inside the guest's downtime). */
+const HOOK_TIMEOUT_MS = 10_000;
+
+export interface AddressMove {
+  /** The addresses this side gives up (source) or takes (destination). */
+  addresses: ServiceAddress[];
+  /** Shell command run at the same moment (source: after release; destination: before take). */
+  hook?: string | undefined;
+}
+
+function runHook(cmd: string, event: 'release' | 'acquire', addresses: ServiceAddress[]): void {
+  try {
+    execFileSync('/bin/sh', ['-c', cmd], {
+      stdio: ['ignore', 'inherit', 'pipe'],
+      timeout: HOOK_TIMEOUT_MS,
+      env: { ...process.env, FERRY_SERVICE_EVENT: event, FERRY_SERVICE_ADDRESS: addresses.map(formatServiceAddress).join(' ') },
+    });
+  } catch (err) {
+    const e = err as { stderr?: Buffer; status?: number | null; message: string };
+    throw new Error(`the --on-${event} hook ${JSON.stringify(cmd)} failed (${e.status ?? 'killed'}): ${(e.stderr?.toString() ?? '').trim() || e.message}`);
+  }
+}
+
+/** Why this host cannot take the addresses (checked at SETUP, before anything moves), or null. */
+export function cannotAcquire(move: AddressMove): string | null {
+  for (const a of move.addresses) {
+    const why = cannotTake(a);
+    if (why !== null) return `cannot take the service address ${formatServiceAddress(a)}: ${why}`;
+  }
+  return null;
+}
+
+/** Destination, before its sockets are re-created: the hook, then each address added and announced. Returns an undo. */
+export function acquire(move: AddressMove): () => void {
+  if (move.hook !== undefined) runHook(move.hook, 'acquire', move.addresses);
+  const taken: ServiceAddress[] = [];
+  const undo = () => {
+    for (const a of taken.splice(0)) {
+      try {
+        releaseAddress(a);
+      } catch {
+        /* gone already */
+      }
+    }
+  };
+  try {
+    for (const a of move.addresses) {
+      takeAddress(a);
+      taken.push(a);
+    }
+  } catch (err) {
+    undo();
+    throw err;
+  }
+  return undo;
+}
+
+/** Source, right before COMMIT: each address removed, then the hook. Returns an undo (takes them back). */
+export function release(move: AddressMove): () => void {
+  const released: ServiceAddress[] = [];
+  const undo = () => {
+    for (const a of released.splice(0)) {
+      try {
+        takeAddress(a, 1);
+      } catch {
+        /* best effort: the rollback carries on */
+      }
+    }
+  };
+  try {
+    for (const a of move.addresses) {
+      releaseAddress(a);
+      released.push(a);
+    }
+    if (move.hook !== undefined) runHook(move.hook, 'release', move.addresses);
+  } catch (err) {
+    undo();
+    throw err;
+  }
+  return undo;
+}
