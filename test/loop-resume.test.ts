@@ -1,4 +1,4 @@
-// Loop-head-resumable functions (src/guest/loop-resume.ts, FERRY_LOOP_RESUME=1): the liveness they
+// Loop-head-resumable functions (src/guest/loop-resume.ts, on by default; set here anyway): the liveness they
 // save by, and a real program instrumented with them — GNU bc, whose parser and printf are chosen by
 // the analysis — paused several times, captured, and restored over a copy of its memory, with the
 // output of node:wasi byte for byte. Assertions on bytes and states only.
