@@ -57,7 +57,6 @@ export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn:
   const removelist: string[] = [];
   let anyCalls = false;
   let k = 0;
-  const resumes: { name: string; params: number[]; results: number }[] = [];
   for (const c of chooseFunctions(b, mod, safepointFn, mayUnwind)) {
     const fnRef = mod.getFunction(c.name);
     const before = b.getFunctionInfo(fnRef);
@@ -168,10 +167,7 @@ export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn:
     const body = info.body as number;
     mod.removeFunction(c.name);
     mod.addFunction(fast, info.params, results, vars, body);
-    // ferry$warm (below) calls F$resume with the resume point -1 only to have it compiled: return.
-    const warmReturn = mod.if(mod.i32.eq(mod.global.get(G_RESUME, b.i32), mod.i32.const(-1)), results === b.none ? mod.return() : mod.return(zero(b, mod, results)));
-    mod.addFunction(resume, info.params, results, vars, mod.block(null, [warmReturn, mod.local.set(rp, mod.global.get(G_RESUME, b.i32)), entryRestores(ctx), bodyCopy], results));
-    resumes.push({ name: resume, params, results });
+    mod.addFunction(resume, info.params, results, vars, mod.block(null, [mod.local.set(rp, mod.global.get(G_RESUME, b.i32)), entryRestores(ctx), bodyCopy], results));
     addWrapper(b, mod, c.name, fast, resume, params, results, slotMaps, localTypes, typeName, safepointFn);
     removelist.push(fast, resume);
   }
@@ -180,8 +176,6 @@ export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn:
   mod.addGlobalExport(G_PINNED, PINNED_EXPORT);
   mod.addGlobalExport(G_ATCALL, ATCALL_EXPORT);
   mod.addGlobalExport(G_UNWINDING, UNWINDING_EXPORT);
-  addWarm(b, mod, resumes);
-  removelist.push(WARM_FN);
   if (anyCalls) {
     mod.addFunctionImport(REWIND_FN, REWIND_IMPORT.module, REWIND_IMPORT.name, b.none, b.none);
     mod.addFunctionImport(HOLD_FN, HOLD_IMPORT.module, HOLD_IMPORT.name, b.none, b.none);
@@ -191,31 +185,6 @@ export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn:
     for (let j = 0; j < n; j++) mod.addGlobal(saveSlot(t, j), typeOf.get(t), true, zero(b, mod, typeOf.get(t)!));
   }
   return removelist;
-}
-
-/** The exported function the worker calls while the guest is paused: see addWarm. */
-export const WARM_EXPORT = 'ferry_warm';
-const WARM_FN = 'ferry$warm';
-
-/**
- * ferry$warm calls every F$resume with the resume point -1, at which it returns at once. V8
- * compiles Wasm functions lazily, at their first call, and an F$resume is first called when a
- * suspended activation is resumed: compiling a big one there (tens of ms under load) is a stretch
- * without a check, and the next pause waited for it (cmark: one pause of 70-77 ms per run). The
- * worker calls this while paused, so the compile lands in the paused time.
- */
-function addWarm(b: BinaryenApi, mod: BinaryenApi, resumes: { name: string; params: number[]; results: number }[]): void {
-  const calls = resumes.map((r) => {
-    const call = mod.call(r.name, r.params.map((t) => zero(b, mod, t)), r.results);
-    return r.results === b.none ? call : mod.drop(call);
-  });
-  mod.addFunction(WARM_FN, b.none, b.none, [b.i32], mod.block(null, [
-    mod.local.set(0, mod.global.get(G_RESUME, b.i32)),
-    mod.global.set(G_RESUME, mod.i32.const(-1)),
-    ...calls,
-    mod.global.set(G_RESUME, mod.local.get(0, b.i32)),
-  ]));
-  mod.addFunctionExport(WARM_FN, WARM_EXPORT);
 }
 
 function debug(message: string): void {

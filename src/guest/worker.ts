@@ -85,20 +85,6 @@ function holdUnwind(): void {
   unwindHeld = true;
 }
 
-/**
- * Has V8 compile the split functions' resume copies (loop-resume.ts, ferry_warm) before the guest
- * starts, instead of at their first call after a resume: there the compile held the next pause
- * (cmark: 70-80 ms). Done while paused instead, it still landed in the next pause whenever the
- * owner resumed at once.
- */
-function warmResumeCopies(): void {
-  const warm = exports.ferry_warm as (() => void) | undefined;
-  if (!warm) return;
-  const t0 = performance.now();
-  warm();
-  if (process.env['FERRY_LOOP_RESUME_DEBUG']) process.stderr.write(`loop-resume: resume copies compiled in ${(performance.now() - t0).toFixed(1)} ms\n`);
-}
-
 /** A resumed split function restarts the rewind before it re-enters the call it was waiting in. */
 function rewindAgain(): void {
   const r = unwind.again();
@@ -332,7 +318,6 @@ function run(): void {
   } else {
     writeDataSegments(launch.fresh!.dataImage);
   }
-  warmResumeCopies();
   setState(WorkerState.Running);
   post({ type: 'started' });
   for (;;) {
