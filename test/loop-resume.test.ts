@@ -1,4 +1,4 @@
-// Loop-head-resumable functions (src/guest/loop-resume.ts, FERRY_LOOP_RESUME=1): the liveness they
+// Loop-head-resumable functions (src/guest/loop-resume.ts, on by default; set here anyway): the liveness they
 // save by, and a real program instrumented with them — GNU bc, whose parser and printf are chosen by
 // the analysis — paused several times, captured, and restored over a copy of its memory, with the
 // output of node:wasi byte for byte. Assertions on bytes and states only.
@@ -150,12 +150,14 @@ test('callbacks called from inside expressions of a split interpreter loop pause
   assert.equal(got, ref);
 });
 
-// 500 levels of wrapper + F$resume: with the saved locals restored at each resume point instead of
-// at F$resume's entry (resume-steering.ts) TurboFan's frame was ~14 KB and this overflowed the
-// worker's stack near 290 levels after a resume.
-test('a split interpreter loop 500 calls deep in its own recursion, called from an expression, pauses, moves, and prints what node:wasi prints', async () => {
-  const [ref, got] = await pausedMovedAndReference(compileFixture('dispatch'), ['dispatch', 'recurse', '500', '60000000'], {}, SPLIT_EXPR);
-  assert.match(ref, /^recurse 500 60000000 \d+\n$/);
+// 10 000 levels of wrapper + F$resume (after a resume every level runs F$resume for the rest of its
+// activation). TurboFan's frame for F$resume is several KB: Node's default 4 MiB worker stack held
+// ~290 levels with the saved locals restored at each resume point, ~700-1000 with them restored at
+// F$resume's entry (resume-steering.ts); the guest thread's stack is now GUEST_STACK_MB
+// (spare-worker.ts). node:wasi itself reaches this depth on the main thread.
+test('a split interpreter loop 10 000 calls deep in its own recursion, called from an expression, pauses, moves, and prints what node:wasi prints', { timeout: 180_000 }, async () => {
+  const [ref, got] = await pausedMovedAndReference(compileFixture('dispatch'), ['dispatch', 'recurse', '10000', '60000000'], {}, SPLIT_EXPR);
+  assert.match(ref, /^recurse 10000 60000000 \d+\n$/);
   assert.equal(got, ref);
 });
 

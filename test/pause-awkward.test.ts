@@ -88,10 +88,10 @@ test('a guest 2000 calls deep in recursion pauses, resumes and moves', async () 
   assert.equal((await pausedAndMoved(wasm, args, dir, ref.ms)).toString(), ref.out.toString());
 });
 
-// The shape FERRY_LOOP_RESUME=1 (src/guest/loop-resume.ts) splits: an interpreter's dispatch loop,
-// big and calling many helpers, here calling a callback through a function pointer that spins.
-// It must pause like any other, also with FERRY_LOOP_RESUME=1 (run this file with it set): the
-// callback's call is then a resumable call site of the split loop (src/guest/call-resume.ts).
+// The shape loop resume (src/guest/loop-resume.ts, on by default) splits: an interpreter's dispatch
+// loop, big and calling many helpers, here calling a callback through a function pointer that
+// spins. It must pause like any other, with loop resume on or off (FERRY_LOOP_RESUME=0): the
+// callback's call is a resumable call site of the split loop (src/guest/call-resume.ts).
 test('a guest spinning in a callback called through a function pointer from an interpreter loop pauses, resumes and moves', async () => {
   const wasm = compileFixture('dispatch');
   const dir = tmpDir('dispatch-callback');

@@ -4,7 +4,7 @@
 import type { ValueType } from '../state/exec-state.js';
 export type { ValueType };
 
-export const INSTRUMENTATION_VERSION = 12;
+export const INSTRUMENTATION_VERSION = 13;
 
 /** The import namespace and names Ferry adds. */
 export const FERRY_IMPORT_MODULE = 'ferry';
@@ -49,7 +49,7 @@ export interface InstrumentedMeta {
   unwindImports: { module: string; name: string }[];
   dataSegments: DataSegment[];
   entry: '_start';
-  /** Built with loop-head-resumable functions (loop-resume.ts; FERRY_LOOP_RESUME=1). */
+  /** Built with loop-head-resumable functions (loop-resume.ts; on unless FERRY_LOOP_RESUME=0). */
   loopResume: boolean;
 }
 

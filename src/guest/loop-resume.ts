@@ -25,7 +25,8 @@
 // its call) and `ferry$atcall` those waiting in a resumable call; the worker unwinds only while
 // the two are equal, and a suspend check requires their difference to be 1 (its own activation).
 // A function in which some call that may unwind cannot be made resumable is not split.
-// Off by default: FERRY_LOOP_RESUME=1 turns it on (docs/architecture.md says why).
+// On by default since instrumentation version 13; FERRY_LOOP_RESUME=0 turns it off (a module is
+// cached per setting, and a migration's two ends and a snapshot's restorer must agree on it).
 import { childVisitors, type BinaryenApi, type ChildVisitor } from './binaryen-api.js';
 import { hoistUnwindingCalls } from './call-hoist.js';
 import { liveAtLoopHeads, members } from './liveness.js';
@@ -41,7 +42,7 @@ export { LOOP_RESUME_MIN_CALL_SITES, LOOP_RESUME_MIN_EXPRESSIONS } from './resum
 export const PINNED_EXPORT = 'ferry_pinned';
 
 export function loopResumeEnabled(): boolean {
-  return process.env['FERRY_LOOP_RESUME'] === '1';
+  return process.env['FERRY_LOOP_RESUME'] !== '0';
 }
 
 /**

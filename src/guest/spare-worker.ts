@@ -6,6 +6,14 @@
 // This module is kept tiny on purpose: it is imported before anything else of the runtime.
 import { Worker } from 'node:worker_threads';
 
+/**
+ * The guest thread's stack (Node's default for a worker is 4 MiB). A resumed split function
+ * (loop-resume.ts) runs its F$resume copy, whose TurboFan frame is several KB, for the rest of its
+ * activation: 4 MiB held ~700-1000 levels of recursion through one. The stack is reserved, not
+ * committed: only the pages a deep recursion touches cost memory.
+ */
+export const GUEST_STACK_MB = 64;
+
 /** workerData of a spare: the worker waits for its WorkerInit as its first message. */
 export const SPARE_WORKER_DATA = { spare: true } as const;
 
@@ -14,7 +22,7 @@ let spare: Worker | null = null;
 /** Starts a spare guest worker if none is waiting. Harmless if no guest ever takes it. */
 export function startSpareWorker(): void {
   if (spare) return;
-  const w = new Worker(new URL('./worker.js', import.meta.url), { workerData: SPARE_WORKER_DATA });
+  const w = new Worker(new URL('./worker.js', import.meta.url), { workerData: SPARE_WORKER_DATA, resourceLimits: { stackSizeMb: GUEST_STACK_MB } });
   // Unowned until adopted: it must not keep the process alive, and a failure to start is only
   // logged by the Guest that would have used it (it then starts a worker of its own).
   w.unref();
