@@ -19,5 +19,6 @@ trap 'rm -rf "$FERRY_TEST_RUN_DIR"' EXIT INT TERM
 NODE_OPTIONS="${NODE_OPTIONS:-} --unhandled-rejections=strict"
 export NODE_OPTIONS
 # A test that hangs fails after 10 minutes (the longest passes in about one) instead of holding the
-# whole run until CI's limit: the log then names it.
-node --test --test-concurrency=1 --test-timeout=600000 $(find "$dir" -name '*.test.js' | sort)
+# whole run until CI's limit: the log then names it. A file whose failed test left a socket open
+# still ends when its tests have (--test-force-exit).
+node --test --test-concurrency=1 --test-timeout=600000 --test-force-exit $(find "$dir" -name '*.test.js' | sort)

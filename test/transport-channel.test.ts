@@ -71,7 +71,7 @@ describe('transport: insecure TCP', () => {
       ]);
       assert.equal(accepted.hello.channel, 'bulk');
       assert.ok(accepted.hello.sessionId.equals(sid));
-      assert.equal(client.session?.features, Feature.POSTCOPY | Feature.RECOVERY | Feature.DIGEST);
+      assert.equal(client.session?.features, Feature.POSTCOPY | Feature.RECOVERY | Feature.DIGEST | Feature.SOCKETS);
       const data = randomBytes(4096 * 3);
       await client.sendPages(8192, 3, 'data', data);
       await client.sendMessage({ type: 'PASS_END', pass: 0, dirtyPages: 3 });

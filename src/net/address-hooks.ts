@@ -4,6 +4,7 @@
 // A hook gets the address in FERRY_SERVICE_ADDRESS (ADDR/PREFIX@IFACE, empty without one) and
 // FERRY_SERVICE_EVENT (release | acquire); a non-zero exit is a failure of that step.
 import { execFileSync } from 'node:child_process';
+import { announceIpv4 } from './announce.js';
 import { cannotTake, formatServiceAddress, releaseAddress, takeAddress, type ServiceAddress } from './service-address.js';
 
 /** A hook runs at most this long (it is inside the guest's downtime). */
@@ -38,7 +39,11 @@ export function cannotAcquire(move: AddressMove): string | null {
   return null;
 }
 
-/** Destination, before its sockets are re-created: the hook, then each address added and announced. Returns an undo. */
+/**
+ * Destination, before its sockets are re-created: the hook, then each address added but not yet
+ * announced (`announce` does that once the sockets exist: a client segment that reached this host
+ * before its socket did would be answered with a reset). Returns an undo.
+ */
 export function acquire(move: AddressMove): () => void {
   if (move.hook !== undefined) runHook(move.hook, 'acquire', move.addresses);
   const taken: ServiceAddress[] = [];
@@ -53,7 +58,7 @@ export function acquire(move: AddressMove): () => void {
   };
   try {
     for (const a of move.addresses) {
-      takeAddress(a);
+      takeAddress(a, 0);
       taken.push(a);
     }
   } catch (err) {
@@ -61,6 +66,11 @@ export function acquire(move: AddressMove): () => void {
     throw err;
   }
   return undo;
+}
+
+/** Destination, once its sockets exist: gratuitous ARPs, so clients' traffic comes here now. */
+export function announce(move: AddressMove, count = 3): void {
+  for (const a of move.addresses) announceIpv4(a.iface, a.address, count);
 }
 
 /** Source, right before COMMIT: each address removed, then the hook. Returns an undo (takes them back). */

@@ -1,10 +1,11 @@
 // The destination's part of a socket move (Feature.SOCKETS): when the SOCKETS blob is whole,
 // inside the source's downtime, it is decoded and checked (a malformed one is refused: nothing
-// ran), the service address is taken and announced (the --on-acquire hook first), and every
-// socket is re-created in repair mode, bound to it: the staged guest adopts them. They send
+// ran), the service address is taken (the --on-acquire hook first), every socket is re-created
+// in repair mode, bound to it, and only then is the address announced: a client's segment that
+// arrived before its socket existed would be answered with a reset. The staged guest adopts them. They send
 // nothing until resume() at the COMMIT; a failure before it closes them silently and gives the
 // address back, and the source carries on with its own.
-import { acquire, type AddressMove } from '../../net/address-hooks.js';
+import { acquire, announce, type AddressMove } from '../../net/address-hooks.js';
 import { decodeSocketSet, RestoredSockets, type SocketSetImage } from '../../net/socket-set.js';
 import type { AdoptedSockets } from '../../wasi/wasi.js';
 import { WireError } from '../wire/index.js';
@@ -32,6 +33,7 @@ export class IncomingSockets {
     const t1 = performance.now();
     try {
       const made = new IncomingSockets(RestoredSockets.restore(image), undo);
+      announce(move);
       made.timing = `address ${(t1 - t0).toFixed(1)} ms, sockets ${(performance.now() - t1).toFixed(1)} ms`;
       return made;
     } catch (err) {
