@@ -2,6 +2,7 @@
 import { existsSync, statSync, openSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { UsageError } from './exit-codes.js';
+import { parseServiceAddress, type ServiceAddress } from '../net/service-address.js';
 import type { Preopen } from '../wasi/wasi.js';
 
 export function collect(value: string, previous: string[] = []): string[] {
@@ -67,4 +68,15 @@ export function openStdio(flags: StdioFlags, append = false): { stdin: number; s
     stdout: flags.stdout ? open(flags.stdout, append ? 'a' : 'w', '--stdout') : 1,
     stderr: flags.stderr ? open(flags.stderr, append ? 'a' : 'w', '--stderr') : 2,
   };
+}
+
+/** `--service-address` values, parsed (a malformed one is a usage error naming the flag). */
+export function parseServiceAddresses(values: string[]): ServiceAddress[] {
+  return values.map((a) => {
+    try {
+      return parseServiceAddress(a);
+    } catch (err) {
+      throw new UsageError(`--service-address: ${(err as Error).message}`);
+    }
+  });
 }

@@ -2,13 +2,12 @@
 import { Command, Option } from 'commander';
 import type { CliContext } from '../context.js';
 import { EXIT, UsageError } from '../exit-codes.js';
-import { parsePositiveNumber, parseSize } from '../options.js';
+import { collect, parsePositiveNumber, parseServiceAddresses, parseSize } from '../options.js';
 import { addTlsOptions, parseHostPortFlag, readTlsFlags, type TlsFlags } from '../tls-options.js';
 import { ApiClient, ApiError } from '../../api/client.js';
 import type { MigrateRequest } from '../../api/types.js';
 import { cancelMigrationAction } from '../control-actions.js';
 import { SOURCE_DEFAULTS } from '../../migration/session/defaults.js';
-import { parseServiceAddress } from '../../net/service-address.js';
 
 interface MigrateFlags extends TlsFlags {
   apiSock: string;
@@ -43,7 +42,7 @@ export function registerMigrate(program: Command, ctx: CliContext): void {
     .option('--cancel', 'abort the migration in progress (before switchover only)')
     .option('--resume', 'postcopy-paused: reconnect now (with --to, to a new address)')
     .option('--abandon', 'give up a migration that failed after its switchover and free the guest here')
-    .option('--service-address <ADDR/PREFIX@IFACE>', "the guest's service address: removed from IFACE here right after the pause, before its TCP connections are frozen and moved (the destination takes it with its own --service-address; repeatable)", (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option('--service-address <ADDR/PREFIX@IFACE>', "the guest's service address: removed from IFACE here right after the pause, before its TCP connections are frozen and moved (the destination takes it with its own --service-address; repeatable)", collect, [] as string[])
     .option('--on-release <CMD>', 'shell command run here right after the service address is given up, inside the downtime (FERRY_SERVICE_ADDRESS, FERRY_SERVICE_EVENT=release in its environment; a failure aborts and the guest stays here)');
   addTlsOptions(cmd).addHelpText(
     'after',
@@ -88,13 +87,7 @@ async function migrateCommand(opts: MigrateFlags): Promise<number> {
     tls,
   };
   if (opts.maxBandwidth) req.maxBandwidth = parseSize(opts.maxBandwidth, '--max-bandwidth');
-  for (const a of opts.serviceAddress) {
-    try {
-      parseServiceAddress(a);
-    } catch (err) {
-      throw new UsageError(`--service-address: ${(err as Error).message}`);
-    }
-  }
+  parseServiceAddresses(opts.serviceAddress); // refused here, before the request is sent
   if (opts.serviceAddress.length > 0) req.serviceAddresses = opts.serviceAddress;
   if (opts.onRelease !== undefined) req.onRelease = opts.onRelease;
   return runMigration(client, req, { json: Boolean(opts.json) });

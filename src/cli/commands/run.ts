@@ -1,12 +1,11 @@
 // `ferry run`: run a WASI program as a guest in the foreground — started from its module, or
 // received from a migration source (`--incoming`) — optionally with a control socket.
-import { parseServiceAddress } from '../../net/service-address.js';
 import { readFileSync } from 'node:fs';
 import { basename } from 'node:path';
 import { Command } from 'commander';
 import type { CliContext } from '../context.js';
 import { EXIT, UsageError } from '../exit-codes.js';
-import { collect, openStdio, parseDirs, parseEnv, parsePositiveNumber, parseSize } from '../options.js';
+import { collect, openStdio, parseDirs, parseEnv, parsePositiveNumber, parseServiceAddresses, parseSize } from '../options.js';
 import { addTlsOptions, parseHostPortFlag, readTlsFlags, securityOf, type TlsFlags } from '../tls-options.js';
 import type { Guest, GuestExit } from '../../guest/guest.js';
 import type { GuestExtensions } from '../../api/guest-controller.js';
@@ -161,13 +160,7 @@ async function runIncoming(modulePath: string | undefined, opts: RunFlags, guest
     handshakeTimeoutMs: parsePositiveNumber(opts.handshakeTimeout, '--handshake-timeout') * 1000,
     maxUnauthenticated: parseCount(opts.maxUnauthenticated, '--max-unauthenticated'),
     ...(maxRefused !== undefined ? { maxRefused } : {}),
-    serviceAddresses: opts.serviceAddress.map((a) => {
-      try {
-        return parseServiceAddress(a);
-      } catch (err) {
-        throw new UsageError(`--service-address: ${(err as Error).message}`);
-      }
-    }),
+    serviceAddresses: parseServiceAddresses(opts.serviceAddress),
     ...(opts.onAcquire !== undefined ? { onAcquire: opts.onAcquire } : {}),
     // One line per refused peer; the destination goes on waiting (or, past --max-refused, gives up).
     onRefused: (r) => process.stderr.write(`ferry: refused ${r.peer} (${r.phase}): ${r.reason} [${r.count} refused]\n`),
