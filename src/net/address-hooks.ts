@@ -30,6 +30,19 @@ function runHook(cmd: string, event: 'release' | 'acquire', addresses: ServiceAd
   }
 }
 
+/** An undo that applies `step` to each address done so far (once), best effort: a rollback carries on past a failed step. */
+function undoEach(done: ServiceAddress[], step: (a: ServiceAddress) => void): () => void {
+  return () => {
+    for (const a of done.splice(0)) {
+      try {
+        step(a);
+      } catch {
+        /* already as wanted, or beyond repair here: the rest of the rollback goes on */
+      }
+    }
+  };
+}
+
 /** Why this host cannot take the addresses (checked at SETUP, before anything moves), or null. */
 export function cannotAcquire(move: AddressMove): string | null {
   for (const a of move.addresses) {
@@ -47,15 +60,7 @@ export function cannotAcquire(move: AddressMove): string | null {
 export function acquire(move: AddressMove): () => void {
   if (move.hook !== undefined) runHook(move.hook, 'acquire', move.addresses);
   const taken: ServiceAddress[] = [];
-  const undo = () => {
-    for (const a of taken.splice(0)) {
-      try {
-        releaseAddress(a);
-      } catch {
-        /* gone already */
-      }
-    }
-  };
+  const undo = undoEach(taken, (a) => releaseAddress(a));
   try {
     for (const a of move.addresses) {
       takeAddress(a, 0);
@@ -76,15 +81,7 @@ export function announce(move: AddressMove, count = 3): void {
 /** Source, right before COMMIT: each address removed, then the hook. Returns an undo (takes them back). */
 export function release(move: AddressMove): () => void {
   const released: ServiceAddress[] = [];
-  const undo = () => {
-    for (const a of released.splice(0)) {
-      try {
-        takeAddress(a, 1);
-      } catch {
-        /* best effort: the rollback carries on */
-      }
-    }
-  };
+  const undo = undoEach(released, (a) => takeAddress(a, 1));
   try {
     for (const a of move.addresses) {
       releaseAddress(a);
