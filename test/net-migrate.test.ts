@@ -5,8 +5,9 @@
 //   - a destination in B that cannot take the service address (no such interface) refuses the
 //     source at SETUP, and one without Feature.SOCKETS (FERRY_MOVE_SOCKETS=0) is left right after
 //     HELLO_ACK: nothing moved, the guest keeps serving on A, no client sees an error;
-//   - a destination whose --on-acquire hook fails (inside the downtime, before COMMIT): the
-//     source takes the address back and thaws the sockets, and the guest carries on at A;
+//   - a destination whose --on-acquire hook fails, or that dies there (inside the downtime,
+//     before COMMIT): the source takes the address back and thaws the sockets, and the guest
+//     carries on at A;
 //   - a migration A → B (postcopy, then in a second test precopy) with --service-address on
 //     both sides: every connection carries on with every answer right, none is reset, and a new
 //     connection is served by B.
@@ -96,14 +97,17 @@ async function failedAttempt(sb: ReturnType<typeof makeSandbox>, clients: Proc, 
 
 const ROOT_ONLY = process.getuid?.() !== 0 && 'needs root (network namespaces)';
 
-test('ferry migrate moves a serving guest A → B in postcopy with its 32 clients; a destination without the interface or the SOCKETS feature, or whose acquire hook fails, leaves it serving on A', { skip: ROOT_ONLY, timeout: 100_000 }, async (t) => {
+test('ferry migrate moves a serving guest A → B in postcopy with its 32 clients; a destination without the interface or the SOCKETS feature, or whose acquire step fails or dies, leaves it serving on A', { skip: ROOT_ONLY, timeout: 100_000 }, async (t) => {
   // A tiny downtime target keeps the migration from converging in precopy: the commit is postcopy's.
   await migrateServingGuest(t, ['--mode', 'postcopy', '--downtime-target', '0.001'], async (sb, clients, ops) => {
     ops = await failedAttempt(sb, clients, ops, ['--service-address', `${SERVICE}/24@eth9`], /no interface eth9/);
     // A destination that does not move sockets (as an older ferry): stopped after HELLO_ACK.
     ops = await failedAttempt(sb, clients, ops, ['--service-address', `${SERVICE}/24@eth0`], /does not move sockets/, ['FERRY_MOVE_SOCKETS=0']);
     // Inside the downtime, after the source gave up the address and froze the sockets: the rollback.
-    return failedAttempt(sb, clients, ops, ['--service-address', `${SERVICE}/24@eth0`, '--on-acquire', 'echo acquire-refused >&2; exit 3'], /acquire-refused/);
+    ops = await failedAttempt(sb, clients, ops, ['--service-address', `${SERVICE}/24@eth0`, '--on-acquire', 'echo acquire-refused >&2; exit 3'], /acquire-refused/);
+    // The same moment, but the destination dies (an injected fault: its hook kills its own ferry
+    // process) and the migration connection is cut instead of answered: the same rollback.
+    return failedAttempt(sb, clients, ops, ['--service-address', `${SERVICE}/24@eth0`, '--on-acquire', 'kill -9 $PPID'], /"code":"transport".*the guest keeps running here/);
   });
 });
 
