@@ -1,5 +1,7 @@
 // Snapshot benchmarks, each figure beside a reference measured in the same run:
 //  - snapshot write throughput (fsync included) vs a plain sequential write+fsync of as many bytes;
+//  - eager load (every held page read and checked into a fresh memory) vs a plain read of the same
+//    files, and the same load without GuestMemory.prefault;
 //  - restore to running, in-process (restoreSnapshot → the guest's worker runs), eager and lazy, vs
 //    Guest.restore alone over a memory that already holds the pages (the runtime's own floor); and
 //    the same with the workers started ahead (prepareRestore, then start() is timed);
@@ -8,7 +10,7 @@
 //  - time for a restored guest to finish a fixed piece of work (memtouch rewriting its pages), lazy vs eager.
 // Sizes: FERRY_BENCH_SNAPSHOT_MIB (default "256,1024"; add 3968 for a ~4 GiB guest). The page cache is
 // warm (the snapshot was just written), as on a host restoring what it saved; the module is cached.
-import { closeSync, fsyncSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync, existsSync } from 'node:fs';
+import { closeSync, fsyncSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, writeSync, existsSync } from 'node:fs';
 import { spawn } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,6 +18,7 @@ import { fileURLToPath } from 'node:url';
 import { Guest } from '../src/guest/guest.js';
 import { GuestMemory, WASM_PAGE_SIZE } from '../src/memory/guest-memory.js';
 import { SnapshotSession, loadEagerly, loadSnapshot, prepareRestore, restoreSnapshot } from '../src/snapshot/index.js';
+import { PAGE_SIZE } from '../src/snapshot/format.js';
 import { median, type BenchRow } from './harness.js';
 
 export const title = 'snapshots: write throughput, restore to running (eager/lazy, in-process and CLI), work after restore';
@@ -69,6 +72,21 @@ function plainWriteMBps(path: string, bytes: number): number {
   return bytes / 1e6 / (ms / 1000);
 }
 
+/** Milliseconds to read `paths` whole, 4 MiB at a time into one reused buffer: the read's own cost. */
+function plainReadMs(paths: string[]): number {
+  const buf = Buffer.allocUnsafe(4 << 20);
+  const t0 = performance.now();
+  for (const path of paths) {
+    const fd = openSync(path, 'r');
+    try {
+      for (let off = 0; ; off += buf.length) if (readSync(fd, buf, 0, buf.length, off) < buf.length) break;
+    } finally {
+      closeSync(fd);
+    }
+  }
+  return performance.now() - t0;
+}
+
 /** Milliseconds from spawning `node ferry args` until `ready()` holds (then the process is ended). */
 async function processTime(args: string[], ready: (() => boolean) | null): Promise<number> {
   const t0 = performance.now();
@@ -116,6 +134,29 @@ export async function run(): Promise<BenchRow[]> {
         await g.stop();
         mem.dropPages([[0, mem.pageCount]]);
       }
+      // ---- eager load: every held page read and checked into a fresh memory ----
+      // Beside a plain read of the same files (the read's own limit) and the same load without the
+      // bulk page allocation (each page faulted in by the read, as before GuestMemory.prefault).
+      const loads: { prefault: number[]; faulted: number[]; plain: number[] } = { prefault: [], faulted: [], plain: [] };
+      for (let i = 0; i < REPEAT; i++) {
+        for (const mode of ['prefault', 'faulted'] as const) {
+          const mem = GuestMemory.create(chain.memory.bytes / WASM_PAGE_SIZE, chain.memory.maxBytes / WASM_PAGE_SIZE);
+          const t0 = performance.now();
+          loadEagerly(chain, mode === 'prefault' ? mem : mem.view());
+          loads[mode].push(performance.now() - t0);
+          mem.dropPages([[0, mem.pageCount]]);
+        }
+        loads.plain.push(plainReadMs(chain.layers.map((l) => l.memoryPath)));
+      }
+      const heldMB = (chain.presentPages * PAGE_SIZE) / 1e6;
+      const loadMBps = heldMB / (median(loads.prefault) / 1000);
+      const plainMBps = (chain.layers.reduce((n, l) => n + statSync(l.memoryPath).size, 0) / 1e6) / (median(loads.plain) / 1000);
+      rows.push({
+        name: `eager-load-${L}`, metric: 'read + check into fresh memory (median)', value: Math.round(loadMBps), unit: 'MB/s',
+        reference: { name: 'plain read of the same files', value: Math.round(plainMBps) }, target: '>= 0.8x the plain read', met: loadMBps >= 0.8 * plainMBps,
+        extra: { ms: loads.prefault.map(round), withoutPrefaultMs: loads.faulted.map(round), plainReadMs: loads.plain.map(round) },
+      });
+
       for (const lazy of [false, true]) {
         const times: number[] = [];
         let loadMs = 0;

@@ -35,6 +35,9 @@
 #ifndef MADV_COLLAPSE
 #define MADV_COLLAPSE 25 /* 6.1+, missing from glibc 2.36 headers */
 #endif
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* 5.14+ */
+#endif
 #define MAX_SAFE 9007199254740991.0 /* 2^53 - 1: addresses and sizes travel as JS numbers */
 #define MAX_EVENTS 64
 
@@ -230,8 +233,8 @@ static napi_value f_madvise(napi_env env, napi_callback_info info) {
       !get_u64(env, argv[2], OP, "length", &n) || !get_i32(env, argv[3], OP, "advice", &advice))
     return NULL;
   if (advice != MADV_DONTNEED && advice != MADV_HUGEPAGE && advice != MADV_NOHUGEPAGE && advice != MADV_WILLNEED &&
-      advice != MADV_COLLAPSE)
-    return throw_arg(env, OP, "advice %d is not one of DONTNEED, WILLNEED, HUGEPAGE, NOHUGEPAGE, COLLAPSE", advice);
+      advice != MADV_COLLAPSE && advice != MADV_POPULATE_WRITE)
+    return throw_arg(env, OP, "advice %d is not one of DONTNEED, WILLNEED, HUGEPAGE, NOHUGEPAGE, COLLAPSE, POPULATE_WRITE", advice);
   if (!check_inside(env, OP, "range", off, n, len)) return NULL;
   uintptr_t addr = (uintptr_t)p + off;
   if (!check_aligned(env, OP, "address", addr) || !check_aligned(env, OP, "length", n)) return NULL;
@@ -1474,7 +1477,7 @@ static napi_value constants(napi_env env) {
   C(UFFD_PAGEFAULT_FLAG_WRITE); C(UFFD_PAGEFAULT_FLAG_WP); C(UFFD_PAGEFAULT_FLAG_MINOR);
   C(PAGE_IS_WPALLOWED); C(PAGE_IS_WRITTEN); C(PAGE_IS_FILE); C(PAGE_IS_PRESENT); C(PAGE_IS_SWAPPED);
   C(PAGE_IS_PFNZERO); C(PAGE_IS_HUGE); C(PAGE_IS_SOFT_DIRTY); C(PM_SCAN_WP_MATCHING); C(PM_SCAN_CHECK_WPASYNC);
-  C(MADV_DONTNEED); C(MADV_WILLNEED); C(MADV_HUGEPAGE); C(MADV_NOHUGEPAGE); C(MADV_COLLAPSE);
+  C(MADV_DONTNEED); C(MADV_WILLNEED); C(MADV_HUGEPAGE); C(MADV_NOHUGEPAGE); C(MADV_COLLAPSE); C(MADV_POPULATE_WRITE);
   C(EFD_NONBLOCK); C(EFD_CLOEXEC); C(EFD_SEMAPHORE); C(MFD_CLOEXEC);
   C(POLLIN); C(POLLOUT); C(POLLERR); C(POLLHUP); C(POLLNVAL); C(POLLRDHUP);
   C(MSG_PEEK); C(MSG_WAITALL); C(MSG_DONTWAIT); C(SHUT_RD); C(SHUT_WR); C(SHUT_RDWR);

@@ -1,7 +1,7 @@
 // DirtyTracker and scanResidency on real shared Wasm memories with a concurrent writer thread.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { openSync, writeSync, closeSync, mkdtempSync, rmSync } from 'node:fs';
+import { openSync, writeSync, closeSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GuestMemory, HOST_PAGE_SIZE } from '../src/memory/guest-memory.js';
@@ -10,6 +10,7 @@ import { readFaultMapsZeroPage, scanResidency } from '../src/memory/residency.js
 import { forEachZeroRun, isZeroPage, zeroContentPages } from '../src/memory/zero-pages.js';
 import { PageBitmap } from '../src/memory/page-bitmap.js';
 import { Userfaultfd, REGISTER_MODE } from '../src/sys/uffd.js';
+import { Pagemap, PAGE_IS } from '../src/sys/pagemap.js';
 import { RegistrationBusyError } from '../src/memory/uffd-registration.js';
 import { FaultServer } from '../src/memory/fault-server.js';
 import { PageStateTable } from '../src/memory/page-state.js';
@@ -158,6 +159,51 @@ test('one userfaultfd registration per memory: the second holder is refused by n
     assert.throws(() => new DirtyTracker(mem).start(), (e: unknown) => e instanceof RegistrationBusyError && e.holder === 'fault server');
     await server.stop();
     tracker.start(); // free again
+  } finally {
+    tracker.stop();
+  }
+});
+
+/** Whether this kernel gives transparent huge pages to memory advised MADV_HUGEPAGE. */
+function thpAvailable(): boolean {
+  try {
+    return !/\[never\]/.test(readFileSync('/sys/kernel/mm/transparent_hugepage/enabled', 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
+test('prefault makes exactly its runs resident (huge pages where a 2 MiB block lies inside), and dirty tracking over them stays per 4 KiB page', () => {
+  const mem = GuestMemory.create(256, 256); // 16 MiB: several whole 2 MiB blocks
+  const tracker = new DirtyTracker(mem);
+  try {
+    const runs: Array<[number, number]> = [
+      [3, 9], // small: 4 KiB pages only
+      [700, 3100], // about 9.4 MiB: holds whole 2 MiB blocks, with partial ends
+    ];
+    const expected = new PageBitmap(mem.maxPageCount);
+    for (const [s, e] of runs) expected.addRange(s, e);
+    assert.equal(mem.prefault(runs), expected.count() * HOST_PAGE_SIZE, 'every run populated');
+    assert.deepEqual(scanResidency(mem).present.toArray(), expected.toArray(), 'resident: the runs, and nothing else');
+    if (thpAvailable()) {
+      const huge = new PageBitmap(mem.pageCount);
+      const pm = new Pagemap();
+      try {
+        pm.scanToBitmaps(mem.base, mem.base + mem.sizeBytes, { categoryAnyofMask: PAGE_IS.HUGE, returnMask: PAGE_IS.HUGE }, [{ words: huge.words, categories: PAGE_IS.HUGE }]);
+      } finally {
+        pm.close();
+      }
+      assert.ok(huge.count() >= 512, `the whole 2 MiB blocks are huge pages (${huge.count()} pages are)`);
+      assert.ok(huge.toArray().every((p) => p >= 700 && p < 3100), 'only inside a run');
+    }
+    assert.ok(mem.view().subarray(3 * HOST_PAGE_SIZE, 3100 * HOST_PAGE_SIZE).every((b) => b === 0), 'populated pages read as zeros');
+    assert.throws(() => mem.prefault([[4000, 4097]]), RangeError);
+
+    tracker.start();
+    const v = mem.view();
+    const written = [4, 701, 1024, 1500, 2047, 3099];
+    for (const p of written) v[p * HOST_PAGE_SIZE + 5] = 1;
+    assert.deepEqual(tracker.collect().toArray(), written, 'a write into a huge page is reported as its one 4 KiB page');
   } finally {
     tracker.stop();
   }

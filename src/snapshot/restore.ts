@@ -111,7 +111,7 @@ export async function prepareRestore(source: string | SnapshotChain, opts: Resto
       const t0 = performance.now();
       if (!lazy) {
         try {
-          loadEagerly(chain, mem.view());
+          loadEagerly(chain, mem);
         } catch (err) {
           await prepared.dispose();
           throw err;
@@ -166,8 +166,13 @@ function checkPreopens(chain: SnapshotChain, preopens: Preopen[]): void {
   }
 }
 
-/** Reads every chunk straight into `view` (a memory of the chain's size), root layer first (newer layers overwrite), checking each. */
-export function loadEagerly(chain: SnapshotChain, view: Uint8Array): void {
+/** Reads every chunk straight into `into` (a memory of the chain's size, or a view of one), root layer first (newer layers overwrite), checking each. */
+export function loadEagerly(chain: SnapshotChain, into: GuestMemory | Uint8Array): void {
+  let view = into as Uint8Array;
+  if (into instanceof GuestMemory) {
+    into.prefault(heldRuns(chain.location)); // fresh memory: the pages are allocated in bulk, not one fault each
+    view = into.view();
+  }
   const reader = chainReader(chain);
   try {
     chain.layers.forEach((layer, li) => {
@@ -180,6 +185,22 @@ export function loadEagerly(chain: SnapshotChain, view: Uint8Array): void {
   } finally {
     reader.close();
   }
+}
+
+/** Runs [start, end) of the pages some layer holds (location >= 0): what an eager restore writes. */
+function heldRuns(location: Int16Array): Array<[number, number]> {
+  const runs: Array<[number, number]> = [];
+  for (let p = 0; p < location.length; ) {
+    if (location[p]! < 0) {
+      p++;
+      continue;
+    }
+    let q = p + 1;
+    while (q < location.length && location[q]! >= 0) q++;
+    runs.push([p, q]);
+    p = q;
+  }
+  return runs;
 }
 
 /** A memory being filled lazily from a snapshot chain: holes served by a fault server, a loader to fill the rest. */

@@ -11,6 +11,8 @@ export const MADV_DONTNEED = K('MADV_DONTNEED');
 export const MADV_WILLNEED = K('MADV_WILLNEED');
 export const MADV_HUGEPAGE = K('MADV_HUGEPAGE');
 export const MADV_NOHUGEPAGE = K('MADV_NOHUGEPAGE');
+/** Populate a range writable in one call (5.14+); on userfaultfd-registered memory it would fault into the handler. */
+export const MADV_POPULATE_WRITE = K('MADV_POPULATE_WRITE');
 export const MFD_CLOEXEC = K('MFD_CLOEXEC');
 
 /** Address of the first byte of a view or ArrayBuffer (for a SharedArrayBuffer, pass a view). */
