@@ -938,16 +938,18 @@ static void set_num(napi_env env, napi_value o, const char *k, double v);
 
 #undef OP
 #define OP "tcpListen"
-/* tcpListen(family 4|6, address: string (numeric), port, backlog) -> fd: a non-blocking, close-on-exec
- * TCP socket with SO_REUSEADDR, bound and listening. */
+/* tcpListen(family 4|6, address: string (numeric), port, backlog, freebind) -> fd: a non-blocking,
+ * close-on-exec TCP socket with SO_REUSEADDR (and IP_FREEBIND when asked: bound to an address this
+ * host does not hold yet), bound and listening. */
 static napi_value f_tcp_listen(napi_env env, napi_callback_info info) {
-  ARGS(4);
+  ARGS(5);
   int32_t family, port, backlog;
+  int freebind;
   char text[INET6_ADDRSTRLEN + 1];
   size_t tlen = 0;
   uint8_t a[16];
   if (!get_i32(env, argv[0], OP, "family", &family) || !get_i32(env, argv[2], OP, "port", &port) ||
-      !get_i32(env, argv[3], OP, "backlog", &backlog))
+      !get_i32(env, argv[3], OP, "backlog", &backlog) || !get_bool(env, argv[4], OP, "freebind", &freebind))
     return NULL;
   if (napi_get_value_string_utf8(env, argv[1], text, sizeof text, &tlen) != napi_ok) return throw_arg(env, OP, "address must be a string");
   if (family != 4 && family != 6) return throw_arg(env, OP, "family must be 4 or 6");
@@ -976,6 +978,11 @@ static napi_value f_tcp_listen(napi_env env, napi_callback_info info) {
     int e = errno;
     close(fd);
     return throw_errno(env, OP, e, "SO_REUSEADDR");
+  }
+  if (freebind && setsockopt(fd, IPPROTO_IP, IP_FREEBIND, &one, sizeof one) != 0) {
+    int e = errno;
+    close(fd);
+    return throw_errno(env, OP, e, "IP_FREEBIND");
   }
   if (bind(fd, (struct sockaddr *)&ss, sl) != 0) {
     int e = errno;
@@ -1480,7 +1487,7 @@ static napi_value constants(napi_env env) {
   C(MSG_PEEK); C(MSG_WAITALL); C(MSG_DONTWAIT); C(SHUT_RD); C(SHUT_WR); C(SHUT_RDWR);
   C(ECONNRESET); C(EPIPE); C(ENOTCONN);
   C(EEXIST); C(EAGAIN);
-  C(IPPROTO_TCP); C(SOL_SOCKET); C(TCP_REPAIR); C(TCP_REPAIR_QUEUE); C(TCP_QUEUE_SEQ); C(TCP_REPAIR_OPTIONS);
+  C(IPPROTO_TCP); C(IPPROTO_IP); C(IP_FREEBIND); C(IP_TRANSPARENT); C(SOL_SOCKET); C(TCP_REPAIR); C(TCP_REPAIR_QUEUE); C(TCP_QUEUE_SEQ); C(TCP_REPAIR_OPTIONS);
   C(TCP_REPAIR_WINDOW); C(TCP_TIMESTAMP); C(TCP_MAXSEG); C(TCP_INFO); C(TCP_NODELAY); C(TCP_RECV_QUEUE); C(TCP_SEND_QUEUE);
   C(TCP_REPAIR_ON); C(TCP_REPAIR_OFF); C(TCP_REPAIR_OFF_NO_WP); C(TCPOPT_MAXSEG); C(TCPOPT_WINDOW);
   C(TCPOPT_SACK_PERMITTED); C(TCPOPT_TIMESTAMP); C(SIOCINQ); C(SIOCOUTQ); C(SIOCOUTQNSD); C(ETH_P_ARP);

@@ -89,6 +89,11 @@ async function migrateServingGuest(
     // With FERRY_TRACE=switchover both sides print where the downtime went.
     for (const line of `${source.err}\n${dest.proc.err}`.split('\n')) if (line.startsWith('ferry trace')) t.diagnostic(line);
     t.diagnostic(`${summary.ops} answers checked, ${summary.slowBytes >> 20} MiB read by the slow client; ${legs.join('; ')}`);
+  } catch (err) {
+    // Whatever failed, the error carries what every ferry process said (a flake must be readable from the log).
+    const said = procs.map((p) => `--- ${p.name} stderr:\n${p.err.slice(-1500)}`).join('\n');
+    if (err instanceof Error) err.message += `\n${said}`;
+    throw err;
   } finally {
     if (clients) {
       clients.end();

@@ -54,7 +54,8 @@ export interface FerryNative {
   dup(fd: number): number;
   setsockoptInt(fd: number, option: number, value: number): void;
   /** A non-blocking, close-on-exec TCP socket with SO_REUSEADDR, bound to a numeric address and listening. */
-  tcpListen(family: 4 | 6, address: string, port: number, backlog: number): number;
+  /** freebind: IP_FREEBIND before bind (the address need not be on this host yet). */
+  tcpListen(family: 4 | 6, address: string, port: number, backlog: number, freebind: boolean): number;
   /** getsockname (peer false) or getpeername (peer true) of an IP socket. */
   sockAddress(fd: number, peer: boolean): { family: 4 | 6; address: string; port: number };
   /** accept4(fd, SOCK_NONBLOCK | SOCK_CLOEXEC); throws EAGAIN when no connection waits. */
