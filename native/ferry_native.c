@@ -21,6 +21,8 @@
 #include <linux/sockios.h>
 #include <linux/if_packet.h>
 #include <linux/if_ether.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 #include <sys/mman.h>
 #include <sched.h>
 #include <sys/resource.h>
@@ -1121,6 +1123,50 @@ static napi_value f_ioctl_int(napi_env env, napi_callback_info info) {
 }
 
 #undef OP
+#define OP "netlinkRoute"
+/* netlinkRoute(message) -> 0, or the errno the kernel's acknowledgement carries: one request (the
+ * caller's nlmsghdr and payload, NLM_F_ACK set) on a new NETLINK_ROUTE socket, its NLMSG_ERROR
+ * answer read, the socket closed. */
+static napi_value f_netlink_route(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  uint8_t *msg;
+  size_t len;
+  if (!get_bytes(env, argv[0], OP, "message", &msg, &len, NULL)) return NULL;
+  if (len < sizeof(struct nlmsghdr) || len > 4096) return throw_arg(env, OP, "message must be %zu..4096 bytes", sizeof(struct nlmsghdr));
+  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+  if (fd < 0) return throw_errno(env, OP, errno, "socket");
+  struct sockaddr_nl kernel;
+  memset(&kernel, 0, sizeof kernel);
+  kernel.nl_family = AF_NETLINK;
+  if (sendto(fd, msg, len, 0, (struct sockaddr *)&kernel, sizeof kernel) != (ssize_t)len) {
+    int e = errno;
+    close(fd);
+    return throw_errno(env, OP, e, "sendto");
+  }
+  union { struct nlmsghdr h; char bytes[8192]; } reply;
+  for (;;) {
+    ssize_t n = recv(fd, reply.bytes, sizeof reply.bytes, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      int e = errno;
+      close(fd);
+      return throw_errno(env, OP, e, "recv");
+    }
+    size_t left = (size_t)n;
+    for (struct nlmsghdr *h = &reply.h; NLMSG_OK(h, left); h = NLMSG_NEXT(h, left)) {
+      if (h->nlmsg_type != NLMSG_ERROR) continue;
+      int code = -((struct nlmsgerr *)NLMSG_DATA(h))->error;
+      close(fd);
+      return num(env, code);
+    }
+    if (n == 0) {
+      close(fd);
+      return throw_arg(env, OP, "the kernel closed without an acknowledgement");
+    }
+  }
+}
+
+#undef OP
 #define OP "packetSend"
 /* packetSend(ifindex, ethertype, dstMac: 6 bytes, payload): one datagram on an AF_PACKET
  * SOCK_DGRAM socket (the kernel adds the link header with the interface's own source address). */
@@ -1491,6 +1537,8 @@ static napi_value constants(napi_env env) {
   C(TCP_REPAIR_WINDOW); C(TCP_TIMESTAMP); C(TCP_MAXSEG); C(TCP_INFO); C(TCP_NODELAY); C(TCP_RECV_QUEUE); C(TCP_SEND_QUEUE);
   C(TCP_REPAIR_ON); C(TCP_REPAIR_OFF); C(TCP_REPAIR_OFF_NO_WP); C(TCPOPT_MAXSEG); C(TCPOPT_WINDOW);
   C(TCPOPT_SACK_PERMITTED); C(TCPOPT_TIMESTAMP); C(SIOCINQ); C(SIOCOUTQ); C(SIOCOUTQNSD); C(ETH_P_ARP);
+  C(AF_INET); C(RTM_NEWADDR); C(RTM_DELADDR); C(NLM_F_REQUEST); C(NLM_F_ACK); C(NLM_F_CREATE); C(NLM_F_EXCL);
+  C(IFA_ADDRESS); C(IFA_LOCAL); C(RT_SCOPE_UNIVERSE);
 #undef C
   return c;
 }
@@ -1525,7 +1573,7 @@ static napi_value init(napi_env env, napi_value exports) {
       F("fdUnwatch", f_fd_unwatch), F("nowUs", f_now_us), F("exitNow", f_exit_now),
       F("tcpSocket", f_tcp_socket), F("sockBind", f_sock_bind), F("sockConnect", f_sock_connect),
       F("getsockoptBytes", f_getsockopt_bytes), F("setsockoptBytes", f_setsockopt_bytes), F("ioctlInt", f_ioctl_int),
-      F("packetSend", f_packet_send),
+      F("packetSend", f_packet_send), F("netlinkRoute", f_netlink_route),
 #undef F
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);

@@ -89,6 +89,8 @@ export interface FerryNative {
   ioctlInt(fd: number, request: number): number;
   /** One datagram on an AF_PACKET SOCK_DGRAM socket to dstMac on the interface; bytes sent. */
   packetSend(ifindex: number, ethertype: number, dstMac: Uint8Array, payload: Uint8Array): number;
+  /** One rtnetlink request (NLM_F_ACK set); 0 or the errno its acknowledgement carries. */
+  netlinkRoute(message: Uint8Array): number;
 }
 
 function addonPath(): string {
