@@ -21,6 +21,8 @@
 #include <linux/sockios.h>
 #include <linux/if_packet.h>
 #include <linux/if_ether.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 #include <sys/mman.h>
 #include <sched.h>
 #include <sys/resource.h>
@@ -941,16 +943,18 @@ static void set_num(napi_env env, napi_value o, const char *k, double v);
 
 #undef OP
 #define OP "tcpListen"
-/* tcpListen(family 4|6, address: string (numeric), port, backlog) -> fd: a non-blocking, close-on-exec
- * TCP socket with SO_REUSEADDR, bound and listening. */
+/* tcpListen(family 4|6, address: string (numeric), port, backlog, freebind) -> fd: a non-blocking,
+ * close-on-exec TCP socket with SO_REUSEADDR (and IP_FREEBIND when asked: bound to an address this
+ * host does not hold yet), bound and listening. */
 static napi_value f_tcp_listen(napi_env env, napi_callback_info info) {
-  ARGS(4);
+  ARGS(5);
   int32_t family, port, backlog;
+  int freebind;
   char text[INET6_ADDRSTRLEN + 1];
   size_t tlen = 0;
   uint8_t a[16];
   if (!get_i32(env, argv[0], OP, "family", &family) || !get_i32(env, argv[2], OP, "port", &port) ||
-      !get_i32(env, argv[3], OP, "backlog", &backlog))
+      !get_i32(env, argv[3], OP, "backlog", &backlog) || !get_bool(env, argv[4], OP, "freebind", &freebind))
     return NULL;
   if (napi_get_value_string_utf8(env, argv[1], text, sizeof text, &tlen) != napi_ok) return throw_arg(env, OP, "address must be a string");
   if (family != 4 && family != 6) return throw_arg(env, OP, "family must be 4 or 6");
@@ -979,6 +983,11 @@ static napi_value f_tcp_listen(napi_env env, napi_callback_info info) {
     int e = errno;
     close(fd);
     return throw_errno(env, OP, e, "SO_REUSEADDR");
+  }
+  if (freebind && setsockopt(fd, IPPROTO_IP, IP_FREEBIND, &one, sizeof one) != 0) {
+    int e = errno;
+    close(fd);
+    return throw_errno(env, OP, e, "IP_FREEBIND");
   }
   if (bind(fd, (struct sockaddr *)&ss, sl) != 0) {
     int e = errno;
@@ -1114,6 +1123,50 @@ static napi_value f_ioctl_int(napi_env env, napi_callback_info info) {
   int v = 0;
   if (ioctl(fd, (unsigned long)(uint32_t)req, &v) != 0) return throw_errno(env, OP, errno, NULL);
   return num(env, v);
+}
+
+#undef OP
+#define OP "netlinkRoute"
+/* netlinkRoute(message) -> 0, or the errno the kernel's acknowledgement carries: one request (the
+ * caller's nlmsghdr and payload, NLM_F_ACK set) on a new NETLINK_ROUTE socket, its NLMSG_ERROR
+ * answer read, the socket closed. */
+static napi_value f_netlink_route(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  uint8_t *msg;
+  size_t len;
+  if (!get_bytes(env, argv[0], OP, "message", &msg, &len, NULL)) return NULL;
+  if (len < sizeof(struct nlmsghdr) || len > 4096) return throw_arg(env, OP, "message must be %zu..4096 bytes", sizeof(struct nlmsghdr));
+  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+  if (fd < 0) return throw_errno(env, OP, errno, "socket");
+  struct sockaddr_nl kernel;
+  memset(&kernel, 0, sizeof kernel);
+  kernel.nl_family = AF_NETLINK;
+  if (sendto(fd, msg, len, 0, (struct sockaddr *)&kernel, sizeof kernel) != (ssize_t)len) {
+    int e = errno;
+    close(fd);
+    return throw_errno(env, OP, e, "sendto");
+  }
+  union { struct nlmsghdr h; char bytes[8192]; } reply;
+  for (;;) {
+    ssize_t n = recv(fd, reply.bytes, sizeof reply.bytes, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      int e = errno;
+      close(fd);
+      return throw_errno(env, OP, e, "recv");
+    }
+    size_t left = (size_t)n;
+    for (struct nlmsghdr *h = &reply.h; NLMSG_OK(h, left); h = NLMSG_NEXT(h, left)) {
+      if (h->nlmsg_type != NLMSG_ERROR) continue;
+      int code = -((struct nlmsgerr *)NLMSG_DATA(h))->error;
+      close(fd);
+      return num(env, code);
+    }
+    if (n == 0) {
+      close(fd);
+      return throw_arg(env, OP, "the kernel closed without an acknowledgement");
+    }
+  }
 }
 
 #undef OP
@@ -1483,10 +1536,12 @@ static napi_value constants(napi_env env) {
   C(MSG_PEEK); C(MSG_WAITALL); C(MSG_DONTWAIT); C(SHUT_RD); C(SHUT_WR); C(SHUT_RDWR);
   C(ECONNRESET); C(EPIPE); C(ENOTCONN);
   C(EEXIST); C(EAGAIN);
-  C(IPPROTO_TCP); C(SOL_SOCKET); C(TCP_REPAIR); C(TCP_REPAIR_QUEUE); C(TCP_QUEUE_SEQ); C(TCP_REPAIR_OPTIONS);
+  C(IPPROTO_TCP); C(IPPROTO_IP); C(IP_FREEBIND); C(IP_TRANSPARENT); C(SOL_SOCKET); C(TCP_REPAIR); C(TCP_REPAIR_QUEUE); C(TCP_QUEUE_SEQ); C(TCP_REPAIR_OPTIONS);
   C(TCP_REPAIR_WINDOW); C(TCP_TIMESTAMP); C(TCP_MAXSEG); C(TCP_INFO); C(TCP_NODELAY); C(TCP_RECV_QUEUE); C(TCP_SEND_QUEUE);
   C(TCP_REPAIR_ON); C(TCP_REPAIR_OFF); C(TCP_REPAIR_OFF_NO_WP); C(TCPOPT_MAXSEG); C(TCPOPT_WINDOW);
   C(TCPOPT_SACK_PERMITTED); C(TCPOPT_TIMESTAMP); C(SIOCINQ); C(SIOCOUTQ); C(SIOCOUTQNSD); C(ETH_P_ARP);
+  C(AF_INET); C(RTM_NEWADDR); C(RTM_DELADDR); C(NLM_F_REQUEST); C(NLM_F_ACK); C(NLM_F_CREATE); C(NLM_F_EXCL);
+  C(IFA_ADDRESS); C(IFA_LOCAL); C(RT_SCOPE_UNIVERSE);
 #undef C
   return c;
 }
@@ -1521,7 +1576,7 @@ static napi_value init(napi_env env, napi_value exports) {
       F("fdUnwatch", f_fd_unwatch), F("nowUs", f_now_us), F("exitNow", f_exit_now),
       F("tcpSocket", f_tcp_socket), F("sockBind", f_sock_bind), F("sockConnect", f_sock_connect),
       F("getsockoptBytes", f_getsockopt_bytes), F("setsockoptBytes", f_setsockopt_bytes), F("ioctlInt", f_ioctl_int),
-      F("packetSend", f_packet_send),
+      F("packetSend", f_packet_send), F("netlinkRoute", f_netlink_route),
 #undef F
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);

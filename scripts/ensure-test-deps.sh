@@ -1,10 +1,11 @@
 #!/bin/sh
 # The test suite compiles small C programs to wasm32-wasi and builds network namespaces; it needs
-# clang, lld, wasi-libc, the wasm32 compiler runtime and iproute2 from Debian. Installs the ones
-# missing (as root, with apt-get); does nothing when all are present.
+# clang, lld, wasi-libc, the wasm32 compiler runtime, iproute2 and redis-tools (its redis-benchmark
+# drives the kvserver guest) from Debian. Installs the ones missing (as root, with apt-get); does
+# nothing when all are present.
 set -eu
 need=""
-for p in clang lld wasi-libc libclang-rt-14-dev-wasm32 iproute2; do
+for p in clang lld wasi-libc libclang-rt-14-dev-wasm32 iproute2 redis-tools; do
   dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"
 done
 [ -z "$need" ] && exit 0

@@ -10,7 +10,9 @@
 //     carries on at A;
 //   - a migration A → B (postcopy, then in a second test precopy) with --service-address on
 //     both sides: every connection carries on with every answer right, none is reset, and a new
-//     connection is served by B.
+//     connection is served by B;
+//   - in the second test the guest then goes back B → A (postcopy) from B's own control API,
+//     with the same clients running throughout, and a new connection is served by A.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
@@ -25,6 +27,7 @@ const tag = String(process.pid % 100000);
 const NS = { client: `f16gc-${tag}`, a: `f16ga-${tag}`, b: `f16gb-${tag}` };
 const NET = '10.81.0';
 const SERVICE = `${NET}.10`;
+const A_ADDR = `${NET}.2`;
 const B_ADDR = `${NET}.3`;
 const PORT = 6391;
 const CLIENT_COUNT = 32;
@@ -38,7 +41,12 @@ type Summary = { ops: number; slowBytes: number; slowRead: number; errors: strin
  * kvserver on A with the checked clients; `before` runs failed attempts while they go on; then the
  * migration with `mode` flags, and the clients' verdict.
  */
-async function migrateServingGuest(t: { diagnostic: (s: string) => void }, modeFlags: string[], before: (sb: ReturnType<typeof makeSandbox>, clients: Proc, ops: number) => Promise<number>): Promise<void> {
+async function migrateServingGuest(
+  t: { diagnostic: (s: string) => void },
+  modeFlags: string[],
+  before: (sb: ReturnType<typeof makeSandbox>, clients: Proc, ops: number) => Promise<number>,
+  backFlags: string[] | null = null,
+): Promise<void> {
   makeTopology(NS, NET, SERVICE);
   const sb = makeSandbox();
   const procs: FerryProc[] = [];
@@ -52,13 +60,28 @@ async function migrateServingGuest(t: { diagnostic: (s: string) => void }, modeF
     let ops = await moreAnswers(clients, 0, 300);
     ops = await before(sb, clients, ops);
 
-    const dest = await startDestination(sb, ['--tls-psk', sb.keyFile, '--service-address', `${SERVICE}/24@eth0`], { host: B_ADDR, prefix: inNs(NS.b) });
+    // B's destination serves a control API of its own: the guest it receives can move on from there.
+    const sockB = path.join(sb.dir, 'b.sock');
+    const dest = await startDestination(sb, ['--tls-psk', sb.keyFile, '--service-address', `${SERVICE}/24@eth0`, '--api-sock', sockB], { host: B_ADDR, prefix: inNs(NS.b) });
     procs.push(dest.proc);
     const moved = await runMigrate(sb, dest.port, [...modeFlags, '--service-address', `${SERVICE}/24@eth0`], sb.keyFile, 60_000, B_ADDR);
     assert.equal(moved.code, 0, `ferry migrate succeeded: ${JSON.stringify(moved.json)}\n${moved.stderr.slice(-2000)}\n${source.err.slice(-2000)}\n${dest.proc.err.slice(-2000)}`);
     assert.equal(await source.exitWithin(20_000), 0, 'the source ends once its guest has moved');
     ops = await moreAnswers(clients, ops, 600);
     assert.deepEqual(await clients.ask('probe'), { probe: true }, 'a new connection is served (by B: A has ended)');
+    const legs = [`A → B ${String(moved.json['mode'])}, downtime ${String(moved.json['downtimeMs'])} ms`];
+
+    if (backFlags) {
+      // B → A with the same clients: A takes the guest back with a `ferry run --incoming` of its own.
+      const home = await startDestination(sb, ['--tls-psk', sb.keyFile, '--service-address', `${SERVICE}/24@eth0`], { host: A_ADDR, prefix: inNs(NS.a) });
+      procs.push(home.proc);
+      const back = await migrateOnceReady({ ...sb, sock: sockB }, home.port, [...backFlags, '--service-address', `${SERVICE}/24@eth0`]);
+      assert.equal(back.code, 0, `ferry migrate B → A succeeded: ${JSON.stringify(back.json)}\n${back.stderr.slice(-2000)}\n${dest.proc.err.slice(-2000)}\n${home.proc.err.slice(-2000)}`);
+      assert.equal(await dest.proc.exitWithin(20_000), 0, 'B ends once the guest has moved back');
+      ops = await moreAnswers(clients, ops, 600);
+      assert.deepEqual(await clients.ask('probe'), { probe: true }, 'a new connection is served (by A: B has ended)');
+      legs.push(`B → A ${String(back.json['mode'])}, downtime ${String(back.json['downtimeMs'])} ms`);
+    }
 
     const { summary } = await clients.ask<{ summary: Summary }>('stop');
     assert.deepEqual(summary.errors, [], 'every answer was right');
@@ -66,7 +89,12 @@ async function migrateServingGuest(t: { diagnostic: (s: string) => void }, modeF
     assert.ok(summary.slowBytes >= 8 << 20, `the slow client read whole large values (${summary.slowRead} bytes in all)`);
     // With FERRY_TRACE=switchover both sides print where the downtime went.
     for (const line of `${source.err}\n${dest.proc.err}`.split('\n')) if (line.startsWith('ferry trace')) t.diagnostic(line);
-    t.diagnostic(`${summary.ops} answers checked, ${summary.slowBytes >> 20} MiB read by the slow client; ${String(moved.json['mode'])}, downtime ${String(moved.json['downtimeMs'])} ms`);
+    t.diagnostic(`${summary.ops} answers checked, ${summary.slowBytes >> 20} MiB read by the slow client; ${legs.join('; ')}`);
+  } catch (err) {
+    // Whatever failed, the error carries what every ferry process said (a flake must be readable from the log).
+    const said = procs.map((p) => `--- ${p.name} stderr:\n${p.err.slice(-1500)}`).join('\n');
+    if (err instanceof Error) err.message += `\n${said}`;
+    throw err;
   } finally {
     if (clients) {
       clients.end();
@@ -78,6 +106,19 @@ async function migrateServingGuest(t: { diagnostic: (s: string) => void }, modeF
     }
     killAll(...procs);
     removeTopology(NS);
+  }
+}
+
+/**
+ * `ferry migrate` from a host that received the guest: refused (409 migration-in-progress) until
+ * its incoming migration has completed, so asked again until then.
+ */
+async function migrateOnceReady(sb: ReturnType<typeof makeSandbox>, port: number, flags: string[]): Promise<Awaited<ReturnType<typeof runMigrate>>> {
+  for (let tries = 0; ; tries++) {
+    const r = await runMigrate(sb, port, flags, sb.keyFile, 60_000, A_ADDR);
+    const code = (r.json['error'] as { code?: string } | undefined)?.code;
+    if (code !== 'migration-in-progress' || tries === 100) return r;
+    await new Promise((res) => setTimeout(res, 200));
   }
 }
 
@@ -111,6 +152,6 @@ test('ferry migrate moves a serving guest A → B in postcopy with its 32 client
   });
 });
 
-test('ferry migrate moves a serving guest A → B in precopy with its 32 clients', { skip: ROOT_ONLY, timeout: 100_000 }, async (t) => {
-  await migrateServingGuest(t, ['--mode', 'precopy'], async (_sb, _clients, ops) => ops);
+test('ferry migrate moves a serving guest A → B in precopy with its 32 clients, and back B → A in postcopy', { skip: ROOT_ONLY, timeout: 150_000 }, async (t) => {
+  await migrateServingGuest(t, ['--mode', 'precopy'], async (_sb, _clients, ops) => ops, ['--mode', 'postcopy', '--downtime-target', '0.001']);
 });

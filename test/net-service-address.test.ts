@@ -50,12 +50,18 @@ test('taking the address adds and announces it, a missing interface is refused, 
     // The peer believes the service lives at another MAC, as it would after talking to the old host.
     ip('-n', PEER, 'neigh', 'replace', '10.79.0.10', 'lladdr', '02:00:00:00:00:01', 'dev', 'eth0', 'nud', 'reachable');
     const text = '10.79.0.10/24@eth0';
+    const hostIndex = () => /^(\d+):/.exec(ip('-n', HOST, '-o', 'link', 'show', 'eth0'))![1];
     assert.deepEqual(inHost('check', text), { ok: true, holds: false, cannot: null });
     assert.deepEqual(inHost('check', '10.79.0.10/24@eth9'), { ok: true, holds: false, cannot: 'no interface eth9 here' });
     assert.deepEqual(inHost('take', text), { ok: true, holds: true, cannot: '10.79.0.10 is already on eth0 here' });
     const hostMac = /link\/ether ([0-9a-f:]{17})/.exec(ip('-n', HOST, 'link', 'show', 'eth0'))![1];
     assert.match(ip('-n', PEER, 'neigh', 'show', '10.79.0.10'), new RegExp(`lladdr ${hostMac}`), 'the announcement moved the peer\'s entry');
+    // Taken and released with rtnetlink requests (src/sys/netlink.ts): iproute2 sees what they did,
+    // and the kernel's refusals come back naming their errno.
+    assert.deepEqual(inHost('take', text), { error: 'rtnetlink RTM_NEWADDR 10.79.0.10/24 on interface ' + hostIndex() + ': EEXIST' }, 'taking it twice is refused by the kernel');
+    assert.match(ip('-n', HOST, '-o', '-4', 'addr', 'show', 'dev', 'eth0'), /inet 10\.79\.0\.10\/24 /, 'iproute2 sees the address with its prefix');
     assert.deepEqual(inHost('release', text), { ok: true, holds: false, cannot: null });
+    assert.deepEqual(inHost('release', text), { error: 'rtnetlink RTM_DELADDR 10.79.0.10/24 on interface ' + hostIndex() + ': EADDRNOTAVAIL' }, 'releasing it twice is refused by the kernel');
   } finally {
     teardown();
   }

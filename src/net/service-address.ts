@@ -1,12 +1,14 @@
 // The service address a guest's clients connect to (`ADDR/PREFIX@IFACE`), moved with the guest:
-// the destination adds it and announces it, the source removes it. Addresses are changed with
-// iproute2's `ip addr add|del` (it speaks rtnetlink; Node has no netlink socket, and a hand-written
-// RTM_NEWADDR would only repeat what `ip` does). IPv4 only for now: IPv6 needs an unsolicited
-// neighbour advertisement instead of the gratuitous ARP.
+// the destination adds it and announces it, the source removes it. Addresses are added and removed
+// with one rtnetlink request each (sys/netlink.ts: RTM_NEWADDR / RTM_DELADDR, what `ip addr
+// add|del` sends), inside the downtime: an `ip` process spawned for each cost about 25 ms there.
+// `holds` still reads `ip -o addr show` (at SETUP, outside the downtime). IPv4 only for now: IPv6
+// needs an unsolicited neighbour advertisement instead of the gratuitous ARP.
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { isIPv4 } from 'node:net';
 import { announceIpv4 } from './announce.js';
+import { changeIpv4Address } from '../sys/netlink.js';
 
 export interface ServiceAddress {
   address: string;
@@ -54,11 +56,19 @@ export function holds(s: ServiceAddress): boolean {
 
 /** Adds the address to its interface and announces it (gratuitous ARP, `announcements` times). */
 export function takeAddress(s: ServiceAddress, announcements = 3): void {
-  ip(['addr', 'add', `${s.address}/${s.prefix}`, 'dev', s.iface]);
+  changeIpv4Address('add', ifindexOf(s), s.address, s.prefix);
   announceIpv4(s.iface, s.address, announcements);
 }
 
 /** Removes the address from its interface. */
 export function releaseAddress(s: ServiceAddress): void {
-  ip(['addr', 'del', `${s.address}/${s.prefix}`, 'dev', s.iface]);
+  changeIpv4Address('del', ifindexOf(s), s.address, s.prefix);
+}
+
+function ifindexOf(s: ServiceAddress): number {
+  try {
+    return Number(fs.readFileSync(`/sys/class/net/${s.iface}/ifindex`, 'utf8'));
+  } catch {
+    throw new Error(`no interface ${s.iface} here`);
+  }
 }

@@ -130,19 +130,20 @@ export class RestoredSockets {
   /**
    * Re-creates every socket of `image` on this host: listeners listening, connections in repair
    * mode (they send nothing until resume()). The local addresses must be on this host (or
-   * net.ipv4.ip_nonlocal_bind set). On a failure everything made so far is closed, silently.
+   * net.ipv4.ip_nonlocal_bind set), but those `foreign` accepts, for an address added right
+   * after: listeners get IP_FREEBIND, connections IP_TRANSPARENT (until resume()). On a failure everything made so far is closed, silently.
    */
-  static restore(image: SocketSetImage): RestoredSockets {
+  static restore(image: SocketSetImage, foreign: (address: string) => boolean = () => false): RestoredSockets {
     if (image.version !== SOCKET_SET_VERSION) throw new Error(`socket set version ${String(image.version)} is not ${SOCKET_SET_VERSION}`);
     const made = new RestoredSockets({}, [], []);
     try {
       for (const [key, l] of Object.entries(image.listeners)) {
-        const hostFd = tcpListen(l.family, l.address, l.port);
+        const hostFd = tcpListen(l.family, l.address, l.port, 511, foreign(l.address));
         made.listeners.push(hostFd);
-        const accepted = l.queued.map((q) => made.connection(q));
+        const accepted = l.queued.map((q) => made.connection(q, foreign));
         made.adopted[Number(key)] = { hostFd, accepted };
       }
-      for (const [key, c] of Object.entries(image.connections)) made.adopted[Number(key)] = { hostFd: made.connection(c), accepted: [] };
+      for (const [key, c] of Object.entries(image.connections)) made.adopted[Number(key)] = { hostFd: made.connection(c, foreign), accepted: [] };
     } catch (err) {
       made.abort();
       throw err;
@@ -150,8 +151,8 @@ export class RestoredSockets {
     return made;
   }
 
-  private connection(image: TcpImage): number {
-    const fd = restoreTcp(image);
+  private connection(image: TcpImage, foreign: (address: string) => boolean): number {
+    const fd = restoreTcp(image, foreign(image.local.address));
     this.pending.push({ fd, image });
     return fd;
   }

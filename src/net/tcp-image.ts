@@ -7,7 +7,7 @@
 import { close as closeFd } from '../sys/fd.js';
 import { MSG_PEEK, recvmsg, sendmsg, sockAddress } from '../sys/socket.js';
 import {
-  bindTo, connectTo, forceSocketBuffer, socketBuffer, tcpSocket,
+  bindTo, connectTo, forceSocketBuffer, setTransparent, socketBuffer, tcpSocket,
   TCPOPT_MAXSEG, TCPOPT_SACK_PERMITTED, TCPOPT_TIMESTAMP, TCPOPT_WINDOW, TCP_RECV_QUEUE, TCP_SEND_QUEUE,
   maxSegment, negotiatedOptions, queueSeq, queuedBytes, repairWindow, setQueueSeq, setRepair, setRepairOptions,
   setRepairQueue, setRepairWindow, setTcpTimestamp, tcpTimestamp, type RepairWindow,
@@ -100,9 +100,10 @@ function fillQueue(fd: number, queue: number, data: Buffer): void {
  * Makes the connection of `image` on this host: a socket in repair mode, connected without a
  * handshake, with its queues, options, window and timestamp clock. It is left in repair mode
  * (it sends nothing yet) with its unsent bytes not queued: `resumeTcp` finishes it. The local
- * address must be on this host (a socket in repair mode may share the port with a listener).
+ * address must be on this host, unless `foreign` (IP_TRANSPARENT: it comes right after; resumeTcp
+ * clears it). A socket in repair mode may share the port with a listener.
  */
-export function restoreTcp(image: TcpImage): number {
+export function restoreTcp(image: TcpImage, foreign = false): number {
   const fd = tcpSocket(image.family);
   try {
     setRepair(fd, 'on');
@@ -116,6 +117,7 @@ export function restoreTcp(image: TcpImage): number {
     const recv = Buffer.from(image.recvQueue, 'base64');
     if (send.length > 0) forceSocketBuffer(fd, 'send', Math.ceil(image.sndbuf / 2));
     if (recv.length > 0) forceSocketBuffer(fd, 'receive', Math.ceil(image.rcvbuf / 2));
+    if (foreign) setTransparent(fd, true);
     bindTo(fd, image.family, image.local.address, image.local.port);
     connectTo(fd, image.family, image.peer.address, image.peer.port);
     const options = [{ code: TCPOPT_MAXSEG, value: image.mss }];
@@ -136,9 +138,12 @@ export function restoreTcp(image: TcpImage): number {
 
 /**
  * Takes a restored socket out of repair mode (it sends a window probe, so the peer learns the
- * connection is alive here) and queues the bytes the source never sent.
+ * connection is alive here) and queues the bytes the source never sent. Clears IP_TRANSPARENT.
  */
 export function resumeTcp(fd: number, image: TcpImage): void {
+  // Its address is here now: an ordinary socket again, which can no longer send from an address
+  // this host gave up (a later move away releases it before the freeze).
+  setTransparent(fd, false);
   setRepair(fd, 'off');
   const unsent = Buffer.from(image.sendQueue, 'base64').subarray(image.sentBytes);
   let at = 0;

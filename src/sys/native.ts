@@ -54,7 +54,8 @@ export interface FerryNative {
   dup(fd: number): number;
   setsockoptInt(fd: number, option: number, value: number): void;
   /** A non-blocking, close-on-exec TCP socket with SO_REUSEADDR, bound to a numeric address and listening. */
-  tcpListen(family: 4 | 6, address: string, port: number, backlog: number): number;
+  /** freebind: IP_FREEBIND before bind (the address need not be on this host yet). */
+  tcpListen(family: 4 | 6, address: string, port: number, backlog: number, freebind: boolean): number;
   /** getsockname (peer false) or getpeername (peer true) of an IP socket. */
   sockAddress(fd: number, peer: boolean): { family: 4 | 6; address: string; port: number };
   /** accept4(fd, SOCK_NONBLOCK | SOCK_CLOEXEC); throws EAGAIN when no connection waits. */
@@ -88,6 +89,8 @@ export interface FerryNative {
   ioctlInt(fd: number, request: number): number;
   /** One datagram on an AF_PACKET SOCK_DGRAM socket to dstMac on the interface; bytes sent. */
   packetSend(ifindex: number, ethertype: number, dstMac: Uint8Array, payload: Uint8Array): number;
+  /** One rtnetlink request (NLM_F_ACK set); 0 or the errno its acknowledgement carries. */
+  netlinkRoute(message: Uint8Array): number;
 }
 
 function addonPath(): string {

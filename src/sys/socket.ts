@@ -53,8 +53,8 @@ export const POLLRDHUP = K('POLLRDHUP');
 export interface SockAddress { family: 4 | 6; address: string; port: number }
 
 /** Opens a listening TCP socket (non-blocking, close-on-exec, SO_REUSEADDR) on a numeric address. */
-export function tcpListen(family: 4 | 6, address: string, port: number, backlog = 511): number {
-  return sys(() => native.tcpListen(family, address, port, backlog));
+export function tcpListen(family: 4 | 6, address: string, port: number, backlog = 511, freebind = false): number {
+  return sys(() => native.tcpListen(family, address, port, backlog, freebind));
 }
 
 /** The local (peer false) or remote (peer true) address of a socket. */

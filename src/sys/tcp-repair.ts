@@ -141,6 +141,17 @@ export function bindTo(fd: number, family: 4 | 6, address: string, port: number)
   sys(() => native.sockBind(fd, family, address, port));
 }
 
+/**
+ * IP_TRANSPARENT (CAP_NET_ADMIN, as TCP_REPAIR): the socket may bind to, connect from and send
+ * from an address this host does not hold (yet). IP_FREEBIND would allow the bind only: connect
+ * then finds no route from a foreign source (ENETUNREACH).
+ */
+export function setTransparent(fd: number, on: boolean): void {
+  const b = new Uint8Array(4);
+  new DataView(b.buffer).setInt32(0, on ? 1 : 0, true);
+  sys(() => native.setsockoptBytes(fd, K('IPPROTO_IP'), K('IP_TRANSPARENT'), b));
+}
+
 /** connect(2): at once for a socket in repair mode (no handshake); otherwise throws EINPROGRESS. */
 export function connectTo(fd: number, family: 4 | 6, address: string, port: number): void {
   sys(() => native.sockConnect(fd, family, address, port));

@@ -9,7 +9,8 @@ import { collect, openStdio, parseDirs, parseEnv, parsePositiveNumber, parseServ
 import { addTlsOptions, parseHostPortFlag, readTlsFlags, securityOf, type TlsFlags } from '../tls-options.js';
 import type { Guest, GuestExit } from '../../guest/guest.js';
 import type { GuestExtensions } from '../../api/guest-controller.js';
-import type { MigrateRequest } from '../../api/types.js';
+import { ControllerError, type MigrateRequest } from '../../api/types.js';
+import type { MigrationDestination } from '../../migration/receive/destination.js';
 import { DEFAULT_RECOVER_TIMEOUT_S } from '../../migration/session/defaults.js';
 import { DEFAULT_HANDSHAKE_MS, DEFAULT_MAX_UNAUTHENTICATED } from '../../migration/transport/handshake-limits.js';
 // The guest runtime, the migration engine and the snapshot layer are loaded with import() in the
@@ -27,7 +28,7 @@ export function registerRun(program: Command, ctx: CliContext): void {
     .option('--stdout <FILE>', 'guest stdout to FILE (default: the terminal)')
     .option('--stderr <FILE>', 'guest stderr to FILE (default: the terminal)')
     .option('--max-memory <SIZE>', 'cap on the guest memory maximum, e.g. 512M, 4G', '4G')
-    .option('--api-sock <PATH>', 'serve the control API on this unix socket (mode 0600)')
+    .option('--api-sock <PATH>', 'serve the control API on this unix socket (mode 0600); with --incoming, the received guest can migrate on from there')
     .option('--incoming <HOST:PORT>', 'wait for a guest migrated from another host, then run it')
     .option('--recover-timeout <S>', 'with --incoming: how long a postcopy destination waits for a lost source to reconnect', String(DEFAULT_RECOVER_TIMEOUT_S))
     .option('--handshake-timeout <S>', 'with --incoming: how long a connection may take to authenticate (preface, TLS, HELLO, SETUP) before it is refused', String(DEFAULT_HANDSHAKE_MS / 1000))
@@ -55,8 +56,12 @@ preopens (as with wasmtime --tcplisten), and accepts on with sock_accept; "ferry
 ADDR:PORT (fd N)" is printed for each. A snapshot keeps the listeners, and a restore listens again
 at the same addresses. Established connections cannot be kept: stopping the guest (also after
 ferry snapshot --stop) resets them, so their peers see a connection reset, and in a restored guest
-each of them fails with ECONNRESET on its next use. Live migration refuses a guest that holds
-sockets (listeners or connections): use snapshot and restore.`,
+each of them fails with ECONNRESET on its next use. Live migration (ferry migrate) moves the
+listeners and the connections with TCP_REPAIR, and --service-address moves the address with them.
+
+A received guest (--incoming with --api-sock) can move on — ferry migrate --api-sock, back to where
+it came from or elsewhere — or be snapshotted, as a started one, once its incoming migration has
+completed (before that both are refused: migration-in-progress). Its process then exits 0.`,
   );
   cmd.action(async (modulePath: string | undefined, opts: RunFlags) => {
     ctx.setExit(opts.incoming ? await runIncoming(modulePath, opts, ctx.guestArgs) : await runModule(modulePath, opts, ctx.guestArgs));
@@ -167,17 +172,25 @@ async function runIncoming(modulePath: string | undefined, opts: RunFlags, guest
   });
   let guest: Guest | null = null;
   let completion: Promise<unknown> | null = null;
+  // Once its migration has completed, the received guest can move on (B → A), snapshot included,
+  // exactly like a guest started here: the same extensions, bound when they can work.
+  let onward: GuestExtensions | null = null;
+  let migrated = false;
+  let snapshotted = false;
   const api = opts.apiSock
-    ? await serveGuestApi(() => guest, opts.apiSock, { migration: () => dest.progress(), state: () => (guest ? null : 'migrating'), faultLatenciesUs: () => dest.faultLatenciesUs() })
+    ? await serveGuestApi(() => guest, opts.apiSock, incomingExtensions(dest, () => guest, () => onward))
     : null;
   const bound = await dest.listen();
   process.stderr.write(`ferry: waiting for a migration on ${host}:${bound}\n`);
   try {
     const incoming = await dest.receive().finally(() => bar.stop());
-    guest = incoming.guest;
+    const received = (guest = incoming.guest);
     completion = incoming.completion;
     incoming.completion.then(
-      () => undefined,
+      async () => {
+        // Every page is here and the source is done: a migration out (or a snapshot) can start.
+        if (api && received.exitResult === null) onward = await onwardExtensions(received, () => (migrated = true), () => (snapshotted = true));
+      },
       (err: Error) => process.stderr.write(`ferry: migration did not complete: ${err.message}\n`),
     );
   } catch (err) {
@@ -191,7 +204,47 @@ async function runIncoming(modulePath: string | undefined, opts: RunFlags, guest
   // reach the source, or it reconnects to a port that is gone until its recovery timeout.
   if (completion) await settleWithin(completion, COMPLETION_AFTER_EXIT_MS);
   await api?.close();
-  return exitCodeOf(result);
+  // A guest that moved on to another host, or was saved and stopped, ended here on purpose.
+  return migrated || snapshotted ? EXIT.ok : exitCodeOf(result);
+}
+
+/**
+ * The control API of a destination: while the guest arrives, the incoming migration's progress;
+ * once it has completed, what `onward()` binds (migrate, snapshot), as for a started guest. A
+ * migration asked for before then is refused: the guest's pages are not all here yet.
+ */
+function incomingExtensions(dest: MigrationDestination, guestOf: () => Guest | null, onward: () => GuestExtensions | null): GuestExtensions {
+  const notYet = (op: string) => new ControllerError(409, 'migration-in-progress', `cannot ${op}: the incoming migration has not completed yet`);
+  return {
+    migrate: async (req) => {
+      const o = onward();
+      if (!o?.migrate) throw notYet('migrate');
+      return o.migrate(req);
+    },
+    snapshot: async (req) => {
+      const o = onward();
+      if (!o?.snapshot) throw notYet('snapshot');
+      return o.snapshot(req);
+    },
+    // The outgoing migration's status once one has started; the incoming one's until then.
+    migration: () => onward()?.migration?.() ?? dest.progress(),
+    cancelMigration: () => delegate(onward()?.cancelMigration),
+    resumeMigration: (req) => delegate(onward()?.resumeMigration, req),
+    abandonMigration: () => delegate(onward()?.abandonMigration),
+    state: () => (guestOf() ? (onward()?.state?.() ?? null) : 'migrating'),
+    faultLatenciesUs: () => dest.faultLatenciesUs(),
+  };
+}
+
+async function delegate<A extends unknown[]>(f: ((...a: A) => Promise<void>) | undefined, ...args: A): Promise<void> {
+  if (!f) throw new ControllerError(404, 'no-migration', 'no migration in progress');
+  return f(...args);
+}
+
+/** A received guest's migration and snapshot extensions (loaded only when its API is served). */
+async function onwardExtensions(guest: Guest, onMigrated: () => void, onSnapshotted: () => void): Promise<GuestExtensions> {
+  const { migrationExtensions } = await import('../../api/migration-binding.js');
+  return withSnapshots(guest, migrationExtensions(guest, { onMigrated }), onSnapshotted);
 }
 
 /** How long a destination whose guest has ended still waits for its migration to complete. */

@@ -63,6 +63,8 @@ export class IncomingMemory {
   private priorNative = { faults: 0, placed: 0, asked: 0, bytesSent: 0, bytesReceived: 0 };
   /** Pages the native thread placed unasked (a bulk stream on the data plane), counted with pagesPushed. */
   private nativePushed = 0;
+  /** Set at activate(): pages were pending at the commit (see isPostcopy). */
+  private pendingAtCommit = false;
   private activePages = 0;
   private nativeFailure: Error | null = null;
   private nativeLost: ((e: Error) => void) | null = null;
@@ -159,6 +161,7 @@ export class IncomingMemory {
   /** Called at the commit: from now on faults on pending pages go to the source. */
   activate(pageCount: number, dataplane: DataplaneLink | null = null): void {
     this.active = true;
+    this.pendingAtCommit = this.pendingPages > 0;
     this.activePages = pageCount;
     this.urgent.activate(pageCount);
     if (this.native && dataplane && this.pendingPages > 0) {
@@ -236,8 +239,14 @@ export class IncomingMemory {
     this.planeLatencyFrom = 0;
   }
 
+  /**
+   * Postcopy: pages were pending at the commit. Kept from then on: the native thread places pages
+   * without a call here, so pending and placed counts can read 0 and 0 for a while after the last
+   * one (a small postcopy ended so within milliseconds, and the destination took it for precopy:
+   * it skipped FAULT_STATS and its recovery, and the source, expecting them, broke the session).
+   */
   get isPostcopy(): boolean {
-    return this.pendingPages > 0 || this.pagesRequested + this.pagesPushed + this.nativePushed > 0;
+    return this.pendingAtCommit || this.pendingPages > 0 || this.pagesRequested + this.pagesPushed + this.nativePushed > 0;
   }
 
   /** Callers mark the dropped pages zero or pending right after: a dropped page is a hole. */

@@ -1,8 +1,9 @@
 // The destination's part of a socket move (Feature.SOCKETS): when the SOCKETS blob is whole,
 // inside the source's downtime, it is decoded and checked (a malformed one is refused: nothing
-// ran), the service address is taken (the --on-acquire hook first), every socket is re-created
-// in repair mode, bound to it, and only then is the address announced: a client's segment that
-// arrived before its socket existed would be answered with a reset. The staged guest adopts them. They send
+// ran), every socket is re-created in repair mode and bound to the service address (IP_FREEBIND
+// for listeners, IP_TRANSPARENT for connections: it is not here yet), and only then is the address taken (the --on-acquire hook first) and
+// announced: a client's segment that arrived before its socket existed would be answered with a
+// reset. The staged guest adopts them. They send
 // nothing until resume() at the COMMIT; a failure before it closes them silently and gives the
 // address back, and the source carries on with its own.
 import { acquire, announce, type AddressMove } from '../../net/address-hooks.js';
@@ -28,18 +29,34 @@ export class IncomingSockets {
     } catch (err) {
       throw new WireError('BAD_MESSAGE', offset, `SOCKETS: ${(err as Error).message}`);
     }
+    // The built-in mover's addresses are added only once the sockets on them exist (made with
+    // IP_FREEBIND / IP_TRANSPARENT): a client's segment (a retransmission, or one sent after an ARP the address
+    // answered) that found the address here before its socket would be answered with a reset. A
+    // hook alone moves the address its own way, before the sockets, as its name promises.
+    const moved = new Set(move.addresses.map((a) => a.address));
+    const hookOnly = move.addresses.length === 0 && move.hook !== undefined;
     const t0 = performance.now();
-    const undo = move.addresses.length > 0 || move.hook !== undefined ? acquire(move) : null;
+    let undo = hookOnly ? acquire(move) : null;
     const t1 = performance.now();
+    let restored: RestoredSockets;
     try {
-      const made = new IncomingSockets(RestoredSockets.restore(image), undo);
-      announce(move);
-      made.timing = `address ${(t1 - t0).toFixed(1)} ms, sockets ${(performance.now() - t1).toFixed(1)} ms`;
-      return made;
+      restored = RestoredSockets.restore(image, (address) => moved.has(address));
     } catch (err) {
       undo?.();
       throw new Error(`cannot re-create the guest's sockets here: ${(err as Error).message}`);
     }
+    const t2 = performance.now();
+    try {
+      if (moved.size > 0) undo = acquire(move);
+      announce(move);
+    } catch (err) {
+      restored.abort();
+      undo?.();
+      throw err;
+    }
+    const made = new IncomingSockets(restored, undo);
+    made.timing = `sockets ${(t2 - t1).toFixed(1)} ms, address ${(t1 - t0 + performance.now() - t2).toFixed(1)} ms`;
+    return made;
   }
 
   /** What the staged guest adopts, by guest fd. */
