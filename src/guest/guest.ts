@@ -13,6 +13,7 @@ import {
   type GuestExit, type GuestPrepareOptions, type GuestRestoreOptions, type GuestStartOptions, type GuestStatus, type PreparedGuestOf, type RestoreBinding, type StagedGuestOf,
 } from './guest-types.js';
 import { listenersOf, openListeners } from './listeners.js';
+import { warmResumeCopies, type ResumeWarm } from './resume-warm.js';
 import { startWorker, WorkerControl } from './worker-control.js';
 import type { AdoptedSockets } from '../wasi/wasi.js';
 import { close as closeFd, EFD_CLOEXEC, EFD_NONBLOCK, eventfd } from '../sys/fd.js';
@@ -51,6 +52,8 @@ export class Guest extends EventEmitter {
   private runningSince = 0;
   private runMs = 0;
   private listeningValue: SockAddress[] = [];
+  private readonly compiledModule: WebAssembly.Module;
+  private resumeWarm: ResumeWarm | null = null;
 
   private constructor(init: Omit<WorkerInit, 'launchPort' | 'capturePort'>, meta: InstrumentedMeta, moduleSource: Uint8Array, modulePath: string | null, maxMemoryBytes: number) {
     super();
@@ -60,6 +63,7 @@ export class Guest extends EventEmitter {
     this.modulePath = modulePath;
     this.moduleSource = moduleSource;
     this.maxMemoryBytes = maxMemoryBytes;
+    this.compiledModule = init.module;
     this.control = new WorkerControl(init.control, init.memory, init.wakeFd);
     ({ worker: this.worker, launchPort: this.launchPort, capturePort: this.capturePort } = startWorker(init));
     this.ready = new Promise<void>((resolve, reject) => {
@@ -72,6 +76,7 @@ export class Guest extends EventEmitter {
     const finish = (e: GuestExit) => {
       if (this.exitInfo) return;
       this.accountRun();
+      this.resumeWarm?.cancel();
       this.exitInfo = e;
       this.statusValue = e.reason === 'exit' || e.reason === 'trap' ? 'exited' : e.reason === 'stopped' ? 'stopped' : 'failed';
       for (const w of this.pauseWaiters.splice(0)) w.reject(new GuestError('guest-ended', `guest ended (${e.reason}) before it paused`));
@@ -88,6 +93,8 @@ export class Guest extends EventEmitter {
             this.runningSince = performance.now();
           }
           this.emit('started');
+          // Once the guest runs (not before: its start must not wait), compile its resume copies here.
+          this.resumeWarm ??= warmResumeCopies(this.compiledModule, meta.memory.initialPages);
           break;
         case 'paused':
           this.takeCapture();

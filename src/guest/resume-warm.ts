@@ -1,0 +1,40 @@
+// Compiles the split functions' resume copies (loop-resume.ts) on a thread of their own while the
+// guest runs, so neither the guest thread nor the owner's event loop compiles them.
+//
+// V8 compiles a Wasm function at its first call (lazy compilation), into the compiled module that
+// every instance of it shares, in every thread of the process. An F$resume is first called when a
+// suspended activation resumes; compiling a big one there was a stretch without a check, and the
+// next pause waited for it (cmark: one pause of 70-80 ms per run). Compiled before the start on
+// the guest thread they cost 250-740 ms at every SQLite start; on the owner's thread (tried) one
+// copy held its event loop — and the owner's view of the next pause — for up to 0.5 s. So a
+// short-lived worker (resume-warm-worker.ts) calls each `ferry_warm_<k>` export on a throwaway
+// instance: the export calls the k-th F$resume with the resume point -1, at which it returns.
+// It is started once the guest runs, so the guest's start does not wait for it.
+import { Worker } from 'node:worker_threads';
+import { WARM_EXPORT_PREFIX } from './loop-resume.js';
+
+export interface ResumeWarm {
+  /** Ends the warm-up thread if it still runs (the guest ended). */
+  cancel(): void;
+  /** Resolves with the number of copies compiled: all of them, or 0 when cancelled or failed. */
+  readonly done: Promise<number>;
+}
+
+/** `initialPages`: the module's declared minimum memory (InstrumentedMeta.memory.initialPages). */
+export function warmResumeCopies(module: WebAssembly.Module, initialPages: number): ResumeWarm {
+  const names = WebAssembly.Module.exports(module).filter((e) => e.kind === 'function' && e.name.startsWith(WARM_EXPORT_PREFIX)).map((e) => e.name);
+  if (names.length === 0 || process.env['FERRY_WARM_RESUME'] === '0') return { cancel: () => undefined, done: Promise.resolve(0) };
+  const debug = Boolean(process.env['FERRY_LOOP_RESUME_DEBUG']);
+  const worker = new Worker(new URL('./resume-warm-worker.js', import.meta.url), { workerData: { module, initialPages, names, debug }, stdout: false, stderr: false });
+  worker.unref(); // never what keeps a process alive
+  const done = new Promise<number>((resolve) => {
+    let called = 0;
+    worker.once('message', (n: number) => (called = n));
+    // Only a cost is at stake: on any failure the guest compiles what is left itself, as before.
+    worker.once('error', (err) => {
+      if (debug) process.stderr.write(`loop-resume: warm-up failed: ${err.message}\n`);
+    });
+    worker.once('exit', () => resolve(called));
+  });
+  return { cancel: () => void worker.terminate(), done };
+}
