@@ -17,7 +17,7 @@ import { childVisitors } from '../src/guest/instrument.js';
 import { liveAtLoopHeads, members } from '../src/guest/liveness.js';
 import { readTree, preOrder, Kind, type WNode } from '../src/guest/wasm-tree.js';
 import { warmResumeCopies } from '../src/guest/resume-warm.js';
-import { WARM_EXPORT_PREFIX } from '../src/guest/loop-resume.js';
+import { WARM_EXPORT_PREFIX } from '../src/guest/warm-exports.js';
 import { compileFixture, readText, waitFor, captureOverCopy } from './fixtures/guest/helpers.js';
 
 process.env['FERRY_LOOP_RESUME'] = '1'; // read when instrumenting (this process and its threads)
@@ -134,11 +134,11 @@ test('a callback spinning through a function pointer called from a split interpr
   assert.equal(got, ref);
 });
 
-// V8 compiles a Wasm function at its first call; resume-warm.ts has each F$resume compiled on a
-// thread of its own through the `ferry_warm_<k>` exports, instead of on the guest thread at its
-// first resume. A warm call must return before it reads or writes anything: run on a throwaway
+// V8 compiles a Wasm function at its first call; resume-warm.ts has each F$resume (and each big
+// function, warm-exports.ts) compiled on a thread of its own through the `ferry_warm_<k>` exports,
+// instead of on the guest thread at its first call. A warm call must return before it reads or writes anything: run on a throwaway
 // instance, memory stays zero and no import is called.
-test('each split function has a warm export that compiles its resume copy and touches nothing; the warm-up thread calls them all', async () => {
+test('each resume copy (and each big function) has a warm export that compiles it and touches nothing; the warm-up thread calls them all', async () => {
   const root = mkdtempSync(join(tmpdir(), 'ferry-warm-'));
   try {
     const inst = await new ModuleCache(join(root, 'cache')).load(readFileSync(compileFixture('dispatch')));
@@ -146,7 +146,7 @@ test('each split function has a warm export that compiles its resume copy and to
     const warm = WebAssembly.Module.exports(module).filter((e) => e.name.startsWith(WARM_EXPORT_PREFIX)).map((e) => e.name);
     const split = Buffer.from(inst.binary).toString('latin1').match(/[A-Za-z_0-9]+\$ferry_resume/g) ?? [];
     assert.ok(warm.length > 0, 'the dispatch fixture has split functions');
-    assert.equal(warm.length, new Set(split).size, 'one warm export per resume copy');
+    assert.ok(split.length > 0 && warm.length >= new Set(split).size, 'a warm export for each resume copy at least');
     const pages = inst.meta.memory.initialPages;
     const memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
     const called: string[] = [];

@@ -57,7 +57,6 @@ export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn:
   const removelist: string[] = [];
   let anyCalls = false;
   let k = 0;
-  const resumes: { name: string; params: number[]; results: number }[] = [];
   for (const c of chooseFunctions(b, mod, safepointFn, mayUnwind)) {
     const fnRef = mod.getFunction(c.name);
     const before = b.getFunctionInfo(fnRef);
@@ -168,10 +167,7 @@ export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn:
     const body = info.body as number;
     mod.removeFunction(c.name);
     mod.addFunction(fast, info.params, results, vars, body);
-    // A warm call (addWarmExports) passes the resume point -1 only to have V8 compile the copy: return.
-    const warmReturn = mod.if(mod.i32.eq(mod.global.get(G_RESUME, b.i32), mod.i32.const(WARM_POINT)), results === b.none ? mod.return() : mod.return(zero(b, mod, results)));
-    mod.addFunction(resume, info.params, results, vars, mod.block(null, [warmReturn, mod.local.set(rp, mod.global.get(G_RESUME, b.i32)), entryRestores(ctx), bodyCopy], results));
-    resumes.push({ name: resume, params, results });
+    mod.addFunction(resume, info.params, results, vars, mod.block(null, [mod.local.set(rp, mod.global.get(G_RESUME, b.i32)), entryRestores(ctx), bodyCopy], results));
     addWrapper(b, mod, c.name, fast, resume, params, results, slotMaps, localTypes, typeName, safepointFn);
     removelist.push(fast, resume);
   }
@@ -180,7 +176,6 @@ export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn:
   mod.addGlobalExport(G_PINNED, PINNED_EXPORT);
   mod.addGlobalExport(G_ATCALL, ATCALL_EXPORT);
   mod.addGlobalExport(G_UNWINDING, UNWINDING_EXPORT);
-  removelist.push(...addWarmExports(b, mod, resumes));
   if (anyCalls) {
     mod.addFunctionImport(REWIND_FN, REWIND_IMPORT.module, REWIND_IMPORT.name, b.none, b.none);
     mod.addFunctionImport(HOLD_FN, HOLD_IMPORT.module, HOLD_IMPORT.name, b.none, b.none);
@@ -192,28 +187,9 @@ export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn:
   return removelist;
 }
 
-/** Exports `ferry_warm_<k>`, one per split function: see addWarmExports and resume-warm.ts. */
-export const WARM_EXPORT_PREFIX = 'ferry_warm_';
-const WARM_POINT = -1;
-
-/**
- * One exported function per F$resume that calls it with the resume point -1, at which it returns
- * at once. V8 compiles Wasm functions lazily, at their first call, and an F$resume is first called
- * when a suspended activation is resumed: compiling a big one there is a stretch without a check
- * on the guest thread, and the next pause waited for it (cmark: 70-80 ms, SQLite's
- * sqlite3VdbeExec more). The owner's thread calls these on a throwaway instance of the same
- * compiled module (resume-warm.ts): the code lands in the module both instances share, and the
- * instance's own globals keep the -1 away from the guest. Returns the functions' names (Asyncify
- * must leave them alone, like the copies they call).
- */
-function addWarmExports(b: BinaryenApi, mod: BinaryenApi, resumes: { name: string; params: number[]; results: number }[]): string[] {
-  return resumes.map((r, k) => {
-    const name = `ferry$warm${k}`;
-    const call = mod.call(r.name, r.params.map((t) => zero(b, mod, t)), r.results);
-    mod.addFunction(name, b.none, b.none, [], mod.block(null, [mod.global.set(G_RESUME, mod.i32.const(WARM_POINT)), r.results === b.none ? call : mod.drop(call)]));
-    mod.addFunctionExport(name, `${WARM_EXPORT_PREFIX}${k}`);
-    return name;
-  });
+/** Whether `name` is a resume copy this module made (warm-exports.ts has them compiled early). */
+export function isResumeCopy(name: string): boolean {
+  return name.endsWith('$ferry_resume') || /^ferry\$resume\d+$/.test(name);
 }
 
 function debug(message: string): void {

@@ -1,6 +1,6 @@
 // The thread resume-warm.ts starts: calls every `ferry_warm_<k>` export of the guest's compiled
 // module on a throwaway instance (its own globals, a memory of its own, stub imports), so V8
-// compiles each F$resume here, into the module the guest's instance shares, and exits.
+// compiles each warmed function here, into the module the guest's instance shares, and exits.
 import { parentPort, workerData } from 'node:worker_threads';
 
 interface WarmData {
@@ -30,6 +30,6 @@ for (const name of names) {
   const t0 = performance.now();
   (instance.exports[name] as () => void)();
   called++;
-  if (debug) process.stderr.write(`loop-resume: ${name} compiled off the guest thread in ${(performance.now() - t0).toFixed(1)} ms\n`);
+  if (debug) process.stderr.write(`warm: ${name} compiled off the guest thread in ${(performance.now() - t0).toFixed(1)} ms\n`);
 }
 parentPort!.postMessage(called);

@@ -1,17 +1,16 @@
-// Compiles the split functions' resume copies (loop-resume.ts) on a thread of their own while the
-// guest runs, so neither the guest thread nor the owner's event loop compiles them.
+// Has V8 compile the guest's big functions and resume copies (warm-exports.ts) on a thread of
+// their own while the guest runs, so neither the guest thread nor the owner's event loop does.
 //
-// V8 compiles a Wasm function at its first call (lazy compilation), into the compiled module that
-// every instance of it shares, in every thread of the process. An F$resume is first called when a
-// suspended activation resumes; compiling a big one there was a stretch without a check, and the
-// next pause waited for it (cmark: one pause of 70-80 ms per run). Compiled before the start on
-// the guest thread they cost 250-740 ms at every SQLite start; on the owner's thread (tried) one
-// copy held its event loop — and the owner's view of the next pause — for up to 0.5 s. So a
-// short-lived worker (resume-warm-worker.ts) calls each `ferry_warm_<k>` export on a throwaway
-// instance: the export calls the k-th F$resume with the resume point -1, at which it returns.
-// It is started once the guest runs, so the guest's start does not wait for it.
+// V8 compiles a Wasm function at its first call; on the guest thread that is a stretch without a
+// safepoint check, which a pause waits for (warm-exports.ts has the figures). Tried before: every
+// resume copy compiled on the guest thread before the start (250-740 ms at every SQLite start),
+// and on the owner's thread once the guest ran (one big copy held the owner's event loop, and with
+// it the owner's view of the next pause, for up to 0.5 s). So a short-lived worker
+// (resume-warm-worker.ts) calls each `ferry_warm_<k>` export, biggest function first, on a
+// throwaway instance; the code lands in the module the guest's instance shares. It starts once
+// the guest runs, so the guest's start does not wait; FERRY_WARM=0 turns it off.
 import { Worker } from 'node:worker_threads';
-import { WARM_EXPORT_PREFIX } from './loop-resume.js';
+import { WARM_EXPORT_PREFIX } from './warm-exports.js';
 
 export interface ResumeWarm {
   /** Ends the warm-up thread if it still runs (the guest ended). */
@@ -23,7 +22,7 @@ export interface ResumeWarm {
 /** `initialPages`: the module's declared minimum memory (InstrumentedMeta.memory.initialPages). */
 export function warmResumeCopies(module: WebAssembly.Module, initialPages: number): ResumeWarm {
   const names = WebAssembly.Module.exports(module).filter((e) => e.kind === 'function' && e.name.startsWith(WARM_EXPORT_PREFIX)).map((e) => e.name);
-  if (names.length === 0 || process.env['FERRY_WARM_RESUME'] === '0') return { cancel: () => undefined, done: Promise.resolve(0) };
+  if (names.length === 0 || process.env['FERRY_WARM'] === '0') return { cancel: () => undefined, done: Promise.resolve(0) };
   const debug = Boolean(process.env['FERRY_LOOP_RESUME_DEBUG']);
   const worker = new Worker(new URL('./resume-warm-worker.js', import.meta.url), { workerData: { module, initialPages, names, debug }, stdout: false, stderr: false });
   worker.unref(); // never what keeps a process alive
