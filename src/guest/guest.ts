@@ -52,8 +52,7 @@ export class Guest extends EventEmitter {
   private runningSince = 0;
   private runMs = 0;
   private listeningValue: SockAddress[] = [];
-  private readonly compiledModule: WebAssembly.Module;
-  private resumeWarm: ResumeWarm | null = null;
+  private readonly resumeWarm: ResumeWarm;
 
   private constructor(init: Omit<WorkerInit, 'launchPort' | 'capturePort'>, meta: InstrumentedMeta, moduleSource: Uint8Array, modulePath: string | null, maxMemoryBytes: number) {
     super();
@@ -63,9 +62,11 @@ export class Guest extends EventEmitter {
     this.modulePath = modulePath;
     this.moduleSource = moduleSource;
     this.maxMemoryBytes = maxMemoryBytes;
-    this.compiledModule = init.module;
     this.control = new WorkerControl(init.control, init.memory, init.wakeFd);
     ({ worker: this.worker, launchPort: this.launchPort, capturePort: this.capturePort } = startWorker(init));
+    // As early as possible, on a thread of its own (the guest's start does not wait for it): the
+    // guest thread must find its big functions compiled by their first call (resume-warm.ts).
+    this.resumeWarm = warmResumeCopies(init.module, meta.memory.initialPages);
     this.ready = new Promise<void>((resolve, reject) => {
       this.worker.once('message', (m: WorkerMessage) => (m.type === 'ready' ? resolve() : reject(new GuestError('start-failed', m.type === 'error' ? m.message : 'guest worker did not start'))));
       this.once('exit', (e: GuestExit) => reject(new GuestError('start-failed', e.message ?? 'guest worker ended before it was ready')));
@@ -76,7 +77,7 @@ export class Guest extends EventEmitter {
     const finish = (e: GuestExit) => {
       if (this.exitInfo) return;
       this.accountRun();
-      this.resumeWarm?.cancel();
+      this.resumeWarm.cancel();
       this.exitInfo = e;
       this.statusValue = e.reason === 'exit' || e.reason === 'trap' ? 'exited' : e.reason === 'stopped' ? 'stopped' : 'failed';
       for (const w of this.pauseWaiters.splice(0)) w.reject(new GuestError('guest-ended', `guest ended (${e.reason}) before it paused`));
@@ -93,8 +94,6 @@ export class Guest extends EventEmitter {
             this.runningSince = performance.now();
           }
           this.emit('started');
-          // Once the guest runs (not before: its start must not wait), compile its resume copies here.
-          this.resumeWarm ??= warmResumeCopies(this.compiledModule, meta.memory.initialPages);
           break;
         case 'paused':
           this.takeCapture();

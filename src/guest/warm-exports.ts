@@ -35,7 +35,7 @@ export function addWarmExports(b: BinaryenApi, mod: BinaryenApi): number {
     if (f.module) continue; // an import
     const params: number[] = b.expandType(f.params);
     if (!numeric.has(f.results) || params.some((t) => !numeric.has(t) || t === b.none)) continue;
-    const size = countAtLeast(b, fields, f.body as number, WARM_MIN_EXPRESSIONS);
+    const size = countUpTo(b, fields, f.body as number, 64 * WARM_MIN_EXPRESSIONS); // sizes order the warm-up
     if (size < WARM_MIN_EXPRESSIONS && !isResumeCopy(f.name as string)) continue;
     chosen.push({ name: f.name as string, size, params, results: f.results as number });
   }
@@ -59,16 +59,16 @@ export function addWarmExports(b: BinaryenApi, mod: BinaryenApi): number {
   return chosen.length;
 }
 
-/** The number of expressions in `root`, counting stops at `limit` (a kind the walk does not know counts as big). */
-function countAtLeast(b: BinaryenApi, fields: Map<number, ChildVisitor>, root: number, limit: number): number {
+/** The number of expressions in `root`, up to `cap` (a kind the walk does not know counts as `cap`). */
+function countUpTo(b: BinaryenApi, fields: Map<number, ChildVisitor>, root: number, cap: number): number {
   let n = 0;
   const stack = [root];
-  while (stack.length > 0 && n < limit) {
+  while (stack.length > 0 && n < cap) {
     const e = stack.pop()!;
     if (!e) continue;
     n++;
     const visit = fields.get(b.getExpressionId(e) as number);
-    if (!visit) return limit;
+    if (!visit) return cap;
     visit(e, (c) => stack.push(c));
   }
   return n;
