@@ -16,7 +16,7 @@ import { ModuleCache } from '../src/guest/module-cache.js';
 import { childVisitors } from '../src/guest/instrument.js';
 import { liveAtLoopHeads, members } from '../src/guest/liveness.js';
 import { readTree, preOrder, Kind, type WNode } from '../src/guest/wasm-tree.js';
-import { warmResumeCopies } from '../src/guest/resume-warm.js';
+import { startWarmUp } from '../src/guest/warm-up.js';
 import { WARM_EXPORT_PREFIX } from '../src/guest/warm-exports.js';
 import { compileFixture, readText, waitFor, captureOverCopy } from './fixtures/guest/helpers.js';
 
@@ -134,7 +134,7 @@ test('a callback spinning through a function pointer called from a split interpr
   assert.equal(got, ref);
 });
 
-// V8 compiles a Wasm function at its first call; resume-warm.ts has each F$resume (and each big
+// V8 compiles a Wasm function at its first call; warm-up.ts has each F$resume (and each big
 // function, warm-exports.ts) compiled on a thread of its own through the `ferry_warm_<k>` exports,
 // instead of on the guest thread at its first call. A warm call must return before it reads or writes anything: run on a throwaway
 // instance, memory stays zero and no import is called.
@@ -161,7 +161,7 @@ test('each resume copy (and each big function) has a warm export that compiles i
     assert.ok(new Uint8Array(memory.buffer).every((x) => x === 0), 'a warm call wrote guest memory');
     const keep = setInterval(() => undefined, 1000); // the warm-up thread is unref'd
     try {
-      assert.equal(await warmResumeCopies(module, pages).done, warm.length);
+      assert.equal(await startWarmUp(module, pages).done, warm.length);
     } finally {
       clearInterval(keep);
     }

@@ -1,12 +1,11 @@
-// Entry points that let another thread have V8 compile a guest's big functions (resume-warm.ts).
+// Entry points that let another thread have V8 compile a guest's big functions (warm-up.ts).
 //
 // V8 compiles a Wasm function at its first call (lazy compilation), on the calling thread. On the
 // guest thread that compile is a stretch without a safepoint check, and a pause requested then
-// waits for it: SQLite's first calls of its big functions (sqlite3VdbeExec, sqlite3Select, the
-// parser...) held pauses for 100-900 ms at load 7-9 (337-907 ms maxima; with every function
-// compiled before the start, max 94 ms at the same load), and a split function's resume copy
-// (loop-resume.ts) is first called by the first resume of its activation (cmark: a 70-80 ms
-// pause per run). The compiled code belongs to the module, which every instance shares in every
+// waits for it. Profiled (docs/design-notes.md, 2026-12-06, i13s): SQLite's pauses of 100-400 ms
+// at load 8-10 were spent in the wrappers of its split functions (loop-resume.ts), compiling the
+// F$fast or F$resume copy at its first call; a resume copy is first called by the first resume of
+// its activation (cmark: a 70-80 ms pause per run). The compiled code belongs to the module, which every instance shares in every
 // thread of the process. So each chosen function F gets a guard at its entry, `if (ferry$warming)
 // return <zero>`, and an export `ferry_warm_<k>` that sets ferry$warming and calls F with zero
 // arguments: on a throwaway instance (its own globals and memory) that compiles F and returns

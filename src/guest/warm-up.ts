@@ -6,32 +6,34 @@
 // resume copy compiled on the guest thread before the start (250-740 ms at every SQLite start),
 // and on the owner's thread once the guest ran (one big copy held the owner's event loop, and with
 // it the owner's view of the next pause, for up to 0.5 s). So a short-lived worker
-// (resume-warm-worker.ts) calls each `ferry_warm_<k>` export, biggest function first, on a
-// throwaway instance; the code lands in the module the guest's instance shares. It starts once
-// the guest runs, so the guest's start does not wait; FERRY_WARM=0 turns it off.
+// (warm-up-worker.ts) calls each `ferry_warm_<k>` export, biggest function first, on a
+// throwaway instance; the code lands in the module the guest's instance shares. It starts with the
+// guest's worker (a destination warms while pages arrive), and the guest's start does not wait for
+// it: warming only once the guest ran lost the race for the functions it calls first.
+// FERRY_WARM=0 turns it off; FERRY_WARM_DEBUG=1 prints each compile's time.
 import { Worker } from 'node:worker_threads';
 import { WARM_EXPORT_PREFIX } from './warm-exports.js';
 
-export interface ResumeWarm {
+export interface WarmUp {
   /** Ends the warm-up thread if it still runs (the guest ended). */
   cancel(): void;
-  /** Resolves with the number of copies compiled: all of them, or 0 when cancelled or failed. */
+  /** Resolves with the number of functions compiled: all of them, or 0 when cancelled or failed. */
   readonly done: Promise<number>;
 }
 
 /** `initialPages`: the module's declared minimum memory (InstrumentedMeta.memory.initialPages). */
-export function warmResumeCopies(module: WebAssembly.Module, initialPages: number): ResumeWarm {
+export function startWarmUp(module: WebAssembly.Module, initialPages: number): WarmUp {
   const names = WebAssembly.Module.exports(module).filter((e) => e.kind === 'function' && e.name.startsWith(WARM_EXPORT_PREFIX)).map((e) => e.name);
   if (names.length === 0 || process.env['FERRY_WARM'] === '0') return { cancel: () => undefined, done: Promise.resolve(0) };
-  const debug = Boolean(process.env['FERRY_LOOP_RESUME_DEBUG']);
-  const worker = new Worker(new URL('./resume-warm-worker.js', import.meta.url), { workerData: { module, initialPages, names, debug }, stdout: false, stderr: false });
+  const debug = Boolean(process.env['FERRY_WARM_DEBUG']);
+  const worker = new Worker(new URL('./warm-up-worker.js', import.meta.url), { workerData: { module, initialPages, names, debug }, stdout: false, stderr: false });
   worker.unref(); // never what keeps a process alive
   const done = new Promise<number>((resolve) => {
     let called = 0;
     worker.once('message', (n: number) => (called = n));
     // Only a cost is at stake: on any failure the guest compiles what is left itself, as before.
     worker.once('error', (err) => {
-      if (debug) process.stderr.write(`loop-resume: warm-up failed: ${err.message}\n`);
+      if (debug) process.stderr.write(`warm: warm-up failed: ${err.message}\n`);
     });
     worker.once('exit', () => resolve(called));
   });

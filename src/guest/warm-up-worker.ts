@@ -1,4 +1,4 @@
-// The thread resume-warm.ts starts: calls every `ferry_warm_<k>` export of the guest's compiled
+// The thread warm-up.ts starts: calls every `ferry_warm_<k>` export of the guest's compiled
 // module on a throwaway instance (its own globals, a memory of its own, stub imports), so V8
 // compiles each warmed function here, into the module the guest's instance shares, and exits.
 import { parentPort, workerData } from 'node:worker_threads';
