@@ -26,7 +26,13 @@ export function startWarmUp(module: WebAssembly.Module, initialPages: number): W
   const names = WebAssembly.Module.exports(module).filter((e) => e.kind === 'function' && e.name.startsWith(WARM_EXPORT_PREFIX)).map((e) => e.name);
   if (names.length === 0 || process.env['FERRY_WARM'] === '0') return { cancel: () => undefined, done: Promise.resolve(0) };
   const debug = Boolean(process.env['FERRY_WARM_DEBUG']);
-  const worker = new Worker(new URL('./warm-up-worker.js', import.meta.url), { workerData: { module, initialPages, names, debug }, stdout: false, stderr: false });
+  let worker: Worker;
+  try {
+    worker = new Worker(new URL('./warm-up-worker.js', import.meta.url), { workerData: { module, initialPages, names, debug }, stdout: false, stderr: false });
+  } catch (err) {
+    if (debug) process.stderr.write(`warm: no warm-up thread: ${(err as Error).message}\n`);
+    return { cancel: () => undefined, done: Promise.resolve(0) }; // the guest compiles at first call, as before
+  }
   worker.unref(); // never what keeps a process alive
   const done = new Promise<number>((resolve) => {
     let called = 0;
