@@ -16,6 +16,8 @@ import { ModuleCache } from '../src/guest/module-cache.js';
 import { childVisitors } from '../src/guest/instrument.js';
 import { liveAtLoopHeads, members } from '../src/guest/liveness.js';
 import { readTree, preOrder, Kind, type WNode } from '../src/guest/wasm-tree.js';
+import { startWarmUp } from '../src/guest/warm-up.js';
+import { WARM_EXPORT_PREFIX } from '../src/guest/warm-exports.js';
 import { compileFixture, readText, waitFor, captureOverCopy } from './fixtures/guest/helpers.js';
 
 process.env['FERRY_LOOP_RESUME'] = '1'; // read when instrumenting (this process and its threads)
@@ -130,6 +132,42 @@ test('a callback spinning through a function pointer called from a split interpr
   const [ref, got] = await pausedMovedAndReference(compileFixture('dispatch'), ['dispatch', 'callback', '100000000'], {});
   assert.match(ref, /^callback 100000000 \d+\n$/);
   assert.equal(got, ref);
+});
+
+// V8 compiles a Wasm function at its first call; warm-up.ts has each F$resume (and each big
+// function, warm-exports.ts) compiled on a thread of its own through the `ferry_warm_<k>` exports,
+// instead of on the guest thread at its first call. A warm call must return before it reads or writes anything: run on a throwaway
+// instance, memory stays zero and no import is called.
+test('each resume copy (and each big function) has a warm export that compiles it and touches nothing; the warm-up thread calls them all', async () => {
+  const root = mkdtempSync(join(tmpdir(), 'ferry-warm-'));
+  try {
+    const inst = await new ModuleCache(join(root, 'cache')).load(readFileSync(compileFixture('dispatch')));
+    const module = new WebAssembly.Module(inst.binary as Uint8Array<ArrayBuffer>);
+    const warm = WebAssembly.Module.exports(module).filter((e) => e.name.startsWith(WARM_EXPORT_PREFIX)).map((e) => e.name);
+    const split = Buffer.from(inst.binary).toString('latin1').match(/[A-Za-z_0-9]+\$ferry_resume/g) ?? [];
+    assert.ok(warm.length > 0, 'the dispatch fixture has split functions');
+    assert.ok(split.length > 0 && warm.length >= new Set(split).size, 'a warm export for each resume copy at least');
+    const pages = inst.meta.memory.initialPages;
+    const memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
+    const called: string[] = [];
+    const imports: Record<string, Record<string, WebAssembly.ImportValue>> = {};
+    for (const imp of WebAssembly.Module.imports(module)) {
+      imports[imp.module] ??= {};
+      imports[imp.module]![imp.name] = imp.kind === 'memory' ? memory : () => called.push(imp.name);
+    }
+    const instance = new WebAssembly.Instance(module, imports);
+    for (const name of warm) (instance.exports[name] as () => void)();
+    assert.deepEqual(called, []);
+    assert.ok(new Uint8Array(memory.buffer).every((x) => x === 0), 'a warm call wrote guest memory');
+    const keep = setInterval(() => undefined, 1000); // the warm-up thread is unref'd
+    try {
+      assert.equal(await startWarmUp(module, pages).done, warm.length);
+    } finally {
+      clearInterval(keep);
+    }
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
 });
 
 test('bc, with functions split for loop-head resumption, pauses, moves and prints what node:wasi prints', async () => {

@@ -13,6 +13,7 @@ import {
   type GuestExit, type GuestPrepareOptions, type GuestRestoreOptions, type GuestStartOptions, type GuestStatus, type PreparedGuestOf, type RestoreBinding, type StagedGuestOf,
 } from './guest-types.js';
 import { listenersOf, openListeners } from './listeners.js';
+import { startWarmUp, type WarmUp } from './warm-up.js';
 import { startWorker, WorkerControl } from './worker-control.js';
 import type { AdoptedSockets } from '../wasi/wasi.js';
 import { close as closeFd, EFD_CLOEXEC, EFD_NONBLOCK, eventfd } from '../sys/fd.js';
@@ -51,6 +52,7 @@ export class Guest extends EventEmitter {
   private runningSince = 0;
   private runMs = 0;
   private listeningValue: SockAddress[] = [];
+  private readonly warmUp: WarmUp;
 
   private constructor(init: Omit<WorkerInit, 'launchPort' | 'capturePort'>, meta: InstrumentedMeta, moduleSource: Uint8Array, modulePath: string | null, maxMemoryBytes: number) {
     super();
@@ -62,6 +64,9 @@ export class Guest extends EventEmitter {
     this.maxMemoryBytes = maxMemoryBytes;
     this.control = new WorkerControl(init.control, init.memory, init.wakeFd);
     ({ worker: this.worker, launchPort: this.launchPort, capturePort: this.capturePort } = startWorker(init));
+    // As early as possible, on a thread of its own (the guest's start does not wait for it): the
+    // guest thread must find its big functions compiled by their first call (warm-up.ts).
+    this.warmUp = startWarmUp(init.module, meta.memory.initialPages);
     this.ready = new Promise<void>((resolve, reject) => {
       this.worker.once('message', (m: WorkerMessage) => (m.type === 'ready' ? resolve() : reject(new GuestError('start-failed', m.type === 'error' ? m.message : 'guest worker did not start'))));
       this.once('exit', (e: GuestExit) => reject(new GuestError('start-failed', e.message ?? 'guest worker ended before it was ready')));
@@ -72,6 +77,7 @@ export class Guest extends EventEmitter {
     const finish = (e: GuestExit) => {
       if (this.exitInfo) return;
       this.accountRun();
+      this.warmUp.cancel();
       this.exitInfo = e;
       this.statusValue = e.reason === 'exit' || e.reason === 'trap' ? 'exited' : e.reason === 'stopped' ? 'stopped' : 'failed';
       for (const w of this.pauseWaiters.splice(0)) w.reject(new GuestError('guest-ended', `guest ended (${e.reason}) before it paused`));

@@ -4,7 +4,7 @@
 import type { ValueType } from '../state/exec-state.js';
 export type { ValueType };
 
-export const INSTRUMENTATION_VERSION = 13;
+export const INSTRUMENTATION_VERSION = 14;
 
 /** The import namespace and names Ferry adds. */
 export const FERRY_IMPORT_MODULE = 'ferry';

@@ -20,6 +20,7 @@ import { sha256Hex } from '../state/hash.js';
 import { entrySafepointFree } from './call-graph.js';
 import { callGraphFacts } from './tree-facts.js';
 import { loopResumeEnabled, resumeAtLoopHeads } from './loop-resume.js';
+import { addWarmExports } from './warm-exports.js';
 import { featureMask, loadBinaryen, valueType, type BinaryenApi } from './binaryen-api.js';
 import { BOUNDED_BUDGET_EXPRESSIONS, boundedFunctions, leafFunctions, mayUnwindFrom } from './bounded-functions.js';
 import { amortiseInnermostLoops, dropExitSafepoints, inlineSafepointCheck, pruneEntrySafepoints, safepointImportName } from './safepoints.js';
@@ -188,6 +189,8 @@ function transform(b: BinaryenApi, mod: BinaryenApi, source: Uint8Array, onStage
   } finally {
     b.setOneCallerInlineMaxSize(oneCallerLimit);
   }
+  // Last, so the optimiser neither moves nor duplicates the entry guards (warm-exports.ts).
+  addWarmExports(b, mod);
   onStage?.('check');
   if (!mod.validate()) throw new ModuleRejected('module did not validate after instrumentation');
   const binary: Uint8Array = mod.emitBinary();

@@ -187,6 +187,11 @@ export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn:
   return removelist;
 }
 
+/** Whether `name` is a resume copy this module made (warm-exports.ts has them compiled early). */
+export function isResumeCopy(name: string): boolean {
+  return name.endsWith('$ferry_resume') || /^ferry\$resume\d+$/.test(name);
+}
+
 function debug(message: string): void {
   if (process.env['FERRY_LOOP_RESUME_DEBUG']) process.stderr.write(`loop-resume: ${message}\n`);
 }

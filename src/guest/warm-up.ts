@@ -1,0 +1,47 @@
+// Has V8 compile the guest's big functions and resume copies (warm-exports.ts) on a thread of
+// their own while the guest runs, so neither the guest thread nor the owner's event loop does.
+//
+// V8 compiles a Wasm function at its first call; on the guest thread that is a stretch without a
+// safepoint check, which a pause waits for (warm-exports.ts has the figures). Tried before: every
+// resume copy compiled on the guest thread before the start (250-740 ms at every SQLite start),
+// and on the owner's thread once the guest ran (one big copy held the owner's event loop, and with
+// it the owner's view of the next pause, for up to 0.5 s). So a short-lived worker
+// (warm-up-worker.ts) calls each `ferry_warm_<k>` export, biggest function first, on a
+// throwaway instance; the code lands in the module the guest's instance shares. It starts with the
+// guest's worker (a destination warms while pages arrive), and the guest's start does not wait for
+// it: warming only once the guest ran lost the race for the functions it calls first.
+// FERRY_WARM=0 turns it off; FERRY_WARM_DEBUG=1 prints each compile's time.
+import { Worker } from 'node:worker_threads';
+import { WARM_EXPORT_PREFIX } from './warm-exports.js';
+
+export interface WarmUp {
+  /** Ends the warm-up thread if it still runs (the guest ended). */
+  cancel(): void;
+  /** Resolves with the number of functions compiled: all of them, or 0 when cancelled or failed. */
+  readonly done: Promise<number>;
+}
+
+/** `initialPages`: the module's declared minimum memory (InstrumentedMeta.memory.initialPages). */
+export function startWarmUp(module: WebAssembly.Module, initialPages: number): WarmUp {
+  const names = WebAssembly.Module.exports(module).filter((e) => e.kind === 'function' && e.name.startsWith(WARM_EXPORT_PREFIX)).map((e) => e.name);
+  if (names.length === 0 || process.env['FERRY_WARM'] === '0') return { cancel: () => undefined, done: Promise.resolve(0) };
+  const debug = Boolean(process.env['FERRY_WARM_DEBUG']);
+  let worker: Worker;
+  try {
+    worker = new Worker(new URL('./warm-up-worker.js', import.meta.url), { workerData: { module, initialPages, names, debug }, stdout: false, stderr: false });
+  } catch (err) {
+    if (debug) process.stderr.write(`warm: no warm-up thread: ${(err as Error).message}\n`);
+    return { cancel: () => undefined, done: Promise.resolve(0) }; // the guest compiles at first call, as before
+  }
+  worker.unref(); // never what keeps a process alive
+  const done = new Promise<number>((resolve) => {
+    let called = 0;
+    worker.once('message', (n: number) => (called = n));
+    // Only a cost is at stake: on any failure the guest compiles what is left itself, as before.
+    worker.once('error', (err) => {
+      if (debug) process.stderr.write(`warm: warm-up failed: ${err.message}\n`);
+    });
+    worker.once('exit', () => resolve(called));
+  });
+  return { cancel: () => void worker.terminate(), done };
+}
