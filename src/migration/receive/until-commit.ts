@@ -17,6 +17,7 @@ import { MigrationError } from '../session/report.js';
 import type { DowntimePriority } from '../../sys/sched.js';
 import type { AddressMove } from '../../net/address-hooks.js';
 import { IncomingSockets } from './sockets.js';
+import type { PrecopyReceiver } from '../dataplane/precopy-plane.js';
 
 /** A PING after at least this much stream since the last collection is answered after one. */
 const GC_BEFORE_PONG_BYTES = 16 * 1024 * 1024;
@@ -28,6 +29,8 @@ export interface PrecommitContext {
   mem: GuestMemory;
   checker: PageFrameChecker;
   incoming: IncomingMemory;
+  /** Native precopy's receiving thread (Feature.NATIVE_PRECOPY): PASS_END waits for its MARK, the pause barrier for its CLOSE. */
+  nativePrecopy: PrecopyReceiver | null;
   /** The guest's thread, instrumenting or waiting for its state. */
   preparing: Promise<PreparedGuest>;
   preopens: Preopen[];
@@ -76,6 +79,8 @@ async function untilCommit(c: PrecommitContext, got: { sockets: IncomingSockets 
   let prepared = false;
   const streamStart = performance.now();
   let postcopyBuffer = 0;
+  let nativeOpen = c.nativePrecopy !== null;
+  let nativeCounted = 0;
   for (;;) {
     const r = await bulk.recvWithOffset();
     if (!r) throw new WireError('TRUNCATED', bulk.bytesReceived, 'the stream ended before the commit; nothing was run');
@@ -92,12 +97,24 @@ async function untilCommit(c: PrecommitContext, got: { sockets: IncomingSockets 
       case 'GROW':
         checker.checkGrow(msg, offset);
         mem.grow((msg.newBytes - mem.sizeBytes) / WASM_PAGE_SIZE);
+        c.nativePrecopy?.setPageCount(mem.pageCount);
         continue;
       case 'PASS_END':
-        checker.checkPassEnd(msg, offset);
+      {
+        // Native precopy: the pass's pages came on the data plane; what follows here must see them placed.
+        let nativePages = 0;
+        if (nativeOpen) {
+          await c.nativePrecopy!.passPlaced(msg.pass);
+          const placed = c.nativePrecopy!.read();
+          nativePages = placed.dataPages + placed.zeroPages - nativeCounted;
+          nativeCounted += nativePages;
+          counts.pagesReceived += nativePages;
+        }
+        checker.checkPassEnd(msg, offset, nativePages);
         counts.pass = msg.pass + 1;
         c.onPassEnd();
         continue;
+      }
       case 'DISCARD':
         trace?.mark(`DISCARD ${msg.ranges.length} ranges`);
         for (const range of msg.ranges) {
@@ -141,6 +158,12 @@ async function untilCommit(c: PrecommitContext, got: { sockets: IncomingSockets 
         // The source pauses its guest only after this barrier's PONG: the module must be
         // instrumented and the guest's thread waiting before then, so that no instrumentation
         // (seconds to minutes for a big module) ever falls between the pause and the resume.
+        if (nativeOpen) {
+          // The source closed its native precopy stream before this barrier; the thread answers CLOSE and ends.
+          await c.nativePrecopy!.closed();
+          nativeOpen = false;
+          c.phases.note('precopy (native precopy stream closed)');
+        }
         if (!prepared) {
           await c.preparing;
           prepared = true;
@@ -181,6 +204,7 @@ async function untilCommit(c: PrecommitContext, got: { sockets: IncomingSockets 
   }
   trace ??= new SwitchoverTrace('destination');
   trace.mark('COMMIT');
+  if (nativeOpen) throw new WireError('BAD_ORDER', bulk.bytesReceived, 'COMMIT before the native precopy stream was closed');
   if (!staged) throw new WireError('BAD_ORDER', bulk.bytesReceived, 'COMMIT without a (whole) guest state');
   if (mem.sizeBytes !== stateMemoryBytes) throw new MigrationError('protocol', `the memory grew to ${mem.sizeBytes} bytes after the guest state was sent`);
   return { staged, stateMemoryBytes, trace, postcopyBuffer, sockets: got.sockets };

@@ -24,6 +24,7 @@ import { PageSender } from './page-sender.js';
 import { SourceLink } from './link.js';
 import { nativeFaultsEnabled } from '../dataplane/connect.js';
 import { AfterCommit } from './after-commit.js';
+import { nativePrecopyEnabled, PrecopySender } from '../dataplane/precopy-plane.js';
 import { LiveMemoryProvider } from './live-memory.js';
 import { AnnouncedSize } from './memory-size.js';
 import { Precopy } from './precopy.js';
@@ -44,6 +45,8 @@ export class MigrationSource {
   private readonly after: AfterCommit;
   private sender: PageSender | null = null;
   private precopy: Precopy | null = null;
+  /** The native precopy stream's thread (Feature.NATIVE_PRECOPY), from the handshake to the switchover. */
+  private nativePrecopy: PrecopySender | null = null;
   private cancelled = false;
   private committed = false;
   private errorText: string | null = null;
@@ -60,7 +63,9 @@ export class MigrationSource {
     this.link = new SourceLink({ host: opts.host, port: opts.port, security: opts.security }, {
       // DIGEST is offered only for --verify: the destination then hashes every page it places.
       // The native fault path (on unless FERRY_NATIVE_FAULTS=0) is offered where postcopy may happen.
-      features: (opts.verify ? ALL_FEATURES : ALL_FEATURES & ~Feature.DIGEST) | (nativeFaultsEnabled() && opts.mode !== 'precopy' ? Feature.NATIVE_FAULTS : 0),
+      // Native precopy rides on that connection too, unless turned off or rate-capped (--max-bandwidth's token bucket is the bulk channel's).
+      features: (opts.verify ? ALL_FEATURES : ALL_FEATURES & ~Feature.DIGEST) |
+        (nativeFaultsEnabled() && opts.mode !== 'precopy' ? Feature.NATIVE_FAULTS | (nativePrecopyEnabled() && !opts.maxBandwidth ? Feature.NATIVE_PRECOPY : 0) : 0),
       maxBandwidth: opts.maxBandwidth,
       pages: this.pages.readerSpec,
       maxPages: this.pages.maxPages,
@@ -133,6 +138,7 @@ export class MigrationSource {
       this.phases.enter(this.cancelled ? 'cancelled' : 'failed');
       this.errorText = (err as Error).message;
       tracker.stop();
+      this.nativePrecopy?.stop();
       this.link.destroy();
       if (!this.committed) {
         // The sockets first: the guest must find its connections out of repair mode, and adopt
@@ -186,12 +192,26 @@ export class MigrationSource {
 
     this.phases.enter('precopy');
     const sender = (this.sender = new PageSender(bulk, this.pages));
+    const precopyLink = this.link.precopyLink();
+    if (precopyLink) {
+      const native = (this.nativePrecopy = new PrecopySender({ sock: precopyLink.fd, secret: precopyLink.secret, memory: mem.view(), maxPages: this.pages.maxPages }));
+      this.link.precopyBytes = () => {
+        const s = native.read();
+        return { sent: s.bytesSent, received: s.bytesReceived };
+      };
+      this.phases.note('precopy (native precopy thread started)');
+    }
     const size = new AnnouncedSize(mem, bulk, sender, setupBytes);
     const precopy = (this.precopy = new Precopy({
-      bulk, sender, tracker, pages: this.pages, size, opts, t0: this.t0,
+      bulk, sender, native: this.nativePrecopy, tracker, pages: this.pages, size, opts, t0: this.t0, note: (what) => this.phases.note(what),
       bytesSent: () => this.link.bytesSent(), checkCancelled: () => this.checkCancelled(), report: () => this.report(),
     }));
     const { dirty, converged } = await precopy.run();
+    if (this.nativePrecopy) {
+      // CLOSE each way before the pause: the postcopy threads later start on this connection afresh.
+      await this.nativePrecopy.close();
+      this.phases.note('precopy (native precopy stream closed)');
+    }
 
     const postcopy = opts.mode !== 'precopy' && !converged;
     this.effectiveMode = postcopy ? 'postcopy' : 'precopy';
