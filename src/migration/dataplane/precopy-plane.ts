@@ -54,6 +54,12 @@ abstract class PrecopyThread {
     return this.result;
   }
 
+  /** Waits for the thread's end (polled: the end's callback alone keeps no process alive); why it ended. */
+  protected async finished(): Promise<string | null> {
+    while (!this.done) await sleep(POLL_MS);
+    return this.failure;
+  }
+
   /** Waits until `ready()` holds; throws if the thread ends first with an error. */
   protected async until(ready: () => boolean, what: string): Promise<void> {
     while (!ready()) {
@@ -126,7 +132,7 @@ export class PrecopySender extends PrecopyThread {
   async close(): Promise<void> {
     Atomics.store(this.job, PrecopyJob.CLOSE, 1);
     if (this.handle) dataplaneAddon().wake(this.handle);
-    const err = await this.ended;
+    const err = await this.finished();
     this.stop();
     if (err !== null) throw new Error(`native precopy: ${err}`);
   }
@@ -187,7 +193,7 @@ export class PrecopyReceiver extends PrecopyThread {
 
   /** Waits for the source's CLOSE (answered by the thread, which then ends) and joins the thread. */
   async closed(): Promise<void> {
-    const err = await this.ended;
+    const err = await this.finished();
     this.stop();
     if (err !== null || this.stats[PrecopyReceiveStat.CLOSED] !== 1) throw new Error(`native precopy: ${err ?? 'ended without the source\'s CLOSE'}`);
   }
