@@ -148,7 +148,6 @@ typedef struct {
   uint32_t *pages;        /* PageBitmap words: the pass's pages */
   int32_t *job;           /* PJ_SLOTS */
   double *stats;          /* PS_SLOTS */
-  uint64_t frames, flip_frame, tear_after; /* frames sent; injected faults of tests (0: none) */
   uint8_t secret[DP_SECRET];
   volatile int *stop;
   char err[DP_ERR];

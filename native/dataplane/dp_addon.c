@@ -357,19 +357,6 @@ bad:
   return NULL;
 }
 
-/* An optional non-negative integer option; `dflt` when absent. */
-static int get_opt_num(napi_env env, napi_value o, const char *name, double hi, double dflt, double *out) {
-  bool has = false;
-  napi_value v;
-  napi_valuetype t = napi_undefined;
-  if (napi_has_named_property(env, o, name, &has) == napi_ok && has && napi_get_named_property(env, o, name, &v) == napi_ok) napi_typeof(env, v, &t);
-  if (t == napi_undefined) {
-    *out = dflt;
-    return 1;
-  }
-  return get_num(env, o, name, 0, hi, out);
-}
-
 /* startPrecopySend(options, onExit) -> handle. Takes options.sock (closed when the plane is released). */
 static napi_value f_start_presend(napi_env env, napi_callback_info info) {
   size_t argc = 2;
@@ -381,14 +368,10 @@ static napi_value f_start_presend(napi_env env, napi_callback_info info) {
   dp_presend_args *a = &p->ps;
   napi_value o = argv[0];
   int realtime = 0;
-  double pages, flip, tear;
+  double pages;
   size_t words = 0;
-  if (!get_common(env, p, o, &a->sock, &a->role, &a->timeout_ms, &realtime) || !get_num(env, o, "maxPages", 0, 1u << 31, &pages) ||
-      !get_opt_num(env, o, "flipFrame", 9007199254740991.0, 0, &flip) || !get_opt_num(env, o, "tearAfter", 9007199254740991.0, 0, &tear))
-    goto bad;
+  if (!get_common(env, p, o, &a->sock, &a->role, &a->timeout_ms, &realtime) || !get_num(env, o, "maxPages", 0, 1u << 31, &pages)) goto bad;
   a->max_pages = (uint32_t)pages;
-  a->flip_frame = (uint64_t)flip;
-  a->tear_after = (uint64_t)tear;
   if (!(a->memory = get_array(env, p, o, "memory", napi_uint8_array, 1, 1, NULL))) goto bad;
   words = (a->max_pages + 31) / 32;
   if (!(a->pages = get_array(env, p, o, "pages", napi_uint32_array, 4, words ? words : 1, NULL)) ||

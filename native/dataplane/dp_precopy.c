@@ -74,15 +74,9 @@ static int drain(dp_presend_args *a, dp_conn *c, size_t below) {
   return 0;
 }
 
-/* Queues one frame; a test's injected fault flips a bit of the frame just sealed. */
+/* Queues one frame, then writes while more than PRE_TX_BYTES wait. */
 static int send_frame(dp_presend_args *a, dp_conn *c, uint8_t type, const uint8_t head[8], const uint8_t *data, uint32_t len) {
   if (dp_conn_queue(c, type, head, 8, data, len) < 0) return -1;
-  a->frames++;
-  if (a->flip_frame && a->frames == a->flip_frame) c->tbuf[c->tlen - DP_TAG - 1] ^= 0x10; /* injected fault (tests) */
-  if (a->tear_after && a->frames == a->tear_after) {                                      /* injected fault (tests) */
-    if (dp_conn_flush(c) < 0) return -1;
-    shutdown(a->sock, SHUT_RDWR);
-  }
   return drain(a, c, PRE_TX_BYTES);
 }
 
@@ -265,33 +259,40 @@ static void set_digest(dp_prerecv_args *a, uint32_t p, const uint8_t *page) {
   __atomic_store_n(&a->digest[2 * p + 1], h[1], __ATOMIC_RELAXED);
 }
 
-static int copy_hole(dp_prerecv_args *a, uint32_t p, const uint8_t *src) {
-  uint8_t *dst = (uint8_t *)(uintptr_t)(a->base + (uint64_t)p * DP_PAGE);
-  for (;;) {
-    struct uffdio_copy cp = {.dst = (uint64_t)(uintptr_t)dst, .src = (uint64_t)(uintptr_t)src, .len = DP_PAGE};
+/* Holes [p, p+n) from src with one UFFDIO_COPY; a page found present after all (EEXIST) is copied
+ * with memcpy, which cannot block on a present page. */
+static int copy_holes(dp_prerecv_args *a, uint32_t p, uint32_t n, const uint8_t *src) {
+  uint64_t done = 0, len = (uint64_t)n * DP_PAGE;
+  while (done < len) {
+    struct uffdio_copy cp = {.dst = a->base + (uint64_t)p * DP_PAGE + done, .src = (uint64_t)(uintptr_t)(src + done), .len = len - done};
     if (ioctl(a->uffd, UFFDIO_COPY, &cp) == 0) return 0;
-    if (errno == EEXIST) { /* present after all: it cannot block */
-      memcpy(dst, src, DP_PAGE);
-      return 0;
+    if (cp.copy > 0) done += (uint64_t)cp.copy;
+    else if (errno == EEXIST) {
+      memcpy((uint8_t *)(uintptr_t)(a->base + (uint64_t)p * DP_PAGE + done), src + done, DP_PAGE);
+      done += DP_PAGE;
+    } else if (errno != EAGAIN && errno != EINTR) {
+      dp_set_err(a->err, "UFFDIO_COPY of page %llu: %s", (unsigned long long)(p + done / DP_PAGE), strerror(errno));
+      return -1;
     }
-    if (errno == EAGAIN || errno == EINTR) continue;
-    dp_set_err(a->err, "UFFDIO_COPY of page %u: %s", p, strerror(errno));
-    return -1;
   }
+  return 0;
 }
 
 static int place_pages(dp_prerecv_args *a, uint32_t first, uint32_t n, const uint8_t *data) {
-  for (uint32_t i = 0; i < n; i++) {
+  for (uint32_t i = 0; i < n;) {
     uint32_t p = first + i;
-    const uint8_t *src = data + (size_t)i * DP_PAGE;
-    if (state_of(a, p) == PS_RECEIVED) memcpy((uint8_t *)(uintptr_t)(a->base + (uint64_t)p * DP_PAGE), src, DP_PAGE);
-    else {
-      /* Runs of holes in one ioctl would be faster; pages mostly arrive once, and this keeps it simple. */
-      if (copy_hole(a, p, src) < 0) return -1;
-      move_state(a, p, PS_RECEIVED);
+    if (state_of(a, p) == PS_RECEIVED) { /* present: overwrite */
+      memcpy((uint8_t *)(uintptr_t)(a->base + (uint64_t)p * DP_PAGE), data + (size_t)i * DP_PAGE, DP_PAGE);
+      i++;
+      continue;
     }
-    set_digest(a, p, src);
+    uint32_t j = i + 1;
+    while (j < n && state_of(a, first + j) != PS_RECEIVED) j++;
+    if (copy_holes(a, p, j - i, data + (size_t)i * DP_PAGE) < 0) return -1;
+    for (uint32_t k = i; k < j; k++) move_state(a, first + k, PS_RECEIVED);
+    i = j;
   }
+  for (uint32_t i = 0; i < n; i++) set_digest(a, first + i, data + (size_t)i * DP_PAGE);
   a->stats[PR_DATA_PAGES] += n;
   return 0;
 }
@@ -398,6 +399,10 @@ int dp_prerecv_run(dp_prerecv_args *a) {
       if (f.type == DP_CLOSE) {
         /* The source's last precopy frame: answer it and end without reading further (the
          * connection's next session, postcopy's, starts after the commit with its own hello). */
+        if (c.rlen - c.roff - c.consume != 0) {
+          dp_set_err(a->err, "refused bytes after the source's CLOSE");
+          goto out;
+        }
         uint8_t head[8] = {0};
         if (dp_conn_queue(&c, DP_CLOSE, head, 8, NULL, 0) < 0) goto out;
         while (dp_conn_pending_tx(&c)) {
@@ -408,10 +413,6 @@ int dp_prerecv_run(dp_prerecv_args *a) {
             dp_set_err(a->err, "stopped");
             goto out;
           }
-        }
-        if (c.rlen - c.roff - c.consume != 0) {
-          dp_set_err(a->err, "refused bytes after the source's CLOSE");
-          goto out;
         }
         a->stats[PR_CLOSED] = 1;
         rc = 0;

@@ -74,9 +74,6 @@ export interface PrecopySendOptions extends CommonOptions {
   job: Int32Array;
   /** PrecopySendStat slots. */
   stats: Float64Array;
-  /** Injected faults for tests (0: none): flip a bit of this frame once sealed; shut the socket down after this frame. */
-  flipFrame?: number;
-  tearAfter?: number;
 }
 
 export interface PrecopyReceiveOptions extends CommonOptions {

@@ -19,12 +19,6 @@ export function nativePrecopyEnabled(): boolean {
   return process.env['FERRY_NATIVE_PRECOPY'] !== '0' && process.env['FERRY_NATIVE_BULK'] !== '0';
 }
 
-/** Injected faults for tests only (FERRY_TEST_DP_FLIP_FRAME / FERRY_TEST_DP_TEAR_AFTER: a frame number, 1 = first). */
-function injected(name: string): number {
-  const n = Number(process.env[name] ?? 0);
-  return Number.isSafeInteger(n) && n > 0 ? n : 0;
-}
-
 abstract class PrecopyThread {
   readonly ended: Promise<string | null>;
   protected handle: DataplaneHandle | null = null;
@@ -104,7 +98,6 @@ export class PrecopySender extends PrecopyThread {
       {
         sock: o.sock, role: DataplaneRole.CONNECTOR, timeoutMs: o.timeoutMs ?? 10_000, realtime: false, secret: o.secret,
         memory: o.memory, maxPages: o.maxPages, pages: this.pages, job: this.job, stats: this.stats,
-        flipFrame: injected('FERRY_TEST_DP_FLIP_FRAME'), tearAfter: injected('FERRY_TEST_DP_TEAR_AFTER'),
       },
       this.onExit,
     );
