@@ -177,7 +177,9 @@ async function untilCommit(c: PrecommitContext, got: { sockets: IncomingSockets 
         // counts the time a busy receiver takes to acknowledge).
         if (postcopyBuffer === 0) {
           const rcvRttUs = bulk.pathInfo()?.rcvRttUs ?? 0;
-          const rate = (bulk.bytesReceived / Math.max(1, performance.now() - streamStart)) * 1000;
+          // With native precopy the pages came on the data plane: its bytes are the stream's too.
+          const streamed = bulk.bytesReceived + (c.nativePrecopy?.read().bytesReceived ?? 0);
+          const rate = (streamed / Math.max(1, performance.now() - streamStart)) * 1000;
           postcopyBuffer = postcopyBufferBytes(rate, rcvRttUs);
           c.phases.note(`switchover (path: ${(rate / 1e6).toFixed(1)} MB/s, rtt ${rcvRttUs} us: postcopy buffers ${postcopyBuffer} bytes)`);
         }
