@@ -62,10 +62,10 @@ export class MigrationSource {
     this.pages = new LiveMemoryProvider(new GuestMemory(guest.memory, guest.maxMemoryBytes / WASM_PAGE_SIZE));
     this.link = new SourceLink({ host: opts.host, port: opts.port, security: opts.security }, {
       // DIGEST is offered only for --verify: the destination then hashes every page it places.
-      // The native fault path (on unless FERRY_NATIVE_FAULTS=0) is offered where postcopy may happen.
-      // Native precopy rides on that connection too, unless turned off or rate-capped (--max-bandwidth's token bucket is the bulk channel's).
-      features: (opts.verify ? ALL_FEATURES : ALL_FEATURES & ~Feature.DIGEST) |
-        (nativeFaultsEnabled() && opts.mode !== 'precopy' ? Feature.NATIVE_FAULTS | (nativePrecopyEnabled() && !opts.maxBandwidth ? Feature.NATIVE_PRECOPY : 0) : 0),
+      // The native fault path (on unless FERRY_NATIVE_FAULTS=0) is offered where postcopy may happen,
+      // and its connection wherever native precopy rides on it (unless turned off, or rate-capped:
+      // --max-bandwidth's token bucket is the bulk channel's).
+      features: (opts.verify ? ALL_FEATURES : ALL_FEATURES & ~Feature.DIGEST) | nativeFeatures(opts),
       maxBandwidth: opts.maxBandwidth,
       pages: this.pages.readerSpec,
       maxPages: this.pages.maxPages,
@@ -283,6 +283,14 @@ export class MigrationSource {
   private report(): void {
     this.opts.onProgress?.(this.progress());
   }
+}
+
+/** The native data plane features a source offers. */
+function nativeFeatures(opts: SourceOptions): number {
+  if (!nativeFaultsEnabled()) return 0;
+  const precopy = nativePrecopyEnabled() && !opts.maxBandwidth;
+  if (opts.mode === 'precopy' && !precopy) return 0;
+  return Feature.NATIVE_FAULTS | (precopy ? Feature.NATIVE_PRECOPY : 0);
 }
 
 /** Why a migration ended when its guest did, before the commit. */
