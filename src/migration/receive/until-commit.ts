@@ -158,12 +158,6 @@ async function untilCommit(c: PrecommitContext, got: { sockets: IncomingSockets 
         // The source pauses its guest only after this barrier's PONG: the module must be
         // instrumented and the guest's thread waiting before then, so that no instrumentation
         // (seconds to minutes for a big module) ever falls between the pause and the resume.
-        if (nativeOpen) {
-          // The source closed its native precopy stream before this barrier; the thread answers CLOSE and ends.
-          await c.nativePrecopy!.closed();
-          nativeOpen = false;
-          c.phases.note('precopy (native precopy stream closed)');
-        }
         if (!prepared) {
           await c.preparing;
           prepared = true;
@@ -206,7 +200,14 @@ async function untilCommit(c: PrecommitContext, got: { sockets: IncomingSockets 
   }
   trace ??= new SwitchoverTrace('destination');
   trace.mark('COMMIT');
-  if (nativeOpen) throw new WireError('BAD_ORDER', bulk.bytesReceived, 'COMMIT before the native precopy stream was closed');
+  if (nativeOpen) {
+    // The source closes its native precopy stream before its pause (postcopy), or after the last
+    // pages it sends there inside the downtime (stop-and-copy): either way every page it sent is
+    // placed once the thread has answered CLOSE.
+    await c.nativePrecopy!.closed();
+    trace.mark('native precopy stream closed');
+    c.phases.note('precopy (native precopy stream closed)');
+  }
   if (!staged) throw new WireError('BAD_ORDER', bulk.bytesReceived, 'COMMIT without a (whole) guest state');
   if (mem.sizeBytes !== stateMemoryBytes) throw new MigrationError('protocol', `the memory grew to ${mem.sizeBytes} bytes after the guest state was sent`);
   return { staged, stateMemoryBytes, trace, postcopyBuffer, sockets: got.sockets };

@@ -207,13 +207,14 @@ export class MigrationSource {
       bytesSent: () => this.link.bytesSent(), checkCancelled: () => this.checkCancelled(), report: () => this.report(),
     }));
     const { dirty, converged } = await precopy.run();
-    if (this.nativePrecopy) {
-      // CLOSE each way before the pause: the postcopy threads later start on this connection afresh.
+
+    const postcopy = opts.mode !== 'precopy' && !converged;
+    if (this.nativePrecopy && postcopy) {
+      // CLOSE each way before the pause: the postcopy threads later start on this connection
+      // afresh. (A stop-and-copy sends its last pages on it inside the downtime, then closes it.)
       await this.nativePrecopy.close();
       this.phases.note('precopy (native precopy stream closed)');
     }
-
-    const postcopy = opts.mode !== 'precopy' && !converged;
     this.effectiveMode = postcopy ? 'postcopy' : 'precopy';
     const sw = await switchOver({
       guest, link: this.link, sender, tracker, pages: this.pages, size, phases: this.phases,
@@ -222,6 +223,7 @@ export class MigrationSource {
       socketsMove,
       addressMove: { addresses: opts.serviceAddresses ?? [], hook: opts.onRelease },
       onFrozen: (s) => (this.sockets = s),
+      native: this.nativePrecopy && !postcopy ? { sender: this.nativePrecopy, pass: precopy.pass + 1 } : null,
     }, postcopy, dirty);
     this.sockets?.committed();
     const { bufferBytes } = await this.after.awaitRunning(sw.tPause, postcopy);
