@@ -139,7 +139,10 @@ typedef struct {
 /* ---- native precopy (dp_precopy.c) ---- */
 enum { PJ_PASS_SEQ, PJ_PASS, PJ_LIMIT, PJ_OTHERS_ZERO, PJ_CLOSE, PJ_SLOTS = 8 }; /* Int32 job slots TypeScript writes */
 enum { PS_PASS_DONE, PS_DATA_PAGES, PS_ZERO_PAGES, PS_BYTES_SENT, PS_BYTES_RECEIVED, PS_STATE, PS_SLOTS = 8 };
-enum { PR_MARK, PR_DATA_PAGES, PR_ZERO_PAGES, PR_FRAMES, PR_BYTES_SENT, PR_BYTES_RECEIVED, PR_STATE, PR_CLOSED, PR_SLOTS = 8 };
+/* PR_MARK_RING: from this slot, per pass (pass % PR_RING_LEN), the pages placed (data + zero) when its
+ * MARK came: the source runs ahead, so at PASS_END the pages of later passes may be placed already. */
+enum { PR_MARK, PR_DATA_PAGES, PR_ZERO_PAGES, PR_FRAMES, PR_BYTES_SENT, PR_BYTES_RECEIVED, PR_STATE, PR_CLOSED,
+       PR_MARK_RING = 8, PR_RING_LEN = 256, PR_SLOTS = PR_MARK_RING + PR_RING_LEN };
 
 typedef struct {
   int sock, wakefd, role, timeout_ms;

@@ -321,8 +321,10 @@ static int on_frame(dp_prerecv_args *a, const dp_frame *f) {
       dp_set_err(a->err, "refused MARK with a body of %u bytes", f->len);
       return -1;
     }
-    __atomic_thread_fence(__ATOMIC_RELEASE); /* the pass's pages before the mark that publishes them */
-    a->stats[PR_MARK] = (double)dp_be32(f->body) + 1;
+    uint32_t pass = dp_be32(f->body);
+    a->stats[PR_MARK_RING + pass % PR_RING_LEN] = a->stats[PR_DATA_PAGES] + a->stats[PR_ZERO_PAGES];
+    __atomic_thread_fence(__ATOMIC_RELEASE); /* the pass's pages (and its count) before the mark that publishes them */
+    a->stats[PR_MARK] = (double)pass + 1;
     return 1;
   }
   if (f->type != DP_PAGES && f->type != DP_ZERO) {

@@ -95,7 +95,11 @@ export const PrecopyJob = { PASS_SEQ: 0, PASS: 1, LIMIT: 2, OTHERS_ZERO: 3, CLOS
 /** Float64 slots of the precopy sender's stats (PS_*). */
 export const PrecopySendStat = { PASS_DONE: 0, DATA_PAGES: 1, ZERO_PAGES: 2, BYTES_SENT: 3, BYTES_RECEIVED: 4, STATE: 5, SLOTS: 8 } as const;
 /** Float64 slots of the precopy receiver's stats (PR_*): MARK is the last pass placed + 1. */
-export const PrecopyReceiveStat = { MARK: 0, DATA_PAGES: 1, ZERO_PAGES: 2, FRAMES: 3, BYTES_SENT: 4, BYTES_RECEIVED: 5, STATE: 6, CLOSED: 7, SLOTS: 8 } as const;
+export const PrecopyReceiveStat = {
+  MARK: 0, DATA_PAGES: 1, ZERO_PAGES: 2, FRAMES: 3, BYTES_SENT: 4, BYTES_RECEIVED: 5, STATE: 6, CLOSED: 7,
+  /** From here, per pass (pass % MARK_RING_LEN): the pages placed (data + zero) when its MARK came. */
+  MARK_RING: 8, MARK_RING_LEN: 256, SLOTS: 8 + 256,
+} as const;
 
 /** An opaque handle of a running thread. */
 export type DataplaneHandle = object & { readonly __dataplane: unique symbol };

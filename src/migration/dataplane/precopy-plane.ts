@@ -179,9 +179,16 @@ export class PrecopyReceiver extends PrecopyThread {
     Atomics.store(this.limit, 0, pageCount);
   }
 
-  /** Waits until every page of `pass` is placed (its MARK). */
-  async passPlaced(pass: number): Promise<void> {
+  /**
+   * Waits until every page of `pass` is placed (its MARK); resolves with the pages (data and zero)
+   * placed up to its end — the thread may be placing the next pass already.
+   */
+  async passPlaced(pass: number): Promise<number> {
     await this.until(() => this.stats[PrecopyReceiveStat.MARK]! >= pass + 1, `pass ${pass}'s pages`);
+    if (this.stats[PrecopyReceiveStat.MARK]! - (pass + 1) >= PrecopyReceiveStat.MARK_RING_LEN) {
+      throw new Error(`native precopy: the stream ran more than ${PrecopyReceiveStat.MARK_RING_LEN} passes ahead of pass ${pass}'s end`);
+    }
+    return this.stats[PrecopyReceiveStat.MARK_RING + (pass % PrecopyReceiveStat.MARK_RING_LEN)]!;
   }
 
   /** Waits for the source's CLOSE (answered by the thread, which then ends) and joins the thread. */

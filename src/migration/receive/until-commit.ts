@@ -104,9 +104,8 @@ async function untilCommit(c: PrecommitContext, got: { sockets: IncomingSockets 
         // Native precopy: the pass's pages came on the data plane; what follows here must see them placed.
         let nativePages = 0;
         if (nativeOpen) {
-          await c.nativePrecopy!.passPlaced(msg.pass);
-          const placed = c.nativePrecopy!.read();
-          nativePages = placed.dataPages + placed.zeroPages - nativeCounted;
+          const placed = await c.nativePrecopy!.passPlaced(msg.pass);
+          nativePages = placed - nativeCounted;
           nativeCounted += nativePages;
           counts.pagesReceived += nativePages;
         }
@@ -206,7 +205,7 @@ async function untilCommit(c: PrecommitContext, got: { sockets: IncomingSockets 
     // placed once the thread has answered CLOSE.
     await c.nativePrecopy!.closed();
     trace.mark('native precopy stream closed');
-    c.phases.note('precopy (native precopy stream closed)');
+    c.phases.note('switchover (native precopy stream closed)');
   }
   if (!staged) throw new WireError('BAD_ORDER', bulk.bytesReceived, 'COMMIT without a (whole) guest state');
   if (mem.sizeBytes !== stateMemoryBytes) throw new MigrationError('protocol', `the memory grew to ${mem.sizeBytes} bytes after the guest state was sent`);
