@@ -22,6 +22,10 @@ import { serverTlsOptions } from '../src/migration/transport/security.js';
 import { GuestThread } from '../test/fixtures/memory/guest.js';
 import { destination, patternOf } from '../test/fixtures/dataplane/loopback.js';
 import { median, percentile, type BenchRow } from './harness.js';
+import { PrecopyReceiver, PrecopySender } from '../src/migration/dataplane/precopy-plane.js';
+import { PageBitmap } from '../src/memory/page-bitmap.js';
+import { loopbackPair } from '../test/fixtures/dataplane/loopback.js';
+import { loopbackLimits } from './migration.bench.js';
 
 export const title = 'native postcopy fault path (fault thread + answer thread, AES-256-GCM, loopback) vs the C fault reference';
 
@@ -87,6 +91,45 @@ async function nativeOnce(bulk: boolean): Promise<Figures> {
   }
 }
 
+/** Native precopy stream size (FERRY_BENCH_PRECOPY_MIB, default 256). */
+const STREAM_MIB = Number(process.env['FERRY_BENCH_PRECOPY_MIB'] ?? 256);
+
+/**
+ * One native precopy pass of STREAM_MIB of distinct non-zero pages: sender thread (reads, seals) ->
+ * loopback TCP -> receiver thread (authenticates, UFFDIO_COPY into holes, digest off). MB/s of
+ * page bytes from the pass's start to its MARK placed, and this process's CPU seconds per GiB
+ * (both threads, plus the main thread's idle polling).
+ */
+export async function precopyStreamOnce(mib = STREAM_MIB): Promise<{ mbps: number; cpuSPerGiB: number }> {
+  const pages = mib * 256;
+  const src = new Uint8Array(new SharedArrayBuffer(pages * 4096));
+  const words = new Int32Array(src.buffer);
+  for (let p = 0; p < pages; p++) for (let w = 0; w < 1024; w += 64) words[p * 1024 + w] = patternOf(p) ^ w;
+  const d = destination(pages / 16, Array.from({ length: pages }, (_, p) => p));
+  const [a, b] = await loopbackPair();
+  const secret = randomBytes(32);
+  const shared = d.states.shared();
+  const recv = new PrecopyReceiver({ sock: takeSocketFd(b), secret, uffd: d.uffd.fd, base: d.mem.base, states: new Uint8Array(shared.states, 0, shared.pageCount), stateCounts: new Int32Array(shared.counts, 0, 3), pageCount: pages });
+  const send = new PrecopySender({ sock: takeSocketFd(a), secret, memory: src, maxPages: pages });
+  try {
+    const set = new PageBitmap(pages).addRange(0, pages);
+    const cpu0 = process.cpuUsage();
+    const t0 = performance.now();
+    await send.sendPass(0, set, pages, false);
+    await recv.passPlaced(0);
+    const ms = performance.now() - t0;
+    const cpu = process.cpuUsage(cpu0);
+    await Promise.all([send.close(), recv.closed()]);
+    const got = new Int32Array(d.mem.view().buffer);
+    for (let p = 0; p < pages; p += 997) if (got[p * 1024] !== patternOf(p)) throw new Error(`page ${p}: wrong bytes`);
+    return { mbps: (pages * 4096) / 1e6 / (ms / 1000), cpuSPerGiB: ((cpu.user + cpu.system) / 1e6) * (1024 / mib) };
+  } finally {
+    send.stop();
+    recv.stop();
+    d.release();
+  }
+}
+
 function cRefOnce(exe: string, bulk: boolean): Figures {
   const out = execFileSync(exe, [String(PAGES), ...(bulk ? ['--bulk'] : [])], { encoding: 'utf8' }).trim().split(/\s+/);
   if (out[3] !== 'ok') throw new Error(`postcopy_ref: wrong bytes (${out.join(' ')})`);
@@ -94,6 +137,32 @@ function cRefOnce(exe: string, bulk: boolean): Figures {
 }
 
 export async function run(): Promise<BenchRow[]> {
+  const rows: BenchRow[] = [];
+  if (process.env['FERRY_BENCH_DATAPLANE_PARTS'] !== 'faults') rows.push(...(await precopyStreamRows()));
+  if (process.env['FERRY_BENCH_DATAPLANE_PARTS'] === 'stream') return rows;
+  return [...rows, ...(await faultRows())];
+}
+
+/** Native precopy stream throughput beside a raw TLS-PSK copy of the same bytes, interleaved in the same run. */
+async function precopyStreamRows(): Promise<BenchRow[]> {
+  const native: Array<{ mbps: number; cpuSPerGiB: number }> = [];
+  const tlsRates: number[] = [];
+  for (let i = 0; i < RUNS; i++) {
+    const n = await precopyStreamOnce();
+    const limit = await loopbackLimits(STREAM_MIB * 1024 * 1024);
+    native.push(n);
+    tlsRates.push(limit.tls);
+    process.stderr.write(`  run ${i + 1}/${RUNS} precopy stream ${STREAM_MIB} MiB: native ${n.mbps.toFixed(0)} MB/s (${n.cpuSPerGiB.toFixed(2)} CPU s/GiB); raw TLS-PSK ${limit.tls.toFixed(0)} MB/s, raw TCP ${limit.tcp.toFixed(0)} MB/s\n`);
+  }
+  const mbps = median(native.map((n) => n.mbps));
+  const tlsRef = median(tlsRates);
+  return [
+    { name: `precopy-stream-native-${STREAM_MIB}MiB`, metric: `throughput (median of ${RUNS})`, value: mbps, unit: 'MB/s', reference: { name: 'raw TLS-PSK copy, same run', value: tlsRef }, target: '>= 0.8x raw TLS and >= 1000 MB/s', met: mbps >= 0.8 * tlsRef && mbps >= 1000, extra: { runs: native, tls: tlsRates } },
+    { name: `precopy-stream-native-${STREAM_MIB}MiB`, metric: 'CPU seconds per GiB (both threads)', value: median(native.map((n) => n.cpuSPerGiB)), unit: 's' },
+  ];
+}
+
+async function faultRows(): Promise<BenchRow[]> {
   const dir = mkdtempSync(join(tmpdir(), 'ferry-dpref-'));
   const exe = join(dir, 'postcopy_ref');
   execFileSync('gcc', ['-O2', '-pthread', '-o', exe, join(here, '../../bench/c/postcopy_ref.c')]);

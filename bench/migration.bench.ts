@@ -96,7 +96,7 @@ function limitReceiver(): void {
 if (!isMainThread && parentPort) limitReceiver();
 
 /** MB/s of a raw TCP and a raw TLS-PSK copy of `bytes` on loopback, receiver on its own thread. */
-async function loopbackLimits(bytes: number): Promise<{ tcp: number; tls: number }> {
+export async function loopbackLimits(bytes: number): Promise<{ tcp: number; tls: number }> {
   const worker = new Worker(new URL(import.meta.url));
   const inbox: Array<(m: unknown) => void> = [];
   worker.on('message', (m) => inbox.shift()?.(m));

@@ -26,7 +26,10 @@
 #define DP_BULK_LOWAT (64u << 10)
 #define DP_BULK_RCVBUF (256u << 10)
 
-enum dp_type { DP_FINISHED = 1, DP_REQUEST = 2, DP_PAGES = 3 };
+enum dp_type { DP_FINISHED = 1, DP_REQUEST = 2, DP_PAGES = 3,
+               DP_ZERO = 4,  /* precopy: pages that read as zero (first, count; no bytes) */
+               DP_MARK = 5,  /* precopy: the end of a pass (pass, 0) */
+               DP_CLOSE = 6  /* precopy: the end of the precopy session, each way (0, 0) */ };
 enum dp_role { DP_CONNECTOR = 0, DP_ACCEPTOR = 1 };
 
 /* One direction of a connection: its AEAD key (in ctx), its IV, and its frame counter. */
@@ -132,6 +135,44 @@ typedef struct {
   volatile int *stop;
   char err[DP_ERR];
 } dp_answer_args;
+
+/* ---- native precopy (dp_precopy.c) ---- */
+enum { PJ_PASS_SEQ, PJ_PASS, PJ_LIMIT, PJ_OTHERS_ZERO, PJ_CLOSE, PJ_SLOTS = 8 }; /* Int32 job slots TypeScript writes */
+enum { PS_PASS_DONE, PS_DATA_PAGES, PS_ZERO_PAGES, PS_BYTES_SENT, PS_BYTES_RECEIVED, PS_STATE, PS_SLOTS = 8 };
+/* PR_MARK_RING: from this slot, per pass (pass % PR_RING_LEN), the pages placed (data + zero) when its
+ * MARK came: the source runs ahead, so at PASS_END the pages of later passes may be placed already. */
+enum { PR_MARK, PR_DATA_PAGES, PR_ZERO_PAGES, PR_FRAMES, PR_BYTES_SENT, PR_BYTES_RECEIVED, PR_STATE, PR_CLOSED,
+       PR_MARK_RING = 8, PR_RING_LEN = 256, PR_SLOTS = PR_MARK_RING + PR_RING_LEN };
+
+typedef struct {
+  int sock, wakefd, role, timeout_ms;
+  const uint8_t *memory;  /* guest page 0 of the running guest's memory (it only grows, in place) */
+  uint32_t max_pages;     /* pages the bitmap covers */
+  uint32_t *pages;        /* PageBitmap words: the pass's pages */
+  int32_t *job;           /* PJ_SLOTS */
+  double *stats;          /* PS_SLOTS */
+  uint8_t secret[DP_SECRET];
+  volatile int *stop;
+  char err[DP_ERR];
+} dp_presend_args;
+
+typedef struct {
+  int uffd, sock, wakefd, role, timeout_ms;
+  uint64_t base;
+  uint32_t table_pages;   /* pages in the state table (the reservation) */
+  int32_t *limit;         /* [0]: pages in the memory now (TypeScript raises it at GROW) */
+  uint8_t *states;
+  int32_t *state_counts;
+  double *stats;          /* PR_SLOTS */
+  uint32_t *digest;
+  uint32_t digest_pages;
+  uint8_t secret[DP_SECRET];
+  volatile int *stop;
+  char err[DP_ERR];
+} dp_prerecv_args;
+
+int dp_presend_run(dp_presend_args *a);
+int dp_prerecv_run(dp_prerecv_args *a);
 
 /* The verify digest's 64-bit hash of one page as [lo, hi] (the same function as
  * src/migration/verify/digest.ts hashWords; a checksum, not cryptographic). */

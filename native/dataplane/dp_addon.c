@@ -19,12 +19,14 @@
 #include "dp.h"
 
 #define MAX_REFS 10
-enum { KIND_FAULT, KIND_ANSWER };
+enum { KIND_FAULT, KIND_ANSWER, KIND_PRESEND, KIND_PRERECV };
 
 typedef struct plane {
   int kind;
   dp_fault_args f;
   dp_answer_args s;
+  dp_presend_args ps;
+  dp_prerecv_args pr;
   volatile int stop;
   int wakefd, sock;
   pthread_t th;
@@ -132,9 +134,15 @@ static void *thread_main(void *arg) {
   if (p->kind == KIND_FAULT) {
     p->rc = dp_fault_run(&p->f);
     memcpy(p->err, p->f.err, DP_ERR);
-  } else {
+  } else if (p->kind == KIND_ANSWER) {
     p->rc = dp_answer_run(&p->s);
     memcpy(p->err, p->s.err, DP_ERR);
+  } else if (p->kind == KIND_PRESEND) {
+    p->rc = dp_presend_run(&p->ps);
+    memcpy(p->err, p->ps.err, DP_ERR);
+  } else {
+    p->rc = dp_prerecv_run(&p->pr);
+    memcpy(p->err, p->pr.err, DP_ERR);
   }
   /* One call into JavaScript per thread, queued: if the environment is going away it is dropped. */
   char *msg = p->rc == 0 ? NULL : strdup(p->err[0] ? p->err : "failed");
@@ -162,6 +170,8 @@ static void release(plane *p, int teardown) {
   p->nrefs = 0;
   OPENSSL_cleanse(p->f.secret, DP_SECRET);
   OPENSSL_cleanse(p->s.secret, DP_SECRET);
+  OPENSSL_cleanse(p->ps.secret, DP_SECRET);
+  OPENSSL_cleanse(p->pr.secret, DP_SECRET);
 }
 
 static void cleanup_hook(void *arg) {
@@ -195,7 +205,7 @@ static napi_value start(napi_env env, plane *p, napi_value on_exit) {
     free(p);
     return fail(env, "dataplane: cannot make the thread's eventfd or callback");
   }
-  p->f.wakefd = p->s.wakefd = p->wakefd; /* before the thread starts */
+  p->f.wakefd = p->s.wakefd = p->ps.wakefd = p->pr.wakefd = p->wakefd; /* before the thread starts */
   napi_unref_threadsafe_function(env, p->tsfn); /* a running plane does not keep the process alive */
   napi_value handle;
   if (napi_create_external(env, p, finalize, NULL, &handle) != napi_ok) {
@@ -221,7 +231,7 @@ static plane *new_plane(napi_env env, int kind) {
   p->kind = kind;
   p->env = env;
   p->wakefd = p->sock = -1;
-  p->f.stop = p->s.stop = &p->stop;
+  p->f.stop = p->s.stop = p->ps.stop = p->pr.stop = &p->stop;
   return p;
 }
 
@@ -347,6 +357,82 @@ bad:
   return NULL;
 }
 
+/* startPrecopySend(options, onExit) -> handle. Takes options.sock (closed when the plane is released). */
+static napi_value f_start_presend(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 2) return fail(env, "startPrecopySend(options, onExit)");
+  plane *p = new_plane(env, KIND_PRESEND);
+  if (!p) return fail(env, "out of memory");
+  dp_presend_args *a = &p->ps;
+  napi_value o = argv[0];
+  int realtime = 0;
+  double pages;
+  size_t words = 0;
+  if (!get_common(env, p, o, &a->sock, &a->role, &a->timeout_ms, &realtime) || !get_num(env, o, "maxPages", 0, 1u << 31, &pages)) goto bad;
+  a->max_pages = (uint32_t)pages;
+  if (!(a->memory = get_array(env, p, o, "memory", napi_uint8_array, 1, 1, NULL))) goto bad;
+  words = (a->max_pages + 31) / 32;
+  if (!(a->pages = get_array(env, p, o, "pages", napi_uint32_array, 4, words ? words : 1, NULL)) ||
+      !(a->job = get_array(env, p, o, "job", napi_int32_array, 4, PJ_SLOTS, NULL)) ||
+      !(a->stats = get_array(env, p, o, "stats", napi_float64_array, 8, PS_SLOTS, NULL)) || !get_secret(env, p, o, a->secret))
+    goto bad;
+  p->sock = a->sock;
+  return start(env, p, argv[1]);
+bad:
+  release(p, 0);
+  free(p);
+  return NULL;
+}
+
+/* startPrecopyReceive(options, onExit) -> handle. Takes options.sock (closed when the plane is released). */
+static napi_value f_start_prerecv(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 2) return fail(env, "startPrecopyReceive(options, onExit)");
+  plane *p = new_plane(env, KIND_PRERECV);
+  if (!p) return fail(env, "out of memory");
+  dp_prerecv_args *a = &p->pr;
+  napi_value o = argv[0];
+  int realtime = 0;
+  double v, base;
+  size_t table = 0;
+  if (!get_common(env, p, o, &a->sock, &a->role, &a->timeout_ms, &realtime) || !get_num(env, o, "uffd", 0, 1 << 30, &v)) goto bad;
+  a->uffd = (int)v;
+  if (!get_num(env, o, "base", 0, 9007199254740991.0, &base)) goto bad;
+  if ((uint64_t)base % DP_PAGE) {
+    fail(env, "dataplane: base must be page-aligned");
+    goto bad;
+  }
+  a->base = (uint64_t)base;
+  if (!(a->states = get_array(env, p, o, "states", napi_uint8_array, 1, 1, &table))) goto bad;
+  a->table_pages = (uint32_t)table;
+  if (!(a->state_counts = get_array(env, p, o, "stateCounts", napi_int32_array, 4, 3, NULL)) ||
+      !(a->limit = get_array(env, p, o, "limit", napi_int32_array, 4, 1, NULL)) ||
+      !(a->stats = get_array(env, p, o, "stats", napi_float64_array, 8, PR_SLOTS, NULL)) || !get_secret(env, p, o, a->secret))
+    goto bad;
+  {
+    napi_value dv;
+    napi_valuetype dt = napi_undefined;
+    bool has = false;
+    if (napi_has_named_property(env, o, "digest", &has) == napi_ok && has && napi_get_named_property(env, o, "digest", &dv) == napi_ok)
+      napi_typeof(env, dv, &dt);
+    if (dt != napi_undefined && dt != napi_null) {
+      size_t words = 0;
+      if (!(a->digest = get_array(env, p, o, "digest", napi_uint32_array, 4, 2, &words))) goto bad;
+      a->digest_pages = (uint32_t)(words / 2);
+    }
+  }
+  p->sock = a->sock;
+  return start(env, p, argv[1]);
+bad:
+  release(p, 0);
+  free(p);
+  return NULL;
+}
+
 /* stop(handle) -> error text of the thread's end, or null when it stopped cleanly. Joins the thread. */
 static napi_value f_stop(napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -366,10 +452,29 @@ static napi_value f_stop(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/* wake(handle): the thread looks at its job slots again (native precopy: a new pass, or CLOSE). */
+static napi_value f_wake(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  plane *p = NULL;
+  napi_valuetype t = napi_undefined;
+  if (argc >= 1) napi_typeof(env, argv[0], &t);
+  if (t != napi_external || napi_get_value_external(env, argv[0], (void **)&p) != napi_ok || !p) return fail(env, "wake(handle)");
+  if (p->running && p->wakefd >= 0) {
+    uint64_t one = 1;
+    (void)!write(p->wakefd, &one, sizeof one);
+  }
+  return NULL;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor d[] = {
       {"startFault", NULL, f_start_fault, NULL, NULL, NULL, napi_default, NULL},
       {"startAnswer", NULL, f_start_answer, NULL, NULL, NULL, napi_default, NULL},
+      {"startPrecopySend", NULL, f_start_presend, NULL, NULL, NULL, napi_default, NULL},
+      {"startPrecopyReceive", NULL, f_start_prerecv, NULL, NULL, NULL, napi_default, NULL},
+      {"wake", NULL, f_wake, NULL, NULL, NULL, napi_default, NULL},
       {"stop", NULL, f_stop, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof d / sizeof d[0], d);

@@ -353,7 +353,7 @@ int dp_conn_next(dp_conn *c, dp_frame *f) {
     dp_set_err(c->err, "refused frame %llu: reserved header bytes are not zero", (unsigned long long)c->rx.seq);
     return -1;
   }
-  if (type < DP_FINISHED || type > DP_PAGES) {
+  if (type < DP_FINISHED || type > DP_CLOSE) {
     dp_set_err(c->err, "refused frame %llu: unknown type %u", (unsigned long long)c->rx.seq, type);
     return -1;
   }

@@ -63,6 +63,44 @@ export interface AnswerThreadOptions extends CommonOptions {
   stats: Float64Array;
 }
 
+export interface PrecopySendOptions extends CommonOptions {
+  /** The running guest's memory from page 0 (it only grows, in place: pages up to a pass's limit are read). */
+  memory: Uint8Array;
+  /** Pages the `pages` bitmap covers (the reservation). */
+  maxPages: number;
+  /** PageBitmap words: the pages of the pass TypeScript asks for. */
+  pages: Uint32Array;
+  /** PrecopyJob slots TypeScript writes before wake(). */
+  job: Int32Array;
+  /** PrecopySendStat slots. */
+  stats: Float64Array;
+}
+
+export interface PrecopyReceiveOptions extends CommonOptions {
+  /** The guest memory's userfaultfd (holes are placed with UFFDIO_COPY). Not taken. */
+  uffd: number;
+  base: number;
+  /** PageStateTable bytes and counts, as FaultThreadOptions. */
+  states: Uint8Array;
+  stateCounts: Int32Array;
+  /** [pages in the memory now]: frames beyond wait until TypeScript raises it (GROW). */
+  limit: Int32Array;
+  /** PrecopyReceiveStat slots. */
+  stats: Float64Array;
+  digest?: Uint32Array;
+}
+
+/** Int32 slots of a native precopy sender's job (dp.h PJ_*). */
+export const PrecopyJob = { PASS_SEQ: 0, PASS: 1, LIMIT: 2, OTHERS_ZERO: 3, CLOSE: 4, SLOTS: 8 } as const;
+/** Float64 slots of the precopy sender's stats (PS_*). */
+export const PrecopySendStat = { PASS_DONE: 0, DATA_PAGES: 1, ZERO_PAGES: 2, BYTES_SENT: 3, BYTES_RECEIVED: 4, STATE: 5, SLOTS: 8 } as const;
+/** Float64 slots of the precopy receiver's stats (PR_*): MARK is the last pass placed + 1. */
+export const PrecopyReceiveStat = {
+  MARK: 0, DATA_PAGES: 1, ZERO_PAGES: 2, FRAMES: 3, BYTES_SENT: 4, BYTES_RECEIVED: 5, STATE: 6, CLOSED: 7,
+  /** From here, per pass (pass % MARK_RING_LEN): the pages placed (data + zero) when its MARK came. */
+  MARK_RING: 8, MARK_RING_LEN: 256, SLOTS: 8 + 256,
+} as const;
+
 /** An opaque handle of a running thread. */
 export type DataplaneHandle = object & { readonly __dataplane: unique symbol };
 
@@ -70,6 +108,11 @@ export interface FerryDataplane {
   /** Starts the destination's fault thread. onExit(error | null) is called once when the thread ends. */
   startFault(options: FaultThreadOptions, onExit: (error: string | null) => void): DataplaneHandle;
   startAnswer(options: AnswerThreadOptions, onExit: (error: string | null) => void): DataplaneHandle;
+  /** Native precopy (dp_precopy.c): the source's pass sender and the destination's receiver. */
+  startPrecopySend(options: PrecopySendOptions, onExit: (error: string | null) => void): DataplaneHandle;
+  startPrecopyReceive(options: PrecopyReceiveOptions, onExit: (error: string | null) => void): DataplaneHandle;
+  /** Makes the thread look at its job slots again. */
+  wake(handle: DataplaneHandle): void;
   /** Stops and joins the thread; returns why it ended (null: stopped, no failure). Idempotent. */
   stop(handle: DataplaneHandle): string | null;
 }

@@ -106,7 +106,12 @@ async function demo(opts: DemoFlags): Promise<number> {
   } finally {
     src?.child.kill('SIGKILL');
     dst?.child.kill('SIGKILL');
-    if (opts.keep) say(`kept ${dir}`);
+    // Kept: both hosts' stderr too (with FERRY_TRACE=phases, where the total time went).
+    if (opts.keep) {
+      if (src) writeFileSync(join(dir, 'source.err'), src.err);
+      if (dst) writeFileSync(join(dir, 'destination.err'), dst.err);
+      say(`kept ${dir}`);
+    }
     else rmSync(dir, { recursive: true, force: true });
   }
 }

@@ -6,7 +6,8 @@ import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from 'node:cr
 import type net from 'node:net';
 import { DataplaneRole, type DataplaneRoleValue } from '../../sys/dataplane.js';
 
-export const DataplaneFrame = { FINISHED: 1, REQUEST: 2, PAGES: 3 } as const;
+/** Frame types; ZERO, MARK and CLOSE are native precopy's (channel "precopy"). */
+export const DataplaneFrame = { FINISHED: 1, REQUEST: 2, PAGES: 3, ZERO: 4, MARK: 5, CLOSE: 6 } as const;
 export const DATAPLANE_MAGIC = Buffer.from('FERRYDP1');
 export const DATAPLANE_HELLO_BYTES = 40;
 export const DATAPLANE_HEADER_BYTES = 8;

@@ -17,7 +17,9 @@ import { DEFAULT_HANDSHAKE_MS, listen, type FramedChannel, type MigrationListene
 import type { ServiceAddress } from '../../net/service-address.js';
 import { ChunkAssembler, Feature, PageFrameChecker, WireError, type MessageOf } from '../wire/index.js';
 import { PageDigest } from '../verify/digest.js';
-import { IncomingMemory } from './incoming-memory.js';
+import { IncomingMemory, type DataplaneLink } from './incoming-memory.js';
+import type { PrecopyReceiver } from '../dataplane/precopy-plane.js';
+import { close as closeFd, dup } from '../../sys/fd.js';
 import { nativeFaultsEnabled } from '../dataplane/connect.js';
 import { ALL_FEATURES } from '../wire/index.js';
 import { UrgentRequests } from './urgent/requests.js';
@@ -87,6 +89,9 @@ export class MigrationDestination {
   private readonly admission: SourceAdmission;
   private readonly counts = { pass: 0, pagesReceived: 0 };
   private incoming: IncomingMemory | null = null;
+  /** Native precopy's receiving thread, and the data plane connection taken for it, until the commit. */
+  private nativePrecopy: PrecopyReceiver | null = null;
+  private earlyDataplane: DataplaneLink | null = null;
   private completion: SessionCompletion | null = null;
   private errorText: string | null = null;
   private readonly cache: ModuleCache;
@@ -119,7 +124,9 @@ export class MigrationDestination {
       // The native fault path, unless this host turns it off (FERRY_NATIVE_FAULTS=0): granted in
       // HELLO_ACK, and its connections taken; elsewhere that preface is refused as unknown.
       // FERRY_MOVE_SOCKETS=0 withholds SOCKETS: a source whose guest holds sockets is then refused.
-      features: (process.env.FERRY_MOVE_SOCKETS === '0' ? ALL_FEATURES & ~Feature.SOCKETS : ALL_FEATURES) | (nativeFaultsEnabled() ? Feature.NATIVE_FAULTS : 0),
+      // Native precopy (on the same connection) too, unless FERRY_NATIVE_PRECOPY=0 here.
+      features: (process.env.FERRY_MOVE_SOCKETS === '0' ? ALL_FEATURES & ~Feature.SOCKETS : ALL_FEATURES) |
+        (nativeFaultsEnabled() ? Feature.NATIVE_FAULTS | (process.env['FERRY_NATIVE_PRECOPY'] !== '0' ? Feature.NATIVE_PRECOPY : 0) : 0),
       ...(nativeFaultsEnabled() ? { dataplaneHandoff: (fd: number, _peer: string, sessionHex: string) => this.link.onDataplane(fd, sessionHex) } : {}),
     });
     this.link.urgentThread = thread = new UrgentRequests(this.opts.security, listener);
@@ -178,6 +185,10 @@ export class MigrationDestination {
       await bulk?.sendMessage({ type: 'ERROR', code, message: (err as Error).message.slice(0, 1000) }).catch(() => undefined);
       bulk?.destroy();
       await this.link.urgentThread?.terminate().catch(() => undefined);
+      this.nativePrecopy?.stop();
+      this.nativePrecopy = null;
+      if (this.earlyDataplane) closeFd(this.earlyDataplane.fd);
+      this.earlyDataplane = null;
       await this.incoming?.stop().catch(() => undefined);
       this.link.dropDataplane();
       await this.preparing?.then((p) => p.dispose()).catch(() => undefined);
@@ -212,6 +223,20 @@ export class MigrationDestination {
     const incoming = (this.incoming = new IncomingMemory(mem, new PageStateTable(mem.maxPageCount), this.link.urgentThread!, checker, digest, native));
     await incoming.start();
     this.link.dataplaneBytes = () => incoming.dataplaneBytes;
+    // Native precopy: the passes' pages come on the data plane connection, placed by a native
+    // thread from now until the source's CLOSE; the connection itself is kept for the commit.
+    const early = (this.earlyDataplane = native && (features & Feature.NATIVE_PRECOPY) !== 0 ? await this.link.takeDataplane(bulk) : null);
+    const precopyReceiver = early ? incoming.startNativePrecopy({ fd: dup(early.fd), secret: early.secret }) : null;
+    if (precopyReceiver) {
+      this.nativePrecopy = precopyReceiver;
+      this.phases.note('precopy (native precopy thread started)');
+      // A refused frame or a torn connection fails the migration at once, not at the next PASS_END.
+      void precopyReceiver.ended.then((err) => {
+        if (err === null || this.nativePrecopy !== precopyReceiver) return;
+        const failure = new MigrationError('protocol', `native precopy: ${err}; nothing was run`);
+        void bulk.sendMessage({ type: 'ERROR', code: 'BAD_STREAM', message: failure.message.slice(0, 1000) }).catch(() => undefined).finally(() => bulk.destroy(failure));
+      });
+    }
     this.phases.enter('precopy');
     const { staged, trace, postcopyBuffer, sockets } = await receiveUntilCommit({
       bulk,
@@ -220,6 +245,7 @@ export class MigrationDestination {
       mem,
       checker,
       incoming,
+      nativePrecopy: precopyReceiver,
       preparing,
       preopens: this.opts.preopens,
       stdio: this.opts.stdio,
@@ -231,7 +257,9 @@ export class MigrationDestination {
     });
     await this.link.urgentJoined(bulk.peer);
     // The source opened its data plane connection right after its bulk channel: here long since.
-    const dataplane = native ? await this.link.takeDataplane(bulk) : null;
+    const dataplane = early ?? (native ? await this.link.takeDataplane(bulk) : null);
+    this.earlyDataplane = null; // from here incoming.activate() owns it
+    this.nativePrecopy = null;
 
     // ---- switchover: every page is in place or pending; let the staged guest run ----
     this.phases.enter('switchover');

@@ -26,6 +26,7 @@ import { latencySummary, type PostcopyReport } from '../session/report.js';
 import { Userfaultfd, REGISTER_MODE } from '../../sys/uffd.js';
 import { registerReservation, type Registration } from '../../memory/uffd-registration.js';
 import { FaultPlane } from '../dataplane/fault-plane.js';
+import { PrecopyReceiver } from '../dataplane/precopy-plane.js';
 import { nativeFaultAround } from '../dataplane/connect.js';
 import { UrgentChannelError } from '../session/failures.js';
 
@@ -120,6 +121,24 @@ export class IncomingMemory {
     // stop() below may close ours while that thread still polls.
     this.urgent.setup({ placer: shared, checker: { maxBytes: this.checker.maxBytes, seen: this.checker.seenBuffer }, ring: this.ring.buffer, ringFd: dup(this.eventFd) });
     this.urgent.onPlaced = (pages, latenciesUs) => this.notePlaced(pages, latenciesUs);
+  }
+
+  /**
+   * Native precopy (Feature.NATIVE_PRECOPY): a native thread places the passes' pages from the data
+   * plane connection `link` (a descriptor of its own, taken) through this side's userfaultfd, with
+   * the same rules as placeData()/placeZero(), until the source's CLOSE.
+   */
+  startNativePrecopy(link: DataplaneLink): PrecopyReceiver {
+    if (!this.ownUffd) {
+      close(link.fd);
+      throw new Error('native precopy needs the native fault path');
+    }
+    const shared = this.states.shared();
+    return new PrecopyReceiver({
+      sock: link.fd, secret: link.secret, uffd: this.ownUffd.fd, base: this.mem.base,
+      states: new Uint8Array(shared.states, 0, shared.pageCount), stateCounts: new Int32Array(shared.counts, 0, 3),
+      pageCount: this.mem.pageCount, ...(this.digest ? { digest: new Uint32Array(this.digest.buffer) } : {}),
+    });
   }
 
   /** Precopy data: pages [first, first+count) get `bytes` (newer copies replace older ones). */

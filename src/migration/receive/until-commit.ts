@@ -17,6 +17,7 @@ import { MigrationError } from '../session/report.js';
 import type { DowntimePriority } from '../../sys/sched.js';
 import type { AddressMove } from '../../net/address-hooks.js';
 import { IncomingSockets } from './sockets.js';
+import type { PrecopyReceiver } from '../dataplane/precopy-plane.js';
 
 /** A PING after at least this much stream since the last collection is answered after one. */
 const GC_BEFORE_PONG_BYTES = 16 * 1024 * 1024;
@@ -28,6 +29,8 @@ export interface PrecommitContext {
   mem: GuestMemory;
   checker: PageFrameChecker;
   incoming: IncomingMemory;
+  /** Native precopy's receiving thread (Feature.NATIVE_PRECOPY): PASS_END waits for its MARK, the pause barrier for its CLOSE. */
+  nativePrecopy: PrecopyReceiver | null;
   /** The guest's thread, instrumenting or waiting for its state. */
   preparing: Promise<PreparedGuest>;
   preopens: Preopen[];
@@ -76,6 +79,8 @@ async function untilCommit(c: PrecommitContext, got: { sockets: IncomingSockets 
   let prepared = false;
   const streamStart = performance.now();
   let postcopyBuffer = 0;
+  let nativeOpen = c.nativePrecopy !== null;
+  let nativeCounted = 0;
   for (;;) {
     const r = await bulk.recvWithOffset();
     if (!r) throw new WireError('TRUNCATED', bulk.bytesReceived, 'the stream ended before the commit; nothing was run');
@@ -92,12 +97,23 @@ async function untilCommit(c: PrecommitContext, got: { sockets: IncomingSockets 
       case 'GROW':
         checker.checkGrow(msg, offset);
         mem.grow((msg.newBytes - mem.sizeBytes) / WASM_PAGE_SIZE);
+        c.nativePrecopy?.setPageCount(mem.pageCount);
         continue;
       case 'PASS_END':
-        checker.checkPassEnd(msg, offset);
+      {
+        // Native precopy: the pass's pages came on the data plane; what follows here must see them placed.
+        let nativePages = 0;
+        if (nativeOpen) {
+          const placed = await c.nativePrecopy!.passPlaced(msg.pass);
+          nativePages = placed - nativeCounted;
+          nativeCounted += nativePages;
+          counts.pagesReceived += nativePages;
+        }
+        checker.checkPassEnd(msg, offset, nativePages);
         counts.pass = msg.pass + 1;
         c.onPassEnd();
         continue;
+      }
       case 'DISCARD':
         trace?.mark(`DISCARD ${msg.ranges.length} ranges`);
         for (const range of msg.ranges) {
@@ -154,7 +170,9 @@ async function untilCommit(c: PrecommitContext, got: { sockets: IncomingSockets 
         // counts the time a busy receiver takes to acknowledge).
         if (postcopyBuffer === 0) {
           const rcvRttUs = bulk.pathInfo()?.rcvRttUs ?? 0;
-          const rate = (bulk.bytesReceived / Math.max(1, performance.now() - streamStart)) * 1000;
+          // With native precopy the pages came on the data plane: its bytes are the stream's too.
+          const streamed = bulk.bytesReceived + (c.nativePrecopy?.read().bytesReceived ?? 0);
+          const rate = (streamed / Math.max(1, performance.now() - streamStart)) * 1000;
           postcopyBuffer = postcopyBufferBytes(rate, rcvRttUs);
           c.phases.note(`switchover (path: ${(rate / 1e6).toFixed(1)} MB/s, rtt ${rcvRttUs} us: postcopy buffers ${postcopyBuffer} bytes)`);
         }
@@ -181,6 +199,14 @@ async function untilCommit(c: PrecommitContext, got: { sockets: IncomingSockets 
   }
   trace ??= new SwitchoverTrace('destination');
   trace.mark('COMMIT');
+  if (nativeOpen) {
+    // The source closes its native precopy stream before its pause (postcopy), or after the last
+    // pages it sends there inside the downtime (stop-and-copy): either way every page it sent is
+    // placed once the thread has answered CLOSE.
+    await c.nativePrecopy!.closed();
+    trace.mark('native precopy stream closed');
+    c.phases.note('switchover (native precopy stream closed)');
+  }
   if (!staged) throw new WireError('BAD_ORDER', bulk.bytesReceived, 'COMMIT without a (whole) guest state');
   if (mem.sizeBytes !== stateMemoryBytes) throw new MigrationError('protocol', `the memory grew to ${mem.sizeBytes} bytes after the guest state was sent`);
   return { staged, stateMemoryBytes, trace, postcopyBuffer, sockets: got.sockets };

@@ -12,7 +12,7 @@ import type { PageReaderSpec } from './page-provider.js';
 import { Feature } from '../wire/index.js';
 import { connectDataplane, nativeBulkEnabled } from '../dataplane/connect.js';
 import { dataplaneSecret } from '../dataplane/keys.js';
-import { close as closeFd } from '../../sys/fd.js';
+import { close as closeFd, dup } from '../../sys/fd.js';
 import type { AnswerLink } from './postcopy-source.js';
 
 /** Attempts at the urgent channel (and the data plane connection) before the migration fails, and the wait after the first. */
@@ -55,6 +55,8 @@ export class SourceLink {
    * the thread's owner keeps its own total across reconnections.
    */
   dataplaneBytes: () => { sent: number; received: number } = () => ({ sent: 0, received: 0 });
+  /** Bytes of the native precopy stream on the data plane connection (set while it runs, kept after). */
+  precopyBytes: () => { sent: number; received: number } = () => ({ sent: 0, received: 0 });
   /** The native data plane connection (Feature.NATIVE_FAULTS) until takeAnswerLink() hands it on; -1: none. */
   private dataplaneFd = -1;
 
@@ -152,6 +154,16 @@ export class SourceLink {
     return { fd, secret: dataplaneSecret(this.bulk!.tlsSocket, this.sessionId), memory, bulk };
   }
 
+  /**
+   * For native precopy (Feature.NATIVE_PRECOPY granted): a descriptor of its own (dup) of the data
+   * plane connection and the keys' secret; the link keeps the connection for the postcopy threads.
+   */
+  precopyLink(): { fd: number; secret: Uint8Array } | null {
+    const features = this.bulk?.session?.features ?? 0;
+    if (this.dataplaneFd < 0 || (features & Feature.NATIVE_PRECOPY) === 0 || (features & Feature.NATIVE_FAULTS) === 0) return null;
+    return { fd: dup(this.dataplaneFd), secret: dataplaneSecret(this.bulk!.tlsSocket, this.sessionId) };
+  }
+
   /** Ends both channels now (the urgent one still opening as soon as it opens). */
   destroy(err?: Error): void {
     this.closeDataplane();
@@ -168,11 +180,11 @@ export class SourceLink {
 
   // Both count every connection of the migration, reconnections and the native data plane included.
   bytesSent(): number {
-    return this.priorBytesSent + (this.bulk?.bytesSent ?? 0) + (this.urgent?.bytesSent ?? 0) + this.dataplaneBytes().sent;
+    return this.priorBytesSent + (this.bulk?.bytesSent ?? 0) + (this.urgent?.bytesSent ?? 0) + this.dataplaneBytes().sent + this.precopyBytes().sent;
   }
 
   bytesReceived(): number {
-    return this.priorBytesReceived + (this.bulk?.bytesReceived ?? 0) + (this.urgent?.bytesReceived ?? 0) + this.dataplaneBytes().received;
+    return this.priorBytesReceived + (this.bulk?.bytesReceived ?? 0) + (this.urgent?.bytesReceived ?? 0) + this.dataplaneBytes().received + this.precopyBytes().received;
   }
 
   /** Opens the data plane connection (key-confirmed at once); a failed attempt is tried again, as the urgent channel's. */

@@ -3,17 +3,20 @@
 // convergence decision (convergence.ts) says stop-and-copy, postcopy, or give up.
 import { HOST_PAGE_SIZE } from '../../memory/guest-memory.js';
 import type { DirtyTracker } from '../../memory/dirty-tracker.js';
-import type { PageBitmap } from '../../memory/page-bitmap.js';
 import type { FramedChannel } from '../transport/index.js';
 import { MigrationError, type MigrationMode } from '../session/report.js';
 import { decideAfterPass } from './convergence.js';
 import type { AnnouncedSize } from './memory-size.js';
 import type { PageProvider } from './page-provider.js';
 import type { PageSender } from './page-sender.js';
+import { PageBitmap } from '../../memory/page-bitmap.js';
+import type { PrecopySender } from '../dataplane/precopy-plane.js';
 
 export interface PrecopyContext {
   bulk: FramedChannel;
   sender: PageSender;
+  /** Native precopy (Feature.NATIVE_PRECOPY): the passes' pages go on the data plane through this thread; null: on the bulk channel. */
+  native: PrecopySender | null;
   tracker: DirtyTracker;
   pages: PageProvider;
   size: AnnouncedSize;
@@ -23,6 +26,8 @@ export interface PrecopyContext {
   bytesSent: () => number;
   /** Throws if the migration was cancelled. */
   checkCancelled: () => void;
+  /** A trace line (FERRY_TRACE=phases). */
+  note?: (what: string) => void;
   /** The figures below changed. */
   report: () => void;
 }
@@ -41,15 +46,20 @@ export class Precopy {
   async run(): Promise<{ dirty: PageBitmap; converged: boolean }> {
     const { bulk, sender, tracker, size, opts } = this.c;
     tracker.start();
+    this.bytesAtStart = this.c.bytesSent();
     let passStart = performance.now();
     let bytesAtPassStart = this.c.bytesSent();
     // Pass 0 covers the memory as scanned, which may have grown since SETUP (a guest that
     // allocates as it starts: cmark reading its input): announce that size before its pages.
     const residency = this.c.pages.residency();
     await size.grow(residency.present.size * HOST_PAGE_SIZE);
-    await sender.sendLayout(residency.present, residency.zero, residency.present.size, { between: this.c.checkCancelled });
-    await sender.flush();
+    if (this.c.native) await this.nativePassZero(this.c.native, residency.present, residency.zero, residency.present.size);
+    else {
+      await sender.sendLayout(residency.present, residency.zero, residency.present.size, { between: this.c.checkCancelled });
+      await sender.flush();
+    }
     await bulk.sendMessage({ type: 'PASS_END', pass: 0, dirtyPages: sender.counters.pagesSent });
+    this.notePass(passStart, sender.counters.pagesSent);
 
     // Passes 1..n: pages written since the previous pass.
     let minDirty = Infinity;
@@ -87,9 +97,59 @@ export class Precopy {
       passStart = performance.now();
       bytesAtPassStart = this.c.bytesSent();
       await size.grow();
-      const sent = await sender.sendSet(dirty, this.c.pages.pageCount);
+      const sent = this.c.native ? await this.nativePass(this.c.native, dirty, this.c.pages.pageCount) : await sender.sendSet(dirty, this.c.pages.pageCount);
       await sender.flush();
       await bulk.sendMessage({ type: 'PASS_END', pass: this.pass, dirtyPages: sent });
+      this.notePass(passStart, sent);
     }
   }
+
+  /** FERRY_TRACE=phases: each pass's pages, time and rate (where precopy's time goes). */
+  private notePass(start: number, pages: number): void {
+    const ms = performance.now() - start;
+    this.c.note?.(`precopy (pass ${this.pass}: ${pages} pages in ${ms.toFixed(1)} ms, ${((this.c.bytesSent() - this.bytesAtStart) / 1e6).toFixed(1)} MB so far${this.c.native ? ', native' : ''})`);
+  }
+  private bytesAtStart = 0;
+
+  /**
+   * Pass 0 natively: the present pages that are not mapped to the zero page as data (those that
+   * read as zero go as ZERO), every other page below `pageCount` as ZERO (never touched or
+   * zero-mapped). The counters say what the JavaScript sender's would.
+   */
+  private async nativePassZero(native: PrecopySender, present: PageBitmap, zero: PageBitmap, pageCount: number): Promise<void> {
+    const data = new PageBitmap(pageCount);
+    for (let w = 0; w < data.words.length; w++) data.words[w] = (present.words[w] ?? 0) & ~(zero.words[w] ?? 0);
+    const presentPages = countBelow(present, pageCount);
+    const before = native.read();
+    await native.sendPass(0, data, pageCount, true);
+    this.c.checkCancelled();
+    const after = native.read();
+    const counters = this.c.sender.counters;
+    counters.pagesSent += pageCount;
+    counters.untouchedPages += pageCount - presentPages;
+    counters.dataPages += after.dataPages - before.dataPages;
+    counters.zeroPages += after.zeroPages - before.zeroPages - (pageCount - presentPages);
+  }
+
+  /** A later pass natively: every page of `dirty` below `pageCount`; returns how many. */
+  private async nativePass(native: PrecopySender, dirty: PageBitmap, pageCount: number): Promise<number> {
+    const before = native.read();
+    await native.sendPass(this.pass, dirty, pageCount, false);
+    const after = native.read();
+    const sent = countBelow(dirty, pageCount);
+    const counters = this.c.sender.counters;
+    counters.pagesSent += sent;
+    counters.dataPages += after.dataPages - before.dataPages;
+    counters.zeroPages += after.zeroPages - before.zeroPages;
+    return sent;
+  }
+}
+
+function countBelow(set: PageBitmap, limit: number): number {
+  let n = 0;
+  for (const [s, e] of set.runs()) {
+    if (s >= limit) break;
+    n += Math.min(e, limit) - s;
+  }
+  return n;
 }

@@ -24,6 +24,7 @@ import { PageSender } from './page-sender.js';
 import { SourceLink } from './link.js';
 import { nativeFaultsEnabled } from '../dataplane/connect.js';
 import { AfterCommit } from './after-commit.js';
+import { nativePrecopyEnabled, PrecopySender } from '../dataplane/precopy-plane.js';
 import { LiveMemoryProvider } from './live-memory.js';
 import { AnnouncedSize } from './memory-size.js';
 import { Precopy } from './precopy.js';
@@ -44,6 +45,8 @@ export class MigrationSource {
   private readonly after: AfterCommit;
   private sender: PageSender | null = null;
   private precopy: Precopy | null = null;
+  /** The native precopy stream's thread (Feature.NATIVE_PRECOPY), from the handshake to the switchover. */
+  private nativePrecopy: PrecopySender | null = null;
   private cancelled = false;
   private committed = false;
   private errorText: string | null = null;
@@ -59,8 +62,10 @@ export class MigrationSource {
     this.pages = new LiveMemoryProvider(new GuestMemory(guest.memory, guest.maxMemoryBytes / WASM_PAGE_SIZE));
     this.link = new SourceLink({ host: opts.host, port: opts.port, security: opts.security }, {
       // DIGEST is offered only for --verify: the destination then hashes every page it places.
-      // The native fault path (on unless FERRY_NATIVE_FAULTS=0) is offered where postcopy may happen.
-      features: (opts.verify ? ALL_FEATURES : ALL_FEATURES & ~Feature.DIGEST) | (nativeFaultsEnabled() && opts.mode !== 'precopy' ? Feature.NATIVE_FAULTS : 0),
+      // The native fault path (on unless FERRY_NATIVE_FAULTS=0) is offered where postcopy may happen,
+      // and its connection wherever native precopy rides on it (unless turned off, or rate-capped:
+      // --max-bandwidth's token bucket is the bulk channel's).
+      features: (opts.verify ? ALL_FEATURES : ALL_FEATURES & ~Feature.DIGEST) | nativeFeatures(opts),
       maxBandwidth: opts.maxBandwidth,
       pages: this.pages.readerSpec,
       maxPages: this.pages.maxPages,
@@ -133,6 +138,7 @@ export class MigrationSource {
       this.phases.enter(this.cancelled ? 'cancelled' : 'failed');
       this.errorText = (err as Error).message;
       tracker.stop();
+      this.nativePrecopy?.stop();
       this.link.destroy();
       if (!this.committed) {
         // The sockets first: the guest must find its connections out of repair mode, and adopt
@@ -186,14 +192,29 @@ export class MigrationSource {
 
     this.phases.enter('precopy');
     const sender = (this.sender = new PageSender(bulk, this.pages));
+    const precopyLink = this.link.precopyLink();
+    if (precopyLink) {
+      const native = (this.nativePrecopy = new PrecopySender({ sock: precopyLink.fd, secret: precopyLink.secret, memory: mem.view(), maxPages: this.pages.maxPages }));
+      this.link.precopyBytes = () => {
+        const s = native.read();
+        return { sent: s.bytesSent, received: s.bytesReceived };
+      };
+      this.phases.note('precopy (native precopy thread started)');
+    }
     const size = new AnnouncedSize(mem, bulk, sender, setupBytes);
     const precopy = (this.precopy = new Precopy({
-      bulk, sender, tracker, pages: this.pages, size, opts, t0: this.t0,
+      bulk, sender, native: this.nativePrecopy, tracker, pages: this.pages, size, opts, t0: this.t0, note: (what) => this.phases.note(what),
       bytesSent: () => this.link.bytesSent(), checkCancelled: () => this.checkCancelled(), report: () => this.report(),
     }));
     const { dirty, converged } = await precopy.run();
 
     const postcopy = opts.mode !== 'precopy' && !converged;
+    if (this.nativePrecopy && postcopy) {
+      // CLOSE each way before the pause: the postcopy threads later start on this connection
+      // afresh. (A stop-and-copy sends its last pages on it inside the downtime, then closes it.)
+      await this.nativePrecopy.close();
+      this.phases.note('precopy (native precopy stream closed)');
+    }
     this.effectiveMode = postcopy ? 'postcopy' : 'precopy';
     const sw = await switchOver({
       guest, link: this.link, sender, tracker, pages: this.pages, size, phases: this.phases,
@@ -202,6 +223,7 @@ export class MigrationSource {
       socketsMove,
       addressMove: { addresses: opts.serviceAddresses ?? [], hook: opts.onRelease },
       onFrozen: (s) => (this.sockets = s),
+      native: this.nativePrecopy && !postcopy ? { sender: this.nativePrecopy, pass: precopy.pass + 1 } : null,
     }, postcopy, dirty);
     this.sockets?.committed();
     const { bufferBytes } = await this.after.awaitRunning(sw.tPause, postcopy);
@@ -263,6 +285,14 @@ export class MigrationSource {
   private report(): void {
     this.opts.onProgress?.(this.progress());
   }
+}
+
+/** The native data plane features a source offers. */
+function nativeFeatures(opts: SourceOptions): number {
+  if (!nativeFaultsEnabled()) return 0;
+  const precopy = nativePrecopyEnabled() && !opts.maxBandwidth;
+  if (opts.mode === 'precopy' && !precopy) return 0;
+  return Feature.NATIVE_FAULTS | (precopy ? Feature.NATIVE_PRECOPY : 0);
 }
 
 /** Why a migration ended when its guest did, before the commit. */

@@ -20,6 +20,7 @@ import type { AnnouncedSize } from './memory-size.js';
 import type { PageSender } from './page-sender.js';
 import { OutgoingSockets } from './sockets.js';
 import type { AddressMove } from '../../net/address-hooks.js';
+import type { PrecopySender } from '../dataplane/precopy-plane.js';
 
 /** Postcopy DISCARD rounds before the pause, at most; the rounds stop once one is this small. */
 const DISCARD_ROUNDS = 4;
@@ -44,6 +45,12 @@ export interface SwitchoverContext {
   addressMove: AddressMove;
   /** The sockets are frozen: the owner thaws them on a failure before the commit. */
   onFrozen: (s: OutgoingSockets) => void;
+  /**
+   * Native precopy's stream, still open for a stop-and-copy: the last written pages go on it as one
+   * more pass (the destination's JavaScript placement, never used in native passes, would run cold
+   * inside the downtime), then CLOSE. Null: closed already (postcopy), or not native.
+   */
+  native: { sender: PrecopySender; pass: number } | null;
 }
 
 export interface Switched {
@@ -174,7 +181,17 @@ export async function switchOver(c: SwitchoverContext, postcopy: boolean, dirty:
     last = tracker.peekRuns();
     trace.mark('collected');
     for (const [first, end] of last) dirty.addRange(first, end);
-    await sender.sendSet(dirty, pageCount);
+    if (c.native) {
+      const before = c.native.sender.read();
+      await c.native.sender.sendPass(c.native.pass, dirty, pageCount, false);
+      const after = c.native.sender.read();
+      sender.counters.pagesSent += after.dataPages - before.dataPages + after.zeroPages - before.zeroPages;
+      sender.counters.dataPages += after.dataPages - before.dataPages;
+      sender.counters.zeroPages += after.zeroPages - before.zeroPages;
+      // CLOSE, answered once the destination's thread has placed every page before it.
+      await c.native.sender.close();
+      trace.mark('last pages sent natively, precopy stream closed');
+    } else await sender.sendSet(dirty, pageCount);
   }
   queue(sender.flush());
   queue(bulk.sendMessage({ type: 'COMMIT' }));

@@ -28,6 +28,12 @@ export const Feature = {
    * inside the downtime, before STATE. A source whose guest holds sockets refuses to start without it.
    */
   SOCKETS: 1 << 4,
+  /**
+   * Precopy's pages travel on the native data plane connection too (needs NATIVE_FAULTS; docs/wire-format.md
+   * "Native precopy"). Offered unless FERRY_NATIVE_PRECOPY=0 or FERRY_NATIVE_BULK=0 or --max-bandwidth;
+   * never part of ALL_FEATURES.
+   */
+  NATIVE_PRECOPY: 1 << 5,
 } as const;
 export const ALL_FEATURES = Feature.POSTCOPY | Feature.RECOVERY | Feature.DIGEST | Feature.SOCKETS;
 

@@ -93,10 +93,11 @@ export class PageFrameChecker {
     this.currentBytes = newBytes;
   }
 
-  checkPassEnd(msg: MessageOf<'PASS_END'>, frameOffset: number): void {
+  /** `nativePages`: the pass's pages that came on the native data plane instead (native precopy). */
+  checkPassEnd(msg: MessageOf<'PASS_END'>, frameOffset: number, nativePages = 0): void {
     if (msg.pass !== this.passNo) throw new WireError('BAD_ORDER', frameOffset, `PASS_END for pass ${msg.pass}, expected ${this.passNo}`);
-    if (msg.dirtyPages !== this.pagesThisPass) {
-      throw new WireError('BAD_ORDER', frameOffset, `PASS_END says pass ${msg.pass} carried ${msg.dirtyPages} pages, received ${this.pagesThisPass}`);
+    if (msg.dirtyPages !== this.pagesThisPass + nativePages) {
+      throw new WireError('BAD_ORDER', frameOffset, `PASS_END says pass ${msg.pass} carried ${msg.dirtyPages} pages, received ${this.pagesThisPass + nativePages}`);
     }
     this.seen.fill(0);
     this.passNo++;

@@ -1,0 +1,182 @@
+// Native precopy (native/dataplane/dp_precopy.c) driven from TypeScript: the source's pass sender and
+// the destination's receiver, each facing the other or the TypeScript implementation of the framing
+// (src/migration/dataplane/frames.ts, channel "precopy") as a controlled or hostile peer. Real
+// userfaultfd on a real guest memory, real loopback TCP; every wait is for an event.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { PrecopyReceiver, PrecopySender } from '../src/migration/dataplane/precopy-plane.js';
+import { DataplaneFrame, DataplanePeer } from '../src/migration/dataplane/frames.js';
+import { takeSocketFd } from '../src/migration/dataplane/socket-fd.js';
+import { DataplaneRole } from '../src/sys/dataplane.js';
+import { PageState } from '../src/memory/page-state.js';
+import { PageBitmap } from '../src/memory/page-bitmap.js';
+import { PageDigest, pageHash } from '../src/migration/verify/digest.js';
+import { PAGE, destination, loopbackPair, patternOf, sourceImage, type Destination } from './fixtures/dataplane/loopback.js';
+
+const WASM_PAGES = 4; // 64 host pages
+const PAGES = WASM_PAGES * 16;
+
+function receiverFor(d: Destination, sock: number, secret: Uint8Array, pageCount = PAGES, digest?: PageDigest): PrecopyReceiver {
+  const shared = d.states.shared();
+  return new PrecopyReceiver({
+    sock, secret, uffd: d.uffd.fd, base: d.mem.base, states: new Uint8Array(shared.states, 0, shared.pageCount),
+    stateCounts: new Int32Array(shared.counts, 0, 3), pageCount, ...(digest ? { digest: new Uint32Array(digest.buffer) } : {}),
+  });
+}
+
+/** A native receiver facing a TypeScript peer playing the source. */
+async function receiverFacingPeer(d: Destination, pageCount = PAGES, digest?: PageDigest): Promise<{ recv: PrecopyReceiver; peer: DataplanePeer }> {
+  const secret = randomBytes(32);
+  const [a, b] = await loopbackPair();
+  const recv = receiverFor(d, takeSocketFd(b), secret, pageCount, digest);
+  const peer = await DataplanePeer.open(a, secret, DataplaneRole.CONNECTOR, 'precopy');
+  return { recv, peer };
+}
+
+const run = (first: number, count: number) => {
+  const b = Buffer.alloc(8);
+  b.writeUInt32BE(first, 0);
+  b.writeUInt32BE(count, 4);
+  return b;
+};
+
+const wordAt = (d: Destination, p: number) => new DataView(d.mem.view().buffer).getInt32(p * PAGE, true);
+
+test('sender to receiver: two passes place every page (holes by UFFDIO_COPY, received pages overwritten), zero pages become known-zero, and CLOSE ends both', async () => {
+  const d = destination(WASM_PAGES, Array.from({ length: PAGES }, (_, p) => p));
+  const src = sourceImage(PAGES);
+  // Pages 10..19 read as zero in the source: they must go as ZERO, not as bytes.
+  src.memory.fill(0, 10 * PAGE, 20 * PAGE);
+  const secret = randomBytes(32);
+  const [a, b] = await loopbackPair();
+  const digest = new PageDigest(PAGES * PAGE);
+  const recv = receiverFor(d, takeSocketFd(b), secret, PAGES, digest);
+  const send = new PrecopySender({ sock: takeSocketFd(a), secret, memory: src.memory, maxPages: PAGES });
+  try {
+    // Pass 0: pages 0..39 as data, the rest (40..63) as never touched (ZERO).
+    await send.sendPass(0, new PageBitmap(PAGES).addRange(0, 40), PAGES, true);
+    await recv.passPlaced(0);
+    for (const p of [0, 9, 20, 39]) {
+      assert.equal(d.states.get(p), PageState.RECEIVED, `page ${p}`);
+      assert.equal(wordAt(d, p), patternOf(p));
+    }
+    for (const p of [10, 19, 40, 63]) assert.equal(d.states.get(p), PageState.KNOWN_ZERO, `page ${p}`);
+    assert.deepEqual(send.read().dataPages, 30);
+    assert.deepEqual(send.read().zeroPages, 34);
+    // Pass 1: the guest rewrote page 5 (present: overwritten in place) and page 50 (a hole: copied), and zeroed page 7.
+    new DataView(src.memory.buffer).setInt32(5 * PAGE, 0x5eed, true);
+    new DataView(src.memory.buffer).setInt32(50 * PAGE, 0x5050, true);
+    src.memory.fill(0, 7 * PAGE, 8 * PAGE);
+    await send.sendPass(1, PageBitmap.fromPages(PAGES, [5, 7, 50]), PAGES, false);
+    await recv.passPlaced(1);
+    assert.equal(wordAt(d, 5), 0x5eed);
+    assert.equal(wordAt(d, 50), 0x5050);
+    assert.equal(d.states.get(50), PageState.RECEIVED);
+    assert.ok(d.mem.view().subarray(7 * PAGE, 8 * PAGE).every((x) => x === 0), 'page 7 zeroed in place');
+    // --verify: the receiver recorded the newest bytes' hash of every page, zero pages included.
+    const hashes = new Uint32Array(digest.buffer);
+    for (const p of [5, 7, 10, 50]) {
+      const h = pageHash(src.memory.subarray(p * PAGE, (p + 1) * PAGE));
+      assert.deepEqual([hashes[2 * p], hashes[2 * p + 1]], h, `digest of page ${p}`);
+    }
+    assert.equal(recv.read().dataPages + recv.read().zeroPages, PAGES + 3);
+    await Promise.all([send.close(), recv.closed()]);
+  } finally {
+    send.stop();
+    recv.stop();
+    d.release();
+  }
+});
+
+test('a PAGES frame with one flipped bit is refused, never placed (injected fault: the peer flips it)', async () => {
+  const d = destination(WASM_PAGES, [2, 3]);
+  const { recv, peer } = await receiverFacingPeer(d);
+  try {
+    const frame = peer.seal(DataplaneFrame.PAGES, DataplanePeer.pagesBody(2, Buffer.alloc(2 * PAGE, 0x41)));
+    frame[8 + 8 + 100]! ^= 0x04; // one bit of the first page's ciphertext
+    peer.sock.write(frame);
+    assert.match((await recv.ended) ?? '', /failed authentication/);
+    assert.equal(d.states.get(2), PageState.PENDING);
+    assert.equal(d.states.get(3), PageState.PENDING);
+    assert.equal(recv.read().dataPages, 0);
+    assert.match(recv.stop() ?? '', /failed authentication/);
+    await assert.rejects(recv.passPlaced(0), /failed authentication/);
+  } finally {
+    recv.stop();
+    d.release();
+    peer.sock.destroy();
+  }
+});
+
+test('a connection torn in the middle of a pass ends the receiver with that reason; what arrived whole stays placed, the rest pending', async () => {
+  const d = destination(WASM_PAGES, [1, 2]);
+  const { recv, peer } = await receiverFacingPeer(d);
+  try {
+    peer.send(DataplaneFrame.PAGES, DataplanePeer.pagesBody(1, Buffer.alloc(PAGE, 0x11)));
+    const frame = peer.seal(DataplaneFrame.PAGES, DataplanePeer.pagesBody(2, Buffer.alloc(PAGE, 0x22)));
+    peer.sock.end(frame.subarray(0, 1000)); // half a frame, then the end of the stream
+    assert.match((await recv.ended) ?? '', /ended|closed/i);
+    assert.equal(d.states.get(1), PageState.RECEIVED);
+    assert.equal(d.states.get(2), PageState.PENDING);
+    await assert.rejects(recv.passPlaced(0));
+  } finally {
+    recv.stop();
+    d.release();
+    peer.sock.destroy();
+  }
+});
+
+test('a sender whose destination goes away mid-pass fails the pass with the reason', async () => {
+  const pages = 8192; // 32 MiB: more than the kernel's socket buffers hold, so the pass is still being written
+  const src = sourceImage(pages);
+  const secret = randomBytes(32);
+  const [a, b] = await loopbackPair();
+  const send = new PrecopySender({ sock: takeSocketFd(a), secret, memory: src.memory, maxPages: pages });
+  const peer = await DataplanePeer.open(b, secret, DataplaneRole.ACCEPTOR, 'precopy');
+  try {
+    const pass = send.sendPass(0, new PageBitmap(pages).addRange(0, pages), pages, false);
+    const first = await peer.next();
+    assert.equal(first?.type, DataplaneFrame.PAGES);
+    peer.sock.destroy(); // the destination is gone
+    await assert.rejects(pass, /native precopy/);
+  } finally {
+    send.stop();
+  }
+});
+
+test('pages beyond the memory wait for its growth (GROW on the bulk channel) and are then placed; outside the reservation they are refused', async () => {
+  const d = destination(WASM_PAGES, Array.from({ length: PAGES }, (_, p) => p));
+  const { recv, peer } = await receiverFacingPeer(d, 16);
+  try {
+    peer.send(DataplaneFrame.PAGES, DataplanePeer.pagesBody(20, Buffer.alloc(PAGE, 0x20)));
+    peer.send(DataplaneFrame.MARK, run(0, 0));
+    // Not placed while the memory is 16 pages; placed (and the MARK after it) once it grows.
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(d.states.get(20), PageState.PENDING);
+    recv.setPageCount(32);
+    await recv.passPlaced(0);
+    assert.equal(d.states.get(20), PageState.RECEIVED);
+    assert.equal(d.mem.view()[20 * PAGE], 0x20);
+    peer.send(DataplaneFrame.ZERO, run(PAGES - 1, 2));
+    assert.match((await recv.ended) ?? '', /outside the reservation/);
+  } finally {
+    recv.stop();
+    d.release();
+    peer.sock.destroy();
+  }
+});
+
+test('a REQUEST (a postcopy frame) during precopy is refused', async () => {
+  const d = destination(WASM_PAGES, [1]);
+  const { recv, peer } = await receiverFacingPeer(d);
+  try {
+    peer.send(DataplaneFrame.REQUEST, run(1, 1));
+    assert.match((await recv.ended) ?? '', /type 2/);
+    assert.equal(d.states.get(1), PageState.PENDING);
+  } finally {
+    recv.stop();
+    d.release();
+    peer.sock.destroy();
+  }
+});
