@@ -5,7 +5,8 @@
 // buffer towards a client that reads as fast as A's link (limited to 8 Mbit/s) brings the bytes,
 // so that sent-unacknowledged and unsent bytes are both there. Then:
 //   - moved: address off A, repair mode on A, dump; address on B, restore, gratuitous ARP, resume;
-//     B serves the rest. Every byte of both streams arrives once and in order, and nothing resets.
+//     B serves the rest (the image's send buffer made too small for its queue, on purpose). Every
+//     byte of both streams arrives once and in order, and nothing resets.
 //   - rolled back: the same up to the dump, then the address back on A and repair mode off: A
 //     serves the rest (what a migration that fails before its commit does).
 // Needs root, `ip` and `tc` (scripts/ensure-test-deps.sh installs iproute2).
@@ -106,7 +107,7 @@ test('an established connection moves from host A to host B with TCP_REPAIR, eve
     server.send('repair');
     await server.next('repaired');
     server.send('dump');
-    const dumped = await server.next<{ image: { sendQueue: string; sentBytes: number; recvQueue: string; timestamp: number | null }; consumed: number; written: number }>('image');
+    const dumped = await server.next<{ image: { sendQueue: string; sentBytes: number; recvQueue: string; timestamp: number | null; sndbuf: number }; consumed: number; written: number }>('image');
     const sendQueue = Buffer.from(dumped.image.sendQueue, 'base64').length;
     const recvQueue = Buffer.from(dumped.image.recvQueue, 'base64').length;
     // What the case is about: data in flight both ways at the dump.
@@ -115,6 +116,11 @@ test('an established connection moves from host A to host B with TCP_REPAIR, eve
     ip('-n', NS.b, 'addr', 'add', `${SERVICE}/24`, 'dev', 'eth0');
     const restorer = new Peer(NS.b, ['restore', 'eth0', SERVICE, String(UP), String(DOWN)]);
     procs.push(restorer);
+    // Injected: the image names a send buffer far smaller than its queue. The same bytes can take
+    // more buffer memory on B than they did on A (per-buffer overhead, other segment sizes); a
+    // restore sized only by the image met a full buffer (sendmsg EAGAIN) after the commit once.
+    // B must make room, whatever the image says, and lose nothing.
+    dumped.image.sndbuf = 4608;
     restorer.send(JSON.stringify(dumped));
     await restorer.next('restored');
     // The gratuitous ARP moved the client's neighbour entry to B at once (it still named A's

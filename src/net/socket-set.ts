@@ -6,6 +6,7 @@
 // guest continues there.
 import { dumpTcp, restoreTcp, resumeTcp, type TcpImage } from './tcp-image.js';
 import { close as closeFd } from '../sys/fd.js';
+import { isAgain } from '../sys/errors.js';
 import { accept, tcpListen } from '../sys/socket.js';
 import { setRepair } from '../sys/tcp-repair.js';
 
@@ -37,9 +38,6 @@ function closeQuietly(fd: number): void {
   }
 }
 
-function isAgain(err: unknown): boolean {
-  return typeof err === 'object' && err !== null && 'code' in err && (err.code === 'EAGAIN' || err.code === 'EWOULDBLOCK');
-}
 
 /** The source's side: the guest's sockets frozen in repair mode, and what to do at the end. */
 export class FrozenSockets {

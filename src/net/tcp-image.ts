@@ -5,6 +5,7 @@
 // only before connect, options and window only after, queue data in repair mode, unsent data
 // after it. Addresses are the caller's business: the local one must exist where a restore runs.
 import { close as closeFd } from '../sys/fd.js';
+import { isAgain } from '../sys/errors.js';
 import { MSG_PEEK, recvmsg, sendmsg, sockAddress } from '../sys/socket.js';
 import {
   bindTo, connectTo, forceSocketBuffer, setTransparent, socketBuffer, tcpSocket,
@@ -88,13 +89,36 @@ export function dumpTcp(fd: number): TcpImage {
 /** Writes `data` into the selected queue of a socket in repair mode (no transmission). */
 function fillQueue(fd: number, queue: number, data: Buffer): void {
   setRepairQueue(fd, queue);
+  writeAll(fd, data, queue === TCP_SEND_QUEUE ? 'send' : 'receive');
+}
+
+/**
+ * Writes all of `data` with non-blocking sendmsg. The same bytes may take more buffer memory here
+ * than on the source (the kernel counts each buffer's overhead, and segments here need not be cut
+ * as they were there), so a full buffer (EAGAIN) grows it, twice as large each time, rather than
+ * fail: the bytes are the guest's, and after the commit there is nowhere else for them to go.
+ */
+function writeAll(fd: number, data: Buffer, buffer: 'send' | 'receive'): void {
   let at = 0;
+  let grown = 0;
   while (at < data.length) {
-    const n = sendmsg(fd, [data.subarray(at)]);
-    if (n <= 0) throw new Error(`TCP repair: the ${queue === TCP_SEND_QUEUE ? 'send' : 'receive'} queue took ${at} of ${data.length} bytes`);
+    let n: number;
+    try {
+      n = sendmsg(fd, [data.subarray(at)]);
+    } catch (err) {
+      if (!isAgain(err) || grown >= MAX_BUFFER_GROWTHS) throw err;
+      forceSocketBuffer(fd, buffer, socketBuffer(fd, buffer)); // the kernel doubles it again
+      grown++;
+      continue;
+    }
+    if (n <= 0) throw new Error(`TCP repair: the ${buffer} queue took ${at} of ${data.length} bytes`);
     at += n;
   }
 }
+
+/** Times writeAll may double a full buffer before it gives up (64× the size it started at). */
+const MAX_BUFFER_GROWTHS = 6;
+
 
 /**
  * Makes the connection of `image` on this host: a socket in repair mode, connected without a
@@ -115,7 +139,8 @@ export function restoreTcp(image: TcpImage, foreign = false): number {
     // source's autotuning may have gone). This fixes them: the kernel no longer autotunes them.
     const send = Buffer.from(image.sendQueue, 'base64');
     const recv = Buffer.from(image.recvQueue, 'base64');
-    if (send.length > 0) forceSocketBuffer(fd, 'send', Math.ceil(image.sndbuf / 2));
+    // The send buffer also gets room for the whole queue once more, for its overhead here.
+    if (send.length > 0) forceSocketBuffer(fd, 'send', Math.ceil(image.sndbuf / 2) + send.length);
     if (recv.length > 0) forceSocketBuffer(fd, 'receive', Math.ceil(image.rcvbuf / 2));
     if (foreign) setTransparent(fd, true);
     bindTo(fd, image.family, image.local.address, image.local.port);
@@ -145,12 +170,6 @@ export function resumeTcp(fd: number, image: TcpImage): void {
   // this host gave up (a later move away releases it before the freeze).
   setTransparent(fd, false);
   setRepair(fd, 'off');
-  const unsent = Buffer.from(image.sendQueue, 'base64').subarray(image.sentBytes);
-  let at = 0;
-  while (at < unsent.length) {
-    const n = sendmsg(fd, [unsent.subarray(at)]);
-    if (n <= 0) throw new Error(`TCP repair: ${unsent.length - at} unsent bytes did not fit the send buffer`);
-    at += n;
-  }
+  writeAll(fd, Buffer.from(image.sendQueue, 'base64').subarray(image.sentBytes), 'send');
 }
 

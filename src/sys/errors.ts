@@ -37,3 +37,8 @@ export function sys<T>(fn: () => T): T {
     throw e;
   }
 }
+
+/** Whether a failed non-blocking call only found its buffer full or empty (EAGAIN / EWOULDBLOCK). */
+export function isAgain(err: unknown): boolean {
+  return typeof err === 'object' && err !== null && 'code' in err && (err.code === 'EAGAIN' || err.code === 'EWOULDBLOCK');
+}

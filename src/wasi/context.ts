@@ -18,9 +18,7 @@ export type HostFunction = (...args: any[]) => number | bigint | void;
 /** Longest single wait inside a blocking call before we look at pauseRequested() again. */
 export const WAIT_SLICE_MS = 10;
 
-export function isAgain(err: unknown): boolean {
-  return typeof err === 'object' && err !== null && 'code' in err && (err.code === 'EAGAIN' || err.code === 'EWOULDBLOCK');
-}
+export { isAgain } from '../sys/errors.js';
 
 export class WasiContext {
   mem: GuestMemoryViews | null = null;
