@@ -77,6 +77,8 @@ export interface DestinationSummary {
   bytesReceived: number;
   pagesReceived: number;
   postcopy?: PostcopyReport;
+  /** Completed without the source's acknowledgement of the closing messages: why (docs/failures.md). */
+  closingLost?: string;
 }
 
 export class MigrationDestination {
@@ -338,7 +340,8 @@ export class MigrationDestination {
         pagesReceived: this.counts.pagesReceived,
       };
       if (postcopy) summary.postcopy = pc.report();
-      await this.link.bulk!.close().catch(() => undefined);
+      if (completion.closingLost) summary.closingLost = completion.closingLost;
+      await this.link.bulk?.close().catch(() => undefined);
       await this.link.urgentThread!.close().catch(() => undefined);
       await this.listener?.close();
       return summary;
