@@ -140,8 +140,9 @@ export function printReport(r: Record<string, unknown>): void {
     `sent            ${mib(r['bytesSent'])} (${r['pagesSent']} pages; ${r['zeroPages']} zero, ${r['skippedNeverTouchedPages']} never touched)`,
     `throughput      ${(Number(r['bytesSent']) / Math.max(1, Number(r['totalMs'])) / 1000).toFixed(0)} MB/s`,
     `precopy passes  ${r['precopyPasses']}`,
-    `verified        ${r['verified'] === null ? 'not asked (--verify)' : r['verified'] ? 'yes: memory digests match' : 'NO: memory digests differ'}`,
+    `verified        ${r['verified'] === null ? (r['closingLost'] ? 'unknown: the closing messages were lost' : 'not asked (--verify)') : r['verified'] ? 'yes: memory digests match' : 'NO: memory digests differ'}`,
   ];
+  if (r['closingLost']) lines.push(`closing         ${r['closingLost']}`);
   if (pc) {
     const lat = pc['faultLatencyUs'] as Record<string, number>;
     lines.push(

@@ -187,7 +187,8 @@ async function runIncoming(modulePath: string | undefined, opts: RunFlags, guest
     const received = (guest = incoming.guest);
     completion = incoming.completion;
     incoming.completion.then(
-      async () => {
+      async (summary) => {
+        if (summary.closingLost) process.stderr.write(`ferry: migration completed; ${summary.closingLost}\n`);
         // Every page is here and the source is done: a migration out (or a snapshot) can start.
         if (api && received.exitResult === null) onward = await onwardExtensions(received, () => (migrated = true), () => (snapshotted = true));
       },

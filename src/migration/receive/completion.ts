@@ -36,6 +36,13 @@ export class SessionCompletion {
   outages = 0;
   private pausedSince: number | null = null;
   private pausedTotalMs = 0;
+  /** Every page is placed and the closing messages went out at least once (a loss now costs no page). */
+  private closing = false;
+  /**
+   * Set when this side completed without the source's acknowledgement: every page was placed and
+   * DONE sent, the connection was lost, and no source came back within the recovery timeout.
+   */
+  closingLost: string | null = null;
 
   constructor(private readonly c: CompletionContext) {}
 
@@ -53,7 +60,19 @@ export class SessionCompletion {
         return;
       } catch (err) {
         if (!postcopy || !isChannelFailure(err)) throw err;
-        await this.awaitReconnection(err as Error);
+        try {
+          await this.awaitReconnection(err as Error);
+        } catch (gone) {
+          if (!this.closing || !(gone instanceof MigrationError)) throw gone;
+          // The guest runs here with every page: the migration is complete, whether or not the
+          // source saw our closing messages (it stops retrying after its own timeout).
+          this.closingLost = `every page was placed and DONE sent, but the source's acknowledgement never came: ${gone.message}`;
+          this.c.phases.note(`completed without the source's acknowledgement (${this.closingLost})`);
+          this.pausedTotalMs += this.pausedSince === null ? 0 : performance.now() - this.pausedSince;
+          this.pausedSince = null;
+          this.c.setError(null);
+          return;
+        }
       }
     }
   }
@@ -89,6 +108,7 @@ export class SessionCompletion {
     // Every page is in place: unregister (known-zero pages not yet touched become ordinary
     // zero-fill memory) and close the account.
     await pc.stop();
+    this.closing = pc.pendingPages === 0;
     if (postcopy) {
       const r = pc.report();
       await bulk.sendMessage({
@@ -161,11 +181,23 @@ export class SessionCompletion {
       }
       link.bulk = session.bulk;
       link.bulk.setNoDelay(true);
-      await link.bulk.sendMessage({ type: 'RECEIVED_SET', set: { encoding: 'bitmap', startPage: 0, pageCount, bits: pc.receivedBits(pageCount) } });
-      // The urgent thread asks again, on the new connection, for every page a fault still waits on
-      // (the native fault thread too, on its new connection).
-      link.useUrgent(session.urgent);
-      if (pc.native) pc.attachDataplane(await link.takeDataplane(link.bulk));
+      let urgentInUse = false;
+      try {
+        await link.bulk.sendMessage({ type: 'RECEIVED_SET', set: { encoding: 'bitmap', startPage: 0, pageCount, bits: pc.receivedBits(pageCount) } });
+        // The urgent thread asks again, on the new connection, for every page a fault still waits on
+        // (the native fault thread too, on its new connection).
+        link.useUrgent(session.urgent);
+        urgentInUse = true;
+        if (pc.native) pc.attachDataplane(await link.takeDataplane(link.bulk));
+      } catch (err) {
+        // A reconnection lost while it is set up (or whose data plane connection never came) is
+        // one more loss within the same deadline, not the end of a migration the guest runs on.
+        if (!isChannelFailure(err) && !(err instanceof MigrationError)) throw err;
+        this.c.setError(`reconnection lost while set up: ${(err as Error).message}`);
+        if (!urgentInUse) session.urgent.destroy();
+        link.lose();
+        continue;
+      }
       this.pausedTotalMs += performance.now() - this.pausedSince;
       this.pausedSince = null;
       phases.enter('postcopy');

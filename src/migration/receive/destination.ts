@@ -77,6 +77,8 @@ export interface DestinationSummary {
   bytesReceived: number;
   pagesReceived: number;
   postcopy?: PostcopyReport;
+  /** Completed without the source's acknowledgement of the closing messages: why (docs/failures.md). */
+  closingLost?: string;
 }
 
 export class MigrationDestination {
@@ -228,6 +230,13 @@ export class MigrationDestination {
     const early = (this.earlyDataplane = native && (features & Feature.NATIVE_PRECOPY) !== 0 ? await this.link.takeDataplane(bulk) : null);
     const precopyReceiver = early ? incoming.startNativePrecopy({ fd: dup(early.fd), secret: early.secret }) : null;
     if (precopyReceiver) {
+      // The native precopy stream's bytes count with the data plane's (its counters outlive the
+      // thread): without them the received bytes missed most of a move that converged natively.
+      this.link.dataplaneBytes = () => {
+        const d = incoming.dataplaneBytes;
+        const p = precopyReceiver.read();
+        return { sent: d.sent + p.bytesSent, received: d.received + p.bytesReceived };
+      };
       this.nativePrecopy = precopyReceiver;
       this.phases.note('precopy (native precopy thread started)');
       // A refused frame or a torn connection fails the migration at once, not at the next PASS_END.
@@ -338,7 +347,8 @@ export class MigrationDestination {
         pagesReceived: this.counts.pagesReceived,
       };
       if (postcopy) summary.postcopy = pc.report();
-      await this.link.bulk!.close().catch(() => undefined);
+      if (completion.closingLost) summary.closingLost = completion.closingLost;
+      await this.link.bulk?.close().catch(() => undefined);
       await this.link.urgentThread!.close().catch(() => undefined);
       await this.listener?.close();
       return summary;

@@ -14,6 +14,13 @@ import { PostcopySource } from './postcopy-source.js';
 import type { SourceLink } from './link.js';
 import type { PageReader } from './page-provider.js';
 
+/**
+ * How long a source whose destination already holds every page (FAULT_STATS came) tries to get the
+ * rest of the closing messages after a loss, at most: what is left is the digest check, and a
+ * destination that completed may be gone (its guest ended, its process with it).
+ */
+export const CLOSING_RECOVER_S = 30;
+
 export interface AfterCommitOptions {
   link: SourceLink;
   phases: PhaseLog;
@@ -42,6 +49,11 @@ export class AfterCommit {
    */
   private fruitlessSince: number | null = null;
   private lastHeld = -1;
+  /**
+   * What of the closing exchange was lost after the destination held every page (null: nothing).
+   * The migration completed anyway; the report says what could not be confirmed.
+   */
+  closingLost: string | null = null;
   /** The guest memory the native answer thread reads (null: a source without it, or no native path). */
   private nativeMemory: Uint8Array | null = null;
 
@@ -91,10 +103,28 @@ export class AfterCommit {
   async finish(args: { pageCount: number; verifyAgainst: Promise<string> | null; pushed?: () => void }): Promise<{ verified: boolean | null }> {
     const { phases } = this.opts;
     let verified: boolean | null = null;
+    // The destination sends FAULT_STATS only once it holds every page, and DONE after DIGEST: from
+    // the first, the migration has completed whatever happens to the connections; what a loss can
+    // still cost is the digest check and the destination's wait for our acknowledgement.
+    let holdsEveryPage = false;
+    let destinationDone = false;
     for (;;) {
       try {
         if (this.lost) {
-          await this.reconnect(this.lost);
+          try {
+            await this.reconnect(this.lost, holdsEveryPage ? Math.min(this.opts.recoverTimeoutS, CLOSING_RECOVER_S) : this.opts.recoverTimeoutS);
+          } catch (err) {
+            if (!holdsEveryPage || this.abandoned || !(err instanceof MigrationError)) throw err;
+            // The destination holds every page (it may have ended since: a guest that exits, its
+            // process with it): complete, saying what could not be checked.
+            this.closingLost = `the destination holds every page (FAULT_STATS came), but its closing ${verified === null && args.verifyAgainst ? 'DIGEST and ' : ''}DONE did not: ${(err as Error).message}`;
+            phases.note(`completed without the closing messages (${this.closingLost})`);
+            this.errorText = null;
+            this.pausedTotal += this.pausedSince === null ? 0 : performance.now() - this.pausedSince;
+            this.pausedSince = null;
+            this.postcopy?.stopNative();
+            return { verified };
+          }
           this.lost = null;
           this.downtimeMs ??= performance.now() - this.tPause;
         }
@@ -113,6 +143,7 @@ export class AfterCommit {
             guestBlockedMs: Math.round(st.guestBlockedUs / 100) / 10,
             durationMs: st.durationMs,
           });
+          holdsEveryPage = true;
         }
         phases.enter('verifying');
         if (args.verifyAgainst) {
@@ -120,6 +151,7 @@ export class AfterCommit {
           verified = digestMsg.pageCount === args.pageCount && (await args.verifyAgainst) === digestMsg.hex;
         }
         await bulk().expect('DONE', 60_000);
+        destinationDone = true;
         this.postcopy?.stopNative();
         // Acknowledge: until it sees this, the destination keeps listening for a reconnection
         // (its closing messages may not have reached this side).
@@ -127,6 +159,14 @@ export class AfterCommit {
         return { verified };
       } catch (err) {
         if (!this.postcopy || !isChannelFailure(err)) throw err;
+        if (destinationDone) {
+          // Everything came; only our acknowledgement did not leave. Reconnecting would find a
+          // destination that may have completed and gone: the migration is complete.
+          this.closingLost = `the acknowledgement of the destination's DONE could not be sent: ${(err as Error).message}`;
+          phases.note(`completed; ${this.closingLost}`);
+          this.opts.link.drop();
+          return { verified };
+        }
         this.lost = err as Error;
       }
     }
@@ -154,8 +194,8 @@ export class AfterCommit {
    * destination's RECEIVED_SET: the pages it holds are done, every other pending page is sent
    * (again, if the lost connection swallowed it).
    */
-  private async reconnect(cause: Error): Promise<void> {
-    const { link, phases, recoverTimeoutS } = this.opts;
+  private async reconnect(cause: Error, recoverTimeoutS: number): Promise<void> {
+    const { link, phases } = this.opts;
     phases.enter('postcopy-paused');
     this.outages++;
     this.errorText = `connection lost: ${cause.message}`;

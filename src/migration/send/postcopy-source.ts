@@ -84,7 +84,12 @@ export class PostcopySource {
     this.planeBulk = link.bulk;
     this.planeUsed = true;
     void plane.ended.then((err) => {
-      if (err !== null && this.plane === plane) this.failure ??= new UrgentChannelError(`native data plane: ${err}`);
+      // Once every pending page is claimed (sent, here or before a reconnection) the thread has
+      // nothing left to carry, and the destination closes the data plane as soon as it holds every
+      // page: its "peer closed" then is the normal end, not a loss. Taken for one, it sent a source
+      // that had finished into recovery (the JavaScript bulk loop checks for failures after its
+      // last send). A loss that matters still shows: the destination then closes bulk too.
+      if (err !== null && this.plane === plane && !this.allClaimed()) this.failure ??= new UrgentChannelError(`native data plane: ${err}`);
     });
   }
 

@@ -260,6 +260,7 @@ export class MigrationSource {
       verified,
     };
     if (this.postcopy) report.postcopy = this.postcopy.report();
+    if (this.after.closingLost) report.closingLost = this.after.closingLost;
     await this.link.close();
     this.phases.enter('completed'); // last: a failure before this is reported as one
     this.report();

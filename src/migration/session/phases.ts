@@ -21,7 +21,9 @@ export const PHASE_MOVES: Readonly<Record<MigrationPhase, readonly MigrationPhas
   switchover: ['postcopy', 'verifying'],
   postcopy: ['postcopy-paused', 'verifying', 'completed'],
   // A connection lost while the last figures travel (verifying) is recovered like one lost in postcopy.
-  'postcopy-paused': ['postcopy'],
+  // Completed without reconnecting: the destination already held every page (its FAULT_STATS came)
+  // and could not be reached again for the rest of the closing messages (docs/failures.md).
+  'postcopy-paused': ['postcopy', 'completed'],
   verifying: ['postcopy-paused', 'completed'],
   completed: [],
   failed: [],

@@ -64,6 +64,11 @@ export interface MigrationReport {
   converged: boolean;
   verified: boolean | null;
   postcopy?: PostcopyReport;
+  /**
+   * Set when the migration completed (the destination held every page) but part of the closing
+   * exchange was lost: what, and why (docs/failures.md). `verified` is then null if DIGEST was.
+   */
+  closingLost?: string;
   [k: string]: unknown;
 }
 
