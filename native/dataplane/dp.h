@@ -78,6 +78,12 @@ int dp_conn_fill(dp_conn *c);
 int dp_conn_next(dp_conn *c, dp_frame *f);
 size_t dp_conn_pending_tx(const dp_conn *c);
 void dp_conn_eof_error(dp_conn *c);
+/* Waits until `fd` is ready for `events` (fd < 0: only a wake-up counts), the thread's wake-up
+ * eventfd fires (drained here) or timeout_ms passes (-1: no limit). Returns the fd's revents (> 0),
+ * 0 when only woken, DP_WAIT_TIMEOUT when the time ran out, or -1 with c->err set when poll failed
+ * or the thread was asked to stop. */
+enum { DP_WAIT_TIMEOUT = -2 };
+int dp_wait(dp_conn *c, int fd, short events, int wakefd, volatile int *stop, int timeout_ms);
 
 uint32_t dp_be32(const uint8_t *p);
 void dp_put_be32(uint8_t *p, uint32_t v);

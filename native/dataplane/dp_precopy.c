@@ -53,21 +53,10 @@ static int drain(dp_presend_args *a, dp_conn *c, size_t below) {
   while (dp_conn_pending_tx(c) > below) {
     if (dp_conn_flush(c) < 0) return -1;
     if (dp_conn_pending_tx(c) <= below) break;
-    struct pollfd pf[2] = {{.fd = a->sock, .events = POLLOUT}, {.fd = a->wakefd, .events = POLLIN}};
-    if (poll(pf, 2, -1) < 0 && errno != EINTR) {
-      dp_set_err(c->err, "poll: %s", strerror(errno));
-      return -1;
-    }
-    if (*a->stop) {
-      dp_set_err(c->err, "stopped");
-      return -1;
-    }
-    if (pf[1].revents) {
-      uint64_t v;
-      (void)!read(a->wakefd, &v, sizeof v);
-    }
-    if (pf[0].revents & (POLLERR | POLLHUP)) {
-      dp_set_err(c->err, "the connection failed while sending (poll revents 0x%x)", pf[0].revents);
+    int ready = dp_wait(c, a->sock, POLLOUT, a->wakefd, a->stop, -1);
+    if (ready < 0) return -1;
+    if (ready & (POLLERR | POLLHUP)) {
+      dp_set_err(c->err, "the connection failed while sending (poll revents 0x%x)", ready);
       return -1;
     }
   }
@@ -177,19 +166,12 @@ int dp_presend_run(dp_presend_args *a) {
           rc = 0;
           goto out;
         }
-        struct pollfd pf[2] = {{.fd = a->sock, .events = POLLIN}, {.fd = a->wakefd, .events = POLLIN}};
-        if (poll(pf, 2, a->timeout_ms) == 0) {
+        int ready = dp_wait(&c, a->sock, POLLIN, a->wakefd, a->stop, a->timeout_ms);
+        if (ready == DP_WAIT_TIMEOUT) {
           dp_set_err(a->err, "the destination did not close the precopy stream within %d ms", a->timeout_ms);
           goto out;
         }
-        if (*a->stop) {
-          dp_set_err(a->err, "stopped");
-          goto out;
-        }
-        if (pf[1].revents) {
-          uint64_t v;
-          (void)!read(a->wakefd, &v, sizeof v);
-        }
+        if (ready < 0) goto out;
         if (dp_conn_fill(&c) < 0) goto out;
         if (c.eof) {
           dp_conn_eof_error(&c);
@@ -198,20 +180,9 @@ int dp_presend_run(dp_presend_args *a) {
       }
     }
     /* Idle between passes: wait for a job, and notice a destination that goes away. */
-    struct pollfd pf[2] = {{.fd = a->sock, .events = POLLIN}, {.fd = a->wakefd, .events = POLLIN}};
-    if (poll(pf, 2, -1) < 0 && errno != EINTR) {
-      dp_set_err(c.err, "poll: %s", strerror(errno));
-      goto out;
-    }
-    if (*a->stop) {
-      dp_set_err(a->err, "stopped");
-      goto out;
-    }
-    if (pf[1].revents) {
-      uint64_t v;
-      (void)!read(a->wakefd, &v, sizeof v);
-    }
-    if (pf[0].revents) {
+    int ready = dp_wait(&c, a->sock, POLLIN, a->wakefd, a->stop, -1);
+    if (ready < 0) goto out;
+    if (ready > 0) {
       if (dp_conn_fill(&c) < 0) goto out;
       dp_frame f;
       int r = dp_conn_next(&c, &f);
@@ -365,19 +336,7 @@ int dp_prerecv_run(dp_prerecv_args *a) {
   int buffered = 1; /* frames that came with FINISHED are in rbuf already */
   for (;;) {
     if (!buffered || holding) {
-      struct pollfd pf[2] = {{.fd = holding ? -1 : a->sock, .events = POLLIN}, {.fd = a->wakefd, .events = POLLIN}};
-      if (poll(pf, 2, holding ? 1 : -1) < 0 && errno != EINTR) {
-        dp_set_err(c.err, "poll: %s", strerror(errno));
-        goto out;
-      }
-      if (*a->stop) {
-        dp_set_err(a->err, "stopped");
-        goto out;
-      }
-      if (pf[1].revents) {
-        uint64_t v;
-        (void)!read(a->wakefd, &v, sizeof v);
-      }
+      if (dp_wait(&c, holding ? -1 : a->sock, POLLIN, a->wakefd, a->stop, holding ? 1 : -1) == -1) goto out;
       if (!holding && dp_conn_fill(&c) < 0) goto out;
     }
     buffered = 0;

@@ -371,3 +371,22 @@ void dp_conn_eof_error(dp_conn *c) {
   if (left == 0) dp_set_err(c->err, "the peer closed the connection");
   else dp_set_err(c->err, "the connection ended halfway through a frame (%zu bytes of it received)", left);
 }
+
+int dp_wait(dp_conn *c, int fd, short events, int wakefd, volatile int *stop, int timeout_ms) {
+  struct pollfd pf[2] = {{.fd = fd, .events = events}, {.fd = wakefd, .events = POLLIN}};
+  int n = poll(pf, 2, timeout_ms);
+  if (n < 0 && errno != EINTR) {
+    dp_set_err(c->err, "poll: %s", strerror(errno));
+    return -1;
+  }
+  if (*stop) {
+    dp_set_err(c->err, "stopped");
+    return -1;
+  }
+  if (n == 0) return DP_WAIT_TIMEOUT;
+  if (pf[1].revents) {
+    uint64_t v;
+    (void)!read(wakefd, &v, sizeof v);
+  }
+  return n < 0 ? 0 : pf[0].revents;
+}
