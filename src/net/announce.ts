@@ -13,7 +13,8 @@ function macBytes(text: string): Uint8Array {
   return new Uint8Array(parts.map((p) => parseInt(p, 16)));
 }
 
-function ipv4Bytes(address: string): Uint8Array {
+/** The four bytes of a dotted IPv4 address. */
+export function ipv4Bytes(address: string): Uint8Array {
   const parts = address.split('.').map(Number);
   if (parts.length !== 4 || parts.some((p) => !Number.isInteger(p) || p < 0 || p > 255)) throw new Error(`not an IPv4 address: ${address}`);
   return new Uint8Array(parts);
@@ -37,9 +38,17 @@ export function gratuitousArp(mac: Uint8Array, address: string): Uint8Array {
 
 /** Sends `count` gratuitous ARPs for `address` on interface `iface` (of this process's network namespace). */
 export function announceIpv4(iface: string, address: string, count = 1): void {
-  const dir = `/sys/class/net/${iface}`;
-  const ifindex = Number(fs.readFileSync(`${dir}/ifindex`, 'utf8'));
-  const mac = macBytes(fs.readFileSync(`${dir}/address`, 'utf8'));
+  const ifindex = interfaceIndex(iface);
+  const mac = macBytes(fs.readFileSync(`/sys/class/net/${iface}/address`, 'utf8'));
   const packet = gratuitousArp(mac, address);
   for (let i = 0; i < count; i++) sendLinkDatagram(ifindex, ETH_P_ARP, BROADCAST, packet);
+}
+
+/** The index of interface `iface` in this process's network namespace. */
+export function interfaceIndex(iface: string): number {
+  try {
+    return Number(fs.readFileSync(`/sys/class/net/${iface}/ifindex`, 'utf8'));
+  } catch {
+    throw new Error(`no interface ${iface} here`);
+  }
 }

@@ -7,7 +7,7 @@
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { isIPv4 } from 'node:net';
-import { announceIpv4 } from './announce.js';
+import { announceIpv4, interfaceIndex, ipv4Bytes } from './announce.js';
 import { changeIpv4Address } from '../sys/netlink.js';
 
 export interface ServiceAddress {
@@ -56,19 +56,13 @@ export function holds(s: ServiceAddress): boolean {
 
 /** Adds the address to its interface and announces it (gratuitous ARP, `announcements` times). */
 export function takeAddress(s: ServiceAddress, announcements = 3): void {
-  changeIpv4Address('add', ifindexOf(s), s.address, s.prefix);
+  changeIpv4Address('add', interfaceIndex(s.iface), ipv4Bytes(s.address), s.prefix);
   announceIpv4(s.iface, s.address, announcements);
 }
 
 /** Removes the address from its interface. */
 export function releaseAddress(s: ServiceAddress): void {
-  changeIpv4Address('del', ifindexOf(s), s.address, s.prefix);
+  changeIpv4Address('del', interfaceIndex(s.iface), ipv4Bytes(s.address), s.prefix);
 }
 
-function ifindexOf(s: ServiceAddress): number {
-  try {
-    return Number(fs.readFileSync(`/sys/class/net/${s.iface}/ifindex`, 'utf8'));
-  } catch {
-    throw new Error(`no interface ${s.iface} here`);
-  }
-}
+

@@ -13,9 +13,9 @@ const IFADDRMSG_LEN = 8;
 const RTA_IPV4_LEN = 8;
 
 /** RTM_NEWADDR (fails with EEXIST if the address is there) or RTM_DELADDR (EADDRNOTAVAIL if not). */
-export function changeIpv4Address(op: 'add' | 'del', ifindex: number, address: string, prefix: number): void {
-  const octets = address.split('.').map(Number);
-  if (octets.length !== 4 || octets.some((o) => !Number.isInteger(o) || o < 0 || o > 255)) throw new Error(`${address} is not an IPv4 address`);
+export function changeIpv4Address(op: 'add' | 'del', ifindex: number, octets: Uint8Array, prefix: number): void {
+  if (octets.length !== 4) throw new RangeError(`an IPv4 address has 4 bytes, not ${octets.length}`);
+  const address = octets.join('.');
   const len = NLMSG_HDRLEN + IFADDRMSG_LEN + 2 * RTA_IPV4_LEN;
   const b = new Uint8Array(len);
   const v = new DataView(b.buffer);
