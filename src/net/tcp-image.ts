@@ -139,8 +139,7 @@ export function restoreTcp(image: TcpImage, foreign = false): number {
     // source's autotuning may have gone). This fixes them: the kernel no longer autotunes them.
     const send = Buffer.from(image.sendQueue, 'base64');
     const recv = Buffer.from(image.recvQueue, 'base64');
-    // The send buffer also gets room for the whole queue once more, for its overhead here.
-    if (send.length > 0) forceSocketBuffer(fd, 'send', Math.ceil(image.sndbuf / 2) + send.length);
+    if (send.length > 0) forceSocketBuffer(fd, 'send', Math.ceil(image.sndbuf / 2));
     if (recv.length > 0) forceSocketBuffer(fd, 'receive', Math.ceil(image.rcvbuf / 2));
     if (foreign) setTransparent(fd, true);
     bindTo(fd, image.family, image.local.address, image.local.port);
