@@ -20,6 +20,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -79,11 +80,20 @@ static int send_zero(dp_presend_args *a, dp_conn *c, uint32_t p, uint32_t n) {
 
 /* Pages [p, q) as data, split into runs of zero pages (ZERO) and of others (PAGES, <= DP_MAX_RUN). */
 static int send_data(dp_presend_args *a, dp_conn *c, uint32_t p, uint32_t q) {
+  int next = -1; /* whether page p is zero, when the run before it already looked */
   while (p < q) {
     const uint8_t *at = a->memory + (size_t)p * DP_PAGE;
-    int zero = page_is_zero(at);
+    int zero = next >= 0 ? next : page_is_zero(at);
+    next = -1;
     uint32_t e = p + 1;
-    while (e < q && (zero || e - p < DP_MAX_RUN) && page_is_zero(a->memory + (size_t)e * DP_PAGE) == zero) e++;
+    while (e < q && (zero || e - p < DP_MAX_RUN)) {
+      int z = page_is_zero(a->memory + (size_t)e * DP_PAGE);
+      if (z != zero) {
+        next = z; /* the page that ends this run begins the next: looked at once */
+        break;
+      }
+      e++;
+    }
     if (zero) {
       if (send_zero(a, c, p, e - p) < 0) return -1;
     } else {
@@ -268,14 +278,18 @@ static int place_pages(dp_prerecv_args *a, uint32_t first, uint32_t n, const uin
   return 0;
 }
 
+static uint32_t zero_page_hash[2];
+static void hash_zero_page(void) { dp_page_hash(ZERO_PAGE, zero_page_hash); }
+
 static void place_zero(dp_prerecv_args *a, uint32_t first, uint32_t n) {
   for (uint32_t p = first; p < first + n; p++) {
     if (state_of(a, p) == PS_RECEIVED) memset((uint8_t *)(uintptr_t)(a->base + (uint64_t)p * DP_PAGE), 0, DP_PAGE);
     else move_state(a, p, PS_KNOWN_ZERO);
   }
   if (a->digest && first < a->digest_pages) {
-    uint32_t h[2];
-    dp_page_hash(ZERO_PAGE, h);
+    static pthread_once_t hashed = PTHREAD_ONCE_INIT;
+    pthread_once(&hashed, hash_zero_page); /* one hash for every zero page of every frame */
+    const uint32_t *h = zero_page_hash;
     uint32_t end = first + n < a->digest_pages ? first + n : a->digest_pages;
     for (uint32_t p = first; p < end; p++) {
       __atomic_store_n(&a->digest[2 * p], h[0], __ATOMIC_RELAXED);
