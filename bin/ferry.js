@@ -7,10 +7,12 @@ import { fastPath } from '../dist/src/cli/fast-path.js';
 const argv = process.argv.slice(2);
 const fast = fastPath(argv);
 // A guest runs on a worker thread of its own, and starting one takes about as long as loading the
-// CLI: `ferry run` starts it first thing, so it boots on the other core meanwhile and the guest
-// adopts it (src/guest/spare-worker.ts). A `ferry run --help` or a usage error wastes a thread
-// start, nothing more (the spare never keeps the process alive).
-if (argv[0] === 'run') import('../dist/src/guest/spare-worker.js').then(({ startSpareWorker }) => startSpareWorker(), () => undefined);
+// CLI: `ferry run` and `ferry restore` start it first thing, so it boots on the other core
+// meanwhile and the guest adopts it (src/guest/spare-worker.ts); a lazy restore's fault server
+// thread likewise. A `--help` or a usage error wastes a thread start, nothing more (a spare never
+// keeps the process alive).
+const spares = argv[0] === 'run' ? ['guest'] : argv[0] === 'restore' ? (argv.includes('--lazy') ? ['guest', 'fault'] : ['guest']) : [];
+if (spares.length > 0) import('../dist/src/guest/spare-worker.js').then(({ startSpareWorker }) => spares.forEach((k) => startSpareWorker(k)), () => undefined);
 const run = fast ? fast() : import('../dist/src/cli/main.js').then(({ main }) => main(argv));
 
 // Ferry's own messages must never take a guest down: a stdout or stderr whose reader went away

@@ -6,6 +6,7 @@ import { mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync, c
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Guest } from '../src/guest/guest.js';
+import { startSpareWorker, takeSpareWorker } from '../src/guest/spare-worker.js';
 import { GuestMemory, WASM_PAGE_SIZE } from '../src/memory/guest-memory.js';
 import { scanResidency } from '../src/memory/residency.js';
 import { digestMemory } from '../src/migration/verify/digest.js';
@@ -61,8 +62,11 @@ test('memory restored eagerly and lazily has the digest the guest had at snapsho
     loadEagerly(chain, eager.view());
     assert.equal(digestMemory(eager.view(), eager.pageCount, isZero), want, `eager load of ${dir}`);
     // Lazy, fault path only: this thread reads every page; each first touch is a userfaultfd fault
-    // served from the files by the fault worker.
+    // served from the files by the fault worker — for the full snapshot, a spare fault worker
+    // started ahead, as `ferry restore --lazy` starts one (spare-worker.ts).
+    if (dir === full) startSpareWorker('fault');
     const viaFaults = await openLazyMemory(chain, fresh());
+    if (dir === full) assert.equal(takeSpareWorker('fault'), null, 'the fault server adopted the spare worker');
     try {
       assert.equal(digestMemory(viaFaults.memory.view(), viaFaults.memory.pageCount, isZero), want, `lazy (faults) of ${dir}`);
       assert.ok(viaFaults.faults > 0, 'pages came through faults');

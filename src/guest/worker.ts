@@ -3,10 +3,10 @@
 // whole Wasm stack into linear memory with Asyncify, reports a capture, and waits on the control
 // block. Resume rewinds the stack and continues; stop ends the thread without running guest code.
 import { tmpdir } from 'node:os';
-import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
+import { parentPort, receiveMessageOnPort } from 'node:worker_threads';
 import { Cmd, Ctl, WorkerState, controlWords, safepointFlags } from './control-block.js';
 import type { LaunchMessage, PausedCapture, ResumeMessage, WorkerInit, WorkerMessage } from './worker-protocol.js';
-import { SPARE_WORKER_DATA } from './spare-worker.js';
+import { workerInit } from './spare-worker.js';
 import { decodeGlobal, encodeGlobal, type ExecState } from '../state/exec-state.js';
 import { UnwindBuffer } from './unwind-buffer.js';
 import { Wasi, WasiExit, type WasiHooks } from '../wasi/wasi.js';
@@ -14,16 +14,8 @@ import { POLLIN, poll } from '../sys/fd.js';
 
 // A spare worker (spare-worker.ts) is started before its guest exists and gets its init as its
 // first message; any other is given it as workerData.
-const init: WorkerInit = isSpare(workerData) ? await firstMessage() : (workerData as WorkerInit);
+const init = await workerInit<WorkerInit>();
 const ctl = controlWords(init.control);
-
-function isSpare(data: unknown): boolean {
-  return typeof data === 'object' && data !== null && (data as typeof SPARE_WORKER_DATA).spare === SPARE_WORKER_DATA.spare;
-}
-
-function firstMessage(): Promise<WorkerInit> {
-  return new Promise((resolve) => parentPort!.once('message', (m: WorkerInit) => resolve(m)));
-}
 
 const post = (m: WorkerMessage) => parentPort!.postMessage(m);
 

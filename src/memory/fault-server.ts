@@ -22,6 +22,11 @@ export interface FaultServerOptions {
    * Default 50; 0 = always sleep. Only used when the source has no fds of its own.
    */
   spinUs?: number;
+  /**
+   * A fault worker started ahead (spare-worker.ts, kind 'fault'), adopted instead of starting one:
+   * a lazy restore's guest cannot run before this thread serves faults, and booting it costs ~0.1 s.
+   */
+  spare?: Worker | null;
 }
 
 export class FaultServer {
@@ -73,7 +78,13 @@ export class FaultServer {
       uffd: uffd.fd, wakeFd, base: mem.base, maxBytes: mem.maxBytes, states: states.shared(), stats, latencies,
       control, source, faultAround, spinUs,
     };
-    const worker = new Worker(new URL('./fault-worker.js', import.meta.url), { workerData: data });
+    let worker: Worker;
+    if (opts.spare) {
+      worker = opts.spare;
+      worker.postMessage(data);
+    } else {
+      worker = new Worker(new URL('./fault-worker.js', import.meta.url), { workerData: data });
+    }
     let server: FaultServer | null = null;
     const stopped = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
     await new Promise<void>((resolve, reject) => {

@@ -1,7 +1,8 @@
 // The fault-serving loop, on its own worker thread. It never touches guest memory (a touch on a hole
 // would block the very thread that fills holes): it only reads uffd events, consults the page-state
 // table, asks the page source, and places pages with UFFDIO_COPY / UFFDIO_ZEROPAGE.
-import { workerData, parentPort } from 'node:worker_threads';
+import { parentPort } from 'node:worker_threads';
+import { workerInit } from '../guest/spare-worker.js';
 import { preferLatency } from '../sys/sched.js';
 import { Userfaultfd, EVENT, EVENT_SLOTS, FILL_EEXIST } from '../sys/uffd.js';
 import { native } from '../sys/native.js';
@@ -26,7 +27,7 @@ export interface FaultWorkerData {
 }
 
 async function main(): Promise<void> {
-  const d = workerData as FaultWorkerData;
+  const d = await workerInit<FaultWorkerData>();
   const uffd = Userfaultfd.attach(d.uffd);
   const states = PageStateTable.fromShared(d.states);
   const stats = new Float64Array(d.stats, 0, STAT_SLOTS);

@@ -9,6 +9,7 @@
 //    fault server stops. A damaged chunk found by the loader stops the guest.
 import { fileURLToPath } from 'node:url';
 import { Guest, type PreparedGuest } from '../guest/guest.js';
+import { takeSpareWorker } from '../guest/spare-worker.js';
 import type { ModuleCache } from '../guest/module-cache.js';
 import { FaultServer } from '../memory/fault-server.js';
 import { GuestMemory, WASM_PAGE_SIZE } from '../memory/guest-memory.js';
@@ -243,7 +244,7 @@ async function startLazyServer(chain: SnapshotChain, mem: GuestMemory, faultArou
       kind: 'module',
       module: fileURLToPath(new URL('./chain-page-source.js', import.meta.url)),
       options: pages.files,
-    }, { faultAround });
+    }, { faultAround, spare: takeSpareWorker('fault') });
   } catch (err) {
     pages.close();
     throw err;
