@@ -242,3 +242,13 @@ for (const op of ['0', '1']) {
     }
   });
 }
+
+// Escape (loop-resume.ts, finishEscapes): functions too small to be worth a wrapper frame on
+// every call — a leaf with a long loop, its allocating caller, a recursive function — are their
+// own fast bodies and reach an Asyncify'd escape wrapper only to unwind or rewind. Pauses land in
+// them (that is where the time goes) and the output must come out whole.
+test('functions that escape (a leaf loop, its caller, a recursion) pause in their fast bodies, move, and print what node:wasi prints', async () => {
+  const [ref, got] = await pausedMovedAndReference(compileFixture('escapes'), ['escapes', '12000', '100000'], {}, /fill\$ferry_escape[\s\S]*tree\$ferry_escape|tree\$ferry_escape[\s\S]*fill\$ferry_escape/);
+  assert.match(ref, /^escapes 12000 100000 \d+\n$/);
+  assert.equal(got, ref);
+});

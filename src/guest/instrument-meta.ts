@@ -4,7 +4,7 @@
 import type { ValueType } from '../state/exec-state.js';
 export type { ValueType };
 
-export const INSTRUMENTATION_VERSION = 14;
+export const INSTRUMENTATION_VERSION = 15;
 
 /** The import namespace and names Ferry adds. */
 export const FERRY_IMPORT_MODULE = 'ferry';
@@ -51,6 +51,8 @@ export interface InstrumentedMeta {
   entry: '_start';
   /** Built with loop-head-resumable functions (loop-resume.ts; on unless FERRY_LOOP_RESUME=0). */
   loopResume: boolean;
+  /** Functions split with an escape wrapper (loop-resume.ts, finishEscapes; on unless FERRY_ESCAPE=0; needs loopResume). */
+  escape: boolean;
 }
 
 export interface InstrumentedModule {

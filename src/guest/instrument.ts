@@ -19,7 +19,7 @@
 import { sha256Hex } from '../state/hash.js';
 import { entrySafepointFree } from './call-graph.js';
 import { callGraphFacts } from './tree-facts.js';
-import { loopResumeEnabled, resumeAtLoopHeads } from './loop-resume.js';
+import { finishEscapes, escapeEnabled, loopResumeEnabled, resumeAtLoopHeads } from './loop-resume.js';
 import { addWarmExports } from './warm-exports.js';
 import { featureMask, loadBinaryen, valueType, type BinaryenApi } from './binaryen-api.js';
 import { BOUNDED_BUDGET_EXPRESSIONS, boundedFunctions, leafFunctions, mayUnwindFrom } from './bounded-functions.js';
@@ -161,7 +161,7 @@ function transform(b: BinaryenApi, mod: BinaryenApi, source: Uint8Array, onStage
   pruneEntrySafepoints(b, mod, safepointFn, entryFree);
   amortiseInnermostLoops(b, mod, safepointFn);
   const loopResume = loopResumeEnabled();
-  const notAsyncified = loopResume ? resumeAtLoopHeads(b, mod, safepointFn, mayUnwindFrom(b, mod, provablyShort)) : [];
+  const { removelist: notAsyncified, escapes } = loopResume ? resumeAtLoopHeads(b, mod, safepointFn, mayUnwindFrom(b, mod, provablyShort)) : { removelist: [], escapes: [] };
   inlineSafepointCheck(b, mod, safepointFn);
   const unwindImports = [
     { ...YIELD_IMPORT },
@@ -175,6 +175,7 @@ function transform(b: BinaryenApi, mod: BinaryenApi, source: Uint8Array, onStage
   } finally {
     b.clearPassArguments();
   }
+  finishEscapes(b, mod, escapes);
   onStage?.('optimise');
   b.setOptimizeLevel(2);
   b.setShrinkLevel(0);
@@ -221,6 +222,7 @@ function transform(b: BinaryenApi, mod: BinaryenApi, source: Uint8Array, onStage
       dataSegments: segments,
       entry: '_start',
       loopResume,
+      escape: loopResume && escapeEnabled(),
     },
   };
 }

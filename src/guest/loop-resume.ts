@@ -31,12 +31,13 @@ import { childVisitors, type BinaryenApi, type ChildVisitor } from './binaryen-a
 import { hoistUnwindingCalls } from './call-hoist.js';
 import { liveAtLoopHeads, members } from './liveness.js';
 import { ATCALL_EXPORT, G_ATCALL, G_UNWINDING, HOLD_FN, HOLD_IMPORT, REWIND_FN, REWIND_IMPORT, UNWINDING_EXPORT, wrapResumableCalls } from './call-resume.js';
-import { chooseFunctions, isPoint } from './resume-selection.js';
-import { addWrapper, G_PINNED, G_RESUME, G_SUSPENDED, saveSlot, suspendCheck, unwindCheck, zero } from './resume-frame.js';
+import { chooseFunctions, hasEntrySafepoint, isPoint } from './resume-selection.js';
+import { addWrapper, G_PINNED, G_RESUME, G_SUSPENDED, saveSlot, suspendCheck, unwindCheck, zero, type SuspendExit } from './resume-frame.js';
+import { SAFEPOINT_FLAG_ADDR } from './instrument-meta.js';
 import { entryRestores, pointRanges, steer, type PathContext } from './resume-steering.js';
 import { Kind, preOrder, readTree, type WNode } from './wasm-tree.js';
 
-export { LOOP_RESUME_MIN_CALL_SITES, LOOP_RESUME_MIN_EXPRESSIONS } from './resume-selection.js';
+export { ESCAPE_MAX_EXPRESSIONS, LOOP_RESUME_MIN_CALL_SITES, LOOP_RESUME_MIN_EXPRESSIONS, escapeEnabled } from './resume-selection.js';
 
 /** The exported global the worker reads: how many loop-head-resumable activations are running. */
 export const PINNED_EXPORT = 'ferry_pinned';
@@ -50,11 +51,12 @@ export function loopResumeEnabled(): boolean {
  * leave alone. Runs after safepoints are placed (`call safepointFn` at entries and loop heads) and
  * before they are inlined.
  */
-export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn: string, mayUnwind: (callee: string) => boolean): string[] {
+export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn: string, mayUnwind: (callee: string) => boolean): LoopResumeResult {
   const fields = childVisitors(b);
   const typeName = new Map<number, string>([[b.i32, 'i32'], [b.i64, 'i64'], [b.f32, 'f32'], [b.f64, 'f64'], [b.v128, 'v128']]);
   const slots = new Map<string, number>(); // type → save globals needed
   const removelist: string[] = [];
+  const escapes: Escape[] = [];
   let anyCalls = false;
   let k = 0;
   for (const c of chooseFunctions(b, mod, safepointFn, mayUnwind)) {
@@ -64,7 +66,14 @@ export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn:
     // Every call that may unwind becomes a statement of its own (call-hoist.ts) and then a
     // resumable call site (call-resume.ts), or the function is not split: a call the split
     // function could not be resumed in would hold a pause for as long as the callee runs.
-    const original: number = before.body;
+    let original: number = before.body;
+    if (c.escape && hasEntrySafepoint(c.tree, safepointFn)) {
+      // The entry safepoint of an escaping function (it is on a cycle: recursion) becomes a loop
+      // head nothing branches to, so that it is a resume point like the others: its live locals
+      // are the parameters (and locals read before any write, which the restore zeroes again).
+      original = mod.loop(null, original);
+      b.Function.setBody(fnRef, original);
+    }
     const unwinding = (call: number): boolean =>
       b.getExpressionId(call) === b.CallIndirectId || (b.Call.getTarget(call) !== safepointFn && mayUnwind(b.Call.getTarget(call)));
     const hoisted = hoistUnwindingCalls(b, mod, fnRef, original, unwinding);
@@ -122,14 +131,17 @@ export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn:
     // The safepoints become suspend checks, resumable calls get their unwind checks (in the copy
     // before its paths are guarded, which moves statements into guards; in the original only once
     // the copy is known to be steerable).
-    const placeChecks = (root: WNode, pts: WNode[]): void => {
+    const placeChecks = (root: WNode, pts: WNode[], exit: SuspendExit): void => {
       pts.forEach((p, i) => {
         if (p.kind === Kind.Block) {
-          b.Block.setChildAt(p.expr, 3, unwindCheck(b, mod, i + 1, slotMaps[i]!, localTypes, results));
+          b.Block.setChildAt(p.expr, 3, unwindCheck(b, mod, i + 1, slotMaps[i]!, localTypes, results, exit));
+          // An escaping fast body runs with no activation of its own counted in ferry$pinned, so
+          // its calls are not counted in ferry$atcall either (only its resume copy's are).
+          if (exit.kind === 'escape') for (const at of [0, 2]) b.Block.setChildAt(p.expr, at, mod.nop());
           return;
         }
         const head = p.children[0]!;
-        const check = suspendCheck(b, mod, i + 1, slotMaps[i]!, localTypes, results);
+        const check = suspendCheck(b, mod, i + 1, slotMaps[i]!, localTypes, results, exit);
         b.Block.setChildAt(head.expr, 0, check);
         head.children[0] = { ...head.children[0]!, expr: check, kind: Kind.Other, children: [], callee: null };
       });
@@ -140,7 +152,7 @@ export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn:
         root.children[0] = { ...first, expr: nop, kind: Kind.Other, children: [], callee: null };
       }
     };
-    placeChecks(copyTree, copyPoints);
+    placeChecks(copyTree, copyPoints, { kind: 'return' });
     const ctx: PathContext = { b, mod, rp, ranges, localTypes, slotMaps, pointIds: new Map(copyPoints.map((p, i) => [p, i + 1])) };
     let bodyCopy = copy;
     if (!steer(ctx, copyTree, (e) => { bodyCopy = e; })) {
@@ -148,7 +160,13 @@ export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn:
       b.Function.setBody(fnRef, original); // leave F to Asyncify, as it was
       continue;
     }
-    placeChecks(tree, points);
+    // An escaping fast body becomes F itself after Asyncify (finishEscapes). It leaves through
+    // its escape wrapper, which until then carries F's name (so that Asyncify instruments F's
+    // callers as calling something that may unwind); its exits call a stub under the name the
+    // wrapper moves to, which only forwards to F until then.
+    const plain = /^[A-Za-z0-9_.$]+$/.test(c.name);
+    const escape = plain ? `${c.name}${ESCAPE_SUFFIX}` : `ferry$${k}${ESCAPE_SUFFIX}`;
+    placeChecks(tree, points, c.escape ? { kind: 'escape', wrapper: escape, params } : { kind: 'return' });
     anyCalls ||= calls.size > 0;
     for (const m of slotMaps) {
       const perType = new Map<string, number>();
@@ -159,7 +177,6 @@ export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn:
       for (const [t, n] of perType) slots.set(t, Math.max(slots.get(t) ?? 0, n));
     }
 
-    const plain = /^[A-Za-z0-9_.$]+$/.test(c.name);
     const fast = plain ? `${c.name}$ferry_fast` : `ferry$fast${k}`;
     const resume = plain ? `${c.name}$ferry_resume` : `ferry$resume${k}`;
     k++;
@@ -168,10 +185,25 @@ export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn:
     mod.removeFunction(c.name);
     mod.addFunction(fast, info.params, results, vars, body);
     mod.addFunction(resume, info.params, results, vars, mod.block(null, [mod.local.set(rp, mod.global.get(G_RESUME, b.i32)), entryRestores(ctx), bodyCopy], results));
-    addWrapper(b, mod, c.name, fast, resume, params, results, slotMaps, localTypes, typeName, safepointFn);
+    addWrapper(b, mod, c.name, c.escape ? null : fast, resume, params, results, slotMaps, localTypes, typeName, safepointFn);
     removelist.push(fast, resume);
+    if (c.escape) {
+      mod.addFunction(escape, info.params, results, [], mod.call(c.name, params.map((t, i) => mod.local.get(i, t)), results));
+      removelist.push(escape);
+      escapes.push({ name: c.name, fast, escape });
+    }
   }
-  if (removelist.length === 0) return removelist;
+  if (removelist.length === 0) return { removelist, escapes };
+  if (escapes.length > 0) {
+    // The stubs must survive until finishEscapes: the safepoint check's inlining would
+    // otherwise inline them (they are tiny), leaving the exits calling F, the fast body-to-be.
+    b.setPassArgument('no-inline', `*${ESCAPE_SUFFIX}`);
+    try {
+      mod.runPasses(['no-inline']);
+    } finally {
+      b.clearPassArguments();
+    }
+  }
   for (const g of [G_RESUME, G_SUSPENDED, G_PINNED, G_ATCALL, G_UNWINDING]) mod.addGlobal(g, b.i32, true, mod.i32.const(0));
   mod.addGlobalExport(G_PINNED, PINNED_EXPORT);
   mod.addGlobalExport(G_ATCALL, ATCALL_EXPORT);
@@ -184,8 +216,59 @@ export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn:
   for (const [t, n] of slots) {
     for (let j = 0; j < n; j++) mod.addGlobal(saveSlot(t, j), typeOf.get(t), true, zero(b, mod, typeOf.get(t)!));
   }
-  return removelist;
+  return { removelist, escapes };
 }
+
+/** What resumeAtLoopHeads leaves for the Asyncify step and after it. */
+export interface LoopResumeResult {
+  /** Functions Asyncify must leave alone. */
+  removelist: string[];
+  /** Functions whose fast body takes F's place once Asyncify has run (finishEscapes). */
+  escapes: Escape[];
+}
+
+export interface Escape {
+  /** F: until finishEscapes, its escape wrapper (Asyncify'd); then the fast body. */
+  name: string;
+  /** The fast body's function, folded into F and removed. */
+  fast: string;
+  /** The name the escape wrapper moves to. */
+  escape: string;
+}
+
+/**
+ * Escape, after Asyncify. Every function whose safepoints are all at loop heads (or its entry)
+ * and whose calls that may unwind can all be made resumable is split — not only the big ones
+ * chosen for a wrapper. With a wrapper, a small function would pay a second frame and the
+ * wrapper's Asyncify code on every call (malloc: most of what the split saves). So here F's own
+ * body becomes the fast body, with one load in front: while a rewind runs (the worker's
+ * rewinding flag, bytes 20..23) F hands its call to the escape wrapper, which Asyncify rewinds
+ * into its safepoint and which then runs F$resume. A suspend check in the fast body (or an unwind
+ * check after a callee unwound) saves the live locals and calls the escape wrapper, which
+ * unwinds (or continues the held unwind); F then returns whatever it returned, and its callers,
+ * instrumented as calling something that may unwind (Asyncify saw the wrapper under F's name),
+ * unwind in turn. F's own frame holds nothing by then: all of its state is in the saved locals.
+ * The fast body counts no activation of its own in ferry$pinned, nor its calls in ferry$atcall
+ * (only F$resume, called by the wrapper, does), so its checks want pinned − atcall = 0.
+ */
+export function finishEscapes(b: BinaryenApi, mod: BinaryenApi, escapes: Escape[]): void {
+  for (const e of escapes) {
+    const wrapper = b.getFunctionInfo(mod.getFunction(e.name));
+    const fast = b.getFunctionInfo(mod.getFunction(e.fast));
+    mod.removeFunction(e.name);
+    mod.removeFunction(e.escape); // the stub: the fast body's exits now reach the wrapper itself
+    mod.addFunction(e.escape, wrapper.params, wrapper.results, wrapper.vars, wrapper.body);
+    const params: number[] = b.expandType(fast.params);
+    const handOver = mod.call(e.escape, params.map((t, i) => mod.local.get(i, t)), fast.results);
+    const rewinding = mod.i32.load(SAFEPOINT_FLAG_ADDR + 4, 4, mod.i32.const(0));
+    const prologue = mod.if(rewinding, fast.results === b.none ? mod.block(null, [handOver, mod.return()]) : mod.return(handOver));
+    mod.removeFunction(e.fast);
+    mod.addFunction(e.name, fast.params, fast.results, fast.vars, mod.block(null, [prologue, fast.body], fast.results));
+  }
+}
+
+/** The end of an escape wrapper's name (see finishEscapes). */
+const ESCAPE_SUFFIX = '$ferry_escape';
 
 /** Whether `name` is a resume copy this module made (warm-exports.ts has them compiled early). */
 export function isResumeCopy(name: string): boolean {

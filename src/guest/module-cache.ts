@@ -12,7 +12,7 @@ import {
   type InstrumentedMeta,
   type InstrumentedModule,
 } from './instrument.js';
-import { loopResumeEnabled } from './loop-resume.js';
+import { escapeEnabled, loopResumeEnabled } from './loop-resume.js';
 import { instrumentOffThread, type InstrumentProgressListener } from './instrument-runner.js';
 import { sha256Hex } from '../state/hash.js';
 
@@ -85,7 +85,7 @@ export class ModuleCache {
     if (existsSync(metaPath)) {
       try {
         const meta = JSON.parse(readFileSync(metaPath, 'utf8')) as InstrumentedMeta;
-        if (meta.instrumentationVersion === INSTRUMENTATION_VERSION && meta.sourceHash === hash && meta.loopResume === loopResumeEnabled()) {
+        if (meta.instrumentationVersion === INSTRUMENTATION_VERSION && meta.sourceHash === hash && meta.loopResume === loopResumeEnabled() && meta.escape === (loopResumeEnabled() && escapeEnabled())) {
           return {
             meta,
             binary: readFileSync(join(dir, 'instrumented.wasm')),

@@ -19,36 +19,55 @@ export function zero(b: BinaryenApi, mod: BinaryenApi, t: number): number {
   return mod.v128.const(new Array<number>(16).fill(0));
 }
 
-/** `if (pause pending && ferry$pinned == 1) { save the live locals; record point k; return }`. */
-export function suspendCheck(b: BinaryenApi, mod: BinaryenApi, k: number, slots: Map<number, string>, localTypes: number[], results: number): number {
+/**
+ * How a suspend or unwind check leaves: a split function's copies `return` to their wrapper,
+ * which raised ferry$pinned around the call (so a suspend check wants pinned − atcall = 1); an
+ * escaping fast body (F itself, called with no wrapper) calls its escape wrapper and returns what
+ * it returns (pinned − atcall = 0: no activation of its own is counted).
+ */
+export type SuspendExit = { kind: 'return' } | { kind: 'escape'; wrapper: string; params: number[] };
+
+/** `if (pause pending && ferry$pinned − ferry$atcall == own) { save the live locals; record point k; leave }`. */
+export function suspendCheck(b: BinaryenApi, mod: BinaryenApi, k: number, slots: Map<number, string>, localTypes: number[], results: number, exit: SuspendExit = { kind: 'return' }): number {
   const saves = [...slots].map(([x, g]) => mod.global.set(g, mod.local.get(x, localTypes[x])));
-  const ret = results === b.none ? mod.return() : mod.return(zero(b, mod, results));
+  const ret = leave(b, mod, results, exit);
+  const own = exit.kind === 'escape' ? 0 : 1;
   return mod.if(
     mod.i64.ne(mod.i64.atomic.load(0, mod.i32.const(SAFEPOINT_FLAG_ADDR)), mod.i64.const(0n)),
     mod.if(
       mod.i32.and(
         mod.i32.ne(mod.i32.atomic.load(0, mod.i32.const(SAFEPOINT_FLAG_ADDR)), mod.i32.const(0)),
-        mod.i32.eq(mod.i32.sub(mod.global.get(G_PINNED, b.i32), mod.global.get(G_ATCALL, b.i32)), mod.i32.const(1)),
+        mod.i32.eq(mod.i32.sub(mod.global.get(G_PINNED, b.i32), mod.global.get(G_ATCALL, b.i32)), mod.i32.const(own)),
       ),
       mod.block(null, [...saves, mod.global.set(G_SUSPENDED, mod.i32.const(k)), ret]),
     ),
   );
 }
 
-/** After a resumable call: `if (an unwind runs) { save the locals; record call k; return }`. */
-export function unwindCheck(b: BinaryenApi, mod: BinaryenApi, k: number, slots: Map<number, string>, localTypes: number[], results: number): number {
+/** After a resumable call: `if (an unwind runs) { save the locals; record call k; leave }`. */
+export function unwindCheck(b: BinaryenApi, mod: BinaryenApi, k: number, slots: Map<number, string>, localTypes: number[], results: number, exit: SuspendExit = { kind: 'return' }): number {
   const saves = [...slots].map(([x, g]) => mod.global.set(g, mod.local.get(x, localTypes[x])));
-  const ret = results === b.none ? mod.return() : mod.return(zero(b, mod, results));
-  return mod.if(mod.global.get(G_UNWINDING, b.i32), mod.block(null, [mod.call(HOLD_FN, [], b.none), ...saves, mod.global.set(G_SUSPENDED, mod.i32.const(k)), ret]));
+  return mod.if(mod.global.get(G_UNWINDING, b.i32), mod.block(null, [mod.call(HOLD_FN, [], b.none), ...saves, mod.global.set(G_SUSPENDED, mod.i32.const(k)), leave(b, mod, results, exit)]));
+}
+
+/** The way out of a suspend or unwind check: a return, or the escape wrapper's call. */
+function leave(b: BinaryenApi, mod: BinaryenApi, results: number, exit: SuspendExit): number {
+  if (exit.kind === 'escape') {
+    const call = mod.call(exit.wrapper, exit.params.map((t, i) => mod.local.get(i, t)), results);
+    return results === b.none ? mod.block(null, [call, mod.return()]) : mod.return(call);
+  }
+  return results === b.none ? mod.return() : mod.return(zero(b, mod, results));
 }
 
 /**
  * F: calls F$fast (or F$resume with the saved locals when resuming) with ferry$pinned raised;
  * when the callee suspended, keeps its saved locals in F's own locals (Asyncify saves those) and
  * calls the safepoint, which unwinds; after a rewind the safepoint returns and F loops to resume.
+ * With `fast` null it is an escape wrapper (loop-resume.ts, finishEscapes): F's fast body
+ * suspended, or saw its callee unwind, before calling it.
  */
 export function addWrapper(
-  b: BinaryenApi, mod: BinaryenApi, name: string, fast: string, resume: string, params: number[], results: number,
+  b: BinaryenApi, mod: BinaryenApi, name: string, fast: string | null, resume: string, params: number[], results: number,
   slotMaps: Map<number, string>[], localTypes: number[], typeName: Map<number, string>, safepointFn: string,
 ): void {
   const counts = new Map<string, { type: number; n: number }>();
@@ -76,26 +95,36 @@ export function addWrapper(
   }
   const args = (): number[] => params.map((t, i) => mod.local.get(i, t));
   const pinned = (delta: number): number => mod.global.set(G_PINNED, mod.i32.add(mod.global.get(G_PINNED, b.i32), mod.i32.const(delta)));
-  const callFast = mod.call(fast, args(), results);
   const callResume = mod.block(null, [
     mod.global.set(G_RESUME, mod.local.get(rp, b.i32)),
     ...held.map((h) => mod.global.set(h.global, mod.local.get(h.local, h.type))),
     mod.call(resume, args(), results),
   ], results);
-  const call = mod.if(mod.i32.eqz(mod.local.get(rp, b.i32)), callFast, callResume);
   const again = 'ferry$again';
+  const tail = results === b.none ? [] : [mod.local.get(r, results)];
+  const keep = (e: number): number => (results === b.none ? e : mod.local.set(r, e));
+  const suspended = (): number => mod.block(null, [
+    mod.global.set(G_SUSPENDED, mod.i32.const(0)),
+    ...held.map((h) => mod.local.set(h.local, mod.global.get(h.global, h.type))),
+    mod.call(safepointFn, [mod.i32.const(0)], b.none),
+  ]);
+  if (fast === null) {
+    // Escape wrapper: entered from F's fast body with ferry$suspended set, or by a rewind
+    // (Asyncify resumes it at its safepoint); either way it runs the resume copy next.
+    const loop = mod.loop(again, mod.block(null, [
+      mod.local.set(rp, mod.global.get(G_SUSPENDED, b.i32)),
+      mod.if(mod.local.get(rp, b.i32), mod.block(null, [suspended(), pinned(1), keep(callResume), pinned(-1), mod.br(again)])),
+    ]));
+    mod.addFunction(name, b.createType(params), results, vars, mod.block(null, [loop, ...tail], results));
+    return;
+  }
+  const call = mod.if(mod.i32.eqz(mod.local.get(rp, b.i32)), mod.call(fast, args(), results), callResume);
   const loop = mod.loop(again, mod.block(null, [
     pinned(1),
-    results === b.none ? call : mod.local.set(r, call),
+    keep(call),
     pinned(-1),
     mod.local.set(rp, mod.global.get(G_SUSPENDED, b.i32)),
-    mod.if(mod.local.get(rp, b.i32), mod.block(null, [
-      mod.global.set(G_SUSPENDED, mod.i32.const(0)),
-      ...held.map((h) => mod.local.set(h.local, mod.global.get(h.global, h.type))),
-      mod.call(safepointFn, [mod.i32.const(0)], b.none),
-      mod.br(again),
-    ])),
+    mod.if(mod.local.get(rp, b.i32), mod.block(null, [suspended(), mod.br(again)])),
   ]));
-  const tail = results === b.none ? [] : [mod.local.get(r, results)];
   mod.addFunction(name, b.createType(params), results, vars, mod.block(null, [mod.call(safepointFn, [mod.i32.const(0)], b.none), loop, ...tail], results));
 }

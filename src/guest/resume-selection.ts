@@ -7,12 +7,24 @@ import { Kind, preOrder, readTree, UnsupportedExpression, type WNode } from './w
 export const LOOP_RESUME_MIN_EXPRESSIONS = 2048;
 /** ... and this many call sites that may unwind (each costs Asyncify a guard and a state check). */
 export const LOOP_RESUME_MIN_CALL_SITES = 32;
+/**
+ * A function escapes only up to this size: the split keeps its body twice (F and F$resume), and
+ * past this much code its calls are too few for what escaping saves per call to matter.
+ */
+export const ESCAPE_MAX_EXPRESSIONS = 16384;
 
 export interface Chosen {
   name: string;
   tree: WNode;
   points: WNode[]; // loops whose head has a safepoint, pre-order: point k is points[k - 1]
   sites: number; // call sites that may unwind
+  /**
+   * Escape (every safepoint at a loop head or the entry; not big enough to be chosen): F
+   * itself becomes the fast body, with no wrapper frame on its calls, and escapes into an
+   * Asyncify'd wrapper only when it suspends, a callee unwinds, or it is rewound (loop-resume.ts,
+   * finishEscapes).
+   */
+  escape: boolean;
 }
 
 /** A loop whose body starts with a safepoint call: a place a split function can suspend. */
@@ -20,6 +32,12 @@ export function isPoint(n: WNode, safepointFn: string): boolean {
   const body = n.children[0];
   const head = body?.kind === Kind.Block ? body.children[0] : undefined;
   return n.kind === Kind.Loop && head?.kind === Kind.Call && head.callee === safepointFn;
+}
+
+/** Whether the body starts with a safepoint (a function on a cycle of the call graph keeps one there). */
+export function hasEntrySafepoint(tree: WNode, safepointFn: string): boolean {
+  const first = tree.kind === Kind.Block ? tree.children[0] : undefined;
+  return first?.kind === Kind.Call && first.callee === safepointFn;
 }
 
 /**
@@ -30,6 +48,7 @@ export function isPoint(n: WNode, safepointFn: string): boolean {
 export function chooseFunctions(b: BinaryenApi, mod: BinaryenApi, safepointFn: string, mayUnwind: (callee: string) => boolean): Chosen[] {
   const fields = childVisitors(b);
   const candidates = new Map<string, Chosen>();
+  const escapes = new Map<string, Chosen>(); // functions that may escape, if not chosen
   const callees = new Map<string, Set<string>>(); // direct calls to defined functions that may unwind
   for (let i = 0; i < mod.getNumFunctions(); i++) {
     const f = b.getFunctionInfo(mod.getFunctionByIndex(i));
@@ -43,11 +62,13 @@ export function chooseFunctions(b: BinaryenApi, mod: BinaryenApi, safepointFn: s
     }
     let size = 0;
     let sites = 0;
+    let safepoints = 0;
     const points: WNode[] = [];
     const calls = new Set<string>();
     preOrder(tree, (n) => {
       size++;
       if (n.kind === Kind.CallIndirect) sites++;
+      if (n.kind === Kind.Call && n.callee === safepointFn) safepoints++;
       if (n.kind === Kind.Call && n.callee !== safepointFn && mayUnwind(n.callee!)) {
         sites++;
         calls.add(n.callee!);
@@ -56,8 +77,12 @@ export function chooseFunctions(b: BinaryenApi, mod: BinaryenApi, safepointFn: s
     });
     callees.set(f.name, calls);
     if (process.env['FERRY_LOOP_RESUME_DEBUG'] && sites >= 8) process.stderr.write(`loop-resume: ${f.name} size ${size} sites ${sites} loop heads ${points.length}\n`);
+    const escapable = escapeEnabled() && (points.length > 0 || sites > 0) && safepoints === points.length + (hasEntrySafepoint(tree, safepointFn) ? 1 : 0) && size <= ESCAPE_MAX_EXPRESSIONS;
     if (points.length > 0 && size >= LOOP_RESUME_MIN_EXPRESSIONS && sites >= LOOP_RESUME_MIN_CALL_SITES) {
-      candidates.set(f.name, { name: f.name, tree, points, sites });
+      candidates.set(f.name, { name: f.name, tree, points, sites, escape: false });
+      if (escapable) escapes.set(f.name, { name: f.name, tree, points, sites, escape: true });
+    } else if (escapable) {
+      escapes.set(f.name, { name: f.name, tree, points, sites, escape: true });
     }
   }
   // While a chosen function is in a call, nothing below it can pause: one that calls down (by
@@ -83,5 +108,16 @@ export function chooseFunctions(b: BinaryenApi, mod: BinaryenApi, safepointFn: s
   if (process.env['FERRY_LOOP_RESUME_DEBUG']) {
     process.stderr.write(`loop-resume: candidates ${[...candidates.keys()].join(' ')}; chosen ${chosen.map((c) => c.name).join(' ')}\n`);
   }
-  return chosen;
+  // A candidate left out here may still escape: an escaping fast body counts no activation of its
+  // own in ferry$pinned, so it holds no pause below it.
+  for (const c of chosen) escapes.delete(c.name);
+  return [...chosen, ...escapes.values()];
+}
+
+/**
+ * Escape (INSTRUMENTATION_VERSION 15): on unless FERRY_ESCAPE=0 (part of the cache check with
+ * loop resume, which it needs).
+ */
+export function escapeEnabled(): boolean {
+  return process.env['FERRY_ESCAPE'] !== '0';
 }
