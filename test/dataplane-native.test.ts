@@ -11,11 +11,11 @@ import { FaultPlane } from '../src/migration/dataplane/fault-plane.js';
 import { AnswerPlane } from '../src/migration/dataplane/answer-plane.js';
 import { DataplaneFrame, DataplanePeer } from '../src/migration/dataplane/frames.js';
 import { takeSocketFd } from '../src/migration/dataplane/socket-fd.js';
-import { DataplaneRole } from '../src/sys/dataplane.js';
+import { DataplaneRole, dataplaneAddon } from '../src/sys/dataplane.js';
 import { PageState } from '../src/memory/page-state.js';
 import { PageDigest, pageHash } from '../src/migration/verify/digest.js';
 import { GuestThread } from './fixtures/memory/guest.js';
-import { PAGE, destination, loopbackPair, patternOf, sourceImage, type Destination } from './fixtures/dataplane/loopback.js';
+import { PAGE, destination, fdIsOpen, handedOverSocket, loopbackPair, patternOf, sourceImage, type Destination } from './fixtures/dataplane/loopback.js';
 
 const WASM_PAGES = 4; // 64 host pages
 const PAGES = WASM_PAGES * 16;
@@ -332,14 +332,28 @@ test('a worker terminated while its data plane threads run (or start, or stop) e
   assert.match(r.stdout, /terminated 60 workers with data plane threads/);
 });
 
-test('bad options are refused with an error naming them, never a crash', () => {
+test('bad options are refused with an error naming them, never a crash; the handed-over socket is closed on every refusal', async () => {
   const d = destination(1, []);
   try {
+    // Not a descriptor: nothing to own.
     assert.throws(() => new FaultPlane({ uffd: d.uffd.fd, sock: -1, base: d.mem.base, pageCount: 16, states: d.states, requests: d.requests, secret: randomBytes(32) }), /sock must be an integer/);
-    assert.throws(() => new FaultPlane({ uffd: d.uffd.fd, sock: 0, base: d.mem.base + 1, pageCount: 16, states: d.states, requests: d.requests, secret: randomBytes(32) }), /base must be page-aligned/);
-    assert.throws(() => new FaultPlane({ uffd: d.uffd.fd, sock: 0, base: d.mem.base, pageCount: 16, states: d.states, requests: d.requests, secret: randomBytes(16) }), /secret has 16 elements, at least 32 needed/);
     const src = sourceImage(4);
-    assert.throws(() => new AnswerPlane({ sock: 0, memory: src.memory, pageCount: 5, pending: src.pending.words, claims: src.claims.words, secret: randomBytes(32) }), /memory has 16384 elements/);
+    const refusals: Array<[string, (sock: number) => unknown, RegExp]> = [
+      ['misaligned base', (sock) => new FaultPlane({ uffd: d.uffd.fd, sock, base: d.mem.base + 1, pageCount: 16, states: d.states, requests: d.requests, secret: randomBytes(32) }), /base must be page-aligned/],
+      ['short secret', (sock) => new FaultPlane({ uffd: d.uffd.fd, sock, base: d.mem.base, pageCount: 16, states: d.states, requests: d.requests, secret: randomBytes(16) }), /secret has 16 elements, at least 32 needed/],
+      ['short memory', (sock) => new AnswerPlane({ sock, memory: src.memory, pageCount: 5, pending: src.pending.words, claims: src.claims.words, secret: randomBytes(32) }), /memory has 16384 elements/],
+      ['a bad role', (sock) => new AnswerPlane({ sock, role: 7 as never, memory: src.memory, pageCount: 4, pending: src.pending.words, claims: src.claims.words, secret: randomBytes(32) }), /role must be an integer/],
+      ['no onExit', (sock) => (dataplaneAddon().startAnswer as (o: object) => unknown)({ sock }), /startAnswer\(options, onExit\)/],
+      ['onExit not a function', (sock) => dataplaneAddon().startFault({ sock } as never, 1 as never), /option role is required/],
+      // Building the options throws before the addon is called: startOwning closes the socket.
+      ['options that cannot be built', (sock) => new FaultPlane({ uffd: d.uffd.fd, sock, base: d.mem.base, pageCount: 16, states: d.states, requests: d.requests, secret: randomBytes(32), latencyRing: -1 }), /Invalid array length|Array buffer allocation failed|RangeError/i],
+    ];
+    for (const [what, start, error] of refusals) {
+      const s = await handedOverSocket();
+      assert.throws(() => start(s.fd), error, what);
+      assert.equal(fdIsOpen(s.fd), false, `${what}: the socket's descriptor is closed`);
+      await s.closed; // and its peer sees the end of the stream
+    }
   } finally {
     d.release();
   }

@@ -200,8 +200,7 @@ static napi_value start(napi_env env, plane *p, napi_value on_exit) {
   napi_create_string_utf8(env, "ferry dataplane exit", NAPI_AUTO_LENGTH, &name);
   p->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (p->wakefd < 0 || napi_create_threadsafe_function(env, on_exit, NULL, name, 0, 1, NULL, NULL, NULL, call_js, &p->tsfn) != napi_ok) {
-    p->sock = -1; /* not taken: the caller still owns it */
-    release(p, 0);
+    release(p, 0); /* closes the socket too: the addon owns it from the start function's entry */
     free(p);
     return fail(env, "dataplane: cannot make the thread's eventfd or callback");
   }
@@ -209,7 +208,6 @@ static napi_value start(napi_env env, plane *p, napi_value on_exit) {
   napi_unref_threadsafe_function(env, p->tsfn); /* a running plane does not keep the process alive */
   napi_value handle;
   if (napi_create_external(env, p, finalize, NULL, &handle) != napi_ok) {
-    p->sock = -1;
     release(p, 0);
     free(p);
     return NULL;
@@ -217,7 +215,6 @@ static napi_value start(napi_env env, plane *p, napi_value on_exit) {
   /* From here the handle owns p (its finalizer frees it). */
   if (napi_add_env_cleanup_hook(env, cleanup_hook, p) == napi_ok) p->hooked = 1;
   if (pthread_create(&p->th, NULL, thread_main, p) != 0) {
-    p->sock = -1;
     release(p, 0);
     return fail(env, "dataplane: pthread_create: %s", strerror(errno));
   }
@@ -225,12 +222,36 @@ static napi_value start(napi_env env, plane *p, napi_value on_exit) {
   return handle;
 }
 
-static plane *new_plane(napi_env env, int kind) {
+/* Ownership of the handed-over socket: every start function reads options.sock first of all, and
+ * from then on the socket is the addon's, whatever happens — a refused option, a missing
+ * argument, no memory — so a caller never has to guess whether to close it after a throw. The
+ * only descriptor not closed is one that is not a valid descriptor number (nothing to own). */
+static int own_sock(napi_env env, size_t argc, napi_value *argv) {
+  napi_valuetype t = napi_undefined;
+  if (argc < 1 || napi_typeof(env, argv[0], &t) != napi_ok || t != napi_object) return -1;
+  bool has = false;
+  napi_value v;
+  double d;
+  if (napi_has_named_property(env, argv[0], "sock", &has) != napi_ok || !has || napi_get_named_property(env, argv[0], "sock", &v) != napi_ok ||
+      napi_typeof(env, v, &t) != napi_ok || t != napi_number || napi_get_value_double(env, v, &d) != napi_ok)
+    return -1;
+  if (!(d >= 0 && d <= (1 << 30)) || d != (double)(int)d) return -1;
+  return (int)d;
+}
+
+/* A refusal before there is a plane to release: the owned socket is closed here. */
+static napi_value refuse_owned(napi_env env, int sock, const char *msg) {
+  if (sock >= 0) close(sock);
+  return fail(env, "%s", msg);
+}
+
+static plane *new_plane(napi_env env, int kind, int sock) {
   plane *p = calloc(1, sizeof *p);
   if (!p) return NULL;
   p->kind = kind;
   p->env = env;
-  p->wakefd = p->sock = -1;
+  p->wakefd = -1;
+  p->sock = sock; /* owned from here: release() closes it */
   p->f.stop = p->s.stop = p->ps.stop = p->pr.stop = &p->stop;
   return p;
 }
@@ -260,14 +281,15 @@ static int get_common(napi_env env, plane *p, napi_value o, int *sock, int *role
   return 1;
 }
 
-/* startFault(options, onExit) -> handle. Takes options.sock (closed when the plane is released). */
+/* startFault(options, onExit) -> handle. Takes options.sock from its entry (closed on a refusal, or when the plane is released). */
 static napi_value f_start_fault(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 2) return fail(env, "startFault(options, onExit)");
-  plane *p = new_plane(env, KIND_FAULT);
-  if (!p) return fail(env, "out of memory");
+  int owned = own_sock(env, argc, argv);
+  if (argc < 2) return refuse_owned(env, owned, "startFault(options, onExit)");
+  plane *p = new_plane(env, KIND_FAULT, owned);
+  if (!p) return refuse_owned(env, owned, "out of memory");
   dp_fault_args *a = &p->f;
   napi_value o = argv[0];
   double v, base, pages, around;
@@ -306,7 +328,6 @@ static napi_value f_start_fault(napi_env env, napi_callback_info info) {
       a->digest_pages = (uint32_t)(words / 2);
     }
   }
-  p->sock = a->sock;
   return start(env, p, argv[1]);
 bad:
   release(p, 0);
@@ -314,14 +335,15 @@ bad:
   return NULL;
 }
 
-/* startAnswer(options, onExit) -> handle. Takes options.sock (closed when the plane is released). */
+/* startAnswer(options, onExit) -> handle. Takes options.sock from its entry (closed on a refusal, or when the plane is released). */
 static napi_value f_start_answer(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 2) return fail(env, "startAnswer(options, onExit)");
-  plane *p = new_plane(env, KIND_ANSWER);
-  if (!p) return fail(env, "out of memory");
+  int owned = own_sock(env, argc, argv);
+  if (argc < 2) return refuse_owned(env, owned, "startAnswer(options, onExit)");
+  plane *p = new_plane(env, KIND_ANSWER, owned);
+  if (!p) return refuse_owned(env, owned, "out of memory");
   dp_answer_args *a = &p->s;
   napi_value o = argv[0];
   double pages;
@@ -349,7 +371,6 @@ static napi_value f_start_answer(napi_env env, napi_callback_info info) {
     }
     a->bulk = b;
   }
-  p->sock = a->sock;
   return start(env, p, argv[1]);
 bad:
   release(p, 0);
@@ -357,14 +378,15 @@ bad:
   return NULL;
 }
 
-/* startPrecopySend(options, onExit) -> handle. Takes options.sock (closed when the plane is released). */
+/* startPrecopySend(options, onExit) -> handle. Takes options.sock from its entry (closed on a refusal, or when the plane is released). */
 static napi_value f_start_presend(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 2) return fail(env, "startPrecopySend(options, onExit)");
-  plane *p = new_plane(env, KIND_PRESEND);
-  if (!p) return fail(env, "out of memory");
+  int owned = own_sock(env, argc, argv);
+  if (argc < 2) return refuse_owned(env, owned, "startPrecopySend(options, onExit)");
+  plane *p = new_plane(env, KIND_PRESEND, owned);
+  if (!p) return refuse_owned(env, owned, "out of memory");
   dp_presend_args *a = &p->ps;
   napi_value o = argv[0];
   int realtime = 0;
@@ -378,7 +400,6 @@ static napi_value f_start_presend(napi_env env, napi_callback_info info) {
       !(a->job = get_array(env, p, o, "job", napi_int32_array, 4, PJ_SLOTS, NULL)) ||
       !(a->stats = get_array(env, p, o, "stats", napi_float64_array, 8, PS_SLOTS, NULL)) || !get_secret(env, p, o, a->secret))
     goto bad;
-  p->sock = a->sock;
   return start(env, p, argv[1]);
 bad:
   release(p, 0);
@@ -386,14 +407,15 @@ bad:
   return NULL;
 }
 
-/* startPrecopyReceive(options, onExit) -> handle. Takes options.sock (closed when the plane is released). */
+/* startPrecopyReceive(options, onExit) -> handle. Takes options.sock from its entry (closed on a refusal, or when the plane is released). */
 static napi_value f_start_prerecv(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 2) return fail(env, "startPrecopyReceive(options, onExit)");
-  plane *p = new_plane(env, KIND_PRERECV);
-  if (!p) return fail(env, "out of memory");
+  int owned = own_sock(env, argc, argv);
+  if (argc < 2) return refuse_owned(env, owned, "startPrecopyReceive(options, onExit)");
+  plane *p = new_plane(env, KIND_PRERECV, owned);
+  if (!p) return refuse_owned(env, owned, "out of memory");
   dp_prerecv_args *a = &p->pr;
   napi_value o = argv[0];
   int realtime = 0;
@@ -425,7 +447,6 @@ static napi_value f_start_prerecv(napi_env env, napi_callback_info info) {
       a->digest_pages = (uint32_t)(words / 2);
     }
   }
-  p->sock = a->sock;
   return start(env, p, argv[1]);
 bad:
   release(p, 0);

@@ -8,6 +8,7 @@ import {
   dataplaneAddon, DataplaneRole, DataplaneState, PrecopyJob, PrecopyReceiveStat, PrecopySendStat, type DataplaneHandle,
 } from '../../sys/dataplane.js';
 import type { PageBitmap } from '../../memory/page-bitmap.js';
+import { startOwning } from './socket-fd.js';
 
 /** How often a waiting side looks at the thread's counters (a pass's end, not a page: rare). */
 const POLL_MS = 1;
@@ -88,19 +89,21 @@ export interface PrecopySenderStats {
 export class PrecopySender extends PrecopyThread {
   private readonly job = new Int32Array(new SharedArrayBuffer(PrecopyJob.SLOTS * 4));
   private readonly stats = new Float64Array(new SharedArrayBuffer(PrecopySendStat.SLOTS * 8));
-  private readonly pages: Uint32Array;
+  /** Set while the thread starts (inside startOwning: an allocation that throws must close the socket). */
+  private pages!: Uint32Array;
   private seq = 0;
 
   constructor(o: PrecopySenderOptions) {
     super();
-    this.pages = new Uint32Array(new SharedArrayBuffer(Math.max(1, Math.ceil(o.maxPages / 32)) * 4));
-    this.handle = dataplaneAddon().startPrecopySend(
-      {
+    this.handle = startOwning(o.sock, () => {
+      this.pages = new Uint32Array(new SharedArrayBuffer(Math.max(1, Math.ceil(o.maxPages / 32)) * 4));
+      const options = {
         sock: o.sock, role: DataplaneRole.CONNECTOR, timeoutMs: o.timeoutMs ?? 10_000, realtime: false, secret: o.secret,
         memory: o.memory, maxPages: o.maxPages, pages: this.pages, job: this.job, stats: this.stats,
-      },
-      this.onExit,
-    );
+      };
+      const addon = dataplaneAddon();
+      return () => addon.startPrecopySend(options, this.onExit);
+    });
   }
 
   /**
@@ -164,14 +167,15 @@ export class PrecopyReceiver extends PrecopyThread {
   constructor(o: PrecopyReceiverOptions) {
     super();
     this.limit[0] = o.pageCount;
-    this.handle = dataplaneAddon().startPrecopyReceive(
-      {
+    this.handle = startOwning(o.sock, () => {
+      const options = {
         sock: o.sock, role: DataplaneRole.ACCEPTOR, timeoutMs: o.timeoutMs ?? 10_000, realtime: false, secret: o.secret,
         uffd: o.uffd, base: o.base, states: o.states, stateCounts: o.stateCounts, limit: this.limit, stats: this.stats,
         ...(o.digest ? { digest: o.digest } : {}),
-      },
-      this.onExit,
-    );
+      };
+      const addon = dataplaneAddon();
+      return () => addon.startPrecopyReceive(options, this.onExit);
+    });
   }
 
   /** The memory grew (the bulk channel's GROW): pages below `pageCount` may be placed. */
