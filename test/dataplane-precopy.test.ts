@@ -52,7 +52,7 @@ test('sender to receiver: two passes place every page (holes by UFFDIO_COPY, rec
   const [a, b] = await loopbackPair();
   const digest = new PageDigest(PAGES * PAGE);
   const recv = receiverFor(d, takeSocketFd(b), secret, PAGES, digest);
-  const send = new PrecopySender({ sock: takeSocketFd(a), secret, memory: src.memory, maxPages: PAGES });
+  const send = new PrecopySender({ sock: takeSocketFd(a), secret, memory: () => src.memory, maxPages: PAGES });
   try {
     // Pass 0: pages 0..39 as data, the rest (40..63) as never touched (ZERO).
     await send.sendPass(0, new PageBitmap(PAGES).addRange(0, 40), PAGES, true);
@@ -132,7 +132,7 @@ test('a sender whose destination goes away mid-pass fails the pass with the reas
   const src = sourceImage(pages);
   const secret = randomBytes(32);
   const [a, b] = await loopbackPair();
-  const send = new PrecopySender({ sock: takeSocketFd(a), secret, memory: src.memory, maxPages: pages });
+  const send = new PrecopySender({ sock: takeSocketFd(a), secret, memory: () => src.memory, maxPages: pages });
   const peer = await DataplanePeer.open(b, secret, DataplaneRole.ACCEPTOR, 'precopy');
   try {
     const pass = send.sendPass(0, new PageBitmap(pages).addRange(0, pages), pages, false);
@@ -181,6 +181,58 @@ test('a REQUEST (a postcopy frame) during precopy is refused', async () => {
   }
 });
 
+test('a pass past the end of the memory view (or of the bitmap) is refused with an error, never read', async () => {
+  for (const [what, limit, error] of [['the memory view', 40, /limit of 40 pages is past the memory view's 32/], ['the bitmap', PAGES + 16, /limit of 80 pages is past the bitmap's 64/]] as const) {
+    const src = sourceImage(PAGES);
+    const secret = randomBytes(32);
+    const [a, b] = await loopbackPair();
+    // The view covers 32 pages; the bitmap covers 64.
+    const send = new PrecopySender({ sock: takeSocketFd(a), secret, memory: () => src.memory.subarray(0, 32 * PAGE), maxPages: PAGES });
+    const peer = await DataplanePeer.open(b, secret, DataplaneRole.ACCEPTOR, 'precopy');
+    try {
+      await assert.rejects(send.sendPass(0, new PageBitmap(PAGES).addRange(0, PAGES), limit, false), error, what);
+      assert.equal(send.read().dataPages, 0, `${what}: nothing of the pass was sent`);
+    } finally {
+      send.stop();
+      peer.sock.destroy();
+    }
+  }
+});
+
+test('a memory that grows during precopy: the next pass reads the longer view, and its pages arrive intact', async () => {
+  const d = destination(WASM_PAGES, Array.from({ length: PAGES }, (_, p) => p));
+  // A real growable guest memory: 2 wasm pages (32 host pages) now, 4 at most.
+  const guest = new WebAssembly.Memory({ initial: WASM_PAGES / 2, maximum: WASM_PAGES, shared: true });
+  const fill = () => {
+    const words = new Int32Array(guest.buffer);
+    for (let p = 0; p < words.length / 1024; p++) words[p * 1024] = patternOf(p);
+  };
+  fill();
+  const secret = randomBytes(32);
+  const [a, b] = await loopbackPair();
+  const recv = receiverFor(d, takeSocketFd(b), secret);
+  const send = new PrecopySender({ sock: takeSocketFd(a), secret, memory: () => new Uint8Array(guest.buffer), maxPages: PAGES });
+  try {
+    await send.sendPass(0, new PageBitmap(PAGES).addRange(0, 32), 32, false);
+    await recv.passPlaced(0);
+    // The guest grows: the next pass names pages past the view the thread started with.
+    guest.grow(WASM_PAGES / 2);
+    fill();
+    await send.sendPass(1, new PageBitmap(PAGES).addRange(30, PAGES), PAGES, false);
+    await recv.passPlaced(1);
+    for (const p of [0, 31, 32, 47, 63]) {
+      assert.equal(d.states.get(p), PageState.RECEIVED, `page ${p}`);
+      assert.equal(wordAt(d, p), patternOf(p), `page ${p}`);
+    }
+    assert.equal(send.read().dataPages, 32 + 34);
+    await Promise.all([send.close(), recv.closed()]);
+  } finally {
+    send.stop();
+    recv.stop();
+    d.release();
+  }
+});
+
 test('bad options are refused with an error naming them, never a crash; the handed-over socket is closed on every refusal', async () => {
   const d = destination(WASM_PAGES, []);
   const src = sourceImage(PAGES);
@@ -189,12 +241,12 @@ test('bad options are refused with an error naming them, never a crash; the hand
   const stateCounts = new Int32Array(shared.counts, 0, 3);
   try {
     const refusals: Array<[string, (sock: number) => unknown, RegExp]> = [
-      ['short secret', (sock) => new PrecopySender({ sock, secret: randomBytes(8), memory: src.memory, maxPages: PAGES }), /secret has 8 elements/],
-      ['a negative timeout', (sock) => new PrecopySender({ sock, secret: randomBytes(32), memory: src.memory, maxPages: PAGES, timeoutMs: -5 }), /timeoutMs must be an integer/],
+      ['short secret', (sock) => new PrecopySender({ sock, secret: randomBytes(8), memory: () => src.memory, maxPages: PAGES }), /secret has 8 elements/],
+      ['a negative timeout', (sock) => new PrecopySender({ sock, secret: randomBytes(32), memory: () => src.memory, maxPages: PAGES, timeoutMs: -5 }), /timeoutMs must be an integer/],
       ['misaligned base', (sock) => new PrecopyReceiver({ sock, secret: randomBytes(32), uffd: d.uffd.fd, base: d.mem.base + 8, states, stateCounts, pageCount: PAGES }), /base must be page-aligned/],
       ['a bad uffd', (sock) => new PrecopyReceiver({ sock, secret: randomBytes(32), uffd: -3, base: d.mem.base, states, stateCounts, pageCount: PAGES }), /uffd must be an integer/],
       // Building the options throws before the addon is called: startOwning closes the socket.
-      ['a bitmap that cannot be allocated', (sock) => new PrecopySender({ sock, secret: randomBytes(32), memory: src.memory, maxPages: 2 ** 60 }), /RangeError/],
+      ['a bitmap that cannot be allocated', (sock) => new PrecopySender({ sock, secret: randomBytes(32), memory: () => src.memory, maxPages: 2 ** 60 }), /RangeError/],
     ];
     for (const [what, start, error] of refusals) {
       const s = await handedOverSocket();

@@ -152,7 +152,10 @@ enum { PR_MARK, PR_DATA_PAGES, PR_ZERO_PAGES, PR_FRAMES, PR_BYTES_SENT, PR_BYTES
 
 typedef struct {
   int sock, wakefd, role, timeout_ms;
-  const uint8_t *memory;  /* guest page 0 of the running guest's memory (it only grows, in place) */
+  /* Guest page 0 of the running guest's memory, and the pages its view covers: a pass never reads
+   * past them. Replaced (setMemory) only between passes, when the memory has grown. */
+  const uint8_t *memory;
+  uint32_t memory_pages;
   uint32_t max_pages;     /* pages the bitmap covers */
   uint32_t *pages;        /* PageBitmap words: the pass's pages */
   int32_t *job;           /* PJ_SLOTS */

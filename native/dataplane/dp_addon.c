@@ -39,6 +39,7 @@ typedef struct plane {
   napi_threadsafe_function tsfn;
   napi_ref refs[MAX_REFS];
   int nrefs;
+  int memory_ref; /* native precopy sender: which of refs holds the memory's view (setMemory replaces it) */
 } plane;
 
 /* ------------------------------------------------------------------ errors and arguments */
@@ -394,7 +395,10 @@ static napi_value f_start_presend(napi_env env, napi_callback_info info) {
   size_t words = 0;
   if (!get_common(env, p, o, &a->sock, &a->role, &a->timeout_ms, &realtime) || !get_num(env, o, "maxPages", 0, 1u << 31, &pages)) goto bad;
   a->max_pages = (uint32_t)pages;
-  if (!(a->memory = get_array(env, p, o, "memory", napi_uint8_array, 1, 1, NULL))) goto bad;
+  size_t mem = 0;
+  p->memory_ref = p->nrefs;
+  if (!(a->memory = get_array(env, p, o, "memory", napi_uint8_array, 1, 1, &mem))) goto bad;
+  a->memory_pages = mem / DP_PAGE > UINT32_MAX ? UINT32_MAX : (uint32_t)(mem / DP_PAGE);
   words = (a->max_pages + 31) / 32;
   if (!(a->pages = get_array(env, p, o, "pages", napi_uint32_array, 4, words ? words : 1, NULL)) ||
       !(a->job = get_array(env, p, o, "job", napi_int32_array, 4, PJ_SLOTS, NULL)) ||
@@ -489,6 +493,42 @@ static napi_value f_wake(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* setMemory(handle, memory): the native precopy sender reads later passes from this view (the
+ * guest's memory grew). Only between passes — the thread reads the view only inside one — so a
+ * call while a pass is in flight is refused; the previous view is released. */
+static napi_value f_set_memory(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  plane *p = NULL;
+  napi_valuetype t = napi_undefined;
+  if (argc >= 1) napi_typeof(env, argv[0], &t);
+  if (argc < 2 || t != napi_external || napi_get_value_external(env, argv[0], (void **)&p) != napi_ok || !p || p->kind != KIND_PRESEND)
+    return fail(env, "setMemory(handle of a precopy sender, memory)");
+  if (p->released) return fail(env, "dataplane: setMemory on a stopped plane");
+  dp_presend_args *a = &p->ps;
+  int32_t want = __atomic_load_n(&a->job[PJ_PASS_SEQ], __ATOMIC_ACQUIRE);
+  double done;
+  __atomic_load(&a->stats[PS_PASS_DONE], &done, __ATOMIC_ACQUIRE);
+  if ((double)want != done)
+    return fail(env, "dataplane: setMemory while a pass is in flight");
+  bool is = false;
+  napi_typedarray_type ty;
+  size_t len = 0, off = 0;
+  void *data = NULL;
+  napi_value ab;
+  napi_ref ref;
+  napi_is_typedarray(env, argv[1], &is);
+  if (!is || napi_get_typedarray_info(env, argv[1], &ty, &len, &data, &ab, &off) != napi_ok || ty != napi_uint8_array || !data || len == 0)
+    return fail(env, "dataplane: memory must be a non-empty Uint8Array");
+  if (napi_create_reference(env, argv[1], 1, &ref) != napi_ok) return fail(env, "dataplane: cannot hold memory");
+  napi_delete_reference(env, p->refs[p->memory_ref]);
+  p->refs[p->memory_ref] = ref;
+  a->memory = data;
+  __atomic_store_n(&a->memory_pages, len / DP_PAGE > UINT32_MAX ? UINT32_MAX : (uint32_t)(len / DP_PAGE), __ATOMIC_RELEASE);
+  return NULL;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor d[] = {
       {"startFault", NULL, f_start_fault, NULL, NULL, NULL, napi_default, NULL},
@@ -496,6 +536,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"startPrecopySend", NULL, f_start_presend, NULL, NULL, NULL, napi_default, NULL},
       {"startPrecopyReceive", NULL, f_start_prerecv, NULL, NULL, NULL, napi_default, NULL},
       {"wake", NULL, f_wake, NULL, NULL, NULL, napi_default, NULL},
+      {"setMemory", NULL, f_set_memory, NULL, NULL, NULL, napi_default, NULL},
       {"stop", NULL, f_stop, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof d / sizeof d[0], d);

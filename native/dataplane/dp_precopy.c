@@ -150,8 +150,15 @@ int dp_presend_run(dp_presend_args *a) {
       uint32_t pass = (uint32_t)__atomic_load_n(&a->job[PJ_PASS], __ATOMIC_ACQUIRE);
       uint32_t limit = (uint32_t)__atomic_load_n(&a->job[PJ_LIMIT], __ATOMIC_ACQUIRE);
       int others_zero = __atomic_load_n(&a->job[PJ_OTHERS_ZERO], __ATOMIC_ACQUIRE);
+      /* A pass never reads past the bitmap nor past the memory's view (setMemory hands over a
+       * grown one between passes): the pages beyond are not the guest's, or not mapped. */
+      uint32_t memory_pages = __atomic_load_n(&a->memory_pages, __ATOMIC_ACQUIRE);
       if (limit > a->max_pages) {
-        dp_set_err(a->err, "internal: a pass of %u pages over a bitmap of %u", limit, a->max_pages);
+        dp_set_err(a->err, "refused pass %u: its limit of %u pages is past the bitmap's %u", pass, limit, a->max_pages);
+        goto out;
+      }
+      if (limit > memory_pages) {
+        dp_set_err(a->err, "refused pass %u: its limit of %u pages is past the memory view's %u", pass, limit, memory_pages);
         goto out;
       }
       if (send_pass(a, &c, pass, limit, others_zero) < 0) goto out;

@@ -64,7 +64,7 @@ export interface AnswerThreadOptions extends CommonOptions {
 }
 
 export interface PrecopySendOptions extends CommonOptions {
-  /** The running guest's memory from page 0 (it only grows, in place: pages up to a pass's limit are read). */
+  /** The running guest's memory from page 0, as far as it reaches now: a pass past its end is refused (setMemory hands over a grown one). */
   memory: Uint8Array;
   /** Pages the `pages` bitmap covers (the reservation). */
   maxPages: number;
@@ -111,6 +111,11 @@ export interface FerryDataplane {
   /** Native precopy (dp_precopy.c): the source's pass sender and the destination's receiver. */
   startPrecopySend(options: PrecopySendOptions, onExit: (error: string | null) => void): DataplaneHandle;
   startPrecopyReceive(options: PrecopyReceiveOptions, onExit: (error: string | null) => void): DataplaneHandle;
+  /**
+   * A precopy sender's later passes read this view of the guest's memory (it grew). Only between
+   * passes: refused while one is in flight.
+   */
+  setMemory(handle: DataplaneHandle, memory: Uint8Array): void;
   /** Makes the thread look at its job slots again. */
   wake(handle: DataplaneHandle): void;
   /** Stops and joins the thread; returns why it ended (null: stopped, no failure). Idempotent. */

@@ -71,8 +71,11 @@ export interface PrecopySenderOptions {
   /** A descriptor of the data plane connection; taken (closed by stop()). */
   sock: number;
   secret: Uint8Array;
-  /** The running guest's memory from page 0. */
-  memory: Uint8Array;
+  /**
+   * The running guest's memory from page 0, as it is now: read before each pass, so a pass covers
+   * pages the memory grew by since the thread started (the thread refuses a pass past the view).
+   */
+  memory: () => Uint8Array;
   /** Pages of the reservation (the most any pass may name). */
   maxPages: number;
   timeoutMs?: number;
@@ -92,14 +95,20 @@ export class PrecopySender extends PrecopyThread {
   /** Set while the thread starts (inside startOwning: an allocation that throws must close the socket). */
   private pages!: Uint32Array;
   private seq = 0;
+  private readonly memory: () => Uint8Array;
+  /** Bytes of the view the thread reads: a longer one is handed over before the next pass. */
+  private memoryBytes = 0;
 
   constructor(o: PrecopySenderOptions) {
     super();
+    this.memory = o.memory;
     this.handle = startOwning(o.sock, () => {
       this.pages = new Uint32Array(new SharedArrayBuffer(Math.max(1, Math.ceil(o.maxPages / 32)) * 4));
+      const memory = o.memory();
+      this.memoryBytes = memory.byteLength;
       const options = {
         sock: o.sock, role: DataplaneRole.CONNECTOR, timeoutMs: o.timeoutMs ?? 10_000, realtime: false, secret: o.secret,
-        memory: o.memory, maxPages: o.maxPages, pages: this.pages, job: this.job, stats: this.stats,
+        memory, maxPages: o.maxPages, pages: this.pages, job: this.job, stats: this.stats,
       };
       const addon = dataplaneAddon();
       return () => addon.startPrecopySend(options, this.onExit);
@@ -112,6 +121,7 @@ export class PrecopySender extends PrecopyThread {
    * then its MARK. Resolves once every byte of it is written to the socket.
    */
   async sendPass(pass: number, set: PageBitmap, limit: number, othersZero: boolean): Promise<void> {
+    this.followMemory();
     const words = Math.ceil(limit / 32);
     this.pages.fill(0);
     this.pages.set(set.words.subarray(0, Math.min(words, set.words.length)));
@@ -122,6 +132,15 @@ export class PrecopySender extends PrecopyThread {
     Atomics.store(this.job, PrecopyJob.PASS_SEQ, seq); // last: it publishes the rest
     if (this.handle) dataplaneAddon().wake(this.handle);
     await this.until(() => this.stats[PrecopySendStat.PASS_DONE] === seq, `pass ${pass} to be written`);
+  }
+
+  /** The guest's memory grew since the last pass: the thread reads the longer view from now on (no pass is in flight). */
+  private followMemory(): void {
+    if (!this.handle || this.done) return; // a thread that ended: the pass below reports why
+    const view = this.memory();
+    if (view.byteLength === this.memoryBytes) return;
+    dataplaneAddon().setMemory(this.handle, view);
+    this.memoryBytes = view.byteLength;
   }
 
   /** Ends the precopy session (CLOSE each way) and joins the thread; throws if it failed. */

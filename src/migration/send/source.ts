@@ -194,7 +194,7 @@ export class MigrationSource {
     const sender = (this.sender = new PageSender(bulk, this.pages));
     const precopyLink = this.link.precopyLink();
     if (precopyLink) {
-      const native = (this.nativePrecopy = new PrecopySender({ sock: precopyLink.fd, secret: precopyLink.secret, memory: mem.view(), maxPages: this.pages.maxPages }));
+      const native = (this.nativePrecopy = new PrecopySender({ sock: precopyLink.fd, secret: precopyLink.secret, memory: () => mem.view(), maxPages: this.pages.maxPages }));
       this.link.precopyBytes = () => {
         const s = native.read();
         return { sent: s.bytesSent, received: s.bytesReceived };
