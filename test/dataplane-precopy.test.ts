@@ -233,6 +233,35 @@ test('a memory that grows during precopy: the next pass reads the longer view, a
   }
 });
 
+test('the CLOSE wait has one absolute deadline: a destination that dribbles its CLOSE a byte at a time cannot stretch it', async () => {
+  const src = sourceImage(PAGES);
+  const secret = randomBytes(32);
+  const [a, b] = await loopbackPair();
+  const send = new PrecopySender({ sock: takeSocketFd(a), secret, memory: () => src.memory, maxPages: PAGES, timeoutMs: 1000 });
+  const peer = await DataplanePeer.open(b, secret, DataplaneRole.ACCEPTOR, 'precopy');
+  let dribbling = true;
+  try {
+    const closing = send.close();
+    assert.equal((await peer.next())?.type, DataplaneFrame.CLOSE);
+    // A whole CLOSE back, one byte every 150 ms: about 5 s, each byte a wake-up of the sender's
+    // wait. A timeout restarted at each wake-up would take it all; the deadline (1 s) does not.
+    const answer = peer.seal(DataplaneFrame.CLOSE, run(0, 0));
+    const dribble = (async () => {
+      for (let i = 0; i < answer.length && dribbling && !peer.sock.destroyed; i++) {
+        peer.sock.write(answer.subarray(i, i + 1));
+        await new Promise((r) => setTimeout(r, 150));
+      }
+    })();
+    await assert.rejects(closing, /did not close the precopy stream within 1000 ms/);
+    dribbling = false;
+    await dribble;
+  } finally {
+    dribbling = false;
+    send.stop();
+    peer.sock.destroy();
+  }
+});
+
 test('bad options are refused with an error naming them, never a crash; the handed-over socket is closed on every refusal', async () => {
   const d = destination(WASM_PAGES, []);
   const src = sourceImage(PAGES);

@@ -49,12 +49,27 @@ static int bit(const uint32_t *words, uint32_t p) { return (__atomic_load_n(&wor
 
 /* ------------------------------------------------------------------ source */
 
-/* Writes until fewer than `below` bytes wait; polls the socket (and the stop eventfd). */
-static int drain(dp_presend_args *a, dp_conn *c, size_t below) {
+/* Milliseconds until an absolute CLOCK_MONOTONIC deadline (µs), rounded up; 0 once it has passed.
+ * A wait bounded by a deadline, not by a timeout restarted at each wake-up, cannot be stretched by
+ * a peer that dribbles a byte at a time. */
+static int ms_left(double deadline_us) {
+  double left = deadline_us - dp_now_us();
+  if (left <= 0) return 0;
+  return left > 3600e6 ? 3600000 : (int)(left / 1000) + 1;
+}
+
+/* Writes until fewer than `below` bytes wait; polls the socket (and the stop eventfd). With a
+ * deadline (µs, CLOCK_MONOTONIC; 0: none) a socket that does not drain in time fails. */
+static int drain_until(dp_presend_args *a, dp_conn *c, size_t below, double deadline_us) {
   while (dp_conn_pending_tx(c) > below) {
     if (dp_conn_flush(c) < 0) return -1;
     if (dp_conn_pending_tx(c) <= below) break;
-    int ready = dp_wait(c, a->sock, POLLOUT, a->wakefd, a->stop, -1);
+    int left = deadline_us > 0 ? ms_left(deadline_us) : -1;
+    int ready = left == 0 ? DP_WAIT_TIMEOUT : dp_wait(c, a->sock, POLLOUT, a->wakefd, a->stop, left);
+    if (ready == DP_WAIT_TIMEOUT) {
+      dp_set_err(c->err, "the peer did not read what was sent within %d ms", a->timeout_ms);
+      return -1;
+    }
     if (ready < 0) return -1;
     if (ready & (POLLERR | POLLHUP)) {
       dp_set_err(c->err, "the connection failed while sending (poll revents 0x%x)", ready);
@@ -63,6 +78,8 @@ static int drain(dp_presend_args *a, dp_conn *c, size_t below) {
   }
   return 0;
 }
+
+static int drain(dp_presend_args *a, dp_conn *c, size_t below) { return drain_until(a, c, below, 0); }
 
 /* Queues one frame, then writes while more than PRE_TX_BYTES wait. */
 static int send_frame(dp_presend_args *a, dp_conn *c, uint8_t type, const uint8_t head[8], const uint8_t *data, uint32_t len) {
@@ -168,8 +185,10 @@ int dp_presend_run(dp_presend_args *a) {
       continue;
     }
     if (__atomic_load_n(&a->job[PJ_CLOSE], __ATOMIC_ACQUIRE)) {
+      /* One absolute deadline for the whole exchange: CLOSE out, CLOSE back. */
+      double deadline = dp_now_us() + (double)a->timeout_ms * 1000;
       uint8_t head[8] = {0};
-      if (dp_conn_queue(&c, DP_CLOSE, head, 8, NULL, 0) < 0 || drain(a, &c, 0) < 0) goto out;
+      if (dp_conn_queue(&c, DP_CLOSE, head, 8, NULL, 0) < 0 || drain_until(a, &c, 0, deadline) < 0) goto out;
       /* The destination's CLOSE back: after it, nothing of this session is left in either direction. */
       for (;;) {
         dp_frame f;
@@ -183,7 +202,8 @@ int dp_presend_run(dp_presend_args *a) {
           rc = 0;
           goto out;
         }
-        int ready = dp_wait(&c, a->sock, POLLIN, a->wakefd, a->stop, a->timeout_ms);
+        int left = ms_left(deadline);
+        int ready = left == 0 ? DP_WAIT_TIMEOUT : dp_wait(&c, a->sock, POLLIN, a->wakefd, a->stop, left);
         if (ready == DP_WAIT_TIMEOUT) {
           dp_set_err(a->err, "the destination did not close the precopy stream within %d ms", a->timeout_ms);
           goto out;
@@ -387,14 +407,18 @@ int dp_prerecv_run(dp_prerecv_args *a) {
         }
         uint8_t head[8] = {0};
         if (dp_conn_queue(&c, DP_CLOSE, head, 8, NULL, 0) < 0) goto out;
+        /* An absolute deadline: a source that does not read the answer cannot hold this thread. */
+        double deadline = dp_now_us() + (double)a->timeout_ms * 1000;
         while (dp_conn_pending_tx(&c)) {
           if (dp_conn_flush(&c) < 0) goto out;
-          struct pollfd pw = {.fd = a->sock, .events = POLLOUT};
-          if (dp_conn_pending_tx(&c)) (void)poll(&pw, 1, 100);
-          if (*a->stop) {
-            dp_set_err(a->err, "stopped");
+          if (!dp_conn_pending_tx(&c)) break;
+          int left = ms_left(deadline);
+          int ready = left == 0 ? DP_WAIT_TIMEOUT : dp_wait(&c, a->sock, POLLOUT, a->wakefd, a->stop, left);
+          if (ready == DP_WAIT_TIMEOUT) {
+            dp_set_err(a->err, "the source did not take the CLOSE answer within %d ms", a->timeout_ms);
             goto out;
           }
+          if (ready < 0) goto out;
         }
         a->stats[PR_CLOSED] = 1;
         rc = 0;
