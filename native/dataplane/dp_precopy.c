@@ -14,7 +14,8 @@
 //    zeroes a received page. It records the --verify digest of every page from the frame's bytes
 //    and publishes each MARK, which TypeScript waits for before it takes the bulk channel's
 //    PASS_END (so everything after it on the bulk channel sees the pass placed). Pages beyond the
-//    memory's size wait (the frame is held) until the bulk channel's GROW has been taken.
+//    memory's size wait (the frame is held) until the bulk channel's GROW has been taken: TypeScript
+//    raises the limit and wakes the thread (its eventfd), with a slow poll as the fallback.
 // The guest may rewrite a page while it is sealed: AES-GCM reads each plaintext byte once, so the
 // frame is still consistent, and the dirty tracker sends the page again in a later pass.
 #define _GNU_SOURCE
@@ -34,6 +35,9 @@
 #define PRE_TX_BYTES (4u << 20)
 /* How long a frame beyond the memory may wait for the bulk channel's GROW. */
 #define GROW_WAIT_US (30.0 * 1000 * 1000)
+/* While a frame is held, setPageCount() wakes the thread through its eventfd; this poll is only the
+ * fallback (a limit raised without a wake), long enough that the wait costs no CPU to speak of. */
+#define GROW_POLL_MS 100
 
 static const uint8_t ZERO_PAGE[DP_PAGE];
 
@@ -377,7 +381,7 @@ int dp_prerecv_run(dp_prerecv_args *a) {
   int buffered = 1; /* frames that came with FINISHED are in rbuf already */
   for (;;) {
     if (!buffered || holding) {
-      if (dp_wait(&c, holding ? -1 : a->sock, POLLIN, a->wakefd, a->stop, holding ? 1 : -1) == -1) goto out;
+      if (dp_wait(&c, holding ? -1 : a->sock, POLLIN, a->wakefd, a->stop, holding ? GROW_POLL_MS : -1) == -1) goto out;
       if (!holding && dp_conn_fill(&c) < 0) goto out;
     }
     buffered = 0;

@@ -197,9 +197,14 @@ export class PrecopyReceiver extends PrecopyThread {
     });
   }
 
-  /** The memory grew (the bulk channel's GROW): pages below `pageCount` may be placed. */
+  /**
+   * The memory grew (the bulk channel's GROW): pages below `pageCount` may be placed. The thread,
+   * maybe holding a frame past the old size, is woken at once (its own poll while it holds one is
+   * a slow fallback, so that a long wait for GROW costs no CPU).
+   */
   setPageCount(pageCount: number): void {
     Atomics.store(this.limit, 0, pageCount);
+    if (this.handle && !this.done) dataplaneAddon().wake(this.handle);
   }
 
   /**
