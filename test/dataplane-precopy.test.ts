@@ -262,6 +262,63 @@ test('the CLOSE wait has one absolute deadline: a destination that dribbles its 
   }
 });
 
+test('--max-bandwidth: a capped pass stays near the cap (at most twice it, over more than a second of data); uncapped, the same pass completes', async (t) => {
+  const pages = 6144; // 24 MiB: 1.5 s at the cap
+  const cap = 16 * 1024 * 1024;
+  const d = destination(pages / 16, Array.from({ length: pages }, (_, p) => p));
+  const src = sourceImage(pages);
+  const secret = randomBytes(32);
+  const [a, b] = await loopbackPair();
+  const recv = receiverFor(d, takeSocketFd(b), secret, pages);
+  const send = new PrecopySender({ sock: takeSocketFd(a), secret, memory: () => src.memory, maxPages: pages, maxBandwidth: cap });
+  const all = new PageBitmap(pages).addRange(0, pages);
+  /** One whole pass, placed: its bytes per second. */
+  const timedPass = async (pass: number): Promise<number> => {
+    const bytes0 = send.read().bytesSent;
+    const t0 = performance.now();
+    await send.sendPass(pass, all, pages, false);
+    await recv.passPlaced(pass);
+    return ((send.read().bytesSent - bytes0) / (performance.now() - t0)) * 1000;
+  };
+  try {
+    const capped = await timedPass(0);
+    send.setCapped(false);
+    const uncapped = await timedPass(1);
+    t.diagnostic(`capped at ${(cap / 2 ** 20).toFixed(0)} MiB/s: ${(capped / 2 ** 20).toFixed(1)} MiB/s; uncapped: ${(uncapped / 2 ** 20).toFixed(1)} MiB/s`);
+    // Only an upper bound: a busy machine makes it slower, never faster. The cap is on the frames' bytes.
+    assert.ok(capped <= 2 * cap, `a capped pass ran at ${(capped / 2 ** 20).toFixed(1)} MiB/s`);
+    assert.equal(wordAt(d, pages - 1), patternOf(pages - 1));
+    await Promise.all([send.close(), recv.closed()]);
+  } finally {
+    send.stop();
+    recv.stop();
+    d.release();
+  }
+});
+
+test('lifting the cap (the switchover) takes effect in the middle of a pass', { timeout: 120_000 }, async () => {
+  const pages = 6144; // 24 MiB: more than 6 minutes at 64 KiB/s, under a second uncapped
+  const d = destination(pages / 16, Array.from({ length: pages }, (_, p) => p));
+  const src = sourceImage(pages);
+  const secret = randomBytes(32);
+  const [a, b] = await loopbackPair();
+  const recv = receiverFor(d, takeSocketFd(b), secret, pages);
+  const send = new PrecopySender({ sock: takeSocketFd(a), secret, memory: () => src.memory, maxPages: pages, maxBandwidth: 64 * 1024 });
+  try {
+    const pass = send.sendPass(0, new PageBitmap(pages).addRange(0, pages), pages, false);
+    while (recv.read().dataPages === 0) await new Promise((r) => setTimeout(r, 5)); // the pass is under way, capped
+    send.setCapped(false);
+    await pass;
+    await recv.passPlaced(0);
+    assert.equal(recv.read().dataPages, pages);
+    await Promise.all([send.close(), recv.closed()]);
+  } finally {
+    send.stop();
+    recv.stop();
+    d.release();
+  }
+});
+
 test('bad options are refused with an error naming them, never a crash; the handed-over socket is closed on every refusal', async () => {
   const d = destination(WASM_PAGES, []);
   const src = sourceImage(PAGES);

@@ -143,7 +143,9 @@ typedef struct {
 } dp_answer_args;
 
 /* ---- native precopy (dp_precopy.c) ---- */
-enum { PJ_PASS_SEQ, PJ_PASS, PJ_LIMIT, PJ_OTHERS_ZERO, PJ_CLOSE, PJ_SLOTS = 8 }; /* Int32 job slots TypeScript writes */
+enum { PJ_PASS_SEQ, PJ_PASS, PJ_LIMIT, PJ_OTHERS_ZERO, PJ_CLOSE,
+       PJ_UNCAPPED, /* 1: the rate cap is lifted (the switchover's downtime); 0: it holds again, with a full bucket */
+       PJ_SLOTS = 8 }; /* Int32 job slots TypeScript writes */
 enum { PS_PASS_DONE, PS_DATA_PAGES, PS_ZERO_PAGES, PS_BYTES_SENT, PS_BYTES_RECEIVED, PS_STATE, PS_SLOTS = 8 };
 /* PR_MARK_RING: from this slot, per pass (pass % PR_RING_LEN), the pages placed (data + zero) when its
  * MARK came: the source runs ahead, so at PASS_END the pages of later passes may be placed already. */
@@ -157,6 +159,10 @@ typedef struct {
   const uint8_t *memory;
   uint32_t memory_pages;
   uint32_t max_pages;     /* pages the bitmap covers */
+  /* --max-bandwidth: a token bucket over the frames' bytes (rate 0: no cap). The burst is a few
+   * frames; a frame larger than what is left borrows, so a frame is never split. */
+  double rate, burst, tokens, last_us;
+  int bucket_full;        /* 0: the bucket starts full at the next frame (at the start, or the cap put back) */
   uint32_t *pages;        /* PageBitmap words: the pass's pages */
   int32_t *job;           /* PJ_SLOTS */
   double *stats;          /* PS_SLOTS */

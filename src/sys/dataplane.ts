@@ -68,6 +68,8 @@ export interface PrecopySendOptions extends CommonOptions {
   memory: Uint8Array;
   /** Pages the `pages` bitmap covers (the reservation). */
   maxPages: number;
+  /** --max-bandwidth: bytes/s the stream may send (a token bucket, a burst of a few frames); absent or 0: no cap. */
+  maxBandwidth?: number;
   /** PageBitmap words: the pages of the pass TypeScript asks for. */
   pages: Uint32Array;
   /** PrecopyJob slots TypeScript writes before wake(). */
@@ -91,7 +93,12 @@ export interface PrecopyReceiveOptions extends CommonOptions {
 }
 
 /** Int32 slots of a native precopy sender's job (dp.h PJ_*). */
-export const PrecopyJob = { PASS_SEQ: 0, PASS: 1, LIMIT: 2, OTHERS_ZERO: 3, CLOSE: 4, SLOTS: 8 } as const;
+export const PrecopyJob = {
+  PASS_SEQ: 0, PASS: 1, LIMIT: 2, OTHERS_ZERO: 3, CLOSE: 4,
+  /** 1: the rate cap is lifted; 0: it holds (again, with a full bucket). Written with wake(). */
+  UNCAPPED: 5,
+  SLOTS: 8,
+} as const;
 /** Float64 slots of the precopy sender's stats (PS_*). */
 export const PrecopySendStat = { PASS_DONE: 0, DATA_PAGES: 1, ZERO_PAGES: 2, BYTES_SENT: 3, BYTES_RECEIVED: 4, STATE: 5, SLOTS: 8 } as const;
 /** Float64 slots of the precopy receiver's stats (PR_*): MARK is the last pass placed + 1. */

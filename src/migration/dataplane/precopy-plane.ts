@@ -78,6 +78,8 @@ export interface PrecopySenderOptions {
   memory: () => Uint8Array;
   /** Pages of the reservation (the most any pass may name). */
   maxPages: number;
+  /** --max-bandwidth (bytes/s): the thread paces its frames with a token bucket; setCapped(false) lifts it. */
+  maxBandwidth?: number | undefined;
   timeoutMs?: number;
 }
 
@@ -109,6 +111,7 @@ export class PrecopySender extends PrecopyThread {
       const options = {
         sock: o.sock, role: DataplaneRole.CONNECTOR, timeoutMs: o.timeoutMs ?? 10_000, realtime: false, secret: o.secret,
         memory, maxPages: o.maxPages, pages: this.pages, job: this.job, stats: this.stats,
+        ...(o.maxBandwidth ? { maxBandwidth: Math.round(o.maxBandwidth) } : {}),
       };
       const addon = dataplaneAddon();
       return () => addon.startPrecopySend(options, this.onExit);
@@ -132,6 +135,16 @@ export class PrecopySender extends PrecopyThread {
     Atomics.store(this.job, PrecopyJob.PASS_SEQ, seq); // last: it publishes the rest
     if (this.handle) dataplaneAddon().wake(this.handle);
     await this.until(() => this.stats[PrecopySendStat.PASS_DONE] === seq, `pass ${pass} to be written`);
+  }
+
+  /**
+   * Lifts the rate cap (false), or puts it back with a full bucket (true), as the bulk channel's
+   * setMaxBandwidth does: the switchover's frames go out at once, inside the downtime. Takes effect
+   * in the middle of a pass (the thread is woken from its wait for tokens).
+   */
+  setCapped(capped: boolean): void {
+    Atomics.store(this.job, PrecopyJob.UNCAPPED, capped ? 0 : 1);
+    if (this.handle && !this.done) dataplaneAddon().wake(this.handle);
   }
 
   /** The guest's memory grew since the last pass: the thread reads the longer view from now on (no pass is in flight). */
