@@ -332,6 +332,42 @@ test('a worker terminated while its data plane threads run (or start, or stop) e
   assert.match(r.stdout, /terminated 60 workers with data plane threads/);
 });
 
+test('--max-bandwidth: the native bulk stream stays near its cap (at most twice it, over more than a second of data); uncapped, it completes', async (t) => {
+  const pages = 6144; // 24 MiB: 1.5 s at the cap
+  const cap = 16 * 1024 * 1024;
+  /** The whole memory streamed unasked by an answer thread in bulk mode to a native fault thread: its bytes per second. */
+  const stream = async (maxBandwidth: number | undefined): Promise<number> => {
+    const d = destination(pages / 16, Array.from({ length: pages }, (_, p) => p));
+    const src = sourceImage(pages);
+    const secret = randomBytes(32);
+    const [a, b] = await loopbackPair();
+    const t0 = performance.now();
+    const answer = new AnswerPlane({ sock: takeSocketFd(a), memory: src.memory, pageCount: pages, pending: src.pending.words, claims: src.claims.words, secret, realtime: false, bulk: true, maxBandwidth });
+    const fault = new FaultPlane({ uffd: d.uffd.fd, sock: takeSocketFd(b), base: d.mem.base, pageCount: pages, states: d.states, requests: d.requests, secret, realtime: false });
+    try {
+      while (fault.read().pagesPlaced < pages) {
+        const state = fault.read().state;
+        assert.ok(state === 'handshake' || state === 'running', `the fault thread ended (${state}) before every page was placed: ${await Promise.race([fault.ended, 'no error'])}`);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      const rate = (answer.read().bytesSent / (performance.now() - t0)) * 1000;
+      assert.equal(answer.read().bulkDone, true);
+      assert.equal(d.states.get(pages - 1), PageState.RECEIVED);
+      assert.equal(new DataView(d.mem.view().buffer).getInt32((pages - 1) * PAGE, true), patternOf(pages - 1));
+      return rate;
+    } finally {
+      fault.stop();
+      answer.stop();
+      d.release();
+    }
+  };
+  const capped = await stream(cap);
+  const uncapped = await stream(undefined);
+  t.diagnostic(`bulk capped at ${(cap / 2 ** 20).toFixed(0)} MiB/s: ${(capped / 2 ** 20).toFixed(1)} MiB/s; uncapped: ${(uncapped / 2 ** 20).toFixed(1)} MiB/s`);
+  // Only an upper bound: a busy machine makes it slower, never faster.
+  assert.ok(capped <= 2 * cap, `the capped bulk stream ran at ${(capped / 2 ** 20).toFixed(1)} MiB/s`);
+});
+
 test('bad options are refused with an error naming them, never a crash; the handed-over socket is closed on every refusal', async () => {
   const d = destination(1, []);
   try {

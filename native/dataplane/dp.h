@@ -85,6 +85,18 @@ void dp_conn_eof_error(dp_conn *c);
 enum { DP_WAIT_TIMEOUT = -2 };
 int dp_wait(dp_conn *c, int fd, short events, int wakefd, volatile int *stop, int timeout_ms);
 
+/* --max-bandwidth: a token bucket over whole frames' bytes (CLOCK_MONOTONIC). rate 0: no cap. The
+ * burst is a few frames; a frame larger than the tokens left borrows, so no frame is ever split and
+ * the average still converges to the rate. */
+typedef struct {
+  double rate, burst, tokens, last_us;
+  int full; /* 0: the bucket is full again at the next look (at the start, or when a lifted cap is put back) */
+} dp_bucket;
+void dp_bucket_init(dp_bucket *b, double rate);
+/* Refills, then the milliseconds to wait before a frame may go (0: now; always 0 without a cap). */
+double dp_bucket_wait_ms(dp_bucket *b);
+void dp_bucket_take(dp_bucket *b, size_t bytes);
+
 uint32_t dp_be32(const uint8_t *p);
 void dp_put_be32(uint8_t *p, uint32_t v);
 double dp_now_us(void);       /* CLOCK_MONOTONIC */
@@ -136,6 +148,7 @@ typedef struct {
   uint32_t *pending;      /* PageBitmap words: pages the destination lacks */
   uint32_t *claims;       /* PageClaims words shared with the bulk stream */
   int bulk;               /* stream every pending page nobody claimed, after the answers (the postcopy bulk stream) */
+  dp_bucket bucket;       /* --max-bandwidth: paces the bulk frames (never the answers) */
   double *stats;          /* SS_SLOTS */
   uint8_t secret[DP_SECRET];
   volatile int *stop;
@@ -159,10 +172,7 @@ typedef struct {
   const uint8_t *memory;
   uint32_t memory_pages;
   uint32_t max_pages;     /* pages the bitmap covers */
-  /* --max-bandwidth: a token bucket over the frames' bytes (rate 0: no cap). The burst is a few
-   * frames; a frame larger than what is left borrows, so a frame is never split. */
-  double rate, burst, tokens, last_us;
-  int bucket_full;        /* 0: the bucket starts full at the next frame (at the start, or the cap put back) */
+  dp_bucket bucket;       /* --max-bandwidth (PJ_UNCAPPED lifts it) */
   uint32_t *pages;        /* PageBitmap words: the pass's pages */
   int32_t *job;           /* PJ_SLOTS */
   double *stats;          /* PS_SLOTS */

@@ -282,6 +282,19 @@ static int get_common(napi_env env, plane *p, napi_value o, int *sock, int *role
   return 1;
 }
 
+/* Optional options.maxBandwidth (--max-bandwidth, bytes/s; absent or 0: no cap) into a token bucket. */
+static int get_rate(napi_env env, napi_value o, dp_bucket *b) {
+  napi_value rv;
+  bool has = false;
+  double rate = 0;
+  napi_valuetype rt = napi_undefined;
+  if (napi_has_named_property(env, o, "maxBandwidth", &has) == napi_ok && has && napi_get_named_property(env, o, "maxBandwidth", &rv) == napi_ok)
+    napi_typeof(env, rv, &rt);
+  if (rt != napi_undefined && !get_num(env, o, "maxBandwidth", 0, 1e15, &rate)) return 0;
+  dp_bucket_init(b, rate);
+  return 1;
+}
+
 /* startFault(options, onExit) -> handle. Takes options.sock from its entry (closed on a refusal, or when the plane is released). */
 static napi_value f_start_fault(napi_env env, napi_callback_info info) {
   size_t argc = 2;
@@ -372,6 +385,7 @@ static napi_value f_start_answer(napi_env env, napi_callback_info info) {
     }
     a->bulk = b;
   }
+  if (!get_rate(env, o, &a->bucket)) goto bad;
   return start(env, p, argv[1]);
 bad:
   release(p, 0);
@@ -396,18 +410,7 @@ static napi_value f_start_presend(napi_env env, napi_callback_info info) {
   if (!get_common(env, p, o, &a->sock, &a->role, &a->timeout_ms, &realtime) || !get_num(env, o, "maxPages", 0, 1u << 31, &pages)) goto bad;
   a->max_pages = (uint32_t)pages;
   size_t mem = 0;
-  {
-    /* Optional: --max-bandwidth, bytes/s (absent or 0: no cap). */
-    napi_value rv;
-    bool has = false;
-    double rate = 0;
-    napi_valuetype rt = napi_undefined;
-    if (napi_has_named_property(env, o, "maxBandwidth", &has) == napi_ok && has && napi_get_named_property(env, o, "maxBandwidth", &rv) == napi_ok)
-      napi_typeof(env, rv, &rt);
-    if (rt != napi_undefined && !get_num(env, o, "maxBandwidth", 0, 1e15, &rate)) goto bad;
-    a->rate = rate;
-    a->burst = 4.0 * DP_MAX_FRAME; /* a few frames */
-  }
+  if (!get_rate(env, o, &a->bucket)) goto bad;
   p->memory_ref = p->nrefs;
   if (!(a->memory = get_array(env, p, o, "memory", napi_uint8_array, 1, 1, &mem))) goto bad;
   a->memory_pages = mem / DP_PAGE > UINT32_MAX ? UINT32_MAX : (uint32_t)(mem / DP_PAGE);

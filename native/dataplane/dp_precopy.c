@@ -87,32 +87,22 @@ static int drain_until(dp_presend_args *a, dp_conn *c, size_t below, double dead
 
 static int drain(dp_presend_args *a, dp_conn *c, size_t below) { return drain_until(a, c, below, 0); }
 
-/* The rate cap: waits until the bucket holds tokens, then takes `bytes` (borrowing what it lacks:
- * a frame is never split, and the average rate still converges to the cap). The wait wakes on the
+/* The rate cap: waits until the bucket holds tokens, then takes `bytes`. The wait wakes on the
  * thread's eventfd, so lifting the cap (PJ_UNCAPPED, at the switchover) takes effect at once. */
 static int pace(dp_presend_args *a, dp_conn *c, uint32_t bytes) {
-  if (a->rate <= 0) return 0;
+  if (a->bucket.rate <= 0) return 0;
   for (;;) {
     if (__atomic_load_n(&a->job[PJ_UNCAPPED], __ATOMIC_ACQUIRE)) {
-      a->bucket_full = 0; /* put back later: it starts full again, as the bulk channel's new TokenBucket */
+      a->bucket.full = 0; /* put back later: full again, as the bulk channel's new TokenBucket */
       return 0;
     }
-    double now = dp_now_us();
-    if (!a->bucket_full) {
-      a->tokens = a->burst;
-      a->last_us = now;
-      a->bucket_full = 1;
-    }
-    a->tokens += (now - a->last_us) / 1e6 * a->rate;
-    if (a->tokens > a->burst) a->tokens = a->burst;
-    a->last_us = now;
-    if (a->tokens >= 0) {
-      a->tokens -= bytes;
+    double wait_ms = dp_bucket_wait_ms(&a->bucket);
+    if (wait_ms <= 0) {
+      dp_bucket_take(&a->bucket, bytes);
       return 0;
     }
     /* In debt: what is queued goes out meanwhile, then sleep until the debt is paid. */
     if (dp_conn_flush(c) < 0) return -1;
-    double wait_ms = -a->tokens / a->rate * 1000;
     if (dp_wait(c, -1, 0, a->wakefd, a->stop, wait_ms > 1000 ? 1000 : (int)wait_ms + 1) == -1) return -1;
   }
 }
@@ -122,7 +112,7 @@ static int pace(dp_presend_args *a, dp_conn *c, uint32_t bytes) {
 static int send_frame(dp_presend_args *a, dp_conn *c, uint8_t type, const uint8_t head[8], const uint8_t *data, uint32_t len) {
   if (pace(a, c, DP_HDR + 8 + len + DP_TAG) < 0) return -1;
   if (dp_conn_queue(c, type, head, 8, data, len) < 0) return -1;
-  if (a->rate > 0 && dp_conn_flush(c) < 0) return -1;
+  if (a->bucket.rate > 0 && dp_conn_flush(c) < 0) return -1;
   return drain(a, c, PRE_TX_BYTES);
 }
 

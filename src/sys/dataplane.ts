@@ -59,6 +59,8 @@ export interface AnswerThreadOptions extends CommonOptions {
   claims: Uint32Array;
   /** Stream every pending page nobody claimed too, after the answers: the thread is the postcopy bulk stream (default false). */
   bulk?: boolean;
+  /** --max-bandwidth: bytes/s of bulk frames (a token bucket, a burst of a few frames; answers are never paced); absent or 0: no cap. */
+  maxBandwidth?: number;
   /** AnswerThreadStat slots. */
   stats: Float64Array;
 }

@@ -18,6 +18,8 @@ export interface AnswerPlaneOptions {
   secret: Uint8Array;
   /** The thread streams the postcopy bulk too (every pending page nobody claimed, after the answers). */
   bulk?: boolean;
+  /** --max-bandwidth (bytes/s): a token bucket paces the bulk frames (never the answers). */
+  maxBandwidth?: number | undefined;
   timeoutMs?: number;
   realtime?: boolean;
 }
@@ -52,6 +54,7 @@ export class AnswerPlane {
         realtime: (o.realtime ?? true) && process.env['FERRY_REALTIME'] !== '0',
         memory: o.memory, pageCount: o.pageCount, pending: o.pending, claims: o.claims, stats: this.stats, secret: o.secret,
         bulk: o.bulk ?? false,
+        ...(o.maxBandwidth ? { maxBandwidth: Math.round(o.maxBandwidth) } : {}),
       };
       const addon = dataplaneAddon();
       return () => addon.startAnswer(options, (error) => ended(error));
