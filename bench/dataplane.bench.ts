@@ -110,7 +110,7 @@ export async function precopyStreamOnce(mib = STREAM_MIB): Promise<{ mbps: numbe
   const secret = randomBytes(32);
   const shared = d.states.shared();
   const recv = new PrecopyReceiver({ sock: takeSocketFd(b), secret, uffd: d.uffd.fd, base: d.mem.base, states: new Uint8Array(shared.states, 0, shared.pageCount), stateCounts: new Int32Array(shared.counts, 0, 3), pageCount: pages });
-  const send = new PrecopySender({ sock: takeSocketFd(a), secret, memory: src, maxPages: pages });
+  const send = new PrecopySender({ sock: takeSocketFd(a), secret, memory: () => src, maxPages: pages });
   try {
     const set = new PageBitmap(pages).addRange(0, pages);
     const cpu0 = process.cpuUsage();

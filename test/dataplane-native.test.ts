@@ -11,11 +11,11 @@ import { FaultPlane } from '../src/migration/dataplane/fault-plane.js';
 import { AnswerPlane } from '../src/migration/dataplane/answer-plane.js';
 import { DataplaneFrame, DataplanePeer } from '../src/migration/dataplane/frames.js';
 import { takeSocketFd } from '../src/migration/dataplane/socket-fd.js';
-import { DataplaneRole } from '../src/sys/dataplane.js';
+import { DataplaneRole, dataplaneAddon } from '../src/sys/dataplane.js';
 import { PageState } from '../src/memory/page-state.js';
 import { PageDigest, pageHash } from '../src/migration/verify/digest.js';
 import { GuestThread } from './fixtures/memory/guest.js';
-import { PAGE, destination, loopbackPair, patternOf, sourceImage, type Destination } from './fixtures/dataplane/loopback.js';
+import { PAGE, destination, fdIsOpen, handedOverSocket, loopbackPair, patternOf, sourceImage, type Destination } from './fixtures/dataplane/loopback.js';
 
 const WASM_PAGES = 4; // 64 host pages
 const PAGES = WASM_PAGES * 16;
@@ -332,14 +332,64 @@ test('a worker terminated while its data plane threads run (or start, or stop) e
   assert.match(r.stdout, /terminated 60 workers with data plane threads/);
 });
 
-test('bad options are refused with an error naming them, never a crash', () => {
+test('--max-bandwidth: the native bulk stream stays near its cap (at most twice it, over more than a second of data); uncapped, it completes', async (t) => {
+  const pages = 6144; // 24 MiB: 1.5 s at the cap
+  const cap = 16 * 1024 * 1024;
+  /** The whole memory streamed unasked by an answer thread in bulk mode to a native fault thread: its bytes per second. */
+  const stream = async (maxBandwidth: number | undefined): Promise<number> => {
+    const d = destination(pages / 16, Array.from({ length: pages }, (_, p) => p));
+    const src = sourceImage(pages);
+    const secret = randomBytes(32);
+    const [a, b] = await loopbackPair();
+    const t0 = performance.now();
+    const answer = new AnswerPlane({ sock: takeSocketFd(a), memory: src.memory, pageCount: pages, pending: src.pending.words, claims: src.claims.words, secret, realtime: false, bulk: true, maxBandwidth });
+    const fault = new FaultPlane({ uffd: d.uffd.fd, sock: takeSocketFd(b), base: d.mem.base, pageCount: pages, states: d.states, requests: d.requests, secret, realtime: false });
+    try {
+      while (fault.read().pagesPlaced < pages) {
+        const state = fault.read().state;
+        assert.ok(state === 'handshake' || state === 'running', `the fault thread ended (${state}) before every page was placed: ${await Promise.race([fault.ended, 'no error'])}`);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      const rate = (answer.read().bytesSent / (performance.now() - t0)) * 1000;
+      assert.equal(answer.read().bulkDone, true);
+      assert.equal(d.states.get(pages - 1), PageState.RECEIVED);
+      assert.equal(new DataView(d.mem.view().buffer).getInt32((pages - 1) * PAGE, true), patternOf(pages - 1));
+      return rate;
+    } finally {
+      fault.stop();
+      answer.stop();
+      d.release();
+    }
+  };
+  const capped = await stream(cap);
+  const uncapped = await stream(undefined);
+  t.diagnostic(`bulk capped at ${(cap / 2 ** 20).toFixed(0)} MiB/s: ${(capped / 2 ** 20).toFixed(1)} MiB/s; uncapped: ${(uncapped / 2 ** 20).toFixed(1)} MiB/s`);
+  // Only an upper bound: a busy machine makes it slower, never faster.
+  assert.ok(capped <= 2 * cap, `the capped bulk stream ran at ${(capped / 2 ** 20).toFixed(1)} MiB/s`);
+});
+
+test('bad options are refused with an error naming them, never a crash; the handed-over socket is closed on every refusal', async () => {
   const d = destination(1, []);
   try {
+    // Not a descriptor: nothing to own.
     assert.throws(() => new FaultPlane({ uffd: d.uffd.fd, sock: -1, base: d.mem.base, pageCount: 16, states: d.states, requests: d.requests, secret: randomBytes(32) }), /sock must be an integer/);
-    assert.throws(() => new FaultPlane({ uffd: d.uffd.fd, sock: 0, base: d.mem.base + 1, pageCount: 16, states: d.states, requests: d.requests, secret: randomBytes(32) }), /base must be page-aligned/);
-    assert.throws(() => new FaultPlane({ uffd: d.uffd.fd, sock: 0, base: d.mem.base, pageCount: 16, states: d.states, requests: d.requests, secret: randomBytes(16) }), /secret has 16 elements, at least 32 needed/);
     const src = sourceImage(4);
-    assert.throws(() => new AnswerPlane({ sock: 0, memory: src.memory, pageCount: 5, pending: src.pending.words, claims: src.claims.words, secret: randomBytes(32) }), /memory has 16384 elements/);
+    const refusals: Array<[string, (sock: number) => unknown, RegExp]> = [
+      ['misaligned base', (sock) => new FaultPlane({ uffd: d.uffd.fd, sock, base: d.mem.base + 1, pageCount: 16, states: d.states, requests: d.requests, secret: randomBytes(32) }), /base must be page-aligned/],
+      ['short secret', (sock) => new FaultPlane({ uffd: d.uffd.fd, sock, base: d.mem.base, pageCount: 16, states: d.states, requests: d.requests, secret: randomBytes(16) }), /secret has 16 elements, at least 32 needed/],
+      ['short memory', (sock) => new AnswerPlane({ sock, memory: src.memory, pageCount: 5, pending: src.pending.words, claims: src.claims.words, secret: randomBytes(32) }), /memory has 16384 elements/],
+      ['a bad role', (sock) => new AnswerPlane({ sock, role: 7 as never, memory: src.memory, pageCount: 4, pending: src.pending.words, claims: src.claims.words, secret: randomBytes(32) }), /role must be an integer/],
+      ['no onExit', (sock) => (dataplaneAddon().startAnswer as (o: object) => unknown)({ sock }), /startAnswer\(options, onExit\)/],
+      ['onExit not a function', (sock) => dataplaneAddon().startFault({ sock } as never, 1 as never), /option role is required/],
+      // Building the options throws before the addon is called: startOwning closes the socket.
+      ['options that cannot be built', (sock) => new FaultPlane({ uffd: d.uffd.fd, sock, base: d.mem.base, pageCount: 16, states: d.states, requests: d.requests, secret: randomBytes(32), latencyRing: -1 }), /Invalid array length|Array buffer allocation failed|RangeError/i],
+    ];
+    for (const [what, start, error] of refusals) {
+      const s = await handedOverSocket();
+      assert.throws(() => start(s.fd), error, what);
+      assert.equal(fdIsOpen(s.fd), false, `${what}: the socket's descriptor is closed`);
+      await s.closed; // and its peer sees the end of the stream
+    }
   } finally {
     d.release();
   }

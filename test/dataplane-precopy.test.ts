@@ -12,7 +12,7 @@ import { DataplaneRole } from '../src/sys/dataplane.js';
 import { PageState } from '../src/memory/page-state.js';
 import { PageBitmap } from '../src/memory/page-bitmap.js';
 import { PageDigest, pageHash } from '../src/migration/verify/digest.js';
-import { PAGE, destination, loopbackPair, patternOf, sourceImage, type Destination } from './fixtures/dataplane/loopback.js';
+import { PAGE, destination, fdIsOpen, handedOverSocket, loopbackPair, patternOf, sourceImage, type Destination } from './fixtures/dataplane/loopback.js';
 
 const WASM_PAGES = 4; // 64 host pages
 const PAGES = WASM_PAGES * 16;
@@ -52,7 +52,7 @@ test('sender to receiver: two passes place every page (holes by UFFDIO_COPY, rec
   const [a, b] = await loopbackPair();
   const digest = new PageDigest(PAGES * PAGE);
   const recv = receiverFor(d, takeSocketFd(b), secret, PAGES, digest);
-  const send = new PrecopySender({ sock: takeSocketFd(a), secret, memory: src.memory, maxPages: PAGES });
+  const send = new PrecopySender({ sock: takeSocketFd(a), secret, memory: () => src.memory, maxPages: PAGES });
   try {
     // Pass 0: pages 0..39 as data, the rest (40..63) as never touched (ZERO).
     await send.sendPass(0, new PageBitmap(PAGES).addRange(0, 40), PAGES, true);
@@ -132,7 +132,7 @@ test('a sender whose destination goes away mid-pass fails the pass with the reas
   const src = sourceImage(pages);
   const secret = randomBytes(32);
   const [a, b] = await loopbackPair();
-  const send = new PrecopySender({ sock: takeSocketFd(a), secret, memory: src.memory, maxPages: pages });
+  const send = new PrecopySender({ sock: takeSocketFd(a), secret, memory: () => src.memory, maxPages: pages });
   const peer = await DataplanePeer.open(b, secret, DataplaneRole.ACCEPTOR, 'precopy');
   try {
     const pass = send.sendPass(0, new PageBitmap(pages).addRange(0, pages), pages, false);
@@ -178,5 +178,169 @@ test('a REQUEST (a postcopy frame) during precopy is refused', async () => {
     recv.stop();
     d.release();
     peer.sock.destroy();
+  }
+});
+
+test('a pass past the end of the memory view (or of the bitmap) is refused with an error, never read', async () => {
+  for (const [what, limit, error] of [['the memory view', 40, /limit of 40 pages is past the memory view's 32/], ['the bitmap', PAGES + 16, /limit of 80 pages is past the bitmap's 64/]] as const) {
+    const src = sourceImage(PAGES);
+    const secret = randomBytes(32);
+    const [a, b] = await loopbackPair();
+    // The view covers 32 pages; the bitmap covers 64.
+    const send = new PrecopySender({ sock: takeSocketFd(a), secret, memory: () => src.memory.subarray(0, 32 * PAGE), maxPages: PAGES });
+    const peer = await DataplanePeer.open(b, secret, DataplaneRole.ACCEPTOR, 'precopy');
+    try {
+      await assert.rejects(send.sendPass(0, new PageBitmap(PAGES).addRange(0, PAGES), limit, false), error, what);
+      assert.equal(send.read().dataPages, 0, `${what}: nothing of the pass was sent`);
+    } finally {
+      send.stop();
+      peer.sock.destroy();
+    }
+  }
+});
+
+test('a memory that grows during precopy: the next pass reads the longer view, and its pages arrive intact', async () => {
+  const d = destination(WASM_PAGES, Array.from({ length: PAGES }, (_, p) => p));
+  // A real growable guest memory: 2 wasm pages (32 host pages) now, 4 at most.
+  const guest = new WebAssembly.Memory({ initial: WASM_PAGES / 2, maximum: WASM_PAGES, shared: true });
+  const fill = () => {
+    const words = new Int32Array(guest.buffer);
+    for (let p = 0; p < words.length / 1024; p++) words[p * 1024] = patternOf(p);
+  };
+  fill();
+  const secret = randomBytes(32);
+  const [a, b] = await loopbackPair();
+  const recv = receiverFor(d, takeSocketFd(b), secret);
+  const send = new PrecopySender({ sock: takeSocketFd(a), secret, memory: () => new Uint8Array(guest.buffer), maxPages: PAGES });
+  try {
+    await send.sendPass(0, new PageBitmap(PAGES).addRange(0, 32), 32, false);
+    await recv.passPlaced(0);
+    // The guest grows: the next pass names pages past the view the thread started with.
+    guest.grow(WASM_PAGES / 2);
+    fill();
+    await send.sendPass(1, new PageBitmap(PAGES).addRange(30, PAGES), PAGES, false);
+    await recv.passPlaced(1);
+    for (const p of [0, 31, 32, 47, 63]) {
+      assert.equal(d.states.get(p), PageState.RECEIVED, `page ${p}`);
+      assert.equal(wordAt(d, p), patternOf(p), `page ${p}`);
+    }
+    assert.equal(send.read().dataPages, 32 + 34);
+    await Promise.all([send.close(), recv.closed()]);
+  } finally {
+    send.stop();
+    recv.stop();
+    d.release();
+  }
+});
+
+test('the CLOSE wait has one absolute deadline: a destination that dribbles its CLOSE a byte at a time cannot stretch it', async () => {
+  const src = sourceImage(PAGES);
+  const secret = randomBytes(32);
+  const [a, b] = await loopbackPair();
+  const send = new PrecopySender({ sock: takeSocketFd(a), secret, memory: () => src.memory, maxPages: PAGES, timeoutMs: 1000 });
+  const peer = await DataplanePeer.open(b, secret, DataplaneRole.ACCEPTOR, 'precopy');
+  let dribbling = true;
+  try {
+    const closing = send.close();
+    assert.equal((await peer.next())?.type, DataplaneFrame.CLOSE);
+    // A whole CLOSE back, one byte every 150 ms: about 5 s, each byte a wake-up of the sender's
+    // wait. A timeout restarted at each wake-up would take it all; the deadline (1 s) does not.
+    const answer = peer.seal(DataplaneFrame.CLOSE, run(0, 0));
+    const dribble = (async () => {
+      for (let i = 0; i < answer.length && dribbling && !peer.sock.destroyed; i++) {
+        peer.sock.write(answer.subarray(i, i + 1));
+        await new Promise((r) => setTimeout(r, 150));
+      }
+    })();
+    await assert.rejects(closing, /did not close the precopy stream within 1000 ms/);
+    dribbling = false;
+    await dribble;
+  } finally {
+    dribbling = false;
+    send.stop();
+    peer.sock.destroy();
+  }
+});
+
+test('--max-bandwidth: a capped pass stays near the cap (at most twice it, over more than a second of data); uncapped, the same pass completes', async (t) => {
+  const pages = 6144; // 24 MiB: 1.5 s at the cap
+  const cap = 16 * 1024 * 1024;
+  const d = destination(pages / 16, Array.from({ length: pages }, (_, p) => p));
+  const src = sourceImage(pages);
+  const secret = randomBytes(32);
+  const [a, b] = await loopbackPair();
+  const recv = receiverFor(d, takeSocketFd(b), secret, pages);
+  const send = new PrecopySender({ sock: takeSocketFd(a), secret, memory: () => src.memory, maxPages: pages, maxBandwidth: cap });
+  const all = new PageBitmap(pages).addRange(0, pages);
+  /** One whole pass, placed: its bytes per second. */
+  const timedPass = async (pass: number): Promise<number> => {
+    const bytes0 = send.read().bytesSent;
+    const t0 = performance.now();
+    await send.sendPass(pass, all, pages, false);
+    await recv.passPlaced(pass);
+    return ((send.read().bytesSent - bytes0) / (performance.now() - t0)) * 1000;
+  };
+  try {
+    const capped = await timedPass(0);
+    send.setCapped(false);
+    const uncapped = await timedPass(1);
+    t.diagnostic(`capped at ${(cap / 2 ** 20).toFixed(0)} MiB/s: ${(capped / 2 ** 20).toFixed(1)} MiB/s; uncapped: ${(uncapped / 2 ** 20).toFixed(1)} MiB/s`);
+    // Only an upper bound: a busy machine makes it slower, never faster. The cap is on the frames' bytes.
+    assert.ok(capped <= 2 * cap, `a capped pass ran at ${(capped / 2 ** 20).toFixed(1)} MiB/s`);
+    assert.equal(wordAt(d, pages - 1), patternOf(pages - 1));
+    await Promise.all([send.close(), recv.closed()]);
+  } finally {
+    send.stop();
+    recv.stop();
+    d.release();
+  }
+});
+
+test('lifting the cap (the switchover) takes effect in the middle of a pass', { timeout: 120_000 }, async () => {
+  const pages = 6144; // 24 MiB: more than 6 minutes at 64 KiB/s, under a second uncapped
+  const d = destination(pages / 16, Array.from({ length: pages }, (_, p) => p));
+  const src = sourceImage(pages);
+  const secret = randomBytes(32);
+  const [a, b] = await loopbackPair();
+  const recv = receiverFor(d, takeSocketFd(b), secret, pages);
+  const send = new PrecopySender({ sock: takeSocketFd(a), secret, memory: () => src.memory, maxPages: pages, maxBandwidth: 64 * 1024 });
+  try {
+    const pass = send.sendPass(0, new PageBitmap(pages).addRange(0, pages), pages, false);
+    while (recv.read().dataPages === 0) await new Promise((r) => setTimeout(r, 5)); // the pass is under way, capped
+    send.setCapped(false);
+    await pass;
+    await recv.passPlaced(0);
+    assert.equal(recv.read().dataPages, pages);
+    await Promise.all([send.close(), recv.closed()]);
+  } finally {
+    send.stop();
+    recv.stop();
+    d.release();
+  }
+});
+
+test('bad options are refused with an error naming them, never a crash; the handed-over socket is closed on every refusal', async () => {
+  const d = destination(WASM_PAGES, []);
+  const src = sourceImage(PAGES);
+  const shared = d.states.shared();
+  const states = new Uint8Array(shared.states, 0, shared.pageCount);
+  const stateCounts = new Int32Array(shared.counts, 0, 3);
+  try {
+    const refusals: Array<[string, (sock: number) => unknown, RegExp]> = [
+      ['short secret', (sock) => new PrecopySender({ sock, secret: randomBytes(8), memory: () => src.memory, maxPages: PAGES }), /secret has 8 elements/],
+      ['a negative timeout', (sock) => new PrecopySender({ sock, secret: randomBytes(32), memory: () => src.memory, maxPages: PAGES, timeoutMs: -5 }), /timeoutMs must be an integer/],
+      ['misaligned base', (sock) => new PrecopyReceiver({ sock, secret: randomBytes(32), uffd: d.uffd.fd, base: d.mem.base + 8, states, stateCounts, pageCount: PAGES }), /base must be page-aligned/],
+      ['a bad uffd', (sock) => new PrecopyReceiver({ sock, secret: randomBytes(32), uffd: -3, base: d.mem.base, states, stateCounts, pageCount: PAGES }), /uffd must be an integer/],
+      // Building the options throws before the addon is called: startOwning closes the socket.
+      ['a bitmap that cannot be allocated', (sock) => new PrecopySender({ sock, secret: randomBytes(32), memory: () => src.memory, maxPages: 2 ** 60 }), /RangeError/],
+    ];
+    for (const [what, start, error] of refusals) {
+      const s = await handedOverSocket();
+      assert.throws(() => start(s.fd), error, what);
+      assert.equal(fdIsOpen(s.fd), false, `${what}: the socket's descriptor is closed`);
+      await s.closed; // and its peer sees the end of the stream
+    }
+  } finally {
+    d.release();
   }
 });

@@ -60,6 +60,7 @@ describe('postcopy migration, end to end', () => {
     //    1 µs target, a pass of a few milliseconds can find nothing dirty when the guest's thread
     //    was off the CPU for that window (CI saw exactly that: converged after 14 passes). With a
     //    cap, every pass after the first lasts seconds, and no busy guest stays idle that long.
+    //    The cap holds on the native precopy stream too (its own token bucket): this is the native path.
     const first = await startDestination(sb);
     procs.push(first.proc);
     const pre = await runMigrate(sb, first.port, [

@@ -85,6 +85,18 @@ void dp_conn_eof_error(dp_conn *c);
 enum { DP_WAIT_TIMEOUT = -2 };
 int dp_wait(dp_conn *c, int fd, short events, int wakefd, volatile int *stop, int timeout_ms);
 
+/* --max-bandwidth: a token bucket over whole frames' bytes (CLOCK_MONOTONIC). rate 0: no cap. The
+ * burst is a few frames; a frame larger than the tokens left borrows, so no frame is ever split and
+ * the average still converges to the rate. */
+typedef struct {
+  double rate, burst, tokens, last_us;
+  int full; /* 0: the bucket is full again at the next look (at the start, or when a lifted cap is put back) */
+} dp_bucket;
+void dp_bucket_init(dp_bucket *b, double rate);
+/* Refills, then the milliseconds to wait before a frame may go (0: now; always 0 without a cap). */
+double dp_bucket_wait_ms(dp_bucket *b);
+void dp_bucket_take(dp_bucket *b, size_t bytes);
+
 uint32_t dp_be32(const uint8_t *p);
 void dp_put_be32(uint8_t *p, uint32_t v);
 double dp_now_us(void);       /* CLOCK_MONOTONIC */
@@ -136,6 +148,7 @@ typedef struct {
   uint32_t *pending;      /* PageBitmap words: pages the destination lacks */
   uint32_t *claims;       /* PageClaims words shared with the bulk stream */
   int bulk;               /* stream every pending page nobody claimed, after the answers (the postcopy bulk stream) */
+  dp_bucket bucket;       /* --max-bandwidth: paces the bulk frames (never the answers) */
   double *stats;          /* SS_SLOTS */
   uint8_t secret[DP_SECRET];
   volatile int *stop;
@@ -143,7 +156,9 @@ typedef struct {
 } dp_answer_args;
 
 /* ---- native precopy (dp_precopy.c) ---- */
-enum { PJ_PASS_SEQ, PJ_PASS, PJ_LIMIT, PJ_OTHERS_ZERO, PJ_CLOSE, PJ_SLOTS = 8 }; /* Int32 job slots TypeScript writes */
+enum { PJ_PASS_SEQ, PJ_PASS, PJ_LIMIT, PJ_OTHERS_ZERO, PJ_CLOSE,
+       PJ_UNCAPPED, /* 1: the rate cap is lifted (the switchover's downtime); 0: it holds again, with a full bucket */
+       PJ_SLOTS = 8 }; /* Int32 job slots TypeScript writes */
 enum { PS_PASS_DONE, PS_DATA_PAGES, PS_ZERO_PAGES, PS_BYTES_SENT, PS_BYTES_RECEIVED, PS_STATE, PS_SLOTS = 8 };
 /* PR_MARK_RING: from this slot, per pass (pass % PR_RING_LEN), the pages placed (data + zero) when its
  * MARK came: the source runs ahead, so at PASS_END the pages of later passes may be placed already. */
@@ -152,8 +167,12 @@ enum { PR_MARK, PR_DATA_PAGES, PR_ZERO_PAGES, PR_FRAMES, PR_BYTES_SENT, PR_BYTES
 
 typedef struct {
   int sock, wakefd, role, timeout_ms;
-  const uint8_t *memory;  /* guest page 0 of the running guest's memory (it only grows, in place) */
+  /* Guest page 0 of the running guest's memory, and the pages its view covers: a pass never reads
+   * past them. Replaced (setMemory) only between passes, when the memory has grown. */
+  const uint8_t *memory;
+  uint32_t memory_pages;
   uint32_t max_pages;     /* pages the bitmap covers */
+  dp_bucket bucket;       /* --max-bandwidth (PJ_UNCAPPED lifts it) */
   uint32_t *pages;        /* PageBitmap words: the pass's pages */
   int32_t *job;           /* PJ_SLOTS */
   double *stats;          /* PS_SLOTS */

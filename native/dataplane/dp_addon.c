@@ -39,6 +39,7 @@ typedef struct plane {
   napi_threadsafe_function tsfn;
   napi_ref refs[MAX_REFS];
   int nrefs;
+  int memory_ref; /* native precopy sender: which of refs holds the memory's view (setMemory replaces it) */
 } plane;
 
 /* ------------------------------------------------------------------ errors and arguments */
@@ -200,8 +201,7 @@ static napi_value start(napi_env env, plane *p, napi_value on_exit) {
   napi_create_string_utf8(env, "ferry dataplane exit", NAPI_AUTO_LENGTH, &name);
   p->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (p->wakefd < 0 || napi_create_threadsafe_function(env, on_exit, NULL, name, 0, 1, NULL, NULL, NULL, call_js, &p->tsfn) != napi_ok) {
-    p->sock = -1; /* not taken: the caller still owns it */
-    release(p, 0);
+    release(p, 0); /* closes the socket too: the addon owns it from the start function's entry */
     free(p);
     return fail(env, "dataplane: cannot make the thread's eventfd or callback");
   }
@@ -209,7 +209,6 @@ static napi_value start(napi_env env, plane *p, napi_value on_exit) {
   napi_unref_threadsafe_function(env, p->tsfn); /* a running plane does not keep the process alive */
   napi_value handle;
   if (napi_create_external(env, p, finalize, NULL, &handle) != napi_ok) {
-    p->sock = -1;
     release(p, 0);
     free(p);
     return NULL;
@@ -217,7 +216,6 @@ static napi_value start(napi_env env, plane *p, napi_value on_exit) {
   /* From here the handle owns p (its finalizer frees it). */
   if (napi_add_env_cleanup_hook(env, cleanup_hook, p) == napi_ok) p->hooked = 1;
   if (pthread_create(&p->th, NULL, thread_main, p) != 0) {
-    p->sock = -1;
     release(p, 0);
     return fail(env, "dataplane: pthread_create: %s", strerror(errno));
   }
@@ -225,12 +223,36 @@ static napi_value start(napi_env env, plane *p, napi_value on_exit) {
   return handle;
 }
 
-static plane *new_plane(napi_env env, int kind) {
+/* Ownership of the handed-over socket: every start function reads options.sock first of all, and
+ * from then on the socket is the addon's, whatever happens — a refused option, a missing
+ * argument, no memory — so a caller never has to guess whether to close it after a throw. The
+ * only descriptor not closed is one that is not a valid descriptor number (nothing to own). */
+static int own_sock(napi_env env, size_t argc, napi_value *argv) {
+  napi_valuetype t = napi_undefined;
+  if (argc < 1 || napi_typeof(env, argv[0], &t) != napi_ok || t != napi_object) return -1;
+  bool has = false;
+  napi_value v;
+  double d;
+  if (napi_has_named_property(env, argv[0], "sock", &has) != napi_ok || !has || napi_get_named_property(env, argv[0], "sock", &v) != napi_ok ||
+      napi_typeof(env, v, &t) != napi_ok || t != napi_number || napi_get_value_double(env, v, &d) != napi_ok)
+    return -1;
+  if (!(d >= 0 && d <= (1 << 30)) || d != (double)(int)d) return -1;
+  return (int)d;
+}
+
+/* A refusal before there is a plane to release: the owned socket is closed here. */
+static napi_value refuse_owned(napi_env env, int sock, const char *msg) {
+  if (sock >= 0) close(sock);
+  return fail(env, "%s", msg);
+}
+
+static plane *new_plane(napi_env env, int kind, int sock) {
   plane *p = calloc(1, sizeof *p);
   if (!p) return NULL;
   p->kind = kind;
   p->env = env;
-  p->wakefd = p->sock = -1;
+  p->wakefd = -1;
+  p->sock = sock; /* owned from here: release() closes it */
   p->f.stop = p->s.stop = p->ps.stop = p->pr.stop = &p->stop;
   return p;
 }
@@ -260,14 +282,28 @@ static int get_common(napi_env env, plane *p, napi_value o, int *sock, int *role
   return 1;
 }
 
-/* startFault(options, onExit) -> handle. Takes options.sock (closed when the plane is released). */
+/* Optional options.maxBandwidth (--max-bandwidth, bytes/s; absent or 0: no cap) into a token bucket. */
+static int get_rate(napi_env env, napi_value o, dp_bucket *b) {
+  napi_value rv;
+  bool has = false;
+  double rate = 0;
+  napi_valuetype rt = napi_undefined;
+  if (napi_has_named_property(env, o, "maxBandwidth", &has) == napi_ok && has && napi_get_named_property(env, o, "maxBandwidth", &rv) == napi_ok)
+    napi_typeof(env, rv, &rt);
+  if (rt != napi_undefined && !get_num(env, o, "maxBandwidth", 0, 1e15, &rate)) return 0;
+  dp_bucket_init(b, rate);
+  return 1;
+}
+
+/* startFault(options, onExit) -> handle. Takes options.sock from its entry (closed on a refusal, or when the plane is released). */
 static napi_value f_start_fault(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 2) return fail(env, "startFault(options, onExit)");
-  plane *p = new_plane(env, KIND_FAULT);
-  if (!p) return fail(env, "out of memory");
+  int owned = own_sock(env, argc, argv);
+  if (argc < 2) return refuse_owned(env, owned, "startFault(options, onExit)");
+  plane *p = new_plane(env, KIND_FAULT, owned);
+  if (!p) return refuse_owned(env, owned, "out of memory");
   dp_fault_args *a = &p->f;
   napi_value o = argv[0];
   double v, base, pages, around;
@@ -306,7 +342,6 @@ static napi_value f_start_fault(napi_env env, napi_callback_info info) {
       a->digest_pages = (uint32_t)(words / 2);
     }
   }
-  p->sock = a->sock;
   return start(env, p, argv[1]);
 bad:
   release(p, 0);
@@ -314,14 +349,15 @@ bad:
   return NULL;
 }
 
-/* startAnswer(options, onExit) -> handle. Takes options.sock (closed when the plane is released). */
+/* startAnswer(options, onExit) -> handle. Takes options.sock from its entry (closed on a refusal, or when the plane is released). */
 static napi_value f_start_answer(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 2) return fail(env, "startAnswer(options, onExit)");
-  plane *p = new_plane(env, KIND_ANSWER);
-  if (!p) return fail(env, "out of memory");
+  int owned = own_sock(env, argc, argv);
+  if (argc < 2) return refuse_owned(env, owned, "startAnswer(options, onExit)");
+  plane *p = new_plane(env, KIND_ANSWER, owned);
+  if (!p) return refuse_owned(env, owned, "out of memory");
   dp_answer_args *a = &p->s;
   napi_value o = argv[0];
   double pages;
@@ -349,7 +385,7 @@ static napi_value f_start_answer(napi_env env, napi_callback_info info) {
     }
     a->bulk = b;
   }
-  p->sock = a->sock;
+  if (!get_rate(env, o, &a->bucket)) goto bad;
   return start(env, p, argv[1]);
 bad:
   release(p, 0);
@@ -357,14 +393,15 @@ bad:
   return NULL;
 }
 
-/* startPrecopySend(options, onExit) -> handle. Takes options.sock (closed when the plane is released). */
+/* startPrecopySend(options, onExit) -> handle. Takes options.sock from its entry (closed on a refusal, or when the plane is released). */
 static napi_value f_start_presend(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 2) return fail(env, "startPrecopySend(options, onExit)");
-  plane *p = new_plane(env, KIND_PRESEND);
-  if (!p) return fail(env, "out of memory");
+  int owned = own_sock(env, argc, argv);
+  if (argc < 2) return refuse_owned(env, owned, "startPrecopySend(options, onExit)");
+  plane *p = new_plane(env, KIND_PRESEND, owned);
+  if (!p) return refuse_owned(env, owned, "out of memory");
   dp_presend_args *a = &p->ps;
   napi_value o = argv[0];
   int realtime = 0;
@@ -372,13 +409,16 @@ static napi_value f_start_presend(napi_env env, napi_callback_info info) {
   size_t words = 0;
   if (!get_common(env, p, o, &a->sock, &a->role, &a->timeout_ms, &realtime) || !get_num(env, o, "maxPages", 0, 1u << 31, &pages)) goto bad;
   a->max_pages = (uint32_t)pages;
-  if (!(a->memory = get_array(env, p, o, "memory", napi_uint8_array, 1, 1, NULL))) goto bad;
+  size_t mem = 0;
+  if (!get_rate(env, o, &a->bucket)) goto bad;
+  p->memory_ref = p->nrefs;
+  if (!(a->memory = get_array(env, p, o, "memory", napi_uint8_array, 1, 1, &mem))) goto bad;
+  a->memory_pages = mem / DP_PAGE > UINT32_MAX ? UINT32_MAX : (uint32_t)(mem / DP_PAGE);
   words = (a->max_pages + 31) / 32;
   if (!(a->pages = get_array(env, p, o, "pages", napi_uint32_array, 4, words ? words : 1, NULL)) ||
       !(a->job = get_array(env, p, o, "job", napi_int32_array, 4, PJ_SLOTS, NULL)) ||
       !(a->stats = get_array(env, p, o, "stats", napi_float64_array, 8, PS_SLOTS, NULL)) || !get_secret(env, p, o, a->secret))
     goto bad;
-  p->sock = a->sock;
   return start(env, p, argv[1]);
 bad:
   release(p, 0);
@@ -386,14 +426,15 @@ bad:
   return NULL;
 }
 
-/* startPrecopyReceive(options, onExit) -> handle. Takes options.sock (closed when the plane is released). */
+/* startPrecopyReceive(options, onExit) -> handle. Takes options.sock from its entry (closed on a refusal, or when the plane is released). */
 static napi_value f_start_prerecv(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 2) return fail(env, "startPrecopyReceive(options, onExit)");
-  plane *p = new_plane(env, KIND_PRERECV);
-  if (!p) return fail(env, "out of memory");
+  int owned = own_sock(env, argc, argv);
+  if (argc < 2) return refuse_owned(env, owned, "startPrecopyReceive(options, onExit)");
+  plane *p = new_plane(env, KIND_PRERECV, owned);
+  if (!p) return refuse_owned(env, owned, "out of memory");
   dp_prerecv_args *a = &p->pr;
   napi_value o = argv[0];
   int realtime = 0;
@@ -425,7 +466,6 @@ static napi_value f_start_prerecv(napi_env env, napi_callback_info info) {
       a->digest_pages = (uint32_t)(words / 2);
     }
   }
-  p->sock = a->sock;
   return start(env, p, argv[1]);
 bad:
   release(p, 0);
@@ -468,6 +508,42 @@ static napi_value f_wake(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* setMemory(handle, memory): the native precopy sender reads later passes from this view (the
+ * guest's memory grew). Only between passes — the thread reads the view only inside one — so a
+ * call while a pass is in flight is refused; the previous view is released. */
+static napi_value f_set_memory(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  plane *p = NULL;
+  napi_valuetype t = napi_undefined;
+  if (argc >= 1) napi_typeof(env, argv[0], &t);
+  if (argc < 2 || t != napi_external || napi_get_value_external(env, argv[0], (void **)&p) != napi_ok || !p || p->kind != KIND_PRESEND)
+    return fail(env, "setMemory(handle of a precopy sender, memory)");
+  if (p->released) return fail(env, "dataplane: setMemory on a stopped plane");
+  dp_presend_args *a = &p->ps;
+  int32_t want = __atomic_load_n(&a->job[PJ_PASS_SEQ], __ATOMIC_ACQUIRE);
+  double done;
+  __atomic_load(&a->stats[PS_PASS_DONE], &done, __ATOMIC_ACQUIRE);
+  if ((double)want != done)
+    return fail(env, "dataplane: setMemory while a pass is in flight");
+  bool is = false;
+  napi_typedarray_type ty;
+  size_t len = 0, off = 0;
+  void *data = NULL;
+  napi_value ab;
+  napi_ref ref;
+  napi_is_typedarray(env, argv[1], &is);
+  if (!is || napi_get_typedarray_info(env, argv[1], &ty, &len, &data, &ab, &off) != napi_ok || ty != napi_uint8_array || !data || len == 0)
+    return fail(env, "dataplane: memory must be a non-empty Uint8Array");
+  if (napi_create_reference(env, argv[1], 1, &ref) != napi_ok) return fail(env, "dataplane: cannot hold memory");
+  napi_delete_reference(env, p->refs[p->memory_ref]);
+  p->refs[p->memory_ref] = ref;
+  a->memory = data;
+  __atomic_store_n(&a->memory_pages, len / DP_PAGE > UINT32_MAX ? UINT32_MAX : (uint32_t)(len / DP_PAGE), __ATOMIC_RELEASE);
+  return NULL;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor d[] = {
       {"startFault", NULL, f_start_fault, NULL, NULL, NULL, napi_default, NULL},
@@ -475,6 +551,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"startPrecopySend", NULL, f_start_presend, NULL, NULL, NULL, napi_default, NULL},
       {"startPrecopyReceive", NULL, f_start_prerecv, NULL, NULL, NULL, napi_default, NULL},
       {"wake", NULL, f_wake, NULL, NULL, NULL, napi_default, NULL},
+      {"setMemory", NULL, f_set_memory, NULL, NULL, NULL, napi_default, NULL},
       {"stop", NULL, f_stop, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof d / sizeof d[0], d);

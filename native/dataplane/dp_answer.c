@@ -8,6 +8,7 @@
 // and the socket holds fewer than DP_BULK_LOWAT unsent bytes, it claims the next pending page
 // nobody claimed — from just after the last request, as the faults lead, wrapping once — and sends
 // a run of up to DP_MAX_RUN of them. Answers go first, and behind at most a few frames of bulk.
+// --max-bandwidth paces the bulk frames with a token bucket (dp_bucket); answers are never paced.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
@@ -132,11 +133,16 @@ int dp_answer_run(dp_answer_args *a) {
   int buffered = 1;
   for (;;) {
     int full = dp_conn_pending_tx(&c) > TX_BYTES / 2;
+    /* --max-bandwidth: while the bucket is in debt the bulk stream does not ask for POLLOUT (the
+     * socket would report room at once, a busy loop); the poll's timeout is the end of the debt. */
+    double debt_ms = bulk ? dp_bucket_wait_ms(&a->bucket) : 0;
+    int bulk_ready = bulk && debt_ms <= 0;
+    int timeout = buffered ? 0 : debt_ms > 0 ? (debt_ms > 1000 ? 1000 : (int)debt_ms + 1) : -1;
     struct pollfd pf[2] = {
-        {.fd = a->sock, .events = (short)((full ? 0 : POLLIN) | (dp_conn_pending_tx(&c) || bulk ? POLLOUT : 0))},
+        {.fd = a->sock, .events = (short)((full ? 0 : POLLIN) | (dp_conn_pending_tx(&c) || bulk_ready ? POLLOUT : 0))},
         {.fd = a->wakefd, .events = POLLIN},
     };
-    if (poll(pf, 2, buffered ? 0 : -1) < 0 && errno != EINTR) {
+    if (poll(pf, 2, timeout) < 0 && errno != EINTR) {
       dp_set_err(c.err, "poll: %s", strerror(errno));
       goto out;
     }
@@ -175,7 +181,7 @@ int dp_answer_run(dp_answer_args *a) {
     }
     if (dp_conn_flush(&c) < 0) goto out;
     /* The bulk stream: one frame when nothing else waits to be written and the socket has room. */
-    if (bulk && dp_conn_pending_tx(&c) == 0 && (pf[0].revents & POLLOUT)) {
+    if (bulk_ready && dp_conn_pending_tx(&c) == 0 && (pf[0].revents & POLLOUT)) {
       uint32_t led = (uint32_t)a->stats[SS_CURSOR];
       if (led != seen_cursor) cursor = seen_cursor = led; /* follow the faults */
       int r = push_bulk(a, &c, &cursor);
@@ -184,7 +190,10 @@ int dp_answer_run(dp_answer_args *a) {
         bulk = 0;
         __atomic_thread_fence(__ATOMIC_RELEASE);
         a->stats[SS_BULK_DONE] = 1;
-      } else if (dp_conn_flush(&c) < 0) goto out;
+      } else {
+        dp_bucket_take(&a->bucket, dp_conn_pending_tx(&c)); /* the one frame just queued (nothing waited before it) */
+        if (dp_conn_flush(&c) < 0) goto out;
+      }
     }
     a->stats[SS_BYTES_SENT] = c.bytes_out;
     a->stats[SS_BYTES_RECEIVED] = c.bytes_in;

@@ -14,7 +14,10 @@
 //    zeroes a received page. It records the --verify digest of every page from the frame's bytes
 //    and publishes each MARK, which TypeScript waits for before it takes the bulk channel's
 //    PASS_END (so everything after it on the bulk channel sees the pass placed). Pages beyond the
-//    memory's size wait (the frame is held) until the bulk channel's GROW has been taken.
+//    memory's size wait (the frame is held) until the bulk channel's GROW has been taken: TypeScript
+//    raises the limit and wakes the thread (its eventfd), with a slow poll as the fallback.
+// --max-bandwidth caps the source's stream with a token bucket (pace()), lifted at the switchover
+// as the bulk channel's is.
 // The guest may rewrite a page while it is sealed: AES-GCM reads each plaintext byte once, so the
 // frame is still consistent, and the dirty tracker sends the page again in a later pass.
 #define _GNU_SOURCE
@@ -34,6 +37,9 @@
 #define PRE_TX_BYTES (4u << 20)
 /* How long a frame beyond the memory may wait for the bulk channel's GROW. */
 #define GROW_WAIT_US (30.0 * 1000 * 1000)
+/* While a frame is held, setPageCount() wakes the thread through its eventfd; this poll is only the
+ * fallback (a limit raised without a wake), long enough that the wait costs no CPU to speak of. */
+#define GROW_POLL_MS 100
 
 static const uint8_t ZERO_PAGE[DP_PAGE];
 
@@ -49,12 +55,27 @@ static int bit(const uint32_t *words, uint32_t p) { return (__atomic_load_n(&wor
 
 /* ------------------------------------------------------------------ source */
 
-/* Writes until fewer than `below` bytes wait; polls the socket (and the stop eventfd). */
-static int drain(dp_presend_args *a, dp_conn *c, size_t below) {
+/* Milliseconds until an absolute CLOCK_MONOTONIC deadline (µs), rounded up; 0 once it has passed.
+ * A wait bounded by a deadline, not by a timeout restarted at each wake-up, cannot be stretched by
+ * a peer that dribbles a byte at a time. */
+static int ms_left(double deadline_us) {
+  double left = deadline_us - dp_now_us();
+  if (left <= 0) return 0;
+  return left > 3600e6 ? 3600000 : (int)(left / 1000) + 1;
+}
+
+/* Writes until fewer than `below` bytes wait; polls the socket (and the stop eventfd). With a
+ * deadline (µs, CLOCK_MONOTONIC; 0: none) a socket that does not drain in time fails. */
+static int drain_until(dp_presend_args *a, dp_conn *c, size_t below, double deadline_us) {
   while (dp_conn_pending_tx(c) > below) {
     if (dp_conn_flush(c) < 0) return -1;
     if (dp_conn_pending_tx(c) <= below) break;
-    int ready = dp_wait(c, a->sock, POLLOUT, a->wakefd, a->stop, -1);
+    int left = deadline_us > 0 ? ms_left(deadline_us) : -1;
+    int ready = left == 0 ? DP_WAIT_TIMEOUT : dp_wait(c, a->sock, POLLOUT, a->wakefd, a->stop, left);
+    if (ready == DP_WAIT_TIMEOUT) {
+      dp_set_err(c->err, "the peer did not read what was sent within %d ms", a->timeout_ms);
+      return -1;
+    }
     if (ready < 0) return -1;
     if (ready & (POLLERR | POLLHUP)) {
       dp_set_err(c->err, "the connection failed while sending (poll revents 0x%x)", ready);
@@ -64,9 +85,34 @@ static int drain(dp_presend_args *a, dp_conn *c, size_t below) {
   return 0;
 }
 
-/* Queues one frame, then writes while more than PRE_TX_BYTES wait. */
+static int drain(dp_presend_args *a, dp_conn *c, size_t below) { return drain_until(a, c, below, 0); }
+
+/* The rate cap: waits until the bucket holds tokens, then takes `bytes`. The wait wakes on the
+ * thread's eventfd, so lifting the cap (PJ_UNCAPPED, at the switchover) takes effect at once. */
+static int pace(dp_presend_args *a, dp_conn *c, uint32_t bytes) {
+  if (a->bucket.rate <= 0) return 0;
+  for (;;) {
+    if (__atomic_load_n(&a->job[PJ_UNCAPPED], __ATOMIC_ACQUIRE)) {
+      a->bucket.full = 0; /* put back later: full again, as the bulk channel's new TokenBucket */
+      return 0;
+    }
+    double wait_ms = dp_bucket_wait_ms(&a->bucket);
+    if (wait_ms <= 0) {
+      dp_bucket_take(&a->bucket, bytes);
+      return 0;
+    }
+    /* In debt: what is queued goes out meanwhile, then sleep until the debt is paid. */
+    if (dp_conn_flush(c) < 0) return -1;
+    if (dp_wait(c, -1, 0, a->wakefd, a->stop, wait_ms > 1000 ? 1000 : (int)wait_ms + 1) == -1) return -1;
+  }
+}
+
+/* Queues one frame, then writes while more than PRE_TX_BYTES wait (capped: writes what the socket
+ * takes at once, so the paced frames leave paced, not in bursts of PRE_TX_BYTES). */
 static int send_frame(dp_presend_args *a, dp_conn *c, uint8_t type, const uint8_t head[8], const uint8_t *data, uint32_t len) {
+  if (pace(a, c, DP_HDR + 8 + len + DP_TAG) < 0) return -1;
   if (dp_conn_queue(c, type, head, 8, data, len) < 0) return -1;
+  if (a->bucket.rate > 0 && dp_conn_flush(c) < 0) return -1;
   return drain(a, c, PRE_TX_BYTES);
 }
 
@@ -150,8 +196,15 @@ int dp_presend_run(dp_presend_args *a) {
       uint32_t pass = (uint32_t)__atomic_load_n(&a->job[PJ_PASS], __ATOMIC_ACQUIRE);
       uint32_t limit = (uint32_t)__atomic_load_n(&a->job[PJ_LIMIT], __ATOMIC_ACQUIRE);
       int others_zero = __atomic_load_n(&a->job[PJ_OTHERS_ZERO], __ATOMIC_ACQUIRE);
+      /* A pass never reads past the bitmap nor past the memory's view (setMemory hands over a
+       * grown one between passes): the pages beyond are not the guest's, or not mapped. */
+      uint32_t memory_pages = __atomic_load_n(&a->memory_pages, __ATOMIC_ACQUIRE);
       if (limit > a->max_pages) {
-        dp_set_err(a->err, "internal: a pass of %u pages over a bitmap of %u", limit, a->max_pages);
+        dp_set_err(a->err, "refused pass %u: its limit of %u pages is past the bitmap's %u", pass, limit, a->max_pages);
+        goto out;
+      }
+      if (limit > memory_pages) {
+        dp_set_err(a->err, "refused pass %u: its limit of %u pages is past the memory view's %u", pass, limit, memory_pages);
         goto out;
       }
       if (send_pass(a, &c, pass, limit, others_zero) < 0) goto out;
@@ -161,8 +214,10 @@ int dp_presend_run(dp_presend_args *a) {
       continue;
     }
     if (__atomic_load_n(&a->job[PJ_CLOSE], __ATOMIC_ACQUIRE)) {
+      /* One absolute deadline for the whole exchange: CLOSE out, CLOSE back. */
+      double deadline = dp_now_us() + (double)a->timeout_ms * 1000;
       uint8_t head[8] = {0};
-      if (dp_conn_queue(&c, DP_CLOSE, head, 8, NULL, 0) < 0 || drain(a, &c, 0) < 0) goto out;
+      if (dp_conn_queue(&c, DP_CLOSE, head, 8, NULL, 0) < 0 || drain_until(a, &c, 0, deadline) < 0) goto out;
       /* The destination's CLOSE back: after it, nothing of this session is left in either direction. */
       for (;;) {
         dp_frame f;
@@ -176,7 +231,8 @@ int dp_presend_run(dp_presend_args *a) {
           rc = 0;
           goto out;
         }
-        int ready = dp_wait(&c, a->sock, POLLIN, a->wakefd, a->stop, a->timeout_ms);
+        int left = ms_left(deadline);
+        int ready = left == 0 ? DP_WAIT_TIMEOUT : dp_wait(&c, a->sock, POLLIN, a->wakefd, a->stop, left);
         if (ready == DP_WAIT_TIMEOUT) {
           dp_set_err(a->err, "the destination did not close the precopy stream within %d ms", a->timeout_ms);
           goto out;
@@ -350,7 +406,7 @@ int dp_prerecv_run(dp_prerecv_args *a) {
   int buffered = 1; /* frames that came with FINISHED are in rbuf already */
   for (;;) {
     if (!buffered || holding) {
-      if (dp_wait(&c, holding ? -1 : a->sock, POLLIN, a->wakefd, a->stop, holding ? 1 : -1) == -1) goto out;
+      if (dp_wait(&c, holding ? -1 : a->sock, POLLIN, a->wakefd, a->stop, holding ? GROW_POLL_MS : -1) == -1) goto out;
       if (!holding && dp_conn_fill(&c) < 0) goto out;
     }
     buffered = 0;
@@ -380,14 +436,18 @@ int dp_prerecv_run(dp_prerecv_args *a) {
         }
         uint8_t head[8] = {0};
         if (dp_conn_queue(&c, DP_CLOSE, head, 8, NULL, 0) < 0) goto out;
+        /* An absolute deadline: a source that does not read the answer cannot hold this thread. */
+        double deadline = dp_now_us() + (double)a->timeout_ms * 1000;
         while (dp_conn_pending_tx(&c)) {
           if (dp_conn_flush(&c) < 0) goto out;
-          struct pollfd pw = {.fd = a->sock, .events = POLLOUT};
-          if (dp_conn_pending_tx(&c)) (void)poll(&pw, 1, 100);
-          if (*a->stop) {
-            dp_set_err(a->err, "stopped");
+          if (!dp_conn_pending_tx(&c)) break;
+          int left = ms_left(deadline);
+          int ready = left == 0 ? DP_WAIT_TIMEOUT : dp_wait(&c, a->sock, POLLOUT, a->wakefd, a->stop, left);
+          if (ready == DP_WAIT_TIMEOUT) {
+            dp_set_err(a->err, "the source did not take the CLOSE answer within %d ms", a->timeout_ms);
             goto out;
           }
+          if (ready < 0) goto out;
         }
         a->stats[PR_CLOSED] = 1;
         rc = 0;

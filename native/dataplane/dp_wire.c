@@ -44,6 +44,31 @@ void dp_put_be32(uint8_t *p, uint32_t v) {
   p[3] = (uint8_t)v;
 }
 
+void dp_bucket_init(dp_bucket *b, double rate) {
+  b->rate = rate > 0 ? rate : 0;
+  b->burst = 4.0 * DP_MAX_FRAME;
+  b->tokens = b->last_us = 0;
+  b->full = 0;
+}
+
+double dp_bucket_wait_ms(dp_bucket *b) {
+  if (b->rate <= 0) return 0;
+  double now = dp_now_us();
+  if (!b->full) {
+    b->tokens = b->burst;
+    b->last_us = now;
+    b->full = 1;
+  }
+  b->tokens += (now - b->last_us) / 1e6 * b->rate;
+  if (b->tokens > b->burst) b->tokens = b->burst;
+  b->last_us = now;
+  return b->tokens >= 0 ? 0 : -b->tokens / b->rate * 1000;
+}
+
+void dp_bucket_take(dp_bucket *b, size_t bytes) {
+  if (b->rate > 0) b->tokens -= (double)bytes;
+}
+
 double dp_now_us(void) {
   struct timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);

@@ -59,15 +59,19 @@ export interface AnswerThreadOptions extends CommonOptions {
   claims: Uint32Array;
   /** Stream every pending page nobody claimed too, after the answers: the thread is the postcopy bulk stream (default false). */
   bulk?: boolean;
+  /** --max-bandwidth: bytes/s of bulk frames (a token bucket, a burst of a few frames; answers are never paced); absent or 0: no cap. */
+  maxBandwidth?: number;
   /** AnswerThreadStat slots. */
   stats: Float64Array;
 }
 
 export interface PrecopySendOptions extends CommonOptions {
-  /** The running guest's memory from page 0 (it only grows, in place: pages up to a pass's limit are read). */
+  /** The running guest's memory from page 0, as far as it reaches now: a pass past its end is refused (setMemory hands over a grown one). */
   memory: Uint8Array;
   /** Pages the `pages` bitmap covers (the reservation). */
   maxPages: number;
+  /** --max-bandwidth: bytes/s the stream may send (a token bucket, a burst of a few frames); absent or 0: no cap. */
+  maxBandwidth?: number;
   /** PageBitmap words: the pages of the pass TypeScript asks for. */
   pages: Uint32Array;
   /** PrecopyJob slots TypeScript writes before wake(). */
@@ -91,7 +95,12 @@ export interface PrecopyReceiveOptions extends CommonOptions {
 }
 
 /** Int32 slots of a native precopy sender's job (dp.h PJ_*). */
-export const PrecopyJob = { PASS_SEQ: 0, PASS: 1, LIMIT: 2, OTHERS_ZERO: 3, CLOSE: 4, SLOTS: 8 } as const;
+export const PrecopyJob = {
+  PASS_SEQ: 0, PASS: 1, LIMIT: 2, OTHERS_ZERO: 3, CLOSE: 4,
+  /** 1: the rate cap is lifted; 0: it holds (again, with a full bucket). Written with wake(). */
+  UNCAPPED: 5,
+  SLOTS: 8,
+} as const;
 /** Float64 slots of the precopy sender's stats (PS_*). */
 export const PrecopySendStat = { PASS_DONE: 0, DATA_PAGES: 1, ZERO_PAGES: 2, BYTES_SENT: 3, BYTES_RECEIVED: 4, STATE: 5, SLOTS: 8 } as const;
 /** Float64 slots of the precopy receiver's stats (PR_*): MARK is the last pass placed + 1. */
@@ -111,6 +120,11 @@ export interface FerryDataplane {
   /** Native precopy (dp_precopy.c): the source's pass sender and the destination's receiver. */
   startPrecopySend(options: PrecopySendOptions, onExit: (error: string | null) => void): DataplaneHandle;
   startPrecopyReceive(options: PrecopyReceiveOptions, onExit: (error: string | null) => void): DataplaneHandle;
+  /**
+   * A precopy sender's later passes read this view of the guest's memory (it grew). Only between
+   * passes: refused while one is in flight.
+   */
+  setMemory(handle: DataplaneHandle, memory: Uint8Array): void;
   /** Makes the thread look at its job slots again. */
   wake(handle: DataplaneHandle): void;
   /** Stops and joins the thread; returns why it ended (null: stopped, no failure). Idempotent. */

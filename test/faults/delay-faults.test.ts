@@ -8,6 +8,7 @@ import { strict as assert } from 'node:assert';
 import { after, describe, test } from 'node:test';
 import { FerryProc, killAll, makeSandbox, useFileCache, type Sandbox } from '../fixtures/migration/ferry-procs.js';
 import { nativeFaultsEnabled } from '../../src/migration/dataplane/connect.js';
+import { nativePrecopyEnabled } from '../../src/migration/dataplane/precopy-plane.js';
 import { InjectionTally, SECURITIES, assertGuestMoved, migrateOutcome, proxiedPair, startMigrate, waitForMigration } from './harness.js';
 import { FaultProxy, type FaultKind } from './proxy.js';
 
@@ -26,6 +27,9 @@ interface Case {
   check?(proxy: FaultProxy): void;
 }
 
+/** The connection precopy's pages travel on (the source, spawned from here, sees the same environment). */
+const precopyStream = nativeFaultsEnabled() && nativePrecopyEnabled() ? 'dataplane' : 'bulk';
+
 /** Latency on the first session's connections (all three with the native fault path), both directions, from the first byte. */
 async function delayEverything(proxy: FaultProxy): Promise<void> {
   for (const connection of nativeFaultsEnabled() ? (['bulk', 'urgent', 'dataplane'] as const) : (['bulk', 'urgent'] as const)) {
@@ -39,10 +43,12 @@ const cases: Case[] = [
   { name: 'precopy with 2 ms added to every chunk, both channels, both directions', kind: 'delay', mode: 'precopy', inject: delayEverything },
   { name: 'postcopy with 2 ms added to every chunk, both channels, both directions', kind: 'delay', mode: 'postcopy', inject: delayEverything },
   {
-    name: 'precopy with the bulk channel stalled for 1.5 s early (256 KiB in)',
+    // Precopy's stream is on the data plane connection where precopy is native (--max-bandwidth
+    // caps it there too), else on the bulk channel: the stall is on whichever carries it.
+    name: `precopy with its stream (${precopyStream}) stalled for 1.5 s early (256 KiB in)`,
     kind: 'stall',
     mode: 'precopy',
-    inject: async (proxy) => proxy.inject({ kind: 'stall', connection: 'bulk', direction: 'to-destination', at: { atByte: 256 * 1024 }, stallMs: 1500 }),
+    inject: async (proxy) => proxy.inject({ kind: 'stall', connection: precopyStream, direction: 'to-destination', at: { atByte: 256 * 1024 }, stallMs: 1500 }),
   },
   {
     name: 'precopy with the urgent channel cut during pass 1 (precopy never uses it)',

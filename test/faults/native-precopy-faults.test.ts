@@ -17,7 +17,7 @@ process.env['FERRY_TRACE'] = 'phases';
 
 const GUEST_MIB = 64;
 const GUEST_ARGS = ['--mib', String(GUEST_MIB), '--rate', '2000', '--report-ms', '100', '--verify-file', '/work/verify'];
-// Auto mode (the native data plane is offered where postcopy may happen), no --max-bandwidth (it keeps precopy in JavaScript).
+// Auto mode (the native data plane is offered where postcopy may happen); the stream uncapped.
 const MIGRATE_ARGS = ['--verify'];
 const MiB = 1024 * 1024;
 

@@ -13,6 +13,11 @@ import { InjectionTally, SECURITIES, URGENT_PATH, assertGuestMoved, migrateOutco
 import { FaultProxy, type FaultKind } from './proxy.js';
 
 useFileCache('faults');
+// The faults here are placed in postcopy's bulk stream on the bulk channel (mid postcopy, by
+// bytes): the source keeps it in JavaScript (FERRY_NATIVE_BULK=0, which keeps precopy there too),
+// as --max-bandwidth did before the native streams had a cap of their own. The native streams'
+// faults are native-precopy-faults' and migration-native-faults'. The ferry processes inherit this.
+process.env['FERRY_NATIVE_BULK'] = '0';
 
 const GUEST_MIB = 32;
 const GUEST_PAGES = (GUEST_MIB * 1024 * 1024) / 4096;

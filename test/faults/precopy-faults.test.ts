@@ -11,6 +11,10 @@ import { InjectionTally, SECURITIES, migrateOutcome, startDestinationWith, start
 import { FaultProxy, type FaultKind } from './proxy.js';
 
 useFileCache('faults');
+// Every fault here is placed in precopy's stream on the bulk channel (its byte offsets are that
+// stream's): the source keeps precopy in JavaScript. Native precopy's stream has faults of its
+// own (native-precopy-faults.test.ts). The ferry processes inherit this environment.
+process.env['FERRY_NATIVE_PRECOPY'] = '0';
 
 const GUEST_MIB = 32;
 const GUEST_ARGS = ['--mib', String(GUEST_MIB), '--rate', '2000', '--report-ms', '100', '--verify-file', '/work/verify'];

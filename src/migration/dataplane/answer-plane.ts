@@ -1,6 +1,7 @@
 // Source side of the native fault path: one native thread (native/dataplane/dp_answer.c) reads the
 // destination's page requests and answers each straight from the guest's memory, ahead of the bulk
 // stream. This class starts and stops it and reads its counters.
+import { startOwning } from './socket-fd.js';
 import { dataplaneAddon, AnswerThreadStat, DataplaneRole, DATAPLANE_STAT_SLOTS, type DataplaneHandle, type DataplaneRoleValue } from '../../sys/dataplane.js';
 
 export interface AnswerPlaneOptions {
@@ -17,6 +18,8 @@ export interface AnswerPlaneOptions {
   secret: Uint8Array;
   /** The thread streams the postcopy bulk too (every pending page nobody claimed, after the answers). */
   bulk?: boolean;
+  /** --max-bandwidth (bytes/s): a token bucket paces the bulk frames (never the answers). */
+  maxBandwidth?: number | undefined;
   timeoutMs?: number;
   realtime?: boolean;
 }
@@ -45,15 +48,17 @@ export class AnswerPlane {
   constructor(o: AnswerPlaneOptions) {
     let ended!: (e: string | null) => void;
     this.ended = new Promise((resolve) => (ended = resolve));
-    this.handle = dataplaneAddon().startAnswer(
-      {
+    this.handle = startOwning(o.sock, () => {
+      const options = {
         sock: o.sock, role: o.role ?? DataplaneRole.CONNECTOR, timeoutMs: o.timeoutMs ?? 10_000,
         realtime: (o.realtime ?? true) && process.env['FERRY_REALTIME'] !== '0',
         memory: o.memory, pageCount: o.pageCount, pending: o.pending, claims: o.claims, stats: this.stats, secret: o.secret,
         bulk: o.bulk ?? false,
-      },
-      (error) => ended(error),
-    );
+        ...(o.maxBandwidth ? { maxBandwidth: Math.round(o.maxBandwidth) } : {}),
+      };
+      const addon = dataplaneAddon();
+      return () => addon.startAnswer(options, (error) => ended(error));
+    });
   }
 
   read(): AnswerPlaneStats {

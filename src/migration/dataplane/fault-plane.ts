@@ -5,6 +5,7 @@
 import type { FaultStats } from '../../memory/fault-stats.js';
 import type { PageStateTable } from '../../memory/page-state.js';
 import type { SharedRequests } from '../receive/page-placer.js';
+import { startOwning } from './socket-fd.js';
 import { dataplaneAddon, DataplaneRole, DataplaneState, DATAPLANE_STAT_SLOTS, FaultThreadStat, type DataplaneHandle, type DataplaneRoleValue } from '../../sys/dataplane.js';
 
 export interface FaultPlaneOptions {
@@ -47,17 +48,18 @@ export class FaultPlane {
   /** Resolves when the thread ends: with its failure, or null when it was stopped. */
   readonly ended: Promise<string | null>;
   private readonly stats = new Float64Array(new SharedArrayBuffer(DATAPLANE_STAT_SLOTS * 8));
-  private readonly latencies: Float64Array;
+  /** Set while the thread starts (inside startOwning: an allocation that throws must close the socket). */
+  private latencies!: Float64Array;
   private handle: DataplaneHandle | null;
   private result: string | null = null;
 
   constructor(o: FaultPlaneOptions) {
-    const shared = o.states.shared();
-    this.latencies = new Float64Array(new SharedArrayBuffer((o.latencyRing ?? 1 << 17) * 8));
     let ended!: (e: string | null) => void;
     this.ended = new Promise((resolve) => (ended = resolve));
-    this.handle = dataplaneAddon().startFault(
-      {
+    this.handle = startOwning(o.sock, () => {
+      const shared = o.states.shared();
+      this.latencies = new Float64Array(new SharedArrayBuffer((o.latencyRing ?? 1 << 17) * 8));
+      const options = {
         uffd: o.uffd, sock: o.sock, role: o.role ?? DataplaneRole.ACCEPTOR, timeoutMs: o.timeoutMs ?? 10_000,
         realtime: (o.realtime ?? true) && process.env['FERRY_REALTIME'] !== '0',
         base: o.base, pageCount: o.pageCount, faultAround: o.faultAround ?? 1,
@@ -65,9 +67,10 @@ export class FaultPlane {
         times: new BigInt64Array(o.requests.times), waiting: new Int32Array(o.requests.waiting),
         stats: this.stats, latencies: this.latencies, secret: o.secret,
         ...(o.digest ? { digest: new Uint32Array(o.digest) } : {}),
-      },
-      (error) => ended(error),
-    );
+      };
+      const addon = dataplaneAddon();
+      return () => addon.startFault(options, (error) => ended(error));
+    });
   }
 
   /** The thread's counters now. */

@@ -8,6 +8,7 @@ import {
   dataplaneAddon, DataplaneRole, DataplaneState, PrecopyJob, PrecopyReceiveStat, PrecopySendStat, type DataplaneHandle,
 } from '../../sys/dataplane.js';
 import type { PageBitmap } from '../../memory/page-bitmap.js';
+import { startOwning } from './socket-fd.js';
 
 /** How often a waiting side looks at the thread's counters (a pass's end, not a page: rare). */
 const POLL_MS = 1;
@@ -70,10 +71,15 @@ export interface PrecopySenderOptions {
   /** A descriptor of the data plane connection; taken (closed by stop()). */
   sock: number;
   secret: Uint8Array;
-  /** The running guest's memory from page 0. */
-  memory: Uint8Array;
+  /**
+   * The running guest's memory from page 0, as it is now: read before each pass, so a pass covers
+   * pages the memory grew by since the thread started (the thread refuses a pass past the view).
+   */
+  memory: () => Uint8Array;
   /** Pages of the reservation (the most any pass may name). */
   maxPages: number;
+  /** --max-bandwidth (bytes/s): the thread paces its frames with a token bucket; setCapped(false) lifts it. */
+  maxBandwidth?: number | undefined;
   timeoutMs?: number;
 }
 
@@ -88,19 +94,28 @@ export interface PrecopySenderStats {
 export class PrecopySender extends PrecopyThread {
   private readonly job = new Int32Array(new SharedArrayBuffer(PrecopyJob.SLOTS * 4));
   private readonly stats = new Float64Array(new SharedArrayBuffer(PrecopySendStat.SLOTS * 8));
-  private readonly pages: Uint32Array;
+  /** Set while the thread starts (inside startOwning: an allocation that throws must close the socket). */
+  private pages!: Uint32Array;
   private seq = 0;
+  private readonly memory: () => Uint8Array;
+  /** Bytes of the view the thread reads: a longer one is handed over before the next pass. */
+  private memoryBytes = 0;
 
   constructor(o: PrecopySenderOptions) {
     super();
-    this.pages = new Uint32Array(new SharedArrayBuffer(Math.max(1, Math.ceil(o.maxPages / 32)) * 4));
-    this.handle = dataplaneAddon().startPrecopySend(
-      {
+    this.memory = o.memory;
+    this.handle = startOwning(o.sock, () => {
+      this.pages = new Uint32Array(new SharedArrayBuffer(Math.max(1, Math.ceil(o.maxPages / 32)) * 4));
+      const memory = o.memory();
+      this.memoryBytes = memory.byteLength;
+      const options = {
         sock: o.sock, role: DataplaneRole.CONNECTOR, timeoutMs: o.timeoutMs ?? 10_000, realtime: false, secret: o.secret,
-        memory: o.memory, maxPages: o.maxPages, pages: this.pages, job: this.job, stats: this.stats,
-      },
-      this.onExit,
-    );
+        memory, maxPages: o.maxPages, pages: this.pages, job: this.job, stats: this.stats,
+        ...(o.maxBandwidth ? { maxBandwidth: Math.round(o.maxBandwidth) } : {}),
+      };
+      const addon = dataplaneAddon();
+      return () => addon.startPrecopySend(options, this.onExit);
+    });
   }
 
   /**
@@ -109,6 +124,7 @@ export class PrecopySender extends PrecopyThread {
    * then its MARK. Resolves once every byte of it is written to the socket.
    */
   async sendPass(pass: number, set: PageBitmap, limit: number, othersZero: boolean): Promise<void> {
+    this.followMemory();
     const words = Math.ceil(limit / 32);
     this.pages.fill(0);
     this.pages.set(set.words.subarray(0, Math.min(words, set.words.length)));
@@ -119,6 +135,25 @@ export class PrecopySender extends PrecopyThread {
     Atomics.store(this.job, PrecopyJob.PASS_SEQ, seq); // last: it publishes the rest
     if (this.handle) dataplaneAddon().wake(this.handle);
     await this.until(() => this.stats[PrecopySendStat.PASS_DONE] === seq, `pass ${pass} to be written`);
+  }
+
+  /**
+   * Lifts the rate cap (false), or puts it back with a full bucket (true), as the bulk channel's
+   * setMaxBandwidth does: the switchover's frames go out at once, inside the downtime. Takes effect
+   * in the middle of a pass (the thread is woken from its wait for tokens).
+   */
+  setCapped(capped: boolean): void {
+    Atomics.store(this.job, PrecopyJob.UNCAPPED, capped ? 0 : 1);
+    if (this.handle && !this.done) dataplaneAddon().wake(this.handle);
+  }
+
+  /** The guest's memory grew since the last pass: the thread reads the longer view from now on (no pass is in flight). */
+  private followMemory(): void {
+    if (!this.handle || this.done) return; // a thread that ended: the pass below reports why
+    const view = this.memory();
+    if (view.byteLength === this.memoryBytes) return;
+    dataplaneAddon().setMemory(this.handle, view);
+    this.memoryBytes = view.byteLength;
   }
 
   /** Ends the precopy session (CLOSE each way) and joins the thread; throws if it failed. */
@@ -164,19 +199,25 @@ export class PrecopyReceiver extends PrecopyThread {
   constructor(o: PrecopyReceiverOptions) {
     super();
     this.limit[0] = o.pageCount;
-    this.handle = dataplaneAddon().startPrecopyReceive(
-      {
+    this.handle = startOwning(o.sock, () => {
+      const options = {
         sock: o.sock, role: DataplaneRole.ACCEPTOR, timeoutMs: o.timeoutMs ?? 10_000, realtime: false, secret: o.secret,
         uffd: o.uffd, base: o.base, states: o.states, stateCounts: o.stateCounts, limit: this.limit, stats: this.stats,
         ...(o.digest ? { digest: o.digest } : {}),
-      },
-      this.onExit,
-    );
+      };
+      const addon = dataplaneAddon();
+      return () => addon.startPrecopyReceive(options, this.onExit);
+    });
   }
 
-  /** The memory grew (the bulk channel's GROW): pages below `pageCount` may be placed. */
+  /**
+   * The memory grew (the bulk channel's GROW): pages below `pageCount` may be placed. The thread,
+   * maybe holding a frame past the old size, is woken at once (its own poll while it holds one is
+   * a slow fallback, so that a long wait for GROW costs no CPU).
+   */
   setPageCount(pageCount: number): void {
     Atomics.store(this.limit, 0, pageCount);
+    if (this.handle && !this.done) dataplaneAddon().wake(this.handle);
   }
 
   /**

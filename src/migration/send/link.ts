@@ -149,9 +149,9 @@ export class SourceLink {
     if (this.dataplaneFd < 0) return null;
     const fd = this.dataplaneFd;
     this.dataplaneFd = -1;
-    // The bulk stream goes native too unless turned off, or capped (--max-bandwidth: the token bucket is the bulk channel's).
-    const bulk = nativeBulkEnabled() && !this.opts.maxBandwidth;
-    return { fd, secret: dataplaneSecret(this.bulk!.tlsSocket, this.sessionId), memory, bulk };
+    // The bulk stream goes native too unless turned off; --max-bandwidth caps it there with the thread's own token bucket.
+    const bulk = nativeBulkEnabled();
+    return { fd, secret: dataplaneSecret(this.bulk!.tlsSocket, this.sessionId), memory, bulk, maxBandwidth: this.opts.maxBandwidth };
   }
 
   /**

@@ -28,6 +28,8 @@ export interface AnswerLink {
   memory: Uint8Array;
   /** The answer thread streams the bulk too (this thread sends no pages). */
   bulk: boolean;
+  /** --max-bandwidth (bytes/s): the answer thread paces its bulk frames (never its answers). */
+  maxBandwidth?: number | undefined;
 }
 
 /**
@@ -79,6 +81,7 @@ export class PostcopySource {
     const plane = new AnswerPlane({
       sock: link.fd, memory: link.memory.subarray(0, this.pageCount * HOST_PAGE_SIZE), pageCount: this.pageCount,
       pending: this.urgent.pendingWords, claims: this.urgent.claims.words, secret: link.secret, bulk: link.bulk,
+      maxBandwidth: link.maxBandwidth,
     });
     this.plane = plane;
     this.planeBulk = link.bulk;

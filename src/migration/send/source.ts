@@ -63,8 +63,8 @@ export class MigrationSource {
     this.link = new SourceLink({ host: opts.host, port: opts.port, security: opts.security }, {
       // DIGEST is offered only for --verify: the destination then hashes every page it places.
       // The native fault path (on unless FERRY_NATIVE_FAULTS=0) is offered where postcopy may happen,
-      // and its connection wherever native precopy rides on it (unless turned off, or rate-capped:
-      // --max-bandwidth's token bucket is the bulk channel's).
+      // and its connection wherever native precopy rides on it (unless turned off; --max-bandwidth
+      // caps the native stream with a token bucket of its own).
       features: (opts.verify ? ALL_FEATURES : ALL_FEATURES & ~Feature.DIGEST) | nativeFeatures(opts),
       maxBandwidth: opts.maxBandwidth,
       pages: this.pages.readerSpec,
@@ -194,7 +194,9 @@ export class MigrationSource {
     const sender = (this.sender = new PageSender(bulk, this.pages));
     const precopyLink = this.link.precopyLink();
     if (precopyLink) {
-      const native = (this.nativePrecopy = new PrecopySender({ sock: precopyLink.fd, secret: precopyLink.secret, memory: mem.view(), maxPages: this.pages.maxPages }));
+      const native = (this.nativePrecopy = new PrecopySender({
+        sock: precopyLink.fd, secret: precopyLink.secret, memory: () => mem.view(), maxPages: this.pages.maxPages, maxBandwidth: opts.maxBandwidth,
+      }));
       this.link.precopyBytes = () => {
         const s = native.read();
         return { sent: s.bytesSent, received: s.bytesReceived };
@@ -291,7 +293,7 @@ export class MigrationSource {
 /** The native data plane features a source offers. */
 function nativeFeatures(opts: SourceOptions): number {
   if (!nativeFaultsEnabled()) return 0;
-  const precopy = nativePrecopyEnabled() && !opts.maxBandwidth;
+  const precopy = nativePrecopyEnabled();
   if (opts.mode === 'precopy' && !precopy) return 0;
   return Feature.NATIVE_FAULTS | (precopy ? Feature.NATIVE_PRECOPY : 0);
 }

@@ -103,6 +103,7 @@ export async function switchOver(c: SwitchoverContext, postcopy: boolean, dirty:
   // The bandwidth cap is for the background stream: the few frames of the switchover go out
   // at once (paced, a 1 MB state at 8 MB/s alone would add 125 ms of downtime).
   bulk.setMaxBandwidth(undefined);
+  c.native?.sender.setCapped(false); // the native stream's cap too: its last pass is inside the downtime
   // Through the downtime this thread runs ahead of every normal thread on the host (the other
   // side's included, when it is the same host): each of its steps is the guest's time stopped.
   c.downtimePriority.raise();
