@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { parentPort, receiveMessageOnPort } from 'node:worker_threads';
 import { Cmd, Ctl, WorkerState, controlWords, safepointFlags } from './control-block.js';
 import type { LaunchMessage, PausedCapture, ResumeMessage, WorkerInit, WorkerMessage } from './worker-protocol.js';
-import { workerInit } from './spare-worker.js';
+import { workerInit } from '../sys/spare-threads.js';
 import { decodeGlobal, encodeGlobal, type ExecState } from '../state/exec-state.js';
 import { UnwindBuffer } from './unwind-buffer.js';
 import { Wasi, WasiExit, type WasiHooks } from '../wasi/wasi.js';

@@ -2,7 +2,7 @@
 // would block the very thread that fills holes): it only reads uffd events, consults the page-state
 // table, asks the page source, and places pages with UFFDIO_COPY / UFFDIO_ZEROPAGE.
 import { parentPort } from 'node:worker_threads';
-import { workerInit } from '../guest/spare-worker.js';
+import { workerInit } from '../sys/spare-threads.js';
 import { preferLatency } from '../sys/sched.js';
 import { Userfaultfd, EVENT, EVENT_SLOTS, FILL_EEXIST } from '../sys/uffd.js';
 import { native } from '../sys/native.js';
