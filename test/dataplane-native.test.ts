@@ -15,7 +15,7 @@ import { DataplaneRole, dataplaneAddon } from '../src/sys/dataplane.js';
 import { PageState } from '../src/memory/page-state.js';
 import { PageDigest, pageHash } from '../src/migration/verify/digest.js';
 import { GuestThread } from './fixtures/memory/guest.js';
-import { PAGE, destination, fdIsOpen, handedOverSocket, loopbackPair, patternOf, sourceImage, type Destination } from './fixtures/dataplane/loopback.js';
+import { PAGE, assertRefusedAndClosed, destination, loopbackPair, patternOf, sourceImage, type Destination, type Refusal } from './fixtures/dataplane/loopback.js';
 
 const WASM_PAGES = 4; // 64 host pages
 const PAGES = WASM_PAGES * 16;
@@ -379,7 +379,7 @@ test('bad options are refused with an error naming them, never a crash; the hand
     // Not a descriptor: nothing to own.
     assert.throws(() => new FaultPlane({ uffd: d.uffd.fd, sock: -1, base: d.mem.base, pageCount: 16, states: d.states, requests: d.requests, secret: randomBytes(32) }), /sock must be an integer/);
     const src = sourceImage(4);
-    const refusals: Array<[string, (sock: number) => unknown, RegExp]> = [
+    const refusals: Refusal[] = [
       ['misaligned base', (sock) => new FaultPlane({ uffd: d.uffd.fd, sock, base: d.mem.base + 1, pageCount: 16, states: d.states, requests: d.requests, secret: randomBytes(32) }), /base must be page-aligned/],
       ['short secret', (sock) => new FaultPlane({ uffd: d.uffd.fd, sock, base: d.mem.base, pageCount: 16, states: d.states, requests: d.requests, secret: randomBytes(16) }), /secret has 16 elements, at least 32 needed/],
       ['short memory', (sock) => new AnswerPlane({ sock, memory: src.memory, pageCount: 5, pending: src.pending.words, claims: src.claims.words, secret: randomBytes(32) }), /memory has 16384 elements/],
@@ -389,12 +389,7 @@ test('bad options are refused with an error naming them, never a crash; the hand
       // Building the options throws before the addon is called: startOwning closes the socket.
       ['options that cannot be built', (sock) => new FaultPlane({ uffd: d.uffd.fd, sock, base: d.mem.base, pageCount: 16, states: d.states, requests: d.requests, secret: randomBytes(32), latencyRing: -1 }), /Invalid array length|Array buffer allocation failed|RangeError/i],
     ];
-    for (const [what, start, error] of refusals) {
-      const s = await handedOverSocket();
-      assert.throws(() => start(s.fd), error, what);
-      assert.equal(fdIsOpen(s.fd), false, `${what}: the socket's descriptor is closed`);
-      await s.closed; // and its peer sees the end of the stream
-    }
+    await assertRefusedAndClosed(refusals);
   } finally {
     d.release();
   }

@@ -12,7 +12,7 @@ import { DataplaneRole } from '../src/sys/dataplane.js';
 import { PageState } from '../src/memory/page-state.js';
 import { PageBitmap } from '../src/memory/page-bitmap.js';
 import { PageDigest, pageHash } from '../src/migration/verify/digest.js';
-import { PAGE, destination, fdIsOpen, handedOverSocket, loopbackPair, patternOf, sourceImage, type Destination } from './fixtures/dataplane/loopback.js';
+import { PAGE, assertRefusedAndClosed, destination, loopbackPair, patternOf, sourceImage, type Destination, type Refusal } from './fixtures/dataplane/loopback.js';
 
 const WASM_PAGES = 4; // 64 host pages
 const PAGES = WASM_PAGES * 16;
@@ -326,7 +326,7 @@ test('bad options are refused with an error naming them, never a crash; the hand
   const states = new Uint8Array(shared.states, 0, shared.pageCount);
   const stateCounts = new Int32Array(shared.counts, 0, 3);
   try {
-    const refusals: Array<[string, (sock: number) => unknown, RegExp]> = [
+    const refusals: Refusal[] = [
       ['short secret', (sock) => new PrecopySender({ sock, secret: randomBytes(8), memory: () => src.memory, maxPages: PAGES }), /secret has 8 elements/],
       ['a negative timeout', (sock) => new PrecopySender({ sock, secret: randomBytes(32), memory: () => src.memory, maxPages: PAGES, timeoutMs: -5 }), /timeoutMs must be an integer/],
       ['misaligned base', (sock) => new PrecopyReceiver({ sock, secret: randomBytes(32), uffd: d.uffd.fd, base: d.mem.base + 8, states, stateCounts, pageCount: PAGES }), /base must be page-aligned/],
@@ -334,12 +334,7 @@ test('bad options are refused with an error naming them, never a crash; the hand
       // Building the options throws before the addon is called: startOwning closes the socket.
       ['a bitmap that cannot be allocated', (sock) => new PrecopySender({ sock, secret: randomBytes(32), memory: () => src.memory, maxPages: 2 ** 60 }), /RangeError/],
     ];
-    for (const [what, start, error] of refusals) {
-      const s = await handedOverSocket();
-      assert.throws(() => start(s.fd), error, what);
-      assert.equal(fdIsOpen(s.fd), false, `${what}: the socket's descriptor is closed`);
-      await s.closed; // and its peer sees the end of the stream
-    }
+    await assertRefusedAndClosed(refusals);
   } finally {
     d.release();
   }

@@ -473,15 +473,23 @@ bad:
   return NULL;
 }
 
-/* stop(handle) -> error text of the thread's end, or null when it stopped cleanly. Joins the thread. */
-static napi_value f_stop(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1], out = NULL;
+/* The plane behind the handle in argv[0] (the first `want` arguments read into argv), or NULL. */
+static plane *plane_arg(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
+  size_t argc = want;
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   plane *p = NULL;
   napi_valuetype t = napi_undefined;
-  if (argc >= 1) napi_typeof(env, argv[0], &t);
-  if (t != napi_external || napi_get_value_external(env, argv[0], (void **)&p) != napi_ok || !p) return fail(env, "stop(handle)");
+  if (argc < want) return NULL;
+  napi_typeof(env, argv[0], &t);
+  if (t != napi_external || napi_get_value_external(env, argv[0], (void **)&p) != napi_ok) return NULL;
+  return p;
+}
+
+/* stop(handle) -> error text of the thread's end, or null when it stopped cleanly. Joins the thread. */
+static napi_value f_stop(napi_env env, napi_callback_info info) {
+  napi_value argv[1], out = NULL;
+  plane *p = plane_arg(env, info, 1, argv);
+  if (!p) return fail(env, "stop(handle)");
   release(p, 0);
   if (p->hooked) {
     napi_remove_env_cleanup_hook(env, cleanup_hook, p);
@@ -494,13 +502,9 @@ static napi_value f_stop(napi_env env, napi_callback_info info) {
 
 /* wake(handle): the thread looks at its job slots again (native precopy: a new pass, or CLOSE). */
 static napi_value f_wake(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  plane *p = NULL;
-  napi_valuetype t = napi_undefined;
-  if (argc >= 1) napi_typeof(env, argv[0], &t);
-  if (t != napi_external || napi_get_value_external(env, argv[0], (void **)&p) != napi_ok || !p) return fail(env, "wake(handle)");
+  plane *p = plane_arg(env, info, 1, argv);
+  if (!p) return fail(env, "wake(handle)");
   if (p->running && p->wakefd >= 0) {
     uint64_t one = 1;
     (void)!write(p->wakefd, &one, sizeof one);
@@ -512,14 +516,9 @@ static napi_value f_wake(napi_env env, napi_callback_info info) {
  * guest's memory grew). Only between passes — the thread reads the view only inside one — so a
  * call while a pass is in flight is refused; the previous view is released. */
 static napi_value f_set_memory(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
   napi_value argv[2];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  plane *p = NULL;
-  napi_valuetype t = napi_undefined;
-  if (argc >= 1) napi_typeof(env, argv[0], &t);
-  if (argc < 2 || t != napi_external || napi_get_value_external(env, argv[0], (void **)&p) != napi_ok || !p || p->kind != KIND_PRESEND)
-    return fail(env, "setMemory(handle of a precopy sender, memory)");
+  plane *p = plane_arg(env, info, 2, argv);
+  if (!p || p->kind != KIND_PRESEND) return fail(env, "setMemory(handle of a precopy sender, memory)");
   if (p->released) return fail(env, "dataplane: setMemory on a stopped plane");
   dp_presend_args *a = &p->ps;
   int32_t want = __atomic_load_n(&a->job[PJ_PASS_SEQ], __ATOMIC_ACQUIRE);
