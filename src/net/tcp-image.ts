@@ -100,15 +100,19 @@ function fillQueue(fd: number, queue: number, data: Buffer): void {
  */
 function writeAll(fd: number, data: Buffer, buffer: 'send' | 'receive'): void {
   let at = 0;
-  let grown = 0;
+  // How far the buffer may grow: the kernel counts each queued segment's whole allocation, and the
+  // queue already holds the bytes in flight, so what a queue needs is a multiple of its bytes that
+  // depends on where the buffer started and how the bytes were cut up — hence a bound by size, not
+  // by a number of doublings (a count of 6 failed a 4 MiB queue that started at a 72 KiB buffer).
+  const limit = BUFFER_GROWTH_FACTOR * data.length + BUFFER_GROWTH_SLACK;
   while (at < data.length) {
     let n: number;
     try {
       n = sendmsg(fd, [data.subarray(at)]);
     } catch (err) {
-      if (!isAgain(err) || grown >= MAX_BUFFER_GROWTHS) throw err;
-      forceSocketBuffer(fd, buffer, socketBuffer(fd, buffer)); // the kernel doubles it again
-      grown++;
+      const size = socketBuffer(fd, buffer);
+      if (!isAgain(err) || size >= limit) throw err;
+      forceSocketBuffer(fd, buffer, size); // the kernel doubles it again
       continue;
     }
     if (n <= 0) throw new Error(`TCP repair: the ${buffer} queue took ${at} of ${data.length} bytes`);
@@ -116,8 +120,9 @@ function writeAll(fd: number, data: Buffer, buffer: 'send' | 'receive'): void {
   }
 }
 
-/** Times writeAll may double a full buffer before it gives up (64× the size it started at). */
-const MAX_BUFFER_GROWTHS = 6;
+/** writeAll doubles a full buffer until it is this many times the bytes to write (plus the slack). */
+const BUFFER_GROWTH_FACTOR = 8;
+const BUFFER_GROWTH_SLACK = 1 << 20;
 
 
 /**
