@@ -84,6 +84,10 @@ void dp_conn_eof_error(dp_conn *c);
  * or the thread was asked to stop. */
 enum { DP_WAIT_TIMEOUT = -2 };
 int dp_wait(dp_conn *c, int fd, short events, int wakefd, volatile int *stop, int timeout_ms);
+/* dp_wait against an absolute CLOCK_MONOTONIC deadline (µs): DP_WAIT_TIMEOUT once it has passed. A
+ * wait bounded by a deadline, not by a timeout restarted at each wake-up, cannot be stretched by a
+ * peer that dribbles a byte at a time. */
+int dp_wait_until(dp_conn *c, int fd, short events, int wakefd, volatile int *stop, double deadline_us);
 
 /* --max-bandwidth: a token bucket over whole frames' bytes (CLOCK_MONOTONIC). rate 0: no cap. The
  * burst is a few frames; a frame larger than the tokens left borrows, so no frame is ever split and

@@ -55,23 +55,13 @@ static int bit(const uint32_t *words, uint32_t p) { return (__atomic_load_n(&wor
 
 /* ------------------------------------------------------------------ source */
 
-/* Milliseconds until an absolute CLOCK_MONOTONIC deadline (µs), rounded up; 0 once it has passed.
- * A wait bounded by a deadline, not by a timeout restarted at each wake-up, cannot be stretched by
- * a peer that dribbles a byte at a time. */
-static int ms_left(double deadline_us) {
-  double left = deadline_us - dp_now_us();
-  if (left <= 0) return 0;
-  return left > 3600e6 ? 3600000 : (int)(left / 1000) + 1;
-}
-
 /* Writes until fewer than `below` bytes wait; polls the socket (and the stop eventfd). With a
  * deadline (µs, CLOCK_MONOTONIC; 0: none) a socket that does not drain in time fails. */
 static int drain_until(dp_presend_args *a, dp_conn *c, size_t below, double deadline_us) {
   while (dp_conn_pending_tx(c) > below) {
     if (dp_conn_flush(c) < 0) return -1;
     if (dp_conn_pending_tx(c) <= below) break;
-    int left = deadline_us > 0 ? ms_left(deadline_us) : -1;
-    int ready = left == 0 ? DP_WAIT_TIMEOUT : dp_wait(c, a->sock, POLLOUT, a->wakefd, a->stop, left);
+    int ready = deadline_us > 0 ? dp_wait_until(c, a->sock, POLLOUT, a->wakefd, a->stop, deadline_us) : dp_wait(c, a->sock, POLLOUT, a->wakefd, a->stop, -1);
     if (ready == DP_WAIT_TIMEOUT) {
       dp_set_err(c->err, "the peer did not read what was sent within %d ms", a->timeout_ms);
       return -1;
@@ -231,8 +221,7 @@ int dp_presend_run(dp_presend_args *a) {
           rc = 0;
           goto out;
         }
-        int left = ms_left(deadline);
-        int ready = left == 0 ? DP_WAIT_TIMEOUT : dp_wait(&c, a->sock, POLLIN, a->wakefd, a->stop, left);
+        int ready = dp_wait_until(&c, a->sock, POLLIN, a->wakefd, a->stop, deadline);
         if (ready == DP_WAIT_TIMEOUT) {
           dp_set_err(a->err, "the destination did not close the precopy stream within %d ms", a->timeout_ms);
           goto out;
@@ -441,8 +430,7 @@ int dp_prerecv_run(dp_prerecv_args *a) {
         while (dp_conn_pending_tx(&c)) {
           if (dp_conn_flush(&c) < 0) goto out;
           if (!dp_conn_pending_tx(&c)) break;
-          int left = ms_left(deadline);
-          int ready = left == 0 ? DP_WAIT_TIMEOUT : dp_wait(&c, a->sock, POLLOUT, a->wakefd, a->stop, left);
+          int ready = dp_wait_until(&c, a->sock, POLLOUT, a->wakefd, a->stop, deadline);
           if (ready == DP_WAIT_TIMEOUT) {
             dp_set_err(a->err, "the source did not take the CLOSE answer within %d ms", a->timeout_ms);
             goto out;

@@ -415,3 +415,9 @@ int dp_wait(dp_conn *c, int fd, short events, int wakefd, volatile int *stop, in
   }
   return n < 0 ? 0 : pf[0].revents;
 }
+
+int dp_wait_until(dp_conn *c, int fd, short events, int wakefd, volatile int *stop, double deadline_us) {
+  double left = deadline_us - dp_now_us();
+  if (left <= 0) return DP_WAIT_TIMEOUT;
+  return dp_wait(c, fd, events, wakefd, stop, left > 3600e6 ? 3600000 : (int)(left / 1000) + 1);
+}

@@ -222,7 +222,7 @@ function transform(b: BinaryenApi, mod: BinaryenApi, source: Uint8Array, onStage
       dataSegments: segments,
       entry: '_start',
       loopResume,
-      escape: loopResume && escapeEnabled(),
+      escape: escapeEnabled(),
     },
   };
 }

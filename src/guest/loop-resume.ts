@@ -37,13 +37,21 @@ import { SAFEPOINT_FLAG_ADDR } from './instrument-meta.js';
 import { entryRestores, pointRanges, steer, type PathContext } from './resume-steering.js';
 import { Kind, preOrder, readTree, type WNode } from './wasm-tree.js';
 
-export { ESCAPE_MAX_EXPRESSIONS, LOOP_RESUME_MIN_CALL_SITES, LOOP_RESUME_MIN_EXPRESSIONS, escapeEnabled } from './resume-selection.js';
+export { ESCAPE_MAX_EXPRESSIONS, LOOP_RESUME_MIN_CALL_SITES, LOOP_RESUME_MIN_EXPRESSIONS } from './resume-selection.js';
 
 /** The exported global the worker reads: how many loop-head-resumable activations are running. */
 export const PINNED_EXPORT = 'ferry_pinned';
 
 export function loopResumeEnabled(): boolean {
   return process.env['FERRY_LOOP_RESUME'] !== '0';
+}
+
+/**
+ * Escape (finishEscapes; INSTRUMENTATION_VERSION 15): on with loop resume, which it needs, unless
+ * FERRY_ESCAPE=0. Recorded as meta.escape and part of the cache check.
+ */
+export function escapeEnabled(): boolean {
+  return loopResumeEnabled() && process.env['FERRY_ESCAPE'] !== '0';
 }
 
 /**
@@ -59,7 +67,7 @@ export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn:
   const escapes: Escape[] = [];
   let anyCalls = false;
   let k = 0;
-  for (const c of chooseFunctions(b, mod, safepointFn, mayUnwind)) {
+  for (const c of chooseFunctions(b, mod, safepointFn, mayUnwind, escapeEnabled())) {
     const fnRef = mod.getFunction(c.name);
     const before = b.getFunctionInfo(fnRef);
     if ([...b.expandType(before.params), ...(before.vars as number[])].some((t: number) => !typeName.has(t))) continue;

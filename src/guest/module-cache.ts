@@ -85,7 +85,7 @@ export class ModuleCache {
     if (existsSync(metaPath)) {
       try {
         const meta = JSON.parse(readFileSync(metaPath, 'utf8')) as InstrumentedMeta;
-        if (meta.instrumentationVersion === INSTRUMENTATION_VERSION && meta.sourceHash === hash && meta.loopResume === loopResumeEnabled() && meta.escape === (loopResumeEnabled() && escapeEnabled())) {
+        if (meta.instrumentationVersion === INSTRUMENTATION_VERSION && meta.sourceHash === hash && meta.loopResume === loopResumeEnabled() && meta.escape === escapeEnabled()) {
           return {
             meta,
             binary: readFileSync(join(dir, 'instrumented.wasm')),

@@ -41,11 +41,11 @@ export function hasEntrySafepoint(tree: WNode, safepointFn: string): boolean {
 }
 
 /**
- * Functions worth splitting: at least LOOP_RESUME_MIN_EXPRESSIONS of code and
+ * Functions worth splitting (with `escape`, also those that escape: see Chosen): at least LOOP_RESUME_MIN_EXPRESSIONS of code and
  * LOOP_RESUME_MIN_CALL_SITES call sites that may unwind (calls to what `mayUnwind` names, and
  * `call_indirect`), with at least one loop-head safepoint.
  */
-export function chooseFunctions(b: BinaryenApi, mod: BinaryenApi, safepointFn: string, mayUnwind: (callee: string) => boolean): Chosen[] {
+export function chooseFunctions(b: BinaryenApi, mod: BinaryenApi, safepointFn: string, mayUnwind: (callee: string) => boolean, escape: boolean): Chosen[] {
   const fields = childVisitors(b);
   const candidates = new Map<string, Chosen>();
   const escapes = new Map<string, Chosen>(); // functions that may escape, if not chosen
@@ -77,11 +77,11 @@ export function chooseFunctions(b: BinaryenApi, mod: BinaryenApi, safepointFn: s
     });
     callees.set(f.name, calls);
     if (process.env['FERRY_LOOP_RESUME_DEBUG'] && sites >= 8) process.stderr.write(`loop-resume: ${f.name} size ${size} sites ${sites} loop heads ${points.length}\n`);
-    const escapable = escapeEnabled() && (points.length > 0 || sites > 0) && safepoints === points.length + (hasEntrySafepoint(tree, safepointFn) ? 1 : 0) && size <= ESCAPE_MAX_EXPRESSIONS;
     if (points.length > 0 && size >= LOOP_RESUME_MIN_EXPRESSIONS && sites >= LOOP_RESUME_MIN_CALL_SITES) {
       candidates.set(f.name, { name: f.name, tree, points, sites, escape: false });
-      if (escapable) escapes.set(f.name, { name: f.name, tree, points, sites, escape: true });
-    } else if (escapable) {
+    }
+    const onlyHeadsAndEntry = safepoints === points.length + (hasEntrySafepoint(tree, safepointFn) ? 1 : 0);
+    if (escape && (points.length > 0 || sites > 0) && onlyHeadsAndEntry && size <= ESCAPE_MAX_EXPRESSIONS) {
       escapes.set(f.name, { name: f.name, tree, points, sites, escape: true });
     }
   }
@@ -112,12 +112,4 @@ export function chooseFunctions(b: BinaryenApi, mod: BinaryenApi, safepointFn: s
   // own in ferry$pinned, so it holds no pause below it.
   for (const c of chosen) escapes.delete(c.name);
   return [...chosen, ...escapes.values()];
-}
-
-/**
- * Escape (INSTRUMENTATION_VERSION 15): on unless FERRY_ESCAPE=0 (part of the cache check with
- * loop resume, which it needs).
- */
-export function escapeEnabled(): boolean {
-  return process.env['FERRY_ESCAPE'] !== '0';
 }
