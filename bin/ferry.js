@@ -8,10 +8,12 @@ const argv = process.argv.slice(2);
 const fast = fastPath(argv);
 // A guest runs on a worker thread of its own, and starting one takes about as long as loading the
 // CLI: `ferry run` and `ferry restore` start it first thing, so it boots on the other core
-// meanwhile and the guest adopts it (src/guest/spare-worker.ts); a lazy restore's fault server
-// thread likewise. A `--help` or a usage error wastes a thread start, nothing more (a spare never
-// keeps the process alive).
-const spares = argv[0] === 'run' ? ['guest'] : argv[0] === 'restore' ? (argv.includes('--lazy') ? ['guest', 'fault'] : ['guest']) : [];
+// meanwhile and the guest adopts it (src/guest/spare-worker.ts). A `--help` or a usage error wastes
+// a thread start, nothing more (a spare never keeps the process alive). A lazy restore's faults are
+// served by a native thread, which needs no head start: its fault worker is started ahead only
+// where that is turned off (FERRY_NATIVE_FAULTS=0).
+const faultWorker = argv.includes('--lazy') && process.env.FERRY_NATIVE_FAULTS === '0';
+const spares = argv[0] === 'run' ? ['guest'] : argv[0] === 'restore' ? (faultWorker ? ['guest', 'fault'] : ['guest']) : [];
 if (spares.length > 0) import('../dist/src/guest/spare-worker.js').then(({ startSpareWorker }) => spares.forEach((k) => startSpareWorker(k)), () => undefined);
 const run = fast ? fast() : import('../dist/src/cli/main.js').then(({ main }) => main(argv));
 

@@ -75,3 +75,35 @@ test('the checks see the imports (a known downward import is found)', () => {
   const binding = join(SRC, 'api/snapshot-binding.ts');
   assert.ok(graph.get(binding)?.includes(join(SRC, 'snapshot/session.ts')));
 });
+
+/** Value imports only (no `import type`, no dynamic import()): what loading a module loads with it. */
+function loadedWith(file: string): string[] {
+  const text = readFileSync(file, 'utf8');
+  return [...text.matchAll(/(?:^|\n)\s*(import|export)\s(?!type\s)[^;]*?from\s+'(\.[^']+)'/g)].map((m) => resolve(dirname(file), m[2]!).replace(/\.js$/, '.ts'));
+}
+
+/** The modules loading `entry` (under src/) loads, itself included. */
+function loadClosure(entry: string): Set<string> {
+  const seen = new Set<string>();
+  const walk = (f: string) => {
+    if (seen.has(f)) return;
+    seen.add(f);
+    loadedWith(f).forEach(walk);
+  };
+  walk(join(SRC, entry));
+  return seen;
+}
+
+test('a guest started from a cached module loads none of the instrumentation passes', () => {
+  // Every `ferry run`, restore and migration destination loads these on its start-up path, on the
+  // main thread and on the guest's own; Binaryen's side (the passes and their tree helpers, ~20
+  // modules) only a cache miss needs, on the instrumenting thread (instrument-worker.ts).
+  const passes = ['guest/instrument.ts', 'guest/binaryen-api.ts', 'guest/loop-resume.ts', 'guest/warm-exports.ts'].map((p) => join(SRC, p));
+  for (const entry of ['guest/guest.ts', 'guest/worker.ts', 'guest/module-cache.ts']) {
+    const loaded = loadClosure(entry);
+    assert.ok(loaded.size > 3, `${entry}: no imports found (the check is blind)`);
+    assert.deepEqual(passes.filter((p) => loaded.has(p)).map((p) => relative(SRC, p)), [], `${entry} loads instrumentation passes`);
+  }
+  const instrumenting = loadClosure('guest/instrument-worker.ts');
+  assert.ok(passes.every((p) => instrumenting.has(p)), 'the check finds the passes where they are loaded');
+});

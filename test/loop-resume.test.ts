@@ -17,7 +17,7 @@ import { childVisitors } from '../src/guest/instrument.js';
 import { liveAtLoopHeads, members } from '../src/guest/liveness.js';
 import { readTree, preOrder, Kind, type WNode } from '../src/guest/wasm-tree.js';
 import { startWarmUp } from '../src/guest/warm-up.js';
-import { WARM_EXPORT_PREFIX } from '../src/guest/warm-exports.js';
+import { WARM_EXPORT_PREFIX } from '../src/guest/instrument-meta.js';
 import { compileFixture, readText, waitFor, captureOverCopy } from './fixtures/guest/helpers.js';
 
 process.env['FERRY_LOOP_RESUME'] = '1'; // read when instrumenting (this process and its threads)

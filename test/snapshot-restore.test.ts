@@ -62,16 +62,27 @@ test('memory restored eagerly and lazily has the digest the guest had at snapsho
     loadEagerly(chain, eager.view());
     assert.equal(digestMemory(eager.view(), eager.pageCount, isZero), want, `eager load of ${dir}`);
     // Lazy, fault path only: this thread reads every page; each first touch is a userfaultfd fault
-    // served from the files by the fault worker — for the full snapshot, a spare fault worker
-    // started ahead, as `ferry restore --lazy` starts one (spare-worker.ts).
-    if (dir === full) startSpareWorker('fault');
-    const viaFaults = await openLazyMemory(chain, fresh());
-    if (dir === full) assert.equal(takeSpareWorker('fault'), null, 'the fault server adopted the spare worker');
-    try {
-      assert.equal(digestMemory(viaFaults.memory.view(), viaFaults.memory.pageCount, isZero), want, `lazy (faults) of ${dir}`);
-      assert.ok(viaFaults.faults > 0, 'pages came through faults');
-    } finally {
-      await viaFaults.stop();
+    // served from the files — by the native file thread (dp_file.c), and by the fault worker where
+    // that is turned off; for the full snapshot the worker is a spare started ahead, as `ferry
+    // restore --lazy` starts one then (spare-worker.ts).
+    for (const servedBy of ['native', 'worker'] as const) {
+      const before = process.env['FERRY_NATIVE_FAULTS'];
+      if (servedBy === 'worker') process.env['FERRY_NATIVE_FAULTS'] = '0';
+      try {
+        if (servedBy === 'worker' && dir === full) startSpareWorker('fault');
+        const viaFaults = await openLazyMemory(chain, fresh());
+        if (servedBy === 'worker' && dir === full) assert.equal(takeSpareWorker('fault'), null, 'the fault server adopted the spare worker');
+        try {
+          assert.equal(viaFaults.server.servedBy, servedBy);
+          assert.equal(digestMemory(viaFaults.memory.view(), viaFaults.memory.pageCount, isZero), want, `lazy (faults, ${servedBy}) of ${dir}`);
+          assert.ok(viaFaults.faults > 0, 'pages came through faults');
+        } finally {
+          await viaFaults.stop();
+        }
+      } finally {
+        if (before === undefined) delete process.env['FERRY_NATIVE_FAULTS'];
+        else process.env['FERRY_NATIVE_FAULTS'] = before;
+      }
     }
     // Lazy, background loader: every pending page placed, then the fault server stops.
     const viaLoader = await openLazyMemory(chain, fresh());

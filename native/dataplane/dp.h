@@ -1,6 +1,7 @@
 // Ferry's page data plane: shared declarations of the native threads that carry postcopy's fault
-// path (dp_fault.c on the destination, dp_answer.c on the source), their encrypted framing
-// (dp_wire.c) and the N-API glue that starts and stops them (dp_addon.c).
+// path (dp_fault.c on the destination, dp_answer.c on the source), precopy's stream (dp_precopy.c),
+// a lazy snapshot restore's fault path (dp_file.c), their encrypted framing (dp_wire.c), what the
+// fault threads share (dp_uffd.c) and the N-API glue that starts and stops them (dp_addon.c).
 // Nothing here calls into JavaScript while a thread runs: counters and fault latencies go to
 // SharedArrayBuffers the TypeScript side reads, and a thread's end (with its error, if any) is
 // reported once, through a thread-safe function.
@@ -207,8 +208,44 @@ int dp_prerecv_run(dp_prerecv_args *a);
  * src/migration/verify/digest.ts hashWords; a checksum, not cryptographic). */
 void dp_page_hash(const uint8_t *page, uint32_t out[2]);
 
+/* ---- the snapshot fault thread (dp_file.c): pages from layer files ---- */
+#define DP_MAX_LAYERS 64
+enum { /* Float64 slots of its stats: the layout of src/memory/fault-stats.ts (STAT) */
+  FS_FAULTS, FS_ZERO_FILLS, FS_REQUESTS, FS_DEDUPED, FS_WAKES, FS_PAGES_PLACED, FS_EEXIST, FS_LATENCY_COUNT, FS_SLOTS
+};
+
+typedef struct {
+  int uffd, wakefd, realtime;
+  uint64_t base;          /* address of guest page 0 */
+  uint32_t table_pages;   /* pages in the state table (the reservation) */
+  uint32_t fault_around;
+  uint8_t *states;
+  int32_t *state_counts;
+  double *stats;          /* FS_SLOTS */
+  double *latencies;      /* ring of fault latencies (µs, event read -> page placed) */
+  uint32_t latency_ring;
+  int fds[DP_MAX_LAYERS]; /* each layer's memory file, root first: page p at byte p * 4096 (owned: dups) */
+  uint32_t nfds;
+  const int16_t *location; /* per page, the newest layer holding it, -1: none (zero) */
+  uint32_t location_pages;
+  volatile int *stop;
+  char err[DP_ERR];
+} dp_file_args;
+
+/* ---- the guest memory's userfaultfd and page states (dp_uffd.c), shared by the fault threads ---- */
+uint8_t dp_state_of(const uint8_t *states, uint32_t p);
+/* pending -> received by compare-and-swap; 1 for the caller that made the move (it counts the page). */
+int dp_mark_received(uint8_t *states, int32_t *counts, uint32_t p);
+void dp_wake(int uffd, uint64_t base, uint32_t p);
+/* UFFDIO_ZEROPAGE; a page present already (another fault's) is woken instead. -1 with errno on failure. */
+int dp_zero_page(int uffd, uint64_t base, uint32_t p);
+/* UFFDIO_COPY of pages [p, p+n) from src, page by page after a partial copy; a page placed by
+ * another thread first (EEXIST) is counted in *eexist, its waiters woken. -1 with err set. */
+int dp_place_run(int uffd, uint64_t base, uint32_t p, uint32_t n, const uint8_t *src, double *eexist, char *err);
+
 /* Thread bodies: return 0 when stopped, -1 with args->err set on failure. */
 int dp_fault_run(dp_fault_args *a);
 int dp_answer_run(dp_answer_args *a);
+int dp_file_run(dp_file_args *a);
 
 #endif

@@ -6,6 +6,7 @@
 // running stops and joins it in an environment cleanup hook before its buffers can go away.
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <node_api.h>
 #include <openssl/crypto.h>
 #include <pthread.h>
@@ -19,7 +20,7 @@
 #include "dp.h"
 
 #define MAX_REFS 10
-enum { KIND_FAULT, KIND_ANSWER, KIND_PRESEND, KIND_PRERECV };
+enum { KIND_FAULT, KIND_ANSWER, KIND_PRESEND, KIND_PRERECV, KIND_FILE };
 
 typedef struct plane {
   int kind;
@@ -27,6 +28,7 @@ typedef struct plane {
   dp_answer_args s;
   dp_presend_args ps;
   dp_prerecv_args pr;
+  dp_file_args fl;
   volatile int stop;
   int wakefd, sock;
   pthread_t th;
@@ -141,9 +143,12 @@ static void *thread_main(void *arg) {
   } else if (p->kind == KIND_PRESEND) {
     p->rc = dp_presend_run(&p->ps);
     memcpy(p->err, p->ps.err, DP_ERR);
-  } else {
+  } else if (p->kind == KIND_PRERECV) {
     p->rc = dp_prerecv_run(&p->pr);
     memcpy(p->err, p->pr.err, DP_ERR);
+  } else {
+    p->rc = dp_file_run(&p->fl);
+    memcpy(p->err, p->fl.err, DP_ERR);
   }
   /* One call into JavaScript per thread, queued: if the environment is going away it is dropped. */
   char *msg = p->rc == 0 ? NULL : strdup(p->err[0] ? p->err : "failed");
@@ -164,6 +169,8 @@ static void release(plane *p, int teardown) {
   }
   if (p->wakefd >= 0) close(p->wakefd);
   if (p->sock >= 0) close(p->sock);
+  for (uint32_t i = 0; i < p->fl.nfds; i++) close(p->fl.fds[i]);
+  p->fl.nfds = 0;
   p->wakefd = p->sock = -1;
   if (p->tsfn) napi_release_threadsafe_function(p->tsfn, teardown ? napi_tsfn_abort : napi_tsfn_release);
   p->tsfn = NULL;
@@ -205,7 +212,7 @@ static napi_value start(napi_env env, plane *p, napi_value on_exit) {
     free(p);
     return fail(env, "dataplane: cannot make the thread's eventfd or callback");
   }
-  p->f.wakefd = p->s.wakefd = p->ps.wakefd = p->pr.wakefd = p->wakefd; /* before the thread starts */
+  p->f.wakefd = p->s.wakefd = p->ps.wakefd = p->pr.wakefd = p->fl.wakefd = p->wakefd; /* before the thread starts */
   napi_unref_threadsafe_function(env, p->tsfn); /* a running plane does not keep the process alive */
   napi_value handle;
   if (napi_create_external(env, p, finalize, NULL, &handle) != napi_ok) {
@@ -253,7 +260,7 @@ static plane *new_plane(napi_env env, int kind, int sock) {
   p->env = env;
   p->wakefd = -1;
   p->sock = sock; /* owned from here: release() closes it */
-  p->f.stop = p->s.stop = p->ps.stop = p->pr.stop = &p->stop;
+  p->f.stop = p->s.stop = p->ps.stop = p->pr.stop = p->fl.stop = &p->stop;
   return p;
 }
 
@@ -474,6 +481,60 @@ bad:
 }
 
 /* The plane behind the handle in argv[0] (the first `want` arguments read into argv), or NULL. */
+/* startFileFaults(options, onExit) -> handle: the snapshot fault thread (dp_file.c). The layer files'
+ * descriptors are duplicated: the caller keeps (and closes) its own. */
+static napi_value f_start_file(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 2) return fail(env, "startFileFaults(options, onExit)");
+  plane *p = new_plane(env, KIND_FILE, -1);
+  if (!p) return fail(env, "out of memory");
+  dp_file_args *a = &p->fl;
+  napi_value o = argv[0];
+  double v, base, around;
+  size_t table = 0, n = 0, nfds = 0, loc = 0;
+  if (!get_num(env, o, "uffd", 0, 1 << 30, &v)) goto bad;
+  a->uffd = (int)v;
+  if (!get_num(env, o, "realtime", 0, 1, &v)) goto bad;
+  a->realtime = (int)v;
+  if (!get_num(env, o, "base", 0, 9007199254740991.0, &base) || !get_num(env, o, "faultAround", 1, DP_MAX_REQUEST, &around)) goto bad;
+  if ((uint64_t)base % DP_PAGE) {
+    fail(env, "dataplane: base must be page-aligned");
+    goto bad;
+  }
+  a->base = (uint64_t)base;
+  a->fault_around = (uint32_t)around;
+  if (!(a->states = get_array(env, p, o, "states", napi_uint8_array, 1, 1, &table))) goto bad;
+  a->table_pages = (uint32_t)table;
+  int32_t *fds;
+  if (!(a->state_counts = get_array(env, p, o, "stateCounts", napi_int32_array, 4, 3, NULL)) ||
+      !(a->stats = get_array(env, p, o, "stats", napi_float64_array, 8, FS_SLOTS, NULL)) ||
+      !(a->latencies = get_array(env, p, o, "latencies", napi_float64_array, 8, 1, &n)) ||
+      !(a->location = get_array(env, p, o, "location", napi_int16_array, 2, 1, &loc)) ||
+      !(fds = get_array(env, p, o, "layerFds", napi_int32_array, 4, 1, &nfds)))
+    goto bad;
+  a->latency_ring = (uint32_t)n;
+  a->location_pages = (uint32_t)(loc < table ? loc : table);
+  if (nfds > DP_MAX_LAYERS) {
+    fail(env, "dataplane: at most %u layers, got %zu", DP_MAX_LAYERS, nfds);
+    goto bad;
+  }
+  for (size_t i = 0; i < nfds; i++) {
+    int fd = fds[i] < 0 ? -1 : fcntl(fds[i], F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) {
+      fail(env, "dataplane: layerFds[%zu] (%d) is not an open descriptor", i, fds[i]);
+      goto bad;
+    }
+    a->fds[a->nfds++] = fd;
+  }
+  return start(env, p, argv[1]);
+bad:
+  release(p, 0);
+  free(p);
+  return NULL;
+}
+
 static plane *plane_arg(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
   size_t argc = want;
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
@@ -549,6 +610,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"startAnswer", NULL, f_start_answer, NULL, NULL, NULL, napi_default, NULL},
       {"startPrecopySend", NULL, f_start_presend, NULL, NULL, NULL, napi_default, NULL},
       {"startPrecopyReceive", NULL, f_start_prerecv, NULL, NULL, NULL, napi_default, NULL},
+      {"startFileFaults", NULL, f_start_file, NULL, NULL, NULL, napi_default, NULL},
       {"wake", NULL, f_wake, NULL, NULL, NULL, napi_default, NULL},
       {"setMemory", NULL, f_set_memory, NULL, NULL, NULL, napi_default, NULL},
       {"stop", NULL, f_stop, NULL, NULL, NULL, napi_default, NULL},

@@ -39,21 +39,9 @@ static void record_latency(fault_ctx *x, double us) {
   a->stats[DS_LATENCY_COUNT] = n + 1;
 }
 
-static uint8_t state_of(dp_fault_args *a, uint32_t p) { return __atomic_load_n(&a->states[p], __ATOMIC_ACQUIRE); }
-
-/* pending -> received; true for the caller that made the move (it counts the page). */
-static int mark_received(dp_fault_args *a, uint32_t p) {
-  uint8_t expect = PS_PENDING;
-  if (!__atomic_compare_exchange_n(&a->states[p], &expect, PS_RECEIVED, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) return 0;
-  __atomic_fetch_sub(&a->state_counts[PS_PENDING], 1, __ATOMIC_ACQ_REL);
-  __atomic_fetch_add(&a->state_counts[PS_RECEIVED], 1, __ATOMIC_ACQ_REL);
-  return 1;
-}
-
-static void wake(dp_fault_args *a, uint32_t p) {
-  struct uffdio_range r = {.start = a->base + (uint64_t)p * DP_PAGE, .len = DP_PAGE};
-  (void)ioctl(a->uffd, UFFDIO_WAKE, &r);
-}
+static uint8_t state_of(dp_fault_args *a, uint32_t p) { return dp_state_of(a->states, p); }
+static int mark_received(dp_fault_args *a, uint32_t p) { return dp_mark_received(a->states, a->state_counts, p); }
+static void wake(dp_fault_args *a, uint32_t p) { dp_wake(a->uffd, a->base, p); }
 
 /* Notes a request for page p made at t (epoch µs): false if it needs none (placed meanwhile) or has one. */
 static int note_request(dp_fault_args *a, uint32_t p, int64_t t) {
@@ -76,13 +64,11 @@ static int on_fault(fault_ctx *x, uint64_t address) {
   count(x, DS_FAULTS, 1);
   if (address < a->base || (address - a->base) / DP_PAGE >= a->table_pages) return 0; /* not ours: cannot be registered */
   uint32_t p = (uint32_t)((address - a->base) / DP_PAGE);
-  uint64_t at = a->base + (uint64_t)p * DP_PAGE;
   switch (state_of(a, p)) {
     case PS_KNOWN_ZERO: {
       /* Never leaves the machine. EEXIST: another thread's fault on it was served already. */
       count(x, DS_ZERO_FILLS, 1);
-      struct uffdio_zeropage z = {.range = {.start = at, .len = DP_PAGE}};
-      if (ioctl(a->uffd, UFFDIO_ZEROPAGE, &z) < 0 && errno == EEXIST) wake(a, p);
+      (void)dp_zero_page(a->uffd, a->base, p);
       return 0;
     }
     case PS_RECEIVED:
@@ -114,31 +100,6 @@ static int on_fault(fault_ctx *x, uint64_t address) {
       return dp_conn_queue(&x->c, DP_REQUEST, body, 8, NULL, 0);
     }
   }
-}
-
-/* UFFDIO_COPY of pages [p, p+n) from src, page by page after a partial copy; EEXIST counted. */
-static int place_run(fault_ctx *x, uint32_t p, uint32_t n, const uint8_t *src) {
-  dp_fault_args *a = x->a;
-  uint64_t done = 0, len = (uint64_t)n * DP_PAGE;
-  while (done < len) {
-    struct uffdio_copy cp = {.dst = a->base + (uint64_t)p * DP_PAGE + done, .src = (uint64_t)(uintptr_t)(src + done), .len = len - done};
-    if (ioctl(a->uffd, UFFDIO_COPY, &cp) == 0) {
-      done = len;
-      break;
-    }
-    if (cp.copy > 0) done += (uint64_t)cp.copy;
-    else if (errno == EEXIST) {
-      /* The bulk stream placed it first: it woke the waiters; wake any that came since. */
-      count(x, DS_EEXIST, 1);
-      wake(a, p + (uint32_t)(done / DP_PAGE));
-      done += DP_PAGE;
-    } else if (errno == EAGAIN || errno == EINTR) continue; /* the mm was changing: again */
-    else {
-      dp_set_err(a->err, "UFFDIO_COPY of page %llu: %s", (unsigned long long)(p + done / DP_PAGE), strerror(errno));
-      return -1;
-    }
-  }
-  return 0;
 }
 
 #define ROTL(v, n) (((v) << (n)) | ((v) >> (32 - (n))))
@@ -189,7 +150,7 @@ static int on_pages(fault_ctx *x, const dp_frame *f) {
     }
     uint32_t j = i + 1;
     while (j < n && state_of(a, first + j) == PS_PENDING) j++;
-    if (place_run(x, first + i, j - i, data + (size_t)i * DP_PAGE) < 0) return -1;
+    if (dp_place_run(a->uffd, a->base, first + i, j - i, data + (size_t)i * DP_PAGE, &a->stats[DS_EEXIST], a->err) < 0) return -1;
     /* The digest records what was sent; a page sent on both channels carries the same bytes. */
     if (a->digest)
       for (uint32_t p = first + i; p < first + j && p < a->digest_pages; p++) {

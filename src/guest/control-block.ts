@@ -1,7 +1,7 @@
 // The control block: one shared 64 KiB page, owned by Ferry and never part of guest memory, that
 // the main thread and the guest's worker use to talk while guest code runs. Because it is not
 // guest memory it is never a userfaultfd hole: neither thread can block on it.
-import { SAFEPOINT_FLAG_ADDR } from './instrument.js';
+import { SAFEPOINT_FLAG_ADDR } from './instrument-meta.js';
 
 /** Word indexes (Int32) in the control block. */
 export const enum Ctl {

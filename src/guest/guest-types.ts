@@ -1,7 +1,7 @@
 // What callers of Guest pass and get back: start, restore and prepare options, the exit record, the
 // status, the error type, and the checks and helpers that need no running guest (imports a module
 // may have, stdio defaults, byte formatting).
-import { ModuleRejected, type InstrumentedMeta } from './instrument.js';
+import { ModuleRejected, type InstrumentedMeta } from './instrument-meta.js';
 import type { AdoptedSockets, Preopen, StdioBinding } from '../wasi/wasi.js';
 import type { GuestState } from '../state/guest-state.js';
 import type { ModuleCache } from './module-cache.js';

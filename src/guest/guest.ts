@@ -6,7 +6,7 @@ import { EventEmitter } from 'node:events';
 import { receiveMessageOnPort, type MessagePort, type Worker } from 'node:worker_threads';
 import { Cmd, WorkerState, createControlMemory } from './control-block.js';
 import { ModuleCache, type CachedModule } from './module-cache.js';
-import type { InstrumentedMeta } from './instrument.js';
+import type { InstrumentedMeta } from './instrument-meta.js';
 import type { LaunchMessage, PausedCapture, ResumeMessage, WorkerInit, WorkerMessage } from './worker-protocol.js';
 import {
   checkImports, checkStateFits, DEFAULT_MAX_MEMORY, DEFAULT_UNWIND_BYTES, GuestError, maxPagesFor, stdioOf, WASM_PAGE_SIZE,

@@ -1,10 +1,12 @@
 // What instrumentation produces and the module cache stores beside it (meta.json): the version
 // and settings a cached entry must match, the module's memory, globals, imports and data
 // segments; and the names and addresses the instrumented module and the worker agree on.
+// Kept free of the instrumentation passes: the guest runtime (worker, module cache, warm-up) imports
+// it on every start, and a cached module needs none of Binaryen's side.
 import type { ValueType } from '../state/exec-state.js';
 export type { ValueType };
 
-export const INSTRUMENTATION_VERSION = 15;
+export const INSTRUMENTATION_VERSION = 16;
 
 /** The import namespace and names Ferry adds. */
 export const FERRY_IMPORT_MODULE = 'ferry';
@@ -26,6 +28,22 @@ export const SAFEPOINT_FLAG_ADDR = 16;
  * WASI calls that may block and therefore must be able to unwind (re-entered on resume): reads,
  * poll, and the socket calls; fd_write too, since a write to a socket blocks on a full send buffer.
  */
+/** The exports `ferry_warm_<k>` a warm-up thread calls to compile the big functions (warm-exports.ts). */
+export const WARM_EXPORT_PREFIX = 'ferry_warm_';
+
+/** Loop-head-resumable functions (loop-resume.ts): on unless FERRY_LOOP_RESUME=0. Recorded as meta.loopResume. */
+export function loopResumeEnabled(): boolean {
+  return process.env['FERRY_LOOP_RESUME'] !== '0';
+}
+
+/**
+ * Escape (loop-resume.ts, finishEscapes; INSTRUMENTATION_VERSION 15): on with loop resume, which it
+ * needs, unless FERRY_ESCAPE=0. Recorded as meta.escape and part of the cache check.
+ */
+export function escapeEnabled(): boolean {
+  return loopResumeEnabled() && process.env['FERRY_ESCAPE'] !== '0';
+}
+
 export const UNWINDABLE_WASI_CALLS = ['fd_read', 'fd_write', 'poll_oneoff', 'sock_accept', 'sock_recv', 'sock_send'] as const;
 
 

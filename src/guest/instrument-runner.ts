@@ -3,7 +3,7 @@
 // would freeze a progress bar, and on a migration destination the event loop that receives the
 // stream. Here the caller's thread stays free; each step's start arrives as a progress event.
 import { Worker } from 'node:worker_threads';
-import { INSTRUMENT_STAGES, ModuleRejected, type InstrumentStage, type InstrumentedModule } from './instrument.js';
+import { INSTRUMENT_STAGES, ModuleRejected, type InstrumentStage, type InstrumentedModule } from './instrument-meta.js';
 
 export interface InstrumentProgress {
   stage: InstrumentStage;

@@ -19,13 +19,13 @@
 import { sha256Hex } from '../state/hash.js';
 import { entrySafepointFree } from './call-graph.js';
 import { callGraphFacts } from './tree-facts.js';
-import { finishEscapes, escapeEnabled, loopResumeEnabled, resumeAtLoopHeads } from './loop-resume.js';
+import { finishEscapes, resumeAtLoopHeads } from './loop-resume.js';
 import { addWarmExports } from './warm-exports.js';
 import { featureMask, loadBinaryen, valueType, type BinaryenApi } from './binaryen-api.js';
 import { BOUNDED_BUDGET_EXPRESSIONS, boundedFunctions, leafFunctions, mayUnwindFrom } from './bounded-functions.js';
 import { amortiseInnermostLoops, dropExitSafepoints, inlineSafepointCheck, pruneEntrySafepoints, safepointImportName } from './safepoints.js';
 import {
-  FERRY_IMPORT_MODULE, FERRY_MEMORY_IMPORT, GLOBAL_EXPORT_PREFIX, INSTRUMENTATION_VERSION, ModuleRejected, SAFEPOINT_FLAG_ADDR,
+  FERRY_IMPORT_MODULE, FERRY_MEMORY_IMPORT, GLOBAL_EXPORT_PREFIX, INSTRUMENTATION_VERSION, ModuleRejected, escapeEnabled, loopResumeEnabled, SAFEPOINT_FLAG_ADDR,
   UNWINDABLE_WASI_CALLS, YIELD_IMPORT, type DataSegment, type InstrumentStage, type InstrumentedModule, type ValueType,
 } from './instrument-meta.js';
 

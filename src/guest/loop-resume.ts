@@ -32,8 +32,8 @@ import { hoistUnwindingCalls } from './call-hoist.js';
 import { liveAtLoopHeads, members } from './liveness.js';
 import { ATCALL_EXPORT, G_ATCALL, G_UNWINDING, HOLD_FN, HOLD_IMPORT, REWIND_FN, REWIND_IMPORT, UNWINDING_EXPORT, wrapResumableCalls } from './call-resume.js';
 import { chooseFunctions, hasEntrySafepoint, isPoint } from './resume-selection.js';
-import { addWrapper, G_PINNED, G_RESUME, G_SUSPENDED, saveSlot, suspendCheck, unwindCheck, zero, type SuspendExit } from './resume-frame.js';
-import { SAFEPOINT_FLAG_ADDR } from './instrument-meta.js';
+import { addWrapper, G_PINNED, G_RESUME, G_SUSPENDED, SAVES_PREFIX, saveSlot, suspendCheck, unwindCheck, zero, type SuspendExit } from './resume-frame.js';
+import { escapeEnabled, SAFEPOINT_FLAG_ADDR } from './instrument-meta.js';
 import { entryRestores, pointRanges, steer, type PathContext } from './resume-steering.js';
 import { Kind, preOrder, readTree, type WNode } from './wasm-tree.js';
 
@@ -41,18 +41,6 @@ export { ESCAPE_MAX_EXPRESSIONS, LOOP_RESUME_MIN_CALL_SITES, LOOP_RESUME_MIN_EXP
 
 /** The exported global the worker reads: how many loop-head-resumable activations are running. */
 export const PINNED_EXPORT = 'ferry_pinned';
-
-export function loopResumeEnabled(): boolean {
-  return process.env['FERRY_LOOP_RESUME'] !== '0';
-}
-
-/**
- * Escape (finishEscapes; INSTRUMENTATION_VERSION 15): on with loop resume, which it needs, unless
- * FERRY_ESCAPE=0. Recorded as meta.escape and part of the cache check.
- */
-export function escapeEnabled(): boolean {
-  return loopResumeEnabled() && process.env['FERRY_ESCAPE'] !== '0';
-}
 
 /**
  * Splits the chosen functions (see the top of this file) and returns the names Asyncify must
@@ -202,10 +190,11 @@ export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn:
     }
   }
   if (removelist.length === 0) return { removelist, escapes };
-  if (escapes.length > 0) {
-    // The stubs must survive until finishEscapes: the safepoint check's inlining would
-    // otherwise inline them (they are tiny), leaving the exits calling F, the fast body-to-be.
-    b.setPassArgument('no-inline', `*${ESCAPE_SUFFIX}`);
+  // The stubs must survive until finishEscapes: the safepoint check's inlining would otherwise
+  // inline them (they are tiny), leaving the exits calling F, the fast body-to-be. The shared save
+  // helpers exist to keep their stores out of the checks (resume-frame.ts, saveLocals).
+  for (const pattern of [...(escapes.length > 0 ? [`*${ESCAPE_SUFFIX}`] : []), `${SAVES_PREFIX}*`]) {
+    b.setPassArgument('no-inline', pattern);
     try {
       mod.runPasses(['no-inline']);
     } finally {

@@ -7,12 +7,7 @@
 import { mkdirSync, readFileSync, renameSync, writeFileSync, existsSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import {
-  INSTRUMENTATION_VERSION,
-  type InstrumentedMeta,
-  type InstrumentedModule,
-} from './instrument.js';
-import { escapeEnabled, loopResumeEnabled } from './loop-resume.js';
+import { escapeEnabled, INSTRUMENTATION_VERSION, loopResumeEnabled, type InstrumentedMeta, type InstrumentedModule } from './instrument-meta.js';
 import { instrumentOffThread, type InstrumentProgressListener } from './instrument-runner.js';
 import { sha256Hex } from '../state/hash.js';
 

@@ -10,6 +10,37 @@ export const G_RESUME = 'ferry$resume';
 export const G_SUSPENDED = 'ferry$suspended';
 export const G_PINNED = 'ferry$pinned';
 export const saveSlot = (type: string, j: number): string => `ferry$save_${type}_${j}`;
+/** The shared save helpers (saveLocals): `ferry$saves_i32x18_i64x2` sets slots i32 0-17 and i64 0-1. */
+export const SAVES_PREFIX = 'ferry$saves_';
+/**
+ * A check saving at least this many locals calls a shared helper instead of setting each slot in
+ * line. An interpreter's fast body has hundreds of checks of ~25 saves each (SQLite's
+ * sqlite3VdbeExec: 557 checks, 15 000 global.set, half its code), cold code that TurboFan still
+ * compiles: a call passing the locals is about half the bytes and far fewer nodes than the
+ * stores. Fewer saves stay in line (the safepoint inlining, ≤ 8 expressions, would inline a
+ * smaller helper back anyway).
+ */
+const SAVE_CALL_MIN = 5;
+
+/** The saves of one check: each live local into its slot, in line or through a shared helper. */
+function saveLocals(b: BinaryenApi, mod: BinaryenApi, slots: Map<number, string>, localTypes: number[]): number[] {
+  if (slots.size < SAVE_CALL_MIN) return [...slots].map(([x, g]) => mod.global.set(g, mod.local.get(x, localTypes[x])));
+  // A check's slots are numbered from 0 per type (loop-resume.ts, slotOf), so the helper is
+  // named by how many of each type it sets; its parameters come by type, then slot number.
+  const saves = [...slots].map(([x, g]) => {
+    const [, type, j] = g.split('_');
+    return { x, type: type!, j: Number(j) };
+  });
+  saves.sort((p, q) => (p.type === q.type ? p.j - q.j : p.type < q.type ? -1 : 1));
+  const counts = new Map<string, number>();
+  for (const v of saves) counts.set(v.type, (counts.get(v.type) ?? 0) + 1);
+  const name = SAVES_PREFIX + [...counts].map(([t, n]) => `${t}x${n}`).join('_');
+  if (!mod.getFunction(name)) {
+    const types = saves.map((v) => localTypes[v.x]!);
+    mod.addFunction(name, b.createType(types), b.none, [], mod.block(null, saves.map((v, i) => mod.global.set(saveSlot(v.type, v.j), mod.local.get(i, types[i])))));
+  }
+  return [mod.call(name, saves.map((v) => mod.local.get(v.x, localTypes[v.x])), b.none)];
+}
 
 export function zero(b: BinaryenApi, mod: BinaryenApi, t: number): number {
   if (t === b.i32) return mod.i32.const(0);
@@ -29,7 +60,7 @@ export type SuspendExit = { kind: 'return' } | { kind: 'escape'; wrapper: string
 
 /** `if (pause pending && ferry$pinned − ferry$atcall == own) { save the live locals; record point k; leave }`. */
 export function suspendCheck(b: BinaryenApi, mod: BinaryenApi, k: number, slots: Map<number, string>, localTypes: number[], results: number, exit: SuspendExit = { kind: 'return' }): number {
-  const saves = [...slots].map(([x, g]) => mod.global.set(g, mod.local.get(x, localTypes[x])));
+  const saves = saveLocals(b, mod, slots, localTypes);
   const ret = leave(b, mod, results, exit);
   const own = exit.kind === 'escape' ? 0 : 1;
   return mod.if(
@@ -46,7 +77,7 @@ export function suspendCheck(b: BinaryenApi, mod: BinaryenApi, k: number, slots:
 
 /** After a resumable call: `if (an unwind runs) { save the locals; record call k; leave }`. */
 export function unwindCheck(b: BinaryenApi, mod: BinaryenApi, k: number, slots: Map<number, string>, localTypes: number[], results: number, exit: SuspendExit = { kind: 'return' }): number {
-  const saves = [...slots].map(([x, g]) => mod.global.set(g, mod.local.get(x, localTypes[x])));
+  const saves = saveLocals(b, mod, slots, localTypes);
   return mod.if(mod.global.get(G_UNWINDING, b.i32), mod.block(null, [mod.call(HOLD_FN, [], b.none), ...saves, mod.global.set(G_SUSPENDED, mod.i32.const(k)), leave(b, mod, results, exit)]));
 }
 

@@ -16,7 +16,7 @@ import { childVisitors, type BinaryenApi, type ChildVisitor } from './binaryen-a
 import { isResumeCopy } from './loop-resume.js';
 import { zero } from './resume-frame.js';
 
-export const WARM_EXPORT_PREFIX = 'ferry_warm_';
+import { WARM_EXPORT_PREFIX } from './instrument-meta.js';
 /**
  * Functions at least this big (expressions, as instrumented) are warmed: ≈ 8-12 KB of code, whose
  * Liftoff compile takes a few ms on a quiet core and tens of ms on a loaded one.

@@ -12,7 +12,7 @@
 // it: warming only once the guest ran lost the race for the functions it calls first.
 // FERRY_WARM=0 turns it off; FERRY_WARM_DEBUG=1 prints each compile's time.
 import { Worker } from 'node:worker_threads';
-import { WARM_EXPORT_PREFIX } from './warm-exports.js';
+import { WARM_EXPORT_PREFIX } from './instrument-meta.js';
 
 export interface WarmUp {
   /** Ends the warm-up thread if it still runs (the guest ended). */

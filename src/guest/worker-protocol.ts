@@ -1,6 +1,6 @@
 // Messages between a Guest (main thread) and its worker. Commands to a *running* guest go
 // through the control block (the worker is busy in guest code and reads no messages then).
-import type { InstrumentedMeta } from './instrument.js';
+import type { InstrumentedMeta } from './instrument-meta.js';
 import type { MessagePort } from 'node:worker_threads';
 import type { ExecState } from '../state/exec-state.js';
 import type { AdoptedSockets, Preopen, StdioBinding, WasiOptions, WasiState } from '../wasi/wasi.js';

@@ -1,11 +1,15 @@
 // FaultServer: serves userfaultfd MISSING faults on a GuestMemory from a PageSource, on a worker thread
-// of its own (fault-worker.ts) that blocks in poll() on [uffd, wakeup eventfd, source fds...].
+// of its own (fault-worker.ts) that blocks in poll() on [uffd, wakeup eventfd, source fds...] — or,
+// for pages that live in files (a snapshot's layers: `files`), on a native thread of the data plane
+// (native/dataplane/dp_file.c), which needs no worker to boot and no JavaScript per fault.
 // Page states decide: known-zero → UFFDIO_ZEROPAGE locally; pending → one request per page however
 // many threads fault on it; received → wake. place() puts background/bulk pages in from the caller's
 // thread (the uffd is process-wide), with EEXIST counted as success.
 import { Worker } from 'node:worker_threads';
 import { Userfaultfd, REGISTER_MODE } from '../sys/uffd.js';
 import { eventfd, eventfdSignal, close, EFD_NONBLOCK, EFD_CLOEXEC } from '../sys/fd.js';
+import { dataplaneAddon, dataplaneLoadFailure } from '../sys/dataplane.js';
+import { closeSync, openSync } from 'node:fs';
 import { PageState, type PageStateTable } from './page-state.js';
 import type { PageSourceSpec } from './page-source.js';
 import { HOST_PAGE_SIZE, type GuestMemory } from './guest-memory.js';
@@ -27,12 +31,35 @@ export interface FaultServerOptions {
    * a lazy restore's guest cannot run before this thread serves faults, and booting it costs ~0.1 s.
    */
   spare?: Worker | null;
+  /**
+   * Where the source's pages live when they are in files: page p at byte p * 4096 of
+   * `files[location[p]]` (-1: zero). Given, and the ferry_dataplane addon loads, and
+   * FERRY_NATIVE_FAULTS is not 0, faults are served by a native thread reading those files, and
+   * `source` is not used (the worker is the fallback).
+   */
+  files?: PageFiles;
+}
+
+/** Pages in files (FaultServerOptions.files): per page, which file holds it at byte p * 4096. */
+export interface PageFiles {
+  files: string[];
+  /** Int16Array over this buffer: per page, the index of the file holding it, -1 = none (zero). */
+  location: SharedArrayBuffer;
+}
+
+/** The thread serving the faults: stopped once, reporting a failure through the server. */
+interface FaultThread {
+  stop(): Promise<void>;
+}
+
+/** Whether file-backed faults run on the native thread: the addon loads, and FERRY_NATIVE_FAULTS is not 0. */
+function nativeFileFaults(): boolean {
+  return process.env['FERRY_NATIVE_FAULTS'] !== '0' && dataplaneLoadFailure() === null;
 }
 
 export class FaultServer {
-  private worker: Worker | null;
+  private thread: FaultThread | null = null;
   private failure: Error | null = null;
-  private readonly stopped: Promise<void>;
 
   private constructor(
     readonly mem: GuestMemory,
@@ -42,16 +69,12 @@ export class FaultServer {
     private readonly wakeFd: number,
     private readonly statsView: Float64Array,
     private readonly latView: Float64Array,
-    private readonly control: Int32Array,
-    worker: Worker,
-    stopped: Promise<void>,
-  ) {
-    this.worker = worker;
-    this.stopped = stopped;
-  }
+    /** Which thread serves the faults: the fault worker, or the native file thread (dp_file.c). */
+    readonly servedBy: 'worker' | 'native',
+  ) {}
 
   /**
-   * Registers the whole reservation for MISSING faults and starts the fault worker. Pages the source holds
+   * Registers the whole reservation for MISSING faults and starts the fault thread. Pages the source holds
    * must be marked pending in `states` and be holes (dropped or never touched) before the guest runs.
    */
   static async start(mem: GuestMemory, states: PageStateTable, source: PageSourceSpec, opts: FaultServerOptions = {}): Promise<FaultServer> {
@@ -60,12 +83,14 @@ export class FaultServer {
     if (!Number.isInteger(faultAround) || faultAround < 1 || faultAround > 512) throw new RangeError('FaultServer: faultAround must be an integer in [1, 512]');
     const spinUs = opts.spinUs ?? 50;
     if (!Number.isInteger(spinUs) || spinUs < 0 || spinUs > 100000) throw new RangeError('FaultServer: spinUs must be an integer in [0, 100000]');
+    const native = opts.files !== undefined && nativeFileFaults();
+    if (native) void opts.spare?.terminate(); // a worker started ahead in case, not needed
     const uffd = Userfaultfd.open({ nonblock: true });
     let wakeFd = -1;
     let registration: Registration | null = null;
     try {
       registration = registerReservation(uffd, mem, REGISTER_MODE.MISSING, 'fault server');
-      wakeFd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+      if (!native) wakeFd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     } catch (e) {
       try { registration?.release(); } finally { uffd.close(); }
       throw e;
@@ -73,37 +98,17 @@ export class FaultServer {
     const held = registration;
     const stats = new SharedArrayBuffer(STAT_SLOTS * 8);
     const latencies = new SharedArrayBuffer(LATENCY_RING * 8);
-    const control = new SharedArrayBuffer(4);
-    const data: FaultWorkerData = {
-      uffd: uffd.fd, wakeFd, base: mem.base, maxBytes: mem.maxBytes, states: states.shared(), stats, latencies,
-      control, source, faultAround, spinUs,
-    };
-    let worker: Worker;
-    if (opts.spare) {
-      worker = opts.spare;
-      worker.postMessage(data);
-    } else {
-      worker = new Worker(new URL('./fault-worker.js', import.meta.url), { workerData: data });
-    }
-    let server: FaultServer | null = null;
-    const stopped = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
-    await new Promise<void>((resolve, reject) => {
-      worker.on('message', (m: { type: string; message?: string }) => {
-        if (m.type === 'ready') resolve();
-        if (m.type === 'error') {
-          const err = new Error(`fault worker failed: ${m.message}`);
-          if (server) server.failure = err;
-          reject(err);
-        }
-      });
-      worker.once('error', (e) => { if (server) server.failure = e; reject(e); });
-      worker.once('exit', (code) => reject(new Error(`fault worker exited (${code}) before it was ready`)));
-    }).catch((e: unknown) => {
-      try { held.release(); } finally { uffd.close(); close(wakeFd); }
+    const server = new FaultServer(mem, states, uffd, held, wakeFd, new Float64Array(stats), new Float64Array(latencies), native ? 'native' : 'worker');
+    const fail = (e: Error) => { server.failure ??= e; };
+    try {
+      server.thread = native
+        ? startFileThread(mem, states, opts.files!, faultAround, uffd.fd, stats, latencies, fail)
+        : await startWorkerThread({ uffd: uffd.fd, wakeFd, base: mem.base, maxBytes: mem.maxBytes, states: states.shared(), stats, latencies,
+            control: new SharedArrayBuffer(4), source, faultAround, spinUs }, opts.spare ?? null, fail);
+    } catch (e) {
+      try { held.release(); } finally { uffd.close(); if (wakeFd >= 0) close(wakeFd); }
       throw e;
-    });
-    server = new FaultServer(mem, states, uffd, held, wakeFd, new Float64Array(stats), new Float64Array(latencies),
-      new Int32Array(control), worker, stopped);
+    }
     return server;
   }
 
@@ -168,17 +173,80 @@ export class FaultServer {
    * see zeros — stop only when every page the guest can touch is placed or the guest is gone) and closes fds.
    */
   async stop(): Promise<void> {
-    if (!this.worker) return;
-    Atomics.store(this.control, 0, 1);
-    eventfdSignal(this.wakeFd);
-    await this.stopped;
-    this.worker = null;
+    const thread = this.thread;
+    if (!thread) return;
+    this.thread = null;
     try {
-      this.registration.release();
+      await thread.stop();
     } finally {
-      this.uffd.close();
-      close(this.wakeFd);
+      try {
+        this.registration.release();
+      } finally {
+        this.uffd.close();
+        if (this.wakeFd >= 0) close(this.wakeFd);
+      }
     }
     if (this.failure) throw this.failure;
   }
+
+}
+
+/** The fault worker (fault-worker.ts), adopted from a spare or started; resolves once it serves faults. */
+async function startWorkerThread(data: FaultWorkerData, spare: Worker | null, fail: (e: Error) => void): Promise<FaultThread> {
+  let worker: Worker;
+  if (spare) {
+    worker = spare;
+    worker.postMessage(data);
+  } else {
+    worker = new Worker(new URL('./fault-worker.js', import.meta.url), { workerData: data });
+  }
+  const stopped = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
+  await new Promise<void>((resolve, reject) => {
+    worker.on('message', (m: { type: string; message?: string }) => {
+      if (m.type === 'ready') resolve();
+      if (m.type === 'error') {
+        const err = new Error(`fault worker failed: ${m.message}`);
+        fail(err);
+        reject(err);
+      }
+    });
+    worker.once('error', (e) => { fail(e); reject(e); });
+    worker.once('exit', (code) => reject(new Error(`fault worker exited (${code}) before it was ready`)));
+  });
+  const control = new Int32Array(data.control);
+  return {
+    async stop() {
+      Atomics.store(control, 0, 1);
+      eventfdSignal(data.wakeFd);
+      await stopped;
+    },
+  };
+}
+
+/**
+ * The native file thread (dp_file.c): it serves faults from the moment it starts, reading
+ * duplicates of the files' descriptors (ours are closed once it has them).
+ */
+function startFileThread(mem: GuestMemory, states: PageStateTable, files: PageFiles, faultAround: number, uffd: number,
+  stats: SharedArrayBuffer, latencies: SharedArrayBuffer, fail: (e: Error) => void): FaultThread {
+  const dp = dataplaneAddon();
+  const shared = states.shared();
+  const fds: number[] = [];
+  let handle: ReturnType<typeof dp.startFileFaults>;
+  try {
+    for (const f of files.files) fds.push(openSync(f, 'r'));
+    handle = dp.startFileFaults({
+      uffd, base: mem.base, faultAround, realtime: process.env['FERRY_REALTIME'] !== '0',
+      states: new Uint8Array(shared.states, 0, states.pageCount), stateCounts: new Int32Array(shared.counts, 0, 3),
+      stats: new Float64Array(stats), latencies: new Float64Array(latencies), layerFds: Int32Array.from(fds), location: new Int16Array(files.location),
+    }, (error) => { if (error !== null) fail(new Error(`fault thread failed: ${error}`)); });
+  } finally {
+    for (const fd of fds) closeSync(fd);
+  }
+  return {
+    async stop() {
+      const error = dp.stop(handle);
+      if (error !== null) fail(new Error(`fault thread failed: ${error}`));
+    },
+  };
 }

@@ -9,4 +9,4 @@ export * from './zero-pages.js';
 export * from './uffd-registration.js';
 export * from './page-source.js';
 export * from './fault-stats.js';
-export { FaultServer, type FaultServerOptions } from './fault-server.js';
+export { FaultServer, type FaultServerOptions, type PageFiles } from './fault-server.js';

@@ -235,8 +235,9 @@ export async function openLazyMemory(chain: SnapshotChain, mem: GuestMemory, fau
 /** Starts the fault server with every page known-zero (nothing may touch the memory until arm()). */
 async function startLazyServer(chain: SnapshotChain, mem: GuestMemory, faultAround: number): Promise<LazyMemory> {
   const states = new PageStateTable(mem.maxPageCount);
-  // The same provider as serve-snapshot's: the fault worker opens its layer files, this thread
-  // reads the runtime's pages through it.
+  // The same provider as serve-snapshot's: the fault thread (native, or the fault worker's
+  // chain-page-source.ts when that is off) opens its layer files, this thread reads the runtime's
+  // pages through it.
   const pages = new SnapshotPageProvider(chain);
   let server: FaultServer;
   try {
@@ -244,7 +245,7 @@ async function startLazyServer(chain: SnapshotChain, mem: GuestMemory, faultArou
       kind: 'module',
       module: fileURLToPath(new URL('./chain-page-source.js', import.meta.url)),
       options: pages.files,
-    }, { faultAround, spare: takeSpareWorker('fault') });
+    }, { faultAround, files: pages.files, spare: takeSpareWorker('fault') });
   } catch (err) {
     pages.close();
     throw err;

@@ -49,6 +49,29 @@ export interface FaultThreadOptions extends CommonOptions {
   digest?: Uint32Array;
 }
 
+/** The snapshot fault thread (native/dataplane/dp_file.c): faults served from files, page p at byte p * 4096. */
+export interface FileFaultOptions {
+  /** The guest memory's userfaultfd (registered for MISSING faults; non-blocking). Not taken. */
+  uffd: number;
+  /** Address of guest page 0. */
+  base: number;
+  /** Pages read and placed per fault: the faulting one plus following pending ones. */
+  faultAround: number;
+  realtime: boolean;
+  /** PageStateTable bytes, one per page of the reservation; pending pages are read from the files. */
+  states: Uint8Array;
+  /** PageStateTable counts: [known-zero, pending, received]. */
+  stateCounts: Int32Array;
+  /** STAT slots of src/memory/fault-stats.ts. */
+  stats: Float64Array;
+  /** Ring of fault latencies in µs (event read → page placed). */
+  latencies: Float64Array;
+  /** Open descriptors of the files (at most 64); the thread reads duplicates of its own. */
+  layerFds: Int32Array;
+  /** Per page, the index in layerFds of the file holding it; -1 (or beyond its end): zero. */
+  location: Int16Array;
+}
+
 export interface AnswerThreadOptions extends CommonOptions {
   /** The guest's memory from page 0 (the source's: no holes). */
   memory: Uint8Array;
@@ -120,6 +143,8 @@ export interface FerryDataplane {
   /** Native precopy (dp_precopy.c): the source's pass sender and the destination's receiver. */
   startPrecopySend(options: PrecopySendOptions, onExit: (error: string | null) => void): DataplaneHandle;
   startPrecopyReceive(options: PrecopyReceiveOptions, onExit: (error: string | null) => void): DataplaneHandle;
+  /** The snapshot fault thread (dp_file.c): a lazy restore's holes filled from its layer files. */
+  startFileFaults(options: FileFaultOptions, onExit: (error: string | null) => void): DataplaneHandle;
   /**
    * A precopy sender's later passes read this view of the guest's memory (it grew). Only between
    * passes: refused while one is in flight.

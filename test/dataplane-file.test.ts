@@ -1,0 +1,167 @@
+// The snapshot fault thread (native/dataplane/dp_file.c) on real userfaultfd: a Wasm guest on a
+// worker faults on holes and the native thread fills them from layer files (page p at byte p*4096,
+// the newest layer holding it wins) — through FaultServer's `files` option, as a lazy restore uses it.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { GuestMemory, HOST_PAGE_SIZE } from '../src/memory/guest-memory.js';
+import { PageStateTable, PageState } from '../src/memory/page-state.js';
+import { FaultServer, type PageFiles } from '../src/memory/fault-server.js';
+import { dataplaneAddon } from '../src/sys/dataplane.js';
+import { GuestThread } from './fixtures/memory/guest.js';
+
+const PAGE = HOST_PAGE_SIZE;
+/** The word layer `layer`'s copy of page p holds at its start (never 0). */
+const word = (p: number, layer: number) => ((p * 2654435761 + 17 + layer * 7919) | 0) || 1;
+
+/** A layer file holding `pages` (page p at byte p * PAGE; the rest a hole). */
+function layerFile(path: string, layer: number, pages: number[]): void {
+  const f = openSync(path, 'w');
+  try {
+    const page = Buffer.alloc(PAGE);
+    for (const p of pages) {
+      page.writeInt32LE(word(p, layer), 0);
+      page.writeInt32LE(~word(p, layer), PAGE - 4);
+      writeSync(f, page, 0, PAGE, p * PAGE);
+    }
+  } finally {
+    closeSync(f);
+  }
+}
+
+/** Two layers over 64 pages: the root holds 0..31, the diff holds 4..7 again and 40; the rest is zero. */
+function chain(dir: string): { files: PageFiles; location: Int16Array; root: string } {
+  const root = join(dir, 'root.bin');
+  const diff = join(dir, 'diff.bin');
+  layerFile(root, 0, Array.from({ length: 32 }, (_, p) => p));
+  layerFile(diff, 1, [4, 5, 6, 7, 40]);
+  const location = new Int16Array(new SharedArrayBuffer(64 * 2)).fill(-1);
+  for (let p = 0; p < 32; p++) location[p] = 0;
+  for (const p of [4, 5, 6, 7, 40]) location[p] = 1;
+  return { files: { files: [root, diff], location: location.buffer as SharedArrayBuffer }, location, root };
+}
+
+/** A fresh memory whose pages the chain holds are pending holes, with a guest thread on it. */
+async function lazyMemory(location: Int16Array): Promise<{ mem: GuestMemory; g: GuestThread; states: PageStateTable }> {
+  const mem = GuestMemory.create(1, 1); // one wasm page: 16 host pages
+  const g = new GuestThread(mem.memory, 1);
+  await g.run({ op: 'load', addr: 0 });
+  mem.dropPages([[0, mem.pageCount]]);
+  const states = new PageStateTable(mem.maxPageCount);
+  for (let p = 0; p < location.length && p < mem.maxPageCount; p++) if (location[p]! >= 0) states.markPending(p);
+  return { mem, g, states };
+}
+
+/** The fallback a FaultServer would use were the native thread off; never used in these tests. */
+const UNUSED_SOURCE = { kind: 'buffer', image: new SharedArrayBuffer(PAGE) } as const;
+
+test('a Wasm guest faults on holes filled by the native file thread: the newest layer wins, holes are zero, fault-around reads ahead', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-dpfile-'));
+  try {
+    const { files, location } = chain(dir);
+    const { mem, g, states } = await lazyMemory(location);
+    assert.ok(mem.maxPageCount >= 16);
+    const server = await FaultServer.start(mem, states, UNUSED_SOURCE, { files, faultAround: 2 });
+    try {
+      assert.equal(server.servedBy, 'native');
+      assert.equal(await g.run({ op: 'load', addr: 1 * PAGE }), word(1, 0), 'a root page');
+      assert.equal(states.get(2), PageState.RECEIVED, 'fault-around read the next pending page too');
+      assert.equal(await g.run({ op: 'load', addr: 5 * PAGE }), word(5, 1), 'a page the diff holds again: the diff wins');
+      assert.equal(await g.run({ op: 'load', addr: 5 * PAGE + PAGE - 4 }), ~word(5, 1), 'the last word of it');
+      await g.run({ op: 'store', addr: 9 * PAGE + 8, value: 77 }); // a write fault on a pending page
+      assert.equal(await g.run({ op: 'load', addr: 9 * PAGE }), word(9, 0), 'the rest of the written page came from the file');
+      assert.equal(await g.run({ op: 'load', addr: 9 * PAGE + 8 }), 77);
+      const s = server.stats();
+      assert.equal(s.requests, 3, 'one read per fault on a pending page');
+      assert.equal(s.pagesPlaced, 6, 'each with one page read ahead');
+      // the whole first wasm page: every pending page right, every other page zero
+      let expect = 0;
+      for (let p = 0; p < 16; p++) expect = (expect + (p === 9 ? word(9, 0) : location[p]! < 0 ? 0 : word(p, location[p]!))) | 0;
+      assert.equal(await g.run({ op: 'touch', addr: 0, pages: 16 }), expect);
+      const end = server.stats();
+      assert.equal(end.pagesPlaced, 16, 'every page of the first 16 the chain holds was read once');
+      assert.equal(end.latencySamples, end.requests + end.zeroFills, 'one latency sample per fault served');
+      const lat = server.latenciesUs();
+      assert.ok(lat.length > 0 && lat.every((x) => x > 0 && x < 60e6), 'latencies are durations in µs, not clock readings');
+    } finally {
+      await server.stop();
+      await g.terminate();
+    }
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test('a syscall into a hole (fs.readSync by the guest thread) and three threads on one page are served by the native file thread', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-dpfile-'));
+  try {
+    const { files, location } = chain(dir);
+    const { mem, g, states } = await lazyMemory(location);
+    const others = [new GuestThread(mem.memory, 1), new GuestThread(mem.memory, 1)];
+    const server = await FaultServer.start(mem, states, UNUSED_SOURCE, { files });
+    try {
+      for (const o of others) await o.run({ op: 'load', addr: 0 }); // started (page 0 placed by the first)
+      const input = join(dir, 'in');
+      writeFileSync(input, Buffer.alloc(1000, 0x5a));
+      const fd = openSync(input, 'r');
+      // 1000 bytes into the middle of pending page 3: the kernel faults on the guest's behalf
+      assert.equal(await g.run({ op: 'readSync', fd, offset: 3 * PAGE + 100, length: 1000, position: 0 }), 1000);
+      closeSync(fd);
+      assert.equal(await g.run({ op: 'load', addr: 3 * PAGE }), word(3, 0), 'bytes before the read: from the file');
+      assert.equal(await g.run({ op: 'load', addr: 3 * PAGE + 100 }), 0x5a5a5a5a, 'bytes of the read');
+      // three threads load page 12 at once: all see the file's bytes, and it is placed once
+      const before = server.stats().pagesPlaced;
+      const values = await Promise.all([g, ...others].map((t) => t.run<number>({ op: 'load', addr: 12 * PAGE })));
+      assert.deepEqual(values, [word(12, 0), word(12, 0), word(12, 0)]);
+      assert.equal(states.get(12), PageState.RECEIVED);
+      assert.equal(server.stats().pagesPlaced - before, 1, 'page 12 placed once for three threads');
+    } finally {
+      await server.stop();
+      await Promise.all([g, ...others].map((t) => t.terminate()));
+    }
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test('a layer file that ends early fails the native file thread; stop() wakes the blocked guest and reports why', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-dpfile-'));
+  try {
+    const { files, location, root } = chain(dir);
+    writeFileSync(root, Buffer.alloc(2 * PAGE)); // the root now ends after page 1 (injected: a truncated file)
+    const { mem, g, states } = await lazyMemory(location);
+    const server = await FaultServer.start(mem, states, UNUSED_SOURCE, { files });
+    let stopped = false;
+    try {
+      assert.equal(await g.run({ op: 'load', addr: PAGE }), 0, 'page 1 is in what is left (zeros)');
+      const blocked = g.run<number>({ op: 'load', addr: 10 * PAGE }); // past the end: the thread fails, the guest waits
+      const deadline = Date.now() + 30_000; // not a timing assertion: a bound against a hang
+      while (server.error === null && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+      assert.match(String(server.error), /layer 0 ends at byte 40960, inside page 10/);
+      await assert.rejects(server.stop(), /fault thread failed: .*ends at byte 40960/);
+      stopped = true;
+      assert.equal(await blocked, 0, 'unregistered: the blocked load goes on and sees an empty page');
+    } finally {
+      if (!stopped) await server.stop().catch(() => undefined);
+      await g.terminate();
+    }
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test('the native file thread refuses bad options before it starts', () => {
+  const dp = dataplaneAddon();
+  const base = {
+    uffd: 0, base: 0, faultAround: 1, realtime: false, states: new Uint8Array(4), stateCounts: new Int32Array(3),
+    stats: new Float64Array(8), latencies: new Float64Array(4), layerFds: new Int32Array([0]), location: new Int16Array(4),
+  };
+  const none = () => undefined;
+  assert.throws(() => dp.startFileFaults({ ...base, layerFds: new Int32Array([1 << 29]) }, none), /layerFds\[0\] .* is not an open descriptor/);
+  assert.throws(() => dp.startFileFaults({ ...base, layerFds: new Int32Array(65) }, none), /at most 64 layers/);
+  assert.throws(() => dp.startFileFaults({ ...base, base: 100 }, none), /page-aligned/);
+  assert.throws(() => dp.startFileFaults({ ...base, faultAround: 0 }, none), /faultAround/);
+  assert.throws(() => dp.startFileFaults({ ...base, stats: new Float64Array(2) }, none), /stats has 2 elements/);
+});
