@@ -136,7 +136,7 @@ export function printReport(r: Record<string, unknown>): void {
     `mode            ${r['mode']}${r['converged'] ? ' (converged)' : ''}`,
     `memory          ${mib(r['memoryBytes'])}`,
     `total           ${r['totalMs']} ms`,
-    `downtime        ${r['downtimeMs']} ms`,
+    `downtime        ${r['downtimeMs']} ms${typeof r['switchoverSentMs'] === 'number' ? ` (pause → running on the destination; ${r['switchoverSentMs']} ms to the switchover sent, where QEMU stops counting)` : ''}`,
     `sent            ${mib(r['bytesSent'])} (${r['pagesSent']} pages; ${r['zeroPages']} zero, ${r['skippedNeverTouchedPages']} never touched)`,
     `throughput      ${(Number(r['bytesSent']) / Math.max(1, Number(r['totalMs'])) / 1000).toFixed(0)} MB/s`,
     `precopy passes  ${r['precopyPasses']}`,

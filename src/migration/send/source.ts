@@ -252,6 +252,7 @@ export class MigrationSource {
       memoryBytes: sw.memoryBytes,
       totalMs: Math.round(performance.now() - this.t0),
       downtimeMs: Math.round((this.after.downtimeMs ?? 0) * 100) / 100,
+      switchoverSentMs: Math.round((sw.tSent - sw.tPause) * 100) / 100,
       bytesSent: this.link.bytesSent(),
       bytesReceived: this.link.bytesReceived(),
       pagesSent: sender.counters.pagesSent + (this.postcopy?.pagesSent ?? 0),

@@ -56,6 +56,8 @@ export interface SwitchoverContext {
 export interface Switched {
   /** When the guest was paused (performance.now()): the downtime starts there. */
   tPause: number;
+  /** When the switchover's last frame (COMMIT) was handed to the connection: where QEMU ends its downtime. */
+  tSent: number;
   trace: SwitchoverTrace;
   memoryBytes: number;
   pageCount: number;
@@ -198,8 +200,9 @@ export async function switchOver(c: SwitchoverContext, postcopy: boolean, dirty:
   queue(bulk.sendMessage({ type: 'COMMIT' }));
   trace.mark('commit queued');
   await Promise.all(queued);
+  const tSent = performance.now();
   c.committed();
   trace.mark('committed');
   bulk.setMaxBandwidth(c.maxBandwidth);
-  return { tPause, trace, memoryBytes, pageCount, runtimeRuns, last };
+  return { tPause, tSent, trace, memoryBytes, pageCount, runtimeRuns, last };
 }

@@ -54,7 +54,14 @@ export interface MigrationReport {
   mode: 'precopy' | 'postcopy';
   memoryBytes: number;
   totalMs: number;
+  /** From the guest's pause on this host until the destination says it runs there (its RUNNING came back). */
   downtimeMs: number;
+  /**
+   * From the guest's pause until the switchover's last frame (COMMIT) was handed to the
+   * connection: the part of the downtime on this host, and what QEMU reports as its downtime
+   * (postcopy_start: from vm_stop until the package is sent), so the two compare like for like.
+   */
+  switchoverSentMs?: number;
   bytesSent: number;
   bytesReceived: number;
   pagesSent: number;
