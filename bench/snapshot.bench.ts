@@ -127,7 +127,7 @@ export async function run(): Promise<BenchRow[]> {
       const floor: number[] = [];
       for (let i = 0; i < REPEAT; i++) {
         const mem = GuestMemory.create(chain.memory.bytes / WASM_PAGE_SIZE, chain.memory.maxBytes / WASM_PAGE_SIZE);
-        loadEagerly(chain, mem.view());
+        await loadEagerly(chain, mem.view());
         const t0 = performance.now();
         const g = await Guest.restore({ module: chain.moduleSource, state: chain.state, memory: mem.memory, stdio: { stdout: devNull } });
         floor.push(performance.now() - t0);
@@ -142,7 +142,7 @@ export async function run(): Promise<BenchRow[]> {
         for (const mode of ['prefault', 'faulted'] as const) {
           const mem = GuestMemory.create(chain.memory.bytes / WASM_PAGE_SIZE, chain.memory.maxBytes / WASM_PAGE_SIZE);
           const t0 = performance.now();
-          loadEagerly(chain, mode === 'prefault' ? mem : mem.view());
+          await loadEagerly(chain, mode === 'prefault' ? mem : mem.view());
           loads[mode].push(performance.now() - t0);
           mem.dropPages([[0, mem.pageCount]]);
         }

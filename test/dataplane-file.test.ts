@@ -1,9 +1,11 @@
 // The snapshot fault thread (native/dataplane/dp_file.c) on real userfaultfd: a Wasm guest on a
 // worker faults on holes and the native thread fills them from layer files (page p at byte p*4096,
 // the newest layer holding it wins) — through FaultServer's `files` option, as a lazy restore uses it.
+// And an eager restore's load threads (dp_load.c) over the same files.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GuestMemory, HOST_PAGE_SIZE } from '../src/memory/guest-memory.js';
@@ -164,4 +166,46 @@ test('the native file thread refuses bad options before it starts', () => {
   assert.throws(() => dp.startFileFaults({ ...base, base: 100 }, none), /page-aligned/);
   assert.throws(() => dp.startFileFaults({ ...base, faultAround: 0 }, none), /faultAround/);
   assert.throws(() => dp.startFileFaults({ ...base, stats: new Float64Array(2) }, none), /stats has 2 elements/);
+});
+
+test("the load threads copy each page from its newest layer, only after its chunk's checksum holds, and report a short file", async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-dpload-'));
+  try {
+    const { files, location } = chain(dir);
+    const sha = (path: string, page: number, count: number) => createHash('sha256').update(readFileSync(path).subarray(page * PAGE, (page + count) * PAGE)).digest();
+    // Chunks: the root's pages 0-31 in two chunks, the diff's 4-7 and 40 (41 pages of memory here).
+    const chunks = [[0, 0, 16], [0, 16, 16], [1, 4, 4], [1, 40, 1]] as const;
+    const load = (memory: Uint8Array, shas: Buffer[], threads = 2) => new Promise<string | null>((resolve) => {
+      const fds = files.files.map((f) => openSync(f, 'r'));
+      try {
+        const dp = dataplaneAddon();
+        const handle = dp.startLoad({
+          memory, location, layerFds: Int32Array.from(fds), threads,
+          chunkLayer: Uint32Array.from(chunks, (c) => c[0]), chunkPage: Uint32Array.from(chunks, (c) => c[1]),
+          chunkCount: Uint32Array.from(chunks, (c) => c[2]), chunkSha256: new Uint8Array(Buffer.concat(shas)),
+        }, (error) => { dp.stop(handle); resolve(error); });
+      } finally {
+        fds.forEach((fd) => closeSync(fd));
+      }
+    });
+    const good = chunks.map(([l, p, n]) => sha(files.files[l]!, p, n));
+    const mem = new Uint8Array(new SharedArrayBuffer(48 * PAGE));
+    assert.equal(await load(mem, good), null);
+    const words = new Int32Array(mem.buffer);
+    for (let p = 0; p < 48; p++) {
+      const want = location[p]! < 0 ? 0 : word(p, location[p]!);
+      assert.equal(words[p * 1024], want, `page ${p}`);
+    }
+    // A checksum that does not hold: that chunk's pages are never copied, and the error names it.
+    const bad = [...good];
+    bad[1] = Buffer.alloc(32);
+    const mem2 = new Uint8Array(new SharedArrayBuffer(48 * PAGE));
+    assert.equal(await load(mem2, bad, 1), 'checksum layer 0 page 16 count 16');
+    assert.ok(new Int32Array(mem2.buffer, 16 * PAGE, 16 * 1024).every((x) => x === 0), 'nothing of the damaged chunk reached memory');
+    // A file shorter than its chunks say (either of its chunks may be the one found short first).
+    writeFileSync(files.files[1]!, Buffer.alloc(5 * PAGE));
+    assert.match(String(await load(new Uint8Array(new SharedArrayBuffer(48 * PAGE)), good)), /^truncated layer 1 byte (20480|163840)$/);
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
 });

@@ -44,20 +44,26 @@ function copyPair(name: string): { full: string; diff: string } {
   return { full: join(root, 'full'), diff: join(root, 'diff') };
 }
 
+/** A SnapshotError of `code` naming `file`. */
+const refusal = (code: SnapshotError['code'], file: string) => (e: unknown): boolean => {
+  assert.ok(e instanceof SnapshotError, `a SnapshotError, got ${String(e)}`);
+  assert.equal(e.code, code, e.message);
+  assert.ok(e.message.includes(file), `message names ${file}: ${e.message}`);
+  return true;
+};
+
 function refused(fn: () => unknown, code: SnapshotError['code'], file: string): void {
-  assert.throws(fn, (e: unknown) => {
-    assert.ok(e instanceof SnapshotError, `a SnapshotError, got ${String(e)}`);
-    assert.equal(e.code, code, e.message);
-    assert.ok(e.message.includes(file), `message names ${file}: ${e.message}`);
-    return true;
-  });
+  assert.throws(fn, refusal(code, file));
 }
 
-test('the intact pair loads, as a chain of two', () => {
+test('the intact pair loads, as a chain of two', async () => {
   const c = loadSnapshot(diff);
   assert.equal(c.layers.length, 2);
+  const viaThisThread = GuestMemory.create(c.memory.bytes / WASM_PAGE_SIZE, c.memory.maxBytes / WASM_PAGE_SIZE);
+  await loadEagerly(c, viaThisThread.view(), { native: false });
   const mem = GuestMemory.create(c.memory.bytes / WASM_PAGE_SIZE, c.memory.maxBytes / WASM_PAGE_SIZE);
-  loadEagerly(c, mem.view());
+  await loadEagerly(c, mem.view()); // the data plane's load threads
+  assert.ok(Buffer.from(mem.view()).equals(Buffer.from(viaThisThread.view())), 'both loads give the same memory');
   // Every byte as the guest left it: pages only the full layer holds, pages the diff rewrote, and
   // pages never written (zero in both).
   assert.equal(c.memory.bytes, frozen.length);
@@ -89,7 +95,7 @@ test('a flipped byte in the memory file fails its chunk checksum before a guest 
   closeSync(fd);
   const chain = loadSnapshot(p.diff); // structure is fine; the bytes are not
   const mem = GuestMemory.create(chain.memory.bytes / WASM_PAGE_SIZE, chain.memory.maxBytes / WASM_PAGE_SIZE);
-  refused(() => loadEagerly(chain, mem.view()), 'checksum', f);
+  for (const native of [true, false]) await assert.rejects(loadEagerly(chain, mem.view(), { native }), refusal('checksum', f));
   await assert.rejects(restoreSnapshot(p.diff), (e: unknown) => e instanceof SnapshotError && e.code === 'checksum');
   const lazy = await restoreSnapshot(p.diff, { lazy: true, stdio: { stdout: openSync('/dev/null', 'w') } });
   await assert.rejects(lazy.loaded, (e: unknown) => e instanceof SnapshotError && e.code === 'checksum' && e.message.includes(f));

@@ -59,7 +59,7 @@ test('memory restored eagerly and lazily has the digest the guest had at snapsho
     const isZero = (p: number) => (chain.location[p] ?? -1) < 0;
     const fresh = () => GuestMemory.create(chain.memory.bytes / WASM_PAGE_SIZE, chain.memory.maxBytes / WASM_PAGE_SIZE);
     const eager = fresh();
-    loadEagerly(chain, eager.view());
+    await loadEagerly(chain, eager.view());
     assert.equal(digestMemory(eager.view(), eager.pageCount, isZero), want, `eager load of ${dir}`);
     // Lazy, fault path only: this thread reads every page; each first touch is a userfaultfd fault
     // served from the files — by the native file thread (dp_file.c), and by the fault worker where

@@ -1,7 +1,8 @@
 // Ferry's page data plane: shared declarations of the native threads that carry postcopy's fault
 // path (dp_fault.c on the destination, dp_answer.c on the source), precopy's stream (dp_precopy.c),
-// a lazy snapshot restore's fault path (dp_file.c), their encrypted framing (dp_wire.c), what the
-// fault threads share (dp_uffd.c) and the N-API glue that starts and stops them (dp_addon.c).
+// a lazy snapshot restore's fault path (dp_file.c), an eager one's load (dp_load.c), their
+// encrypted framing (dp_wire.c), what the fault threads share (dp_uffd.c) and the N-API glue that
+// starts and stops them (dp_addon.c).
 // Nothing here calls into JavaScript while a thread runs: counters and fault latencies go to
 // SharedArrayBuffers the TypeScript side reads, and a thread's end (with its error, if any) is
 // reported once, through a thread-safe function.
@@ -232,6 +233,25 @@ typedef struct {
   char err[DP_ERR];
 } dp_file_args;
 
+/* ---- an eager snapshot restore's load (dp_load.c) ---- */
+#define DP_LOAD_CHUNK_PAGES 256 /* docs/snapshot-format.md: a chunk is at most 256 pages */
+typedef struct {
+  uint8_t *memory;        /* guest page 0 */
+  uint64_t memory_bytes;
+  int fds[DP_MAX_LAYERS]; /* each layer's memory file, root first (owned: dups) */
+  uint32_t nfds;
+  const int16_t *location; /* per page, the newest layer holding it, -1: none */
+  uint32_t location_pages;
+  const uint32_t *chunk_layer, *chunk_page, *chunk_count;
+  const uint8_t *chunk_sha; /* 32 bytes a chunk */
+  uint32_t nchunks;
+  uint32_t threads;       /* this one and threads - 1 more */
+  uint32_t next;          /* the next chunk to take (atomic) */
+  int failed;             /* atomic: the first failure wrote err */
+  volatile int *stop;
+  char err[DP_ERR];
+} dp_load_args;
+
 /* ---- the guest memory's userfaultfd and page states (dp_uffd.c), shared by the fault threads ---- */
 uint8_t dp_state_of(const uint8_t *states, uint32_t p);
 /* pending -> received by compare-and-swap; 1 for the caller that made the move (it counts the page). */
@@ -247,5 +267,6 @@ int dp_place_run(int uffd, uint64_t base, uint32_t p, uint32_t n, const uint8_t 
 int dp_fault_run(dp_fault_args *a);
 int dp_answer_run(dp_answer_args *a);
 int dp_file_run(dp_file_args *a);
+int dp_load_run(dp_load_args *a);
 
 #endif

@@ -20,7 +20,7 @@
 #include "dp.h"
 
 #define MAX_REFS 10
-enum { KIND_FAULT, KIND_ANSWER, KIND_PRESEND, KIND_PRERECV, KIND_FILE };
+enum { KIND_FAULT, KIND_ANSWER, KIND_PRESEND, KIND_PRERECV, KIND_FILE, KIND_LOAD };
 
 typedef struct plane {
   int kind;
@@ -29,6 +29,7 @@ typedef struct plane {
   dp_presend_args ps;
   dp_prerecv_args pr;
   dp_file_args fl;
+  dp_load_args ld;
   volatile int stop;
   int wakefd, sock;
   pthread_t th;
@@ -146,9 +147,12 @@ static void *thread_main(void *arg) {
   } else if (p->kind == KIND_PRERECV) {
     p->rc = dp_prerecv_run(&p->pr);
     memcpy(p->err, p->pr.err, DP_ERR);
-  } else {
+  } else if (p->kind == KIND_FILE) {
     p->rc = dp_file_run(&p->fl);
     memcpy(p->err, p->fl.err, DP_ERR);
+  } else {
+    p->rc = dp_load_run(&p->ld);
+    memcpy(p->err, p->ld.err, DP_ERR);
   }
   /* One call into JavaScript per thread, queued: if the environment is going away it is dropped. */
   char *msg = p->rc == 0 ? NULL : strdup(p->err[0] ? p->err : "failed");
@@ -171,6 +175,8 @@ static void release(plane *p, int teardown) {
   if (p->sock >= 0) close(p->sock);
   for (uint32_t i = 0; i < p->fl.nfds; i++) close(p->fl.fds[i]);
   p->fl.nfds = 0;
+  for (uint32_t i = 0; i < p->ld.nfds; i++) close(p->ld.fds[i]);
+  p->ld.nfds = 0;
   p->wakefd = p->sock = -1;
   if (p->tsfn) napi_release_threadsafe_function(p->tsfn, teardown ? napi_tsfn_abort : napi_tsfn_release);
   p->tsfn = NULL;
@@ -213,7 +219,9 @@ static napi_value start(napi_env env, plane *p, napi_value on_exit) {
     return fail(env, "dataplane: cannot make the thread's eventfd or callback");
   }
   p->f.wakefd = p->s.wakefd = p->ps.wakefd = p->pr.wakefd = p->fl.wakefd = p->wakefd; /* before the thread starts */
-  napi_unref_threadsafe_function(env, p->tsfn); /* a running plane does not keep the process alive */
+  /* A running plane does not keep the process alive, but a load, which ends by itself and whose
+   * caller waits for it, does. */
+  if (p->kind != KIND_LOAD) napi_unref_threadsafe_function(env, p->tsfn);
   napi_value handle;
   if (napi_create_external(env, p, finalize, NULL, &handle) != napi_ok) {
     release(p, 0);
@@ -260,7 +268,7 @@ static plane *new_plane(napi_env env, int kind, int sock) {
   p->env = env;
   p->wakefd = -1;
   p->sock = sock; /* owned from here: release() closes it */
-  p->f.stop = p->s.stop = p->ps.stop = p->pr.stop = p->fl.stop = &p->stop;
+  p->f.stop = p->s.stop = p->ps.stop = p->pr.stop = p->fl.stop = p->ld.stop = &p->stop;
   return p;
 }
 
@@ -481,6 +489,23 @@ bad:
 }
 
 /* The plane behind the handle in argv[0] (the first `want` arguments read into argv), or NULL. */
+/* The layer files' descriptors, duplicated into fds (closed by release()); 0 after a refusal. */
+static int dup_layers(napi_env env, const int32_t *given, size_t n, int *fds, uint32_t *nfds) {
+  if (n > DP_MAX_LAYERS) {
+    fail(env, "dataplane: at most %u layers, got %zu", DP_MAX_LAYERS, n);
+    return 0;
+  }
+  for (size_t i = 0; i < n; i++) {
+    int fd = given[i] < 0 ? -1 : fcntl(given[i], F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) {
+      fail(env, "dataplane: layerFds[%zu] (%d) is not an open descriptor", i, given[i]);
+      return 0;
+    }
+    fds[(*nfds)++] = fd;
+  }
+  return 1;
+}
+
 /* startFileFaults(options, onExit) -> handle: the snapshot fault thread (dp_file.c). The layer files'
  * descriptors are duplicated: the caller keeps (and closes) its own. */
 static napi_value f_start_file(napi_env env, napi_callback_info info) {
@@ -516,18 +541,47 @@ static napi_value f_start_file(napi_env env, napi_callback_info info) {
     goto bad;
   a->latency_ring = (uint32_t)n;
   a->location_pages = (uint32_t)(loc < table ? loc : table);
-  if (nfds > DP_MAX_LAYERS) {
-    fail(env, "dataplane: at most %u layers, got %zu", DP_MAX_LAYERS, nfds);
+  if (!dup_layers(env, fds, nfds, a->fds, &a->nfds)) goto bad;
+  return start(env, p, argv[1]);
+bad:
+  release(p, 0);
+  free(p);
+  return NULL;
+}
+
+/* startLoad(options, onExit) -> handle: an eager restore's load (dp_load.c), done when onExit is
+ * called (null: every chunk checked and its pages in memory). The layer files' descriptors are
+ * duplicated: the caller keeps (and closes) its own. */
+static napi_value f_start_load(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 2) return fail(env, "startLoad(options, onExit)");
+  plane *p = new_plane(env, KIND_LOAD, -1);
+  if (!p) return fail(env, "out of memory");
+  dp_load_args *a = &p->ld;
+  napi_value o = argv[0];
+  double v;
+  size_t mem = 0, loc = 0, nfds = 0, n = 0, n2 = 0, n3 = 0, sha = 0;
+  int32_t *fds;
+  if (!(a->memory = get_array(env, p, o, "memory", napi_uint8_array, 1, DP_PAGE, &mem)) ||
+      !(a->location = get_array(env, p, o, "location", napi_int16_array, 2, 1, &loc)) ||
+      !(fds = get_array(env, p, o, "layerFds", napi_int32_array, 4, 1, &nfds)) ||
+      !(a->chunk_layer = get_array(env, p, o, "chunkLayer", napi_uint32_array, 4, 1, &n)) ||
+      !(a->chunk_page = get_array(env, p, o, "chunkPage", napi_uint32_array, 4, n, &n2)) ||
+      !(a->chunk_count = get_array(env, p, o, "chunkCount", napi_uint32_array, 4, n, &n3)) ||
+      !(a->chunk_sha = get_array(env, p, o, "chunkSha256", napi_uint8_array, 1, n * 32, &sha)) ||
+      !get_num(env, o, "threads", 1, 8, &v))
+    goto bad;
+  if (n2 != n || n3 != n || sha != n * 32) {
+    fail(env, "dataplane: the chunk arrays differ in length");
     goto bad;
   }
-  for (size_t i = 0; i < nfds; i++) {
-    int fd = fds[i] < 0 ? -1 : fcntl(fds[i], F_DUPFD_CLOEXEC, 0);
-    if (fd < 0) {
-      fail(env, "dataplane: layerFds[%zu] (%d) is not an open descriptor", i, fds[i]);
-      goto bad;
-    }
-    a->fds[a->nfds++] = fd;
-  }
+  a->memory_bytes = mem;
+  a->location_pages = (uint32_t)loc;
+  a->nchunks = (uint32_t)n;
+  a->threads = (uint32_t)v;
+  if (!dup_layers(env, fds, nfds, a->fds, &a->nfds)) goto bad;
   return start(env, p, argv[1]);
 bad:
   release(p, 0);
@@ -611,6 +665,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"startPrecopySend", NULL, f_start_presend, NULL, NULL, NULL, napi_default, NULL},
       {"startPrecopyReceive", NULL, f_start_prerecv, NULL, NULL, NULL, napi_default, NULL},
       {"startFileFaults", NULL, f_start_file, NULL, NULL, NULL, napi_default, NULL},
+      {"startLoad", NULL, f_start_load, NULL, NULL, NULL, napi_default, NULL},
       {"wake", NULL, f_wake, NULL, NULL, NULL, napi_default, NULL},
       {"setMemory", NULL, f_set_memory, NULL, NULL, NULL, napi_default, NULL},
       {"stop", NULL, f_stop, NULL, NULL, NULL, napi_default, NULL},

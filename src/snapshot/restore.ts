@@ -7,6 +7,8 @@
 //    the files by the fault worker (ChainPageSource), and a background loader on this thread reads
 //    every chunk, checks its checksum and places the pages still pending. When all are placed the
 //    fault server stops. A damaged chunk found by the loader stops the guest.
+import { closeSync, openSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Guest, type PreparedGuest } from '../guest/guest.js';
 import { takeSpareWorker } from '../guest/spare-worker.js';
@@ -14,6 +16,7 @@ import type { ModuleCache } from '../guest/module-cache.js';
 import { FaultServer } from '../memory/fault-server.js';
 import { GuestMemory, WASM_PAGE_SIZE } from '../memory/guest-memory.js';
 import { PageState, PageStateTable } from '../memory/page-state.js';
+import { dataplaneAddon, dataplaneLoadFailure } from '../sys/dataplane.js';
 import type { Preopen, StdioBinding } from '../wasi/wasi.js';
 import { CHUNK_PAGES, PAGE_SIZE, SnapshotError } from './format.js';
 import { chainReader, loadSnapshot, type SnapshotChain } from './chain.js';
@@ -112,7 +115,7 @@ export async function prepareRestore(source: string | SnapshotChain, opts: Resto
       const t0 = performance.now();
       if (!lazy) {
         try {
-          loadEagerly(chain, mem);
+          await loadEagerly(chain, mem);
         } catch (err) {
           await prepared.dispose();
           throw err;
@@ -167,12 +170,21 @@ function checkPreopens(chain: SnapshotChain, preopens: Preopen[]): void {
   }
 }
 
-/** Reads every chunk straight into `into` (a memory of the chain's size, or a view of one), root layer first (newer layers overwrite), checking each. */
-export function loadEagerly(chain: SnapshotChain, into: GuestMemory | Uint8Array): void {
+/**
+ * Reads every chunk into `into` (a memory of the chain's size, or a view of one), each page from the
+ * newest layer holding it, checking every chunk's checksum before its pages are used. On native
+ * threads of the data plane when its addon loads (dp_load.c: the checksums, most of the work, on
+ * both cores); in this thread otherwise, or with `{ native: false }`.
+ */
+export async function loadEagerly(chain: SnapshotChain, into: GuestMemory | Uint8Array, opts: { native?: boolean } = {}): Promise<void> {
   let view = into as Uint8Array;
   if (into instanceof GuestMemory) {
     into.prefault(heldRuns(chain.location)); // fresh memory: the pages are allocated in bulk, not one fault each
     view = into.view();
+  }
+  if ((opts.native ?? true) && dataplaneLoadFailure() === null && chain.layers.some((l) => l.manifest.memoryFile.chunks.length > 0)) {
+    await loadNatively(chain, view);
+    return;
   }
   const reader = chainReader(chain);
   try {
@@ -186,6 +198,46 @@ export function loadEagerly(chain: SnapshotChain, into: GuestMemory | Uint8Array
   } finally {
     reader.close();
   }
+}
+
+/** loadEagerly on the data plane's load threads (one a core); their errors become the SnapshotErrors the reader gives. */
+async function loadNatively(chain: SnapshotChain, view: Uint8Array): Promise<void> {
+  const chunks = chain.layers.flatMap((l, li) => l.manifest.memoryFile.chunks.map((c) => ({ li, c })));
+  const opts = {
+    memory: view, location: chain.location, layerFds: new Int32Array(0), threads: Math.min(8, Math.max(1, availableParallelism())),
+    chunkLayer: Uint32Array.from(chunks, ({ li }) => li), chunkPage: Uint32Array.from(chunks, ({ c }) => c.page),
+    chunkCount: Uint32Array.from(chunks, ({ c }) => c.count), chunkSha256: new Uint8Array(chunks.length * 32),
+  };
+  chunks.forEach(({ c }, i) => opts.chunkSha256.set(Buffer.from(c.sha256, 'hex'), i * 32));
+  const paths = chain.layers.map((l) => l.memoryPath);
+  const fds: number[] = [];
+  const dp = dataplaneAddon();
+  let done!: Promise<string | null>;
+  try {
+    for (const p of paths) fds.push(openSync(p, 'r'));
+    opts.layerFds = Int32Array.from(fds);
+    done = new Promise((resolve) => {
+      const handle = dp.startLoad(opts, (error) => {
+        dp.stop(handle);
+        resolve(error);
+      });
+    });
+  } finally {
+    for (const fd of fds) closeSync(fd);
+  }
+  const error = await done;
+  if (error === null) return;
+  const checksum = /^checksum layer (\d+) page (\d+) count (\d+)$/.exec(error);
+  if (checksum) {
+    const [layer, page, count] = checksum.slice(1).map(Number) as [number, number, number];
+    throw new SnapshotError('checksum', `${paths[layer]}: checksum mismatch in the ${count} pages from page ${page} (byte ${page * PAGE_SIZE}); the snapshot is damaged`);
+  }
+  const truncated = /^truncated layer (\d+) byte (\d+)$/.exec(error);
+  if (truncated) {
+    const [layer, byte] = truncated.slice(1).map(Number) as [number, number];
+    throw new SnapshotError('truncated', `${paths[layer]}: ends at byte ${byte}, inside page ${Math.floor(byte / PAGE_SIZE)} (truncated or changed while in use?)`);
+  }
+  throw new Error(`eager load: ${error}`);
 }
 
 /** Runs [start, end) of the pages some layer holds (location >= 0): what an eager restore writes. */

@@ -72,6 +72,23 @@ export interface FileFaultOptions {
   location: Int16Array;
 }
 
+/** An eager snapshot restore's load (native/dataplane/dp_load.c): chunks read, checked and copied on `threads` threads. */
+export interface LoadOptions {
+  /** Guest memory from page 0. */
+  memory: Uint8Array;
+  /** Per page, the index in layerFds of the newest file holding it; -1: none (the page is left as it is). */
+  location: Int16Array;
+  /** Open descriptors of the files (at most 64); the threads read duplicates of their own. */
+  layerFds: Int32Array;
+  /** Per chunk (at most 256 pages, page p of a file at byte p * 4096): its file, first page, pages, sha256. */
+  chunkLayer: Uint32Array;
+  chunkPage: Uint32Array;
+  chunkCount: Uint32Array;
+  chunkSha256: Uint8Array;
+  /** 1 to 8. */
+  threads: number;
+}
+
 export interface AnswerThreadOptions extends CommonOptions {
   /** The guest's memory from page 0 (the source's: no holes). */
   memory: Uint8Array;
@@ -145,6 +162,12 @@ export interface FerryDataplane {
   startPrecopyReceive(options: PrecopyReceiveOptions, onExit: (error: string | null) => void): DataplaneHandle;
   /** The snapshot fault thread (dp_file.c): a lazy restore's holes filled from its layer files. */
   startFileFaults(options: FileFaultOptions, onExit: (error: string | null) => void): DataplaneHandle;
+  /**
+   * An eager restore's load (dp_load.c): onExit(null) once every chunk is checked and its pages
+   * copied; onExit("checksum layer L page P count C" | "truncated layer L byte B" | ...) at the
+   * first failure, before a damaged chunk's pages are copied.
+   */
+  startLoad(options: LoadOptions, onExit: (error: string | null) => void): DataplaneHandle;
   /**
    * A precopy sender's later passes read this view of the guest's memory (it grew). Only between
    * passes: refused while one is in flight.
