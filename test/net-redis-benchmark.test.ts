@@ -82,8 +82,6 @@ test('redis-benchmark against the kvserver guest through a postcopy migration A 
     const source = spawnFerry('source', ['run', path.join(GUESTS, 'kvserver.wasm'), '--api-sock', sb.sock, '--listen', `${SERVICE}:${PORT}`], inNs(NS.a));
     procs.push(source);
     await source.waitFor(/kvserver: serving fd/, 'kvserver to listen on A', 60_000, 'out');
-    const dest = await startDestination(sb, ['--tls-psk', sb.keyFile, '--service-address', `${SERVICE}/24@eth0`], { host: B_ADDR, prefix: inNs(NS.b) });
-    procs.push(dest.proc);
 
     // Back to back until told to stop; the run going on then is finished, and one more made after.
     loop = (async () => {
@@ -92,7 +90,23 @@ test('redis-benchmark against the kvserver guest through a postcopy migration A 
     })();
     while (runs.length === 0) await new Promise((r) => setTimeout(r, 100)); // one whole run first, on A
     const migrateStartMs = performance.now();
-    const moved = await runMigrate(sb, dest.port, ['--mode', 'postcopy', '--downtime-target', '0.001', '--service-address', `${SERVICE}/24@eth0`], sb.keyFile, 90_000, B_ADDR);
+    // A connection a finished run's client has just closed (CLOSE_WAIT: its FIN arrived, the guest
+    // has not read it yet) cannot be moved: the move is refused inside the downtime, before its
+    // commit, and the guest serves on at A (docs/failures.md). The runs follow each other closely,
+    // so the freeze can fall on one; then the move is tried again, with a new destination, as an
+    // operator would — and the clients must not have noticed the refused attempt either.
+    let moved: Awaited<ReturnType<typeof runMigrate>>;
+    let dest: Awaited<ReturnType<typeof startDestination>>;
+    let refusals = 0;
+    for (;;) {
+      dest = await startDestination(sb, ['--tls-psk', sb.keyFile, '--service-address', `${SERVICE}/24@eth0`], { host: B_ADDR, prefix: inNs(NS.b) });
+      procs.push(dest.proc);
+      moved = await runMigrate(sb, dest.port, ['--mode', 'postcopy', '--downtime-target', '0.001', '--service-address', `${SERVICE}/24@eth0`], sb.keyFile, 90_000, B_ADDR);
+      if (moved.code === 0 || refusals === 2 || !/not established; the guest keeps running here/.test(JSON.stringify(moved.json))) break;
+      refusals++;
+      t.diagnostic(`move ${refusals} refused: ${JSON.stringify(moved.json)}`);
+      dest.proc.kill();
+    }
     const migrateEndMs = performance.now();
     assert.equal(moved.code, 0, `ferry migrate succeeded: ${JSON.stringify(moved.json)}\n${moved.stderr.slice(-2000)}\n${source.err.slice(-2000)}\n${dest.proc.err.slice(-2000)}`);
     assert.equal(await source.exitWithin(20_000), 0, 'the source ends once its guest has moved');
