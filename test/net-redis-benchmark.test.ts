@@ -102,7 +102,7 @@ test('redis-benchmark against the kvserver guest through a postcopy migration A 
       dest = await startDestination(sb, ['--tls-psk', sb.keyFile, '--service-address', `${SERVICE}/24@eth0`], { host: B_ADDR, prefix: inNs(NS.b) });
       procs.push(dest.proc);
       moved = await runMigrate(sb, dest.port, ['--mode', 'postcopy', '--downtime-target', '0.001', '--service-address', `${SERVICE}/24@eth0`], sb.keyFile, 90_000, B_ADDR);
-      if (moved.code === 0 || refusals === 2 || !/not established; the guest keeps running here/.test(JSON.stringify(moved.json))) break;
+      if (moved.code === 0 || refusals === 2 || !/state 8, not established; the guest keeps running here/.test(JSON.stringify(moved.json))) break;
       refusals++;
       t.diagnostic(`move ${refusals} refused: ${JSON.stringify(moved.json)}`);
       dest.proc.kill();

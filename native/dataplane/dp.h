@@ -11,6 +11,7 @@
 #include <openssl/evp.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #define DP_PAGE 4096u
 #define DP_HDR 8u            /* u32 body length (BE), u8 type, 3 zero bytes */
@@ -235,6 +236,7 @@ typedef struct {
 
 /* ---- an eager snapshot restore's load (dp_load.c) ---- */
 #define DP_LOAD_CHUNK_PAGES 256 /* docs/snapshot-format.md: a chunk is at most 256 pages */
+#define DP_LOAD_MAX_THREADS 8
 typedef struct {
   uint8_t *memory;        /* guest page 0 */
   uint64_t memory_bytes;
@@ -245,7 +247,7 @@ typedef struct {
   const uint32_t *chunk_layer, *chunk_page, *chunk_count;
   const uint8_t *chunk_sha; /* 32 bytes a chunk */
   uint32_t nchunks;
-  uint32_t threads;       /* this one and threads - 1 more */
+  uint32_t threads;       /* this one and threads - 1 more: 1 to DP_LOAD_MAX_THREADS */
   uint32_t next;          /* the next chunk to take (atomic) */
   int failed;             /* atomic: the first failure wrote err */
   volatile int *stop;
@@ -262,6 +264,10 @@ int dp_zero_page(int uffd, uint64_t base, uint32_t p);
 /* UFFDIO_COPY of pages [p, p+n) from src, page by page after a partial copy; a page placed by
  * another thread first (EEXIST) is counted in *eexist, its waiters woken. -1 with err set. */
 int dp_place_run(int uffd, uint64_t base, uint32_t p, uint32_t n, const uint8_t *src, double *eexist, char *err);
+/* One fault's latency (µs) into a thread's ring, then the count that publishes it (stats[count_slot]). */
+void dp_record_latency(double *stats, int count_slot, double *ring, uint32_t ring_len, double us);
+/* pread of exactly len bytes at off: 0; 1 when the file ends first (*done: the bytes read); -1 with errno. */
+int dp_pread_full(int fd, uint8_t *buf, size_t len, off_t off, size_t *done);
 
 /* Thread bodies: return 0 when stopped, -1 with args->err set on failure. */
 int dp_fault_run(dp_fault_args *a);

@@ -202,6 +202,13 @@ static void finalize(napi_env env, void *data, void *hint) {
   free(p);
 }
 
+/* A start function's refusal after its plane was made: gives everything back (the socket too). */
+static napi_value discard(plane *p) {
+  release(p, 0);
+  free(p);
+  return NULL;
+}
+
 static napi_value start(napi_env env, plane *p, napi_value on_exit) {
   napi_valuetype t;
   napi_typeof(env, on_exit, &t);
@@ -359,9 +366,7 @@ static napi_value f_start_fault(napi_env env, napi_callback_info info) {
   }
   return start(env, p, argv[1]);
 bad:
-  release(p, 0);
-  free(p);
-  return NULL;
+  return discard(p);
 }
 
 /* startAnswer(options, onExit) -> handle. Takes options.sock from its entry (closed on a refusal, or when the plane is released). */
@@ -403,9 +408,7 @@ static napi_value f_start_answer(napi_env env, napi_callback_info info) {
   if (!get_rate(env, o, &a->bucket)) goto bad;
   return start(env, p, argv[1]);
 bad:
-  release(p, 0);
-  free(p);
-  return NULL;
+  return discard(p);
 }
 
 /* startPrecopySend(options, onExit) -> handle. Takes options.sock from its entry (closed on a refusal, or when the plane is released). */
@@ -436,9 +439,7 @@ static napi_value f_start_presend(napi_env env, napi_callback_info info) {
     goto bad;
   return start(env, p, argv[1]);
 bad:
-  release(p, 0);
-  free(p);
-  return NULL;
+  return discard(p);
 }
 
 /* startPrecopyReceive(options, onExit) -> handle. Takes options.sock from its entry (closed on a refusal, or when the plane is released). */
@@ -483,12 +484,9 @@ static napi_value f_start_prerecv(napi_env env, napi_callback_info info) {
   }
   return start(env, p, argv[1]);
 bad:
-  release(p, 0);
-  free(p);
-  return NULL;
+  return discard(p);
 }
 
-/* The plane behind the handle in argv[0] (the first `want` arguments read into argv), or NULL. */
 /* The layer files' descriptors, duplicated into fds (closed by release()); 0 after a refusal. */
 static int dup_layers(napi_env env, const int32_t *given, size_t n, int *fds, uint32_t *nfds) {
   if (n > DP_MAX_LAYERS) {
@@ -544,9 +542,7 @@ static napi_value f_start_file(napi_env env, napi_callback_info info) {
   if (!dup_layers(env, fds, nfds, a->fds, &a->nfds)) goto bad;
   return start(env, p, argv[1]);
 bad:
-  release(p, 0);
-  free(p);
-  return NULL;
+  return discard(p);
 }
 
 /* startLoad(options, onExit) -> handle: an eager restore's load (dp_load.c), done when onExit is
@@ -571,7 +567,7 @@ static napi_value f_start_load(napi_env env, napi_callback_info info) {
       !(a->chunk_page = get_array(env, p, o, "chunkPage", napi_uint32_array, 4, n, &n2)) ||
       !(a->chunk_count = get_array(env, p, o, "chunkCount", napi_uint32_array, 4, n, &n3)) ||
       !(a->chunk_sha = get_array(env, p, o, "chunkSha256", napi_uint8_array, 1, n * 32, &sha)) ||
-      !get_num(env, o, "threads", 1, 8, &v))
+      !get_num(env, o, "threads", 1, DP_LOAD_MAX_THREADS, &v))
     goto bad;
   if (n2 != n || n3 != n || sha != n * 32) {
     fail(env, "dataplane: the chunk arrays differ in length");
@@ -584,11 +580,10 @@ static napi_value f_start_load(napi_env env, napi_callback_info info) {
   if (!dup_layers(env, fds, nfds, a->fds, &a->nfds)) goto bad;
   return start(env, p, argv[1]);
 bad:
-  release(p, 0);
-  free(p);
-  return NULL;
+  return discard(p);
 }
 
+/* The plane behind the handle in argv[0] (the first `want` arguments read into argv), or NULL. */
 static plane *plane_arg(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
   size_t argc = want;
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);

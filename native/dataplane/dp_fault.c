@@ -13,7 +13,6 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -31,13 +30,7 @@ typedef struct {
 
 static void count(fault_ctx *x, int slot, double v) { x->a->stats[slot] += v; }
 
-static void record_latency(fault_ctx *x, double us) {
-  dp_fault_args *a = x->a;
-  double n = a->stats[DS_LATENCY_COUNT];
-  a->latencies[(uint64_t)n % a->latency_ring] = us;
-  __atomic_thread_fence(__ATOMIC_RELEASE); /* the sample before the count that publishes it */
-  a->stats[DS_LATENCY_COUNT] = n + 1;
-}
+static void record_latency(fault_ctx *x, double us) { dp_record_latency(x->a->stats, DS_LATENCY_COUNT, x->a->latencies, x->a->latency_ring, us); }
 
 static uint8_t state_of(dp_fault_args *a, uint32_t p) { return dp_state_of(a->states, p); }
 static int mark_received(dp_fault_args *a, uint32_t p) { return dp_mark_received(a->states, a->state_counts, p); }

@@ -21,12 +21,7 @@
 
 #define EVENTS 64
 
-static void record_latency(dp_file_args *a, double us) {
-  double n = a->stats[FS_LATENCY_COUNT];
-  a->latencies[(uint64_t)n % a->latency_ring] = us;
-  __atomic_thread_fence(__ATOMIC_RELEASE); /* the sample before the count that publishes it */
-  a->stats[FS_LATENCY_COUNT] = n + 1;
-}
+static void record_latency(dp_file_args *a, double us) { dp_record_latency(a->stats, FS_LATENCY_COUNT, a->latencies, a->latency_ring, us); }
 
 static int layer_of(dp_file_args *a, uint32_t p) { return p < a->location_pages ? a->location[p] : -1; }
 
@@ -44,19 +39,16 @@ static int read_pages(dp_file_args *a, uint32_t p, uint32_t n, uint8_t *buf) {
       return -1;
     } else {
       off_t pos = (off_t)(p + i) * DP_PAGE;
-      for (size_t done = 0; done < len;) {
-        ssize_t r = pread(a->fds[layer], at + done, len - done, pos + (off_t)done);
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0) {
-          dp_set_err(a->err, "reading page %llu of layer %d: %s", (unsigned long long)((pos + (off_t)done) / DP_PAGE), layer, strerror(errno));
-          return -1;
-        }
-        if (r == 0) {
-          dp_set_err(a->err, "layer %d ends at byte %lld, inside page %lld (truncated or changed while in use?)", layer,
-                     (long long)(pos + (off_t)done), (long long)((pos + (off_t)done) / DP_PAGE));
-          return -1;
-        }
-        done += (size_t)r;
+      size_t done = 0;
+      int r = dp_pread_full(a->fds[layer], at, len, pos, &done);
+      if (r < 0) {
+        dp_set_err(a->err, "reading page %llu of layer %d: %s", (unsigned long long)((pos + (off_t)done) / DP_PAGE), layer, strerror(errno));
+        return -1;
+      }
+      if (r > 0) {
+        dp_set_err(a->err, "layer %d ends at byte %lld, inside page %lld (truncated or changed while in use?)", layer,
+                   (long long)(pos + (off_t)done), (long long)((pos + (off_t)done) / DP_PAGE));
+        return -1;
       }
     }
     i = j;

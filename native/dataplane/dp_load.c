@@ -18,8 +18,6 @@
 
 #include "dp.h"
 
-#define MAX_THREADS 8
-
 static void fail_once(dp_load_args *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void fail_once(dp_load_args *a, const char *fmt, ...) {
   int zero = 0;
@@ -37,20 +35,16 @@ static int load_chunk(dp_load_args *a, uint32_t i, uint8_t *buf, EVP_MD_CTX *md)
     fail_once(a, "corrupt chunk %u: layer %u, %u pages", i, layer, count);
     return -1;
   }
-  size_t len = (size_t)count * DP_PAGE;
+  size_t len = (size_t)count * DP_PAGE, done = 0;
   off_t pos = (off_t)page * DP_PAGE;
-  for (size_t done = 0; done < len;) {
-    ssize_t r = pread(a->fds[layer], buf + done, len - done, pos + (off_t)done);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) {
-      fail_once(a, "read layer %u page %u: %s", layer, page, strerror(errno));
-      return -1;
-    }
-    if (r == 0) {
-      fail_once(a, "truncated layer %u byte %lld", layer, (long long)(pos + (off_t)done));
-      return -1;
-    }
-    done += (size_t)r;
+  int r = dp_pread_full(a->fds[layer], buf, len, pos, &done);
+  if (r < 0) {
+    fail_once(a, "read layer %u page %u: %s", layer, page, strerror(errno));
+    return -1;
+  }
+  if (r > 0) {
+    fail_once(a, "truncated layer %u byte %lld", layer, (long long)(pos + (off_t)done));
+    return -1;
   }
   uint8_t sum[32];
   unsigned int n = 0;
@@ -91,8 +85,8 @@ static void *load_worker(void *arg) {
 }
 
 int dp_load_run(dp_load_args *a) {
-  uint32_t want = a->threads < 1 ? 1 : a->threads > MAX_THREADS ? MAX_THREADS : a->threads;
-  pthread_t th[MAX_THREADS];
+  uint32_t want = a->threads < 1 ? 1 : a->threads > DP_LOAD_MAX_THREADS ? DP_LOAD_MAX_THREADS : a->threads; /* th[]'s bound */
+  pthread_t th[DP_LOAD_MAX_THREADS];
   uint32_t started = 0;
   for (uint32_t t = 1; t < want; t++)
     if (pthread_create(&th[t], NULL, load_worker, a) == 0) started = t; else break;

@@ -98,11 +98,13 @@ static int pace(dp_presend_args *a, dp_conn *c, uint32_t bytes) {
 }
 
 /* Queues one frame, then writes while more than PRE_TX_BYTES wait (capped: writes what the socket
- * takes at once, so the paced frames leave paced, not in bursts of PRE_TX_BYTES). */
+ * takes at once, so the paced frames leave paced, not in bursts of PRE_TX_BYTES; while the cap is
+ * lifted — the switchover's last pass — frames collect as without one). */
 static int send_frame(dp_presend_args *a, dp_conn *c, uint8_t type, const uint8_t head[8], const uint8_t *data, uint32_t len) {
   if (pace(a, c, DP_HDR + 8 + len + DP_TAG) < 0) return -1;
   if (dp_conn_queue(c, type, head, 8, data, len) < 0) return -1;
-  if (a->bucket.rate > 0 && dp_conn_flush(c) < 0) return -1;
+  int capped = a->bucket.rate > 0 && !__atomic_load_n(&a->job[PJ_UNCAPPED], __ATOMIC_ACQUIRE);
+  if (capped && dp_conn_flush(c) < 0) return -1;
   return drain(a, c, PRE_TX_BYTES);
 }
 
@@ -263,7 +265,7 @@ out:
 
 /* ------------------------------------------------------------------ destination */
 
-static uint8_t state_of(dp_prerecv_args *a, uint32_t p) { return __atomic_load_n(&a->states[p], __ATOMIC_ACQUIRE); }
+static uint8_t state_of(dp_prerecv_args *a, uint32_t p) { return dp_state_of(a->states, p); }
 
 /* Moves a page to `to` from whatever it was, keeping the counts. */
 static void move_state(dp_prerecv_args *a, uint32_t p, uint8_t to) {

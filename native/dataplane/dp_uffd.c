@@ -1,10 +1,12 @@
 // What every fault-serving thread of the data plane does with the guest memory's userfaultfd and
 // the page-state table, whatever the pages' source: the postcopy fault thread (dp_fault.c, pages
-// from the source host) and the snapshot fault thread (dp_file.c, pages from layer files).
+// from the source host) and the snapshot fault thread (dp_file.c, pages from layer files); and the
+// reading of layer files the snapshot threads share (dp_file.c, dp_load.c).
 #define _GNU_SOURCE
 #include <errno.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <unistd.h>
 
 #include "../uapi.h"
 #include "dp.h"
@@ -25,10 +27,32 @@ void dp_wake(int uffd, uint64_t base, uint32_t p) {
 }
 
 int dp_zero_page(int uffd, uint64_t base, uint32_t p) {
-  struct uffdio_zeropage z = {.range = {.start = base + (uint64_t)p * DP_PAGE, .len = DP_PAGE}};
-  if (ioctl(uffd, UFFDIO_ZEROPAGE, &z) == 0) return 0;
-  if (errno != EEXIST) return -1;
-  dp_wake(uffd, base, p); /* another thread's fault on it was served already */
+  for (;;) {
+    struct uffdio_zeropage z = {.range = {.start = base + (uint64_t)p * DP_PAGE, .len = DP_PAGE}};
+    if (ioctl(uffd, UFFDIO_ZEROPAGE, &z) == 0) return 0;
+    if (errno == EAGAIN || errno == EINTR) continue; /* the mm was changing: again, as dp_place_run */
+    if (errno != EEXIST) return -1;
+    dp_wake(uffd, base, p); /* another thread's fault on it was served already */
+    return 0;
+  }
+}
+
+void dp_record_latency(double *stats, int count_slot, double *ring, uint32_t ring_len, double us) {
+  double n = stats[count_slot];
+  ring[(uint64_t)n % ring_len] = us;
+  __atomic_thread_fence(__ATOMIC_RELEASE); /* the sample before the count that publishes it */
+  stats[count_slot] = n + 1;
+}
+
+int dp_pread_full(int fd, uint8_t *buf, size_t len, off_t off, size_t *done) {
+  *done = 0;
+  while (*done < len) {
+    ssize_t r = pread(fd, buf + *done, len - *done, off + (off_t)*done);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return -1;
+    if (r == 0) return 1;
+    *done += (size_t)r;
+  }
   return 0;
 }
 

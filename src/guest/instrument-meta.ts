@@ -6,7 +6,7 @@
 import type { ValueType } from '../state/exec-state.js';
 export type { ValueType };
 
-export const INSTRUMENTATION_VERSION = 16;
+export const INSTRUMENTATION_VERSION = 17;
 
 /** The import namespace and names Ferry adds. */
 export const FERRY_IMPORT_MODULE = 'ferry';
@@ -24,10 +24,6 @@ export const YIELD_IMPORT = { module: FERRY_IMPORT_MODULE, name: 'yield' } as co
  */
 export const SAFEPOINT_FLAG_ADDR = 16;
 
-/**
- * WASI calls that may block and therefore must be able to unwind (re-entered on resume): reads,
- * poll, and the socket calls; fd_write too, since a write to a socket blocks on a full send buffer.
- */
 /** The exports `ferry_warm_<k>` a warm-up thread calls to compile the big functions (warm-exports.ts). */
 export const WARM_EXPORT_PREFIX = 'ferry_warm_';
 
@@ -44,6 +40,10 @@ export function escapeEnabled(): boolean {
   return loopResumeEnabled() && process.env['FERRY_ESCAPE'] !== '0';
 }
 
+/**
+ * WASI calls that may block and therefore must be able to unwind (re-entered on resume): reads,
+ * poll, and the socket calls; fd_write too, since a write to a socket blocks on a full send buffer.
+ */
 export const UNWINDABLE_WASI_CALLS = ['fd_read', 'fd_write', 'poll_oneoff', 'sock_accept', 'sock_recv', 'sock_send'] as const;
 
 

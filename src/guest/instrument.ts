@@ -161,7 +161,8 @@ function transform(b: BinaryenApi, mod: BinaryenApi, source: Uint8Array, onStage
   pruneEntrySafepoints(b, mod, safepointFn, entryFree);
   amortiseInnermostLoops(b, mod, safepointFn);
   const loopResume = loopResumeEnabled();
-  const { removelist: notAsyncified, escapes } = loopResume ? resumeAtLoopHeads(b, mod, safepointFn, mayUnwindFrom(b, mod, provablyShort)) : { removelist: [], escapes: [] };
+  const escape = escapeEnabled(); // needs loop resume (instrument-meta.ts): read once, for the split and the meta
+  const { removelist: notAsyncified, escapes } = loopResume ? resumeAtLoopHeads(b, mod, safepointFn, mayUnwindFrom(b, mod, provablyShort), escape) : { removelist: [], escapes: [] };
   inlineSafepointCheck(b, mod, safepointFn);
   const unwindImports = [
     { ...YIELD_IMPORT },
@@ -222,7 +223,7 @@ function transform(b: BinaryenApi, mod: BinaryenApi, source: Uint8Array, onStage
       dataSegments: segments,
       entry: '_start',
       loopResume,
-      escape: escapeEnabled(),
+      escape,
     },
   };
 }

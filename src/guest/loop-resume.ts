@@ -33,11 +33,10 @@ import { liveAtLoopHeads, members } from './liveness.js';
 import { ATCALL_EXPORT, G_ATCALL, G_UNWINDING, HOLD_FN, HOLD_IMPORT, REWIND_FN, REWIND_IMPORT, UNWINDING_EXPORT, wrapResumableCalls } from './call-resume.js';
 import { chooseFunctions, hasEntrySafepoint, isPoint } from './resume-selection.js';
 import { addWrapper, G_PINNED, G_RESUME, G_SUSPENDED, SAVES_PREFIX, saveSlot, suspendCheck, unwindCheck, zero, type SuspendExit } from './resume-frame.js';
-import { escapeEnabled, SAFEPOINT_FLAG_ADDR } from './instrument-meta.js';
+import { SAFEPOINT_FLAG_ADDR } from './instrument-meta.js';
 import { entryRestores, pointRanges, steer, type PathContext } from './resume-steering.js';
 import { Kind, preOrder, readTree, type WNode } from './wasm-tree.js';
 
-export { ESCAPE_MAX_EXPRESSIONS, LOOP_RESUME_MIN_CALL_SITES, LOOP_RESUME_MIN_EXPRESSIONS } from './resume-selection.js';
 
 /** The exported global the worker reads: how many loop-head-resumable activations are running. */
 export const PINNED_EXPORT = 'ferry_pinned';
@@ -47,7 +46,7 @@ export const PINNED_EXPORT = 'ferry_pinned';
  * leave alone. Runs after safepoints are placed (`call safepointFn` at entries and loop heads) and
  * before they are inlined.
  */
-export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn: string, mayUnwind: (callee: string) => boolean): LoopResumeResult {
+export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn: string, mayUnwind: (callee: string) => boolean, escape: boolean): LoopResumeResult {
   const fields = childVisitors(b);
   const typeName = new Map<number, string>([[b.i32, 'i32'], [b.i64, 'i64'], [b.f32, 'f32'], [b.f64, 'f64'], [b.v128, 'v128']]);
   const slots = new Map<string, number>(); // type → save globals needed
@@ -55,7 +54,7 @@ export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn:
   const escapes: Escape[] = [];
   let anyCalls = false;
   let k = 0;
-  for (const c of chooseFunctions(b, mod, safepointFn, mayUnwind, escapeEnabled())) {
+  for (const c of chooseFunctions(b, mod, safepointFn, mayUnwind, escape)) {
     const fnRef = mod.getFunction(c.name);
     const before = b.getFunctionInfo(fnRef);
     if ([...b.expandType(before.params), ...(before.vars as number[])].some((t: number) => !typeName.has(t))) continue;
@@ -141,11 +140,10 @@ export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn:
         b.Block.setChildAt(head.expr, 0, check);
         head.children[0] = { ...head.children[0]!, expr: check, kind: Kind.Other, children: [], callee: null };
       });
-      const first = root.kind === Kind.Block ? root.children[0] : undefined;
-      if (first?.kind === Kind.Call && first.callee === safepointFn) {
+      if (hasEntrySafepoint(root, safepointFn)) {
         const nop = mod.nop();
         b.Block.setChildAt(root.expr, 0, nop);
-        root.children[0] = { ...first, expr: nop, kind: Kind.Other, children: [], callee: null };
+        root.children[0] = { ...root.children[0]!, expr: nop, kind: Kind.Other, children: [], callee: null };
       }
     };
     placeChecks(copyTree, copyPoints, { kind: 'return' });

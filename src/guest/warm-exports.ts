@@ -22,6 +22,14 @@ import { WARM_EXPORT_PREFIX } from './instrument-meta.js';
  * Liftoff compile takes a few ms on a quiet core and tens of ms on a loaded one.
  */
 export const WARM_MIN_EXPRESSIONS = 4096;
+/**
+ * Resume copies from this size on are warmed too (INSTRUMENTATION_VERSION 17): those of the big
+ * split functions, first compiled when a pause resumes, on the guest thread. Not the small escaping
+ * functions' copies (an allocator's): with escape every one of them has a resume copy — SQLite's
+ * 1673 were all warmed, a warm-up thread compiling cold code on every start — and a small one
+ * compiles in well under a millisecond where it is first needed.
+ */
+const WARM_RESUME_MIN_EXPRESSIONS = 2048;
 const G_WARMING = 'ferry$warming';
 
 /** Adds the guards and exports; returns the number of functions warmed, biggest first in export order. */
@@ -35,7 +43,7 @@ export function addWarmExports(b: BinaryenApi, mod: BinaryenApi): number {
     const params: number[] = b.expandType(f.params);
     if (!numeric.has(f.results) || params.some((t) => !numeric.has(t) || t === b.none)) continue;
     const size = countUpTo(b, fields, f.body as number, 64 * WARM_MIN_EXPRESSIONS); // sizes order the warm-up
-    if (size < WARM_MIN_EXPRESSIONS && !isResumeCopy(f.name as string)) continue;
+    if (size < (isResumeCopy(f.name as string) ? WARM_RESUME_MIN_EXPRESSIONS : WARM_MIN_EXPRESSIONS)) continue;
     chosen.push({ name: f.name as string, size, params, results: f.results as number });
   }
   if (chosen.length === 0) return 0;

@@ -8,7 +8,7 @@
 import { Worker } from 'node:worker_threads';
 import { Userfaultfd, REGISTER_MODE } from '../sys/uffd.js';
 import { eventfd, eventfdSignal, close, EFD_NONBLOCK, EFD_CLOEXEC } from '../sys/fd.js';
-import { dataplaneAddon, dataplaneLoadFailure } from '../sys/dataplane.js';
+import { dataplaneAddon, dataplaneEnabled } from '../sys/dataplane.js';
 import { closeSync, openSync } from 'node:fs';
 import { PageState, type PageStateTable } from './page-state.js';
 import type { PageSourceSpec } from './page-source.js';
@@ -52,10 +52,6 @@ interface FaultThread {
   stop(): Promise<void>;
 }
 
-/** Whether file-backed faults run on the native thread: the addon loads, and FERRY_NATIVE_FAULTS is not 0. */
-function nativeFileFaults(): boolean {
-  return process.env['FERRY_NATIVE_FAULTS'] !== '0' && dataplaneLoadFailure() === null;
-}
 
 export class FaultServer {
   private thread: FaultThread | null = null;
@@ -78,12 +74,21 @@ export class FaultServer {
    * must be marked pending in `states` and be holes (dropped or never touched) before the guest runs.
    */
   static async start(mem: GuestMemory, states: PageStateTable, source: PageSourceSpec, opts: FaultServerOptions = {}): Promise<FaultServer> {
+    try {
+      return await FaultServer.open(mem, states, source, opts);
+    } catch (err) {
+      void opts.spare?.terminate(); // a spare given and not serving: it must not keep the process alive
+      throw err;
+    }
+  }
+
+  private static async open(mem: GuestMemory, states: PageStateTable, source: PageSourceSpec, opts: FaultServerOptions): Promise<FaultServer> {
     if (states.pageCount !== mem.maxPageCount) throw new RangeError(`FaultServer: page-state table has ${states.pageCount} pages, the reservation ${mem.maxPageCount}`);
     const faultAround = opts.faultAround ?? 1;
     if (!Number.isInteger(faultAround) || faultAround < 1 || faultAround > 512) throw new RangeError('FaultServer: faultAround must be an integer in [1, 512]');
     const spinUs = opts.spinUs ?? 50;
     if (!Number.isInteger(spinUs) || spinUs < 0 || spinUs > 100000) throw new RangeError('FaultServer: spinUs must be an integer in [0, 100000]');
-    const native = opts.files !== undefined && nativeFileFaults();
+    const native = opts.files !== undefined && dataplaneEnabled();
     if (native) void opts.spare?.terminate(); // a worker started ahead in case, not needed
     const uffd = Userfaultfd.open({ nonblock: true });
     let wakeFd = -1;

@@ -98,13 +98,14 @@ function fillQueue(fd: number, queue: number, data: Buffer): void {
  * as they were there), so a full buffer (EAGAIN) grows it, twice as large each time, rather than
  * fail: the bytes are the guest's, and after the commit there is nowhere else for them to go.
  */
-function writeAll(fd: number, data: Buffer, buffer: 'send' | 'receive'): void {
+function writeAll(fd: number, data: Buffer, buffer: 'send' | 'receive', queued = 0): void {
   let at = 0;
   // How far the buffer may grow: the kernel counts each queued segment's whole allocation, and the
   // queue already holds the bytes in flight, so what a queue needs is a multiple of its bytes that
   // depends on where the buffer started and how the bytes were cut up — hence a bound by size, not
   // by a number of doublings (a count of 6 failed a 4 MiB queue that started at a 72 KiB buffer).
-  const limit = BUFFER_GROWTH_FACTOR * data.length + BUFFER_GROWTH_SLACK;
+  // `queued`: bytes the queue holds already (resumeTcp's, sent before the move), which count too.
+  const limit = BUFFER_GROWTH_FACTOR * (queued + data.length) + BUFFER_GROWTH_SLACK;
   while (at < data.length) {
     let n: number;
     try {
@@ -113,6 +114,7 @@ function writeAll(fd: number, data: Buffer, buffer: 'send' | 'receive'): void {
       const size = socketBuffer(fd, buffer);
       if (!isAgain(err) || size >= limit) throw err;
       forceSocketBuffer(fd, buffer, size); // the kernel doubles it again
+      if (socketBuffer(fd, buffer) <= size) throw err; // it cannot grow further: no use trying again
       continue;
     }
     if (n <= 0) throw new Error(`TCP repair: the ${buffer} queue took ${at} of ${data.length} bytes`);
@@ -174,6 +176,6 @@ export function resumeTcp(fd: number, image: TcpImage): void {
   // this host gave up (a later move away releases it before the freeze).
   setTransparent(fd, false);
   setRepair(fd, 'off');
-  writeAll(fd, Buffer.from(image.sendQueue, 'base64').subarray(image.sentBytes), 'send');
+  writeAll(fd, Buffer.from(image.sendQueue, 'base64').subarray(image.sentBytes), 'send', image.sentBytes);
 }
 

@@ -55,16 +55,14 @@ export class LayerReader {
     let done = 0;
     while (done < len) {
       const { bytesRead } = await readAsync(this.fds[layer]!, into, done, len - done, chunk.page * PAGE + done);
-      if (bytesRead === 0) throw this.truncated(layer, chunk.page * PAGE + done);
+      if (bytesRead === 0) throw truncatedAt(this.paths[layer]!, chunk.page * PAGE + done);
       done += bytesRead;
     }
     this.checkChunk(layer, chunk, into.subarray(0, len));
   }
 
   checkChunk(layer: number, chunk: MemoryChunk, bytes: Uint8Array): void {
-    if (createHash('sha256').update(bytes).digest('hex') !== chunk.sha256) {
-      throw new SnapshotError('checksum', `${this.paths[layer]}: checksum mismatch in the ${chunk.count} pages from page ${chunk.page} (byte ${chunk.page * PAGE}); the snapshot is damaged`);
-    }
+    if (createHash('sha256').update(bytes).digest('hex') !== chunk.sha256) throw checksumMismatch(this.paths[layer]!, chunk.page, chunk.count);
   }
 
   close(): void {
@@ -75,14 +73,20 @@ export class LayerReader {
     let done = 0;
     while (done < length) {
       const n = pread(this.fds[layer]!, into, at + done, length - done, position + done);
-      if (n === 0) throw this.truncated(layer, position + done);
+      if (n === 0) throw truncatedAt(this.paths[layer]!, position + done);
       done += n;
     }
   }
+}
 
-  private truncated(layer: number, byte: number): SnapshotError {
-    return new SnapshotError('truncated', `${this.paths[layer]}: ends at byte ${byte}, inside page ${Math.floor(byte / PAGE)} (truncated or changed while in use?)`);
-  }
+/** A layer file whose chunk of `count` pages from `page` is not what its checksum says. */
+export function checksumMismatch(path: string, page: number, count: number): SnapshotError {
+  return new SnapshotError('checksum', `${path}: checksum mismatch in the ${count} pages from page ${page} (byte ${page * PAGE}); the snapshot is damaged`);
+}
+
+/** A layer file that ends at `byte`, before what its manifest says it holds. */
+export function truncatedAt(path: string, byte: number): SnapshotError {
+  return new SnapshotError('truncated', `${path}: ends at byte ${byte}, inside page ${Math.floor(byte / PAGE)} (truncated or changed while in use?)`);
 }
 
 /** A chain's layer files as another thread opens them: memory.bin paths root first, and the location table shared. */

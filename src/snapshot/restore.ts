@@ -4,7 +4,8 @@
 //  - lazy: the memory starts as holes registered with userfaultfd; pages the chain holds are pending,
 //    every other page known-zero (served locally, never read). The unwound stack is placed first (the
 //    runtime reads it before anything else), then the guest starts at once, faults are served from
-//    the files by the fault worker (ChainPageSource), and a background loader on this thread reads
+//    the files by a native thread of the data plane (or the fault worker's ChainPageSource where
+//    that is off), and a background loader on this thread reads
 //    every chunk, checks its checksum and places the pages still pending. When all are placed the
 //    fault server stops. A damaged chunk found by the loader stops the guest.
 import { closeSync, openSync } from 'node:fs';
@@ -18,7 +19,8 @@ import { GuestMemory, WASM_PAGE_SIZE } from '../memory/guest-memory.js';
 import { PageState, PageStateTable } from '../memory/page-state.js';
 import { dataplaneAddon, dataplaneLoadFailure } from '../sys/dataplane.js';
 import type { Preopen, StdioBinding } from '../wasi/wasi.js';
-import { CHUNK_PAGES, PAGE_SIZE, SnapshotError } from './format.js';
+import { CHUNK_PAGES, PAGE_SIZE, SnapshotError, type MemoryChunk } from './format.js';
+import { checksumMismatch, truncatedAt } from './layer-reader.js';
 import { chainReader, loadSnapshot, type SnapshotChain } from './chain.js';
 import { SnapshotPageProvider } from './page-provider.js';
 
@@ -174,7 +176,7 @@ function checkPreopens(chain: SnapshotChain, preopens: Preopen[]): void {
  * Reads every chunk into `into` (a memory of the chain's size, or a view of one), each page from the
  * newest layer holding it, checking every chunk's checksum before its pages are used. On native
  * threads of the data plane when its addon loads (dp_load.c: the checksums, most of the work, on
- * both cores); in this thread otherwise, or with `{ native: false }`.
+ * every core); in this thread otherwise, or with `{ native: false }`.
  */
 export async function loadEagerly(chain: SnapshotChain, into: GuestMemory | Uint8Array, opts: { native?: boolean } = {}): Promise<void> {
   let view = into as Uint8Array;
@@ -182,27 +184,22 @@ export async function loadEagerly(chain: SnapshotChain, into: GuestMemory | Uint
     into.prefault(heldRuns(chain.location)); // fresh memory: the pages are allocated in bulk, not one fault each
     view = into.view();
   }
-  if ((opts.native ?? true) && dataplaneLoadFailure() === null && chain.layers.some((l) => l.manifest.memoryFile.chunks.length > 0)) {
-    await loadNatively(chain, view);
+  // A chunk whose pages all come from newer layers is not read.
+  const chunks = chain.layers.flatMap((l, li) => l.manifest.memoryFile.chunks.filter((c) => chain.location.subarray(c.page, c.page + c.count).includes(li)).map((c) => ({ li, c })));
+  if ((opts.native ?? true) && dataplaneLoadFailure() === null && chunks.length > 0) {
+    await loadNatively(chain, chunks, view);
     return;
   }
   const reader = chainReader(chain);
   try {
-    chain.layers.forEach((layer, li) => {
-      for (const c of layer.manifest.memoryFile.chunks) {
-        let owns = false; // a chunk whose pages all come from newer layers is not read
-        for (let p = c.page; p < c.page + c.count && !owns; p++) owns = chain.location[p] === li;
-        if (owns) reader.readChunk(li, c, view, c.page * PAGE_SIZE);
-      }
-    });
+    for (const { li, c } of chunks) reader.readChunk(li, c, view, c.page * PAGE_SIZE);
   } finally {
     reader.close();
   }
 }
 
 /** loadEagerly on the data plane's load threads (one a core); their errors become the SnapshotErrors the reader gives. */
-async function loadNatively(chain: SnapshotChain, view: Uint8Array): Promise<void> {
-  const chunks = chain.layers.flatMap((l, li) => l.manifest.memoryFile.chunks.map((c) => ({ li, c })));
+async function loadNatively(chain: SnapshotChain, chunks: Array<{ li: number; c: MemoryChunk }>, view: Uint8Array): Promise<void> {
   const opts = {
     memory: view, location: chain.location, layerFds: new Int32Array(0), threads: Math.min(8, Math.max(1, availableParallelism())),
     chunkLayer: Uint32Array.from(chunks, ({ li }) => li), chunkPage: Uint32Array.from(chunks, ({ c }) => c.page),
@@ -227,16 +224,11 @@ async function loadNatively(chain: SnapshotChain, view: Uint8Array): Promise<voi
   }
   const error = await done;
   if (error === null) return;
+  // The threads' errors in the words of the one reader of these files (layer-reader.ts).
   const checksum = /^checksum layer (\d+) page (\d+) count (\d+)$/.exec(error);
-  if (checksum) {
-    const [layer, page, count] = checksum.slice(1).map(Number) as [number, number, number];
-    throw new SnapshotError('checksum', `${paths[layer]}: checksum mismatch in the ${count} pages from page ${page} (byte ${page * PAGE_SIZE}); the snapshot is damaged`);
-  }
+  if (checksum) throw checksumMismatch(paths[Number(checksum[1])]!, Number(checksum[2]), Number(checksum[3]));
   const truncated = /^truncated layer (\d+) byte (\d+)$/.exec(error);
-  if (truncated) {
-    const [layer, byte] = truncated.slice(1).map(Number) as [number, number];
-    throw new SnapshotError('truncated', `${paths[layer]}: ends at byte ${byte}, inside page ${Math.floor(byte / PAGE_SIZE)} (truncated or changed while in use?)`);
-  }
+  if (truncated) throw truncatedAt(paths[Number(truncated[1])]!, Number(truncated[2]));
   throw new Error(`eager load: ${error}`);
 }
 

@@ -216,6 +216,14 @@ export function dataplaneAddon(): FerryDataplane {
   return (loaded ??= require(addonPath()) as FerryDataplane);
 }
 
+/** FERRY_NATIVE_FAULTS=0 keeps every fault path (postcopy's, a lazy restore's) off the native threads. */
+export const DATAPLANE_FEATURE_ENV = 'FERRY_NATIVE_FAULTS';
+
+/** Whether the native fault paths may run in this process: not turned off, and the addon loads. */
+export function dataplaneEnabled(): boolean {
+  return process.env[DATAPLANE_FEATURE_ENV] !== '0' && dataplaneLoadFailure() === null;
+}
+
 let loadFailure: string | null | undefined;
 /**
  * Why the addon cannot be loaded in this process, or null when it can (tried once, then remembered):

@@ -11,9 +11,8 @@ import { close, write } from '../../sys/fd.js';
 import { takeSocketFd } from './socket-fd.js';
 import { ACCEPTANCE_BYTES, CHALLENGE_BYTES, acceptanceHolds, confirm } from './confirm.js';
 import { RawReadError, readExactly } from './raw-read.js';
-import { dataplaneLoadFailure } from '../../sys/dataplane.js';
+import { DATAPLANE_FEATURE_ENV, dataplaneEnabled, dataplaneLoadFailure } from '../../sys/dataplane.js';
 
-export const DATAPLANE_FEATURE_ENV = 'FERRY_NATIVE_FAULTS';
 
 let fallbackNoted = false;
 /**
@@ -24,8 +23,8 @@ let fallbackNoted = false;
  */
 export function nativeFaultsEnabled(): boolean {
   if (process.env[DATAPLANE_FEATURE_ENV] === '0') return false;
-  const failure = dataplaneLoadFailure();
-  if (failure === null) return true;
+  if (dataplaneEnabled()) return true;
+  const failure = dataplaneLoadFailure() ?? '';
   if (!fallbackNoted) {
     fallbackNoted = true;
     process.stderr.write(`ferry: native fault path unavailable, using the JavaScript one (${failure.split('\n')[0]})\n`);
