@@ -28,8 +28,15 @@ interface DemoRun {
 
 function demoOnce(): DemoRun {
   const r = spawnSync(process.execPath, [FERRY, 'demo', '--json'], { encoding: 'utf8', maxBuffer: 16 << 20, timeout: 600_000 });
-  const out = JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}') as { ok?: boolean; report?: Record<string, unknown> };
-  if (r.status !== 0 || !out.ok || !out.report) throw new Error(`ferry demo failed (exit ${r.status}): ${r.stdout.slice(-500)} ${r.stderr.slice(-1500)}`);
+  const failed = () => new Error(`ferry demo failed (exit ${r.status}${r.error ? `, ${r.error.message}` : ''}): ${r.stdout?.slice(-500)} ${r.stderr?.slice(-1500)}`);
+  if (r.status !== 0) throw failed();
+  let out: { ok?: boolean; report?: Record<string, unknown> };
+  try {
+    out = JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}') as typeof out;
+  } catch {
+    throw failed();
+  }
+  if (!out.ok || !out.report || typeof out.report['switchoverSentMs'] !== 'number') throw failed();
   const rep = out.report;
   const pc = rep['postcopy'] as { guestBlockedMs: number; faultLatencyUs: { max: number } } | undefined;
   return {
