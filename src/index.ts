@@ -6,6 +6,7 @@
 export { Guest, GuestError, DEFAULT_MAX_MEMORY } from './guest/guest.js';
 export type { GuestExit, GuestStatus, GuestStartOptions, GuestRestoreOptions, GuestPrepareOptions, PreparedGuest } from './guest/guest.js';
 export { ModuleCache } from './guest/module-cache.js';
+export { keepGuestThreadReady } from './guest/spare-worker.js';
 export { ModuleRejected, instrumentModule } from './guest/instrument.js';
 export { encodeGuestState, decodeGuestState, validateGuestState } from './state/guest-state.js';
 export type { GuestState } from './state/guest-state.js';

@@ -6,7 +6,7 @@ import { mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync, c
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Guest } from '../src/guest/guest.js';
-import { startSpareWorker, takeSpareWorker } from '../src/guest/spare-worker.js';
+import { keepGuestThreadReady, waitingGuestThread, startSpareWorker, takeSpareWorker } from '../src/guest/spare-worker.js';
 import { GuestMemory, WASM_PAGE_SIZE } from '../src/memory/guest-memory.js';
 import { scanResidency } from '../src/memory/residency.js';
 import { digestMemory } from '../src/migration/verify/digest.js';
@@ -99,6 +99,46 @@ test('memory restored eagerly and lazily has the digest the guest had at snapsho
     await r.guest.stop();
   }
   assert.equal(loadSnapshot(diff).layers.length, 2);
+});
+
+test('keepGuestThreadReady: each restore adopts a guest thread booted ahead, the next boots once it is ready, and the restored guest runs on', async () => {
+  const outPath = join(tmp, 'ready.out');
+  const guest = await Guest.start({ module: readFileSync(MEMTOUCH), args: ['memtouch', '--mib', '8', '--report-ms', '20'], stdio: { stdout: openSync(outPath, 'w') }, maxMemoryBytes: 64 << 20 });
+  await until('memtouch to report', () => seqNumbers(outPath).length >= 3);
+  const dir = join(tmp, 'ready-snap');
+  await new SnapshotSession(guest).take({ to: dir });
+  const lastSeq = seqNumbers(outPath).at(-1)!;
+  takeSpareWorker()?.terminate(); // whatever an earlier test left: this one counts its own
+  keepGuestThreadReady(true);
+  try {
+    let waiting = waitingGuestThread();
+    assert.notEqual(waiting, null, 'turning it on boots one');
+    for (let i = 0; i < 2; i++) {
+      const restoredOut = join(tmp, `ready-${i}.out`);
+      const r = await restoreSnapshot(dir, { lazy: true, stdio: { stdout: openSync(restoredOut, 'w') } });
+      try {
+        // The restore took the waiting thread and, its guest ready, booted the next one.
+        const next = waitingGuestThread();
+        assert.notEqual(next, null, `restore ${i}: the next thread was started`);
+        assert.notEqual(next, waiting, `restore ${i}: the guest adopted the thread that was waiting`);
+        waiting = next;
+        await until(`restore ${i} to report`, () => seqNumbers(restoredOut).length >= 2);
+        assert.equal(seqNumbers(restoredOut)[0], lastSeq + 1, `restore ${i}: SEQ continues from the snapshot`);
+      } finally {
+        await r.guest.stop();
+      }
+    }
+  } finally {
+    keepGuestThreadReady(false);
+  }
+  // Off: the thread already booted is still used, and none is booted after it.
+  const r = await restoreSnapshot(dir, { lazy: true, startPaused: true, stdio: { stdout: openSync('/dev/null', 'w') } });
+  try {
+    assert.equal(r.guest.status, 'paused');
+    assert.equal(waitingGuestThread(), null, 'the waiting thread was adopted, and none booted once it is off');
+  } finally {
+    await r.guest.stop();
+  }
 });
 
 test('ferry snapshot + ferry restore (eager from a diff, lazy from its parent) continue the SEQ sequence and VERIFY OK', async () => {

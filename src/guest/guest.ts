@@ -15,6 +15,7 @@ import {
 import { listenersOf, openListeners } from './listeners.js';
 import { startWarmUp, type WarmUp } from './warm-up.js';
 import { startWorker, WorkerControl } from './worker-control.js';
+import { refillGuestThread } from './spare-worker.js';
 import type { AdoptedSockets } from '../wasi/wasi.js';
 import { close as closeFd, EFD_CLOEXEC, EFD_NONBLOCK, eventfd } from '../sys/fd.js';
 import type { SockAddress } from '../sys/socket.js';
@@ -71,7 +72,7 @@ export class Guest extends EventEmitter {
       this.worker.once('message', (m: WorkerMessage) => (m.type === 'ready' ? resolve() : reject(new GuestError('start-failed', m.type === 'error' ? m.message : 'guest worker did not start'))));
       this.once('exit', (e: GuestExit) => reject(new GuestError('start-failed', e.message ?? 'guest worker ended before it was ready')));
     });
-    this.ready.catch(() => undefined);
+    this.ready.then(refillGuestThread, () => undefined);
     let resolveExit!: (e: GuestExit) => void;
     this.exited = new Promise((r) => (resolveExit = r));
     const finish = (e: GuestExit) => {

@@ -6,7 +6,8 @@ import { tmpdir } from 'node:os';
 import { parentPort, receiveMessageOnPort } from 'node:worker_threads';
 import { Cmd, Ctl, WorkerState, controlWords, safepointFlags } from './control-block.js';
 import type { LaunchMessage, PausedCapture, ResumeMessage, WorkerInit, WorkerMessage } from './worker-protocol.js';
-import { workerInit } from '../sys/spare-threads.js';
+import { spareHint, workerInit } from '../sys/spare-threads.js';
+import { REHEARSE_HINT } from './spare-worker.js';
 import { decodeGlobal, encodeGlobal, type ExecState } from '../state/exec-state.js';
 import { UnwindBuffer } from './unwind-buffer.js';
 import { Wasi, WasiExit, type WasiHooks } from '../wasi/wasi.js';
@@ -14,7 +15,12 @@ import { POLLIN, poll } from '../sys/fd.js';
 
 // A spare worker (spare-worker.ts) is started before its guest exists and gets its init as its
 // first message; any other is given it as workerData.
-const init = await workerInit<WorkerInit>();
+const initArriving = workerInit<WorkerInit>();
+// A spare booted ahead with time to spare rehearses the restore path while its init is on the way
+// (spare-worker.ts); the rehearsal needs nothing of the guest, and its hooks are never called.
+const IDLE_HOOKS: WasiHooks = { pauseRequested: () => false, unwind: () => undefined };
+const rehearsedEarly = initArriving instanceof Promise && spareHint(REHEARSE_HINT) && rehearseQuietly(IDLE_HOOKS);
+const init = await initArriving;
 const ctl = controlWords(init.control);
 
 const post = (m: WorkerMessage) => parentPort!.postMessage(m);
@@ -161,13 +167,23 @@ function bindWasi(): void {
  * setup): about 2 ms on these machines, inside a switchover's downtime. A worker prepared for a
  * restore runs that path once on a throwaway state while it waits, so the real one runs warm.
  */
-function rehearseRestore(): void {
+function rehearseRestore(withHooks: WasiHooks): void {
   const stdio = { stdin: 0, stdout: 1, stderr: 2 };
   const preopens = [{ guestPath: '/rehearsal', hostPath: tmpdir() }];
-  const probe = new Wasi({ args: ['rehearsal'], env: {}, preopens, stdio }, hooks);
+  const probe = new Wasi({ args: ['rehearsal'], env: {}, preopens, stdio }, withHooks);
   const state = probe.capture();
   probe.close();
-  Wasi.restore(state, { preopens, stdio }, hooks).close();
+  Wasi.restore(state, { preopens, stdio }, withHooks).close();
+}
+
+/** The early rehearsal of a spare: a failure there only means the guest rehearses later, as without the hint. */
+function rehearseQuietly(withHooks: WasiHooks): boolean {
+  try {
+    rehearseRestore(withHooks);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function writeDataSegments(image: Uint8Array): void {
@@ -280,7 +296,7 @@ function waitForLaunch(): LaunchMessage | null {
 
 function run(): void {
   instantiate();
-  if (init.rehearseRestore) rehearseRestore();
+  if (init.rehearseRestore && !rehearsedEarly) rehearseRestore(hooks);
   post({ type: 'ready' });
   const l = waitForLaunch();
   if (!l) {

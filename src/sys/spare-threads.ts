@@ -11,10 +11,13 @@ export const SPARE_WORKER_DATA = { spare: true } as const;
 
 const spares = new Map<string, Worker>();
 
-/** Starts a spare worker of `kind` running `script`, if none of that kind is waiting. */
-export function startSpare(kind: string, script: URL, stackSizeMb?: number): void {
+/**
+ * Starts a spare worker of `kind` running `script`, if none of that kind is waiting. `hints` go
+ * into its workerData beside the spare mark: what the script may do while it waits for its init.
+ */
+export function startSpare(kind: string, script: URL, stackSizeMb?: number, hints: Record<string, boolean> = {}): void {
   if (spares.has(kind)) return;
-  const w = new Worker(script, { workerData: SPARE_WORKER_DATA, ...(stackSizeMb ? { resourceLimits: { stackSizeMb } } : {}) });
+  const w = new Worker(script, { workerData: { ...hints, ...SPARE_WORKER_DATA }, ...(stackSizeMb ? { resourceLimits: { stackSizeMb } } : {}) });
   // Unowned until adopted: it must not keep the process alive, and a failure to start is only
   // noticed by the owner that would have used it (it then starts a worker of its own).
   w.unref();
@@ -24,6 +27,11 @@ export function startSpare(kind: string, script: URL, stackSizeMb?: number): voi
   w.once('error', drop);
   w.once('exit', drop);
   spares.set(kind, w);
+}
+
+/** The thread id of the spare worker of `kind` waiting to be taken, or null. */
+export function spareThreadId(kind: string): number | null {
+  return spares.get(kind)?.threadId ?? null;
 }
 
 /** The spare worker of `kind`, now owned by the caller (who must post it its init), or null. */
@@ -36,6 +44,11 @@ export function takeSpare(kind: string): Worker | null {
     w.ref();
   }
   return w;
+}
+
+/** In a spare's script: whether its starter set `hint` (startSpare's hints). */
+export function spareHint(hint: string): boolean {
+  return typeof workerData === 'object' && workerData !== null && (workerData as Record<string, unknown>)[hint] === true;
 }
 
 /** In a worker script: its init, from workerData, or as the first message when it was started as a spare. */
