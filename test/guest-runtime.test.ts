@@ -10,6 +10,8 @@ import { assertConsecutive, guestModule, readText, seqNumbers, sleep, tmpDir, us
 import { Guest, type GuestExit } from '../src/guest/guest.js';
 import { decodeGuestState, encodeGuestState } from '../src/state/guest-state.js';
 import { startSpareWorker, takeSpareWorker } from '../src/guest/spare-worker.js';
+import { KEPT_MODULES, compiledModule } from '../src/guest/compiled-modules.js';
+import { ModuleCache } from '../src/guest/module-cache.js';
 
 useSharedCache();
 
@@ -156,4 +158,22 @@ test('a guest adopts a spare worker started before it (as `ferry run` does), pau
   fs.closeSync(out.fd);
   assert.deepEqual(exit, { code: 0, reason: 'exit' });
   assert.match(readText(out.path), /^VERIFY OK /m);
+});
+
+test('guests of the same module share one compiled module, kept for the next (at most KEPT_MODULES of them)', async () => {
+  const cache = new ModuleCache();
+  const mod = await cache.load(guestModule('memtouch'));
+  const first = compiledModule(mod);
+  assert.equal(compiledModule(await cache.load(guestModule('memtouch'))), first, 'the second guest gets the module the first was given');
+  // Other modules push it out once more than KEPT_MODULES were used after it.
+  for (let i = 0; i < KEPT_MODULES; i++) compiledModule({ ...mod, entryDir: `${mod.entryDir}-other-${i}` });
+  assert.notEqual(compiledModule(mod), first, 'the least recently used module was dropped');
+  // Two guests at once on the shared module each run on their own instance.
+  const outs = [stdoutFile('shared-a'), stdoutFile('shared-b')];
+  const guests = await Promise.all(outs.map((out) => Guest.start({ module: guestModule('memtouch'), args: ['memtouch', '--mib', '4', '--seconds', '0.2', '--report-ms', '20'], stdio: { stdout: out.fd } })));
+  for (const [i, g] of guests.entries()) {
+    assert.deepEqual(await g.exited, { code: 0, reason: 'exit' });
+    fs.closeSync(outs[i]!.fd);
+    assert.match(readText(outs[i]!.path), /^VERIFY OK /m);
+  }
 });

@@ -168,6 +168,9 @@ test('each split function\'s resume copy (and each big function) has a warm expo
     const keep = setInterval(() => undefined, 1000); // the warm-up thread is unref'd
     try {
       assert.equal(await startWarmUp(module, pages).done, warm.length);
+      // The code now lives in this module object: a later guest made from it (compiled-modules.ts
+      // keeps it) starts no second warm-up, which would compile nothing new.
+      assert.equal(await startWarmUp(module, pages).done, 0, 'a warmed module is not warmed again');
     } finally {
       clearInterval(keep);
     }

@@ -16,6 +16,7 @@ import { listenersOf, openListeners } from './listeners.js';
 import { startWarmUp, type WarmUp } from './warm-up.js';
 import { startWorker, WorkerControl } from './worker-control.js';
 import { refillGuestThread } from './spare-worker.js';
+import { compiledModule } from './compiled-modules.js';
 import type { AdoptedSockets } from '../wasi/wasi.js';
 import { close as closeFd, EFD_CLOEXEC, EFD_NONBLOCK, eventfd } from '../sys/fd.js';
 import type { SockAddress } from '../sys/socket.js';
@@ -218,7 +219,7 @@ export class Guest extends EventEmitter {
 
   private static spawn(mod: CachedModule, memory: WebAssembly.Memory, modulePath: string | null, maxMemoryBytes: number, rehearseRestore = false): Guest {
     const init: Omit<WorkerInit, 'launchPort' | 'capturePort'> = {
-      module: new WebAssembly.Module(mod.binary as Uint8Array<ArrayBuffer>),
+      module: compiledModule(mod),
       meta: mod.meta,
       memory,
       control: createControlMemory(),

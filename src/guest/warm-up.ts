@@ -21,8 +21,15 @@ export interface WarmUp {
   readonly done: Promise<number>;
 }
 
+/**
+ * Modules whose warm-up finished: their compiled code serves every later instance made from the
+ * same module object (compiled-modules.ts keeps it for the next guest), which needs no warm-up.
+ */
+const warmed = new WeakSet<WebAssembly.Module>();
+
 /** `initialPages`: the module's declared minimum memory (InstrumentedMeta.memory.initialPages). */
 export function startWarmUp(module: WebAssembly.Module, initialPages: number): WarmUp {
+  if (warmed.has(module)) return { cancel: () => undefined, done: Promise.resolve(0) };
   const names = WebAssembly.Module.exports(module).filter((e) => e.kind === 'function' && e.name.startsWith(WARM_EXPORT_PREFIX)).map((e) => e.name);
   if (names.length === 0 || process.env['FERRY_WARM'] === '0') return { cancel: () => undefined, done: Promise.resolve(0) };
   const debug = Boolean(process.env['FERRY_WARM_DEBUG']);
@@ -43,5 +50,6 @@ export function startWarmUp(module: WebAssembly.Module, initialPages: number): W
     });
     worker.once('exit', () => resolve(called));
   });
+  void done.then((n) => n > 0 && warmed.add(module));
   return { cancel: () => void worker.terminate(), done };
 }
