@@ -156,16 +156,23 @@ test('a layer file that ends early fails the native file thread; stop() wakes th
 
 test('the native file thread refuses bad options before it starts', () => {
   const dp = dataplaneAddon();
-  const base = {
-    uffd: 0, base: 0, faultAround: 1, realtime: false, states: new Uint8Array(4), stateCounts: new Int32Array(3),
-    stats: new Float64Array(8), latencies: new Float64Array(4), layerFds: new Int32Array([0]), location: new Int16Array(4),
-  };
-  const none = () => undefined;
-  assert.throws(() => dp.startFileFaults({ ...base, layerFds: new Int32Array([1 << 29]) }, none), /layerFds\[0\] .* is not an open descriptor/);
-  assert.throws(() => dp.startFileFaults({ ...base, layerFds: new Int32Array(65) }, none), /at most 64 layers/);
-  assert.throws(() => dp.startFileFaults({ ...base, base: 100 }, none), /page-aligned/);
-  assert.throws(() => dp.startFileFaults({ ...base, faultAround: 0 }, none), /faultAround/);
-  assert.throws(() => dp.startFileFaults({ ...base, stats: new Float64Array(2) }, none), /stats has 2 elements/);
+  // A layer descriptor that is open whatever this process's stdin is: each case below must fail on
+  // its own option, not on the layer.
+  const layer = openSync('/dev/null', 'r');
+  try {
+    const base = {
+      uffd: 0, base: 0, faultAround: 1, realtime: false, states: new Uint8Array(4), stateCounts: new Int32Array(3),
+      stats: new Float64Array(8), latencies: new Float64Array(4), layerFds: new Int32Array([layer]), location: new Int16Array(4),
+    };
+    const none = () => undefined;
+    assert.throws(() => dp.startFileFaults({ ...base, layerFds: new Int32Array([1 << 29]) }, none), /layerFds\[0\] .* is not an open descriptor/);
+    assert.throws(() => dp.startFileFaults({ ...base, layerFds: new Int32Array(65).fill(layer) }, none), /at most 64 layers/);
+    assert.throws(() => dp.startFileFaults({ ...base, base: 100 }, none), /page-aligned/);
+    assert.throws(() => dp.startFileFaults({ ...base, faultAround: 0 }, none), /faultAround/);
+    assert.throws(() => dp.startFileFaults({ ...base, stats: new Float64Array(2) }, none), /stats has 2 elements/);
+  } finally {
+    closeSync(layer);
+  }
 });
 
 test("the load threads copy each page from its newest layer, only after its chunk's checksum holds, and report a short file", async () => {
