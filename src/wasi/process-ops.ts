@@ -1,10 +1,20 @@
 // The WASI functions about the process rather than descriptors: arguments, environment, clocks,
 // randomness, exit, yield.
-import { randomFillSync } from 'node:crypto';
+import { createRequire } from 'node:module';
 import { ERRNO } from './errno.js';
 import { encodeUtf8 } from './memory-views.js';
 import { WasiExit } from './options.js';
 import type { HostFunction, WasiContext } from './context.js';
+
+// node:crypto is loaded at the first random_get, not with the guest's thread: loading it takes 3-5
+// ms of that thread's start here, on the way to every guest's first instruction, and many guests
+// (C programs without a seeded hash) never ask for randomness.
+const requireBuiltin = createRequire(import.meta.url);
+let fill: ((into: Uint8Array) => void) | null = null;
+function randomFill(): (into: Uint8Array) => void {
+  fill ??= (requireBuiltin('node:crypto') as typeof import('node:crypto')).randomFillSync;
+  return fill;
+}
 
 /** args_*, environ_*, clock_*, proc_*, random_get and sched_yield over `ctx`. */
 export function processFunctions(ctx: WasiContext): Record<string, HostFunction> {
@@ -21,7 +31,7 @@ export function processFunctions(ctx: WasiContext): Record<string, HostFunction>
       throw new WasiExit(code >>> 0);
     },
     proc_raise: () => ERRNO.NOSYS,
-    random_get: (ptr: number, len: number) => { randomFillSync(ctx.m().bytes(ptr, len)); return 0; },
+    random_get: (ptr: number, len: number) => { randomFill()(ctx.m().bytes(ptr, len)); return 0; },
     sched_yield: () => 0,
   };
 }
