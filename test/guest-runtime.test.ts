@@ -10,7 +10,7 @@ import { assertConsecutive, guestModule, readText, seqNumbers, sleep, tmpDir, us
 import { Guest, type GuestExit } from '../src/guest/guest.js';
 import { decodeGuestState, encodeGuestState } from '../src/state/guest-state.js';
 import { startSpareWorker, takeSpareWorker } from '../src/guest/spare-worker.js';
-import { KEPT_MODULES, compiledModule } from '../src/guest/compiled-modules.js';
+import { KEPT_MODULES, compiledModule, keptModule } from '../src/guest/compiled-modules.js';
 import { ModuleCache } from '../src/guest/module-cache.js';
 
 useSharedCache();
@@ -163,11 +163,24 @@ test('a guest adopts a spare worker started before it (as `ferry run` does), pau
 test('guests of the same module share one compiled module, kept for the next (at most KEPT_MODULES of them)', async () => {
   const cache = new ModuleCache();
   const mod = await cache.load(guestModule('memtouch'));
-  const first = compiledModule(mod);
-  assert.equal(compiledModule(await cache.load(guestModule('memtouch'))), first, 'the second guest gets the module the first was given');
-  // Other modules push it out once more than KEPT_MODULES were used after it.
-  for (let i = 0; i < KEPT_MODULES; i++) compiledModule({ ...mod, entryDir: `${mod.entryDir}-other-${i}` });
-  assert.notEqual(compiledModule(mod), first, 'the least recently used module was dropped');
+  // Other modules push a module out once KEPT_MODULES were used after it.
+  const others = Array.from({ length: KEPT_MODULES }, (_, i) => ({ ...mod, entryDir: `${mod.entryDir}-other-${i}` }));
+  others.forEach((m) => compiledModule(m));
+  assert.equal(keptModule(mod), undefined);
+  const out = stdoutFile('compiled');
+  const guest = await Guest.start({ module: guestModule('memtouch'), args: ['memtouch', '--mib', '1', '--seconds', '0.1'], stdio: { stdout: out.fd } });
+  assert.deepEqual(await guest.exited, { code: 0, reason: 'exit' });
+  fs.closeSync(out.fd);
+  const first = keptModule(mod);
+  assert.ok(first, 'a started guest left its compiled module for the next');
+  assert.equal(compiledModule(await cache.load(guestModule('memtouch'))), first, 'the next guest gets it');
+  // The same entry with other bytes (re-instrumented with other settings) is compiled anew.
+  const other = { ...mod, binary: Uint8Array.from(mod.binary) };
+  const last = other.binary.length - 1;
+  other.binary[last] = (other.binary[last] ?? 0) ^ 1; // never compiled: any byte will do
+  assert.equal(keptModule(other), undefined, 'other bytes under the same entry are not the kept module');
+  others.forEach((m) => compiledModule(m));
+  assert.equal(keptModule(mod), undefined, 'the least recently used module was dropped');
   // Two guests at once on the shared module each run on their own instance.
   const outs = [stdoutFile('shared-a'), stdoutFile('shared-b')];
   const guests = await Promise.all(outs.map((out) => Guest.start({ module: guestModule('memtouch'), args: ['memtouch', '--mib', '4', '--seconds', '0.2', '--report-ms', '20'], stdio: { stdout: out.fd } })));

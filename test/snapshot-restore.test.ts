@@ -101,43 +101,52 @@ test('memory restored eagerly and lazily has the digest the guest had at snapsho
   assert.equal(loadSnapshot(diff).layers.length, 2);
 });
 
-test('keepGuestThreadReady: each restore adopts a guest thread booted ahead, the next boots once it is ready, and the restored guest runs on', async () => {
+test('keepGuestThreadReady: each restore adopts the guest thread booted ahead, the next boots once its guest runs, and the restored guest runs on', async () => {
   const outPath = join(tmp, 'ready.out');
-  const guest = await Guest.start({ module: readFileSync(MEMTOUCH), args: ['memtouch', '--mib', '8', '--report-ms', '20'], stdio: { stdout: openSync(outPath, 'w') }, maxMemoryBytes: 64 << 20 });
+  const out = openSync(outPath, 'w');
+  const guest = await Guest.start({ module: readFileSync(MEMTOUCH), args: ['memtouch', '--mib', '8', '--report-ms', '20'], stdio: { stdout: out }, maxMemoryBytes: 64 << 20 });
   await until('memtouch to report', () => seqNumbers(outPath).length >= 3);
   const dir = join(tmp, 'ready-snap');
   await new SnapshotSession(guest).take({ to: dir });
+  closeSync(out);
   const lastSeq = seqNumbers(outPath).at(-1)!;
+  /** The thread a guest runs on (private to Guest: for this test only). */
+  const threadOf = (g: Guest) => (g as unknown as { worker: { threadId: number } }).worker.threadId;
   takeSpareWorker()?.terminate(); // whatever an earlier test left: this one counts its own
   keepGuestThreadReady(true);
+  let waiting = waitingGuestThread();
   try {
-    let waiting = waitingGuestThread();
     assert.notEqual(waiting, null, 'turning it on boots one');
     for (let i = 0; i < 2; i++) {
       const restoredOut = join(tmp, `ready-${i}.out`);
-      const r = await restoreSnapshot(dir, { lazy: true, stdio: { stdout: openSync(restoredOut, 'w') } });
+      const fd = openSync(restoredOut, 'w');
+      const r = await restoreSnapshot(dir, { lazy: true, stdio: { stdout: fd } });
       try {
-        // The restore took the waiting thread and, its guest ready, booted the next one.
-        const next = waitingGuestThread();
-        assert.notEqual(next, null, `restore ${i}: the next thread was started`);
-        assert.notEqual(next, waiting, `restore ${i}: the guest adopted the thread that was waiting`);
-        waiting = next;
+        assert.equal(threadOf(r.guest), waiting, `restore ${i}: the guest runs on the thread that was waiting`);
         await until(`restore ${i} to report`, () => seqNumbers(restoredOut).length >= 2);
         assert.equal(seqNumbers(restoredOut)[0], lastSeq + 1, `restore ${i}: SEQ continues from the snapshot`);
+        // Its guest runs: the next thread was booted.
+        await until(`restore ${i}: the next thread`, () => waitingGuestThread() !== null);
+        waiting = waitingGuestThread();
+        assert.notEqual(waiting, threadOf(r.guest));
       } finally {
         await r.guest.stop();
+        closeSync(fd);
       }
     }
   } finally {
     keepGuestThreadReady(false);
   }
-  // Off: the thread already booted is still used, and none is booted after it.
-  const r = await restoreSnapshot(dir, { lazy: true, startPaused: true, stdio: { stdout: openSync('/dev/null', 'w') } });
+  assert.equal(waitingGuestThread(), null, 'turned off, it ends the thread it kept waiting');
+  const devNull = openSync('/dev/null', 'w');
+  const r = await restoreSnapshot(dir, { lazy: true, stdio: { stdout: devNull } });
   try {
-    assert.equal(r.guest.status, 'paused');
-    assert.equal(waitingGuestThread(), null, 'the waiting thread was adopted, and none booted once it is off');
+    assert.notEqual(threadOf(r.guest), waiting, 'the next restore starts a thread of its own');
+    await r.guest.pause(); // its 'started' came before: a refill would have been started by now
+    assert.equal(waitingGuestThread(), null, 'and none is booted after it');
   } finally {
     await r.guest.stop();
+    closeSync(devNull);
   }
 });
 

@@ -9,19 +9,30 @@ import type { CachedModule } from './module-cache.js';
 /** At most this many modules stay compiled (least recently started first out): their code stays in memory. */
 export const KEPT_MODULES = 4;
 
-const kept = new Map<string, WebAssembly.Module>();
+/** By cache entry: the binary it was compiled from, and the module. */
+const kept = new Map<string, { binary: Buffer; module: WebAssembly.Module }>();
 
-/** The compiled module of `mod` (by its cache entry): the one kept from an earlier guest, or compiled now and kept. */
+/**
+ * The compiled module of `mod`: the one kept from an earlier guest of the same cache entry and the
+ * same instrumented bytes, or compiled now and kept. The bytes are compared, not assumed: another
+ * process may re-instrument an entry with other settings (FERRY_LOOP_RESUME, FERRY_ESCAPE).
+ */
 export function compiledModule(mod: CachedModule): WebAssembly.Module {
-  const key = `${mod.entryDir}:${mod.binary.length}`;
-  const found = kept.get(key);
-  if (found) {
-    kept.delete(key); // to the end: most recently used
-    kept.set(key, found);
-    return found;
+  const binary = Buffer.from(mod.binary.buffer, mod.binary.byteOffset, mod.binary.byteLength);
+  const found = kept.get(mod.entryDir);
+  kept.delete(mod.entryDir); // back in below, at the end: most recently used
+  if (found && found.binary.equals(binary)) {
+    kept.set(mod.entryDir, found);
+    return found.module;
   }
   const module = new WebAssembly.Module(mod.binary as Uint8Array<ArrayBuffer>);
-  kept.set(key, module);
+  kept.set(mod.entryDir, { binary, module });
   if (kept.size > KEPT_MODULES) kept.delete(kept.keys().next().value!);
   return module;
+}
+
+/** The module kept for `mod`'s cache entry and bytes, without compiling one (tests). */
+export function keptModule(mod: CachedModule): WebAssembly.Module | undefined {
+  const found = kept.get(mod.entryDir);
+  return found && found.binary.equals(Buffer.from(mod.binary.buffer, mod.binary.byteOffset, mod.binary.byteLength)) ? found.module : undefined;
 }

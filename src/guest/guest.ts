@@ -73,7 +73,8 @@ export class Guest extends EventEmitter {
       this.worker.once('message', (m: WorkerMessage) => (m.type === 'ready' ? resolve() : reject(new GuestError('start-failed', m.type === 'error' ? m.message : 'guest worker did not start'))));
       this.once('exit', (e: GuestExit) => reject(new GuestError('start-failed', e.message ?? 'guest worker ended before it was ready')));
     });
-    this.ready.then(refillGuestThread, () => undefined);
+    this.ready.catch(() => undefined);
+    this.once('started', refillGuestThread);
     let resolveExit!: (e: GuestExit) => void;
     this.exited = new Promise((r) => (resolveExit = r));
     const finish = (e: GuestExit) => {

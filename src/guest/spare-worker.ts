@@ -47,11 +47,14 @@ let keepReady = false;
  * already loaded Node and the runtime (about 0.1 s of the ~0.13 s an unprepared restore takes
  * here) and the next one boots while the guest runs. It costs one idle thread (about 17 MB of
  * resident memory here) for as long as it is on. Off by default: `ferry run` and `ferry restore`
- * run one guest per process and start their one spare themselves (bin/ferry.js).
+ * run one guest per process and start their one spare themselves (bin/ferry.js). Turned off, it
+ * ends the thread it kept waiting.
  */
 export function keepGuestThreadReady(on = true): void {
+  const was = keepReady;
   keepReady = on;
   if (on) startSpareWorker('guest', true);
+  else if (was) void takeSpare('guest')?.terminate();
 }
 
 /** The thread id of the guest thread booted ahead and waiting (the next guest adopts it), or null. */
@@ -60,8 +63,8 @@ export function waitingGuestThread(): number | null {
 }
 
 /**
- * Called once a guest has adopted its thread and that thread is ready: boots the next spare if
- * keepGuestThreadReady() is on. Not earlier: the boot would compete with the guest's own start.
+ * Called once a guest runs: boots the next spare if keepGuestThreadReady() is on (and none is
+ * waiting). Not earlier: the boot would compete with that guest's launch and restore.
  */
 export function refillGuestThread(): void {
   if (keepReady) startSpareWorker('guest', true);

@@ -17,7 +17,7 @@ import { WARM_EXPORT_PREFIX } from './instrument-meta.js';
 export interface WarmUp {
   /** Ends the warm-up thread if it still runs (the guest ended). */
   cancel(): void;
-  /** Resolves with the number of functions compiled: all of them, or 0 when cancelled or failed. */
+  /** Resolves with the number of functions compiled: all of them, or 0 when cancelled, failed, or not needed (nothing to warm, turned off, or warmed before). */
   readonly done: Promise<number>;
 }
 
@@ -27,18 +27,21 @@ export interface WarmUp {
  */
 const warmed = new WeakSet<WebAssembly.Module>();
 
+/** No thread started: the guest compiles what it calls, or finds it compiled. */
+const NO_WARM_UP: WarmUp = { cancel: () => undefined, done: Promise.resolve(0) };
+
 /** `initialPages`: the module's declared minimum memory (InstrumentedMeta.memory.initialPages). */
 export function startWarmUp(module: WebAssembly.Module, initialPages: number): WarmUp {
-  if (warmed.has(module)) return { cancel: () => undefined, done: Promise.resolve(0) };
+  if (warmed.has(module)) return NO_WARM_UP;
   const names = WebAssembly.Module.exports(module).filter((e) => e.kind === 'function' && e.name.startsWith(WARM_EXPORT_PREFIX)).map((e) => e.name);
-  if (names.length === 0 || process.env['FERRY_WARM'] === '0') return { cancel: () => undefined, done: Promise.resolve(0) };
+  if (names.length === 0 || process.env['FERRY_WARM'] === '0') return NO_WARM_UP;
   const debug = Boolean(process.env['FERRY_WARM_DEBUG']);
   let worker: Worker;
   try {
     worker = new Worker(new URL('./warm-up-worker.js', import.meta.url), { workerData: { module, initialPages, names, debug }, stdout: false, stderr: false });
   } catch (err) {
     if (debug) process.stderr.write(`warm: no warm-up thread: ${(err as Error).message}\n`);
-    return { cancel: () => undefined, done: Promise.resolve(0) }; // the guest compiles at first call, as before
+    return NO_WARM_UP; // the guest compiles at first call, as before
   }
   worker.unref(); // never what keeps a process alive
   const done = new Promise<number>((resolve) => {

@@ -171,12 +171,20 @@ function rehearseRestore(withHooks: WasiHooks): void {
   const stdio = { stdin: 0, stdout: 1, stderr: 2 };
   const preopens = [{ guestPath: '/rehearsal', hostPath: tmpdir() }];
   const probe = new Wasi({ args: ['rehearsal'], env: {}, preopens, stdio }, withHooks);
-  const state = probe.capture();
-  probe.close();
+  let state: ReturnType<Wasi['capture']>;
+  try {
+    state = probe.capture();
+  } finally {
+    probe.close();
+  }
   Wasi.restore(state, { preopens, stdio }, withHooks).close();
 }
 
-/** The early rehearsal of a spare: a failure there only means the guest rehearses later, as without the hint. */
+/**
+ * The early rehearsal of a spare: a failure there only means the guest rehearses later, as without
+ * the hint. A fresh start that adopts a spare still rehearsing waits for it (about 2 ms): spares
+ * with the hint are booted with time to spare (keepGuestThreadReady), not on a start's critical path.
+ */
 function rehearseQuietly(withHooks: WasiHooks): boolean {
   try {
     rehearseRestore(withHooks);
