@@ -213,16 +213,14 @@ static napi_value start(napi_env env, plane *p, napi_value on_exit) {
   napi_valuetype t;
   napi_typeof(env, on_exit, &t);
   if (t != napi_function) {
-    release(p, 0);
-    free(p);
+    discard(p);
     return fail(env, "dataplane: onExit must be a function");
   }
   napi_value name;
   napi_create_string_utf8(env, "ferry dataplane exit", NAPI_AUTO_LENGTH, &name);
   p->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (p->wakefd < 0 || napi_create_threadsafe_function(env, on_exit, NULL, name, 0, 1, NULL, NULL, NULL, call_js, &p->tsfn) != napi_ok) {
-    release(p, 0); /* closes the socket too: the addon owns it from the start function's entry */
-    free(p);
+    discard(p); /* closes the socket too: the addon owns it from the start function's entry */
     return fail(env, "dataplane: cannot make the thread's eventfd or callback");
   }
   p->f.wakefd = p->s.wakefd = p->ps.wakefd = p->pr.wakefd = p->fl.wakefd = p->wakefd; /* before the thread starts */
@@ -230,11 +228,7 @@ static napi_value start(napi_env env, plane *p, napi_value on_exit) {
    * caller waits for it, does. */
   if (p->kind != KIND_LOAD) napi_unref_threadsafe_function(env, p->tsfn);
   napi_value handle;
-  if (napi_create_external(env, p, finalize, NULL, &handle) != napi_ok) {
-    release(p, 0);
-    free(p);
-    return NULL;
-  }
+  if (napi_create_external(env, p, finalize, NULL, &handle) != napi_ok) return discard(p);
   /* From here the handle owns p (its finalizer frees it). */
   if (napi_add_env_cleanup_hook(env, cleanup_hook, p) == napi_ok) p->hooked = 1;
   if (pthread_create(&p->th, NULL, thread_main, p) != 0) {
@@ -317,6 +311,33 @@ static int get_rate(napi_env env, napi_value o, dp_bucket *b) {
   return 1;
 }
 
+/* options.uffd and options.base (the address of guest page 0, page-aligned). */
+static int get_uffd_base(napi_env env, napi_value o, int *uffd, uint64_t *base) {
+  double v, b;
+  if (!get_num(env, o, "uffd", 0, 1 << 30, &v) || !get_num(env, o, "base", 0, 9007199254740991.0, &b)) return 0;
+  if ((uint64_t)b % DP_PAGE) {
+    fail(env, "dataplane: base must be page-aligned");
+    return 0;
+  }
+  *uffd = (int)v;
+  *base = (uint64_t)b;
+  return 1;
+}
+
+/* Optional options.digest (the verify digest's per-page hashes, two words a page) into *digest. */
+static int get_digest(napi_env env, plane *p, napi_value o, uint32_t **digest, uint32_t *pages) {
+  napi_value dv;
+  napi_valuetype dt = napi_undefined;
+  bool has = false;
+  if (napi_has_named_property(env, o, "digest", &has) == napi_ok && has && napi_get_named_property(env, o, "digest", &dv) == napi_ok)
+    napi_typeof(env, dv, &dt);
+  if (dt == napi_undefined || dt == napi_null) return 1;
+  size_t words = 0;
+  if (!(*digest = get_array(env, p, o, "digest", napi_uint32_array, 4, 2, &words))) return 0;
+  *pages = (uint32_t)(words / 2);
+  return 1;
+}
+
 /* startFault(options, onExit) -> handle. Takes options.sock from its entry (closed on a refusal, or when the plane is released). */
 static napi_value f_start_fault(napi_env env, napi_callback_info info) {
   size_t argc = 2;
@@ -328,18 +349,11 @@ static napi_value f_start_fault(napi_env env, napi_callback_info info) {
   if (!p) return refuse_owned(env, owned, "out of memory");
   dp_fault_args *a = &p->f;
   napi_value o = argv[0];
-  double v, base, pages, around;
+  double pages, around;
   size_t table = 0, n = 0;
-  if (!get_common(env, p, o, &a->sock, &a->role, &a->timeout_ms, &a->realtime) || !get_num(env, o, "uffd", 0, 1 << 30, &v)) goto bad;
-  a->uffd = (int)v;
-  if (!get_num(env, o, "base", 0, 9007199254740991.0, &base) || !get_num(env, o, "pageCount", 0, 1u << 31, &pages) ||
-      !get_num(env, o, "faultAround", 1, DP_MAX_REQUEST, &around))
+  if (!get_common(env, p, o, &a->sock, &a->role, &a->timeout_ms, &a->realtime) || !get_uffd_base(env, o, &a->uffd, &a->base) ||
+      !get_num(env, o, "pageCount", 0, 1u << 31, &pages) || !get_num(env, o, "faultAround", 1, DP_MAX_REQUEST, &around))
     goto bad;
-  if ((uint64_t)base % DP_PAGE) {
-    fail(env, "dataplane: base must be page-aligned");
-    goto bad;
-  }
-  a->base = (uint64_t)base;
   a->page_count = (uint32_t)pages;
   a->fault_around = (uint32_t)around;
   if (!(a->states = get_array(env, p, o, "states", napi_uint8_array, 1, a->page_count ? a->page_count : 1, &table))) goto bad;
@@ -351,19 +365,7 @@ static napi_value f_start_fault(napi_env env, napi_callback_info info) {
       !(a->latencies = get_array(env, p, o, "latencies", napi_float64_array, 8, 1, &n)) || !get_secret(env, p, o, a->secret))
     goto bad;
   a->latency_ring = (uint32_t)n;
-  {
-    /* Optional: the verify digest's per-page hashes. */
-    napi_value dv;
-    napi_valuetype dt = napi_undefined;
-    bool has = false;
-    if (napi_has_named_property(env, o, "digest", &has) == napi_ok && has && napi_get_named_property(env, o, "digest", &dv) == napi_ok)
-      napi_typeof(env, dv, &dt);
-    if (dt != napi_undefined && dt != napi_null) {
-      size_t words = 0;
-      if (!(a->digest = get_array(env, p, o, "digest", napi_uint32_array, 4, 2, &words))) goto bad;
-      a->digest_pages = (uint32_t)(words / 2);
-    }
-  }
+  if (!get_digest(env, p, o, &a->digest, &a->digest_pages)) goto bad;
   return start(env, p, argv[1]);
 bad:
   return discard(p);
@@ -454,41 +456,26 @@ static napi_value f_start_prerecv(napi_env env, napi_callback_info info) {
   dp_prerecv_args *a = &p->pr;
   napi_value o = argv[0];
   int realtime = 0;
-  double v, base;
   size_t table = 0;
-  if (!get_common(env, p, o, &a->sock, &a->role, &a->timeout_ms, &realtime) || !get_num(env, o, "uffd", 0, 1 << 30, &v)) goto bad;
-  a->uffd = (int)v;
-  if (!get_num(env, o, "base", 0, 9007199254740991.0, &base)) goto bad;
-  if ((uint64_t)base % DP_PAGE) {
-    fail(env, "dataplane: base must be page-aligned");
-    goto bad;
-  }
-  a->base = (uint64_t)base;
+  if (!get_common(env, p, o, &a->sock, &a->role, &a->timeout_ms, &realtime) || !get_uffd_base(env, o, &a->uffd, &a->base)) goto bad;
   if (!(a->states = get_array(env, p, o, "states", napi_uint8_array, 1, 1, &table))) goto bad;
   a->table_pages = (uint32_t)table;
   if (!(a->state_counts = get_array(env, p, o, "stateCounts", napi_int32_array, 4, 3, NULL)) ||
       !(a->limit = get_array(env, p, o, "limit", napi_int32_array, 4, 1, NULL)) ||
       !(a->stats = get_array(env, p, o, "stats", napi_float64_array, 8, PR_SLOTS, NULL)) || !get_secret(env, p, o, a->secret))
     goto bad;
-  {
-    napi_value dv;
-    napi_valuetype dt = napi_undefined;
-    bool has = false;
-    if (napi_has_named_property(env, o, "digest", &has) == napi_ok && has && napi_get_named_property(env, o, "digest", &dv) == napi_ok)
-      napi_typeof(env, dv, &dt);
-    if (dt != napi_undefined && dt != napi_null) {
-      size_t words = 0;
-      if (!(a->digest = get_array(env, p, o, "digest", napi_uint32_array, 4, 2, &words))) goto bad;
-      a->digest_pages = (uint32_t)(words / 2);
-    }
-  }
+  if (!get_digest(env, p, o, &a->digest, &a->digest_pages)) goto bad;
   return start(env, p, argv[1]);
 bad:
   return discard(p);
 }
 
-/* The layer files' descriptors, duplicated into fds (closed by release()); 0 after a refusal. */
-static int dup_layers(napi_env env, const int32_t *given, size_t n, int *fds, uint32_t *nfds) {
+/* options.layerFds, the layer files' descriptors, duplicated into fds (closed by release(): the
+ * caller keeps and closes its own); 0 after a refusal. */
+static int get_layers(napi_env env, plane *p, napi_value o, int *fds, uint32_t *nfds) {
+  size_t n = 0;
+  const int32_t *given = get_array(env, p, o, "layerFds", napi_int32_array, 4, 1, &n);
+  if (!given) return 0;
   if (n > DP_MAX_LAYERS) {
     fail(env, "dataplane: at most %u layers, got %zu", DP_MAX_LAYERS, n);
     return 0;
@@ -515,31 +502,20 @@ static napi_value f_start_file(napi_env env, napi_callback_info info) {
   if (!p) return fail(env, "out of memory");
   dp_file_args *a = &p->fl;
   napi_value o = argv[0];
-  double v, base, around;
-  size_t table = 0, n = 0, nfds = 0, loc = 0;
-  if (!get_num(env, o, "uffd", 0, 1 << 30, &v)) goto bad;
-  a->uffd = (int)v;
-  if (!get_num(env, o, "realtime", 0, 1, &v)) goto bad;
+  double v, around;
+  size_t table = 0, n = 0, loc = 0;
+  if (!get_uffd_base(env, o, &a->uffd, &a->base) || !get_num(env, o, "realtime", 0, 1, &v) || !get_num(env, o, "faultAround", 1, DP_MAX_REQUEST, &around)) goto bad;
   a->realtime = (int)v;
-  if (!get_num(env, o, "base", 0, 9007199254740991.0, &base) || !get_num(env, o, "faultAround", 1, DP_MAX_REQUEST, &around)) goto bad;
-  if ((uint64_t)base % DP_PAGE) {
-    fail(env, "dataplane: base must be page-aligned");
-    goto bad;
-  }
-  a->base = (uint64_t)base;
   a->fault_around = (uint32_t)around;
   if (!(a->states = get_array(env, p, o, "states", napi_uint8_array, 1, 1, &table))) goto bad;
   a->table_pages = (uint32_t)table;
-  int32_t *fds;
   if (!(a->state_counts = get_array(env, p, o, "stateCounts", napi_int32_array, 4, 3, NULL)) ||
       !(a->stats = get_array(env, p, o, "stats", napi_float64_array, 8, FS_SLOTS, NULL)) ||
       !(a->latencies = get_array(env, p, o, "latencies", napi_float64_array, 8, 1, &n)) ||
-      !(a->location = get_array(env, p, o, "location", napi_int16_array, 2, 1, &loc)) ||
-      !(fds = get_array(env, p, o, "layerFds", napi_int32_array, 4, 1, &nfds)))
+      !(a->location = get_array(env, p, o, "location", napi_int16_array, 2, 1, &loc)) || !get_layers(env, p, o, a->fds, &a->nfds))
     goto bad;
   a->latency_ring = (uint32_t)n;
   a->location_pages = (uint32_t)(loc < table ? loc : table);
-  if (!dup_layers(env, fds, nfds, a->fds, &a->nfds)) goto bad;
   return start(env, p, argv[1]);
 bad:
   return discard(p);
@@ -558,11 +534,10 @@ static napi_value f_start_load(napi_env env, napi_callback_info info) {
   dp_load_args *a = &p->ld;
   napi_value o = argv[0];
   double v;
-  size_t mem = 0, loc = 0, nfds = 0, n = 0, n2 = 0, n3 = 0, sha = 0;
-  int32_t *fds;
+  size_t mem = 0, loc = 0, n = 0, n2 = 0, n3 = 0, sha = 0;
   if (!(a->memory = get_array(env, p, o, "memory", napi_uint8_array, 1, DP_PAGE, &mem)) ||
       !(a->location = get_array(env, p, o, "location", napi_int16_array, 2, 1, &loc)) ||
-      !(fds = get_array(env, p, o, "layerFds", napi_int32_array, 4, 1, &nfds)) ||
+      !get_layers(env, p, o, a->fds, &a->nfds) ||
       !(a->chunk_layer = get_array(env, p, o, "chunkLayer", napi_uint32_array, 4, 1, &n)) ||
       !(a->chunk_page = get_array(env, p, o, "chunkPage", napi_uint32_array, 4, n, &n2)) ||
       !(a->chunk_count = get_array(env, p, o, "chunkCount", napi_uint32_array, 4, n, &n3)) ||
@@ -577,7 +552,6 @@ static napi_value f_start_load(napi_env env, napi_callback_info info) {
   a->location_pages = (uint32_t)loc;
   a->nchunks = (uint32_t)n;
   a->threads = (uint32_t)v;
-  if (!dup_layers(env, fds, nfds, a->fds, &a->nfds)) goto bad;
   return start(env, p, argv[1]);
 bad:
   return discard(p);
