@@ -55,14 +55,18 @@ export async function run(): Promise<BenchRow[]> {
     runs.push(demoOnce());
     process.stderr.write(`   demo ${i + 1}/${RUNS}: ${JSON.stringify(runs[i])}\n`);
   }
-  const m = (f: (r: DemoRun) => number) => median(runs.map(f));
   const how = `median of ${RUNS}`;
-  const qemu = (value: number) => ({ name: 'QEMU 7.2, same job (not this run)', value });
+  /** One row: the median of `figure` over the runs, beside QEMU's figure for the same job (`qemuName` says which). */
+  const row = (name: string, metric: string, figure: (r: DemoRun) => number, qemu: number, target: string, limit: number, qemuName = 'QEMU 7.2, same job (not this run)'): BenchRow => {
+    const value = median(runs.map(figure));
+    return { name, metric: `${how}${metric}`, value, unit: 'ms', reference: { name: qemuName, value: qemu }, target, met: value <= limit };
+  };
   return [
-    { name: 'total', metric: how, value: m((r) => r.totalMs), unit: 'ms', reference: qemu(QEMU.totalMs), target: '<= 4000 ms', met: m((r) => r.totalMs) <= 4000, extra: { runs } },
-    { name: 'downtime-switchover-sent', metric: `${how}: pause → switchover sent (QEMU's measure)`, value: m((r) => r.switchoverSentMs), unit: 'ms', reference: qemu(QEMU.downtimeMs), target: '<= 2 ms', met: m((r) => r.switchoverSentMs) <= 2 },
-    { name: 'downtime-to-running', metric: `${how}: pause → running on the destination`, value: m((r) => r.downtimeMs), unit: 'ms', reference: qemu(QEMU.downtimeMs), target: '<= 2 ms', met: m((r) => r.downtimeMs) <= 2 },
-    { name: 'guest-blocked', metric: `${how}: total`, value: m((r) => r.blockedMs), unit: 'ms', reference: qemu(QEMU.blockedMs), target: '<= 177 ms (aim 50)', met: m((r) => r.blockedMs) <= 177 },
-    { name: 'longest-stall', metric: `${how}: longest single fault`, value: m((r) => r.longestStallMs), unit: 'ms', reference: qemu(QEMU.longestStallMs), target: '<= 10 ms', met: m((r) => r.longestStallMs) <= 10 },
+    { ...row('total', '', (r) => r.totalMs, QEMU.totalMs, '<= 4000 ms', 4000), extra: { runs } },
+    row('downtime-switchover-sent', ": pause → switchover sent (QEMU's measure)", (r) => r.switchoverSentMs, QEMU.downtimeMs, '<= 2 ms', 2),
+    // QEMU counts only to the switchover sent: its figure stands here as the nearest it has, not a like-for-like one.
+    row('downtime-to-running', ': pause → running on the destination', (r) => r.downtimeMs, QEMU.downtimeMs, '<= 2 ms', 2, 'QEMU 7.2 pause → switchover sent (its only downtime figure; not this run)'),
+    row('guest-blocked', ': total', (r) => r.blockedMs, QEMU.blockedMs, '<= 177 ms (aim 50)', 177),
+    row('longest-stall', ': longest single fault', (r) => r.longestStallMs, QEMU.longestStallMs, '<= 10 ms', 10),
   ];
 }

@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Guest } from '../src/guest/guest.js';
-import { keepGuestThreadReady, takeSpareWorker } from '../src/guest/spare-worker.js';
+import { keepGuestThreadReady } from '../src/guest/spare-worker.js';
 import { GuestMemory, WASM_PAGE_SIZE } from '../src/memory/guest-memory.js';
 import { SnapshotSession, loadEagerly, loadSnapshot, prepareRestore, restoreSnapshot } from '../src/snapshot/index.js';
 import { PAGE_SIZE } from '../src/snapshot/format.js';
@@ -180,7 +180,7 @@ export async function run(): Promise<BenchRow[]> {
       // a host that restores guest after guest, here 0.3 s apart (a thread boots in about 0.1 s).
       {
         const times: number[] = [];
-        keepGuestThreadReady(true);
+        void keepGuestThreadReady(true);
         try {
           for (let i = 0; i < REPEAT; i++) {
             await new Promise((r) => setTimeout(r, 300));
@@ -191,8 +191,7 @@ export async function run(): Promise<BenchRow[]> {
             r.memory.dropPages([[0, r.memory.pageCount]]);
           }
         } finally {
-          keepGuestThreadReady(false);
-          takeSpareWorker()?.terminate();
+          await keepGuestThreadReady(false);
         }
         rows.push({
           name: `restore-lazy-ready-thread-${L}`, metric: 'in-process to running, a guest thread kept booted (median)', value: round(median(times)), unit: 'ms',

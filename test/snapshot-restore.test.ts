@@ -113,8 +113,9 @@ test('keepGuestThreadReady: each restore adopts the guest thread booted ahead, t
   /** The thread a guest runs on (private to Guest: for this test only). */
   const threadOf = (g: Guest) => (g as unknown as { worker: { threadId: number } }).worker.threadId;
   takeSpareWorker()?.terminate(); // whatever an earlier test left: this one counts its own
-  keepGuestThreadReady(true);
+  void keepGuestThreadReady(true);
   let waiting = waitingGuestThread();
+  let ended = false;
   try {
     assert.notEqual(waiting, null, 'turning it on boots one');
     for (let i = 0; i < 2; i++) {
@@ -135,9 +136,10 @@ test('keepGuestThreadReady: each restore adopts the guest thread booted ahead, t
       }
     }
   } finally {
-    keepGuestThreadReady(false);
+    ended = await keepGuestThreadReady(false);
   }
-  assert.equal(waitingGuestThread(), null, 'turned off, it ends the thread it kept waiting');
+  assert.equal(ended, true, 'turned off, it ended the thread it kept waiting');
+  assert.equal(waitingGuestThread(), null);
   const devNull = openSync('/dev/null', 'w');
   const r = await restoreSnapshot(dir, { lazy: true, stdio: { stdout: devNull } });
   try {

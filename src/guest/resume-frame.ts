@@ -17,8 +17,8 @@ export const SAVES_PREFIX = 'ferry$saves_';
  * line. An interpreter's fast body has hundreds of checks of ~25 saves each (SQLite's
  * sqlite3VdbeExec: 557 checks, 15 000 global.set, half its code), cold code that TurboFan still
  * compiles: a call passing the locals is about half the bytes and far fewer nodes than the
- * stores. Fewer saves stay in line (the safepoint inlining, ≤ 8 expressions, would inline a
- * smaller helper back anyway).
+ * stores. Fewer saves stay in line: there a call's own cost is about that of the stores it
+ * replaces. The helpers are never inlined back (loop-resume.ts marks them no-inline).
  */
 const SAVE_CALL_MIN = 5;
 

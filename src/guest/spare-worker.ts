@@ -48,13 +48,15 @@ let keepReady = false;
  * here) and the next one boots while the guest runs. It costs one idle thread (about 17 MB of
  * resident memory here) for as long as it is on. Off by default: `ferry run` and `ferry restore`
  * run one guest per process and start their one spare themselves (bin/ferry.js). Turned off, it
- * ends the thread it kept waiting.
+ * ends the thread it kept waiting; the promise says whether there was one, once it has ended.
  */
-export function keepGuestThreadReady(on = true): void {
+export async function keepGuestThreadReady(on = true): Promise<boolean> {
   const was = keepReady;
   keepReady = on;
   if (on) startSpareWorker('guest', true);
-  else if (was) void takeSpare('guest')?.terminate();
+  const kept = !on && was ? takeSpare('guest') : null;
+  if (kept) await kept.terminate();
+  return kept !== null;
 }
 
 /** The thread id of the guest thread booted ahead and waiting (the next guest adopts it), or null. */

@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto';
 import { pread } from '../sys/fd.js';
 import { HOST_PAGE_SIZE } from '../memory/guest-memory.js';
 import { SnapshotError, type MemoryChunk } from './format.js';
+import type { PageFiles } from '../memory/fault-server.js';
 
 const PAGE = HOST_PAGE_SIZE;
 const readAsync = promisify(read);
@@ -89,12 +90,8 @@ export function truncatedAt(path: string, byte: number): SnapshotError {
   return new SnapshotError('truncated', `${path}: ends at byte ${byte}, inside page ${Math.floor(byte / PAGE)} (truncated or changed while in use?)`);
 }
 
-/** A chain's layer files as another thread opens them: memory.bin paths root first, and the location table shared. */
-export interface LayerFiles {
-  files: string[];
-  /** Int16Array over this buffer: per page, the layer index holding it, -1 = none (zero). */
-  location: SharedArrayBuffer;
-}
+/** A chain's layer files as another thread opens them: memory.bin paths root first, and the location table shared (the fault server's PageFiles). */
+export type LayerFiles = PageFiles;
 
 /** Entry point for a thread handed a PageReaderSpec of kind 'module' (the urgent channel's). */
 export function openLayerReader(options: LayerFiles): LayerReader {
