@@ -37,6 +37,9 @@ test('a guest blocked in accept, recv or send pauses and resumes exactly; non-bl
     assert.doesNotMatch(readText(outPath), /ACCEPTED/);
 
     const client = net.connect(port, '127.0.0.1');
+    // Recorded, not thrown: a reset then fails the assertion at the end with the guest's output beside it.
+    const clientErrors: Error[] = [];
+    client.on('error', (err) => clientErrors.push(err));
     const received: Buffer[] = [];
     let receivedBytes = 0;
     client.on('data', (d: Buffer) => {
@@ -57,6 +60,8 @@ test('a guest blocked in accept, recv or send pauses and resumes exactly; non-bl
     guest.resume();
     await waitFor('the echo', () => readText(outPath).includes('ECHOED abcdefgh'));
     await waitFor('the non-blocking recv', () => readText(outPath).includes('NONBLOCK EAGAIN'));
+    // The guest's line is in the file before this process's event loop has read the echo off the socket.
+    await waitFor('the echo at the client', () => receivedBytes >= 8);
     assert.equal(Buffer.concat(received).subarray(0, 8).toString(), 'abcdefgh');
 
     // Blocked in send: 8 MiB to a client that does not read, so the send fills the buffers and waits.
@@ -81,6 +86,7 @@ test('a guest blocked in accept, recv or send pauses and resumes exactly; non-bl
     const exit = await guest.exited;
     assert.deepEqual(exit, { code: 0, reason: 'exit' }, readText(outPath));
     assert.match(readText(outPath), /PEER END 0/);
+    assert.deepEqual(clientErrors, [], 'the client saw no error');
   } finally {
     await guest.stop();
   }
