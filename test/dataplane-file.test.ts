@@ -177,14 +177,14 @@ test('the native file thread refuses bad options before it starts', () => {
   }
 });
 
-test("the load threads copy each page from its newest layer, only after its chunk's checksum holds, and report a short file", async () => {
+test("the load threads place each page from its newest layer, check every chunk (sha256, or the fast check when given), and report a short file", async () => {
   const dir = mkdtempSync(join(tmpdir(), 'ferry-dpload-'));
   try {
     const { files, location } = chain(dir);
     const sha = (path: string, page: number, count: number) => createHash('sha256').update(readFileSync(path).subarray(page * PAGE, (page + count) * PAGE)).digest();
     // Chunks: the root's pages 0-31 in two chunks, the diff's 4-7 and 40 (41 pages of memory here).
     const chunks = [[0, 0, 16], [0, 16, 16], [1, 4, 4], [1, 40, 1]] as const;
-    const load = (memory: Uint8Array, shas: Buffer[], threads = 2) => new Promise<string | null>((resolve) => {
+    const load = (memory: Uint8Array, shas: Buffer[], threads = 2, crcs?: Buffer[]) => new Promise<string | null>((resolve) => {
       const fds = files.files.map((f) => openSync(f, 'r'));
       try {
         const dp = dataplaneAddon();
@@ -192,29 +192,79 @@ test("the load threads copy each page from its newest layer, only after its chun
           memory, location, layerFds: Int32Array.from(fds), threads,
           chunkLayer: Uint32Array.from(chunks, (c) => c[0]), chunkPage: Uint32Array.from(chunks, (c) => c[1]),
           chunkCount: Uint32Array.from(chunks, (c) => c[2]), chunkSha256: new Uint8Array(Buffer.concat(shas)),
+          ...(crcs ? { chunkCrc: new Uint8Array(Buffer.concat(crcs)) } : {}),
         }, (error) => { dp.stop(handle); resolve(error); });
       } finally {
         fds.forEach((fd) => closeSync(fd));
       }
     });
     const good = chunks.map(([l, p, n]) => sha(files.files[l]!, p, n));
+    const dp = dataplaneAddon();
+    const crcs = chunks.map(([l, p, n]) => dp.chunkCheck(readFileSync(files.files[l]!).subarray(p * PAGE, (p + n) * PAGE)));
+    const placedAsLocated = (mem: Uint8Array) => {
+      const words = new Int32Array(mem.buffer);
+      for (let p = 0; p < 48; p++) assert.equal(words[p * 1024], location[p]! < 0 ? 0 : word(p, location[p]!), `page ${p}`);
+    };
     const mem = new Uint8Array(new SharedArrayBuffer(48 * PAGE));
     assert.equal(await load(mem, good), null);
-    const words = new Int32Array(mem.buffer);
-    for (let p = 0; p < 48; p++) {
-      const want = location[p]! < 0 ? 0 : word(p, location[p]!);
-      assert.equal(words[p * 1024], want, `page ${p}`);
+    placedAsLocated(mem);
+    // The fast checks instead of the sha256s (which are then not looked at: zeros here).
+    const memCrc = new Uint8Array(new SharedArrayBuffer(48 * PAGE));
+    assert.equal(await load(memCrc, good.map(() => Buffer.alloc(32)), 2, crcs), null);
+    placedAsLocated(memCrc);
+    // A check that does not hold fails the load and names the chunk. Chunk 1 is all the root's own
+    // (read straight into memory, which the caller then never runs); chunk 0 shares pages 4-7 with
+    // the diff, so it is read aside, and a damaged one copies nothing.
+    for (const useCrc of [false, true]) {
+      const bad = (useCrc ? crcs : good).map((b) => Buffer.from(b));
+      bad[1]![3]! ^= 1;
+      const run = (b: Buffer[]) => load(new Uint8Array(new SharedArrayBuffer(48 * PAGE)), useCrc ? good : b, 1, useCrc ? b : undefined);
+      assert.equal(await run(bad), 'checksum layer 0 page 16 count 16');
+      const bad0 = (useCrc ? crcs : good).map((b) => Buffer.from(b));
+      bad0[0]![0]! ^= 1;
+      const mem0 = new Uint8Array(new SharedArrayBuffer(48 * PAGE));
+      assert.equal(await load(mem0, useCrc ? good : bad0, 1, useCrc ? bad0 : undefined), 'checksum layer 0 page 0 count 16');
+      assert.ok(new Int32Array(mem0.buffer, 0, 16 * 1024).every((x) => x === 0), 'nothing of a damaged chunk read aside reached memory');
     }
-    // A checksum that does not hold: that chunk's pages are never copied, and the error names it.
-    const bad = [...good];
-    bad[1] = Buffer.alloc(32);
-    const mem2 = new Uint8Array(new SharedArrayBuffer(48 * PAGE));
-    assert.equal(await load(mem2, bad, 1), 'checksum layer 0 page 16 count 16');
-    assert.ok(new Int32Array(mem2.buffer, 16 * PAGE, 16 * 1024).every((x) => x === 0), 'nothing of the damaged chunk reached memory');
+    const fd = openSync(files.files[0]!, 'r');
+    try {
+      assert.throws(() => dp.startLoad({ memory: mem, location, layerFds: Int32Array.of(fd), threads: 1, chunkLayer: new Uint32Array(1), chunkPage: new Uint32Array(1),
+        chunkCount: new Uint32Array(1), chunkSha256: new Uint8Array(32), chunkCrc: new Uint8Array(8) }, () => undefined), /chunkCrc has 8 elements/);
+    } finally {
+      closeSync(fd);
+    }
     // A file shorter than its chunks say (either of its chunks may be the one found short first).
     writeFileSync(files.files[1]!, Buffer.alloc(5 * PAGE));
     assert.match(String(await load(new Uint8Array(new SharedArrayBuffer(48 * PAGE)), good)), /^truncated layer 1 byte (20480|163840)$/);
   } finally {
     rmSync(dir, { recursive: true });
   }
+});
+
+/** CRC-32C (Castagnoli, reflected, initial and final 0xffffffff), bit by bit: the reference. */
+function crc32c(bytes: Uint8Array): number {
+  let c = 0xffffffff;
+  for (const b of bytes) {
+    c ^= b;
+    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1;
+  }
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+test("chunkCheck is CRC-32C of each quarter of the bytes, lane 0 first, little-endian", () => {
+  const dp = dataplaneAddon();
+  assert.equal(crc32c(Buffer.from('123456789')), 0xe3069283, 'the reference gives the published check value');
+  for (const len of [0, 3, 4096, 16 * 4096 + 5, 256 * 4096]) {
+    const bytes = Buffer.alloc(len);
+    for (let i = 0; i < len; i++) bytes[i] = (i * 131 + (i >> 9)) & 0xff;
+    const q = Math.floor(len / 4);
+    const want = Buffer.alloc(16);
+    for (let k = 0; k < 4; k++) want.writeUInt32LE(crc32c(bytes.subarray(k * q, k === 3 ? len : (k + 1) * q)), k * 4);
+    assert.deepEqual(dp.chunkCheck(bytes), want, `${len} bytes`);
+    if (len > 0) {
+      bytes[len - 1]! ^= 0x10;
+      assert.notDeepEqual(dp.chunkCheck(bytes), want, `a flipped bit in ${len} bytes changes the check`);
+    }
+  }
+  assert.throws(() => dp.chunkCheck(new Uint16Array(4) as unknown as Uint8Array), /chunkCheck\(Uint8Array\)/);
 });

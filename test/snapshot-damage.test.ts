@@ -73,6 +73,28 @@ test('the intact pair loads, as a chain of two', async () => {
     assert.fail(`loaded memory differs from the guest's at byte ${at} (page ${Math.floor(at / 4096)})`);
   }
   assert.ok(c.layers[0]!.manifest.memoryFile.chunks.length > 0 && c.layers[1]!.manifest.memoryFile.chunks.length > 0, 'both layers hold pages');
+  assert.ok(c.layers.every((l) => l.manifest.memoryFile.chunks.every((ch) => /^[0-9a-f]{32}$/.test(ch.crc32c ?? ''))), 'every chunk has its fast check');
+});
+
+test('a manifest without fast checks (an older writer, or one without the addon) loads natively by its sha256s, and a flipped byte is still refused', async () => {
+  const p = copyPair('nocrc');
+  const manifestPath = join(p.full, 'manifest.json');
+  const m = JSON.parse(readFileSync(manifestPath, 'utf8')) as SnapshotManifest;
+  for (const c of m.memoryFile.chunks) delete c.crc32c;
+  writeFileSync(manifestPath, JSON.stringify(m)); // the diff's pin on it breaks: the full one is loaded alone
+  const c = loadSnapshot(p.full);
+  assert.ok(c.layers[0]!.manifest.memoryFile.chunks.every((ch) => ch.crc32c === undefined));
+  const viaThisThread = GuestMemory.create(c.memory.bytes / WASM_PAGE_SIZE, c.memory.maxBytes / WASM_PAGE_SIZE);
+  await loadEagerly(c, viaThisThread.view(), { native: false });
+  const mem = GuestMemory.create(c.memory.bytes / WASM_PAGE_SIZE, c.memory.maxBytes / WASM_PAGE_SIZE);
+  await loadEagerly(c, mem.view());
+  assert.ok(Buffer.from(mem.view()).equals(Buffer.from(viaThisThread.view())), 'both loads give the same memory');
+  const f = join(p.full, 'memory.bin');
+  const at = m.memoryFile.chunks.at(-1)!.page * 4096 + 7;
+  const fd = openSync(f, 'r+');
+  writeSync(fd, Buffer.from([readFileSync(f)[at]! ^ 1]), 0, 1, at);
+  closeSync(fd);
+  await assert.rejects(loadEagerly(c, mem.view()), refusal('checksum', f));
 });
 
 test('a truncated memory file is refused', () => {
@@ -142,6 +164,10 @@ test('a modified state file is refused; a damaged manifest is refused; a plain d
   writeFileSync(sf, changed);
   refused(() => loadSnapshot(p.diff), 'checksum', sf);
   const mf = join(p.full, 'manifest.json');
+  const m = JSON.parse(readFileSync(mf, 'utf8')) as SnapshotManifest;
+  m.memoryFile.chunks[0]!.crc32c = 'not-hex';
+  writeFileSync(mf, JSON.stringify(m));
+  assert.throws(() => loadSnapshot(p.full), (e: unknown) => refusal('corrupt', mf)(e) && /memoryFile\.chunks\[0\]\.crc32c/.test((e as Error).message));
   writeFileSync(mf, '{"format":"ferry-snapshot","version":1');
   refused(() => loadSnapshot(p.full), 'corrupt', mf);
   refused(() => loadSnapshot(tmp), 'missing', join(tmp, 'manifest.json'));

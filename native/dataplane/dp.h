@@ -1,8 +1,8 @@
 // Ferry's page data plane: shared declarations of the native threads that carry postcopy's fault
 // path (dp_fault.c on the destination, dp_answer.c on the source), precopy's stream (dp_precopy.c),
-// a lazy snapshot restore's fault path (dp_file.c), an eager one's load (dp_load.c), their
-// encrypted framing (dp_wire.c), what the fault threads share (dp_uffd.c) and the N-API glue that
-// starts and stops them (dp_addon.c).
+// a lazy snapshot restore's fault path (dp_file.c), an eager one's load (dp_load.c) and its chunk
+// check (dp_check.c), their encrypted framing (dp_wire.c), what the fault threads share
+// (dp_uffd.c) and the N-API glue that starts and stops them (dp_addon.c).
 // Nothing here calls into JavaScript while a thread runs: counters and fault latencies go to
 // SharedArrayBuffers the TypeScript side reads, and a thread's end (with its error, if any) is
 // reported once, through a thread-safe function.
@@ -246,6 +246,7 @@ typedef struct {
   uint32_t location_pages;
   const uint32_t *chunk_layer, *chunk_page, *chunk_count;
   const uint8_t *chunk_sha; /* 32 bytes a chunk */
+  const uint8_t *chunk_crc; /* DP_CHECK bytes a chunk (dp_chunk_check), or NULL: the sha256 is checked */
   uint32_t nchunks;
   uint32_t threads;       /* this one and threads - 1 more: 1 to DP_LOAD_MAX_THREADS */
   uint32_t next;          /* the next chunk to take (atomic) */
@@ -253,6 +254,10 @@ typedef struct {
   volatile int *stop;
   char err[DP_ERR];
 } dp_load_args;
+
+/* A snapshot chunk's fast check (dp_check.c): CRC-32C of each quarter of its bytes, 4 x u32 LE. */
+#define DP_CHECK 16u
+void dp_chunk_check(const uint8_t *p, size_t len, uint8_t out[DP_CHECK]);
 
 /* ---- the guest memory's userfaultfd and page states (dp_uffd.c), shared by the fault threads ---- */
 uint8_t dp_state_of(const uint8_t *states, uint32_t p);

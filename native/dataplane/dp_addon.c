@@ -324,14 +324,19 @@ static int get_uffd_base(napi_env env, napi_value o, int *uffd, uint64_t *base) 
   return 1;
 }
 
+/* Whether the optional option `name` is given (neither absent, undefined nor null). */
+static int has_option(napi_env env, napi_value o, const char *name) {
+  napi_value v;
+  napi_valuetype t = napi_undefined;
+  bool has = false;
+  if (napi_has_named_property(env, o, name, &has) == napi_ok && has && napi_get_named_property(env, o, name, &v) == napi_ok)
+    napi_typeof(env, v, &t);
+  return t != napi_undefined && t != napi_null;
+}
+
 /* Optional options.digest (the verify digest's per-page hashes, two words a page) into *digest. */
 static int get_digest(napi_env env, plane *p, napi_value o, uint32_t **digest, uint32_t *pages) {
-  napi_value dv;
-  napi_valuetype dt = napi_undefined;
-  bool has = false;
-  if (napi_has_named_property(env, o, "digest", &has) == napi_ok && has && napi_get_named_property(env, o, "digest", &dv) == napi_ok)
-    napi_typeof(env, dv, &dt);
-  if (dt == napi_undefined || dt == napi_null) return 1;
+  if (!has_option(env, o, "digest")) return 1;
   size_t words = 0;
   if (!(*digest = get_array(env, p, o, "digest", napi_uint32_array, 4, 2, &words))) return 0;
   *pages = (uint32_t)(words / 2);
@@ -544,7 +549,9 @@ static napi_value f_start_load(napi_env env, napi_callback_info info) {
       !(a->chunk_sha = get_array(env, p, o, "chunkSha256", napi_uint8_array, 1, n * 32, &sha)) ||
       !get_num(env, o, "threads", 1, DP_LOAD_MAX_THREADS, &v))
     goto bad;
-  if (n2 != n || n3 != n || sha != n * 32) {
+  size_t crc = n * DP_CHECK;
+  if (has_option(env, o, "chunkCrc") && !(a->chunk_crc = get_array(env, p, o, "chunkCrc", napi_uint8_array, 1, n * DP_CHECK, &crc))) goto bad;
+  if (n2 != n || n3 != n || sha != n * 32 || crc != n * DP_CHECK) {
     fail(env, "dataplane: the chunk arrays differ in length");
     goto bad;
   }
@@ -555,6 +562,24 @@ static napi_value f_start_load(napi_env env, napi_callback_info info) {
   return start(env, p, argv[1]);
 bad:
   return discard(p);
+}
+
+/* chunkCheck(bytes) -> a Buffer of DP_CHECK bytes: a snapshot chunk's fast check (dp_check.c). */
+static napi_value f_chunk_check(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], out;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  bool is = false;
+  napi_typedarray_type t;
+  size_t len = 0, off = 0;
+  void *data = NULL, *dst = NULL;
+  napi_value ab;
+  if (argc < 1 || napi_is_typedarray(env, argv[0], &is) != napi_ok || !is ||
+      napi_get_typedarray_info(env, argv[0], &t, &len, &data, &ab, &off) != napi_ok || t != napi_uint8_array)
+    return fail(env, "chunkCheck(Uint8Array)");
+  if (napi_create_buffer(env, DP_CHECK, &dst, &out) != napi_ok) return fail(env, "out of memory");
+  dp_chunk_check(len ? data : (const uint8_t *)"", len, dst);
+  return out;
 }
 
 /* The plane behind the handle in argv[0] (the first `want` arguments read into argv), or NULL. */
@@ -635,6 +660,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"startPrecopyReceive", NULL, f_start_prerecv, NULL, NULL, NULL, napi_default, NULL},
       {"startFileFaults", NULL, f_start_file, NULL, NULL, NULL, napi_default, NULL},
       {"startLoad", NULL, f_start_load, NULL, NULL, NULL, napi_default, NULL},
+      {"chunkCheck", NULL, f_chunk_check, NULL, NULL, NULL, napi_default, NULL},
       {"wake", NULL, f_wake, NULL, NULL, NULL, napi_default, NULL},
       {"setMemory", NULL, f_set_memory, NULL, NULL, NULL, napi_default, NULL},
       {"stop", NULL, f_stop, NULL, NULL, NULL, napi_default, NULL},

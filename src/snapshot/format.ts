@@ -21,6 +21,11 @@ export interface MemoryChunk {
   page: number;
   count: number;
   sha256: string;
+  /**
+   * The same bytes' fast check, when the writer could compute it (the data plane addon's
+   * chunkCheck: CRC-32C of each quarter, 32 hex digits): what the native eager load checks.
+   */
+  crc32c?: string;
 }
 
 export interface SnapshotManifest {
@@ -94,7 +99,9 @@ export function validateManifest(x: unknown, file: string): SnapshotManifest {
     if (page + count > pageCount) bad(`memoryFile.chunks[${i}] lies outside memory of ${bytes} bytes`);
     next = page + count;
     pages += count;
-    return { page, count, sha256: str(co['sha256'], `memoryFile.chunks[${i}].sha256`, hex64) };
+    const chunk: MemoryChunk = { page, count, sha256: str(co['sha256'], `memoryFile.chunks[${i}].sha256`, hex64) };
+    if (co['crc32c'] !== undefined) chunk.crc32c = str(co['crc32c'], `memoryFile.chunks[${i}].crc32c`, /^[0-9a-f]{32}$/);
+    return chunk;
   });
   const size = int(mf['size'], 'memoryFile.size', 0, MAX_BYTES);
   if (size !== bytes) bad(`memoryFile.size ${size} differs from memory.bytes ${bytes}`);

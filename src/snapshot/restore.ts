@@ -17,7 +17,7 @@ import type { ModuleCache } from '../guest/module-cache.js';
 import { FaultServer } from '../memory/fault-server.js';
 import { GuestMemory, WASM_PAGE_SIZE } from '../memory/guest-memory.js';
 import { PageState, PageStateTable } from '../memory/page-state.js';
-import { dataplaneAddon, dataplaneLoadFailure } from '../sys/dataplane.js';
+import { CHUNK_CHECK_BYTES, dataplaneAddon, dataplaneLoadFailure, type LoadOptions } from '../sys/dataplane.js';
 import type { Preopen, StdioBinding } from '../wasi/wasi.js';
 import { CHUNK_PAGES, PAGE_SIZE, SnapshotError, type MemoryChunk } from './format.js';
 import { checksumMismatch, truncatedAt } from './layer-reader.js';
@@ -200,12 +200,18 @@ export async function loadEagerly(chain: SnapshotChain, into: GuestMemory | Uint
 
 /** loadEagerly on the data plane's load threads (one a core); their errors become the SnapshotErrors the reader gives. */
 async function loadNatively(chain: SnapshotChain, chunks: Array<{ li: number; c: MemoryChunk }>, view: Uint8Array): Promise<void> {
-  const opts = {
+  const opts: LoadOptions = {
     memory: view, location: chain.location, layerFds: new Int32Array(0), threads: Math.min(8, Math.max(1, availableParallelism())),
     chunkLayer: Uint32Array.from(chunks, ({ li }) => li), chunkPage: Uint32Array.from(chunks, ({ c }) => c.page),
     chunkCount: Uint32Array.from(chunks, ({ c }) => c.count), chunkSha256: new Uint8Array(chunks.length * 32),
   };
   chunks.forEach(({ c }, i) => opts.chunkSha256.set(Buffer.from(c.sha256, 'hex'), i * 32));
+  // The fast checks when every chunk has one (snapshots written where the addon loaded); else the sha256s.
+  if (chunks.every(({ c }) => c.crc32c !== undefined)) {
+    const crc = new Uint8Array(chunks.length * CHUNK_CHECK_BYTES);
+    chunks.forEach(({ c }, i) => crc.set(Buffer.from(c.crc32c!, 'hex'), i * CHUNK_CHECK_BYTES));
+    opts.chunkCrc = crc;
+  }
   const paths = chain.layers.map((l) => l.memoryPath);
   const fds: number[] = [];
   const dp = dataplaneAddon();

@@ -12,6 +12,7 @@ import { join, relative, resolve } from 'node:path';
 import { createHash } from 'node:crypto';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import type { PageBitmap } from '../memory/page-bitmap.js';
+import { dataplaneAddon, dataplaneLoadFailure } from '../sys/dataplane.js';
 import { encodeGuestState, type GuestState } from '../state/guest-state.js';
 import {
   CHUNK_PAGES, MANIFEST_FILE, MEMORY_FILE, MODULE_FILE, PAGE_SIZE, SNAPSHOT_FORMAT, SNAPSHOT_VERSION, STATE_FILE,
@@ -157,6 +158,9 @@ async function writeMemoryFile(path: string, memory: GuestMemory, pages: PageBit
   step('open', path);
   const fh = await open(path, 'w', 0o600);
   const chunks: MemoryChunk[] = [];
+  // Each chunk's fast check too, where the data plane addon loads (~24 GB/s, beside sha256's
+  // ~1.7): what a native eager load checks instead of the sha256. Without it, loads check the sha256.
+  const check = dataplaneLoadFailure() === null ? dataplaneAddon().chunkCheck : null;
   // Every write in flight is awaited, and has a handler from the moment it starts: when one fails,
   // the others must not reject unobserved (an unhandled rejection ends the guest's process), and
   // the file is closed only once none is still running.
@@ -176,7 +180,10 @@ async function writeMemoryFile(path: string, memory: GuestMemory, pages: PageBit
         started.push(write);
         for (let p = w; p < we; p += CHUNK_PAGES) {
           const count = Math.min(CHUNK_PAGES, we - p);
-          chunks.push({ page: p, count, sha256: createHash('sha256').update(view.subarray(p * PAGE_SIZE, (p + count) * PAGE_SIZE)).digest('hex') });
+          const bytes = view.subarray(p * PAGE_SIZE, (p + count) * PAGE_SIZE);
+          const chunk: MemoryChunk = { page: p, count, sha256: createHash('sha256').update(bytes).digest('hex') };
+          if (check !== null) chunk.crc32c = check(bytes).toString('hex');
+          chunks.push(chunk);
         }
         if (inFlight.length >= WRITES_IN_FLIGHT) await inFlight.shift();
       }

@@ -85,6 +85,8 @@ export interface LoadOptions {
   chunkPage: Uint32Array;
   chunkCount: Uint32Array;
   chunkSha256: Uint8Array;
+  /** Per chunk, its fast check (CHUNK_CHECK_BYTES, as chunkCheck gives it): checked instead of the sha256 when given. */
+  chunkCrc?: Uint8Array;
   /** 1 to 8. */
   threads: number;
 }
@@ -168,6 +170,8 @@ export interface FerryDataplane {
    * first failure, before a damaged chunk's pages are copied.
    */
   startLoad(options: LoadOptions, onExit: (error: string | null) => void): DataplaneHandle;
+  /** A snapshot chunk's fast check (dp_check.c): CRC-32C of each quarter of `bytes`, four u32 little-endian. */
+  chunkCheck(bytes: Uint8Array): Buffer;
   /**
    * A precopy sender's later passes read this view of the guest's memory (it grew). Only between
    * passes: refused while one is in flight.
@@ -196,6 +200,8 @@ export const AnswerThreadStat = {
   STATE: 11,
 } as const;
 export const DATAPLANE_STAT_SLOTS = 16;
+/** Bytes of chunkCheck's result. */
+export const CHUNK_CHECK_BYTES = 16;
 /** Values of the STATE slot. */
 export const DataplaneState = { HANDSHAKE: 0, RUNNING: 1, STOPPED: 2, FAILED: 3 } as const;
 
