@@ -249,6 +249,7 @@ typedef struct {
   const uint8_t *chunk_crc; /* DP_CHECK bytes a chunk (dp_chunk_check), or NULL: the sha256 is checked */
   uint32_t nchunks;
   uint32_t threads;       /* this one and threads - 1 more: 1 to DP_LOAD_MAX_THREADS */
+  int populate;           /* 1: each chunk's pages are populated (MADV_POPULATE_WRITE) before they are written */
   uint32_t next;          /* the next chunk to take (atomic) */
   int failed;             /* atomic: the first failure wrote err */
   volatile int *stop;

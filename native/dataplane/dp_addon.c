@@ -549,6 +549,9 @@ static napi_value f_start_load(napi_env env, napi_callback_info info) {
       !(a->chunk_sha = get_array(env, p, o, "chunkSha256", napi_uint8_array, 1, n * 32, &sha)) ||
       !get_num(env, o, "threads", 1, DP_LOAD_MAX_THREADS, &v))
     goto bad;
+  double populate = 0;
+  if (has_option(env, o, "populate") && !get_num(env, o, "populate", 0, 1, &populate)) goto bad;
+  a->populate = populate == 1;
   size_t crc = n * DP_CHECK;
   if (has_option(env, o, "chunkCrc") && !(a->chunk_crc = get_array(env, p, o, "chunkCrc", napi_uint8_array, 1, n * DP_CHECK, &crc))) goto bad;
   if (n2 != n || n3 != n || sha != n * 32 || crc != n * DP_CHECK) {

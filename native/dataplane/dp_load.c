@@ -13,9 +13,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "dp.h"
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
+#endif
 
 static void fail_once(dp_load_args *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void fail_once(dp_load_args *a, const char *fmt, ...) {
@@ -66,6 +71,10 @@ static int load_chunk(dp_load_args *a, uint32_t i, uint8_t *buf, EVP_MD_CTX *md)
   size_t len = (size_t)count * DP_PAGE, done = 0;
   off_t pos = (off_t)page * DP_PAGE;
   uint8_t *into = own == count ? a->memory + (uint64_t)page * DP_PAGE : buf;
+  /* Fresh memory: its pages allocated in one call (huge pages where the caller advised them), on
+   * this thread, so every load thread allocates its share at once. Every page of a chunk is written
+   * by some layer. Best effort: a page left out faults in when written. */
+  if (a->populate) (void)madvise(a->memory + (uint64_t)page * DP_PAGE, len, MADV_POPULATE_WRITE);
   int r = dp_pread_full(a->fds[layer], into, len, pos, &done);
   if (r < 0) {
     fail_once(a, "read layer %u page %u: %s", layer, page, strerror(errno));

@@ -94,9 +94,10 @@ export class GuestMemory {
    * per 4 KiB page (measured, docs/architecture.md). Best effort: a kernel without the advice, or
    * memory it cannot find, leaves the pages to fault in as before. Never call it on memory
    * registered with userfaultfd for missing pages: populating would fault into the handler.
-   * Returns the bytes populated.
+   * With `populate: false` only the advice is given: the caller populates (the native eager load's
+   * threads, each its own share). Returns the bytes populated.
    */
-  prefault(runs: Array<[number, number]>): number {
+  prefault(runs: Array<[number, number]>, { populate = true }: { populate?: boolean } = {}): number {
     const v = this.view();
     let populated = 0;
     for (const [s, e] of runs) {
@@ -107,8 +108,10 @@ export class GuestMemory {
       const hugeTo = Math.floor((this.base + to) / HUGE_PAGE_SIZE) * HUGE_PAGE_SIZE - this.base;
       try {
         if (hugeTo > hugeFrom) madvise(v, hugeFrom, hugeTo - hugeFrom, MADV_HUGEPAGE);
-        madvise(v, from, to - from, MADV_POPULATE_WRITE);
-        populated += to - from;
+        if (populate) {
+          madvise(v, from, to - from, MADV_POPULATE_WRITE);
+          populated += to - from;
+        }
       } catch {
         /* an optimisation only: the pages fault in when written */
       }

@@ -179,15 +179,18 @@ function checkPreopens(chain: SnapshotChain, preopens: Preopen[]): void {
  * every core); in this thread otherwise, or with `{ native: false }`.
  */
 export async function loadEagerly(chain: SnapshotChain, into: GuestMemory | Uint8Array, opts: { native?: boolean } = {}): Promise<void> {
-  let view = into as Uint8Array;
-  if (into instanceof GuestMemory) {
-    into.prefault(heldRuns(chain.location)); // fresh memory: the pages are allocated in bulk, not one fault each
-    view = into.view();
-  }
   // A chunk whose pages all come from newer layers is not read.
   const chunks = chain.layers.flatMap((l, li) => l.manifest.memoryFile.chunks.filter((c) => chain.location.subarray(c.page, c.page + c.count).includes(li)).map((c) => ({ li, c })));
-  if ((opts.native ?? true) && dataplaneLoadFailure() === null && chunks.length > 0) {
-    await loadNatively(chain, chunks, view);
+  const native = (opts.native ?? true) && dataplaneLoadFailure() === null && chunks.length > 0;
+  let view = into as Uint8Array;
+  if (into instanceof GuestMemory) {
+    // Fresh memory: its pages allocated in bulk, not one fault each; natively by the load threads,
+    // each its share, so the allocation runs on every core.
+    into.prefault(heldRuns(chain.location), { populate: !native });
+    view = into.view();
+  }
+  if (native) {
+    await loadNatively(chain, chunks, view, into instanceof GuestMemory);
     return;
   }
   const reader = chainReader(chain);
@@ -199,9 +202,9 @@ export async function loadEagerly(chain: SnapshotChain, into: GuestMemory | Uint
 }
 
 /** loadEagerly on the data plane's load threads (one a core); their errors become the SnapshotErrors the reader gives. */
-async function loadNatively(chain: SnapshotChain, chunks: Array<{ li: number; c: MemoryChunk }>, view: Uint8Array): Promise<void> {
+async function loadNatively(chain: SnapshotChain, chunks: Array<{ li: number; c: MemoryChunk }>, view: Uint8Array, populate: boolean): Promise<void> {
   const opts: LoadOptions = {
-    memory: view, location: chain.location, layerFds: new Int32Array(0), threads: Math.min(8, Math.max(1, availableParallelism())),
+    memory: view, location: chain.location, layerFds: new Int32Array(0), threads: Math.min(8, Math.max(1, availableParallelism())), populate,
     chunkLayer: Uint32Array.from(chunks, ({ li }) => li), chunkPage: Uint32Array.from(chunks, ({ c }) => c.page),
     chunkCount: Uint32Array.from(chunks, ({ c }) => c.count), chunkSha256: new Uint8Array(chunks.length * 32),
   };

@@ -89,6 +89,12 @@ export interface LoadOptions {
   chunkCrc?: Uint8Array;
   /** 1 to 8. */
   threads: number;
+  /**
+   * Fresh memory: each thread allocates a chunk's pages in one MADV_POPULATE_WRITE before it writes
+   * them (GuestMemory.prefault's second half, shared out among the threads). Never on memory
+   * registered with userfaultfd for missing pages.
+   */
+  populate?: boolean;
 }
 
 export interface AnswerThreadOptions extends CommonOptions {
