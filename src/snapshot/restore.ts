@@ -70,7 +70,8 @@ export interface PreparedRestore {
 
 export async function restoreSnapshot(source: string | SnapshotChain, opts: RestoreSnapshotOptions = {}): Promise<RestoredSnapshot> {
   const t0 = performance.now();
-  const prepared = await prepareRestore(source, opts);
+  // Nothing waits between the two steps here, so an eager load need not wait for the guest's thread.
+  const prepared = await prepareRestore(source, opts, { loadAtOnce: true });
   const r = await prepared.start();
   return { ...r, restoreMs: round(performance.now() - t0) };
 }
@@ -80,10 +81,14 @@ export async function restoreSnapshot(source: string | SnapshotChain, opts: Rest
  * waiting for its state) and, for lazy restores, the fault server — all without reading a page.
  * A host that keeps one prepared restore ready runs it with start() in a few milliseconds.
  */
-export async function prepareRestore(source: string | SnapshotChain, opts: RestoreSnapshotOptions = {}): Promise<PreparedRestore> {
+export async function prepareRestore(source: string | SnapshotChain, opts: RestoreSnapshotOptions = {}, how: { loadAtOnce?: boolean } = {}): Promise<PreparedRestore> {
   const chain = typeof source === 'string' ? loadSnapshot(source) : source;
   checkPreopens(chain, opts.preopens ?? []);
   const mem = GuestMemory.create(chain.memory.bytes / WASM_PAGE_SIZE, chain.memory.maxBytes / WASM_PAGE_SIZE);
+  // restoreSnapshot's eager load runs on the load threads while the guest's thread boots (which
+  // writes no guest memory before its launch); start() then only waits for what is left of it.
+  const loading = !opts.lazy && how.loadAtOnce ? timedLoad(chain, mem) : null;
+  loading?.catch(() => undefined); // observed in start() or dispose()
   const preparing = Guest.prepare({
     module: chain.moduleSource,
     memory: mem.memory,
@@ -98,6 +103,7 @@ export async function prepareRestore(source: string | SnapshotChain, opts: Resto
   } catch (err) {
     await preparing.then((p) => p.dispose(), () => undefined);
     await lazy?.stop().catch(() => undefined);
+    await loading?.catch(() => undefined); // the load threads end before the memory is let go
     throw err;
   }
   const binding = { preopens: opts.preopens ?? [], stdio: opts.stdio ?? {}, startPaused: opts.startPaused ?? false };
@@ -110,19 +116,20 @@ export async function prepareRestore(source: string | SnapshotChain, opts: Resto
       used = true;
       await prepared.dispose();
       await lazy?.stop();
+      await loading?.catch(() => undefined);
     },
     async start(): Promise<RestoredSnapshot> {
       if (used) throw new Error('prepareRestore: start() was already called (or the restore was disposed)');
       used = true;
       const t0 = performance.now();
       if (!lazy) {
+        let loadMs: number;
         try {
-          await loadEagerly(chain, mem);
+          loadMs = await (loading ?? timedLoad(chain, mem));
         } catch (err) {
           await prepared.dispose();
           throw err;
         }
-        const loadMs = round(performance.now() - t0);
         const guest = await launch(prepared, chain, binding);
         return { guest, memory: mem, chain, restoreMs: round(performance.now() - t0), loaded: Promise.resolve({ mode: 'eager', pages: chain.presentPages, loadMs }) };
       }
@@ -239,6 +246,13 @@ async function loadNatively(chain: SnapshotChain, chunks: Array<{ li: number; c:
   const truncated = /^truncated layer (\d+) byte (\d+)$/.exec(error);
   if (truncated) throw truncatedAt(paths[Number(truncated[1])]!, Number(truncated[2]));
   throw new Error(`eager load: ${error}`);
+}
+
+/** loadEagerly into `mem`; resolves with the milliseconds it took. */
+async function timedLoad(chain: SnapshotChain, mem: GuestMemory): Promise<number> {
+  const t0 = performance.now();
+  await loadEagerly(chain, mem);
+  return round(performance.now() - t0);
 }
 
 /** Runs [start, end) of the pages some layer holds (location >= 0): what an eager restore writes. */
