@@ -50,6 +50,14 @@ export function steer(ctx: PathContext, n: WNode, replace: ((e: number) => void)
   switch (n.kind) {
     case Kind.Block: {
       const kids = n.children;
+      // Finalizing a named block walks all of it for branches to it, and steer finalizes every
+      // block on the way to each point: quadratic in the nested blocks of a big switch (cmark: 1.9
+      // of its ~18 s instrumenting). Only two changes here can change the block's type: a child
+      // that was unreachable now wrapped in an `if` (then the block was unreachable), and a new
+      // type of its final child (steered in place). Otherwise its type stands, unfinalized.
+      const typeBefore = b.getExpressionType(n.expr);
+      const finalType = (): number => b.getExpressionType(b.Block.getChildAt(n.expr, kids.length - 1));
+      const finalTypeBefore = finalType();
       let last = -1;
       kids.forEach((ch, j) => { if (ctx.ranges.has(ch)) last = j; });
       let group = -1; // first of a run of children without points, to be skipped on resume
@@ -73,7 +81,7 @@ export function steer(ctx: PathContext, n: WNode, replace: ((e: number) => void)
       }
       flush(last);
       if (!steer(ctx, kids[last]!, (e) => b.Block.setChildAt(n.expr, last, e))) return false;
-      b._BinaryenExpressionFinalize(n.expr);
+      if (typeBefore === b.unreachable || finalType() !== finalTypeBefore) b._BinaryenExpressionFinalize(n.expr);
       return true;
     }
     case Kind.Loop: {
