@@ -60,6 +60,13 @@ async function lazyMemory(location: Int16Array): Promise<{ mem: GuestMemory; g: 
 /** The fallback a FaultServer would use were the native thread off; never used in these tests. */
 const UNUSED_SOURCE = { kind: 'buffer', image: new SharedArrayBuffer(PAGE) } as const;
 
+/**
+ * The file thread marks pages received, counts them and records the fault's latency after the
+ * UFFDIO_COPY (or UFFDIO_ZEROPAGE) that already woke the guest: a load can return before those land.
+ * Waited for (an event, bounded), then asserted exactly.
+ */
+const settled = (what: string, pred: () => boolean): Promise<void> => waitFor(what, pred, 10_000);
+
 test('a Wasm guest faults on holes filled by the native file thread: the newest layer wins, holes are zero, fault-around reads ahead', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'ferry-dpfile-'));
   try {
@@ -69,12 +76,14 @@ test('a Wasm guest faults on holes filled by the native file thread: the newest 
     try {
       assert.equal(server.servedBy, 'native');
       assert.equal(await g.run({ op: 'load', addr: 1 * PAGE }), word(1, 0), 'a root page');
+      await settled('page 2 (read ahead) to be marked received', () => states.get(2) === PageState.RECEIVED);
       assert.equal(states.get(2), PageState.RECEIVED, 'fault-around read the next pending page too');
       assert.equal(await g.run({ op: 'load', addr: 5 * PAGE }), word(5, 1), 'a page the diff holds again: the diff wins');
       assert.equal(await g.run({ op: 'load', addr: 5 * PAGE + PAGE - 4 }), ~word(5, 1), 'the last word of it');
       await g.run({ op: 'store', addr: 9 * PAGE + 8, value: 77 }); // a write fault on a pending page
       assert.equal(await g.run({ op: 'load', addr: 9 * PAGE }), word(9, 0), 'the rest of the written page came from the file');
       assert.equal(await g.run({ op: 'load', addr: 9 * PAGE + 8 }), 77);
+      await settled('the pages of three faults to be counted', () => server.stats().pagesPlaced >= 6);
       const s = server.stats();
       assert.equal(s.requests, 3, 'one read per fault on a pending page');
       assert.equal(s.pagesPlaced, 6, 'each with one page read ahead');
@@ -82,6 +91,10 @@ test('a Wasm guest faults on holes filled by the native file thread: the newest 
       let expect = 0;
       for (let p = 0; p < 16; p++) expect = (expect + (p === 9 ? word(9, 0) : location[p]! < 0 ? 0 : word(p, location[p]!))) | 0;
       assert.equal(await g.run({ op: 'touch', addr: 0, pages: 16 }), expect);
+      await settled('every fault of the touch to be counted', () => {
+        const st = server.stats();
+        return st.pagesPlaced >= 16 && st.latencySamples >= st.requests + st.zeroFills;
+      });
       const end = server.stats();
       assert.equal(end.pagesPlaced, 16, 'every page of the first 16 the chain holds was read once');
       assert.equal(end.latencySamples, end.requests + end.zeroFills, 'one latency sample per fault served');
@@ -117,9 +130,12 @@ test('a syscall into a hole (fs.readSync by the guest thread) and three threads 
       assert.equal(await g.run({ op: 'load', addr: 3 * PAGE }), word(3, 0), 'bytes before the read: from the file');
       assert.equal(await g.run({ op: 'load', addr: 3 * PAGE + 100 }), 0x5a5a5a5a, 'bytes of the read');
       // three threads load page 12 at once: all see the file's bytes, and it is placed once
+      // (pages 0 and 3 counted first: their counts can land after the loads that faulted on them returned)
+      await settled('pages 0 and 3 to be counted', () => states.get(3) === PageState.RECEIVED && server.stats().pagesPlaced >= 2);
       const before = server.stats().pagesPlaced;
       const values = await Promise.all([g, ...others].map((t) => t.run<number>({ op: 'load', addr: 12 * PAGE })));
       assert.deepEqual(values, [word(12, 0), word(12, 0), word(12, 0)]);
+      await settled('page 12 to be marked received and counted', () => states.get(12) === PageState.RECEIVED && server.stats().pagesPlaced > before);
       assert.equal(states.get(12), PageState.RECEIVED);
       assert.equal(server.stats().pagesPlaced - before, 1, 'page 12 placed once for three threads');
     } finally {

@@ -16,9 +16,17 @@ import { PageState } from '../src/memory/page-state.js';
 import { PageDigest, pageHash } from '../src/migration/verify/digest.js';
 import { GuestThread } from './fixtures/memory/guest.js';
 import { PAGE, assertRefusedAndClosed, destination, loopbackPair, patternOf, sourceImage, type Destination, type Refusal } from './fixtures/dataplane/loopback.js';
+import { waitFor } from './fixtures/guest/helpers.js';
 
 const WASM_PAGES = 4; // 64 host pages
 const PAGES = WASM_PAGES * 16;
+
+/**
+ * The fault thread hashes a page, marks it received, counts it and records its fault's latency after
+ * the UFFDIO_COPY that already woke the guest: a load can return before those land. Waited for (an
+ * event, bounded), then asserted exactly.
+ */
+const settled = (what: string, pred: () => boolean): Promise<void> => waitFor(what, pred, 10_000);
 
 /** A native fault thread (acceptor) facing a TypeScript peer playing the source (connector). */
 async function faultPlaneFacingPeer(d: Destination, pageCount = PAGES): Promise<{ plane: FaultPlane; peer: DataplanePeer }> {
@@ -70,12 +78,14 @@ test('native on both sides: many threads faulting on one page get it with one re
   try {
     const values = await Promise.all(guests.map((g) => g.run<number>({ op: 'load', addr: 3 * PAGE })));
     assert.deepEqual(values, guests.map(() => patternOf(3)));
+    const waiting = new Int32Array(d.requests.waiting);
+    await settled('the fault thread to finish placing page 3', () => fault.read().pagesPlaced >= 1 && Atomics.load(waiting, 0) === 0);
     // One page, one request, one page placed, however many threads faulted on it.
     assert.equal(fault.read().requests, 1);
     assert.equal(fault.read().pagesPlaced, 1);
     assert.equal(answer.read().pagesSent, 1);
     assert.equal(d.states.get(3), PageState.RECEIVED);
-    assert.equal(Atomics.load(new Int32Array(d.requests.waiting), 0), 0);
+    assert.equal(Atomics.load(waiting, 0), 0);
     // --verify: the thread recorded the page's hash, the same function as the TypeScript digest's.
     assert.deepEqual([...new Uint32Array(digest.buffer, 3 * 8, 2)], pageHash(src.memory.subarray(3 * PAGE, 4 * PAGE)));
     // A known-zero page is filled locally: no request.
@@ -86,6 +96,7 @@ test('native on both sides: many threads faulting on one page get it with one re
     assert.equal(await guests[1]!.run<number>({ op: 'load', addr: 9 * PAGE }), patternOf(9));
     assert.equal(await guests[1]!.run<number>({ op: 'load', addr: 10 * PAGE - 4 }) >>> 24, 9);
     assert.equal(fault.read().requests, 2);
+    await settled('the latency of the fault on page 9', () => fault.latenciesSince(0).samples.length >= 2);
     const lat = fault.latenciesSince(0);
     assert.equal(lat.samples.length, 2);
     assert.ok(lat.samples.every((us) => us >= 0));
@@ -245,6 +256,7 @@ test('a page that has already arrived is not placed again, and the thread goes o
     peer.send(DataplaneFrame.PAGES, DataplanePeer.pagesBody(6, six));
     assert.equal(await loading, 6666);
     assert.equal(await g.run<number>({ op: 'load', addr: 5 * PAGE }), 1111);
+    await settled('the fault thread to count page 6', () => plane.read().pagesPlaced >= 1);
     assert.equal(plane.read().pagesPlaced, 1);
     assert.equal(plane.read().pagesReceived, 2);
     assert.equal(plane.read().state, 'running');

@@ -114,7 +114,9 @@ async function runCompute(iterations: number, pauses: boolean): Promise<{ result
 }
 
 test('compute paused and resumed many times prints the same RESULT as an uninterrupted run', async () => {
-  const iterations = 30000;
+  // About a second of guest time (~0.2 s at 30000 could end before 10 pauses landed on a starved
+  // main thread); the pauses themselves only make the run longer.
+  const iterations = 200000;
   const plain = await runCompute(iterations, false);
   assert.deepEqual(plain.exit, { code: 0, reason: 'exit' });
   const paused = await runCompute(iterations, true);
@@ -147,13 +149,21 @@ test('stop() on a paused guest ends it without running more guest code', async (
 
 test('a guest adopts a spare worker started before it (as `ferry run` does), pauses, resumes and ends normally', async () => {
   startSpareWorker();
+  const work = tmpDir('spare-work');
   const out = stdoutFile('spare');
-  const guest = await Guest.start({ module: guestModule('memtouch'), args: ['memtouch', '--mib', '4', '--seconds', '0.3', '--report-ms', '20'], stdio: { stdout: out.fd } });
+  // It runs until the test writes its verify file (no --seconds): the pause below cannot find it ended.
+  const guest = await Guest.start({
+    module: guestModule('memtouch'), args: ['memtouch', '--mib', '4', '--report-ms', '20', '--verify-file', '/work/verify'],
+    preopens: [{ guestPath: '/work', hostPath: work }], stdio: { stdout: out.fd },
+  });
   assert.equal(takeSpareWorker(), null, 'the guest took the spare worker (no second thread started)');
   await waitFor('the first SEQ line', () => seqNumbers(readText(out.path)).length > 0);
   await guest.pause();
   assert.ok(guest.capture().exec.unwind, 'paused at a safepoint on the spare thread');
   guest.resume();
+  const seqBefore = seqNumbers(readText(out.path)).length;
+  await waitFor('a SEQ line after the resume', () => seqNumbers(readText(out.path)).length > seqBefore);
+  fs.writeFileSync(path.join(work, 'verify'), '');
   const exit = await guest.exited;
   fs.closeSync(out.fd);
   assert.deepEqual(exit, { code: 0, reason: 'exit' });

@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import binaryen from 'binaryen';
-import { sleep, useSharedCache } from './fixtures/guest/helpers.js';
+import { sleep, useSharedCache, waitFor } from './fixtures/guest/helpers.js';
 import { Guest } from '../src/guest/guest.js';
 import { instrumentModule } from '../src/guest/instrument.js';
 
@@ -95,7 +95,8 @@ for (const kind of Object.keys(KINDS) as Kind[]) {
       new Uint8Array(memory.buffer).set(image);
       const restored = await Guest.restore({ module, state, memory });
       try {
-        await sleep(10);
+        // Waited for, not timed: a restored guest that does not count on fails here (after 60 s).
+        await waitFor('the restored guest to count on', () => counterOf(memory) > counted);
         await restored.pause();
         assert.ok(counterOf(memory) > counted, 'the restored guest counts on from where it was');
       } finally {

@@ -77,7 +77,9 @@ describe('postcopy migration, end to end', () => {
     // 2. Postcopy: one precopy pass, then the guest runs on the destination with holes.
     const second = await startDestination(sb);
     procs.push(second.proc);
-    const { code, json: r, stderr } = await runMigrate(sb, second.port, ['--mode', 'postcopy', '--verify']);
+    //    The 1 µs target and the cap, as in step 1: the first pass lasts about 2 s and even one page
+    //    left dirty misses the target, so a starved guest cannot make this a stop-and-copy.
+    const { code, json: r, stderr } = await runMigrate(sb, second.port, ['--mode', 'postcopy', '--verify', '--downtime-target', '0.001', '--max-bandwidth', '512M']);
     assert.equal(code, 0, `postcopy failed: ${stderr}`);
     assert.equal(r['mode'], 'postcopy');
     assert.equal(r['verified'], true);
@@ -105,8 +107,9 @@ describe('postcopy migration, end to end', () => {
     procs.push(dst);
     // The 1 µs target keeps stop-and-copy off the table after the first pass (about a second of a
     // busy guest), so auto must choose postcopy; at the default target a starved guest could let
-    // precopy converge.
-    const { code, json: r, stderr } = await runMigrate(sb, port, ['--mode', 'auto', '--downtime-target', '0.001', '--verify']);
+    // precopy converge. The cap makes that pass last (about 2 s) on any machine, and keeps even one
+    // dirty page above the target however fast the stream is.
+    const { code, json: r, stderr } = await runMigrate(sb, port, ['--mode', 'auto', '--downtime-target', '0.001', '--verify', '--max-bandwidth', '512M']);
     assert.equal(code, 0, `auto failed: ${stderr}`);
     assert.equal(r['mode'], 'postcopy');
     assert.equal(r['converged'], false);

@@ -42,9 +42,13 @@ test('a guest blocked in accept, recv or send pauses and resumes exactly; non-bl
     client.on('error', (err) => clientErrors.push(err));
     const received: Buffer[] = [];
     let receivedBytes = 0;
+    // Until the test lets the big send through, the client stops reading as soon as the echo is in:
+    // pausing only once the test has seen the echo would let the guest's 8 MiB send run on meanwhile.
+    let holdAfterEcho = true;
     client.on('data', (d: Buffer) => {
       received.push(d);
       receivedBytes += d.length;
+      if (holdAfterEcho && receivedBytes >= 8) client.pause();
     });
     // Listened for from the start: the guest's shutdown follows its last send at once, and an
     // 'end' emitted before a late listener was attached would leave the test waiting forever.
@@ -70,6 +74,7 @@ test('a guest blocked in accept, recv or send pauses and resumes exactly; non-bl
     await new Promise((r) => setTimeout(r, 100));
     for (let i = 0; i < 3; i++) await pauseResume(guest, 1);
     assert.doesNotMatch(readText(outPath), /SENT/, 'the send is still blocked on the full buffers');
+    holdAfterEcho = false;
     client.resume();
     await waitFor('every byte', () => receivedBytes >= 8 + SEND_BYTES);
     await waitFor('the send to finish', () => readText(outPath).includes(`SENT ${SEND_BYTES}`));

@@ -114,7 +114,10 @@ for (const sec of SECURITIES) {
         const { src, dst, proxy } = await proxiedPair(sb, sec, GUEST_ARGS, procs);
         try {
           tally.tried(c.kind);
-          const mig = startMigrate(sb, proxy.port, sec, ['--mode', c.mode, '--max-bandwidth', '16M', '--verify']);
+          // Postcopy cases need the postcopy phase: the 1 µs target keeps a starved guest from ending
+          // as a stop-and-copy. Precopy cases keep the default target (they must converge).
+          const downtime = c.mode === 'postcopy' ? ['--downtime-target', '0.001'] : [];
+          const mig = startMigrate(sb, proxy.port, sec, ['--mode', c.mode, ...downtime, '--max-bandwidth', '16M', '--verify']);
           procs.push(mig);
           const armed = c.inject(proxy, sb);
           const out = await migrateOutcome(mig, 90_000);
