@@ -18,7 +18,7 @@ import { liveAtLoopHeads, members } from '../src/guest/liveness.js';
 import { readTree, preOrder, Kind, type WNode } from '../src/guest/wasm-tree.js';
 import { startWarmUp } from '../src/guest/warm-up.js';
 import { WARM_EXPORT_PREFIX } from '../src/guest/instrument-meta.js';
-import { compileFixture, readText, waitFor, captureOverCopy } from './fixtures/guest/helpers.js';
+import { compileFixture, readText, waitFor, captureOverCopy, pausedAfterPauses } from './fixtures/guest/helpers.js';
 
 process.env['FERRY_LOOP_RESUME'] = '1'; // read when instrumenting (this process and its threads)
 const WASI_RUN = fileURLToPath(new URL('../bench/fixtures/wasi-run.js', import.meta.url));
@@ -80,18 +80,6 @@ async function pausedMovedAndReference(wasm: string, args: string[], files: Reco
     const first = join(root, 'first.out');
     const second = join(root, 'second.out');
     const preopens = [{ guestPath: '/work', hostPath: work }];
-    /** Pauses: true once paused, false if the guest ended normally before the pause reached it. */
-    const pausedUnlessEnded = async (guest: Guest): Promise<boolean> => {
-      try {
-        await guest.pause();
-      } catch (err) {
-        if ((err as { code?: string }).code !== 'guest-ended') throw err;
-        assert.deepEqual(await guest.exited, { reason: 'exit', code: 0 });
-        return false;
-      }
-      assert.equal(guest.status, 'paused');
-      return true;
-    };
     /** One run paused a few times, captured and restored; false if it ended before its last pause. */
     const once = async (waitMs: number): Promise<boolean> => {
       const fd1 = openSync(first, 'w');
@@ -100,12 +88,7 @@ async function pausedMovedAndReference(wasm: string, args: string[], files: Reco
         const guest = await Guest.start({ module, args, stdio: { stdout: fd1 }, preopens, cache });
         let restored: Guest | null = null;
         try {
-          for (let i = 0; i < 4; i++) {
-            if (waitMs > 0) await sleep(waitMs);
-            if (!(await pausedUnlessEnded(guest))) return false;
-            guest.resume();
-          }
-          if (!(await pausedUnlessEnded(guest))) return false;
+          if (!(await pausedAfterPauses(guest, 4, waitMs))) return false;
           const { state, memory } = await captureOverCopy(guest);
           assert.ok(state.exec.unwind, 'the guest unwound its stack at the pause');
           restored = await Guest.restore({ module, state, memory, stdio: { stdout: fd2 }, preopens, cache });

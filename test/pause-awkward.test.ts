@@ -9,7 +9,7 @@ import { closeSync, openSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import binaryen from 'binaryen';
-import { compileFixture, sleep, tmpDir, useSharedCache, captureOverCopy } from './fixtures/guest/helpers.js';
+import { compileFixture, sleep, tmpDir, useSharedCache, captureOverCopy, pausedAfterPauses } from './fixtures/guest/helpers.js';
 import { Guest } from '../src/guest/guest.js';
 
 useSharedCache();
@@ -21,22 +21,6 @@ function reference(wasm: string, args: string[], dir: string): { out: Buffer; ms
   const r = spawnSync(process.execPath, ['--no-warnings', WASI_RUN, wasm, dir, file, 'spinners', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
   assert.equal(r.status, 0, String(r.stderr));
   return { out: readFileSync(file), ms: performance.now() - t0 };
-}
-
-/**
- * Pauses `guest`: true once it sits paused, false if it ended normally before the pause reached it
- * (a machine slower than the waits assumed; any other end is a failure).
- */
-async function pausedUnlessEnded(guest: Guest): Promise<boolean> {
-  try {
-    await guest.pause();
-  } catch (err) {
-    if ((err as { code?: string }).code !== 'guest-ended') throw err;
-    assert.deepEqual(await guest.exited, { reason: 'exit', code: 0 });
-    return false;
-  }
-  assert.equal(guest.status, 'paused');
-  return true;
 }
 
 /**
@@ -54,12 +38,7 @@ async function pausedAndMovedOnce(module: Uint8Array, args: string[], dir: strin
     const guest = await Guest.start({ module, args: ['spinners', ...args], stdio: { stdout: fd1 } });
     let restored: Guest | null = null;
     try {
-      for (let i = 0; i < 5; i++) {
-        if (waitMs > 0) await sleep(waitMs);
-        if (!(await pausedUnlessEnded(guest))) return null;
-        guest.resume();
-      }
-      if (!(await pausedUnlessEnded(guest))) return null;
+      if (!(await pausedAfterPauses(guest, 5, waitMs))) return null;
       const { state, memory } = await captureOverCopy(guest);
       assert.ok(state.exec.unwind, 'the guest unwound its stack at the pause');
       restored = await Guest.restore({ module, state, memory, stdio: { stdout: fd2 } });
