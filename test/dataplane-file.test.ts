@@ -228,6 +228,12 @@ test("the load threads place each page from its newest layer, check every chunk 
     const memCrc = new Uint8Array(new SharedArrayBuffer(48 * PAGE));
     assert.equal(await load(memCrc, good.map(() => Buffer.alloc(32)), 2, crcs), null);
     placedAsLocated(memCrc);
+    // An entry of zeros: that chunk's sha256 is checked instead.
+    const crcsBut1 = crcs.map((c, i) => (i === 1 ? Buffer.alloc(16) : c));
+    const shasBut1 = good.map((s, i) => (i === 1 ? s : Buffer.alloc(32)));
+    assert.equal(await load(new Uint8Array(new SharedArrayBuffer(48 * PAGE)), shasBut1, 2, crcsBut1), null);
+    const badSha1 = shasBut1.map((s, i) => (i === 1 ? Buffer.alloc(32) : s));
+    assert.equal(await load(new Uint8Array(new SharedArrayBuffer(48 * PAGE)), badSha1, 1, crcsBut1), 'checksum layer 0 page 16 count 16');
     // A check that does not hold fails the load and names the chunk. Chunk 1 is all the root's own
     // (read straight into memory, which the caller then never runs); chunk 0 shares pages 4-7 with
     // the diff, so it is read aside, and a damaged one copies nothing.

@@ -97,6 +97,18 @@ test('a manifest without fast checks (an older writer, or one without the addon)
   await assert.rejects(loadEagerly(c, mem.view()), refusal('checksum', f));
 });
 
+test("the newest layer's fast checks are what the native load checks there: a wrong one is refused", async () => {
+  const p = copyPair('badcrc');
+  const manifestPath = join(p.diff, 'manifest.json'); // the leaf: no child pins it
+  const m = JSON.parse(readFileSync(manifestPath, 'utf8')) as SnapshotManifest;
+  const c0 = m.memoryFile.chunks[0]!;
+  c0.crc32c = (c0.crc32c![0] === '0' ? '1' : '0') + c0.crc32c!.slice(1);
+  writeFileSync(manifestPath, JSON.stringify(m));
+  const chain = loadSnapshot(p.diff);
+  const mem = GuestMemory.create(chain.memory.bytes / WASM_PAGE_SIZE, chain.memory.maxBytes / WASM_PAGE_SIZE);
+  await assert.rejects(loadEagerly(chain, mem.view()), refusal('checksum', join(p.diff, 'memory.bin')));
+});
+
 test('a truncated memory file is refused', () => {
   const p = copyPair('trunc');
   const f = join(p.full, 'memory.bin');

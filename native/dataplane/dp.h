@@ -246,10 +246,10 @@ typedef struct {
   uint32_t location_pages;
   const uint32_t *chunk_layer, *chunk_page, *chunk_count;
   const uint8_t *chunk_sha; /* 32 bytes a chunk */
-  const uint8_t *chunk_crc; /* DP_CHECK bytes a chunk (dp_chunk_check), or NULL: the sha256 is checked */
+  const uint8_t *chunk_crc; /* DP_CHECK bytes a chunk (dp_chunk_check; zeros: none), or NULL: the sha256s are checked */
   uint32_t nchunks;
   uint32_t threads;       /* this one and threads - 1 more: 1 to DP_LOAD_MAX_THREADS */
-  int populate;           /* 1: each chunk's pages are populated (MADV_POPULATE_WRITE) before they are written */
+  int populate;           /* 1: a chunk read in place is populated (MADV_POPULATE_WRITE) before it is read */
   uint32_t next;          /* the next chunk to take (atomic) */
   int failed;             /* atomic: the first failure wrote err */
   volatile int *stop;

@@ -5,6 +5,7 @@
 // step. It guards against damage, as the sha256 beside it in the manifest does; neither is a
 // signature. Without SSE4.2 a table does the same sums, slowly.
 #define _GNU_SOURCE
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -13,14 +14,19 @@
 #define CRC32C_POLY 0x82f63b78u /* reflected Castagnoli polynomial */
 
 static uint32_t table[256];
-static int have_sse42 = -1;
+static int have_sse42;
+static pthread_once_t initialised = PTHREAD_ONCE_INIT;
 
-static void init_table(void) {
+static void init(void) {
   for (uint32_t i = 0; i < 256; i++) {
     uint32_t c = i;
     for (int k = 0; k < 8; k++) c = (c >> 1) ^ (CRC32C_POLY & (0u - (c & 1)));
     table[i] = c;
   }
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  have_sse42 = __builtin_cpu_supports("sse4.2") != 0;
+#endif
 }
 
 static uint32_t crc_soft(uint32_t c, const uint8_t *p, size_t n) {
@@ -63,17 +69,9 @@ void dp_chunk_check(const uint8_t *p, size_t len, uint8_t out[DP_CHECK]) {
   /* Quarters of len / 4 bytes; the last one also takes the len % 4 bytes left over. */
   size_t q = len / 4, tail = len % 4;
   uint32_t c[4];
-  if (__atomic_load_n(&have_sse42, __ATOMIC_RELAXED) < 0) {
-    init_table(); /* idempotent: racing threads write the same values */
+  pthread_once(&initialised, init);
 #if defined(__x86_64__)
-    __builtin_cpu_init();
-    __atomic_store_n(&have_sse42, __builtin_cpu_supports("sse4.2") ? 1 : 0, __ATOMIC_RELEASE);
-#else
-    __atomic_store_n(&have_sse42, 0, __ATOMIC_RELEASE);
-#endif
-  }
-#if defined(__x86_64__)
-  if (__atomic_load_n(&have_sse42, __ATOMIC_ACQUIRE) == 1)
+  if (have_sse42)
     crc_lanes_hw(p, q, tail, c);
   else
 #endif

@@ -32,13 +32,15 @@ static void fail_once(dp_load_args *a, const char *fmt, ...) {
   va_end(ap);
 }
 
-/* 1 when the chunk's bytes match the manifest's check: its fast check when the manifest has one,
- * else its sha256; 0 on a mismatch; -1 after fail_once. */
+/* 1 when the chunk's bytes match the manifest's check: its fast check where the caller gave one
+ * (an entry of zeros: none), else its sha256; 0 on a mismatch; -1 after fail_once. */
 static int chunk_ok(dp_load_args *a, uint32_t i, const uint8_t *bytes, size_t len, EVP_MD_CTX *md) {
-  if (a->chunk_crc) {
+  static const uint8_t none[DP_CHECK];
+  const uint8_t *want = a->chunk_crc ? a->chunk_crc + (size_t)i * DP_CHECK : NULL;
+  if (want && memcmp(want, none, DP_CHECK) != 0) {
     uint8_t sum[DP_CHECK];
     dp_chunk_check(bytes, len, sum);
-    return memcmp(sum, a->chunk_crc + (size_t)i * DP_CHECK, DP_CHECK) == 0;
+    return memcmp(sum, want, DP_CHECK) == 0;
   }
   uint8_t sum[32];
   unsigned int n = 0;
@@ -71,10 +73,11 @@ static int load_chunk(dp_load_args *a, uint32_t i, uint8_t *buf, EVP_MD_CTX *md)
   size_t len = (size_t)count * DP_PAGE, done = 0;
   off_t pos = (off_t)page * DP_PAGE;
   uint8_t *into = own == count ? a->memory + (uint64_t)page * DP_PAGE : buf;
-  /* Fresh memory: its pages allocated in one call (huge pages where the caller advised them), on
-   * this thread, so every load thread allocates its share at once. Every page of a chunk is written
-   * by some layer. Best effort: a page left out faults in when written. */
-  if (a->populate) (void)madvise(a->memory + (uint64_t)page * DP_PAGE, len, MADV_POPULATE_WRITE);
+  /* Fresh memory: the pages a chunk read in place fills are allocated in one call (huge pages where
+   * the caller advised them), on this thread, so every load thread allocates its share at once
+   * (they lie inside the memory: checked above). Best effort: a page left out faults in when
+   * written, as the pages a chunk read aside copies do. */
+  if (a->populate && into != buf) (void)madvise(into, len, MADV_POPULATE_WRITE);
   int r = dp_pread_full(a->fds[layer], into, len, pos, &done);
   if (r < 0) {
     fail_once(a, "read layer %u page %u: %s", layer, page, strerror(errno));

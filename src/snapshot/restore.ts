@@ -87,7 +87,8 @@ export async function prepareRestore(source: string | SnapshotChain, opts: Resto
   const mem = GuestMemory.create(chain.memory.bytes / WASM_PAGE_SIZE, chain.memory.maxBytes / WASM_PAGE_SIZE);
   // restoreSnapshot's eager load runs on the load threads while the guest's thread boots (which
   // writes no guest memory before its launch); start() then only waits for what is left of it.
-  const loading = !opts.lazy && how.loadAtOnce ? timedLoad(chain, mem) : null;
+  // Only on the load threads: this thread's load would hold the event loop, and the boot with it.
+  const loading = !opts.lazy && how.loadAtOnce && dataplaneLoadFailure() === null ? timedLoad(chain, mem) : null;
   loading?.catch(() => undefined); // observed in start() or dispose()
   const preparing = Guest.prepare({
     module: chain.moduleSource,
@@ -181,23 +182,26 @@ function checkPreopens(chain: SnapshotChain, preopens: Preopen[]): void {
 
 /**
  * Reads every chunk into `into` (a memory of the chain's size, or a view of one), each page from the
- * newest layer holding it, checking every chunk's checksum before its pages are used. On native
- * threads of the data plane when its addon loads (dp_load.c: the checksums, most of the work, on
- * every core); in this thread otherwise, or with `{ native: false }`.
+ * newest layer holding it, and checks every chunk it reads. On native threads of the data plane
+ * when its addon loads (dp_load.c, on every core); in this thread otherwise, or with
+ * `{ native: false }`. When it rejects (a damaged or short chunk), what `into` holds is undefined:
+ * chunks are read in place and checked there, so the memory must not be run.
  */
 export async function loadEagerly(chain: SnapshotChain, into: GuestMemory | Uint8Array, opts: { native?: boolean } = {}): Promise<void> {
   // A chunk whose pages all come from newer layers is not read.
   const chunks = chain.layers.flatMap((l, li) => l.manifest.memoryFile.chunks.filter((c) => chain.location.subarray(c.page, c.page + c.count).includes(li)).map((c) => ({ li, c })));
   const native = (opts.native ?? true) && dataplaneLoadFailure() === null && chunks.length > 0;
+  // Load threads that populate came with chunkCheck: an addon built before both leaves it to this thread.
+  const threadsPopulate = native && typeof dataplaneAddon().chunkCheck === 'function';
   let view = into as Uint8Array;
   if (into instanceof GuestMemory) {
     // Fresh memory: its pages allocated in bulk, not one fault each; natively by the load threads,
     // each its share, so the allocation runs on every core.
-    into.prefault(heldRuns(chain.location), { populate: !native });
+    into.prefault(heldRuns(chain.location), { populate: !threadsPopulate });
     view = into.view();
   }
   if (native) {
-    await loadNatively(chain, chunks, view, into instanceof GuestMemory);
+    await loadNatively(chain, chunks, view, threadsPopulate && into instanceof GuestMemory);
     return;
   }
   const reader = chainReader(chain);
@@ -216,10 +220,16 @@ async function loadNatively(chain: SnapshotChain, chunks: Array<{ li: number; c:
     chunkCount: Uint32Array.from(chunks, ({ c }) => c.count), chunkSha256: new Uint8Array(chunks.length * 32),
   };
   chunks.forEach(({ c }, i) => opts.chunkSha256.set(Buffer.from(c.sha256, 'hex'), i * 32));
-  // The fast checks when every chunk has one (snapshots written where the addon loaded); else the sha256s.
-  if (chunks.every(({ c }) => c.crc32c !== undefined)) {
+  // The fast check stands in for the sha256 only in the newest layer, where it is as strong: whoever
+  // can rewrite that memory.bin can rewrite its manifest too. An older layer's manifest is pinned by
+  // its child's sha256 of it, and so are its chunks' sha256s, which a crafted file can match only by
+  // breaking sha256: those chunks keep it (an entry of zeros: no fast check).
+  const newest = chain.layers.length - 1;
+  if (chunks.some(({ li, c }) => li === newest && c.crc32c !== undefined)) {
     const crc = new Uint8Array(chunks.length * CHUNK_CHECK_BYTES);
-    chunks.forEach(({ c }, i) => crc.set(Buffer.from(c.crc32c!, 'hex'), i * CHUNK_CHECK_BYTES));
+    chunks.forEach(({ li, c }, i) => {
+      if (li === newest && c.crc32c !== undefined) crc.set(Buffer.from(c.crc32c, 'hex'), i * CHUNK_CHECK_BYTES);
+    });
     opts.chunkCrc = crc;
   }
   const paths = chain.layers.map((l) => l.memoryPath);

@@ -160,7 +160,8 @@ async function writeMemoryFile(path: string, memory: GuestMemory, pages: PageBit
   const chunks: MemoryChunk[] = [];
   // Each chunk's fast check too, where the data plane addon loads (~24 GB/s, beside sha256's
   // ~1.7): what a native eager load checks instead of the sha256. Without it, loads check the sha256.
-  const check = dataplaneLoadFailure() === null ? dataplaneAddon().chunkCheck : null;
+  // (An addon built before the check has no chunkCheck: then there is none.)
+  const check = dataplaneLoadFailure() === null && typeof dataplaneAddon().chunkCheck === 'function' ? dataplaneAddon().chunkCheck : null;
   // Every write in flight is awaited, and has a handler from the moment it starts: when one fails,
   // the others must not reject unobserved (an unhandled rejection ends the guest's process), and
   // the file is closed only once none is still running.

@@ -85,14 +85,14 @@ export interface LoadOptions {
   chunkPage: Uint32Array;
   chunkCount: Uint32Array;
   chunkSha256: Uint8Array;
-  /** Per chunk, its fast check (CHUNK_CHECK_BYTES, as chunkCheck gives it): checked instead of the sha256 when given. */
+  /** Per chunk, its fast check (CHUNK_CHECK_BYTES, as chunkCheck gives it), checked instead of its sha256; an entry of zeros: none (the sha256 is checked). */
   chunkCrc?: Uint8Array;
   /** 1 to 8. */
   threads: number;
   /**
-   * Fresh memory: each thread allocates a chunk's pages in one MADV_POPULATE_WRITE before it writes
-   * them (GuestMemory.prefault's second half, shared out among the threads). Never on memory
-   * registered with userfaultfd for missing pages.
+   * Fresh memory: each thread allocates the pages of a chunk it reads in place in one
+   * MADV_POPULATE_WRITE first (GuestMemory.prefault's second half, shared out among the threads).
+   * Never on memory registered with userfaultfd for missing pages.
    */
   populate?: boolean;
 }
@@ -172,8 +172,9 @@ export interface FerryDataplane {
   startFileFaults(options: FileFaultOptions, onExit: (error: string | null) => void): DataplaneHandle;
   /**
    * An eager restore's load (dp_load.c): onExit(null) once every chunk is checked and its pages
-   * copied; onExit("checksum layer L page P count C" | "truncated layer L byte B" | ...) at the
-   * first failure, before a damaged chunk's pages are copied.
+   * placed; onExit("checksum layer L page P count C" | "truncated layer L byte B" | ...) at the
+   * first failure. A chunk wholly its layer's is read into `memory` and checked there, so after a
+   * failure `memory` holds unchecked bytes and must not be run; a chunk read aside copies nothing.
    */
   startLoad(options: LoadOptions, onExit: (error: string | null) => void): DataplaneHandle;
   /** A snapshot chunk's fast check (dp_check.c): CRC-32C of each quarter of `bytes`, four u32 little-endian. */
