@@ -17,7 +17,7 @@ import type { ModuleCache } from '../guest/module-cache.js';
 import { FaultServer } from '../memory/fault-server.js';
 import { GuestMemory, WASM_PAGE_SIZE } from '../memory/guest-memory.js';
 import { PageState, PageStateTable } from '../memory/page-state.js';
-import { CHUNK_CHECK_BYTES, dataplaneAddon, dataplaneLoadFailure, type LoadOptions } from '../sys/dataplane.js';
+import { CHUNK_CHECK_BYTES, chunkCheckOf, dataplaneAddon, dataplaneLoadFailure, type LoadOptions } from '../sys/dataplane.js';
 import type { Preopen, StdioBinding } from '../wasi/wasi.js';
 import { CHUNK_PAGES, PAGE_SIZE, SnapshotError, type MemoryChunk } from './format.js';
 import { checksumMismatch, truncatedAt } from './layer-reader.js';
@@ -191,8 +191,7 @@ export async function loadEagerly(chain: SnapshotChain, into: GuestMemory | Uint
   // A chunk whose pages all come from newer layers is not read.
   const chunks = chain.layers.flatMap((l, li) => l.manifest.memoryFile.chunks.filter((c) => chain.location.subarray(c.page, c.page + c.count).includes(li)).map((c) => ({ li, c })));
   const native = (opts.native ?? true) && dataplaneLoadFailure() === null && chunks.length > 0;
-  // Load threads that populate came with chunkCheck: an addon built before both leaves it to this thread.
-  const threadsPopulate = native && typeof dataplaneAddon().chunkCheck === 'function';
+  const threadsPopulate = native && chunkCheckOf() !== null; // an addon built before both leaves it to this thread
   let view = into as Uint8Array;
   if (into instanceof GuestMemory) {
     // Fresh memory: its pages allocated in bulk, not one fault each; natively by the load threads,

@@ -12,7 +12,7 @@ import { join, relative, resolve } from 'node:path';
 import { createHash } from 'node:crypto';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import type { PageBitmap } from '../memory/page-bitmap.js';
-import { dataplaneAddon, dataplaneLoadFailure } from '../sys/dataplane.js';
+import { chunkCheckOf } from '../sys/dataplane.js';
 import { encodeGuestState, type GuestState } from '../state/guest-state.js';
 import {
   CHUNK_PAGES, MANIFEST_FILE, MEMORY_FILE, MODULE_FILE, PAGE_SIZE, SNAPSHOT_FORMAT, SNAPSHOT_VERSION, STATE_FILE,
@@ -160,8 +160,7 @@ async function writeMemoryFile(path: string, memory: GuestMemory, pages: PageBit
   const chunks: MemoryChunk[] = [];
   // Each chunk's fast check too, where the data plane addon loads (~24 GB/s, beside sha256's
   // ~1.7): what a native eager load checks instead of the sha256. Without it, loads check the sha256.
-  // (An addon built before the check has no chunkCheck: then there is none.)
-  const check = dataplaneLoadFailure() === null && typeof dataplaneAddon().chunkCheck === 'function' ? dataplaneAddon().chunkCheck : null;
+  const check = chunkCheckOf();
   // Every write in flight is awaited, and has a handler from the moment it starts: when one fails,
   // the others must not reject unobserved (an unhandled rejection ends the guest's process), and
   // the file is closed only once none is still running.

@@ -254,3 +254,13 @@ export function dataplaneLoadFailure(): string | null {
   }
   return loadFailure;
 }
+
+/**
+ * The addon's chunkCheck, or null where the addon cannot load or was built before it (such a build
+ * also lacks the load threads' `populate`): the one test of both for the writer and the load.
+ */
+export function chunkCheckOf(): ((bytes: Uint8Array) => Buffer) | null {
+  if (dataplaneLoadFailure() !== null) return null;
+  const check = dataplaneAddon().chunkCheck as FerryDataplane['chunkCheck'] | undefined;
+  return typeof check === 'function' ? check : null;
+}

@@ -48,12 +48,16 @@ export function takeSpare(kind: string): Worker | null {
 
 /** In a spare's script: whether its starter set `hint` (startSpare's hints). */
 export function spareHint(hint: string): boolean {
-  return typeof workerData === 'object' && workerData !== null && (workerData as Record<string, unknown>)[hint] === true;
+  return workerDataField(hint) === true;
+}
+
+/** A field of this worker's workerData, when that is an object. */
+function workerDataField(name: string): unknown {
+  return typeof workerData === 'object' && workerData !== null ? (workerData as Record<string, unknown>)[name] : undefined;
 }
 
 /** In a worker script: its init, from workerData, or as the first message when it was started as a spare. */
 export function workerInit<T>(): Promise<T> | T {
-  const spare = typeof workerData === 'object' && workerData !== null && (workerData as typeof SPARE_WORKER_DATA).spare === SPARE_WORKER_DATA.spare;
-  if (!spare) return workerData as T;
+  if (workerDataField('spare') !== SPARE_WORKER_DATA.spare) return workerData as T;
   return new Promise((resolve) => parentPort!.once('message', (m: T) => resolve(m)));
 }
