@@ -119,11 +119,16 @@ const cases: Case[] = [
     },
   },
   {
-    // The destination declares a connection lost after 10 s of silence while its guest waits on
-    // a page, so this ends in a reconnection.
+    // Not a break that must end in a reconnection: the destination declares a connection lost only
+    // after 10 s in which nothing arrives on any channel while its guest waits on a page, and here
+    // the bulk channel keeps delivering (every page within ~3 s at 12 MB/s). A reconnection happens
+    // when the source's answers fill the stalled path's buffers first; on a run where the guest
+    // faulted little before the stall (a full run here, the stall at byte 81 of the data plane), every page came
+    // by the bulk stream and the migration completed without one. What must hold either way is
+    // what every case checks: success, matching digests, VERIFY OK and an unbroken SEQ.
     name: 'stall the urgent channel for ever during a burst',
     kind: 'stall',
-    breaks: true,
+    breaks: false,
     async inject(proxy, sb) {
       await inPostcopy(sb);
       proxy.inject({ kind: 'stall', connection: URGENT_PATH, direction: 'to-destination', stallMs: Infinity });
