@@ -90,8 +90,18 @@ export function validateGuestState(x: unknown): GuestState {
  * decode inside the switchover's downtime runs warm.
  */
 export function rehearseDecoding(): void {
-  // The shape of a real state (stdio and a file descriptor), decoded a few times: one cold pass
-  // leaves the validators' paths for descriptors unrun, and a single run of the rest still cold.
+  const bytes = encodeGuestState(rehearsalState());
+  for (let i = 0; i < 4; i++) decodeGuestState(bytes);
+}
+
+/** The source's side of rehearseDecoding(): encodes the made-up state a few times (≈ 0.2 ms cold). */
+export function rehearseEncoding(): void {
+  const state = rehearsalState();
+  for (let i = 0; i < 4; i++) encodeGuestState(state);
+}
+
+/** The shape of a real state (stdio and a file descriptor): one cold pass would leave the paths for descriptors unrun. */
+function rehearsalState(): GuestState {
   const stdio = (fd: number, kind: 'stdin' | 'stdout' | 'stderr') => ({
     fd, kind, preopen: null, path: '', offset: 0, fdflags: 0, oflags: 0, rightsBase: '954204635', rightsInheriting: '0',
     filetype: 2, read: kind === 'stdin', write: kind !== 'stdin', detached: false,
@@ -100,7 +110,7 @@ export function rehearseDecoding(): void {
     fd: 4, kind: 'file' as const, preopen: '/rehearsal', path: 'f', offset: 8, fdflags: 0, oflags: 0, rightsBase: '954204635',
     rightsInheriting: '0', filetype: 4, read: true, write: true, detached: false,
   };
-  const bytes = encodeGuestState({
+  return {
     format: GUEST_STATE_FORMAT,
     version: GUEST_STATE_VERSION,
     module: { hash: '0'.repeat(64), size: 8 },
@@ -117,6 +127,5 @@ export function rehearseDecoding(): void {
       pendingPoll: null,
     },
     uptimeMs: 0,
-  });
-  for (let i = 0; i < 4; i++) decodeGuestState(bytes);
+  };
 }

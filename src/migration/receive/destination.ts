@@ -276,6 +276,7 @@ export class MigrationDestination {
     this.preparing = null;
     // Out of repair mode before the guest runs: its first send must go out, not into a repair queue.
     sockets?.resume();
+    trace.mark('go');
     const guest = await staged.go();
     trace.mark('guest running');
     // The bulk buffers are set before the source hears RUNNING, which tells it the size for its end.

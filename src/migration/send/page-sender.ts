@@ -45,6 +45,19 @@ export class PageSender {
     return Promise.all(sends).then(() => undefined);
   }
 
+  /**
+   * Runs the read-and-sort half of sendRun() on page 0 (the runtime's page, always there) and sends
+   * nothing: before a switchover, whose runtime pages are the first this process sends from
+   * JavaScript when the rest went on the native data plane (see FramedChannel.rehearseEncoding).
+   */
+  rehearseRead(): void {
+    const copy = Buffer.allocUnsafe(HOST_PAGE_SIZE);
+    for (let i = 0; i < 3; i++) {
+      this.pages.readPages(0, 1, copy);
+      forEachZeroRun(copy, 0, 1, () => undefined);
+    }
+  }
+
   private sendRun(s: number, e: number): Promise<void> {
     const copy = Buffer.allocUnsafe((e - s) * HOST_PAGE_SIZE);
     this.pages.readPages(s, e - s, copy);

@@ -7,7 +7,7 @@ import type { Guest } from '../../guest/guest.js';
 import { HOST_PAGE_SIZE } from '../../memory/guest-memory.js';
 import type { DirtyTracker } from '../../memory/dirty-tracker.js';
 import type { PageBitmap } from '../../memory/page-bitmap.js';
-import { encodeGuestState } from '../../state/guest-state.js';
+import { encodeGuestState, rehearseEncoding } from '../../state/guest-state.js';
 import { withoutRuns } from '../../state/exec-state.js';
 import type { DowntimePriority } from '../../sys/sched.js';
 import { sendBlob, sendDiscard, sendDiscardRuns } from '../session/bulk-messages.js';
@@ -81,6 +81,11 @@ export async function switchOver(c: SwitchoverContext, postcopy: boolean, dirty:
   // otherwise owe the stream's buffers must not fall inside the downtime (see session/heap.ts).
   const drained = link.drainBarrier();
   collectGarbageNow();
+  // And compile the code of the downtime's steps: the state's encoding, the runtime pages' read
+  // and every frame the switchover sends, all cold in a process whose pages went natively.
+  rehearseEncoding();
+  sender.rehearseRead();
+  bulk.rehearseEncoding();
   await drained;
   c.phases.note('switchover (stream drained)');
   // Postcopy: tell the destination now, while the guest still runs, which pages it holds are

@@ -11,6 +11,9 @@ import { decodeMessage, encodeDiscardRuns, encodeMessage, encodePages, type Chan
 import { frameTypeName } from '../wire/types.js';
 import { TransportError, fromSocketError } from './errors.js';
 import { TokenBucket } from './token-bucket.js';
+
+/** A page's size on the wire (the frames rehearseEncoding() encodes). */
+const REHEARSAL_PAGE_BYTES = 4096;
 import { SO_RCVBUF, SO_SNDBUF, setSocketBuffer, tcpPathInfo, type TcpPathInfo } from '../../sys/socket.js';
 
 export interface ChannelSession {
@@ -204,6 +207,24 @@ export class FramedChannel {
 
   sendMessage(msg: Message): Promise<void> {
     return this.send(encodeMessage(msg, { checksum: !this.tls }));
+  }
+
+  /**
+   * Encodes, and drops, a few frames of each kind a switchover sends (STATE, data and zero pages,
+   * DISCARD, COMMIT) with this channel's options: in a migration whose pages went on the native
+   * data plane, the switchover is the first time this process runs that code, and compiling it
+   * cold cost ≈ 0.7 ms of the downtime. Sends nothing.
+   */
+  rehearseEncoding(): void {
+    const opts = { checksum: !this.tls };
+    const page = Buffer.alloc(REHEARSAL_PAGE_BYTES);
+    for (let i = 0; i < 3; i++) {
+      encodeMessage({ type: 'STATE', totalBytes: page.length, offset: 0, data: page }, opts);
+      encodePages(0, 1, 'data', page, opts);
+      encodePages(REHEARSAL_PAGE_BYTES, 2, 'zero', null, opts);
+      encodeDiscardRuns([[0, 1], [2, 4]], opts);
+      encodeMessage({ type: 'COMMIT' }, opts);
+    }
   }
 
   /** One run of pages; `data` (count*4096 bytes for kind 'data') is written without copying. */
