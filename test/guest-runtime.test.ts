@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { assertConsecutive, guestModule, readText, seqNumbers, sleep, tmpDir, useSharedCache, waitFor } from './fixtures/guest/helpers.js';
 import { Guest, type GuestExit } from '../src/guest/guest.js';
 import { decodeGuestState, encodeGuestState } from '../src/state/guest-state.js';
-import { startSpareWorker, takeSpareWorker } from '../src/guest/spare-worker.js';
+import { bundleIfFresh, guestWorkerScript, startSpareWorker, takeSpareWorker } from '../src/guest/spare-worker.js';
 import { KEPT_MODULES, compiledModule, keptModule } from '../src/guest/compiled-modules.js';
 import { ModuleCache } from '../src/guest/module-cache.js';
 
@@ -168,6 +168,23 @@ test('a guest adopts a spare worker started before it (as `ferry run` does), pau
   fs.closeSync(out.fd);
   assert.deepEqual(exit, { code: 0, reason: 'exit' });
   assert.match(readText(out.path), /^VERIFY OK /m);
+});
+
+test('guests run the one-file bundle of the worker that `npm run build` makes, and never a bundle older than worker.js', () => {
+  // npm test builds first (package.json), so here the bundle exists and is fresh: every guest of
+  // the suite ran from it.
+  assert.match(guestWorkerScript().pathname, /\/worker\.bundle\.js$/);
+  const dir = tmpDir('bundle-pick');
+  const plain = path.join(dir, 'worker.js');
+  const bundle = path.join(dir, 'worker.bundle.js');
+  const url = (p: string) => new URL(`file://${p}`);
+  fs.writeFileSync(plain, '');
+  assert.equal(bundleIfFresh(url(bundle), url(plain)).pathname, plain, 'no bundle: the plain script');
+  fs.writeFileSync(bundle, '');
+  fs.utimesSync(plain, new Date(1000_000), new Date(1000_000));
+  assert.equal(bundleIfFresh(url(bundle), url(plain)).pathname, bundle, 'a bundle made after the script');
+  fs.utimesSync(bundle, new Date(500_000), new Date(500_000));
+  assert.equal(bundleIfFresh(url(bundle), url(plain)).pathname, plain, 'a bundle older than the script (tsc ran after it) is stale');
 });
 
 test('guests of the same module share one compiled module, kept for the next (at most KEPT_MODULES of them)', async () => {
