@@ -74,6 +74,29 @@ test('PageStateTable transitions and counts; shared view sees the same table', (
   assert.throws(() => t.get(100), /outside/);
 });
 
+test('PageStateTable.markPendingRange moves known-zero and received pages, leaves pending ones, and moves the counts with them', () => {
+  const t = new PageStateTable(64);
+  t.markPending(10);
+  t.markPending(11);
+  t.markReceived(11);
+  t.markPending(12); // pending already: stays, counted once
+  t.markPendingRange(8, 16);
+  for (let p = 8; p < 16; p++) assert.equal(t.get(p), PageState.PENDING, `page ${p}`);
+  assert.equal(t.get(7), PageState.KNOWN_ZERO);
+  assert.equal(t.get(16), PageState.KNOWN_ZERO);
+  assert.deepEqual(t.counts3(), { knownZero: 56, pending: 8, received: 0 });
+  t.markPendingRange(20, 20); // empty: nothing moves
+  assert.deepEqual(t.counts3(), { knownZero: 56, pending: 8, received: 0 });
+  assert.throws(() => t.markPendingRange(60, 65), /outside/);
+  assert.equal(t.get(60), PageState.KNOWN_ZERO, 'a range that runs past the table moves nothing');
+  // The unshared form: a known-zero range in one fill, a mixed one as above.
+  t.markPendingUnshared(32, 40);
+  t.markReceived(41);
+  t.markPendingUnshared(40, 44);
+  for (let p = 32; p < 44; p++) assert.equal(t.get(p), PageState.PENDING, `page ${p}`);
+  assert.deepEqual(t.counts3(), { knownZero: 44, pending: 20, received: 0 });
+});
+
 test('GuestMemory: reservation, growth, page conversions, bad input', () => {
   assert.equal(wasmPagesToHostPages(3), 48);
   assert.equal(hostPagesToWasmPages(17), 2);

@@ -88,7 +88,54 @@ export class PageStateTable {
 
   markAllPending(pages: PageBitmap): void {
     this.sameSize(pages);
-    pages.forEachRun((s, e) => { for (let p = s; p < e; p++) this.markPending(p); });
+    pages.forEachRun((s, e) => this.markPendingRange(s, e));
+  }
+
+  /**
+   * markPending() for pages [first, end): each page still moves by compare-and-swap, but the counts
+   * move once, at the end (until then they lag behind the pages this call moved). Page by page, a
+   * lazy restore's arming took 7-13 ms for 256 MiB (five atomic operations a page, cold code).
+   */
+  markPendingRange(first: number, end: number): void {
+    if (end <= first) return;
+    this.check(first);
+    this.check(end - 1);
+    const states = this.states;
+    let fromZero = 0;
+    let fromReceived = 0;
+    for (let p = first; p < end; p++) {
+      let cur = Atomics.load(states, p);
+      while (cur !== PageState.PENDING) {
+        const seen = Atomics.compareExchange(states, p, cur, PageState.PENDING);
+        if (seen === cur) {
+          if (cur === PageState.KNOWN_ZERO) fromZero++;
+          else fromReceived++;
+          break;
+        }
+        cur = seen;
+      }
+    }
+    if (fromZero > 0) Atomics.sub(this.counts, PageState.KNOWN_ZERO, fromZero);
+    if (fromReceived > 0) Atomics.sub(this.counts, PageState.RECEIVED, fromReceived);
+    if (fromZero + fromReceived > 0) Atomics.add(this.counts, PageState.PENDING, fromZero + fromReceived);
+  }
+
+  /**
+   * markPendingRange() for a table in which no other thread moves pages yet (a lazy restore arming
+   * its fault server: nothing can fault before the guest runs): a range of known-zero pages becomes
+   * pending in one fill, anything else page by page. Other threads see the result once they
+   * synchronise with this one (the guest's launch does). Even batched, the atomic loop took 3-7 ms
+   * for 256 MiB, inside every lazy restore's start.
+   */
+  markPendingUnshared(first: number, end: number): void {
+    if (end <= first) return;
+    this.check(first);
+    this.check(end - 1);
+    const range = this.states.subarray(first, end);
+    if (range.indexOf(PageState.PENDING) !== -1 || range.indexOf(PageState.RECEIVED) !== -1) return this.markPendingRange(first, end);
+    range.fill(PageState.PENDING);
+    Atomics.sub(this.counts, PageState.KNOWN_ZERO, end - first);
+    Atomics.add(this.counts, PageState.PENDING, end - first);
   }
 
   /** Pages pending now (an atomic read: other threads move pages out of pending). */

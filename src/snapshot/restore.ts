@@ -345,7 +345,9 @@ async function startLazyServer(chain: SnapshotChain, mem: GuestMemory, faultArou
     arm() {
       if (armed) return;
       armed = true;
-      for (let p = 0; p < chain.location.length; p++) if (chain.location[p]! >= 0) states.markPending(p);
+      // By chunk (every page the chain holds is in one): a page held by two layers is marked twice,
+      // harmlessly. Nothing faults before the guest runs, so no other thread moves pages yet.
+      for (const layer of chain.layers) for (const c of layer.manifest.memoryFile.chunks) states.markPendingUnshared(c.page, c.page + c.count);
       try {
         placeRuntimePages(pages, server);
       } finally {

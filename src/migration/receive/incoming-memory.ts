@@ -174,7 +174,7 @@ export class IncomingMemory {
   /** Pages the source will send again after the commit: holes, pending. */
   discard(first: number, count: number): void {
     this.dropPopulated(first, first + count);
-    for (let p = first; p < first + count; p++) this.states.markPending(p);
+    this.states.markPendingRange(first, first + count);
   }
 
   /** Called at the commit: from now on faults on pending pages go to the source. */
