@@ -98,7 +98,11 @@ test('memory restored eagerly and lazily has the digest the guest had at snapsho
   } finally {
     await r.guest.stop();
   }
-  assert.equal(loadSnapshot(diff).layers.length, 2);
+  const chain = loadSnapshot(diff);
+  assert.equal(chain.layers.length, 2);
+  // The pages some layer holds, counted from the chunks (layers overlap): the same as page by page.
+  assert.equal(chain.presentPages, chain.location.filter((l) => l >= 0).length);
+  assert.ok(chain.presentPages > 0);
 });
 
 test('keepGuestThreadReady: each restore adopts the guest thread booted ahead, the next boots once its guest runs, and the restored guest runs on', async () => {
