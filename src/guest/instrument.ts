@@ -21,6 +21,7 @@ import { entrySafepointFree } from './call-graph.js';
 import { callGraphFacts } from './tree-facts.js';
 import { finishEscapes, resumeAtLoopHeads } from './loop-resume.js';
 import { addWarmExports } from './warm-exports.js';
+import { optimise } from './optimise.js';
 import { featureMask, loadBinaryen, valueType, type BinaryenApi } from './binaryen-api.js';
 import { BOUNDED_BUDGET_EXPRESSIONS, boundedFunctions, leafFunctions, mayUnwindFrom } from './bounded-functions.js';
 import { amortiseInnermostLoops, dropExitSafepoints, inlineSafepointCheck, pruneEntrySafepoints, safepointImportName } from './safepoints.js';
@@ -187,7 +188,7 @@ function transform(b: BinaryenApi, mod: BinaryenApi, source: Uint8Array, onStage
   const oneCallerLimit: number = b.getOneCallerInlineMaxSize();
   b.setOneCallerInlineMaxSize(0);
   try {
-    mod.optimize();
+    optimise(b, mod);
   } finally {
     b.setOneCallerInlineMaxSize(oneCallerLimit);
   }

@@ -265,6 +265,11 @@ export function finishEscapes(b: BinaryenApi, mod: BinaryenApi, escapes: Escape[
 /** The end of an escape wrapper's name (see finishEscapes). */
 const ESCAPE_SUFFIX = '$ferry_escape';
 
+/** Whether `name` is an escape wrapper this module made (Asyncify'd; runs only to suspend, unwind or rewind its function). */
+export function isEscapeWrapper(name: string): boolean {
+  return name.endsWith(ESCAPE_SUFFIX);
+}
+
 /** Whether `name` is a resume copy this module made (warm-exports.ts has them compiled early). */
 export function isResumeCopy(name: string): boolean {
   return name.endsWith('$ferry_resume') || /^ferry\$resume\d+$/.test(name);
