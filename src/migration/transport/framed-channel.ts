@@ -6,14 +6,11 @@ import type { Duplex } from 'node:stream';
 import { TLSSocket } from 'node:tls';
 import { FrameDecoder, type Frame } from '../wire/frame.js';
 import { WireError } from '../wire/errors.js';
-import { MAX_FRAME_PAYLOAD } from '../wire/limits.js';
+import { MAX_FRAME_PAYLOAD, PAGE_SIZE } from '../wire/limits.js';
 import { decodeMessage, encodeDiscardRuns, encodeMessage, encodePages, type ChannelKind, type Message, type MessageOf, type PageKind } from '../wire/messages.js';
 import { frameTypeName } from '../wire/types.js';
 import { TransportError, fromSocketError } from './errors.js';
 import { TokenBucket } from './token-bucket.js';
-
-/** A page's size on the wire (the frames rehearseEncoding() encodes). */
-const REHEARSAL_PAGE_BYTES = 4096;
 import { SO_RCVBUF, SO_SNDBUF, setSocketBuffer, tcpPathInfo, type TcpPathInfo } from '../../sys/socket.js';
 
 export interface ChannelSession {
@@ -217,11 +214,11 @@ export class FramedChannel {
    */
   rehearseEncoding(): void {
     const opts = { checksum: !this.tls };
-    const page = Buffer.alloc(REHEARSAL_PAGE_BYTES);
+    const page = Buffer.alloc(PAGE_SIZE);
     for (let i = 0; i < 3; i++) {
       encodeMessage({ type: 'STATE', totalBytes: page.length, offset: 0, data: page }, opts);
       encodePages(0, 1, 'data', page, opts);
-      encodePages(REHEARSAL_PAGE_BYTES, 2, 'zero', null, opts);
+      encodePages(PAGE_SIZE, 2, 'zero', null, opts);
       encodeDiscardRuns([[0, 1], [2, 4]], opts);
       encodeMessage({ type: 'COMMIT' }, opts);
     }
