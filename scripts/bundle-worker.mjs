@@ -2,8 +2,9 @@
 // file, dist/src/guest/worker.bundle.js. A fresh worker thread loads its ES modules one by one,
 // and for the guest's thread that was ≈ 35 ms of every `ferry run`, `ferry restore` and unprepared
 // restore's start (the thread is ready at ≈ 68 ms instead of ≈ 105 ms after the process starts).
-// Run by `npm run build` after tsc; guest-script.ts uses the bundle only while it is newer than the
-// compiled worker.js (tsc rewrites every output), so a tsc without this step is never served stale.
+// Run by `npm run build` after tsc; src/guest/spare-worker.ts (guestWorkerScript) uses the bundle only
+// while it is no older than the compiled worker.js (tsc rewrites every output), so a tsc without this
+// step is never served stale.
 import { build } from 'esbuild';
 import { fileURLToPath } from 'node:url';
 

@@ -54,15 +54,21 @@ export class PageStateTable {
   /** Moves page from one of `from` to `to`; returns the previous state, or -1 if it was in none of `from`. */
   private move(page: number, from: readonly number[], to: PageStateValue): number {
     this.check(page);
+    const prev = this.swap(page, from, to);
+    if (prev !== -1 && prev !== to) {
+      Atomics.sub(this.counts, prev, 1);
+      Atomics.add(this.counts, to, 1);
+    }
+    return prev;
+  }
+
+  /** move() without the counts (the caller moves them): the previous state (`to` if it was there already), or -1. */
+  private swap(page: number, from: readonly number[], to: PageStateValue): number {
     for (;;) {
       const cur = Atomics.load(this.states, page);
       if (cur === to) return cur;
       if (!from.includes(cur)) return -1;
-      if (Atomics.compareExchange(this.states, page, cur, to) === cur) {
-        Atomics.sub(this.counts, cur, 1);
-        Atomics.add(this.counts, to, 1);
-        return cur;
-      }
+      if (Atomics.compareExchange(this.states, page, cur, to) === cur) return cur;
     }
   }
 
@@ -100,20 +106,12 @@ export class PageStateTable {
     if (end <= first) return;
     this.check(first);
     this.check(end - 1);
-    const states = this.states;
     let fromZero = 0;
     let fromReceived = 0;
     for (let p = first; p < end; p++) {
-      let cur = Atomics.load(states, p);
-      while (cur !== PageState.PENDING) {
-        const seen = Atomics.compareExchange(states, p, cur, PageState.PENDING);
-        if (seen === cur) {
-          if (cur === PageState.KNOWN_ZERO) fromZero++;
-          else fromReceived++;
-          break;
-        }
-        cur = seen;
-      }
+      const prev = this.swap(p, FROM_ZERO_OR_RECEIVED, PageState.PENDING);
+      if (prev === PageState.KNOWN_ZERO) fromZero++;
+      else if (prev === PageState.RECEIVED) fromReceived++;
     }
     if (fromZero > 0) Atomics.sub(this.counts, PageState.KNOWN_ZERO, fromZero);
     if (fromReceived > 0) Atomics.sub(this.counts, PageState.RECEIVED, fromReceived);
