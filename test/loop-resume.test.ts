@@ -16,7 +16,7 @@ import { ModuleCache } from '../src/guest/module-cache.js';
 import { childVisitors } from '../src/guest/instrument.js';
 import { liveAtLoopHeads, members } from '../src/guest/liveness.js';
 import { readTree, preOrder, Kind, type WNode } from '../src/guest/wasm-tree.js';
-import { startWarmUp } from '../src/guest/warm-up.js';
+import { deferWarmUp, startWarmUp } from '../src/guest/warm-up.js';
 import { WARM_EXPORT_PREFIX } from '../src/guest/instrument-meta.js';
 import { compileFixture, readText, waitFor, captureOverCopy, pausedAfterPauses } from './fixtures/guest/helpers.js';
 
@@ -161,10 +161,21 @@ test('each split function\'s resume copy (and each big function) has a warm expo
     assert.ok(new Uint8Array(memory.buffer).every((x) => x === 0), 'a warm call wrote guest memory');
     const keep = setInterval(() => undefined, 1000); // the warm-up thread is unref'd
     try {
-      assert.equal(await startWarmUp(module, pages).done, warm.length);
+      // A fresh start's warm-up is deferred: cancelled before its time, it never starts; asked
+      // for (a pause request), it starts at once, long before its delay.
+      const never = deferWarmUp(module, pages, 60_000);
+      never.cancel();
+      assert.equal(await never.done, 0, 'a deferred warm-up cancelled before it started warms nothing');
+      const deferred = deferWarmUp(module, pages, 60_000);
+      deferred.now();
+      assert.equal(await deferred.done, warm.length, 'now() starts the deferred warm-up');
+      assert.equal(await startWarmUp(module, pages).done, 0, 'a warmed module is not warmed again');
+      // Each test module object is fresh: compile the same bytes again for the undeferred path.
+      const again = new WebAssembly.Module(inst.binary as Uint8Array<ArrayBuffer>);
+      assert.equal(await startWarmUp(again, pages).done, warm.length);
       // The code now lives in this module object: a later guest made from it (compiled-modules.ts
       // keeps it) starts no second warm-up, which would compile nothing new.
-      assert.equal(await startWarmUp(module, pages).done, 0, 'a warmed module is not warmed again');
+      assert.equal(await startWarmUp(again, pages).done, 0, 'a warmed module is not warmed again');
     } finally {
       clearInterval(keep);
     }

@@ -13,7 +13,7 @@ import {
   type GuestExit, type GuestPrepareOptions, type GuestRestoreOptions, type GuestStartOptions, type GuestStatus, type PreparedGuestOf, type RestoreBinding, type StagedGuestOf,
 } from './guest-types.js';
 import { listenersOf, openListeners } from './listeners.js';
-import { startWarmUp, type WarmUp } from './warm-up.js';
+import { deferWarmUp, startWarmUp, type DeferredWarmUp } from './warm-up.js';
 import { startWorker, WorkerControl } from './worker-control.js';
 import { refillGuestThread } from './spare-worker.js';
 import { compiledModule } from './compiled-modules.js';
@@ -54,7 +54,7 @@ export class Guest extends EventEmitter {
   private runningSince = 0;
   private runMs = 0;
   private listeningValue: SockAddress[] = [];
-  private readonly warmUp: WarmUp;
+  private readonly warmUp: DeferredWarmUp;
 
   private constructor(init: Omit<WorkerInit, 'launchPort' | 'capturePort'>, meta: InstrumentedMeta, moduleSource: Uint8Array, modulePath: string | null, maxMemoryBytes: number) {
     super();
@@ -66,9 +66,11 @@ export class Guest extends EventEmitter {
     this.maxMemoryBytes = maxMemoryBytes;
     this.control = new WorkerControl(init.control, init.memory, init.wakeFd);
     ({ worker: this.worker, launchPort: this.launchPort, capturePort: this.capturePort } = startWorker(init));
-    // As early as possible, on a thread of its own (the guest's start does not wait for it): the
-    // guest thread must find its big functions compiled by their first call (warm-up.ts).
-    this.warmUp = startWarmUp(init.module, meta.memory.initialPages);
+    // On a thread of its own (the guest's start does not wait for it), so that a pause does not
+    // wait for V8 to compile a big function or resume copy on the guest thread (warm-up.ts). A
+    // restore's comes at once, since its pause is sure to come; a fresh start's at the first pause
+    // request or once the guest has run a while, so a short program never pays for it.
+    this.warmUp = init.rehearseRestore ? { ...startWarmUp(init.module, meta.memory.initialPages), now: () => undefined } : deferWarmUp(init.module, meta.memory.initialPages);
     this.ready = new Promise<void>((resolve, reject) => {
       this.worker.once('message', (m: WorkerMessage) => (m.type === 'ready' ? resolve() : reject(new GuestError('start-failed', m.type === 'error' ? m.message : 'guest worker did not start'))));
       this.once('exit', (e: GuestExit) => reject(new GuestError('start-failed', e.message ?? 'guest worker ended before it was ready')));
@@ -306,6 +308,7 @@ export class Guest extends EventEmitter {
   private requestPause(): void {
     this.emit('pause-requested'); // GET /metrics times pauses from here to 'paused'
     this.control.requestPause();
+    this.warmUp.now();
   }
 
   // The worker posts its capture before it marks itself paused; take it (once) from the port.

@@ -8,14 +8,22 @@
 // it the owner's view of the next pause, for up to 0.5 s). So a short-lived worker
 // (warm-up-worker.ts) calls each `ferry_warm_<k>` export, biggest function first, on a
 // throwaway instance; the code lands in the module the guest's instance shares. It starts with the
-// guest's worker (a destination warms while pages arrive), and the guest's start does not wait for
-// it: warming only once the guest ran lost the race for the functions it calls first.
+// guest's worker where a pause is sure to come (a destination or a restore warms while pages
+// arrive), and the guest's start does not wait for it.
+//
+// A fresh start defers it (`deferWarmUp`): until the guest is first asked to pause, or has run
+// WARM_DELAY_MS, nothing is warmed. The warm-up is a cost on the second core (a Node environment
+// of its own, ~50 ms, then the compiles: cmark ~40 ms, SQLite ~0.85 s) taken when TurboFan wants
+// that core for the guest's hot functions, and it buys nothing but pause latency. A program that
+// ends before anyone pauses it pays nothing (cmark's `ferry run`: 345 → 305 ms, node:wasi 220);
+// until the warm-up, a big function compiles at its first call on the guest thread, as under
+// node:wasi, and a pause in that window may wait for one Liftoff compile (a few ms).
 // FERRY_WARM=0 turns it off; FERRY_WARM_DEBUG=1 prints each compile's time.
 import { Worker } from 'node:worker_threads';
 import { WARM_EXPORT_PREFIX } from './instrument-meta.js';
 
 export interface WarmUp {
-  /** Ends the warm-up thread if it still runs (the guest ended). */
+  /** Ends the warm-up thread if it still runs (the guest ended), or keeps a deferred one from starting. */
   cancel(): void;
   /** Resolves with the number of functions compiled: all of them, or 0 when cancelled, failed, or not needed (nothing to warm, turned off, or warmed before). */
   readonly done: Promise<number>;
@@ -29,6 +37,40 @@ const warmed = new WeakSet<WebAssembly.Module>();
 
 /** No thread started: the guest compiles what it calls, or finds it compiled. */
 const NO_WARM_UP: WarmUp = { cancel: () => undefined, done: Promise.resolve(0) };
+
+/** How long a fresh guest runs before its warm-up starts unasked. */
+export const WARM_DELAY_MS = 500;
+
+/** A warm-up that starts later: at `now()` (a pause is coming), after `delayMs`, or never (cancelled first). */
+export interface DeferredWarmUp extends WarmUp {
+  /** Starts it now if it has not started (idempotent). */
+  now(): void;
+}
+
+export function deferWarmUp(module: WebAssembly.Module, initialPages: number, delayMs = WARM_DELAY_MS): DeferredWarmUp {
+  let started: WarmUp | null = null;
+  let cancelled = false;
+  let resolveDone!: (n: number) => void;
+  const done = new Promise<number>((r) => (resolveDone = r));
+  const now = (): void => {
+    if (started || cancelled) return;
+    clearTimeout(timer);
+    started = startWarmUp(module, initialPages);
+    void started.done.then(resolveDone);
+  };
+  const timer = setTimeout(now, delayMs);
+  timer.unref();
+  return {
+    now,
+    cancel: () => {
+      cancelled = true;
+      clearTimeout(timer);
+      if (started) started.cancel();
+      else resolveDone(0);
+    },
+    done,
+  };
+}
 
 /** `initialPages`: the module's declared minimum memory (InstrumentedMeta.memory.initialPages). */
 export function startWarmUp(module: WebAssembly.Module, initialPages: number): WarmUp {
