@@ -12,6 +12,7 @@ import { decodeGuestState, encodeGuestState } from '../src/state/guest-state.js'
 import { bundleIfFresh, guestWorkerScript, startSpareWorker, takeSpareWorker } from '../src/guest/spare-worker.js';
 import { KEPT_MODULES, compiledModule, keptModule } from '../src/guest/compiled-modules.js';
 import { ModuleCache } from '../src/guest/module-cache.js';
+import { FERRY_TIERING_BUDGET, tieringBudget } from '../src/guest/tiering.js';
 
 useSharedCache();
 
@@ -185,6 +186,15 @@ test('guests run the one-file bundle of the worker that `npm run build` makes, a
   assert.equal(bundleIfFresh(url(bundle), url(plain)).pathname, bundle, 'a bundle made after the script');
   fs.utimesSync(bundle, new Date(500_000), new Date(500_000));
   assert.equal(bundleIfFresh(url(bundle), url(plain)).pathname, plain, 'a bundle older than the script (tsc ran after it) is stale');
+});
+
+test('the Wasm tier-up budget guests get: raised by default, set by FERRY_WASM_TIERING_BUDGET, never over one node was started with', () => {
+  assert.equal(tieringBudget({}, []), FERRY_TIERING_BUDGET);
+  assert.equal(tieringBudget({ FERRY_WASM_TIERING_BUDGET: '5000000' }, []), 5_000_000);
+  assert.equal(tieringBudget({ FERRY_WASM_TIERING_BUDGET: '0' }, []), null, '0 leaves V8 its own');
+  assert.equal(tieringBudget({}, ['--wasm-tiering-budget=100']), null, 'a budget on the command line wins');
+  assert.equal(tieringBudget({ NODE_OPTIONS: '--wasm-tiering-budget=100' }, []), null, 'and one in NODE_OPTIONS');
+  for (const bad of ['lots', '-1', '1.5']) assert.throws(() => tieringBudget({ FERRY_WASM_TIERING_BUDGET: bad }, []), /FERRY_WASM_TIERING_BUDGET must be/);
 });
 
 test('guests of the same module share one compiled module, kept for the next (at most KEPT_MODULES of them)', async () => {

@@ -6,6 +6,7 @@
 // WebAssembly.Module is immutable and shared between threads, so guests running at once may
 // share it too.
 import type { CachedModule } from './module-cache.js';
+import { applyTieringBudget } from './tiering.js';
 
 /** At most this many modules stay compiled (least recently started first out): their code stays in memory. */
 export const KEPT_MODULES = 4;
@@ -25,6 +26,7 @@ function keyOf(mod: CachedModule): string {
 /** The compiled module of `mod`: the one kept from an earlier guest of the same key, or compiled now and kept. */
 export function compiledModule(mod: CachedModule): WebAssembly.Module {
   const key = keyOf(mod);
+  applyTieringBudget();
   const module = kept.get(key) ?? new WebAssembly.Module(mod.binary as Uint8Array<ArrayBuffer>);
   kept.delete(key); // (re)inserted at the end: most recently used
   kept.set(key, module);
