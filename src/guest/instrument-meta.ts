@@ -6,7 +6,7 @@
 import type { ValueType } from '../state/exec-state.js';
 export type { ValueType };
 
-export const INSTRUMENTATION_VERSION = 18; // 18: resume copies get a lighter optimisation (optimise.ts)
+export const INSTRUMENTATION_VERSION = 19; // 18: resume copies get a lighter optimisation (optimise.ts); 19: fast bodies too
 
 /** The import namespace and names Ferry adds. */
 export const FERRY_IMPORT_MODULE = 'ferry';

@@ -188,7 +188,7 @@ function transform(b: BinaryenApi, mod: BinaryenApi, source: Uint8Array, onStage
   const oneCallerLimit: number = b.getOneCallerInlineMaxSize();
   b.setOneCallerInlineMaxSize(0);
   try {
-    optimise(b, mod);
+    optimise(b, mod, new Set(escapes.map((e) => e.name)));
   } finally {
     b.setOneCallerInlineMaxSize(oneCallerLimit);
   }

@@ -270,6 +270,11 @@ export function isEscapeWrapper(name: string): boolean {
   return name.endsWith(ESCAPE_SUFFIX);
 }
 
+/** Whether `name` is the fast body of a split function with a wrapper (an escaping one's takes the function's own name). */
+export function isFastBody(name: string): boolean {
+  return name.endsWith('$ferry_fast') || /^ferry\$fast\d+$/.test(name);
+}
+
 /** Whether `name` is a resume copy this module made (warm-exports.ts has them compiled early). */
 export function isResumeCopy(name: string): boolean {
   return name.endsWith('$ferry_resume') || /^ferry\$resume\d+$/.test(name);
