@@ -59,9 +59,14 @@ static int on_fault(fault_ctx *x, uint64_t address) {
   uint32_t p = (uint32_t)((address - a->base) / DP_PAGE);
   switch (state_of(a, p)) {
     case PS_KNOWN_ZERO: {
-      /* Never leaves the machine. EEXIST: another thread's fault on it was served already. */
+      /* Never leaves the machine. EEXIST: another thread's fault on it was served already. A
+       * failure ends the thread with its reason (as dp_file.c's does): the faulting guest thread
+       * would otherwise wait on the hole for ever, with nothing said. */
       count(x, DS_ZERO_FILLS, 1);
-      (void)dp_zero_page(a->uffd, a->base, p);
+      if (dp_zero_page(a->uffd, a->base, p) < 0) {
+        dp_set_err(a->err, "UFFDIO_ZEROPAGE of page %u: %s", p, strerror(errno));
+        return -1;
+      }
       return 0;
     }
     case PS_RECEIVED:
