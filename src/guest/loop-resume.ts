@@ -62,7 +62,7 @@ export function resumeAtLoopHeads(b: BinaryenApi, mod: BinaryenApi, safepointFn:
     // resumable call site (call-resume.ts), or the function is not split: a call the split
     // function could not be resumed in would hold a pause for as long as the callee runs.
     let original: number = before.body;
-    if (c.escape && hasEntrySafepoint(c.tree, safepointFn)) {
+    if (c.escape && c.entrySafepoint) {
       // The entry safepoint of an escaping function (it is on a cycle: recursion) becomes a loop
       // head nothing branches to, so that it is a resume point like the others: its live locals
       // are the parameters (and locals read before any write, which the restore zeroes again).

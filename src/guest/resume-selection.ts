@@ -13,11 +13,16 @@ export const LOOP_RESUME_MIN_CALL_SITES = 32;
  */
 export const ESCAPE_MAX_EXPRESSIONS = 16384;
 
+/**
+ * What the split needs of a chosen function. Not its tree: every candidate's tree held until the
+ * last function was split kept the whole module's trees alive, and V8's collector marked them
+ * again and again (the generated 20 MiB module: 19 s of garbage collection in this stage).
+ */
 export interface Chosen {
   name: string;
-  tree: WNode;
-  points: WNode[]; // loops whose head has a safepoint, pre-order: point k is points[k - 1]
   sites: number; // call sites that may unwind
+  /** Its body starts with a safepoint (hasEntrySafepoint). */
+  entrySafepoint: boolean;
   /**
    * Escape (every safepoint at a loop head or the entry; not big enough to be chosen): F
    * itself becomes the fast body, with no wrapper frame on its calls, and escapes into an
@@ -63,7 +68,7 @@ export function chooseFunctions(b: BinaryenApi, mod: BinaryenApi, safepointFn: s
     let size = 0;
     let sites = 0;
     let safepoints = 0;
-    const points: WNode[] = [];
+    let points = 0;
     const calls = new Set<string>();
     preOrder(tree, (n) => {
       size++;
@@ -73,16 +78,17 @@ export function chooseFunctions(b: BinaryenApi, mod: BinaryenApi, safepointFn: s
         sites++;
         calls.add(n.callee!);
       }
-      if (isPoint(n, safepointFn)) points.push(n);
+      if (isPoint(n, safepointFn)) points++;
     });
     callees.set(f.name, calls);
-    if (process.env['FERRY_LOOP_RESUME_DEBUG'] && sites >= 8) process.stderr.write(`loop-resume: ${f.name} size ${size} sites ${sites} loop heads ${points.length}\n`);
-    if (points.length > 0 && size >= LOOP_RESUME_MIN_EXPRESSIONS && sites >= LOOP_RESUME_MIN_CALL_SITES) {
-      candidates.set(f.name, { name: f.name, tree, points, sites, escape: false });
+    if (process.env['FERRY_LOOP_RESUME_DEBUG'] && sites >= 8) process.stderr.write(`loop-resume: ${f.name} size ${size} sites ${sites} loop heads ${points}\n`);
+    const entrySafepoint = hasEntrySafepoint(tree, safepointFn);
+    if (points > 0 && size >= LOOP_RESUME_MIN_EXPRESSIONS && sites >= LOOP_RESUME_MIN_CALL_SITES) {
+      candidates.set(f.name, { name: f.name, sites, entrySafepoint, escape: false });
     }
-    const onlyHeadsAndEntry = safepoints === points.length + (hasEntrySafepoint(tree, safepointFn) ? 1 : 0);
-    if (escape && (points.length > 0 || sites > 0) && onlyHeadsAndEntry && size <= ESCAPE_MAX_EXPRESSIONS) {
-      escapes.set(f.name, { name: f.name, tree, points, sites, escape: true });
+    const onlyHeadsAndEntry = safepoints === points + (entrySafepoint ? 1 : 0);
+    if (escape && (points > 0 || sites > 0) && onlyHeadsAndEntry && size <= ESCAPE_MAX_EXPRESSIONS) {
+      escapes.set(f.name, { name: f.name, sites, entrySafepoint, escape: true });
     }
   }
   // While a chosen function is in a call, nothing below it can pause: one that calls down (by
