@@ -15,7 +15,15 @@ const fast = fastPath(argv);
 const faultWorker = argv.includes('--lazy') && process.env.FERRY_NATIVE_FAULTS === '0';
 const spares = argv[0] === 'run' ? ['guest'] : argv[0] === 'restore' ? (faultWorker ? ['guest', 'fault'] : ['guest']) : [];
 if (spares.length > 0) import('../dist/src/guest/spare-worker.js').then(({ startSpareWorker }) => spares.forEach((k) => startSpareWorker(k)), () => undefined);
-const run = fast ? fast() : import('../dist/src/cli/main.js').then(({ main }) => main(argv));
+// The full program from its one-file bundle (scripts/bundle-worker.mjs) while that is no older than
+// main.js, which it was made from: ES modules load one by one, and the CLI's took 15-30 ms longer.
+// FERRY_CLI_BUNDLE=0 loads main.js and its modules as they are.
+const program = () =>
+  import('../dist/src/guest/spare-worker.js').then(({ bundleIfFresh }) => {
+    const plain = new URL('../dist/src/cli/main.js', import.meta.url);
+    return import(process.env.FERRY_CLI_BUNDLE === '0' ? plain : bundleIfFresh(new URL('../dist/src/cli/main.bundle.js', import.meta.url), plain));
+  });
+const run = fast ? fast() : program().then(({ main }) => main(argv));
 
 // Ferry's own messages must never take a guest down: a stdout or stderr whose reader went away
 // (EPIPE) or whose file cannot be written (ENOSPC, EIO) makes Node emit 'error' on the stream, which

@@ -1,7 +1,8 @@
 // The control commands start fast (issue 17): they load neither commander nor anything heavy
-// (Binaryen, the guest runtime, the migration engine, snapshots, the addon, zod, cli-progress) —
-// checked by recording every module a real `ferry` process loads, not by timing it (the time is in
-// bench/cli.bench.ts); the fast path answers exactly as the full program does; --version.
+// (Binaryen, the guest runtime, the migration engine, snapshots, the addon, zod, cli-progress, the
+// CLI's bundle) — checked by recording every module a real `ferry` process loads, not by timing it
+// (the time is in bench/cli.bench.ts); the fast path answers exactly as the full program does;
+// --version; the full program runs from its one-file bundle, whose modules still find their files.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -27,7 +28,9 @@ function ferry(args: string[]): Promise<Run> {
   });
 }
 
-const HEAVY = [/node_modules\/commander\//, /node_modules\/binaryen\//, /node_modules\/zod\//, /node_modules\/cli-progress\//, /\/dist\/src\/(guest|migration|snapshot|memory|sys|wasi|state)\//, /\/api\/(server|schemas|guest-controller)\.js$/];
+/** The full program: commander and its modules one by one, or the bundle of them (scripts/bundle-worker.mjs). */
+const FULL_PROGRAM = /node_modules\/commander\/|\/dist\/src\/cli\/main\.bundle\.js$/;
+const HEAVY = [FULL_PROGRAM, /node_modules\/binaryen\//, /node_modules\/zod\//, /node_modules\/cli-progress\//, /\/dist\/src\/(guest|migration|snapshot|memory|sys|wasi|state)\//, /\/api\/(server|schemas|guest-controller)\.js$/];
 
 test('the fast path takes exactly the control commands it knows, and leaves everything else to the full program', () => {
   for (const argv of [
@@ -78,9 +81,9 @@ test('status, pause, resume, stop, snapshot and migrate --cancel load nothing he
       assert.match(r.stderr, /no Ferry guest listening on/);
     }
   }
-  // The check can fail: the full program (run --help) loads commander.
+  // The check can fail: the full program (run --help) loads commander's code.
   const full = await ferry(['run', '--help']);
-  assert.ok(full.loads.some((u) => /node_modules\/commander\//.test(u)));
+  assert.ok(full.loads.some((u) => FULL_PROGRAM.test(u)));
 });
 
 test('the fast path and the full program answer alike (a repeated flag sends a command to the full program)', async () => {
@@ -91,7 +94,7 @@ test('the fast path and the full program answer alike (a repeated flag sends a c
   ]) {
     const a = await ferry(fast!);
     const b = await ferry(full!);
-    assert.ok(!a.loads.some((u) => /commander/.test(u)) && b.loads.some((u) => /commander/.test(u)), 'one run took each path');
+    assert.ok(!a.loads.some((u) => FULL_PROGRAM.test(u)) && b.loads.some((u) => FULL_PROGRAM.test(u)), 'one run took each path');
     assert.deepEqual([a.code, a.stdout, a.stderr], [b.code, b.stdout, b.stderr]);
   }
   const cancel = await ferry(['migrate', '--api-sock', sock, '--cancel']);
@@ -109,4 +112,33 @@ test('ferry --version and -V print the package version; the help lists prepare a
   const help = await ferry(['--help']);
   assert.match(help.stdout, /-V, --version\s+print the package version/);
   assert.match(help.stdout, /prepare \[options\] <module>/);
+});
+
+test('the full program runs from the one-file bundle npm run build makes (FERRY_CLI_BUNDLE=0: its modules one by one), and the bundled modules find their files where they were', async () => {
+  const bundled = await ferry(['run', '--help']);
+  assert.ok(bundled.loads.some((u) => u.endsWith('/dist/src/cli/main.bundle.js')), bundled.loads.join(' '));
+  assert.ok(!bundled.loads.some((u) => /\/dist\/src\/cli\/(main|commands\/run)\.js$/.test(u)), 'none of the modules it was made from');
+  const plain = await new Promise<Run>((resolve) => {
+    const loadsFile = path.join(tmpDir('loads-plain'), 'loads.txt');
+    fs.writeFileSync(loadsFile, '');
+    execFile(process.execPath, ['--import', RECORD, FERRY_BIN, 'run', '--help'], { env: { ...process.env, FERRY_TEST_LOADS: loadsFile, FERRY_CLI_BUNDLE: '0' }, timeout: 60_000 }, (err, stdout, stderr) => {
+      resolve({ code: err ? -1 : 0, stdout, stderr, loads: fs.readFileSync(loadsFile, 'utf8').split('\n').filter(Boolean) });
+    });
+  });
+  assert.ok(plain.loads.some((u) => u.endsWith('/dist/src/cli/main.js')) && !plain.loads.some((u) => u.endsWith('main.bundle.js')));
+  assert.deepEqual([bundled.code, bundled.stdout, bundled.stderr], [plain.code, plain.stdout, plain.stderr]);
+
+  // Each module's own URL replaces import.meta.url in the bundle: every one names a file that exists
+  // (a worker script, the package.json, bin/ferry.js, a page source module), and nothing else uses it
+  // but the banner's require.
+  const file = path.join(REPO, 'dist/src/cli/main.bundle.js');
+  const text = fs.readFileSync(file, 'utf8');
+  const own = [...text.matchAll(/new URL\("([^"]+)", import\.meta\.url\)\.href/g)].map((m) => m[1]!);
+  assert.ok(own.length >= 10, `modules with their own URL: ${own.length}`);
+  for (const rel of own) assert.ok(fs.existsSync(path.resolve(path.dirname(file), rel)), `${rel} (from the bundle's folder) exists`);
+  const uses = text.split('import.meta.url').length - 1;
+  assert.equal(uses, own.length + 1, 'import.meta.url only in own URLs and the banner');
+  // The spare threads' registry is shared with bin/ferry.js, which fills it before the bundle loads.
+  assert.match(text, /from "\.\.\/guest\/spare-worker\.js"/);
+  assert.doesNotMatch(text, /function startSpareWorker\(/);
 });
