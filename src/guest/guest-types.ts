@@ -62,6 +62,13 @@ export interface GuestPrepareOptions {
   maxMemoryBytes: number;
   modulePath?: string | null;
   cache?: ModuleCache;
+  /**
+   * Run the WASI restore path once on a throwaway state while the worker waits (default true),
+   * so that the launch runs it warm: worth it when the launch comes after the worker is ready (a
+   * switchover's downtime, a restore kept prepared). A restore launched as soon as it is ready
+   * would only wait for it (3-7 ms on the way to `ferry restore`'s first line).
+   */
+  rehearse?: boolean;
 }
 
 /** What a restored guest is bound to on this host. */

@@ -70,7 +70,7 @@ export class Guest extends EventEmitter {
     // wait for V8 to compile a big function or resume copy on the guest thread (warm-up.ts). A
     // restore's comes at once, since its pause is sure to come; a fresh start's at the first pause
     // request or once the guest has run a while, so a short program never pays for it.
-    this.warmUp = init.rehearseRestore ? { ...startWarmUp(init.module, meta.memory.initialPages), now: () => undefined } : deferWarmUp(init.module, meta.memory.initialPages);
+    this.warmUp = init.forRestore ? { ...startWarmUp(init.module, meta.memory.initialPages), now: () => undefined } : deferWarmUp(init.module, meta.memory.initialPages);
     this.ready = new Promise<void>((resolve, reject) => {
       this.worker.once('message', (m: WorkerMessage) => (m.type === 'ready' ? resolve() : reject(new GuestError('start-failed', m.type === 'error' ? m.message : 'guest worker did not start'))));
       this.once('exit', (e: GuestExit) => reject(new GuestError('start-failed', e.message ?? 'guest worker ended before it was ready')));
@@ -166,7 +166,7 @@ export class Guest extends EventEmitter {
     const cache = opts.cache ?? new ModuleCache();
     const mod = await cache.load(opts.module);
     checkImports(mod.meta);
-    const guest = Guest.spawn(mod, opts.memory, opts.modulePath ?? null, opts.maxMemoryBytes, true);
+    const guest = Guest.spawn(mod, opts.memory, opts.modulePath ?? null, opts.maxMemoryBytes, { rehearse: opts.rehearse ?? true });
     await guest.ready;
     const handOver = (state: GuestState, binding: RestoreBinding & { startPaused?: boolean }, waitForGo: boolean) => {
       checkStateFits(guest.meta, state, opts.memory);
@@ -220,14 +220,16 @@ export class Guest extends EventEmitter {
     }
   }
 
-  private static spawn(mod: CachedModule, memory: WebAssembly.Memory, modulePath: string | null, maxMemoryBytes: number, rehearseRestore = false): Guest {
+  /** `restore`: the worker is prepared for a restore (null: a fresh start). */
+  private static spawn(mod: CachedModule, memory: WebAssembly.Memory, modulePath: string | null, maxMemoryBytes: number, restore: { rehearse: boolean } | null = null): Guest {
     const init: Omit<WorkerInit, 'launchPort' | 'capturePort'> = {
       module: compiledModule(mod),
       meta: mod.meta,
       memory,
       control: createControlMemory(),
       unwindBytes: DEFAULT_UNWIND_BYTES,
-      rehearseRestore,
+      forRestore: restore !== null,
+      rehearseRestore: restore?.rehearse ?? false,
       wakeFd: eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC),
     };
     return new Guest(init, mod.meta, mod.source, modulePath, maxMemoryBytes);

@@ -20,7 +20,12 @@ export interface WorkerInit {
   capturePort: MessagePort;
   /** Size of the Asyncify unwind buffer (bytes) to reserve at the first pause. */
   unwindBytes: number;
-  /** Run the WASI restore path once while waiting (a worker prepared for a restore). */
+  /**
+   * A worker prepared for a restore: it waits for its launch ahead of normal threads (the launch
+   * is inside a switchover's downtime).
+   */
+  forRestore: boolean;
+  /** Run the WASI restore path once while waiting, so the launch's runs warm (see worker.ts). */
   rehearseRestore: boolean;
   /** An eventfd the owner signals with every pause request: blocking socket and pipe waits poll it. */
   wakeFd: number;

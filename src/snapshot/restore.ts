@@ -80,6 +80,9 @@ export async function restoreSnapshot(source: string | SnapshotChain, opts: Rest
  * Loads and checks the chain, creates the memory, starts the guest's worker (module compiled,
  * waiting for its state) and, for lazy restores, the fault server — all without reading a page.
  * A host that keeps one prepared restore ready runs it with start() in a few milliseconds.
+ * `how.loadAtOnce`: start() follows at once (restoreSnapshot): the eager load begins now, beside
+ * the thread's boot, and the worker skips its rehearsal of the WASI restore, which start() would
+ * only wait for.
  */
 export async function prepareRestore(source: string | SnapshotChain, opts: RestoreSnapshotOptions = {}, how: { loadAtOnce?: boolean } = {}): Promise<PreparedRestore> {
   const chain = typeof source === 'string' ? loadSnapshot(source) : source;
@@ -92,6 +95,8 @@ export async function prepareRestore(source: string | SnapshotChain, opts: Resto
   loading?.catch(() => undefined); // observed in start() or dispose()
   const preparing = Guest.prepare({
     module: chain.moduleSource,
+    // restoreSnapshot starts it the moment it is ready: a rehearsal would only be waited for.
+    rehearse: how.loadAtOnce !== true,
     memory: mem.memory,
     maxMemoryBytes: chain.memory.maxBytes,
     ...(opts.cache ? { cache: opts.cache } : {}),
