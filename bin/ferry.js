@@ -15,7 +15,7 @@ const fast = fastPath(argv);
 const faultWorker = argv.includes('--lazy') && process.env.FERRY_NATIVE_FAULTS === '0';
 const spares = argv[0] === 'run' ? ['guest'] : argv[0] === 'restore' ? (faultWorker ? ['guest', 'fault'] : ['guest']) : [];
 if (spares.length > 0) import('../dist/src/guest/spare-worker.js').then(({ startSpareWorker }) => spares.forEach((k) => startSpareWorker(k)), () => undefined);
-// The full program from its one-file bundle (scripts/bundle-worker.mjs) while that is no older than
+// The full program from its one-file bundle (scripts/bundle.mjs) while that is no older than
 // main.js, which it was made from: ES modules load one by one, and the CLI's took 15-30 ms longer.
 // FERRY_CLI_BUNDLE=0 loads main.js and its modules as they are.
 const program = () =>

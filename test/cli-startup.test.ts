@@ -16,11 +16,11 @@ const RECORD = fileURLToPath(new URL('./fixtures/cli/record-loads.js', import.me
 
 interface Run { code: number; stdout: string; stderr: string; loads: string[] }
 
-function ferry(args: string[]): Promise<Run> {
+function ferry(args: string[], env: Record<string, string> = {}): Promise<Run> {
   const loadsFile = path.join(tmpDir('loads'), 'loads.txt');
   fs.writeFileSync(loadsFile, '');
   return new Promise((resolve) => {
-    execFile(process.execPath, ['--import', RECORD, FERRY_BIN, ...args], { env: { ...process.env, FERRY_TEST_LOADS: loadsFile }, timeout: 60_000 }, (err, stdout, stderr) => {
+    execFile(process.execPath, ['--import', RECORD, FERRY_BIN, ...args], { env: { ...process.env, ...env, FERRY_TEST_LOADS: loadsFile }, timeout: 60_000 }, (err, stdout, stderr) => {
       const code = err ? (typeof err.code === 'number' ? err.code : -1) : 0;
       const loads = fs.readFileSync(loadsFile, 'utf8').split('\n').filter(Boolean);
       resolve({ code, stdout, stderr, loads });
@@ -28,7 +28,7 @@ function ferry(args: string[]): Promise<Run> {
   });
 }
 
-/** The full program: commander and its modules one by one, or the bundle of them (scripts/bundle-worker.mjs). */
+/** The full program: commander and its modules one by one, or the bundle of them (scripts/bundle.mjs). */
 const FULL_PROGRAM = /node_modules\/commander\/|\/dist\/src\/cli\/main\.bundle\.js$/;
 const HEAVY = [FULL_PROGRAM, /node_modules\/binaryen\//, /node_modules\/zod\//, /node_modules\/cli-progress\//, /\/dist\/src\/(guest|migration|snapshot|memory|sys|wasi|state)\//, /\/api\/(server|schemas|guest-controller)\.js$/];
 
@@ -118,13 +118,7 @@ test('the full program runs from the one-file bundle npm run build makes (FERRY_
   const bundled = await ferry(['run', '--help']);
   assert.ok(bundled.loads.some((u) => u.endsWith('/dist/src/cli/main.bundle.js')), bundled.loads.join(' '));
   assert.ok(!bundled.loads.some((u) => /\/dist\/src\/cli\/(main|commands\/run)\.js$/.test(u)), 'none of the modules it was made from');
-  const plain = await new Promise<Run>((resolve) => {
-    const loadsFile = path.join(tmpDir('loads-plain'), 'loads.txt');
-    fs.writeFileSync(loadsFile, '');
-    execFile(process.execPath, ['--import', RECORD, FERRY_BIN, 'run', '--help'], { env: { ...process.env, FERRY_TEST_LOADS: loadsFile, FERRY_CLI_BUNDLE: '0' }, timeout: 60_000 }, (err, stdout, stderr) => {
-      resolve({ code: err ? -1 : 0, stdout, stderr, loads: fs.readFileSync(loadsFile, 'utf8').split('\n').filter(Boolean) });
-    });
-  });
+  const plain = await ferry(['run', '--help'], { FERRY_CLI_BUNDLE: '0' });
   assert.ok(plain.loads.some((u) => u.endsWith('/dist/src/cli/main.js')) && !plain.loads.some((u) => u.endsWith('main.bundle.js')));
   assert.deepEqual([bundled.code, bundled.stdout, bundled.stderr], [plain.code, plain.stdout, plain.stderr]);
 

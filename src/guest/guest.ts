@@ -70,7 +70,7 @@ export class Guest extends EventEmitter {
     // wait for V8 to compile a big function or resume copy on the guest thread (warm-up.ts). A
     // restore's comes at once, since its pause is sure to come; a fresh start's at the first pause
     // request or once the guest has run a while, so a short program never pays for it.
-    this.warmUp = init.forRestore ? { ...startWarmUp(init.module, meta.memory.initialPages), now: () => undefined } : deferWarmUp(init.module, meta.memory.initialPages);
+    this.warmUp = init.restore ? { ...startWarmUp(init.module, meta.memory.initialPages), now: () => undefined } : deferWarmUp(init.module, meta.memory.initialPages);
     this.ready = new Promise<void>((resolve, reject) => {
       this.worker.once('message', (m: WorkerMessage) => (m.type === 'ready' ? resolve() : reject(new GuestError('start-failed', m.type === 'error' ? m.message : 'guest worker did not start'))));
       this.once('exit', (e: GuestExit) => reject(new GuestError('start-failed', e.message ?? 'guest worker ended before it was ready')));
@@ -228,8 +228,7 @@ export class Guest extends EventEmitter {
       memory,
       control: createControlMemory(),
       unwindBytes: DEFAULT_UNWIND_BYTES,
-      forRestore: restore !== null,
-      rehearseRestore: restore?.rehearse ?? false,
+      restore,
       wakeFd: eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC),
     };
     return new Guest(init, mod.meta, mod.source, modulePath, maxMemoryBytes);

@@ -21,12 +21,11 @@ export interface WorkerInit {
   /** Size of the Asyncify unwind buffer (bytes) to reserve at the first pause. */
   unwindBytes: number;
   /**
-   * A worker prepared for a restore: it waits for its launch ahead of normal threads (the launch
-   * is inside a switchover's downtime).
+   * Set for a worker prepared for a restore (null: a fresh start). It waits for its launch ahead of
+   * normal threads (the launch is inside a switchover's downtime); with `rehearse` it runs the
+   * WASI restore path once while waiting, so the launch's runs warm (see worker.ts).
    */
-  forRestore: boolean;
-  /** Run the WASI restore path once while waiting, so the launch's runs warm (see worker.ts). */
-  rehearseRestore: boolean;
+  restore: { rehearse: boolean } | null;
   /** An eventfd the owner signals with every pause request: blocking socket and pipe waits poll it. */
   wakeFd: number;
 }

@@ -305,7 +305,7 @@ function waitForLaunch(): LaunchMessage | null {
 
 function run(): void {
   instantiate();
-  if (init.rehearseRestore && !rehearsedEarly) rehearseRestore(hooks);
+  if (init.restore?.rehearse && !rehearsedEarly) rehearseRestore(hooks);
   post({ type: 'ready' });
   // A guest thread prepared for a restore (a migration's destination, a snapshot's restore) takes
   // its launch inside the downtime, and everything it does until guest code runs (the WASI state
@@ -313,7 +313,7 @@ function run(): void {
   // cores are busy with the bulk stream, each wake-up waited for a time slice and that work ran
   // in pieces (staged → running 1.2-2 ms in the demo). So it waits and works ahead of normal
   // threads, as the owner's thread does through the downtime, and drops back before guest code.
-  const ahead = init.forRestore ? new DowntimePriority() : null;
+  const ahead = init.restore ? new DowntimePriority() : null;
   ahead?.raise();
   const l = waitForLaunch();
   if (!l) {

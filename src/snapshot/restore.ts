@@ -71,7 +71,7 @@ export interface PreparedRestore {
 export async function restoreSnapshot(source: string | SnapshotChain, opts: RestoreSnapshotOptions = {}): Promise<RestoredSnapshot> {
   const t0 = performance.now();
   // Nothing waits between the two steps here, so an eager load need not wait for the guest's thread.
-  const prepared = await prepareRestore(source, opts, { loadAtOnce: true });
+  const prepared = await prepareRestore(source, opts, { startAtOnce: true });
   const r = await prepared.start();
   return { ...r, restoreMs: round(performance.now() - t0) };
 }
@@ -80,23 +80,23 @@ export async function restoreSnapshot(source: string | SnapshotChain, opts: Rest
  * Loads and checks the chain, creates the memory, starts the guest's worker (module compiled,
  * waiting for its state) and, for lazy restores, the fault server — all without reading a page.
  * A host that keeps one prepared restore ready runs it with start() in a few milliseconds.
- * `how.loadAtOnce`: start() follows at once (restoreSnapshot): the eager load begins now, beside
+ * `how.startAtOnce`: start() follows at once (restoreSnapshot): the eager load begins now, beside
  * the thread's boot, and the worker skips its rehearsal of the WASI restore, which start() would
  * only wait for.
  */
-export async function prepareRestore(source: string | SnapshotChain, opts: RestoreSnapshotOptions = {}, how: { loadAtOnce?: boolean } = {}): Promise<PreparedRestore> {
+export async function prepareRestore(source: string | SnapshotChain, opts: RestoreSnapshotOptions = {}, how: { startAtOnce?: boolean } = {}): Promise<PreparedRestore> {
   const chain = typeof source === 'string' ? loadSnapshot(source) : source;
   checkPreopens(chain, opts.preopens ?? []);
   const mem = GuestMemory.create(chain.memory.bytes / WASM_PAGE_SIZE, chain.memory.maxBytes / WASM_PAGE_SIZE);
   // restoreSnapshot's eager load runs on the load threads while the guest's thread boots (which
   // writes no guest memory before its launch); start() then only waits for what is left of it.
   // Only on the load threads: this thread's load would hold the event loop, and the boot with it.
-  const loading = !opts.lazy && how.loadAtOnce && dataplaneLoadFailure() === null ? timedLoad(chain, mem) : null;
+  const loading = !opts.lazy && how.startAtOnce && dataplaneLoadFailure() === null ? timedLoad(chain, mem) : null;
   loading?.catch(() => undefined); // observed in start() or dispose()
   const preparing = Guest.prepare({
     module: chain.moduleSource,
     // restoreSnapshot starts it the moment it is ready: a rehearsal would only be waited for.
-    rehearse: how.loadAtOnce !== true,
+    rehearse: how.startAtOnce !== true,
     memory: mem.memory,
     maxMemoryBytes: chain.memory.maxBytes,
     ...(opts.cache ? { cache: opts.cache } : {}),

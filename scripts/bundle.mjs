@@ -5,7 +5,8 @@
 //    restore's start (the thread is ready at ≈ 68 ms instead of ≈ 105 ms after the process starts).
 //  - the CLI (dist/src/cli/main.js, its commands and what they import, commander included) into
 //    dist/src/cli/main.bundle.js, which bin/ferry.js loads: the modules of `ferry restore` and the
-//    snapshot layer one by one took 40-55 ms of the main thread, the bundle 25 ms.
+//    snapshot layer one by one took 40-55 ms of the main thread, the bundle 25 ms (a benchmark
+//    running beside both).
 // Each bundle is used only while it is no older than the module it was made from
 // (src/guest/spare-worker.ts, bundleIfFresh): tsc rewrites every output, so a tsc without this step
 // is never served stale.
