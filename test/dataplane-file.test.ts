@@ -179,7 +179,7 @@ test('the native file thread refuses bad options before it starts', () => {
   const layer = openSync('/dev/null', 'r');
   try {
     const base = {
-      uffd: 0, base: 0, faultAround: 1, realtime: false, states: new Uint8Array(4), stateCounts: new Int32Array(3),
+      uffd: 0, base: 0, faultAround: 1, raisePriority: false, states: new Uint8Array(4), stateCounts: new Int32Array(3),
       stats: new Float64Array(8), latencies: new Float64Array(4), layerFds: new Int32Array([layer]), location: new Int16Array(4),
     };
     const none = () => undefined;

@@ -34,7 +34,7 @@ async function faultPlaneFacingPeer(d: Destination, pageCount = PAGES): Promise<
   const [a, b] = await loopbackPair();
   const plane = new FaultPlane({
     uffd: d.uffd.fd, sock: takeSocketFd(b), role: DataplaneRole.ACCEPTOR, base: d.mem.base, pageCount,
-    states: d.states, requests: d.requests, secret, realtime: false,
+    states: d.states, requests: d.requests, secret, raisePriority: false,
   });
   const peer = await DataplanePeer.open(a, secret, DataplaneRole.CONNECTOR);
   return { plane, peer };
@@ -47,7 +47,7 @@ async function answerPlaneFacingPeer(pageCount = PAGES): Promise<{ plane: Answer
   const [a, b] = await loopbackPair();
   const plane = new AnswerPlane({
     sock: takeSocketFd(a), role: DataplaneRole.CONNECTOR, memory: src.memory, pageCount,
-    pending: src.pending.words, claims: src.claims.words, secret, realtime: false,
+    pending: src.pending.words, claims: src.claims.words, secret, raisePriority: false,
   });
   const peer = await DataplanePeer.open(b, secret, DataplaneRole.ACCEPTOR);
   return { plane, peer, src };
@@ -71,9 +71,9 @@ test('native on both sides: many threads faulting on one page get it with one re
   const src = sourceImage(PAGES);
   const secret = randomBytes(32);
   const [a, b] = await loopbackPair();
-  const answer = new AnswerPlane({ sock: takeSocketFd(a), memory: src.memory, pageCount: PAGES, pending: src.pending.words, claims: src.claims.words, secret, realtime: false });
+  const answer = new AnswerPlane({ sock: takeSocketFd(a), memory: src.memory, pageCount: PAGES, pending: src.pending.words, claims: src.claims.words, secret, raisePriority: false });
   const digest = new PageDigest(d.mem.maxBytes);
-  const fault = new FaultPlane({ uffd: d.uffd.fd, sock: takeSocketFd(b), base: d.mem.base, pageCount: PAGES, states: d.states, requests: d.requests, secret, realtime: false, digest: digest.buffer });
+  const fault = new FaultPlane({ uffd: d.uffd.fd, sock: takeSocketFd(b), base: d.mem.base, pageCount: PAGES, states: d.states, requests: d.requests, secret, raisePriority: false, digest: digest.buffer });
   const guests = Array.from({ length: 8 }, () => new GuestThread(d.mem.memory, WASM_PAGES));
   try {
     const values = await Promise.all(guests.map((g) => g.run<number>({ op: 'load', addr: 3 * PAGE })));
@@ -117,7 +117,7 @@ test('fault-around: the pending pages after a fault come with it; only the fault
   const [a, b] = await loopbackPair();
   const plane = new FaultPlane({
     uffd: d.uffd.fd, sock: takeSocketFd(b), role: DataplaneRole.ACCEPTOR, base: d.mem.base, pageCount: PAGES,
-    states: d.states, requests: d.requests, secret, realtime: false, faultAround: 4,
+    states: d.states, requests: d.requests, secret, raisePriority: false, faultAround: 4,
   });
   const peer = await DataplanePeer.open(a, secret, DataplaneRole.CONNECTOR);
   const g = new GuestThread(d.mem.memory, WASM_PAGES);
@@ -195,7 +195,7 @@ test('a PAGES frame with one flipped bit is refused, never placed; a flipped REQ
 test('a frame from a peer without the session secret fails at FINISHED', async () => {
   const d = destination(WASM_PAGES, [2]);
   const [a, b] = await loopbackPair();
-  const plane = new FaultPlane({ uffd: d.uffd.fd, sock: takeSocketFd(b), base: d.mem.base, pageCount: PAGES, states: d.states, requests: d.requests, secret: randomBytes(32), realtime: false });
+  const plane = new FaultPlane({ uffd: d.uffd.fd, sock: takeSocketFd(b), base: d.mem.base, pageCount: PAGES, states: d.states, requests: d.requests, secret: randomBytes(32), raisePriority: false });
   try {
     await assert.rejects(DataplanePeer.open(a, randomBytes(32), DataplaneRole.CONNECTOR));
     assert.match((await plane.ended) ?? '', /failed authentication/);
@@ -370,8 +370,8 @@ test('--max-bandwidth: the native bulk stream stays near its cap (at most twice 
     const secret = randomBytes(32);
     const [a, b] = await loopbackPair();
     const t0 = performance.now();
-    const answer = new AnswerPlane({ sock: takeSocketFd(a), memory: src.memory, pageCount: pages, pending: src.pending.words, claims: src.claims.words, secret, realtime: false, bulk: true, maxBandwidth });
-    const fault = new FaultPlane({ uffd: d.uffd.fd, sock: takeSocketFd(b), base: d.mem.base, pageCount: pages, states: d.states, requests: d.requests, secret, realtime: false });
+    const answer = new AnswerPlane({ sock: takeSocketFd(a), memory: src.memory, pageCount: pages, pending: src.pending.words, claims: src.claims.words, secret, raisePriority: false, bulk: true, maxBandwidth });
+    const fault = new FaultPlane({ uffd: d.uffd.fd, sock: takeSocketFd(b), base: d.mem.base, pageCount: pages, states: d.states, requests: d.requests, secret, raisePriority: false });
     try {
       while (fault.read().pagesPlaced < pages) {
         const state = fault.read().state;

@@ -108,7 +108,7 @@ uint32_t dp_be32(const uint8_t *p);
 void dp_put_be32(uint8_t *p, uint32_t v);
 double dp_now_us(void);       /* CLOCK_MONOTONIC */
 int64_t dp_epoch_us(void);    /* CLOCK_REALTIME: what the TypeScript side's request times use */
-void dp_prefer_latency(int realtime);
+void dp_prefer_latency(int raise_priority);
 void dp_set_err(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* ---- destination: the fault thread ---- */
@@ -129,7 +129,7 @@ enum { DP_STATE_HANDSHAKE = 0, DP_STATE_RUNNING = 1, DP_STATE_STOPPED = 2, DP_ST
 enum { PS_KNOWN_ZERO = 0, PS_PENDING = 1, PS_RECEIVED = 2 }; /* src/memory/page-state.ts */
 
 typedef struct {
-  int uffd, sock, wakefd, role, timeout_ms, realtime;
+  int uffd, sock, wakefd, role, timeout_ms, raise_priority;
   uint64_t base;          /* address of guest page 0 */
   uint32_t page_count;    /* pages the source may send (the memory at the commit) */
   uint32_t table_pages;   /* pages in the state table (the reservation) */
@@ -149,7 +149,7 @@ typedef struct {
 } dp_fault_args;
 
 typedef struct {
-  int sock, wakefd, role, timeout_ms, realtime;
+  int sock, wakefd, role, timeout_ms, raise_priority;
   const uint8_t *memory;  /* guest page 0 (the source's memory: no holes) */
   uint32_t page_count;
   uint32_t *pending;      /* PageBitmap words: pages the destination lacks */
@@ -217,7 +217,7 @@ enum { /* Float64 slots of its stats: the layout of src/memory/fault-stats.ts (S
 };
 
 typedef struct {
-  int uffd, wakefd, realtime;
+  int uffd, wakefd, raise_priority;
   uint64_t base;          /* address of guest page 0 */
   uint32_t table_pages;   /* pages in the state table (the reservation) */
   uint32_t fault_around;

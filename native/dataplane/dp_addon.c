@@ -285,7 +285,7 @@ static int get_secret(napi_env env, plane *p, napi_value o, uint8_t out[DP_SECRE
   return 1;
 }
 
-static int get_common(napi_env env, plane *p, napi_value o, int *sock, int *role, int *timeout_ms, int *realtime) {
+static int get_common(napi_env env, plane *p, napi_value o, int *sock, int *role, int *timeout_ms, int *raise_priority) {
   double v;
   if (!get_num(env, o, "sock", 0, 1 << 30, &v)) return 0;
   *sock = (int)v;
@@ -293,8 +293,8 @@ static int get_common(napi_env env, plane *p, napi_value o, int *sock, int *role
   *role = (int)v;
   if (!get_num(env, o, "timeoutMs", 1, 3600000, &v)) return 0;
   *timeout_ms = (int)v;
-  if (!get_num(env, o, "realtime", 0, 1, &v)) return 0;
-  *realtime = (int)v;
+  if (!get_num(env, o, "raisePriority", 0, 1, &v)) return 0;
+  *raise_priority = (int)v;
   return 1;
 }
 
@@ -356,7 +356,7 @@ static napi_value f_start_fault(napi_env env, napi_callback_info info) {
   napi_value o = argv[0];
   double pages, around;
   size_t table = 0, n = 0;
-  if (!get_common(env, p, o, &a->sock, &a->role, &a->timeout_ms, &a->realtime) || !get_uffd_base(env, o, &a->uffd, &a->base) ||
+  if (!get_common(env, p, o, &a->sock, &a->role, &a->timeout_ms, &a->raise_priority) || !get_uffd_base(env, o, &a->uffd, &a->base) ||
       !get_num(env, o, "pageCount", 0, 1u << 31, &pages) || !get_num(env, o, "faultAround", 1, DP_MAX_REQUEST, &around))
     goto bad;
   a->page_count = (uint32_t)pages;
@@ -389,7 +389,7 @@ static napi_value f_start_answer(napi_env env, napi_callback_info info) {
   napi_value o = argv[0];
   double pages;
   size_t mem = 0, words = 0;
-  if (!get_common(env, p, o, &a->sock, &a->role, &a->timeout_ms, &a->realtime) || !get_num(env, o, "pageCount", 0, 1u << 31, &pages)) goto bad;
+  if (!get_common(env, p, o, &a->sock, &a->role, &a->timeout_ms, &a->raise_priority) || !get_num(env, o, "pageCount", 0, 1u << 31, &pages)) goto bad;
   a->page_count = (uint32_t)pages;
   if (!(a->memory = get_array(env, p, o, "memory", napi_uint8_array, 1, (size_t)a->page_count * DP_PAGE, &mem))) goto bad;
   words = (a->page_count + 31) / 32;
@@ -429,10 +429,10 @@ static napi_value f_start_presend(napi_env env, napi_callback_info info) {
   if (!p) return refuse_owned(env, owned, "out of memory");
   dp_presend_args *a = &p->ps;
   napi_value o = argv[0];
-  int realtime = 0;
+  int raise_priority = 0;
   double pages;
   size_t words = 0;
-  if (!get_common(env, p, o, &a->sock, &a->role, &a->timeout_ms, &realtime) || !get_num(env, o, "maxPages", 0, 1u << 31, &pages)) goto bad;
+  if (!get_common(env, p, o, &a->sock, &a->role, &a->timeout_ms, &raise_priority) || !get_num(env, o, "maxPages", 0, 1u << 31, &pages)) goto bad;
   a->max_pages = (uint32_t)pages;
   size_t mem = 0;
   if (!get_rate(env, o, &a->bucket)) goto bad;
@@ -460,9 +460,9 @@ static napi_value f_start_prerecv(napi_env env, napi_callback_info info) {
   if (!p) return refuse_owned(env, owned, "out of memory");
   dp_prerecv_args *a = &p->pr;
   napi_value o = argv[0];
-  int realtime = 0;
+  int raise_priority = 0;
   size_t table = 0;
-  if (!get_common(env, p, o, &a->sock, &a->role, &a->timeout_ms, &realtime) || !get_uffd_base(env, o, &a->uffd, &a->base)) goto bad;
+  if (!get_common(env, p, o, &a->sock, &a->role, &a->timeout_ms, &raise_priority) || !get_uffd_base(env, o, &a->uffd, &a->base)) goto bad;
   if (!(a->states = get_array(env, p, o, "states", napi_uint8_array, 1, 1, &table))) goto bad;
   a->table_pages = (uint32_t)table;
   if (!(a->state_counts = get_array(env, p, o, "stateCounts", napi_int32_array, 4, 3, NULL)) ||
@@ -509,8 +509,8 @@ static napi_value f_start_file(napi_env env, napi_callback_info info) {
   napi_value o = argv[0];
   double v, around;
   size_t table = 0, n = 0, loc = 0;
-  if (!get_uffd_base(env, o, &a->uffd, &a->base) || !get_num(env, o, "realtime", 0, 1, &v) || !get_num(env, o, "faultAround", 1, DP_MAX_REQUEST, &around)) goto bad;
-  a->realtime = (int)v;
+  if (!get_uffd_base(env, o, &a->uffd, &a->base) || !get_num(env, o, "raisePriority", 0, 1, &v) || !get_num(env, o, "faultAround", 1, DP_MAX_REQUEST, &around)) goto bad;
+  a->raise_priority = (int)v;
   a->fault_around = (uint32_t)around;
   if (!(a->states = get_array(env, p, o, "states", napi_uint8_array, 1, 1, &table))) goto bad;
   a->table_pages = (uint32_t)table;

@@ -122,7 +122,7 @@ static int on_request(dp_answer_args *a, dp_conn *c, const dp_frame *f) {
 int dp_answer_run(dp_answer_args *a) {
   dp_conn c;
   int rc = -1;
-  dp_prefer_latency(a->realtime);
+  dp_prefer_latency(a->raise_priority);
   if (dp_conn_init(&c, a->sock, TX_BYTES + (DP_MAX_REQUEST / DP_MAX_RUN + 1) * DP_MAX_FRAME) < 0) goto out;
   a->stats[SS_STATE] = DP_STATE_HANDSHAKE;
   if (dp_handshake(&c, a->secret, a->role, "urgent", a->timeout_ms, a->wakefd, a->stop) < 0) goto out;

@@ -204,7 +204,7 @@ static void publish(fault_ctx *x) {
 
 int dp_fault_run(dp_fault_args *a) {
   fault_ctx x = {.a = a};
-  dp_prefer_latency(a->realtime);
+  dp_prefer_latency(a->raise_priority);
   int rc = -1;
   if (dp_conn_init(&x.c, a->sock, TX_BYTES) < 0) goto out;
   /* The source may stream the bulk over this connection too: what waits in this socket is what an

@@ -89,7 +89,7 @@ static int on_fault(dp_file_args *a, uint64_t address, double t0, uint8_t *buf) 
 }
 
 int dp_file_run(dp_file_args *a) {
-  dp_prefer_latency(a->realtime); /* a guest thread is blocked every time this one wakes */
+  dp_prefer_latency(a->raise_priority); /* a guest thread is blocked every time this one wakes */
   uint8_t *buf = aligned_alloc(DP_PAGE, (size_t)a->fault_around * DP_PAGE);
   if (!buf) {
     dp_set_err(a->err, "out of memory");

@@ -12,7 +12,6 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <poll.h>
-#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,12 +80,16 @@ int64_t dp_epoch_us(void) {
   return (int64_t)t.tv_sec * 1000000 + t.tv_nsec / 1000;
 }
 
-/* The fault path's threads sleep almost always and must run the moment they wake (see
- * src/sys/sched.ts): real-time FIFO where allowed, else a high nice value, else as they are. */
-void dp_prefer_latency(int realtime) {
-  if (!realtime) return;
-  struct sched_param sp = {.sched_priority = 1};
-  if (sched_setscheduler(0, SCHED_FIFO, &sp) == 0) return;
+/* The fault path's threads sleep almost always and must run soon after they wake: nice -10 where
+ * allowed, else as they are. Not real-time, as the JavaScript-era threads were (src/sys/sched.ts):
+ * a SCHED_FIFO thread wakes on the core it last ran on, which on an idle virtual machine means an
+ * interrupt to wake that core, where a normal thread woken by a socket's sender runs on the
+ * sender's core at once; and a real-time thread that also places the bulk stream takes its core
+ * from the guest. Measured (docs/design-notes.md, 2026-12-07): fault p50 idle 142-149 -> 92-97 us,
+ * beside the C reference's 80-90; while the bulk streams 94-97 -> 37-39 us (C 26), p99 1.5 ms ->
+ * 77-133 us; on the demo job, longest stall 0.7-9 -> 2.7-3.8 ms and total 4.2-5.2 -> 3.5-4.6 s. */
+void dp_prefer_latency(int raise_priority) {
+  if (!raise_priority) return;
   (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), -10);
 }
 

@@ -241,7 +241,7 @@ function startFileThread(mem: GuestMemory, states: PageStateTable, files: PageFi
   try {
     for (const f of files.files) fds.push(openSync(f, 'r'));
     handle = dp.startFileFaults({
-      uffd, base: mem.base, faultAround, realtime: process.env['FERRY_REALTIME'] !== '0',
+      uffd, base: mem.base, faultAround, raisePriority: process.env['FERRY_REALTIME'] !== '0',
       states: new Uint8Array(shared.states, 0, states.pageCount), stateCounts: new Int32Array(shared.counts, 0, 3),
       stats: new Float64Array(stats), latencies: new Float64Array(latencies), layerFds: Int32Array.from(fds), location: new Int16Array(files.location),
     }, (error) => { if (error !== null) fail(new Error(`fault thread failed: ${error}`)); });

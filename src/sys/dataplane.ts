@@ -19,8 +19,8 @@ interface CommonOptions {
   role: DataplaneRoleValue;
   /** Limit on the hello exchange and FINISHED frames. */
   timeoutMs: number;
-  /** Real-time (or high-priority) scheduling for the thread, as src/sys/sched.ts preferLatency(). */
-  realtime: boolean;
+  /** Nice -10 for the thread where allowed (native/dataplane/dp_wire.c says why not real-time, as src/sys/sched.ts gives JavaScript threads). */
+  raisePriority: boolean;
   secret: Uint8Array;
 }
 
@@ -57,7 +57,7 @@ export interface FileFaultOptions {
   base: number;
   /** Pages read and placed per fault: the faulting one plus following pending ones. */
   faultAround: number;
-  realtime: boolean;
+  raisePriority: boolean;
   /** PageStateTable bytes, one per page of the reservation; pending pages are read from the files. */
   states: Uint8Array;
   /** PageStateTable counts: [known-zero, pending, received]. */

@@ -21,7 +21,7 @@ export interface AnswerPlaneOptions {
   /** --max-bandwidth (bytes/s): a token bucket paces the bulk frames (never the answers). */
   maxBandwidth?: number | undefined;
   timeoutMs?: number;
-  realtime?: boolean;
+  raisePriority?: boolean;
 }
 
 export interface AnswerPlaneStats {
@@ -51,7 +51,7 @@ export class AnswerPlane {
     this.handle = startOwning(o.sock, () => {
       const options = {
         sock: o.sock, role: o.role ?? DataplaneRole.CONNECTOR, timeoutMs: o.timeoutMs ?? 10_000,
-        realtime: (o.realtime ?? true) && process.env['FERRY_REALTIME'] !== '0',
+        raisePriority: (o.raisePriority ?? true) && process.env['FERRY_REALTIME'] !== '0',
         memory: o.memory, pageCount: o.pageCount, pending: o.pending, claims: o.claims, stats: this.stats, secret: o.secret,
         bulk: o.bulk ?? false,
         ...(o.maxBandwidth ? { maxBandwidth: Math.round(o.maxBandwidth) } : {}),

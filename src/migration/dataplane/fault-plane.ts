@@ -28,7 +28,7 @@ export interface FaultPlaneOptions {
   digest?: SharedArrayBuffer;
   /** Latency samples kept (a ring). */
   latencyRing?: number;
-  realtime?: boolean;
+  raisePriority?: boolean;
 }
 
 /** The fault worker's counters (memory/fault-stats.ts), plus what the native thread also carries. */
@@ -61,7 +61,7 @@ export class FaultPlane {
       this.latencies = new Float64Array(new SharedArrayBuffer((o.latencyRing ?? 1 << 17) * 8));
       const options = {
         uffd: o.uffd, sock: o.sock, role: o.role ?? DataplaneRole.ACCEPTOR, timeoutMs: o.timeoutMs ?? 10_000,
-        realtime: (o.realtime ?? true) && process.env['FERRY_REALTIME'] !== '0',
+        raisePriority: (o.raisePriority ?? true) && process.env['FERRY_REALTIME'] !== '0',
         base: o.base, pageCount: o.pageCount, faultAround: o.faultAround ?? 1,
         states: new Uint8Array(shared.states, 0, shared.pageCount), stateCounts: new Int32Array(shared.counts, 0, 3),
         times: new BigInt64Array(o.requests.times), waiting: new Int32Array(o.requests.waiting),

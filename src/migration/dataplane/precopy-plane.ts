@@ -109,7 +109,7 @@ export class PrecopySender extends PrecopyThread {
       const memory = o.memory();
       this.memoryBytes = memory.byteLength;
       const options = {
-        sock: o.sock, role: DataplaneRole.CONNECTOR, timeoutMs: o.timeoutMs ?? 10_000, realtime: false, secret: o.secret,
+        sock: o.sock, role: DataplaneRole.CONNECTOR, timeoutMs: o.timeoutMs ?? 10_000, raisePriority: false, secret: o.secret,
         memory, maxPages: o.maxPages, pages: this.pages, job: this.job, stats: this.stats,
         ...(o.maxBandwidth ? { maxBandwidth: Math.round(o.maxBandwidth) } : {}),
       };
@@ -201,7 +201,7 @@ export class PrecopyReceiver extends PrecopyThread {
     this.limit[0] = o.pageCount;
     this.handle = startOwning(o.sock, () => {
       const options = {
-        sock: o.sock, role: DataplaneRole.ACCEPTOR, timeoutMs: o.timeoutMs ?? 10_000, realtime: false, secret: o.secret,
+        sock: o.sock, role: DataplaneRole.ACCEPTOR, timeoutMs: o.timeoutMs ?? 10_000, raisePriority: false, secret: o.secret,
         uffd: o.uffd, base: o.base, states: o.states, stateCounts: o.stateCounts, limit: this.limit, stats: this.stats,
         ...(o.digest ? { digest: o.digest } : {}),
       };
