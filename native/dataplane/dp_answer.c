@@ -107,8 +107,10 @@ static int on_request(dp_answer_args *a, dp_conn *c, const dp_frame *f) {
       }
       a->stats[SS_TWICE] += 1; /* the faulting page goes again: it must not wait behind bulk data */
     }
+    /* The faulting page goes in a frame of its own: the destination places it, and wakes the
+     * thread, after sealing, sending and opening 4 KiB rather than a whole run. */
     uint32_t q = p + 1;
-    while (q < end && q - p < DP_MAX_RUN && is_pending(a, q) && !claim(a, q)) q++;
+    while (p != first && q < end && q - p < DP_MAX_RUN && is_pending(a, q) && !claim(a, q)) q++;
     uint8_t head[8];
     dp_put_be32(head, p);
     dp_put_be32(head + 4, q - p);
