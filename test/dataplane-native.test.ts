@@ -300,6 +300,17 @@ test('a page that has already arrived is not placed again, and the thread goes o
     assert.deepEqual(sent, [10, 13]);
     assert.equal(s.plane.read().twice, 1, 'only a faulting page crosses twice');
     assert.equal(s.plane.read().pagesSent, 4);
+    // The faulting page comes in a frame of its own, ahead of the pages asked with it: the
+    // destination wakes the faulting thread after opening 4 KiB, not the whole run.
+    s.peer.request(20, 4);
+    const frames: Array<[number, number]> = [];
+    for (let got = 0; got < 4;) {
+      const fr = await s.peer.next();
+      assert.equal(fr?.type, DataplaneFrame.PAGES);
+      frames.push([fr.body.readUInt32BE(0), fr.body.readUInt32BE(4)]);
+      got += fr.body.readUInt32BE(4);
+    }
+    assert.deepEqual(frames, [[20, 1], [21, 3]]);
   } finally {
     assert.equal(s.plane.stop(), null);
     s.peer.sock.destroy();
