@@ -15,13 +15,15 @@
 // --max-bandwidth paces the bulk frames with a token bucket (dp_bucket); answers are never paced.
 #define _GNU_SOURCE
 #include <errno.h>
+#include <linux/tcp.h> /* struct tcp_info with the byte counters and delivery rate (glibc's lacks them) */
+#include <netinet/in.h>
 #include <poll.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "dp.h"
 
@@ -61,23 +63,128 @@ static int64_t next_unclaimed(dp_answer_args *a, uint32_t cur) {
   return -1;
 }
 
-/* One bulk frame from the cursor on: 1 sent, 0 none left, -1 failed. */
-static int push_bulk(dp_answer_args *a, dp_conn *c, uint32_t *cursor) {
-  int64_t first = next_unclaimed(a, *cursor);
+/* How much bulk may be ahead of an answer on a slow link, as time at the link's rate: an answer
+ * is queued behind whatever the socket has not sent and whatever is in flight, so there that must
+ * stay small (at 1 Gbit/s, 64 KiB is half a millisecond). The bound is the path's bandwidth-delay
+ * product plus AHEAD_US, so the link stays full. A link is slow once the smoothed round trip has
+ * been QUEUED_US above the path's minimum: a standing queue in the network (over the 1 Gbit/s
+ * veth link of the benchmark, unbounded: 2.2-3.8 ms). On loopback the round trip stays within
+ * 14-172 us, and the rate the thread sees moves with the CPU the guest leaves it (0.26-1.09 GB/s
+ * within one demo run): a bound there only took bytes from an idle link (more faults, more
+ * blocked time). It is lifted again if the rate doubles. */
+#define AHEAD_US 250.0
+#define QUEUED_US 1000.0
+#define RATE_WINDOW_US 10000.0
+
+/* The link's rate as this thread sees it: bytes acknowledged per RATE_WINDOW_US, the largest of the
+ * recent windows (each older one counts a fifth less per window), so a window in which the stream
+ * had nothing to send does not shrink it at once. Not TCP_INFO's delivery rate: behind a token
+ * bucket (a rate-limited link) it measures the bucket's bursts, 2-3x the link's rate. */
+typedef struct {
+  double t0, acked0, rate;
+  double slow_at; /* > 0: the link is slow; the rate when that was found */
+} link_rate;
+
+static void link_rate_update(link_rate *l, double acked) {
+  double now = dp_now_us();
+  if (l->t0 == 0 || acked < l->acked0) {
+    l->t0 = now, l->acked0 = acked;
+    return;
+  }
+  if (now - l->t0 < RATE_WINDOW_US) return;
+  double inst = (acked - l->acked0) / ((now - l->t0) / 1e6);
+  l->rate = inst > l->rate * 0.8 ? inst : l->rate * 0.8;
+  l->t0 = now, l->acked0 = acked;
+}
+
+/* Before a bulk frame: 0 if one may go now, with *run its pages (fewer on a slow link, so a frame
+ * on the wire is short too), else the microseconds until the bytes ahead will have drained. */
+static double bulk_room_us(int sock, link_rate *l, uint32_t *run) {
+  struct tcp_info ti;
+  socklen_t len = sizeof ti;
+  memset(&ti, 0, sizeof ti);
+  *run = DP_MAX_RUN;
+  if (getsockopt(sock, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0 || len < offsetof(struct tcp_info, tcpi_bytes_retrans) + 8)
+    return 0; /* not TCP (a test's socket pair): the socket's own limits apply */
+  link_rate_update(l, (double)ti.tcpi_bytes_acked);
+  if (l->rate <= 0) return 0; /* no rate measured yet */
+  if (l->slow_at > 0 && l->rate > 2 * l->slow_at) l->slow_at = 0;
+  if (l->slow_at == 0 && (double)ti.tcpi_rtt > (double)ti.tcpi_min_rtt + QUEUED_US) l->slow_at = l->rate;
+  if (l->slow_at == 0) return 0;
+  double allowance = l->rate * ((double)ti.tcpi_min_rtt + AHEAD_US) / 1e6;
+  double r = l->rate * AHEAD_US / 1e6 / 2 / DP_PAGE; /* a frame is at most half of AHEAD_US on the wire */
+  *run = r >= DP_MAX_RUN ? DP_MAX_RUN : r < 1 ? 1 : (uint32_t)r;
+  double frame = DP_HDR + 8 + (double)*run * DP_PAGE + DP_TAG;
+  if (allowance < 2 * frame) allowance = 2 * frame;
+  int64_t in_flight = (int64_t)(ti.tcpi_bytes_sent - ti.tcpi_bytes_retrans) - (int64_t)ti.tcpi_bytes_acked;
+  double ahead = (double)ti.tcpi_notsent_bytes + (double)(in_flight > 0 ? in_flight : 0);
+  if (ahead + frame <= allowance) return 0;
+  return (ahead + frame - allowance) / l->rate * 1e6;
+}
+
+/* While the bulk stream runs on a slow link, a request's pages after its first (fault-around; the
+ * pages a new connection asks for again) go as the bulk stream's next frames, not with the answer:
+ * sent at once, up to 15 pages would be ahead of the next fault's answer on the wire (on a 1 Gbit/s
+ * link, half a millisecond). The ranges wait here, oldest first. */
+#define NEXT_RANGES 256
+typedef struct {
+  uint32_t start[NEXT_RANGES], end[NEXT_RANGES];
+  uint32_t head, count;
+} next_ranges;
+
+/* False when full: the caller then sends the pages with the answer. */
+static int next_ranges_add(next_ranges *r, uint32_t start, uint32_t end) {
+  if (r->count == NEXT_RANGES) return 0;
+  uint32_t i = (r->head + r->count++) % NEXT_RANGES;
+  r->start[i] = start;
+  r->end[i] = end;
+  return 1;
+}
+
+/* Claims the first page of the oldest range that is pending and nobody claimed, or -1. */
+static int64_t next_in_ranges(dp_answer_args *a, next_ranges *r, uint32_t *limit) {
+  while (r->count) {
+    uint32_t i = r->head;
+    while (r->start[i] < r->end[i]) {
+      uint32_t p = r->start[i]++;
+      if (is_pending(a, p) && !claim(a, p)) {
+        *limit = r->end[i];
+        return p;
+      }
+    }
+    r->head = (r->head + 1) % NEXT_RANGES;
+    r->count--;
+  }
+  return -1;
+}
+
+/* One bulk frame of up to `run` pages, from the oldest waiting range, else from the cursor on:
+ * 1 sent, 0 none left, -1 failed. */
+static int push_bulk(dp_answer_args *a, dp_conn *c, next_ranges *ranges, uint32_t *cursor, uint32_t run) {
+  uint32_t limit = a->page_count;
+  int64_t first = next_in_ranges(a, ranges, &limit);
+  int from_range = first >= 0;
+  if (!from_range) first = next_unclaimed(a, *cursor);
   if (first < 0) return 0;
   uint32_t p = (uint32_t)first, q = p + 1;
-  while (q < a->page_count && q - p < DP_MAX_RUN && is_pending(a, q) && !claim(a, q)) q++;
+  while (q < limit && q - p < run && is_pending(a, q) && !claim(a, q)) q++;
+  if (from_range) ranges->start[ranges->head] = q; /* the pages up to q are claimed */
   uint8_t head[8];
   dp_put_be32(head, p);
   dp_put_be32(head + 4, q - p);
   if (dp_conn_queue(c, DP_PAGES, head, 8, a->memory + (size_t)p * DP_PAGE, (q - p) * DP_PAGE) < 0) return -1;
   a->stats[SS_PAGES_SENT] += q - p;
   a->stats[SS_PUSHED] += q - p;
-  *cursor = q;
+  if (!from_range) *cursor = q;
   return 1;
 }
 
-static int on_request(dp_answer_args *a, dp_conn *c, const dp_frame *f) {
+/* ranges: while the bulk stream runs (else NULL), where the request's pages after its first go
+ * when they are more than `run`, the pages a frame may carry at the link's rate (bulk_room_us): on
+ * a fast link they go with the answer, which costs the next fault little there, and each page the
+ * bulk stream brings a moment later is one more fault (loopback demo job, four runs each: 933-2914
+ * faults sent with the answer, 2163-2897 by the bulk stream). */
+static int on_request(dp_answer_args *a, dp_conn *c, const dp_frame *f, next_ranges *ranges, uint32_t run) {
   if (f->len != 8) {
     dp_set_err(a->err, "refused REQUEST with a body of %u bytes", f->len);
     return -1;
@@ -95,6 +202,7 @@ static int on_request(dp_answer_args *a, dp_conn *c, const dp_frame *f) {
   a->stats[SS_REQUESTS] += 1;
   a->stats[SS_CURSOR] = first + n; /* the bulk stream continues from here */
   uint32_t end = first + n;
+  if (ranges && n - 1 > run && next_ranges_add(ranges, first + 1, end)) end = first + 1;
   for (uint32_t p = first; p < end;) {
     if (!is_pending(a, p)) { /* the destination holds it: nothing to send */
       p++;
@@ -123,6 +231,7 @@ static int on_request(dp_answer_args *a, dp_conn *c, const dp_frame *f) {
 
 int dp_answer_run(dp_answer_args *a) {
   dp_conn c;
+  next_ranges *ranges = NULL;
   int rc = -1;
   dp_prefer_latency(a->raise_priority);
   if (dp_conn_init(&c, a->sock, TX_BYTES + (DP_MAX_REQUEST / DP_MAX_RUN + 1) * DP_MAX_FRAME) < 0) goto out;
@@ -132,6 +241,12 @@ int dp_answer_run(dp_answer_args *a) {
   /* Bulk mode: POLLOUT then means fewer than DP_BULK_LOWAT bytes wait unsent in the socket. */
   int bulk = a->bulk;
   uint32_t cursor = 0, seen_cursor = 0;
+  link_rate lr = {0};
+  if (bulk) ranges = calloc(1, sizeof *ranges);
+  if (bulk && !ranges) {
+    dp_set_err(a->err, "out of memory");
+    goto out;
+  }
   if (bulk) {
     int lowat = DP_BULK_LOWAT;
     if (setsockopt(a->sock, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof lowat) < 0) {
@@ -146,13 +261,18 @@ int dp_answer_run(dp_answer_args *a) {
     /* --max-bandwidth: while the bucket is in debt the bulk stream does not ask for POLLOUT (the
      * socket would report room at once, a busy loop); the poll's timeout is the end of the debt. */
     double debt_ms = bulk ? dp_bucket_wait_ms(&a->bucket) : 0;
-    int bulk_ready = bulk && debt_ms <= 0;
-    int timeout = buffered ? 0 : debt_ms > 0 ? (debt_ms > 1000 ? 1000 : (int)debt_ms + 1) : -1;
+    /* Nor while the bytes ahead of a would-be answer are at their bound: the timeout is when they
+     * will have drained. */
+    uint32_t run = DP_MAX_RUN;
+    double room_us = bulk && debt_ms <= 0 ? bulk_room_us(a->sock, &lr, &run) : 0;
+    int bulk_ready = bulk && debt_ms <= 0 && room_us <= 0;
+    double wait_us = buffered ? 0 : debt_ms > 0 ? (debt_ms > 1000 ? 1000 : debt_ms + 1) * 1000 : room_us > 0 ? room_us : -1;
+    struct timespec ts = {.tv_sec = (time_t)(wait_us / 1e6), .tv_nsec = (long)((wait_us - (double)(time_t)(wait_us / 1e6) * 1e6) * 1000)};
     struct pollfd pf[2] = {
         {.fd = a->sock, .events = (short)((full ? 0 : POLLIN) | (dp_conn_pending_tx(&c) || bulk_ready ? POLLOUT : 0))},
         {.fd = a->wakefd, .events = POLLIN},
     };
-    if (poll(pf, 2, timeout) < 0 && errno != EINTR) {
+    if (ppoll(pf, 2, wait_us < 0 ? NULL : &ts, NULL) < 0 && errno != EINTR) {
       dp_set_err(c.err, "poll: %s", strerror(errno));
       goto out;
     }
@@ -183,7 +303,7 @@ int dp_answer_run(dp_answer_args *a) {
         dp_set_err(a->err, "refused a frame of type %u from the destination (only REQUEST may come)", f.type);
         goto out;
       }
-      if (on_request(a, &c, &f) < 0) goto out;
+      if (on_request(a, &c, &f, bulk ? ranges : NULL, run) < 0) goto out;
     }
     if (c.eof && dp_conn_pending_tx(&c) <= TX_BYTES / 2) {
       dp_conn_eof_error(&c);
@@ -194,7 +314,7 @@ int dp_answer_run(dp_answer_args *a) {
     if (bulk_ready && dp_conn_pending_tx(&c) == 0 && (pf[0].revents & POLLOUT)) {
       uint32_t led = (uint32_t)a->stats[SS_CURSOR];
       if (led != seen_cursor) cursor = seen_cursor = led; /* follow the faults */
-      int r = push_bulk(a, &c, &cursor);
+      int r = push_bulk(a, &c, ranges, &cursor, run);
       if (r < 0) goto out;
       if (r == 0) {
         bulk = 0;
@@ -215,5 +335,6 @@ out:
   if (rc < 0 && strcmp(a->err, "stopped") == 0) rc = 0;
   a->stats[SS_STATE] = rc == 0 ? DP_STATE_STOPPED : DP_STATE_FAILED;
   dp_conn_free(&c);
+  free(ranges);
   return rc;
 }
