@@ -369,6 +369,33 @@ test('a worker terminated while its data plane threads run (or start, or stop) e
   assert.match(r.stdout, /terminated 60 workers with data plane threads/);
 });
 
+test('in bulk mode a claimed faulting page is not sent again: its copy is ahead in the same stream', async () => {
+  const pages = 64;
+  const src = sourceImage(pages);
+  src.claims.claim(7); // the bulk stream's copy of page 7 went into this connection earlier
+  const secret = randomBytes(32);
+  const [a, b] = await loopbackPair();
+  const plane = new AnswerPlane({ sock: takeSocketFd(a), memory: src.memory, pageCount: pages, pending: src.pending.words, claims: src.claims.words, secret, raisePriority: false, bulk: true });
+  const peer = await DataplanePeer.open(b, secret, DataplaneRole.ACCEPTOR);
+  try {
+    peer.request(7, 1);
+    const sent: number[] = [];
+    while (sent.length < pages - 1) {
+      const f = await peer.next();
+      assert.equal(f?.type, DataplaneFrame.PAGES);
+      for (let i = 0; i < f.body.readUInt32BE(4); i++) sent.push(f.body.readUInt32BE(0) + i);
+    }
+    await settled('the request to be read', () => plane.read().requests === 1);
+  } finally {
+    assert.equal(plane.stop(), null); // joins the thread: the request's handling is complete
+    peer.sock.destroy();
+  }
+  // Nothing came after the other 63 pages (the stream is closed now), and nothing counted twice.
+  for (let f = await peer.next().catch(() => null); f; f = await peer.next().catch(() => null)) assert.fail(`a frame after the bulk stream: page ${f.body.readUInt32BE(0)}`);
+  assert.equal(plane.read().twice, 0);
+  assert.equal(plane.read().pagesSent, pages - 1);
+});
+
 test('--max-bandwidth: the native bulk stream stays near its cap (at most twice it, over 2 s of data); uncapped, it completes', async (t) => {
   // 2 MiB at 1 MiB/s: about 2 s. The cap is far below what AES-GCM over loopback carries on any
   // machine (300-750 MiB/s here), so a stream that ignored it could not stay under twice it.

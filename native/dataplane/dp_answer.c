@@ -1,10 +1,12 @@
 // The source's answer thread. It reads the destination's REQUEST frames and answers each at once
 // with the requested pages, sealed straight from the guest's memory (same process; after the commit
 // the guest is paused, so its memory is still and has no holes). A request's first page — the one
-// a thread faulted on — is answered even when the bulk stream has claimed it already: a fault must
-// never wait behind bulk data, and a page that crosses twice stays within the 2 x memory bound
-// (faults are few). The claim is still set, so the bulk stream skips the page if it has not reached
-// it yet. The pages asked ahead of the fault (fault-around) go only if nobody claimed them: a
+// a thread faulted on — is answered even when the bulk stream has claimed it already, if that
+// stream runs on another connection (the JavaScript bulk channel): a fault must never wait behind
+// bulk data, and a page that crosses twice stays within the 2 x memory bound (faults are few). The
+// claim is still set, so the bulk stream skips the page if it has not reached it yet. When this
+// thread is the bulk stream (bulk mode, below) a claimed page is already ahead in this very byte
+// stream, and is not sent again. The pages asked ahead of the fault (fault-around) go only if nobody claimed them: a
 // claimed one is on its way already, and sending it again would make every fault-around page cross
 // twice on a slow link, where the bulk stream's bytes in flight run ahead of the faults (measured
 // over 1 Gbit/s: 2.7-2.9 x memory sent before this rule).
@@ -209,7 +211,10 @@ static int on_request(dp_answer_args *a, dp_conn *c, const dp_frame *f, next_ran
       continue;
     }
     if (claim(a, p)) { /* sent already (the bulk stream, an earlier answer) */
-      if (p != first) {
+      /* In bulk mode that copy went into this connection's byte stream (claims are per connection:
+       * a recovery starts from fresh ones), so it is ahead of any answer written now: sending the
+       * page again could not bring it sooner, only cross a third time (precopy, bulk, answer). */
+      if (p != first || a->bulk) {
         p++;
         continue;
       }
