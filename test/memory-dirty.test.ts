@@ -53,6 +53,34 @@ test('collect() returns exactly the pages a concurrent writer wrote, over 50 rou
   }
 });
 
+test('peekRunsAside() (the walk on a native thread) gives exactly what peekRuns() gives, runs merged, and leaves the pages to the next collect', async () => {
+  const mem = GuestMemory.create(64, 256);
+  const g = new GuestThread(mem.memory, 256);
+  const tracker = new DirtyTracker(mem);
+  const r = rng(7);
+  try {
+    await g.run({ op: 'touch', addr: 0, pages: 16 });
+    tracker.start();
+    for (let round = 0; round < 10; round++) {
+      const written = new Set<number>();
+      for (let i = 0, k = 1 + Math.floor(r() * 300); i < k; i++) written.add(Math.floor(r() * mem.pageCount));
+      for (let p = 100; p < 140; p++) written.add(p); // one long run
+      await g.run({ op: 'writePages', pages: [...written], value: round + 1, done: new SharedArrayBuffer(4) });
+      const walk = tracker.peekRunsAside();
+      assert.ok(walk.onThread, 'the walk ran on the native thread (the data plane addon loads here)');
+      const aside = walk.result();
+      assert.deepEqual(aside, tracker.peekRuns(), `round ${round}`);
+      assert.ok(aside.every(([a, b], i) => a < b && (i === 0 || aside[i - 1]![1] < a)), 'ordered, non-empty, adjacent runs merged');
+      const pages = aside.flatMap(([a, b]) => Array.from({ length: b - a }, (_, i) => a + i));
+      assert.deepEqual(pages, [...written].sort((a, b) => a - b));
+      assert.deepEqual(tracker.collect().toArray(), pages, 'a peek re-protects nothing: the collect sees the same pages');
+    }
+  } finally {
+    tracker.stop();
+    await g.terminate();
+  }
+});
+
 test('a write by the kernel (fs.readSync into guest memory) is collected', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'ferry-dirty-'));
   const mem = GuestMemory.create(4, 4);

@@ -256,6 +256,18 @@ typedef struct {
   char err[DP_ERR];
 } dp_load_args;
 
+/* ---- a switchover's walk for written pages (dp_scan.c) ---- */
+enum { DP_SCAN_RUNNING = 0, DP_SCAN_DONE = 1, DP_SCAN_OVERFLOW = 2, DP_SCAN_FAILED = 3 };
+typedef struct {
+  uint64_t base, end;     /* the guest memory's bytes to walk (page aligned) */
+  uint32_t *runs;         /* out: [start, end) page index pairs, merged where adjacent */
+  uint32_t max_runs;
+  int32_t *status;        /* out: [0] DP_SCAN_* (stored last, release), [1] the runs written */
+  int raise_priority;     /* SCHED_FIFO 1 where allowed, else nice -10 */
+  char err[DP_ERR];
+} dp_scan_args;
+int dp_scan_run(dp_scan_args *a);
+
 /* A snapshot chunk's fast check (dp_check.c): CRC-32C of each quarter of its bytes, 4 x u32 LE. */
 #define DP_CHECK 16u
 void dp_chunk_check(const uint8_t *p, size_t len, uint8_t out[DP_CHECK]);

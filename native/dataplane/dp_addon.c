@@ -20,7 +20,7 @@
 #include "dp.h"
 
 #define MAX_REFS 10
-enum { KIND_FAULT, KIND_ANSWER, KIND_PRESEND, KIND_PRERECV, KIND_FILE, KIND_LOAD };
+enum { KIND_FAULT, KIND_ANSWER, KIND_PRESEND, KIND_PRERECV, KIND_FILE, KIND_LOAD, KIND_SCAN };
 
 typedef struct plane {
   int kind;
@@ -30,6 +30,7 @@ typedef struct plane {
   dp_prerecv_args pr;
   dp_file_args fl;
   dp_load_args ld;
+  dp_scan_args sc;
   volatile int stop;
   int wakefd, sock;
   pthread_t th;
@@ -150,6 +151,9 @@ static void *thread_main(void *arg) {
   } else if (p->kind == KIND_FILE) {
     p->rc = dp_file_run(&p->fl);
     memcpy(p->err, p->fl.err, DP_ERR);
+  } else if (p->kind == KIND_SCAN) {
+    p->rc = dp_scan_run(&p->sc);
+    memcpy(p->err, p->sc.err, DP_ERR);
   } else {
     p->rc = dp_load_run(&p->ld);
     memcpy(p->err, p->ld.err, DP_ERR);
@@ -526,6 +530,38 @@ bad:
   return discard(p);
 }
 
+/* startScan(options, onExit) -> handle: the pages of [base, end) written since their last
+ * write-protection (dp_scan.c), into options.runs (Uint32Array, [start, end) page index pairs)
+ * with options.status (Int32Array of 2: DP_SCAN_* last, then the run count), which the caller
+ * reads without waiting for the event loop. */
+static napi_value f_start_scan(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 2) return fail(env, "startScan(options, onExit)");
+  plane *p = new_plane(env, KIND_SCAN, -1);
+  if (!p) return fail(env, "out of memory");
+  dp_scan_args *a = &p->sc;
+  double base, end;
+  size_t runs = 0, status = 0;
+  if (!get_num(env, argv[0], "base", 0, 9007199254740991.0, &base) || !get_num(env, argv[0], "end", 0, 9007199254740991.0, &end) ||
+      !(a->runs = get_array(env, p, argv[0], "runs", napi_uint32_array, 4, 2, &runs)) ||
+      !(a->status = get_array(env, p, argv[0], "status", napi_int32_array, 4, 2, &status)))
+    return discard(p);
+  if (end < base || (uint64_t)base % DP_PAGE || (uint64_t)end % DP_PAGE) {
+    discard(p);
+    return fail(env, "dataplane: startScan's base and end must be page aligned, end not below base");
+  }
+  double raise = 0;
+  if (has_option(env, argv[0], "raisePriority") && !get_num(env, argv[0], "raisePriority", 0, 1, &raise)) return discard(p);
+  a->raise_priority = raise == 1;
+  a->base = (uint64_t)base;
+  a->end = (uint64_t)end;
+  a->max_runs = (uint32_t)(runs / 2);
+  __atomic_store_n(&a->status[0], DP_SCAN_RUNNING, __ATOMIC_RELEASE);
+  return start(env, p, argv[1]);
+}
+
 /* startLoad(options, onExit) -> handle: an eager restore's load (dp_load.c), done when onExit is
  * called (null: every chunk checked and its pages in memory). The layer files' descriptors are
  * duplicated: the caller keeps (and closes) its own. */
@@ -663,6 +699,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"startPrecopyReceive", NULL, f_start_prerecv, NULL, NULL, NULL, napi_default, NULL},
       {"startFileFaults", NULL, f_start_file, NULL, NULL, NULL, napi_default, NULL},
       {"startLoad", NULL, f_start_load, NULL, NULL, NULL, napi_default, NULL},
+      {"startScan", NULL, f_start_scan, NULL, NULL, NULL, napi_default, NULL},
       {"chunkCheck", NULL, f_chunk_check, NULL, NULL, NULL, napi_default, NULL},
       {"wake", NULL, f_wake, NULL, NULL, NULL, napi_default, NULL},
       {"setMemory", NULL, f_set_memory, NULL, NULL, NULL, napi_default, NULL},

@@ -97,6 +97,21 @@ export interface LoadOptions {
   populate?: boolean;
 }
 
+export interface ScanOptions {
+  /** The bytes to walk: [base, end), page aligned (the guest memory's current size). */
+  base: number;
+  end: number;
+  /** Out: [start, end) page index pairs of the written pages, adjacent runs merged. */
+  runs: Uint32Array;
+  /** Out, Int32Array over a SharedArrayBuffer: [ScanStatus, runs written]; the status is stored last. */
+  status: Int32Array;
+  /** SCHED_FIFO 1 for the walk where allowed, else nice -10 (it is short, and a downtime waits for it). */
+  raisePriority?: boolean;
+}
+
+/** dp.h DP_SCAN_*: OVERFLOW means more runs than `runs` holds (none of them is to be used). */
+export const ScanStatus = { RUNNING: 0, DONE: 1, OVERFLOW: 2, FAILED: 3 } as const;
+
 export interface AnswerThreadOptions extends CommonOptions {
   /** The guest's memory from page 0 (the source's: no holes). */
   memory: Uint8Array;
@@ -177,6 +192,12 @@ export interface FerryDataplane {
    * failure `memory` holds unchecked bytes and must not be run; a chunk read aside copies nothing.
    */
   startLoad(options: LoadOptions, onExit: (error: string | null) => void): DataplaneHandle;
+  /**
+   * A walk of the page tables for written pages (dp_scan.c, PAGEMAP_SCAN PAGE_IS_WRITTEN, read
+   * only) on a thread of its own; its result is in `status` and `runs` when status[0] leaves
+   * RUNNING, with no turn of the event loop needed. stop() joins it.
+   */
+  startScan(options: ScanOptions, onExit: (error: string | null) => void): DataplaneHandle;
   /** A snapshot chunk's fast check (dp_check.c): CRC-32C of each quarter of `bytes`, four u32 little-endian. */
   chunkCheck(bytes: Uint8Array): Buffer;
   /**
