@@ -28,15 +28,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ref_io.h"
+
 #define PAGE 4096
 static int uffd, urgent_fd, bulk_fd;
 static char *region;
 static long pages;
-
-static void die(const char *what) {
-  perror(what);
-  exit(1);
-}
 
 static double now_us(void) {
   struct timespec t;
@@ -46,27 +43,6 @@ static double now_us(void) {
 
 /* The byte every page holds at offset i: a function of page number and i, checked after touch. */
 static unsigned char pattern(uint64_t page, uint64_t i) { return (unsigned char)(page * 131 + i * 7 + 1); }
-
-static void full_write(int fd, const void *buf, size_t n) {
-  const char *p = buf;
-  while (n > 0) {
-    ssize_t w = write(fd, p, n);
-    if (w <= 0) die("write");
-    p += w;
-    n -= (size_t)w;
-  }
-}
-
-static int full_read(int fd, void *buf, size_t n) {
-  char *p = buf;
-  while (n > 0) {
-    ssize_t r = read(fd, p, n);
-    if (r <= 0) return -1;
-    p += r;
-    n -= (size_t)r;
-  }
-  return 0;
-}
 
 /* ---- source process: answers page requests; optionally streams bulk data ---- */
 static void *bulk_writer(void *arg) {

@@ -23,13 +23,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ref_io.h"
+
 #define PAGE 4096
 #define RUN 16 /* pages per read and per UFFDIO_COPY, as a PAGES frame carries */
-
-static void die(const char *what) {
-  perror(what);
-  exit(1);
-}
 
 static double now_s(void) {
   struct timespec t;
@@ -45,25 +42,6 @@ static double cpu_s(void) {
 }
 
 static uint32_t pattern(uint64_t page) { return (uint32_t)(page * 2654435761u + 1); }
-
-static void full_write(int fd, const char *p, size_t n) {
-  while (n > 0) {
-    ssize_t w = write(fd, p, n);
-    if (w <= 0) die("write");
-    p += w;
-    n -= (size_t)w;
-  }
-}
-
-static int full_read(int fd, char *p, size_t n) {
-  while (n > 0) {
-    ssize_t r = read(fd, p, n);
-    if (r <= 0) return -1;
-    p += r;
-    n -= (size_t)r;
-  }
-  return 0;
-}
 
 int main(int argc, char **argv) {
   if (argc < 2) {

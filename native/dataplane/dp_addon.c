@@ -500,15 +500,26 @@ static int get_layers(napi_env env, plane *p, napi_value o, int *fds, uint32_t *
   return 1;
 }
 
+/* The opening of a start function without a socket: its (options, onExit) and a new plane of
+ * `kind`; NULL after a thrown error. */
+static plane *socketless_plane(napi_env env, napi_callback_info info, int kind, const char *usage, napi_value argv[2]) {
+  size_t argc = 2;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 2) {
+    fail(env, "%s", usage);
+    return NULL;
+  }
+  plane *p = new_plane(env, kind, -1);
+  if (!p) fail(env, "out of memory");
+  return p;
+}
+
 /* startFileFaults(options, onExit) -> handle: the snapshot fault thread (dp_file.c). The layer files'
  * descriptors are duplicated: the caller keeps (and closes) its own. */
 static napi_value f_start_file(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
   napi_value argv[2];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 2) return fail(env, "startFileFaults(options, onExit)");
-  plane *p = new_plane(env, KIND_FILE, -1);
-  if (!p) return fail(env, "out of memory");
+  plane *p = socketless_plane(env, info, KIND_FILE, "startFileFaults(options, onExit)", argv);
+  if (!p) return NULL;
   dp_file_args *a = &p->fl;
   napi_value o = argv[0];
   double v, around;
@@ -535,12 +546,9 @@ bad:
  * with options.status (Int32Array of 2: DP_SCAN_* last, then the run count), which the caller
  * reads without waiting for the event loop. */
 static napi_value f_start_scan(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
   napi_value argv[2];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 2) return fail(env, "startScan(options, onExit)");
-  plane *p = new_plane(env, KIND_SCAN, -1);
-  if (!p) return fail(env, "out of memory");
+  plane *p = socketless_plane(env, info, KIND_SCAN, "startScan(options, onExit)", argv);
+  if (!p) return NULL;
   dp_scan_args *a = &p->sc;
   double base, end;
   size_t runs = 0, status = 0;
@@ -566,12 +574,9 @@ static napi_value f_start_scan(napi_env env, napi_callback_info info) {
  * called (null: every chunk checked and its pages in memory). The layer files' descriptors are
  * duplicated: the caller keeps (and closes) its own. */
 static napi_value f_start_load(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
   napi_value argv[2];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 2) return fail(env, "startLoad(options, onExit)");
-  plane *p = new_plane(env, KIND_LOAD, -1);
-  if (!p) return fail(env, "out of memory");
+  plane *p = socketless_plane(env, info, KIND_LOAD, "startLoad(options, onExit)", argv);
+  if (!p) return NULL;
   dp_load_args *a = &p->ld;
   napi_value o = argv[0];
   double v;
