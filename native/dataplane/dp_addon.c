@@ -232,7 +232,10 @@ static napi_value start(napi_env env, plane *p, napi_value on_exit) {
    * caller waits for it, does. */
   if (p->kind != KIND_LOAD) napi_unref_threadsafe_function(env, p->tsfn);
   napi_value handle;
-  if (napi_create_external(env, p, finalize, NULL, &handle) != napi_ok) return discard(p);
+  if (napi_create_external(env, p, finalize, NULL, &handle) != napi_ok) {
+    discard(p);
+    return fail(env, "dataplane: cannot make the thread's handle");
+  }
   /* From here the handle owns p (its finalizer frees it). */
   if (napi_add_env_cleanup_hook(env, cleanup_hook, p) == napi_ok) p->hooked = 1;
   if (pthread_create(&p->th, NULL, thread_main, p) != 0) {

@@ -67,15 +67,16 @@ static int64_t next_unclaimed(dp_answer_args *a, uint32_t cur) {
 
 /* How much bulk may be ahead of an answer on a slow link, as time at the link's rate: an answer
  * is queued behind whatever the socket has not sent and whatever is in flight, so there that must
- * stay small (at 1 Gbit/s, 64 KiB is half a millisecond). The bound is the path's bandwidth-delay
- * product plus AHEAD_US, so the link stays full. A link is slow once the smoothed round trip has
- * been QUEUED_US above the path's minimum: a standing queue in the network (over the 1 Gbit/s
- * veth link of the benchmark, unbounded: 2.2-3.8 ms). On loopback the round trip stays within
+ * stay small (at 1 Gbit/s, 64 KiB is half a millisecond). The bound is twice the path's
+ * bandwidth-delay product plus AHEAD_US, so the link stays full. A link is slow once the smoothed
+ * round trip is QUEUED_US above the path's minimum, and twice it: a standing queue in the network
+ * (over the 1 Gbit/s veth link of the benchmark, unbounded: 2.2-3.8 ms). On loopback the round trip stays within
  * 14-172 us, and the rate the thread sees moves with the CPU the guest leaves it (0.26-1.09 GB/s
  * within one demo run): a bound there only took bytes from an idle link (more faults, more
  * blocked time). It is lifted again if the rate doubles. */
 #define AHEAD_US 250.0
 #define QUEUED_US 1000.0
+#define MAX_WAIT_US 1000.0
 #define RATE_WINDOW_US 10000.0
 
 /* The link's rate as this thread sees it: bytes acknowledged per RATE_WINDOW_US, the largest of the
@@ -110,18 +111,27 @@ static double bulk_room_us(int sock, link_rate *l, uint32_t *run) {
     return 0; /* not TCP (a test's socket pair): the socket's own limits apply */
   link_rate_update(l, (double)ti.tcpi_bytes_acked);
   if (l->rate <= 0) return 0; /* no rate measured yet */
+  double min_rtt = (double)ti.tcpi_min_rtt, rtt = (double)ti.tcpi_rtt;
   if (l->slow_at > 0 && l->rate > 2 * l->slow_at) l->slow_at = 0;
-  if (l->slow_at == 0 && (double)ti.tcpi_rtt > (double)ti.tcpi_min_rtt + QUEUED_US) l->slow_at = l->rate;
+  /* A standing queue: a millisecond above the minimum, and as long again as the path itself (a
+   * long path's jitter alone is not one). */
+  if (l->slow_at == 0 && rtt > min_rtt + QUEUED_US && rtt > 2 * min_rtt) l->slow_at = l->rate;
   if (l->slow_at == 0) return 0;
-  double allowance = l->rate * ((double)ti.tcpi_min_rtt + AHEAD_US) / 1e6;
-  double r = l->rate * AHEAD_US / 1e6 / 2 / DP_PAGE; /* a frame is at most half of AHEAD_US on the wire */
+  /* Twice the path's bandwidth-delay product (as BBR's window gain: round trips that vary up to
+   * the path's own length do not starve the link), plus AHEAD_US. The rate it is reckoned at
+   * never falls below half the one the link was found slow at: a rate measured while bounded
+   * could otherwise shrink the bound window after window. */
+  double rate = l->rate > l->slow_at / 2 ? l->rate : l->slow_at / 2;
+  double allowance = rate * (2 * min_rtt + AHEAD_US) / 1e6;
+  double r = rate * AHEAD_US / 1e6 / 2 / DP_PAGE; /* a frame is at most half of AHEAD_US on the wire */
   *run = r >= DP_MAX_RUN ? DP_MAX_RUN : r < 1 ? 1 : (uint32_t)r;
   double frame = DP_HDR + 8 + (double)*run * DP_PAGE + DP_TAG;
   if (allowance < 2 * frame) allowance = 2 * frame;
   int64_t in_flight = (int64_t)(ti.tcpi_bytes_sent - ti.tcpi_bytes_retrans) - (int64_t)ti.tcpi_bytes_acked;
   double ahead = (double)ti.tcpi_notsent_bytes + (double)(in_flight > 0 ? in_flight : 0);
   if (ahead + frame <= allowance) return 0;
-  return (ahead + frame - allowance) / l->rate * 1e6;
+  double wait = (ahead + frame - allowance) / rate * 1e6;
+  return wait < MAX_WAIT_US ? wait : MAX_WAIT_US; /* then it looks again */
 }
 
 /* While the bulk stream runs on a slow link, a request's pages after its first (fault-around; the
@@ -272,7 +282,8 @@ int dp_answer_run(dp_answer_args *a) {
     double room_us = bulk && debt_ms <= 0 ? bulk_room_us(a->sock, &lr, &run) : 0;
     int bulk_ready = bulk && debt_ms <= 0 && room_us <= 0;
     double wait_us = buffered ? 0 : debt_ms > 0 ? (debt_ms > 1000 ? 1000 : debt_ms + 1) * 1000 : room_us > 0 ? room_us : -1;
-    struct timespec ts = {.tv_sec = (time_t)(wait_us / 1e6), .tv_nsec = (long)((wait_us - (double)(time_t)(wait_us / 1e6) * 1e6) * 1000)};
+    int64_t wait_whole_us = wait_us < 0 ? 0 : (int64_t)wait_us; /* at most the bucket's 1 s + 1 ms */
+    struct timespec ts = {.tv_sec = (time_t)(wait_whole_us / 1000000), .tv_nsec = (long)(wait_whole_us % 1000000) * 1000};
     struct pollfd pf[2] = {
         {.fd = a->sock, .events = (short)((full ? 0 : POLLIN) | (dp_conn_pending_tx(&c) || bulk_ready ? POLLOUT : 0))},
         {.fd = a->wakefd, .events = POLLIN},

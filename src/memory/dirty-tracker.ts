@@ -12,12 +12,16 @@ import { HOST_PAGE_SIZE, type GuestMemory } from './guest-memory.js';
 import { registerReservation, type Registration } from './uffd-registration.js';
 import { dataplaneAddon, dataplaneEnabled, ScanStatus, type DataplaneHandle } from '../sys/dataplane.js';
 
+/** How long peekRunsAside's result() spins for the walk before it joins the thread (sleeping). */
+const SPIN_US = 300;
+
 export class DirtyTracker {
   private uffd: Userfaultfd | null = null;
   private pagemap: Pagemap | null = null;
   private registration: Registration | null = null;
   /** peekRunsAside()'s output, made before it is needed (it is called inside a downtime): 32 Ki runs. */
   private readonly walkOut = { runs: new Uint32Array(2 << 15), status: new Int32Array(new SharedArrayBuffer(8)) };
+  private walkHandle: DataplaneHandle | null = null;
 
   constructor(readonly mem: GuestMemory) {}
 
@@ -61,35 +65,49 @@ export class DirtyTracker {
   /**
    * peekRuns() on a native thread (native/dataplane/dp_scan.c), started now: the caller does other
    * work meanwhile (a switchover encodes and sends the state) and takes the runs with result(),
-   * which waits for the thread without a turn of the event loop (it spins: the walk takes well
-   * under a millisecond per GiB). Where the data plane addon is not available, where the runs
-   * overflow what was set aside for them, or where the thread fails, result() walks here
-   * instead. Only once the guest is paused: what it writes later is not seen. One walk at a time:
-   * its output buffers are the tracker's own, made ahead.
+   * which needs no turn of the event loop: it spins up to SPIN_US for the thread (the walk takes
+   * well under a millisecond per GiB), then joins it, which sleeps — the caller may be a
+   * real-time thread, and the walk's thread, of the same priority, may share its only core.
+   * Where the data plane addon is not available, where the runs overflow what was set aside for
+   * them, or where the thread fails, result() walks here instead. Only once the guest is paused:
+   * what it writes later is not seen. One walk at a time: its output buffers are the tracker's
+   * own, made ahead (a walk not taken is joined by the next one, or by stop()).
    */
   peekRunsAside(): { readonly onThread: boolean; result(): Array<[number, number]> } {
     if (!this.pagemap) throw new Error('DirtyTracker: not started');
+    this.joinWalk();
     const sync = { onThread: false, result: () => this.peekRuns() };
     if (!dataplaneEnabled()) return sync;
     const { runs, status } = this.walkOut;
-    let handle: DataplaneHandle;
+    let handle: DataplaneHandle | undefined;
     try {
       const raisePriority = process.env['FERRY_REALTIME'] !== '0';
       handle = dataplaneAddon().startScan({ base: this.mem.base, end: this.mem.base + this.mem.sizeBytes, runs, status, raisePriority }, () => undefined);
     } catch {
       return sync;
     }
+    if (typeof handle !== 'object' || handle === null) return sync;
+    this.walkHandle = handle;
     return {
       onThread: true,
       result: () => {
-        while (Atomics.load(status, 0) === ScanStatus.RUNNING) { /* spin: see above */ }
-        dataplaneAddon().stop(handle);
+        const until = performance.now() + SPIN_US / 1000;
+        while (Atomics.load(status, 0) === ScanStatus.RUNNING && performance.now() < until) { /* spin: see above */ }
+        this.joinWalk();
         if (Atomics.load(status, 0) !== ScanStatus.DONE) return this.peekRuns();
         const out: Array<[number, number]> = [];
         for (let i = 0, n = Atomics.load(status, 1); i < n; i++) out.push([runs[2 * i]!, runs[2 * i + 1]!]);
         return out;
       },
     };
+  }
+
+  /** Joins the walk of peekRunsAside, if one was started and not joined yet. */
+  private joinWalk(): void {
+    if (this.walkHandle === null) return;
+    const handle = this.walkHandle;
+    this.walkHandle = null;
+    dataplaneAddon().stop(handle);
   }
 
   /**
@@ -115,6 +133,7 @@ export class DirtyTracker {
   /** Unregisters (removing every write-protection) and closes the uffd. Idempotent. */
   stop(): void {
     if (!this.uffd) return;
+    this.joinWalk();
     try {
       this.registration?.release();
     } finally {
