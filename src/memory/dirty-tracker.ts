@@ -11,6 +11,7 @@ import { PageBitmap } from './page-bitmap.js';
 import { HOST_PAGE_SIZE, type GuestMemory } from './guest-memory.js';
 import { registerReservation, type Registration } from './uffd-registration.js';
 import { dataplaneAddon, dataplaneEnabled, ScanStatus, type DataplaneHandle } from '../sys/dataplane.js';
+import { raisedPriorityWanted } from '../sys/sched.js';
 
 /** How long peekRunsAside's result() spins for the walk before it joins the thread (sleeping). */
 const SPIN_US = 300;
@@ -81,8 +82,7 @@ export class DirtyTracker {
     const { runs, status } = this.walkOut;
     let handle: DataplaneHandle | undefined;
     try {
-      const raisePriority = process.env['FERRY_REALTIME'] !== '0';
-      handle = dataplaneAddon().startScan({ base: this.mem.base, end: this.mem.base + this.mem.sizeBytes, runs, status, raisePriority }, () => undefined);
+      handle = dataplaneAddon().startScan({ base: this.mem.base, end: this.mem.base + this.mem.sizeBytes, runs, status, raisePriority: raisedPriorityWanted() }, () => undefined);
     } catch {
       return sync;
     }

@@ -16,6 +16,7 @@ import { HOST_PAGE_SIZE, type GuestMemory } from './guest-memory.js';
 import { LATENCY_RING, STAT_SLOTS, readStats, type FaultStats } from './fault-stats.js';
 import type { FaultWorkerData } from './fault-worker.js';
 import { registerReservation, type Registration } from './uffd-registration.js';
+import { raisedPriorityWanted } from '../sys/sched.js';
 
 export interface FaultServerOptions {
   /** Pages requested per fault: the faulting page plus following pending pages (default 1). */
@@ -241,7 +242,7 @@ function startFileThread(mem: GuestMemory, states: PageStateTable, files: PageFi
   try {
     for (const f of files.files) fds.push(openSync(f, 'r'));
     handle = dp.startFileFaults({
-      uffd, base: mem.base, faultAround, raisePriority: process.env['FERRY_REALTIME'] !== '0',
+      uffd, base: mem.base, faultAround, raisePriority: raisedPriorityWanted(),
       states: new Uint8Array(shared.states, 0, states.pageCount), stateCounts: new Int32Array(shared.counts, 0, 3),
       stats: new Float64Array(stats), latencies: new Float64Array(latencies), layerFds: Int32Array.from(fds), location: new Int16Array(files.location),
     }, (error) => { if (error !== null) fail(new Error(`fault thread failed: ${error}`)); });

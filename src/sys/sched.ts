@@ -17,13 +17,21 @@ export function setThreadNice(nice: number): void {
 }
 
 /**
+ * Whether threads on a latency-critical path may raise their priority: not with FERRY_REALTIME=0
+ * (hosts where raised priorities are unwelcome). preferLatency() asks it, and so does every native
+ * thread's `raisePriority` option (src/sys/dataplane.ts).
+ */
+export function raisedPriorityWanted(): boolean {
+  return process.env['FERRY_REALTIME'] !== '0';
+}
+
+/**
  * Makes the calling thread preempt normal threads when it wakes: real-time FIFO where allowed,
  * else the highest nice value allowed. Returns what it got. Never throws: a thread that keeps
  * normal priority still works, only later.
  */
 export function preferLatency(): 'fifo' | 'nice' | 'normal' {
-  // FERRY_REALTIME=0: leave every thread at normal priority (hosts where real-time threads are unwelcome).
-  if (process.env['FERRY_REALTIME'] === '0') return 'normal';
+  if (!raisedPriorityWanted()) return 'normal';
   try {
     setThreadFifo(1);
     return 'fifo';

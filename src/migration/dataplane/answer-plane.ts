@@ -3,6 +3,7 @@
 // stream. This class starts and stops it and reads its counters.
 import { startOwning } from './socket-fd.js';
 import { dataplaneAddon, AnswerThreadStat, DataplaneRole, DATAPLANE_STAT_SLOTS, type DataplaneHandle, type DataplaneRoleValue } from '../../sys/dataplane.js';
+import { raisedPriorityWanted } from '../../sys/sched.js';
 
 export interface AnswerPlaneOptions {
   /** Connected socket to the destination's fault thread; taken (closed by stop()). */
@@ -51,7 +52,7 @@ export class AnswerPlane {
     this.handle = startOwning(o.sock, () => {
       const options = {
         sock: o.sock, role: o.role ?? DataplaneRole.CONNECTOR, timeoutMs: o.timeoutMs ?? 10_000,
-        raisePriority: (o.raisePriority ?? true) && process.env['FERRY_REALTIME'] !== '0',
+        raisePriority: (o.raisePriority ?? true) && raisedPriorityWanted(),
         memory: o.memory, pageCount: o.pageCount, pending: o.pending, claims: o.claims, stats: this.stats, secret: o.secret,
         bulk: o.bulk ?? false,
         ...(o.maxBandwidth ? { maxBandwidth: Math.round(o.maxBandwidth) } : {}),

@@ -7,6 +7,7 @@ import type { PageStateTable } from '../../memory/page-state.js';
 import type { SharedRequests } from '../receive/page-placer.js';
 import { startOwning } from './socket-fd.js';
 import { dataplaneAddon, DataplaneRole, DataplaneState, DATAPLANE_STAT_SLOTS, FaultThreadStat, type DataplaneHandle, type DataplaneRoleValue } from '../../sys/dataplane.js';
+import { raisedPriorityWanted } from '../../sys/sched.js';
 
 export interface FaultPlaneOptions {
   /** The guest memory's userfaultfd, registered for MISSING faults, non-blocking (not taken). */
@@ -61,7 +62,7 @@ export class FaultPlane {
       this.latencies = new Float64Array(new SharedArrayBuffer((o.latencyRing ?? 1 << 17) * 8));
       const options = {
         uffd: o.uffd, sock: o.sock, role: o.role ?? DataplaneRole.ACCEPTOR, timeoutMs: o.timeoutMs ?? 10_000,
-        raisePriority: (o.raisePriority ?? true) && process.env['FERRY_REALTIME'] !== '0',
+        raisePriority: (o.raisePriority ?? true) && raisedPriorityWanted(),
         base: o.base, pageCount: o.pageCount, faultAround: o.faultAround ?? 1,
         states: new Uint8Array(shared.states, 0, shared.pageCount), stateCounts: new Int32Array(shared.counts, 0, 3),
         times: new BigInt64Array(o.requests.times), waiting: new Int32Array(o.requests.waiting),
