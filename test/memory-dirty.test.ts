@@ -158,6 +158,30 @@ test('scanResidency reports exactly the touched pages; read-only pages are told 
   }
 });
 
+test('scanResidency while the guest grows its memory: bitmaps and the range walked agree (growth injected between reads)', () => {
+  const mem = GuestMemory.create(16, 64);
+  new Uint8Array(mem.memory.buffer)[5 * HOST_PAGE_SIZE] = 1;
+  // Stands in for a guest thread that runs memory.grow while the source scans: each read of the
+  // size grows the real memory by one Wasm page right after it. A scan that reads the size twice
+  // sizes its bitmaps from one read and walks the range of another (CI failure of stop 28: ERANGE).
+  const growing = new Proxy(mem, {
+    get(target, key, receiver) {
+      if (key === 'sizeBytes') {
+        const size = target.memory.buffer.byteLength;
+        target.memory.grow(1);
+        return size;
+      }
+      const v = Reflect.get(target, key, receiver) as unknown;
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  });
+  const before = mem.pageCount;
+  const res = scanResidency(growing);
+  assert.equal(res.present.size, before);
+  assert.deepEqual(res.present.subtract(res.zero).toArray(), [5]);
+  assert.ok(mem.pageCount > before, 'the injected growth happened');
+});
+
 test('zero-content runs: alternating zero and data pages, a page with one non-zero byte at its end', () => {
   const PAGES = 9;
   const bytes = new Uint8Array(new SharedArrayBuffer(PAGES * HOST_PAGE_SIZE));

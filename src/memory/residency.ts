@@ -9,7 +9,7 @@
 import { Pagemap, PAGE_IS } from '../sys/pagemap.js';
 import { addressOf, mapAnonymous } from '../sys/mman.js';
 import { PageBitmap } from './page-bitmap.js';
-import type { GuestMemory } from './guest-memory.js';
+import { HOST_PAGE_SIZE, type GuestMemory } from './guest-memory.js';
 
 export interface Residency {
   /** Pages present in RAM (bitmaps cover the current size). */
@@ -27,12 +27,15 @@ export interface Residency {
 export function scanResidency(mem: GuestMemory, pagemap?: Pagemap): Residency {
   const pm = pagemap ?? new Pagemap();
   try {
-    const n = mem.pageCount;
+    // One read of the size: a running guest may grow its memory between two reads, and the bitmaps
+    // must cover exactly the range walked.
+    const bytes = mem.sizeBytes;
+    const n = bytes / HOST_PAGE_SIZE;
     const present = new PageBitmap(n);
     const zero = new PageBitmap(n);
     const swapped = new PageBitmap(n);
     const base = mem.base;
-    pm.scanToBitmaps(base, base + mem.sizeBytes, {
+    pm.scanToBitmaps(base, base + bytes, {
       categoryAnyofMask: PAGE_IS.PRESENT | PAGE_IS.SWAPPED,
       returnMask: PAGE_IS.PRESENT | PAGE_IS.SWAPPED | PAGE_IS.PFNZERO,
     }, [

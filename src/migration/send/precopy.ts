@@ -96,8 +96,10 @@ export class Precopy {
       this.pass++;
       passStart = performance.now();
       bytesAtPassStart = this.c.bytesSent();
-      await size.grow();
-      const sent = this.c.native ? await this.nativePass(this.c.native, dirty, this.c.pages.pageCount) : await sender.sendSet(dirty, this.c.pages.pageCount);
+      // One read of the size for the announcement and the pass: the guest may grow meanwhile.
+      const pageCount = this.c.pages.pageCount;
+      await size.grow(pageCount * HOST_PAGE_SIZE);
+      const sent = this.c.native ? await this.nativePass(this.c.native, dirty, pageCount) : await sender.sendSet(dirty, pageCount);
       await sender.flush();
       await bulk.sendMessage({ type: 'PASS_END', pass: this.pass, dirtyPages: sent });
       this.notePass(passStart, sent);
