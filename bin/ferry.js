@@ -2,6 +2,7 @@
 // The `ferry` command: a thin launcher for the compiled CLI in dist/. The control commands'
 // common shapes take a fast path that loads neither commander nor anything heavy
 // (src/cli/fast-path.ts); everything else goes to the full program, loaded only then.
+import { fileURLToPath } from 'node:url';
 import { fastPath } from '../dist/src/cli/fast-path.js';
 
 const argv = process.argv.slice(2);
@@ -17,13 +18,18 @@ const spares = argv[0] === 'run' ? ['guest'] : argv[0] === 'restore' ? (faultWor
 if (spares.length > 0) import('../dist/src/guest/spare-worker.js').then(({ startSpareWorker }) => spares.forEach((k) => startSpareWorker(k)), () => undefined);
 // The full program from its one-file bundle (scripts/bundle.mjs) while that is no older than
 // main.js, which it was made from: ES modules load one by one, and the CLI's took 15-30 ms longer.
-// FERRY_CLI_BUNDLE=0 loads main.js and its modules as they are.
+// The bundle is CommonJS, loaded with require() (import() would first scan all of it for the names
+// of its exports). FERRY_CLI_BUNDLE=0 loads main.js and its modules as they are.
 const program = () =>
-  import('../dist/src/guest/spare-worker.js').then(({ bundleIfFresh }) => {
+  Promise.all([import('../dist/src/guest/spare-worker.js'), import('node:module')]).then(([{ bundleIfFresh }, { createRequire }]) => {
     const plain = new URL('../dist/src/cli/main.js', import.meta.url);
-    return import(process.env.FERRY_CLI_BUNDLE === '0' ? plain : bundleIfFresh(new URL('../dist/src/cli/main.bundle.js', import.meta.url), plain));
+    const bundle = new URL('../dist/src/cli/main.bundle.cjs', import.meta.url);
+    if (process.env.FERRY_CLI_BUNDLE === '0' || bundleIfFresh(bundle, plain) !== bundle) return import(plain);
+    return createRequire(import.meta.url)(fileURLToPath(bundle));
   });
-const run = fast ? fast() : program().then(({ main }) => main(argv));
+/** The full program's module, once loaded: its exitNow ends the process without loading anything. */
+let full = null;
+const run = fast ? fast() : program().then((m) => (full = m).main(argv));
 
 // Ferry's own messages must never take a guest down: a stdout or stderr whose reader went away
 // (EPIPE) or whose file cannot be written (ENOSPC, EIO) makes Node emit 'error' on the stream, which
@@ -42,7 +48,7 @@ const profiling = process.execArgv.some((a) => a.startsWith('--cpu-prof') || a.s
 const exit = (code) =>
   fast || profiling || process.env.FERRY_ORDINARY_EXIT === '1'
     ? process.exit(code)
-    : import('../dist/src/sys/native.js').then(({ native }) => native.exitNow(code), () => process.exit(code));
+    : (full?.exitNow ?? ((c) => import('../dist/src/sys/native.js').then(({ native }) => native.exitNow(c))))(code).catch(() => process.exit(code));
 run.then(
   (code) => exit(code),
   (err) => {

@@ -29,7 +29,7 @@ function ferry(args: string[], env: Record<string, string> = {}): Promise<Run> {
 }
 
 /** The full program: commander and its modules one by one, or the bundle of them (scripts/bundle.mjs). */
-const FULL_PROGRAM = /node_modules\/commander\/|\/dist\/src\/cli\/main\.bundle\.js$/;
+const FULL_PROGRAM = /node_modules\/commander\/|\/dist\/src\/cli\/main\.bundle\.cjs$/;
 const HEAVY = [FULL_PROGRAM, /node_modules\/binaryen\//, /node_modules\/zod\//, /node_modules\/cli-progress\//, /\/dist\/src\/(guest|migration|snapshot|memory|sys|wasi|state)\//, /\/api\/(server|schemas|guest-controller)\.js$/];
 
 test('the fast path takes exactly the control commands it knows, and leaves everything else to the full program', () => {
@@ -116,23 +116,29 @@ test('ferry --version and -V print the package version; the help lists prepare a
 
 test('the full program runs from the one-file bundle npm run build makes (FERRY_CLI_BUNDLE=0: its modules one by one), and the bundled modules find their files where they were', async () => {
   const bundled = await ferry(['run', '--help']);
-  assert.ok(bundled.loads.some((u) => u.endsWith('/dist/src/cli/main.bundle.js')), bundled.loads.join(' '));
+  assert.ok(bundled.loads.some((u) => u.endsWith('/dist/src/cli/main.bundle.cjs')), bundled.loads.join(' '));
   assert.ok(!bundled.loads.some((u) => /\/dist\/src\/cli\/(main|commands\/run)\.js$/.test(u)), 'none of the modules it was made from');
   const plain = await ferry(['run', '--help'], { FERRY_CLI_BUNDLE: '0' });
-  assert.ok(plain.loads.some((u) => u.endsWith('/dist/src/cli/main.js')) && !plain.loads.some((u) => u.endsWith('main.bundle.js')));
+  assert.ok(plain.loads.some((u) => u.endsWith('/dist/src/cli/main.js')) && !plain.loads.some((u) => u.endsWith('main.bundle.cjs')));
   assert.deepEqual([bundled.code, bundled.stdout, bundled.stderr], [plain.code, plain.stdout, plain.stderr]);
 
-  // Each module's own URL replaces import.meta.url in the bundle: every one names a file that exists
-  // (a worker script, the package.json, bin/ferry.js, a page source module), and nothing else uses it
-  // but the banner's require.
-  const file = path.join(REPO, 'dist/src/cli/main.bundle.js');
-  const text = fs.readFileSync(file, 'utf8');
-  const own = [...text.matchAll(/new URL\("([^"]+)", import\.meta\.url\)\.href/g)].map((m) => m[1]!);
-  assert.ok(own.length >= 10, `modules with their own URL: ${own.length}`);
-  for (const rel of own) assert.ok(fs.existsSync(path.resolve(path.dirname(file), rel)), `${rel} (from the bundle's folder) exists`);
-  const uses = text.split('import.meta.url').length - 1;
-  assert.equal(uses, own.length + 1, 'import.meta.url only in own URLs and the banner');
-  // The spare threads' registry is shared with bin/ferry.js, which fills it before the bundle loads.
-  assert.match(text, /from "\.\.\/guest\/spare-worker\.js"/);
-  assert.doesNotMatch(text, /function startSpareWorker\(/);
+  // Each module's own URL replaces import.meta.url in the bundles (CommonJS has none): every one
+  // names a file that exists (a worker script, the package.json, bin/ferry.js, a page source module).
+  for (const [name, least] of [['dist/src/cli/main.bundle.cjs', 10], ['dist/src/guest/worker.bundle.cjs', 2]] as const) {
+    const file = path.join(REPO, name);
+    const text = fs.readFileSync(file, 'utf8');
+    const own = [...text.matchAll(/new URL\("([^"]+)", __ferryBundleUrl\)\.href/g)].map((m) => m[1]!);
+    assert.ok(own.length >= least, `${name}: modules with their own URL: ${own.length}`);
+    for (const rel of own) assert.ok(fs.existsSync(path.resolve(path.dirname(file), rel)), `${rel} (from ${name}'s folder) exists`);
+    assert.ok(!text.includes('import.meta'), `${name}: no import.meta left`);
+  }
+});
+
+test("a guest started by the bundled CLI runs on the thread bin/ferry.js started ahead (the bundle's copy of the spare registry finds it)", async () => {
+  // Every thread loads this file's hooks (workers inherit --import) and records its script: one
+  // guest thread's script when the guest adopted the spare; without the registry shared through
+  // globalThis the bundle would find no spare and start a second thread.
+  const r = await ferry(['run', path.join(REPO, 'guests/build/compute.wasm'), '--', '--iterations', '1000']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.loads.filter((u) => u.endsWith('/dist/src/guest/worker.bundle.cjs')).length, 1, r.loads.join(' '));
 });

@@ -24,12 +24,12 @@ const SCRIPTS: Record<SpareKind, { url: () => URL; stackSizeMb?: number }> = {
 };
 
 const PLAIN_GUEST_SCRIPT = new URL('./worker.js', import.meta.url);
-const BUNDLED_GUEST_SCRIPT = new URL('./worker.bundle.js', import.meta.url);
+const BUNDLED_GUEST_SCRIPT = new URL('./worker.bundle.cjs', import.meta.url);
 let guestScript: URL | null = null;
 
 /**
- * The script a guest's thread runs: the one-file bundle of worker.js and its ~30 modules that
- * `npm run build` makes (scripts/bundle.mjs), which a new thread loads ≈ 35 ms sooner than
+ * The script a guest's thread runs: the one-file CommonJS bundle of worker.js and its ~30 modules
+ * that `npm run build` makes (scripts/bundle.mjs), which a new thread loads ≈ 35 ms sooner than
  * the modules one by one; or worker.js itself where there is no bundle, or the bundle is older
  * than worker.js (tsc rewrites every output, so a bundle tsc ran after may be stale: never used).
  * FERRY_WORKER_BUNDLE=0 always takes worker.js.

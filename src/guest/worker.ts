@@ -21,8 +21,10 @@ const initArriving = workerInit<WorkerInit>();
 // (spare-worker.ts); the rehearsal needs nothing of the guest, and its hooks are never called.
 const IDLE_HOOKS: WasiHooks = { pauseRequested: () => false, unwind: () => undefined };
 const rehearsedEarly = initArriving instanceof Promise && spareHint(REHEARSE_HINT) && rehearseQuietly(IDLE_HOOKS);
-const init = await initArriving;
-const ctl = controlWords(init.control);
+// Set by main() below once the init is here. Not a top-level await: the thread's script is
+// bundled as CommonJS (scripts/bundle.mjs), which a new thread loads sooner than an ES module.
+let init!: WorkerInit;
+let ctl!: Int32Array;
 
 const post = (m: WorkerMessage) => parentPort!.postMessage(m);
 
@@ -50,7 +52,7 @@ interface GuestExports {
 
 let exports!: GuestExports;
 let launch!: LaunchMessage;
-const unwind = new UnwindBuffer(init.memory, init.unwindBytes);
+let unwind!: UnwindBuffer;
 
 function startUnwind(): void {
   const r = unwind.begin();
@@ -96,7 +98,9 @@ const hooks: WasiHooks = {
   unwind: startUnwind,
   // Blocking reads wait beside the wake fd, which the owner signals with every pause request.
   waitReadable: (fd: number, timeoutMs: number) => poll([fd, init.wakeFd], [POLLIN, POLLIN], timeoutMs)[0] !== 0,
-  wakeFd: init.wakeFd,
+  get wakeFd() {
+    return init.wakeFd;
+  },
   // A sleeping guest wakes the moment its owner asks for a pause (Guest notifies this word).
   sleep: (ms: number) => void Atomics.wait(ctl, Ctl.PauseRequested, 0, ms),
 };
@@ -390,9 +394,17 @@ function run(): void {
   }
 }
 
-try {
-  run();
-} catch (err: unknown) {
-  setState(WorkerState.Done);
-  post({ type: 'error', message: (err as Error).message });
+function main(arrived: WorkerInit): void {
+  init = arrived;
+  ctl = controlWords(init.control);
+  unwind = new UnwindBuffer(init.memory, init.unwindBytes);
+  try {
+    run();
+  } catch (err: unknown) {
+    setState(WorkerState.Done);
+    post({ type: 'error', message: (err as Error).message });
+  }
 }
+
+if (initArriving instanceof Promise) void initArriving.then(main);
+else main(initArriving);

@@ -9,7 +9,11 @@ import { Worker, parentPort, workerData } from 'node:worker_threads';
 /** workerData of a spare: the worker waits for its init as its first message. */
 export const SPARE_WORKER_DATA = { spare: true } as const;
 
-const spares = new Map<string, Worker>();
+// One registry per process, kept on globalThis: bin/ferry.js starts the spares with its copy of this
+// module, and the CLI's bundle (scripts/bundle.mjs), which has a copy of its own, takes them.
+const REGISTRY = Symbol.for('ferry.spare-threads');
+const spares: Map<string, Worker> = ((globalThis as Record<symbol, unknown>)[REGISTRY] as Map<string, Worker> | undefined) ??
+  ((globalThis as Record<symbol, unknown>)[REGISTRY] = new Map<string, Worker>());
 
 /**
  * Starts a spare worker of `kind` running `script`, if none of that kind is waiting. `hints` go
