@@ -81,6 +81,38 @@ test('peekRunsAside() (the walk on a native thread) gives exactly what peekRuns(
   }
 });
 
+test('armWalk(): a walk started before the writes sees them all at peekRunsAside; one armed before a growth is replaced; one never woken ends with stop()', async () => {
+  const mem = GuestMemory.create(64, 256);
+  const g = new GuestThread(mem.memory, 256);
+  const tracker = new DirtyTracker(mem);
+  try {
+    await g.run({ op: 'touch', addr: 0, pages: 16 });
+    tracker.start();
+    for (let round = 0; round < 5; round++) {
+      tracker.armWalk(); // as a switchover does before the pause: the writes below come after it
+      const written = [3 + round, 200, 201, 202, 900 - round];
+      await g.run({ op: 'writePages', pages: written, value: round + 1, done: new SharedArrayBuffer(4) });
+      const walk = tracker.peekRunsAside();
+      assert.ok(walk.onThread);
+      assert.deepEqual(walk.result(), tracker.peekRuns(), `round ${round}`);
+      tracker.collect();
+    }
+    // Armed, then the guest grows and writes in the new pages: the armed walk's range is too
+    // short, so peekRunsAside walks the memory as it is now.
+    tracker.armWalk();
+    const before = mem.pageCount;
+    mem.memory.grow(4);
+    await g.run({ op: 'writePages', pages: [5, before + 3], value: 9, done: new SharedArrayBuffer(4) });
+    const grown = tracker.peekRunsAside().result();
+    assert.deepEqual(grown, tracker.peekRuns());
+    assert.ok(grown.some(([a, b]) => a <= before + 3 && before + 3 < b), 'a page past the armed range is seen');
+    tracker.armWalk(); // never woken: stop() ends it (a hang here would time the test out)
+  } finally {
+    tracker.stop();
+    await g.terminate();
+  }
+});
+
 test('a write by the kernel (fs.readSync into guest memory) is collected', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'ferry-dirty-'));
   const mem = GuestMemory.create(4, 4);

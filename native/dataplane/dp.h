@@ -264,6 +264,9 @@ typedef struct {
   uint32_t max_runs;
   int32_t *status;        /* out: [0] DP_SCAN_* (stored last, release), [1] the runs written */
   int raise_priority;     /* SCHED_FIFO 1 where allowed, else nice -10 */
+  int armed;              /* set up, then wait for a wake (wakefd) before walking: started ahead of the pause */
+  int wakefd;
+  volatile int *stop;
   char err[DP_ERR];
 } dp_scan_args;
 int dp_scan_run(dp_scan_args *a);

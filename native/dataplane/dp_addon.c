@@ -227,7 +227,7 @@ static napi_value start(napi_env env, plane *p, napi_value on_exit) {
     discard(p); /* closes the socket too: the addon owns it from the start function's entry */
     return fail(env, "dataplane: cannot make the thread's eventfd or callback");
   }
-  p->f.wakefd = p->s.wakefd = p->ps.wakefd = p->pr.wakefd = p->fl.wakefd = p->wakefd; /* before the thread starts */
+  p->f.wakefd = p->s.wakefd = p->ps.wakefd = p->pr.wakefd = p->fl.wakefd = p->sc.wakefd = p->wakefd; /* before the thread starts */
   /* A running plane does not keep the process alive, but a load, which ends by itself and whose
    * caller waits for it, does. */
   if (p->kind != KIND_LOAD) napi_unref_threadsafe_function(env, p->tsfn);
@@ -276,7 +276,7 @@ static plane *new_plane(napi_env env, int kind, int sock) {
   p->env = env;
   p->wakefd = -1;
   p->sock = sock; /* owned from here: release() closes it */
-  p->f.stop = p->s.stop = p->ps.stop = p->pr.stop = p->fl.stop = p->ld.stop = &p->stop;
+  p->f.stop = p->s.stop = p->ps.stop = p->pr.stop = p->fl.stop = p->ld.stop = p->sc.stop = &p->stop;
   return p;
 }
 
@@ -547,7 +547,8 @@ bad:
 /* startScan(options, onExit) -> handle: the pages of [base, end) written since their last
  * write-protection (dp_scan.c), into options.runs (Uint32Array, [start, end) page index pairs)
  * with options.status (Int32Array of 2: DP_SCAN_* last, then the run count), which the caller
- * reads without waiting for the event loop. */
+ * reads without waiting for the event loop. With options.armed 1 the thread starts and sets up,
+ * then walks only at wake(handle) (stop(handle) ends it without a walk). */
 static napi_value f_start_scan(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   plane *p = socketless_plane(env, info, KIND_SCAN, "startScan(options, onExit)", argv);
@@ -566,6 +567,9 @@ static napi_value f_start_scan(napi_env env, napi_callback_info info) {
   double raise = 0;
   if (has_option(env, argv[0], "raisePriority") && !get_num(env, argv[0], "raisePriority", 0, 1, &raise)) return discard(p);
   a->raise_priority = raise == 1;
+  double armed = 0;
+  if (has_option(env, argv[0], "armed") && !get_num(env, argv[0], "armed", 0, 1, &armed)) return discard(p);
+  a->armed = armed == 1;
   a->base = (uint64_t)base;
   a->end = (uint64_t)end;
   a->max_runs = (uint32_t)(runs / 2);

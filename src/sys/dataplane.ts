@@ -107,6 +107,8 @@ export interface ScanOptions {
   status: Int32Array;
   /** SCHED_FIFO 1 for the walk where allowed, else nice -10 (it is short, and a downtime waits for it). */
   raisePriority?: boolean;
+  /** Start and set up now, walk at wake(handle): the thread's start is then out of the downtime. */
+  armed?: boolean;
 }
 
 /** dp.h DP_SCAN_*: OVERFLOW means more runs than `runs` holds (none of them is to be used). */

@@ -105,6 +105,8 @@ export async function switchOver(c: SwitchoverContext, postcopy: boolean, dirty:
     }
   }
 
+  // The last walk's thread starts now, to walk at the pause (its start kept out of the downtime).
+  if (postcopy) tracker.armWalk();
   c.phases.note('switchover (pause)');
   // ---- downtime starts ----
   // The bandwidth cap is for the background stream: the few frames of the switchover go out
