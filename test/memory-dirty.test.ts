@@ -21,97 +21,86 @@ function rng(seed: number): () => number {
   return () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32);
 }
 
-test('collect() returns exactly the pages a concurrent writer wrote, over 50 rounds, and after growth', async () => {
-  const mem = GuestMemory.create(64, 256); // 4 MiB now, 16 MiB reserved
+/** A 4 MiB memory (16 MiB reserved), a guest thread on it and a tracker, ended after `body`. */
+async function withTrackedGuest(body: (mem: GuestMemory, g: GuestThread, tracker: DirtyTracker) => Promise<void>): Promise<void> {
+  const mem = GuestMemory.create(64, 256);
   const g = new GuestThread(mem.memory, 256);
   const tracker = new DirtyTracker(mem);
+  try {
+    await body(mem, g, tracker);
+  } finally {
+    tracker.stop();
+    await g.terminate();
+  }
+}
+
+test('collect() returns exactly the pages a concurrent writer wrote, over 50 rounds, and after growth', () => withTrackedGuest(async (mem, g, tracker) => {
   const r = rng(42);
-  try {
-    await g.run({ op: 'touch', addr: 0, pages: 16 }); // instantiate the guest before tracking starts
-    tracker.start();
-    assert.equal(tracker.collect().count(), 0, 'nothing written yet');
-    for (let round = 0; round < 50; round++) {
-      if (round === 25) await g.run({ op: 'grow', pages: 64 }); // 8 MiB: new pages are tracked too
-      const pageCount = mem.pageCount;
-      const written = new Set<number>();
-      const k = 1 + Math.floor(r() * 200);
-      for (let i = 0; i < k; i++) written.add(Math.floor(r() * pageCount));
-      if (round >= 25) written.add(pageCount - 1); // a grown page
-      const done = new SharedArrayBuffer(4);
-      const flag = new Int32Array(done);
-      const writing = g.run({ op: 'writePages', pages: [...written], value: round + 1, done });
-      // Collect while the writer runs: the union of the collects must be exact.
-      const seen = new PageBitmap(mem.maxPageCount);
-      while (Atomics.load(flag, 0) === 0) tracker.collect(seen);
-      await writing;
-      tracker.collect(seen);
-      assert.deepEqual(seen.toArray(), [...written].sort((a, b) => a - b), `round ${round}`);
-    }
-  } finally {
-    tracker.stop();
-    await g.terminate();
+  await g.run({ op: 'touch', addr: 0, pages: 16 }); // instantiate the guest before tracking starts
+  tracker.start();
+  assert.equal(tracker.collect().count(), 0, 'nothing written yet');
+  for (let round = 0; round < 50; round++) {
+    if (round === 25) await g.run({ op: 'grow', pages: 64 }); // 8 MiB: new pages are tracked too
+    const pageCount = mem.pageCount;
+    const written = new Set<number>();
+    const k = 1 + Math.floor(r() * 200);
+    for (let i = 0; i < k; i++) written.add(Math.floor(r() * pageCount));
+    if (round >= 25) written.add(pageCount - 1); // a grown page
+    const done = new SharedArrayBuffer(4);
+    const flag = new Int32Array(done);
+    const writing = g.run({ op: 'writePages', pages: [...written], value: round + 1, done });
+    // Collect while the writer runs: the union of the collects must be exact.
+    const seen = new PageBitmap(mem.maxPageCount);
+    while (Atomics.load(flag, 0) === 0) tracker.collect(seen);
+    await writing;
+    tracker.collect(seen);
+    assert.deepEqual(seen.toArray(), [...written].sort((a, b) => a - b), `round ${round}`);
   }
-});
+}));
 
-test('peekRunsAside() (the walk on a native thread) gives exactly what peekRuns() gives, runs merged, and leaves the pages to the next collect', async () => {
-  const mem = GuestMemory.create(64, 256);
-  const g = new GuestThread(mem.memory, 256);
-  const tracker = new DirtyTracker(mem);
+test('peekRunsAside() (the walk on a native thread) gives exactly what peekRuns() gives, runs merged, and leaves the pages to the next collect', () => withTrackedGuest(async (mem, g, tracker) => {
   const r = rng(7);
-  try {
-    await g.run({ op: 'touch', addr: 0, pages: 16 });
-    tracker.start();
-    for (let round = 0; round < 10; round++) {
-      const written = new Set<number>();
-      for (let i = 0, k = 1 + Math.floor(r() * 300); i < k; i++) written.add(Math.floor(r() * mem.pageCount));
-      for (let p = 100; p < 140; p++) written.add(p); // one long run
-      await g.run({ op: 'writePages', pages: [...written], value: round + 1, done: new SharedArrayBuffer(4) });
-      const walk = tracker.peekRunsAside();
-      assert.ok(walk.onThread, 'the walk ran on the native thread (the data plane addon loads here)');
-      const aside = walk.result();
-      assert.deepEqual(aside, tracker.peekRuns(), `round ${round}`);
-      assert.ok(aside.every(([a, b], i) => a < b && (i === 0 || aside[i - 1]![1] < a)), 'ordered, non-empty, adjacent runs merged');
-      const pages = aside.flatMap(([a, b]) => Array.from({ length: b - a }, (_, i) => a + i));
-      assert.deepEqual(pages, [...written].sort((a, b) => a - b));
-      assert.deepEqual(tracker.collect().toArray(), pages, 'a peek re-protects nothing: the collect sees the same pages');
-    }
-  } finally {
-    tracker.stop();
-    await g.terminate();
+  await g.run({ op: 'touch', addr: 0, pages: 16 });
+  tracker.start();
+  for (let round = 0; round < 10; round++) {
+    const written = new Set<number>();
+    for (let i = 0, k = 1 + Math.floor(r() * 300); i < k; i++) written.add(Math.floor(r() * mem.pageCount));
+    for (let p = 100; p < 140; p++) written.add(p); // one long run
+    await g.run({ op: 'writePages', pages: [...written], value: round + 1, done: new SharedArrayBuffer(4) });
+    const walk = tracker.peekRunsAside();
+    assert.ok(walk.onThread, 'the walk ran on the native thread (the data plane addon loads here)');
+    const aside = walk.result();
+    assert.deepEqual(aside, tracker.peekRuns(), `round ${round}`);
+    assert.ok(aside.every(([a, b], i) => a < b && (i === 0 || aside[i - 1]![1] < a)), 'ordered, non-empty, adjacent runs merged');
+    const pages = aside.flatMap(([a, b]) => Array.from({ length: b - a }, (_, i) => a + i));
+    assert.deepEqual(pages, [...written].sort((a, b) => a - b));
+    assert.deepEqual(tracker.collect().toArray(), pages, 'a peek re-protects nothing: the collect sees the same pages');
   }
-});
+}));
 
-test('armWalk(): a walk started before the writes sees them all at peekRunsAside; one armed before a growth is replaced; one never woken ends with stop()', async () => {
-  const mem = GuestMemory.create(64, 256);
-  const g = new GuestThread(mem.memory, 256);
-  const tracker = new DirtyTracker(mem);
-  try {
-    await g.run({ op: 'touch', addr: 0, pages: 16 });
-    tracker.start();
-    for (let round = 0; round < 5; round++) {
-      tracker.armWalk(); // as a switchover does before the pause: the writes below come after it
-      const written = [3 + round, 200, 201, 202, 900 - round];
-      await g.run({ op: 'writePages', pages: written, value: round + 1, done: new SharedArrayBuffer(4) });
-      const walk = tracker.peekRunsAside();
-      assert.ok(walk.onThread);
-      assert.deepEqual(walk.result(), tracker.peekRuns(), `round ${round}`);
-      tracker.collect();
-    }
-    // Armed, then the guest grows and writes in the new pages: the armed walk's range is too
-    // short, so peekRunsAside walks the memory as it is now.
-    tracker.armWalk();
-    const before = mem.pageCount;
-    mem.memory.grow(4);
-    await g.run({ op: 'writePages', pages: [5, before + 3], value: 9, done: new SharedArrayBuffer(4) });
-    const grown = tracker.peekRunsAside().result();
-    assert.deepEqual(grown, tracker.peekRuns());
-    assert.ok(grown.some(([a, b]) => a <= before + 3 && before + 3 < b), 'a page past the armed range is seen');
-    tracker.armWalk(); // never woken: stop() ends it (a hang here would time the test out)
-  } finally {
-    tracker.stop();
-    await g.terminate();
+test('armWalk(): a walk started before the writes sees them all at peekRunsAside; one armed before a growth is replaced; one never woken ends with stop()', () => withTrackedGuest(async (mem, g, tracker) => {
+  await g.run({ op: 'touch', addr: 0, pages: 16 });
+  tracker.start();
+  for (let round = 0; round < 5; round++) {
+    tracker.armWalk(); // as a switchover does before the pause: the writes below come after it
+    const written = [3 + round, 200, 201, 202, 900 - round];
+    await g.run({ op: 'writePages', pages: written, value: round + 1, done: new SharedArrayBuffer(4) });
+    const walk = tracker.peekRunsAside();
+    assert.ok(walk.onThread);
+    assert.deepEqual(walk.result(), tracker.peekRuns(), `round ${round}`);
+    tracker.collect();
   }
-});
+  // Armed, then the guest grows and writes in the new pages: the armed walk's range is too
+  // short, so peekRunsAside walks the memory as it is now.
+  tracker.armWalk();
+  const before = mem.pageCount;
+  mem.memory.grow(4);
+  await g.run({ op: 'writePages', pages: [5, before + 3], value: 9, done: new SharedArrayBuffer(4) });
+  const grown = tracker.peekRunsAside().result();
+  assert.deepEqual(grown, tracker.peekRuns());
+  assert.ok(grown.some(([a, b]) => a <= before + 3 && before + 3 < b), 'a page past the armed range is seen');
+  tracker.armWalk(); // never woken: stop() ends it (a hang here would time the test out)
+}));
 
 test('a write by the kernel (fs.readSync into guest memory) is collected', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'ferry-dirty-'));
