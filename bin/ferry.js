@@ -1,12 +1,38 @@
 #!/usr/bin/env node
-// The `ferry` command: a thin launcher for the compiled CLI in dist/. The control commands'
-// common shapes take a fast path that loads neither commander nor anything heavy
-// (src/cli/fast-path.ts); everything else goes to the full program, loaded only then.
-import { fileURLToPath } from 'node:url';
-import { fastPath } from '../dist/src/cli/fast-path.js';
+// The `ferry` command: a thin launcher for the compiled CLI in dist/. The control commands' common
+// shapes take a fast path that loads neither commander nor anything heavy (src/cli/fast-path.ts);
+// everything else goes to the full program, loaded only then.
+// CommonJS (bin/package.json), like the bundles it loads: an ES entry keeps everything, the guest
+// thread's start included, waiting for Node's ES loader to set itself up and read the entry's
+// imports (15-25 ms here).
+'use strict';
+const { statSync } = require('node:fs');
+const { join } = require('node:path');
+const { pathToFileURL } = require('node:url');
+
+const DIST = join(__dirname, '../dist/src');
+
+/** `bundle` if it exists and is no older than `plain`, what tsc made and it was made from. */
+function bundleIfFresh(bundle, plain) {
+  try {
+    return statSync(bundle).mtimeMs >= statSync(plain).mtimeMs ? bundle : plain;
+  } catch {
+    return plain; // no bundle: built by tsc alone
+  }
+}
+
+/**
+ * Loads `plain` (an ES module of dist/src/) from its CommonJS bundle while that is fresh, else as it
+ * is (FERRY_CLI_BUNDLE=0: always as it is). A promise either way, a failure to load included.
+ */
+function load(bundle, plain) {
+  return new Promise((resolve) => {
+    const file = process.env.FERRY_CLI_BUNDLE === '0' ? join(DIST, plain) : bundleIfFresh(join(DIST, bundle), join(DIST, plain));
+    resolve(file.endsWith('.cjs') ? require(file) : import(pathToFileURL(file).href));
+  });
+}
 
 const argv = process.argv.slice(2);
-const fast = fastPath(argv);
 // A guest runs on a worker thread of its own, and starting one takes about as long as loading the
 // CLI: `ferry run` and `ferry restore` start it first thing, so it boots on the other core
 // meanwhile and the guest adopts it (src/guest/spare-worker.ts). A `--help` or a usage error wastes
@@ -15,21 +41,19 @@ const fast = fastPath(argv);
 // where that is turned off (FERRY_NATIVE_FAULTS=0).
 const faultWorker = argv.includes('--lazy') && process.env.FERRY_NATIVE_FAULTS === '0';
 const spares = argv[0] === 'run' ? ['guest'] : argv[0] === 'restore' ? (faultWorker ? ['guest', 'fault'] : ['guest']) : [];
-if (spares.length > 0) import('../dist/src/guest/spare-worker.js').then(({ startSpareWorker }) => spares.forEach((k) => startSpareWorker(k)), () => undefined);
-// The full program from its one-file bundle (scripts/bundle.mjs) while that is no older than
-// main.js, which it was made from: ES modules load one by one, and the CLI's took 15-30 ms longer.
-// The bundle is CommonJS, loaded with require() (import() would first scan all of it for the names
-// of its exports). FERRY_CLI_BUNDLE=0 loads main.js and its modules as they are.
-const program = () =>
-  Promise.all([import('../dist/src/guest/spare-worker.js'), import('node:module')]).then(([{ bundleIfFresh }, { createRequire }]) => {
-    const plain = new URL('../dist/src/cli/main.js', import.meta.url);
-    const bundle = new URL('../dist/src/cli/main.bundle.cjs', import.meta.url);
-    if (process.env.FERRY_CLI_BUNDLE === '0' || bundleIfFresh(bundle, plain) !== bundle) return import(plain);
-    return createRequire(import.meta.url)(fileURLToPath(bundle));
-  });
+const launch = load('cli/launch.bundle.cjs', 'cli/launch.js');
+if (spares.length > 0) launch.then(({ startSpareWorker }) => spares.forEach((k) => startSpareWorker(k)), () => undefined);
+// The full program from its one-file bundle (scripts/bundle.mjs), loaded with require(): ES modules
+// load one by one, and the CLI's took 15-30 ms longer; import() of a CommonJS file would first scan
+// all of it for the names of its exports. FERRY_CLI_BUNDLE=0 loads main.js and its modules as they are.
+const program = () => load('cli/main.bundle.cjs', 'cli/main.js');
 /** The full program's module, once loaded: its exitNow ends the process without loading anything. */
 let full = null;
-const run = fast ? fast() : program().then((m) => (full = m).main(argv));
+let fast = null;
+const run = launch.then((l) => {
+  fast = l.fastPath(argv);
+  return fast ? fast() : program().then((m) => (full = m).main(argv));
+});
 
 // Ferry's own messages must never take a guest down: a stdout or stderr whose reader went away
 // (EPIPE) or whose file cannot be written (ENOSPC, EIO) makes Node emit 'error' on the stream, which
@@ -48,7 +72,7 @@ const profiling = process.execArgv.some((a) => a.startsWith('--cpu-prof') || a.s
 const exit = (code) =>
   fast || profiling || process.env.FERRY_ORDINARY_EXIT === '1'
     ? process.exit(code)
-    : (full?.exitNow ?? ((c) => import('../dist/src/sys/native.js').then(({ native }) => native.exitNow(c))))(code).catch(() => process.exit(code));
+    : (full?.exitNow ?? ((c) => import(pathToFileURL(join(DIST, 'sys/native.js')).href).then(({ native }) => native.exitNow(c))))(code).catch(() => process.exit(code));
 run.then(
   (code) => exit(code),
   (err) => {
