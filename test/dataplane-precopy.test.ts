@@ -321,6 +321,48 @@ test('lifting the cap (the switchover) takes effect in the middle of a pass', { 
   }
 });
 
+test('a cut pass sends none of its pages from where the thread noticed the cut (they stay holes), still sends its ZERO ranges and its MARK, and says where it cut', { timeout: 120_000 }, async () => {
+  // Capped at 64 KiB/s, the pass's 6 000 data pages would take minutes: the cut lands early in it.
+  const pages = 6144;
+  const dataEnd = pages - 144; // the last 144 pages are not in the set: ZERO ranges of pass 0
+  const d = destination(pages / 16, Array.from({ length: pages }, (_, p) => p));
+  const src = sourceImage(pages);
+  const secret = randomBytes(32);
+  const [a, b] = await loopbackPair();
+  const recv = receiverFor(d, takeSocketFd(b), secret, pages);
+  const send = new PrecopySender({ sock: takeSocketFd(a), secret, memory: () => src.memory, maxPages: pages, maxBandwidth: 64 * 1024 });
+  try {
+    const pass = send.sendPass(0, new PageBitmap(pages).addRange(0, dataEnd), pages, true);
+    while (recv.read().dataPages === 0) await new Promise((r) => setTimeout(r, 5)); // under way, capped
+    assert.ok(send.cursor() < dataEnd, `cursor ${send.cursor()}`);
+    send.cut();
+    send.setCapped(false); // what is left of the pass (its ZERO range) need not wait for tokens
+    await pass;
+    await recv.passPlaced(0);
+    const cutAt = send.cutAt();
+    assert.ok(cutAt > 0 && cutAt < dataEnd, `cut at ${cutAt}`);
+    for (const p of [0, cutAt - 1]) {
+      assert.equal(d.states.get(p), PageState.RECEIVED, `page ${p}, before the cut`);
+      assert.equal(wordAt(d, p), patternOf(p));
+    }
+    for (const p of [cutAt, dataEnd - 1]) assert.equal(d.states.get(p), PageState.PENDING, `page ${p}, left out`);
+    for (const p of [dataEnd, pages - 1]) assert.equal(d.states.get(p), PageState.KNOWN_ZERO, `page ${p}, a ZERO range after the cut`);
+    // What the destination counted for the pass is what the source can say it sent.
+    assert.equal(recv.read().dataPages + recv.read().zeroPages, pages - (dataEnd - cutAt));
+    // The next pass is whole again: the cut was for one pass only.
+    await send.sendPass(1, new PageBitmap(pages).addRange(cutAt, dataEnd), pages, false);
+    await recv.passPlaced(1);
+    assert.equal(send.cutAt(), pages);
+    assert.equal(d.states.get(dataEnd - 1), PageState.RECEIVED);
+    assert.equal(wordAt(d, dataEnd - 1), patternOf(dataEnd - 1));
+    await Promise.all([send.close(), recv.closed()]);
+  } finally {
+    send.stop();
+    recv.stop();
+    d.release();
+  }
+});
+
 test('bad options are refused with an error naming them, never a crash; the handed-over socket is closed on every refusal', async () => {
   const d = destination(WASM_PAGES, []);
   const src = sourceImage(PAGES);

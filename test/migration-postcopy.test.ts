@@ -1,6 +1,7 @@
 // End-to-end postcopy between real `ferry` processes on loopback (TLS 1.3 PSK): a guest that
 // rewrites 1 GiB as fast as it can defeats precopy on a capped stream (exit 3, guest
-// keeps running) and then moves with postcopy; auto mode picks postcopy by itself; a WASI fd_read into a hole on the destination
+// keeps running) and then moves with postcopy; auto mode picks postcopy by itself; a pass 0 that
+// such a guest makes futile is cut short; a WASI fd_read into a hole on the destination
 // (the kernel faulting inside read()) is served. Assertions are on content, never on timing.
 import { strict as assert } from 'node:assert';
 import { after, before, describe, test } from 'node:test';
@@ -118,6 +119,33 @@ describe('postcopy migration, end to end', () => {
     assert.equal(await src.exitWithin(30_000), 0);
     await dst.waitFor(/^SEQ \d+ /m, 'a SEQ line from the destination', 60_000);
     assert.match(await verifyGuest(dst, sb.dstWork), /^VERIFY OK /);
+    assert.equal(await dst.exitWithin(60_000), 0);
+    const seq = checkSequence(src.out, dst.out);
+    assert.ok(seq.ok, `${seq.problem} (source ${seq.source}, destination ${seq.destination})`);
+  });
+
+  test('a guest that rewrites what pass 0 sends faster than it goes: the pass is cut short, and what it left out crosses once, by postcopy, intact', async () => {
+    fresh();
+    const mib = 64;
+    const src = await startSource(sb, 'memtouch.wasm', ['--mib', String(mib), '--rate', '0', '--report-ms', '100', '--verify-file', '/work/verify'], '256M', 3);
+    procs.push(src);
+    const { proc: dst, port } = await startDestination(sb);
+    procs.push(dst);
+    // At 16 MB/s pass 0 would take about 4 s; the guest rewrites its 64 MiB many times a second,
+    // so by the time the pass has covered a sixteenth of the memory (the least it is judged on)
+    // most of what it sent is written again, and it is judged again every 50 ms after that.
+    const { code, json: r, stderr } = await runMigrate(sb, port, ['--mode', 'postcopy', '--verify', '--max-bandwidth', '16M', '--downtime-target', '0.001']);
+    assert.equal(code, 0, `postcopy failed: ${stderr}`);
+    assert.equal(r['mode'], 'postcopy');
+    assert.equal(r['verified'], true, 'the digests of all memory match');
+    const cut = r['precopyCut'] as { atPage: number; leftOutPages: number } | undefined;
+    assert.ok(cut, `pass 0 was cut short: ${JSON.stringify(r)}`);
+    const pages = Number(r['memoryBytes']) / 4096;
+    assert.ok(cut.atPage > 0 && cut.atPage < pages && cut.leftOutPages > 0, JSON.stringify(cut));
+    assert.ok(Number(r['bytesSent']) <= 2 * Number(r['memoryBytes']) * 1.005 + MiB, `bytesSent ${r['bytesSent']}`);
+    assert.equal(await src.exitWithin(30_000), 0);
+    await dst.waitFor(/^SEQ \d+ /m, 'a SEQ line from the destination', 60_000);
+    assert.equal(await verifyGuest(dst, sb.dstWork), `VERIFY OK ${(mib * MiB) / 4096}`);
     assert.equal(await dst.exitWithin(60_000), 0);
     const seq = checkSequence(src.out, dst.out);
     assert.ok(seq.ok, `${seq.problem} (source ${seq.source}, destination ${seq.destination})`);

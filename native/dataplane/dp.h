@@ -165,8 +165,11 @@ typedef struct {
 /* ---- native precopy (dp_precopy.c) ---- */
 enum { PJ_PASS_SEQ, PJ_PASS, PJ_LIMIT, PJ_OTHERS_ZERO, PJ_CLOSE,
        PJ_UNCAPPED, /* 1: the rate cap is lifted (the switchover's downtime); 0: it holds again, with a full bucket */
+       PJ_CUT,      /* 1: the pass in flight sends no more of its pages as data (its ZERO ranges still go) */
        PJ_SLOTS = 8 }; /* Int32 job slots TypeScript writes */
-enum { PS_PASS_DONE, PS_DATA_PAGES, PS_ZERO_PAGES, PS_BYTES_SENT, PS_BYTES_RECEIVED, PS_STATE, PS_SLOTS = 8 };
+/* PS_CUT_AT: the first page of the last pass that PJ_CUT kept back (every page of its bitmap from there
+ * on was left out), or the pass's limit when nothing was; PS_CURSOR: the page the pass in flight is at. */
+enum { PS_PASS_DONE, PS_DATA_PAGES, PS_ZERO_PAGES, PS_BYTES_SENT, PS_BYTES_RECEIVED, PS_STATE, PS_CUT_AT, PS_CURSOR, PS_SLOTS = 8 };
 /* PR_MARK_RING: from this slot, per pass (pass % PR_RING_LEN), the pages placed (data + zero) when its
  * MARK came: the source runs ahead, so at PASS_END the pages of later passes may be placed already. */
 enum { PR_MARK, PR_DATA_PAGES, PR_ZERO_PAGES, PR_FRAMES, PR_BYTES_SENT, PR_BYTES_RECEIVED, PR_STATE, PR_CLOSED,

@@ -16,6 +16,9 @@
 //    PASS_END (so everything after it on the bulk channel sees the pass placed). Pages beyond the
 //    memory's size wait (the frame is held) until the bulk channel's GROW has been taken: TypeScript
 //    raises the limit and wakes the thread (its eventfd), with a slow poll as the fallback.
+// A pass can be cut short (PJ_CUT): the thread sends no more of its bitmap's pages, as data or ZERO,
+// from where it notices, and says where that was (PS_CUT_AT); its ZERO ranges still go, and its MARK.
+// The source's policy cuts a pass 0 that a busy guest makes futile (send/precopy.ts).
 // --max-bandwidth caps the source's stream with a token bucket (pace()), lifted at the switchover
 // as the bulk channel's is.
 // The guest may rewrite a page while it is sealed: AES-GCM reads each plaintext byte once, so the
@@ -116,10 +119,22 @@ static int send_zero(dp_presend_args *a, dp_conn *c, uint32_t p, uint32_t n) {
   return send_frame(a, c, DP_ZERO, head, NULL, 0);
 }
 
-/* Pages [p, q) as data, split into runs of zero pages (ZERO) and of others (PAGES, <= DP_MAX_RUN). */
-static int send_data(dp_presend_args *a, dp_conn *c, uint32_t p, uint32_t q) {
+/* Whether the pass is cut at page p: TypeScript asked (PJ_CUT), and then every page of the bitmap from
+ * the first one it was noticed at (PS_CUT_AT) on is left out, as data and as ZERO alike. */
+static int cut_at(dp_presend_args *a, uint32_t p, uint32_t *cut) {
+  if (*cut != UINT32_MAX) return 1;
+  if (!__atomic_load_n(&a->job[PJ_CUT], __ATOMIC_ACQUIRE)) return 0;
+  *cut = p;
+  return 1;
+}
+
+/* Pages [p, q) as data, split into runs of zero pages (ZERO) and of others (PAGES, <= DP_MAX_RUN);
+ * a cut leaves out the rest. */
+static int send_data(dp_presend_args *a, dp_conn *c, uint32_t p, uint32_t q, uint32_t *cut) {
   int next = -1; /* whether page p is zero, when the run before it already looked */
   while (p < q) {
+    if (cut_at(a, p, cut)) return 0;
+    a->stats[PS_CURSOR] = p;
     const uint8_t *at = a->memory + (size_t)p * DP_PAGE;
     int zero = next >= 0 ? next : page_is_zero(at);
     next = -1;
@@ -146,8 +161,11 @@ static int send_data(dp_presend_args *a, dp_conn *c, uint32_t p, uint32_t q) {
   return 0;
 }
 
-/* One pass: the bitmap's pages below the limit as data, the rest as ZERO when asked; then MARK. */
+/* One pass: the bitmap's pages below the limit as data, the rest as ZERO when asked; then MARK. A cut
+ * (PJ_CUT) leaves out the bitmap's pages from where it was noticed; the ZERO ranges still go, so the
+ * pages the destination lacks are exactly the bitmap's from PS_CUT_AT on. */
 static int send_pass(dp_presend_args *a, dp_conn *c, uint32_t pass, uint32_t limit, int others_zero) {
+  uint32_t cut = UINT32_MAX;
   for (uint32_t p = 0; p < limit;) {
     int set = bit(a->pages, p);
     uint32_t q = p + 1, whole = set ? ~0u : 0u;
@@ -161,11 +179,13 @@ static int send_pass(dp_presend_args *a, dp_conn *c, uint32_t pass, uint32_t lim
     }
     if (q > limit) q = limit;
     if (set) {
-      if (send_data(a, c, p, q) < 0) return -1;
+      if (send_data(a, c, p, q, &cut) < 0) return -1;
     } else if (others_zero && send_zero(a, c, p, q - p) < 0) return -1;
     a->stats[PS_BYTES_SENT] = c->bytes_out;
+    a->stats[PS_CURSOR] = q;
     p = q;
   }
+  a->stats[PS_CUT_AT] = cut == UINT32_MAX ? limit : cut;
   uint8_t head[8];
   dp_put_be32(head, pass);
   dp_put_be32(head + 4, 0);

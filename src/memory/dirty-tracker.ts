@@ -66,6 +66,23 @@ export class DirtyTracker {
   }
 
   /**
+   * How many pages below `endPage` were written since the last collect() (or start()), left as
+   * they are: a look while the guest runs, for the precopy policy (one walk of the page tables,
+   * ~0.5-1 ms per GiB here).
+   */
+  peekWrittenBelow(endPage: number): number {
+    if (!this.pagemap) throw new Error('DirtyTracker: not started');
+    const end = Math.min(endPage, this.mem.sizeBytes / HOST_PAGE_SIZE);
+    let n = 0;
+    if (end <= 0) return 0;
+    const base = this.mem.base;
+    this.pagemap.scan(base, base + end * HOST_PAGE_SIZE, { categoryMask: PAGE_IS.WRITTEN, returnMask: PAGE_IS.WRITTEN }, (s, e) => {
+      n += (e - s) / HOST_PAGE_SIZE;
+    });
+    return n;
+  }
+
+  /**
    * peekRuns() on a native thread (native/dataplane/dp_scan.c), started now: the caller does other
    * work meanwhile (a switchover encodes and sends the state) and takes the runs with result(),
    * which needs no turn of the event loop: it spins up to SPIN_US for the thread (the walk takes

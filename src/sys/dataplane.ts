@@ -164,10 +164,15 @@ export const PrecopyJob = {
   PASS_SEQ: 0, PASS: 1, LIMIT: 2, OTHERS_ZERO: 3, CLOSE: 4,
   /** 1: the rate cap is lifted; 0: it holds (again, with a full bucket). Written with wake(). */
   UNCAPPED: 5,
+  /** 1: the pass in flight sends no more of its bitmap's pages (its ZERO ranges still go). */
+  CUT: 6,
   SLOTS: 8,
 } as const;
-/** Float64 slots of the precopy sender's stats (PS_*). */
-export const PrecopySendStat = { PASS_DONE: 0, DATA_PAGES: 1, ZERO_PAGES: 2, BYTES_SENT: 3, BYTES_RECEIVED: 4, STATE: 5, SLOTS: 8 } as const;
+/**
+ * Float64 slots of the precopy sender's stats (PS_*). CUT_AT: the first page of the last pass's
+ * bitmap that a cut left out (its limit when none was); CURSOR: the page the pass in flight is at.
+ */
+export const PrecopySendStat = { PASS_DONE: 0, DATA_PAGES: 1, ZERO_PAGES: 2, BYTES_SENT: 3, BYTES_RECEIVED: 4, STATE: 5, CUT_AT: 6, CURSOR: 7, SLOTS: 8 } as const;
 /** Float64 slots of the precopy receiver's stats (PR_*): MARK is the last pass placed + 1. */
 export const PrecopyReceiveStat = {
   MARK: 0, DATA_PAGES: 1, ZERO_PAGES: 2, FRAMES: 3, BYTES_SENT: 4, BYTES_RECEIVED: 5, STATE: 6, CLOSED: 7,

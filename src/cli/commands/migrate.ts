@@ -139,7 +139,7 @@ export function printReport(r: Record<string, unknown>): void {
     `downtime        ${r['downtimeMs']} ms${typeof r['switchoverSentMs'] === 'number' ? ` (pause → running on the destination; ${r['switchoverSentMs']} ms to the switchover sent, where QEMU stops counting)` : ''}`,
     `sent            ${mib(r['bytesSent'])} (${r['pagesSent']} pages; ${r['zeroPages']} zero, ${r['skippedNeverTouchedPages']} never touched)`,
     `throughput      ${(Number(r['bytesSent']) / Math.max(1, Number(r['totalMs'])) / 1000).toFixed(0)} MB/s`,
-    `precopy passes  ${r['precopyPasses']}`,
+    `precopy passes  ${r['precopyPasses']}${precopyCutText(r['precopyCut'])}`,
     `verified        ${r['verified'] === null ? (r['closingLost'] ? 'unknown: the closing messages were lost' : 'not asked (--verify)') : r['verified'] ? 'yes: memory digests match' : 'NO: memory digests differ'}`,
   ];
   if (r['closingLost']) lines.push(`closing         ${r['closingLost']}`);
@@ -150,6 +150,13 @@ export function printReport(r: Record<string, unknown>): void {
     );
   }
   process.stdout.write(lines.join('\n') + '\n');
+}
+
+/** A futile pass 0 cut short (MigrationReport.precopyCut), as the report's line says it. */
+function precopyCutText(cut: unknown): string {
+  if (!cut || typeof cut !== 'object') return '';
+  const c = cut as { atPage?: unknown; leftOutPages?: unknown };
+  return ` (pass 0 cut at page ${c.atPage}: the guest rewrote what it sent; ${c.leftOutPages} pages went by postcopy only)`;
 }
 
 function mib(v: unknown): string {

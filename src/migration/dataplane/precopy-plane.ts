@@ -131,10 +131,31 @@ export class PrecopySender extends PrecopyThread {
     Atomics.store(this.job, PrecopyJob.PASS, pass);
     Atomics.store(this.job, PrecopyJob.LIMIT, limit);
     Atomics.store(this.job, PrecopyJob.OTHERS_ZERO, othersZero ? 1 : 0);
+    Atomics.store(this.job, PrecopyJob.CUT, 0);
+    this.stats[PrecopySendStat.CURSOR] = 0;
     const seq = ++this.seq;
     Atomics.store(this.job, PrecopyJob.PASS_SEQ, seq); // last: it publishes the rest
     if (this.handle) dataplaneAddon().wake(this.handle);
     await this.until(() => this.stats[PrecopySendStat.PASS_DONE] === seq, `pass ${pass} to be written`);
+  }
+
+  /**
+   * Cuts the pass in flight short: from the page the thread is at, it sends none of the pass's
+   * pages (as data or ZERO; the pass's other ZERO ranges and its MARK still go). Once the pass has
+   * resolved, cutAt() says from which page of its set on they were left out.
+   */
+  cut(): void {
+    Atomics.store(this.job, PrecopyJob.CUT, 1);
+  }
+
+  /** The first page of the last pass's set that a cut left out, or its limit if none was (read once the pass has resolved). */
+  cutAt(): number {
+    return this.stats[PrecopySendStat.CUT_AT]!;
+  }
+
+  /** The page the pass in flight has reached (pages below it are sent, or left out by a cut). */
+  cursor(): number {
+    return this.stats[PrecopySendStat.CURSOR]!;
   }
 
   /**

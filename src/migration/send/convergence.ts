@@ -41,3 +41,33 @@ export function decideAfterPass(m: PassMeasure): PassDecision {
   if (m.stalledPasses >= STALL_PASSES || m.elapsedS > m.precopyTimeoutS) return 'give-up';
   return 'another-pass';
 }
+
+/**
+ * Pass 0 is futile once this share of the present pages it has covered was written again since it
+ * began: those pages go again anyway (a later pass, or postcopy's DISCARD and stream), and a guest
+ * that rewrites its memory faster than the stream moves it makes the rest of the pass as stale.
+ */
+export const FUTILE_PASS_SHARE = 0.5;
+/** Judged only once pass 0 has covered this share of the memory (less says little of the rate). */
+export const FUTILE_PASS_MIN_COVER = 1 / 16;
+
+export interface PassZeroMeasure {
+  mode: MigrationMode;
+  /** Pages below the pass's cursor, and the pass's whole range. */
+  coveredPages: number;
+  pageCount: number;
+  /** Of the covered pages: present when the pass began, and written since. */
+  presentCovered: number;
+  writtenCovered: number;
+}
+
+/**
+ * Whether to cut pass 0 short and go to postcopy now (postcopy and auto modes; precopy mode needs
+ * every page before the pause): the pages it has not sent yet are then holes on the destination,
+ * like the pages written since they were sent, and cross once instead of twice.
+ */
+export function passZeroFutile(m: PassZeroMeasure): boolean {
+  if (m.mode === 'precopy') return false;
+  if (m.coveredPages < m.pageCount * FUTILE_PASS_MIN_COVER || m.presentCovered <= 0) return false;
+  return m.writtenCovered >= m.presentCovered * FUTILE_PASS_SHARE;
+}

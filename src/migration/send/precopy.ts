@@ -5,7 +5,7 @@ import { HOST_PAGE_SIZE } from '../../memory/guest-memory.js';
 import type { DirtyTracker } from '../../memory/dirty-tracker.js';
 import type { FramedChannel } from '../transport/index.js';
 import { MigrationError, type MigrationMode } from '../session/report.js';
-import { decideAfterPass } from './convergence.js';
+import { decideAfterPass, passZeroFutile } from './convergence.js';
 import type { AnnouncedSize } from './memory-size.js';
 import type { PageProvider } from './page-provider.js';
 import type { PageSender } from './page-sender.js';
@@ -32,6 +32,12 @@ export interface PrecopyContext {
   report: () => void;
 }
 
+/** How often a native pass 0 is looked at for futility (a walk of the written bits below its cursor). */
+const WATCH_MS = 50;
+
+/** Whether a futile pass 0 is cut short (convergence.ts): yes unless FERRY_PRECOPY_CUT=0. */
+const cutEnabled = () => process.env['FERRY_PRECOPY_CUT'] !== '0';
+
 export class Precopy {
   /** The pass being sent (0 first). */
   pass = 0;
@@ -39,6 +45,8 @@ export class Precopy {
   rate = 0;
   dirtyRate = 0;
   expectedDowntimeMs: number | null = null;
+  /** Pass 0 cut short as futile: from which page, and how many of its pages it left to postcopy. */
+  cut: { atPage: number; leftOutPages: number } | null = null;
 
   constructor(private readonly c: PrecopyContext) {}
 
@@ -53,13 +61,27 @@ export class Precopy {
     // allocates as it starts: cmark reading its input): announce that size before its pages.
     const residency = this.c.pages.residency();
     await size.grow(residency.present.size * HOST_PAGE_SIZE);
-    if (this.c.native) await this.nativePassZero(this.c.native, residency.present, residency.zero, residency.present.size);
+    let leftOut: PageBitmap | null = null;
+    if (this.c.native) leftOut = await this.nativePassZero(this.c.native, residency.present, residency.zero, residency.present.size);
     else {
       await sender.sendLayout(residency.present, residency.zero, residency.present.size, { between: this.c.checkCancelled });
       await sender.flush();
     }
     await bulk.sendMessage({ type: 'PASS_END', pass: 0, dirtyPages: sender.counters.pagesSent });
     this.notePass(passStart, sender.counters.pagesSent);
+    if (leftOut) {
+      // Cut short: postcopy now. The pages it left out are holes on the destination, as are the
+      // ones written since they were sent; both are DISCARDed (harmless for a hole) and streamed.
+      const passMs = Math.max(1, performance.now() - passStart);
+      this.rate = ((this.c.bytesSent() - bytesAtPassStart) / passMs) * 1000;
+      const dirty = tracker.collect();
+      this.dirtyRate = (dirty.count() / passMs) * 1000;
+      for (const [first, end] of leftOut.runs()) dirty.addRange(first, end);
+      this.dirtyPages = dirty.count();
+      this.expectedDowntimeMs = ((this.dirtyPages * HOST_PAGE_SIZE) / Math.max(this.rate, 1)) * 1000;
+      this.c.report();
+      return { dirty, converged: false };
+    }
 
     // Passes 1..n: pages written since the previous pass.
     let minDirty = Infinity;
@@ -118,19 +140,54 @@ export class Precopy {
    * read as zero go as ZERO), every other page below `pageCount` as ZERO (never touched or
    * zero-mapped). The counters say what the JavaScript sender's would.
    */
-  private async nativePassZero(native: PrecopySender, present: PageBitmap, zero: PageBitmap, pageCount: number): Promise<void> {
+  /**
+   * Pass 0 natively (above). In postcopy and auto modes it is watched while it runs and cut short
+   * once futile (convergence.ts: most of what it sent was written again); returns the pages it
+   * then left out (they never crossed), or null when it ran to its end.
+   */
+  private async nativePassZero(native: PrecopySender, present: PageBitmap, zero: PageBitmap, pageCount: number): Promise<PageBitmap | null> {
     const data = new PageBitmap(pageCount);
     for (let w = 0; w < data.words.length; w++) data.words[w] = (present.words[w] ?? 0) & ~(zero.words[w] ?? 0);
     const presentPages = countBelow(present, pageCount);
     const before = native.read();
-    await native.sendPass(0, data, pageCount, true);
+    const pass = native.sendPass(0, data, pageCount, true);
+    if (this.c.opts.mode !== 'precopy' && cutEnabled()) await this.watchPassZero(native, pass, present, pageCount);
+    await pass;
     this.c.checkCancelled();
     const after = native.read();
+    const cutAt = Math.min(native.cutAt(), pageCount);
+    const leftOut = cutAt < pageCount ? data.clone().deleteRange(0, cutAt) : null;
+    const leftOutPages = leftOut?.count() ?? 0;
+    if (leftOut) {
+      this.cut = { atPage: cutAt, leftOutPages };
+      this.c.note?.(`precopy (pass 0 cut at page ${cutAt} of ${pageCount}: ${leftOutPages} pages left to postcopy)`);
+    }
     const counters = this.c.sender.counters;
-    counters.pagesSent += pageCount;
+    counters.pagesSent += pageCount - leftOutPages;
     counters.untouchedPages += pageCount - presentPages;
     counters.dataPages += after.dataPages - before.dataPages;
     counters.zeroPages += after.zeroPages - before.zeroPages - (pageCount - presentPages);
+    return leftOut;
+  }
+
+  /** Looks at pass 0 every WATCH_MS until it ends, and cuts it once it is futile. */
+  private async watchPassZero(native: PrecopySender, pass: Promise<void>, present: PageBitmap, pageCount: number): Promise<void> {
+    let ended = false;
+    void pass.then(() => (ended = true), () => (ended = true));
+    while (!ended) {
+      await new Promise((r) => setTimeout(r, WATCH_MS));
+      if (ended) return;
+      const covered = Math.min(native.cursor(), pageCount);
+      const measure = {
+        mode: this.c.opts.mode, coveredPages: covered, pageCount,
+        presentCovered: countBelow(present, covered), writtenCovered: this.c.tracker.peekWrittenBelow(covered),
+      };
+      if (passZeroFutile(measure)) {
+        native.cut();
+        this.c.note?.(`precopy (pass 0 futile at page ${covered}: ${measure.writtenCovered} of the ${measure.presentCovered} present pages it covered written again)`);
+        return;
+      }
+    }
   }
 
   /** A later pass natively: every page of `dirty` below `pageCount`; returns how many. */

@@ -259,6 +259,7 @@ export class MigrationSource {
       zeroPages: sender.counters.zeroPages,
       skippedNeverTouchedPages: sender.counters.untouchedPages,
       precopyPasses: precopy.pass + 1,
+      ...(precopy.cut ? { precopyCut: precopy.cut } : {}),
       converged,
       verified,
     };

@@ -68,6 +68,11 @@ export interface MigrationReport {
   zeroPages: number;
   skippedNeverTouchedPages: number;
   precopyPasses: number;
+  /**
+   * Pass 0 was cut short (postcopy and auto modes): the guest rewrote what it sent faster than it
+   * went, so from page `atPage` on its pages (`leftOutPages`) crossed once, by postcopy, not twice.
+   */
+  precopyCut?: { atPage: number; leftOutPages: number };
   converged: boolean;
   verified: boolean | null;
   postcopy?: PostcopyReport;
