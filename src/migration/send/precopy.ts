@@ -70,8 +70,10 @@ export class Precopy {
     await bulk.sendMessage({ type: 'PASS_END', pass: 0, dirtyPages: sender.counters.pagesSent });
     this.notePass(passStart, sender.counters.pagesSent);
     if (leftOut) {
-      // Cut short: postcopy now. The pages it left out are holes on the destination, as are the
-      // ones written since they were sent; both are DISCARDed (harmless for a hole) and streamed.
+      // Cut short: postcopy now (not converged: a stop-and-copy would leave the pages it left out
+      // behind). Those pages are DISCARDed with the ones written since they were sent, and streamed:
+      // a destination takes a page it was never sent for known-zero (a fresh memory's state) until
+      // a DISCARD makes it pending.
       const passMs = Math.max(1, performance.now() - passStart);
       this.rate = ((this.c.bytesSent() - bytesAtPassStart) / passMs) * 1000;
       const dirty = tracker.collect();
