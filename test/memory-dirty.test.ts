@@ -78,6 +78,19 @@ test('peekRunsAside() (the walk on a native thread) gives exactly what peekRuns(
   }
 }));
 
+test('peekWrittenAround(at): the pages written below `at` and from it on, each counted once, left to the next collect', () => withTrackedGuest(async (mem, g, tracker) => {
+  await g.run({ op: 'touch', addr: 0, pages: 16 });
+  tracker.start();
+  const written = [2, 3, 50, 99, 100, 101, 400, mem.pageCount - 1];
+  await g.run({ op: 'writePages', pages: written, value: 1, done: new SharedArrayBuffer(4) });
+  for (const at of [0, 3, 100, 101, mem.pageCount]) {
+    const below = written.filter((p) => p < at).length;
+    assert.deepEqual(tracker.peekWrittenAround(at), { below, from: written.length - below }, `at ${at}`);
+  }
+  assert.deepEqual(tracker.collect().toArray(), written, 'nothing was reset');
+  assert.deepEqual(tracker.peekWrittenAround(100), { below: 0, from: 0 });
+}));
+
 test('armWalk(): a walk started before the writes sees them all at peekRunsAside; one armed before a growth is replaced; one never woken ends with stop()', () => withTrackedGuest(async (mem, g, tracker) => {
   await g.run({ op: 'touch', addr: 0, pages: 16 });
   tracker.start();

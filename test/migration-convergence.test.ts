@@ -1,7 +1,7 @@
 // The decision taken after each precopy pass (src/migration/send/convergence.ts), as a pure function.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { AUTO_POSTCOPY_BUDGET, FUTILE_PASS_MIN_COVER, FUTILE_PASS_SHARE, STALL_PASSES, decideAfterPass, passZeroFutile, type PassMeasure } from '../src/migration/send/convergence.js';
+import { AUTO_POSTCOPY_BUDGET, FUTILE_AHEAD_SHARE, FUTILE_PASS_MIN_COVER, FUTILE_PASS_SHARE, STALL_PASSES, decideAfterPass, passZeroFutile, type PassMeasure } from '../src/migration/send/convergence.js';
 
 const GiB = 1024 ** 3;
 const base: PassMeasure = {
@@ -38,14 +38,20 @@ test('precopy: passes until it stalls STALL_PASSES times or times out, then give
   for (let s = 0; s < 10; s++) assert.notEqual(d({ mode: 'precopy', stalledPasses: s, elapsedS: s * 10 }), 'postcopy');
 });
 
-test('pass 0 is futile (cut short for postcopy) once most of what it covered was written again; never in precopy mode, never judged too early', () => {
+test('pass 0 is futile (cut short for postcopy) once most of what it covered was written again and the guest writes ahead of it too; never in precopy mode, never judged too early', () => {
   const pageCount = 262_144;
   const covered = pageCount / 4;
-  const m = { mode: 'postcopy' as const, coveredPages: covered, pageCount, presentCovered: covered, writtenCovered: covered * FUTILE_PASS_SHARE };
+  const ahead = pageCount - covered;
+  const m = {
+    mode: 'postcopy' as const, coveredPages: covered, pageCount,
+    presentCovered: covered, writtenCovered: covered * FUTILE_PASS_SHARE, presentAhead: ahead, writtenAhead: ahead * FUTILE_AHEAD_SHARE,
+  };
   assert.equal(passZeroFutile(m), true);
   assert.equal(passZeroFutile({ ...m, mode: 'auto' }), true);
   assert.equal(passZeroFutile({ ...m, mode: 'precopy' }), false, 'precopy mode needs every page before the pause');
   assert.equal(passZeroFutile({ ...m, writtenCovered: covered * FUTILE_PASS_SHARE - 1 }), false, 'a guest that leaves most of it alone');
+  assert.equal(passZeroFutile({ ...m, writtenAhead: ahead * FUTILE_AHEAD_SHARE - 1 }), false, 'writes kept to what the pass crossed: the rest is worth sending');
+  assert.equal(passZeroFutile({ ...m, presentAhead: 0, writtenAhead: 0 }), true, 'nothing present ahead');
   const early = Math.floor(pageCount * FUTILE_PASS_MIN_COVER) - 1;
   assert.equal(passZeroFutile({ ...m, coveredPages: early, presentCovered: early, writtenCovered: early }), false, 'too little covered to judge');
   assert.equal(passZeroFutile({ ...m, presentCovered: 0, writtenCovered: 0 }), false, 'nothing present: nothing to judge by');

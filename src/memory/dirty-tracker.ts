@@ -66,20 +66,20 @@ export class DirtyTracker {
   }
 
   /**
-   * How many pages below `endPage` were written since the last collect() (or start()), left as
-   * they are: a look while the guest runs, for the precopy policy (one walk of the page tables,
-   * ~0.5-1 ms per GiB here).
+   * How many pages were written since the last collect() (or start()) below page `at` and from it
+   * on, left as they are: a look while the guest runs, for the precopy policy (one walk of the page
+   * tables, ~0.5-1 ms per GiB here).
    */
-  peekWrittenBelow(endPage: number): number {
+  peekWrittenAround(at: number): { below: number; from: number } {
     if (!this.pagemap) throw new Error('DirtyTracker: not started');
-    const end = Math.min(endPage, this.mem.sizeBytes / HOST_PAGE_SIZE);
-    let n = 0;
-    if (end <= 0) return 0;
-    const base = this.mem.base;
-    this.pagemap.scan(base, base + end * HOST_PAGE_SIZE, { categoryMask: PAGE_IS.WRITTEN, returnMask: PAGE_IS.WRITTEN }, (s, e) => {
-      n += (e - s) / HOST_PAGE_SIZE;
+    const split = this.mem.base + at * HOST_PAGE_SIZE;
+    let below = 0;
+    let from = 0;
+    this.pagemap.scan(this.mem.base, this.mem.base + this.mem.sizeBytes, { categoryMask: PAGE_IS.WRITTEN, returnMask: PAGE_IS.WRITTEN }, (s, e) => {
+      below += Math.max(0, Math.min(e, split) - s) / HOST_PAGE_SIZE;
+      from += Math.max(0, e - Math.max(s, split)) / HOST_PAGE_SIZE;
     });
-    return n;
+    return { below, from };
   }
 
   /**

@@ -44,10 +44,15 @@ export function decideAfterPass(m: PassMeasure): PassDecision {
 
 /**
  * Pass 0 is futile once this share of the present pages it has covered was written again since it
- * began: those pages go again anyway (a later pass, or postcopy's DISCARD and stream), and a guest
- * that rewrites its memory faster than the stream moves it makes the rest of the pass as stale.
+ * began: those pages go again anyway (a later pass, or postcopy's DISCARD and stream)...
  */
 export const FUTILE_PASS_SHARE = 0.5;
+/**
+ * ...and the guest writes ahead of the pass too, at least this share of the present pages it has
+ * not reached yet: the rest of the pass would be as stale. A guest whose writes stay in a part of
+ * its memory the pass has crossed (its stack, a hot buffer near the start) leaves the rest to it.
+ */
+export const FUTILE_AHEAD_SHARE = 0.25;
 /** Judged only once pass 0 has covered this share of the memory (less says little of the rate). */
 export const FUTILE_PASS_MIN_COVER = 1 / 16;
 
@@ -59,15 +64,19 @@ export interface PassZeroMeasure {
   /** Of the covered pages: present when the pass began, and written since. */
   presentCovered: number;
   writtenCovered: number;
+  /** The same of the pages from the cursor on. */
+  presentAhead: number;
+  writtenAhead: number;
 }
 
 /**
  * Whether to cut pass 0 short and go to postcopy now (postcopy and auto modes; precopy mode needs
- * every page before the pause): the pages it has not sent yet are then holes on the destination,
- * like the pages written since they were sent, and cross once instead of twice.
+ * every page before the pause): the pages it has not sent yet then cross once, by postcopy,
+ * instead of twice.
  */
 export function passZeroFutile(m: PassZeroMeasure): boolean {
   if (m.mode === 'precopy') return false;
   if (m.coveredPages < m.pageCount * FUTILE_PASS_MIN_COVER || m.presentCovered <= 0) return false;
-  return m.writtenCovered >= m.presentCovered * FUTILE_PASS_SHARE;
+  if (m.writtenCovered < m.presentCovered * FUTILE_PASS_SHARE) return false;
+  return m.presentAhead <= 0 || m.writtenAhead >= m.presentAhead * FUTILE_AHEAD_SHARE;
 }

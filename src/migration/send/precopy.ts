@@ -176,17 +176,22 @@ export class Precopy {
   private async watchPassZero(native: PrecopySender, pass: Promise<void>, present: PageBitmap, pageCount: number): Promise<void> {
     let ended = false;
     void pass.then(() => (ended = true), () => (ended = true));
+    const presentPages = countBelow(present, pageCount);
     while (!ended) {
       await new Promise((r) => setTimeout(r, WATCH_MS));
       if (ended) return;
       const covered = Math.min(native.cursor(), pageCount);
+      const written = this.c.tracker.peekWrittenAround(covered);
+      const presentCovered = countBelow(present, covered);
       const measure = {
         mode: this.c.opts.mode, coveredPages: covered, pageCount,
-        presentCovered: countBelow(present, covered), writtenCovered: this.c.tracker.peekWrittenBelow(covered),
+        presentCovered, writtenCovered: written.below, presentAhead: presentPages - presentCovered, writtenAhead: written.from,
       };
       if (passZeroFutile(measure)) {
         native.cut();
-        this.c.note?.(`precopy (pass 0 futile at page ${covered}: ${measure.writtenCovered} of the ${measure.presentCovered} present pages it covered written again)`);
+        this.c.note?.(
+          `precopy (pass 0 futile at page ${covered}: written again ${written.below} of the ${presentCovered} present pages it covered, ${written.from} of the ${measure.presentAhead} ahead)`,
+        );
         return;
       }
     }
