@@ -12,7 +12,7 @@ import { DataplaneRole } from '../src/sys/dataplane.js';
 import { PageState } from '../src/memory/page-state.js';
 import { PageBitmap } from '../src/memory/page-bitmap.js';
 import { PageDigest, pageHash } from '../src/migration/verify/digest.js';
-import { PAGE, assertRefusedAndClosed, destination, loopbackPair, patternOf, sourceImage, type Destination, type Refusal } from './fixtures/dataplane/loopback.js';
+import { PAGE, assertRefusedAndClosed, destination, loopbackPair, patternOf, sourceImage, type Destination, type Refusal, type SourceImage } from './fixtures/dataplane/loopback.js';
 
 const WASM_PAGES = 4; // 64 host pages
 const PAGES = WASM_PAGES * 16;
@@ -298,14 +298,23 @@ test('--max-bandwidth: a capped pass stays near the cap (at most twice it, over 
   }
 });
 
-test('lifting the cap (the switchover) takes effect in the middle of a pass', { timeout: 120_000 }, async () => {
-  const pages = 6144; // 24 MiB: more than 6 minutes at 64 KiB/s, under a second uncapped
+/**
+ * A sender capped at 64 KiB/s facing a receiver whose every page is pending: 6144 pages (24 MiB)
+ * take more than 6 minutes capped, under a second uncapped.
+ */
+async function cappedPair(pages = 6144): Promise<{ d: Destination; src: SourceImage; recv: PrecopyReceiver; send: PrecopySender }> {
   const d = destination(pages / 16, Array.from({ length: pages }, (_, p) => p));
   const src = sourceImage(pages);
   const secret = randomBytes(32);
   const [a, b] = await loopbackPair();
   const recv = receiverFor(d, takeSocketFd(b), secret, pages);
   const send = new PrecopySender({ sock: takeSocketFd(a), secret, memory: () => src.memory, maxPages: pages, maxBandwidth: 64 * 1024 });
+  return { d, src, recv, send };
+}
+
+test('lifting the cap (the switchover) takes effect in the middle of a pass', { timeout: 120_000 }, async () => {
+  const pages = 6144;
+  const { d, recv, send } = await cappedPair(pages);
   try {
     const pass = send.sendPass(0, new PageBitmap(pages).addRange(0, pages), pages, false);
     while (recv.read().dataPages === 0) await new Promise((r) => setTimeout(r, 5)); // the pass is under way, capped
@@ -322,15 +331,10 @@ test('lifting the cap (the switchover) takes effect in the middle of a pass', { 
 });
 
 test('a cut pass sends none of its pages from where the thread noticed the cut, still sends its ZERO ranges and its MARK, and says where it cut', { timeout: 120_000 }, async () => {
-  // Capped at 64 KiB/s, the pass's 6 000 data pages would take minutes: the cut lands early in it.
+  // Capped, the pass's 6 000 data pages would take minutes: the cut lands early in it.
   const pages = 6144;
   const dataEnd = pages - 144; // the last 144 pages are not in the set: ZERO ranges of pass 0
-  const d = destination(pages / 16, Array.from({ length: pages }, (_, p) => p));
-  const src = sourceImage(pages);
-  const secret = randomBytes(32);
-  const [a, b] = await loopbackPair();
-  const recv = receiverFor(d, takeSocketFd(b), secret, pages);
-  const send = new PrecopySender({ sock: takeSocketFd(a), secret, memory: () => src.memory, maxPages: pages, maxBandwidth: 64 * 1024 });
+  const { d, recv, send } = await cappedPair(pages);
   try {
     const pass = send.sendPass(0, new PageBitmap(pages).addRange(0, dataEnd), pages, true);
     while (recv.read().dataPages === 0) await new Promise((r) => setTimeout(r, 5)); // under way, capped
