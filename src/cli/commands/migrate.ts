@@ -32,7 +32,7 @@ export function registerMigrate(program: Command, ctx: CliContext): void {
     .description('Migrate a running guest live to a destination started with `ferry run --incoming`.')
     .requiredOption('--api-sock <PATH>', "the source guest's control socket (ferry run --api-sock)")
     .option('--to <HOST:PORT>', "the destination's --incoming address")
-    .addOption(new Option('--mode <MODE>', 'precopy, postcopy (after one precopy pass), or auto (precopy while it converges)').choices(['auto', 'precopy', 'postcopy']).default(SOURCE_DEFAULTS.mode))
+    .addOption(new Option('--mode <MODE>', 'precopy, postcopy (after one precopy pass, cut short when the guest rewrites what it sends faster than it goes), or auto (precopy while it converges)').choices(['auto', 'precopy', 'postcopy']).default(SOURCE_DEFAULTS.mode))
     .option('--max-bandwidth <RATE>', 'cap on bytes/s for the background stream, e.g. 100M')
     .option('--downtime-target <MS>', 'stop-and-copy when the rest fits in this downtime', String(SOURCE_DEFAULTS.downtimeTargetMs))
     .option('--precopy-timeout <S>', 'give up precopy after S seconds (auto mode switches to postcopy earlier)', String(SOURCE_DEFAULTS.precopyTimeoutS))
