@@ -12,7 +12,10 @@ const { pathToFileURL } = require('node:url');
 
 const DIST = join(__dirname, '../dist/src');
 
-/** `bundle` if it exists and is no older than `plain`, what tsc made and it was made from. */
+/**
+ * `bundle` if it exists and is no older than `plain`, what tsc made and it was made from. The rule
+ * of spare-worker.ts's bundleIfFresh, which this file cannot use before it has picked a bundle to load.
+ */
 function bundleIfFresh(bundle, plain) {
   try {
     return statSync(bundle).mtimeMs >= statSync(plain).mtimeMs ? bundle : plain;

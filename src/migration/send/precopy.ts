@@ -74,15 +74,7 @@ export class Precopy {
       // behind). Those pages are DISCARDed with the ones written since they were sent, and streamed:
       // a destination takes a page it was never sent for known-zero (a fresh memory's state) until
       // a DISCARD makes it pending.
-      const passMs = Math.max(1, performance.now() - passStart);
-      this.rate = ((this.c.bytesSent() - bytesAtPassStart) / passMs) * 1000;
-      const dirty = tracker.collect();
-      this.dirtyRate = (dirty.count() / passMs) * 1000;
-      for (const [first, end] of leftOut.runs()) dirty.addRange(first, end);
-      this.dirtyPages = dirty.count();
-      this.expectedDowntimeMs = ((this.dirtyPages * HOST_PAGE_SIZE) / Math.max(this.rate, 1)) * 1000;
-      this.c.report();
-      return { dirty, converged: false };
+      return { dirty: this.measurePass(passStart, bytesAtPassStart, leftOut).dirty, converged: false };
     }
 
     // Passes 1..n: pages written since the previous pass.
@@ -90,25 +82,19 @@ export class Precopy {
     let stalled = 0;
     for (;;) {
       this.c.checkCancelled();
-      const passMs = Math.max(1, performance.now() - passStart);
-      this.rate = ((this.c.bytesSent() - bytesAtPassStart) / passMs) * 1000;
-      const dirty = tracker.collect();
-      this.dirtyPages = dirty.count();
-      this.dirtyRate = (this.dirtyPages / passMs) * 1000;
-      this.expectedDowntimeMs = ((this.dirtyPages * HOST_PAGE_SIZE) / Math.max(this.rate, 1)) * 1000;
-      this.c.report();
+      const { dirty, expectedDowntimeMs } = this.measurePass(passStart, bytesAtPassStart);
       if (this.dirtyPages < minDirty) {
         minDirty = this.dirtyPages;
         stalled = 0;
       } else stalled++;
       const elapsedS = (performance.now() - this.c.t0) / 1000;
       const decision = decideAfterPass({
-        mode: opts.mode, expectedDowntimeMs: this.expectedDowntimeMs, downtimeTargetMs: opts.downtimeTargetMs,
+        mode: opts.mode, expectedDowntimeMs, downtimeTargetMs: opts.downtimeTargetMs,
         stalledPasses: stalled, elapsedS, precopyTimeoutS: opts.precopyTimeoutS,
         nextTotalBytes: this.c.bytesSent() + this.dirtyPages * HOST_PAGE_SIZE, memoryBytes: this.c.pages.pageCount * HOST_PAGE_SIZE,
       });
       if (decision === 'stop-and-copy' || decision === 'postcopy') {
-        return { dirty, converged: this.expectedDowntimeMs <= opts.downtimeTargetMs };
+        return { dirty, converged: expectedDowntimeMs <= opts.downtimeTargetMs };
       }
       if (decision === 'give-up') {
         throw new MigrationError(
@@ -130,6 +116,24 @@ export class Precopy {
     }
   }
 
+  /**
+   * After a pass: the pages written since the previous look (plus `unsent`, a cut pass's pages
+   * that never crossed), and the figures the report and the decision use — the pass's rate, the
+   * guest's dirty rate (written pages only), the dirty set and the downtime it would take.
+   */
+  private measurePass(passStart: number, bytesAtPassStart: number, unsent?: PageBitmap): { dirty: PageBitmap; expectedDowntimeMs: number } {
+    const passMs = Math.max(1, performance.now() - passStart);
+    this.rate = ((this.c.bytesSent() - bytesAtPassStart) / passMs) * 1000;
+    const dirty = this.c.tracker.collect();
+    this.dirtyRate = (dirty.count() / passMs) * 1000;
+    for (const [first, end] of unsent?.runs() ?? []) dirty.addRange(first, end);
+    this.dirtyPages = dirty.count();
+    const expectedDowntimeMs = ((this.dirtyPages * HOST_PAGE_SIZE) / Math.max(this.rate, 1)) * 1000;
+    this.expectedDowntimeMs = expectedDowntimeMs;
+    this.c.report();
+    return { dirty, expectedDowntimeMs };
+  }
+
   /** FERRY_TRACE=phases: each pass's pages, time and rate (where precopy's time goes). */
   private notePass(start: number, pages: number): void {
     const ms = performance.now() - start;
@@ -140,11 +144,8 @@ export class Precopy {
   /**
    * Pass 0 natively: the present pages that are not mapped to the zero page as data (those that
    * read as zero go as ZERO), every other page below `pageCount` as ZERO (never touched or
-   * zero-mapped). The counters say what the JavaScript sender's would.
-   */
-  /**
-   * Pass 0 natively (above). In postcopy and auto modes it is watched while it runs and cut short
-   * once futile (convergence.ts: most of what it sent was written again); returns the pages it
+   * zero-mapped). The counters say what the JavaScript sender's would. In postcopy and auto modes
+   * it is watched while it runs and cut short once futile (convergence.ts); returns the pages it
    * then left out (they never crossed), or null when it ran to its end.
    */
   private async nativePassZero(native: PrecopySender, present: PageBitmap, zero: PageBitmap, pageCount: number): Promise<PageBitmap | null> {
@@ -153,7 +154,7 @@ export class Precopy {
     const presentPages = countBelow(present, pageCount);
     const before = native.read();
     const pass = native.sendPass(0, data, pageCount, true);
-    if (this.c.opts.mode !== 'precopy' && cutEnabled()) await this.watchPassZero(native, pass, present, pageCount);
+    if (this.c.opts.mode !== 'precopy' && cutEnabled()) await this.watchPassZero(native, pass, present, presentPages, pageCount);
     await pass;
     this.c.checkCancelled();
     const after = native.read();
@@ -173,10 +174,9 @@ export class Precopy {
   }
 
   /** Looks at pass 0 every WATCH_MS until it ends, and cuts it once it is futile. */
-  private async watchPassZero(native: PrecopySender, pass: Promise<void>, present: PageBitmap, pageCount: number): Promise<void> {
+  private async watchPassZero(native: PrecopySender, pass: Promise<void>, present: PageBitmap, presentPages: number, pageCount: number): Promise<void> {
     let ended = false;
     void pass.then(() => (ended = true), () => (ended = true));
-    const presentPages = countBelow(present, pageCount);
     while (!ended) {
       await new Promise((r) => setTimeout(r, WATCH_MS));
       if (ended) return;
