@@ -23,6 +23,13 @@ import {
 const WRITES_IN_FLIGHT = 2;
 /** Pages per write call (8 MiB; a multiple of CHUNK_PAGES so chunks never straddle writes). */
 const WRITE_PAGES = CHUNK_PAGES * 8;
+/**
+ * Pages written between two background datasyncs (64 MiB). A single fsync at the end starts the
+ * disk's work only once every byte is in the page cache, so the disk idles while this thread hashes
+ * and the page cache fills; a datasync of what is written so far, on a libuv thread and not waited
+ * for, lets the disk work beside the hashing, and the last fsync has little left to do.
+ */
+const DATASYNC_PAGES = WRITE_PAGES * 8;
 
 export interface WriteSnapshotOptions {
   /** Target directory: must not exist or be empty. */
@@ -166,6 +173,7 @@ async function writeMemoryFile(path: string, memory: GuestMemory, pages: PageBit
   // the file is closed only once none is still running.
   const inFlight: Promise<unknown>[] = [];
   const started: Promise<unknown>[] = [];
+  let unsynced = 0;
   try {
     await fh.truncate(memory.sizeBytes); // the holes: nothing is written for pages not given
     const view = memory.view();
@@ -185,11 +193,19 @@ async function writeMemoryFile(path: string, memory: GuestMemory, pages: PageBit
           if (check !== null) chunk.crc32c = check(bytes).toString('hex');
           chunks.push(chunk);
         }
+        unsynced += we - w;
+        if (unsynced >= DATASYNC_PAGES) {
+          unsynced = 0;
+          // Once every write issued so far is done (a failed one fails this too, observed below).
+          const sync = Promise.all(started.slice()).then(() => fh.datasync());
+          sync.catch(() => undefined);
+          started.push(sync);
+        }
         if (inFlight.length >= WRITES_IN_FLIGHT) await inFlight.shift();
       }
       if (e0 >= pageCount) break;
     }
-    await Promise.all(inFlight);
+    await Promise.all(started);
     await fh.sync();
   } catch (err) {
     await Promise.allSettled(started);
