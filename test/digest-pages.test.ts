@@ -83,18 +83,27 @@ describe('digest', () => {
     assert.throws(() => digestMemory(new Uint8Array(4096), 2), /do not fit/);
   });
 
-  test('the digest thread reads real guest memory in place and agrees with digestMemory; untouched pages are not read', async () => {
-    const mem = GuestMemory.create(2, 4); // 128 KiB now: 32 host pages, most never touched
-    const view = mem.view();
-    for (const p of [0, 3, 4, 17, 31]) view.set(randomBytes(HOST_PAGE_SIZE), p * HOST_PAGE_SIZE);
-    view[9 * HOST_PAGE_SIZE] = 0; // written, but zero: present and read
-    const before = scanResidency(mem).present;
-    const pages = mem.pageCount;
-    const hex = await digestFrozenMemory(mem, pages, before);
-    assert.deepEqual(scanResidency(mem).present.toArray(), before.toArray(), 'the thread mapped no page');
-    assert.equal(hex, digestMemory(view, pages, (p) => !before.has(p)));
-    assert.equal(hex, digestMemory(view, pages), 'pages left out read as zero anyway');
-    view[17 * HOST_PAGE_SIZE + 5]! ^= 1;
-    assert.notEqual(await digestFrozenMemory(mem, pages, before), hex, 'a changed byte changes it');
+  for (const on of ['native', 'worker'] as const) {
+    test(`the digest thread (${on}) reads real guest memory in place and agrees with digestMemory; untouched pages are not read`, async () => {
+      const mem = GuestMemory.create(2, 4); // 128 KiB now: 32 host pages, most never touched
+      const view = mem.view();
+      for (const p of [0, 3, 4, 17, 31]) view.set(randomBytes(HOST_PAGE_SIZE), p * HOST_PAGE_SIZE);
+      view[9 * HOST_PAGE_SIZE] = 0; // written, but zero: present and read
+      const before = scanResidency(mem).present;
+      const pages = mem.pageCount;
+      const hex = await digestFrozenMemory(mem, pages, before, on);
+      assert.deepEqual(scanResidency(mem).present.toArray(), before.toArray(), 'the thread mapped no page');
+      assert.equal(hex, digestMemory(view, pages, (p) => !before.has(p)));
+      assert.equal(hex, digestMemory(view, pages), 'pages left out read as zero anyway');
+      view[17 * HOST_PAGE_SIZE + 5]! ^= 1;
+      assert.notEqual(await digestFrozenMemory(mem, pages, before, on), hex, 'a changed byte changes it');
+    });
+  }
+
+  test('the native digest thread refuses a page count its arrays cannot hold', async () => {
+    const mem = GuestMemory.create(2, 4);
+    const present = scanResidency(mem).present;
+    await assert.rejects(digestFrozenMemory(mem, mem.pageCount + 1, present, 'native'), /shorter than pageCount/);
   });
+});
 });

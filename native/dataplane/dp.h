@@ -274,6 +274,17 @@ typedef struct {
 } dp_scan_args;
 int dp_scan_run(dp_scan_args *a);
 
+/* ---- the source's --verify digest (dp_digest.c) ---- */
+typedef struct {
+  const uint8_t *memory;   /* the frozen guest memory from page 0 */
+  uint32_t page_count;
+  const uint32_t *present; /* bitmap words of the pages present; NULL: all; the others hash as zero */
+  uint32_t *hashes;        /* out: 2 u32 per page, dp_page_hash's [lo, hi] */
+  volatile int *stop;
+  char err[DP_ERR];
+} dp_digest_args;
+int dp_digest_run(dp_digest_args *a);
+
 /* A snapshot chunk's fast check (dp_check.c): CRC-32C of each quarter of its bytes, 4 x u32 LE. */
 #define DP_CHECK 16u
 void dp_chunk_check(const uint8_t *p, size_t len, uint8_t out[DP_CHECK]);

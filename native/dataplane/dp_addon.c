@@ -20,7 +20,7 @@
 #include "dp.h"
 
 #define MAX_REFS 10
-enum { KIND_FAULT, KIND_ANSWER, KIND_PRESEND, KIND_PRERECV, KIND_FILE, KIND_LOAD, KIND_SCAN };
+enum { KIND_FAULT, KIND_ANSWER, KIND_PRESEND, KIND_PRERECV, KIND_FILE, KIND_LOAD, KIND_SCAN, KIND_DIGEST };
 
 typedef struct plane {
   int kind;
@@ -31,6 +31,7 @@ typedef struct plane {
   dp_file_args fl;
   dp_load_args ld;
   dp_scan_args sc;
+  dp_digest_args dg;
   volatile int stop;
   int wakefd, sock;
   pthread_t th;
@@ -154,6 +155,9 @@ static void *thread_main(void *arg) {
   } else if (p->kind == KIND_SCAN) {
     p->rc = dp_scan_run(&p->sc);
     memcpy(p->err, p->sc.err, DP_ERR);
+  } else if (p->kind == KIND_DIGEST) {
+    p->rc = dp_digest_run(&p->dg);
+    memcpy(p->err, p->dg.err, DP_ERR);
   } else {
     p->rc = dp_load_run(&p->ld);
     memcpy(p->err, p->ld.err, DP_ERR);
@@ -228,9 +232,9 @@ static napi_value start(napi_env env, plane *p, napi_value on_exit) {
     return fail(env, "dataplane: cannot make the thread's eventfd or callback");
   }
   p->f.wakefd = p->s.wakefd = p->ps.wakefd = p->pr.wakefd = p->fl.wakefd = p->sc.wakefd = p->wakefd; /* before the thread starts */
-  /* A running plane does not keep the process alive, but a load, which ends by itself and whose
-   * caller waits for it, does. */
-  if (p->kind != KIND_LOAD) napi_unref_threadsafe_function(env, p->tsfn);
+  /* A running plane does not keep the process alive, but a load or a digest, which ends by itself
+   * and whose caller waits for it, does. */
+  if (p->kind != KIND_LOAD && p->kind != KIND_DIGEST) napi_unref_threadsafe_function(env, p->tsfn);
   napi_value handle;
   if (napi_create_external(env, p, finalize, NULL, &handle) != napi_ok) {
     discard(p);
@@ -276,7 +280,7 @@ static plane *new_plane(napi_env env, int kind, int sock) {
   p->env = env;
   p->wakefd = -1;
   p->sock = sock; /* owned from here: release() closes it */
-  p->f.stop = p->s.stop = p->ps.stop = p->pr.stop = p->fl.stop = p->ld.stop = p->sc.stop = &p->stop;
+  p->f.stop = p->s.stop = p->ps.stop = p->pr.stop = p->fl.stop = p->ld.stop = p->sc.stop = p->dg.stop = &p->stop;
   return p;
 }
 
@@ -615,6 +619,30 @@ bad:
   return discard(p);
 }
 
+/* startDigest(options, onExit) -> handle: the hash of every page of options.memory's first
+ * options.pageCount pages into options.hashes (Uint32Array, 2 per page), the pages whose bit in
+ * options.present (Uint32Array bitmap words) is clear hashed as zero unread (dp_digest.c); done
+ * when onExit(null) is called. */
+static napi_value f_start_digest(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  plane *p = socketless_plane(env, info, KIND_DIGEST, "startDigest(options, onExit)", argv);
+  if (!p) return NULL;
+  dp_digest_args *a = &p->dg;
+  double pages;
+  size_t mem = 0, words = 0, hashes = 0;
+  if (!get_num(env, argv[0], "pageCount", 0, UINT32_MAX, &pages) ||
+      !(a->memory = get_array(env, p, argv[0], "memory", napi_uint8_array, 1, 1, &mem)) ||
+      !(a->present = get_array(env, p, argv[0], "present", napi_uint32_array, 4, 0, &words)) ||
+      !(a->hashes = get_array(env, p, argv[0], "hashes", napi_uint32_array, 4, 0, &hashes)))
+    return discard(p);
+  a->page_count = (uint32_t)pages;
+  if ((uint64_t)a->page_count * DP_PAGE > mem || hashes < 2 * (size_t)a->page_count || words < ((size_t)a->page_count + 31) / 32) {
+    discard(p);
+    return fail(env, "dataplane: startDigest's memory, present or hashes is shorter than pageCount pages need");
+  }
+  return start(env, p, argv[1]);
+}
+
 /* chunkCheck(bytes) -> a Buffer of DP_CHECK bytes: a snapshot chunk's fast check (dp_check.c). */
 static napi_value f_chunk_check(napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -712,6 +740,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"startFileFaults", NULL, f_start_file, NULL, NULL, NULL, napi_default, NULL},
       {"startLoad", NULL, f_start_load, NULL, NULL, NULL, napi_default, NULL},
       {"startScan", NULL, f_start_scan, NULL, NULL, NULL, napi_default, NULL},
+      {"startDigest", NULL, f_start_digest, NULL, NULL, NULL, napi_default, NULL},
       {"chunkCheck", NULL, f_chunk_check, NULL, NULL, NULL, napi_default, NULL},
       {"wake", NULL, f_wake, NULL, NULL, NULL, napi_default, NULL},
       {"setMemory", NULL, f_set_memory, NULL, NULL, NULL, napi_default, NULL},

@@ -111,6 +111,17 @@ export interface ScanOptions {
   armed?: boolean;
 }
 
+/** The source's --verify digest (dp_digest.c): every page's 64-bit hash, as verify/digest.ts computes it. */
+export interface DigestOptions {
+  /** The frozen guest memory from page 0. */
+  memory: Uint8Array;
+  pageCount: number;
+  /** Bitmap words of the pages present; a page whose bit is clear is hashed as zero, unread. */
+  present: Uint32Array;
+  /** Out: [lo, hi] per page. */
+  hashes: Uint32Array;
+}
+
 /** dp.h DP_SCAN_*: OVERFLOW means more runs than `runs` holds (none of them is to be used). */
 export const ScanStatus = { RUNNING: 0, DONE: 1, OVERFLOW: 2, FAILED: 3 } as const;
 
@@ -205,6 +216,8 @@ export interface FerryDataplane {
    * RUNNING, with no turn of the event loop needed. stop() joins it.
    */
   startScan(options: ScanOptions, onExit: (error: string | null) => void): DataplaneHandle;
+  /** The page hashes of a frozen memory (dp_digest.c) on a thread of its own; onExit(null) once all are in `hashes`. */
+  startDigest(options: DigestOptions, onExit: (error: string | null) => void): DataplaneHandle;
   /** A snapshot chunk's fast check (dp_check.c): CRC-32C of each quarter of `bytes`, four u32 little-endian. */
   chunkCheck(bytes: Uint8Array): Buffer;
   /**
