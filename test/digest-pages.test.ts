@@ -106,4 +106,3 @@ describe('digest', () => {
     await assert.rejects(digestFrozenMemory(mem, mem.pageCount + 1, present, 'native'), /shorter than pageCount/);
   });
 });
-});
