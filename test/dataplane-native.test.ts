@@ -13,6 +13,7 @@ import { DataplaneFrame, DataplanePeer } from '../src/migration/dataplane/frames
 import { takeSocketFd } from '../src/migration/dataplane/socket-fd.js';
 import { DataplaneRole, dataplaneAddon } from '../src/sys/dataplane.js';
 import { PageState } from '../src/memory/page-state.js';
+import { UFFD_FEATURE } from '../src/sys/uffd.js';
 import { PageDigest, pageHash } from '../src/migration/verify/digest.js';
 import { GuestThread } from './fixtures/memory/guest.js';
 import { PAGE, assertRefusedAndClosed, destination, loopbackPair, patternOf, sourceImage, type Destination, type Refusal } from './fixtures/dataplane/loopback.js';
@@ -29,12 +30,12 @@ const PAGES = WASM_PAGES * 16;
 const settled = (what: string, pred: () => boolean): Promise<void> => waitFor(what, pred, 10_000);
 
 /** A native fault thread (acceptor) facing a TypeScript peer playing the source (connector). */
-async function faultPlaneFacingPeer(d: Destination, pageCount = PAGES): Promise<{ plane: FaultPlane; peer: DataplanePeer }> {
+async function faultPlaneFacingPeer(d: Destination, pageCount = PAGES, movePool = false): Promise<{ plane: FaultPlane; peer: DataplanePeer }> {
   const secret = randomBytes(32);
   const [a, b] = await loopbackPair();
   const plane = new FaultPlane({
     uffd: d.uffd.fd, sock: takeSocketFd(b), role: DataplaneRole.ACCEPTOR, base: d.mem.base, pageCount,
-    states: d.states, requests: d.requests, secret, raisePriority: false,
+    states: d.states, requests: d.requests, secret, raisePriority: false, movePool,
   });
   const peer = await DataplanePeer.open(a, secret, DataplaneRole.CONNECTOR);
   return { plane, peer };
@@ -316,6 +317,51 @@ test('a page that has already arrived is not placed again, and the thread goes o
     s.peer.sock.destroy();
   }
 });
+
+/** Pages [3, 11) pending; page 7 already in memory though still pending (a placement that raced). */
+function raced(): Destination {
+  const d = destination(WASM_PAGES, [3, 4, 5, 6, 7, 8, 9, 10], UFFD_FEATURE.MOVE);
+  const early = Buffer.alloc(PAGE);
+  early.writeInt32LE(1111, 0);
+  d.uffd.copy(d.mem.pageAddress(7), early, 0, PAGE);
+  return d;
+}
+
+for (const movePool of [true, false]) {
+  test(`${movePool ? 'with' : 'without'} the pool made ahead: pages are ${movePool ? 'moved in (UFFDIO_MOVE)' : 'copied (UFFDIO_COPY)'}, a page placed first is left alone, faults are served the same`, async () => {
+    const d = raced();
+    const { plane, peer } = await faultPlaneFacingPeer(d, PAGES, movePool);
+    const g = new GuestThread(d.mem.memory, WASM_PAGES);
+    try {
+      await settled('the pool to be made', () => plane.read().poolReady === (movePool ? 8 : 0));
+      // Unasked (the bulk stream's way): pages 3..7 in one frame.
+      const body = Buffer.alloc(5 * PAGE);
+      for (let i = 0; i < 5; i++) body.writeInt32LE(patternOf(3 + i), i * PAGE);
+      peer.send(DataplaneFrame.PAGES, DataplanePeer.pagesBody(3, body));
+      await settled('pages 3..6 placed', () => plane.read().pagesPlaced >= 4);
+      for (const p of [3, 4, 5, 6]) assert.equal(await g.run<number>({ op: 'load', addr: p * PAGE }), patternOf(p));
+      assert.equal(await g.run<number>({ op: 'load', addr: 7 * PAGE }), 1111, 'the page placed first keeps its bytes');
+      // A fault on a hole: asked for, answered, moved (or copied) in, and the thread woken.
+      const loading = g.run<number>({ op: 'load', addr: 9 * PAGE + 8 });
+      assert.deepEqual(await nextRequest(peer), [9, 1]);
+      const nine = Buffer.alloc(PAGE);
+      nine.writeInt32LE(9999, 8);
+      peer.send(DataplaneFrame.PAGES, DataplanePeer.pagesBody(9, nine));
+      assert.equal(await loading, 9999);
+      await settled('page 9 counted', () => plane.read().pagesPlaced >= 6);
+      const s = plane.read();
+      assert.equal(s.eexist, 1, 'page 7 was found in place');
+      assert.equal(s.pagesPlaced, 6, 'page 7 counts as well: it is received now, whoever placed it');
+      assert.equal(s.pagesMoved, movePool ? 5 : 0);
+      assert.equal(s.state, 'running');
+    } finally {
+      assert.equal(plane.stop(), null);
+      peer.sock.destroy();
+      d.release();
+      await g.terminate();
+    }
+  });
+}
 
 test('a connection torn halfway through a page ends the thread with that reason; the page stays pending', async () => {
   const d = destination(WASM_PAGES, [8]);

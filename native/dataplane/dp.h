@@ -9,6 +9,7 @@
 #ifndef FERRY_DP_H
 #define FERRY_DP_H
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -116,6 +117,8 @@ enum { /* Float64 slots of the destination's stats */
   DS_FAULTS, DS_ZERO_FILLS, DS_REQUESTS, DS_DEDUPED, DS_WAKES, DS_PAGES_PLACED, DS_EEXIST, DS_LATENCY_COUNT,
   DS_BYTES_SENT, DS_BYTES_RECEIVED, DS_PAGES_RECEIVED, DS_STATE,
   DS_PLACED_ASKED, /* of DS_PAGES_PLACED, those a request asked for (a fault, or fault-around); the rest came unasked: bulk */
+  DS_MOVED,        /* pages placed by UFFDIO_MOVE from the pool (dp_pool.c); the rest by UFFDIO_COPY */
+  DS_POOL_READY,   /* pool pages made so far (the pool's thread stores it) */
   DS_SLOTS = 16
 };
 /* Float64 slots of the source's stats */
@@ -134,6 +137,7 @@ typedef struct {
   uint32_t page_count;    /* pages the source may send (the memory at the commit) */
   uint32_t table_pages;   /* pages in the state table (the reservation) */
   uint32_t fault_around;
+  int move_pool;          /* place through a pool of pages made ahead with UFFDIO_MOVE (dp_pool.c); the uffd has UFFD_FEATURE_MOVE */
   uint8_t *states;        /* PageStateTable bytes */
   int32_t *state_counts;  /* [known-zero, pending, received] */
   int64_t *times;         /* per page: epoch µs of the fault that asked for it, 0 = none, negated = asked ahead (fault-around) */
@@ -273,6 +277,25 @@ typedef struct {
   char err[DP_ERR];
 } dp_scan_args;
 int dp_scan_run(dp_scan_args *a);
+
+/* ---- pages made ahead for UFFDIO_MOVE (dp_pool.c) ---- */
+typedef struct {
+  uint8_t *mem;
+  uint32_t cap, next; /* next: the first slot not used yet (the placing thread's only) */
+  uint32_t ready;     /* slots populated so far (atomic: the populating thread's) */
+  int broken;         /* the errno of a move the kernel refused: copy from then on */
+  int started;
+  volatile int stop;
+  pthread_t th;
+  double *ready_stat; /* where `ready` is published too (DS_POOL_READY), or NULL */
+} dp_pool;
+/* -1: no pool (no memory or thread); the caller copies. */
+int dp_pool_start(dp_pool *p, uint32_t pages, double *ready_stat);
+void dp_pool_stop(dp_pool *p);
+/* Places [page, page+n) from src through the pool: 1 placed (the pages moved added to *moved; EEXIST
+ * pages counted and woken, as dp_place_run), 0 the pool cannot take it now (place it otherwise), -1
+ * with err set on failure. */
+int dp_pool_place_run(dp_pool *p, int uffd, uint64_t base, uint32_t page, uint32_t n, const uint8_t *src, double *moved, double *eexist, char *err);
 
 /* ---- the source's --verify digest (dp_digest.c) ---- */
 typedef struct {

@@ -382,6 +382,9 @@ static napi_value f_start_fault(napi_env env, napi_callback_info info) {
     goto bad;
   a->latency_ring = (uint32_t)n;
   if (!get_digest(env, p, o, &a->digest, &a->digest_pages)) goto bad;
+  double move = 0;
+  if (has_option(env, o, "movePool") && !get_num(env, o, "movePool", 0, 1, &move)) goto bad;
+  a->move_pool = move == 1;
   return start(env, p, argv[1]);
 bad:
   return discard(p);

@@ -47,6 +47,11 @@ export interface FaultThreadOptions extends CommonOptions {
   latencies: Float64Array;
   /** --verify: the PageDigest's per-page hashes (two u32 per page); the thread records the pages it places. */
   digest?: Uint32Array;
+  /**
+   * Place pages with UFFDIO_MOVE from a pool of pages a thread of its own makes ahead
+   * (dp_pool.c), falling back to UFFDIO_COPY; the uffd must have UFFD_FEATURE_MOVE.
+   */
+  movePool?: boolean;
 }
 
 /** The snapshot fault thread (native/dataplane/dp_file.c): faults served from files, page p at byte p * 4096. */
@@ -237,6 +242,10 @@ export const FaultThreadStat = {
   BYTES_SENT: 8, BYTES_RECEIVED: 9, PAGES_RECEIVED: 10, STATE: 11,
   /** Of PAGES_PLACED, those a request asked for (a fault or fault-around); the rest came unasked (the bulk stream). */
   PLACED_ASKED: 12,
+  /** Of PAGES_PLACED, those moved in from the pool of pages made ahead (movePool); the rest were copied. */
+  MOVED: 13,
+  /** Pages of that pool made so far. */
+  POOL_READY: 14,
 } as const;
 /** Float64 slots of the answer thread's stats (SS_*). */
 export const AnswerThreadStat = {

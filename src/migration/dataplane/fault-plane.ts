@@ -30,6 +30,8 @@ export interface FaultPlaneOptions {
   /** Latency samples kept (a ring). */
   latencyRing?: number;
   raisePriority?: boolean;
+  /** The uffd has UFFD_FEATURE_MOVE: place through a pool of pages made ahead (FaultThreadOptions.movePool). */
+  movePool?: boolean;
 }
 
 /** The fault worker's counters (memory/fault-stats.ts), plus what the native thread also carries. */
@@ -40,6 +42,10 @@ export interface FaultPlaneStats extends FaultStats {
   pagesReceived: number;
   /** Of pagesPlaced, those a request asked for; the rest came unasked, from a bulk stream on the data plane. */
   placedAsked: number;
+  /** Of pagesPlaced, those moved in from the pool made ahead (UFFDIO_MOVE); the rest were copied. */
+  pagesMoved: number;
+  /** Pages of the pool made ahead so far (0 without movePool). */
+  poolReady: number;
   state: 'handshake' | 'running' | 'stopped' | 'failed';
 }
 
@@ -68,6 +74,7 @@ export class FaultPlane {
         times: new BigInt64Array(o.requests.times), waiting: new Int32Array(o.requests.waiting),
         stats: this.stats, latencies: this.latencies, secret: o.secret,
         ...(o.digest ? { digest: new Uint32Array(o.digest) } : {}),
+        movePool: o.movePool ?? false,
       };
       const addon = dataplaneAddon();
       return () => addon.startFault(options, (error) => ended(error));
@@ -82,7 +89,8 @@ export class FaultPlane {
       deduped: s[FaultThreadStat.DEDUPED]!, wakes: s[FaultThreadStat.WAKES]!, pagesPlaced: s[FaultThreadStat.PAGES_PLACED]!,
       eexist: s[FaultThreadStat.EEXIST]!, latencySamples: s[FaultThreadStat.LATENCY_COUNT]!,
       bytesSent: s[FaultThreadStat.BYTES_SENT]!, bytesReceived: s[FaultThreadStat.BYTES_RECEIVED]!,
-      pagesReceived: s[FaultThreadStat.PAGES_RECEIVED]!, placedAsked: s[FaultThreadStat.PLACED_ASKED]!, state: STATE_NAMES[s[FaultThreadStat.STATE]!] ?? 'failed',
+      pagesReceived: s[FaultThreadStat.PAGES_RECEIVED]!, placedAsked: s[FaultThreadStat.PLACED_ASKED]!,
+      pagesMoved: s[FaultThreadStat.MOVED]!, poolReady: s[FaultThreadStat.POOL_READY]!, state: STATE_NAMES[s[FaultThreadStat.STATE]!] ?? 'failed',
     };
   }
 

@@ -23,7 +23,7 @@ import { RequestRing } from './urgent/request-ring.js';
 import { PagePlacer, createRequests } from './page-placer.js';
 import type { UrgentRequests } from './urgent/requests.js';
 import { latencySummary, type PostcopyReport } from '../session/report.js';
-import { Userfaultfd, REGISTER_MODE } from '../../sys/uffd.js';
+import { Userfaultfd, REGISTER_MODE, UFFD_FEATURE } from '../../sys/uffd.js';
 import { registerReservation, type Registration } from '../../memory/uffd-registration.js';
 import { FaultPlane } from '../dataplane/fault-plane.js';
 import { PrecopyReceiver } from '../dataplane/precopy-plane.js';
@@ -91,7 +91,7 @@ export class IncomingMemory {
     let uffdFd: number;
     if (this.native) {
       // The native fault thread reads this uffd from the commit on; until then nothing faults.
-      this.ownUffd = Userfaultfd.open({ nonblock: true });
+      this.ownUffd = openWithMove();
       try {
         this.registration = registerReservation(this.ownUffd, this.mem, REGISTER_MODE.MISSING, 'native fault path');
       } catch (e) {
@@ -207,6 +207,8 @@ export class IncomingMemory {
     const plane = new FaultPlane({
       uffd: this.ownUffd!.fd, sock: link.fd, base: this.mem.base, pageCount: this.activePages, states: this.states,
       requests: this.shared!.requests, secret: link.secret, faultAround: nativeFaultAround(), ...(this.digest ? { digest: this.digest.buffer } : {}),
+      // FERRY_MOVE_POOL=0: every page by UFFDIO_COPY, as before the pool (dp_pool.c).
+      movePool: (this.ownUffd!.features & UFFD_FEATURE.MOVE) !== 0 && process.env['FERRY_MOVE_POOL'] !== '0',
     });
     this.plane = plane;
     void plane.ended.then((err) => {
@@ -383,5 +385,18 @@ export class IncomingMemory {
     if (this.completionTimer) clearInterval(this.completionTimer);
     this.endMs = performance.now();
     this.done();
+  }
+}
+
+/**
+ * The native fault path's userfaultfd, with UFFD_FEATURE_MOVE where the kernel has it (6.8 on): the
+ * fault thread then places pages by moving them from a pool made ahead (dp_pool.c). Where the
+ * kernel refuses the feature, without it: pages are copied, as before.
+ */
+function openWithMove(): Userfaultfd {
+  try {
+    return Userfaultfd.open({ nonblock: true, features: UFFD_FEATURE.MOVE });
+  } catch {
+    return Userfaultfd.open({ nonblock: true });
   }
 }
