@@ -9,6 +9,8 @@ import { PrecopyReceiver, PrecopySender } from '../src/migration/dataplane/preco
 import { DataplaneFrame, DataplanePeer } from '../src/migration/dataplane/frames.js';
 import { takeSocketFd } from '../src/migration/dataplane/socket-fd.js';
 import { DataplaneRole } from '../src/sys/dataplane.js';
+import { UFFD_FEATURE } from '../src/sys/uffd.js';
+import { waitFor } from './fixtures/guest/helpers.js';
 import { PageState } from '../src/memory/page-state.js';
 import { PageBitmap } from '../src/memory/page-bitmap.js';
 import { PageDigest, pageHash } from '../src/migration/verify/digest.js';
@@ -17,11 +19,11 @@ import { PAGE, assertRefusedAndClosed, destination, loopbackPair, patternOf, sou
 const WASM_PAGES = 4; // 64 host pages
 const PAGES = WASM_PAGES * 16;
 
-function receiverFor(d: Destination, sock: number, secret: Uint8Array, pageCount = PAGES, digest?: PageDigest): PrecopyReceiver {
+function receiverFor(d: Destination, sock: number, secret: Uint8Array, pageCount = PAGES, digest?: PageDigest, movePool = false): PrecopyReceiver {
   const shared = d.states.shared();
   return new PrecopyReceiver({
     sock, secret, uffd: d.uffd.fd, base: d.mem.base, states: new Uint8Array(shared.states, 0, shared.pageCount),
-    stateCounts: new Int32Array(shared.counts, 0, 3), pageCount, ...(digest ? { digest: new Uint32Array(digest.buffer) } : {}),
+    stateCounts: new Int32Array(shared.counts, 0, 3), pageCount, ...(digest ? { digest: new Uint32Array(digest.buffer) } : {}), movePool,
   });
 }
 
@@ -43,17 +45,19 @@ const run = (first: number, count: number) => {
 
 const wordAt = (d: Destination, p: number) => new DataView(d.mem.view().buffer).getInt32(p * PAGE, true);
 
-test('sender to receiver: two passes place every page (holes by UFFDIO_COPY, received pages overwritten), zero pages become known-zero, and CLOSE ends both', async () => {
-  const d = destination(WASM_PAGES, Array.from({ length: PAGES }, (_, p) => p));
+for (const movePool of [false, true]) {
+test(`sender to receiver: two passes place every page (holes by ${movePool ? 'UFFDIO_MOVE from the pool made ahead' : 'UFFDIO_COPY'}, received pages overwritten), zero pages become known-zero, and CLOSE ends both`, async () => {
+  const d = destination(WASM_PAGES, Array.from({ length: PAGES }, (_, p) => p), movePool ? UFFD_FEATURE.MOVE : 0);
   const src = sourceImage(PAGES);
   // Pages 10..19 read as zero in the source: they must go as ZERO, not as bytes.
   src.memory.fill(0, 10 * PAGE, 20 * PAGE);
   const secret = randomBytes(32);
   const [a, b] = await loopbackPair();
   const digest = new PageDigest(PAGES * PAGE);
-  const recv = receiverFor(d, takeSocketFd(b), secret, PAGES, digest);
+  const recv = receiverFor(d, takeSocketFd(b), secret, PAGES, digest, movePool);
   const send = new PrecopySender({ sock: takeSocketFd(a), secret, memory: () => src.memory, maxPages: PAGES });
   try {
+    if (movePool) await waitFor('the pool to be made', () => recv.read().poolReady === PAGES, 10_000);
     // Pass 0: pages 0..39 as data, the rest (40..63) as never touched (ZERO).
     await send.sendPass(0, new PageBitmap(PAGES).addRange(0, 40), PAGES, true);
     await recv.passPlaced(0);
@@ -81,6 +85,8 @@ test('sender to receiver: two passes place every page (holes by UFFDIO_COPY, rec
       assert.deepEqual([hashes[2 * p], hashes[2 * p + 1]], h, `digest of page ${p}`);
     }
     assert.equal(recv.read().dataPages + recv.read().zeroPages, PAGES + 3);
+    // The holes: 30 of pass 0 and page 50 of pass 1.
+    assert.equal(recv.read().pagesMoved, movePool ? 31 : 0);
     await Promise.all([send.close(), recv.closed()]);
   } finally {
     send.stop();
@@ -88,6 +94,7 @@ test('sender to receiver: two passes place every page (holes by UFFDIO_COPY, rec
     d.release();
   }
 });
+}
 
 test('a PAGES frame with one flipped bit is refused, never placed (injected fault: the peer flips it)', async () => {
   const d = destination(WASM_PAGES, [2, 3]);

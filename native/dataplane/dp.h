@@ -131,6 +131,29 @@ enum {
 enum { DP_STATE_HANDSHAKE = 0, DP_STATE_RUNNING = 1, DP_STATE_STOPPED = 2, DP_STATE_FAILED = 3 };
 enum { PS_KNOWN_ZERO = 0, PS_PENDING = 1, PS_RECEIVED = 2 }; /* src/memory/page-state.ts */
 
+/* ---- pages made ahead for UFFDIO_MOVE (dp_pool.c) ---- */
+typedef struct {
+  uint8_t *mem;
+  uint32_t cap;
+  uint32_t next;      /* the first slot not used yet (written by the placing thread only, read by both) */
+  uint32_t ready;     /* slots populated so far (written by the populating thread only) */
+  uint32_t window;    /* slots populated ahead of `next` at most; 0: no bound */
+  int broken;         /* the errno of a move the kernel refused: copy from then on */
+  int started;
+  volatile int stop;
+  pthread_t th;
+  double *ready_stat; /* where `ready` is published too (DS_POOL_READY), or NULL */
+} dp_pool;
+/* -1: no pool (no memory or thread); the caller copies. */
+int dp_pool_start(dp_pool *p, uint32_t pages, uint32_t window, double *ready_stat);
+void dp_pool_stop(dp_pool *p);
+/* Places holes [page, page+n) from src through the pool, adding the pages moved to *moved. A page
+ * found present is overwritten with memcpy when `overwrite` (precopy: nothing can fault on it), else
+ * counted in *eexist and its waiters woken (as dp_place_run). Returns how many pages from `page` it
+ * dealt with: n, or fewer (0 when the pool has not made enough pages yet; more after a move the
+ * kernel refused, which stops the pool's use): the caller places the rest its own way. */
+uint32_t dp_pool_place_run(dp_pool *p, int uffd, uint64_t base, uint32_t page, uint32_t n, const uint8_t *src, int overwrite, double *moved, double *eexist);
+
 typedef struct {
   int uffd, sock, wakefd, role, timeout_ms, raise_priority;
   uint64_t base;          /* address of guest page 0 */
@@ -177,7 +200,9 @@ enum { PS_PASS_DONE, PS_DATA_PAGES, PS_ZERO_PAGES, PS_BYTES_SENT, PS_BYTES_RECEI
 /* PR_MARK_RING: from this slot, per pass (pass % PR_RING_LEN), the pages placed (data + zero) when its
  * MARK came: the source runs ahead, so at PASS_END the pages of later passes may be placed already. */
 enum { PR_MARK, PR_DATA_PAGES, PR_ZERO_PAGES, PR_FRAMES, PR_BYTES_SENT, PR_BYTES_RECEIVED, PR_STATE, PR_CLOSED,
-       PR_MARK_RING = 8, PR_RING_LEN = 256, PR_SLOTS = PR_MARK_RING + PR_RING_LEN };
+       PR_MOVED,      /* holes placed by UFFDIO_MOVE from the pool (dp_pool.c) */
+       PR_POOL_READY, /* pool pages made so far */
+       PR_MARK_RING = 10, PR_RING_LEN = 256, PR_SLOTS = PR_MARK_RING + PR_RING_LEN };
 
 typedef struct {
   int sock, wakefd, role, timeout_ms;
@@ -205,6 +230,8 @@ typedef struct {
   double *stats;          /* PR_SLOTS */
   uint32_t *digest;
   uint32_t digest_pages;
+  int move_pool;          /* holes placed through a pool made ahead (dp_pool.c), as dp_fault_args.move_pool */
+  dp_pool *pool;          /* the thread's own, while it runs */
   uint8_t secret[DP_SECRET];
   volatile int *stop;
   char err[DP_ERR];
@@ -277,25 +304,6 @@ typedef struct {
   char err[DP_ERR];
 } dp_scan_args;
 int dp_scan_run(dp_scan_args *a);
-
-/* ---- pages made ahead for UFFDIO_MOVE (dp_pool.c) ---- */
-typedef struct {
-  uint8_t *mem;
-  uint32_t cap, next; /* next: the first slot not used yet (the placing thread's only) */
-  uint32_t ready;     /* slots populated so far (atomic: the populating thread's) */
-  int broken;         /* the errno of a move the kernel refused: copy from then on */
-  int started;
-  volatile int stop;
-  pthread_t th;
-  double *ready_stat; /* where `ready` is published too (DS_POOL_READY), or NULL */
-} dp_pool;
-/* -1: no pool (no memory or thread); the caller copies. */
-int dp_pool_start(dp_pool *p, uint32_t pages, double *ready_stat);
-void dp_pool_stop(dp_pool *p);
-/* Places [page, page+n) from src through the pool: 1 placed (the pages moved added to *moved; EEXIST
- * pages counted and woken, as dp_place_run), 0 the pool cannot take it now (place it otherwise), -1
- * with err set on failure. */
-int dp_pool_place_run(dp_pool *p, int uffd, uint64_t base, uint32_t page, uint32_t n, const uint8_t *src, double *moved, double *eexist, char *err);
 
 /* ---- the source's --verify digest (dp_digest.c) ---- */
 typedef struct {

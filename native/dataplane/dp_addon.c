@@ -484,6 +484,9 @@ static napi_value f_start_prerecv(napi_env env, napi_callback_info info) {
       !(a->stats = get_array(env, p, o, "stats", napi_float64_array, 8, PR_SLOTS, NULL)) || !get_secret(env, p, o, a->secret))
     goto bad;
   if (!get_digest(env, p, o, &a->digest, &a->digest_pages)) goto bad;
+  double move = 0;
+  if (has_option(env, o, "movePool") && !get_num(env, o, "movePool", 0, 1, &move)) goto bad;
+  a->move_pool = move == 1;
   return start(env, p, argv[1]);
 bad:
   return discard(p);

@@ -150,8 +150,8 @@ static int on_pages(fault_ctx *x, const dp_frame *f) {
     uint32_t j = i + 1;
     while (j < n && state_of(a, first + j) == PS_PENDING) j++;
     const uint8_t *run = data + (size_t)i * DP_PAGE;
-    int pooled = dp_pool_place_run(&x->pool, a->uffd, a->base, first + i, j - i, run, &a->stats[DS_MOVED], &a->stats[DS_EEXIST], a->err);
-    if (pooled < 0 || (pooled == 0 && dp_place_run(a->uffd, a->base, first + i, j - i, run, &a->stats[DS_EEXIST], a->err) < 0)) return -1;
+    uint32_t k = dp_pool_place_run(&x->pool, a->uffd, a->base, first + i, j - i, run, 0, &a->stats[DS_MOVED], &a->stats[DS_EEXIST]);
+    if (k < j - i && dp_place_run(a->uffd, a->base, first + i + k, j - i - k, run + (size_t)k * DP_PAGE, &a->stats[DS_EEXIST], a->err) < 0) return -1;
     /* The digest records what was sent; a page sent on both channels carries the same bytes. */
     if (a->digest)
       for (uint32_t p = first + i; p < first + j && p < a->digest_pages; p++) {
@@ -211,7 +211,7 @@ int dp_fault_run(dp_fault_args *a) {
   int rc = -1;
   /* As many pages made ahead as are pending now: each is placed once at most. */
   int32_t pending = __atomic_load_n(&a->state_counts[PS_PENDING], __ATOMIC_ACQUIRE);
-  if (a->move_pool && pending > 0) (void)dp_pool_start(&x.pool, (uint32_t)pending, &a->stats[DS_POOL_READY]);
+  if (a->move_pool && pending > 0) (void)dp_pool_start(&x.pool, (uint32_t)pending, 0, &a->stats[DS_POOL_READY]);
   if (dp_conn_init(&x.c, a->sock, TX_BYTES) < 0) goto out;
   /* The source may stream the bulk over this connection too: what waits in this socket is what an
    * answer queues behind, so keep it to a few frames (this thread reads as fast as it places). */

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../uapi.h"
@@ -23,6 +24,7 @@
 #define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
 #endif
 #define POOL_STEP 256u /* pages populated per call: 1 MiB */
+#define POOL_WAIT_NS 200000L /* a pause while the pool is `window` pages ahead of their use */
 
 static void *populate(void *arg) {
   dp_pool *p = arg;
@@ -30,6 +32,11 @@ static void *populate(void *arg) {
    * a busy guest it fell behind the thread that uses its pages (demo job, three runs each: guest
    * blocked 76-176 ms against 7-30). */
   for (uint32_t at = 0; at < p->cap && !p->stop;) {
+    if (p->window && at - __atomic_load_n(&p->next, __ATOMIC_ACQUIRE) >= p->window) {
+      struct timespec ts = {0, POOL_WAIT_NS};
+      nanosleep(&ts, NULL);
+      continue;
+    }
     uint32_t n = p->cap - at < POOL_STEP ? p->cap - at : POOL_STEP;
     if (madvise(p->mem + (size_t)at * DP_PAGE, (size_t)n * DP_PAGE, MADV_POPULATE_WRITE) != 0) {
       if (errno == EINTR || errno == EAGAIN) continue;
@@ -45,9 +52,10 @@ static void *populate(void *arg) {
   return NULL;
 }
 
-int dp_pool_start(dp_pool *p, uint32_t pages, double *ready_stat) {
+int dp_pool_start(dp_pool *p, uint32_t pages, uint32_t window, double *ready_stat) {
   memset(p, 0, sizeof *p);
   p->ready_stat = ready_stat;
+  p->window = window;
   if (pages == 0) return -1;
   void *m = mmap(NULL, (size_t)pages * DP_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (m == MAP_FAILED) return -1;
@@ -75,10 +83,10 @@ void dp_pool_stop(dp_pool *p) {
   p->mem = NULL;
 }
 
-int dp_pool_place_run(dp_pool *p, int uffd, uint64_t base, uint32_t page, uint32_t n, const uint8_t *src, double *moved, double *eexist, char *err) {
+uint32_t dp_pool_place_run(dp_pool *p, int uffd, uint64_t base, uint32_t page, uint32_t n, const uint8_t *src, int overwrite, double *moved, double *eexist) {
   if (!p->mem || p->broken || __atomic_load_n(&p->ready, __ATOMIC_ACQUIRE) - p->next < n) return 0;
   uint8_t *slot = p->mem + (size_t)p->next * DP_PAGE;
-  p->next += n; /* slots are used once, moved or not (a page left behind is freed with the pool) */
+  __atomic_store_n(&p->next, p->next + n, __ATOMIC_RELEASE); /* slots are used once, moved or not (a page left behind is freed with the pool) */
   uint64_t done = 0, len = (uint64_t)n * DP_PAGE;
   memcpy(slot, src, len);
   while (done < len) {
@@ -92,17 +100,19 @@ int dp_pool_place_run(dp_pool *p, int uffd, uint64_t base, uint32_t page, uint32
       *moved += (double)((uint64_t)mv.move / DP_PAGE);
     }
     else if (errno == EEXIST) {
-      /* Placed first by another thread: it woke the waiters; wake any that came since. */
-      *eexist += 1;
-      dp_wake(uffd, base, page + (uint32_t)(done / DP_PAGE));
+      uint64_t at = base + (uint64_t)page * DP_PAGE + done;
+      if (overwrite) memcpy((uint8_t *)(uintptr_t)at, src + done, DP_PAGE); /* present: cannot block */
+      else { /* placed first by another thread: it woke the waiters; wake any that came since */
+        *eexist += 1;
+        dp_wake(uffd, base, page + (uint32_t)(done / DP_PAGE));
+      }
       done += DP_PAGE;
     } else if (errno == EAGAIN || errno == EINTR) continue;
     else {
-      /* The kernel will not move here: copy this run's rest, and every later one. */
+      /* The kernel will not move here: the caller copies this run's rest, and every later run. */
       p->broken = errno;
-      if (dp_place_run(uffd, base, page + (uint32_t)(done / DP_PAGE), (uint32_t)((len - done) / DP_PAGE), src + done, eexist, err) < 0) return -1;
-      return 1;
+      return (uint32_t)(done / DP_PAGE);
     }
   }
-  return 1;
+  return n;
 }

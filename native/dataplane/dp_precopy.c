@@ -310,7 +310,9 @@ static void set_digest(dp_prerecv_args *a, uint32_t p, const uint8_t *page) {
 /* Holes [p, p+n) from src with one UFFDIO_COPY; a page found present after all (EEXIST) is copied
  * with memcpy, which cannot block on a present page. */
 static int copy_holes(dp_prerecv_args *a, uint32_t p, uint32_t n, const uint8_t *src) {
-  uint64_t done = 0, len = (uint64_t)n * DP_PAGE;
+  double eexist = 0; /* overwritten with memcpy there, not counted */
+  uint64_t done = a->pool ? (uint64_t)dp_pool_place_run(a->pool, a->uffd, a->base, p, n, src, 1, &a->stats[PR_MOVED], &eexist) * DP_PAGE : 0;
+  uint64_t len = (uint64_t)n * DP_PAGE;
   while (done < len) {
     struct uffdio_copy cp = {.dst = a->base + (uint64_t)p * DP_PAGE + done, .src = (uint64_t)(uintptr_t)(src + done), .len = len - done};
     if (ioctl(a->uffd, UFFDIO_COPY, &cp) == 0) return 0;
@@ -404,9 +406,15 @@ static int on_frame(dp_prerecv_args *a, const dp_frame *f) {
   return 1;
 }
 
+/* Pool pages made ahead of their use at most (128 MiB): a precopy does not know how many holes it
+ * will fill (never-touched and zero pages are not sent), so the pool must not run far ahead. */
+#define PRECOPY_POOL_WINDOW 32768u
+
 int dp_prerecv_run(dp_prerecv_args *a) {
   dp_conn c;
   int rc = -1;
+  dp_pool pool;
+  a->pool = a->move_pool && dp_pool_start(&pool, (uint32_t)a->limit[0], PRECOPY_POOL_WINDOW, &a->stats[PR_POOL_READY]) == 0 ? &pool : NULL;
   if (dp_conn_init(&c, a->sock, DP_MAX_FRAME) < 0) goto out;
   a->stats[PR_STATE] = DP_STATE_HANDSHAKE;
   if (dp_handshake(&c, a->secret, a->role, "precopy", a->timeout_ms, a->wakefd, a->stop) < 0) goto out;
@@ -484,5 +492,7 @@ out:
   if (rc < 0 && !a->err[0]) dp_set_err(a->err, "%s", c.err[0] ? c.err : "failed");
   a->stats[PR_STATE] = rc == 0 ? DP_STATE_STOPPED : DP_STATE_FAILED;
   dp_conn_free(&c);
+  if (a->pool) dp_pool_stop(a->pool);
+  a->pool = NULL;
   return rc;
 }

@@ -173,6 +173,8 @@ export interface PrecopyReceiveOptions extends CommonOptions {
   /** PrecopyReceiveStat slots. */
   stats: Float64Array;
   digest?: Uint32Array;
+  /** Holes placed by UFFDIO_MOVE from a pool made at most 128 MiB ahead (as FaultThreadOptions.movePool). */
+  movePool?: boolean;
 }
 
 /** Int32 slots of a native precopy sender's job (dp.h PJ_*). */
@@ -192,8 +194,12 @@ export const PrecopySendStat = { PASS_DONE: 0, DATA_PAGES: 1, ZERO_PAGES: 2, BYT
 /** Float64 slots of the precopy receiver's stats (PR_*): MARK is the last pass placed + 1. */
 export const PrecopyReceiveStat = {
   MARK: 0, DATA_PAGES: 1, ZERO_PAGES: 2, FRAMES: 3, BYTES_SENT: 4, BYTES_RECEIVED: 5, STATE: 6, CLOSED: 7,
+  /** Of DATA_PAGES, holes moved in from the pool made ahead (movePool). */
+  MOVED: 8,
+  /** Pages of that pool made so far. */
+  POOL_READY: 9,
   /** From here, per pass (pass % MARK_RING_LEN): the pages placed (data + zero) when its MARK came. */
-  MARK_RING: 8, MARK_RING_LEN: 256, SLOTS: 8 + 256,
+  MARK_RING: 10, MARK_RING_LEN: 256, SLOTS: 10 + 256,
 } as const;
 
 /** An opaque handle of a running thread. */

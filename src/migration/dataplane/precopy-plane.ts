@@ -210,6 +210,8 @@ export interface PrecopyReceiverOptions {
   pageCount: number;
   digest?: Uint32Array;
   timeoutMs?: number;
+  /** The uffd has UFFD_FEATURE_MOVE: place holes through a pool made ahead (PrecopyReceiveOptions.movePool). */
+  movePool?: boolean;
 }
 
 /** The destination's native precopy receiver. */
@@ -224,7 +226,7 @@ export class PrecopyReceiver extends PrecopyThread {
       const options = {
         sock: o.sock, role: DataplaneRole.ACCEPTOR, timeoutMs: o.timeoutMs ?? 10_000, raisePriority: false, secret: o.secret,
         uffd: o.uffd, base: o.base, states: o.states, stateCounts: o.stateCounts, limit: this.limit, stats: this.stats,
-        ...(o.digest ? { digest: o.digest } : {}),
+        ...(o.digest ? { digest: o.digest } : {}), movePool: o.movePool ?? false,
       };
       const addon = dataplaneAddon();
       return () => addon.startPrecopyReceive(options, this.onExit);
@@ -260,11 +262,11 @@ export class PrecopyReceiver extends PrecopyThread {
     if (err !== null || this.stats[PrecopyReceiveStat.CLOSED] !== 1) throw new Error(`native precopy: ${err ?? 'ended without the source\'s CLOSE'}`);
   }
 
-  /** Pages placed (data, zero) and bytes, for progress reports. */
-  read(): { dataPages: number; zeroPages: number; bytesSent: number; bytesReceived: number } {
+  /** Pages placed (data, zero; of the data, holes moved in from the pool) and bytes, for progress reports. */
+  read(): { dataPages: number; zeroPages: number; pagesMoved: number; poolReady: number; bytesSent: number; bytesReceived: number } {
     const s = this.stats;
     return {
-      dataPages: s[PrecopyReceiveStat.DATA_PAGES]!, zeroPages: s[PrecopyReceiveStat.ZERO_PAGES]!,
+      dataPages: s[PrecopyReceiveStat.DATA_PAGES]!, zeroPages: s[PrecopyReceiveStat.ZERO_PAGES]!, pagesMoved: s[PrecopyReceiveStat.MOVED]!, poolReady: s[PrecopyReceiveStat.POOL_READY]!,
       bytesSent: s[PrecopyReceiveStat.BYTES_SENT]!, bytesReceived: s[PrecopyReceiveStat.BYTES_RECEIVED]!,
     };
   }

@@ -138,7 +138,16 @@ export class IncomingMemory {
       sock: link.fd, secret: link.secret, uffd: this.ownUffd.fd, base: this.mem.base,
       states: new Uint8Array(shared.states, 0, shared.pageCount), stateCounts: new Int32Array(shared.counts, 0, 3),
       pageCount: this.mem.pageCount, ...(this.digest ? { digest: new Uint32Array(this.digest.buffer) } : {}),
+      movePool: this.movePool(),
     });
+  }
+
+  /**
+   * Whether the native threads place holes by moving pages in from a pool made ahead (dp_pool.c):
+   * where this side's uffd can move; FERRY_MOVE_POOL=0 keeps UFFDIO_COPY, as before the pool.
+   */
+  private movePool(): boolean {
+    return this.ownUffd !== null && (this.ownUffd.features & UFFD_FEATURE.MOVE) !== 0 && process.env['FERRY_MOVE_POOL'] !== '0';
   }
 
   /** Precopy data: pages [first, first+count) get `bytes` (newer copies replace older ones). */
@@ -207,8 +216,7 @@ export class IncomingMemory {
     const plane = new FaultPlane({
       uffd: this.ownUffd!.fd, sock: link.fd, base: this.mem.base, pageCount: this.activePages, states: this.states,
       requests: this.shared!.requests, secret: link.secret, faultAround: nativeFaultAround(), ...(this.digest ? { digest: this.digest.buffer } : {}),
-      // FERRY_MOVE_POOL=0: every page by UFFDIO_COPY, as before the pool (dp_pool.c).
-      movePool: (this.ownUffd!.features & UFFD_FEATURE.MOVE) !== 0 && process.env['FERRY_MOVE_POOL'] !== '0',
+      movePool: this.movePool(),
     });
     this.plane = plane;
     void plane.ended.then((err) => {
