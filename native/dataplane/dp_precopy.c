@@ -307,8 +307,9 @@ static void set_digest(dp_prerecv_args *a, uint32_t p, const uint8_t *page) {
   __atomic_store_n(&a->digest[2 * p + 1], h[1], __ATOMIC_RELAXED);
 }
 
-/* Holes [p, p+n) from src with one UFFDIO_COPY; a page found present after all (EEXIST) is copied
- * with memcpy, which cannot block on a present page. */
+/* Holes [p, p+n) from src: moved in from the pool where it has the pages made (dp_pool.c), the rest
+ * with one UFFDIO_COPY; a page found present after all (EEXIST) is copied with memcpy, which cannot
+ * block on a present page. */
 static int copy_holes(dp_prerecv_args *a, uint32_t p, uint32_t n, const uint8_t *src) {
   double eexist = 0; /* overwritten with memcpy there, not counted */
   uint64_t done = a->pool ? (uint64_t)dp_pool_place_run(a->pool, a->uffd, a->base, p, n, src, 1, &a->stats[PR_MOVED], &eexist) * DP_PAGE : 0;

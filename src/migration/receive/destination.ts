@@ -154,7 +154,7 @@ export class MigrationDestination {
       bytesSent: this.link.bytesSent,
       bytesReceived: this.link.bytesReceived,
       pagesSent: 0,
-      pagesReceived: this.counts.pagesReceived,
+      pagesReceived: this.pagesReceived(),
       dirtyPages: this.incoming?.pendingPages ?? 0,
       rateBytesPerSec: 0,
       dirtyRatePagesPerSec: 0,
@@ -332,6 +332,15 @@ export class MigrationDestination {
     return preparing;
   }
 
+  /**
+   * Pages received so far: the precopy passes' (data and zero) and, after the commit, those placed
+   * by postcopy. (Before, postcopy's were left out: a pass 0 cut short — send/convergence.ts — sent
+   * most pages by postcopy, and the count fell to half the memory.)
+   */
+  private pagesReceived(): number {
+    return this.counts.pagesReceived + (this.incoming?.postcopyPlaced ?? 0);
+  }
+
   private async finish(guest: Guest, completion: SessionCompletion, memoryBytes: number): Promise<DestinationSummary> {
     const pc = this.incoming!;
     const postcopy = pc.isPostcopy;
@@ -345,7 +354,7 @@ export class MigrationDestination {
         mode: postcopy ? 'postcopy' : 'precopy',
         memoryBytes,
         bytesReceived: this.link.bytesReceived,
-        pagesReceived: this.counts.pagesReceived,
+        pagesReceived: this.pagesReceived(),
       };
       if (postcopy) summary.postcopy = pc.report();
       if (completion.closingLost) summary.closingLost = completion.closingLost;

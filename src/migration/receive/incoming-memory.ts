@@ -329,6 +329,12 @@ export class IncomingMemory {
     return this.states.pendingCount;
   }
 
+  /** Pages placed after the commit (answers and the bulk stream): postcopy's share of the pages received. */
+  get postcopyPlaced(): number {
+    this.collectNative();
+    return this.pagesRequested + this.pagesPushed + this.nativePushed;
+  }
+
   /** Every fault's wait so far (µs), for GET /metrics' histogram. */
   get faultLatenciesUs(): readonly number[] {
     this.collectNative();
