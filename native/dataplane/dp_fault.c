@@ -26,6 +26,7 @@ typedef struct {
   dp_fault_args *a;
   dp_conn c;
   dp_pool pool;
+  uint32_t pool_pages; /* the pool to make at the first PAGES frame (0: none) */
 } fault_ctx;
 
 
@@ -141,6 +142,10 @@ static int on_pages(fault_ctx *x, const dp_frame *f) {
     return -1;
   }
   count(x, DS_PAGES_RECEIVED, n);
+  if (x->pool_pages) { /* the first frame: the switchover's downtime is over or nearly */
+    (void)dp_pool_start(&x->pool, x->pool_pages, 0, &a->stats[DS_POOL_READY]);
+    x->pool_pages = 0;
+  }
   const uint8_t *data = f->body + 8;
   for (uint32_t i = 0; i < n;) {
     if (state_of(a, first + i) != PS_PENDING) { /* arrived already (the bulk stream, or asked twice) */
@@ -209,9 +214,12 @@ int dp_fault_run(dp_fault_args *a) {
   fault_ctx x = {.a = a};
   dp_prefer_latency(a->raise_priority);
   int rc = -1;
-  /* As many pages made ahead as are pending now: each is placed once at most. */
+  /* As many pages made ahead as are pending now: each is placed once at most. Made from the first
+   * PAGES frame on, not now: the thread starts inside the switchover, and a thread populating pages
+   * at the fault thread's priority there took CPU from the guest's resumption (demo job, five
+   * alternating pairs: pause -> running 7.61 ms median against 6.28 without the pool). */
   int32_t pending = __atomic_load_n(&a->state_counts[PS_PENDING], __ATOMIC_ACQUIRE);
-  if (a->move_pool && pending > 0) (void)dp_pool_start(&x.pool, (uint32_t)pending, 0, &a->stats[DS_POOL_READY]);
+  if (a->move_pool && pending > 0) x.pool_pages = (uint32_t)pending;
   if (dp_conn_init(&x.c, a->sock, TX_BYTES) < 0) goto out;
   /* The source may stream the bulk over this connection too: what waits in this socket is what an
    * answer queues behind, so keep it to a few frames (this thread reads as fast as it places). */
