@@ -1,14 +1,15 @@
-// A pool of guest-sized pages made ahead, for the postcopy fault thread to place pages with
-// UFFDIO_MOVE instead of UFFDIO_COPY. Why: on the machines measured (docs/design-notes.md,
-// 2026-12-07 late), UFFDIO_COPY of a GiB took 0.34-0.96 s and, in the slow postcopy runs of the demo
-// job, its copy into pages the kernel had just handed out was half of the fault thread's time: the
-// thread that receives, decrypts and places every page was the migration's bottleneck while a core
-// stood idle. Allocating the pages is the expensive part, and it need not be on that thread: here a
-// thread of its own populates the pool (MADV_POPULATE_WRITE, a MiB at a time) from the switchover on,
-// and the fault thread copies each received run into pool pages (a plain memcpy into pages already
-// mapped) and moves them into the holes, a page-table operation (1 GiB: 0.19 s on the same machine).
-// Where the pool is not ready yet, or the kernel refuses the move (no UFFD_FEATURE_MOVE, a mapping it
-// cannot move into), the caller places the run with UFFDIO_COPY as before: same pages, same wakes.
+// A pool of guest-sized pages made ahead, for the destination's native threads (the postcopy fault
+// thread, the precopy receiver) to place pages with UFFDIO_MOVE instead of UFFDIO_COPY. Why: on the
+// machines measured (docs/design-notes.md, 2026-12-07 late), UFFDIO_COPY of a GiB took 0.34-0.96 s
+// and, in the slow postcopy runs of the demo job, its copy into pages the kernel had just handed out
+// was half of the fault thread's time: the thread that receives, decrypts and places every page was
+// the migration's bottleneck while a core stood idle. Allocating the pages is the expensive part,
+// and it need not be on that thread: here a thread of its own populates the pool
+// (MADV_POPULATE_WRITE, a MiB at a time), and the placing thread copies each received run into pool
+// pages (a plain memcpy into pages already mapped) and moves them into the holes, a page-table
+// operation (1 GiB: 0.19 s on the same machine). Where the pool has not made enough pages yet, or the
+// kernel refuses a move, the caller places the rest with UFFDIO_COPY as before: same pages, same
+// wakes.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <string.h>
@@ -39,7 +40,7 @@ static void *populate(void *arg) {
     }
     uint32_t n = p->cap - at < POOL_STEP ? p->cap - at : POOL_STEP;
     if (madvise(p->mem + (size_t)at * DP_PAGE, (size_t)n * DP_PAGE, MADV_POPULATE_WRITE) != 0) {
-      if (errno == EINTR || errno == EAGAIN) continue;
+      if (errno == EINTR) continue;
       break; /* out of memory, or no MADV_POPULATE_WRITE: the pool ends here, the rest is copied */
     }
     at += n;
