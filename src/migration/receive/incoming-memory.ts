@@ -18,7 +18,7 @@ import { HOST_PAGE_SIZE, type GuestMemory } from '../../memory/guest-memory.js';
 import { PageState, type PageStateTable } from '../../memory/page-state.js';
 import { eventfd, close, dup, EFD_NONBLOCK, EFD_CLOEXEC } from '../../sys/fd.js';
 import type { PageFrameChecker, MessageOf } from '../wire/index.js';
-import type { PageDigest } from '../verify/digest.js';
+import { PageDigest } from '../verify/digest.js';
 import { RequestRing } from './urgent/request-ring.js';
 import { PagePlacer, createRequests } from './page-placer.js';
 import type { UrgentRequests } from './urgent/requests.js';
@@ -161,6 +161,25 @@ export class IncomingMemory {
       }
     }
     this.digest?.set(first, bytes, count);
+  }
+
+  /**
+   * Runs the switchover's placement code once before the pause, on nothing that matters. With the
+   * native precopy the bulk channel places no page before the switchover, so its first pages (the
+   * guest's runtime pages, inside the downtime) ran cold: 0.15 ms hashing the first page for the
+   * digest, 0.28 ms placing the first hole (a demo run, 2026-12-07 late). Here: a hash into a
+   * scratch digest, and a UFFDIO_COPY onto a page already present, which writes nothing (EEXIST)
+   * but takes the copy's whole path. Call it before the pause barrier's answer.
+   */
+  rehearsePlacement(): void {
+    const page = Buffer.alloc(HOST_PAGE_SIZE);
+    if (this.digest) new PageDigest(HOST_PAGE_SIZE).set(0, page);
+    if (!this.ownUffd) return;
+    for (let p = 0; p < this.mem.pageCount; p++) {
+      if (!this.isPresent(p)) continue;
+      this.ownUffd.copyAll(this.mem.pageAddress(p), page, 0, HOST_PAGE_SIZE);
+      return;
+    }
   }
 
   /** Places a run of holes with one UFFDIO_COPY and marks them received (FaultServer.fill without a server). */

@@ -83,6 +83,7 @@ async function untilCommit(c: PrecommitContext, got: { sockets: IncomingSockets 
   let nativeCounted = 0;
   for (;;) {
     const r = await bulk.recvWithOffset();
+    trace?.mark(() => `got ${r?.msg.type}`);
     if (!r) throw new WireError('TRUNCATED', bulk.bytesReceived, 'the stream ended before the commit; nothing was run');
     const { msg, offset } = r;
     switch (msg.type) {
@@ -92,6 +93,7 @@ async function untilCommit(c: PrecommitContext, got: { sockets: IncomingSockets 
         counts.pagesReceived += msg.count;
         if (msg.kind === 'data') incoming.placeData(first, msg.count, msg.data!);
         else incoming.placeZero(first, msg.count);
+        trace?.mark(() => `PAGES ${first}+${msg.count} placed`);
         continue;
       }
       case 'GROW':
@@ -160,6 +162,7 @@ async function untilCommit(c: PrecommitContext, got: { sockets: IncomingSockets 
         if (!prepared) {
           await c.preparing;
           prepared = true;
+          incoming.rehearsePlacement();
           c.phases.note('guest prepared (worker waiting for the state)');
         }
         await c.link.urgentJoined(bulk.peer);
