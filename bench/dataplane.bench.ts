@@ -28,6 +28,12 @@ import { median, percentile, type BenchRow } from './harness.js';
 import { PrecopyReceiver, PrecopySender } from '../src/migration/dataplane/precopy-plane.js';
 import { PageBitmap } from '../src/memory/page-bitmap.js';
 import { loopbackPair } from '../test/fixtures/dataplane/loopback.js';
+import { UFFD_FEATURE } from '../src/sys/uffd.js';
+
+/** Postcopy's pages placed through the pool made ahead (dp_pool.c), as a migration's destination does; FERRY_MOVE_POOL=0: copied. */
+const POOL = process.env['FERRY_MOVE_POOL'] !== '0';
+/** The precopy receiver's: off unless FERRY_PRECOPY_MOVE_POOL=1, as in a migration. */
+const PRECOPY_POOL = POOL && process.env['FERRY_PRECOPY_MOVE_POOL'] === '1';
 import { loopbackLimits } from './migration.bench.js';
 
 export const title = 'native postcopy fault path (fault thread + answer thread, AES-256-GCM, loopback) vs the C fault reference';
@@ -51,7 +57,7 @@ interface Figures {
 async function nativeOnce(bulk: boolean): Promise<Figures> {
   const wasmPages = Math.ceil(PAGES / 16);
   const pending = Array.from({ length: PAGES }, (_, p) => p);
-  const d = destination(wasmPages, pending);
+  const d = destination(wasmPages, pending, UFFD_FEATURE.MOVE); // as a migration's destination asks (IncomingMemory)
   const psk = randomBytes(32);
   const sessionId = randomBytes(16);
   const tlsServer = tls.createServer({ ...serverTlsOptions({ kind: 'psk', key: psk }) });
@@ -73,7 +79,7 @@ async function nativeOnce(bulk: boolean): Promise<Figures> {
     let bulkBytes = 0;
     session.on('data', (b: Buffer) => (bulkBytes += b.length)); // decrypted here, on the main thread, and dropped
     const [dpSock] = await dpP;
-    plane = new FaultPlane({ uffd: d.uffd.fd, sock: takeSocketFd(dpSock), base: d.mem.base, pageCount: PAGES, states: d.states, requests: d.requests, secret: dataplaneSecret(session, sessionId) });
+    plane = new FaultPlane({ uffd: d.uffd.fd, sock: takeSocketFd(dpSock), base: d.mem.base, pageCount: PAGES, states: d.states, requests: d.requests, secret: dataplaneSecret(session, sessionId), movePool: POOL });
     if (bulk) while (bulkBytes < 64 << 20) await new Promise((r) => setTimeout(r, 10)); // the link is full before the first fault
     const failed = plane.ended.then((e) => { throw new Error(`fault thread ended: ${e}`); });
     const r = await Promise.race([guest.run<{ lat: Float64Array; sum: number }>({ op: 'touchTimed', addr: 0, pages: PAGES, stride: 4096 }), failed]);
@@ -128,11 +134,11 @@ const STREAM_MIB = Number(process.env['FERRY_BENCH_PRECOPY_MIB'] ?? 256);
 export async function precopyStreamOnce(mib = STREAM_MIB): Promise<{ mbps: number; cpuSPerGiB: number }> {
   const pages = mib * 256;
   const src = sourceImageOf(pages);
-  const d = destination(pages / 16, Array.from({ length: pages }, (_, p) => p));
+  const d = destination(pages / 16, Array.from({ length: pages }, (_, p) => p), UFFD_FEATURE.MOVE);
   const [a, b] = await loopbackPair();
   const secret = randomBytes(32);
   const shared = d.states.shared();
-  const recv = new PrecopyReceiver({ sock: takeSocketFd(b), secret, uffd: d.uffd.fd, base: d.mem.base, states: new Uint8Array(shared.states, 0, shared.pageCount), stateCounts: new Int32Array(shared.counts, 0, 3), pageCount: pages });
+  const recv = new PrecopyReceiver({ sock: takeSocketFd(b), secret, uffd: d.uffd.fd, base: d.mem.base, states: new Uint8Array(shared.states, 0, shared.pageCount), stateCounts: new Int32Array(shared.counts, 0, 3), pageCount: pages, movePool: PRECOPY_POOL });
   const send = new PrecopySender({ sock: takeSocketFd(a), secret, memory: () => src, maxPages: pages });
   try {
     const set = new PageBitmap(pages).addRange(0, pages);

@@ -138,7 +138,11 @@ export class IncomingMemory {
       sock: link.fd, secret: link.secret, uffd: this.ownUffd.fd, base: this.mem.base,
       states: new Uint8Array(shared.states, 0, shared.pageCount), stateCounts: new Int32Array(shared.counts, 0, 3),
       pageCount: this.mem.pageCount, ...(this.digest ? { digest: new Uint32Array(this.digest.buffer) } : {}),
-      movePool: this.movePool(),
+      // Off unless FERRY_PRECOPY_MOVE_POOL=1: a precopy pass keeps both cores busy (sender and
+      // receiver), so the pool's thread only took CPU from them, and each move's TLB flush costs
+      // too (part dataplane, two runs each: 611-643 MB/s and 3.07-3.24 CPU s/GiB with the pool,
+      // 669-768 MB/s and 2.60-2.89 without).
+      movePool: this.movePool() && process.env['FERRY_PRECOPY_MOVE_POOL'] === '1',
     });
   }
 
