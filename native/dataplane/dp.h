@@ -309,7 +309,7 @@ int dp_scan_run(dp_scan_args *a);
 typedef struct {
   const uint8_t *memory;   /* the frozen guest memory from page 0 */
   uint32_t page_count;
-  const uint32_t *present; /* bitmap words of the pages present; NULL: all; the others hash as zero */
+  const uint32_t *present; /* bitmap words of the pages present; the others hash as zero, unread */
   uint32_t *hashes;        /* out: 2 u32 per page, dp_page_hash's [lo, hi] */
   volatile int *stop;
   char err[DP_ERR];

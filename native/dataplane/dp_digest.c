@@ -17,8 +17,7 @@ int dp_digest_run(dp_digest_args *a) {
       dp_set_err(a->err, "stopped");
       return -1;
     }
-    int present = !a->present || (a->present[p >> 5] >> (p & 31)) & 1u;
-    if (present) dp_page_hash(a->memory + (size_t)p * DP_PAGE, a->hashes + 2 * (size_t)p);
+    if ((a->present[p >> 5] >> (p & 31)) & 1u) dp_page_hash(a->memory + (size_t)p * DP_PAGE, a->hashes + 2 * (size_t)p);
     else memcpy(a->hashes + 2 * (size_t)p, zh, sizeof zh);
   }
   return 0;

@@ -138,20 +138,21 @@ export class IncomingMemory {
       sock: link.fd, secret: link.secret, uffd: this.ownUffd.fd, base: this.mem.base,
       states: new Uint8Array(shared.states, 0, shared.pageCount), stateCounts: new Int32Array(shared.counts, 0, 3),
       pageCount: this.mem.pageCount, ...(this.digest ? { digest: new Uint32Array(this.digest.buffer) } : {}),
-      // Off unless FERRY_PRECOPY_MOVE_POOL=1: a precopy pass keeps both cores busy (sender and
-      // receiver), so the pool's thread only took CPU from them, and each move's TLB flush costs
-      // too (part dataplane, two runs each: 611-643 MB/s and 3.07-3.24 CPU s/GiB with the pool,
-      // 669-768 MB/s and 2.60-2.89 without).
-      movePool: this.movePool() && process.env['FERRY_PRECOPY_MOVE_POOL'] === '1',
+      movePool: this.movePool('precopy'),
     });
   }
 
   /**
-   * Whether the native threads place holes by moving pages in from a pool made ahead (dp_pool.c):
-   * where this side's uffd can move; FERRY_MOVE_POOL=0 keeps UFFDIO_COPY, as before the pool.
+   * Whether a native thread places holes by moving pages in from a pool made ahead (dp_pool.c):
+   * only where this side's uffd can move. Postcopy's fault thread does unless FERRY_MOVE_POOL=0.
+   * The precopy receiver does only with FERRY_PRECOPY_MOVE_POOL=1: a pass keeps both cores busy
+   * (sender and receiver), so the pool's thread only took CPU from them, and each move's TLB flush
+   * costs too (part dataplane, two runs each: 611-643 MB/s and 3.07-3.24 CPU s/GiB with the pool,
+   * 669-768 MB/s and 2.60-2.89 without).
    */
-  private movePool(): boolean {
-    return this.ownUffd !== null && (this.ownUffd.features & UFFD_FEATURE.MOVE) !== 0 && process.env['FERRY_MOVE_POOL'] !== '0';
+  private movePool(thread: 'postcopy' | 'precopy'): boolean {
+    if (this.ownUffd === null || (this.ownUffd.features & UFFD_FEATURE.MOVE) === 0 || process.env['FERRY_MOVE_POOL'] === '0') return false;
+    return thread === 'postcopy' || process.env['FERRY_PRECOPY_MOVE_POOL'] === '1';
   }
 
   /** Precopy data: pages [first, first+count) get `bytes` (newer copies replace older ones). */
@@ -239,7 +240,7 @@ export class IncomingMemory {
     const plane = new FaultPlane({
       uffd: this.ownUffd!.fd, sock: link.fd, base: this.mem.base, pageCount: this.activePages, states: this.states,
       requests: this.shared!.requests, secret: link.secret, faultAround: nativeFaultAround(), ...(this.digest ? { digest: this.digest.buffer } : {}),
-      movePool: this.movePool(),
+      movePool: this.movePool('postcopy'),
     });
     this.plane = plane;
     void plane.ended.then((err) => {
