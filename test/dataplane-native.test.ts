@@ -328,7 +328,7 @@ function raced(): Destination {
 }
 
 for (const movePool of [true, false]) {
-  test(`${movePool ? 'with' : 'without'} the pool made ahead: pages are ${movePool ? 'moved in (UFFDIO_MOVE)' : 'copied (UFFDIO_COPY)'}, a page placed first is left alone, faults are served the same`, async () => {
+  test(`${movePool ? 'with' : 'without'} the pool made ahead: unasked pages are ${movePool ? 'moved in (UFFDIO_MOVE)' : 'copied (UFFDIO_COPY)'}, a page placed first is left alone, a faulted page is copied`, async () => {
     const d = raced();
     const { plane, peer } = await faultPlaneFacingPeer(d, PAGES, movePool);
     const g = new GuestThread(d.mem.memory, WASM_PAGES);
@@ -348,7 +348,8 @@ for (const movePool of [true, false]) {
       await settled('pages 3..7 placed', () => plane.read().pagesPlaced >= 6);
       for (const p of [3, 4, 5, 6]) assert.equal(await g.run<number>({ op: 'load', addr: p * PAGE }), patternOf(p));
       assert.equal(await g.run<number>({ op: 'load', addr: 7 * PAGE }), 1111, 'the page placed first keeps its bytes');
-      // A fault on a hole: asked for, answered, moved (or copied) in, and the thread woken.
+      // A fault on a hole: asked for, answered, copied in (a run a thread waits on never comes
+      // from the pool: the move's TLB flush would fall inside the wait), and the thread woken.
       const loading = g.run<number>({ op: 'load', addr: 9 * PAGE + 8 });
       assert.deepEqual(await nextRequest(peer), [9, 1]);
       const nine = Buffer.alloc(PAGE);
@@ -359,7 +360,7 @@ for (const movePool of [true, false]) {
       const s = plane.read();
       assert.equal(s.eexist, 1, 'page 7 was found in place');
       assert.equal(s.pagesPlaced, 7, 'page 7 counts as well: it is received now, whoever placed it');
-      assert.equal(s.pagesMoved - movedBefore, movePool ? 5 : 0, 'pages 3..6 and 9');
+      assert.equal(s.pagesMoved - movedBefore, movePool ? 4 : 0, 'pages 3..6, not page 9');
       assert.equal(s.state, 'running');
     } finally {
       assert.equal(plane.stop(), null);

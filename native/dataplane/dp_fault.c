@@ -125,6 +125,13 @@ void dp_page_hash(const uint8_t *page, uint32_t out[2]) {
   out[1] = hi;
 }
 
+/* True if a thread waits on a page of [p, end): one of them faulted on it (its time is positive). */
+static int waited_on(dp_fault_args *a, uint32_t p, uint32_t end) {
+  for (; p < end; p++)
+    if (__atomic_load_n(&a->times[p], __ATOMIC_ACQUIRE) > 0) return 1;
+  return 0;
+}
+
 static int on_pages(fault_ctx *x, const dp_frame *f) {
   dp_fault_args *a = x->a;
   if (f->len < 8) {
@@ -155,7 +162,10 @@ static int on_pages(fault_ctx *x, const dp_frame *f) {
     uint32_t j = i + 1;
     while (j < n && state_of(a, first + j) == PS_PENDING) j++;
     const uint8_t *run = data + (size_t)i * DP_PAGE;
-    uint32_t k = dp_pool_place_run(&x->pool, a->uffd, a->base, first + i, j - i, run, 0, &a->stats[DS_MOVED], &a->stats[DS_EEXIST]);
+    /* A run a guest thread waits on goes by copy, not from the pool: a move flushes the pool
+     * page's old address from the TLB of every CPU that ran this process (an IPI, and in a VM an
+     * exit per CPU), inside the wait; a copy into a fresh page flushes nothing. */
+    uint32_t k = waited_on(a, first + i, first + j) ? 0 : dp_pool_place_run(&x->pool, a->uffd, a->base, first + i, j - i, run, 0, &a->stats[DS_MOVED], &a->stats[DS_EEXIST]);
     if (k < j - i && dp_place_run(a->uffd, a->base, first + i + k, j - i - k, run + (size_t)k * DP_PAGE, &a->stats[DS_EEXIST], a->err) < 0) return -1;
     /* The digest records what was sent; a page sent on both channels carries the same bytes. */
     if (a->digest)
