@@ -26,12 +26,13 @@ function bundleIfFresh(bundle, plain) {
 
 /**
  * Loads `plain` (an ES module of dist/src/) from its CommonJS bundle while that is fresh, else as it
- * is (FERRY_CLI_BUNDLE=0: always as it is). A promise either way, a failure to load included.
+ * is (FERRY_CLI_BUNDLE=0: always as it is); `cached`: the bundle with its code cache. A promise
+ * either way, a failure to load included.
  */
-function load(bundle, plain) {
+function load(bundle, plain, cached = false) {
   return new Promise((resolve) => {
     const file = process.env.FERRY_CLI_BUNDLE === '0' ? join(DIST, plain) : bundleIfFresh(join(DIST, bundle), join(DIST, plain));
-    resolve(file.endsWith('.cjs') ? require(file) : import(pathToFileURL(file).href));
+    resolve(!file.endsWith('.cjs') ? import(pathToFileURL(file).href) : cached ? require('./code-cache.cjs').requireBundle(file) : require(file));
   });
 }
 
@@ -49,7 +50,12 @@ if (spares.length > 0) launch.then(({ startSpareWorker }) => spares.forEach((k) 
 // The full program from its one-file bundle (scripts/bundle.mjs), loaded with require(): ES modules
 // load one by one, and the CLI's took 15-30 ms longer; import() of a CommonJS file would first scan
 // all of it for the names of its exports. FERRY_CLI_BUNDLE=0 loads main.js and its modules as they are.
-const program = () => load('cli/main.bundle.cjs', 'cli/main.js');
+// A process that may move its guest (a destination, `--incoming`; a guest with a control socket,
+// `--api-sock`) loads it with its code cache, every function compiled ahead (bin/code-cache.cjs):
+// a switchover then compiles nothing inside its downtime. Others load it as it is: taking every
+// function of it from the cache took longer than compiling the few a `ferry run` calls.
+const mayMove = (argv[0] === 'run' || argv[0] === 'restore') && argv.some((a) => /^--(incoming|api-sock)(=|$)/.test(a));
+const program = () => load('cli/main.bundle.cjs', 'cli/main.js', mayMove);
 /** The full program's module, once loaded: its exitNow ends the process without loading anything. */
 let full = null;
 let fast = null;

@@ -20,11 +20,15 @@
 // (src/guest/spare-worker.ts, bundleIfFresh): tsc rewrites every output, so a tsc without this step
 // is never served stale.
 import { build } from 'esbuild';
-import { readFile } from 'node:fs/promises';
+import { spawnSync } from 'node:child_process';
+import { readFile, writeFile } from 'node:fs/promises';
 import { dirname, relative, resolve, sep } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
+
+/** The worker bundle's code cache made under Ferry's V8 flags (src/guest/tiering.ts). */
+const FLAGGED_VARIANT = 'flagged';
 
 /** The bundle's own URL, for the modules in it that find files relative to their own. */
 const BUNDLE_URL = '__ferryBundleUrl';
@@ -77,3 +81,25 @@ await bundle('dist/src/cli/main.js', 'dist/src/cli/main.bundle.cjs');
 // What bin/ferry.js loads first (src/cli/launch.ts). The control commands' actions stay out of it:
 // only the fast path loads them, when it runs one.
 await bundle('dist/src/cli/launch.js', 'dist/src/cli/launch.bundle.cjs', ['./control-actions.js']);
+
+// The guest's thread starts from a file that loads its bundle with a code cache (bin/code-cache.cjs):
+// the one made under Ferry's V8 flags when the thread was started after they were set.
+const { ferryV8Flags } = await import(pathToFileURL(resolve(root, 'dist/src/guest/tiering.js')).href);
+const { FLAGGED_CODE_CACHE_HINT: FLAGGED_HINT } = await import(pathToFileURL(resolve(root, 'dist/src/guest/spare-worker.js')).href);
+await writeFile(resolve(root, 'dist/src/guest/worker.boot.cjs'), `'use strict';
+// The guest's thread's first script (src/guest/spare-worker.ts): its bundle, with a V8 code cache
+// (bin/code-cache.cjs). Written by scripts/bundle.mjs.
+const { workerData } = require('node:worker_threads');
+const flagged = typeof workerData === 'object' && workerData !== null && workerData.${FLAGGED_HINT} === true;
+require('../../../bin/code-cache.cjs').requireBundle(require('node:path').join(__dirname, 'worker.bundle.cjs'), flagged ? '${FLAGGED_VARIANT}' : null);
+`);
+// Every function of the two big bundles compiled ahead, each in a process of its own: one with no V8
+// flag set, as a process loads them first, and the worker's again under Ferry's flags.
+const CODE_CACHE = resolve(root, 'bin/code-cache.cjs');
+for (const args of [
+  [resolve(root, 'dist/src/guest/worker.bundle.cjs'), resolve(root, 'dist/src/cli/main.bundle.cjs')],
+  ['--flags', ferryV8Flags({}, []), '--variant', FLAGGED_VARIANT, resolve(root, 'dist/src/guest/worker.bundle.cjs')],
+]) {
+  const made = spawnSync(process.execPath, [CODE_CACHE, ...args], { stdio: 'inherit' });
+  if (made.status !== 0) throw new Error(`making the bundles' code caches failed (${made.status ?? made.signal})`);
+}

@@ -141,4 +141,5 @@ test("a guest started by the bundled CLI runs on the thread bin/ferry.js started
   const r = await ferry(['run', path.join(REPO, 'guests/build/compute.wasm'), '--', '--iterations', '1000']);
   assert.equal(r.code, 0, r.stderr);
   assert.equal(r.loads.filter((u) => u.endsWith('/dist/src/guest/worker.bundle.cjs')).length, 1, r.loads.join(' '));
+  assert.equal(r.loads.filter((u) => u.endsWith('/dist/src/guest/worker.boot.cjs')).length, 1, 'through its boot script (its code cache)');
 });

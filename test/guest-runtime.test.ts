@@ -174,7 +174,7 @@ test('a guest adopts a spare worker started before it (as `ferry run` does), pau
 test('guests run the one-file bundle of the worker that `npm run build` makes, and never a bundle older than worker.js', () => {
   // npm test builds first (package.json), so here the bundle exists and is fresh: every guest of
   // the suite ran from it.
-  assert.match(guestWorkerScript().pathname, /\/worker\.bundle\.cjs$/);
+  assert.match(guestWorkerScript().pathname, /\/worker\.boot\.cjs$/, 'the bundle, through the boot script that loads it with its code cache');
   const dir = tmpDir('bundle-pick');
   const plain = path.join(dir, 'worker.js');
   const bundle = path.join(dir, 'worker.bundle.cjs');

@@ -6,6 +6,7 @@
 import { statSync } from 'node:fs';
 import type { Worker } from 'node:worker_threads';
 import { spareThreadId, startSpare, takeSpare } from '../sys/spare-threads.js';
+import { v8FlagsApplied } from './tiering.js';
 
 /**
  * The guest thread's stack (Node's default for a worker is 4 MiB). A resumed split function
@@ -25,14 +26,27 @@ const SCRIPTS: Record<SpareKind, { url: () => URL; stackSizeMb?: number }> = {
 
 const PLAIN_GUEST_SCRIPT = new URL('./worker.js', import.meta.url);
 const BUNDLED_GUEST_SCRIPT = new URL('./worker.bundle.cjs', import.meta.url);
+const GUEST_BOOT_SCRIPT = new URL('./worker.boot.cjs', import.meta.url);
+
+/**
+ * In a guest thread's workerData: Ferry's V8 flags were set when it started, so its boot script
+ * (scripts/bundle.mjs writes it) loads the bundle with the code cache made under them.
+ */
+export const FLAGGED_CODE_CACHE_HINT = 'flaggedCodeCache';
+
+/** The hints for a guest thread started now (its workerData, beside its init or the spare mark). */
+export function guestThreadHints(): Record<string, boolean> {
+  return v8FlagsApplied() ? { [FLAGGED_CODE_CACHE_HINT]: true } : {};
+}
 let guestScript: URL | null = null;
 
 /**
  * The script a guest's thread runs: the one-file CommonJS bundle of worker.js and its ~30 modules
  * that `npm run build` makes (scripts/bundle.mjs), which a new thread loads ≈ 35 ms sooner than
- * the modules one by one; or worker.js itself where there is no bundle, or the bundle is older
- * than worker.js (tsc rewrites every output, so a bundle tsc ran after may be stale: never used).
- * FERRY_WORKER_BUNDLE=0 always takes worker.js.
+ * the modules one by one, started through its boot script, which loads it with its code cache; or
+ * worker.js itself where there is no bundle, or the bundle is older than worker.js (tsc rewrites
+ * every output, so a bundle tsc ran after may be stale: never used). FERRY_WORKER_BUNDLE=0 always
+ * takes worker.js.
  */
 export function guestWorkerScript(): URL {
   guestScript ??= pickGuestScript();
@@ -40,7 +54,9 @@ export function guestWorkerScript(): URL {
 }
 
 function pickGuestScript(): URL {
-  return process.env['FERRY_WORKER_BUNDLE'] === '0' ? PLAIN_GUEST_SCRIPT : bundleIfFresh(BUNDLED_GUEST_SCRIPT, PLAIN_GUEST_SCRIPT);
+  if (process.env['FERRY_WORKER_BUNDLE'] === '0') return PLAIN_GUEST_SCRIPT;
+  // The bundle is started through its boot file, which loads it with its code cache (bin/code-cache.cjs).
+  return bundleIfFresh(BUNDLED_GUEST_SCRIPT, PLAIN_GUEST_SCRIPT) === BUNDLED_GUEST_SCRIPT ? bundleIfFresh(GUEST_BOOT_SCRIPT, BUNDLED_GUEST_SCRIPT) : PLAIN_GUEST_SCRIPT;
 }
 
 /** `bundle` if it exists and is no older than `plain` (what it was made from), else `plain`. */
@@ -61,7 +77,8 @@ export const REHEARSE_HINT = 'rehearse';
 
 /** Starts a spare worker of `kind` if none is waiting. Harmless if nothing ever takes it. */
 export function startSpareWorker(kind: SpareKind = 'guest', rehearse = false): void {
-  startSpare(kind, SCRIPTS[kind].url(), SCRIPTS[kind].stackSizeMb, rehearse ? { [REHEARSE_HINT]: true } : {});
+  const hints = kind === 'guest' ? guestThreadHints() : {};
+  startSpare(kind, SCRIPTS[kind].url(), SCRIPTS[kind].stackSizeMb, rehearse ? { ...hints, [REHEARSE_HINT]: true } : hints);
 }
 
 /** The spare worker of `kind`, now owned by the caller (who must post it its init), or null. */

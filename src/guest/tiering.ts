@@ -15,6 +15,15 @@
 // The flag is process-wide (V8 reads it when it compiles and instantiates a module), so it is set
 // once, before the first guest module is compiled, and never over a budget the process was started
 // with (`node --wasm-tiering-budget=N`). FERRY_WASM_TIERING_BUDGET sets another value; 0 leaves V8's.
+//
+// Bytecode flushing goes off at the same moment (--no-flush-bytecode). V8 drops the bytecode of a
+// function that has not run through five of its full collections, and a migration's switchover
+// runs code that has not run for seconds (a precopy stream collects every few hundred ms): the
+// functions the bundles' code caches (bin/code-cache.cjs) compiled ahead would be compiled again,
+// from source, inside the downtime. The price is the bytecode of the functions that never run
+// staying in memory (a few MB). Both flags change V8's flag hash, which V8 checks against every
+// code cache (Node's own for its built-ins too): one call, at a moment when the process has loaded
+// its bundles, and the worker bundle has a second cache made under exactly these flags.
 import { setFlagsFromString } from 'node:v8';
 
 /** 20× V8 11's default (1 800 000). */
@@ -33,10 +42,25 @@ export function tieringBudget(env: NodeJS.ProcessEnv = process.env, execArgv: st
   return n === 0 ? null : n;
 }
 
-/** Sets the budget (once per process): call before compiling a guest's module. */
+/** The V8 flags applyTieringBudget sets, for the budget `tieringBudget` gives. */
+export function ferryV8Flags(env: NodeJS.ProcessEnv = process.env, execArgv: string[] = process.execArgv): string {
+  const budget = tieringBudget(env, execArgv);
+  return `${budget === null ? '' : `${FLAG}=${budget} `}--no-flush-bytecode`;
+}
+
+// Process-wide, like the flags: each bundle (scripts/bundle.mjs) has its own copy of this module.
+const APPLIED = Symbol.for('ferry.v8-flags-applied');
+
+/** Sets the budget and turns bytecode flushing off (once per process): call before compiling a guest's module. */
 export function applyTieringBudget(): void {
   if (settled) return;
-  const budget = tieringBudget();
+  const flags = ferryV8Flags();
   settled = true;
-  if (budget !== null) setFlagsFromString(`${FLAG}=${budget}`);
+  setFlagsFromString(flags);
+  (globalThis as Record<symbol, unknown>)[APPLIED] = true;
+}
+
+/** Whether this process's flags are Ferry's now: a guest thread started after loads the worker bundle's second code cache. */
+export function v8FlagsApplied(): boolean {
+  return (globalThis as Record<symbol, unknown>)[APPLIED] === true;
 }

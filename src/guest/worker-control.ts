@@ -3,7 +3,7 @@
 // interrupts a guest blocked on a socket or a pipe).
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import { Cmd, Ctl, WorkerState, controlWords, safepointFlags } from './control-block.js';
-import { GUEST_STACK_MB, guestWorkerScript, takeSpareWorker } from './spare-worker.js';
+import { GUEST_STACK_MB, guestThreadHints, guestWorkerScript, takeSpareWorker } from './spare-worker.js';
 import type { WorkerInit } from './worker-protocol.js';
 import { GuestError } from './guest-types.js';
 import { close as closeFd, eventfdDrain, eventfdSignal } from '../sys/fd.js';
@@ -114,7 +114,7 @@ export function startWorker(init: Omit<WorkerInit, 'launchPort' | 'capturePort'>
     spare.postMessage(workerInit, [channel.port2, captures.port2]);
     worker = spare;
   } else {
-    worker = new Worker(guestWorkerScript(), { workerData: workerInit, transferList: [channel.port2, captures.port2], resourceLimits: { stackSizeMb: GUEST_STACK_MB } });
+    worker = new Worker(guestWorkerScript(), { workerData: { ...workerInit, ...guestThreadHints() }, transferList: [channel.port2, captures.port2], resourceLimits: { stackSizeMb: GUEST_STACK_MB } });
   }
   return { worker, launchPort: channel.port1, capturePort: captures.port1 };
 }

@@ -1,0 +1,106 @@
+// V8 code caches for the one-file bundles (scripts/bundle.mjs), made when they are built and used
+// when they are loaded, so that the functions of Ferry's that a process calls are not parsed and
+// compiled while it runs.
+//
+// V8 compiles a function when it is first called. Some first calls come at the worst time: a
+// migration's switchover runs code that never ran before in either process (a profile of the
+// destination inside its downtime: four samples in ten parsing or making bytecode). `makeCodeCache`
+// compiles every function of a bundle (V8's --no-lazy, set back before the cache is taken) and
+// `requireBundle` loads the bundle with that cache. V8 refuses a cache made under other flags than
+// the loading process has at that moment (it hashes them), so a bundle loaded after Ferry has set
+// its own (src/guest/tiering.ts) needs a cache made under those: a variant, named when it is made.
+// A cache older than its bundle is never used; one V8 refuses (another Node, a flag on the command
+// line) costs a plain compile, as if there were none. FERRY_CODE_CACHE=0 turns them off.
+// Hand-written CommonJS, like bin/ferry.js: it runs before any bundle is loaded, and as the first
+// script of a guest's thread (dist/src/guest/worker.boot.cjs, which scripts/bundle.mjs writes).
+'use strict';
+const { readFileSync, renameSync, statSync, writeFileSync } = require('node:fs');
+const Module = require('node:module');
+const { dirname } = require('node:path');
+const vm = require('node:vm');
+
+/** Where a bundle's cache (of `variant`, or the one for a process with no flag set) is kept: beside it. */
+const cacheFile = (bundle, variant = null) => `${bundle}${variant ? `.${variant}` : ''}.v8cache`;
+
+/** The cache, if caches are on and it is no older than the bundle. */
+function freshCache(bundle, variant) {
+  if (process.env.FERRY_CODE_CACHE === '0') return null;
+  try {
+    const file = cacheFile(bundle, variant);
+    return statSync(file).mtimeMs >= statSync(bundle).mtimeMs ? readFileSync(file) : null;
+  } catch {
+    return null; // none made (a build without scripts/bundle.mjs' last step)
+  }
+}
+
+/** What requireBundle did with each bundle's cache: 'used', 'refused' (by V8) or 'none' (no fresh one). */
+const uses = new Map();
+const cacheUse = (path) => uses.get(require.resolve(path)) ?? null;
+
+/** The bundle's code, wrapped as Node wraps a CommonJS module: each cache is made of, and for, this text. */
+const wrapped = (bundle) => Module.wrap(readFileSync(bundle, 'utf8'));
+
+/**
+ * `require(bundle)`, with its code cache of `variant` when there is a fresh one. The bundles are
+ * self-contained CommonJS with no `import()` (which a vm.Script could not run): a module object, a
+ * require relative to the bundle and its file name are all they need.
+ */
+function requireBundle(path, variant = null) {
+  const bundle = require.resolve(path);
+  const cachedData = freshCache(bundle, variant);
+  if (!cachedData) {
+    uses.set(bundle, 'none');
+    return require(bundle);
+  }
+  const script = new vm.Script(wrapped(bundle), { filename: bundle, cachedData });
+  uses.set(bundle, script.cachedDataRejected ? 'refused' : 'used');
+  const mod = new Module(bundle, module);
+  mod.filename = bundle;
+  require.cache[bundle] = mod; // a later require() of the bundle finds this one
+  try {
+    script.runInThisContext().call(mod.exports, mod.exports, Module.createRequire(bundle), mod, bundle, dirname(bundle));
+  } catch (err) {
+    delete require.cache[bundle];
+    throw err;
+  }
+  mod.loaded = true;
+  return mod.exports;
+}
+
+/**
+ * Compiles every function of `bundle` and writes its cache, under `flags` as `variant` if given
+ * (the flags stay set: call it in a process of its own, as scripts/bundle.mjs does). Returns its size.
+ */
+function makeCodeCache(bundle, flags = null, variant = null) {
+  const v8 = require('node:v8');
+  if (flags) v8.setFlagsFromString(flags);
+  v8.setFlagsFromString('--no-lazy');
+  let script;
+  try {
+    script = new vm.Script(wrapped(bundle), { filename: bundle });
+  } finally {
+    v8.setFlagsFromString('--lazy'); // back to the flags a loading process has: V8 checks them
+  }
+  const data = script.createCachedData();
+  const file = cacheFile(bundle, variant);
+  const tmp = `${file}.${process.pid}.tmp`;
+  writeFileSync(tmp, data);
+  renameSync(tmp, file);
+  return data.length;
+}
+
+module.exports = { requireBundle, makeCodeCache, cacheFile, cacheUse };
+
+// `node bin/code-cache.cjs [--flags FLAGS --variant NAME] BUNDLE...` (scripts/bundle.mjs).
+if (require.main === module) {
+  const args = process.argv.slice(2);
+  let flags = null;
+  let variant = null;
+  if (args[0] === '--flags') {
+    flags = args[1];
+    if (args[2] !== '--variant' || !args[3]) throw new Error('--flags needs --variant NAME after it');
+    variant = args[3];
+    args.splice(0, 4);
+  }
+  for (const bundle of args) makeCodeCache(bundle, flags, variant);
+}
