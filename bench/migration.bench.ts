@@ -324,7 +324,8 @@ function loadRows(name: string, set: { ok: Report[]; errors: string[] }, totalTa
       ...(totalTarget ? { reference: { name: '2 x memory / rate', value: totalTarget.limitMs / 1.1 }, target: totalTarget.text, met: total <= totalTarget.limitMs } : {}),
       extra: { ...extra, memoryBytes: mem, runs: set.ok.map(runFigures), errors: set.errors },
     },
-    { name, metric: `downtime (${how})`, value: down, unit: 'ms', target: '<= 5 ms', met: down <= 5 },
+    // Issue 14's target: QEMU 7.2's 2 ms on the same kind of machine, at 1 GiB, 2 GiB and 3.5 GiB.
+    { name, metric: `downtime (${how})`, value: down, unit: 'ms', reference: { name: 'QEMU 7.2 (not this run)', value: 2 }, target: '<= 2 ms', met: down <= 2 },
     { name, metric: `bytes sent (${how})`, value: sent / MiB, unit: 'MiB', reference: { name: 'memory', value: mem / MiB }, target: '<= 2x memory', met: sent <= 2 * mem * 1.005 + MiB },
     { name, metric: `guest blocked (${how})`, value: med(set.ok, (f) => f.guestBlockedMs), unit: 'ms', extra: { faults: med(set.ok, (f) => f.faults), pagesRequested: med(set.ok, (f) => f.pagesRequested) } },
   ];
