@@ -10,7 +10,12 @@
 // the loading process has at that moment (it hashes them), so a bundle loaded after Ferry has set
 // its own (src/guest/tiering.ts) needs a cache made under those: a variant, named when it is made.
 // A cache older than its bundle is never used; one V8 refuses (another Node, a flag on the command
-// line) costs a plain compile, as if there were none. FERRY_CODE_CACHE=0 turns them off.
+// line) costs a plain compile, as if there were none. A damaged one is never handed to V8: V8 checks
+// a cache's version, flags and source length, not its bytes (a release build has no checksum check),
+// and a few flipped bytes in one aborted the process (`Check failed` in its deserializer). So each
+// file starts with a CRC-32 of the rest (zlib.crc32: 2 ms to load and check the CLI's 1.3 MB, where
+// node:crypto alone took 12-19 ms to load in a thread), and one that does not match is not used.
+// FERRY_CODE_CACHE=0 turns them off.
 // Hand-written CommonJS, like bin/ferry.js: it runs before any bundle is loaded, and as the first
 // script of a guest's thread (dist/src/guest/worker.boot.cjs, which scripts/bundle.mjs writes).
 'use strict';
@@ -22,18 +27,29 @@ const vm = require('node:vm');
 /** Where a bundle's cache (of `variant`, or the one for a process with no flag set) is kept: beside it. */
 const cacheFile = (bundle, variant = null) => `${bundle}${variant ? `.${variant}` : ''}.v8cache`;
 
-/** The cache, if caches are on and it is no older than the bundle. */
+/** The CRC-32 of `data`, or null where this Node has no zlib.crc32 (before 20.15): no cache is used then. */
+function crc32(data) {
+  const { crc32: crc } = require('node:zlib');
+  return typeof crc === 'function' ? crc(data) >>> 0 : null;
+}
+
+/** The cache's V8 data, if caches are on and it is no older than the bundle; 'damaged' if its CRC does not match. */
 function freshCache(bundle, variant) {
   if (process.env.FERRY_CODE_CACHE === '0') return null;
+  let file;
   try {
-    const file = cacheFile(bundle, variant);
-    return statSync(file).mtimeMs >= statSync(bundle).mtimeMs ? readFileSync(file) : null;
+    file = readFileSync(cacheFile(bundle, variant));
+    if (statSync(cacheFile(bundle, variant)).mtimeMs < statSync(bundle).mtimeMs) return null;
   } catch {
     return null; // none made (a build without scripts/bundle.mjs' last step)
   }
+  const data = file.subarray(4);
+  const crc = crc32(data);
+  if (crc === null) return null;
+  return file.length > 4 && file.readUInt32LE(0) === crc ? data : 'damaged';
 }
 
-/** What requireBundle did with each bundle's cache: 'used', 'refused' (by V8) or 'none' (no fresh one). */
+/** What requireBundle did with each bundle's cache: 'used', 'refused' (by V8), 'damaged' (its CRC) or 'none' (no fresh one). */
 const uses = new Map();
 const cacheUse = (path) => uses.get(require.resolve(path)) ?? null;
 
@@ -48,8 +64,8 @@ const wrapped = (bundle) => Module.wrap(readFileSync(bundle, 'utf8'));
 function requireBundle(path, variant = null) {
   const bundle = require.resolve(path);
   const cachedData = freshCache(bundle, variant);
-  if (!cachedData) {
-    uses.set(bundle, 'none');
+  if (!cachedData || cachedData === 'damaged') {
+    uses.set(bundle, cachedData || 'none');
     return require(bundle);
   }
   const script = new vm.Script(wrapped(bundle), { filename: bundle, cachedData });
@@ -68,8 +84,9 @@ function requireBundle(path, variant = null) {
 }
 
 /**
- * Compiles every function of `bundle` and writes its cache, under `flags` as `variant` if given
- * (the flags stay set: call it in a process of its own, as scripts/bundle.mjs does). Returns its size.
+ * Compiles every function of `bundle` and writes its cache (its CRC-32, then V8's data), under
+ * `flags` as `variant` if given (the flags stay set: call it in a process of its own, as
+ * scripts/bundle.mjs does). Returns the data's size (0: none written).
  */
 function makeCodeCache(bundle, flags = null, variant = null) {
   const v8 = require('node:v8');
@@ -82,9 +99,13 @@ function makeCodeCache(bundle, flags = null, variant = null) {
     v8.setFlagsFromString('--lazy'); // back to the flags a loading process has: V8 checks them
   }
   const data = script.createCachedData();
+  const crc = crc32(data);
+  if (crc === null) return 0; // this Node could not check it when loading: none is written
+  const head = Buffer.alloc(4);
+  head.writeUInt32LE(crc, 0);
   const file = cacheFile(bundle, variant);
   const tmp = `${file}.${process.pid}.tmp`;
-  writeFileSync(tmp, data);
+  writeFileSync(tmp, Buffer.concat([head, data]));
   renameSync(tmp, file);
   return data.length;
 }
