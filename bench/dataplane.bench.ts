@@ -29,12 +29,12 @@ import { PrecopyReceiver, PrecopySender } from '../src/migration/dataplane/preco
 import { PageBitmap } from '../src/memory/page-bitmap.js';
 import { loopbackPair } from '../test/fixtures/dataplane/loopback.js';
 import { UFFD_FEATURE } from '../src/sys/uffd.js';
-
-/** Postcopy's pages placed through the pool made ahead (dp_pool.c), as a migration's destination does; FERRY_MOVE_POOL=0: copied. */
-const POOL = process.env['FERRY_MOVE_POOL'] !== '0';
-/** The precopy receiver's: off unless FERRY_PRECOPY_MOVE_POOL=1, as in a migration. */
-const PRECOPY_POOL = POOL && process.env['FERRY_PRECOPY_MOVE_POOL'] === '1';
+import { movePoolWanted } from '../src/migration/receive/incoming-memory.js';
 import { loopbackLimits } from './migration.bench.js';
+
+/** Pages placed through the pool made ahead (dp_pool.c) where a migration's destination would (its uffd can move here). */
+const POOL = movePoolWanted('postcopy');
+const PRECOPY_POOL = movePoolWanted('precopy');
 
 export const title = 'native postcopy fault path (fault thread + answer thread, AES-256-GCM, loopback) vs the C fault reference';
 

@@ -36,29 +36,34 @@ const WASM_OPT = join(ROOT, 'node_modules/binaryen/bin/wasm-opt');
 
 const sha = (file: string): string => createHash('sha256').update(readFileSync(file)).digest('hex');
 
+/** A run that a signal ended (not one that exited with a code). */
+class KilledBySignal extends Error {}
+
 /** Runs a process to completion; returns its wall time in ms (throws on a non-zero exit). */
 function timed(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): number {
   const t0 = performance.now();
   const r = spawnSync(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], env, maxBuffer: 64 * 1024 * 1024 });
   const ms = performance.now() - t0;
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.status} ${r.signal ?? ''}: ${r.stderr?.toString().slice(-2000)}`);
+  if (r.status !== 0) {
+    const message = `${cmd} ${args.join(' ')} exited ${r.status} ${r.signal ?? ''}: ${r.stderr?.toString().slice(-2000)}`;
+    throw r.signal ? new KilledBySignal(message) : new Error(message);
+  }
   return ms;
 }
 
 /**
- * The reference sides' runs (node:wasi, with or without Asyncify): one that a signal kills is run
- * once more, and counted. Node under node:wasi died of SIGABRT once in about fifteen cmark runs
- * (2026-12-08: its proc_exit ends the process from inside the Wasm call, with V8's compiler threads
- * still at work), which took the whole part down. Ferry's own side is never retried.
+ * A reference side's run (node:wasi, with or without Asyncify): one that a signal kills is run once
+ * more, and counted on the side. Node under node:wasi died of SIGABRT, with nothing on stderr, once
+ * in about fifteen cmark runs (2026-12-08; the cause not found), which took the whole part down.
+ * Ferry's own side is never retried.
  */
-let referenceRetries = 0;
-function timedReference(cmd: string, args: string[]): number {
+function timedReference(side: { retries: number }, cmd: string, args: string[]): number {
   try {
     return timed(cmd, args);
   } catch (err) {
-    if (!/exited null SIG/.test((err as Error).message)) throw err;
-    referenceRetries++;
-    process.stderr.write(`   (a reference run was killed by a signal; run again: ${(err as Error).message.slice(0, 200)})\n`);
+    if (!(err instanceof KilledBySignal)) throw err;
+    side.retries++;
+    process.stderr.write(`   (a reference run was killed by a signal; run again: ${err.message.slice(0, 200)})\n`);
     return timed(cmd, args);
   }
 }
@@ -81,6 +86,8 @@ interface Side {
   run: (out: string) => number;
   ms: number[];
   identical: boolean;
+  /** Runs that a signal killed and were run again (reference sides only). */
+  retries: number;
 }
 
 async function pauseLatency(p: RealProgram, work: string, out: string, expect: string): Promise<{ samples: number[]; identical: boolean }> {
@@ -146,13 +153,17 @@ export async function run(): Promise<BenchRow[]> {
       }
 
       const guestArgs = p.args.slice(1); // ferry run puts the module's name in argv[0]
+      const referenceSide = (name: string, wasm: string): Side => {
+        const side: Side = { name, run: (out) => timedReference(side, process.execPath, ['--no-warnings', WASI_RUN, wasm, work, out, ...p.args]), ms: [], identical: true, retries: 0 };
+        return side;
+      };
       const sides: Side[] = [
-        { name: 'node:wasi', run: (out) => timedReference(process.execPath, ['--no-warnings', WASI_RUN, p.wasm, work, out, ...p.args]), ms: [], identical: true },
-        { name: 'asyncify-only', run: (out) => timedReference(process.execPath, ['--no-warnings', WASI_RUN, asyncified, work, out, ...p.args]), ms: [], identical: true },
-        { name: 'ferry run', run: (out) => timed(process.execPath, [FERRY, 'run', p.wasm, '--dir', `${work}:/work`, '--stdin', '/dev/null', '--stdout', out, '--', ...guestArgs], ferryEnv), ms: [], identical: true },
+        referenceSide('node:wasi', p.wasm),
+        referenceSide('asyncify-only', asyncified),
+        { name: 'ferry run', run: (out) => timed(process.execPath, [FERRY, 'run', p.wasm, '--dir', `${work}:/work`, '--stdin', '/dev/null', '--stdout', out, '--', ...guestArgs], ferryEnv), ms: [], identical: true, retries: 0 },
       ];
       if (baseline) {
-        sides.push({ name: 'ferry before', run: (out) => timed(process.execPath, [join(baseline, 'bin/ferry.js'), 'run', p.wasm, '--dir', `${work}:/work`, '--stdin', '/dev/null', '--stdout', out, '--', ...guestArgs], baseEnv), ms: [], identical: true });
+        sides.push({ name: 'ferry before', run: (out) => timed(process.execPath, [join(baseline, 'bin/ferry.js'), 'run', p.wasm, '--dir', `${work}:/work`, '--stdin', '/dev/null', '--stdout', out, '--', ...guestArgs], baseEnv), ms: [], identical: true, retries: 0 });
       }
       // A warm-up run of the original (not counted) gives the reference output.
       const refOut = join(dir, 'out-reference');
@@ -180,7 +191,7 @@ export async function run(): Promise<BenchRow[]> {
           unit: 'ms',
           reference: { name: 'node:wasi, same run', value: ref },
           ...(s.name === 'ferry run' ? { target: `<= ${target}x ref`, met: m <= target * ref } : {}),
-          extra: { ms: s.ms, referenceMs: sides[0]!.ms, outputIdentical: s.identical, kind: p.kind, workload: p.describe, referenceRetries },
+          extra: { ms: s.ms, referenceMs: sides[0]!.ms, outputIdentical: s.identical, kind: p.kind, workload: p.describe, retries: s.retries, referenceRetries: sides[0]!.retries },
         });
         if (!s.identical) throw new Error(`${p.name}: ${s.name} output differs from node:wasi's`);
       }

@@ -74,37 +74,24 @@ function plainWriteMBps(path: string, bytes: number): number {
 }
 
 /**
- * Milliseconds to read `paths` whole into one fresh buffer of their size, 4 MiB per read: what a
- * plain program pays to bring the same bytes into memory it has not touched yet (the page cache's
- * copy plus the allocation of every page), as a restore must.
+ * Milliseconds to read `paths` whole, 4 MiB per read. `into` 'reused': one buffer read into again
+ * and again, the read's own cost. 'fresh': one fresh buffer of each file's size, its pages
+ * allocated as the reads fill them — what a plain program pays to bring the same bytes into memory
+ * it has not touched yet (the page cache's copy plus the allocation of every page), as a restore must.
  */
-function plainReadFreshMs(paths: string[]): number {
+function plainReadMs(paths: string[], into: 'reused' | 'fresh'): number {
+  const reused = into === 'reused' ? Buffer.allocUnsafe(4 << 20) : null;
   const t0 = performance.now();
   for (const path of paths) {
     const size = statSync(path).size;
-    const buf = Buffer.allocUnsafeSlow(size); // a fresh mapping: its pages are allocated as the reads fill them
+    const buf = reused ?? Buffer.allocUnsafeSlow(size);
     const fd = openSync(path, 'r');
     try {
       for (let off = 0; off < size; ) {
-        const n = readSync(fd, buf, off, Math.min(4 << 20, size - off), off);
+        const n = readSync(fd, buf, reused ? 0 : off, Math.min(4 << 20, size - off), off);
         if (n <= 0) break;
         off += n;
       }
-    } finally {
-      closeSync(fd);
-    }
-  }
-  return performance.now() - t0;
-}
-
-/** Milliseconds to read `paths` whole, 4 MiB at a time into one reused buffer: the read's own cost. */
-function plainReadMs(paths: string[]): number {
-  const buf = Buffer.allocUnsafe(4 << 20);
-  const t0 = performance.now();
-  for (const path of paths) {
-    const fd = openSync(path, 'r');
-    try {
-      for (let off = 0; ; off += buf.length) if (readSync(fd, buf, 0, buf.length, off) < buf.length) break;
     } finally {
       closeSync(fd);
     }
@@ -185,8 +172,8 @@ export async function run(): Promise<BenchRow[]> {
           loads[mode].push(performance.now() - t0);
           mem.dropPages([[0, mem.pageCount]]);
         }
-        loads.plain.push(plainReadMs(chain.layers.map((l) => l.memoryPath)));
-        loads.fresh.push(plainReadFreshMs(chain.layers.map((l) => l.memoryPath)));
+        loads.plain.push(plainReadMs(chain.layers.map((l) => l.memoryPath), 'reused'));
+        loads.fresh.push(plainReadMs(chain.layers.map((l) => l.memoryPath), 'fresh'));
       }
       const heldMB = (chain.presentPages * PAGE_SIZE) / 1e6;
       const loadMBps = heldMB / (median(loads.prefault) / 1000);

@@ -6,23 +6,17 @@
 // thread's start included, waiting for Node's ES loader to set itself up and read the entry's
 // imports (15-25 ms here).
 'use strict';
-const { statSync } = require('node:fs');
 const { join } = require('node:path');
 const { pathToFileURL } = require('node:url');
+const { cliCodeCacheWanted, noOlderThan, requireBundle } = require('./code-cache.cjs');
 
 const DIST = join(__dirname, '../dist/src');
 
 /**
- * `bundle` if it exists and is no older than `plain`, what tsc made and it was made from. The rule
- * of spare-worker.ts's bundleIfFresh, which this file cannot use before it has picked a bundle to load.
+ * `bundle` if it is no older than `plain`, what tsc made and it was made from. The rule of
+ * spare-worker.ts's bundleIfFresh, which this file cannot use before it has picked a bundle to load.
  */
-function bundleIfFresh(bundle, plain) {
-  try {
-    return statSync(bundle).mtimeMs >= statSync(plain).mtimeMs ? bundle : plain;
-  } catch {
-    return plain; // no bundle: built by tsc alone
-  }
-}
+const bundleIfFresh = (bundle, plain) => (noOlderThan(bundle, plain) ? bundle : plain);
 
 /**
  * Loads `plain` (an ES module of dist/src/) from its CommonJS bundle while that is fresh, else as it
@@ -32,7 +26,7 @@ function bundleIfFresh(bundle, plain) {
 function load(bundle, plain, cached = false) {
   return new Promise((resolve) => {
     const file = process.env.FERRY_CLI_BUNDLE === '0' ? join(DIST, plain) : bundleIfFresh(join(DIST, bundle), join(DIST, plain));
-    resolve(!file.endsWith('.cjs') ? import(pathToFileURL(file).href) : cached ? require('./code-cache.cjs').requireBundle(file) : require(file));
+    resolve(!file.endsWith('.cjs') ? import(pathToFileURL(file).href) : cached ? requireBundle(file) : require(file));
   });
 }
 
@@ -50,12 +44,8 @@ if (spares.length > 0) launch.then(({ startSpareWorker }) => spares.forEach((k) 
 // The full program from its one-file bundle (scripts/bundle.mjs), loaded with require(): ES modules
 // load one by one, and the CLI's took 15-30 ms longer; import() of a CommonJS file would first scan
 // all of it for the names of its exports. FERRY_CLI_BUNDLE=0 loads main.js and its modules as they are.
-// A process that may move its guest (a destination, `--incoming`; a guest with a control socket,
-// `--api-sock`) loads it with its code cache, every function compiled ahead (bin/code-cache.cjs):
-// a switchover then compiles nothing inside its downtime. Others load it as it is: taking every
-// function of it from the cache took longer than compiling the few a `ferry run` calls.
-const mayMove = (argv[0] === 'run' || argv[0] === 'restore') && argv.some((a) => /^--(incoming|api-sock)(=|$)/.test(a));
-const program = () => load('cli/main.bundle.cjs', 'cli/main.js', mayMove);
+// With its code cache only where a switchover may come (bin/code-cache.cjs, cliCodeCacheWanted).
+const program = () => load('cli/main.bundle.cjs', 'cli/main.js', cliCodeCacheWanted(argv));
 /** The full program's module, once loaded: its exitNow ends the process without loading anything. */
 let full = null;
 let fast = null;

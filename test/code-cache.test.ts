@@ -5,11 +5,16 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import { createRequire } from 'node:module';
 import * as path from 'node:path';
+import * as zlib from 'node:zlib';
 import { REPO, tmpDir } from './fixtures/guest/helpers.js';
 import { ferryV8Flags } from '../src/guest/tiering.js';
 
 const CODE_CACHE = path.join(REPO, 'bin/code-cache.cjs');
+const codeCache = createRequire(import.meta.url)(CODE_CACHE) as { cliCodeCacheWanted(argv: string[]): boolean };
+/** Caches are made and used only where Node has zlib.crc32 (20.15 on): elsewhere there is nothing to test. */
+const NO_CRC = typeof (zlib as { crc32?: unknown }).crc32 !== 'function' && 'this Node has no zlib.crc32: no code cache is made or used';
 
 /** In a fresh process (after setting `flags`, if any): loads `bundle` with its cache of `variant`; what V8 did with the cache, and what `probe` gave. */
 function load(bundle: string, opts: { variant?: string; flags?: string; probe?: string; env?: Record<string, string> } = {}): { use: string; probe: unknown } {
@@ -44,7 +49,7 @@ function makeCache(args: string[]): void {
   execFileSync(process.execPath, [CODE_CACHE, ...args]);
 }
 
-test('a bundle loads with the cache made of every function in it; never with one older than the bundle, nor a damaged one, nor with caches off', () => {
+test('a bundle loads with the cache made of every function in it; never with one older than the bundle, nor a damaged one, nor with caches off', { skip: NO_CRC }, () => {
   const dir = tmpDir('code-cache');
   const bundle = path.join(dir, 'b.cjs');
   fs.writeFileSync(bundle, `'use strict';\nconst { join } = require('node:path');\nfunction later() { return function inner(x) { return x * 2; }; }\nmodule.exports = { file: __filename, dir: __dirname, join: join('a', 'b'), later };\n`);
@@ -70,7 +75,7 @@ test('a bundle loads with the cache made of every function in it; never with one
   assert.equal(load(bundle).use, 'none', 'a bundle changed after its cache was made: never the stale cache');
 });
 
-test('a variant made under flags is taken only by a process that has set exactly those flags (V8 hashes them)', () => {
+test('a variant made under flags is taken only by a process that has set exactly those flags (V8 hashes them)', { skip: NO_CRC }, () => {
   const dir = tmpDir('code-cache-flags');
   const bundle = path.join(dir, 'b.cjs');
   fs.writeFileSync(bundle, 'module.exports = { two: () => 2 };\n');
@@ -80,11 +85,20 @@ test('a variant made under flags is taken only by a process that has set exactly
   assert.deepEqual(load(bundle, { variant: 'flagged', flags: '--no-flush-bytecode', probe: 'm.two()' }), { use: 'used', probe: 2 });
 });
 
-test("this build's bundles carry caches V8 takes: the CLI's and the guest thread's with no flag set, the guest thread's second one under Ferry's flags", () => {
+test("this build's bundles carry caches V8 takes: the CLI's and the guest thread's with no flag set, the guest thread's second one under Ferry's flags", { skip: NO_CRC }, () => {
   const main = path.join(REPO, 'dist/src/cli/main.bundle.cjs');
   const worker = path.join(REPO, 'dist/src/guest/worker.bundle.cjs');
   assert.equal(load(main, { probe: 'typeof m.main' }).use, 'used');
   assert.equal(loadOnThread(worker).use, 'used');
   assert.equal(loadOnThread(worker, { variant: 'flagged', flags: ferryV8Flags({}, []) }).use, 'used');
   assert.equal(loadOnThread(worker, { variant: 'flagged' }).use, 'refused');
+});
+
+test("the CLI takes its cache only in a process that may move its guest: run or restore with --incoming or --api-sock", () => {
+  for (const argv of [['run', 'g.wasm', '--incoming', '127.0.0.1:0'], ['run', '--api-sock=/s', 'g.wasm'], ['restore', 'snap', '--incoming', ':7000'], ['restore', '--api-sock', '/s', 'snap']]) {
+    assert.equal(codeCache.cliCodeCacheWanted(argv), true, argv.join(' '));
+  }
+  for (const argv of [['run', 'g.wasm'], ['migrate', '--api-sock', '/s', '--to', 'h:1'], ['status', '--api-sock', '/s'], ['run', '--incomingx', 'a'], []]) {
+    assert.equal(codeCache.cliCodeCacheWanted(argv), false, argv.join(' '));
+  }
 });

@@ -30,7 +30,6 @@ import { setFlagsFromString } from 'node:v8';
 export const FERRY_TIERING_BUDGET = 36_000_000;
 
 const FLAG = '--wasm-tiering-budget';
-let settled = false;
 
 /** The budget this process's guests get, or null for V8's own (already set, or turned off). */
 export function tieringBudget(env: NodeJS.ProcessEnv = process.env, execArgv: string[] = process.execArgv): number | null {
@@ -48,16 +47,17 @@ export function ferryV8Flags(env: NodeJS.ProcessEnv = process.env, execArgv: str
   return `${budget === null ? '' : `${FLAG}=${budget} `}--no-flush-bytecode`;
 }
 
-// Process-wide, like the flags: each bundle (scripts/bundle.mjs) has its own copy of this module.
+// Kept on globalThis, process-wide like the flags themselves: each bundle (scripts/bundle.mjs) has a
+// copy of this module, and the flags must change once only (every change makes V8 refuse the code
+// caches made before it).
 const APPLIED = Symbol.for('ferry.v8-flags-applied');
 
 /** Sets the budget and turns bytecode flushing off (once per process): call before compiling a guest's module. */
 export function applyTieringBudget(): void {
-  if (settled) return;
+  if (v8FlagsApplied()) return;
   const flags = ferryV8Flags();
-  settled = true;
-  setFlagsFromString(flags);
   (globalThis as Record<symbol, unknown>)[APPLIED] = true;
+  setFlagsFromString(flags);
 }
 
 /** Whether this process's flags are Ferry's now: a guest thread started after loads the worker bundle's second code cache. */

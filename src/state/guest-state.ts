@@ -84,6 +84,9 @@ export function validateGuestState(x: unknown): GuestState {
   };
 }
 
+/** How often the rehearsals below run: 4 runs left the code in V8's interpreter. */
+const REHEARSALS = 30;
+
 /**
  * Decodes a small made-up state, REHEARSALS times. The first decode in a process runs cold code
  * (about 0.7 ms on these machines); a migration destination calls this while pages stream in, so
@@ -94,8 +97,6 @@ export function rehearseDecoding(): void {
   const bytes = encodeGuestState(rehearsalState());
   for (let i = 0; i < REHEARSALS; i++) decodeGuestState(bytes);
 }
-
-const REHEARSALS = 30;
 
 /** The source's side of rehearseDecoding(): encodes the made-up state a few times (≈ 0.2 ms cold). */
 export function rehearseEncoding(): void {

@@ -151,8 +151,7 @@ export class IncomingMemory {
    * 669-768 MB/s and 2.60-2.89 without).
    */
   private movePool(thread: 'postcopy' | 'precopy'): boolean {
-    if (this.ownUffd === null || (this.ownUffd.features & UFFD_FEATURE.MOVE) === 0 || process.env['FERRY_MOVE_POOL'] === '0') return false;
-    return thread === 'postcopy' || process.env['FERRY_PRECOPY_MOVE_POOL'] === '1';
+    return this.ownUffd !== null && (this.ownUffd.features & UFFD_FEATURE.MOVE) !== 0 && movePoolWanted(thread);
   }
 
   /** Precopy data: pages [first, first+count) get `bytes` (newer copies replace older ones). */
@@ -437,4 +436,10 @@ function openWithMove(): Userfaultfd {
   } catch {
     return Userfaultfd.open({ nonblock: true });
   }
+}
+
+/** The environment's part of IncomingMemory's pool rule (see movePool): FERRY_MOVE_POOL=0 turns it off, FERRY_PRECOPY_MOVE_POOL=1 on for precopy. */
+export function movePoolWanted(thread: 'postcopy' | 'precopy', env: NodeJS.ProcessEnv = process.env): boolean {
+  if (env['FERRY_MOVE_POOL'] === '0') return false;
+  return thread === 'postcopy' || env['FERRY_PRECOPY_MOVE_POOL'] === '1';
 }
