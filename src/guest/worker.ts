@@ -173,7 +173,8 @@ function bindWasi(): void {
  * restore runs that path on a throwaway state while it waits, so the real one runs warm. Once was
  * not enough: the code still ran in V8's interpreter, and the destination's restore took 1.0-1.3 ms
  * (of which validation 0.2-0.4, the Wasi's construction 0.4-0.5); after 30 runs 0.6-0.8 ms (demo
- * job, 3 alternating pairs, marks in the worker, 2026-12-08). A run takes well under 0.1 ms warm.
+ * job, 3 alternating pairs, marks in the worker, 2026-12-08). Measured apart, the first run took
+ * 4.3-6.3 ms and the next 29 together 10.5-14.7 ms.
  */
 const REHEARSALS = 30;
 
